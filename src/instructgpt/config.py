@@ -1,0 +1,186 @@
+"""Typed stage configs: dataclasses whose fields carry their own help text.
+
+A config is read from a TOML or YAML file and then overridden by ``key=value``
+strings from the command line. ``describe(cls)`` renders every field with its
+type, default and help for ``--help``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be applied; the message names the key."""
+
+
+def opt(default: Any, help: str, **kwargs: Any) -> Any:
+    """A config field with a default and a help text (shown by ``--help``)."""
+    if isinstance(default, (list, dict, set)):
+        factory = (lambda d=default: type(d)(d))
+        return dataclasses.field(default_factory=factory, metadata={"help": help}, **kwargs)
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(underlying type, optional?) for annotations like ``int | None``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return (args[0] if len(args) == 1 else str), True
+    return tp, False
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    base, optional = _base_type(tp)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
+        if optional:
+            return None
+        raise ConfigError(f"{key}: may not be empty (expected {getattr(base, '__name__', base)})")
+    origin = typing.get_origin(base)
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            s = str(value).lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"not a boolean: {value!r}")
+        if base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"not an integer: {value!r}")
+            if isinstance(value, str):
+                f = float(value)
+                if not f.is_integer():
+                    raise ValueError(f"not an integer: {value!r}")
+                return int(f)
+            return int(value)
+        if base is float:
+            return float(value)
+        if base is str:
+            return str(value)
+        if origin in (list, tuple):
+            (item_tp,) = typing.get_args(base)[:1] or (str,)
+            if isinstance(value, str):
+                value = json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            return [_coerce(key, v, item_tp) for v in value]
+        if origin is dict:
+            if isinstance(value, str):
+                value = json.loads(value)
+            return dict(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{key}: {e}") from None
+    return value
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build ``cls`` from a dict, checking every key and coercing every value."""
+    hints = typing.get_type_hints(cls)
+    fields = _fields(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: {key}: unknown option for {cls.__name__} (see --help)")
+        kwargs[key] = _coerce(key, value, hints[key])
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if check is not None:
+        check()
+    return obj
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A TOML (``.toml``) or YAML (``.yaml``/``.yml``) file as a flat dict.
+
+    A file may hold one table per stage (``[sft]``, ``[rm]`` ...); ``load``
+    picks the table named by its ``section`` argument when present.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"{path}: unknown config format (use .toml, .yaml or .json)")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot parse: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a table of options at the top level")
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """``["lr=1e-4", "epochs=3"]`` -> ``{"lr": "1e-4", "epochs": "3"}``."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{item}: overrides are written key=value")
+        key, value = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | dict | None = None,
+         section: str | None = None) -> T:
+    """File values (the ``section`` table if the file has one), then overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        raw = read_config_file(path)
+        if section and isinstance(raw.get(section), dict):
+            raw = raw[section]
+        data.update({k: v for k, v in raw.items() if not isinstance(v, dict)})
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    data.update(overrides or {})
+    return from_dict(cls, data, where=str(path) if path else "config")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as JSON (what a run actually used)."""
+    Path(path).write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
+
+
+def describe(cls: type) -> str:
+    """One block per field: ``name (type, default)`` and its help text."""
+    hints = typing.get_type_hints(cls)
+    lines = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = "(required)"
+        tp = hints[f.name]
+        tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        lines.append(f"  {f.name} ({tname}, default {default!r})")
+        help_text = f.metadata.get("help", "")
+        if help_text:
+            lines.append(f"      {help_text}")
+    return "\n".join(lines)
