@@ -169,8 +169,10 @@ def save(cfg: Any, path: str | Path) -> None:
 def describe(cls: type) -> str:
     """One block per field: ``name (type, default)`` and its help text."""
     hints = typing.get_type_hints(cls)
+    own = set(cls.__dict__.get("__annotations__", {}))
+    fields = sorted(dataclasses.fields(cls), key=lambda f: f.name not in own)  # the stage's own options first
     lines = []
-    for f in dataclasses.fields(cls):
+    for f in fields:
         if f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]

@@ -1,0 +1,185 @@
+"""Checkpoints that survive a kill: written to a temp folder, verified, then renamed.
+
+A checkpoint folder ``checkpoints/step-000120/`` holds ``model.safetensors``
+(every trainable module's weights by name), ``optim.pt`` (optimizer,
+scheduler, extra state), ``state.json`` (loop position, RNG states as
+lists, anything the stage adds) and, written last, ``manifest.json`` with the
+SHA-256 of every file. A folder without a manifest, or whose files do not
+match it, is partial or corrupt: it is named in the error, skipped, and the
+previous good checkpoint is used. Only a completed folder is ever renamed
+into place, so a kill mid-write leaves the earlier checkpoints untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is partial, corrupt or does not fit the run."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def module_tensors(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """{"policy": m, ...} -> flat {"policy.layer.weight": tensor} (shared storage de-duplicated)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, module in modules.items():
+        seen: dict[int, str] = {}
+        for key, t in module.state_dict(keep_vars=False).items():
+            ptr = t.data_ptr()
+            if ptr in seen and t.numel() > 0:
+                continue  # tied weights (e.g. GPT-2 lm_head = wte) are stored once
+            seen[ptr] = key
+            out[f"{name}.{key}"] = t.detach().cpu().contiguous()
+    return out
+
+
+def load_module_tensors(modules: dict[str, torch.nn.Module], tensors: dict[str, torch.Tensor], where: str) -> None:
+    for name, module in modules.items():
+        prefix = f"{name}."
+        sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        missing, unexpected = module.load_state_dict(sd, strict=False)
+        # Missing keys are allowed only for tied weights that share storage with a loaded key.
+        tied = {k for k in missing if _is_tied(module, k, sd)}
+        bad = [k for k in missing if k not in tied]
+        if bad or unexpected:
+            raise CheckpointError(f"{where}: {name}: weights do not fit the model "
+                                  f"(missing {bad[:3]}, unexpected {list(unexpected)[:3]})")
+
+
+def _is_tied(module: torch.nn.Module, key: str, loaded: dict) -> bool:
+    sd = module.state_dict()
+    return any(sd[key].data_ptr() == sd[k].data_ptr() for k in loaded if k in sd)
+
+
+def save_checkpoint(folder: str | Path, modules: dict[str, torch.nn.Module], objects: dict[str, Any],
+                    state: dict[str, Any]) -> Path:
+    """Write a checkpoint atomically. ``objects`` (optimizer, scheduler states...) go to optim.pt."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(module_tensors(modules), str(tmp / "model.safetensors"))
+    torch.save({"objects": objects, "rng": rng_state()}, tmp / "optim.pt")
+    (tmp / "state.json").write_text(json.dumps(state, indent=2, default=float) + "\n")
+    files = ["model.safetensors", "optim.pt", "state.json"]
+    for name in files:
+        with open(tmp / name, "rb") as f:
+            os.fsync(f.fileno())
+    manifest = {name: _sha256(tmp / name) for name in files}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    _fsync_dir(tmp)
+    if folder.exists():
+        old = folder.parent / f".old-{folder.name}-{os.getpid()}"
+        folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(folder)
+    _fsync_dir(folder.parent)
+    return folder
+
+
+def verify_checkpoint(folder: str | Path) -> None:
+    """Raise CheckpointError naming the file when the folder is partial or corrupt."""
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise CheckpointError(f"{folder}: partial checkpoint (no manifest.json)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{manifest_path}: corrupt manifest") from None
+    for name, digest in manifest.items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing from checkpoint")
+        if _sha256(path) != digest:
+            raise CheckpointError(f"{path}: corrupt (checksum does not match the manifest)")
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Checkpoint folders under ``root`` (``step-NNNNNN``), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+
+def latest_good_checkpoint(root: str | Path) -> Path | None:
+    """The newest checkpoint that verifies; bad newer ones are named in a warning and skipped."""
+    for folder in reversed(list_checkpoints(root)):
+        try:
+            verify_checkpoint(folder)
+            return folder
+        except CheckpointError as e:
+            warnings.warn(f"skipping bad checkpoint: {e}", stacklevel=2)
+    return None
+
+
+def load_checkpoint(folder: str | Path, modules: dict[str, torch.nn.Module]) -> tuple[dict, dict]:
+    """Verify, load weights into ``modules``, restore RNG; return (objects, state)."""
+    folder = Path(folder)
+    verify_checkpoint(folder)
+    load_module_tensors(modules, load_file(str(folder / "model.safetensors")), str(folder))
+    blob = torch.load(folder / "optim.pt", weights_only=False)
+    set_rng_state(blob["rng"])
+    state = json.loads((folder / "state.json").read_text())
+    return blob["objects"], state
+
+
+def prune_checkpoints(root: str | Path, keep: int) -> None:
+    """Keep the newest ``keep`` good checkpoints; remove older ones and stray temp folders."""
+    folders = list_checkpoints(root)
+    for folder in folders[:-keep] if keep > 0 else []:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,132 @@
+"""``instructgpt``: one subcommand per stage.
+
+Every stage reads its typed config from an optional ``--config`` file (TOML or
+YAML; a table named after the stage is used when present) and then from
+``key=value`` overrides; ``instructgpt STAGE --help`` lists every option with
+its type, default and meaning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from . import __version__
+from . import config as config_mod
+from .checkpoint import CheckpointError
+from .data import DataError
+from .models import ModelLoadError
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    module: str        # module holding the config class and the function
+    config: str        # config class name
+    function: str      # train_x(config) -> result
+    summary: str
+    after: Callable | None = None
+
+
+STAGES = [
+    Stage("curate", "instructgpt.curate", "CurateConfig", "run_curate",
+          "Curate prompts: dedupe by long common prefix, cap per user, split by user, scrub PII.",
+          after=lambda result: print(importlib.import_module("instructgpt.curate").format_summary(result))),
+    Stage("pretrain", "instructgpt.pretrain", "PretrainConfig", "train_pretrain",
+          "Pretrain a small GPT-style base model on a text corpus (the embedded default's base)."),
+    Stage("sft", "instructgpt.sft", "SFTConfig", "train_sft",
+          "Step 1: supervised fine-tuning on demonstrations (loss on response tokens only)."),
+    Stage("rm", "instructgpt.rm", "RMConfig", "train_rm",
+          "Step 2: reward model on rankings of K responses (all pairs of a prompt in one batch element)."),
+    Stage("ppo", "instructgpt.ppo", "PPOConfig", "train_ppo",
+          "Step 3: PPO against the reward model with a per-token KL penalty; PPO-ptx with ptx_coef > 0."),
+    Stage("sample", "instructgpt.sample", "SampleConfig", "run_sample",
+          "Write K sampled responses per prompt as ranking tasks for labelers."),
+    Stage("run", "instructgpt.pipeline", "RunConfig", "run_pipeline",
+          "The whole pipeline on the built-in world (or --base-model): data, SFT, RM, PPO, PPO-ptx, evaluation, report."),
+    Stage("eval", "instructgpt.evaluate", "EvalConfig", "run_eval",
+          "Evaluate policies: win rates with intervals, metadata rates, probes, alignment tax, report."),
+]
+
+
+def _available(stage: Stage) -> bool:
+    return importlib.util.find_spec(stage.module) is not None
+
+
+def _config_class(stage: Stage):
+    return getattr(importlib.import_module(stage.module), stage.config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="instructgpt", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"instructgpt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for stage in STAGES:
+        if not _available(stage):
+            continue
+        cls = _config_class(stage)
+        p = sub.add_parser(stage.name, help=stage.summary, description=stage.summary,
+                           epilog="options (key=value):\n" + config_mod.describe(cls),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--config", help="TOML or YAML file of options (a [%s] table is used if present)" % stage.name)
+        p.add_argument("--resume", action="store_true", help="continue from the last good checkpoint (same as resume=true)")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="options; see the list below")
+        if stage.name == "run":
+            p.add_argument("--rounds", type=int, help="iterate sampling, ranking, RM and PPO this many rounds")
+            p.add_argument("--base-model", help="a model folder or GGUF file instead of the built-in tiny base")
+        p.set_defaults(stage=stage)
+    if importlib.util.find_spec("instructgpt.labeling.cli") is not None:
+        try:
+            importlib.import_module("instructgpt.labeling.cli").register(sub)
+        except ImportError:  # the labeling extra is not installed
+            q = sub.add_parser("label", help="Labeling web app (needs: pip install 'instructgpt[label]')")
+            q.set_defaults(stage=None, missing_extra=True)
+    return parser
+
+
+def run_stage(stage: Stage, args: argparse.Namespace) -> object:
+    cls = _config_class(stage)
+    overrides = config_mod.parse_overrides(args.overrides)
+    if getattr(args, "resume", False):
+        overrides["resume"] = "true"
+    for flag, key in (("rounds", "rounds"), ("base_model", "base_model")):
+        if getattr(args, flag, None) is not None:
+            overrides[key] = str(getattr(args, flag))
+    cfg = config_mod.load(cls, args.config, overrides, section=stage.name)
+    fn = getattr(importlib.import_module(stage.module), stage.function)
+    result = fn(cfg)
+    if stage.after is not None:
+        stage.after(result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "missing_extra", False):
+        print("instructgpt label needs the labeling extra: pip install 'instructgpt[label]'", file=sys.stderr)
+        return 2
+    if getattr(args, "handler", None) is not None:  # sub-subcommands (label ...) bring their own handler
+        return int(args.handler(args) or 0)
+    stage = getattr(args, "stage", None)
+    if stage is None:
+        parser.print_help()
+        return 2
+    try:
+        run_stage(stage, args)
+    except (config_mod.ConfigError, DataError, ModelLoadError, CheckpointError, FileNotFoundError) as e:
+        print(f"instructgpt {stage.name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"instructgpt {stage.name}: interrupted; checkpoints written so far are kept "
+              f"(rerun with --resume to continue)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

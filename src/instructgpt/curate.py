@@ -1,0 +1,371 @@
+"""Prompt curation (``instructgpt curate``): PII scrubbing, dedupe, per-user cap, user splits.
+
+Follows the paper's handling of API prompts (Ouyang et al. 2022, section 3.2):
+prompts that share a long common prefix are de-duplicated, each user id
+contributes at most 200 prompts, and train/valid/test are split by user id so
+that no user appears in two splits. Personally identifiable information is
+filtered from the text first.
+
+Order of operations in :func:`curate_prompts`:
+
+1. scrub PII (if ``scrub_pii``),
+2. drop prompts whose normalised text shares its first ``prefix_chars``
+   characters with an earlier kept prompt (first occurrence wins),
+3. keep the first ``max_per_user`` prompts of each user (input order),
+4. assign each user to a split from ``hash(seed, user_id)``, so that a user's
+   split never depends on the other users in the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from instructgpt.config import ConfigError, opt
+from instructgpt.data import SPLITS, USE_CASES, DataError, Prompt, atomic_open, load_prompts, to_record, write_jsonl
+
+REASONS = ("duplicate_prefix", "user_cap")
+PII_KINDS = ("email", "phone", "card", "ip", "credentials")
+
+
+@dataclass
+class CurateConfig:
+    prompts: str = opt("", "Input prompts JSONL (id, text, user_id, use_case[, split]).")
+    out_dir: str = opt("curated", "Folder for train/valid/test.jsonl, removed.jsonl and curation_summary.json.")
+    prefix_chars: int = opt(60, "Prompts whose normalised text (lowercased, whitespace collapsed) shares its "
+                                "first this-many characters with an earlier kept prompt are duplicates; "
+                                "shorter prompts compare their whole text.")
+    max_per_user: int = opt(200, "Keep at most this many prompts per user id (the first ones, in input order).")
+    valid_fraction: float = opt(0.1, "Fraction of USERS assigned to the validation split.")
+    test_fraction: float = opt(0.1, "Fraction of USERS assigned to the test split.")
+    seed: int = opt(0, "Seed of the user -> split hash (changing it reshuffles users among splits).")
+    scrub_pii: bool = opt(True, "Replace emails, phone numbers, card numbers, IP addresses and URL "
+                                "credentials by placeholders such as [EMAIL] before deduplication.")
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad option."""
+        if not self.out_dir.strip():
+            raise ConfigError("out_dir: may not be empty")
+        if self.prefix_chars < 1:
+            raise ConfigError(f"prefix_chars: must be at least 1, got {self.prefix_chars}")
+        if self.max_per_user < 1:
+            raise ConfigError(f"max_per_user: must be at least 1, got {self.max_per_user}")
+        for name in ("valid_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name}: must be between 0 and 1, got {value}")
+        if self.valid_fraction + self.test_fraction > 1.0:
+            raise ConfigError(f"test_fraction: valid_fraction + test_fraction must be at most 1, "
+                              f"got {self.valid_fraction} + {self.test_fraction}")
+
+
+# --------------------------------------------------------------------------
+# PII scrubbing
+# --------------------------------------------------------------------------
+
+# scheme://user[:password]@host -> scheme://[CREDENTIALS]@host
+_CREDENTIALS = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^\s/@?#]+@(?=[^\s/@])")
+
+_EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+
+# IPv6 candidates (checked with the ipaddress module), optionally ending in an IPv4 part.
+_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{1,4})?"
+                   r"(?![\w:]|\.\w)")
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w]|\.\d)")
+
+# 13-19 digits: unbroken, or in the groups printed on cards (4-4-4-4[-3], 4-6-5, 4-6-4)
+# with one consistent separator. Years and counts are far too short to match.
+_CARD = re.compile(
+    r"(?<![\w+.-])(?:"
+    r"\d{13,19}"
+    r"|\d{4}(?P<s>[ -])\d{4}(?P=s)\d{4}(?P=s)\d{1,4}(?:(?P=s)\d{1,3})?"
+    r"|\d{4}(?P<t>[ -])\d{6}(?P=t)\d{4,5}"
+    r")(?![\w-]|\.\d)"
+)
+
+# International numbers start with +country; US-style ones need separators:
+# (555) 123-4567, 555-123-4567, 555.123.4567, 1-555-123-4567.
+_PHONE_INTL = re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{1,5}){1,5}(?!\d)")
+_PHONE_US = re.compile(r"(?<![\w+-])(?:1[ .-])?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4}(?![\w-]|\.\d)")
+
+
+def _valid_ipv6(candidate: str) -> bool:
+    if not any(c.isdigit() for c in candidate):
+        return False  # "::" or "a::b" (in code, say) is more likely punctuation than an address
+    try:
+        ipaddress.IPv6Address(candidate)
+    except ValueError:
+        return False
+    return True
+
+
+def _phone_digits_ok(candidate: str) -> bool:
+    return 8 <= sum(c.isdigit() for c in candidate) <= 15
+
+
+# (kind, pattern, replacement, extra check on the matched text or None), applied in order:
+# credentials before emails (user:pass@host looks like an address), addresses
+# and card numbers before phone numbers (which would otherwise eat their digits).
+_RULES: tuple[tuple[str, re.Pattern[str], str, Any], ...] = (
+    ("credentials", _CREDENTIALS, r"\1[CREDENTIALS]@", None),
+    ("email", _EMAIL, "[EMAIL]", None),
+    ("ip", _IPV6, "[IP]", _valid_ipv6),
+    ("ip", _IPV4, "[IP]", None),
+    ("card", _CARD, "[CARD]", None),
+    ("phone", _PHONE_INTL, "[PHONE]", _phone_digits_ok),
+    ("phone", _PHONE_US, "[PHONE]", None),
+)
+
+
+def scrub_pii(text: str) -> tuple[str, dict[str, int]]:
+    """``text`` with personal data replaced, and how many of each kind were found.
+
+    Kinds: ``email`` -> ``[EMAIL]``, ``phone`` -> ``[PHONE]``, ``card`` ->
+    ``[CARD]``, ``ip`` (IPv4 and IPv6) -> ``[IP]``, ``credentials`` in URLs ->
+    ``scheme://[CREDENTIALS]@host``. Only kinds that occur are in the counts.
+    """
+    counts: Counter[str] = Counter()
+    for kind, pattern, replacement, check in _RULES:
+        def substitute(m: re.Match[str], kind: str = kind, replacement: str = replacement, check: Any = check) -> str:
+            if check is not None and not check(m.group(0)):
+                return m.group(0)
+            counts[kind] += 1
+            return m.expand(replacement)
+        text = pattern.sub(substitute, text)
+    return text, dict(counts)
+
+
+# --------------------------------------------------------------------------
+# Curation steps
+# --------------------------------------------------------------------------
+
+class Removal(NamedTuple):
+    """A prompt left out of every split, and why."""
+    prompt: Prompt
+    reason: str                      # one of REASONS
+    duplicate_of: str | None = None  # for "duplicate_prefix": id of the kept prompt it repeats
+
+
+@dataclass
+class CurationResult:
+    train: list[Prompt] = field(default_factory=list)
+    valid: list[Prompt] = field(default_factory=list)
+    test: list[Prompt] = field(default_factory=list)
+    removed: list[Removal] = field(default_factory=list)
+    pii_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PII_KINDS, 0))
+    prompts_in: int = 0
+    users_in: int = 0
+    prompts_scrubbed: int = 0        # prompts whose text PII scrubbing changed
+    config: CurateConfig | None = None
+
+    def split(self, name: str) -> list[Prompt]:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r} (expected one of {', '.join(SPLITS)})")
+        return getattr(self, name)
+
+    def kept(self) -> list[Prompt]:
+        return self.train + self.valid + self.test
+
+    def summary(self) -> dict[str, Any]:
+        """Counts in and out, per removal reason, per split and per use case."""
+        kept = self.kept()
+        by_reason = Counter(r.reason for r in self.removed)
+        use_cases = Counter((p.use_case, p.split) for p in kept)
+        present = [uc for uc in USE_CASES if any(use_cases[uc, s] for s in SPLITS)]
+        present += sorted({p.use_case for p in kept} - set(USE_CASES))
+        return {
+            "prompts_in": self.prompts_in,
+            "users_in": self.users_in,
+            "prompts_out": len(kept),
+            "users_out": len({p.user_id for p in kept}),
+            "removed": {reason: by_reason[reason] for reason in REASONS},
+            "users_capped": len({r.prompt.user_id for r in self.removed if r.reason == "user_cap"}),
+            "pii": dict(self.pii_counts),
+            "prompts_scrubbed": self.prompts_scrubbed,
+            "splits": {s: {"prompts": len(self.split(s)), "users": len({p.user_id for p in self.split(s)})}
+                       for s in SPLITS},
+            "use_cases": {uc: {**{s: use_cases[uc, s] for s in SPLITS},
+                               "total": sum(use_cases[uc, s] for s in SPLITS)} for uc in present},
+        }
+
+
+def normalize_text(text: str) -> str:
+    """Lowercased, with runs of whitespace collapsed to one space and the ends stripped."""
+    return " ".join(text.lower().split())
+
+
+def _scrub_all(prompts: list[Prompt], result: CurationResult) -> list[Prompt]:
+    out = []
+    for p in prompts:
+        text, counts = scrub_pii(p.text)
+        for kind, n in counts.items():
+            result.pii_counts[kind] = result.pii_counts.get(kind, 0) + n
+        if text != p.text:
+            result.prompts_scrubbed += 1
+            p = dataclasses.replace(p, text=text)
+        out.append(p)
+    return out
+
+
+def _dedupe(prompts: list[Prompt], prefix_chars: int, result: CurationResult) -> list[Prompt]:
+    kept_by_key: dict[str, Prompt] = {}
+    out = []
+    for p in prompts:
+        key = normalize_text(p.text)[:prefix_chars]
+        first = kept_by_key.get(key)
+        if first is not None:
+            result.removed.append(Removal(p, "duplicate_prefix", first.id))
+            continue
+        kept_by_key[key] = p
+        out.append(p)
+    return out
+
+
+def _cap_per_user(prompts: list[Prompt], max_per_user: int, result: CurationResult) -> list[Prompt]:
+    seen: Counter[str] = Counter()
+    out = []
+    for p in prompts:
+        seen[p.user_id] += 1
+        if seen[p.user_id] > max_per_user:
+            result.removed.append(Removal(p, "user_cap"))
+        else:
+            out.append(p)
+    return out
+
+
+def user_split(user_id: str, seed: int, valid_fraction: float, test_fraction: float) -> str:
+    """The split of a user: a hash of (seed, user_id) mapped to [0, 1) against the fractions.
+
+    It depends on nothing else, so adding or removing users never moves another one.
+    """
+    digest = hashlib.sha256(f"{seed}\x00{user_id}".encode("utf-8")).digest()
+    u = int.from_bytes(digest[:8], "big") / 2.0**64
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + valid_fraction:
+        return "valid"
+    return "train"
+
+
+def _pinned_splits(prompts: list[Prompt]) -> dict[str, Prompt]:
+    """The first prompt carrying a ``split`` for each user; conflicting splits are an error."""
+    pinned: dict[str, Prompt] = {}
+    for p in prompts:
+        if p.split is None:
+            continue
+        first = pinned.setdefault(p.user_id, p)
+        if first.split != p.split:
+            raise DataError(f"{p.source or p.id}: split: user {p.user_id!r} would span two splits: "
+                            f"{p.split!r} here but {first.split!r} at {first.source or first.id}")
+    return pinned
+
+
+def _assign_splits(prompts: list[Prompt], cfg: CurateConfig, result: CurationResult) -> None:
+    """Put each prompt in its user's split.
+
+    A user with prompts that already carry a split keeps that split for all
+    of their prompts; the others are placed by :func:`user_split`.
+    """
+    pinned = _pinned_splits(prompts)
+    for p in prompts:
+        if p.user_id in pinned:
+            name = pinned[p.user_id].split
+        else:
+            name = user_split(p.user_id, cfg.seed, cfg.valid_fraction, cfg.test_fraction)
+        result.split(name).append(p if p.split == name else dataclasses.replace(p, split=name))
+
+
+def curate_prompts(prompts: list[Prompt], cfg: CurateConfig) -> CurationResult:
+    """Scrub, dedupe, cap and split ``prompts`` (the inputs are not modified)."""
+    cfg.validate()
+    result = CurationResult(prompts_in=len(prompts), users_in=len({p.user_id for p in prompts}), config=cfg)
+    if cfg.scrub_pii:
+        prompts = _scrub_all(prompts, result)
+    prompts = _dedupe(prompts, cfg.prefix_chars, result)
+    prompts = _cap_per_user(prompts, cfg.max_per_user, result)
+    _assign_splits(prompts, cfg, result)
+    return result
+
+
+# --------------------------------------------------------------------------
+# Files and report
+# --------------------------------------------------------------------------
+
+def _removed_record(r: Removal) -> dict[str, Any]:
+    extra = {"reason": r.reason}
+    if r.duplicate_of is not None:
+        extra["duplicate_of"] = r.duplicate_of
+    record = to_record(r.prompt)
+    clash = sorted(set(extra) & set(record))
+    if clash:
+        raise DataError(f"{r.prompt.source or r.prompt.id}: {clash[0]}: field is reserved in removed.jsonl")
+    return {**record, **extra}
+
+
+def write_curation(result: CurationResult, out_dir: str) -> None:
+    """Write train/valid/test.jsonl, removed.jsonl and curation_summary.json to ``out_dir``."""
+    for name in SPLITS:
+        write_jsonl(f"{out_dir}/{name}.jsonl", result.split(name))
+    write_jsonl(f"{out_dir}/removed.jsonl", [_removed_record(r) for r in result.removed])
+    summary = result.summary()
+    if result.config is not None:
+        summary["config"] = dataclasses.asdict(result.config)
+    with atomic_open(f"{out_dir}/curation_summary.json") as f:
+        f.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+
+
+def run_curate(cfg: CurateConfig) -> CurationResult:
+    """Load ``cfg.prompts``, curate them and write the results to ``cfg.out_dir``."""
+    cfg.validate()
+    if not cfg.prompts.strip():
+        raise ConfigError("prompts: required (path to a prompts JSONL file)")
+    result = curate_prompts(load_prompts(cfg.prompts), cfg)
+    write_curation(result, cfg.out_dir)
+    return result
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def format_summary(result: CurationResult, examples: int = 3) -> str:
+    """A human-readable report: what came in, what was removed and why, what went where."""
+    s = result.summary()
+    cfg = result.config or CurateConfig()
+    lines = [f"Read {_plural(s['prompts_in'], 'prompt')} from {_plural(s['users_in'], 'user')}; "
+             f"kept {s['prompts_out']} from {_plural(s['users_out'], 'user')}."]
+    if result.pii_counts and any(result.pii_counts.values()):
+        found = ", ".join(f"{n} {kind}" for kind, n in result.pii_counts.items() if n)
+        lines.append(f"PII scrubbed in {_plural(s['prompts_scrubbed'], 'prompt')}: {found}.")
+    elif cfg.scrub_pii:
+        lines.append("PII scrubbing found nothing to replace.")
+    else:
+        lines.append("PII scrubbing was off.")
+    why = {
+        "duplicate_prefix": f"same first {cfg.prefix_chars} characters (normalised) as an earlier prompt",
+        "user_cap": f"beyond the first {cfg.max_per_user} prompts of a user "
+                    f"({_plural(s['users_capped'], 'user')} capped)",
+    }
+    lines.append(f"Removed {sum(s['removed'].values())}:")
+    for reason in REASONS:
+        lines.append(f"  {reason}: {s['removed'][reason]} - {why[reason]}")
+        shown = [r for r in result.removed if r.reason == reason][:examples]
+        for r in shown:
+            where = r.prompt.source or f"id {r.prompt.id}"
+            dup = f" (duplicate of id {r.duplicate_of})" if r.duplicate_of is not None else ""
+            lines.append(f"      e.g. {where}: id {r.prompt.id}, user {r.prompt.user_id}{dup}")
+    lines.append("Splits (by user):")
+    for name in SPLITS:
+        lines.append(f"  {name:<5} {s['splits'][name]['prompts']:>7} prompts  {s['splits'][name]['users']:>6} users")
+    if s["use_cases"]:
+        lines.append("Use cases (train/valid/test):")
+        for uc, n in s["use_cases"].items():
+            lines.append(f"  {uc:<15} {n['train']:>6} {n['valid']:>6} {n['test']:>6}")
+    return "\n".join(lines)

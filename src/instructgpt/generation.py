@@ -1,0 +1,102 @@
+"""Batched sampling with a KV cache: one forward pass per new token for the whole batch.
+
+Prompts are left-padded so that every row's next token sits in the last
+column; position ids count real tokens only, so a padded row sees the same
+positions as it would alone. Rows that have emitted EOS keep being fed a pad
+token (masked out) until every row is done or ``max_new_tokens`` is reached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .batching import pad
+from .models import position_ids_from_mask
+
+
+@dataclass
+class Generation:
+    """Sampled responses as token ids (ending with EOS when the model stopped)."""
+    responses: list[list[int]]
+    ended: list[bool]          # True when the response ends with EOS
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(r) for r in self.responses]
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """(B, V) logits -> (B,) sampled ids; temperature 0 means greedy."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest set whose mass reaches top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             generator: torch.Generator | None = None, batch_size: int = 0) -> Generation:
+    """Sample one response per prompt. ``batch_size`` > 0 splits very large requests."""
+    if batch_size and len(prompts) > batch_size:
+        parts = [generate(model, prompts[i:i + batch_size], max_new_tokens, eos_id, pad_id,
+                          temperature, top_k, top_p, generator) for i in range(0, len(prompts), batch_size)]
+        return Generation([r for p in parts for r in p.responses], [e for p in parts for e in p.ended])
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    ids, mask = pad(prompts, pad_id, side="left")
+    ids, mask = ids.to(device), mask.to(device)
+    B = ids.shape[0]
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True)
+    past, logits = out.past_key_values, out.logits[:, -1]        # (B, V)
+    next_pos = mask.sum(-1, keepdim=True)                        # (B, 1) position of the next token
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    tokens = []
+    for _ in range(max_new_tokens):
+        tok = sample_next(logits, temperature, top_k, top_p, generator)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        tokens.append(tok)
+        done |= tok == eos_id
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, (~done | (tok == eos_id)).long().unsqueeze(-1)], dim=-1)
+        out = model(input_ids=tok.unsqueeze(-1), attention_mask=mask, position_ids=next_pos,
+                    past_key_values=past, use_cache=True)
+        past, logits = out.past_key_values, out.logits[:, -1]
+        next_pos = next_pos + 1
+    model.train(was_training)
+    return _collect(torch.stack(tokens, dim=1) if tokens else torch.zeros(B, 0, dtype=torch.long), eos_id)
+
+
+def _collect(tokens: torch.Tensor, eos_id: int) -> Generation:
+    """(B, N) sampled ids -> per-row lists cut after the first EOS."""
+    responses, ended = [], []
+    for row in tokens.tolist():
+        if eos_id in row:
+            cut = row.index(eos_id) + 1
+            responses.append(row[:cut])
+            ended.append(True)
+        else:
+            responses.append(row)
+            ended.append(False)
+    return Generation(responses, ended)
+
+
+def decode_responses(tokenizer, gen: Generation) -> list[str]:
+    """Token ids -> text, without the EOS."""
+    return [tokenizer.decode(r[:-1] if e else r, skip_special_tokens=True).strip()
+            for r, e in zip(gen.responses, gen.ended)]

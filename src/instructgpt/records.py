@@ -1,0 +1,78 @@
+"""What a run leaves behind besides weights: metrics as JSON lines, config and version."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from . import config as config_mod
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl``; each line is {"step": n, "time": t, "sft/loss": ...}.
+
+    On resume, lines for steps after the checkpoint are dropped first, so the
+    log of a resumed run reads like that of an uninterrupted one.
+    """
+
+    def __init__(self, path: str | Path, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def truncate_after(self, step: int) -> None:
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, "time": round(time.time(), 3)}
+        for k, v in metrics.items():
+            if isinstance(v, torch.Tensor):
+                v = v.item()
+            if isinstance(v, float) and not math.isfinite(v):
+                v = str(v)
+            row[k] = v
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_run_info(out_dir: str | Path, stage: str, cfg: Any, extra: dict | None = None) -> None:
+    """``config.resolved.json`` (what ran) and ``instructgpt.json`` (stage, version, environment)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_mod.save(cfg, out_dir / "config.resolved.json")
+    info = {
+        "stage": stage,
+        "instructgpt_version": __version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "config": config_mod.to_dict(cfg),
+        **(extra or {}),
+    }
+    (out_dir / "instructgpt.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+
+
+def update_run_info(out_dir: str | Path, **fields: Any) -> None:
+    path = Path(out_dir) / "instructgpt.json"
+    info = json.loads(path.read_text()) if path.exists() else {}
+    info.update(fields)
+    path.write_text(json.dumps(info, indent=2, default=str) + "\n")

@@ -1,0 +1,198 @@
+"""Step 2: the reward model, trained on rankings of K responses per prompt.
+
+Each ranking is one batch element: its K responses are forwarded once each,
+and its loss is the mean over all its (better, worse) pairs of
+-log sigmoid(r_w - r_l) (ties give no pair), as in the paper. After training
+the reward is shifted by a stored bias so that reference responses (labeler
+demonstrations, or the best-ranked training responses when none are given)
+score mean 0.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import distributed as dist
+from .batching import Encoded, collate_rankings, encode_pair, pad
+from .config import ConfigError, opt
+from .data import DataError, Ranking, load_demonstrations, load_prompts, load_rankings
+from .losses import pairwise_accuracy, ranking_loss
+from .models import RewardModel, load_tokenizer, pick_device
+from .records import MetricsLog, update_run_info, write_run_info
+from .training import FitResult, OptimConfig, fit
+
+
+@dataclass
+class RMConfig(OptimConfig):
+    """Reward-model training (``instructgpt rm``)."""
+    model: str = opt("", "Model to start from (the SFT folder): its unembedding is replaced by a scalar head.")
+    train: str = opt("", "Rankings JSONL (also {prompt, chosen, rejected} rows).")
+    valid: str = opt("", "Validation rankings JSONL (gives rm/val_accuracy; keeps the epoch with the lowest val loss).")
+    prompts: str = opt("", "Prompts JSONL resolving prompt_id references (optional).")
+    reference: str = opt("", "Demonstrations JSONL whose responses should score mean 0 after training "
+                             "(default: the best-ranked response of each training ranking).")
+    dropout: float = opt(0.0, "Residual dropout during RM training.")
+    max_prompt_tokens: int = opt(128, "Longer prompts are an error naming the record.")
+    max_seq_len: int = opt(256, "Prompt + response tokens; longer responses are cut.")
+    batch_size: int = opt(16, "Rankings per optimizer step (paper: 64 prompts).")
+    micro_batch_size: int = opt(8, "Rankings per forward pass (each holds K responses).")
+    lr: float = opt(3e-5, "Peak learning rate (paper: 9e-6 for the 6B RM).")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.model:
+            raise ConfigError("model: required (the SFT model folder)")
+        if not self.train:
+            raise ConfigError("train: required (rankings JSONL)")
+
+
+@dataclass
+class RMResult:
+    out_dir: str
+    fit: FitResult
+    val_accuracy: float | None
+    reward_bias: float
+
+
+@dataclass
+class EncodedRanking:
+    responses: list[Encoded]
+    pairs: list[tuple[int, int]]
+    source: str
+
+
+def encode_rankings(rankings: list[Ranking], tokenizer, cfg: RMConfig) -> list[EncodedRanking]:
+    out = []
+    for r in rankings:
+        enc = [encode_pair(tokenizer, r.prompt, resp, cfg.max_prompt_tokens, cfg.max_seq_len, r.source)
+               for resp in r.responses]
+        pairs = r.pairs()
+        if not pairs:
+            raise DataError(f"{r.source}: ranking: all responses tied; no comparison to learn from")
+        out.append(EncodedRanking(enc, pairs, r.source))
+    return out
+
+
+class RankingTask:
+    """All pairs of one ranking in one batch element; weight = rankings."""
+
+    metric_prefix = "rm"
+
+    def __init__(self, rankings: list[EncodedRanking], pad_id: int):
+        self.rankings, self.pad_id = rankings, pad_id
+        self.n_examples = len(rankings)
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        rs = [self.rankings[i] for i in indices]
+        return collate_rankings([r.responses for r in rs], [r.pairs for r in rs], self.pad_id)
+
+    def weight(self, batch) -> float:
+        return float(batch["pair_group"].max().item() + 1) if batch["pair_group"].numel() else 0.0
+
+    def loss(self, model: RewardModel, batch):
+        rewards = model(batch["input_ids"], batch["attention_mask"])            # (N,)
+        n_groups = int(batch["pair_group"].max().item()) + 1
+        loss_sum, pair_loss = ranking_loss(rewards, batch["winners"], batch["losers"], batch["pair_group"], n_groups)
+        with torch.no_grad():
+            diff = rewards[batch["winners"]] - rewards[batch["losers"]]
+            correct = ((diff > 0).float() + 0.5 * (diff == 0).float()).sum()
+        return loss_sum, {"loss_sum": loss_sum.item(), "rankings": n_groups,
+                          "correct": correct.item(), "pairs": float(len(pair_loss))}
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        return {"rm/loss": sums["loss_sum"] / max(sums["rankings"], 1.0),
+                "rm/accuracy": sums["correct"] / max(sums["pairs"], 1.0)}
+
+
+@torch.no_grad()
+def evaluate_rankings(model: RewardModel, rankings: list[EncodedRanking], pad_id: int, device,
+                      batch_size: int = 8) -> dict[str, float]:
+    """Mean ranking loss and pairwise accuracy over ``rankings``."""
+    was = model.training
+    model.eval()
+    task = RankingTask(rankings, pad_id)
+    sums: dict[str, float] = {}
+    for i in range(0, len(rankings), batch_size):
+        batch = {k: v.to(device) for k, v in task.collate(list(range(i, min(i + batch_size, len(rankings))))).items()}
+        _, stats = task.loss(model, batch)
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + v
+    model.train(was)
+    m = task.summarize(sums)
+    return {"rm/val_loss": m["rm/loss"], "rm/val_accuracy": m["rm/accuracy"]}
+
+
+@torch.no_grad()
+def score_sequences(model: RewardModel, seqs: list[list[int]], pad_id: int, device, batch_size: int = 32) -> torch.Tensor:
+    """(N,) rewards of token sequences (prompt + response + EOS)."""
+    was = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(seqs), batch_size):
+        ids, mask = pad(seqs[i:i + batch_size], pad_id, "right")
+        out.append(model(ids.to(device), mask.to(device)).float().cpu())
+    model.train(was)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def reference_sequences(cfg: RMConfig, tokenizer, train: list[Ranking], prompts) -> tuple[list[list[int]], str]:
+    """Token sequences whose mean reward is set to 0, and a description of where they came from."""
+    if cfg.reference:
+        demos = load_demonstrations(cfg.reference, prompts)
+        seqs = [encode_pair(tokenizer, d.prompt, d.response, cfg.max_prompt_tokens, cfg.max_seq_len, d.source).ids
+                for d in demos]
+        return seqs, f"demonstrations in {cfg.reference}"
+    seqs = []
+    for r in train:
+        for i in r.ranking[0]:
+            seqs.append(encode_pair(tokenizer, r.prompt, r.responses[i], cfg.max_prompt_tokens,
+                                    cfg.max_seq_len, r.source).ids)
+    return seqs, "best-ranked responses of the training rankings"
+
+
+def train_rm(cfg: RMConfig) -> RMResult:
+    """Train a reward model from ``cfg.model`` on ``cfg.train``; saved with its bias to ``cfg.out_dir``."""
+    device = pick_device(cfg.device)
+    dist.init_from_env(device)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model)
+    prompts = {p.id: p for p in load_prompts(cfg.prompts)} if cfg.prompts else None
+    train = load_rankings(cfg.train, prompts)
+    if not train:
+        raise DataError(f"{cfg.train}: no rankings")
+    train_enc = encode_rankings(train, tokenizer, cfg)
+    valid_enc = encode_rankings(load_rankings(cfg.valid, prompts), tokenizer, cfg) if cfg.valid else []
+
+    model = RewardModel.from_policy(cfg.model, device, dropout=cfg.dropout)
+    out = Path(cfg.out_dir)
+    if dist.is_main():
+        write_run_info(out, "rm", cfg, {"train_rankings": len(train_enc),
+                                        "train_pairs": sum(len(r.pairs) for r in train_enc)})
+    log = MetricsLog(out / "metrics.jsonl", enabled=dist.is_main())
+
+    def evaluate(m, epoch):
+        return evaluate_rankings(m, valid_enc, tokenizer.pad_token_id, device) if valid_enc else {}
+
+    select = ("rm/val_loss", "min") if valid_enc else None
+    result = fit(model, RankingTask(train_enc, tokenizer.pad_token_id), cfg, device, evaluate, select, log=log)
+
+    seqs, ref_desc = reference_sequences(cfg, tokenizer, train, prompts)
+    model.reward_bias.zero_()
+    bias = -score_sequences(model, seqs, tokenizer.pad_token_id, device).mean().item()
+    model.reward_bias.fill_(bias)
+    final = evaluate_rankings(model, valid_enc, tokenizer.pad_token_id, device) if valid_enc else {}
+    if dist.is_main():
+        model.save_pretrained(out, tokenizer, extra={"normalised_on": ref_desc, "normalised_count": len(seqs)})
+        update_run_info(out, reward_bias=bias, normalised_on=ref_desc, history=result.history,
+                        selected_epoch=result.best_epoch, **final)
+        log.log(result.steps, {"rm/reward_bias": bias, **final})
+        acc = final.get("rm/val_accuracy")
+        print(f"rm: bias {bias:+.4f} (mean 0 on {ref_desc})"
+              + (f"; validation accuracy {acc:.3f}" if acc is not None else "") + f"; saved to {out}")
+    dist.barrier()
+    return RMResult(str(out), result, final.get("rm/val_accuracy"), bias)

@@ -1,0 +1,185 @@
+"""Step 1: supervised fine-tuning on labeler demonstrations.
+
+Loss on response tokens only (the prompt is context), token mean over each
+global batch. The kept checkpoint is the epoch whose sampled responses to
+validation prompts get the highest mean reward-model score when a reward
+model is given (the paper's rule: validation loss overfits after one epoch
+while RM score keeps improving), else the epoch with the lowest validation
+loss, else the last epoch. The choice is logged and stored in instructgpt.json.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import distributed as dist
+from .batching import Encoded, collate_lm, encode_pair, encode_prompt, pad
+from .config import ConfigError, opt
+from .data import DataError, Demonstration, load_demonstrations, load_prompts
+from .generation import generate
+from .models import RewardModel, load_policy, load_tokenizer, pick_device, position_ids_from_mask
+from .losses import lm_loss_sum
+from .records import MetricsLog, update_run_info, write_run_info
+from .training import FitResult, OptimConfig, fit
+
+
+@dataclass
+class SFTConfig(OptimConfig):
+    """Supervised fine-tuning (``instructgpt sft``)."""
+    model: str = opt("", "Model to fine-tune: a folder, a .gguf file, or 'smollm2'.")
+    train: str = opt("", "Demonstrations JSONL (prompt or prompt_id, response).")
+    valid: str = opt("", "Validation demonstrations JSONL (optional; gives sft/val_loss).")
+    prompts: str = opt("", "Prompts JSONL resolving prompt_id references (optional).")
+    reward_model: str = opt("", "Reward-model folder: keep the epoch whose responses to validation prompts score highest.")
+    select_prompts: int = opt(64, "Validation prompts sampled and scored per epoch when a reward model is given.")
+    max_new_tokens: int = opt(64, "Response length limit when sampling for checkpoint selection.")
+    dropout: float = opt(0.2, "Residual dropout during SFT (paper: 0.2); set where the architecture has it.")
+    max_prompt_tokens: int = opt(128, "Longer prompts are an error naming the record.")
+    max_seq_len: int = opt(256, "Prompt + response tokens; longer responses are cut (counted in the log).")
+    lr: float = opt(1e-4, "Peak learning rate (paper: 9.65e-6 for 1.3B; tiny models want more).")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.model:
+            raise ConfigError("model: required (folder, .gguf file or 'smollm2')")
+        if not self.train:
+            raise ConfigError("train: required (demonstrations JSONL)")
+
+
+@dataclass
+class SFTResult:
+    out_dir: str
+    fit: FitResult
+    selected_by: str
+    val_loss: float | None
+
+
+class LMTask:
+    """Next-token loss on the masked part of encoded examples; weight = target tokens."""
+
+    def __init__(self, examples: list[Encoded], pad_id: int, response_only: bool = True, prefix: str = "sft"):
+        self.examples, self.pad_id, self.response_only = examples, pad_id, response_only
+        self.n_examples = len(examples)
+        self.metric_prefix = prefix
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        return collate_lm([self.examples[i] for i in indices], self.pad_id, self.response_only)
+
+    def weight(self, batch: dict[str, torch.Tensor]) -> float:
+        return float(batch["loss_mask"][:, 1:].sum())
+
+    def loss(self, model, batch):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=position_ids_from_mask(batch["attention_mask"])).logits
+        loss_sum, count = lm_loss_sum(logits, batch["input_ids"], batch["loss_mask"])
+        return loss_sum, {"nll": loss_sum.item(), "n": count.item()}
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        return {f"{self.metric_prefix}/loss": sums["nll"] / max(sums["n"], 1.0)}
+
+
+@torch.no_grad()
+def mean_lm_loss(model, examples: list[Encoded], pad_id: int, device, batch_size: int = 32,
+                 response_only: bool = True) -> float:
+    """Token-mean next-token loss over ``examples`` (validation loss, perplexity)."""
+    was = model.training
+    model.eval()
+    task = LMTask(examples, pad_id, response_only)
+    total, count = 0.0, 0.0
+    for i in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in task.collate(list(range(i, min(i + batch_size, len(examples))))).items()}
+        s, stats = task.loss(model, batch)
+        total, count = total + s.item(), count + stats["n"]
+    model.train(was)
+    return total / max(count, 1.0)
+
+
+def encode_demonstrations(demos: list[Demonstration], tokenizer, cfg: SFTConfig) -> tuple[list[Encoded], int]:
+    """Encode all demonstrations; returns (examples, how many responses were cut to fit)."""
+    encoded = [encode_pair(tokenizer, d.prompt, d.response, cfg.max_prompt_tokens, cfg.max_seq_len, d.source)
+               for d in demos]
+    return encoded, sum(e.truncated for e in encoded)
+
+
+@torch.no_grad()
+def mean_reward_of_samples(policy, reward_model: RewardModel, prompt_ids: list[list[int]], tokenizer,
+                           max_new_tokens: int, seed: int, batch_size: int = 32) -> float:
+    """Sample one response per prompt (temperature 1, fixed seed) and average the RM scores."""
+    device = next(policy.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed)
+    gen = generate(policy, prompt_ids, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                   generator=g, batch_size=batch_size)
+    scores = []
+    for i in range(0, len(prompt_ids), batch_size):
+        seqs = [p + r for p, r in zip(prompt_ids[i:i + batch_size], gen.responses[i:i + batch_size])]
+        ids, mask = pad(seqs, tokenizer.pad_token_id, "right")
+        scores.append(reward_model(ids.to(device), mask.to(device)).cpu())
+    return torch.cat(scores).mean().item()
+
+
+def train_sft(cfg: SFTConfig) -> SFTResult:
+    """Fine-tune ``cfg.model`` on ``cfg.train``; the selected epoch is saved to ``cfg.out_dir``."""
+    device = pick_device(cfg.device)
+    dist.init_from_env(device)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model)
+    prompts = {p.id: p for p in load_prompts(cfg.prompts)} if cfg.prompts else None
+    train_demos = load_demonstrations(cfg.train, prompts)
+    if not train_demos:
+        raise DataError(f"{cfg.train}: no demonstrations")
+    train_ex, cut = encode_demonstrations(train_demos, tokenizer, cfg)
+    valid_demos = load_demonstrations(cfg.valid, prompts) if cfg.valid else []
+    valid_ex, _ = encode_demonstrations(valid_demos, tokenizer, cfg)
+
+    model = load_policy(cfg.model, device, dropout=cfg.dropout)
+    out = Path(cfg.out_dir)
+    if dist.is_main():
+        write_run_info(out, "sft", cfg, {"train_examples": len(train_ex), "responses_truncated": cut})
+    log = MetricsLog(out / "metrics.jsonl", enabled=dist.is_main())
+
+    reward_model = RewardModel.from_pretrained(cfg.reward_model, device).eval() if cfg.reward_model else None
+    select_prompts = _selection_prompts(valid_demos or train_demos, tokenizer, cfg) if reward_model else []
+
+    def evaluate(m, epoch: int) -> dict[str, float]:
+        metrics = {}
+        if valid_ex:
+            metrics["sft/val_loss"] = mean_lm_loss(m, valid_ex, tokenizer.pad_token_id, device)
+        if reward_model is not None:
+            metrics["sft/val_rm_score"] = mean_reward_of_samples(
+                m, reward_model, select_prompts, tokenizer, cfg.max_new_tokens, cfg.seed)
+        return metrics
+
+    if reward_model is not None:
+        select, selected_by = ("sft/val_rm_score", "max"), "highest mean reward-model score on validation prompts"
+    elif valid_ex:
+        select, selected_by = ("sft/val_loss", "min"), "lowest validation loss"
+    else:
+        select, selected_by = None, "last epoch (no validation data)"
+    result = fit(model, LMTask(train_ex, tokenizer.pad_token_id), cfg, device, evaluate, select, log=log)
+
+    if dist.is_main():
+        model.save_pretrained(str(out), safe_serialization=True)
+        tokenizer.save_pretrained(str(out))
+        update_run_info(out, selected_epoch=result.best_epoch, selected_by=selected_by,
+                        selection_score=result.best_score, history=result.history)
+        print(f"sft: kept epoch {result.best_epoch if result.best_epoch is not None else result.epochs_run - 1} "
+              f"({selected_by}); saved to {out}")
+    dist.barrier()
+    val_loss = result.history[-1].get("sft/val_loss") if result.history else None
+    return SFTResult(str(out), result, selected_by, val_loss)
+
+
+def _selection_prompts(demos: list[Demonstration], tokenizer, cfg: SFTConfig) -> list[list[int]]:
+    seen, out = set(), []
+    for d in demos:
+        if d.prompt not in seen:
+            seen.add(d.prompt)
+            out.append(encode_prompt(tokenizer, d.prompt, cfg.max_prompt_tokens, d.source))
+        if len(out) >= cfg.select_prompts:
+            break
+    return out

@@ -1,0 +1,243 @@
+"""The supervised training loop that pretraining, SFT and the reward model share.
+
+A stage supplies a ``Task``: how to collate examples into a micro-batch, how
+much each micro-batch weighs (tokens for language modelling, rankings for the
+reward model) and its summed loss. ``fit`` does the rest: epochs in a
+seeded order, micro-batches summed into one step whose loss is the mean over
+the whole global batch (so gradient accumulation and data parallelism change
+nothing but speed), AdamW, warmup + cosine decay to ``min_lr_ratio`` of the
+peak, gradient clipping, checkpoints every ``save_every`` steps and at each
+epoch end, per-epoch evaluation with keep-the-best selection, and resume.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from . import distributed as dist
+from .config import ConfigError, opt
+from .records import MetricsLog
+
+
+@dataclass
+class OptimConfig:
+    """Options every supervised stage shares."""
+    out_dir: str = opt("", "Output folder (model, checkpoints, metrics.jsonl).")
+    lr: float = opt(1e-4, "Peak learning rate (AdamW).")
+    weight_decay: float = opt(0.0, "AdamW weight decay (not applied to biases and norms).")
+    adam_beta2: float = opt(0.95, "AdamW beta2.")
+    warmup_steps: int = opt(0, "Linear warmup steps from 0 to the peak learning rate.")
+    min_lr_ratio: float = opt(0.1, "Cosine decay ends at this fraction of the peak (paper: 10%).")
+    epochs: int = opt(1, "Passes over the training data.")
+    batch_size: int = opt(16, "Examples per optimizer step (global, across processes).")
+    micro_batch_size: int = opt(16, "Examples per forward pass; batch_size/micro_batch_size = gradient accumulation.")
+    grad_clip: float = opt(1.0, "Clip the global gradient norm to this (0 = off).")
+    seed: int = opt(0, "Seed for initialisation, data order and dropout.")
+    save_every: int = opt(0, "Also checkpoint every this many steps (0 = only at epoch ends).")
+    keep_checkpoints: int = opt(2, "How many recent checkpoints to keep for resume.")
+    device: str = opt("auto", "auto (CUDA if available, else CPU), cpu, cuda, cuda:1 ...")
+    resume: bool = opt(False, "Continue from the last good checkpoint in out_dir.")
+    max_steps: int = opt(0, "Stop after this many optimizer steps in total (0 = no limit).")
+    progress: bool = opt(True, "Show a progress bar.")
+
+    def validate(self) -> None:
+        if not self.out_dir:
+            raise ConfigError("out_dir: required")
+        if self.batch_size < 1 or self.micro_batch_size < 1:
+            raise ConfigError("batch_size, micro_batch_size: must be >= 1")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError("min_lr_ratio: must be in [0, 1]")
+        if self.lr <= 0:
+            raise ConfigError("lr: must be > 0")
+
+
+def lr_multiplier(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
+    """Linear warmup to 1, then cosine decay reaching ``min_lr_ratio`` at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, beta2: float = 0.95) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, beta2), eps=1e-8, foreach=True)
+
+
+class Task(Protocol):
+    """What a stage gives ``fit``."""
+    n_examples: int
+    metric_prefix: str
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]: ...
+    def weight(self, batch: dict[str, torch.Tensor]) -> float: ...
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+@dataclass
+class FitResult:
+    steps: int
+    epochs_run: int
+    best_epoch: int | None
+    best_score: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: str | None = None
+
+
+class StopTraining(Exception):
+    """Raised by an ``on_step`` hook to stop early (tests use it to simulate a kill)."""
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    return np.random.default_rng([seed, epoch]).permutation(n).tolist()
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def fit(model: torch.nn.Module, task: Task, cfg: OptimConfig, device: torch.device,
+        evaluate: Callable[[torch.nn.Module, int], dict[str, float]] | None = None,
+        select: tuple[str, str] | None = None,
+        on_step: Callable[[int], None] | None = None,
+        log: MetricsLog | None = None) -> FitResult:
+    """Train ``model`` on ``task``; returns with the selected (best) weights loaded.
+
+    ``evaluate(model, epoch)`` runs after every epoch; ``select = (metric,
+    "max"|"min")`` names the metric that picks the kept epoch. Without it the
+    last epoch is kept.
+    """
+    out = Path(cfg.out_dir)
+    ckpt_root = out / "checkpoints"
+    log = log or MetricsLog(out / "metrics.jsonl", enabled=dist.is_main())
+    steps_per_epoch = math.ceil(task.n_examples / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.adam_beta2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s, total_steps, cfg.warmup_steps, cfg.min_lr_ratio))
+    modules = {"model": model}
+
+    state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "best_score": None,
+             "best_epoch": None, "history": []}
+    resumed_from = None
+    if cfg.resume:
+        found = ckpt.latest_good_checkpoint(ckpt_root)
+        if found is not None:
+            objects, state = ckpt.load_checkpoint(found, modules)
+            optimizer.load_state_dict(objects["optimizer"])
+            scheduler.load_state_dict(objects["scheduler"])
+            resumed_from = str(found)
+            log.truncate_after(state["global_step"])
+
+    def save(name: str | None = None) -> None:
+        if dist.is_main():
+            folder = ckpt_root / (name or f"step-{state['global_step']:07d}")
+            ckpt.save_checkpoint(folder, modules, {"optimizer": optimizer.state_dict(),
+                                                   "scheduler": scheduler.state_dict()}, state)
+            ckpt.prune_checkpoints(ckpt_root, cfg.keep_checkpoints)
+        dist.barrier()
+
+    bar = tqdm(total=total_steps, initial=state["global_step"], disable=not (cfg.progress and dist.is_main()),
+               desc=task.metric_prefix, dynamic_ncols=True, mininterval=1.0)
+    model.train()
+    try:
+        while state["epoch"] < cfg.epochs and state["global_step"] < total_steps:
+            order = _epoch_order(task.n_examples, cfg.seed, state["epoch"])
+            while state["step_in_epoch"] < steps_per_epoch and state["global_step"] < total_steps:
+                s = state["step_in_epoch"]
+                metrics = _train_step(model, task, order[s * cfg.batch_size:(s + 1) * cfg.batch_size],
+                                      cfg, optimizer, scheduler, device)
+                state["step_in_epoch"] += 1
+                state["global_step"] += 1
+                log.log(state["global_step"], metrics)
+                bar.update(1)
+                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items()
+                                 if k.endswith(("loss", "lr", "tokens_per_s", "accuracy"))})
+                if cfg.save_every and state["global_step"] % cfg.save_every == 0:
+                    save()
+                if on_step is not None:
+                    on_step(state["global_step"])
+            if state["step_in_epoch"] >= steps_per_epoch:
+                _end_epoch(model, evaluate, select, state, log, ckpt_root, device)
+                state["epoch"] += 1
+                state["step_in_epoch"] = 0
+                save()
+    finally:
+        bar.close()
+    if select and state["best_epoch"] is not None and (ckpt_root / "best").exists():
+        ckpt.load_checkpoint(ckpt_root / "best", modules)
+    return FitResult(state["global_step"], state["epoch"], state["best_epoch"], state["best_score"],
+                     state["history"], resumed_from)
+
+
+def _train_step(model, task: Task, indices: list[int], cfg: OptimConfig, optimizer, scheduler,
+                device: torch.device) -> dict[str, float]:
+    """One optimizer step over a global batch: micro-batches, global normalisation, clip, step."""
+    t0 = time.perf_counter()
+    mine = dist.shard(indices)
+    micro = [task.collate(mine[i:i + cfg.micro_batch_size]) for i in range(0, len(mine), cfg.micro_batch_size)]
+    total = dist.all_reduce_sum(torch.tensor(float(sum(task.weight(b) for b in micro))))
+    total = total.clamp(min=1.0).item()
+    sums: dict[str, float] = {}
+    tokens = 0
+    for batch in micro:
+        batch = _to(batch, device)
+        loss_sum, stats = task.loss(model, batch)
+        (loss_sum / total).backward()
+        tokens += int(batch["attention_mask"].sum())
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    dist.all_reduce_gradients(model)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    if not torch.isfinite(grad_norm):
+        raise FloatingPointError(f"{task.metric_prefix}: gradient norm is {grad_norm.item()} "
+                                 f"(lower lr; the last good checkpoint is kept)")
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    reduced = dist.all_reduce_sum(torch.tensor([sums.get(k, 0.0) for k in sorted(sums)] + [float(tokens)]))
+    sums = dict(zip(sorted(sums), reduced[:-1].tolist()))
+    elapsed = time.perf_counter() - t0
+    p = task.metric_prefix
+    metrics = task.summarize(sums) if hasattr(task, "summarize") else {}
+    metrics.update({f"{p}/lr": scheduler.get_last_lr()[0], f"{p}/grad_norm": grad_norm.item(),
+                    f"{p}/tokens_per_s": reduced[-1].item() / elapsed})
+    return metrics
+
+
+def _end_epoch(model, evaluate, select, state: dict, log: MetricsLog, ckpt_root: Path, device) -> None:
+    if evaluate is None:
+        return
+    model.eval()
+    with torch.no_grad():
+        metrics = evaluate(model, state["epoch"])
+    model.train()
+    metrics = {k: float(v) for k, v in metrics.items()}
+    state["history"].append({"epoch": state["epoch"], **metrics})
+    log.log(state["global_step"], metrics)
+    if not select:
+        return
+    name, mode = select
+    score = metrics[name]
+    best = state["best_score"]
+    if best is None or (score > best if mode == "max" else score < best):
+        state["best_score"], state["best_epoch"] = score, state["epoch"]
+        if dist.is_main():
+            ckpt.save_checkpoint(ckpt_root / "best", {"model": model}, {}, {"epoch": state["epoch"], name: score})
+        dist.barrier()

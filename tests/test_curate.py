@@ -1,0 +1,259 @@
+"""Prompt curation (instructgpt.curate)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from instructgpt.config import ConfigError, load
+from instructgpt.curate import (
+    CurateConfig, curate_prompts, format_summary, run_curate, scrub_pii, user_split,
+)
+from instructgpt.data import USE_CASES, DataError, Prompt, load_prompts, write_jsonl
+
+WORDS = ("otter badger heron lichen quartz saffron tundra violin walrus yonder zephyr amber basalt cobalt "
+         "delta ember fjord glacier harbor indigo juniper kelp lagoon meadow nectar orchid").split()
+
+
+def unique_text(rng: random.Random, i: int) -> str:
+    """A text whose first 60 normalised characters differ from every other call's."""
+    return f"#{i} " + " ".join(rng.choice(WORDS) for _ in range(12))
+
+
+def make_prompts(n_users: int, per_user: int = 3, seed: int = 0, start: int = 0) -> list[Prompt]:
+    rng = random.Random(seed)
+    prompts = []
+    for u in range(start, start + n_users):
+        for j in range(per_user):
+            i = len(prompts) + start * per_user
+            prompts.append(Prompt(id=f"p{i}", text=unique_text(rng, i), user_id=f"user{u}",
+                                  use_case=USE_CASES[i % len(USE_CASES)], source=f"gen:{i}"))
+    return prompts
+
+
+def users_by_split(result) -> dict[str, set[str]]:
+    return {name: {p.user_id for p in result.split(name)} for name in ("train", "valid", "test")}
+
+
+# ---------------------------------------------------------------- splits
+
+def test_no_user_in_two_splits():
+    prompts = make_prompts(300, per_user=4)
+    result = curate_prompts(prompts, CurateConfig())
+    users = users_by_split(result)
+    assert not users["train"] & users["valid"]
+    assert not users["train"] & users["test"]
+    assert not users["valid"] & users["test"]
+    assert len(users["train"] | users["valid"] | users["test"]) == 300
+    assert all(p.split == name for name in ("train", "valid", "test") for p in result.split(name))
+    assert len(result.kept()) == len(prompts) and not result.removed
+
+
+def test_split_is_stable_when_users_are_added_or_reordered():
+    cfg = CurateConfig(seed=7)
+    base = make_prompts(200)
+    before = {p.user_id: p.split for p in curate_prompts(base, cfg).kept()}
+    more = make_prompts(300, start=200, seed=1) + list(reversed(base))
+    after = {p.user_id: p.split for p in curate_prompts(more, cfg).kept()}
+    assert all(after[u] == s for u, s in before.items())
+    assert {p.user_id: p.split for p in curate_prompts(base, CurateConfig(seed=8)).kept()} != before
+
+
+def test_fractions_roughly_respected():
+    prompts = make_prompts(1000, per_user=1)
+    result = curate_prompts(prompts, CurateConfig(valid_fraction=0.1, test_fraction=0.2))
+    n = {name: len(users) for name, users in users_by_split(result).items()}
+    assert sum(n.values()) == 1000
+    assert 60 <= n["valid"] <= 140
+    assert 150 <= n["test"] <= 250
+    assert 620 <= n["train"] <= 780
+
+
+def test_user_split_depends_only_on_seed_and_user():
+    assert user_split("alice", 3, 0.1, 0.1) == user_split("alice", 3, 0.1, 0.1)
+    assert user_split("alice", 0, 0.0, 0.0) == "train"
+    assert user_split("alice", 0, 0.0, 1.0) == "test"
+    assert user_split("alice", 0, 1.0, 0.0) == "valid"
+
+
+def test_pinned_split_is_kept_and_followed_by_the_users_other_prompts():
+    prompts = make_prompts(50, per_user=3)
+    prompts[4].split = "test"  # user1's second prompt
+    result = curate_prompts(prompts, CurateConfig(test_fraction=0.0, valid_fraction=0.0))
+    assert {p.id for p in result.test} == {"p3", "p4", "p5"}
+    assert all(p.split == "train" for p in result.train) and len(result.train) == 147
+
+
+def test_user_spanning_two_pinned_splits_is_an_error():
+    prompts = make_prompts(5, per_user=3)
+    prompts[3].split = "train"
+    prompts[5].split = "valid"
+    with pytest.raises(DataError) as info:
+        curate_prompts(prompts, CurateConfig())
+    msg = str(info.value)
+    assert msg.startswith("gen:5: split: ")
+    assert "'user1'" in msg and "gen:3" in msg
+
+
+# ---------------------------------------------------------------- dedupe and cap
+
+def test_near_duplicates_removed_and_short_distinct_kept():
+    long_a = "Write a short story about a lighthouse keeper who finds a message in a bottle, set in Maine."
+    long_b = "write a  SHORT story about a lighthouse keeper who finds a message\nin a bottle, set in Norway!"
+    prompts = [
+        Prompt(id="a", text=long_a, user_id="u1", source="f:1"),
+        Prompt(id="b", text=long_b, user_id="u2", source="f:2"),
+        Prompt(id="c", text="Hi", user_id="u3", source="f:3"),
+        Prompt(id="d", text="Hi!", user_id="u4", source="f:4"),
+        Prompt(id="e", text="hi", user_id="u5", source="f:5"),
+        Prompt(id="f", text="Write a short story", user_id="u6", source="f:6"),
+    ]
+    result = curate_prompts(prompts, CurateConfig())
+    assert sorted(p.id for p in result.kept()) == ["a", "c", "d", "f"]
+    assert [(r.prompt.id, r.reason, r.duplicate_of) for r in result.removed] == [
+        ("b", "duplicate_prefix", "a"), ("e", "duplicate_prefix", "c")]
+    # With a longer prefix the two stories differ.
+    assert "b" in {p.id for p in curate_prompts(prompts, CurateConfig(prefix_chars=200)).kept()}
+
+
+def test_per_user_cap_keeps_first_non_duplicates():
+    rng = random.Random(1)
+    heavy = []
+    for i in range(500):
+        if i % 5 == 4:  # every fifth prompt repeats the one before it
+            text = heavy[-1].text.upper()
+        else:
+            text = unique_text(rng, i)
+        heavy.append(Prompt(id=f"h{i}", text=text, user_id="heavy", source=f"h:{i}"))
+    others = make_prompts(20, per_user=5, seed=2, start=1000)
+    result = curate_prompts(others[:50] + heavy + others[50:], CurateConfig())
+
+    kept = [p for p in result.kept() if p.user_id == "heavy"]
+    expected = [p.id for p in heavy if int(p.id[1:]) % 5 != 4][:200]
+    assert len(kept) == 200
+    assert sorted(p.id for p in kept) == sorted(expected)
+    reasons = {r.prompt.id: r.reason for r in result.removed}
+    assert sum(r == "duplicate_prefix" for r in reasons.values()) == 100
+    assert sum(r == "user_cap" for r in reasons.values()) == 200
+    assert all(sum(p.user_id == f"user{u}" for p in result.kept()) == 5 for u in range(1000, 1020))
+
+
+def test_cap_counts_after_dedupe_and_input_is_not_modified():
+    prompts = [Prompt(id=str(i), text=f"prompt number {i} by u mail x{i}@example.com", user_id="u", source=f"f:{i}")
+               for i in range(5)]
+    result = curate_prompts(prompts, CurateConfig(max_per_user=3))
+    assert [p.id for p in result.kept()] == ["0", "1", "2"]
+    assert [r.prompt.id for r in result.removed] == ["3", "4"]
+    assert "@" in prompts[0].text and prompts[0].split is None  # inputs untouched
+    assert "[EMAIL]" in result.kept()[0].text
+
+
+# ---------------------------------------------------------------- PII
+
+@pytest.mark.parametrize("text, expected, kind", [
+    ("write to jane.doe@example.com today", "write to [EMAIL] today", "email"),
+    ("call +1 (555) 123-4567 now", "call [PHONE] now", "phone"),
+    ("call 555-123-4567 now", "call [PHONE] now", "phone"),
+    ("London: +44 20 7946 0958.", "London: [PHONE].", "phone"),
+    ("card 4111 1111 1111 1111 exp", "card [CARD] exp", "card"),
+    ("card 4111-1111-1111-1111", "card [CARD]", "card"),
+    ("host 192.168.0.1 is down", "host [IP] is down", "ip"),
+    ("v6 2001:db8::1 works", "v6 [IP] works", "ip"),
+    ("see https://bob:secret@example.com/x", "see https://[CREDENTIALS]@example.com/x", "credentials"),
+])
+def test_scrub_pii_examples(text, expected, kind):
+    assert scrub_pii(text) == (expected, {kind: 1})
+
+
+@pytest.mark.parametrize("text", [
+    "in 2019 we had 1200 users",
+    "the years 1999-2004 and a 2-3 week trip",
+    "version 3.11.2 and 12:30:45 and std::vector",
+    "order 123456789012 and $1,200,000",
+])
+def test_scrub_pii_leaves_ordinary_numbers(text):
+    assert scrub_pii(text) == (text, {})
+
+
+def test_scrub_pii_counts_several_kinds():
+    text = "a@b.io, c@d.org, 10.0.0.1 and 555-123-4567"
+    assert scrub_pii(text) == ("[EMAIL], [EMAIL], [IP] and [PHONE]", {"email": 2, "ip": 1, "phone": 1})
+
+
+def test_scrub_can_be_turned_off():
+    prompts = [Prompt(id="1", text="mail me at a@b.io", user_id="u")]
+    result = curate_prompts(prompts, CurateConfig(scrub_pii=False))
+    assert result.kept()[0].text == "mail me at a@b.io"
+    assert result.summary()["pii"]["email"] == 0
+
+
+# ---------------------------------------------------------------- config
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"valid_fraction": -0.1}, "valid_fraction"),
+    ({"test_fraction": 1.5}, "test_fraction"),
+    ({"valid_fraction": 0.6, "test_fraction": 0.6}, "test_fraction"),
+    ({"prefix_chars": 0}, "prefix_chars"),
+    ({"max_per_user": 0}, "max_per_user"),
+    ({"out_dir": ""}, "out_dir"),
+])
+def test_config_validation(overrides, key):
+    with pytest.raises(ConfigError, match=f"^{key}: "):
+        load(CurateConfig, overrides=overrides)
+
+
+def test_config_loads_overrides():
+    cfg = load(CurateConfig, overrides=["prompts=p.jsonl", "max_per_user=50", "scrub_pii=false"])
+    assert (cfg.prompts, cfg.max_per_user, cfg.scrub_pii) == ("p.jsonl", 50, False)
+
+
+def test_run_curate_needs_prompts():
+    with pytest.raises(ConfigError, match="^prompts: "):
+        run_curate(CurateConfig())
+
+
+# ---------------------------------------------------------------- files
+
+def read_lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_run_curate_writes_files_and_summary(tmp_path):
+    prompts = make_prompts(120, per_user=2)
+    prompts += [Prompt(id="dup", text=prompts[0].text + " (again)", user_id="user0", use_case="chat")]
+    prompts += [Prompt(id=f"cap{i}", text=f"capped {i} " + "x" * 70, user_id="busy") for i in range(4)]
+    prompts[1].text = "reach me on 555-123-4567 or at me@example.com"
+    write_jsonl(tmp_path / "prompts.jsonl", prompts)
+
+    cfg = CurateConfig(prompts=str(tmp_path / "prompts.jsonl"), out_dir=str(tmp_path / "out"), max_per_user=2)
+    result = run_curate(cfg)
+    out = tmp_path / "out"
+
+    splits = {name: load_prompts(out / f"{name}.jsonl") for name in ("train", "valid", "test")}
+    removed = read_lines(out / "removed.jsonl")
+    summary = json.loads((out / "curation_summary.json").read_text())
+
+    assert {r["id"]: r["reason"] for r in removed} == {"dup": "duplicate_prefix", "cap2": "user_cap",
+                                                       "cap3": "user_cap"}
+    assert next(r for r in removed if r["id"] == "dup")["duplicate_of"] == "p0"
+    assert summary["prompts_in"] == 245 and summary["users_in"] == 121
+    assert summary["prompts_out"] == 242 == sum(len(v) for v in splits.values())
+    assert summary["removed"] == {"duplicate_prefix": 1, "user_cap": 2}
+    assert summary["users_capped"] == 1
+    assert summary["pii"] == {"email": 1, "phone": 1, "card": 0, "ip": 0, "credentials": 0}
+    assert summary["prompts_scrubbed"] == 1
+    for name, loaded in splits.items():
+        assert summary["splits"][name] == {"prompts": len(loaded), "users": len({p.user_id for p in loaded})}
+        assert all(p.split == name for p in loaded)
+    assert sum(n["total"] for n in summary["use_cases"].values()) == 242
+    assert summary["config"]["max_per_user"] == 2
+    texts = {p.id: p.text for ps in splits.values() for p in ps}
+    assert texts["p1"] == "reach me on [PHONE] or at [EMAIL]"
+    assert result.summary() == {k: v for k, v in summary.items() if k != "config"}
+
+    report = format_summary(result)
+    assert "duplicate_prefix: 1" in report and "user_cap: 2" in report
+    assert "(duplicate of id p0)" in report
+    assert "1 email" in report and "1 phone" in report

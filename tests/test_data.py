@@ -1,0 +1,339 @@
+"""JSONL loading, validation and writing (instructgpt.data)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from instructgpt.data import (
+    DataError, Demonstration, Prompt, Ranking, load_demonstrations, load_prompts, load_rankings,
+    parse_demonstration, parse_prompt, parse_ranking, read_jsonl, render_messages, split_of, to_record,
+    write_jsonl,
+)
+
+
+def write_lines(path, lines):
+    """Write raw lines (dicts are dumped as JSON) and return the path as str."""
+    path.write_text("".join((json.dumps(x) if isinstance(x, dict) else x) + "\n" for x in lines))
+    return str(path)
+
+
+PROMPT = {"id": "p1", "text": "Write a poem about otters.", "user_id": "u1", "use_case": "generation"}
+RANK = {"prompt": "Q?", "responses": ["a", "b", "c", "d"], "ranking": [[2], [0, 3], [1]]}
+
+
+def expect_error(load, tmp_path, lines, field, lineno=2, **kw):
+    """Loading ``lines`` (after one valid line) raises DataError naming file:line and field."""
+    path = write_lines(tmp_path / "data.jsonl", lines)
+    with pytest.raises(DataError) as info:
+        load(path, **kw)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}:{lineno}: {field}: "), msg
+    return msg
+
+
+# ---------------------------------------------------------------- malformed input
+
+def test_invalid_json(tmp_path):
+    expect_error(load_prompts, tmp_path, [PROMPT, '{"id": "p2", "text": '], "json")
+
+
+def test_non_object_line(tmp_path):
+    msg = expect_error(load_prompts, tmp_path, [PROMPT, '["p2", "text"]'], "record")
+    assert "array" in msg
+
+
+def test_duplicate_json_key(tmp_path):
+    expect_error(load_prompts, tmp_path, [PROMPT, '{"id": "p2", "text": "a", "text": "b", "user_id": "u"}'],
+                 "json")
+
+
+def test_blank_lines_ignored_and_line_numbers_kept(tmp_path):
+    path = write_lines(tmp_path / "p.jsonl", ["", PROMPT, "   ", {**PROMPT, "id": "p2"}])
+    prompts = load_prompts(path)
+    assert [p.source for p in prompts] == [f"{path}:2", f"{path}:4"]
+
+
+def test_missing_text(tmp_path):
+    bad = {k: v for k, v in PROMPT.items() if k != "text"}
+    msg = expect_error(load_prompts, tmp_path, [PROMPT, {**bad, "id": "p2"}], "text")
+    assert "missing" in msg
+
+
+def test_blank_text(tmp_path):
+    expect_error(load_prompts, tmp_path, [PROMPT, {**PROMPT, "id": "p2", "text": "  \n"}], "text")
+
+
+def test_missing_user_id(tmp_path):
+    bad = {k: v for k, v in PROMPT.items() if k != "user_id"}
+    expect_error(load_prompts, tmp_path, [PROMPT, {**bad, "id": "p2"}], "user_id")
+
+
+def test_unknown_use_case(tmp_path):
+    msg = expect_error(load_prompts, tmp_path, [PROMPT, {**PROMPT, "id": "p2", "use_case": "poetry"}], "use_case")
+    assert "'poetry'" in msg
+
+
+def test_unknown_split(tmp_path):
+    expect_error(load_prompts, tmp_path, [PROMPT, {**PROMPT, "id": "p2", "split": "dev"}], "split")
+
+
+def test_duplicate_prompt_id_names_both_lines(tmp_path):
+    msg = expect_error(load_prompts, tmp_path, [PROMPT, {**PROMPT, "text": "other"}], "id")
+    assert f"{tmp_path / 'data.jsonl'}:1" in msg
+
+
+def test_missing_file(tmp_path):
+    path = str(tmp_path / "nope.jsonl")
+    with pytest.raises(DataError) as info:
+        load_prompts(path)
+    assert str(info.value) == f"{path}: file not found"
+
+
+def test_empty_response(tmp_path):
+    good = {"prompt": "Q?", "response": "A."}
+    expect_error(load_demonstrations, tmp_path, [good, {"prompt": "Q?", "response": ""}], "response")
+
+
+def test_demonstration_needs_a_prompt(tmp_path):
+    good = {"prompt": "Q?", "response": "A."}
+    expect_error(load_demonstrations, tmp_path, [good, {"response": "A."}], "prompt")
+
+
+def test_unknown_prompt_id(tmp_path):
+    prompts = [parse_prompt(PROMPT, "p.jsonl:1")]
+    good = {"prompt_id": "p1", "response": "A."}
+    msg = expect_error(load_demonstrations, tmp_path, [good, {"prompt_id": "p9", "response": "A."}],
+                       "prompt_id", prompts=prompts)
+    assert "'p9'" in msg
+
+
+def test_unknown_prompt_id_in_ranking(tmp_path):
+    prompts = {"p1": parse_prompt(PROMPT, "p.jsonl:1")}
+    by_id = {k: v for k, v in RANK.items() if k != "prompt"}
+    expect_error(load_rankings, tmp_path, [{**by_id, "prompt_id": "p1"}, {**by_id, "prompt_id": 7}],
+                 "prompt_id", prompts=prompts)
+
+
+@pytest.mark.parametrize("k", [1, 10])
+def test_k_out_of_range(tmp_path, k):
+    bad = {"prompt": "Q?", "responses": [f"r{i}" for i in range(k)], "ranking": list(range(k))}
+    msg = expect_error(load_rankings, tmp_path, [RANK, bad], "responses")
+    assert f"K={k}" in msg
+
+
+@pytest.mark.parametrize("ranking, words", [
+    ([[2], [0], [1]], "index 3 missing"),
+    ([[2], [0, 3], [1, 2]], "index 2 appears twice"),
+    ([2, 0, 3, 1, 2], "index 2 appears twice"),
+    ([[2], [0, 4], [1, 3]], "index 4 is out of range"),
+    ([[-1], [0, 2], [1, 3]], "index -1 is out of range"),
+    ([[0, 1, 2, 3]], "single group"),
+    ([[2], [], [0, 1, 3]], "group 1 is empty"),
+    ([[2], 0, 1, 3], "mixes"),
+])
+def test_bad_ranking(tmp_path, ranking, words):
+    msg = expect_error(load_rankings, tmp_path, [RANK, {**RANK, "ranking": ranking}], "ranking")
+    assert words in msg
+
+
+@pytest.mark.parametrize("likert, words", [
+    ([1, 2, 8, 4], "outside 1..7"),
+    ([0, 2, 3, 4], "outside 1..7"),
+    ([1, 2, 3], "3 scores for K=4"),
+    ([1, 2, "3", 4], "expected an integer"),
+])
+def test_bad_likert(tmp_path, likert, words):
+    msg = expect_error(load_rankings, tmp_path, [RANK, {**RANK, "likert": likert}], "likert")
+    assert words in msg
+
+
+def test_unknown_flag(tmp_path):
+    flags = [[], ["hallucination"], ["toxic"], []]
+    msg = expect_error(load_rankings, tmp_path, [RANK, {**RANK, "flags": flags}], "flags")
+    assert "'toxic'" in msg
+
+
+def test_empty_chosen(tmp_path):
+    expect_error(load_rankings, tmp_path, [RANK, {"prompt": "Q?", "chosen": "", "rejected": "b"}], "chosen")
+
+
+def test_bad_message_role(tmp_path):
+    good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    bad = {"messages": [{"role": "bot", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    msg = expect_error(load_demonstrations, tmp_path, [good, bad], "messages")
+    assert "'bot'" in msg
+
+
+# ---------------------------------------------------------------- valid input
+
+def test_prompt_fields_aliases_and_meta():
+    p = parse_prompt({"id": 12, "text": "Extract names.", "user_id": 7, "use_case": "Information Extraction",
+                      "split": "test", "lang": "en", "tags": ["x"]}, "f.jsonl:3")
+    assert p == Prompt(id="12", text="Extract names.", user_id="7", use_case="extract", split="test",
+                       meta={"lang": "en", "tags": ["x"]}, source="f.jsonl:3")
+    assert parse_prompt({**PROMPT, "use_case": "open qa"}, "s").use_case == "open_qa"
+    assert parse_prompt({**PROMPT, "use_case": "Closed-QA"}, "s").use_case == "closed_qa"
+    assert parse_prompt({**PROMPT, "use_case": "extraction"}, "s").use_case == "extract"
+
+
+def test_grouped_ranking_and_pairs():
+    r = parse_ranking(RANK, "r:1")
+    assert r.k == 4
+    assert r.ranking == [[2], [0, 3], [1]]
+    assert sorted(r.pairs()) == sorted([(2, 0), (2, 3), (2, 1), (0, 1), (3, 1)])
+    assert len(r.pairs()) == 5
+
+
+def test_flat_ranking_is_a_strict_order():
+    r = parse_ranking({**RANK, "ranking": [2, 0, 3, 1]}, "r:1")
+    assert r.ranking == [[2], [0], [3], [1]]
+    assert len(r.pairs()) == 6
+
+
+def test_ranking_optional_fields():
+    obj = {**RANK, "likert": [5, 1, 7, 5], "flags": [[], ["hallucination", "fails_to_follow"], [], []],
+           "labeler_id": 3, "comment": "close call", "batch": 4}
+    r = parse_ranking(obj, "r:1")
+    assert r.likert == [5, 1, 7, 5]
+    assert r.flags[1] == ["hallucination", "fails_to_follow"]
+    assert (r.labeler_id, r.comment, r.meta) == ("3", "close call", {"batch": 4})
+
+
+def test_chosen_rejected_row():
+    r = parse_ranking({"prompt": "Q?", "chosen": "good", "rejected": "bad"}, "r:1")
+    assert (r.prompt, r.responses, r.ranking, r.k) == ("Q?", ["good", "bad"], [[0], [1]], 2)
+    assert r.pairs() == [(0, 1)]
+    same = parse_ranking({"prompt": "Q?", "chosen": "same", "rejected": "same"}, "r:2")
+    assert same.responses == ["same", "same"]
+
+
+def test_trl_conversational_row():
+    obj = {
+        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sky colour?"}],
+        "chosen": [{"role": "assistant", "content": "Blue."}],
+        "rejected": [{"role": "assistant", "content": "Green."}],
+    }
+    r = parse_ranking(obj, "r:1")
+    assert r.prompt == "System: Be brief.\n\nUser: Sky colour?\n\nAssistant:"
+    assert r.responses == ["Blue.", "Green."]
+    assert r.ranking == [[0], [1]]
+
+
+def test_trl_implicit_prompt_row():
+    turn = {"role": "user", "content": "Sky colour?"}
+    obj = {"chosen": [turn, {"role": "assistant", "content": "Blue."}],
+           "rejected": [turn, {"role": "assistant", "content": "Green."}]}
+    r = parse_ranking(obj, "r:1")
+    assert r.prompt == "User: Sky colour?\n\nAssistant:"
+    assert r.responses == ["Blue.", "Green."]
+
+
+def test_messages_demonstration():
+    obj = {"messages": [
+        {"role": "system", "content": "You are helpful."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Tell a joke."},
+        {"role": "assistant", "content": "Why did the otter..."},
+    ], "labeler_id": "L1"}
+    d = parse_demonstration(obj, "d:1")
+    assert d.prompt == ("System: You are helpful.\n\nUser: Hi\n\nAssistant: Hello!\n\n"
+                        "User: Tell a joke.\n\nAssistant:")
+    assert d.response == "Why did the otter..."
+    assert d.labeler_id == "L1"
+
+
+def test_messages_demonstration_must_end_with_assistant():
+    with pytest.raises(DataError, match=r"^d:1: messages: .*assistant"):
+        parse_demonstration({"messages": [{"role": "user", "content": "Hi"}]}, "d:1")
+
+
+def test_render_messages_rejects_late_system():
+    with pytest.raises(DataError, match="system"):
+        render_messages([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}])
+
+
+def test_prompt_id_resolution():
+    prompts = {"p1": parse_prompt(PROMPT, "p:1")}
+    d = parse_demonstration({"prompt_id": "p1", "response": "Otters..."}, "d:1", prompts)
+    assert (d.prompt, d.prompt_id) == (PROMPT["text"], "p1")
+    with pytest.raises(DataError, match=r"^d:2: prompt: differs"):
+        parse_demonstration({"prompt_id": "p1", "prompt": "Other", "response": "x"}, "d:2", prompts)
+
+
+def test_read_jsonl_sources(tmp_path):
+    path = write_lines(tmp_path / "x.jsonl", [{"a": 1}, "", {"b": 2}])
+    assert list(read_jsonl(path)) == [(f"{path}:1", {"a": 1}), (f"{path}:3", {"b": 2})]
+
+
+def test_to_record_is_canonical():
+    p = parse_prompt({**PROMPT, "lang": "en"}, "p:1")
+    assert to_record(p) == {**PROMPT, "lang": "en"}
+    d = Demonstration(prompt="Q", response="A", source="d:1")
+    assert to_record(d) == {"prompt": "Q", "response": "A"}
+    r = Ranking(prompt="Q", responses=["a", "b"], ranking=[[1], [0]], comment="ok")
+    assert to_record(r) == {"prompt": "Q", "responses": ["a", "b"], "ranking": [[1], [0]], "comment": "ok"}
+
+
+def strip_source(records):
+    return [to_record(x) for x in records]
+
+
+def test_round_trip(tmp_path):
+    prompts = [parse_prompt({**PROMPT, "id": f"p{i}", "split": "train", "lang": "en"}, f"s:{i}") for i in range(3)]
+    demos = [parse_demonstration({"prompt_id": "p1", "response": "A", "labeler_id": "L"}, "d:1", prompts),
+             parse_demonstration({"prompt": "Q", "response": "é ✓"}, "d:2")]
+    ranks = [parse_ranking({**RANK, "likert": [1, 2, 3, 4], "flags": [[], [], ["sexual"], []]}, "r:1"),
+             parse_ranking({"prompt": "Q", "chosen": "a", "rejected": "b", "labeler_id": "L"}, "r:2")]
+
+    write_jsonl(tmp_path / "out" / "p.jsonl", prompts)
+    write_jsonl(tmp_path / "out" / "d.jsonl", demos)
+    write_jsonl(tmp_path / "out" / "r.jsonl", ranks)
+    loaded_prompts = load_prompts(tmp_path / "out" / "p.jsonl")
+    assert strip_source(loaded_prompts) == strip_source(prompts)
+    assert strip_source(load_demonstrations(tmp_path / "out" / "d.jsonl", loaded_prompts)) == strip_source(demos)
+    assert strip_source(load_rankings(tmp_path / "out" / "r.jsonl")) == strip_source(ranks)
+    # Equal as dataclasses too, once the (new) source lines are set aside.
+    assert [p.__class__(**{**p.__dict__, "source": ""}) for p in loaded_prompts] == \
+           [p.__class__(**{**p.__dict__, "source": ""}) for p in prompts]
+
+
+def test_write_jsonl_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "p.jsonl"
+    write_jsonl(path, [{"n": 0}])
+    before = path.read_bytes()
+
+    real_dumps = json.dumps
+    calls = {"n": 0}
+
+    def failing_dumps(obj, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("disk on fire")
+        return real_dumps(obj, *args, **kwargs)
+
+    monkeypatch.setattr(json, "dumps", failing_dumps)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_jsonl(path, [{"n": i} for i in range(5)])
+    monkeypatch.undo()
+
+    assert calls["n"] == 3
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["p.jsonl"]  # no temp file left behind
+
+
+def test_write_jsonl_creates_parents_and_counts(tmp_path):
+    path = tmp_path / "a" / "b" / "x.jsonl"
+    assert write_jsonl(path, [{"x": 1}, Demonstration(prompt="Q", response="A")]) == 2
+    assert path.read_text().splitlines() == ['{"x": 1}', '{"prompt": "Q", "response": "A"}']
+
+
+def test_split_of():
+    ps = [Prompt(id=str(i), text="t", user_id="u", split=s) for i, s in enumerate(["train", "test", "train", None])]
+    assert [p.id for p in split_of(ps, "train")] == ["0", "2"]
+    assert split_of(ps, "valid") == []
+    with pytest.raises(ValueError):
+        split_of(ps, "dev")

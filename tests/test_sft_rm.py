@@ -1,0 +1,210 @@
+"""SFT and reward-model stages end to end on a tiny GPT-2, and kill-and-resume equivalence."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.conftest import repeat_demos, write_jsonl, yes_rankings
+from instructgpt import config
+from instructgpt.checkpoint import CheckpointError, latest_good_checkpoint, list_checkpoints, verify_checkpoint
+from instructgpt.generation import generate
+from instructgpt.models import RewardModel, load_policy
+from instructgpt.rm import RMConfig, train_rm
+from instructgpt.sft import SFTConfig, train_sft
+from instructgpt.training import StopTraining, fit, lr_multiplier
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sftdata")
+    return write_jsonl(d / "train.jsonl", repeat_demos(160, 1)), write_jsonl(d / "valid.jsonl", repeat_demos(32, 2))
+
+
+@pytest.fixture(scope="module")
+def rm_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rmdata")
+    return write_jsonl(d / "train.jsonl", yes_rankings(160, 1)), write_jsonl(d / "valid.jsonl", yes_rankings(40, 2))
+
+
+def sft_cfg(model, data, out, **kw) -> SFTConfig:
+    base = dict(model=str(model), train=str(data[0]), valid=str(data[1]), out_dir=str(out), lr=3e-3,
+                epochs=2, batch_size=16, micro_batch_size=8, warmup_steps=2, dropout=0.0, progress=False)
+    base.update(kw)
+    return config.from_dict(SFTConfig, base)
+
+
+def test_cosine_schedule_ends_at_ten_percent():
+    assert lr_multiplier(0, 100, 10, 0.1) == pytest.approx(0.1)   # warmup starts at 1/warmup
+    assert lr_multiplier(9, 100, 10, 0.1) == pytest.approx(1.0)
+    assert lr_multiplier(10, 100, 10, 0.1) == pytest.approx(1.0)
+    assert lr_multiplier(55, 100, 10, 0.1) == pytest.approx(0.55)  # halfway through the decay
+    assert lr_multiplier(100, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_multiplier(100, 100, 0, 0.1) == pytest.approx(0.1)
+
+
+def test_sft_lowers_validation_loss_and_changes_every_parameter(tmp_path, tiny_gpt2, sft_data):
+    before = {k: v.clone() for k, v in load_policy(tiny_gpt2).state_dict().items()}
+    result = train_sft(sft_cfg(tiny_gpt2, sft_data, tmp_path / "sft", epochs=3))
+    losses = [h["sft/val_loss"] for h in result.fit.history]
+    assert losses[-1] < losses[0] * 0.8, losses
+    after = AutoModelForCausalLM.from_pretrained(str(tmp_path / "sft")).state_dict()
+    unchanged = [k for k, v in before.items() if torch.equal(v, after[k]) and v.dtype.is_floating_point
+                 and "attn.bias" not in k and "masked_bias" not in k]
+    assert not unchanged, unchanged
+    info = json.loads((tmp_path / "sft" / "instructgpt.json").read_text())
+    assert info["selected_by"] == "lowest validation loss"
+    assert info["instructgpt_version"] and info["config"]["lr"] == 3e-3
+    assert (tmp_path / "sft" / "config.resolved.json").exists()
+    rows = [json.loads(l) for l in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert any("sft/loss" in r for r in rows) and any("sft/val_loss" in r for r in rows)
+
+
+def test_saved_sft_model_round_trips_through_plain_transformers(tmp_path, tiny_gpt2, sft_data):
+    train_sft(sft_cfg(tiny_gpt2, sft_data, tmp_path / "sft", epochs=1))
+    ours = load_policy(tmp_path / "sft")
+    plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "sft"))
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "sft"))
+    prompt = [tok("repeat: red cat\n")["input_ids"]]
+    a = generate(ours, prompt, 8, tok.eos_token_id, tok.pad_token_id, temperature=0).responses
+    b = generate(plain, prompt, 8, tok.eos_token_id, tok.pad_token_id, temperature=0).responses
+    ids = torch.tensor(prompt)
+    hf = plain.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+    assert a == b
+    assert hf[:len(a[0])] == a[0]
+
+
+def test_sft_kill_and_resume_gives_the_same_weights(tmp_path, tiny_gpt2, sft_data):
+    full = train_sft(sft_cfg(tiny_gpt2, sft_data, tmp_path / "full", dropout=0.1, save_every=3))
+    cfg = sft_cfg(tiny_gpt2, sft_data, tmp_path / "cut", dropout=0.1, save_every=3)
+
+    def crash(step):
+        if step == 7:  # the last checkpoint is step 6: one step of work is lost and redone
+            raise StopTraining
+
+    import instructgpt.sft as sft_mod
+    original_fit = sft_mod.fit
+    sft_mod.fit = lambda *a, **k: original_fit(*a, **k, on_step=crash)
+    try:
+        with pytest.raises(StopTraining):
+            train_sft(cfg)
+    finally:
+        sft_mod.fit = original_fit
+    cfg.resume = True
+    resumed = train_sft(cfg)
+    assert resumed.fit.resumed_from.endswith("step-0000006")
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    steps = [json.loads(l)["step"] for l in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+             if "sft/loss" in l]
+    assert steps == sorted(set(steps))  # no step logged twice after the resume
+
+
+def test_sft_sigkill_mid_run_then_resume(tmp_path, tiny_gpt2, sft_data):
+    """A real kill of the CLI process; the resumed run ends with the uninterrupted run's weights."""
+    args = [sys.executable, "-m", "instructgpt.cli", "sft", f"model={tiny_gpt2}", f"train={sft_data[0]}",
+            f"valid={sft_data[1]}", "lr=3e-3", "epochs=3", "batch_size=8", "micro_batch_size=8",
+            "dropout=0.1", "save_every=2", "progress=false"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    subprocess.run(args + [f"out_dir={tmp_path / 'full'}"], check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(args + [f"out_dir={tmp_path / 'cut'}"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list_checkpoints(tmp_path / "cut" / "checkpoints")) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest_good_checkpoint(tmp_path / "cut" / "checkpoints") is not None
+    subprocess.run(args + [f"out_dir={tmp_path / 'cut'}", "resume=true"], check=True, env=env, capture_output=True)
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_corrupt_checkpoint_is_named_and_previous_one_used(tmp_path, tiny_gpt2, sft_data):
+    cfg = sft_cfg(tiny_gpt2, sft_data, tmp_path / "run", epochs=1, save_every=2, keep_checkpoints=3)
+    train_sft(cfg)
+    folders = list_checkpoints(tmp_path / "run" / "checkpoints")
+    newest = folders[-1]
+    blob = newest / "model.safetensors"
+    blob.write_bytes(blob.read_bytes()[:-7] + b"garbage")
+    with pytest.raises(CheckpointError, match="model.safetensors: corrupt"):
+        verify_checkpoint(newest)
+    with pytest.warns(UserWarning, match=newest.name):
+        assert latest_good_checkpoint(tmp_path / "run" / "checkpoints") == folders[-2]
+    (folders[-2] / "manifest.json").unlink()  # a partial write: no manifest
+    with pytest.warns(UserWarning, match="partial checkpoint"):
+        assert latest_good_checkpoint(tmp_path / "run" / "checkpoints") == folders[-3]
+
+
+def rm_cfg(model, data, out, **kw) -> RMConfig:
+    base = dict(model=str(model), train=str(data[0]), valid=str(data[1]), out_dir=str(out), lr=2e-3,
+                epochs=3, batch_size=16, micro_batch_size=8, warmup_steps=2, progress=False)
+    base.update(kw)
+    return config.from_dict(RMConfig, base)
+
+
+def test_rm_learns_rankings_and_normalises_bias(tmp_path, tiny_gpt2, rm_data):
+    before = RewardModel.from_policy(tiny_gpt2)
+    before_sd = {k: v.clone() for k, v in before.named_parameters()}
+    result = train_rm(rm_cfg(tiny_gpt2, rm_data, tmp_path / "rm"))
+    assert result.val_accuracy > 0.75, result.val_accuracy
+    rm = RewardModel.from_pretrained(tmp_path / "rm")
+    after = dict(rm.named_parameters())
+    unchanged = [k for k, v in before_sd.items() if torch.equal(v, after[k])]
+    assert not unchanged, unchanged
+    assert abs(float(rm.reward_bias) - result.reward_bias) < 1e-6
+    # the best-ranked training responses now score mean 0
+    from instructgpt.batching import encode_pair
+    from instructgpt.data import load_rankings
+    from instructgpt.rm import score_sequences
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "rm"))
+    seqs = [encode_pair(tok, r.prompt, r.responses[i], 128, 256).ids
+            for r in load_rankings(rm_data[0]) for i in r.ranking[0]]
+    assert abs(score_sequences(rm, seqs, tok.pad_token_id, "cpu").mean().item()) < 1e-4
+
+
+def test_rm_kill_and_resume_gives_the_same_weights(tmp_path, tiny_gpt2, rm_data):
+    train_rm(rm_cfg(tiny_gpt2, rm_data, tmp_path / "full", epochs=1, save_every=2, dropout=0.1))
+    cfg = rm_cfg(tiny_gpt2, rm_data, tmp_path / "cut", epochs=1, save_every=2, dropout=0.1)
+    import instructgpt.rm as rm_mod
+    original_fit = rm_mod.fit
+
+    def crash(step):
+        if step == 5:
+            raise StopTraining
+
+    rm_mod.fit = lambda *a, **k: original_fit(*a, **k, on_step=crash)
+    try:
+        with pytest.raises(StopTraining):
+            train_rm(cfg)
+    finally:
+        rm_mod.fit = original_fit
+    cfg.resume = True
+    train_rm(cfg)
+    a = RewardModel.from_pretrained(tmp_path / "full").state_dict()
+    b = RewardModel.from_pretrained(tmp_path / "cut").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_sft_selects_by_reward_model_score(tmp_path, tiny_gpt2, sft_data, rm_data):
+    train_rm(rm_cfg(tiny_gpt2, rm_data, tmp_path / "rm", epochs=1))
+    result = train_sft(sft_cfg(tiny_gpt2, sft_data, tmp_path / "sft", reward_model=str(tmp_path / "rm"),
+                               select_prompts=8, max_new_tokens=6))
+    scores = [h["sft/val_rm_score"] for h in result.fit.history]
+    assert result.fit.best_epoch == max(range(len(scores)), key=scores.__getitem__)
+    info = json.loads((tmp_path / "sft" / "instructgpt.json").read_text())
+    assert info["selected_by"].startswith("highest mean reward-model score")
