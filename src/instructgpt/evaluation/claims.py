@@ -1,0 +1,693 @@
+"""The evaluation results data model and the check of the paper's claims.
+
+Data model (all JSON-serialisable through :meth:`EvalResults.to_json` /
+:meth:`EvalResults.from_json`; the pipeline writes ``results.json`` and the
+report is re-rendered from it):
+
+* :class:`EvalResults` - one evaluation run: the models, the baseline name,
+  inter-labeler agreement, training curves, sample outputs, free-form meta.
+* :class:`ModelResult` - one evaluated model: its kind and size, summary
+  :class:`~instructgpt.evaluation.stats.Estimate` s (win rates against the
+  baseline, Likert mean, metadata rates, public-benchmark scores, held-out
+  pretraining perplexity / cloze accuracy) and optional raw data for paired
+  tests (:class:`Comparison` s and :class:`Samples`).
+* :class:`SampleOutput` - one prompt with each model's answer.
+
+Claims check: :func:`check_claims` turns an :class:`EvalResults` into a list
+of :class:`ClaimResult` rows. Every verdict is decided by an interval alone:
+
+* interval entirely on the claimed side of the null value -> "reproduced";
+* interval entirely on the other side -> "not reproduced";
+* interval containing the null value -> "inconclusive";
+* a model the claim needs is absent -> "not measured".
+
+Compound claims (several links) are "not reproduced" if any link is, else
+"not measured" if any link is, else "inconclusive" if any link is, else
+"reproduced".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .stats import Estimate, difference, difference_of_estimates, win_rate, win_rates_by
+
+# ----------------------------------------------------------------------------- vocabulary
+
+#: Kinds of evaluated model. "base" = pretrained LM (GPT-3 in the paper);
+#: "base_prompted" = the same with a few-shot instruction-following prefix;
+#: "sft" = supervised fine-tuned; "ppo" = RLHF without pretraining mix;
+#: "ppo_ptx" = RLHF with pretraining mix (InstructGPT); "flan" / "t0" = base
+#: fine-tuned on the FLAN / T0 public instruction data sets.
+MODEL_KINDS = ("base", "base_prompted", "sft", "ppo", "ppo_ptx", "flan", "t0")
+INSTRUCTION_BASELINES = ("flan", "t0")
+
+#: Who judged a comparison: the labelers who produced the training data, or
+#: held-out labelers who never did.
+LABELER_GROUPS = ("training", "heldout")
+
+#: Pretraining metrics where lower is better (all others: higher is better).
+LOWER_IS_BETTER = ("perplexity", "nll", "toxicity")
+
+REPRODUCED = "reproduced"
+NOT_REPRODUCED = "not reproduced"
+INCONCLUSIVE = "inconclusive"
+NOT_MEASURED = "not measured"
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_MEASURED)
+
+
+def lower_is_better(metric: str) -> bool:
+    """True for metrics such as perplexity or toxicity where smaller is better."""
+    return any(metric.startswith(m) for m in LOWER_IS_BETTER)
+
+
+def _est_dict(d: dict[str, Estimate]) -> dict[str, Any]:
+    return {k: v.to_dict() for k, v in d.items()}
+
+
+def _est_load(d: dict[str, Any] | None) -> dict[str, Estimate]:
+    return {k: Estimate.from_dict(v) for k, v in (d or {}).items()}
+
+
+# ----------------------------------------------------------------------------- data model
+
+@dataclass
+class Comparison:
+    """One pairwise judgement: this model's answer against an opponent's on one prompt.
+
+    prompt_id: id of the prompt (comparisons sharing it are bootstrapped together).
+    outcome: from this model's side: 1 win, 0 loss, 0.5 tie.
+    labelers: "training" or "heldout" (see LABELER_GROUPS).
+    use_case: one of instructgpt.data.USE_CASES.
+    opponent: name of the opponent model; None means the results' baseline (SFT).
+    labeler_id: who judged (optional; for agreement and audits).
+    """
+
+    prompt_id: str
+    outcome: float
+    labelers: str = "training"
+    use_case: str = "other"
+    opponent: str | None = None
+    labeler_id: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Comparison:
+        return cls(**d)
+
+
+@dataclass
+class Samples:
+    """Raw per-sample values of a mean-type metric, with the prompt of each.
+
+    values: shape (n,), e.g. 0/1 hallucination flags or 0/1 cloze correctness;
+        their mean must be the metric (so do not put perplexities here).
+    groups: shape (n,), prompt or document id per value; two models' samples
+        are matched by these ids for paired bootstrap differences.
+    """
+
+    values: list[float]
+    groups: list[str]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Samples:
+        return cls(values=[float(v) for v in d["values"]], groups=[str(g) for g in d["groups"]])
+
+
+@dataclass
+class ModelResult:
+    """Everything measured for one model. Every field but name and kind is optional.
+
+    name: unique label, e.g. "ppo_ptx-1.3b".
+    kind: one of MODEL_KINDS.
+    n_params: parameter count (for by-size plots and the small-vs-large claim).
+    win_rate: labeler group ("training"/"heldout") -> win rate vs the baseline.
+    use_case_win_rates: use case -> win rate vs the baseline (training labelers).
+    likert: mean 1-7 overall quality score.
+    metadata: flag (instructgpt.data.FLAGS) -> fraction of responses flagged.
+        "hallucination" is measured on closed-domain prompts only (closed QA,
+        summarisation, extraction...), as in the paper.
+    benchmarks: public NLP evaluations, e.g. "truthfulqa_truthful",
+        "truthfulqa_truthful_informative", "toxicity_plain",
+        "toxicity_respectful", "winogender_entropy", "crows_pairs_entropy"
+        (any key is shown; entropies are in bits).
+    pretraining: held-out pretraining performance: "perplexity" (lower is
+        better), "cloze_accuracy" (higher is better), other task scores.
+    comparisons: raw judgements; when present, win rates missing above are
+        computed from them and claims use paired bootstraps over prompts.
+    raw: metric name (a key of metadata or pretraining) -> raw Samples, used
+        for paired bootstrap differences between models.
+    """
+
+    name: str
+    kind: str
+    n_params: int | None = None
+    win_rate: dict[str, Estimate] = field(default_factory=dict)
+    use_case_win_rates: dict[str, Estimate] = field(default_factory=dict)
+    likert: Estimate | None = None
+    metadata: dict[str, Estimate] = field(default_factory=dict)
+    benchmarks: dict[str, Estimate] = field(default_factory=dict)
+    pretraining: dict[str, Estimate] = field(default_factory=dict)
+    comparisons: list[Comparison] = field(default_factory=list)
+    raw: dict[str, Samples] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"model {self.name!r}: kind {self.kind!r} not in {MODEL_KINDS}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "kind": self.kind, "n_params": self.n_params,
+            "win_rate": _est_dict(self.win_rate),
+            "use_case_win_rates": _est_dict(self.use_case_win_rates),
+            "likert": None if self.likert is None else self.likert.to_dict(),
+            "metadata": _est_dict(self.metadata),
+            "benchmarks": _est_dict(self.benchmarks),
+            "pretraining": _est_dict(self.pretraining),
+            "comparisons": [vars(c).copy() for c in self.comparisons],
+            "raw": {k: vars(s).copy() for k, s in self.raw.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelResult:
+        return cls(
+            name=d["name"], kind=d["kind"], n_params=d.get("n_params"),
+            win_rate=_est_load(d.get("win_rate")),
+            use_case_win_rates=_est_load(d.get("use_case_win_rates")),
+            likert=None if d.get("likert") is None else Estimate.from_dict(d["likert"]),
+            metadata=_est_load(d.get("metadata")),
+            benchmarks=_est_load(d.get("benchmarks")),
+            pretraining=_est_load(d.get("pretraining")),
+            comparisons=[Comparison.from_dict(c) for c in d.get("comparisons", [])],
+            raw={k: Samples.from_dict(v) for k, v in d.get("raw", {}).items()},
+        )
+
+
+@dataclass
+class SampleOutput:
+    """One prompt shown side by side: prompt text and each model's answer (raw, unescaped)."""
+
+    prompt_id: str
+    prompt: str
+    use_case: str = "other"
+    outputs: dict[str, str] = field(default_factory=dict)  # model name -> answer
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SampleOutput:
+        return cls(**d)
+
+
+@dataclass
+class EvalResults:
+    """One evaluation run, the input of :func:`check_claims` and of the report.
+
+    models: evaluated models (names unique).
+    baseline: name of the model all win rates are measured against (SFT in
+        the paper); it need not be in ``models``.
+    agreement: inter-labeler agreement, e.g. "training-training",
+        "training-heldout" -> Estimate (see stats.pairwise_agreement).
+    training_curves: run name (e.g. "ppo", "ppo_ptx", "sft", "rm") -> list of
+        per-step metric dicts such as {"step": 10, "ppo/score": 0.3, "ppo/kl": 1.2}.
+    samples: side-by-side outputs for the report.
+    meta: free-form run information (run id, date, config path...), shown as-is.
+    """
+
+    models: list[ModelResult] = field(default_factory=list)
+    baseline: str = "sft"
+    agreement: dict[str, Estimate] = field(default_factory=dict)
+    training_curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    samples: list[SampleOutput] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = 1
+
+    def __post_init__(self):
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique: {names}")
+
+    # -- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version, "baseline": self.baseline,
+            "models": [m.to_dict() for m in self.models],
+            "agreement": _est_dict(self.agreement),
+            "training_curves": self.training_curves,
+            "samples": [vars(s).copy() for s in self.samples],
+            "meta": self.meta,
+        }
+
+    def to_json(self, indent: int | None = 1) -> str:
+        """JSON text (NaN written as null)."""
+        return json.dumps(_finite(self.to_dict()), indent=indent, allow_nan=False,
+                          default=_json_default)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvalResults:
+        return cls(
+            models=[ModelResult.from_dict(m) for m in d.get("models", [])],
+            baseline=d.get("baseline", "sft"),
+            agreement=_est_load(d.get("agreement")),
+            training_curves=d.get("training_curves", {}),
+            samples=[SampleOutput.from_dict(s) for s in d.get("samples", [])],
+            meta=d.get("meta", {}),
+            schema_version=d.get("schema_version", 1),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> EvalResults:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path) -> None:
+        """Write ``to_json()`` to ``path`` (results.json)."""
+        from pathlib import Path
+        Path(path).write_text(self.to_json(), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path) -> EvalResults:
+        from pathlib import Path
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+    # -- look-ups
+    def model(self, name: str) -> ModelResult | None:
+        """The model called ``name``, or None."""
+        return next((m for m in self.models if m.name == name), None)
+
+    def of_kind(self, kind: str) -> list[ModelResult]:
+        """Models of one kind, smallest first (unknown sizes first)."""
+        return sorted((m for m in self.models if m.kind == kind),
+                      key=lambda m: -1 if m.n_params is None else m.n_params)
+
+    def comparisons(self, name: str, opponent: str | None = None,
+                    labelers: str = "training") -> list[Comparison]:
+        """Raw comparisons of model ``name`` against ``opponent`` (None = baseline),
+        including the opponent's comparisons against ``name`` with outcomes flipped."""
+        opp = self.baseline if opponent is None else opponent
+        out = [c for m in [self.model(name)] if m for c in m.comparisons
+               if c.labelers == labelers and (c.opponent or self.baseline) == opp]
+        other = self.model(opp)
+        if other is not None:
+            out += [Comparison(c.prompt_id, 1.0 - c.outcome, c.labelers, c.use_case, name,
+                               c.labeler_id)
+                    for c in other.comparisons
+                    if c.labelers == labelers and (c.opponent or self.baseline) == name]
+        return out
+
+    def win_rate(self, name: str, labelers: str = "training") -> Estimate | None:
+        """Win rate of ``name`` vs the baseline: stored, else from raw comparisons, else None."""
+        m = self.model(name)
+        if m is not None and labelers in m.win_rate:
+            return m.win_rate[labelers]
+        comps = self.comparisons(name, None, labelers)
+        if not comps:
+            return None
+        return win_rate([c.outcome for c in comps], [c.prompt_id for c in comps])
+
+    def use_case_win_rates(self, name: str) -> dict[str, Estimate]:
+        """Per-use-case win rates vs the baseline (training labelers): stored or computed."""
+        m = self.model(name)
+        if m is not None and m.use_case_win_rates:
+            return m.use_case_win_rates
+        comps = self.comparisons(name, None, "training")
+        if not comps:
+            return {}
+        return win_rates_by([c.outcome for c in comps], [c.use_case for c in comps],
+                            [c.prompt_id for c in comps])
+
+
+def _finite(obj):
+    """Copy of a JSON-like tree with NaN / infinite floats replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return _finite(obj.tolist())
+    return obj
+
+
+def _json_default(obj):
+    """Paths and other simple objects in ``meta`` are written as strings."""
+    from pathlib import PurePath
+    if isinstance(obj, PurePath):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# ----------------------------------------------------------------------------- claim rows
+
+@dataclass
+class ClaimResult:
+    """One row of the claims check.
+
+    id: claim id ("a".."g", links "c1", "c2"...).
+    statement: the paper's claim in words.
+    verdict: one of VERDICTS.
+    effect: the measured effect with its interval (None if not measured).
+    null: the no-effect value the interval is compared with (e.g. 0.5 for a
+        win rate, 0 for a difference); None for tolerance-band claims.
+    measured: what ``effect`` is, in words.
+    rule: the decision rule, in words.
+    links: sub-claims of a compound claim.
+    """
+
+    id: str
+    statement: str
+    verdict: str
+    effect: Estimate | None = None
+    null: float | None = None
+    measured: str = ""
+    rule: str = ""
+    links: list[ClaimResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "statement": self.statement, "verdict": self.verdict,
+                "effect": None if self.effect is None else self.effect.to_dict(),
+                "null": self.null, "measured": self.measured, "rule": self.rule,
+                "links": [link.to_dict() for link in self.links]}
+
+
+def decide_greater(effect: Estimate | None, null: float) -> str:
+    """Claim "effect > null": low > null -> reproduced, high < null -> not reproduced,
+    otherwise (or NaN bounds) inconclusive; None -> not measured."""
+    if effect is None:
+        return NOT_MEASURED
+    if effect.low > null:
+        return REPRODUCED
+    if effect.high < null:
+        return NOT_REPRODUCED
+    return INCONCLUSIVE
+
+
+def decide_within(effect: Estimate | None, lo: float, hi: float) -> str:
+    """Claim "effect lies in [lo, hi]": interval inside the band -> reproduced,
+    interval disjoint from the band -> not reproduced, overlapping -> inconclusive."""
+    if effect is None:
+        return NOT_MEASURED
+    if lo <= effect.low and effect.high <= hi:
+        return REPRODUCED
+    if effect.high < lo or effect.low > hi:
+        return NOT_REPRODUCED
+    return INCONCLUSIVE
+
+
+def combine(verdicts: list[str]) -> str:
+    """Verdict of a compound claim: any "not reproduced" wins, then "not measured",
+    then "inconclusive"; "reproduced" only if every link is (and there is one)."""
+    for v in (NOT_REPRODUCED, NOT_MEASURED, INCONCLUSIVE):
+        if v in verdicts:
+            return v
+    return REPRODUCED if verdicts else NOT_MEASURED
+
+
+# ----------------------------------------------------------------------------- model choice
+
+def _size(m: ModelResult) -> int:
+    return -1 if m.n_params is None else m.n_params
+
+
+def primary_policy(results: EvalResults) -> ModelResult | None:
+    """The PPO-ptx model the claims are about: the largest one (ties: first listed)."""
+    cands = results.of_kind("ppo_ptx")
+    return max(cands, key=_size) if cands else None
+
+
+def peer(results: EvalResults, kind: str, like: ModelResult | None) -> ModelResult | None:
+    """The model of ``kind`` at the size of ``like``.
+
+    Exact n_params match first; if ``like`` has no size, the smallest model of
+    that kind. A model of another size never stands in (a larger base is not
+    "the base"). For instruction-tuned baselines (flan, t0) the largest one is
+    used when no size matches.
+    """
+    if like is None:
+        return None
+    cands = results.of_kind(kind)
+    same = [m for m in cands if m.n_params == like.n_params]
+    if same:
+        return same[0]
+    if cands and (like.n_params is None or kind in INSTRUCTION_BASELINES):
+        return cands[0] if like.n_params is None else cands[-1]
+    return None
+
+
+# ----------------------------------------------------------------------------- effects
+
+def _raw_outcomes(results: EvalResults, name: str, labelers: str):
+    comps = results.comparisons(name, None, labelers)
+    return [c.outcome for c in comps], [c.prompt_id for c in comps]
+
+
+def win_rate_gap(results: EvalResults, a: str, b: str, labelers: str = "training"
+                 ) -> Estimate | None:
+    """Win rate of ``a`` minus win rate of ``b``, both against the baseline.
+
+    Paired bootstrap over the prompts both were judged on when raw comparisons
+    exist for both; otherwise the normal approximation from the two stored
+    intervals. None if either win rate is missing. The baseline itself has
+    win rate 0.5 by definition.
+    """
+    if a == results.baseline or b == results.baseline:
+        other = b if a == results.baseline else a
+        est = results.win_rate(other, labelers)
+        if est is None:
+            return None
+        half = Estimate(0.5, 0.5, 0.5, est.n, "definition", est.level)
+        return difference_of_estimates(half, est) if a == results.baseline \
+            else difference_of_estimates(est, half)
+    (va, ga), (vb, gb) = _raw_outcomes(results, a, labelers), _raw_outcomes(results, b, labelers)
+    if va and vb and set(ga) & set(gb):
+        return difference(va, vb, groups=ga, groups_b=gb)
+    ea, eb = results.win_rate(a, labelers), results.win_rate(b, labelers)
+    if ea is None or eb is None:
+        return None
+    return difference_of_estimates(ea, eb)
+
+
+def preference(results: EvalResults, a: str, b: str) -> tuple[Estimate | None, float, str]:
+    """How much ``a`` is preferred to ``b`` by training labelers.
+
+    Returns (effect, null, description). Direct head-to-head comparisons
+    between a and b are used when they exist (effect = win rate of a, null
+    0.5); otherwise the gap of their win rates against the baseline (null 0).
+    """
+    direct = results.comparisons(a, b, "training")
+    if direct:
+        est = win_rate([c.outcome for c in direct], [c.prompt_id for c in direct])
+        return est, 0.5, f"win rate of {a} against {b} (head to head, training labelers)"
+    gap = win_rate_gap(results, a, b)
+    return gap, 0.0, (f"win rate of {a} minus win rate of {b}, both against "
+                      f"{results.baseline} (training labelers)")
+
+
+def metric_gap(a: ModelResult, b: ModelResult, source: str, metric: str) -> Estimate | None:
+    """How much better ``a`` is than ``b`` on a metric (positive = a better).
+
+    source: "metadata" or "pretraining" (the ModelResult field). For
+    lower-is-better metrics the gap is b - a, else a - b. Paired bootstrap on
+    raw Samples when both have them for ``metric``; otherwise the normal
+    approximation from the stored intervals. None if either is missing.
+    For metadata flags (rates of bad behaviour) lower is always better.
+    """
+    ea, eb = getattr(a, source).get(metric), getattr(b, source).get(metric)
+    if ea is None or eb is None:
+        return None
+    lower = source == "metadata" or lower_is_better(metric)
+    first, second = (b, a) if lower else (a, b)
+    ra, rb = first.raw.get(metric), second.raw.get(metric)
+    if ra and rb and ra.values and rb.values and set(ra.groups) & set(rb.groups):
+        return difference(ra.values, rb.values, groups=ra.groups, groups_b=rb.groups)
+    return difference_of_estimates(getattr(first, source)[metric],
+                                   getattr(second, source)[metric])
+
+
+# ----------------------------------------------------------------------------- the claims
+
+def _missing(cid: str, statement: str, rule: str, what: str) -> ClaimResult:
+    return ClaimResult(cid, statement, NOT_MEASURED, measured=f"missing: {what}", rule=rule)
+
+
+def _compound(cid: str, statement: str, rule: str, links: list[ClaimResult]) -> ClaimResult:
+    count = f"{len(links)} link" + ("" if len(links) == 1 else "s")
+    return ClaimResult(cid, statement, combine([link.verdict for link in links]),
+                       measured=count, rule=rule, links=links)
+
+
+def claim_a(results: EvalResults) -> ClaimResult:
+    """(a) PPO-ptx is preferred to SFT.
+
+    Effect: win rate of the primary PPO-ptx model against the baseline, judged
+    by training labelers. Rule: decide_greater(effect, 0.5).
+    """
+    statement = "PPO-ptx outputs are preferred to SFT outputs (win rate vs SFT > 50%)"
+    rule = "95% CI of the win rate entirely above 0.5 / entirely below 0.5 / straddles"
+    pol = primary_policy(results)
+    if pol is None:
+        return _missing("a", statement, rule, "PPO-ptx model")
+    est = results.win_rate(pol.name, "training")
+    if est is None:
+        return _missing("a", statement, rule, f"win rate of {pol.name}")
+    return ClaimResult("a", statement, decide_greater(est, 0.5), est, 0.5,
+                       f"win rate of {pol.name} vs {results.baseline} (training labelers)", rule)
+
+
+def claim_b(results: EvalResults) -> ClaimResult:
+    """(b) The small PPO-ptx model is preferred to the larger base model.
+
+    Models: the smallest PPO-ptx with a known size, and the largest base model
+    strictly larger than it. Effect: see :func:`preference` (head-to-head win
+    rate, null 0.5, or win-rate gap vs the baseline, null 0). Rule:
+    decide_greater(effect, null).
+    """
+    statement = "A small PPO-ptx model is preferred to a larger pretrained base model"
+    rule = "CI of the preference entirely above / below the null (0.5 head to head, 0 for a gap)"
+    sized = [m for m in results.of_kind("ppo_ptx") if m.n_params is not None]
+    if not sized:
+        return _missing("b", statement, rule, "PPO-ptx model with a known size")
+    small = sized[0]
+    larger = [m for m in results.of_kind("base")
+              if m.n_params is not None and m.n_params > small.n_params]
+    if not larger:
+        return _missing("b", statement, rule, "base model larger than the PPO-ptx model")
+    effect, null, what = preference(results, small.name, larger[-1].name)
+    return ClaimResult("b", statement, decide_greater(effect, null), effect, null, what, rule)
+
+
+def _gap_link(results: EvalResults, cid: str, better: ModelResult | None,
+              worse: ModelResult | None, better_kind: str, worse_kind: str) -> ClaimResult:
+    statement = f"{better_kind} preferred to {worse_kind}"
+    rule = "CI of the win-rate gap entirely above / below 0"
+    if better is None or worse is None:
+        absent = better_kind if better is None else worse_kind
+        return _missing(cid, statement, rule, f"{absent} model")
+    effect, null, what = preference(results, better.name, worse.name)
+    if effect is None:
+        return _missing(cid, statement, rule, f"win rates of {better.name} / {worse.name}")
+    return ClaimResult(cid, f"{better.name} preferred to {worse.name}",
+                       decide_greater(effect, null), effect, null, what, rule)
+
+
+def claim_c(results: EvalResults) -> ClaimResult:
+    """(c) PPO and PPO-ptx beat the prompted base, which beats the base.
+
+    Links (models at the primary PPO-ptx size): c1 PPO > prompted base,
+    c2 PPO-ptx > prompted base, c3 prompted base > base; each decided like
+    claim (b) via :func:`preference`. Compound rule: :func:`combine` (all
+    links reproduced -> reproduced; any reversed -> not reproduced).
+    """
+    statement = "Ordering: base < prompted base < PPO and PPO-ptx"
+    rule = "each link: preference CI above/below null; reproduced only if all links are"
+    pol = primary_policy(results)
+    if pol is None:
+        return _missing("c", statement, rule, "PPO-ptx model")
+    ppo, prompted, base = (peer(results, k, pol) for k in ("ppo", "base_prompted", "base"))
+    links = [
+        _gap_link(results, "c1", ppo, prompted, "PPO", "prompted base"),
+        _gap_link(results, "c2", pol, prompted, "PPO-ptx", "prompted base"),
+        _gap_link(results, "c3", prompted, base, "prompted base", "base"),
+    ]
+    return _compound("c", statement, rule, links)
+
+
+def claim_d(results: EvalResults, tolerance: float = 0.1) -> ClaimResult:
+    """(d) Held-out labelers prefer PPO-ptx about as much as training labelers.
+
+    Effect: win rate vs the baseline judged by held-out labelers minus the
+    same judged by training labelers (bootstrap over prompts from raw
+    comparisons when both exist, else the normal approximation). Rule:
+    decide_within(effect, -tolerance, +tolerance).
+    """
+    statement = ("Held-out labelers prefer PPO-ptx about as much as training labelers "
+                 f"(|difference| <= {tolerance:g})")
+    rule = f"CI inside [-{tolerance:g}, {tolerance:g}] / disjoint from it / overlapping"
+    pol = primary_policy(results)
+    if pol is None:
+        return _missing("d", statement, rule, "PPO-ptx model")
+    (vh, gh), (vt, gt) = (_raw_outcomes(results, pol.name, g) for g in ("heldout", "training"))
+    if vh and vt:
+        effect = difference(vh, vt, groups=gh, groups_b=gt)
+    else:
+        eh, et = results.win_rate(pol.name, "heldout"), results.win_rate(pol.name, "training")
+        if eh is None or et is None:
+            return _missing("d", statement, rule, "held-out or training labeler win rate")
+        effect = difference_of_estimates(eh, et)
+    return ClaimResult("d", statement, decide_within(effect, -tolerance, tolerance), effect,
+                       None, f"held-out minus training labelers' win rate of {pol.name}", rule)
+
+
+def claim_e(results: EvalResults) -> ClaimResult:
+    """(e) PPO-ptx hallucinates less than the base on closed-domain tasks.
+
+    Effect: hallucination rate of the base minus that of PPO-ptx (metadata
+    key "hallucination"; paired bootstrap on raw samples when present).
+    Rule: decide_greater(effect, 0).
+    """
+    statement = "PPO-ptx hallucinates less than the base model on closed-domain tasks"
+    rule = "CI of (base rate - PPO-ptx rate) entirely above / below 0"
+    pol = primary_policy(results)
+    base = peer(results, "base", pol)
+    if pol is None or base is None:
+        return _missing("e", statement, rule, "PPO-ptx or base model")
+    effect = metric_gap(pol, base, "metadata", "hallucination")
+    if effect is None:
+        return _missing("e", statement, rule, "hallucination rates")
+    return ClaimResult("e", statement, decide_greater(effect, 0.0), effect, 0.0,
+                       f"hallucination rate of {base.name} minus {pol.name}", rule)
+
+
+def claim_f(results: EvalResults) -> ClaimResult:
+    """(f) PPO-ptx loses less held-out pretraining performance than PPO.
+
+    Links, one per metric both models have: "perplexity" (effect = PPO
+    perplexity - PPO-ptx perplexity) and "cloze_accuracy" (effect = PPO-ptx
+    accuracy - PPO accuracy); the reference (SFT or base) cancels in these
+    differences. Each link: decide_greater(effect, 0); compound rule:
+    :func:`combine`. Not measured if neither metric exists for both.
+    """
+    statement = "PPO-ptx loses less held-out pretraining performance than PPO (alignment tax)"
+    rule = "per metric: CI of PPO-ptx's advantage over PPO above / below 0; all must hold"
+    pol = primary_policy(results)
+    ppo = peer(results, "ppo", pol)
+    if pol is None or ppo is None:
+        return _missing("f", statement, rule, "PPO-ptx or PPO model")
+    links = []
+    for i, metric in enumerate(("perplexity", "cloze_accuracy"), start=1):
+        effect = metric_gap(pol, ppo, "pretraining", metric)
+        if effect is not None:
+            links.append(ClaimResult(f"f{i}", f"{pol.name} better than {ppo.name} on {metric}",
+                                     decide_greater(effect, 0.0), effect, 0.0,
+                                     f"{metric} advantage of {pol.name} over {ppo.name}",
+                                     "CI above / below 0"))
+    if not links:
+        return _missing("f", statement, rule, "perplexity / cloze accuracy of both models")
+    return _compound("f", statement, rule, links)
+
+
+def claim_g(results: EvalResults) -> ClaimResult:
+    """(g) PPO-ptx is preferred to the FLAN / T0-style instruction-tuned baselines.
+
+    One link per baseline kind present ("flan", "t0"), each decided like claim
+    (b) via :func:`preference`; compound rule :func:`combine`. Not measured
+    if neither baseline was evaluated.
+    """
+    statement = "PPO-ptx is preferred to FLAN / T0-style instruction-tuned baselines"
+    rule = "per baseline: preference CI above / below the null; all must hold"
+    pol = primary_policy(results)
+    if pol is None:
+        return _missing("g", statement, rule, "PPO-ptx model")
+    links = [_gap_link(results, f"g{i}", pol, peer(results, kind, pol), "PPO-ptx", kind)
+             for i, kind in enumerate(INSTRUCTION_BASELINES, start=1)
+             if results.of_kind(kind)]
+    if not links:
+        return _missing("g", statement, rule, "FLAN / T0 baseline")
+    return _compound("g", statement, rule, links)
+
+
+def check_claims(results: EvalResults, tolerance: float = 0.1) -> list[ClaimResult]:
+    """All claims (a)-(g), in order; ``tolerance`` is claim (d)'s band half-width."""
+    return [claim_a(results), claim_b(results), claim_c(results),
+            claim_d(results, tolerance), claim_e(results), claim_f(results), claim_g(results)]
+

@@ -1,0 +1,461 @@
+"""The evaluation report: ``report.md`` and a self-contained ``report.html``.
+
+The report is built once as a list of :class:`Section` s made of neutral
+blocks (:class:`Para`, :class:`Table`, :class:`Image`), then rendered twice:
+to Markdown (figures written as PNG files beside it, in ``report_files/``)
+and to HTML (figures inlined as base64 ``data:`` URIs, inline CSS, a
+Content-Security-Policy that forbids scripts and any outside resource).
+Every text that comes from models, prompts or results is escaped in both.
+
+Anything absent from the results (no FLAN baseline, no training curves...)
+is shown as "not measured", never as an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data import USE_CASES
+from . import plots
+from .claims import MODEL_KINDS, ClaimResult, EvalResults, check_claims, lower_is_better
+from .stats import Estimate
+
+NOT_MEASURED = "not measured"
+METADATA_PLOTTED = ("fails_to_follow", "violates_constraint", "hallucination",
+                    "inappropriate_for_customer_assistant")
+BENCHMARK_ORDER = ("truthfulqa_truthful", "truthfulqa_truthful_informative",
+                   "toxicity_plain", "toxicity_respectful", "toxicity_biased",
+                   "winogender_entropy", "crows_pairs_entropy")
+SCORE_KEYS = ("ppo/score", "ppo/mean_scores", "objective/scores", "env/reward_mean",
+              "reward", "score")
+KL_KEYS = ("ppo/kl", "objective/kl", "ppo/mean_kl", "kl")
+STEP_KEYS = ("step", "iteration", "epoch")
+
+
+# ----------------------------------------------------------------------------- blocks
+
+@dataclass
+class Para:
+    """A paragraph of plain text (escaped on output)."""
+    text: str
+
+
+@dataclass
+class Table:
+    """A table of plain-text cells (escaped on output; newlines kept).
+
+    verdict_col: index of a column whose cells are verdicts (coloured in HTML).
+    """
+    headers: list[str]
+    rows: list[list[str]]
+    verdict_col: int | None = None
+
+
+@dataclass
+class Image:
+    """A PNG figure: ``name`` is its file stem in report_files/."""
+    name: str
+    png: bytes
+    caption: str
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[Para | Table | Image] = field(default_factory=list)
+
+    @property
+    def anchor(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.title.lower()).strip("-")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def fmt(e: Estimate | None, percent: bool = False) -> str:
+    """Estimate as 'value [low, high]', or 'not measured'."""
+    if e is None or math.isnan(e.value):
+        return NOT_MEASURED
+    return e.fmt(percent=percent)
+
+
+_size = plots.size_label
+
+
+def _models_in_order(results: EvalResults):
+    """Models sorted by kind (paper order), then size."""
+    return sorted(results.models, key=lambda m: (MODEL_KINDS.index(m.kind),
+                                                 -1 if m.n_params is None else m.n_params))
+
+
+def _num(x) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _first_key(rows: list[dict], keys: tuple[str, ...]) -> str | None:
+    return next((k for k in keys if any(_num(r.get(k)) is not None for r in rows)), None)
+
+
+# ----------------------------------------------------------------------------- sections
+
+def _meta_section(results: EvalResults) -> Section:
+    rows = [[str(k), str(v)] for k, v in results.meta.items()]
+    rows.append(["baseline (win rates are against)", results.baseline])
+    rows += [[f"model {m.name}", f"{m.kind}, {_size(m.n_params)} parameters"]
+             for m in _models_in_order(results)]
+    return Section("Run", [Table(["field", "value"], rows)])
+
+
+def _claim_rows(claim: ClaimResult, depth: int = 0) -> list[list[str]]:
+    indent = "  " * depth + ("- " if depth else "")
+    null = "" if claim.null is None else f"{claim.null:g}"
+    effect = "per link, below" if claim.links and claim.effect is None else fmt(claim.effect)
+    row = [indent + claim.id, claim.statement, claim.measured, effect, null,
+           claim.verdict, claim.rule]
+    return [row] + [r for link in claim.links for r in _claim_rows(link, depth + 1)]
+
+
+def _claims_section(claims: list[ClaimResult]) -> Section:
+    rows = [r for c in claims for r in _claim_rows(c)]
+    intro = Para("Each verdict is decided by the 95% interval of the measured effect alone: "
+                 "entirely on the claimed side of the null value -> reproduced; entirely on "
+                 "the other side -> not reproduced; containing it -> inconclusive; models "
+                 "absent -> not measured. Compound claims need every link.")
+    table = Table(["claim", "statement", "measured", "effect [95% CI]", "null", "verdict",
+                   "rule"], rows, verdict_col=5)
+    return Section("Claims check", [intro, table])
+
+
+def _win_rate_section(results: EvalResults) -> Section:
+    models = [m for m in _models_in_order(results) if m.name != results.baseline]
+    sec = Section(f"Win rate against {results.baseline}")
+    groups = {g: [results.win_rate(m.name, g) for m in models] for g in ("training", "heldout")}
+    if not any(e for ests in groups.values() for e in ests):
+        sec.blocks.append(Para(f"Win rates: {NOT_MEASURED}."))
+        return sec
+    series = {f"{g} labelers": ests for g, ests in groups.items() if any(ests)}
+    sec.blocks.append(Image("win_rates", plots.grouped_bars(
+        [m.name for m in models], series, f"Preferred to {results.baseline} (95% CI)",
+        "win rate", hline=0.5, ylim=(0, 1), rotate=True),
+        "Win rate per model; ties count half; dashed line = parity."))
+    sec.blocks.append(Table(["model", "kind", "size", "training labelers", "held-out labelers"],
+                            [[m.name, m.kind, _size(m.n_params), fmt(groups["training"][i], True),
+                              fmt(groups["heldout"][i], True)] for i, m in enumerate(models)]))
+    lines = {kind: [(m.n_params, groups["training"][i]) for i, m in enumerate(models)
+                    if m.kind == kind and m.n_params and groups["training"][i]]
+             for kind in MODEL_KINDS}
+    lines = {k: v for k, v in lines.items() if v}
+    if len({n for pts in lines.values() for n, _ in pts}) > 1:
+        sec.blocks.append(Image("win_rates_by_size", plots.by_size(
+            lines, "Win rate by model size (training labelers)", "win rate", hline=0.5),
+            "Win rate against the baseline as a function of parameter count."))
+    return sec
+
+
+def _use_case_section(results: EvalResults) -> Section:
+    sec = Section("Win rate by use case")
+    models = [m for m in _models_in_order(results) if m.name != results.baseline]
+    per_model = {m.name: results.use_case_win_rates(m.name) for m in models}
+    per_model = {k: v for k, v in per_model.items() if v}
+    if not per_model:
+        sec.blocks.append(Para(f"Per-use-case win rates: {NOT_MEASURED}."))
+        return sec
+    seen = {uc for v in per_model.values() for uc in v}
+    cases = [uc for uc in USE_CASES if uc in seen] + sorted(seen - set(USE_CASES))
+    series = {name: [v.get(uc) for uc in cases] for name, v in per_model.items()}
+    sec.blocks.append(Image("win_rates_by_use_case", plots.grouped_bars(
+        cases, series, f"Win rate vs {results.baseline} by use case (95% CI)", "win rate",
+        hline=0.5, ylim=(0, 1), rotate=True), "Training labelers; n/m = not measured."))
+    sec.blocks.append(Table(["use case"] + list(per_model),
+                            [[uc] + [fmt(per_model[n].get(uc), True) for n in per_model]
+                             for uc in cases]))
+    return sec
+
+
+def _likert_section(results: EvalResults) -> Section:
+    sec = Section("Likert scores")
+    models = [m for m in _models_in_order(results) if m.likert is not None]
+    if not models:
+        sec.blocks.append(Para(f"Likert scores: {NOT_MEASURED}."))
+        return sec
+    sec.blocks.append(Image("likert", plots.grouped_bars(
+        [m.name for m in models], {"likert": [m.likert for m in models]},
+        "Mean overall quality (1-7, 95% CI)", "Likert score", ylim=(1, 7), rotate=True),
+        "Mean 1-7 Likert score per model."))
+    sec.blocks.append(Table(["model", "mean Likert [95% CI]", "n"],
+                            [[m.name, fmt(m.likert), str(m.likert.n)] for m in models]))
+    return sec
+
+
+def _metadata_section(results: EvalResults) -> Section:
+    sec = Section("Metadata rates")
+    models = [m for m in _models_in_order(results) if m.metadata]
+    if not models:
+        sec.blocks.append(Para(f"Metadata rates: {NOT_MEASURED}."))
+        return sec
+    series = {m.name: [m.metadata.get(f) for f in METADATA_PLOTTED] for m in models}
+    sec.blocks.append(Image("metadata", plots.grouped_bars(
+        list(METADATA_PLOTTED), series, "Fraction of responses flagged (95% CI)", "rate",
+        ylim=(0, 1), rotate=True),
+        "Hallucination is measured on closed-domain prompts only. Lower is better."))
+    flags = list(dict.fromkeys(f for m in models for f in m.metadata))
+    sec.blocks.append(Table(["flag"] + [m.name for m in models],
+                            [[f] + [fmt(m.metadata.get(f), True) for m in models]
+                             for f in flags]))
+    return sec
+
+
+def _benchmark_section(results: EvalResults) -> Section:
+    sec = Section("Truthfulness, toxicity and bias")
+    models = [m for m in _models_in_order(results) if m.benchmarks]
+    if not models:
+        sec.blocks.append(Para(f"Public NLP evaluations: {NOT_MEASURED}."))
+        return sec
+    seen = {k for m in models for k in m.benchmarks}
+    keys = [k for k in BENCHMARK_ORDER if k in seen] + sorted(seen - set(BENCHMARK_ORDER))
+    sec.blocks.append(Para("TruthfulQA: fraction truthful (higher is better). Toxicity: mean "
+                           "toxicity score (lower is better). Bias (Winogender, CrowS-Pairs): "
+                           "entropy of the choice distribution in bits (1 bit for a pair = "
+                           "no preference; higher is less biased)."))
+    sec.blocks.append(Table(["benchmark"] + [m.name for m in models],
+                            [[k] + [fmt(m.benchmarks.get(k)) for m in models] for k in keys]))
+    return sec
+
+
+def _alignment_tax_section(results: EvalResults) -> Section:
+    sec = Section("Alignment tax (held-out pretraining performance)")
+    models = [m for m in _models_in_order(results) if m.pretraining]
+    if not models:
+        sec.blocks.append(Para(f"Held-out pretraining perplexity / cloze accuracy: "
+                               f"{NOT_MEASURED}."))
+        return sec
+    seen = list(dict.fromkeys(k for m in models for k in m.pretraining))
+    metrics = [k for k in ("perplexity", "cloze_accuracy") if k in seen] + \
+        [k for k in seen if k not in ("perplexity", "cloze_accuracy")]
+    ref = results.model(results.baseline)
+    ref = ref if ref is not None and ref.pretraining else next(
+        (m for m in models if m.kind == "base"), None)
+    headers = ["model"]
+    for k in metrics:
+        headers += [f"{k} [95% CI] ({'lower' if lower_is_better(k) else 'higher'} is better)",
+                    f"change vs {ref.name if ref else 'reference'}"]
+    rows = []
+    for m in models:
+        row = [m.name]
+        for k in metrics:
+            e, r = m.pretraining.get(k), ref.pretraining.get(k) if ref else None
+            delta = f"{e.value - r.value:+.3f}" if e is not None and r is not None else ""
+            row += [fmt(e), delta]
+        rows.append(row)
+    sec.blocks.append(Table(headers, rows))
+    return sec
+
+
+def _curve_series(results: EvalResults) -> dict[str, dict[str, tuple[list, list]]]:
+    """metric -> run -> (steps, values) from the per-step metric dicts."""
+    out: dict[str, dict[str, tuple[list, list]]] = {}
+    for run, rows in results.training_curves.items():
+        step_key = _first_key(rows, STEP_KEYS)
+        for i, row in enumerate(rows):
+            step = _num(row.get(step_key)) if step_key else float(i)
+            for k, v in row.items():
+                if k in STEP_KEYS or _num(v) is None or step is None:
+                    continue
+                steps, values = out.setdefault(k, {}).setdefault(run, ([], []))
+                steps.append(step)
+                values.append(_num(v))
+    return out
+
+
+def _training_section(results: EvalResults) -> Section:
+    sec = Section("RL training: reward vs KL and curves")
+    runs = {}
+    for run, rows in results.training_curves.items():
+        sk, kk = _first_key(rows, SCORE_KEYS), _first_key(rows, KL_KEYS)
+        stk = _first_key(rows, STEP_KEYS)
+        if sk and kk:
+            pts = [(_num(r.get(kk)), _num(r.get(sk)), _num(r.get(stk)) if stk else float(i))
+                   for i, r in enumerate(rows)]
+            pts = [p for p in pts if None not in p]
+            if pts:
+                runs[run] = pts
+    if runs:
+        sec.blocks.append(Image("reward_vs_kl", plots.frontier(runs),
+                                "Reward-model score against KL from the SFT policy, one "
+                                "point per logged PPO iteration."))
+    else:
+        sec.blocks.append(Para(f"Reward vs KL frontier: {NOT_MEASURED} (needs per-step "
+                               f"reward and KL, e.g. keys {SCORE_KEYS[0]!r}, {KL_KEYS[0]!r})."))
+    series = _curve_series(results)
+    if series:
+        sec.blocks.append(Image("training_curves", plots.curves(series),
+                                "Logged training metrics against step."))
+    else:
+        sec.blocks.append(Para(f"Training curves: {NOT_MEASURED}."))
+    return sec
+
+
+def _agreement_section(results: EvalResults) -> Section:
+    sec = Section("Inter-labeler agreement")
+    if not results.agreement:
+        sec.blocks.append(Para(f"Inter-labeler agreement: {NOT_MEASURED}."))
+        return sec
+    sec.blocks.append(Para("Fraction of pairs of labelers giving the same judgement on the "
+                           "same comparison (paper: 72.6 +- 1.5% among training labelers, "
+                           "77.3 +- 1.3% with held-out labelers)."))
+    sec.blocks.append(Table(["labeler pairs", "agreement [95% CI]", "pairs"],
+                            [[k, fmt(e, True), str(e.n)] for k, e in results.agreement.items()]))
+    return sec
+
+
+def _samples_section(results: EvalResults) -> list[Section]:
+    if not results.samples:
+        return [Section("Sample outputs", [Para(f"Sample outputs: {NOT_MEASURED}.")])]
+    names = list(dict.fromkeys(n for s in results.samples for n in s.outputs))
+    by_case: dict[str, list] = {}
+    for s in results.samples:
+        by_case.setdefault(s.use_case, []).append(s)
+    cases = [c for c in USE_CASES if c in by_case] + sorted(set(by_case) - set(USE_CASES))
+    return [Section(f"Sample outputs: {case}",
+                    [Table(["prompt"] + names,
+                           [[s.prompt] + [s.outputs.get(n, NOT_MEASURED) for n in names]
+                            for s in by_case[case]])])
+            for case in cases]
+
+
+def build_sections(results: EvalResults, claims: list[ClaimResult] | None = None
+                   ) -> list[Section]:
+    """All report sections in reading order (claims computed if not given)."""
+    claims = check_claims(results) if claims is None else claims
+    return [_meta_section(results), _claims_section(claims), _win_rate_section(results),
+            _use_case_section(results), _likert_section(results), _metadata_section(results),
+            _benchmark_section(results), _alignment_tax_section(results),
+            _training_section(results), _agreement_section(results),
+            *_samples_section(results)]
+
+
+# ----------------------------------------------------------------------------- markdown
+
+def _md_cell(text: str) -> str:
+    """Escape markdown text: HTML (<, >, &), pipes, brackets, emphasis; newlines -> <br>."""
+    s = html.escape(str(text), quote=False)
+    s = s.replace("\\", "\\\\").replace("|", "\\|").replace("[", "\\[").replace("]", "\\]")
+    s = s.replace("`", "\\`").replace("*", "\\*").replace("_", "\\_")
+    return s.replace("\r\n", "\n").replace("\n", "<br>")
+
+
+def render_markdown(sections: list[Section], files_dir: str = "report_files") -> str:
+    """Markdown text; images referenced as ``files_dir/<name>.png``."""
+    out = ["# InstructGPT evaluation report", ""]
+    for sec in sections:
+        out += [f"## {_md_cell(sec.title)}", ""]
+        for b in sec.blocks:
+            if isinstance(b, Para):
+                out += [_md_cell(b.text), ""]
+            elif isinstance(b, Image):
+                out += [f"![{_md_cell(b.caption)}]({files_dir}/{b.name}.png)", "",
+                        f"*{_md_cell(b.caption)}*", ""]
+            else:
+                out.append("| " + " | ".join(_md_cell(h) for h in b.headers) + " |")
+                out.append("|" + "---|" * len(b.headers))
+                out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows]
+                out.append("")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- html
+
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1200px;
+ padding:0 1em;color:#222;line-height:1.4}
+h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:.2em;
+ margin-top:2em}
+table{border-collapse:collapse;margin:.8em 0;font-size:.85em}
+th,td{border:1px solid #ccc;padding:.3em .5em;vertical-align:top;text-align:left;
+ white-space:pre-wrap;overflow-wrap:break-word;max-width:40em}
+th{background:#f3f3f3}
+figure{margin:1em 0}figure img{max-width:100%;height:auto}
+figcaption{font-size:.85em;color:#555}
+.v-reproduced{background:#d7f5dc}.v-not-reproduced{background:#f8d4d4}
+.v-inconclusive{background:#fff3c4}.v-not-measured{background:#eee;color:#666}
+td[class^="v-"]{white-space:nowrap;font-weight:600}
+nav ul{columns:2;font-size:.9em}
+"""
+
+
+def _e(text: str) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _html_block(b: Para | Table | Image) -> str:
+    if isinstance(b, Para):
+        return f"<p>{_e(b.text)}</p>"
+    if isinstance(b, Image):
+        data = base64.b64encode(b.png).decode("ascii")
+        return (f'<figure><img src="data:image/png;base64,{data}" alt="{_e(b.caption)}">'
+                f"<figcaption>{_e(b.caption)}</figcaption></figure>")
+    head = "".join(f"<th>{_e(h)}</th>" for h in b.headers)
+    body = []
+    for row in b.rows:
+        cells = []
+        for i, c in enumerate(row):
+            cls = ""
+            if i == b.verdict_col:
+                cls = f' class="v-{re.sub(r"[^a-z]+", "-", str(c).lower())}"'
+            cells.append(f"<td{cls}>{_e(c)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def render_html(sections: list[Section], title: str = "InstructGPT evaluation report") -> str:
+    """One self-contained HTML page: inline CSS, data: images, no script, strict CSP."""
+    toc = "".join(f'<li><a href="#{s.anchor}">{_e(s.title)}</a></li>' for s in sections)
+    body = "".join(f'<section id="{s.anchor}"><h2>{_e(s.title)}</h2>'
+                   + "".join(_html_block(b) for b in s.blocks) + "</section>"
+                   for s in sections)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<link rel="icon" href="data:,"><title>{_e(title)}</title>'
+            f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>"
+            f"<nav><ul>{toc}</ul></nav>{body}</body></html>\n")
+
+
+# ----------------------------------------------------------------------------- entry points
+
+def write_report(results: EvalResults, run_dir) -> tuple[Path, Path]:
+    """Write ``run_dir/report.md`` (+ ``report_files/*.png``) and ``run_dir/report.html``.
+
+    Returns (md_path, html_path). The HTML needs no other file.
+    """
+    run_dir = Path(run_dir)
+    files = run_dir / "report_files"
+    files.mkdir(parents=True, exist_ok=True)
+    sections = build_sections(results)
+    for sec in sections:
+        for b in sec.blocks:
+            if isinstance(b, Image):
+                (files / f"{b.name}.png").write_bytes(b.png)
+    md_path, html_path = run_dir / "report.md", run_dir / "report.html"
+    md_path.write_text(render_markdown(sections, files.name), encoding="utf-8")
+    html_path.write_text(render_html(sections), encoding="utf-8")
+    return md_path, html_path
+
+
+def render_from_json(path, run_dir=None) -> tuple[Path, Path]:
+    """Re-render the report from a results.json (into its folder unless ``run_dir``)."""
+    path = Path(path)
+    return write_report(EvalResults.load(path), run_dir or path.parent)
+
+
+__all__ = ["write_report", "render_from_json", "build_sections", "render_markdown",
+           "render_html", "Section", "Para", "Table", "Image"]

@@ -1,0 +1,353 @@
+"""Model-free statistics for human-preference evaluation.
+
+Everything here works on plain numbers produced elsewhere (by labelers or by
+an automatic judge): no model is loaded.
+
+Conventions
+-----------
+* An *outcome* is one comparison of a model's answer against a baseline's
+  answer, scored from the model's point of view: 1 = win, 0 = loss,
+  0.5 = tie (ties count half a win).
+* *groups* are the prompt ids of the samples (one id per sample). When given,
+  the bootstrap resamples prompts with replacement and keeps all samples of a
+  prompt together, because comparisons on the same prompt are not
+  independent (the paper reports intervals over prompts).
+* Every estimate comes back as an :class:`Estimate` with a 95% interval by
+  default. Intervals are percentile-bootstrap or Wilson score intervals.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import asdict, dataclass
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+_CHUNK_CELLS = 2_000_000  # bootstrap matrices are built in chunks of at most this many cells
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with a confidence interval.
+
+    value: the statistic on the full data (e.g. a win rate in [0, 1]).
+    low, high: interval bounds (same units as ``value``); NaN if undefined.
+    n: number of samples it rests on (comparisons, responses, labeler pairs...).
+    method: how the interval was made ("wilson", "bootstrap", "bootstrap-prompts",
+        "normal-approx", "given").
+    level: nominal coverage of the interval.
+    """
+
+    value: float
+    low: float
+    high: float
+    n: int
+    method: str
+    level: float = 0.95
+
+    def contains(self, x: float) -> bool:
+        """True if ``x`` lies in the closed interval [low, high]."""
+        return self.low <= x <= self.high
+
+    @property
+    def half_width(self) -> float:
+        """Half the interval width (a symmetric +- for display)."""
+        return (self.high - self.low) / 2
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict; NaN becomes None."""
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Estimate:
+        """Inverse of :meth:`to_dict` (None becomes NaN)."""
+        def num(key: str) -> float:
+            v = d.get(key)
+            return math.nan if v is None else float(v)
+        return cls(value=num("value"), low=num("low"), high=num("high"),
+                   n=int(d.get("n", 0)), method=str(d.get("method", "given")),
+                   level=float(d.get("level", 0.95)))
+
+    def fmt(self, digits: int = 3, percent: bool = False) -> str:
+        """``0.625 [0.412, 0.801]``, or in percent ``62.5% [41.2, 80.1]``."""
+        if math.isnan(self.value):
+            return "n/a"
+        if percent:
+            return f"{100 * self.value:.1f}% [{100 * self.low:.1f}, {100 * self.high:.1f}]"
+        return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+
+def mean(values: np.ndarray) -> float:
+    """Arithmetic mean (the default bootstrap statistic; has a fast path)."""
+    return float(np.mean(values))
+
+
+# --------------------------------------------------------------------------- intervals
+
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion ``successes / n``.
+
+    ``successes`` may be fractional (ties counted as half). Returns (low, high);
+    (nan, nan) for n == 0. For 8/10 at z = 1.96: (0.4902, 0.9433).
+    """
+    if n <= 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    z2 = z * z
+    denom = 1 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    low = 0.0 if p <= 0 else max(0.0, centre - half)   # exact bounds at the edges
+    high = 1.0 if p >= 1 else min(1.0, centre + half)
+    return (low, high)
+
+
+def _group_index(groups: Sequence[Hashable] | None, n: int) -> np.ndarray:
+    """Integer group code per sample (each sample its own group if None); shape (n,)."""
+    if groups is None:
+        return np.arange(n)
+    if len(groups) != n:
+        raise ValueError(f"groups has {len(groups)} entries for {n} values")
+    codes: dict[Hashable, int] = {}
+    return np.array([codes.setdefault(g, len(codes)) for g in groups], dtype=np.int64)
+
+
+def _resample_counts(n_groups: int, n_boot: int, rng: np.random.Generator):
+    """Yield (chunk, n_groups) matrices: how often each group is drawn per replicate."""
+    chunk = max(1, _CHUNK_CELLS // max(1, n_groups))
+    p = np.full(n_groups, 1.0 / n_groups)
+    done = 0
+    while done < n_boot:
+        size = min(chunk, n_boot - done)
+        yield rng.multinomial(n_groups, p, size=size)
+        done += size
+
+
+def _bootstrap_replicates(values: np.ndarray, codes: np.ndarray, n_boot: int,
+                          rng: np.random.Generator, stat: Callable) -> np.ndarray:
+    """Statistic on ``n_boot`` cluster-resampled data sets; shape (n_boot,)."""
+    n_groups = int(codes.max()) + 1
+    if stat is mean or stat is np.mean:
+        sums = np.bincount(codes, weights=values, minlength=n_groups)
+        sizes = np.bincount(codes, minlength=n_groups).astype(float)
+        return np.concatenate([(c @ sums) / (c @ sizes)
+                               for c in _resample_counts(n_groups, n_boot, rng)])
+    members = [np.flatnonzero(codes == g) for g in range(n_groups)]
+    out = np.empty(n_boot)
+    for b in range(n_boot):
+        drawn = rng.integers(0, n_groups, size=n_groups)
+        out[b] = stat(values[np.concatenate([members[g] for g in drawn])])
+    return out
+
+
+def bootstrap_interval(values: Sequence[float], groups: Sequence[Hashable] | None = None,
+                       n_boot: int = 2000, seed: int = 0, stat: Callable = mean,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat(values)``.
+
+    values: shape (n,), one number per sample.
+    groups: optional prompt id per sample; prompts are resampled with
+        replacement and all samples of a drawn prompt are kept together.
+    Returns (low, high) at the given level; (nan, nan) for empty input.
+    Deterministic for a given ``seed``.
+    """
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return (math.nan, math.nan)
+    codes = _group_index(groups, x.size)
+    reps = _bootstrap_replicates(x, codes, n_boot, np.random.default_rng(seed), stat)
+    alpha = (1 - level) / 2
+    low, high = np.nanquantile(reps, [alpha, 1 - alpha])
+    return (float(low), float(high))
+
+
+def _z_for(level: float) -> float:
+    """Two-sided normal quantile for a coverage level (1.96 for 0.95)."""
+    from statistics import NormalDist
+    return NormalDist().inv_cdf(0.5 + level / 2)
+
+
+def _proportion(values: Sequence[float], groups, method: str | None,
+                n_boot: int, seed: int, level: float) -> Estimate:
+    """Mean of values in [0, 1] with a Wilson or (prompt-)bootstrap interval."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("no samples")
+    if method is None:
+        method = "bootstrap" if groups is not None else "wilson"
+    value = float(x.mean())
+    if method == "wilson":
+        low, high = wilson_interval(float(x.sum()), x.size, z=_z_for(level))
+    elif method == "bootstrap":
+        low, high = bootstrap_interval(x, groups, n_boot=n_boot, seed=seed, level=level)
+    else:
+        raise ValueError(f"method must be 'wilson' or 'bootstrap', not {method!r}")
+    label = "bootstrap-prompts" if method == "bootstrap" and groups is not None else method
+    return Estimate(value, low, high, int(x.size), label, level)
+
+
+# --------------------------------------------------------------------------- estimates
+
+def win_rate(outcomes: Sequence[float], groups: Sequence[Hashable] | None = None,
+             method: str | None = None, n_boot: int = 2000, seed: int = 0,
+             level: float = 0.95) -> Estimate:
+    """Win rate of a model against a baseline; ties count half.
+
+    outcomes: shape (n,), each 1 (win), 0 (loss) or 0.5 (tie).
+    groups: optional prompt id per outcome (bootstrap over prompts).
+    method: "wilson" or "bootstrap"; default bootstrap when groups are given,
+        Wilson otherwise. Example: [1, 1, 0, 0.5] -> value 0.625.
+    """
+    x = np.asarray(outcomes, dtype=float)
+    if not np.isin(x, (0.0, 0.5, 1.0)).all():
+        raise ValueError("outcomes must be 1 (win), 0 (loss) or 0.5 (tie)")
+    return _proportion(x, groups, method, n_boot, seed, level)
+
+
+def win_rates_by(outcomes: Sequence[float], keys: Sequence[Hashable],
+                 groups: Sequence[Hashable] | None = None, method: str | None = None,
+                 n_boot: int = 2000, seed: int = 0) -> dict[Hashable, Estimate]:
+    """Win rate per key (e.g. per use case), keys in order of first appearance.
+
+    outcomes, keys (and groups if given): parallel sequences of length n.
+    """
+    if len(keys) != len(outcomes):
+        raise ValueError(f"{len(keys)} keys for {len(outcomes)} outcomes")
+    out: dict[Hashable, Estimate] = {}
+    for key in dict.fromkeys(keys):
+        idx = [i for i, k in enumerate(keys) if k == key]
+        sub_groups = None if groups is None else [groups[i] for i in idx]
+        out[key] = win_rate([outcomes[i] for i in idx], sub_groups, method, n_boot, seed)
+    return out
+
+
+def likert_mean(scores: Sequence[float], groups: Sequence[Hashable] | None = None,
+                n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Estimate:
+    """Mean 1-7 Likert score with a bootstrap interval (over prompts if grouped)."""
+    x = np.asarray(scores, dtype=float)
+    if x.size == 0:
+        raise ValueError("no scores")
+    low, high = bootstrap_interval(x, groups, n_boot=n_boot, seed=seed, level=level)
+    method = "bootstrap-prompts" if groups is not None else "bootstrap"
+    return Estimate(float(x.mean()), low, high, int(x.size), method, level)
+
+
+def rate(flags: Sequence[bool], groups: Sequence[Hashable] | None = None,
+         method: str | None = None, n_boot: int = 2000, seed: int = 0,
+         level: float = 0.95) -> Estimate:
+    """Fraction of True flags (e.g. responses flagged as hallucinating).
+
+    Wilson interval by default, prompt bootstrap when groups are given.
+    """
+    return _proportion(np.asarray(flags, dtype=bool).astype(float), groups, method,
+                       n_boot, seed, level)
+
+
+def pairwise_agreement(labels: Sequence[tuple[Hashable, Hashable, Hashable]],
+                       n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Estimate:
+    """Inter-labeler agreement: fraction of labeler pairs giving the same outcome.
+
+    labels: (item_id, labeler_id, outcome) triples; ``outcome`` is any hashable
+        judgement of the comparison item (e.g. 1/0/0.5, or "A"/"B").
+    For each item, every pair of labels from two *different* labelers is one
+    trial, agreeing if their outcomes are equal. The value is agreeing pairs /
+    all pairs; the interval bootstraps over items (pairs of an item stay
+    together). n = number of labeler pairs. Raises if no item has two labelers.
+    """
+    by_item: dict[Hashable, list[tuple[Hashable, Hashable]]] = {}
+    for item, labeler, outcome in labels:
+        by_item.setdefault(item, []).append((labeler, outcome))
+    agree: list[float] = []
+    items: list[Hashable] = []
+    for item, entries in by_item.items():
+        for (la, oa), (lb, ob) in combinations(entries, 2):
+            if la != lb:
+                agree.append(float(oa == ob))
+                items.append(item)
+    if not agree:
+        raise ValueError("no item was labelled by two different labelers")
+    low, high = bootstrap_interval(agree, items, n_boot=n_boot, seed=seed, level=level)
+    return Estimate(float(np.mean(agree)), low, high, len(agree), "bootstrap-items", level)
+
+
+def difference(a: Sequence[float], b: Sequence[float],
+               groups: Sequence[Hashable] | None = None,
+               groups_b: Sequence[Hashable] | None = None,
+               n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Estimate:
+    """mean(a) - mean(b) with a bootstrap interval over prompts.
+
+    Paired use (two models on the same prompts): ``a[i]`` and ``b[i]`` belong
+    to the same prompt; pass ``groups`` (prompt id per index) when a prompt
+    has several samples, or nothing when each index is its own prompt.
+    Grouped use: give ``groups`` for ``a`` and ``groups_b`` for ``b`` (lengths
+    may differ); prompt ids are matched across the two, so each replicate
+    draws prompts once and recomputes both means on the same drawn prompts.
+    Replicates where a side has no sample are dropped.
+    """
+    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if xa.size == 0 or xb.size == 0:
+        raise ValueError("both samples must be non-empty")
+    if groups_b is None:
+        if xa.size != xb.size:
+            raise ValueError("paired samples need equal lengths (or pass groups_b)")
+        groups = list(range(xa.size)) if groups is None else list(groups)
+        groups_b = groups
+    elif groups is None:
+        raise ValueError("groups_b given without groups")
+    codes = _group_index(list(groups) + list(groups_b), xa.size + xb.size)
+    ca, cb = codes[:xa.size], codes[xa.size:]
+    n_groups = int(codes.max()) + 1
+    sa = np.bincount(ca, weights=xa, minlength=n_groups)
+    na = np.bincount(ca, minlength=n_groups).astype(float)
+    sb = np.bincount(cb, weights=xb, minlength=n_groups)
+    nb = np.bincount(cb, minlength=n_groups).astype(float)
+    rng = np.random.default_rng(seed)
+    reps = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for c in _resample_counts(n_groups, n_boot, rng):
+            reps.append((c @ sa) / (c @ na) - (c @ sb) / (c @ nb))
+    reps_all = np.concatenate(reps)
+    reps_all = reps_all[np.isfinite(reps_all)]
+    alpha = (1 - level) / 2
+    low, high = np.quantile(reps_all, [alpha, 1 - alpha]) if reps_all.size else (math.nan,) * 2
+    return Estimate(float(xa.mean() - xb.mean()), float(low), float(high),
+                    int(n_groups), "bootstrap-prompts-diff", level)
+
+
+def difference_of_estimates(a: Estimate, b: Estimate) -> Estimate:
+    """a - b from two summaries alone (no raw samples), treating them as independent.
+
+    Each interval is read as value +- z * se; the difference gets
+    se = sqrt(se_a^2 + se_b^2). Only an approximation: prefer :func:`difference`
+    on raw per-prompt samples when they exist.
+    """
+    z = _z_for(a.level)
+    se = math.hypot((a.high - a.low) / (2 * z), (b.high - b.low) / (2 * z))
+    d = a.value - b.value
+    return Estimate(d, d - z * se, d + z * se, min(a.n, b.n), "normal-approx", a.level)
+
+
+def choice_entropy(probs: Sequence[float] | np.ndarray) -> float | np.ndarray:
+    """Entropy in bits of a choice distribution, H = -sum_i p_i log2 p_i.
+
+    probs: shape (k,) for one choice, or (n, k) for n choices (returns shape
+    (n,)). Each row is normalised to sum to 1 first (a model's probabilities
+    of the alternatives rarely do). 0 log 0 = 0. [0.5, 0.5] -> 1 bit (no
+    preference, the unbiased ideal for a pair); [1, 0] -> 0 bits.
+    """
+    p = np.asarray(probs, dtype=float)
+    if p.ndim not in (1, 2) or p.shape[-1] == 0 or (p < 0).any():
+        raise ValueError("probs must be non-negative, shape (k,) or (n, k)")
+    total = p.sum(axis=-1, keepdims=True)
+    if (total <= 0).any():
+        raise ValueError("each distribution needs positive mass")
+    p = p / total
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, -p * np.log2(p), 0.0)
+    h = terms.sum(axis=-1)
+    return float(h) if h.ndim == 0 else h

@@ -1,0 +1,516 @@
+"""Step 3: PPO against the reward model, and PPO-ptx (the paper's InstructGPT).
+
+Each iteration is a batch of bandit episodes: sample one response per prompt
+(KV cache, whole batch at once), score it with the reward model, and learn:
+
+  rollout   policy, reference (frozen SFT), value and reward models each do one
+            forward pass over the batch's prompt+response tokens;
+  rewards   per token -kl_coef * KL(policy || reference), plus the RM score
+            (with its normalising bias) on the last response token, plus an
+            optional fixed penalty when the response hit the length limit;
+  learn     GAE (gamma, lam), whitened advantages, ``ppo_epochs`` passes over
+            shuffled minibatches with the clipped policy loss, the clipped
+            value loss (``vf_coef``) and, for PPO-ptx, ``ptx_coef`` times the
+            next-token loss of pretraining blocks;
+  after     an EMA of the policy weights, the KL controller, metrics, samples,
+            checkpoints.
+
+The pretraining stream for PPO-ptx: ``pretrain_data`` is a corpus as read by
+``instructgpt pretrain`` (.txt documents separated by blank lines, or .jsonl
+with "text"), packed into blocks of ``ptx_seq_len`` tokens in a seeded endless
+order. Each minibatch step takes ceil(ptx_token_ratio * response tokens of
+the minibatch / ptx_seq_len) blocks (paper: 8x as many pretraining tokens as
+RL tokens), and its loss is averaged over their tokens.
+
+Tensor layout of a rollout: ``input_ids`` (B, P + R) = left-padded prompts
+(B, P) followed by right-padded responses (B, R); ``mask`` (B, R) marks real
+response tokens. Per-token quantities are (B, R): the value at response
+position t is read at the token just before it (the state the action was taken
+in).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from . import distributed as dist
+from .batching import encode_prompt, pad
+from .config import ConfigError, opt
+from .data import DataError, load_prompts
+from .generation import decode_responses, generate
+from .losses import (AdaptiveKLController, FixedKLController, ema_update, entropy_from_logits, explained_variance,
+                     gae, kl_estimate, lm_loss_sum, masked_mean, policy_loss, shape_rewards, token_logprobs,
+                     value_loss)
+from .models import RewardModel, load_policy, load_tokenizer, pick_device, position_ids_from_mask, set_dropout
+from .pretrain import BlockStream, load_corpus, pack_blocks
+from .records import MetricsLog, update_run_info, write_run_info
+
+
+@dataclass
+class PPOConfig:
+    """PPO and PPO-ptx (``instructgpt ppo``). Names follow the paper and lm-human-preferences."""
+    policy: str = opt("", "Policy to start from (the SFT folder); also the frozen reference for the KL penalty.")
+    reward_model: str = opt("", "Reward-model folder (scores responses; initialises the value function).")
+    reward_fn: str = opt("", "Instead of a reward model: 'module:function' taking (prompts, responses) text lists "
+                             "and returning scores (programmatic rewards, tests).")
+    prompts: str = opt("", "Prompts JSONL (the PPO prompt set; 'split' = train rows are used if splits are present).")
+    pretrain_data: str = opt("", "Pretraining corpus for PPO-ptx (.txt or .jsonl with 'text').")
+    out_dir: str = opt("", "Output folder: policy (EMA weights), value_model/, metrics.jsonl, samples.jsonl.")
+    iterations: int = opt(20, "PPO iterations (each = batch_size episodes).")
+    batch_size: int = opt(32, "Episodes (prompts) per iteration (paper: 512).")
+    minibatch_size: int = opt(32, "Episodes per optimizer step (paper: 64).")
+    micro_batch_size: int = opt(0, "Episodes per forward pass within a minibatch (0 = the whole minibatch).")
+    ppo_epochs: int = opt(4, "Passes over each batch of rollouts.")
+    lr: float = opt(1e-5, "Policy learning rate (paper: 5e-6 for 1.3B).")
+    value_lr: float = opt(0.0, "Value-model learning rate (0 = same as lr).")
+    warmup_iterations: int = opt(10, "Learning rate rises linearly from 1/10 of its peak over this many iterations (paper: 10).")
+    grad_clip: float = opt(1.0, "Clip each model's gradient norm to this (0 = off).")
+    kl_coef: float = opt(0.02, "beta: weight of the per-token KL penalty to the SFT policy (paper: 0.02).")
+    kl_estimator: str = opt("k1", "Per-token KL estimator in the reward: k1 (log ratio), k2 or k3.")
+    adaptive_kl: bool = opt(False, "Adapt kl_coef to keep the KL near target_kl (Ziegler et al.).")
+    target_kl: float = opt(6.0, "Target KL (nats per response) for the adaptive controller.")
+    kl_horizon: int = opt(10000, "Horizon (episodes) of the adaptive controller.")
+    cliprange: float = opt(0.2, "PPO ratio clip (paper: 0.2).")
+    cliprange_value: float = opt(0.2, "Value clip around the rollout values.")
+    vf_coef: float = opt(0.1, "Weight of the value loss.")
+    gamma: float = opt(1.0, "GAE discount (not the paper's pretraining gamma: that is ptx_coef).")
+    lam: float = opt(0.95, "GAE lambda.")
+    whiten_rewards: bool = opt(False, "Scale per-token rewards to unit variance (no mean shift) before GAE.")
+    ptx_coef: float = opt(0.0, "PPO-ptx: weight of the pretraining loss (the paper's gamma = 27.8; 0 = plain PPO).")
+    ptx_token_ratio: float = opt(8.0, "Pretraining tokens per RL response token in each step (paper: 8).")
+    ptx_seq_len: int = opt(128, "Block length of the pretraining stream.")
+    ema_decay: float = opt(0.992, "Decay of the EMA of policy weights (paper: 0.992).")
+    ema: bool = opt(True, "Keep the EMA and save it as the final policy (the raw weights go to policy_raw/).")
+    ema_warmup: bool = opt(True, "Use min(ema_decay, (1+n)/(10+n)) after n updates, so short runs are not dominated by the start.")
+    temperature: float = opt(1.0, "Sampling temperature (paper: 1); log-probs use the same temperature.")
+    top_k: int = opt(0, "Top-k sampling (0 = off).")
+    top_p: float = opt(1.0, "Nucleus sampling mass (1 = off).")
+    max_new_tokens: int = opt(32, "Response length limit.")
+    max_prompt_tokens: int = opt(128, "Longer prompts are an error naming the record.")
+    no_eos_penalty: float = opt(0.0, "Added to the score of responses that hit max_new_tokens without EOS (e.g. -1; 0 = off).")
+    ratio_guard: float = opt(100.0, "Stop with an error when a probability ratio exceeds this (a diverged update).")
+    seed: int = opt(0, "Seed for prompt order, sampling and minibatches.")
+    device: str = opt("auto", "auto, cpu, cuda, cuda:1 ...")
+    resume: bool = opt(False, "Continue from the last good checkpoint in out_dir.")
+    save_every: int = opt(5, "Checkpoint every this many iterations (0 = only at the end).")
+    keep_checkpoints: int = opt(2, "How many recent checkpoints to keep.")
+    log_samples: int = opt(3, "Sample responses written to samples.jsonl per iteration.")
+    progress: bool = opt(True, "Show a progress bar.")
+
+    def validate(self) -> None:
+        if not self.policy or not self.prompts or not self.out_dir:
+            raise ConfigError("policy, prompts, out_dir: required")
+        if not self.reward_model and not self.reward_fn:
+            raise ConfigError("reward_model: required (or reward_fn)")
+        if self.batch_size % self.minibatch_size:
+            raise ConfigError("minibatch_size: must divide batch_size")
+        if self.ptx_coef > 0 and not self.pretrain_data:
+            raise ConfigError("pretrain_data: required when ptx_coef > 0 (PPO-ptx)")
+        if self.kl_estimator not in ("k1", "k2", "k3"):
+            raise ConfigError(f"kl_estimator: {self.kl_estimator!r} is not k1, k2 or k3")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError("ema_decay: must be in [0, 1)")
+
+
+class PPOGuardError(RuntimeError):
+    """A NaN/inf loss or an exploding ratio: the run stops, the last good checkpoint is kept."""
+
+
+@dataclass
+class Rollout:
+    input_ids: torch.Tensor      # (B, P + R)
+    attention_mask: torch.Tensor  # (B, P + R)
+    P: int
+    mask: torch.Tensor           # (B, R) float, real response tokens
+    logprobs: torch.Tensor       # (B, R) policy at sampling time
+    ref_logprobs: torch.Tensor   # (B, R)
+    values: torch.Tensor         # (B, R)
+    scores: torch.Tensor         # (B,) reward-model scores (+ no-EOS penalty)
+    ended: torch.Tensor          # (B,) bool
+    prompts: list[str] = field(default_factory=list)
+    responses: list[str] = field(default_factory=list)
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+    kl: torch.Tensor | None = None
+
+
+@dataclass
+class PPOResult:
+    out_dir: str
+    iterations: int
+    history: list[dict] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- forward helpers
+
+def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, P: int) -> torch.Tensor:
+    """(B, P+R) -> (B, R, V): the logits that predicted each response token."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids_from_mask(attention_mask)).logits
+    return logits[:, P - 1:-1]
+
+
+def response_values(value_model: RewardModel, input_ids, attention_mask, P: int) -> torch.Tensor:
+    """(B, P+R) -> (B, R): V(state before each response token)."""
+    return value_model.values(input_ids, attention_mask)[:, P - 1:-1]
+
+
+def global_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Whitening with mean/variance over all ranks' masked entries."""
+    stats = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]).double()
+    s, ss, n = dist.all_reduce_sum(stats).tolist()
+    mean = s / max(n, 1.0)
+    var = (ss - n * mean * mean) / max(n - 1.0, 1.0)
+    out = (x - mean) / math.sqrt(max(var, 0.0) + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def load_reward_fn(spec: str) -> Callable[[list[str], list[str]], list[float]]:
+    module, _, name = spec.partition(":")
+    if not name:
+        raise ConfigError(f"reward_fn: {spec!r} is not of the form module:function")
+    return getattr(importlib.import_module(module), name)
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+class PPOTrainer:
+    """Holds the four models and the optimizer; ``step()`` runs one iteration."""
+
+    def __init__(self, cfg: PPOConfig):
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        dist.init_from_env(self.device)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.tokenizer = load_tokenizer(cfg.policy)
+        self.prompt_texts, self.prompt_ids = self._load_prompts()
+        self.policy = load_policy(cfg.policy, self.device)
+        self.ref = load_policy(cfg.policy, self.device).eval().requires_grad_(False)
+        for m in (self.policy, self.ref):
+            set_dropout(m, 0.0)  # dropout off in rollouts and updates
+        if cfg.reward_model:
+            self.reward_model = RewardModel.from_pretrained(cfg.reward_model, self.device).eval().requires_grad_(False)
+            self.value = RewardModel.from_pretrained(cfg.reward_model, self.device)
+            self.reward_fn = load_reward_fn(cfg.reward_fn) if cfg.reward_fn else None
+        else:
+            self.reward_model = None
+            self.reward_fn = load_reward_fn(cfg.reward_fn)
+            self.value = RewardModel.from_policy(cfg.policy, self.device)
+        set_dropout(self.value, 0.0)
+        self.ema_model = copy.deepcopy(self.policy).requires_grad_(False) if cfg.ema else None
+        self.optimizer = torch.optim.AdamW(
+            [{"params": [p for p in self.policy.parameters() if p.requires_grad], "lr": cfg.lr},
+             {"params": [p for p in self.value.parameters() if p.requires_grad], "lr": cfg.value_lr or cfg.lr}],
+            betas=(0.9, 0.95), eps=1e-5, weight_decay=0.0)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl
+                       else FixedKLController(cfg.kl_coef))
+        self.ptx = None
+        if cfg.ptx_coef > 0:
+            blocks = pack_blocks(self.tokenizer, load_corpus(cfg.pretrain_data), cfg.ptx_seq_len)
+            self.ptx = BlockStream(blocks, cfg.seed + 1)
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed + dist.rank())
+        self.iteration = 0
+        self.prompt_position = 0
+        self.ema_updates = 0
+
+    def _load_prompts(self) -> tuple[list[str], list[list[int]]]:
+        prompts = load_prompts(self.cfg.prompts)
+        if any(p.split for p in prompts):
+            prompts = [p for p in prompts if p.split in (None, "train")]
+        if not prompts:
+            raise DataError(f"{self.cfg.prompts}: no training prompts")
+        ids = [encode_prompt(self.tokenizer, p.text, self.cfg.max_prompt_tokens, p.source) for p in prompts]
+        return [p.text for p in prompts], ids
+
+    # ---- sampling prompts in a seeded order (epochs over the prompt set)
+
+    def next_prompts(self) -> list[int]:
+        """Indices of this iteration's prompts (global batch), then this rank's share."""
+        n = len(self.prompt_ids)
+        out = []
+        for _ in range(self.cfg.batch_size):
+            epoch, i = divmod(self.prompt_position, n)
+            order = np.random.default_rng([self.cfg.seed, epoch]).permutation(n)
+            out.append(int(order[i]))
+            self.prompt_position += 1
+        return dist.shard(out)
+
+    # ---- rollout
+
+    @torch.no_grad()
+    def rollout(self, indices: list[int]) -> tuple[Rollout, dict[str, float]]:
+        cfg, tok = self.cfg, self.tokenizer
+        t0 = time.perf_counter()
+        prompts = [self.prompt_ids[i] for i in indices]
+        gen = generate(self.policy, prompts, cfg.max_new_tokens, tok.eos_token_id, tok.pad_token_id,
+                       cfg.temperature, cfg.top_k, cfg.top_p, self.generator)
+        t1 = time.perf_counter()
+        q_ids, q_mask = pad(prompts, tok.pad_token_id, "left")                        # (B, P)
+        r_ids, r_mask = pad([r if r else [tok.eos_token_id] for r in gen.responses], tok.pad_token_id, "right")
+        empty = torch.tensor([len(r) == 0 for r in gen.responses])
+        r_mask[empty] = 0                                                              # max_new_tokens = 0 edge
+        input_ids = torch.cat([q_ids, r_ids], 1).to(self.device)                      # (B, P+R)
+        attn = torch.cat([q_mask, r_mask], 1).to(self.device)
+        P = q_ids.shape[1]
+        mask = r_mask.to(self.device).float()                                          # (B, R)
+        self.policy.eval()
+        logprobs = token_logprobs(response_logits(self.policy, input_ids, attn, P), input_ids[:, P:], cfg.temperature)
+        ref_logprobs = token_logprobs(response_logits(self.ref, input_ids, attn, P), input_ids[:, P:], cfg.temperature)
+        values = response_values(self.value, input_ids, attn, P)
+        ended = torch.tensor(gen.ended, device=self.device)
+        texts = decode_responses(tok, gen)
+        prompt_texts = [self.prompt_texts[i] for i in indices]
+        if self.reward_fn is not None:
+            scores = torch.tensor(self.reward_fn(prompt_texts, texts), dtype=torch.float32, device=self.device)
+        else:
+            scores = self.reward_model(input_ids, attn).float()
+        if cfg.no_eos_penalty:
+            scores = scores + cfg.no_eos_penalty * (~ended).float()
+        t2 = time.perf_counter()
+        ro = Rollout(input_ids, attn, P, mask, logprobs * mask, ref_logprobs * mask, values * mask, scores, ended,
+                     prompt_texts, texts)
+        return ro, {"time/generate": t1 - t0, "time/score": t2 - t1}
+
+    def compute_advantages(self, ro: Rollout) -> None:
+        ro.kl = kl_estimate(ro.logprobs, ro.ref_logprobs, self.cfg.kl_estimator) * ro.mask
+        rewards = shape_rewards(ro.scores, ro.kl, ro.mask, self.kl_ctl.value)
+        if self.cfg.whiten_rewards:
+            rewards = global_whiten(rewards, ro.mask, shift_mean=False)
+        advantages, ro.returns = gae(rewards, ro.values, ro.mask, self.cfg.gamma, self.cfg.lam)
+        ro.advantages = global_whiten(advantages, ro.mask)
+
+    # ---- learning
+
+    def set_lr(self) -> None:
+        w = self.cfg.warmup_iterations
+        mult = 1.0 if w <= 0 else min(1.0, 0.1 + 0.9 * self.iteration / w)
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = base * mult
+
+    def learn(self, ro: Rollout) -> dict[str, float]:
+        cfg = self.cfg
+        self.policy.train()
+        self.value.train()
+        B = ro.input_ids.shape[0]
+        mb = cfg.minibatch_size // dist.world_size()
+        sums: dict[str, float] = {}
+        steps = 0
+        for epoch in range(cfg.ppo_epochs):
+            order = np.random.default_rng([cfg.seed, self.iteration, epoch, dist.rank()]).permutation(B).tolist()
+            for start in range(0, B, mb):
+                stats = self.minibatch_step(ro, order[start:start + mb])
+                steps += 1
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+        return {k: v / max(steps, 1) for k, v in sums.items()}
+
+    def minibatch_step(self, ro: Rollout, idx: list[int]) -> dict[str, float]:
+        """One optimizer step on the episodes ``idx`` (processed in micro-batches)."""
+        cfg = self.cfg
+        micro = cfg.micro_batch_size or len(idx)
+        total_tokens = dist.all_reduce_sum(ro.mask[idx].sum().detach().clone()).item()
+        stats = {"ppo/pg_loss": 0.0, "ppo/vf_loss": 0.0, "ppo/entropy": 0.0, "ppo/clipfrac": 0.0,
+                 "ppo/approx_kl": 0.0, "ppo/vf_clipfrac": 0.0}
+        ratio_max = 0.0
+        for s in range(0, len(idx), micro):
+            j = idx[s:s + micro]
+            ids, attn, mask = ro.input_ids[j], ro.attention_mask[j], ro.mask[j]
+            share = mask.sum().item() / max(total_tokens, 1.0)   # token weight of this micro-batch globally
+            logits = response_logits(self.policy, ids, attn, ro.P)
+            logp = token_logprobs(logits, ids[:, ro.P:], cfg.temperature)
+            pg, pg_stats = policy_loss(logp, ro.logprobs[j], ro.advantages[j], mask, cfg.cliprange)
+            v = response_values(self.value, ids, attn, ro.P)
+            vf, vf_stats = value_loss(v, ro.values[j], ro.returns[j], mask, cfg.cliprange_value)
+            loss = (pg + cfg.vf_coef * vf) * share
+            self._guard(loss, pg_stats["ratio_max"].item())
+            loss.backward()
+            with torch.no_grad():
+                ent = masked_mean(entropy_from_logits(logits), mask)
+            for k, val in (("ppo/pg_loss", pg), ("ppo/vf_loss", vf), ("ppo/entropy", ent),
+                           ("ppo/clipfrac", pg_stats["clipfrac"]), ("ppo/approx_kl", pg_stats["approx_kl"]),
+                           ("ppo/vf_clipfrac", vf_stats["vf_clipfrac"])):
+                stats[k] += val.item() * share
+            ratio_max = max(ratio_max, pg_stats["ratio_max"].item())
+        if self.ptx is not None:
+            stats["ppo/ptx_loss"] = self._ptx_backward(total_tokens)
+        dist.all_reduce_gradients(self.policy)
+        dist.all_reduce_gradients(self.value)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.value.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._update_ema()
+        reduced = dist.all_reduce_sum(torch.tensor(list(stats.values()), dtype=torch.float64))
+        out = dict(zip(stats, reduced.tolist()))
+        out["ppo/ratio_max"] = ratio_max
+        return out
+
+    def _ptx_backward(self, rl_tokens: float) -> float:
+        """PPO-ptx: add ptx_coef x the pretraining next-token loss; returns that loss."""
+        cfg = self.cfg
+        n_blocks = max(1, math.ceil(cfg.ptx_token_ratio * rl_tokens / dist.world_size() / cfg.ptx_seq_len))
+        blocks = self.ptx.next(n_blocks * dist.world_size())
+        blocks = dist.shard(list(blocks))
+        micro = cfg.micro_batch_size or len(blocks)
+        ones_total = float(len(blocks) * (cfg.ptx_seq_len - 1) * dist.world_size())
+        loss_total = 0.0
+        for s in range(0, len(blocks), micro):
+            ids = torch.stack(blocks[s:s + micro]).to(self.device)
+            mask = torch.ones_like(ids)
+            logits = self.policy(input_ids=ids, attention_mask=mask).logits
+            nll_sum, count = lm_loss_sum(logits, ids, mask)
+            loss = cfg.ptx_coef * nll_sum / ones_total
+            self._guard(loss, 0.0)
+            loss.backward()
+            loss_total += nll_sum.item() / ones_total
+        return dist.all_reduce_sum(torch.tensor(loss_total)).item()
+
+    def _guard(self, loss: torch.Tensor, ratio_max: float) -> None:
+        if not torch.isfinite(loss):
+            raise PPOGuardError(f"ppo iteration {self.iteration}: loss is {loss.item()}; stopping "
+                                f"(the last good checkpoint in {self.cfg.out_dir}/checkpoints is kept; "
+                                f"try a lower lr)")
+        if ratio_max > self.cfg.ratio_guard:
+            raise PPOGuardError(f"ppo iteration {self.iteration}: probability ratio {ratio_max:.3g} exceeds "
+                                f"ratio_guard={self.cfg.ratio_guard}; stopping (the last good checkpoint is kept)")
+
+    def _update_ema(self) -> None:
+        if self.ema_model is None:
+            return
+        self.ema_updates += 1
+        n = self.ema_updates
+        decay = min(self.cfg.ema_decay, (1 + n) / (10 + n)) if self.cfg.ema_warmup else self.cfg.ema_decay
+        ema_update(list(self.ema_model.parameters()), list(self.policy.parameters()), decay)
+
+    # ---- one iteration
+
+    def step(self) -> tuple[dict[str, float], Rollout]:
+        self.set_lr()
+        ro, times = self.rollout(self.next_prompts())
+        self.compute_advantages(ro)
+        t0 = time.perf_counter()
+        learn_stats = self.learn(ro)
+        times["time/learn"] = time.perf_counter() - t0
+        metrics = {**self.rollout_metrics(ro), **learn_stats, **times}
+        self.kl_ctl.update(metrics["ppo/kl"], self.cfg.batch_size)
+        self.iteration += 1
+        return metrics, ro
+
+    def rollout_metrics(self, ro: Rollout) -> dict[str, float]:
+        """Batch means over all ranks: score, KL per response, length, EOS share, value fit."""
+        B = ro.mask.shape[0]
+        local = torch.tensor([ro.scores.sum().item(), ro.kl.sum().item(), ro.mask.sum().item(),
+                              ro.ended.float().sum().item(), float(B)], dtype=torch.float64)
+        score, kl, length, ended, n = dist.all_reduce_sum(local).tolist()
+        ev = explained_variance(ro.values, ro.returns, ro.mask).item()
+        return {"ppo/score": score / n, "ppo/kl": kl / n, "ppo/response_length": length / n,
+                "ppo/eos_fraction": ended / n, "ppo/explained_variance": ev, "ppo/kl_coef": self.kl_ctl.value,
+                "ppo/lr": self.optimizer.param_groups[0]["lr"]}
+
+    # ---- persistence
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        mods = {"policy": self.policy, "value": self.value}
+        if self.ema_model is not None:
+            mods["ema"] = self.ema_model
+        return mods
+
+    def save_checkpoint(self) -> None:
+        if dist.is_main():
+            root = Path(self.cfg.out_dir) / "checkpoints"
+            objects = {"optimizer": self.optimizer.state_dict(), "kl_ctl": self.kl_ctl.state_dict(),
+                       "generator": self.generator.get_state(),
+                       "ptx_position": self.ptx.position if self.ptx else 0}
+            state = {"iteration": self.iteration, "prompt_position": self.prompt_position,
+                     "ema_updates": self.ema_updates}
+            ckpt.save_checkpoint(root / f"step-{self.iteration:07d}", self.modules(), objects, state)
+            ckpt.prune_checkpoints(root, self.cfg.keep_checkpoints)
+        dist.barrier()
+
+    def load_checkpoint(self, folder: Path) -> None:
+        objects, state = ckpt.load_checkpoint(folder, self.modules())
+        self.optimizer.load_state_dict(objects["optimizer"])
+        self.kl_ctl.load_state_dict(objects["kl_ctl"])
+        self.generator.set_state(objects["generator"])
+        if self.ptx is not None:
+            self.ptx.position = objects["ptx_position"]
+        self.iteration = state["iteration"]
+        self.prompt_position = state["prompt_position"]
+        self.ema_updates = state["ema_updates"]
+
+    def save_final(self) -> None:
+        out = Path(self.cfg.out_dir)
+        final = self.ema_model if self.ema_model is not None else self.policy
+        final.save_pretrained(str(out))
+        self.tokenizer.save_pretrained(str(out))
+        if self.ema_model is not None:
+            self.policy.save_pretrained(str(out / "policy_raw"))
+            self.tokenizer.save_pretrained(str(out / "policy_raw"))
+        self.value.save_pretrained(out / "value_model", self.tokenizer)
+
+
+def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None) -> PPOResult:
+    """Run ``cfg.iterations`` PPO iterations; the final (EMA) policy is saved to ``cfg.out_dir``."""
+    trainer = PPOTrainer(cfg)
+    out = Path(cfg.out_dir)
+    log = MetricsLog(out / "metrics.jsonl", enabled=dist.is_main())
+    if cfg.resume:
+        found = ckpt.latest_good_checkpoint(out / "checkpoints")
+        if found is not None:
+            trainer.load_checkpoint(found)
+            log.truncate_after(trainer.iteration)
+            MetricsLog(out / "samples.jsonl", enabled=dist.is_main()).truncate_after(trainer.iteration)
+    if dist.is_main():
+        write_run_info(out, "ppo-ptx" if cfg.ptx_coef > 0 else "ppo", cfg,
+                       {"prompts": len(trainer.prompt_ids), "resumed_at_iteration": trainer.iteration})
+    history = []
+    bar = tqdm(total=cfg.iterations, initial=trainer.iteration, desc="ppo-ptx" if cfg.ptx_coef > 0 else "ppo",
+               disable=not (cfg.progress and dist.is_main()), dynamic_ncols=True)
+    try:
+        while trainer.iteration < cfg.iterations:
+            metrics, ro = trainer.step()
+            history.append({"iteration": trainer.iteration, **metrics})
+            log.log(trainer.iteration, metrics)
+            _log_samples(out, trainer.iteration, ro, cfg.log_samples)
+            bar.update(1)
+            bar.set_postfix(score=f"{metrics['ppo/score']:.3f}", kl=f"{metrics['ppo/kl']:.3f}",
+                            len=f"{metrics['ppo/response_length']:.1f}")
+            if cfg.save_every and trainer.iteration % cfg.save_every == 0:
+                trainer.save_checkpoint()
+            if on_iteration is not None:
+                on_iteration(trainer.iteration)
+    finally:
+        bar.close()
+    if dist.is_main():
+        trainer.save_final()
+        update_run_info(out, iterations=trainer.iteration,
+                        final={k: v for k, v in (history[-1] if history else {}).items()})
+    dist.barrier()
+    return PPOResult(str(out), trainer.iteration, history)
+
+
+def _log_samples(out: Path, iteration: int, ro: Rollout, n: int) -> None:
+    if not dist.is_main() or n <= 0:
+        return
+    with open(out / "samples.jsonl", "a") as f:
+        for i in range(min(n, len(ro.responses))):
+            f.write(json.dumps({"step": iteration, "prompt": ro.prompts[i], "response": ro.responses[i],
+                                "score": round(ro.scores[i].item(), 4), "ended": bool(ro.ended[i])}) + "\n")

@@ -1,0 +1,93 @@
+"""``instructgpt sample``: K responses per prompt from a policy, as ranking tasks for labelers.
+
+Output rows are ``{"prompt", "prompt_id", "use_case", "responses": [K strings]}``:
+the ranking format without ``ranking``, which the labeling app imports and a
+labeler (or the simulated panel) completes. Responses are made distinct where
+possible: duplicates (after whitespace normalisation) and empty responses are
+resampled up to ``max_tries`` times; the number still duplicated is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .batching import encode_prompt
+from .config import ConfigError, opt
+from .data import DataError, Prompt, load_prompts, write_jsonl
+from .generation import decode_responses, generate
+from .models import load_policy, load_tokenizer, pick_device
+
+
+@dataclass
+class SampleConfig:
+    """Sampling ranking tasks (``instructgpt sample``)."""
+    policy: str = opt("", "Policy folder, .gguf file or 'smollm2'.")
+    prompts: str = opt("", "Prompts JSONL.")
+    out: str = opt("", "Output JSONL of ranking tasks.")
+    k: int = opt(4, "Responses per prompt (4..9, as in the paper's interface).")
+    split: str = opt("", "Only prompts of this split (train, valid, test; empty = all).")
+    limit: int = opt(0, "At most this many prompts (0 = all).")
+    temperature: float = opt(1.0, "Sampling temperature.")
+    top_k: int = opt(0, "Top-k sampling (0 = off).")
+    top_p: float = opt(1.0, "Nucleus sampling mass (1 = off).")
+    max_new_tokens: int = opt(64, "Response length limit.")
+    max_prompt_tokens: int = opt(128, "Longer prompts are an error naming the record.")
+    max_tries: int = opt(3, "Resampling rounds for duplicate or empty responses.")
+    batch_size: int = opt(64, "Sequences per generation batch.")
+    seed: int = opt(0, "Sampling seed.")
+    device: str = opt("auto", "auto, cpu, cuda ...")
+
+    def validate(self) -> None:
+        if not self.policy or not self.prompts or not self.out:
+            raise ConfigError("policy, prompts, out: required")
+        if not 2 <= self.k <= 9:
+            raise ConfigError(f"k: {self.k} is outside 2..9")
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def sample_k(policy, tokenizer, prompts: list[Prompt], cfg: SampleConfig) -> list[list[str]]:
+    """K distinct (where possible) decoded responses per prompt."""
+    device = next(policy.parameters()).device
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    ids = [encode_prompt(tokenizer, p.text, cfg.max_prompt_tokens, p.source) for p in prompts]
+    out: list[list[str]] = [[] for _ in prompts]
+    for attempt in range(cfg.max_tries + 1):
+        need = [(i, cfg.k - len(out[i])) for i in range(len(prompts)) if len(out[i]) < cfg.k]
+        if not need:
+            break
+        flat = [i for i, n in need for _ in range(n)]
+        gen = generate(policy, [ids[i] for i in flat], cfg.max_new_tokens, tokenizer.eos_token_id,
+                       tokenizer.pad_token_id, cfg.temperature, cfg.top_k, cfg.top_p, g, cfg.batch_size)
+        last = attempt == cfg.max_tries
+        for i, text in zip(flat, decode_responses(tokenizer, gen)):
+            seen = {_norm(t) for t in out[i]}
+            if len(out[i]) < cfg.k and (last or (text.strip() and _norm(text) not in seen)):
+                out[i].append(text if text.strip() else "(empty response)")
+    return out
+
+
+def run_sample(cfg: SampleConfig) -> dict:
+    prompts = load_prompts(cfg.prompts)
+    if cfg.split:
+        prompts = [p for p in prompts if p.split == cfg.split]
+    if cfg.limit:
+        prompts = prompts[:cfg.limit]
+    if not prompts:
+        raise DataError(f"{cfg.prompts}: no prompts to sample for")
+    device = pick_device(cfg.device)
+    tokenizer = load_tokenizer(cfg.policy)
+    policy = load_policy(cfg.policy, device)
+    responses = sample_k(policy, tokenizer, prompts, cfg)
+    rows = [{"prompt": p.text, "prompt_id": p.id, "use_case": p.use_case, "responses": r}
+            for p, r in zip(prompts, responses)]
+    write_jsonl(Path(cfg.out), rows)
+    duplicated = sum(len({_norm(x) for x in r}) < len(r) for r in responses)
+    print(f"sample: {len(rows)} prompts x {cfg.k} responses -> {cfg.out}"
+          + (f" ({duplicated} prompts kept a duplicate after {cfg.max_tries} resampling rounds)" if duplicated else ""))
+    return {"prompts": len(rows), "duplicated": duplicated, "out": cfg.out}

@@ -1,0 +1,131 @@
+"""The report renders, is self-contained, and escapes every outside text."""
+
+import base64
+import html
+from html.parser import HTMLParser
+
+import pytest
+
+from instructgpt.evaluation import (EvalResults, ModelResult, check_claims, render_from_json,
+                                    write_report)
+from instructgpt.evaluation.report import build_sections, render_html, render_markdown
+
+from . import XSS_ATTR, XSS_SCRIPT, est, make_results
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class _Collector(HTMLParser):
+    """Every start tag with its attributes, and the text seen."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _parse(text: str) -> _Collector:
+    parser = _Collector()
+    parser.feed(text)
+    parser.close()
+    return parser
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    md_path, html_path = write_report(make_results(), run_dir)
+    return md_path, html_path
+
+
+def test_files_written(full_report):
+    md_path, html_path = full_report
+    assert md_path.name == "report.md" and html_path.name == "report.html"
+    pngs = list((md_path.parent / "report_files").glob("*.png"))
+    assert {p.stem for p in pngs} >= {"win_rates", "win_rates_by_size", "win_rates_by_use_case",
+                                      "likert", "metadata", "reward_vs_kl", "training_curves"}
+    assert all(p.read_bytes().startswith(PNG_MAGIC) for p in pngs)
+
+
+def test_html_is_self_contained(full_report):
+    page = _parse(full_report[1].read_text(encoding="utf-8"))
+    tags = [t for t, _ in page.tags]
+    assert "script" not in tags and "iframe" not in tags and "object" not in tags
+    imgs = [a for t, a in page.tags if t == "img"]
+    assert len(imgs) >= 7
+    for attrs in imgs:
+        assert attrs["src"].startswith("data:image/png;base64,")
+        assert base64.b64decode(attrs["src"].split(",", 1)[1]).startswith(PNG_MAGIC)
+    for tag, attrs in page.tags:
+        for key in ("src", "href", "srcset", "action", "poster", "background"):
+            if key in attrs:
+                assert attrs[key].startswith(("data:", "#")), (tag, key, attrs[key])
+        assert not any(k.startswith("on") for k in attrs), (tag, attrs)
+        if tag == "link":
+            assert attrs.get("rel") == "icon"
+    assert not any("url(" in t and "data:" not in t for t in page.text)
+
+
+def test_outside_text_is_escaped(full_report):
+    md_path, html_path = full_report
+    text = html_path.read_text(encoding="utf-8")
+    assert XSS_SCRIPT not in text and XSS_ATTR not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert html.escape(XSS_ATTR, quote=True) in text
+    page = _parse(text)
+    assert not any(t == "img" and a.get("src") == "x" for t, a in page.tags)
+    assert not any(t == "b" for t, _ in page.tags)  # "<b>" in a sample stays text
+    visible = "".join(page.text)
+    assert XSS_SCRIPT in visible and XSS_ATTR in visible  # shown as text, verbatim
+    md = md_path.read_text(encoding="utf-8")
+    assert "<script>" not in md and "<img src=x" not in md
+
+
+def test_report_sections_and_claims(full_report):
+    text = full_report[1].read_text(encoding="utf-8")
+    for title in ("Claims check", "Win rate against sft", "Win rate by use case",
+                  "Likert scores", "Metadata rates", "Truthfulness, toxicity and bias",
+                  "Alignment tax", "reward vs KL", "Inter-labeler agreement",
+                  "Sample outputs: generation", "Sample outputs: open_qa"):
+        assert html.escape(title) in text, title
+    assert 'class="v-reproduced"' in text
+    md = full_report[0].read_text(encoding="utf-8")
+    assert "report_files/win_rates.png" in md
+    assert "line one<br>line two" in md and "Paris \\| France" in md
+
+
+def test_minimal_results_show_not_measured(tmp_path):
+    res = EvalResults([ModelResult("ppo_ptx", "ppo_ptx", win_rate={"training": est(0.3)})])
+    md_path, html_path = write_report(res, tmp_path)
+    text = html_path.read_text(encoding="utf-8")
+    assert text.count("not measured") >= 8
+    assert 'class="v-not-reproduced"' in text  # claim (a) with an interval below 0.5
+    assert 'class="v-not-measured"' in text
+    _parse(text)
+    assert write_report(EvalResults(), tmp_path / "empty")[1].exists()
+
+
+def test_render_from_json(tmp_path):
+    res = make_results(with_flan=False)
+    path = tmp_path / "results.json"
+    res.save(path)
+    md_path, html_path = render_from_json(path)
+    assert html_path.parent == tmp_path
+    direct = render_markdown(build_sections(res))
+    assert md_path.read_text(encoding="utf-8") == direct
+    assert "FLAN / T0 baseline" in md_path.read_text(encoding="utf-8")
+
+
+def test_awkward_names_render():
+    res = make_results()
+    res.models[0].name = "gpt $x^2$ & <co>"
+    res.samples[0].use_case = "custom <case>"
+    page = render_html(build_sections(res, check_claims(res)))
+    assert "gpt $x^2$ &amp; &lt;co&gt;" in page
+    assert "custom &lt;case&gt;" in page

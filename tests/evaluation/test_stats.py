@@ -1,0 +1,186 @@
+"""Statistics against hand-computed and simulated cases."""
+
+import math
+
+import numpy as np
+import pytest
+
+from instructgpt.evaluation import (Estimate, bootstrap_interval, choice_entropy, difference,
+                                    difference_of_estimates, likert_mean, pairwise_agreement,
+                                    rate, wilson_interval, win_rate, win_rates_by)
+
+
+# ----------------------------------------------------------------------------- win rate
+
+def test_win_rate_ties_count_half():
+    assert win_rate([1, 1, 0, 0.5]).value == pytest.approx(0.625)
+    assert win_rate([0.5, 0.5]).value == 0.5
+    assert win_rate([1, 0.5, 0.5, 0]).value == 0.5
+
+
+def test_win_rate_rejects_other_scores():
+    with pytest.raises(ValueError):
+        win_rate([1, 2])
+    with pytest.raises(ValueError):
+        win_rate([])
+
+
+def test_wilson_textbook_8_of_10():
+    low, high = wilson_interval(8, 10)
+    assert low == pytest.approx(0.4902, abs=1e-3)
+    assert high == pytest.approx(0.9433, abs=1e-3)
+    e = win_rate([1] * 8 + [0] * 2, method="wilson")
+    assert (e.value, e.n, e.method) == (0.8, 10, "wilson")
+    assert (e.low, e.high) == pytest.approx((low, high))
+
+
+def test_wilson_edges():
+    assert wilson_interval(0, 10)[0] == 0.0
+    assert wilson_interval(10, 10)[1] == 1.0
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+    # ties: 2 wins + 2 ties of 4 = 3 successes of 4
+    assert win_rate([1, 1, 0.5, 0.5], method="wilson").low == pytest.approx(
+        wilson_interval(3, 4)[0])
+
+
+def test_default_method_depends_on_groups():
+    assert win_rate([1, 0, 1]).method == "wilson"
+    assert win_rate([1, 0, 1], groups=["a", "a", "b"]).method == "bootstrap-prompts"
+    assert win_rate([1, 0, 1], method="bootstrap").method == "bootstrap"
+
+
+def test_bootstrap_is_deterministic_and_brackets_the_mean():
+    x = [1, 0, 1, 1, 0.5, 0, 1, 1]
+    a = bootstrap_interval(x, seed=3)
+    assert a == bootstrap_interval(x, seed=3)
+    assert a[0] < np.mean(x) < a[1]
+
+
+def test_bootstrap_keeps_prompts_together():
+    # All variance is between prompts: every comparison of a prompt has the same outcome.
+    outcomes, groups = [], []
+    for p in range(20):
+        outcome = 1.0 if p < 12 else 0.0
+        outcomes += [outcome] * 10
+        groups += [f"p{p}"] * 10
+    clustered = win_rate(outcomes, groups=groups)
+    independent = win_rate(outcomes, method="bootstrap")
+    assert clustered.value == independent.value == 0.6
+    width = lambda e: e.high - e.low  # noqa: E731
+    assert width(clustered) > 2.5 * width(independent)
+    # 20 prompts, 12 wins: the clustered interval matches a 12/20 binomial's scale.
+    lo, hi = wilson_interval(12, 20)
+    assert width(clustered) == pytest.approx(hi - lo, rel=0.3)
+
+
+def test_generic_statistic_matches_fast_mean_path():
+    x = np.random.default_rng(0).random(50)
+    g = [i // 5 for i in range(50)]
+    fast = bootstrap_interval(x, g, n_boot=4000, seed=1)
+    slow = bootstrap_interval(x, g, n_boot=4000, seed=1, stat=lambda v: float(v.sum() / v.size))
+    assert fast == pytest.approx(slow, abs=0.02)
+    med = bootstrap_interval(x, g, n_boot=500, stat=np.median)
+    assert med[0] < np.median(x) < med[1]
+
+
+def _simulated(rng, n_prompts=60, per_prompt=2, true=0.7, p_tie=0.2):
+    """Outcomes with mean `true`: ties at rate p_tie, wins among the rest at the right rate."""
+    p_win = (true - p_tie / 2) / (1 - p_tie)
+    u, v = rng.random((2, n_prompts * per_prompt))
+    x = np.where(u < p_tie, 0.5, (v < p_win).astype(float))
+    return x, np.repeat(np.arange(n_prompts), per_prompt)
+
+
+@pytest.mark.parametrize("method", ["wilson", "bootstrap"])
+def test_interval_coverage_near_nominal(method):
+    rng = np.random.default_rng(12345)
+    covered = 0
+    for _ in range(200):
+        x, g = _simulated(rng)
+        e = win_rate(x, groups=g if method == "bootstrap" else None, method=method,
+                     n_boot=1000, seed=int(rng.integers(1 << 30)))
+        covered += e.contains(0.7)
+    assert 0.90 * 200 <= covered <= 0.99 * 200, covered
+
+
+def test_win_rates_by_use_case():
+    out = win_rates_by([1, 0, 1, 1, 0.5], ["chat", "chat", "extract", "extract", "chat"])
+    assert list(out) == ["chat", "extract"]
+    assert out["chat"].value == pytest.approx(0.5)
+    assert out["chat"].n == 3
+    assert out["extract"].value == 1.0
+
+
+# ----------------------------------------------------------------------------- other estimates
+
+def test_likert_mean_and_rate():
+    e = likert_mean([7, 5, 6, 6])
+    assert e.value == 6.0 and e.low <= 6.0 <= e.high and e.n == 4
+    r = rate([True, False, False, False])
+    assert r.value == 0.25
+    assert (r.low, r.high) == pytest.approx(wilson_interval(1, 4))
+    assert rate([True, False], groups=["a", "b"]).method == "bootstrap-prompts"
+
+
+def test_pairwise_agreement_hand_made():
+    labels = [
+        ("i1", "ann", 1), ("i1", "bob", 1), ("i1", "cat", 0),  # pairs: agree, no, no
+        ("i2", "ann", 0), ("i2", "bob", 0),                    # agree
+        ("i3", "ann", 1),                                      # single labeler: no pair
+    ]
+    e = pairwise_agreement(labels)
+    assert e.value == pytest.approx(2 / 4)
+    assert e.n == 4
+    assert e.low <= e.value <= e.high
+
+
+def test_pairwise_agreement_perfect_and_same_labeler_ignored():
+    labels = [(i, lab, "A") for i in range(5) for lab in ("x", "y")]
+    assert pairwise_agreement(labels).value == 1.0
+    with pytest.raises(ValueError):
+        pairwise_agreement([("i", "x", 1), ("i", "x", 0)])  # same labeler twice: no pair
+
+
+def test_difference_paired_and_grouped():
+    a = [1, 1, 1, 0, 1, 1, 0, 1]
+    b = [0, 1, 0, 0, 0, 1, 0, 0]
+    d = difference(a, b)
+    assert d.value == pytest.approx(0.5)
+    assert d.low > 0 and d.high <= 1.0
+    # Identical paired samples: zero difference with a degenerate interval.
+    same = difference(a, a)
+    assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)
+    # Grouped use with unequal lengths and shared prompts.
+    g = difference([1, 1, 0, 1], [0, 0], groups=["p1", "p1", "p2", "p3"], groups_b=["p1", "p3"])
+    assert g.value == pytest.approx(0.75)
+    with pytest.raises(ValueError):
+        difference([1, 0], [1])
+
+
+def test_difference_of_estimates_normal_approx():
+    a = Estimate(0.8, 0.7, 0.9, 100, "given")
+    b = Estimate(0.5, 0.4, 0.6, 100, "given")
+    d = difference_of_estimates(a, b)
+    assert d.value == pytest.approx(0.3)
+    assert d.high - d.low == pytest.approx(0.2 * math.sqrt(2), rel=1e-3)
+
+
+# ----------------------------------------------------------------------------- entropy
+
+def test_choice_entropy():
+    assert choice_entropy([0.5, 0.5]) == 1.0
+    assert choice_entropy([1, 0]) == 0.0
+    assert choice_entropy([0.25] * 4) == pytest.approx(2.0)
+    assert choice_entropy([2, 2]) == 1.0  # normalised first
+    rows = choice_entropy([[0.5, 0.5], [1.0, 0.0]])
+    assert rows.tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError):
+        choice_entropy([0, 0])
+
+
+def test_estimate_json_round_trip_with_nan():
+    e = Estimate(0.5, float("nan"), 0.7, 3, "given")
+    d = e.to_dict()
+    assert d["low"] is None
+    back = Estimate.from_dict(d)
+    assert math.isnan(back.low) and back.high == 0.7 and back.n == 3

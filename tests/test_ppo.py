@@ -1,0 +1,121 @@
+"""PPO and PPO-ptx end to end on a tiny model."""
+
+import json
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import WORDS, repeat_demos, toy_corpus, write_jsonl
+from instructgpt import config
+from instructgpt.batching import Encoded
+from instructgpt.models import load_policy, load_tokenizer
+from instructgpt.pretrain import load_corpus, pack_blocks
+from instructgpt.ppo import PPOConfig, PPOGuardError, train_ppo
+from instructgpt.sft import SFTConfig, mean_lm_loss, train_sft
+
+
+@pytest.fixture(scope="module")
+def sft_policy(tmp_path_factory, tiny_gpt2):
+    """The tiny GPT-2 after a little SFT on short lists of words."""
+    d = tmp_path_factory.mktemp("ppo_sft")
+    rng = random.Random(3)
+    rows = []
+    for _ in range(200):
+        words = " ".join(rng.choice(WORDS[:8]) for _ in range(rng.randint(2, 5)))
+        rows.append({"prompt": f"say {rng.choice(WORDS[8:16])}\n", "response": words})
+    write_jsonl(d / "demos.jsonl", rows)
+    cfg = config.from_dict(SFTConfig, dict(model=str(tiny_gpt2), train=str(d / "demos.jsonl"), out_dir=str(d / "sft"),
+                                           lr=3e-3, epochs=3, batch_size=16, dropout=0.0, progress=False))
+    train_sft(cfg)
+    prompts = [{"id": str(i), "text": f"say {w}\n", "user_id": f"u{i % 5}", "use_case": "generation"}
+               for i, w in enumerate(WORDS[8:16] * 4)]
+    write_jsonl(d / "prompts.jsonl", prompts)
+    (d / "pretrain.txt").write_text("\n\n".join(toy_corpus(300, seed=5)))
+    (d / "heldout.txt").write_text("\n\n".join(toy_corpus(60, seed=6)))
+    return d
+
+
+def ppo_cfg(d, out, **kw) -> PPOConfig:
+    base = dict(policy=str(d / "sft"), reward_fn="tests.ppo_rewards:count_e", prompts=str(d / "prompts.jsonl"),
+                out_dir=str(out), iterations=30, batch_size=16, minibatch_size=8, ppo_epochs=2, lr=2e-3,
+                warmup_iterations=2, max_new_tokens=8, kl_coef=0.02, progress=False, ema=False, save_every=0)
+    base.update(kw)
+    return config.from_dict(PPOConfig, base)
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def test_ppo_raises_programmatic_reward_with_bounded_kl(tmp_path, sft_policy):
+    result = train_ppo(ppo_cfg(sft_policy, tmp_path / "ppo"))
+    scores = [h["ppo/score"] for h in result.history]
+    kls = [h["ppo/kl"] for h in result.history]
+    assert mean(scores[-5:]) > mean(scores[:5]) + 0.5, scores
+    assert max(kls) < 20.0, kls
+    for key in ("ppo/entropy", "ppo/clipfrac", "ppo/approx_kl", "ppo/vf_loss", "ppo/explained_variance",
+                "ppo/response_length", "ppo/eos_fraction", "time/generate", "time/learn", "time/score"):
+        assert key in result.history[-1]
+    samples = [json.loads(l) for l in (tmp_path / "ppo" / "samples.jsonl").read_text().splitlines()]
+    assert samples and {"prompt", "response", "score"} <= set(samples[0])
+    assert (tmp_path / "ppo" / "value_model" / "reward_model.json").exists()
+    load_policy(tmp_path / "ppo")  # the final policy is a plain HF folder
+
+
+def test_larger_kl_coef_ends_with_smaller_kl(tmp_path, sft_policy):
+    low = train_ppo(ppo_cfg(sft_policy, tmp_path / "low", iterations=20, kl_coef=0.0))
+    high = train_ppo(ppo_cfg(sft_policy, tmp_path / "high", iterations=20, kl_coef=1.0))
+    kl_low = mean([h["ppo/kl"] for h in low.history[-5:]])
+    kl_high = mean([h["ppo/kl"] for h in high.history[-5:]])
+    assert kl_high < kl_low, (kl_low, kl_high)
+
+
+def test_ppo_ptx_keeps_pretraining_loss_lower(tmp_path, sft_policy):
+    d = sft_policy
+    tok = load_tokenizer(d / "sft")
+    heldout = [Encoded([], row.tolist()) for row in pack_blocks(tok, load_corpus(d / "heldout.txt"), 32)]
+    common = dict(iterations=12, pretrain_data=str(d / "pretrain.txt"), ptx_seq_len=32, ptx_token_ratio=2.0)
+    train_ppo(ppo_cfg(d, tmp_path / "ppo", ptx_coef=0.0, **common))
+    train_ppo(ppo_cfg(d, tmp_path / "ptx", ptx_coef=1.0, **common))
+    loss = {name: mean_lm_loss(load_policy(tmp_path / name), heldout, tok.pad_token_id, "cpu", response_only=False)
+            for name in ("ppo", "ptx")}
+    assert loss["ptx"] < loss["ppo"], loss
+
+
+def test_ppo_kill_and_resume_gives_the_same_weights(tmp_path, sft_policy):
+    common = dict(iterations=6, save_every=2, ema=True, adaptive_kl=True, target_kl=1.0,
+                  pretrain_data=str(sft_policy / "pretrain.txt"), ptx_coef=0.5, ptx_seq_len=32, ptx_token_ratio=1.0)
+    train_ppo(ppo_cfg(sft_policy, tmp_path / "full", **common))
+
+    def crash(iteration):
+        if iteration == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_ppo(ppo_cfg(sft_policy, tmp_path / "cut", **common), on_iteration=crash)
+    train_ppo(ppo_cfg(sft_policy, tmp_path / "cut", resume=True, **common))
+    for sub in ("model.safetensors", "policy_raw/model.safetensors", "value_model/model.safetensors"):
+        a, b = load_file(str(tmp_path / "full" / sub)), load_file(str(tmp_path / "cut" / sub))
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    its = [json.loads(l)["step"] for l in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert its == [1, 2, 3, 4, 5, 6]
+
+
+def test_diverging_update_stops_with_a_clear_error(tmp_path, sft_policy):
+    with pytest.raises(PPOGuardError, match="ratio"):
+        train_ppo(ppo_cfg(sft_policy, tmp_path / "bad", iterations=3, lr=5.0, ratio_guard=1.5, save_every=1))
+
+
+def test_sample_writes_k_distinct_responses_as_ranking_tasks(tmp_path, sft_policy):
+    from instructgpt.sample import SampleConfig, run_sample
+    out = tmp_path / "tasks.jsonl"
+    cfg = config.from_dict(SampleConfig, dict(policy=str(sft_policy / "sft"), prompts=str(sft_policy / "prompts.jsonl"),
+                                              out=str(out), k=5, limit=6, max_new_tokens=8))
+    result = run_sample(cfg)
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert len(rows) == 6 and all(len(r["responses"]) == 5 for r in rows)
+    assert result["duplicated"] == sum(len(set(" ".join(x.split()) for x in r["responses"])) < 5 for r in rows)
+    assert all(r["prompt_id"] and r["prompt"].startswith("say ") for r in rows)
