@@ -96,3 +96,16 @@ def test_smollm2_gguf_loads_and_generates():
     assert len(out.responses[0]) >= 1
     rm = RewardModel.from_policy("smollm2")
     assert rm.config.hidden_size == 576
+
+
+def test_sampler_follows_the_distribution():
+    from instructgpt.generation import sample_next
+    probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    logits = torch.log(probs).expand(20000, 4).clone()
+    g = torch.Generator().manual_seed(0)
+    counts = torch.bincount(sample_next(logits, 1.0, 0, 1.0, g), minlength=4).float() / 20000
+    assert torch.allclose(counts, probs, atol=0.015), counts
+    # top-k 1 and temperature 0 are greedy; top-p 0.6 keeps only the two most likely
+    assert torch.all(sample_next(logits[:100], 1.0, 1, 1.0, g) == 0)
+    assert torch.all(sample_next(logits[:100], 0.0, 0, 1.0, g) == 0)
+    assert set(sample_next(logits[:2000], 1.0, 0, 0.6, g).tolist()) == {0, 1}

@@ -43,17 +43,23 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    # Exponential race: argmax(p_i / E_i), E_i ~ Exp(1), picks i with probability p_i
+    # (the same distribution as torch.multinomial, several times faster on CPU).
+    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / race).argmax(-1)
 
 
 @torch.no_grad()
 def generate(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             generator: torch.Generator | None = None, batch_size: int = 0) -> Generation:
-    """Sample one response per prompt. ``batch_size`` > 0 splits very large requests."""
+             generator: torch.Generator | None = None, batch_size: int = 0,
+             min_new_tokens: int = 0) -> Generation:
+    """Sample one response per prompt. ``batch_size`` > 0 splits very large requests;
+    EOS cannot be sampled before ``min_new_tokens``."""
     if batch_size and len(prompts) > batch_size:
         parts = [generate(model, prompts[i:i + batch_size], max_new_tokens, eos_id, pad_id,
-                          temperature, top_k, top_p, generator) for i in range(0, len(prompts), batch_size)]
+                          temperature, top_k, top_p, generator, min_new_tokens=min_new_tokens)
+                 for i in range(0, len(prompts), batch_size)]
         return Generation([r for p in parts for r in p.responses], [e for p in parts for e in p.ended])
     device = next(model.parameters()).device
     was_training = model.training
@@ -66,7 +72,9 @@ def generate(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: i
     next_pos = mask.sum(-1, keepdim=True)                        # (B, 1) position of the next token
     done = torch.zeros(B, dtype=torch.bool, device=device)
     tokens = []
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
+        if step < min_new_tokens:
+            logits[:, eos_id] = float("-inf")
         tok = sample_next(logits, temperature, top_k, top_p, generator)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         tokens.append(tok)

@@ -77,8 +77,8 @@ def smollm2_gguf_path() -> Path | None:
     return None
 
 
-def resolve_source(spec: str | os.PathLike) -> ModelSource:
-    """A folder, a ``.gguf`` file, or the alias ``smollm2``; errors name what is missing."""
+def resolve_source(spec: str | os.PathLike, marker: str = "config.json") -> ModelSource:
+    """A folder (holding ``marker``), a ``.gguf`` file, or the alias ``smollm2``; errors name what is missing."""
     spec = str(spec)
     if spec == SMOLLM2_ALIAS:
         path = smollm2_gguf_path()
@@ -93,8 +93,9 @@ def resolve_source(spec: str | os.PathLike) -> ModelSource:
         return ModelSource(str(path.parent), path.name)
     if not path.is_dir():
         raise ModelLoadError(f"{path}: model folder not found")
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(f"{path}: not a model folder (no config.json)")
+    if not (path / marker).is_file():
+        what = "model" if marker == "config.json" else "tokenizer"
+        raise ModelLoadError(f"{path}: not a {what} folder (no {marker})")
     return ModelSource(str(path))
 
 
@@ -108,7 +109,7 @@ def load_tokenizer(spec: str | os.PathLike) -> PreTrainedTokenizerBase:
     its EOS token (common) is safe here; when there is no pad token at all, EOS
     is used as the filler.
     """
-    src = resolve_source(spec)
+    src = resolve_source(spec, marker="tokenizer_config.json")
     tok = AutoTokenizer.from_pretrained(src.folder, **src.kwargs())
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

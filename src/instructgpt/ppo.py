@@ -62,7 +62,8 @@ from .records import MetricsLog, update_run_info, write_run_info
 @dataclass
 class PPOConfig:
     """PPO and PPO-ptx (``instructgpt ppo``). Names follow the paper and lm-human-preferences."""
-    policy: str = opt("", "Policy to start from (the SFT folder); also the frozen reference for the KL penalty.")
+    policy: str = opt("", "Policy to start from (the SFT folder, or a previous PPO policy to continue).")
+    reference: str = opt("", "Frozen reference policy of the KL penalty (default: policy, i.e. the SFT model).")
     reward_model: str = opt("", "Reward-model folder (scores responses; initialises the value function).")
     reward_fn: str = opt("", "Instead of a reward model: 'module:function' taking (prompts, responses) text lists "
                              "and returning scores (programmatic rewards, tests).")
@@ -99,6 +100,7 @@ class PPOConfig:
     top_k: int = opt(0, "Top-k sampling (0 = off).")
     top_p: float = opt(1.0, "Nucleus sampling mass (1 = off).")
     max_new_tokens: int = opt(32, "Response length limit.")
+    min_new_tokens: int = opt(0, "EOS cannot be sampled before this many tokens (0 = off).")
     max_prompt_tokens: int = opt(128, "Longer prompts are an error naming the record.")
     no_eos_penalty: float = opt(0.0, "Added to the score of responses that hit max_new_tokens without EOS (e.g. -1; 0 = off).")
     ratio_guard: float = opt(100.0, "Stop with an error when a probability ratio exceeds this (a diverged update).")
@@ -201,7 +203,7 @@ class PPOTrainer:
         self.tokenizer = load_tokenizer(cfg.policy)
         self.prompt_texts, self.prompt_ids = self._load_prompts()
         self.policy = load_policy(cfg.policy, self.device)
-        self.ref = load_policy(cfg.policy, self.device).eval().requires_grad_(False)
+        self.ref = load_policy(cfg.reference or cfg.policy, self.device).eval().requires_grad_(False)
         for m in (self.policy, self.ref):
             set_dropout(m, 0.0)  # dropout off in rollouts and updates
         if cfg.reward_model:
@@ -260,7 +262,7 @@ class PPOTrainer:
         t0 = time.perf_counter()
         prompts = [self.prompt_ids[i] for i in indices]
         gen = generate(self.policy, prompts, cfg.max_new_tokens, tok.eos_token_id, tok.pad_token_id,
-                       cfg.temperature, cfg.top_k, cfg.top_p, self.generator)
+                       cfg.temperature, cfg.top_k, cfg.top_p, self.generator, min_new_tokens=cfg.min_new_tokens)
         t1 = time.perf_counter()
         q_ids, q_mask = pad(prompts, tok.pad_token_id, "left")                        # (B, P)
         r_ids, r_mask = pad([r if r else [tok.eos_token_id] for r in gen.responses], tok.pad_token_id, "right")

@@ -1,0 +1,378 @@
+"""``instructgpt run``: the whole InstructGPT pipeline on the built-in world, offline.
+
+Stages, each writing a folder under ``runs/<name>/``:
+
+  world      generate the world, its prompts (with heavy users, near-duplicates,
+             PII), demonstrations, corpus, FLAN/T0 data and probes; curate the
+             prompts (dedupe, cap per user, split by user, scrub PII); train the
+             BPE tokenizer                                  -> world/, data/, tokenizer/
+  base       pretrain the tiny base model (and the ~8x larger one)  -> models/base[_large]
+  sft        step 1 on the labelers' demonstrations                 -> models/sft
+  flan       the FLAN/T0-style baseline: SFT of the base on public-NLP-style data -> models/flan
+  round r    step 2 and 3: sample K responses per RM prompt from the latest
+             policy (mixed with the world's good and flawed candidates, standing
+             in for the paper's several models' outputs), the simulated training
+             labelers rank them, the RM is retrained on all comparisons so far,
+             PPO and PPO-ptx continue from the latest policies (the KL reference
+             stays the SFT model)                 -> data/rankings_r*.jsonl, models/round*/
+  eval       win rates, metadata, probes, alignment tax, report -> eval/, report.html, report.md
+
+A stage whose folder holds ``stage.json`` with the same key (a hash of its own
+options and of the keys of the stages it reads) is reused; change an option and
+that stage and everything after it runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import config as config_mod
+from .config import ConfigError, opt
+from .curate import CurateConfig, curate_prompts
+from .data import Demonstration, Prompt, Ranking, load_prompts, to_record, write_jsonl
+
+
+@dataclass
+class RunConfig:
+    """The whole pipeline (``instructgpt run``); every stage's main options."""
+    name: str = opt("default", "Run name: outputs go to <runs_dir>/<name>/.")
+    runs_dir: str = opt("runs", "Folder holding runs.")
+    seed: int = opt(0, "Seed of the world, the data and every stage.")
+    scale: float = opt(0.02, "Prompt sets as a fraction of the paper's 13k SFT / 33k RM / 31k PPO prompts.")
+    corpus_docs: int = opt(12000, "Documents in the generated pretraining corpus.")
+    vocab_size: int = opt(4096, "BPE vocabulary of the built-in tokenizer.")
+    base_model: str = opt("", "A real checkpoint (folder, .gguf or 'smollm2') instead of pretraining the tiny base.")
+    large_base: bool = opt(True, "Also pretrain a ~8x larger base model (stands in for 175B GPT-3 in the comparisons).")
+    pretrain_epochs: int = opt(2, "Passes over the corpus for the tiny base.")
+    pretrain_large_epochs: int = opt(1, "Passes over the corpus for the larger base.")
+    pretrain_lr: float = opt(2e-3, "Peak learning rate of pretraining.")
+    sft_epochs: int = opt(6, "SFT epochs (paper: 16).")
+    sft_lr: float = opt(5e-4, "SFT peak learning rate.")
+    k_min: int = opt(4, "Fewest responses per ranking (paper: 4).")
+    k_max: int = opt(6, "Most responses per ranking (paper: 9).")
+    policy_samples: int = opt(2, "Of the K responses, how many are sampled from the current policy.")
+    rm_epochs: int = opt(2, "Reward-model epochs per round (paper: 1).")
+    rm_lr: float = opt(1e-4, "Reward-model peak learning rate.")
+    ppo_iterations: int = opt(30, "PPO iterations per round (each = ppo_batch episodes).")
+    ppo_batch: int = opt(32, "Episodes per PPO iteration.")
+    ppo_minibatch: int = opt(16, "Episodes per PPO optimizer step.")
+    ppo_lr: float = opt(2e-5, "PPO policy learning rate.")
+    kl_coef: float = opt(0.02, "beta, the per-token KL penalty (paper: 0.02).")
+    ptx_coef: float = opt(1.0, "PPO-ptx pretraining loss weight (paper: 27.8 at its scale).")
+    ptx_token_ratio: float = opt(1.0, "Pretraining tokens per RL token in PPO-ptx (paper: 8).")
+    max_new_tokens: int = opt(48, "Response length limit when sampling.")
+    rounds: int = opt(1, "Iterations of steps 2 and 3 (sample, rank, retrain RM, continue PPO).")
+    eval_prompts: int = opt(120, "Held-out test prompts evaluated.")
+    flan: bool = opt(True, "Train the FLAN/T0-style baseline.")
+    evaluate: bool = opt(True, "Run the evaluation and write the report.")
+    device: str = opt("auto", "auto, cpu, cuda ...")
+    progress: bool = opt(False, "Per-stage progress bars (the stage lines are always printed).")
+    resume: bool = opt(False, "Accepted for symmetry: finished stages are always reused.")
+
+    def validate(self) -> None:
+        if not 2 <= self.k_min <= self.k_max <= 9:
+            raise ConfigError("k_min, k_max: need 2 <= k_min <= k_max <= 9")
+        if self.policy_samples > self.k_min:
+            raise ConfigError("policy_samples: cannot exceed k_min")
+        if self.rounds < 1:
+            raise ConfigError("rounds: must be >= 1")
+        if self.scale <= 0:
+            raise ConfigError("scale: must be > 0")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+# Rough share of wall time per stage on the default settings (for the time-left estimate).
+WEIGHTS = {"world": 3, "base": 25, "base_large": 25, "sft": 8, "flan": 4, "rankings": 4, "rm": 5,
+           "ppo": 10, "ppo_ptx": 11, "eval": 8}
+
+
+@dataclass
+class RunResult:
+    run_dir: str
+    stages: dict[str, dict] = field(default_factory=dict)
+    report: str | None = None
+
+
+class Pipeline:
+    """Runs the stages in order, reusing finished ones; prints progress and time left."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.root = cfg.run_dir
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.keys: dict[str, str] = {}
+        self.t0 = time.time()
+        self.total_weight = sum(WEIGHTS[s] for s in self._planned())
+        self.done_weight = 0.0
+        self.result = RunResult(str(self.root))
+
+    def _planned(self) -> list[str]:
+        c = self.cfg
+        stages = ["world"] + ([] if c.base_model else ["base"]) + (["base_large"] if c.large_base and not c.base_model else [])
+        stages += ["sft"] + (["flan"] if c.flan else [])
+        stages += ["rankings", "rm", "ppo", "ppo_ptx"] * c.rounds
+        return stages + (["eval"] if c.evaluate else [])
+
+    # ---- stage bookkeeping
+
+    def stage(self, name: str, folder: Path, options: dict, needs: list[str], fn: Callable[[], Any],
+              weight_name: str | None = None) -> str:
+        """Run ``fn`` unless ``folder/stage.json`` holds the same key; returns the key."""
+        key = hashlib.sha256(json.dumps({"stage": name, "options": options,
+                                         "needs": [self.keys[n] for n in needs]}, sort_keys=True,
+                                        default=str).encode()).hexdigest()[:16]
+        marker = folder / "stage.json"
+        label = f"[{len(self.keys) + 1}/{len(self._planned())}] {name}"
+        if marker.exists() and json.loads(marker.read_text()).get("key") == key:
+            print(f"{label}: reused ({folder})", flush=True)
+            info = json.loads(marker.read_text())
+        else:
+            print(f"{label}: running ...", flush=True)
+            start = time.time()
+            if folder.exists() and folder != self.root:
+                shutil.rmtree(folder)  # a stale or partial stage folder
+            folder.mkdir(parents=True, exist_ok=True)
+            out = fn() or {}
+            info = {"key": key, "stage": name, "seconds": round(time.time() - start, 1), "summary": out}
+            marker.write_text(json.dumps(info, indent=2, default=str) + "\n")
+            print(f"{label}: done in {info['seconds']:.0f}s", flush=True)
+        self.keys[name] = key
+        self.result.stages[name] = info
+        self.done_weight += WEIGHTS[weight_name or name]
+        elapsed = time.time() - self.t0
+        if self.done_weight < self.total_weight and elapsed > 1:
+            left = elapsed * (self.total_weight - self.done_weight) / self.done_weight
+            print(f"    elapsed {elapsed / 60:.1f} min, about {left / 60:.1f} min left", flush=True)
+        return key
+
+    # ---- the stages
+
+    def run(self) -> RunResult:
+        c = self.cfg
+        config_mod.save(c, self.root / "run_config.json")
+        self.stage("world", self.root / "world", _subset(c, "seed scale corpus_docs vocab_size base_model"), [],
+                   self.make_world)
+        base = self.pretrain_bases()
+        self.stage("sft", self.root / "models" / "sft", _subset(c, "sft_epochs sft_lr seed"), ["base"],
+                   lambda: self.train_sft_stage(base, self.data / "sft_train.jsonl", self.models / "sft"))
+        if c.flan:
+            self.stage("flan", self.models / "flan", _subset(c, "sft_epochs sft_lr seed"), ["base"],
+                       lambda: self.train_sft_stage(base, self.data / "flan_train.jsonl", self.models / "flan"))
+        policy, ptx_policy = self.models / "sft", self.models / "sft"
+        for r in range(1, c.rounds + 1):
+            policy, ptx_policy = self.run_round(r, policy, ptx_policy)
+        for name in ("rm", "ppo", "ppo_ptx"):
+            _link(self.models / name, self.models / f"round{c.rounds}" / name)
+        if c.evaluate:
+            self.stage("eval", self.root / "eval", _subset(c, "eval_prompts seed max_new_tokens"),
+                       [k for k in self.keys], self.evaluate)
+            self.result.report = str(self.root / "report.html")
+        total = time.time() - self.t0
+        print(f"run finished in {total / 60:.1f} min: {self.root}"
+              + (f"\nreport: {self.root / 'report.html'} (and report.md)" if c.evaluate else ""), flush=True)
+        return self.result
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    def make_world(self) -> dict:
+        from .world import build_datasets, train_tokenizer
+        c = self.cfg
+        wd = build_datasets(seed=c.seed, scale=c.scale, corpus_docs=c.corpus_docs)
+        wd.save(self.root / "world")
+        self.data.mkdir(parents=True, exist_ok=True)
+        summary: dict[str, Any] = {"world": wd.summary()}
+        curated = {}
+        for name, prompts in wd.prompts.items():
+            result = curate_prompts(prompts, CurateConfig(seed=c.seed))
+            curated[name] = result
+            summary[f"curation_{name}"] = result.summary()
+            for split in ("train", "valid", "test"):
+                write_jsonl(self.data / f"prompts_{name}_{split}.jsonl", result.split(split))
+        write_jsonl(self.data / "prompts_test.jsonl",
+                    [p for r in curated.values() for p in r.split("test")])
+        by_id = {p.id: p for p in curated["sft"].kept()}
+        for split in ("train", "valid"):
+            keep = {p.id for p in curated["sft"].split(split)}
+            demos = [Demonstration(by_id[d.prompt_id].text, d.response, d.labeler_id, d.prompt_id)
+                     for d in wd.sft_demos if d.prompt_id in keep]
+            write_jsonl(self.data / f"sft_{split}.jsonl", demos)
+            summary[f"sft_{split}_demos"] = len(demos)
+        write_jsonl(self.data / "flan_train.jsonl", wd.flan + wd.t0)
+        write_jsonl(self.data / "corpus_train.jsonl", [{"text": t} for t in wd.corpus])
+        write_jsonl(self.data / "corpus_heldout.jsonl", [{"text": t} for t in wd.heldout_corpus])
+        if not c.base_model:
+            train_tokenizer(wd.tokenizer_texts(), c.vocab_size, self.root / "tokenizer")
+        return summary
+
+    def pretrain_bases(self) -> Path:
+        c = self.cfg
+        if c.base_model:
+            self.keys["base"] = hashlib.sha256(c.base_model.encode()).hexdigest()[:16]
+            return Path(c.base_model) if c.base_model != "smollm2" else c.base_model  # type: ignore[return-value]
+        from .pretrain import PretrainConfig, train_pretrain
+        for name, size, epochs in (("base", "tiny", c.pretrain_epochs), ("base_large", "large", c.pretrain_large_epochs)):
+            if name == "base_large" and not c.large_base:
+                continue
+            out = self.models / name
+            pc = PretrainConfig(out_dir=str(out), corpus=str(self.data / "corpus_train.jsonl"),
+                                valid_corpus=str(self.data / "corpus_heldout.jsonl"), tokenizer=str(self.root / "tokenizer"),
+                                size=size, epochs=epochs, lr=c.pretrain_lr if size == "tiny" else c.pretrain_lr / 2,
+                                seq_len=128, batch_size=32, micro_batch_size=32, seed=c.seed, device=c.device,
+                                progress=c.progress)
+            self.stage(name, out, asdict(pc), ["world"], lambda pc=pc: _history(train_pretrain(pc)))
+        return self.models / "base"
+
+    def train_sft_stage(self, base, train: Path, out: Path) -> dict:
+        from .sft import SFTConfig, train_sft
+        c = self.cfg
+        valid = self.data / "sft_valid.jsonl"
+        sc = SFTConfig(model=str(base), train=str(train), valid=str(valid) if valid.exists() else "",
+                       out_dir=str(out), epochs=c.sft_epochs, lr=c.sft_lr, batch_size=32, micro_batch_size=32,
+                       warmup_steps=10, dropout=0.1, seed=c.seed, device=c.device, progress=c.progress)
+        result = train_sft(sc)
+        return {"selected_by": result.selected_by, "val_loss": result.val_loss, "history": result.fit.history}
+
+    def run_round(self, r: int, policy: Path, ptx_policy: Path) -> tuple[Path, Path]:
+        """Step 2 and 3 once: rankings from the latest policy, RM on all rankings, PPO and PPO-ptx."""
+        c = self.cfg
+        rdir = self.models / f"round{r}"
+        prev = [f"rankings_r{i}" for i in range(1, r)]
+        self.stage(f"rankings_r{r}", self.data / f"rankings_r{r}",
+                   _subset(c, "k_min k_max policy_samples max_new_tokens seed rounds"),
+                   ["world", "sft"] + ([f"ppo_ptx_r{r - 1}"] if r > 1 else []),
+                   lambda: self.make_rankings(r, ptx_policy), weight_name="rankings")
+        rank_files = [self.data / f"rankings_r{i}" / "train.jsonl" for i in range(1, r + 1)]
+        self.stage(f"rm_r{r}", rdir / "rm", _subset(c, "rm_epochs rm_lr seed"), ["sft", f"rankings_r{r}"] + prev,
+                   lambda: self.train_rm_stage(rank_files, self.data / f"rankings_r{r}" / "valid.jsonl", rdir / "rm"),
+                   weight_name="rm")
+        outs = []
+        for name, start, ptx in (("ppo", policy, 0.0), ("ppo_ptx", ptx_policy, c.ptx_coef)):
+            key_needs = [f"rm_r{r}", "sft"] + ([f"{name}_r{r - 1}"] if r > 1 else [])
+            opts = _subset(c, "ppo_iterations ppo_batch ppo_minibatch ppo_lr kl_coef max_new_tokens seed")
+            opts["ptx"] = [ptx, c.ptx_token_ratio]
+            out = rdir / name
+            self.stage(f"{name}_r{r}", out, opts, key_needs,
+                       lambda start=start, out=out, ptx=ptx: self.train_ppo_stage(start, rdir / "rm", out, ptx),
+                       weight_name=name)
+            outs.append(out)
+        return outs[0], outs[1]
+
+    def make_rankings(self, r: int, policy: Path) -> dict:
+        """K responses per RM prompt (policy samples + world candidates), ranked by training labelers."""
+        from .models import load_policy, load_tokenizer, pick_device
+        from .sample import SampleConfig, sample_k
+        from .world import build_datasets
+        from .world import candidate_responses
+        c = self.cfg
+        wd = _world(self.root)
+        out = self.data / f"rankings_r{r}"
+        device = pick_device(c.device)
+        tok, model = load_tokenizer(policy), load_policy(policy, device)
+        summary = {}
+        for split in ("train", "valid"):
+            prompts = load_prompts(self.data / f"prompts_rm_{split}.jsonl")
+            prompts = prompts[(r - 1)::c.rounds] if split == "train" else prompts  # each round ranks new prompts
+            rng = random.Random(f"rankings:{c.seed}:{r}:{split}")
+            ks = [rng.randint(c.k_min, c.k_max) for _ in prompts]
+            samples = sample_k(model, tok, prompts, SampleConfig(policy=str(policy), prompts="-", out="-",
+                                                                k=c.policy_samples, max_new_tokens=c.max_new_tokens,
+                                                                seed=c.seed + r))
+            rows = []
+            for p, k, own in zip(prompts, ks, samples):
+                responses = own + candidate_responses(p, k - len(own), rng, wd.world)
+                rng.shuffle(responses)
+                ranking = wd.panel.rank(p, responses, rng, heldout=False, world=wd.world)
+                if len(ranking.ranking) < 2:
+                    continue  # all tied: nothing to learn; counted below
+                ranking.prompt_id = p.id
+                rows.append(ranking)
+            write_jsonl(out / f"{split}.jsonl", rows)
+            summary[split] = {"rankings": len(rows), "all_tied_dropped": len(prompts) - len(rows),
+                              "pairs": sum(len(x.pairs()) for x in rows)}
+        return summary
+
+    def train_rm_stage(self, rank_files: list[Path], valid: Path, out: Path) -> dict:
+        from .rm import RMConfig, train_rm
+        c = self.cfg
+        merged = out.parent / "rm_train_all.jsonl"
+        rows = [line for f in rank_files for line in f.read_text().splitlines() if line.strip()]
+        merged.parent.mkdir(parents=True, exist_ok=True)
+        merged.write_text("".join(line + "\n" for line in rows))
+        rc = RMConfig(model=str(self.models / "sft"), train=str(merged), valid=str(valid), out_dir=str(out),
+                      reference=str(self.data / "sft_train.jsonl"), epochs=c.rm_epochs, lr=c.rm_lr,
+                      batch_size=16, micro_batch_size=16, warmup_steps=5, seed=c.seed, device=c.device,
+                      progress=c.progress)
+        result = train_rm(rc)
+        return {"val_accuracy": result.val_accuracy, "reward_bias": result.reward_bias, "rankings": len(rows)}
+
+    def train_ppo_stage(self, start: Path, rm: Path, out: Path, ptx_coef: float) -> dict:
+        from .ppo import PPOConfig, train_ppo
+        c = self.cfg
+        pc = PPOConfig(policy=str(start), reference=str(self.models / "sft"), reward_model=str(rm),
+                       prompts=str(self.data / "prompts_ppo_train.jsonl"), out_dir=str(out),
+                       pretrain_data=str(self.data / "corpus_train.jsonl") if ptx_coef > 0 else "",
+                       ptx_coef=ptx_coef, ptx_token_ratio=c.ptx_token_ratio, iterations=c.ppo_iterations,
+                       batch_size=c.ppo_batch, minibatch_size=c.ppo_minibatch, lr=c.ppo_lr, kl_coef=c.kl_coef,
+                       max_new_tokens=c.max_new_tokens, warmup_iterations=min(10, c.ppo_iterations // 3),
+                       seed=c.seed, device=c.device, progress=c.progress, save_every=10)
+        result = train_ppo(pc)
+        last = result.history[-1] if result.history else {}
+        return {k: last.get(k) for k in ("ppo/score", "ppo/kl", "ppo/response_length", "ppo/ptx_loss")}
+
+    def evaluate(self) -> dict:
+        from .evaluate import EvalConfig, run_eval
+        c = self.cfg
+        results = run_eval(EvalConfig(run_dir=str(self.root), n_prompts=c.eval_prompts, seed=c.seed,
+                                      device=c.device, max_new_tokens=c.max_new_tokens))
+        return {"models": [m.name for m in results.models]}
+
+
+def _subset(cfg: RunConfig, names: str) -> dict:
+    return {n: getattr(cfg, n) for n in names.split()}
+
+
+def _history(result) -> dict:
+    return {"steps": result.steps, "history": result.history}
+
+
+def _link(link: Path, target: Path) -> None:
+    """models/rm -> round<N>/rm (a relative symlink, replaced if present)."""
+    if link.is_symlink() or link.exists():
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        else:
+            shutil.rmtree(link)
+    link.symlink_to(target.relative_to(link.parent), target_is_directory=True)
+
+
+_WORLD_CACHE: dict[str, Any] = {}
+
+
+def _world(root: Path):
+    """The run's world data, rebuilt deterministically from world/config.json (cached)."""
+    from .world import WorldConfig, build_datasets
+    cfg = json.loads((root / "world" / "config.json").read_text())
+    key = json.dumps(cfg, sort_keys=True)
+    if key not in _WORLD_CACHE:
+        _WORLD_CACHE[key] = build_datasets(config=WorldConfig(**cfg))
+    return _WORLD_CACHE[key]
+
+
+def run_pipeline(cfg: RunConfig) -> RunResult:
+    return Pipeline(cfg).run()
