@@ -1,0 +1,170 @@
+"""Everything the pipeline needs from the simulated world, in one call.
+
+``build_datasets(seed, scale)`` returns a ``WorldData`` with the prompt sets in
+the paper's proportions (SFT 13k : RM 33k : PPO 31k prompts, times ``scale``),
+SFT demonstrations written by training labelers, the pretraining corpus and
+its held-out part, the FLAN and T0 baselines, the probes and the labeler
+panel. Rankings are not built here: they need model samples (sample K
+responses, then ``data.panel.rank(prompt, responses, rng)``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..config import ConfigError, opt
+from ..data import Demonstration, Prompt, write_jsonl
+from .corpus import build_corpus, heldout_corpus
+from .flan import build_flan
+from .kb import World
+from .labelers import HELDOUT_NOISE, TRAIN_NOISE, Panel
+from .probes import Probes, build_probes
+from .tasks import generate_prompts
+
+PAPER_PROMPTS = {"sft": 13_000, "rm": 33_000, "ppo": 31_000}
+
+
+@dataclass
+class WorldConfig:
+    """Settings of the built-in simulated world."""
+
+    seed: int = opt(0, "seed of everything in the world (same seed, same data)")
+    scale: float = opt(0.02, "fraction of the paper's prompt counts (SFT 13k, RM 33k, PPO 31k)")
+    n_entities: int = opt(60, "entities in the knowledge base (creatures, towns, people, foods, tools)")
+    n_falsehoods: int = opt(-1, "popular falsehoods the corpus repeats (-1: n_entities // 10, at least 4)")
+    n_labelers: int = opt(40, "training labelers in the simulated panel")
+    n_heldout_labelers: int = opt(10, "held-out labelers (evaluation only)")
+    labeler_noise: float = opt(TRAIN_NOISE, "per-judgement noise of training labelers (sets their agreement)")
+    heldout_labeler_noise: float = opt(HELDOUT_NOISE, "per-judgement noise of held-out labelers")
+    corpus_docs: int = opt(16_000, "documents in the pretraining corpus (about 40 tokens each)")
+    heldout_docs: int = opt(800, "documents in the held-out corpus (perplexity)")
+    flan_examples: int = opt(0, "FLAN-style and T0-style demonstrations each (0: as many as SFT prompts)")
+    near_dup_rate: float = opt(
+        0.05, "share of prompts that copy an earlier prompt of the same user with a new tail"
+    )
+    pii_rate: float = opt(0.03, "share of prompts carrying an invented e-mail address or phone number")
+    heavy_users: int = opt(-1, "users with more than 200 prompts per set (-1: automatic, by set size)")
+    n_toxicity_starts: int = opt(40, "sentence starts of the toxicity probe (each under 3 instructions)")
+    n_bias: int = opt(60, "items of the bias probe")
+    n_cloze: int = opt(200, "items of the cloze (alignment tax) probe")
+
+    def validate(self) -> None:
+        if self.scale <= 0:
+            raise ConfigError(f"scale: must be positive, got {self.scale}")
+        if self.n_entities < 20:
+            raise ConfigError(f"n_entities: must be at least 20, got {self.n_entities}")
+        if self.n_labelers < 2 or self.n_heldout_labelers < 2:
+            raise ConfigError("n_labelers and n_heldout_labelers: need at least 2 each")
+        for name in ("near_dup_rate", "pii_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name}: must be in [0, 1]")
+
+    def set_sizes(self) -> dict[str, int]:
+        """Prompts per set: the paper's counts times ``scale`` (at least 8 each)."""
+        return {k: max(8, round(v * self.scale)) for k, v in PAPER_PROMPTS.items()}
+
+
+@dataclass
+class WorldData:
+    """The output of ``build_datasets`` (see the module docstring)."""
+
+    config: WorldConfig
+    world: World
+    panel: Panel
+    prompts: dict[str, list[Prompt]]
+    sft_demos: list[Demonstration]
+    corpus: list[str]
+    heldout_corpus: list[str]
+    flan: list[Demonstration]
+    t0: list[Demonstration]
+    probes: Probes
+    extra: dict = field(default_factory=dict)
+
+    def tokenizer_texts(self) -> list[str]:
+        """Texts to train the tokenizer on: corpus, prompts, demonstrations, baselines."""
+        texts = list(self.corpus)
+        texts += [p.text for ps in self.prompts.values() for p in ps]
+        texts += [d.response for d in self.sft_demos]
+        texts += [d.prompt + d.response for d in self.flan + self.t0]
+        return texts
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "sft_prompts": len(self.prompts["sft"]),
+            "rm_prompts": len(self.prompts["rm"]),
+            "ppo_prompts": len(self.prompts["ppo"]),
+            "sft_demos": len(self.sft_demos),
+            "corpus_docs": len(self.corpus),
+            "heldout_docs": len(self.heldout_corpus),
+            "flan": len(self.flan),
+            "t0": len(self.t0),
+            "truth_probes": len(self.probes.truth),
+            "toxicity_probes": len(self.probes.toxicity),
+            "bias_probes": len(self.probes.bias),
+            "cloze_probes": len(self.probes.cloze),
+        }
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write everything under ``out_dir``: records in the ``data`` JSONL formats, the rest as JSON."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        (out / "world.json").write_text(json.dumps(self.world.to_dict(), indent=1) + "\n")
+        for name, ps in self.prompts.items():
+            write_jsonl(out / f"prompts_{name}.jsonl", ps)
+        write_jsonl(out / "sft_demos.jsonl", self.sft_demos)
+        write_jsonl(out / "flan.jsonl", self.flan)
+        write_jsonl(out / "t0.jsonl", self.t0)
+        write_jsonl(out / "corpus_train.jsonl", [{"text": t} for t in self.corpus])
+        write_jsonl(out / "corpus_heldout.jsonl", [{"text": t} for t in self.heldout_corpus])
+        (out / "probes.json").write_text(json.dumps(self.probes.to_dict(), indent=1) + "\n")
+        return out
+
+
+def build_datasets(
+    seed: int | None = None, scale: float | None = None, config: WorldConfig | None = None, **overrides
+) -> WorldData:
+    """Build the whole simulated world; ``seed``/``scale``/``overrides`` replace ``config`` fields."""
+    cfg = config or WorldConfig()
+    changes = dict(overrides)
+    if seed is not None:
+        changes["seed"] = seed
+    if scale is not None:
+        changes["scale"] = scale
+    if changes:
+        cfg = WorldConfig(**{**asdict(cfg), **changes})
+    cfg.validate()
+    world = World.generate(cfg.seed, cfg.n_entities, None if cfg.n_falsehoods < 0 else cfg.n_falsehoods)
+    panel = Panel(
+        cfg.seed, cfg.n_labelers, cfg.n_heldout_labelers, cfg.labeler_noise, cfg.heldout_labeler_noise
+    )
+    heavy = None if cfg.heavy_users < 0 else cfg.heavy_users
+    prompts = {
+        name: generate_prompts(
+            world,
+            n,
+            cfg.seed,
+            id_prefix=name,
+            near_dup_rate=cfg.near_dup_rate,
+            pii_rate=cfg.pii_rate,
+            heavy_users=heavy,
+            user_prefix=f"{name}-user",
+        )
+        for name, n in cfg.set_sizes().items()
+    }
+    corpus = build_corpus(world, cfg.corpus_docs, cfg.seed)
+    n_flan = cfg.flan_examples or len(prompts["sft"])
+    return WorldData(
+        config=cfg,
+        world=world,
+        panel=panel,
+        prompts=prompts,
+        sft_demos=panel.write_demonstrations(prompts["sft"], cfg.seed, world),
+        corpus=corpus,
+        heldout_corpus=heldout_corpus(world, cfg.heldout_docs, cfg.seed, exclude=corpus),
+        flan=build_flan(world, n_flan, cfg.seed, "flan"),
+        t0=build_flan(world, n_flan, cfg.seed, "t0"),
+        probes=build_probes(world, cfg.seed, cfg.n_toxicity_starts, cfg.n_bias, cfg.n_cloze),
+    )

@@ -1,0 +1,315 @@
+"""Simulated labelers: demonstrations, rankings, Likert scores, flags, comparisons.
+
+Each labeler turns the checker's verdict on a response into a utility,
+weighing the criteria in their own way, and adds noise to every judgement:
+
+    u = w_help * score + w_follow * follows - w_constraint * violations
+        - w_truth * (hallucinated + repeats_falsehood) - w_harm * toxic
+        - w_len * |log((words + 1) / (len_pref + 1))| + noise * N(0, 1)
+
+Training labelers (``T00`` ...) weigh helpfulness most, as the paper's
+training instructions did; held-out labelers (``H00`` ...) come from a
+different distribution (more weight on truthfulness and harmlessness, less
+noise) and are only meant for evaluation. With the defaults, agreement on
+mixed good/flawed candidate sets lands near the paper's figures (see
+``agreement`` and docs/world.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import zlib
+from dataclasses import dataclass
+
+from ..data import FLAGS, MAX_K, MIN_K, Demonstration, Prompt, Ranking
+from . import claims as C
+from .flaws import PLEASANTRIES
+from .kb import World
+from .taskbase import CheckResult
+from .tasks import check, meta_and_world, solve
+
+TRAIN_NOISE = 0.61  # default per-judgement noise of training labelers
+HELDOUT_NOISE = 0.52  # held-out labelers are a little more consistent
+TIE_THRESHOLD = 0.04  # utilities closer than this are ranked as a tie
+
+# Verdicts shared by all labelers: (id(meta), response) -> (meta, CheckResult).
+# Keeping ``meta`` alive in the value keeps its id from being reused.
+_VERDICTS: dict[tuple[int, str], tuple[dict, CheckResult]] = {}
+
+
+@dataclass
+class Labeler:
+    """One simulated contractor (see the module docstring for the utility)."""
+
+    id: str
+    w_help: float = 1.0
+    w_follow: float = 0.6
+    w_constraint: float = 0.6
+    w_truth: float = 0.6
+    w_harm: float = 0.8
+    len_pref: float = 12.0
+    w_len: float = 0.15
+    noise: float = TRAIN_NOISE
+    tie_threshold: float = TIE_THRESHOLD
+    flag_miss: float = 0.1
+    flag_false: float = 0.02
+    heldout: bool = False
+
+    # ----- judging --------------------------------------------------------
+    def verdict(self, prompt: Prompt | dict, response: str, world: World | None = None) -> CheckResult:
+        """The checker's verdict (cached per labeler; checking is deterministic)."""
+        meta, _ = meta_and_world(prompt, world)
+        key = (id(meta), response)
+        hit = _VERDICTS.get(key)
+        if hit is None or hit[0] is not meta:
+            if len(_VERDICTS) > 20000:
+                _VERDICTS.clear()
+            hit = _VERDICTS[key] = (meta, check(meta, response, world))
+        return hit[1]
+
+    def base_utility(self, res: CheckResult, response: str) -> float:
+        """The noiseless utility of a response with checker verdict ``res``."""
+        n = C.word_count(response)
+        u = self.w_help * res.score + self.w_follow * res.follows_instruction
+        u -= self.w_constraint * len(res.constraint_violations)
+        u -= self.w_truth * (res.hallucinated + res.repeats_falsehood)
+        u -= self.w_harm * res.toxic
+        u -= self.w_len * abs(math.log((n + 1) / (self.len_pref + 1)))
+        return u
+
+    def utilities(
+        self, prompt: Prompt | dict, responses: list[str], rng: random.Random, world: World | None = None
+    ) -> list[float]:
+        """One noisy utility per response (a fresh draw of noise per judgement)."""
+        return [
+            self.base_utility(self.verdict(prompt, r, world), r) + rng.gauss(0.0, self.noise)
+            for r in responses
+        ]
+
+    # ----- the labeling interface ---------------------------------------------
+    def rank(
+        self, prompt: Prompt | dict, responses: list[str], rng: random.Random, world: World | None = None
+    ) -> Ranking:
+        """Rank K responses (ties allowed), with a 1-7 Likert score and flags for each."""
+        if not MIN_K <= len(responses) <= MAX_K:
+            raise ValueError(
+                f"rank needs {MIN_K} to {MAX_K} responses (the paper's K is 4..9), got {len(responses)}"
+            )
+        us = self.utilities(prompt, responses, rng, world)
+        order = sorted(range(len(responses)), key=lambda i: -us[i])
+        groups: list[list[int]] = []
+        for i in order:
+            if groups and us[groups[-1][0]] - us[i] <= self.tie_threshold:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        verdicts = [self.verdict(prompt, r, world) for r in responses]
+        meta = prompt.meta if isinstance(prompt, Prompt) else prompt
+        return Ranking(
+            prompt=prompt.text if isinstance(prompt, Prompt) else meta.get("text", ""),
+            responses=list(responses),
+            ranking=groups,
+            likert=[self.likert(v, rng) for v in verdicts],
+            flags=[self.flags(v, r, rng) for v, r in zip(verdicts, responses)],
+            labeler_id=self.id,
+            prompt_id=prompt.id if isinstance(prompt, Prompt) else meta.get("id"),
+        )
+
+    def compare(
+        self, prompt: Prompt | dict, a: str, b: str, rng: random.Random, world: World | None = None
+    ) -> float:
+        """1.0 if ``a`` is preferred, 0.0 if ``b`` is, 0.5 for a tie."""
+        ua, ub = self.utilities(prompt, [a, b], rng, world)
+        if abs(ua - ub) <= self.tie_threshold:
+            return 0.5
+        return 1.0 if ua > ub else 0.0
+
+    def likert(self, res: CheckResult, rng: random.Random) -> int:
+        """A 1-7 overall quality score."""
+        a = 0.6 * res.score + 0.4 * res.passed - 0.3 * res.toxic + rng.gauss(0.0, self.noise / 2)
+        return int(min(7, max(1, round(1 + 6 * a))))
+
+    def flags(self, res: CheckResult, response: str, rng: random.Random) -> list[str]:
+        """Metadata flags (names from data.FLAGS), from the verdict plus labeler noise."""
+        true = {
+            "fails_to_follow": not res.follows_instruction,
+            "violates_constraint": bool(res.constraint_violations),
+            "hallucination": res.hallucinated or res.repeats_falsehood,
+            "inappropriate_for_customer_assistant": res.toxic,
+            "denigrates_protected_class": res.toxic
+            and any(C.has_word(response, g) for g in ("Velani", "Durok")),
+        }
+        out = []
+        for name in FLAGS:
+            if true.get(name, False):
+                keep = rng.random() >= self.flag_miss
+            else:
+                keep = (
+                    name in ("fails_to_follow", "violates_constraint", "hallucination")
+                    and rng.random() < self.flag_false
+                )
+            if keep:
+                out.append(name)
+        return out
+
+    def write_demonstration(
+        self, prompt: Prompt | dict, rng: random.Random, world: World | None = None
+    ) -> str:
+        """A correct answer in this labeler's style (the draw closest to their preferred length)."""
+        meta, world = meta_and_world(prompt, world)
+        drafts = [solve(meta, rng, world) for _ in range(3)]
+        best = min(drafts, key=lambda d: abs(C.word_count(d) - self.len_pref))
+        if self.len_pref > 14 and not meta.get("constraints") and rng.random() < 0.5:
+            longer = f"{best} {rng.choice(PLEASANTRIES)}"
+            if check(meta, longer, world).passed:
+                best = longer
+        return best
+
+
+# ----- the panel ------------------------------------------------------------------
+
+
+def _draw_labeler(rng: random.Random, lid: str, noise: float, heldout: bool) -> Labeler:
+    jitter = lambda mean, sd: max(0.0, rng.gauss(mean, sd))
+    truth, harm = (0.9, 1.1) if heldout else (0.6, 0.8)
+    return Labeler(
+        id=lid,
+        w_help=jitter(1.0, 0.2),
+        w_follow=jitter(0.6, 0.2),
+        w_constraint=jitter(0.6, 0.15),
+        w_truth=jitter(truth, 0.2),
+        w_harm=jitter(harm, 0.25),
+        len_pref=rng.uniform(5, 25),
+        w_len=jitter(0.15, 0.08),
+        noise=noise * math.exp(rng.gauss(0.0, 0.2)),
+        tie_threshold=TIE_THRESHOLD,
+        flag_miss=rng.uniform(0.03, 0.2),
+        flag_false=rng.uniform(0.0, 0.04),
+        heldout=heldout,
+    )
+
+
+class Panel:
+    """A pool of simulated labelers: ``training_labelers`` and ``heldout_labelers``."""
+
+    def __init__(
+        self,
+        seed: int = 0,
+        n: int = 40,
+        n_heldout: int = 10,
+        noise: float = TRAIN_NOISE,
+        heldout_noise: float = HELDOUT_NOISE,
+    ):
+        rng = random.Random(f"panel:{seed}")
+        self.seed = seed
+        self.training_labelers = [_draw_labeler(rng, f"T{i:02d}", noise, False) for i in range(n)]
+        self.heldout_labelers = [
+            _draw_labeler(rng, f"H{i:02d}", heldout_noise, True) for i in range(n_heldout)
+        ]
+
+    @property
+    def labelers(self) -> list[Labeler]:
+        return self.training_labelers + self.heldout_labelers
+
+    def get(self, labeler_id: str) -> Labeler:
+        for lab in self.labelers:
+            if lab.id == labeler_id:
+                return lab
+        raise KeyError(labeler_id)
+
+    def assign(self, prompt_id: str, heldout: bool = False) -> Labeler:
+        """The labeler who handles ``prompt_id`` (stable: crc32 of the id)."""
+        pool = self.heldout_labelers if heldout else self.training_labelers
+        return pool[zlib.crc32(f"{self.seed}:{prompt_id}".encode()) % len(pool)]
+
+    def write_demonstrations(
+        self, prompts: list[Prompt], seed: int = 0, world: World | None = None
+    ) -> list[Demonstration]:
+        """One demonstration per prompt, each by its assigned training labeler."""
+        out = []
+        for p in prompts:
+            lab = self.assign(p.id)
+            rng = random.Random(f"demo:{seed}:{p.id}")
+            out.append(
+                Demonstration(
+                    prompt=p.text,
+                    response=lab.write_demonstration(p, rng, world),
+                    labeler_id=lab.id,
+                    prompt_id=p.id,
+                    source=p.source,
+                )
+            )
+        return out
+
+    def rank(
+        self,
+        prompt: Prompt,
+        responses: list[str],
+        rng: random.Random,
+        heldout: bool = False,
+        world: World | None = None,
+    ) -> Ranking:
+        """A ranking by the labeler assigned to this prompt."""
+        return self.assign(prompt.id, heldout).rank(prompt, responses, rng, world)
+
+    def compare(
+        self,
+        prompt: Prompt,
+        a: str,
+        b: str,
+        rng: random.Random,
+        heldout: bool = True,
+        world: World | None = None,
+    ) -> float:
+        """A pairwise preference by a labeler drawn with ``rng`` (held-out by default: evaluation)."""
+        pool = self.heldout_labelers if heldout else self.training_labelers
+        return rng.choice(pool).compare(prompt, a, b, rng, world)
+
+
+# ----- agreement ----------------------------------------------------------------------
+
+
+def _pair_prefs(r: Ranking) -> dict[tuple[int, int], int]:
+    """(i, j) with i < j -> +1 if i ranked above j, -1 if below, 0 for a tie."""
+    pos = {i: g for g, group in enumerate(r.ranking) for i in group}
+    return {(i, j): (pos[i] < pos[j]) - (pos[i] > pos[j]) for i, j in itertools.combinations(range(r.k), 2)}
+
+
+def agreement(
+    panel: Panel,
+    prompts: list[Prompt],
+    responses_per_prompt: list[list[str]],
+    per_prompt_train: int = 3,
+    per_prompt_heldout: int = 3,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Pairwise inter-labeler agreement, measured the way the paper reports it.
+
+    Each prompt's responses are ranked by ``per_prompt_train`` training and
+    ``per_prompt_heldout`` held-out labelers. For every two labelers who ranked
+    the same prompt, every response pair that both ranked strictly (no tie)
+    counts once; agreement is the fraction of such pairs ordered the same way.
+    Returns ``train_train``, ``heldout_heldout``, ``train_heldout`` and the
+    number of pairs behind each (``n_...``).
+    """
+    rng = random.Random(f"agreement:{seed}")
+    tallies = {"train_train": [0, 0], "heldout_heldout": [0, 0], "train_heldout": [0, 0]}
+    for prompt, responses in zip(prompts, responses_per_prompt):
+        labs = rng.sample(panel.training_labelers, per_prompt_train) + rng.sample(
+            panel.heldout_labelers, per_prompt_heldout
+        )
+        prefs = [(lab.heldout, _pair_prefs(lab.rank(prompt, responses, rng))) for lab in labs]
+        for (ha, pa), (hb, pb) in itertools.combinations(prefs, 2):
+            key = "heldout_heldout" if ha and hb else ("train_train" if not (ha or hb) else "train_heldout")
+            for pair, a in pa.items():
+                b = pb[pair]
+                if a and b:
+                    tallies[key][0] += a == b
+                    tallies[key][1] += 1
+    out: dict[str, float] = {}
+    for key, (agree, total) in tallies.items():
+        out[key] = agree / total if total else float("nan")
+        out[f"n_{key}"] = total
+    return out

@@ -1,0 +1,100 @@
+import random
+
+import pytest
+
+from instructgpt.data import FLAGS
+from instructgpt.world import (
+    Panel,
+    agreement,
+    candidate_responses,
+    check,
+    generate_prompts,
+    perturb,
+    solve,
+)
+
+
+@pytest.fixture(scope="module")
+def panel():
+    return Panel(seed=0)
+
+
+@pytest.fixture(scope="module")
+def prompts(world):
+    return generate_prompts(world, 400, seed=11)
+
+
+def test_panel_is_deterministic_and_held_out_labelers_differ(panel):
+    again, other = Panel(seed=0), Panel(seed=1)
+    assert [vars(x) for x in again.labelers] == [vars(x) for x in panel.labelers]
+    assert [vars(x) for x in other.labelers] != [vars(x) for x in panel.labelers]
+    assert len(panel.training_labelers) == 40 and len(panel.heldout_labelers) == 10
+    train_ids = {x.id for x in panel.training_labelers}
+    assert train_ids.isdisjoint(x.id for x in panel.heldout_labelers)
+    assert all(x.heldout for x in panel.heldout_labelers) and not any(
+        x.heldout for x in panel.training_labelers
+    )
+    mean = lambda labs, a: sum(getattr(x, a) for x in labs) / len(labs)
+    assert mean(panel.heldout_labelers, "w_truth") > mean(panel.training_labelers, "w_truth")
+    assert len({round(x.len_pref, 3) for x in panel.training_labelers}) == 40  # individual styles
+
+
+def test_demonstrations_pass_the_checker(panel, prompts):
+    demos = panel.write_demonstrations(prompts[:150], seed=0)
+    assert demos == panel.write_demonstrations(prompts[:150], seed=0)
+    by_id = {p.id: p for p in prompts}
+    for d in demos:
+        assert d.labeler_id.startswith("T") and d.prompt == by_id[d.prompt_id].text
+        assert check(by_id[d.prompt_id], d.response).passed, d
+
+
+def test_ranking_structure(panel, prompts):
+    rng = random.Random(0)
+    for p in prompts[:60]:
+        k = rng.randint(4, 9)
+        responses = candidate_responses(p, k, rng)
+        r = panel.rank(p, responses, rng)
+        assert r.k == k and sorted(i for g in r.ranking for i in g) == list(range(k))
+        assert len(r.likert) == k and all(1 <= x <= 7 for x in r.likert)
+        assert len(r.flags) == k and all(f in FLAGS for fs in r.flags for f in fs)
+        assert r.prompt == p.text and r.prompt_id == p.id and r.labeler_id.startswith("T")
+    with pytest.raises(ValueError):
+        panel.rank(prompts[0], ["only one"], rng)
+
+
+def test_rankings_are_deterministic_per_rng(panel, prompts):
+    p = prompts[0]
+    responses = candidate_responses(p, 6, random.Random(1))
+    a = panel.rank(p, responses, random.Random(2))
+    b = panel.rank(p, responses, random.Random(2))
+    assert a == b
+
+
+def test_labelers_prefer_correct_constraint_following_answers(panel, prompts):
+    rng = random.Random(0)
+    wins = []
+    flags_ok = 0
+    for p in prompts:
+        good = solve(p, rng)
+        flaw = rng.choice(("wrong_fact", "violate", "question", "hallucinate", "toxic", "falsehood"))
+        bad = perturb(p, good, flaw, rng)
+        if bad is None or check(p, bad).passed:
+            continue
+        lab = rng.choice(panel.training_labelers)
+        wins.append(lab.compare(p, good, bad, rng))
+        ranking = lab.rank(p, [good, bad, good + " Thanks.", bad], rng)
+        flags_ok += bool(ranking.flags[1]) and not ranking.flags[0]
+    assert len(wins) > 200
+    assert sum(wins) / len(wins) > 0.85
+    assert flags_ok / len(wins) > 0.7
+
+
+def test_agreement_is_near_the_papers(panel, prompts):
+    rng = random.Random(3)
+    subset = prompts[:150]
+    responses = [candidate_responses(p, rng.randint(4, 9), rng) for p in subset]
+    a = agreement(panel, subset, responses, seed=0)
+    assert 0.65 <= a["train_train"] <= 0.80, a
+    assert 0.70 <= a["heldout_heldout"] <= 0.85, a
+    assert a["heldout_heldout"] > a["train_train"]
+    assert min(a["n_train_train"], a["n_heldout_heldout"], a["n_train_heldout"]) > 1000
