@@ -1,0 +1,135 @@
+"""Users and invites: creating admins and labelers, invite links, held-out marking."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from .models import ROLES, Invite, User, utcnow
+from .security import (
+    AuthError,
+    check_password_strength,
+    check_username,
+    hash_password,
+    new_token,
+    token_hash,
+)
+from .store import Store
+
+INVITE_TTL = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    id: int
+    username: str
+    role: str
+    held_out: bool
+    active: bool
+
+
+def _info(u: User) -> UserInfo:
+    return UserInfo(u.id, u.username, u.role, u.held_out, u.active)
+
+
+def create_user(store: Store, username: str, password: str, role: str = "labeler",
+                held_out: bool = False, password_hash: str | None = None) -> UserInfo:
+    """A new account; ``AuthError`` if the name is taken or the input is invalid.
+
+    ``password_hash`` (an argon2 hash made earlier) skips hashing, for bulk set-up.
+    """
+    if role not in ROLES:
+        raise AuthError(f"role must be one of {', '.join(ROLES)}")
+    username = check_username(username)
+    pw_hash = password_hash or hash_password(password)
+    try:
+        with store.tx() as s:
+            user = User(username=username, password_hash=pw_hash, role=role, held_out=held_out)
+            s.add(user)
+            s.flush()
+            return _info(user)
+    except IntegrityError:
+        raise AuthError(f"the username {username!r} is taken") from None
+
+
+def set_password(store: Store, username: str, password: str) -> None:
+    pw_hash = hash_password(password)
+    with store.tx() as s:
+        user = s.scalar(select(User).where(User.username == username))
+        if user is None:
+            raise AuthError(f"no user {username!r}")
+        user.password_hash = pw_hash
+
+
+def list_users(store: Store) -> list[UserInfo]:
+    with store.tx(read_only=True) as s:
+        return [_info(u) for u in s.scalars(select(User).order_by(User.role, User.username))]
+
+
+def update_user(store: Store, user_id: int, *, held_out: bool | None = None,
+                active: bool | None = None) -> UserInfo:
+    """Mark a user held-out (labels go to evaluation only) or (de)activate them."""
+    with store.tx() as s:
+        user = s.get(User, user_id)
+        if user is None:
+            raise AuthError("no such user")
+        if held_out is not None:
+            user.held_out = held_out
+        if active is not None:
+            if not active and user.role == "admin" and _active_admins(s) <= 1:
+                raise AuthError("the last active admin cannot be deactivated")
+            user.active = active
+        return _info(user)
+
+
+def _active_admins(s) -> int:
+    return s.scalar(select(func.count()).select_from(User).where(User.role == "admin", User.active))
+
+
+def create_invite(store: Store, created_by: int | None = None, role: str = "labeler",
+                  held_out: bool = False, ttl: timedelta = INVITE_TTL) -> str:
+    """A one-time invite token (only its hash is stored); put it in ``/invite/<token>``."""
+    if role not in ROLES:
+        raise AuthError(f"role must be one of {', '.join(ROLES)}")
+    token = new_token()
+    now = utcnow()
+    with store.tx() as s:
+        s.add(Invite(token_hash=token_hash(token), role=role, held_out=held_out,
+                     created_by=created_by, created_at=now, expires_at=now + ttl))
+    return token
+
+
+def invite_is_open(store: Store, token: str) -> bool:
+    with store.tx() as s:
+        return _open_invite(s, token) is not None
+
+
+def _open_invite(s, token: str) -> Invite | None:
+    if not token or len(token) > 128:
+        return None
+    inv = s.scalar(select(Invite).where(Invite.token_hash == token_hash(token)).with_for_update())
+    if inv is None or inv.used_at is not None or inv.expires_at < utcnow():
+        return None
+    return inv
+
+
+def accept_invite(store: Store, token: str, username: str, password: str) -> UserInfo:
+    """Create the invited account; the token cannot be used again."""
+    username = check_username(username)
+    check_password_strength(password)
+    pw_hash = hash_password(password)
+    try:
+        with store.tx() as s:
+            inv = _open_invite(s, token)
+            if inv is None:
+                raise AuthError("this invite link is invalid, used or expired")
+            user = User(username=username, password_hash=pw_hash, role=inv.role, held_out=inv.held_out)
+            s.add(user)
+            s.flush()
+            inv.used_at, inv.user_id = utcnow(), user.id
+            return _info(user)
+    except IntegrityError:
+        raise AuthError(f"the username {username!r} is taken") from None

@@ -1,0 +1,86 @@
+"""JSON API for scripts and load tests: the same operations as the pages.
+
+State-changing calls need the ``X-CSRF-Token`` header (from ``GET /api/me``).
+Rankings, Likert scores and flags are by DISPLAY position, as the responses
+are listed by ``GET /api/assignments/{id}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from .labels import Submission, new_request_id, submit_label
+from .security import Viewer
+from .tasks import Invalid, claim_tasks, list_assignments, open_assignment
+from .web import current_viewer, json_csrf, store_of
+
+router = APIRouter(prefix="/api")
+
+
+def _list(value: Any, name: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise Invalid(f"{name}: expected an array")
+    return value
+
+
+def submission_from_json(body: Any) -> Submission:
+    """A ``Submission`` from ``{"request_id", "kind", ...}``; types are checked here."""
+    if not isinstance(body, dict):
+        raise Invalid("expected a JSON object")
+    kind = body.get("kind")
+    if kind not in ("demonstration", "rank", "skip"):
+        raise Invalid("kind: expected demonstration, rank or skip")
+    text_fields = {}
+    for name in ("request_id", "response", "comment", "skip_reason"):
+        value = body.get(name)
+        if value is not None and not isinstance(value, str):
+            raise Invalid(f"{name}: expected a string")
+        text_fields[name] = value
+    ranking = [_list(g, "ranking group") for g in _list(body.get("ranking"), "ranking")]
+    flags = [[str(f) for f in _list(g, "flags entry")] for g in _list(body.get("flags"), "flags")]
+    return Submission(kind, text_fields["request_id"] or "", response=text_fields["response"],
+                      ranking=ranking, likert=_list(body.get("likert"), "likert"), flags=flags,
+                      comment=text_fields["comment"], skip_reason=text_fields["skip_reason"])
+
+
+@router.get("/me")
+def me(viewer: Viewer = Depends(current_viewer)):
+    return {"username": viewer.username, "role": viewer.role, "held_out": viewer.held_out,
+            "csrf_token": viewer.csrf_token}
+
+
+@router.get("/assignments")
+def assignments(request: Request, viewer: Viewer = Depends(current_viewer)):
+    return [{"id": r.id, "task_id": r.task_id, "kind": r.kind, "status": r.status}
+            for r in list_assignments(store_of(request), viewer.user_id)]
+
+
+@router.post("/claim")
+def claim(request: Request, body=Depends(json_csrf), viewer: Viewer = Depends(current_viewer)):
+    n = body.get("n", request.app.state.cfg.claim_batch) if isinstance(body, dict) else None
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 100:
+        raise Invalid("n: expected an integer from 1 to 100")
+    return {"assignment_ids": claim_tasks(store_of(request), viewer.user_id, n)}
+
+
+@router.get("/assignments/{assignment_id}")
+def assignment(request: Request, assignment_id: int, viewer: Viewer = Depends(current_viewer)):
+    v = open_assignment(store_of(request), viewer.user_id, assignment_id)
+    label = dict(v.label, created_at=v.label["created_at"].isoformat() + "Z") if v.label else None
+    return {"id": v.assignment_id, "task_id": v.task_id, "kind": v.kind, "status": v.status,
+            "prompt": v.prompt, "prompt_id": v.prompt_id, "responses": v.responses,
+            "request_id": new_request_id(), "label": label}
+
+
+@router.post("/assignments/{assignment_id}/label")
+def label(request: Request, assignment_id: int, body=Depends(json_csrf),
+          viewer: Viewer = Depends(current_viewer)):
+    saved = submit_label(store_of(request), viewer.user_id, assignment_id, submission_from_json(body))
+    return JSONResponse({"label_id": saved.label_id, "assignment_id": saved.assignment_id,
+                         "duplicate": saved.duplicate, "saved": True},
+                        status_code=200 if saved.duplicate else 201)

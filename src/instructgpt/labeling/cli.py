@@ -1,0 +1,271 @@
+"""``instructgpt label ...``: serve, migrate, create-admin, create-user, invite, import, export.
+
+``register(subparsers)`` adds the ``label`` command to an argparse subparsers
+object; each sub-subcommand sets ``handler(args) -> int`` on the namespace.
+``python -m instructgpt.labeling ARGS`` runs ``instructgpt label ARGS``.
+
+Passwords are never taken from the command line: they come from an
+environment variable (``--password-env``, default ``INSTRUCTGPT_LABEL_PASSWORD``),
+from standard input when it is not a terminal, or from an interactive prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import importlib.util
+import ipaddress
+import json
+import os
+import sys
+
+REQUIRED = ("fastapi", "uvicorn", "sqlalchemy", "alembic", "argon2", "jinja2", "multipart")
+PASSWORD_ENV = "INSTRUCTGPT_LABEL_PASSWORD"
+DESCRIPTION = """\
+The labeling web app: people write demonstrations and rank K sampled responses.
+
+  instructgpt label create-admin --db labels.db --username root
+  instructgpt label import --db labels.db --kind rank samples.jsonl
+  instructgpt label serve --db labels.db          # http://127.0.0.1:8000
+  instructgpt label export --db labels.db --out labels/
+
+Passwords come from $INSTRUCTGPT_LABEL_PASSWORD (or --password-env VAR), from
+piped stdin, or from a prompt; never from the command line. See docs/labeling.md.
+"""
+
+
+def _check_extra() -> None:
+    missing = [m for m in REQUIRED if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"instructgpt label needs: pip install 'instructgpt[label]' (missing {', '.join(missing)})")
+
+
+def _db_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=None,
+                   help="SQLAlchemy URL (sqlite:///file.db, postgresql://user@host/db) or a SQLite file "
+                        "path; default $INSTRUCTGPT_LABEL_DB, else ./labeling.db")
+
+
+def _password_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--password-env", default=PASSWORD_ENV, metavar="VAR",
+                   help=f"environment variable holding the password (default {PASSWORD_ENV}); "
+                        "otherwise read from stdin if piped, else prompted for")
+
+
+def read_password(args: argparse.Namespace) -> str:
+    """The password from the environment, piped stdin, or an interactive prompt (twice)."""
+    value = os.environ.get(args.password_env)
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Password again: "):
+        raise SystemExit("the two passwords differ")
+    return first
+
+
+# ---------------------------------------------------------------- handlers
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .settings import LabelConfig
+
+    cfg = LabelConfig(db=args.db or "", host=args.host, port=args.port, secure_cookies=not args.insecure_cookies,
+                      migrate=not args.no_migrate, claim_batch=args.claim_batch, behind_proxy=args.behind_proxy)
+    cfg.validate()
+    if not _is_loopback(cfg.host):
+        print(f"warning: listening on {cfg.host}, not loopback; put a TLS proxy in front", file=sys.stderr)
+    if not cfg.secure_cookies:
+        print("warning: --insecure-cookies: session cookies are sent over plain http", file=sys.stderr)
+    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, workers=1, log_level=args.log_level,
+                proxy_headers=cfg.behind_proxy, server_header=False, date_header=False)
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .store import Store, current_revision, upgrade
+
+    store = Store(args.db)
+    try:
+        upgrade(store.engine, args.revision)
+        print(f"{store.engine.url.render_as_string(hide_password=True)}: at revision {current_revision(store.engine)}")
+    finally:
+        store.dispose()
+    return 0
+
+
+def _create(args: argparse.Namespace, role: str) -> int:
+    from . import accounts
+    from .security import AuthError
+    from .store import open_store
+
+    store = open_store(args.db)
+    try:
+        password = read_password(args)
+        try:
+            if getattr(args, "reset_password", False) and args.username in {u.username for u in accounts.list_users(store)}:
+                accounts.set_password(store, args.username, password)
+                print(f"password of {args.username} changed")
+                return 0
+            user = accounts.create_user(store, args.username, password, role=role,
+                                        held_out=getattr(args, "held_out", False))
+        except AuthError as e:
+            print(f"instructgpt label: error: {e}", file=sys.stderr)
+            return 2
+        print(f"created {user.role} {user.username}" + (" (held-out)" if user.held_out else ""))
+        return 0
+    finally:
+        store.dispose()
+
+
+def cmd_create_admin(args: argparse.Namespace) -> int:
+    return _create(args, "admin")
+
+
+def cmd_create_user(args: argparse.Namespace) -> int:
+    return _create(args, "labeler")
+
+
+def cmd_invite(args: argparse.Namespace) -> int:
+    from . import accounts
+    from .store import open_store
+
+    store = open_store(args.db)
+    try:
+        links = []
+        for _ in range(args.count):
+            token = accounts.create_invite(store, role=args.role, held_out=args.held_out)
+            links.append(f"{args.base_url.rstrip('/')}/invite/{token}")
+    finally:
+        store.dispose()
+    print("\n".join(links))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from instructgpt import config as config_mod
+    from instructgpt.data import DataError
+
+    from .store import open_store
+    from .tasks import import_file
+
+    kwargs = {"overlap_fraction": args.overlap_fraction, "overlap_k": args.overlap_k}
+    store = open_store(args.db)
+    try:
+        if args.kind == "prompts":
+            from instructgpt.curate import CurateConfig
+
+            kwargs["curate_cfg"] = config_mod.load(CurateConfig, args.curate_config, args.curate or [],
+                                                   section="curate")
+            kwargs["splits"] = tuple(args.splits.split(","))
+        result = import_file(store, args.kind, args.file, **kwargs)
+    except (DataError, config_mod.ConfigError, ValueError) as e:
+        print(f"instructgpt label import: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        store.dispose()
+    print(result.describe())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_dir
+    from .store import open_store
+
+    store = open_store(args.db)
+    try:
+        manifest = export_dir(store, args.out)
+    finally:
+        store.dispose()
+    print(json.dumps(manifest["counts"], indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``label`` and its sub-subcommands to ``subparsers``; returns the ``label`` parser."""
+    _check_extra()
+    label = subparsers.add_parser("label", help="Labeling web app: demonstrations and rankings by people.",
+                                  description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    label.set_defaults(handler=lambda args: (label.print_help(), 2)[1])
+    sub = label.add_subparsers(dest="label_command", metavar="SUBCOMMAND")
+
+    p = sub.add_parser("serve", help="run the web app (uvicorn, 127.0.0.1:8000 by default)")
+    _db_arg(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--insecure-cookies", action="store_true",
+                   help="drop the Secure cookie flag, for scripts (httpx, requests) on plain http; "
+                        "browsers already accept Secure cookies from http://localhost and 127.0.0.1")
+    p.add_argument("--no-migrate", action="store_true", help="do not upgrade the schema on start")
+    p.add_argument("--claim-batch", type=int, default=10, help="tasks per 'Get tasks' click")
+    p.add_argument("--behind-proxy", action="store_true", help="trust X-Forwarded-* from a proxy on loopback")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("migrate", help="upgrade the database schema (Alembic)")
+    _db_arg(p)
+    p.add_argument("--revision", default="head")
+    p.set_defaults(handler=cmd_migrate)
+
+    p = sub.add_parser("create-admin", help="create an admin account (or --reset-password)")
+    _db_arg(p)
+    p.add_argument("--username", required=True)
+    p.add_argument("--reset-password", action="store_true", help="change the password of an existing user")
+    _password_args(p)
+    p.set_defaults(handler=cmd_create_admin)
+
+    p = sub.add_parser("create-user", help="create a labeler account directly (instead of an invite)")
+    _db_arg(p)
+    p.add_argument("--username", required=True)
+    p.add_argument("--held-out", action="store_true", help="labels go to the evaluation export only")
+    _password_args(p)
+    p.set_defaults(handler=cmd_create_user)
+
+    p = sub.add_parser("invite", help="print one-time invite links for new labelers")
+    _db_arg(p)
+    p.add_argument("--role", choices=("labeler", "admin"), default="labeler")
+    p.add_argument("--held-out", action="store_true", help="the invited labeler is held out (evaluation only)")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--base-url", default="http://127.0.0.1:8000")
+    p.set_defaults(handler=cmd_invite)
+
+    p = sub.add_parser("import", help="create tasks from JSONL (prompts are curated first)")
+    _db_arg(p)
+    p.add_argument("--kind", choices=("prompts", "rank"), required=True,
+                   help="prompts: demonstration tasks; rank: ranking tasks from `instructgpt sample`")
+    p.add_argument("file")
+    p.add_argument("--overlap-fraction", type=float, default=0.1,
+                   help="share of tasks given to several labelers (default 0.1)")
+    p.add_argument("--overlap-k", type=int, default=2, help="labelers per overlapping task (default 2)")
+    p.add_argument("--splits", default="train,valid,test", help="prompts: which curated splits become tasks")
+    p.add_argument("--curate-config", help="prompts: TOML/YAML file of curate options")
+    p.add_argument("--curate", nargs="*", metavar="key=value", help="prompts: curate option overrides")
+    p.set_defaults(handler=cmd_import)
+
+    p = sub.add_parser("export", help="write demonstrations.jsonl, rankings.jsonl and the evaluation export")
+    _db_arg(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(handler=cmd_export)
+    return label
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``instructgpt label`` on its own (``python -m instructgpt.labeling``)."""
+    parser = argparse.ArgumentParser(prog="instructgpt")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["label", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.handler(args) or 0)

@@ -1,0 +1,117 @@
+"""Admin pages: overview (progress, agreement, throughput), people, import, export."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from sqlalchemy import func, select
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from instructgpt.data import DataError
+
+from . import accounts
+from .export import export_zip
+from .models import Assignment, Label, Task, User
+from .quality import agreement, throughput
+from .security import AuthError, Viewer
+from .tasks import Invalid, import_bytes
+from .web import admin_viewer, form_csrf, redirect, render, store_of
+
+router = APIRouter(prefix="/admin")
+
+
+def _overview(store) -> dict:
+    """Counts of tasks, open slots, assignments by status, and recent skips."""
+    with store.tx(read_only=True) as s:
+        tasks = dict(s.execute(select(Task.kind, func.count()).group_by(Task.kind)).all())
+        open_slots = dict(s.execute(select(Task.kind, func.sum(Task.slots_left)).group_by(Task.kind)).all())
+        states = dict(s.execute(select(Assignment.status, func.count()).group_by(Assignment.status)).all())
+        skips = s.execute(
+            select(User.username, Task.prompt_id, Label.skip_reason, Label.created_at)
+            .join(Assignment, Assignment.id == Label.assignment_id)
+            .join(User, User.id == Assignment.user_id).join(Task, Task.id == Assignment.task_id)
+            .where(Label.kind == "skip").order_by(Label.id.desc()).limit(20)
+        ).all()
+    return {"tasks": tasks, "open_slots": open_slots, "states": states, "skips": skips}
+
+
+def _page(request: Request, viewer: Viewer, status: int = 200, **extra) -> Response:
+    store = store_of(request)
+    return render(request, "admin.html", status=status, csrf_token=viewer.csrf_token,
+                  overview=_overview(store), agreement=agreement(store), throughput={t.username: t for t in throughput(store)},
+                  users=accounts.list_users(store), message=extra.pop("message", None),
+                  error=extra.pop("error", None), invite_link=extra.pop("invite_link", None))
+
+
+@router.get("")
+def admin_home(request: Request, viewer: Viewer = Depends(admin_viewer)):
+    return _page(request, viewer)
+
+
+@router.post("/invites")
+def create_invite(request: Request, form=Depends(form_csrf), viewer: Viewer = Depends(admin_viewer)):
+    role = "admin" if form.get("role") == "admin" else "labeler"
+    token = accounts.create_invite(store_of(request), created_by=viewer.user_id, role=role,
+                                   held_out=form.get("held_out") == "on")
+    link = str(request.base_url).rstrip("/") + f"/invite/{token}"
+    return _page(request, viewer, invite_link=link, message="Invite created. The link is shown only once.")
+
+
+@router.post("/users")
+def create_user(request: Request, form=Depends(form_csrf), viewer: Viewer = Depends(admin_viewer)):
+    try:
+        user = accounts.create_user(store_of(request), str(form.get("username", "")),
+                                    str(form.get("password", "")), role="labeler",
+                                    held_out=form.get("held_out") == "on")
+    except AuthError as e:
+        return _page(request, viewer, status=400, error=str(e))
+    return _page(request, viewer, message=f"Created labeler {user.username}.")
+
+
+@router.post("/users/{user_id}")
+def update_user(request: Request, user_id: int, form=Depends(form_csrf),
+                viewer: Viewer = Depends(admin_viewer)):
+    action = form.get("action")
+    changes = {"held_out_on": {"held_out": True}, "held_out_off": {"held_out": False},
+               "activate": {"active": True}, "deactivate": {"active": False}}.get(str(action))
+    if changes is None:
+        raise Invalid("unknown action")
+    try:
+        accounts.update_user(store_of(request), user_id, **changes)
+    except AuthError as e:
+        return _page(request, viewer, status=400, error=str(e))
+    return redirect("/admin")
+
+
+def _float(form, name: str, default: float) -> float:
+    try:
+        return float(form.get(name) or default)
+    except ValueError:
+        raise Invalid(f"{name}: expected a number") from None
+
+
+@router.post("/import")
+async def import_tasks(request: Request, form=Depends(form_csrf), viewer: Viewer = Depends(admin_viewer)):
+    upload = form.get("file")
+    kind = str(form.get("kind", ""))
+    if not isinstance(upload, UploadFile) or kind not in ("prompts", "rank"):
+        raise Invalid("choose a kind and a JSONL file")
+    limit = request.app.state.cfg.max_upload_mb * 1024 * 1024
+    content = await upload.read(limit + 1)
+    if len(content) > limit:
+        raise Invalid(f"file larger than {request.app.state.cfg.max_upload_mb} MiB")
+    kwargs = {"overlap_fraction": _float(form, "overlap_fraction", 0.0),
+              "overlap_k": int(_float(form, "overlap_k", 2))}
+    try:
+        result = await run_in_threadpool(import_bytes, store_of(request), kind, content,
+                                         upload.filename or "upload.jsonl", **kwargs)
+    except (DataError, ValueError) as e:
+        return await run_in_threadpool(_page, request, viewer, 400, error=f"Import failed: {e}")
+    return await run_in_threadpool(_page, request, viewer, message=result.describe())
+
+
+@router.get("/export.zip")
+def download_export(request: Request, viewer: Viewer = Depends(admin_viewer)):
+    return Response(export_zip(store_of(request)), media_type="application/zip",
+                    headers={"Content-Disposition": 'attachment; filename="labels-export.zip"'})

@@ -1,0 +1,132 @@
+"""Log in, log out, accept an invite.
+
+Before login there is no session, so these forms carry a signed double-submit
+token (``security.prelogin_token``) tied to a random pre-login cookie.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from . import accounts
+from .models import User
+from .security import (
+    PRELOGIN_COOKIE,
+    SESSION_COOKIE,
+    SESSION_TTL,
+    AuthError,
+    authenticate,
+    check_prelogin,
+    end_session,
+    new_token,
+    prelogin_token,
+    start_session,
+)
+from .web import client_ip, form_csrf, redirect, render, store_of
+
+router = APIRouter()
+
+
+def _cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite="strict",
+                        secure=request.app.state.cfg.secure_cookies)
+
+
+def _prelogin_page(request: Request, template: str, status: int = 200, **context) -> Response:
+    """Render a pre-login form with its CSRF token (setting the cookie if needed)."""
+    cookie = request.cookies.get(PRELOGIN_COOKIE)
+    fresh = not cookie or len(cookie) > 128
+    if fresh:
+        cookie = new_token()
+    token = prelogin_token(request.app.state.secret, cookie)
+    response = render(request, template, status=status, csrf_token=token, viewer=None, **context)
+    if fresh:
+        _cookie(request, response, PRELOGIN_COOKIE, cookie, max_age=3600)
+    return response
+
+
+async def _prelogin_form(request: Request):
+    """The posted pre-login form, after the double-submit CSRF check (else 403)."""
+    form = await request.form()
+    if not check_prelogin(request.app.state.secret, request.cookies.get(PRELOGIN_COOKIE),
+                          form.get("csrf_token")):
+        return None
+    return form
+
+
+def _logged_in(request: Request, user_id: int, role: str) -> Response:
+    with store_of(request).tx() as s:
+        token = start_session(s, s.get(User, user_id))
+    response = redirect("/admin" if role == "admin" else "/")
+    _cookie(request, response, SESSION_COOKIE, token, max_age=int(SESSION_TTL.total_seconds()))
+    response.delete_cookie(PRELOGIN_COOKIE, path="/")
+    return response
+
+
+@router.get("/login")
+def login_page(request: Request):
+    return _prelogin_page(request, "login.html", error=None, username="")
+
+
+@router.post("/login")
+async def login(request: Request):
+    form = await _prelogin_form(request)
+    if form is None:
+        return render(request, "error.html", status=403, viewer=None,
+                      message="The form expired (missing or wrong CSRF token). Reload the page and try again.")
+    username, password = str(form.get("username", ""))[:200], str(form.get("password", ""))[:1000]
+    keys = (f"user:{username.strip().lower()}", f"ip:{client_ip(request)}")
+    limiter = request.app.state.limiter
+    if limiter.blocked(*keys):
+        response = _prelogin_page(request, "login.html", status=429, username=username,
+                                  error="Too many failed logins. Wait a minute and try again.")
+        response.headers["Retry-After"] = str(int(limiter.window))
+        return response
+    user = await run_in_threadpool(_check_login, request, username, password)
+    if user is None:
+        limiter.fail(*keys)
+        return _prelogin_page(request, "login.html", status=401, username=username,
+                              error="Wrong username or password.")
+    limiter.reset(keys[0])
+    return _logged_in(request, user.id, user.role)
+
+
+def _check_login(request: Request, username: str, password: str):
+    with store_of(request).tx(read_only=True) as s:
+        return authenticate(s, username, password)
+
+
+@router.post("/logout")
+def logout(request: Request, form=Depends(form_csrf)):
+    with store_of(request).tx() as s:
+        end_session(s, request.cookies.get(SESSION_COOKIE))
+    response = redirect("/login")
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@router.get("/invite/{token}")
+def invite_page(request: Request, token: str):
+    if not accounts.invite_is_open(store_of(request), token):
+        return render(request, "error.html", status=404, viewer=None,
+                      message="This invite link is invalid, already used or expired.")
+    return _prelogin_page(request, "invite.html", token=token, error=None, username="")
+
+
+@router.post("/invite/{token}")
+async def accept_invite(request: Request, token: str):
+    form = await _prelogin_form(request)
+    if form is None:
+        return render(request, "error.html", status=403, viewer=None,
+                      message="The form expired (missing or wrong CSRF token). Reload the page and try again.")
+    username, password = str(form.get("username", "")), str(form.get("password", ""))
+    if password != form.get("password2"):
+        return _prelogin_page(request, "invite.html", status=400, token=token, username=username,
+                              error="The two passwords differ.")
+    try:
+        user = await run_in_threadpool(accounts.accept_invite, store_of(request), token, username, password)
+    except AuthError as e:
+        return _prelogin_page(request, "invite.html", status=400, token=token, username=username, error=str(e))
+    return _logged_in(request, user.id, user.role)

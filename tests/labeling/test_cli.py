@@ -1,0 +1,73 @@
+"""The ``instructgpt label`` command line, and Alembic from the installed package."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from instructgpt import data
+from instructgpt.labeling import ALEMBIC_INI
+from instructgpt.labeling.accounts import list_users
+from instructgpt.labeling.cli import main, register
+from instructgpt.labeling.store import Store, current_revision
+
+from .helpers import write_prompts, write_rank_tasks
+
+
+def test_register_adds_label_with_all_subcommands():
+    parser = argparse.ArgumentParser(prog="instructgpt")
+    register(parser.add_subparsers(dest="command"))
+    for sub in ("serve", "create-admin", "invite", "import", "export", "migrate"):
+        args = parser.parse_args(["label", sub, *{"create-admin": ["--username", "x"], "import": ["--kind", "rank", "f"],
+                                                 "export": ["--out", "o"]}.get(sub, [])])
+        assert callable(args.handler), sub
+    assert parser.parse_args(["label", "serve"]).host == "127.0.0.1"
+
+
+def test_migrate_create_admin_invite_import_export(tmp_path, monkeypatch, capsys):
+    db = str(tmp_path / "cli.db")
+    assert main(["migrate", "--db", db]) == 0
+    assert current_revision(Store(db).engine) == "0001"
+    monkeypatch.setenv("INSTRUCTGPT_LABEL_PASSWORD", "a strong password")
+    assert main(["create-admin", "--db", db, "--username", "root"]) == 0
+    monkeypatch.delenv("INSTRUCTGPT_LABEL_PASSWORD")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("another password\n"))
+    assert main(["create-user", "--db", db, "--username", "ann", "--held-out"]) == 0
+    monkeypatch.setattr(sys, "stdin", io.StringIO("short\n"))
+    assert main(["create-user", "--db", db, "--username", "bob"]) == 2  # too short
+    users = {u.username: u for u in list_users(Store(db))}
+    assert users["root"].role == "admin" and users["ann"].held_out and "bob" not in users
+    capsys.readouterr()
+    assert main(["invite", "--db", db, "--count", "2", "--base-url", "http://127.0.0.1:9000"]) == 0
+    links = capsys.readouterr().out.split()
+    assert len(links) == 2 and all(link.startswith("http://127.0.0.1:9000/invite/") for link in links)
+    assert main(["import", "--db", db, "--kind", "rank", str(write_rank_tasks(tmp_path / "r.jsonl", 10)),
+                 "--overlap-fraction", "0.3", "--overlap-k", "3"]) == 0
+    assert "added 10 tasks (3 with overlap)" in capsys.readouterr().out
+    prompts = write_prompts(tmp_path / "p.jsonl", [{"id": str(i), "text": f"Prompt number {i} " * 5, "user_id": "u"}
+                                                   for i in range(5)])
+    assert main(["import", "--db", db, "--kind", "prompts", str(prompts), "--curate", "max_per_user=3"]) == 0
+    assert "added 3 tasks" in capsys.readouterr().out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x", "responses": ["a"]}\n')
+    assert main(["import", "--db", db, "--kind", "rank", str(bad)]) == 2
+    assert "bad.jsonl:1: responses" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert main(["export", "--db", db, "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["rankings.jsonl"] == 0
+    assert data.load_rankings(out / "rankings.jsonl") == []
+    assert json.loads((out / "manifest.json").read_text())["format_version"] == 1
+
+
+def test_alembic_upgrade_with_the_shipped_ini(tmp_path):
+    pytest.importorskip("alembic")
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    cmd = [sys.executable, "-m", "alembic", "-c", ALEMBIC_INI, "-x", f"db={db}", "upgrade", "head"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert current_revision(Store(db).engine) == "0001"

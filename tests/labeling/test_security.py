@@ -1,0 +1,206 @@
+"""Security: ownership, admin-only routes, escaping, CSRF, SQL metacharacters, rate limits, cookies."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from markupsafe import escape
+from sqlalchemy import select
+
+from instructgpt.labeling.models import Label, Task
+from instructgpt.labeling.store import open_store
+from instructgpt.labeling.tasks import claim_tasks, import_file
+
+from .helpers import (
+    NASTY,
+    PASSWORD,
+    add_user,
+    csrf,
+    form_value,
+    login,
+    write_rank_tasks,
+)
+
+XSS_PROMPT = "Summarise: <script>alert(1)</script> and \"'><img src=x onerror=alert(1)>"
+
+
+@pytest.fixture
+def site(sqlite_url, tmp_path, make_app):
+    """An app with an admin, two labelers (one assignment each) and an anonymous client."""
+    store = open_store(sqlite_url)
+    admin = add_user(store, "root", role="admin")
+    ann, bob = add_user(store, "ann"), add_user(store, "bob")
+    tasks = tmp_path / "t.jsonl"
+    write_rank_tasks(tasks, 2, prompt=XSS_PROMPT)
+    import_file(store, "rank", tasks)
+    (a_ann,) = claim_tasks(store, ann.id, 1)
+    (a_bob,) = claim_tasks(store, bob.id, 1)
+    clients = {}
+    for name in ("root", "ann", "bob"):
+        clients[name] = make_app(sqlite_url)
+        assert login(clients[name], name).status_code == 303
+    clients["anon"] = make_app(sqlite_url)
+    yield {"store": store, "c": clients, "a_ann": a_ann, "a_bob": a_bob, "admin": admin, "ann": ann}
+    store.dispose()
+
+
+def rank_form(client, assignment_id: int, **extra) -> dict:
+    page = client.get(f"/a/{assignment_id}")
+    assert page.status_code == 200
+    data = {"csrf_token": form_value(page.text, "csrf_token"), "request_id": form_value(page.text, "request_id"),
+            "kind": "rank", "k": "4", "comment": ""}
+    for p in range(4):
+        data[f"rank_{p}"], data[f"likert_{p}"] = str(p + 1), "4"
+    data.update(extra)
+    return data
+
+
+def test_labeler_cannot_read_or_submit_anothers_assignment(site):
+    ann = site["c"]["ann"]
+    theirs = site["a_bob"]
+    assert ann.get(f"/a/{theirs}").status_code == 403
+    assert ann.get(f"/a/{theirs}/saved").status_code == 403
+    assert ann.get(f"/api/assignments/{theirs}").status_code == 403
+    form = rank_form(ann, site["a_ann"])
+    assert ann.post(f"/a/{theirs}", data=form).status_code == 403
+    assert ann.post(f"/a/{theirs}/skip", data={**form, "reason": "Other"}).status_code == 403
+    r = ann.post(f"/api/assignments/{theirs}/label", headers={"X-CSRF-Token": csrf(ann)},
+                 json={"kind": "skip", "request_id": form["request_id"], "skip_reason": "x"})
+    assert r.status_code == 403
+    assert [a["id"] for a in ann.get("/api/assignments").json()] == [site["a_ann"]]
+    assert f"/a/{theirs}" not in ann.get("/").text
+    with site["store"].tx() as s:
+        assert s.scalar(select(Label)) is None
+
+
+def test_admin_routes_need_the_admin_role(site):
+    ann, root, anon = site["c"]["ann"], site["c"]["root"], site["c"]["anon"]
+    token = csrf(ann)
+    for method, path in [("get", "/admin"), ("get", "/admin/export.zip"), ("post", "/admin/invites"),
+                         ("post", "/admin/users"), ("post", f"/admin/users/{site['ann'].id}"),
+                         ("post", "/admin/import")]:
+        kw = {"data": {"csrf_token": token, "action": "held_out_on", "username": "evil", "password": "x" * 10}} \
+            if method == "post" else {}
+        assert getattr(ann, method)(path, **kw).status_code == 403, path
+        anon_r = getattr(anon, method)(path, **({"data": {}} if method == "post" else {}), follow_redirects=False)
+        assert anon_r.status_code == 303 and anon_r.headers["location"] == "/login", path
+    assert root.get("/admin").status_code == 200
+    assert root.get("/admin/export.zip").headers["content-type"] == "application/zip"
+    assert anon.get("/api/me").status_code == 401
+
+
+def test_untrusted_text_renders_inert(site):
+    ann = site["c"]["ann"]
+    page = ann.get(f"/a/{site['a_ann']}").text
+    assert "<script>alert(1)" not in page and "<img src=x" not in page
+    assert str(escape(XSS_PROMPT)) in page
+    # the only scripts are our own file; no inline script or handler attribute exists
+    assert re.findall(r"<script[^>]*>", page) == ['<script src="/static/app.js" defer>']
+    assert "onerror=" not in page.replace("onerror=alert(1)&gt;", "")
+    csp = ann.get("/").headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp and "unsafe-inline" not in csp
+    # the admin page shows labels' free text (skip reasons): escaped too
+    form = rank_form(ann, site["a_ann"])
+    ann.post(f"/a/{site['a_ann']}/skip", data={**form, "reason": "Other", "details": XSS_PROMPT})
+    admin_page = site["c"]["root"].get("/admin").text
+    assert "<script>alert(1)" not in admin_page and str(escape(XSS_PROMPT)) in admin_page
+
+
+def test_every_post_route_refuses_a_missing_or_wrong_csrf_token(site):
+    root = site["c"]["root"]
+    from instructgpt.labeling.app import ROUTERS
+
+    posts = sorted({r.path for router in ROUTERS for r in router.routes if "POST" in r.methods})
+    assert len(posts) >= 10
+    for path in posts:
+        url = path.replace("{assignment_id}", str(site["a_ann"])).replace("{user_id}", str(site["ann"].id)) \
+                  .replace("{token}", "x")
+        for bad in ({}, {"csrf_token": "wrong"}):
+            r = root.post(url, data={"username": "x", "password": "y", **bad}, follow_redirects=False)
+            assert r.status_code == 403, (url, bad, r.status_code)
+        if url.startswith("/api/"):
+            r = root.post(url, json={"n": 1}, headers={"X-CSRF-Token": "wrong"})
+            assert r.status_code == 403, url
+    ann = site["c"]["ann"]
+    form = rank_form(ann, site["a_ann"])
+    del form["csrf_token"]
+    assert ann.post(f"/a/{site['a_ann']}", data=form).status_code == 403
+    with site["store"].tx() as s:
+        assert s.scalar(select(Label)) is None
+
+
+def test_sql_metacharacters_in_every_form_field_are_stored_verbatim(site, tmp_path):
+    root, ann = site["c"]["root"], site["c"]["ann"]
+    nasty = "\n".join(NASTY)
+    upload = tmp_path / "nasty.jsonl"
+    write_rank_tasks(upload, 1, prompt=nasty, prefix="'; DROP TABLE tasks; --")
+    r = root.post("/admin/import", data={"csrf_token": csrf(root), "kind": "rank", "overlap_fraction": "0"},
+                  files={"file": ("x'; DROP TABLE labels; --.jsonl", upload.read_bytes(), "application/json")})
+    assert r.status_code == 200 and "added 1 tasks" in r.text
+    ids = ann.post("/api/claim", json={"n": 5}, headers={"X-CSRF-Token": csrf(ann)}).json()["assignment_ids"]
+    (aid,) = ids
+    form = rank_form(ann, aid, comment=nasty, **{"flag_0": "hallucination"})
+    r = ann.post(f"/a/{aid}", data=form, follow_redirects=False)
+    assert r.status_code == 303
+    with site["store"].tx() as s:
+        task = s.scalar(select(Task).where(Task.prompt == nasty))
+        label = s.scalar(select(Label))
+    assert task.prompt_id == "'; DROP TABLE tasks; --0" and task.prompt == nasty
+    assert label.comment == nasty
+    # skip reason (the skip form) and login fields too
+    r = ann.post(f"/a/{site['a_ann']}/skip", data={**rank_form(ann, site["a_ann"]), "reason": NASTY[1],
+                                                   "details": NASTY[2]})
+    with site["store"].tx() as s:
+        assert s.scalar(select(Label.skip_reason).where(Label.kind == "skip")) == f"{NASTY[1]}: {NASTY[2]}"
+    anon = site["c"]["anon"]
+    r = root.post("/admin/users", data={"csrf_token": csrf(root), "username": "carol", "password": NASTY[0]})
+    assert r.status_code == 200 and "Created labeler carol" in r.text
+    assert login(anon, "carol", NASTY[0]).status_code == 303  # the password is hashed verbatim
+    anon.cookies.clear()
+    assert login(anon, "' OR '1'='1", "' OR '1'='1").status_code == 401
+    assert login(anon, "ann", "' OR '1'='1' --").status_code == 401
+
+
+def test_login_rate_limit_per_username_and_per_ip(site):
+    anon = site["c"]["anon"]
+    codes = [login(anon, "ann", "wrong password").status_code for _ in range(6)]
+    assert codes == [401] * 5 + [429]
+    r = login(anon, "ann", PASSWORD)  # even the right password waits out the window
+    assert r.status_code == 429 and r.headers["retry-after"] == "60"
+    # per IP: failures spread over many usernames from one address are limited as well
+    other = site["c"]["bob"]
+    other.app.state.limiter.reset("ip:testclient")
+    codes = [login(anon, f"nobody{i}", "wrong").status_code for i in range(6)]
+    assert codes[-1] == 429
+
+
+def test_session_cookie_flags_and_logout(sqlite_url, make_app):
+    store = open_store(sqlite_url)
+    add_user(store, "ann")
+    store.dispose()
+    client = make_app(sqlite_url, secure_cookies=True)
+    client.base_url = "https://127.0.0.1"
+    r = login(client, "ann")
+    cookie = r.headers["set-cookie"]
+    assert "igpt_session=" in cookie and "HttpOnly" in cookie and "Secure" in cookie and "SameSite=strict" in cookie
+    assert client.get("/api/me").status_code == 200
+    assert client.post("/logout", data={"csrf_token": csrf(client)}).status_code in (200, 303)
+    assert client.get("/api/me").status_code == 401
+
+
+def test_invite_flow(site):
+    root, anon = site["c"]["root"], site["c"]["anon"]
+    page = root.post("/admin/invites", data={"csrf_token": csrf(root), "held_out": "on"})
+    link = re.search(r'<code class="invite-link">([^<]+)</code>', page.text).group(1)
+    path = "/" + link.split("/", 3)[3]
+    form = anon.get(path)
+    assert form.status_code == 200
+    data = {"csrf_token": form_value(form.text, "csrf_token"), "username": "newbie",
+            "password": "a long password", "password2": "a long password"}
+    assert anon.post(path, data={**data, "csrf_token": "forged"}).status_code == 403
+    r = anon.post(path, data=data, follow_redirects=False)
+    assert r.status_code == 303
+    me = anon.get("/api/me").json()
+    assert me["username"] == "newbie" and me["held_out"] is True and me["role"] == "labeler"
+    assert site["c"]["bob"].get(path).status_code == 404  # used up

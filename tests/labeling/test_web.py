@@ -1,0 +1,117 @@
+"""Pages without JavaScript: demonstrations, ranking by rank numbers, skipping, admin actions."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+import zipfile
+
+import pytest
+from sqlalchemy import select
+
+from instructgpt import data
+from instructgpt.labeling.export import export_dir
+from instructgpt.labeling.models import Task
+from instructgpt.labeling.store import open_store
+from instructgpt.labeling.tasks import display_order, import_file
+
+from .helpers import add_user, csrf, form_value, login, write_prompts, write_rank_tasks
+
+
+@pytest.fixture
+def site(sqlite_url, tmp_path, make_app):
+    store = open_store(sqlite_url)
+    add_user(store, "root", role="admin")
+    ann = add_user(store, "ann")
+    import_file(store, "rank", write_rank_tasks(tmp_path / "t.jsonl", 1))
+    write_prompts(tmp_path / "p.jsonl", [{"id": "q1", "text": "Write a haiku about rain.", "user_id": "u1"}])
+    import_file(store, "prompts", tmp_path / "p.jsonl")
+    clients = {name: make_app(sqlite_url) for name in ("root", "ann")}
+    for name, c in clients.items():
+        assert login(c, name).status_code == 303
+    yield store, clients, ann
+    store.dispose()
+
+
+def claim_all(c) -> dict[str, int]:
+    r = c.post("/claim", data={"csrf_token": csrf(c)})
+    assert r.status_code == 303 and r.headers["location"].startswith("/a/")
+    return {a["kind"]: a["id"] for a in c.get("/api/assignments").json()}
+
+
+def test_demonstration_and_no_js_ranking_forms(site, tmp_path):
+    store, clients, ann = site
+    c = clients["ann"]
+    ids = claim_all(c)
+    page = c.get(f"/a/{ids['demonstration']}")
+    assert "Write a haiku about rain." in page.text
+    form = {"csrf_token": form_value(page.text, "csrf_token"), "request_id": form_value(page.text, "request_id"),
+            "kind": "demonstration", "response": "Soft rain on tin roofs"}
+    r = c.post(f"/a/{ids['demonstration']}", data=form)
+    assert r.status_code == 303 and r.headers["location"] == f"/a/{ids['demonstration']}/saved"
+    assert "Saved ✓" in c.get(r.headers["location"]).text
+    assert c.post(f"/a/{ids['demonstration']}", data=form).status_code == 303  # same form again: no duplicate
+    page = c.get(f"/a/{ids['rank']}")
+    assert c.get(f"/a/{ids['rank']}").text.count("Sample") == page.text.count("Sample")
+    rank = {"csrf_token": form_value(page.text, "csrf_token"), "request_id": form_value(page.text, "request_id"),
+            "kind": "rank", "k": "4", "comment": "pos 3 best; 0 and 1 tie",
+            "rank_0": "2", "rank_1": "2", "rank_2": "3", "rank_3": "1",
+            "likert_0": "5", "likert_1": "5", "likert_2": "1", "likert_3": "7", "flag_2": ["sexual", "violent"]}
+    assert c.post(f"/a/{ids['rank']}", data=rank).status_code == 303
+    other = {**rank, "request_id": str(uuid.uuid4())}
+    assert c.post(f"/a/{ids['rank']}", data=other).status_code == 409  # a second, different label
+    out = tmp_path / "export"
+    export_dir(store, out)
+    (demo,) = data.load_demonstrations(out / "demonstrations.jsonl")
+    (ranking,) = data.load_rankings(out / "rankings.jsonl")
+    assert (demo.prompt, demo.response, demo.labeler_id, demo.prompt_id) == \
+        ("Write a haiku about rain.", "Soft rain on tin roofs", "ann", "q1")
+    task_id = c.get(f"/api/assignments/{ids['rank']}").json()["task_id"]
+    order = display_order(ann.id, task_id, 4)
+    assert ranking.ranking == [[order[3]], sorted([order[0], order[1]]), [order[2]]]
+    assert ranking.flags[order[2]] == ["sexual", "violent"] and ranking.likert[order[3]] == 7
+    assert ranking.comment == "pos 3 best; 0 and 1 tie"
+
+
+def test_invalid_ranking_form_is_refused_with_422(site):
+    _, clients, _ = site
+    c = clients["ann"]
+    ids = claim_all(c)
+    page = c.get(f"/a/{ids['rank']}")
+    bad = {"csrf_token": form_value(page.text, "csrf_token"), "request_id": form_value(page.text, "request_id"),
+           "kind": "rank", "k": "4", **{f"rank_{p}": "1" for p in range(4)}, **{f"likert_{p}": "4" for p in range(4)}}
+    r = c.post(f"/a/{ids['rank']}", data=bad)
+    assert r.status_code == 422 and "tied" in r.text
+    assert c.get(f"/a/{ids['rank']}").status_code == 200  # still pending
+
+
+def test_admin_pages_hold_out_import_and_export(site, tmp_path):
+    store, clients, ann = site
+    root, c = clients["root"], clients["ann"]
+    r = root.post(f"/admin/users/{ann.id}", data={"csrf_token": csrf(root), "action": "held_out_on"})
+    assert r.status_code == 303
+    ids = claim_all(c)
+    api = {"X-CSRF-Token": csrf(c)}
+    view = c.get(f"/api/assignments/{ids['rank']}").json()
+    assert c.post(f"/api/assignments/{ids['rank']}/label", headers=api, json={
+        "kind": "rank", "request_id": view["request_id"], "ranking": [[0], [1], [2], [3]],
+        "likert": [7, 6, 5, 4], "flags": [[], [], [], []]}).status_code == 201
+    prompts = b'{"id": "z1", "text": "Call me at +1 415 555 0100 about the plan", "user_id": "u9"}\n'
+    r = root.post("/admin/import", data={"csrf_token": csrf(root), "kind": "prompts", "overlap_fraction": "0"},
+                  files={"file": ("p.jsonl", prompts, "application/json")})
+    assert r.status_code == 200 and "added 1 tasks" in r.text
+    bad = root.post("/admin/import", data={"csrf_token": csrf(root), "kind": "rank"},
+                    files={"file": ("bad.jsonl", b"{not json\n", "application/json")})
+    assert bad.status_code == 400 and "bad.jsonl:1: json" in bad.text
+    page = root.get("/admin")
+    assert page.status_code == 200 and "Inter-labeler agreement" in page.text
+    archive = zipfile.ZipFile(io.BytesIO(root.get("/admin/export.zip").content))
+    files = set(archive.namelist())
+    assert {"demonstrations.jsonl", "rankings.jsonl", "eval/rankings.jsonl", "eval/metadata.jsonl",
+            "manifest.json"} <= files
+    assert archive.read("rankings.jsonl") == b""  # ann is held out: evaluation only
+    (held,) = [json.loads(line) for line in archive.read("eval/rankings.jsonl").decode().splitlines()]
+    assert held["labeler_id"] == "ann"
+    with store.tx() as s:
+        assert "[PHONE]" in s.scalar(select(Task.prompt).where(Task.prompt_id == "z1"))
