@@ -120,14 +120,17 @@ def load_tokenizer(spec: str | os.PathLike) -> PreTrainedTokenizerBase:
 
 # ----------------------------------------------------------------------------- dropout
 
-_DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "hidden_dropout", "hidden_dropout_prob", "dropout")
+_DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout", "hidden_dropout_prob",
+                 "attention_dropout", "attention_probs_dropout_prob", "dropout")
 
 
 def dropout_overrides(config_path: str, gguf_file: str | None, dropout: float | None) -> dict:
-    """Config kwargs that set residual dropout, for the keys this architecture has.
+    """Config kwargs that set every dropout probability this architecture has to ``dropout``.
 
-    GPT-2 style configs have ``resid_pdrop``/``embd_pdrop``; Llama and Qwen2
-    have no residual dropout (only ``attention_dropout``), so nothing is set.
+    GPT-2 style configs have residual, embedding and attention dropout
+    (``resid_pdrop``, ``embd_pdrop``, ``attn_pdrop``); Llama and Qwen2 have no
+    residual dropout, only ``attention_dropout``. ``dropout=0`` turns all of
+    them off, so a run is deterministic given its seed.
     """
     if dropout is None:
         return {}

@@ -45,14 +45,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import backends
 from . import checkpoint as ckpt
 from . import distributed as dist
 from .batching import encode_prompt, pad
 from .config import ConfigError, opt
 from .data import DataError, load_prompts
-from .generation import decode_responses, generate
-from .losses import (AdaptiveKLController, FixedKLController, ema_update, entropy_from_logits, explained_variance,
-                     gae, kl_estimate, lm_loss_sum, masked_mean, policy_loss, shape_rewards, token_logprobs,
+from .generation import decode_responses
+from .losses import (AdaptiveKLController, FixedKLController, ema_update, entropy_from_logits, gae,
+                     kl_estimate, lm_loss_sum, masked_mean, policy_loss, shape_rewards, token_logprobs,
                      value_loss)
 from .models import RewardModel, load_policy, load_tokenizer, pick_device, position_ids_from_mask, set_dropout
 from .pretrain import BlockStream, load_corpus, pack_blocks
@@ -96,7 +97,8 @@ class PPOConfig:
     ema_decay: float = opt(0.992, "Decay of the EMA of policy weights (paper: 0.992).")
     ema: bool = opt(True, "Keep the EMA and save it as the final policy (the raw weights go to policy_raw/).")
     ema_warmup: bool = opt(True, "Use min(ema_decay, (1+n)/(10+n)) after n updates, so short runs are not dominated by the start.")
-    temperature: float = opt(1.0, "Sampling temperature (paper: 1); log-probs use the same temperature.")
+    temperature: float = opt(1.0, "Sampling temperature (paper: 1; 0 = greedy); log-probs use the same "
+                                  "temperature (1 when greedy).")
     top_k: int = opt(0, "Top-k sampling (0 = off).")
     top_p: float = opt(1.0, "Nucleus sampling mass (1 = off).")
     max_new_tokens: int = opt(32, "Response length limit.")
@@ -111,6 +113,11 @@ class PPOConfig:
     keep_checkpoints: int = opt(2, "How many recent checkpoints to keep.")
     log_samples: int = opt(3, "Sample responses written to samples.jsonl per iteration.")
     progress: bool = opt(True, "Show a progress bar.")
+    precision: str = opt("auto", "auto (bf16 autocast on CUDA where supported, fp32 on CPU), fp32 or bf16 "
+                                 "(autocast of forward passes; weights and optimizer states stay fp32).")
+    generation_backend: str = opt("auto", "Rollout sampler: auto (vLLM when installed and on CUDA, else builtin), "
+                                          "builtin (KV-cache generator), vllm, or module:factory.")
+    vllm_gpu_memory_utilization: float = opt(0.3, "vLLM: share of each GPU for its policy copy and KV cache.")
 
     def validate(self) -> None:
         if not self.policy or not self.prompts or not self.out_dir:
@@ -125,6 +132,13 @@ class PPOConfig:
             raise ConfigError(f"kl_estimator: {self.kl_estimator!r} is not k1, k2 or k3")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError("ema_decay: must be in [0, 1)")
+        if self.temperature < 0:
+            raise ConfigError("temperature: must be >= 0 (0 = greedy)")
+        if self.precision not in dist.PRECISIONS:
+            raise ConfigError(f"precision: {self.precision!r} is not one of {', '.join(dist.PRECISIONS)}")
+        if self.generation_backend not in backends.BACKENDS and ":" not in self.generation_backend:
+            raise ConfigError(f"generation_backend: {self.generation_backend!r} is not one of "
+                              f"{', '.join(backends.BACKENDS)} or module:factory")
 
 
 class PPOGuardError(RuntimeError):
@@ -182,6 +196,17 @@ def global_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     return out * mask
 
 
+def global_explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var[R - v] / Var[R] over all ranks' masked tokens (``losses.explained_variance``, globally)."""
+    def moments(x):
+        return [(x * mask).sum(), (x * x * mask).sum()]
+    stats = torch.stack(moments(returns) + moments(returns - values) + [mask.sum()]).double()
+    s_r, ss_r, s_d, ss_d, n = dist.all_reduce_sum(stats).tolist()
+    var_r = ss_r - s_r * s_r / max(n, 1.0)      # both variances share the 1/(n-1) factor
+    var_d = ss_d - s_d * s_d / max(n, 1.0)
+    return 1.0 - var_d / max(var_r, 1e-8 * max(n - 1.0, 1.0))
+
+
 def load_reward_fn(spec: str) -> Callable[[list[str], list[str]], list[float]]:
     module, _, name = spec.partition(":")
     if not name:
@@ -198,6 +223,10 @@ class PPOTrainer:
         self.cfg = cfg
         self.device = pick_device(cfg.device)
         dist.init_from_env(self.device)
+        if cfg.batch_size < dist.world_size():
+            raise ConfigError(f"batch_size: {cfg.batch_size} episodes cannot be shared by {dist.world_size()} processes")
+        self.dtype = dist.resolve_precision(cfg.precision, self.device)
+        self.logprob_temperature = cfg.temperature if cfg.temperature > 0 else 1.0  # greedy: plain log-probs
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.policy)
@@ -215,6 +244,8 @@ class PPOTrainer:
             self.reward_fn = load_reward_fn(cfg.reward_fn)
             self.value = RewardModel.from_policy(cfg.policy, self.device)
         set_dropout(self.value, 0.0)
+        for m in (self.policy, self.value):
+            dist.broadcast_module(m)  # identical starting weights on every rank (e.g. a fresh value head)
         self.ema_model = copy.deepcopy(self.policy).requires_grad_(False) if cfg.ema else None
         self.optimizer = torch.optim.AdamW(
             [{"params": [p for p in self.policy.parameters() if p.requires_grad], "lr": cfg.lr},
@@ -228,6 +259,8 @@ class PPOTrainer:
             blocks = pack_blocks(self.tokenizer, load_corpus(cfg.pretrain_data), cfg.ptx_seq_len)
             self.ptx = BlockStream(blocks, cfg.seed + 1)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed + dist.rank())
+        self.backend = backends.make_backend(cfg.generation_backend, backends.BackendContext(
+            self.policy, cfg.policy, self.device, self.dtype, cfg.seed + dist.rank(), cfg.vllm_gpu_memory_utilization))
         self.iteration = 0
         self.prompt_position = 0
         self.ema_updates = 0
@@ -261,8 +294,7 @@ class PPOTrainer:
         cfg, tok = self.cfg, self.tokenizer
         t0 = time.perf_counter()
         prompts = [self.prompt_ids[i] for i in indices]
-        gen = generate(self.policy, prompts, cfg.max_new_tokens, tok.eos_token_id, tok.pad_token_id,
-                       cfg.temperature, cfg.top_k, cfg.top_p, self.generator, min_new_tokens=cfg.min_new_tokens)
+        gen = self.backend.generate(prompts, self.sampling(), self.generator)
         t1 = time.perf_counter()
         q_ids, q_mask = pad(prompts, tok.pad_token_id, "left")                        # (B, P)
         r_ids, r_mask = pad([r if r else [tok.eos_token_id] for r in gen.responses], tok.pad_token_id, "right")
@@ -273,16 +305,19 @@ class PPOTrainer:
         P = q_ids.shape[1]
         mask = r_mask.to(self.device).float()                                          # (B, R)
         self.policy.eval()
-        logprobs = token_logprobs(response_logits(self.policy, input_ids, attn, P), input_ids[:, P:], cfg.temperature)
-        ref_logprobs = token_logprobs(response_logits(self.ref, input_ids, attn, P), input_ids[:, P:], cfg.temperature)
-        values = response_values(self.value, input_ids, attn, P)
+        temp = self.logprob_temperature
+        with self.amp():
+            logprobs = token_logprobs(response_logits(self.policy, input_ids, attn, P), input_ids[:, P:], temp)
+            ref_logprobs = token_logprobs(response_logits(self.ref, input_ids, attn, P), input_ids[:, P:], temp)
+            values = response_values(self.value, input_ids, attn, P).float()
         ended = torch.tensor(gen.ended, device=self.device)
         texts = decode_responses(tok, gen)
         prompt_texts = [self.prompt_texts[i] for i in indices]
         if self.reward_fn is not None:
             scores = torch.tensor(self.reward_fn(prompt_texts, texts), dtype=torch.float32, device=self.device)
         else:
-            scores = self.reward_model(input_ids, attn).float()
+            with self.amp():
+                scores = self.reward_model(input_ids, attn).float()
         if cfg.no_eos_penalty:
             scores = scores + cfg.no_eos_penalty * (~ended).float()
         t2 = time.perf_counter()
@@ -310,38 +345,48 @@ class PPOTrainer:
         cfg = self.cfg
         self.policy.train()
         self.value.train()
-        B = ro.input_ids.shape[0]
-        mb = cfg.minibatch_size // dist.world_size()
+        B, mb = cfg.batch_size, cfg.minibatch_size
         sums: dict[str, float] = {}
         steps = 0
         for epoch in range(cfg.ppo_epochs):
-            order = np.random.default_rng([cfg.seed, self.iteration, epoch, dist.rank()]).permutation(B).tolist()
+            # Minibatches are drawn from the global batch, the same on every rank; each rank
+            # works on the episodes of a minibatch that it holds (possibly none).
+            order = np.random.default_rng([cfg.seed, self.iteration, epoch, 0]).permutation(B).tolist()
             for start in range(0, B, mb):
-                stats = self.minibatch_step(ro, order[start:start + mb])
+                stats = self.minibatch_step(ro, dist.local_positions(order[start:start + mb]))
                 steps += 1
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
         return {k: v / max(steps, 1) for k, v in sums.items()}
 
     def minibatch_step(self, ro: Rollout, idx: list[int]) -> dict[str, float]:
-        """One optimizer step on the episodes ``idx`` (processed in micro-batches)."""
+        """One optimizer step on this rank's episodes ``idx`` of a global minibatch (possibly none).
+
+        Each micro-batch's loss is weighted by its share of the minibatch's
+        global token count, so summing gradients over ranks gives the gradient
+        of the token mean over the whole minibatch. Every rank makes the same
+        collective calls whatever ``idx`` holds, and the guards are checked on
+        reduced values, so all ranks stop together or not at all.
+        """
         cfg = self.cfg
-        micro = cfg.micro_batch_size or len(idx)
+        micro = cfg.micro_batch_size or max(len(idx), 1)
         total_tokens = dist.all_reduce_sum(ro.mask[idx].sum().detach().clone()).item()
         stats = {"ppo/pg_loss": 0.0, "ppo/vf_loss": 0.0, "ppo/entropy": 0.0, "ppo/clipfrac": 0.0,
                  "ppo/approx_kl": 0.0, "ppo/vf_clipfrac": 0.0}
-        ratio_max = 0.0
+        ratio_max, nonfinite = 0.0, 0.0
         for s in range(0, len(idx), micro):
             j = idx[s:s + micro]
             ids, attn, mask = ro.input_ids[j], ro.attention_mask[j], ro.mask[j]
             share = mask.sum().item() / max(total_tokens, 1.0)   # token weight of this micro-batch globally
-            logits = response_logits(self.policy, ids, attn, ro.P)
-            logp = token_logprobs(logits, ids[:, ro.P:], cfg.temperature)
+            with self.amp():
+                logits = response_logits(self.policy, ids, attn, ro.P)
+                v = response_values(self.value, ids, attn, ro.P).float()
+            logp = token_logprobs(logits, ids[:, ro.P:], self.logprob_temperature)
             pg, pg_stats = policy_loss(logp, ro.logprobs[j], ro.advantages[j], mask, cfg.cliprange)
-            v = response_values(self.value, ids, attn, ro.P)
             vf, vf_stats = value_loss(v, ro.values[j], ro.returns[j], mask, cfg.cliprange_value)
             loss = (pg + cfg.vf_coef * vf) * share
-            self._guard(loss, pg_stats["ratio_max"].item())
+            nonfinite += float(not torch.isfinite(loss))
+            ratio_max = max(ratio_max, pg_stats["ratio_max"].item())
             loss.backward()
             with torch.no_grad():
                 ent = masked_mean(entropy_from_logits(logits), mask)
@@ -349,50 +394,67 @@ class PPOTrainer:
                            ("ppo/clipfrac", pg_stats["clipfrac"]), ("ppo/approx_kl", pg_stats["approx_kl"]),
                            ("ppo/vf_clipfrac", vf_stats["vf_clipfrac"])):
                 stats[k] += val.item() * share
-            ratio_max = max(ratio_max, pg_stats["ratio_max"].item())
         if self.ptx is not None:
-            stats["ppo/ptx_loss"] = self._ptx_backward(total_tokens)
+            stats["ppo/ptx_loss"], bad = self._ptx_backward(total_tokens)
+            nonfinite += bad
         dist.all_reduce_gradients(self.policy)
         dist.all_reduce_gradients(self.value)
+        reduced = dist.all_reduce_sum(torch.tensor(list(stats.values()) + [nonfinite], dtype=torch.float64)).tolist()
+        ratio_max = dist.all_reduce_max(torch.tensor(ratio_max, dtype=torch.float64)).item()
+        self._guard(reduced[-1], ratio_max)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
             torch.nn.utils.clip_grad_norm_(self.value.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._update_ema()
-        reduced = dist.all_reduce_sum(torch.tensor(list(stats.values()), dtype=torch.float64))
-        out = dict(zip(stats, reduced.tolist()))
+        out = dict(zip(stats, reduced[:-1]))
         out["ppo/ratio_max"] = ratio_max
         return out
 
-    def _ptx_backward(self, rl_tokens: float) -> float:
-        """PPO-ptx: add ptx_coef x the pretraining next-token loss; returns that loss."""
+    def _ptx_backward(self, rl_tokens: float) -> tuple[float, float]:
+        """PPO-ptx: add ptx_coef x the pretraining next-token loss.
+
+        The minibatch's ceil(ptx_token_ratio * rl_tokens / ptx_seq_len) blocks
+        (a global count) are shared among ranks like episodes; returns this
+        rank's part of the loss and how many of its losses were not finite.
+        """
         cfg = self.cfg
-        n_blocks = max(1, math.ceil(cfg.ptx_token_ratio * rl_tokens / dist.world_size() / cfg.ptx_seq_len))
-        blocks = self.ptx.next(n_blocks * dist.world_size())
-        blocks = dist.shard(list(blocks))
-        micro = cfg.micro_batch_size or len(blocks)
-        ones_total = float(len(blocks) * (cfg.ptx_seq_len - 1) * dist.world_size())
-        loss_total = 0.0
+        n_blocks = max(1, math.ceil(cfg.ptx_token_ratio * rl_tokens / cfg.ptx_seq_len))
+        blocks = dist.shard(list(self.ptx.next(n_blocks)))
+        micro = cfg.micro_batch_size or max(len(blocks), 1)
+        ones_total = float(n_blocks * (cfg.ptx_seq_len - 1))
+        loss_total, nonfinite = 0.0, 0.0
         for s in range(0, len(blocks), micro):
             ids = torch.stack(blocks[s:s + micro]).to(self.device)
             mask = torch.ones_like(ids)
-            logits = self.policy(input_ids=ids, attention_mask=mask).logits
+            with self.amp():
+                logits = self.policy(input_ids=ids, attention_mask=mask).logits
             nll_sum, count = lm_loss_sum(logits, ids, mask)
             loss = cfg.ptx_coef * nll_sum / ones_total
-            self._guard(loss, 0.0)
+            nonfinite += float(not torch.isfinite(loss))
             loss.backward()
             loss_total += nll_sum.item() / ones_total
-        return dist.all_reduce_sum(torch.tensor(loss_total)).item()
+        return loss_total, nonfinite
 
-    def _guard(self, loss: torch.Tensor, ratio_max: float) -> None:
-        if not torch.isfinite(loss):
-            raise PPOGuardError(f"ppo iteration {self.iteration}: loss is {loss.item()}; stopping "
+    def _guard(self, nonfinite: float, ratio_max: float) -> None:
+        """Stop on a NaN/inf loss or an exploding ratio (both reduced over ranks: every rank raises)."""
+        if nonfinite > 0:
+            raise PPOGuardError(f"ppo iteration {self.iteration}: loss is not finite; stopping "
                                 f"(the last good checkpoint in {self.cfg.out_dir}/checkpoints is kept; "
                                 f"try a lower lr)")
         if ratio_max > self.cfg.ratio_guard:
             raise PPOGuardError(f"ppo iteration {self.iteration}: probability ratio {ratio_max:.3g} exceeds "
                                 f"ratio_guard={self.cfg.ratio_guard}; stopping (the last good checkpoint is kept)")
+
+    def amp(self):
+        """Autocast context for forward passes (``precision``)."""
+        return dist.autocast(self.device, self.dtype)
+
+    def sampling(self) -> backends.Sampling:
+        cfg, tok = self.cfg, self.tokenizer
+        return backends.Sampling(cfg.max_new_tokens, tok.eos_token_id, tok.pad_token_id, cfg.temperature,
+                                 cfg.top_k, cfg.top_p, cfg.min_new_tokens)
 
     def _update_ema(self) -> None:
         if self.ema_model is None:
@@ -410,6 +472,7 @@ class PPOTrainer:
         self.compute_advantages(ro)
         t0 = time.perf_counter()
         learn_stats = self.learn(ro)
+        self.backend.sync_weights(self.policy)
         times["time/learn"] = time.perf_counter() - t0
         metrics = {**self.rollout_metrics(ro), **learn_stats, **times}
         self.kl_ctl.update(metrics["ppo/kl"], self.cfg.batch_size)
@@ -422,7 +485,7 @@ class PPOTrainer:
         local = torch.tensor([ro.scores.sum().item(), ro.kl.sum().item(), ro.mask.sum().item(),
                               ro.ended.float().sum().item(), float(B)], dtype=torch.float64)
         score, kl, length, ended, n = dist.all_reduce_sum(local).tolist()
-        ev = explained_variance(ro.values, ro.returns, ro.mask).item()
+        ev = global_explained_variance(ro.values, ro.returns, ro.mask)
         return {"ppo/score": score / n, "ppo/kl": kl / n, "ppo/response_length": length / n,
                 "ppo/eos_fraction": ended / n, "ppo/explained_variance": ev, "ppo/kl_coef": self.kl_ctl.value,
                 "ppo/lr": self.optimizer.param_groups[0]["lr"]}
@@ -452,6 +515,8 @@ class PPOTrainer:
         self.optimizer.load_state_dict(objects["optimizer"])
         self.kl_ctl.load_state_dict(objects["kl_ctl"])
         self.generator.set_state(objects["generator"])
+        if dist.rank() > 0:  # the checkpoint holds rank 0's stream; the others fork their own from it
+            self.generator.manual_seed(dist.rank_seed(self.cfg.seed, state["iteration"]))
         if self.ptx is not None:
             self.ptx.position = objects["ptx_position"]
         self.iteration = state["iteration"]

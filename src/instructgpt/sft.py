@@ -37,7 +37,7 @@ class SFTConfig(OptimConfig):
     reward_model: str = opt("", "Reward-model folder: keep the epoch whose responses to validation prompts score highest.")
     select_prompts: int = opt(64, "Validation prompts sampled and scored per epoch when a reward model is given.")
     max_new_tokens: int = opt(64, "Response length limit when sampling for checkpoint selection.")
-    dropout: float = opt(0.2, "Residual dropout during SFT (paper: 0.2); set where the architecture has it.")
+    dropout: float = opt(0.2, "Dropout during SFT (paper: 0.2 residual): every dropout the architecture has (0 = off).")
     max_prompt_tokens: int = opt(128, "Longer prompts are an error naming the record.")
     max_seq_len: int = opt(256, "Prompt + response tokens; longer responses are cut (counted in the log).")
     lr: float = opt(1e-4, "Peak learning rate (paper: 9.65e-6 for 1.3B; tiny models want more).")

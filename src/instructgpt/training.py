@@ -48,6 +48,8 @@ class OptimConfig:
     resume: bool = opt(False, "Continue from the last good checkpoint in out_dir.")
     max_steps: int = opt(0, "Stop after this many optimizer steps in total (0 = no limit).")
     progress: bool = opt(True, "Show a progress bar.")
+    precision: str = opt("auto", "auto (bf16 autocast on CUDA where supported, fp32 on CPU), fp32 or bf16 "
+                                 "(autocast of forward passes; weights and optimizer states stay fp32).")
 
     def validate(self) -> None:
         if not self.out_dir:
@@ -58,6 +60,8 @@ class OptimConfig:
             raise ConfigError("min_lr_ratio: must be in [0, 1]")
         if self.lr <= 0:
             raise ConfigError("lr: must be > 0")
+        if self.precision not in dist.PRECISIONS:
+            raise ConfigError(f"precision: {self.precision!r} is not one of {', '.join(dist.PRECISIONS)}")
 
 
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
@@ -132,6 +136,7 @@ def fit(model: torch.nn.Module, task: Task, cfg: OptimConfig, device: torch.devi
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, total_steps, cfg.warmup_steps, cfg.min_lr_ratio))
     modules = {"model": model}
+    dist.broadcast_module(model)  # identical starting weights on every rank (random heads, fresh models)
 
     state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "best_score": None,
              "best_epoch": None, "history": []}
@@ -161,6 +166,8 @@ def fit(model: torch.nn.Module, task: Task, cfg: OptimConfig, device: torch.devi
             order = _epoch_order(task.n_examples, cfg.seed, state["epoch"])
             while state["step_in_epoch"] < steps_per_epoch and state["global_step"] < total_steps:
                 s = state["step_in_epoch"]
+                if dist.world_size() > 1:  # each rank its own dropout stream, a function of the step
+                    torch.manual_seed(dist.rank_seed(cfg.seed, state["global_step"]))
                 metrics = _train_step(model, task, order[s * cfg.batch_size:(s + 1) * cfg.batch_size],
                                       cfg, optimizer, scheduler, device)
                 state["step_in_epoch"] += 1
@@ -174,7 +181,7 @@ def fit(model: torch.nn.Module, task: Task, cfg: OptimConfig, device: torch.devi
                 if on_step is not None:
                     on_step(state["global_step"])
             if state["step_in_epoch"] >= steps_per_epoch:
-                _end_epoch(model, evaluate, select, state, log, ckpt_root, device)
+                _end_epoch(model, evaluate, select, state, log, ckpt_root, device, cfg.precision)
                 state["epoch"] += 1
                 state["step_in_epoch"] = 0
                 save()
@@ -194,12 +201,14 @@ def _train_step(model, task: Task, indices: list[int], cfg: OptimConfig, optimiz
     micro = [task.collate(mine[i:i + cfg.micro_batch_size]) for i in range(0, len(mine), cfg.micro_batch_size)]
     total = dist.all_reduce_sum(torch.tensor(float(sum(task.weight(b) for b in micro))))
     total = total.clamp(min=1.0).item()
+    dtype = dist.resolve_precision(cfg.precision, device)
     sums: dict[str, float] = {}
     tokens = 0
-    for batch in micro:
+    for batch in micro:  # may be none on this rank: its gradients then count as zeros
         batch = _to(batch, device)
-        loss_sum, stats = task.loss(model, batch)
-        (loss_sum / total).backward()
+        with dist.autocast(device, dtype):
+            loss_sum, stats = task.loss(model, batch)
+        (loss_sum.float() / total).backward()
         tokens += int(batch["attention_mask"].sum())
         for k, v in stats.items():
             sums[k] = sums.get(k, 0.0) + float(v)
@@ -211,24 +220,26 @@ def _train_step(model, task: Task, indices: list[int], cfg: OptimConfig, optimiz
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    reduced = dist.all_reduce_sum(torch.tensor([sums.get(k, 0.0) for k in sorted(sums)] + [float(tokens)]))
-    sums = dict(zip(sorted(sums), reduced[:-1].tolist()))
+    sums = dist.reduce_sums({**sums, "__tokens__": float(tokens)})
+    tokens = sums.pop("__tokens__")
     elapsed = time.perf_counter() - t0
     p = task.metric_prefix
     metrics = task.summarize(sums) if hasattr(task, "summarize") else {}
     metrics.update({f"{p}/lr": scheduler.get_last_lr()[0], f"{p}/grad_norm": grad_norm.item(),
-                    f"{p}/tokens_per_s": reduced[-1].item() / elapsed})
+                    f"{p}/tokens_per_s": tokens / elapsed})
     return metrics
 
 
-def _end_epoch(model, evaluate, select, state: dict, log: MetricsLog, ckpt_root: Path, device) -> None:
+def _end_epoch(model, evaluate, select, state: dict, log: MetricsLog, ckpt_root: Path, device,
+               precision: str = "fp32") -> None:
     if evaluate is None:
         return
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), dist.autocast(device, dist.resolve_precision(precision, device)):
         metrics = evaluate(model, state["epoch"])
     model.train()
-    metrics = {k: float(v) for k, v in metrics.items()}
+    # every rank evaluates; rank 0's numbers decide, so all ranks keep the same best epoch
+    metrics = dist.broadcast_object({k: float(v) for k, v in metrics.items()})
     state["history"].append({"epoch": state["epoch"], **metrics})
     log.log(state["global_step"], metrics)
     if not select:

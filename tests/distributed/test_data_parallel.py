@@ -1,0 +1,122 @@
+"""Two processes (gloo, CPU) against one: same weights, no hangs, checkpoints portable across world sizes.
+
+The 2-rank runs happen once, in the session fixture ``two_ranks``; each test
+compares their output with a single-process run of the same config.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from instructgpt.models import load_policy
+from instructgpt.ppo import train_ppo
+from instructgpt.records import read_metrics
+from instructgpt.sft import train_sft
+from tests.distributed.harness import one_thread
+from tests.distributed.workers import ppo_config, sft_config
+
+ATOL, RTOL = 1e-5, 1e-4   # float summation order differs between 1 and 2 processes, nothing else
+
+
+def assert_same_tensors(a_path: Path, b_path: Path, skip: set[str] = frozenset()) -> None:
+    a, b = load_file(str(a_path)), load_file(str(b_path))
+    assert a.keys() == b.keys()
+    for k in sorted(a.keys() - skip):
+        torch.testing.assert_close(a[k], b[k], atol=ATOL, rtol=RTOL, msg=lambda m: f"{a_path.name}: {k}: {m}")
+
+
+PPO_FILES = ("model.safetensors", "policy_raw/model.safetensors", "value_model/model.safetensors",
+             "value_model/reward_head.safetensors")
+
+
+@pytest.fixture(scope="session")
+def sft_one_rank(tmp_path_factory, dist_data) -> Path:
+    out = tmp_path_factory.mktemp("sft1") / "sft"
+    with one_thread():
+        train_sft(sft_config(dist_data, out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def ppo_one_rank(tmp_path_factory, dist_data) -> Path:
+    out = tmp_path_factory.mktemp("ppo1") / "ppo"
+    with one_thread():
+        train_ppo(ppo_config(dist_data, out))
+    return out
+
+
+def resume_from(checkpoint: Path, out: Path) -> None:
+    """A fresh output folder holding only ``checkpoint`` (as if the run had stopped right after it)."""
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copytree(checkpoint, out / "checkpoints" / checkpoint.name)
+
+
+# ----------------------------------------------------------------------------- helpers under real ranks
+
+def test_collectives_treat_missing_gradients_as_zeros_and_agree(two_ranks):
+    r0, r1 = (json.loads((two_ranks / f"collectives-rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["weights"] == r1["weights"]                      # broadcast_module
+    assert r0["grads"] == r1["grads"]                          # rank 1 had no grads: zeros were reduced
+    assert r0["grads"][0] is not None and r0["grads"][4] is None  # unused everywhere: stays None
+    assert r0["sums"] == r1["sums"] == {"a": 1.0, "b": 2.0, "c": 3.0}
+    assert r0["max"] == r1["max"] == 8.0
+    assert r0["positions"] == [0, 1] and r1["positions"] == [2, 1]   # globals 0, 2 | 5, 3 on ranks 0 | 1
+
+
+# ----------------------------------------------------------------------------- supervised
+
+def test_sft_two_ranks_give_the_weights_of_one(two_ranks, sft_one_rank):
+    assert_same_tensors(two_ranks / "sft" / "model.safetensors", sft_one_rank / "model.safetensors")
+    two = [r for r in read_metrics(two_ranks / "sft" / "metrics.jsonl") if "sft/loss" in r]
+    one = [r for r in read_metrics(sft_one_rank / "metrics.jsonl") if "sft/loss" in r]
+    assert [r["step"] for r in two] == list(range(1, 11))    # logged once per step (rank 0 only)
+    for a, b in zip(two, one):                                 # reduced over ranks = the global batch loss
+        assert a["sft/loss"] == pytest.approx(b["sft/loss"], rel=1e-4)
+
+
+def test_sft_checkpoint_written_by_two_ranks_resumes_on_one(tmp_path, two_ranks, sft_one_rank, dist_data):
+    resume_from(two_ranks / "sft" / "checkpoints" / "step-0000003", tmp_path / "sft")
+    with one_thread():
+        result = train_sft(sft_config(dist_data, tmp_path / "sft", resume=True))
+    assert result.fit.resumed_from.endswith("step-0000003")
+    assert_same_tensors(tmp_path / "sft" / "model.safetensors", sft_one_rank / "model.safetensors")
+
+
+# ----------------------------------------------------------------------------- PPO
+
+def test_ppo_two_ranks_give_the_weights_of_one(two_ranks, ppo_one_rank):
+    for f in PPO_FILES:
+        assert_same_tensors(two_ranks / "ppo" / f, ppo_one_rank / f)
+    two, one = read_metrics(two_ranks / "ppo" / "metrics.jsonl"), read_metrics(ppo_one_rank / "metrics.jsonl")
+    assert [r["step"] for r in two] == [1, 2, 3]
+    for a, b in zip(two, one):
+        for k in ("ppo/score", "ppo/kl", "ppo/response_length", "ppo/pg_loss", "ppo/ptx_loss", "ppo/kl_coef",
+                  "ppo/explained_variance"):
+            assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-5), k
+
+
+def test_ppo_checkpoint_written_by_two_ranks_resumes_on_one(tmp_path, two_ranks, ppo_one_rank, dist_data):
+    resume_from(two_ranks / "ppo" / "checkpoints" / "step-0000002", tmp_path / "ppo")
+    with one_thread():
+        result = train_ppo(ppo_config(dist_data, tmp_path / "ppo", resume=True))
+    assert [h["iteration"] for h in result.history] == [3]
+    for f in PPO_FILES:
+        assert_same_tensors(tmp_path / "ppo" / f, ppo_one_rank / f)
+
+
+def test_ppo_finishes_when_one_rank_has_only_eos_and_minibatches_skip_ranks(two_ranks):
+    """Rank 1's responses are all EOS at the first token, batches split 3/2, and every minibatch holds
+    one episode, so one rank has nothing to learn from at each step (also no PPO-ptx block)."""
+    out = two_ranks / "ppo_eos"
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["ppo/eos_fraction"] >= 2 / 5 for r in rows)
+    assert all(torch.isfinite(torch.tensor(r["ppo/pg_loss"])) for r in rows)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000001", "step-0000002"]
+    load_policy(out)

@@ -1,0 +1,107 @@
+"""What the ranks run, and the configs the single-process references share with them.
+
+The same config builders are used by the multi-process jobs (through
+``harness.run_ranks``) and by the single-process reference runs in the tests,
+so the only difference between the two is the number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from instructgpt import config
+from instructgpt import distributed as dist
+from instructgpt.backends import BuiltinBackend
+from instructgpt.generation import Generation
+from instructgpt.ppo import PPOConfig, train_ppo
+from instructgpt.sft import SFTConfig, train_sft
+
+
+# ----------------------------------------------------------------------------- configs
+
+def sft_config(data: dict, out, **kw) -> SFTConfig:
+    """33 demonstrations in batches of 8: the last batch of each epoch has one example,
+    so with two ranks rank 1 has nothing to do on that step."""
+    base = dict(model=data["model"], train=data["sft_train"], valid=data["sft_valid"], out_dir=str(out), lr=3e-3,
+                epochs=2, batch_size=8, micro_batch_size=3, warmup_steps=2, dropout=0.0, progress=False,
+                save_every=3, keep_checkpoints=10, precision="fp32")
+    base.update(kw)
+    return config.from_dict(SFTConfig, base)
+
+
+def ppo_config(data: dict, out, **kw) -> PPOConfig:
+    """Greedy sampling and a programmatic reward: a deterministic PPO-ptx run.
+
+    6 episodes per iteration in minibatches of 2 drawn from the global batch,
+    so some minibatches have no episode on one of two ranks."""
+    base = dict(policy=data["policy"], reward_fn="tests.ppo_rewards:count_e", prompts=data["prompts"],
+                out_dir=str(out), iterations=3, batch_size=6, minibatch_size=2, ppo_epochs=2, lr=1e-3,
+                warmup_iterations=1, max_new_tokens=6, temperature=0.0, kl_coef=0.05, adaptive_kl=True,
+                target_kl=0.5, ema=True, pretrain_data=data["corpus"], ptx_coef=0.5, ptx_seq_len=16,
+                ptx_token_ratio=1.0, save_every=2, keep_checkpoints=5, progress=False, log_samples=2,
+                precision="fp32", generation_backend="builtin")
+    base.update(kw)
+    return config.from_dict(PPOConfig, base)
+
+
+# ----------------------------------------------------------------------------- jobs (run on every rank)
+
+def session(jobs: list[tuple[str, dict]]) -> None:
+    """Run several jobs one after the other in one process group (spawning is the slow part)."""
+    dist.init_from_env(torch.device("cpu"))
+    assert dist.world_size() > 1
+    for name, kwargs in jobs:
+        globals()[name](**kwargs)
+        dist.barrier()
+
+
+def sft_job(data: dict, out: str) -> None:
+    train_sft(sft_config(data, out))
+
+
+def ppo_job(data: dict, out: str, **kw) -> None:
+    train_ppo(ppo_config(data, out, **kw))
+
+
+def collectives_job(out: str) -> None:
+    """Exercise the helpers with deliberately unequal ranks; each rank writes what it ended with."""
+    r = dist.rank()
+    torch.manual_seed(100 + r)                        # different on purpose: broadcast_module must fix it
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2), torch.nn.Linear(2, 2))
+    dist.broadcast_module(model)
+    x = torch.full((1, 3), float(r + 1))
+    if r == 0:                                         # rank 0 uses layers 0 and 1; rank 1 no layer at all
+        model[1](model[0](x)).sum().backward()
+    dist.all_reduce_gradients(model, bucket_numel=5)   # several buckets
+    sums = dist.reduce_sums({"a": 1.0, "b": 2.0} if r == 0 else {"c": 3.0})
+    peak = dist.all_reduce_max(torch.tensor(float(r + 7))).item()
+    result = {"weights": [p.detach().tolist() for p in model.parameters()],
+              "grads": [None if p.grad is None else p.grad.tolist() for p in model.parameters()],
+              "sums": sums, "max": peak, "positions": dist.local_positions([5, 0, 3, 2])}
+    Path(out, f"collectives-rank{r}.json").write_text(json.dumps(result))
+
+
+# ----------------------------------------------------------------------------- test hooks
+
+def eos_on_last_rank(ctx):
+    """A generation backend (``generation_backend=tests.distributed.workers:eos_on_last_rank``)
+    under which the last rank's responses are all EOS at the first token."""
+    return _EOSOnLastRank(BuiltinBackend(ctx))
+
+
+class _EOSOnLastRank:
+    name = "eos-on-last-rank"
+
+    def __init__(self, inner: BuiltinBackend):
+        self.inner = inner
+
+    def generate(self, prompts, sampling, generator=None) -> Generation:
+        if dist.rank() == dist.world_size() - 1:
+            return Generation([[sampling.eos_id] for _ in prompts], [True] * len(prompts))
+        return self.inner.generate(prompts, sampling, generator)
+
+    def sync_weights(self, model) -> None:
+        self.inner.sync_weights(model)
