@@ -119,3 +119,15 @@ def test_sample_writes_k_distinct_responses_as_ranking_tasks(tmp_path, sft_polic
     assert len(rows) == 6 and all(len(r["responses"]) == 5 for r in rows)
     assert result["duplicated"] == sum(len(set(" ".join(x.split()) for x in r["responses"])) < 5 for r in rows)
     assert all(r["prompt_id"] and r["prompt"].startswith("say ") for r in rows)
+
+
+def test_response_logits_match_the_full_forward(tiny_gpt2):
+    from instructgpt.models import position_ids_from_mask
+    from instructgpt.ppo import response_logits
+    model = load_policy(tiny_gpt2).eval()
+    ids = torch.randint(3, 100, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # a left-padded prompt
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+        torch.testing.assert_close(response_logits(model, ids, mask, 5), full[:, 4:-1])

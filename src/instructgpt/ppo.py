@@ -174,9 +174,11 @@ class PPOResult:
 
 def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, P: int) -> torch.Tensor:
     """(B, P+R) -> (B, R, V): the logits that predicted each response token."""
+    R = input_ids.shape[1] - P
+    # logits_to_keep: the unembedding runs on the R + 1 last positions only, not on the prompt.
     logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids_from_mask(attention_mask)).logits
-    return logits[:, P - 1:-1]
+                   position_ids=position_ids_from_mask(attention_mask), logits_to_keep=R + 1).logits
+    return logits[:, :-1]
 
 
 def response_values(value_model: RewardModel, input_ids, attention_mask, P: int) -> torch.Tensor:
