@@ -81,8 +81,9 @@ def make_folders(size: str, root: Path) -> dict:
     return {"tok": tok, "model": model, "layers": layers, "width": width}
 
 
-def flops_per_token(layers: int, width: int, context: int, training: bool) -> float:
-    n = 12 * layers * width * width + VOCAB * width
+def flops_per_token(layers: int, width: int, context: int, training: bool, unembedding: bool = True) -> float:
+    """The reward model has no unembedding (its scalar head is negligible)."""
+    n = 12 * layers * width * width + (VOCAB * width if unembedding else 0)
     fwd = 2 * n + 4 * layers * context * width
     return 3 * fwd if training else fwd
 
@@ -137,7 +138,7 @@ def phase_rm(f: dict, root: Path, k: int) -> dict:
     pairs = n_rank * k * (k - 1) // 2
     tokens = n_rank * k * (PROMPT + RESPONSE)
     return {f"rm_k{k}_pairs_per_s": pairs / sec,
-            f"rm_k{k}_flops": tokens * flops_per_token(f["layers"], f["width"], 32, True) / sec}
+            f"rm_k{k}_flops": tokens * flops_per_token(f["layers"], f["width"], 32, True, unembedding=False) / sec}
 
 
 def phase_generate(f: dict, root: Path) -> dict:

@@ -787,10 +787,13 @@ def few_shot_demos(world_data, k: int, seed: int = 0, max_chars: int = 300) -> l
     return [(d.prompt, d.response) for d in chosen]
 
 
-def training_curves(run_dir: str | Path) -> dict[str, list[dict[str, float]]]:
-    """Per-iteration PPO metrics (reward, KL ...) of every run_dir/models/ppo*/metrics.jsonl."""
+def training_curves(run_dir: str | Path, folders: dict[str, Path] | None = None) -> dict[str, list[dict[str, float]]]:
+    """Per-iteration PPO metrics (reward, KL ...) of every run_dir/models/ppo*/metrics.jsonl,
+    or of the given ``{name: folder}``."""
     out = {}
-    for folder in sorted((Path(run_dir) / "models").glob("ppo*")):
+    if folders is None:
+        folders = {f.name: f for f in sorted((Path(run_dir) / "models").glob("ppo*"))}
+    for name, folder in folders.items():
         rows = []
         for r in read_metrics(folder / "metrics.jsonl"):
             row = {k: float(v) for k, v in r.items()
@@ -799,7 +802,7 @@ def training_curves(run_dir: str | Path) -> dict[str, list[dict[str, float]]]:
             if len(row) > 1:
                 rows.append(row)
         if rows:
-            out[folder.name] = rows
+            out[name] = rows
     return out
 
 

@@ -340,7 +340,29 @@ class Pipeline:
         c = self.cfg
         results = run_eval(EvalConfig(run_dir=str(self.root), n_prompts=c.eval_prompts, seed=c.seed,
                                       device=c.device, max_new_tokens=c.max_new_tokens))
+        self.add_rounds(results)
         return {"models": [m.name for m in results.models]}
+
+    def add_rounds(self, results) -> None:
+        """Each round's RM and PPO outcome in the report (and every round's PPO curves when there are several)."""
+        from .evaluate import training_curves
+        from .evaluation.report import write_report
+        c = self.cfg
+        for r in range(1, c.rounds + 1):
+            rm = self.result.stages[f"rm_r{r}"]["summary"]
+            acc = rm.get("val_accuracy")
+            line = f"RM on {rm['rankings']} rankings, validation accuracy " + (f"{acc:.3f}" if acc is not None else "n/a")
+            for name in ("ppo", "ppo_ptx"):
+                ppo = self.result.stages[f"{name}_r{r}"]["summary"]
+                if ppo.get("ppo/score") is not None:
+                    line += f"; {name}: final RM score {ppo['ppo/score']:.3f}, KL {ppo['ppo/kl']:.3f}"
+            results.meta[f"round {r}"] = line
+        if c.rounds > 1:
+            results.training_curves.update(training_curves(self.root, {
+                f"{name}_r{r}": self.models / f"round{r}" / name
+                for r in range(1, c.rounds + 1) for name in ("ppo", "ppo_ptx")}))
+        results.save(self.root / "eval" / "results.json")
+        write_report(results, self.root)
 
 
 def _subset(cfg: RunConfig, names: str) -> dict:
