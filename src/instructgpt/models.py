@@ -147,16 +147,20 @@ def set_dropout(model: nn.Module, p: float) -> None:
 
 # ----------------------------------------------------------------------------- policies
 
-def load_policy(spec: str | os.PathLike, device: torch.device | str = "cpu",
-                dropout: float | None = None) -> nn.Module:
-    """Any causal LM transformers can load from a folder or GGUF file, in fp32."""
+def _from_pretrained(auto_cls, spec: str | os.PathLike, dropout: float | None, what: str) -> nn.Module:
+    """``auto_cls.from_pretrained`` on a folder or GGUF file in fp32; failures name the model."""
     src = resolve_source(spec)
     extra = dropout_overrides(src.folder, src.gguf_file, dropout)
     try:
-        model = AutoModelForCausalLM.from_pretrained(src.folder, dtype=torch.float32, **src.kwargs(), **extra)
+        return auto_cls.from_pretrained(src.folder, dtype=torch.float32, **src.kwargs(), **extra)
     except (OSError, ValueError, RuntimeError) as e:
-        raise ModelLoadError(f"{spec}: cannot load model: {e}") from e
-    return model.to(device)
+        raise ModelLoadError(f"{spec}: cannot load {what}: {e}") from e
+
+
+def load_policy(spec: str | os.PathLike, device: torch.device | str = "cpu",
+                dropout: float | None = None) -> nn.Module:
+    """Any causal LM transformers can load from a folder or GGUF file, in fp32."""
+    return _from_pretrained(AutoModelForCausalLM, spec, dropout, "model").to(device)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -210,13 +214,7 @@ class RewardModel(nn.Module):
     def from_policy(cls, spec: str | os.PathLike, device: torch.device | str = "cpu",
                     dropout: float | None = None) -> "RewardModel":
         """A fresh reward model from a causal LM (the SFT model): body kept, unembedding dropped."""
-        src = resolve_source(spec)
-        extra = dropout_overrides(src.folder, src.gguf_file, dropout)
-        try:
-            body = AutoModel.from_pretrained(src.folder, dtype=torch.float32, **src.kwargs(), **extra)
-        except (OSError, ValueError, RuntimeError) as e:
-            raise ModelLoadError(f"{spec}: cannot load model body: {e}") from e
-        return cls(body).to(device)
+        return cls(_from_pretrained(AutoModel, spec, dropout, "model body")).to(device)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, device: torch.device | str = "cpu",

@@ -45,7 +45,7 @@ class RunConfig:
     name: str = opt("default", "Run name: outputs go to <runs_dir>/<name>/.")
     runs_dir: str = opt("runs", "Folder holding runs.")
     seed: int = opt(0, "Seed of the world, the data and every stage.")
-    scale: float = opt(0.02, "Prompt sets as a fraction of the paper's 13k SFT / 33k RM / 31k PPO prompts.")
+    scale: float = opt(0.05, "Prompt sets as a fraction of the paper's 13k SFT / 33k RM / 31k PPO prompts.")
     corpus_docs: int = opt(12000, "Documents in the generated pretraining corpus.")
     vocab_size: int = opt(4096, "BPE vocabulary of the built-in tokenizer.")
     base_model: str = opt("", "A real checkpoint (folder, .gguf or 'smollm2') instead of pretraining the tiny base.")
@@ -53,8 +53,9 @@ class RunConfig:
     pretrain_epochs: int = opt(2, "Passes over the corpus for the tiny base.")
     pretrain_large_epochs: int = opt(1, "Passes over the corpus for the larger base.")
     pretrain_lr: float = opt(2e-3, "Peak learning rate of pretraining.")
-    sft_epochs: int = opt(6, "SFT epochs (paper: 16).")
-    sft_lr: float = opt(5e-4, "SFT peak learning rate.")
+    sft_epochs: int = opt(10, "SFT epochs (paper: 16).")
+    sft_lr: float = opt(1e-3, "SFT peak learning rate.")
+    flan_epochs: int = opt(3, "Epochs of the FLAN/T0-style baseline's fine-tuning.")
     k_min: int = opt(4, "Fewest responses per ranking (paper: 4).")
     k_max: int = opt(6, "Most responses per ranking (paper: 9).")
     policy_samples: int = opt(2, "Of the K responses, how many are sampled from the current policy.")
@@ -63,7 +64,7 @@ class RunConfig:
     ppo_iterations: int = opt(30, "PPO iterations per round (each = ppo_batch episodes).")
     ppo_batch: int = opt(32, "Episodes per PPO iteration.")
     ppo_minibatch: int = opt(16, "Episodes per PPO optimizer step.")
-    ppo_lr: float = opt(2e-5, "PPO policy learning rate.")
+    ppo_lr: float = opt(1e-5, "PPO policy learning rate.")
     kl_coef: float = opt(0.02, "beta, the per-token KL penalty (paper: 0.02).")
     ptx_coef: float = opt(1.0, "PPO-ptx pretraining loss weight (paper: 27.8 at its scale).")
     ptx_token_ratio: float = opt(1.0, "Pretraining tokens per RL token in PPO-ptx (paper: 8).")
@@ -91,9 +92,10 @@ class RunConfig:
         return Path(self.runs_dir) / self.name
 
 
-# Rough share of wall time per stage on the default settings (for the time-left estimate).
-WEIGHTS = {"world": 3, "base": 25, "base_large": 25, "sft": 8, "flan": 4, "rankings": 4, "rm": 5,
-           "ppo": 10, "ppo_ptx": 11, "eval": 8}
+# Expected wall time per stage with the defaults; the time-left estimate scales what remains
+# by how fast the stages run so far went against these.
+WEIGHTS = {"world": 5, "base": 200, "base_large": 1600, "sft": 40, "flan": 40, "rankings": 25, "rm": 120,
+           "ppo": 130, "ppo_ptx": 150, "eval": 35}  # seconds measured on 2 idle cores with the defaults
 
 
 @dataclass
@@ -133,9 +135,11 @@ class Pipeline:
                                         default=str).encode()).hexdigest()[:16]
         marker = folder / "stage.json"
         label = f"[{len(self.keys) + 1}/{len(self._planned())}] {name}"
+        weight = WEIGHTS[weight_name or name]
         if marker.exists() and json.loads(marker.read_text()).get("key") == key:
             print(f"{label}: reused ({folder})", flush=True)
             info = json.loads(marker.read_text())
+            self.total_weight -= weight  # no time spent, none expected
         else:
             print(f"{label}: running ...", flush=True)
             start = time.time()
@@ -146,13 +150,13 @@ class Pipeline:
             info = {"key": key, "stage": name, "seconds": round(time.time() - start, 1), "summary": out}
             marker.write_text(json.dumps(info, indent=2, default=str) + "\n")
             print(f"{label}: done in {info['seconds']:.0f}s", flush=True)
+            self.done_weight += weight
+            elapsed = time.time() - self.t0
+            if self.done_weight < self.total_weight:
+                left = (self.total_weight - self.done_weight) * elapsed / self.done_weight
+                print(f"    elapsed {elapsed / 60:.1f} min, about {left / 60:.1f} min left", flush=True)
         self.keys[name] = key
         self.result.stages[name] = info
-        self.done_weight += WEIGHTS[weight_name or name]
-        elapsed = time.time() - self.t0
-        if self.done_weight < self.total_weight and elapsed > 1:
-            left = elapsed * (self.total_weight - self.done_weight) / self.done_weight
-            print(f"    elapsed {elapsed / 60:.1f} min, about {left / 60:.1f} min left", flush=True)
         return key
 
     # ---- the stages
@@ -164,10 +168,11 @@ class Pipeline:
                    self.make_world)
         base = self.pretrain_bases()
         self.stage("sft", self.root / "models" / "sft", _subset(c, "sft_epochs sft_lr seed"), ["base"],
-                   lambda: self.train_sft_stage(base, self.data / "sft_train.jsonl", self.models / "sft"))
+                   lambda: self.train_sft_stage(base, self.data / "sft_train.jsonl", self.models / "sft", c.sft_epochs))
         if c.flan:
-            self.stage("flan", self.models / "flan", _subset(c, "sft_epochs sft_lr seed"), ["base"],
-                       lambda: self.train_sft_stage(base, self.data / "flan_train.jsonl", self.models / "flan"))
+            self.stage("flan", self.models / "flan", _subset(c, "flan_epochs sft_lr seed"), ["base"],
+                       lambda: self.train_sft_stage(base, self.data / "flan_train.jsonl", self.models / "flan",
+                                                    c.flan_epochs))
         policy, ptx_policy = self.models / "sft", self.models / "sft"
         for r in range(1, c.rounds + 1):
             policy, ptx_policy = self.run_round(r, policy, ptx_policy)
@@ -238,12 +243,12 @@ class Pipeline:
             self.stage(name, out, asdict(pc), ["world"], lambda pc=pc: _history(train_pretrain(pc)))
         return self.models / "base"
 
-    def train_sft_stage(self, base, train: Path, out: Path) -> dict:
+    def train_sft_stage(self, base, train: Path, out: Path, epochs: int) -> dict:
         from .sft import SFTConfig, train_sft
         c = self.cfg
         valid = self.data / "sft_valid.jsonl"
         sc = SFTConfig(model=str(base), train=str(train), valid=str(valid) if valid.exists() else "",
-                       out_dir=str(out), epochs=c.sft_epochs, lr=c.sft_lr, batch_size=32, micro_batch_size=32,
+                       out_dir=str(out), epochs=epochs, lr=c.sft_lr, batch_size=32, micro_batch_size=32,
                        warmup_steps=10, dropout=0.1, seed=c.seed, device=c.device, progress=c.progress)
         result = train_sft(sc)
         return {"selected_by": result.selected_by, "val_loss": result.val_loss, "history": result.fit.history}
@@ -343,6 +348,17 @@ class Pipeline:
         self.add_rounds(results)
         return {"models": [m.name for m in results.models]}
 
+    def comparison_agreement(self, limit: int = 200) -> dict:
+        """Agreement measured like the paper's: on the RM comparison sets (the first round's)."""
+        from .data import load_rankings
+        from .world import agreement
+        wd = _world(self.root)
+        by_id = {p.id: p for p in load_prompts(self.data / "prompts_rm_train.jsonl")}
+        rows = [r for r in load_rankings(self.data / "rankings_r1" / "train.jsonl") if r.prompt_id in by_id][:limit]
+        measured = agreement(wd.panel, [by_id[r.prompt_id] for r in rows], [r.responses for r in rows],
+                             seed=self.cfg.seed)
+        return _agreement_estimates(measured, "RM comparisons")
+
     def add_rounds(self, results) -> None:
         """Each round's RM and PPO outcome in the report (and every round's PPO curves when there are several)."""
         from .evaluate import training_curves
@@ -357,12 +373,24 @@ class Pipeline:
                 if ppo.get("ppo/score") is not None:
                     line += f"; {name}: final RM score {ppo['ppo/score']:.3f}, KL {ppo['ppo/kl']:.3f}"
             results.meta[f"round {r}"] = line
+        results.agreement.update(self.comparison_agreement())
         if c.rounds > 1:
             results.training_curves.update(training_curves(self.root, {
                 f"{name}_r{r}": self.models / f"round{r}" / name
                 for r in range(1, c.rounds + 1) for name in ("ppo", "ppo_ptx")}))
         results.save(self.root / "eval" / "results.json")
         write_report(results, self.root)
+
+
+def _agreement_estimates(measured: dict, label: str) -> dict:
+    from .evaluation.stats import Estimate, wilson_interval
+    out = {}
+    for key, name in (("train_train", "training-training"), ("train_heldout", "training-heldout")):
+        n = int(measured.get(f"n_{key}", 0))
+        if n:
+            low, high = wilson_interval(measured[key] * n, n)
+            out[f"{name} ({label})"] = Estimate(measured[key], low, high, n, "wilson")
+    return out
 
 
 def _subset(cfg: RunConfig, names: str) -> dict:

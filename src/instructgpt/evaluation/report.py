@@ -137,7 +137,9 @@ def _claims_section(claims: list[ClaimResult]) -> Section:
 def _win_rate_section(results: EvalResults) -> Section:
     models = [m for m in _models_in_order(results) if m.name != results.baseline]
     sec = Section(f"Win rate against {results.baseline}")
-    groups = {g: [results.win_rate(m.name, g) for m in models] for g in ("training", "heldout")}
+    groups = {g: [results.win_rate(m.name, g) for m in models] for g in ("training", "heldout", "human")}
+    if not any(groups["human"]):
+        del groups["human"]  # real labels from the labeling app, when the run has them
     if not any(e for ests in groups.values() for e in ests):
         sec.blocks.append(Para(f"Win rates: {NOT_MEASURED}."))
         return sec
@@ -146,9 +148,10 @@ def _win_rate_section(results: EvalResults) -> Section:
         [m.name for m in models], series, f"Preferred to {results.baseline} (95% CI)",
         "win rate", hline=0.5, ylim=(0, 1), rotate=True),
         "Win rate per model; ties count half; dashed line = parity."))
-    sec.blocks.append(Table(["model", "kind", "size", "training labelers", "held-out labelers"],
-                            [[m.name, m.kind, _size(m.n_params), fmt(groups["training"][i], True),
-                              fmt(groups["heldout"][i], True)] for i, m in enumerate(models)]))
+    heads = {"training": "training labelers", "heldout": "held-out labelers", "human": "people (labeling app)"}
+    sec.blocks.append(Table(["model", "kind", "size"] + [heads[g] for g in groups],
+                            [[m.name, m.kind, _size(m.n_params)] + [fmt(groups[g][i], True) for g in groups]
+                             for i, m in enumerate(models)]))
     lines = {kind: [(m.n_params, groups["training"][i]) for i, m in enumerate(models)
                     if m.kind == kind and m.n_params and groups["training"][i]]
              for kind in MODEL_KINDS}
