@@ -973,21 +973,7 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
                       if o.name in outputs and o.path == spec.path and not o.prompted), None)
         outputs[name] = out = run_policy(spec, cfg, pool, prompts, world_data, demos, reuse)
         t = lap(f"generate+probes:{name}", t)
-        runner = PolicyRunner(spec, cfg, pool, demos)
-        if ref_spec is not None:
-            if spec.path == ref_spec.path and not spec.prompted:
-                out.kl = [0.0] * len(prompts)
-            else:
-                ref = PolicyRunner(ref_spec, cfg, pool)
-                out.kl = policy_kl(runner, ref, prompts, out.responses, cfg.temperature)
-        if rm is not None:
-            same = _same_vocab(runner.tokenizer, rm_tok)
-            p_ids = [(runner if same else _Encoder(rm_tok)).prompt_ids(p.text, with_prefix=False)
-                     for p in prompts]
-            r_ids = [runner.response_ids(r) if same else _Encoder(rm_tok).response_ids(str(r))
-                     for r in out.responses]
-            with torch.no_grad():
-                out.reward = reward_scores(rm, p_ids, r_ids, rm_tok.pad_token_id, cfg.batch_size)
+        _score_policy(spec, out, cfg, pool, demos, prompts, ref_spec, rm, rm_tok)
         lap(f"kl+reward:{name}", t)
 
     t = time.perf_counter()
@@ -1011,6 +997,30 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
         except ValueError:
             return str(path)
 
+    meta = _run_meta(cfg, run_dir, out_dir, world_data, specs, demos, prompts, judged, rm, rm_dir, ref_spec,
+                     n_tasks, short)
+    if cfg.labels:
+        meta["human_labels"] = _add_human_labels(models, cfg, prompts, responses, out_dir, short)
+
+    results = EvalResults(models=models, baseline=cfg.baseline, agreement=agreement,
+                          training_curves=training_curves(run_dir),
+                          samples=pick_samples(prompts, responses), meta=meta)
+    results.meta["claims"] = {c.id: c.verdict for c in check_claims(results)}
+    results.save(out_dir / "results.json")  # before the report, so a report failure loses nothing
+    t = lap("assemble", t)
+    write_report(results, run_dir)
+    lap("report", t)
+    results.meta["eval_seconds"] = round(time.perf_counter() - t_start, 2)
+    results.save(out_dir / "results.json")
+    (out_dir / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
+    print(f"eval: {len(models)} models on {len(prompts)} prompts in {results.meta['eval_seconds']:.1f}s "
+          f"-> {out_dir / 'results.json'}, {run_dir / 'report.html'}")
+    return results
+
+
+def _run_meta(cfg: EvalConfig, run_dir: Path, out_dir: Path, world_data, specs, demos, prompts, judged, rm,
+              rm_dir: Path, ref_spec, n_tasks: int, short) -> dict[str, Any]:
+    """The report's run table: what was evaluated, how, and what was left out."""
     wc = world_data.config
     meta: dict[str, Any] = {
         "run_dir": str(run_dir), "test_prompts": len(prompts), "temperature": cfg.temperature,
@@ -1028,36 +1038,41 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
     if len(judged) < len(prompts):
         meta["not judged"] = (f"{len(prompts) - len(judged)} test prompts are not tasks of the simulated "
                               f"world (no checker); only real labels can judge them")
-    if cfg.labels:
-        rankings = load_rankings(cfg.labels, prompts)
-        human = label_comparisons(rankings, prompts, responses, cfg.baseline)
-        for m in models:
-            comps = human.get(m.name) or []
-            if comps:
-                m.comparisons += comps
-                m.win_rate["human"] = win_rate([c.outcome for c in comps], [c.prompt_id for c in comps],
-                                               seed=cfg.seed)
-        tables = _human_tables(human, cfg.seed)
-        (out_dir / "human_labels.json").write_text(json.dumps(
-            {"file": str(cfg.labels), "rankings": len(rankings), "tables": tables}, indent=1) + "\n")
-        meta["human_labels"] = (f"{cfg.labels}: {len(rankings)} rankings -> win_rate['human'] of "
-                                f"{len(tables)} models; per use case in "
-                                f"{short(str(out_dir / 'human_labels.json'))}")
+    return meta
 
-    results = EvalResults(models=models, baseline=cfg.baseline, agreement=agreement,
-                          training_curves=training_curves(run_dir),
-                          samples=pick_samples(prompts, responses), meta=meta)
-    results.meta["claims"] = {c.id: c.verdict for c in check_claims(results)}
-    results.save(out_dir / "results.json")  # before the report, so a report failure loses nothing
-    t = lap("assemble", t)
-    write_report(results, run_dir)
-    lap("report", t)
-    results.meta["eval_seconds"] = round(time.perf_counter() - t_start, 2)
-    results.save(out_dir / "results.json")
-    (out_dir / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
-    print(f"eval: {len(models)} models on {len(prompts)} prompts in {results.meta['eval_seconds']:.1f}s "
-          f"-> {out_dir / 'results.json'}, {run_dir / 'report.html'}")
-    return results
+
+def _score_policy(spec, out, cfg: EvalConfig, pool, demos, prompts, ref_spec, rm, rm_tok) -> None:
+    """Fill ``out.kl`` (to the SFT reference, on the policy's own answers) and ``out.reward`` (RM score)."""
+    runner = PolicyRunner(spec, cfg, pool, demos)
+    if ref_spec is not None:
+        if spec.path == ref_spec.path and not spec.prompted:
+            out.kl = [0.0] * len(prompts)
+        else:
+            ref = PolicyRunner(ref_spec, cfg, pool)
+            out.kl = policy_kl(runner, ref, prompts, out.responses, cfg.temperature)
+    if rm is not None:
+        same = _same_vocab(runner.tokenizer, rm_tok)
+        p_ids = [(runner if same else _Encoder(rm_tok)).prompt_ids(p.text, with_prefix=False) for p in prompts]
+        r_ids = [runner.response_ids(r) if same else _Encoder(rm_tok).response_ids(str(r)) for r in out.responses]
+        with torch.no_grad():
+            out.reward = reward_scores(rm, p_ids, r_ids, rm_tok.pad_token_id, cfg.batch_size)
+
+
+def _add_human_labels(models, cfg: EvalConfig, prompts, responses, out_dir: Path, short) -> str:
+    """Win rates from real labels (the labeling app's evaluation export) as ``win_rate["human"]``;
+    per-use-case tables to human_labels.json. Returns the line for the report's run table."""
+    rankings = load_rankings(cfg.labels, prompts)
+    human = label_comparisons(rankings, prompts, responses, cfg.baseline)
+    for m in models:
+        comps = human.get(m.name) or []
+        if comps:
+            m.comparisons += comps
+            m.win_rate["human"] = win_rate([c.outcome for c in comps], [c.prompt_id for c in comps], seed=cfg.seed)
+    tables = _human_tables(human, cfg.seed)
+    (out_dir / "human_labels.json").write_text(json.dumps(
+        {"file": str(cfg.labels), "rankings": len(rankings), "tables": tables}, indent=1) + "\n")
+    return (f"{cfg.labels}: {len(rankings)} rankings -> win_rate['human'] of {len(tables)} models; "
+            f"per use case in {short(str(out_dir / 'human_labels.json'))}")
 
 
 class _Encoder:
