@@ -34,7 +34,7 @@ SIZES = {"tiny": (4, 256, 4), "small": (6, 512, 8)}
 VOCAB, POSITIONS, PROMPT, RESPONSE = 4096, 256, 32, 32
 TARGETS = {  # from the issue: (tiny, small)
     "sft_tokens_per_s": (4700, 1150), "rm_k4_pairs_per_s": (100, 22), "generate_tokens_per_s": (7000, 2000),
-    "ppo_episodes_per_s": (14, 3), "ppo_peak_gib": (1.6, 3.5), "train_matmul_fraction": (0.65, 0.80),
+    "ppo_episodes_per_s": (14, 3), "ppo_shared_episodes_per_s": (14, 3), "ppo_peak_gib": (1.6, 3.5), "train_matmul_fraction": (0.65, 0.80),
 }
 
 
@@ -78,7 +78,9 @@ def make_folders(size: str, root: Path) -> dict:
         for i in range(256):
             ids = torch.randint(2, VOCAB - 2, (PROMPT,), generator=g).tolist()
             f.write(json.dumps({"id": str(i), "text": " ".join(f"w{j}" for j in ids), "user_id": "u"}) + "\n")
-    return {"tok": tok, "model": model, "layers": layers, "width": width}
+    from instructgpt.models import load_policy
+    # measured through the package's own loader: what a user's run gets
+    return {"tok": tok, "model": load_policy(root / "policy"), "layers": layers, "width": width}
 
 
 def flops_per_token(layers: int, width: int, context: int, training: bool, unembedding: bool = True) -> float:
@@ -154,11 +156,14 @@ def phase_generate(f: dict, root: Path) -> dict:
             "generate_flops": tokens * flops_per_token(f["layers"], f["width"], PROMPT + RESPONSE // 2, False) / sec}
 
 
-def phase_ppo(f: dict, root: Path) -> dict:
+def phase_ppo(f: dict, root: Path, value_model: str = "separate") -> dict:
+    """``separate``: the paper's value network (initialised from the RM); ``shared``: a value head
+    on the policy's trunk (reported under ppo_shared_*)."""
     from instructgpt.ppo import PPOConfig, PPOTrainer
     cfg = PPOConfig(policy=str(root / "policy"), reward_model=str(root / "rm"), prompts=str(root / "prompts.jsonl"),
                     out_dir=str(root / "ppo"), batch_size=32, minibatch_size=32, ppo_epochs=4, temperature=0.7,
-                    max_new_tokens=RESPONSE, min_new_tokens=RESPONSE, warmup_iterations=0, progress=False)
+                    max_new_tokens=RESPONSE, min_new_tokens=RESPONSE, warmup_iterations=0, progress=False,
+                    value_model=value_model)
     trainer = PPOTrainer(cfg)
     trainer.step()
     times = {"time/generate": 0.0, "time/score": 0.0, "time/learn": 0.0}
@@ -169,8 +174,9 @@ def phase_ppo(f: dict, root: Path) -> dict:
         for k in times:
             times[k] += metrics[k] / reps
     sec = (time.perf_counter() - t) / reps
-    return {"ppo_episodes_per_s": 32 / sec, "ppo_seconds_per_iteration": sec,
-            **{f"ppo_{k.split('/')[1]}_share": v / sec for k, v in times.items()}}
+    p = "ppo" if value_model == "separate" else "ppo_shared"
+    return {f"{p}_episodes_per_s": 32 / sec, f"{p}_seconds_per_iteration": sec,
+            **{f"{p}_{k.split('/')[1]}_share": v / sec for k, v in times.items()}}
 
 
 def run_phase(size: str, phase: str) -> dict:
@@ -184,8 +190,8 @@ def run_phase(size: str, phase: str) -> dict:
             out = phase_rm(f, root, int(phase[-1]))
         elif phase == "generate":
             out = phase_generate(f, root)
-        elif phase == "ppo":
-            out = phase_ppo(f, root)
+        elif phase in ("ppo", "ppo_shared"):
+            out = phase_ppo(f, root, "shared" if phase == "ppo_shared" else "separate")
         else:
             raise SystemExit(f"unknown phase {phase}")
     out[f"{phase}_peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
@@ -197,7 +203,7 @@ def run_phase(size: str, phase: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="tiny,small")
-    ap.add_argument("--phases", default="sft,rm_k4,rm_k2,generate,ppo")
+    ap.add_argument("--phases", default="sft,rm_k4,rm_k2,generate,ppo,ppo_shared")
     ap.add_argument("--out", default="bench/results/bench.json")
     ap.add_argument("--child", nargs=2, metavar=("SIZE", "PHASE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -220,7 +226,8 @@ def main() -> None:
             ("RM pairs/s, K=4", "rm_k4_pairs_per_s", "rm_k4_flops"),
             ("RM pairs/s, K=2", "rm_k2_pairs_per_s", "rm_k2_flops"),
             ("generation tokens/s (32)", "generate_tokens_per_s", "generate_flops"),
-            ("PPO episodes/s (32, 4 epochs)", "ppo_episodes_per_s", None)]
+            ("PPO episodes/s (32, 4 epochs)", "ppo_episodes_per_s", None),
+            ("  with value_model=shared", "ppo_shared_episodes_per_s", None)]
     sizes = list(results)
     print(f"{'phase':34}" + "".join(f"{s:>24}" for s in sizes))
     for label, key, fkey in rows:
@@ -237,10 +244,11 @@ def main() -> None:
         print(f"{label:34}" + "".join(cells))
     for s in sizes:
         r = results[s]
-        if "ppo_episodes_per_s" in r:
-            print(f"PPO {s}: {r['ppo_seconds_per_iteration']:.2f} s/iteration = generate "
-                  f"{r['ppo_generate_share']:.0%}, score {r['ppo_score_share']:.0%}, learn {r['ppo_learn_share']:.0%}; "
-                  f"peak {r['ppo_peak_gib']:.2f} GiB")
+        for p in ("ppo", "ppo_shared"):
+            if f"{p}_episodes_per_s" in r:
+                print(f"{p} {s}: {r[f'{p}_seconds_per_iteration']:.2f} s/iteration = generate "
+                      f"{r[f'{p}_generate_share']:.0%}, score {r[f'{p}_score_share']:.0%}, "
+                      f"learn {r[f'{p}_learn_share']:.0%}; peak {r[f'{p}_peak_gib']:.2f} GiB")
         peaks = {k: v for k, v in r.items() if k.endswith("_peak_gib")}
         print(f"peak memory {s}: " + ", ".join(f"{k[:-9]} {v:.2f} GiB" for k, v in peaks.items()))
     out = Path(args.out)

@@ -131,3 +131,45 @@ def test_response_logits_match_the_full_forward(tiny_gpt2):
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
         torch.testing.assert_close(response_logits(model, ids, mask, 5), full[:, 4:-1])
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_shared_trunk_logits_match_the_policy_and_values_read_its_hidden_states(tmp_path, arch):
+    from instructgpt.models import position_ids_from_mask
+    from instructgpt.ppo import ValueHead, response_logits, response_logits_and_values
+    from tests.conftest import make_model
+    model = load_policy(make_model(tmp_path / arch, arch)).eval()
+    head = ValueHead(model.config.hidden_size)
+    ids = torch.randint(3, 100, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    with torch.no_grad():
+        logits, values = response_logits_and_values(model, head, ids, mask, 5)
+        torch.testing.assert_close(logits, response_logits(model, ids, mask, 5))
+        hidden = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                       output_hidden_states=True).hidden_states[-1]
+        want = hidden[:, 4:-1] @ head.head.weight[0] + head.head.bias
+        torch.testing.assert_close(values, want, atol=1e-5, rtol=1e-4)
+
+
+def test_shared_value_head_learns_and_resumes(tmp_path, sft_policy):
+    common = dict(value_model="shared", iterations=20, save_every=5, ema=True)
+    result = train_ppo(ppo_cfg(sft_policy, tmp_path / "full", **common))
+    scores = [h["ppo/score"] for h in result.history]
+    ev = [h["ppo/explained_variance"] for h in result.history]
+    assert mean(scores[-5:]) > mean(scores[:5]) + 0.5, scores
+    assert mean(ev[-5:]) > mean(ev[:3]), ev  # the fresh head learns to predict returns
+    out = tmp_path / "full"
+    assert (out / "value_head.safetensors").exists() and not (out / "value_model").exists()
+
+    def crash(iteration):
+        if iteration == 12:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_ppo(ppo_cfg(sft_policy, tmp_path / "cut", **common), on_iteration=crash)
+    train_ppo(ppo_cfg(sft_policy, tmp_path / "cut", resume=True, **common))
+    for sub in ("model.safetensors", "policy_raw/model.safetensors", "value_head.safetensors"):
+        a, b = load_file(str(out / sub)), load_file(str(tmp_path / "cut" / sub))
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)

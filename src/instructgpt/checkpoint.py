@@ -70,12 +70,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(s, i)
 
 
-def module_tensors(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
-    """{"policy": m, ...} -> flat {"policy.layer.weight": tensor} (shared storage de-duplicated)."""
+def module_tensors(modules: dict[str, torch.nn.Module | dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """{"policy": m, ...} -> flat {"policy.layer.weight": tensor} (shared storage de-duplicated).
+
+    A value may also be a ready state dict of full tensors (a sharded model's
+    ``sharding.full_state_dict``), stored the same way.
+    """
     out: dict[str, torch.Tensor] = {}
     for name, module in modules.items():
         seen: dict[int, str] = {}
-        for key, t in module.state_dict(keep_vars=False).items():
+        sd = module if isinstance(module, dict) else module.state_dict(keep_vars=False)
+        for key, t in sd.items():
             ptr = t.data_ptr()
             if ptr in seen and t.numel() > 0:
                 continue  # tied weights (e.g. GPT-2 lm_head = wte) are stored once
@@ -85,10 +90,14 @@ def module_tensors(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tenso
 
 
 def load_module_tensors(modules: dict[str, torch.nn.Module], tensors: dict[str, torch.Tensor], where: str) -> None:
+    from .sharding import is_sharded, load_full_state_dict
     for name, module in modules.items():
         prefix = f"{name}."
         sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        missing, unexpected = module.load_state_dict(sd, strict=False)
+        if is_sharded(module):  # each rank keeps its shard of the full tensors; tied keys are filled in
+            missing, unexpected = load_full_state_dict(module, sd, strict=False)
+        else:
+            missing, unexpected = module.load_state_dict(sd, strict=False)
         # Missing keys are allowed only for tied weights that share storage with a loaded key.
         tied = {k for k in missing if _is_tied(module, k, sd)}
         bad = [k for k in missing if k not in tied]

@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"instructgpt {stage.name}: interrupted; checkpoints written so far are kept "
               f"(rerun with --resume to continue)", file=sys.stderr)
         return 130
+    from . import distributed, sharding
+    if distributed.is_distributed() and sharding.used():
+        distributed.exit_now(0)  # skip interpreter teardown after FSDP (see exit_now)
     return 0
 
 

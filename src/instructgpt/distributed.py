@@ -23,15 +23,17 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
+import logging
 import os
+import sys
 import warnings
 from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
 
-# Accelerate sets these when its config asks for sharded training. The built-in
-# loops replicate weights on every rank and do not shard them (docs/scaling.md).
+# Accelerate sets these when its config asks for sharded training. The supervised stages
+# shard (sharding.py); a stage that does not warns that they are ignored (docs/scaling.md).
 _SHARDING_ENV = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
 
 # Gradients are all-reduced in buckets of at most this many elements, so the
@@ -45,11 +47,14 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def init_from_env(device: torch.device) -> None:
+def init_from_env(device: torch.device, shards: bool = False) -> None:
     """Join the process group when launched by torchrun/accelerate; no-op otherwise.
 
     On CUDA the process is pinned to ``cuda:LOCAL_RANK`` first, so that
-    ``device="auto"``/``"cuda"`` mean this rank's own GPU.
+    ``device="auto"``/``"cuda"`` mean this rank's own GPU. A stage that can
+    shard its models (``shards=True``: the supervised stages, through
+    ``sharding.resolve_mode``) handles the launcher's FSDP/DeepSpeed request
+    itself; for the others a warning says it is ignored.
     """
     if is_distributed() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
@@ -57,7 +62,8 @@ def init_from_env(device: torch.device) -> None:
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     atexit.register(_destroy)
-    _warn_about_ignored_sharding()
+    if not shards:
+        _warn_about_ignored_sharding()
 
 
 def _destroy() -> None:
@@ -65,12 +71,33 @@ def _destroy() -> None:
         dist.destroy_process_group()
 
 
+def exit_now(code: int = 0):
+    """End the process at once after a finished run: flush, leave the group, ``os._exit(code)``.
+
+    Used after runs that sharded a model (FSDP2/DTensor): interpreter teardown
+    can then abort the process (std::terminate, SIGABRT) after all work is
+    done, in a few percent of 2-rank gloo runs. A collective issued during
+    ``backward()`` carries autograd's thread-local Python object (the stashed
+    ``contextvars`` context), so the gloo worker thread that releases it needs
+    the GIL; DTensor's caches keep the process group and its threads alive
+    until teardown, and a thread that asks for the GIL during teardown is
+    terminated. Skipping teardown avoids that; nothing is lost once outputs
+    are written (files are closed, stdio and logging flushed here).
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    if is_distributed():
+        dist.destroy_process_group()
+    os._exit(code)
+
+
 def _warn_about_ignored_sharding() -> None:
     asked = [k for k in _SHARDING_ENV if os.environ.get(k, "").lower() in ("1", "true", "yes")]
     if asked and is_main():
-        warnings.warn(f"{', '.join(asked)} set by the launcher: the built-in training loops replicate every "
-                      f"model on each rank (data parallelism) and do not shard weights, gradients or optimizer "
-                      f"states; see docs/scaling.md", stacklevel=3)
+        warnings.warn(f"{', '.join(asked)} set by the launcher: this stage replicates every model on each rank "
+                      f"(data parallelism) and does not shard weights, gradients or optimizer states (the "
+                      f"supervised stages do: sharding=auto); see docs/scaling.md", stacklevel=3)
 
 
 def rank() -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .batching import pad
+from .fast_decode import LeanDecoder
 from .models import position_ids_from_mask
 
 
@@ -55,12 +56,13 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
 def generate(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              generator: torch.Generator | None = None, batch_size: int = 0,
-             min_new_tokens: int = 0) -> Generation:
+             min_new_tokens: int = 0, lean: bool = True) -> Generation:
     """Sample one response per prompt. ``batch_size`` > 0 splits very large requests;
-    EOS cannot be sampled before ``min_new_tokens``."""
+    EOS cannot be sampled before ``min_new_tokens``. ``lean`` runs the per-token steps with
+    ``fast_decode.LeanDecoder`` when it supports the model (same logits, ~3x less overhead)."""
     if batch_size and len(prompts) > batch_size:
         parts = [generate(model, prompts[i:i + batch_size], max_new_tokens, eos_id, pad_id,
-                          temperature, top_k, top_p, generator, min_new_tokens=min_new_tokens)
+                          temperature, top_k, top_p, generator, min_new_tokens=min_new_tokens, lean=lean)
                  for i in range(0, len(prompts), batch_size)]
         return Generation([r for p in parts for r in p.responses], [e for p in parts for e in p.ended])
     device = next(model.parameters()).device
@@ -76,6 +78,9 @@ def generate(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: i
                 use_cache=True, logits_to_keep=1)
     past, logits = out.past_key_values, out.logits[:, -1]        # (B, V)
     next_pos = mask.sum(-1, keepdim=True)                        # (B, 1) position of the next token
+    decoder = LeanDecoder.create(model) if lean and max_new_tokens > 1 else None
+    if decoder is not None:
+        decoder.start(past, mask if padded else None, max_new_tokens)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     tokens = []
     for step in range(max_new_tokens):
@@ -87,11 +92,15 @@ def generate(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: i
         done |= tok == eos_id
         if bool(done.all()):
             break
-        if padded:
-            mask = torch.cat([mask, (~done | (tok == eos_id)).long().unsqueeze(-1)], dim=-1)
-        out = model(input_ids=tok.unsqueeze(-1), attention_mask=mask if padded else None, position_ids=next_pos,
-                    past_key_values=past, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1]
+        if decoder is not None:
+            # a finished row's later columns stay visible to it, which changes nothing: its outputs are ignored
+            logits = decoder.step(tok, next_pos)
+        else:
+            if padded:
+                mask = torch.cat([mask, (~done | (tok == eos_id)).long().unsqueeze(-1)], dim=-1)
+            out = model(input_ids=tok.unsqueeze(-1), attention_mask=mask if padded else None,
+                        position_ids=next_pos, past_key_values=past, use_cache=True)
+            past, logits = out.past_key_values, out.logits[:, -1]
         next_pos = next_pos + 1
     model.train(was_training)
     return _collect(torch.stack(tokens, dim=1) if tokens else torch.zeros(B, 0, dtype=torch.long), eos_id)

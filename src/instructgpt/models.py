@@ -145,6 +145,25 @@ def set_dropout(model: nn.Module, p: float) -> None:
             m.p = p
 
 
+# ----------------------------------------------------------------------------- fused kernels
+
+def fuse_activations(model: nn.Module) -> nn.Module:
+    """Swap transformers' ``gelu_new`` (GPT-2's tanh-approximate GELU written as six elementwise
+    ops, each saving its input for backward) for the same function as one fused kernel
+    (``F.gelu(approximate="tanh")``, the ``gelu_pytorch_tanh`` activation).
+
+    Outputs agree to ~5e-7; the MLP's elementwise time falls ~6x, which is a third
+    of a forward pass at the small widths this package trains on a CPU. The
+    saved config is unchanged, so folders still load anywhere as before.
+    """
+    from transformers.activations import GELUTanh, NewGELUActivation
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is NewGELUActivation:
+                setattr(parent, name, GELUTanh())
+    return model
+
+
 # ----------------------------------------------------------------------------- policies
 
 def _from_pretrained(auto_cls, spec: str | os.PathLike, dropout: float | None, what: str) -> nn.Module:
@@ -152,9 +171,10 @@ def _from_pretrained(auto_cls, spec: str | os.PathLike, dropout: float | None, w
     src = resolve_source(spec)
     extra = dropout_overrides(src.folder, src.gguf_file, dropout)
     try:
-        return auto_cls.from_pretrained(src.folder, dtype=torch.float32, **src.kwargs(), **extra)
+        model = auto_cls.from_pretrained(src.folder, dtype=torch.float32, **src.kwargs(), **extra)
     except (OSError, ValueError, RuntimeError) as e:
         raise ModelLoadError(f"{spec}: cannot load {what}: {e}") from e
+    return fuse_activations(model)
 
 
 def load_policy(spec: str | os.PathLike, device: torch.device | str = "cpu",
@@ -235,21 +255,36 @@ class RewardModel(nn.Module):
             head = load_file(str(folder / "reward_head.safetensors"))
         except Exception as e:  # safetensors raises its own error types for truncated files
             raise ModelLoadError(f"{folder}: cannot load reward model: {e}") from e
-        model = cls(body, reward_bias=meta.get("reward_bias", 0.0))
+        model = cls(fuse_activations(body), reward_bias=meta.get("reward_bias", 0.0))
         model.head.load_state_dict({"weight": head["weight"], "bias": head["bias"]})
         return model.to(device)
 
-    def save_pretrained(self, folder: str | os.PathLike, tokenizer=None, extra: dict | None = None) -> None:
+    def save_pretrained(self, folder: str | os.PathLike, tokenizer=None, extra: dict | None = None,
+                        state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the folder described in the module docstring.
+
+        ``state_dict``: full tensors to write instead of the live ones (a sharded
+        model's ``sharding.full_state_dict``; keys ``backbone.*``, ``head.*``,
+        ``reward_bias``).
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.backbone.save_pretrained(str(folder))
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
+        if state_dict is None:
+            self.backbone.save_pretrained(str(folder))
+            head = self.head.state_dict()
+            reward_bias = float(self.reward_bias)
+        else:
+            self.backbone.save_pretrained(str(folder), state_dict={
+                k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")})
+            head = {k[len("head."):]: v for k, v in state_dict.items() if k.startswith("head.")}
+            reward_bias = float(state_dict.get("reward_bias", self.reward_bias))
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.items()},
                   str(folder / "reward_head.safetensors"))
         meta = {
             "format": REWARD_FORMAT,
             "version": 1,
             "hidden_size": int(self.config.hidden_size),
-            "reward_bias": float(self.reward_bias),
+            "reward_bias": reward_bias,
             "head_file": "reward_head.safetensors",
             "how_to_load": "instructgpt.models.RewardModel.from_pretrained(folder); the body alone "
                            "loads with transformers.AutoModel; reward = head(h_last) + reward_bias",

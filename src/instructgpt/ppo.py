@@ -4,7 +4,8 @@ Each iteration is a batch of bandit episodes: sample one response per prompt
 (KV cache, whole batch at once), score it with the reward model, and learn:
 
   rollout   policy, reference (frozen SFT), value and reward models each do one
-            forward pass over the batch's prompt+response tokens;
+            forward pass over the batch's prompt+response tokens (with
+            ``value_model=shared`` the policy's pass also gives the values);
   rewards   per token -kl_coef * KL(policy || reference), plus the RM score
             (with its normalising bias) on the last response token, plus an
             optional fixed penalty when the response hit the length limit;
@@ -43,11 +44,13 @@ from typing import Callable
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from . import backends
 from . import checkpoint as ckpt
 from . import distributed as dist
+from . import sharding
 from .batching import encode_prompt, pad
 from .config import ConfigError, opt
 from .data import DataError, load_prompts
@@ -58,6 +61,7 @@ from .losses import (AdaptiveKLController, FixedKLController, ema_update, entrop
 from .models import RewardModel, load_policy, load_tokenizer, pick_device, position_ids_from_mask, set_dropout
 from .pretrain import BlockStream, load_corpus, pack_blocks
 from .records import MetricsLog, update_run_info, write_run_info
+from .training import adamw_kernel
 
 
 @dataclass
@@ -78,6 +82,10 @@ class PPOConfig:
     ppo_epochs: int = opt(4, "Passes over each batch of rollouts.")
     lr: float = opt(1e-5, "Policy learning rate (paper: 5e-6 for 1.3B).")
     value_lr: float = opt(0.0, "Value-model learning rate (0 = same as lr).")
+    value_model: str = opt("separate", "separate: a value network initialised from the reward model (the paper); "
+                                       "shared: a scalar head on the policy's own trunk, one network doing both "
+                                       "(about 40% less compute per episode; the value loss then also shapes the "
+                                       "policy's features, and the head starts untrained).")
     warmup_iterations: int = opt(10, "Learning rate rises linearly from 1/10 of its peak over this many iterations (paper: 10).")
     grad_clip: float = opt(1.0, "Clip each model's gradient norm to this (0 = off).")
     kl_coef: float = opt(0.02, "beta: weight of the per-token KL penalty to the SFT policy (paper: 0.02).")
@@ -118,6 +126,10 @@ class PPOConfig:
     generation_backend: str = opt("auto", "Rollout sampler: auto (vLLM when installed and on CUDA, else builtin), "
                                           "builtin (KV-cache generator), vllm, or module:factory.")
     vllm_gpu_memory_utilization: float = opt(0.3, "vLLM: share of each GPU for its policy copy and KV cache.")
+    sharding: str = opt("auto", "Under several processes: none (full replicas), full (FSDP2, ZeRO-3-like) or grad_op "
+                                "(ZeRO-2-like) for the trained models (policy, its EMA, a separate value model), "
+                                "or auto (what accelerate launch asked for). The frozen reference and reward "
+                                "models stay replicated. Same results and folders in every mode.")
 
     def validate(self) -> None:
         if not self.policy or not self.prompts or not self.out_dir:
@@ -136,6 +148,10 @@ class PPOConfig:
             raise ConfigError("temperature: must be >= 0 (0 = greedy)")
         if self.precision not in dist.PRECISIONS:
             raise ConfigError(f"precision: {self.precision!r} is not one of {', '.join(dist.PRECISIONS)}")
+        if self.sharding not in sharding.MODES:
+            raise ConfigError(f"sharding: {self.sharding!r} is not one of {', '.join(sharding.MODES)}")
+        if self.value_model not in ("separate", "shared"):
+            raise ConfigError(f"value_model: {self.value_model!r} is not separate or shared")
         if self.generation_backend not in backends.BACKENDS and ":" not in self.generation_backend:
             raise ConfigError(f"generation_backend: {self.generation_backend!r} is not one of "
                               f"{', '.join(backends.BACKENDS)} or module:factory")
@@ -186,6 +202,31 @@ def response_values(value_model: RewardModel, input_ids, attention_mask, P: int)
     return value_model.values(input_ids, attention_mask)[:, P - 1:-1]
 
 
+class ValueHead(torch.nn.Module):
+    """``value_model=shared``: a scalar head on the policy's final hidden states."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.head = torch.nn.Linear(hidden, 1)
+        torch.nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(hidden + 1))
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden).squeeze(-1)
+
+
+def response_logits_and_values(policy, head: ValueHead, input_ids, attention_mask, P: int):
+    """One pass of the policy's trunk -> ((B, R, V) logits, (B, R) values), both read at the
+    position before each response token (the unembedding runs on those positions only)."""
+    R = input_ids.shape[1] - P
+    # Through the model's own forward (FSDP's hooks run there); the last hidden state is the
+    # final-norm output that the unembedding reads.
+    out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+                 logits_to_keep=R + 1, output_hidden_states=True)
+    h = out.hidden_states[-1][:, P - 1:-1]                                      # (B, R, H)
+    return out.logits[:, :-1], head(h).float()
+
+
 def global_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
     """Whitening with mean/variance over all ranks' masked entries."""
     stats = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]).double()
@@ -224,7 +265,7 @@ class PPOTrainer:
     def __init__(self, cfg: PPOConfig):
         self.cfg = cfg
         self.device = pick_device(cfg.device)
-        dist.init_from_env(self.device)
+        dist.init_from_env(self.device, shards=True)
         if cfg.batch_size < dist.world_size():
             raise ConfigError(f"batch_size: {cfg.batch_size} episodes cannot be shared by {dist.world_size()} processes")
         self.dtype = dist.resolve_precision(cfg.precision, self.device)
@@ -239,20 +280,37 @@ class PPOTrainer:
             set_dropout(m, 0.0)  # dropout off in rollouts and updates
         if cfg.reward_model:
             self.reward_model = RewardModel.from_pretrained(cfg.reward_model, self.device).eval().requires_grad_(False)
-            self.value = RewardModel.from_pretrained(cfg.reward_model, self.device)
             self.reward_fn = load_reward_fn(cfg.reward_fn) if cfg.reward_fn else None
         else:
             self.reward_model = None
             self.reward_fn = load_reward_fn(cfg.reward_fn)
+        self.shared = cfg.value_model == "shared"
+        if self.shared:
+            self.value: torch.nn.Module = ValueHead(self.policy.config.hidden_size).to(self.device)
+        elif cfg.reward_model:
+            self.value = RewardModel.from_pretrained(cfg.reward_model, self.device)
+        else:
             self.value = RewardModel.from_policy(cfg.policy, self.device)
         set_dropout(self.value, 0.0)
         for m in (self.policy, self.value):
             dist.broadcast_module(m)  # identical starting weights on every rank (e.g. a fresh value head)
         self.ema_model = copy.deepcopy(self.policy).requires_grad_(False) if cfg.ema else None
+        # Sharding (before the optimizer sees the parameters): the trained models, and the EMA with the
+        # policy's placements so its update stays a local elementwise operation on each rank's shard.
+        mode = sharding.resolve_mode(cfg.sharding)
+        trained = [self.policy] + ([] if self.shared else [self.value]) + ([self.ema_model] if cfg.ema else [])
+        self.sharded = any([sharding.shard_model(m, mode) for m in trained])
+        if self.sharded and dist.is_main():
+            print(f"ppo: sharding={mode} (FSDP2) of the policy{'' if self.shared else ', value model'}"
+                  f"{', EMA' if cfg.ema else ''} over {dist.world_size()} ranks", flush=True)
+        if sharding.is_sharded(self.value):  # values() is a second entry point: FSDP must gather for it too
+            from torch.distributed.fsdp import register_fsdp_forward_method
+            register_fsdp_forward_method(self.value, "values")
         self.optimizer = torch.optim.AdamW(
             [{"params": [p for p in self.policy.parameters() if p.requires_grad], "lr": cfg.lr},
              {"params": [p for p in self.value.parameters() if p.requires_grad], "lr": cfg.value_lr or cfg.lr}],
-            betas=(0.9, 0.95), eps=1e-5, weight_decay=0.0)
+            betas=(0.9, 0.95), eps=1e-5, weight_decay=0.0,
+            **adamw_kernel(list(self.policy.parameters()) + list(self.value.parameters())))
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl
                        else FixedKLController(cfg.kl_coef))
@@ -293,6 +351,14 @@ class PPOTrainer:
 
     @torch.no_grad()
     def rollout(self, indices: list[int]) -> tuple[Rollout, dict[str, float]]:
+        """Sample, then score: log-probs, values, reference log-probs and rewards of this rank's episodes.
+
+        Sharded models are gathered once for the whole rollout, so each rank samples
+        and scores its own prompts without collectives (ranks may stop at different lengths)."""
+        with sharding.unsharded(self.policy), sharding.unsharded(self.value):
+            return self._rollout(indices)
+
+    def _rollout(self, indices: list[int]) -> tuple[Rollout, dict[str, float]]:
         cfg, tok = self.cfg, self.tokenizer
         t0 = time.perf_counter()
         prompts = [self.prompt_ids[i] for i in indices]
@@ -309,9 +375,9 @@ class PPOTrainer:
         self.policy.eval()
         temp = self.logprob_temperature
         with self.amp():
-            logprobs = token_logprobs(response_logits(self.policy, input_ids, attn, P), input_ids[:, P:], temp)
+            logits, values = self.logits_and_values(input_ids, attn, P)
+            logprobs = token_logprobs(logits, input_ids[:, P:], temp)
             ref_logprobs = token_logprobs(response_logits(self.ref, input_ids, attn, P), input_ids[:, P:], temp)
-            values = response_values(self.value, input_ids, attn, P).float()
         ended = torch.tensor(gen.ended, device=self.device)
         texts = decode_responses(tok, gen)
         prompt_texts = [self.prompt_texts[i] for i in indices]
@@ -376,20 +442,22 @@ class PPOTrainer:
         stats = {"ppo/pg_loss": 0.0, "ppo/vf_loss": 0.0, "ppo/entropy": 0.0, "ppo/clipfrac": 0.0,
                  "ppo/approx_kl": 0.0, "ppo/vf_clipfrac": 0.0}
         ratio_max, nonfinite = 0.0, 0.0
-        for s in range(0, len(idx), micro):
-            j = idx[s:s + micro]
+        chunks = [idx[s:s + micro] for s in range(0, len(idx), micro)]
+        for j, real in self._passes(chunks, [0]):  # a padding pass (sharded only) reuses episode 0 at weight 0
             ids, attn, mask = ro.input_ids[j], ro.attention_mask[j], ro.mask[j]
-            share = mask.sum().item() / max(total_tokens, 1.0)   # token weight of this micro-batch globally
+            # token weight of this micro-batch in the global minibatch
+            share = mask.sum().item() / max(total_tokens, 1.0) if real else 0.0
             with self.amp():
-                logits = response_logits(self.policy, ids, attn, ro.P)
-                v = response_values(self.value, ids, attn, ro.P).float()
+                logits, v = self.logits_and_values(ids, attn, ro.P)
             logp = token_logprobs(logits, ids[:, ro.P:], self.logprob_temperature)
             pg, pg_stats = policy_loss(logp, ro.logprobs[j], ro.advantages[j], mask, cfg.cliprange)
             vf, vf_stats = value_loss(v, ro.values[j], ro.returns[j], mask, cfg.cliprange_value)
             loss = (pg + cfg.vf_coef * vf) * share
+            loss.backward()
+            if not real:
+                continue
             nonfinite += float(not torch.isfinite(loss))
             ratio_max = max(ratio_max, pg_stats["ratio_max"].item())
-            loss.backward()
             with torch.no_grad():
                 ent = masked_mean(entropy_from_logits(logits), mask)
             for k, val in (("ppo/pg_loss", pg), ("ppo/vf_loss", vf), ("ppo/entropy", ent),
@@ -399,14 +467,15 @@ class PPOTrainer:
         if self.ptx is not None:
             stats["ppo/ptx_loss"], bad = self._ptx_backward(total_tokens)
             nonfinite += bad
-        dist.all_reduce_gradients(self.policy)
-        dist.all_reduce_gradients(self.value)
+        for m in (self.policy, self.value):
+            if not sharding.is_sharded(m):  # sharded: FSDP summed the gradients during backward
+                dist.all_reduce_gradients(m)
         reduced = dist.all_reduce_sum(torch.tensor(list(stats.values()) + [nonfinite], dtype=torch.float64)).tolist()
         ratio_max = dist.all_reduce_max(torch.tensor(ratio_max, dtype=torch.float64)).item()
         self._guard(reduced[-1], ratio_max)
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
-            torch.nn.utils.clip_grad_norm_(self.value.parameters(), cfg.grad_clip)
+        if cfg.grad_clip > 0:  # global norms, over every rank's shard when sharded
+            sharding.clip_grad_norm_(self.policy, cfg.grad_clip)
+            sharding.clip_grad_norm_(self.value, cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._update_ema()
@@ -423,21 +492,33 @@ class PPOTrainer:
         """
         cfg = self.cfg
         n_blocks = max(1, math.ceil(cfg.ptx_token_ratio * rl_tokens / cfg.ptx_seq_len))
-        blocks = dist.shard(list(self.ptx.next(n_blocks)))
+        every = list(self.ptx.next(n_blocks))
+        blocks = dist.shard(every)
         micro = cfg.micro_batch_size or max(len(blocks), 1)
         ones_total = float(n_blocks * (cfg.ptx_seq_len - 1))
         loss_total, nonfinite = 0.0, 0.0
-        for s in range(0, len(blocks), micro):
-            ids = torch.stack(blocks[s:s + micro]).to(self.device)
+        chunks = [blocks[s:s + micro] for s in range(0, len(blocks), micro)]
+        for chunk, real in self._passes(chunks, every[:1]):
+            ids = torch.stack(chunk).to(self.device)
             mask = torch.ones_like(ids)
             with self.amp():
                 logits = self.policy(input_ids=ids, attention_mask=mask).logits
-            nll_sum, count = lm_loss_sum(logits, ids, mask)
-            loss = cfg.ptx_coef * nll_sum / ones_total
-            nonfinite += float(not torch.isfinite(loss))
+            nll_sum, _ = lm_loss_sum(logits, ids, mask)
+            loss = cfg.ptx_coef * nll_sum / ones_total * (1.0 if real else 0.0)
             loss.backward()
-            loss_total += nll_sum.item() / ones_total
+            if real:
+                nonfinite += float(not torch.isfinite(loss))
+                loss_total += nll_sum.item() / ones_total
         return loss_total, nonfinite
+
+    def _passes(self, chunks: list, filler) -> list[tuple]:
+        """(micro-batch, is_real) pairs. Sharded, FSDP's collectives run inside forward and backward,
+        so every rank makes as many passes as the busiest one: the others add zero-weight passes
+        over ``filler``. Unsharded, a rank makes only its own passes (possibly none)."""
+        n = len(chunks)
+        if self.sharded:
+            n = int(dist.all_reduce_max(torch.tensor(float(n))).item())
+        return [(chunks[i], True) if i < len(chunks) else (filler, False) for i in range(n)]
 
     def _guard(self, nonfinite: float, ratio_max: float) -> None:
         """Stop on a NaN/inf loss or an exploding ratio (both reduced over ranks: every rank raises)."""
@@ -448,6 +529,13 @@ class PPOTrainer:
         if ratio_max > self.cfg.ratio_guard:
             raise PPOGuardError(f"ppo iteration {self.iteration}: probability ratio {ratio_max:.3g} exceeds "
                                 f"ratio_guard={self.cfg.ratio_guard}; stopping (the last good checkpoint is kept)")
+
+    def logits_and_values(self, input_ids, attention_mask, P: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, R, V) policy logits and (B, R) fp32 values at the response positions."""
+        if self.shared:
+            return response_logits_and_values(self.policy, self.value, input_ids, attention_mask, P)
+        return (response_logits(self.policy, input_ids, attention_mask, P),
+                response_values(self.value, input_ids, attention_mask, P).float())
 
     def amp(self):
         """Autocast context for forward passes (``precision``)."""
@@ -501,20 +589,24 @@ class PPOTrainer:
         return mods
 
     def save_checkpoint(self) -> None:
+        """Full (unsharded) tensors written by rank 0; every rank calls it (gathering is collective)."""
+        tensors = {name: sharding.full_state_dict(m, rank0_only=True) if sharding.is_sharded(m) else m
+                   for name, m in self.modules().items()}
+        optim_state = sharding.optimizer_state_dict(self.optimizer, rank0_only=True)
         if dist.is_main():
             root = Path(self.cfg.out_dir) / "checkpoints"
-            objects = {"optimizer": self.optimizer.state_dict(), "kl_ctl": self.kl_ctl.state_dict(),
+            objects = {"optimizer": optim_state, "kl_ctl": self.kl_ctl.state_dict(),
                        "generator": self.generator.get_state(),
                        "ptx_position": self.ptx.position if self.ptx else 0}
             state = {"iteration": self.iteration, "prompt_position": self.prompt_position,
                      "ema_updates": self.ema_updates}
-            ckpt.save_checkpoint(root / f"step-{self.iteration:07d}", self.modules(), objects, state)
+            ckpt.save_checkpoint(root / f"step-{self.iteration:07d}", tensors, objects, state)
             ckpt.prune_checkpoints(root, self.cfg.keep_checkpoints)
         dist.barrier()
 
     def load_checkpoint(self, folder: Path) -> None:
-        objects, state = ckpt.load_checkpoint(folder, self.modules())
-        self.optimizer.load_state_dict(objects["optimizer"])
+        objects, state = ckpt.load_checkpoint(folder, self.modules())  # full tensors: any ranks, sharded or not
+        sharding.load_optimizer_state_dict(self.optimizer, objects["optimizer"])
         self.kl_ctl.load_state_dict(objects["kl_ctl"])
         self.generator.set_state(objects["generator"])
         if dist.rank() > 0:  # the checkpoint holds rank 0's stream; the others fork their own from it
@@ -526,14 +618,21 @@ class PPOTrainer:
         self.ema_updates = state["ema_updates"]
 
     def save_final(self) -> None:
+        """Plain HF folders written by rank 0; every rank calls it (sharded weights are gathered)."""
         out = Path(self.cfg.out_dir)
         final = self.ema_model if self.ema_model is not None else self.policy
-        final.save_pretrained(str(out))
-        self.tokenizer.save_pretrained(str(out))
+        sharding.save_pretrained(final, str(out))
         if self.ema_model is not None:
-            self.policy.save_pretrained(str(out / "policy_raw"))
-            self.tokenizer.save_pretrained(str(out / "policy_raw"))
-        self.value.save_pretrained(out / "value_model", self.tokenizer)
+            sharding.save_pretrained(self.policy, str(out / "policy_raw"))
+        if not self.shared:
+            sharding.save_pretrained(self.value, out / "value_model", self.tokenizer)
+        if dist.is_main():
+            self.tokenizer.save_pretrained(str(out))
+            if self.ema_model is not None:
+                self.tokenizer.save_pretrained(str(out / "policy_raw"))
+            if self.shared:  # the head sits on policy_raw's trunk (or the saved policy's, without EMA)
+                save_file({k: v.contiguous() for k, v in self.value.state_dict().items()},
+                          str(out / "value_head.safetensors"))
 
 
 def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None) -> PPOResult:
@@ -549,7 +648,8 @@ def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None)
             MetricsLog(out / "samples.jsonl", enabled=dist.is_main()).truncate_after(trainer.iteration)
     if dist.is_main():
         write_run_info(out, "ppo-ptx" if cfg.ptx_coef > 0 else "ppo", cfg,
-                       {"prompts": len(trainer.prompt_ids), "resumed_at_iteration": trainer.iteration})
+                       {"prompts": len(trainer.prompt_ids), "resumed_at_iteration": trainer.iteration,
+                        "sharding": sharding.sharding_mode(trainer.policy), "world_size": dist.world_size()})
     history = []
     bar = tqdm(total=cfg.iterations, initial=trainer.iteration, desc="ppo-ptx" if cfg.ptx_coef > 0 else "ppo",
                disable=not (cfg.progress and dist.is_main()), dynamic_ncols=True)
@@ -568,8 +668,8 @@ def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None)
                 on_iteration(trainer.iteration)
     finally:
         bar.close()
+    trainer.save_final()
     if dist.is_main():
-        trainer.save_final()
         update_run_info(out, iterations=trainer.iteration,
                         final={k: v for k, v in (history[-1] if history else {}).items()})
     dist.barrier()

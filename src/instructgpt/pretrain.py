@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 
 from . import distributed as dist
+from . import sharding
 from .batching import Encoded
 from .config import ConfigError, opt
 from .data import DataError
-from .models import load_tokenizer, pick_device
+from .models import fuse_activations, load_tokenizer, pick_device
 from .records import MetricsLog, update_run_info, write_run_info
 from .training import OptimConfig, fit
 
@@ -125,7 +126,7 @@ def train_pretrain(cfg: PretrainConfig):
     from .sft import LMTask, mean_lm_loss
 
     device = pick_device(cfg.device)
-    dist.init_from_env(device)
+    dist.init_from_env(device, shards=True)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.tokenizer)
@@ -134,7 +135,7 @@ def train_pretrain(cfg: PretrainConfig):
     valid = []
     if cfg.valid_corpus:
         valid = [Encoded([], row.tolist()) for row in pack_blocks(tokenizer, load_corpus(cfg.valid_corpus), cfg.seq_len)]
-    model = GPT2LMHeadModel(gpt2_config(cfg, tokenizer)).to(device)
+    model = fuse_activations(GPT2LMHeadModel(gpt2_config(cfg, tokenizer))).to(device)
     out = Path(cfg.out_dir)
     if dist.is_main():
         write_run_info(out, "pretrain", cfg, {"blocks": len(examples), "tokens": len(examples) * cfg.seq_len,
@@ -145,8 +146,8 @@ def train_pretrain(cfg: PretrainConfig):
 
     result = fit(model, LMTask(examples, tokenizer.pad_token_id, response_only=False, prefix="pretrain"), cfg, device,
                  evaluate, None, log=MetricsLog(out / "metrics.jsonl", enabled=dist.is_main()))
+    sharding.save_pretrained(model, str(out))  # every rank: gathers a sharded model
     if dist.is_main():
-        model.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))
         update_run_info(out, history=result.history)
     dist.barrier()

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from . import distributed as dist
+from . import sharding
 from .batching import Encoded, collate_rankings, encode_pair, pad
 from .config import ConfigError, opt
 from .data import DataError, Ranking, load_demonstrations, load_prompts, load_rankings
@@ -157,7 +158,7 @@ def reference_sequences(cfg: RMConfig, tokenizer, train: list[Ranking], prompts)
 def train_rm(cfg: RMConfig) -> RMResult:
     """Train a reward model from ``cfg.model`` on ``cfg.train``; saved with its bias to ``cfg.out_dir``."""
     device = pick_device(cfg.device)
-    dist.init_from_env(device)
+    dist.init_from_env(device, shards=True)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
@@ -182,12 +183,14 @@ def train_rm(cfg: RMConfig) -> RMResult:
     result = fit(model, RankingTask(train_enc, tokenizer.pad_token_id), cfg, device, evaluate, select, log=log)
 
     seqs, ref_desc = reference_sequences(cfg, tokenizer, train, prompts)
-    model.reward_bias.zero_()
-    bias = -score_sequences(model, seqs, tokenizer.pad_token_id, device).mean().item()
-    model.reward_bias.fill_(bias)
-    final = evaluate_rankings(model, valid_enc, tokenizer.pad_token_id, device) if valid_enc else {}
+    with sharding.unsharded(model):  # sharded: weights gathered once, forward passes local to each rank
+        model.reward_bias.zero_()
+        bias = -score_sequences(model, seqs, tokenizer.pad_token_id, device).mean().item()
+        model.reward_bias.fill_(bias)
+        final = evaluate_rankings(model, valid_enc, tokenizer.pad_token_id, device) if valid_enc else {}
+    sharding.save_pretrained(model, out, tokenizer,  # every rank: gathers a sharded model; rank 0 writes
+                             extra={"normalised_on": ref_desc, "normalised_count": len(seqs)})
     if dist.is_main():
-        model.save_pretrained(out, tokenizer, extra={"normalised_on": ref_desc, "normalised_count": len(seqs)})
         update_run_info(out, reward_bias=bias, normalised_on=ref_desc, history=result.history,
                         selected_epoch=result.best_epoch, **final)
         log.log(result.steps, {"rm/reward_bias": bias, **final})

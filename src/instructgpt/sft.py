@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from . import distributed as dist
+from . import sharding
 from .batching import Encoded, collate_lm, encode_pair, encode_prompt, pad
 from .config import ConfigError, opt
 from .data import DataError, Demonstration, load_demonstrations, load_prompts
@@ -124,7 +125,7 @@ def mean_reward_of_samples(policy, reward_model: RewardModel, prompt_ids: list[l
 def train_sft(cfg: SFTConfig) -> SFTResult:
     """Fine-tune ``cfg.model`` on ``cfg.train``; the selected epoch is saved to ``cfg.out_dir``."""
     device = pick_device(cfg.device)
-    dist.init_from_env(device)
+    dist.init_from_env(device, shards=True)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
@@ -162,8 +163,8 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
         select, selected_by = None, "last epoch (no validation data)"
     result = fit(model, LMTask(train_ex, tokenizer.pad_token_id), cfg, device, evaluate, select, log=log)
 
+    sharding.save_pretrained(model, str(out), safe_serialization=True)  # every rank: gathers a sharded model
     if dist.is_main():
-        model.save_pretrained(str(out), safe_serialization=True)
         tokenizer.save_pretrained(str(out))
         update_run_info(out, selected_epoch=result.best_epoch, selected_by=selected_by,
                         selection_score=result.best_score, history=result.history)

@@ -25,6 +25,7 @@ def dist_data(tmp_path_factory, tiny_gpt2) -> dict:
         "sft_train": str(write_jsonl(d / "sft_train.jsonl", repeat_demos(33, 1))),
         "sft_valid": str(write_jsonl(d / "sft_valid.jsonl", repeat_demos(8, 2))),
         "rm_train": str(write_jsonl(d / "rm_train.jsonl", yes_rankings(20, 1))),
+        "rm_valid": str(write_jsonl(d / "rm_valid.jsonl", yes_rankings(6, 2))),
         "prompts": str(write_jsonl(d / "prompts.jsonl", prompts)),
         "corpus": str(d / "corpus.txt"),
     }
@@ -54,6 +55,28 @@ def no_dropout_copy(model_dir: Path, out: Path) -> Path:
     model.config.update({"attn_pdrop": 0.0, "resid_pdrop": 0.0, "embd_pdrop": 0.0})
     model.save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def sft_one_rank(tmp_path_factory, dist_data) -> Path:
+    """The single-process SFT run every multi-process SFT run (replicated or sharded) is compared with."""
+    from tests.distributed.workers import sft_config
+    from instructgpt.sft import train_sft
+    out = tmp_path_factory.mktemp("sft1") / "sft"
+    with one_thread():
+        train_sft(sft_config(dist_data, out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def ppo_one_rank(tmp_path_factory, dist_data) -> Path:
+    """The single-process PPO-ptx run every multi-process PPO run (replicated or sharded) is compared with."""
+    from tests.distributed.workers import ppo_config
+    from instructgpt.ppo import train_ppo
+    out = tmp_path_factory.mktemp("ppo1") / "ppo"
+    with one_thread():
+        train_ppo(ppo_config(dist_data, out))
     return out
 
 

@@ -16,6 +16,7 @@ import socket
 import time
 
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
@@ -50,6 +51,11 @@ def _entry(rank: int, world_size: int, port: int, target: str, kwargs: dict) -> 
     torch.set_num_threads(1)  # two ranks share the machine's cores
     module, _, name = target.partition(":")
     getattr(importlib.import_module(module), name)(**kwargs)
+    if dist.is_initialized():
+        # Done: end without interpreter teardown, which can abort a process that used FSDP2 (SIGABRT
+        # from a gloo worker thread; see instructgpt.distributed.exit_now). Errors above propagate as usual.
+        from instructgpt.distributed import exit_now
+        exit_now(0)
 
 
 @contextlib.contextmanager

@@ -35,22 +35,6 @@ PPO_FILES = ("model.safetensors", "policy_raw/model.safetensors", "value_model/m
              "value_model/reward_head.safetensors")
 
 
-@pytest.fixture(scope="session")
-def sft_one_rank(tmp_path_factory, dist_data) -> Path:
-    out = tmp_path_factory.mktemp("sft1") / "sft"
-    with one_thread():
-        train_sft(sft_config(dist_data, out))
-    return out
-
-
-@pytest.fixture(scope="session")
-def ppo_one_rank(tmp_path_factory, dist_data) -> Path:
-    out = tmp_path_factory.mktemp("ppo1") / "ppo"
-    with one_thread():
-        train_ppo(ppo_config(dist_data, out))
-    return out
-
-
 def resume_from(checkpoint: Path, out: Path) -> None:
     """A fresh output folder holding only ``checkpoint`` (as if the run had stopped right after it)."""
     (out / "checkpoints").mkdir(parents=True)

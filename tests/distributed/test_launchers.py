@@ -16,13 +16,15 @@ from instructgpt.models import RewardModel, load_tokenizer
 from instructgpt.pretrain import PretrainConfig, train_pretrain
 from instructgpt.records import read_metrics
 from instructgpt.rm import RMConfig, score_sequences, train_rm
+from instructgpt.sft import SFTConfig, train_sft
 from tests.distributed.harness import free_port, one_thread
 from tests.distributed.test_data_parallel import assert_same_tensors
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def launch(cmd: list[str], timeout: float = 180.0) -> None:
+def launch(cmd: list[str], timeout: float = 180.0) -> str:
+    """Run a launcher command in its own session; returns its stdout, fails on a non-zero exit or a hang."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -31,12 +33,13 @@ def launch(cmd: list[str], timeout: float = 180.0) -> None:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        _, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         _, err = proc.communicate()
         raise AssertionError(f"{' '.join(cmd[:6])}...: no exit within {timeout:.0f}s (a hang?)\n{err[-4000:]}")
     assert proc.returncode == 0, f"{' '.join(cmd[:6])}...: exit {proc.returncode}\n{err[-4000:]}"
+    return out
 
 
 def overrides(options: dict) -> list[str]:
@@ -79,3 +82,22 @@ def test_rm_under_accelerate_launch_with_the_example_config_matches_one_process(
     torch.testing.assert_close(score_sequences(two, seqs, tok.pad_token_id, "cpu"),
                                score_sequences(one, seqs, tok.pad_token_id, "cpu"), atol=1e-4, rtol=1e-4)
     assert [r["step"] for r in read_metrics(tmp_path / "two" / "metrics.jsonl") if "rm/loss" in r] == [1, 2, 3]
+
+
+def test_sft_under_accelerate_launch_with_the_fsdp_config_shards_and_matches_one_process(tmp_path, dist_data):
+    """examples/accelerate/fsdp_1node_8gpu.yaml, resized to 2 processes and fp32: sharding=auto (the
+    default) reads accelerate's FSDP environment and trains with FSDP2 full sharding."""
+    pytest.importorskip("accelerate")
+    opts = dict(model=dist_data["model"], train=dist_data["sft_train"], valid=dist_data["sft_valid"], batch_size=8,
+                micro_batch_size=3, epochs=1, warmup_steps=1, lr=3e-3, dropout=0.0, progress="false",
+                precision="auto")
+    out = launch([sys.executable, "-m", "accelerate.commands.launch",
+                  "--config_file", str(REPO / "examples" / "accelerate" / "fsdp_1node_8gpu.yaml"),
+                  "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
+                  "-m", "instructgpt.cli", "sft", *overrides({**opts, "out_dir": tmp_path / "two"})])
+    assert "sft: sharding=full (FSDP2) over 2 ranks" in out
+    with one_thread():
+        train_sft(config.from_dict(SFTConfig, {**opts, "progress": False, "out_dir": str(tmp_path / "one")}))
+    assert_same_tensors(tmp_path / "two" / "model.safetensors", tmp_path / "one" / "model.safetensors")
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert [r["step"] for r in read_metrics(tmp_path / "two" / "metrics.jsonl") if "sft/loss" in r] == [1, 2, 3, 4, 5]

@@ -14,9 +14,12 @@ import torch
 
 from instructgpt import config
 from instructgpt import distributed as dist
+from instructgpt import sharding
 from instructgpt.backends import BuiltinBackend
-from instructgpt.generation import Generation
+from instructgpt.generation import Generation, generate
+from instructgpt.models import load_policy
 from instructgpt.ppo import PPOConfig, train_ppo
+from instructgpt.rm import RMConfig, train_rm
 from instructgpt.sft import SFTConfig, train_sft
 
 
@@ -30,6 +33,16 @@ def sft_config(data: dict, out, **kw) -> SFTConfig:
                 save_every=3, keep_checkpoints=10, precision="fp32")
     base.update(kw)
     return config.from_dict(SFTConfig, base)
+
+
+def rm_config(data: dict, out, **kw) -> RMConfig:
+    """20 rankings in batches of 7 (7, 7, 6), 3 per forward pass: on two ranks the shares are 4/3, so
+    rank 0 makes two passes and rank 1 one (sharded, rank 1 pads with a zero-weight pass)."""
+    base = dict(model=data["model"], train=data["rm_train"], valid=data["rm_valid"], out_dir=str(out), lr=2e-3,
+                epochs=2, batch_size=7, micro_batch_size=3, warmup_steps=1, dropout=0.0, progress=False,
+                save_every=2, keep_checkpoints=10, precision="fp32")
+    base.update(kw)
+    return config.from_dict(RMConfig, base)
 
 
 def ppo_config(data: dict, out, **kw) -> PPOConfig:
@@ -58,8 +71,71 @@ def session(jobs: list[tuple[str, dict]]) -> None:
         dist.barrier()
 
 
-def sft_job(data: dict, out: str) -> None:
-    train_sft(sft_config(data, out))
+def sft_job(data: dict, out: str, **kw) -> None:
+    result = train_sft(sft_config(data, out, **kw))
+    _record_fit(out, result.fit)
+
+
+def rm_job(data: dict, out: str, **kw) -> None:
+    _record_fit(out, train_rm(rm_config(data, out, **kw)).fit)
+
+
+def _record_fit(out: str, fit) -> None:
+    """How each rank trained, next to (not in) the output folder, whose files the tests compare."""
+    Path(f"{out}.rank{dist.rank()}.json").write_text(json.dumps({"sharding": fit.sharding, "steps": fit.steps}))
+
+
+def sharding_api_job(data: dict, out: str, mode: str) -> None:
+    """The sharding API under real ranks: full state dicts, the unsharded context (with a different
+    number of forward passes per rank), sharded forward passes, optimizer-state and weight round trips."""
+    r = dist.rank()
+    result: dict = {}
+    model = load_policy(data["model"]).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]])
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+    want_sd = {k: v.clone() for k, v in model.state_dict().items()}
+    want_gen = generate(model, [[5, 6, 7], [8, 9]], 5, 0, 1, temperature=0.0).responses
+    blocks = sharding.transformer_blocks(model)
+    result["sharded"] = sharding.shard_model(model, mode)
+    result["blocks"] = len(blocks)
+    result["class"] = type(model).__name__
+    result["param_type"] = type(model.transformer.h[0].attn.c_attn.weight).__name__
+
+    def diff(a, b):
+        return float((a - b).abs().max())
+
+    with sharding.unsharded(model):
+        got = [model(input_ids=ids).logits for _ in range(3 if r == 0 else 1)]  # no collectives inside
+        gen = generate(model, [[5, 6, 7], [8, 9]], 5 if r == 0 else 3, 0, 1, temperature=0.0).responses
+    result["unsharded_logits_diff"] = max(diff(g, want) for g in got)
+    result["unsharded_generation_same"] = gen == (want_gen if r == 0 else [x[:3] for x in want_gen])
+    result["param_type_after"] = type(model.transformer.h[0].attn.c_attn.weight).__name__
+    with torch.no_grad():
+        result["sharded_logits_diff"] = diff(model(input_ids=ids).logits, want)  # collective forward
+    sd = sharding.full_state_dict(model)
+    result["full_state_dict_keys_same"] = sorted(sd) == sorted(want_sd)
+    result["full_state_dict_diff"] = max(diff(sd[k], want_sd[k]) for k in want_sd)
+    result["tied"] = sd["lm_head.weight"].data_ptr() == sd["transformer.wte.weight"].data_ptr()
+    result["rank0_only_empty_elsewhere"] = (sharding.full_state_dict(model, rank0_only=True) == {}) == (r != 0)
+
+    # one training step, then round trips of the optimizer state and the weights through full tensors
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    model(input_ids=ids[r:r + 1], labels=ids[r:r + 1]).loss.backward()
+    result["grad_norm"] = float(sharding.clip_grad_norm_(model, 1.0))
+    optimizer.step()
+    full_opt = sharding.optimizer_state_dict(optimizer, rank0_only=False)
+    trained = sharding.full_state_dict(model)
+    sharding.load_full_state_dict(model, {k: v for k, v in want_sd.items() if k != "lm_head.weight"})
+    result["reloaded_diff"] = max(diff(v, want_sd[k]) for k, v in sharding.full_state_dict(model).items())
+    optimizer.state.clear()
+    sharding.load_optimizer_state_dict(optimizer, full_opt)
+    again = sharding.optimizer_state_dict(optimizer, rank0_only=False)
+    result["optimizer_roundtrip_diff"] = max(diff(again["state"][i][k], v) for i, s in full_opt["state"].items()
+                                             for k, v in s.items())
+    torch.save({"optimizer": full_opt, "trained": trained}, Path(out, f"api-{mode}-rank{r}.pt"))
+    Path(out, f"api-{mode}-rank{r}.json").write_text(json.dumps(result))
 
 
 def ppo_job(data: dict, out: str, **kw) -> None:

@@ -1,0 +1,88 @@
+"""The lean decode step reproduces transformers' own decode step, logits and sampled tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from instructgpt.fast_decode import LeanDecoder
+from instructgpt.generation import generate
+from instructgpt.models import position_ids_from_mask
+
+from .conftest import make_model
+
+
+def _model(tmp_path, arch: str, **kw):
+    from transformers import AutoModelForCausalLM
+    folder = make_model(tmp_path / arch, arch, width=64, layers=3, **kw)
+    return AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+
+
+def _prompts(n: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 12, (n,), generator=g).tolist()
+    return [torch.randint(2, vocab, (t,), generator=g).tolist() for t in lengths]  # ragged: left padding
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_lean_step_logits_match_transformers(tmp_path, arch):
+    from instructgpt.batching import pad
+    model = _model(tmp_path, arch)
+    assert LeanDecoder.create(model) is not None
+    ids, mask = pad(_prompts(5, model.config.vocab_size), 1, side="left")
+    pos = position_ids_from_mask(mask)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        past = out.past_key_values
+        dec = LeanDecoder.create(model)
+        dec.start(past, mask, max_new_tokens=6)
+        next_pos = mask.sum(-1, keepdim=True)
+        hf_mask = mask
+        g = torch.Generator().manual_seed(3)
+        for _ in range(6):
+            tok = torch.randint(2, model.config.vocab_size, (ids.shape[0],), generator=g)
+            hf_mask = torch.cat([hf_mask, torch.ones_like(hf_mask[:, :1])], dim=1)
+            ref = model(input_ids=tok[:, None], attention_mask=hf_mask, position_ids=next_pos,
+                        past_key_values=past, use_cache=True)
+            past = ref.past_key_values
+            lean = dec.step(tok, next_pos)                                   # (B, V)
+            torch.testing.assert_close(lean, ref.logits[:, -1], atol=2e-5, rtol=1e-4)
+            next_pos = next_pos + 1
+        with pytest.raises(RuntimeError, match="cache is full"):
+            dec.step(tok, next_pos)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_lean_generation_samples_the_same_tokens(tmp_path, arch):
+    model = _model(tmp_path, arch)
+    prompts = _prompts(7, model.config.vocab_size, seed=1)
+    runs = {}
+    for lean in (False, True):
+        g = torch.Generator().manual_seed(0)
+        runs[lean] = generate(model, prompts, 12, eos_id=0, pad_id=1, temperature=1.0, generator=g, lean=lean)
+    assert runs[True].responses == runs[False].responses
+    assert runs[True].ended == runs[False].ended
+    greedy = [generate(model, prompts, 12, 0, 1, temperature=0, lean=lean).responses for lean in (False, True)]
+    assert greedy[0] == greedy[1]
+
+
+def test_unsupported_models_fall_back(tmp_path):
+    model = _model(tmp_path, "gpt2")
+    handle = model.transformer.h[0].register_forward_hook(lambda *a: None)
+    assert LeanDecoder.create(model) is None  # hooks (adapters, FSDP) may change the forward pass
+    handle.remove()
+    model.config.activation_function = "swish"
+    assert LeanDecoder.create(model) is None
+    assert LeanDecoder.create(torch.nn.Linear(2, 2)) is None
+
+
+def test_lean_decoder_sees_updated_weights(tmp_path):
+    """It reads the live parameter tensors: an optimizer step changes what it computes."""
+    model = _model(tmp_path, "gpt2")
+    prompts = _prompts(4, model.config.vocab_size, seed=2)
+    before = generate(model, prompts, 8, 0, 1, temperature=0).responses
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_fc.weight.mul_(-3.0)
+    after = [generate(model, prompts, 8, 0, 1, temperature=0, lean=lean).responses for lean in (False, True)]
+    assert after[0] == after[1]
+    assert after[1] != before
