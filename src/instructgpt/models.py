@@ -1,28 +1,55 @@
-"""Models: loading causal LMs (folders, GGUF files), the reward model, tokenisation.
+"""Models: loading causal LMs (folders, GGUF files), dropout, the reward model, tokenisation.
 
-A policy is any Hugging Face causal LM. The reward model is that model's
-transformer body (``AutoModel``: the unembedding removed) plus a scalar head;
-the reward of a sequence is the head's output at its last non-padding token.
-The value model of PPO is the same class, initialised from the reward model,
-read at every token instead of the last.
+A policy is any Hugging Face causal LM. A ``.gguf`` file (or the alias
+``smollm2``) is dequantized at load time into a plain fp32 model with no
+quantizer left, so it trains and saves like any folder.
 
-Reward-model folders hold:
-  - the body, saved with ``save_pretrained`` (config.json + model.safetensors),
-    loadable by ``transformers.AutoModel``;
-  - ``reward_head.safetensors``: ``weight`` (1, hidden) and ``bias`` (1,) of the
-    scalar head;
-  - ``reward_model.json``: format name, hidden size, and ``reward_bias``: the
-    offset added after training so that reference responses score mean 0;
-  - the tokenizer.
-``RewardModel.from_pretrained(folder)`` loads all of it back.
+Dropout (``set_dropout``) is set in every place an architecture keeps it:
+``nn.Dropout`` modules, the float attributes attention layers read at forward
+time (Llama/Qwen2/Mistral's ``attention_dropout``) and the config fields. The
+loaders return models with dropout off; a stage that trains with dropout
+(SFT) turns it on, and folders are always saved with the config values the
+model was loaded with (``dropout_as_loaded``).
+
+The reward model is the policy's transformer body (``AutoModel``: the
+unembedding removed) plus a scalar head; the reward of a sequence is the
+head's output at its last real token (EOS) plus ``reward_bias``, the offset
+set after training so that reference responses score mean 0. The value model
+of PPO is the same class, initialised from the reward model, read at every
+token instead of the last.
+
+Reward-model folders (``format`` instructgpt-reward-model, version 2) are
+``transformers.AutoModelForSequenceClassification`` checkpoints (num_labels=1):
+  - config.json + model.safetensors: the body under the class's prefix
+    (``transformer.`` for GPT-2, ``model.`` for Llama/Qwen2/Mistral) and the
+    head's weight as ``score.weight``; ``pad_token_id`` is a token other than
+    EOS, because that class reads the rightmost token that is not padding;
+    ``reward_offset``: what to add to that class's score to get our reward
+    (0.0 when exact);
+  - ``reward_head.safetensors``: ``weight`` (1, hidden) and ``bias`` (1,) of the head;
+  - ``reward_model.json``: format, version, hidden size, ``reward_bias``, how the
+    constant (head bias + reward_bias) was stored (``sequence_classification``);
+  - the tokenizer (with the same pad token and the chat template).
+Stock ``score`` heads have no bias. Where the body ends in a LayerNorm with a
+bias (GPT-2's ``ln_f``) the constant is folded into that bias along the head's
+direction, and the sequence-classification score equals our reward (float
+rounding). Where it ends in an RMSNorm (Llama, Qwen2, Mistral) nothing after
+the last layer has a bias, so that score is our reward minus the constant, for
+every input: ``config.reward_offset`` holds it and saving warns
+(``RewardInteropWarning``). ``RewardModel.from_pretrained(folder)`` reads
+both versions (version 1: the body alone + reward_head.safetensors).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import importlib.util
 import json
 import math
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,11 +64,17 @@ transformers.utils.logging.set_verbosity_error()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
 
 REWARD_FORMAT = "instructgpt-reward-model"
+REWARD_FORMAT_VERSION = 2
 SMOLLM2_ALIAS = "smollm2"
+GGUF_MAGIC = b"GGUF"
 
 
 class ModelLoadError(RuntimeError):
     """A model folder or file that is missing, incomplete or corrupt."""
+
+
+class RewardInteropWarning(UserWarning):
+    """A reward-model folder whose ``AutoModelForSequenceClassification`` score is not exactly our reward."""
 
 
 # ----------------------------------------------------------------------------- devices
@@ -90,6 +123,7 @@ def resolve_source(spec: str | os.PathLike, marker: str = "config.json") -> Mode
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"{path}: GGUF file not found")
+        check_gguf(path)
         return ModelSource(str(path.parent), path.name)
     if not path.is_dir():
         raise ModelLoadError(f"{path}: model folder not found")
@@ -97,6 +131,15 @@ def resolve_source(spec: str | os.PathLike, marker: str = "config.json") -> Mode
         what = "model" if marker == "config.json" else "tokenizer"
         raise ModelLoadError(f"{path}: not a {what} folder (no {marker})")
     return ModelSource(str(path))
+
+
+def check_gguf(path: str | os.PathLike) -> None:
+    """A clear error when a ``.gguf`` file is not GGUF (every GGUF file starts with the bytes ``GGUF``)."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(f"{path}: not a GGUF file (it starts with {magic!r}; GGUF files start with "
+                             f"{GGUF_MAGIC!r})")
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -110,7 +153,10 @@ def load_tokenizer(spec: str | os.PathLike) -> PreTrainedTokenizerBase:
     is used as the filler.
     """
     src = resolve_source(spec, marker="tokenizer_config.json")
-    tok = AutoTokenizer.from_pretrained(src.folder, **src.kwargs())
+    try:
+        tok = AutoTokenizer.from_pretrained(src.folder, **src.kwargs())
+    except Exception as e:  # tokenizers, sentencepiece and the GGUF reader raise their own types
+        raise ModelLoadError(f"{spec}: cannot load tokenizer: {e}") from e
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if tok.eos_token_id is None:
@@ -119,30 +165,119 @@ def load_tokenizer(spec: str | os.PathLike) -> PreTrainedTokenizerBase:
 
 
 # ----------------------------------------------------------------------------- dropout
+#
+# An architecture keeps its dropout probabilities in up to three places, and a
+# forward pass in train mode is deterministic only when all of them are 0:
+#   - ``nn.Dropout`` modules (GPT-2's attention, residual and embedding dropout): ``p``;
+#   - float attributes read at forward time: Llama, Qwen2 and Mistral attention copy
+#     ``config.attention_dropout`` to ``self.attention_dropout`` and apply it whenever
+#     the module is in train mode (``nn.MultiheadAttention`` keeps ``self.dropout``);
+#   - config fields (``attention_dropout``, ``resid_pdrop``, ``hidden_dropout``, ...): some
+#     architectures read ``self.config.<field>`` at forward time (GPT-Neo, Persimmon), and
+#     anything built from the config later inherits them.
+# ``set_dropout`` sets all three; the config values a model had before its first
+# ``set_dropout`` are remembered, and ``dropout_as_loaded`` puts them back while a
+# folder is written, so a stage's training dropout never leaks into a saved config.
 
-_DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout", "hidden_dropout_prob",
-                 "attention_dropout", "attention_probs_dropout_prob", "dropout")
+_DROPOUT_NAME = re.compile(r"dropout|pdrop|drop_prob|layerdrop|drop_path")
+_AS_LOADED = "_instructgpt_dropout_as_loaded"  # module attribute: [(config, {field: value as loaded})]
+
+DropoutSettings = list  # [(owner, attribute, value)]: every dropout probability of a model
 
 
-def dropout_overrides(config_path: str, gguf_file: str | None, dropout: float | None) -> dict:
-    """Config kwargs that set every dropout probability this architecture has to ``dropout``.
-
-    GPT-2 style configs have residual, embedding and attention dropout
-    (``resid_pdrop``, ``embd_pdrop``, ``attn_pdrop``); Llama and Qwen2 have no
-    residual dropout, only ``attention_dropout``. ``dropout=0`` turns all of
-    them off, so a run is deterministic given its seed.
-    """
-    if dropout is None:
-        return {}
-    cfg = transformers.AutoConfig.from_pretrained(config_path, **({"gguf_file": gguf_file} if gguf_file else {}))
-    return {k: dropout for k in _DROPOUT_KEYS if hasattr(cfg, k)}
+def _is_probability(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
 
 
-def set_dropout(model: nn.Module, p: float) -> None:
-    """Set every ``nn.Dropout`` in ``model`` to ``p`` (0 turns dropout off for RL)."""
+def _is_dropout_field(name: str, value) -> bool:
+    return not name.startswith("_") and bool(_DROPOUT_NAME.search(name)) and _is_probability(value)
+
+
+def _configs(model: nn.Module) -> list:
+    """Every Hugging Face config object reachable from ``model``'s modules (sub-configs included), once."""
+    from transformers import PretrainedConfig
+    found: dict[int, object] = {}
+
+    def visit(cfg):
+        if isinstance(cfg, PretrainedConfig) and id(cfg) not in found:
+            found[id(cfg)] = cfg
+            for value in vars(cfg).values():
+                visit(value)
+
     for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = p
+        visit(m.__dict__.get("config"))
+    if hasattr(model, "config"):  # RewardModel.config is a property
+        visit(model.config)
+    return list(found.values())
+
+
+def dropout_settings(model: nn.Module) -> DropoutSettings:
+    """Every dropout probability of ``model`` as (owner, attribute, value): modules, attributes, config fields."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            out.append((m, "p", m.p))
+        for name, value in vars(m).items():
+            if _is_dropout_field(name, value):
+                out.append((m, name, value))
+    for cfg in _configs(model):
+        for name, value in vars(cfg).items():
+            if _is_dropout_field(name, value):
+                out.append((cfg, name, value))
+    return out
+
+
+def _remember_config_dropout(model: nn.Module) -> None:
+    """Record the config dropout values of configs seen for the first time (once per config object)."""
+    known = {id(cfg) for m in model.modules() for cfg, _ in m.__dict__.get(_AS_LOADED, ())}
+    new = [(cfg, {k: v for k, v in vars(cfg).items() if _is_dropout_field(k, v)})
+           for cfg in _configs(model) if id(cfg) not in known]
+    if new:
+        model.__dict__[_AS_LOADED] = model.__dict__.get(_AS_LOADED, []) + new
+
+
+def set_dropout(model: nn.Module, p: float) -> DropoutSettings:
+    """Set every dropout probability of ``model`` to ``p`` (0 turns dropout off); returns the previous settings.
+
+    Applies to ``nn.Dropout`` modules, dropout attributes of modules and config
+    fields alike (see above), so it holds in train mode too. ``restore_dropout``
+    undoes it.
+    """
+    _remember_config_dropout(model)
+    before = dropout_settings(model)
+    for owner, name, _ in before:
+        setattr(owner, name, float(p))
+    return before
+
+
+def restore_dropout(settings: DropoutSettings) -> None:
+    """Put back what ``set_dropout`` (or ``dropout_settings``) recorded."""
+    for owner, name, value in settings:
+        setattr(owner, name, value)
+
+
+@contextlib.contextmanager
+def dropout_disabled(model: nn.Module):
+    """Every dropout of ``model`` off inside the block (scoring, evaluation); restored after."""
+    before = set_dropout(model, 0.0)
+    try:
+        yield model
+    finally:
+        restore_dropout(before)
+
+
+@contextlib.contextmanager
+def dropout_as_loaded(model: nn.Module):
+    """The config dropout fields as they were loaded, inside the block (around ``save_pretrained``)."""
+    records = [r for m in model.modules() for r in m.__dict__.get(_AS_LOADED, ())]
+    current = [(cfg, name, getattr(cfg, name)) for cfg, fields in records for name in fields]
+    try:
+        for cfg, fields in records:
+            for name, value in fields.items():
+                setattr(cfg, name, value)
+        yield model
+    finally:
+        restore_dropout(current)
 
 
 # ----------------------------------------------------------------------------- fused kernels
@@ -167,19 +302,51 @@ def fuse_activations(model: nn.Module) -> nn.Module:
 # ----------------------------------------------------------------------------- policies
 
 def _from_pretrained(auto_cls, spec: str | os.PathLike, dropout: float | None, what: str) -> nn.Module:
-    """``auto_cls.from_pretrained`` on a folder or GGUF file in fp32; failures name the model."""
+    """``auto_cls.from_pretrained`` on a folder or GGUF file in fp32; failures name the model.
+
+    A GGUF file is dequantized into plain fp32 weights and its quantizer removed
+    (transformers otherwise keeps a ``GgufHfQuantizer`` on the dequantized model,
+    which makes ``save_pretrained`` refuse and marks the model untrainable).
+    """
     src = resolve_source(spec)
-    extra = dropout_overrides(src.folder, src.gguf_file, dropout)
+    extra = {}
+    if src.gguf_file:
+        from transformers import GgufConfig
+        extra = {"gguf_file": src.gguf_file, "quantization_config": GgufConfig(dequantize=True)}
     try:
-        model = auto_cls.from_pretrained(src.folder, dtype=torch.float32, **src.kwargs(), **extra)
-    except (OSError, ValueError, RuntimeError) as e:
+        model = auto_cls.from_pretrained(src.folder, dtype=torch.float32, **extra)
+    except Exception as e:  # OSError, ValueError, safetensors and GGUF reader errors alike
         raise ModelLoadError(f"{spec}: cannot load {what}: {e}") from e
+    if src.gguf_file:
+        _drop_gguf_quantizer(model, spec)
+    if dropout is not None:
+        set_dropout(model, dropout)
     return fuse_activations(model)
 
 
+def _drop_gguf_quantizer(model: nn.Module, spec) -> None:
+    """Make a dequantized GGUF model a plain one: no quantizer, no ``quantization_config``."""
+    packed = sorted({type(m).__name__ for m in model.modules() if "gguf" in type(m).__name__.lower()
+                     or "ggml" in type(m).__name__.lower()})
+    if packed or any(not p.is_floating_point() for p in model.parameters()):
+        raise ModelLoadError(f"{spec}: GGUF weights were not dequantized ({', '.join(packed) or 'integer weights'}); "
+                             f"they cannot be trained")
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    for obj in (model, model.config):
+        if "quantization_config" in vars(obj):
+            delattr(obj, "quantization_config")
+    model.is_quantized = False
+
+
 def load_policy(spec: str | os.PathLike, device: torch.device | str = "cpu",
-                dropout: float | None = None) -> nn.Module:
-    """Any causal LM transformers can load from a folder or GGUF file, in fp32."""
+                dropout: float | None = 0.0) -> nn.Module:
+    """Any causal LM transformers can load from a folder or GGUF file, in fp32.
+
+    ``dropout``: every dropout probability of the model (``set_dropout``); the
+    default 0 turns dropout off, ``None`` keeps the checkpoint's own values.
+    """
     return _from_pretrained(AutoModelForCausalLM, spec, dropout, "model").to(device)
 
 
@@ -232,13 +399,16 @@ class RewardModel(nn.Module):
 
     @classmethod
     def from_policy(cls, spec: str | os.PathLike, device: torch.device | str = "cpu",
-                    dropout: float | None = None) -> "RewardModel":
-        """A fresh reward model from a causal LM (the SFT model): body kept, unembedding dropped."""
+                    dropout: float | None = 0.0) -> "RewardModel":
+        """A fresh reward model from a causal LM (the SFT model): body kept, unembedding dropped.
+
+        ``dropout`` as in ``load_policy`` (default 0: off)."""
         return cls(_from_pretrained(AutoModel, spec, dropout, "model body")).to(device)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, device: torch.device | str = "cpu",
-                        dropout: float | None = None) -> "RewardModel":
+                        dropout: float | None = 0.0) -> "RewardModel":
+        """Load a reward-model folder (format version 1 or 2; see the module docstring)."""
         folder = Path(folder)
         meta_path = folder / "reward_model.json"
         if not meta_path.is_file():
@@ -249,14 +419,20 @@ class RewardModel(nn.Module):
             raise ModelLoadError(f"{meta_path}: corrupt: {e}") from None
         if meta.get("format") != REWARD_FORMAT:
             raise ModelLoadError(f"{meta_path}: format is {meta.get('format')!r}, expected {REWARD_FORMAT!r}")
-        extra = dropout_overrides(str(folder), None, dropout)
-        try:
-            body = AutoModel.from_pretrained(str(folder), dtype=torch.float32, **extra)
-            head = load_file(str(folder / "reward_head.safetensors"))
+        try:  # version 2: AutoModel takes the body out of the sequence-classification checkpoint
+            body = AutoModel.from_pretrained(str(folder), dtype=torch.float32)
+            head = load_file(str(folder / meta.get("head_file", "reward_head.safetensors")))
+            model = cls(fuse_activations(body), reward_bias=meta.get("reward_bias", 0.0))
+            model.head.load_state_dict({"weight": head["weight"], "bias": head["bias"]})
         except Exception as e:  # safetensors raises its own error types for truncated files
             raise ModelLoadError(f"{folder}: cannot load reward model: {e}") from e
-        model = cls(fuse_activations(body), reward_bias=meta.get("reward_bias", 0.0))
-        model.head.load_state_dict({"weight": head["weight"], "bias": head["bias"]})
+        folded = (meta.get("sequence_classification") or {}).get("folded_into")
+        if folded:  # take the constant back out of the LayerNorm bias: the head holds it again
+            with torch.no_grad():
+                bias = body.get_parameter(folded)
+                bias.sub_(_fold_vector(model.head.weight.detach(), meta["sequence_classification"]["folded_offset"]))
+        if dropout is not None:
+            set_dropout(model, dropout)
         return model.to(device)
 
     def save_pretrained(self, folder: str | os.PathLike, tokenizer=None, extra: dict | None = None,
@@ -265,34 +441,153 @@ class RewardModel(nn.Module):
 
         ``state_dict``: full tensors to write instead of the live ones (a sharded
         model's ``sharding.full_state_dict``; keys ``backbone.*``, ``head.*``,
-        ``reward_bias``).
+        ``reward_bias``). The live model is never changed.
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        if state_dict is None:
-            self.backbone.save_pretrained(str(folder))
-            head = self.head.state_dict()
-            reward_bias = float(self.reward_bias)
-        else:
-            self.backbone.save_pretrained(str(folder), state_dict={
-                k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")})
-            head = {k[len("head."):]: v for k, v in state_dict.items() if k.startswith("head.")}
-            reward_bias = float(state_dict.get("reward_bias", self.reward_bias))
-        save_file({k: v.detach().cpu().contiguous() for k, v in head.items()},
-                  str(folder / "reward_head.safetensors"))
+        state = state_dict if state_dict is not None else self.state_dict()
+        body = {k[len("backbone."):]: v.detach().cpu() for k, v in state.items() if k.startswith("backbone.")}
+        head = {k[len("head."):]: v.detach().cpu().contiguous() for k, v in state.items() if k.startswith("head.")}
+        reward_bias = float(state.get("reward_bias", self.reward_bias))
+        with dropout_as_loaded(self):  # the config as loaded: a stage's dropout does not leak into it
+            config = copy.deepcopy(self.config)
+        if tokenizer is not None:
+            tokenizer = reward_tokenizer(tokenizer)
+        interop = _write_sequence_classification(folder, self.backbone, config, body, head, reward_bias, tokenizer)
+        save_file(head, str(folder / "reward_head.safetensors"))
         meta = {
             "format": REWARD_FORMAT,
-            "version": 1,
-            "hidden_size": int(self.config.hidden_size),
+            "version": REWARD_FORMAT_VERSION,
+            "hidden_size": int(config.hidden_size),
             "reward_bias": reward_bias,
             "head_file": "reward_head.safetensors",
-            "how_to_load": "instructgpt.models.RewardModel.from_pretrained(folder); the body alone "
-                           "loads with transformers.AutoModel; reward = head(h_last) + reward_bias",
+            "sequence_classification": interop,
+            "how_to_load": "instructgpt.models.RewardModel.from_pretrained(folder): reward = head(h_last) + "
+                           "reward_bias, h_last = the body's last hidden state at the last real token (EOS). "
+                           "Also transformers.AutoModelForSequenceClassification.from_pretrained(folder): "
+                           "reward = logits[:, 0] + config.reward_offset, on right-padded input_ids padded "
+                           "with config.pad_token_id.",
             **(extra or {}),
         }
         (folder / "reward_model.json").write_text(json.dumps(meta, indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(folder))
+
+
+# ----------------------------------------------------------------------------- reward-model folders for other tools
+#
+# transformers' ``XForSequenceClassification`` reads ``score(h)`` (no bias) at the
+# rightmost token that is not ``config.pad_token_id``. Our reward is
+# head.weight . h + head.bias + reward_bias at the last real token (EOS). So the
+# folder gets: ``score.weight`` = head.weight; a pad token other than EOS; and the
+# constant c = head.bias + reward_bias either folded into the body (exact) or
+# declared as ``config.reward_offset`` (the score is then our reward - c).
+
+_FINAL_NORMS = ("ln_f", "final_layer_norm", "final_layernorm", "norm_f", "norm")
+_PAD_CANDIDATE = "<|pad|>"
+
+
+def _sequence_classification_class(config):
+    """transformers' ``XForSequenceClassification`` for this config's model type, or None."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    name = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.get(config.model_type)
+    return getattr(transformers, name, None) if name else None
+
+
+def _foldable_bias(backbone: nn.Module) -> str | None:
+    """Name of the bias of the body's final LayerNorm, which can absorb a constant; None for RMSNorm bodies.
+
+    The last hidden state is that norm's output, gamma * n(x) + beta, so adding
+    c * w / |w|^2 to beta adds exactly c to w . h for every input. An RMSNorm
+    (Llama, Qwen2, Mistral) has no beta and nothing after it has a bias.
+    """
+    for name in _FINAL_NORMS:
+        try:
+            norm = backbone.get_submodule(name)
+        except AttributeError:
+            continue
+        if isinstance(norm, nn.LayerNorm) and norm.bias is not None:
+            return f"{name}.bias"
+        return None
+    return None
+
+
+def _fold_vector(weight: torch.Tensor, offset: float) -> torch.Tensor:
+    """(1, H) head weight -> (H,) vector v with weight . v = offset (v = offset * w / |w|^2)."""
+    w = weight.detach().float().cpu()[0]
+    return offset * (w / w.dot(w))
+
+
+def reward_tokenizer(tokenizer):
+    """A copy of ``tokenizer`` whose pad token is not EOS (left unchanged when it already is not).
+
+    Sequence-classification heads read the rightmost token that is not the pad
+    token; with pad = EOS (SmolLM2, GPT-2, many Llamas) they would read the token
+    before EOS, not EOS where our reward is read. The replacement is the first of:
+    the unknown token, the BOS token, a new ``<|pad|>`` token (GPT-2-style
+    vocabularies with one special token).
+    """
+    tok = copy.deepcopy(tokenizer)
+    eos = tok.eos_token_id
+    if tok.pad_token_id is not None and tok.pad_token_id != eos:
+        return tok
+    for candidate in (tok.unk_token, tok.bos_token):
+        if candidate is not None and tok.convert_tokens_to_ids(candidate) != eos:
+            tok.pad_token = candidate
+            return tok
+    tok.add_special_tokens({"pad_token": _PAD_CANDIDATE})
+    return tok
+
+
+def _write_sequence_classification(folder: Path, backbone: nn.Module, config, body: dict, head: dict,
+                                   reward_bias: float, tokenizer) -> dict:
+    """Write config.json + weights as an ``AutoModelForSequenceClassification`` checkpoint; returns how."""
+    offset = float(head["bias"].item()) + reward_bias  # the constant the bias-free score lacks
+    pad_id = tokenizer.pad_token_id if tokenizer is not None else config.pad_token_id
+    if pad_id is not None:
+        embeddings = next(n for n, m in backbone.named_modules() if m is backbone.get_input_embeddings())
+        table = body[f"{embeddings}.weight"]                                   # (V, H)
+        if pad_id >= table.shape[0]:  # a new pad token: one more row (never read: padding is masked)
+            body[f"{embeddings}.weight"] = torch.cat([table, table.mean(0, keepdim=True)], 0)
+            config.vocab_size = table.shape[0] + 1
+        config.pad_token_id = pad_id
+    cls = _sequence_classification_class(config)
+    if cls is None:  # no such class for this architecture: the body alone (format version 1 layout)
+        with torch.device("meta"):
+            shell = AutoModel.from_config(config)
+        shell.save_pretrained(str(folder), state_dict=dict(body))
+        warnings.warn(f"{folder}: transformers has no AutoModelForSequenceClassification for "
+                      f"{config.model_type!r}; only instructgpt.models.RewardModel.from_pretrained reads this "
+                      f"reward model's head", RewardInteropWarning, stacklevel=3)
+        return {"class": None, "exact": False, "pad_token_id": pad_id}
+    weight = head["weight"].float()                                             # (1, H)
+    folded = _foldable_bias(backbone) if bool(weight.abs().sum() > 0) else None
+    if folded:
+        body[folded] = body[folded] + _fold_vector(weight, offset)
+    config.architectures = [cls.__name__]
+    config.num_labels = 1
+    config.reward_offset = 0.0 if folded else offset
+    config.reward_offset_note = (
+        "instructgpt reward = logits[:, 0] + reward_offset, read at the last token that is not pad_token_id "
+        "(EOS) of right-padded input; " +
+        ("exact: the reward's constant is folded into the final LayerNorm's bias" if folded else
+         "this architecture has no bias after its last layer, so the constant (head bias + reward_bias) "
+         "cannot be inside the model: score differences and rankings are exact, scores are off by it"))
+    weights = {f"{cls.base_model_prefix}.{k}": v for k, v in body.items()}
+    weights["score.weight"] = weight
+    with torch.device("meta"):  # a shell: only its class, config and names are used; tensors come from ``weights``
+        shell = cls(config)
+    shell.save_pretrained(str(folder), state_dict=weights)
+    if pad_id is None or (tokenizer is not None and pad_id == tokenizer.eos_token_id):
+        warnings.warn(f"{folder}: pad_token_id is {pad_id} (EOS or none): {cls.__name__} cannot find the last "
+                      f"real token of padded batches", RewardInteropWarning, stacklevel=3)
+    if not folded:
+        warnings.warn(f"{folder}: {cls.__name__} reads this {config.model_type} reward model without its constant "
+                      f"(no bias after the last layer can hold it): reward = score + config.reward_offset "
+                      f"({offset:+.6g}). Score differences and rankings are exact.",
+                      RewardInteropWarning, stacklevel=3)
+    return {"class": cls.__name__, "exact": bool(folded), "score_offset": config.reward_offset,
+            "folded_into": folded, "folded_offset": offset if folded else 0.0, "pad_token_id": pad_id}
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

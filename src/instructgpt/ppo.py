@@ -276,8 +276,6 @@ class PPOTrainer:
         self.prompt_texts, self.prompt_ids = self._load_prompts()
         self.policy = load_policy(cfg.policy, self.device)
         self.ref = load_policy(cfg.reference or cfg.policy, self.device).eval().requires_grad_(False)
-        for m in (self.policy, self.ref):
-            set_dropout(m, 0.0)  # dropout off in rollouts and updates
         if cfg.reward_model:
             self.reward_model = RewardModel.from_pretrained(cfg.reward_model, self.device).eval().requires_grad_(False)
             self.reward_fn = load_reward_fn(cfg.reward_fn) if cfg.reward_fn else None
@@ -291,7 +289,11 @@ class PPOTrainer:
             self.value = RewardModel.from_pretrained(cfg.reward_model, self.device)
         else:
             self.value = RewardModel.from_policy(cfg.policy, self.device)
-        set_dropout(self.value, 0.0)
+        # Dropout off in rollouts and updates (learn() runs in train mode): modules, attention
+        # attributes and config fields alike, so the first update is exactly on-policy.
+        for m in (self.policy, self.ref, self.reward_model, self.value):  # the EMA is a copy of the policy
+            if m is not None:
+                set_dropout(m, 0.0)
         for m in (self.policy, self.value):
             dist.broadcast_module(m)  # identical starting weights on every rank (e.g. a fresh value head)
         self.ema_model = copy.deepcopy(self.policy).requires_grad_(False) if cfg.ema else None

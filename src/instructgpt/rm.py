@@ -22,7 +22,7 @@ from .batching import Encoded, collate_rankings, encode_pair, pad
 from .config import ConfigError, opt
 from .data import DataError, Ranking, load_demonstrations, load_prompts, load_rankings
 from .losses import pairwise_accuracy, ranking_loss
-from .models import RewardModel, load_tokenizer, pick_device
+from .models import RewardModel, load_tokenizer, pick_device, restore_dropout, set_dropout
 from .records import MetricsLog, update_run_info, write_run_info
 from .training import FitResult, OptimConfig, fit
 
@@ -36,7 +36,8 @@ class RMConfig(OptimConfig):
     prompts: str = opt("", "Prompts JSONL resolving prompt_id references (optional).")
     reference: str = opt("", "Demonstrations JSONL whose responses should score mean 0 after training "
                              "(default: the best-ranked response of each training ranking).")
-    dropout: float = opt(0.0, "Residual dropout during RM training.")
+    dropout: float = opt(0.0, "Dropout during RM training: every dropout the architecture has (0 = off; the "
+                               "saved config keeps the base model's values).")
     max_prompt_tokens: int = opt(128, "Longer prompts are an error naming the record.")
     max_seq_len: int = opt(256, "Prompt + response tokens; longer responses are cut.")
     batch_size: int = opt(16, "Rankings per optimizer step (paper: 64 prompts).")
@@ -115,6 +116,7 @@ def evaluate_rankings(model: RewardModel, rankings: list[EncodedRanking], pad_id
     """Mean ranking loss and pairwise accuracy over ``rankings``."""
     was = model.training
     model.eval()
+    dropout = set_dropout(model, 0.0)  # scoring without dropout (modules, attention attributes, config)
     task = RankingTask(rankings, pad_id)
     sums: dict[str, float] = {}
     for i in range(0, len(rankings), batch_size):
@@ -122,6 +124,7 @@ def evaluate_rankings(model: RewardModel, rankings: list[EncodedRanking], pad_id
         _, stats = task.loss(model, batch)
         for k, v in stats.items():
             sums[k] = sums.get(k, 0.0) + v
+    restore_dropout(dropout)
     model.train(was)
     m = task.summarize(sums)
     return {"rm/val_loss": m["rm/loss"], "rm/val_accuracy": m["rm/accuracy"]}
@@ -132,10 +135,12 @@ def score_sequences(model: RewardModel, seqs: list[list[int]], pad_id: int, devi
     """(N,) rewards of token sequences (prompt + response + EOS)."""
     was = model.training
     model.eval()
+    dropout = set_dropout(model, 0.0)
     out = []
     for i in range(0, len(seqs), batch_size):
         ids, mask = pad(seqs[i:i + batch_size], pad_id, "right")
         out.append(model(ids.to(device), mask.to(device)).float().cpu())
+    restore_dropout(dropout)
     model.train(was)
     return torch.cat(out) if out else torch.zeros(0)
 

@@ -22,7 +22,8 @@ from .batching import Encoded, collate_lm, encode_pair, encode_prompt, pad
 from .config import ConfigError, opt
 from .data import DataError, Demonstration, load_demonstrations, load_prompts
 from .generation import generate
-from .models import RewardModel, load_policy, load_tokenizer, pick_device, position_ids_from_mask
+from .models import (RewardModel, load_policy, load_tokenizer, pick_device, position_ids_from_mask,
+                     restore_dropout, set_dropout)
 from .losses import lm_loss_sum
 from .records import MetricsLog, update_run_info, write_run_info
 from .training import FitResult, OptimConfig, fit
@@ -38,7 +39,8 @@ class SFTConfig(OptimConfig):
     reward_model: str = opt("", "Reward-model folder: keep the epoch whose responses to validation prompts score highest.")
     select_prompts: int = opt(64, "Validation prompts sampled and scored per epoch when a reward model is given.")
     max_new_tokens: int = opt(64, "Response length limit when sampling for checkpoint selection.")
-    dropout: float = opt(0.2, "Dropout during SFT (paper: 0.2 residual): every dropout the architecture has (0 = off).")
+    dropout: float = opt(0.2, "Dropout during SFT (paper: 0.2 residual): every dropout the architecture has "
+                              "(0 = off). The saved config keeps the base model's own values.")
     max_prompt_tokens: int = opt(128, "Longer prompts are an error naming the record.")
     max_seq_len: int = opt(256, "Prompt + response tokens; longer responses are cut (counted in the log).")
     lr: float = opt(1e-4, "Peak learning rate (paper: 9.65e-6 for 1.3B; tiny models want more).")
@@ -89,12 +91,14 @@ def mean_lm_loss(model, examples: list[Encoded], pad_id: int, device, batch_size
     """Token-mean next-token loss over ``examples`` (validation loss, perplexity)."""
     was = model.training
     model.eval()
+    dropout = set_dropout(model, 0.0)  # evaluation without dropout (modules, attention attributes, config)
     task = LMTask(examples, pad_id, response_only)
     total, count = 0.0, 0.0
     for i in range(0, len(examples), batch_size):
         batch = {k: v.to(device) for k, v in task.collate(list(range(i, min(i + batch_size, len(examples))))).items()}
         s, stats = task.loss(model, batch)
         total, count = total + s.item(), count + stats["n"]
+    restore_dropout(dropout)
     model.train(was)
     return total / max(count, 1.0)
 
