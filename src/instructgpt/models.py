@@ -419,18 +419,18 @@ class RewardModel(nn.Module):
             raise ModelLoadError(f"{meta_path}: corrupt: {e}") from None
         if meta.get("format") != REWARD_FORMAT:
             raise ModelLoadError(f"{meta_path}: format is {meta.get('format')!r}, expected {REWARD_FORMAT!r}")
+        interop = meta.get("sequence_classification") or {}  # absent in version 1
         try:  # version 2: AutoModel takes the body out of the sequence-classification checkpoint
             body = AutoModel.from_pretrained(str(folder), dtype=torch.float32)
             head = load_file(str(folder / meta.get("head_file", "reward_head.safetensors")))
             model = cls(fuse_activations(body), reward_bias=meta.get("reward_bias", 0.0))
             model.head.load_state_dict({"weight": head["weight"], "bias": head["bias"]})
+            if interop.get("folded_into"):  # take the constant back out of the LayerNorm bias: the head holds it
+                with torch.no_grad():
+                    body.get_parameter(interop["folded_into"]).sub_(
+                        _fold_vector(head["weight"], interop["folded_offset"]))
         except Exception as e:  # safetensors raises its own error types for truncated files
             raise ModelLoadError(f"{folder}: cannot load reward model: {e}") from e
-        folded = (meta.get("sequence_classification") or {}).get("folded_into")
-        if folded:  # take the constant back out of the LayerNorm bias: the head holds it again
-            with torch.no_grad():
-                bias = body.get_parameter(folded)
-                bias.sub_(_fold_vector(model.head.weight.detach(), meta["sequence_classification"]["folded_offset"]))
         if dropout is not None:
             set_dropout(model, dropout)
         return model.to(device)
