@@ -21,7 +21,7 @@ import itertools
 import math
 import random
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from ..data import FLAGS, MAX_K, MIN_K, Demonstration, Prompt, Ranking
 from . import claims as C
@@ -208,6 +208,22 @@ class Panel:
         self.heldout_labelers = [
             _draw_labeler(rng, f"H{i:02d}", heldout_noise, True) for i in range(n_heldout)
         ]
+
+    def to_dict(self) -> dict:
+        """Every labeler's parameters (``world/panel.json``; :meth:`from_dict` reads it back)."""
+        return {
+            "seed": self.seed,
+            "training": [asdict(lab) for lab in self.training_labelers],
+            "heldout": [asdict(lab) for lab in self.heldout_labelers],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Panel:
+        """The panel :meth:`to_dict` wrote: the same labelers, judging the same way."""
+        panel = cls(d["seed"], n=0, n_heldout=0)
+        panel.training_labelers = [Labeler(**lab) for lab in d["training"]]
+        panel.heldout_labelers = [Labeler(**lab) for lab in d["heldout"]]
+        return panel
 
     @property
     def labelers(self) -> list[Labeler]:
