@@ -17,7 +17,7 @@ from .datasets import PAPER_PROMPTS, WorldConfig, WorldData, WorldFileError, bui
 from .flan import build_flan
 from .flaws import FLAWS, candidate_responses, candidates, perturb
 from .kb import TOXIC_LEXICON, Entity, Falsehood, World
-from .labelers import Labeler, Panel, agreement
+from .labelers import Labeler, Panel
 from .probes import Probes, bias_entropy, build_probes, score_truth
 from .taskbase import CheckResult
 from .tasks import USE_CASE_SHARES, check, generate_prompts, make_prompt, solve
@@ -47,7 +47,6 @@ __all__ = [
     "WorldConfig",
     "WorldData",
     "WorldFileError",
-    "agreement",
     "bias_entropy",
     "build_corpus",
     "build_datasets",
