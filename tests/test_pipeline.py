@@ -1,10 +1,8 @@
 """``instructgpt run`` end to end: a scaled-down run in the default suite, a medium one marked slow."""
 
 import json
-import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -17,14 +15,40 @@ TINY = dict(scale=0.004, corpus_docs=500, vocab_size=768, pretrain_epochs=1, sft
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """The scaled-down run, recording every generation of a world (True: inside the world stage)."""
+    from instructgpt import pipeline
+    from instructgpt.world import kb
     root = tmp_path_factory.mktemp("runs")
     cfg = config.from_dict(RunConfig, dict(runs_dir=str(root), name="t", **TINY))
-    result = run_pipeline(cfg)
-    return cfg, result
+    generations, inside = [], [False]
+    make_world, generate, cached = pipeline.Pipeline.make_world, kb.World.generate.__func__, kb._cached_world
+
+    def in_world_stage(self):
+        inside[0] = True
+        try:
+            return make_world(self)
+        finally:
+            inside[0] = False
+
+    def recorded(fn):
+        def wrapper(*args, **kwargs):
+            generations.append(inside[0])
+            return fn(*args, **kwargs)
+        return wrapper
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(pipeline.Pipeline, "make_world", in_world_stage)
+    mp.setattr(kb.World, "generate", classmethod(recorded(generate)))
+    mp.setattr(kb, "_cached_world", recorded(cached))
+    try:
+        result = run_pipeline(cfg)
+    finally:
+        mp.undo()
+    return cfg, result, generations
 
 
 def test_scaled_down_run_leaves_every_stage(tiny_run):
-    cfg, result = tiny_run
+    cfg, result, _ = tiny_run
     run = cfg.run_dir
     for path in ["world/config.json", "tokenizer/tokenizer.json", "data/prompts_sft_train.jsonl",
                  "data/prompts_test.jsonl", "data/sft_train.jsonl", "data/flan_train.jsonl",
@@ -48,7 +72,7 @@ def test_scaled_down_run_leaves_every_stage(tiny_run):
 
 
 def test_curation_split_keeps_users_apart(tiny_run):
-    cfg, _ = tiny_run
+    cfg, _, _ = tiny_run
     users = {}
     for split in ("train", "valid", "test"):
         for line in (cfg.run_dir / f"data/prompts_rm_{split}.jsonl").read_text().splitlines():
@@ -56,8 +80,36 @@ def test_curation_split_keeps_users_apart(tiny_run):
     assert users and all(len(s) == 1 for s in users.values())
 
 
+def test_the_world_is_generated_once_and_read_back(tiny_run):
+    cfg, _, generations = tiny_run
+    assert generations and all(generations), "a world was generated outside the world stage"
+    for name in ("config.json", "world.json", "panel.json", "probes.json", "prompts_rm.jsonl", "manifest.json"):
+        assert (cfg.run_dir / "world" / name).is_file(), name
+
+
+def test_eval_of_the_run_folder_reproduces_the_runs_own_results_and_report(tiny_run):
+    """``instructgpt eval run_dir=X`` (nothing else given) writes what the run wrote, timing aside:
+    the rounds, the agreement on the RM comparisons and the curves are eval's own rows now."""
+    from instructgpt.cli import main
+    cfg, _, _ = tiny_run
+    run = cfg.run_dir
+    own_report = {name: (run / name).read_bytes() for name in ("report.md", "report.html")}
+    own = json.loads((run / "eval/results.json").read_text())
+    assert main(["eval", f"run_dir={run}"]) == 0
+    again = json.loads((run / "eval/results.json").read_text())
+    assert own["meta"].pop("eval_seconds") > 0 and again["meta"].pop("eval_seconds") > 0
+    assert again == own
+    assert {name: (run / name).read_bytes() for name in own_report} == own_report
+    assert own["meta"]["test_prompts"] == TINY["eval_prompts"] and own["meta"]["seed"] == cfg.seed
+    assert own["meta"]["round 1"].startswith("RM on ") and "ppo_ptx: final RM score" in own["meta"]["round 1"]
+    assert {"training-training (RM comparisons)", "training-heldout (RM comparisons)",
+            "training-training", "training-heldout"} <= set(own["agreement"])
+    assert {e["method"] for e in own["agreement"].values()} == {"bootstrap-prompts"}  # one interval method
+    assert set(own["training_curves"]) == {"ppo", "ppo_ptx"}
+
+
 def test_second_run_reuses_finished_stages(tiny_run):
-    cfg, first = tiny_run
+    cfg, first, _ = tiny_run
     again = run_pipeline(cfg)
     for name, info in again.stages.items():
         assert info["key"] == first.stages[name]["key"], name
@@ -67,6 +119,28 @@ def test_second_run_reuses_finished_stages(tiny_run):
     third = run_pipeline(changed)
     assert third.stages["sft"]["key"] == first.stages["sft"]["key"]
     assert third.stages["ppo_r1"]["key"] != first.stages["ppo_r1"]["key"]
+
+
+def test_a_world_folder_without_manifest_is_written_again_and_nothing_else(tiny_run, capsys):
+    """A world/ finished by an older version (no panel.json, no manifest) cannot be read back:
+    the world stage runs again (same seed, same world, same key), every other stage is reused."""
+    cfg, _, _ = tiny_run
+    latest = config.from_dict(RunConfig, dict(runs_dir=cfg.runs_dir, name="t", evaluate=False,
+                                              **{**TINY, "ppo_iterations": 3}))  # the last run's options
+    before = run_pipeline(latest)
+    world = cfg.run_dir / "world"
+    manifest = (world / "manifest.json").read_text()
+    (world / "manifest.json").unlink()
+    (world / "panel.json").unlink()
+    capsys.readouterr()
+    again = run_pipeline(latest)
+    out = capsys.readouterr().out
+    assert "older version" in out and "world: running" in out
+    assert (world / "manifest.json").read_text() == manifest
+    for name, info in again.stages.items():
+        assert info["key"] == before.stages[name]["key"], name
+        if name != "world":
+            assert info["seconds"] == before.stages[name]["seconds"], name  # reused
 
 
 def test_cli_run_help_lists_options():

@@ -47,7 +47,7 @@ STAGES = [
           "Write K sampled responses per prompt as ranking tasks for labelers."),
     Stage("run", "instructgpt.pipeline", "RunConfig", "run_pipeline",
           "The whole pipeline on the built-in world (or --base-model): data, SFT, RM, PPO, PPO-ptx, evaluation, report."),
-    Stage("eval", "instructgpt.evaluate", "EvalConfig", "run_eval",
+    Stage("eval", "instructgpt.evaluation.run", "EvalConfig", "run_eval",
           "Evaluate policies: win rates with intervals, metadata rates, probes, alignment tax, report."),
 ]
 

@@ -17,6 +17,11 @@ Stages, each writing a folder under ``runs/<name>/``:
              stays the SFT model)                 -> data/rankings_r*.jsonl, models/round*/
   eval       win rates, metadata, probes, alignment tax, report -> eval/, report.html, report.md
 
+Stages hand each other files only; :class:`~instructgpt.run_folder.RunFolder`
+names every one of them. The world is generated once and read back by later
+stages (``world.load_world``); the evaluation is ``instructgpt eval`` on the
+run folder, so running it again later gives the same results and report.
+
 A stage whose folder holds ``stage.json`` with the same key (a hash of its own
 options and of the keys of the stages it reads) is reused; change an option and
 that stage and everything after it runs again.
@@ -36,7 +41,8 @@ from typing import Any, Callable
 from . import config as config_mod
 from .config import ConfigError, opt
 from .curate import CurateConfig, curate_prompts
-from .data import Demonstration, Prompt, Ranking, load_prompts, to_record, write_jsonl
+from .data import Demonstration, load_prompts, write_jsonl
+from .run_folder import ROUND_STAGES, RunFolder
 
 
 @dataclass
@@ -110,8 +116,10 @@ class Pipeline:
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        self.root = cfg.run_dir
+        self.run_folder = RunFolder(cfg.run_dir)
+        self.root = self.run_folder.root
         self.root.mkdir(parents=True, exist_ok=True)
+        self._world = None  # the run's WorldData, read back from world/ when a stage needs it
         self.keys: dict[str, str] = {}
         self.t0 = time.time()
         self.total_weight = sum(WEIGHTS[s] for s in self._planned())
@@ -133,12 +141,12 @@ class Pipeline:
         key = hashlib.sha256(json.dumps({"stage": name, "options": options,
                                          "needs": [self.keys[n] for n in needs]}, sort_keys=True,
                                         default=str).encode()).hexdigest()[:16]
-        marker = folder / "stage.json"
+        done = self.run_folder.read_marker(folder)
         label = f"[{len(self.keys) + 1}/{len(self._planned())}] {name}"
         weight = WEIGHTS[weight_name or name]
-        if marker.exists() and json.loads(marker.read_text()).get("key") == key:
+        if done is not None and done.get("key") == key:
             print(f"{label}: reused ({folder})", flush=True)
-            info = json.loads(marker.read_text())
+            info = done
             self.total_weight -= weight  # no time spent, none expected
         else:
             print(f"{label}: running ...", flush=True)
@@ -148,7 +156,7 @@ class Pipeline:
             folder.mkdir(parents=True, exist_ok=True)
             out = fn() or {}
             info = {"key": key, "stage": name, "seconds": round(time.time() - start, 1), "summary": out}
-            marker.write_text(json.dumps(info, indent=2, default=str) + "\n")
+            RunFolder.marker(folder).write_text(json.dumps(info, indent=2, default=str) + "\n")
             print(f"{label}: done in {info['seconds']:.0f}s", flush=True)
             self.done_weight += weight
             elapsed = time.time() - self.t0
@@ -162,45 +170,45 @@ class Pipeline:
     # ---- the stages
 
     def run(self) -> RunResult:
-        c = self.cfg
-        config_mod.save(c, self.root / "run_config.json")
-        self.stage("world", self.root / "world", _subset(c, "seed scale corpus_docs vocab_size base_model"), [],
+        c, run = self.cfg, self.run_folder
+        config_mod.save(c, run.run_config)
+        _forget_unsaved_world(run)
+        self.stage("world", run.world, _subset(c, "seed scale corpus_docs vocab_size base_model"), [],
                    self.make_world)
         base = self.pretrain_bases()
-        self.stage("sft", self.root / "models" / "sft", _subset(c, "sft_epochs sft_lr seed"), ["base"],
-                   lambda: self.train_sft_stage(base, self.data / "sft_train.jsonl", self.models / "sft", c.sft_epochs))
+        self.stage("sft", run.model("sft"), _subset(c, "sft_epochs sft_lr seed"), ["base"],
+                   lambda: self.train_sft_stage(base, run.demonstrations("train"), run.model("sft"), c.sft_epochs))
         if c.flan:
-            self.stage("flan", self.models / "flan", _subset(c, "flan_epochs sft_lr seed"), ["base"],
-                       lambda: self.train_sft_stage(base, self.data / "flan_train.jsonl", self.models / "flan",
-                                                    c.flan_epochs))
-        policy, ptx_policy = self.models / "sft", self.models / "sft"
+            self.stage("flan", run.model("flan"), _subset(c, "flan_epochs sft_lr seed"), ["base"],
+                       lambda: self.train_sft_stage(base, run.flan_train, run.model("flan"), c.flan_epochs))
+        policy, ptx_policy = run.model("sft"), run.model("sft")
         for r in range(1, c.rounds + 1):
             policy, ptx_policy = self.run_round(r, policy, ptx_policy)
-        for name in ("rm", "ppo", "ppo_ptx"):
-            _link(self.models / name, self.models / f"round{c.rounds}" / name)
+        for name in ROUND_STAGES:
+            _link(run.model(name), run.round_model(c.rounds, name))
         if c.evaluate:
-            self.stage("eval", self.root / "eval", _subset(c, "eval_prompts seed max_new_tokens"),
+            self.stage("eval", run.eval, _subset(c, "eval_prompts seed max_new_tokens"),
                        [k for k in self.keys], self.evaluate)
-            self.result.report = str(self.root / "report.html")
+            self.result.report = str(run.report_html)
         total = time.time() - self.t0
         print(f"run finished in {total / 60:.1f} min: {self.root}"
-              + (f"\nreport: {self.root / 'report.html'} (and report.md)" if c.evaluate else ""), flush=True)
+              + (f"\nreport: {run.report_html} (and report.md)" if c.evaluate else ""), flush=True)
         return self.result
 
     @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def models(self) -> Path:
-        return self.root / "models"
+    def world(self):
+        """The run's world (WorldData), read back from world/ once and kept."""
+        if self._world is None:
+            self._world = self.run_folder.load_world()
+        return self._world
 
     def make_world(self) -> dict:
         from .world import build_datasets, train_tokenizer
-        c = self.cfg
+        c, run = self.cfg, self.run_folder
         wd = build_datasets(seed=c.seed, scale=c.scale, corpus_docs=c.corpus_docs)
-        wd.save(self.root / "world")
-        self.data.mkdir(parents=True, exist_ok=True)
+        wd.save(run.world)
+        self._world = None  # later stages read the saved world back
+        run.data.mkdir(parents=True, exist_ok=True)
         summary: dict[str, Any] = {"world": wd.summary()}
         curated = {}
         for name, prompts in wd.prompts.items():
@@ -208,25 +216,24 @@ class Pipeline:
             curated[name] = result
             summary[f"curation_{name}"] = result.summary()
             for split in ("train", "valid", "test"):
-                write_jsonl(self.data / f"prompts_{name}_{split}.jsonl", result.split(split))
-        write_jsonl(self.data / "prompts_test.jsonl",
-                    [p for r in curated.values() for p in r.split("test")])
+                write_jsonl(run.prompts(name, split), result.split(split))
+        write_jsonl(run.test_prompts, [p for r in curated.values() for p in r.split("test")])
         by_id = {p.id: p for p in curated["sft"].kept()}
         for split in ("train", "valid"):
             keep = {p.id for p in curated["sft"].split(split)}
             demos = [Demonstration(by_id[d.prompt_id].text, d.response, d.labeler_id, d.prompt_id)
                      for d in wd.sft_demos if d.prompt_id in keep]
-            write_jsonl(self.data / f"sft_{split}.jsonl", demos)
+            write_jsonl(run.demonstrations(split), demos)
             summary[f"sft_{split}_demos"] = len(demos)
-        write_jsonl(self.data / "flan_train.jsonl", wd.flan + wd.t0)
-        write_jsonl(self.data / "corpus_train.jsonl", [{"text": t} for t in wd.corpus])
-        write_jsonl(self.data / "corpus_heldout.jsonl", [{"text": t} for t in wd.heldout_corpus])
+        write_jsonl(run.flan_train, wd.flan + wd.t0)
+        write_jsonl(run.corpus_train, [{"text": t} for t in wd.corpus])
+        write_jsonl(run.corpus_heldout, [{"text": t} for t in wd.heldout_corpus])
         if not c.base_model:
-            train_tokenizer(wd.tokenizer_texts(), c.vocab_size, self.root / "tokenizer")
+            train_tokenizer(wd.tokenizer_texts(), c.vocab_size, run.tokenizer)
         return summary
 
     def pretrain_bases(self) -> Path:
-        c = self.cfg
+        c, run = self.cfg, self.run_folder
         if c.base_model:
             self.keys["base"] = hashlib.sha256(c.base_model.encode()).hexdigest()[:16]
             return Path(c.base_model) if c.base_model != "smollm2" else c.base_model  # type: ignore[return-value]
@@ -234,19 +241,19 @@ class Pipeline:
         for name, size, epochs in (("base", "tiny", c.pretrain_epochs), ("base_large", "large", c.pretrain_large_epochs)):
             if name == "base_large" and not c.large_base:
                 continue
-            out = self.models / name
-            pc = PretrainConfig(out_dir=str(out), corpus=str(self.data / "corpus_train.jsonl"),
-                                valid_corpus=str(self.data / "corpus_heldout.jsonl"), tokenizer=str(self.root / "tokenizer"),
-                                size=size, epochs=epochs, lr=c.pretrain_lr if size == "tiny" else c.pretrain_lr / 2,
+            out = run.model(name)
+            pc = PretrainConfig(out_dir=str(out), corpus=str(run.corpus_train), valid_corpus=str(run.corpus_heldout),
+                                tokenizer=str(run.tokenizer), size=size, epochs=epochs,
+                                lr=c.pretrain_lr if size == "tiny" else c.pretrain_lr / 2,
                                 seq_len=128, batch_size=32, micro_batch_size=32, seed=c.seed, device=c.device,
                                 progress=c.progress)
             self.stage(name, out, asdict(pc), ["world"], lambda pc=pc: _history(train_pretrain(pc)))
-        return self.models / "base"
+        return run.model("base")
 
     def train_sft_stage(self, base, train: Path, out: Path, epochs: int) -> dict:
         from .sft import SFTConfig, train_sft
         c = self.cfg
-        valid = self.data / "sft_valid.jsonl"
+        valid = self.run_folder.demonstrations("valid")
         sc = SFTConfig(model=str(base), train=str(train), valid=str(valid) if valid.exists() else "",
                        out_dir=str(out), epochs=epochs, lr=c.sft_lr, batch_size=32, micro_batch_size=32,
                        warmup_steps=10, dropout=0.1, seed=c.seed, device=c.device, progress=c.progress)
@@ -255,25 +262,25 @@ class Pipeline:
 
     def run_round(self, r: int, policy: Path, ptx_policy: Path) -> tuple[Path, Path]:
         """Step 2 and 3 once: rankings from the latest policy, RM on all rankings, PPO and PPO-ptx."""
-        c = self.cfg
-        rdir = self.models / f"round{r}"
+        c, run = self.cfg, self.run_folder
         prev = [f"rankings_r{i}" for i in range(1, r)]
-        self.stage(f"rankings_r{r}", self.data / f"rankings_r{r}",
+        self.stage(f"rankings_r{r}", run.rankings(r),
                    _subset(c, "k_min k_max policy_samples max_new_tokens seed rounds"),
                    ["world", "sft"] + ([f"ppo_ptx_r{r - 1}"] if r > 1 else []),
                    lambda: self.make_rankings(r, ptx_policy), weight_name="rankings")
-        rank_files = [self.data / f"rankings_r{i}" / "train.jsonl" for i in range(1, r + 1)]
-        self.stage(f"rm_r{r}", rdir / "rm", _subset(c, "rm_epochs rm_lr seed"), ["sft", f"rankings_r{r}"] + prev,
-                   lambda: self.train_rm_stage(rank_files, self.data / f"rankings_r{r}" / "valid.jsonl", rdir / "rm"),
+        rank_files = [run.rankings_file(i, "train") for i in range(1, r + 1)]
+        rm = run.round_model(r, "rm")
+        self.stage(f"rm_r{r}", rm, _subset(c, "rm_epochs rm_lr seed"), ["sft", f"rankings_r{r}"] + prev,
+                   lambda: self.train_rm_stage(rank_files, run.rankings_file(r, "valid"), rm, run.rm_train_all(r)),
                    weight_name="rm")
         outs = []
         for name, start, ptx in (("ppo", policy, 0.0), ("ppo_ptx", ptx_policy, c.ptx_coef)):
             key_needs = [f"rm_r{r}", "sft"] + ([f"{name}_r{r - 1}"] if r > 1 else [])
             opts = _subset(c, "ppo_iterations ppo_batch ppo_minibatch ppo_lr kl_coef max_new_tokens seed")
             opts["ptx"] = [ptx, c.ptx_token_ratio]
-            out = rdir / name
+            out = run.round_model(r, name)
             self.stage(f"{name}_r{r}", out, opts, key_needs,
-                       lambda start=start, out=out, ptx=ptx: self.train_ppo_stage(start, rdir / "rm", out, ptx),
+                       lambda start=start, out=out, ptx=ptx: self.train_ppo_stage(start, rm, out, ptx),
                        weight_name=name)
             outs.append(out)
         return outs[0], outs[1]
@@ -282,16 +289,13 @@ class Pipeline:
         """K responses per RM prompt (policy samples + world candidates), ranked by training labelers."""
         from .models import load_policy, load_tokenizer, pick_device
         from .sample import SampleConfig, sample_k
-        from .world import build_datasets
         from .world import candidate_responses
-        c = self.cfg
-        wd = _world(self.root)
-        out = self.data / f"rankings_r{r}"
+        c, run, wd = self.cfg, self.run_folder, self.world
         device = pick_device(c.device)
         tok, model = load_tokenizer(policy), load_policy(policy, device)
         summary = {}
         for split in ("train", "valid"):
-            prompts = load_prompts(self.data / f"prompts_rm_{split}.jsonl")
+            prompts = load_prompts(run.prompts("rm", split))
             prompts = prompts[(r - 1)::c.rounds] if split == "train" else prompts  # each round ranks new prompts
             rng = random.Random(f"rankings:{c.seed}:{r}:{split}")
             ks = [rng.randint(c.k_min, c.k_max) for _ in prompts]
@@ -307,20 +311,20 @@ class Pipeline:
                     continue  # all tied: nothing to learn; counted below
                 ranking.prompt_id = p.id
                 rows.append(ranking)
-            write_jsonl(out / f"{split}.jsonl", rows)
+            write_jsonl(run.rankings_file(r, split), rows)
             summary[split] = {"rankings": len(rows), "all_tied_dropped": len(prompts) - len(rows),
                               "pairs": sum(len(x.pairs()) for x in rows)}
         return summary
 
-    def train_rm_stage(self, rank_files: list[Path], valid: Path, out: Path) -> dict:
+    def train_rm_stage(self, rank_files: list[Path], valid: Path, out: Path, merged: Path) -> dict:
+        """The reward model on every ranking so far (``rank_files`` merged into ``merged``)."""
         from .rm import RMConfig, train_rm
-        c = self.cfg
-        merged = out.parent / "rm_train_all.jsonl"
+        c, run = self.cfg, self.run_folder
         rows = [line for f in rank_files for line in f.read_text().splitlines() if line.strip()]
         merged.parent.mkdir(parents=True, exist_ok=True)
         merged.write_text("".join(line + "\n" for line in rows))
-        rc = RMConfig(model=str(self.models / "sft"), train=str(merged), valid=str(valid), out_dir=str(out),
-                      reference=str(self.data / "sft_train.jsonl"), epochs=c.rm_epochs, lr=c.rm_lr,
+        rc = RMConfig(model=str(run.model("sft")), train=str(merged), valid=str(valid), out_dir=str(out),
+                      reference=str(run.demonstrations("train")), epochs=c.rm_epochs, lr=c.rm_lr,
                       batch_size=16, micro_batch_size=16, warmup_steps=5, seed=c.seed, device=c.device,
                       progress=c.progress)
         result = train_rm(rc)
@@ -328,10 +332,10 @@ class Pipeline:
 
     def train_ppo_stage(self, start: Path, rm: Path, out: Path, ptx_coef: float) -> dict:
         from .ppo import PPOConfig, train_ppo
-        c = self.cfg
-        pc = PPOConfig(policy=str(start), reference=str(self.models / "sft"), reward_model=str(rm),
-                       prompts=str(self.data / "prompts_ppo_train.jsonl"), out_dir=str(out),
-                       pretrain_data=str(self.data / "corpus_train.jsonl") if ptx_coef > 0 else "",
+        c, run = self.cfg, self.run_folder
+        pc = PPOConfig(policy=str(start), reference=str(run.model("sft")), reward_model=str(rm),
+                       prompts=str(run.prompts("ppo", "train")), out_dir=str(out),
+                       pretrain_data=str(run.corpus_train) if ptx_coef > 0 else "",
                        ptx_coef=ptx_coef, ptx_token_ratio=c.ptx_token_ratio, iterations=c.ppo_iterations,
                        batch_size=c.ppo_batch, minibatch_size=c.ppo_minibatch, lr=c.ppo_lr, kl_coef=c.kl_coef,
                        max_new_tokens=c.max_new_tokens, warmup_iterations=min(10, c.ppo_iterations // 3),
@@ -341,56 +345,12 @@ class Pipeline:
         return {k: last.get(k) for k in ("ppo/score", "ppo/kl", "ppo/response_length", "ppo/ptx_loss")}
 
     def evaluate(self) -> dict:
-        from .evaluate import EvalConfig, run_eval
-        c = self.cfg
-        results = run_eval(EvalConfig(run_dir=str(self.root), n_prompts=c.eval_prompts, seed=c.seed,
-                                      device=c.device, max_new_tokens=c.max_new_tokens))
-        self.add_rounds(results)
+        """``instructgpt eval`` on the run folder: it reads the run's settings (run_config.json), its
+        world, models, rounds and rankings from the folder, as a later eval of the folder does."""
+        from .evaluation.config import EvalConfig
+        from .evaluation.run import run_eval
+        results = run_eval(EvalConfig(run_dir=str(self.root), device=self.cfg.device))
         return {"models": [m.name for m in results.models]}
-
-    def comparison_agreement(self, limit: int = 200) -> dict:
-        """Agreement measured like the paper's: on the RM comparison sets (the first round's)."""
-        from .data import load_rankings
-        from .world import agreement
-        wd = _world(self.root)
-        by_id = {p.id: p for p in load_prompts(self.data / "prompts_rm_train.jsonl")}
-        rows = [r for r in load_rankings(self.data / "rankings_r1" / "train.jsonl") if r.prompt_id in by_id][:limit]
-        measured = agreement(wd.panel, [by_id[r.prompt_id] for r in rows], [r.responses for r in rows],
-                             seed=self.cfg.seed)
-        return _agreement_estimates(measured, "RM comparisons")
-
-    def add_rounds(self, results) -> None:
-        """Each round's RM and PPO outcome in the report (and every round's PPO curves when there are several)."""
-        from .evaluate import training_curves
-        from .evaluation.report import write_report
-        c = self.cfg
-        for r in range(1, c.rounds + 1):
-            rm = self.result.stages[f"rm_r{r}"]["summary"]
-            acc = rm.get("val_accuracy")
-            line = f"RM on {rm['rankings']} rankings, validation accuracy " + (f"{acc:.3f}" if acc is not None else "n/a")
-            for name in ("ppo", "ppo_ptx"):
-                ppo = self.result.stages[f"{name}_r{r}"]["summary"]
-                if ppo.get("ppo/score") is not None:
-                    line += f"; {name}: final RM score {ppo['ppo/score']:.3f}, KL {ppo['ppo/kl']:.3f}"
-            results.meta[f"round {r}"] = line
-        results.agreement.update(self.comparison_agreement())
-        if c.rounds > 1:
-            results.training_curves.update(training_curves(self.root, {
-                f"{name}_r{r}": self.models / f"round{r}" / name
-                for r in range(1, c.rounds + 1) for name in ("ppo", "ppo_ptx")}))
-        results.save(self.root / "eval" / "results.json")
-        write_report(results, self.root)
-
-
-def _agreement_estimates(measured: dict, label: str) -> dict:
-    from .evaluation.stats import Estimate, wilson_interval
-    out = {}
-    for key, name in (("train_train", "training-training"), ("train_heldout", "training-heldout")):
-        n = int(measured.get(f"n_{key}", 0))
-        if n:
-            low, high = wilson_interval(measured[key] * n, n)
-            out[f"{name} ({label})"] = Estimate(measured[key], low, high, n, "wilson")
-    return out
 
 
 def _subset(cfg: RunConfig, names: str) -> dict:
@@ -411,17 +371,14 @@ def _link(link: Path, target: Path) -> None:
     link.symlink_to(target.relative_to(link.parent), target_is_directory=True)
 
 
-_WORLD_CACHE: dict[str, Any] = {}
-
-
-def _world(root: Path):
-    """The run's world data, rebuilt deterministically from world/config.json (cached)."""
-    from .world import WorldConfig, build_datasets
-    cfg = json.loads((root / "world" / "config.json").read_text())
-    key = json.dumps(cfg, sort_keys=True)
-    if key not in _WORLD_CACHE:
-        _WORLD_CACHE[key] = build_datasets(config=WorldConfig(**cfg))
-    return _WORLD_CACHE[key]
+def _forget_unsaved_world(run: RunFolder) -> None:
+    """A world/ finished by an older version holds no manifest.json and cannot be read back:
+    drop its stage marker, so the world stage writes it again (same seed, same world and key)."""
+    from .world.datasets import MANIFEST
+    marker = run.marker(run.world)
+    if marker.is_file() and not (run.world / MANIFEST).is_file():
+        print(f"{run.world}: saved without {MANIFEST} (older version); writing the world again", flush=True)
+        marker.unlink()
 
 
 def run_pipeline(cfg: RunConfig) -> RunResult:

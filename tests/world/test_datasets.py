@@ -1,8 +1,15 @@
 import collections
+import json
+import random
+import shutil
+from dataclasses import replace
+
+import pytest
 
 from instructgpt.config import describe, load
 from instructgpt.data import load_demonstrations, load_prompts
-from instructgpt.world import WorldConfig, build_datasets, check
+from instructgpt.world import (WorldConfig, WorldFileError, build_datasets, candidate_responses, check,
+                               load_world)
 
 
 def test_default_world_data(tmp_path):
@@ -39,3 +46,75 @@ def test_world_config_loads_and_describes(tmp_path):
     assert (cfg.seed, cfg.scale, cfg.n_entities) == (3, 0.01, 80)
     assert cfg.set_sizes() == {"sft": 130, "rm": 330, "ppo": 310}
     assert "labeler_noise" in describe(WorldConfig)
+
+
+# ----- the saved world, read back ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    data = build_datasets(seed=4, scale=0.003, corpus_docs=200, heldout_docs=40, n_toxicity_starts=3,
+                          n_bias=6, n_cloze=10)
+    folder = data.save(tmp_path_factory.mktemp("w") / "world")
+    return data, folder
+
+
+def _no_generation(monkeypatch):
+    """Make every way of generating a world (or its parts) fail loudly."""
+    from instructgpt.world import datasets, kb
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the world was regenerated")
+
+    monkeypatch.setattr(kb.World, "generate", classmethod(refuse))
+    monkeypatch.setattr(kb, "_cached_world", refuse)
+    for name in ("generate_prompts", "build_corpus", "heldout_corpus", "build_flan", "build_probes"):
+        monkeypatch.setattr(datasets, name, refuse)
+
+
+def test_loaded_world_judges_and_ranks_like_the_generated_one(saved, monkeypatch):
+    data, folder = saved
+    _no_generation(monkeypatch)
+    loaded = load_world(folder)  # reads files only: any regeneration would raise
+    assert loaded.config == data.config
+    assert loaded.world.to_dict() == data.world.to_dict() and loaded.world.spec == data.world.spec
+    assert loaded.panel.to_dict() == data.panel.to_dict()
+    assert loaded.probes == data.probes
+    assert loaded.corpus == data.corpus and loaded.heldout_corpus == data.heldout_corpus
+    strip = lambda xs: [replace(x, source="") for x in xs]
+    assert {k: strip(v) for k, v in loaded.prompts.items()} == {k: strip(v) for k, v in data.prompts.items()}
+    assert strip(loaded.sft_demos) == strip(data.sft_demos)
+    assert strip(loaded.flan) == strip(data.flan) and strip(loaded.t0) == strip(data.t0)
+    # the same verdicts, rankings, comparisons, Likert scores and flags, draw for draw
+    for p in data.prompts["rm"][:25]:
+        rng_a, rng_b = random.Random(p.id), random.Random(p.id)
+        cand = candidate_responses(p, 5, rng_a, data.world)
+        assert candidate_responses(p, 5, rng_b, loaded.world) == cand
+        assert [check(p, r, loaded.world) for r in cand] == [check(p, r, data.world) for r in cand]
+        ra = data.panel.rank(p, cand, rng_a, world=data.world)
+        rb = loaded.panel.rank(p, cand, rng_b, world=loaded.world)
+        assert ra == rb
+        assert (data.panel.compare(p, cand[0], cand[1], rng_a, world=data.world)
+                == loaded.panel.compare(p, cand[0], cand[1], rng_b, world=loaded.world))
+    assert [x.id for x in loaded.panel.labelers] == [x.id for x in data.panel.labelers]
+
+
+def test_edited_or_missing_world_files_are_errors(saved, tmp_path):
+    _, folder = saved
+    copy = tmp_path / "world"
+    shutil.copytree(folder, copy)
+    panel = json.loads((copy / "panel.json").read_text())
+    panel["training"][0]["noise"] = 0.0  # a labeler made perfectly consistent
+    (copy / "panel.json").write_text(json.dumps(panel))
+    with pytest.raises(WorldFileError, match=r"panel\.json: changed since the world was saved"):
+        load_world(copy)
+    shutil.copy(folder / "panel.json", copy / "panel.json")
+    load_world(copy)  # restored: fine again
+    (copy / "probes.json").unlink()
+    with pytest.raises(WorldFileError, match=r"probes\.json: missing"):
+        load_world(copy)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(WorldFileError, match=r"manifest\.json: missing: .* no complete saved world"):
+        load_world(copy)
+    with pytest.raises(WorldFileError, match="stage.json"):  # says how to get the world back
+        load_world(tmp_path / "nowhere")

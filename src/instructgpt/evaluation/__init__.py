@@ -1,24 +1,49 @@
-"""Model-free evaluation: statistics, the paper's claims check, and the report.
+"""The evaluation: run a run's policies, judge them, check the paper's claims, write the report.
 
-Models are run elsewhere; this package takes their numbers as an
-:class:`EvalResults` (JSON-serialisable, see :mod:`.claims` for the data
-model), decides each claim of the paper from confidence intervals alone
-(:func:`check_claims`) and writes ``report.md`` / ``report.html``
-(:func:`write_report`, :func:`render_from_json`).
+One concern per module, in the order an evaluation uses them:
+
+* :mod:`.config` - :class:`EvalConfig`, the options of ``instructgpt eval``;
+* :mod:`.inputs` - what an evaluation reads from a run folder;
+* :mod:`.policies` - which policies, loading them, encoding prompts, sampling;
+* :mod:`.scoring` - continuation log-probs, KL to SFT, reward-model scores;
+* :mod:`.probes` - truthfulness, toxicity, bias, cloze, held-out perplexity;
+* :mod:`.judging` - simulated labelers' win rates, Likert scores, metadata flags;
+* :mod:`.agreement` - inter-labeler agreement (one measure for every row);
+* :mod:`.human_labels` - label tasks out to the labeling app, real rankings back in;
+* :mod:`.run` - :func:`run_eval`, the orchestration of all of the above;
+* :mod:`.results` - :class:`EvalResults`, the data model and its JSON (results.json);
+* :mod:`.stats` - estimates with intervals (bootstrap over prompts, Wilson);
+* :mod:`.claims` - :func:`check_claims`, the paper's claims decided from intervals;
+* :mod:`.report` and :mod:`.plots` - report.md / report.html and their figures.
+
+Importing the package loads no model code: the model-free part (results,
+statistics, claims, report) is imported here; ``run_eval`` on first use.
 """
 
-from .claims import (LABELER_GROUPS, MODEL_KINDS, VERDICTS, ClaimResult, Comparison,
-                     EvalResults, ModelResult, SampleOutput, Samples, check_claims)
+from .claims import VERDICTS, ClaimResult, check_claims
+from .config import EvalConfig
 from .report import render_from_json, write_report
-from .stats import (Estimate, bootstrap_interval, choice_entropy, difference,
-                    difference_of_estimates, likert_mean, pairwise_agreement, rate,
-                    wilson_interval, win_rate, win_rates_by)
+from .results import (LABELER_GROUPS, MODEL_KINDS, Comparison, EvalResults, ModelResult, SampleOutput,
+                      Samples)
+from .stats import (Estimate, bootstrap_interval, choice_entropy, difference, difference_of_estimates,
+                    likert_mean, mean_estimate, pairwise_agreement, rate, wilson_interval, win_rate,
+                    win_rates_by)
+
+
+def __getattr__(name: str):
+    """``run_eval`` is imported lazily (it pulls in torch and the model code)."""
+    if name == "run_eval":
+        from .run import run_eval
+
+        return run_eval
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Estimate", "win_rate", "win_rates_by", "wilson_interval", "bootstrap_interval",
-    "likert_mean", "rate", "pairwise_agreement", "difference", "difference_of_estimates",
-    "choice_entropy",
+    "likert_mean", "mean_estimate", "rate", "pairwise_agreement", "difference",
+    "difference_of_estimates", "choice_entropy",
     "EvalResults", "ModelResult", "Comparison", "Samples", "SampleOutput", "ClaimResult",
     "MODEL_KINDS", "LABELER_GROUPS", "VERDICTS", "check_claims",
-    "write_report", "render_from_json",
+    "EvalConfig", "run_eval", "write_report", "render_from_json",
 ]

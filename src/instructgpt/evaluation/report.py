@@ -22,7 +22,8 @@ from pathlib import Path
 
 from ..data import USE_CASES
 from . import plots
-from .claims import MODEL_KINDS, ClaimResult, EvalResults, check_claims, lower_is_better
+from .claims import ClaimResult, check_claims
+from .results import MODEL_KINDS, EvalResults, lower_is_better
 from .stats import Estimate
 
 NOT_MEASURED = "not measured"
@@ -435,20 +436,21 @@ def render_html(sections: list[Section], title: str = "InstructGPT evaluation re
 
 # ----------------------------------------------------------------------------- entry points
 
-def write_report(results: EvalResults, run_dir) -> tuple[Path, Path]:
-    """Write ``run_dir/report.md`` (+ ``report_files/*.png``) and ``run_dir/report.html``.
+def write_report(results: EvalResults, folder) -> tuple[Path, Path]:
+    """Write ``folder/report.md`` (+ ``report_files/*.png``) and ``folder/report.html``.
 
-    Returns (md_path, html_path). The HTML needs no other file.
+    ``folder`` is the run folder for the run's own evaluation, or the ``out_dir``
+    of ``instructgpt eval``. Returns (md_path, html_path). The HTML needs no other file.
     """
-    run_dir = Path(run_dir)
-    files = run_dir / "report_files"
+    folder = Path(folder)
+    files = folder / "report_files"
     files.mkdir(parents=True, exist_ok=True)
     sections = build_sections(results)
     for sec in sections:
         for b in sec.blocks:
             if isinstance(b, Image):
                 (files / f"{b.name}.png").write_bytes(b.png)
-    md_path, html_path = run_dir / "report.md", run_dir / "report.html"
+    md_path, html_path = folder / "report.md", folder / "report.html"
     md_path.write_text(render_markdown(sections, files.name), encoding="utf-8")
     html_path.write_text(render_html(sections), encoding="utf-8")
     return md_path, html_path

@@ -237,6 +237,18 @@ def likert_mean(scores: Sequence[float], groups: Sequence[Hashable] | None = Non
     return Estimate(float(x.mean()), low, high, int(x.size), method, level)
 
 
+def mean_estimate(values: Sequence[float], groups: Sequence[Hashable] | None = None,
+                  seed: int = 0, method: str = "bootstrap", n_boot: int = 2000,
+                  level: float = 0.95) -> Estimate:
+    """Mean of any per-sample values (reward scores, KL, toxicity ...) with a bootstrap interval
+    (over prompts when ``groups`` are given); ``method`` is the label stored with it."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("no values")
+    low, high = bootstrap_interval(x, groups, n_boot=n_boot, seed=seed, level=level)
+    return Estimate(float(x.mean()), low, high, int(x.size), method, level)
+
+
 def rate(flags: Sequence[bool], groups: Sequence[Hashable] | None = None,
          method: str | None = None, n_boot: int = 2000, seed: int = 0,
          level: float = 0.95) -> Estimate:
@@ -249,30 +261,39 @@ def rate(flags: Sequence[bool], groups: Sequence[Hashable] | None = None,
 
 
 def pairwise_agreement(labels: Sequence[tuple[Hashable, Hashable, Hashable]],
-                       n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Estimate:
+                       n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+                       group_of: Callable[[Hashable], Hashable] | None = None,
+                       keep_pair: Callable[[Hashable, Hashable], bool] | None = None) -> Estimate:
     """Inter-labeler agreement: fraction of labeler pairs giving the same outcome.
 
     labels: (item_id, labeler_id, outcome) triples; ``outcome`` is any hashable
         judgement of the comparison item (e.g. 1/0/0.5, or "A"/"B").
-    For each item, every pair of labels from two *different* labelers is one
-    trial, agreeing if their outcomes are equal. The value is agreeing pairs /
-    all pairs; the interval bootstraps over items (pairs of an item stay
-    together). n = number of labeler pairs. Raises if no item has two labelers.
+    group_of: item_id -> prompt id, when several items share a prompt (the
+        response pairs of one ranking); the bootstrap then resamples prompts.
+        Default: each item is its own group.
+    keep_pair: (labeler_a, labeler_b) -> bool; only the pairs of labelers it
+        accepts are counted (e.g. one training and one held-out labeler).
+    For each item, every pair of labels from two *different* labelers (kept by
+    ``keep_pair``) is one trial, agreeing if their outcomes are equal. The value
+    is agreeing pairs / all pairs; the interval bootstraps over items (or their
+    prompts), the pairs of an item staying together. n = number of labeler
+    pairs. Raises ValueError if there is no such pair.
     """
     by_item: dict[Hashable, list[tuple[Hashable, Hashable]]] = {}
     for item, labeler, outcome in labels:
         by_item.setdefault(item, []).append((labeler, outcome))
     agree: list[float] = []
-    items: list[Hashable] = []
+    groups: list[Hashable] = []
     for item, entries in by_item.items():
         for (la, oa), (lb, ob) in combinations(entries, 2):
-            if la != lb:
+            if la != lb and (keep_pair is None or keep_pair(la, lb)):
                 agree.append(float(oa == ob))
-                items.append(item)
+                groups.append(item if group_of is None else group_of(item))
     if not agree:
         raise ValueError("no item was labelled by two different labelers")
-    low, high = bootstrap_interval(agree, items, n_boot=n_boot, seed=seed, level=level)
-    return Estimate(float(np.mean(agree)), low, high, len(agree), "bootstrap-items", level)
+    low, high = bootstrap_interval(agree, groups, n_boot=n_boot, seed=seed, level=level)
+    method = "bootstrap-items" if group_of is None else "bootstrap-prompts"
+    return Estimate(float(np.mean(agree)), low, high, len(agree), method, level)
 
 
 def difference(a: Sequence[float], b: Sequence[float],

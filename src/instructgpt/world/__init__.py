@@ -3,19 +3,21 @@
 No instruction data, preference data or base model can be downloaded, and no
 person can label during a test, so this package generates a small world of
 invented entities and everything the InstructGPT pipeline needs about it.
-See docs/world.md. The usual entry point::
+See docs/world.md. The usual entry points::
 
-    from instructgpt.world import build_datasets
-    data = build_datasets(seed=0, scale=0.02)
+    from instructgpt.world import build_datasets, load_world
+    data = build_datasets(seed=0, scale=0.02)   # generate (the world stage only)
+    data.save("runs/x/world")
+    data = load_world("runs/x/world")           # every later stage: read it back
 """
 
 from .claims import contains_insult, toxicity
 from .corpus import build_corpus, heldout_corpus
-from .datasets import PAPER_PROMPTS, WorldConfig, WorldData, build_datasets
+from .datasets import PAPER_PROMPTS, WorldConfig, WorldData, WorldFileError, build_datasets, load_world
 from .flan import build_flan
 from .flaws import FLAWS, candidate_responses, candidates, perturb
 from .kb import TOXIC_LEXICON, Entity, Falsehood, World
-from .labelers import Labeler, Panel, agreement
+from .labelers import Labeler, Panel
 from .probes import Probes, bias_entropy, build_probes, score_truth
 from .taskbase import CheckResult
 from .tasks import USE_CASE_SHARES, check, generate_prompts, make_prompt, solve
@@ -44,7 +46,7 @@ __all__ = [
     "World",
     "WorldConfig",
     "WorldData",
-    "agreement",
+    "WorldFileError",
     "bias_entropy",
     "build_corpus",
     "build_datasets",
@@ -56,6 +58,7 @@ __all__ = [
     "contains_insult",
     "generate_prompts",
     "heldout_corpus",
+    "load_world",
     "make_prompt",
     "perturb",
     "score_truth",

@@ -6,16 +6,34 @@ SFT demonstrations written by training labelers, the pretraining corpus and
 its held-out part, the FLAN and T0 baselines, the probes and the labeler
 panel. Rankings are not built here: they need model samples (sample K
 responses, then ``data.panel.rank(prompt, responses, rng)``).
+
+A world is generated once (the world stage of ``instructgpt run``), written
+with :meth:`WorldData.save` and read back by every later stage with
+:func:`load_world`; nothing regenerates it. The folder holds plain files::
+
+    config.json          the WorldConfig it was generated with
+    world.json           knowledge base: entities, facts, falsehoods, lexicons
+    panel.json           every simulated labeler's parameters (weights, noise ...)
+    prompts_{sft,rm,ppo}.jsonl   prompts; ``meta`` holds what the checkers need
+                         (task type, topic, constraints ...)
+    sft_demos.jsonl, flan.jsonl, t0.jsonl    demonstrations
+    corpus_train.jsonl, corpus_heldout.jsonl pretraining corpus and its held-out part
+    probes.json          truthfulness, toxicity, bias and cloze probe items
+    manifest.json        sha256 of each file above (written last)
+
+:func:`load_world` checks every file against the manifest, so a missing or
+edited file is an error naming it, never a silently different world.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..config import ConfigError, opt
-from ..data import Demonstration, Prompt, write_jsonl
+from ..config import ConfigError, from_dict, opt
+from ..data import DataError, Demonstration, Prompt, load_demonstrations, load_prompts, read_jsonl, write_jsonl
 from .corpus import build_corpus, heldout_corpus
 from .flan import build_flan
 from .kb import World
@@ -24,6 +42,17 @@ from .probes import Probes, build_probes
 from .tasks import generate_prompts
 
 PAPER_PROMPTS = {"sft": 13_000, "rm": 33_000, "ppo": 31_000}
+MANIFEST = "manifest.json"
+#: Every file of a saved world (besides the manifest), in the order they are written.
+WORLD_FILES = (
+    "config.json", "world.json", "panel.json",
+    *(f"prompts_{name}.jsonl" for name in PAPER_PROMPTS),
+    "sft_demos.jsonl", "flan.jsonl", "t0.jsonl", "corpus_train.jsonl", "corpus_heldout.jsonl", "probes.json",
+)
+
+
+class WorldFileError(DataError):
+    """A saved world that cannot be read back as it was written; the message names the file."""
 
 
 @dataclass
@@ -107,11 +136,13 @@ class WorldData:
         }
 
     def save(self, out_dir: str | Path) -> Path:
-        """Write everything under ``out_dir``: records in the ``data`` JSONL formats, the rest as JSON."""
+        """Write everything under ``out_dir`` (see the module docstring); :func:`load_world` reads it back."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
-        (out / "world.json").write_text(json.dumps(self.world.to_dict(), indent=1) + "\n")
+        (out / MANIFEST).unlink(missing_ok=True)  # a save cut short leaves no manifest: not a world
+        _write_json(out / "config.json", asdict(self.config), indent=2)
+        _write_json(out / "world.json", self.world.to_dict())
+        _write_json(out / "panel.json", self.panel.to_dict())
         for name, ps in self.prompts.items():
             write_jsonl(out / f"prompts_{name}.jsonl", ps)
         write_jsonl(out / "sft_demos.jsonl", self.sft_demos)
@@ -119,8 +150,74 @@ class WorldData:
         write_jsonl(out / "t0.jsonl", self.t0)
         write_jsonl(out / "corpus_train.jsonl", [{"text": t} for t in self.corpus])
         write_jsonl(out / "corpus_heldout.jsonl", [{"text": t} for t in self.heldout_corpus])
-        (out / "probes.json").write_text(json.dumps(self.probes.to_dict(), indent=1) + "\n")
+        _write_json(out / "probes.json", self.probes.to_dict())
+        _write_json(out / MANIFEST, {"files": {name: _sha256(out / name) for name in WORLD_FILES}}, indent=2)
         return out
+
+
+def load_world(folder: str | Path) -> WorldData:
+    """The world :meth:`WorldData.save` wrote to ``folder``, read back as it was (never regenerated).
+
+    Raises :class:`WorldFileError` naming the file when the folder holds no
+    saved world, or a file is missing or differs from what was saved.
+    """
+    folder = Path(folder)
+    _verify(folder)
+    config = from_dict(WorldConfig, _read_json(folder / "config.json"), where=str(folder / "config.json"))
+    prompts = {name: load_prompts(folder / f"prompts_{name}.jsonl") for name in PAPER_PROMPTS}
+    return WorldData(
+        config=config,
+        world=World.from_dict(_read_json(folder / "world.json")),
+        panel=Panel.from_dict(_read_json(folder / "panel.json")),
+        prompts=prompts,
+        sft_demos=load_demonstrations(folder / "sft_demos.jsonl"),
+        corpus=_texts(folder / "corpus_train.jsonl"),
+        heldout_corpus=_texts(folder / "corpus_heldout.jsonl"),
+        flan=load_demonstrations(folder / "flan.jsonl"),
+        t0=load_demonstrations(folder / "t0.jsonl"),
+        probes=Probes.from_dict(_read_json(folder / "probes.json")),
+    )
+
+
+_REBUILD = ("restore it, or delete {stage} and rerun 'instructgpt run' to write the world again "
+            "(same seed, same world)")
+
+
+def _verify(folder: Path) -> None:
+    """Every file of WORLD_FILES present with the sha256 the manifest recorded."""
+    manifest = folder / MANIFEST
+    hint = _REBUILD.format(stage=folder / "stage.json")
+    if not manifest.is_file():
+        raise WorldFileError(f"{manifest}: missing: {folder} holds no complete saved world; {hint}")
+    recorded = _read_json(manifest).get("files", {})
+    for name in WORLD_FILES:
+        path = folder / name
+        if name not in recorded:
+            raise WorldFileError(f"{manifest}: files: {name} is not listed; {hint}")
+        if not path.is_file():
+            raise WorldFileError(f"{path}: missing (the saved world needs it); {hint}")
+        if _sha256(path) != recorded[name]:
+            raise WorldFileError(f"{path}: changed since the world was saved (sha256 differs from "
+                                 f"{MANIFEST}); {hint}")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_json(path: Path, obj, indent: int = 1) -> None:
+    path.write_text(json.dumps(obj, indent=indent) + "\n")
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise WorldFileError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+
+
+def _texts(path: Path) -> list[str]:
+    return [obj["text"] for _, obj in read_jsonl(path)]
 
 
 def build_datasets(

@@ -260,7 +260,7 @@ class World:
         return list(self.entities)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dump (for inspection and docs)."""
+        """A JSON-serialisable dump (``world/world.json``; :meth:`from_dict` reads it back)."""
         return {
             "spec": self.spec,
             "entities": [{"name": e.name, "kind": e.kind, "attrs": e.attrs} for e in self.entities.values()],
@@ -268,6 +268,18 @@ class World:
             "toxic_lexicon": list(self.insults),
             "groups": list(self.groups),
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> World:
+        """The world :meth:`to_dict` wrote (read back from ``world/world.json``)."""
+        world = cls(
+            d["spec"],
+            [Entity(e["name"], e["kind"], dict(e["attrs"])) for e in d["entities"]],
+            [Falsehood(**f) for f in d["falsehoods"]],
+        )
+        world.groups = tuple(d["groups"])
+        world.insults = tuple(d["toxic_lexicon"])
+        return world
 
     @functools.cached_property
     def _lower_map(self) -> dict[str, Entity]:

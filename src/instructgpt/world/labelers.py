@@ -11,17 +11,16 @@ Training labelers (``T00`` ...) weigh helpfulness most, as the paper's
 training instructions did; held-out labelers (``H00`` ...) come from a
 different distribution (more weight on truthfulness and harmlessness, less
 noise) and are only meant for evaluation. With the defaults, agreement on
-mixed good/flawed candidate sets lands near the paper's figures (see
-``agreement`` and docs/world.md).
+mixed good/flawed candidate sets lands near the paper's figures (measured by
+``instructgpt.evaluation.agreement``; see docs/world.md).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from ..data import FLAGS, MAX_K, MIN_K, Demonstration, Prompt, Ranking
 from . import claims as C
@@ -209,6 +208,22 @@ class Panel:
             _draw_labeler(rng, f"H{i:02d}", heldout_noise, True) for i in range(n_heldout)
         ]
 
+    def to_dict(self) -> dict:
+        """Every labeler's parameters (``world/panel.json``; :meth:`from_dict` reads it back)."""
+        return {
+            "seed": self.seed,
+            "training": [asdict(lab) for lab in self.training_labelers],
+            "heldout": [asdict(lab) for lab in self.heldout_labelers],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Panel:
+        """The panel :meth:`to_dict` wrote: the same labelers, judging the same way."""
+        panel = cls(d["seed"], n=0, n_heldout=0)
+        panel.training_labelers = [Labeler(**lab) for lab in d["training"]]
+        panel.heldout_labelers = [Labeler(**lab) for lab in d["heldout"]]
+        return panel
+
     @property
     def labelers(self) -> list[Labeler]:
         return self.training_labelers + self.heldout_labelers
@@ -266,50 +281,3 @@ class Panel:
         """A pairwise preference by a labeler drawn with ``rng`` (held-out by default: evaluation)."""
         pool = self.heldout_labelers if heldout else self.training_labelers
         return rng.choice(pool).compare(prompt, a, b, rng, world)
-
-
-# ----- agreement ----------------------------------------------------------------------
-
-
-def _pair_prefs(r: Ranking) -> dict[tuple[int, int], int]:
-    """(i, j) with i < j -> +1 if i ranked above j, -1 if below, 0 for a tie."""
-    pos = {i: g for g, group in enumerate(r.ranking) for i in group}
-    return {(i, j): (pos[i] < pos[j]) - (pos[i] > pos[j]) for i, j in itertools.combinations(range(r.k), 2)}
-
-
-def agreement(
-    panel: Panel,
-    prompts: list[Prompt],
-    responses_per_prompt: list[list[str]],
-    per_prompt_train: int = 3,
-    per_prompt_heldout: int = 3,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Pairwise inter-labeler agreement, measured the way the paper reports it.
-
-    Each prompt's responses are ranked by ``per_prompt_train`` training and
-    ``per_prompt_heldout`` held-out labelers. For every two labelers who ranked
-    the same prompt, every response pair that both ranked strictly (no tie)
-    counts once; agreement is the fraction of such pairs ordered the same way.
-    Returns ``train_train``, ``heldout_heldout``, ``train_heldout`` and the
-    number of pairs behind each (``n_...``).
-    """
-    rng = random.Random(f"agreement:{seed}")
-    tallies = {"train_train": [0, 0], "heldout_heldout": [0, 0], "train_heldout": [0, 0]}
-    for prompt, responses in zip(prompts, responses_per_prompt):
-        labs = rng.sample(panel.training_labelers, per_prompt_train) + rng.sample(
-            panel.heldout_labelers, per_prompt_heldout
-        )
-        prefs = [(lab.heldout, _pair_prefs(lab.rank(prompt, responses, rng))) for lab in labs]
-        for (ha, pa), (hb, pb) in itertools.combinations(prefs, 2):
-            key = "heldout_heldout" if ha and hb else ("train_train" if not (ha or hb) else "train_heldout")
-            for pair, a in pa.items():
-                b = pb[pair]
-                if a and b:
-                    tallies[key][0] += a == b
-                    tallies[key][1] += 1
-    out: dict[str, float] = {}
-    for key, (agree, total) in tallies.items():
-        out[key] = agree / total if total else float("nan")
-        out[f"n_{key}"] = total
-    return out

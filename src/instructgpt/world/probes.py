@@ -79,7 +79,18 @@ class Probes:
     cloze: list[ClozeItem] = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        """Every item (``world/probes.json``; :meth:`from_dict` reads it back)."""
         return {k: [asdict(x) for x in getattr(self, k)] for k in ("truth", "toxicity", "bias", "cloze")}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Probes:
+        return cls(
+            truth=[TruthItem(**x) for x in d["truth"]],
+            toxicity=[ToxicityItem(**x) for x in d["toxicity"]],
+            bias=[BiasItem(**{**x, "alternatives": tuple(x["alternatives"]), "groups": tuple(x["groups"])})
+                  for x in d["bias"]],
+            cloze=[ClozeItem(**x) for x in d["cloze"]],
+        )
 
 
 # ----- truthfulness -------------------------------------------------------------------

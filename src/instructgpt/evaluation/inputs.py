@@ -1,0 +1,164 @@
+"""What an evaluation reads from a run folder, all of it named by :class:`~instructgpt.run_folder.RunFolder`.
+
+The pipeline hands ``instructgpt eval`` nothing but the run folder, so a later
+``instructgpt eval run_dir=X`` reads exactly what the run's own evaluation read:
+
+====================================================  =========================================
+run_config.json                                       the run's eval settings (seed, prompts ...)
+world/                                                labeler panel, knowledge base, probes,
+                                                      SFT demonstrations, held-out corpus
+data/prompts_test.jsonl                               the test prompts
+models/{base,sft,ppo,ppo_ptx,flan ...}/, models/rm/   the policies and the reward model
+models/round<r>/{rm,ppo,ppo_ptx}/stage.json           each round's RM accuracy and PPO outcome
+data/prompts_rm_train.jsonl, data/rankings_r1/        the RM comparisons (labeler agreement)
+models/ppo*/metrics.jsonl (and per round)             PPO training curves
+====================================================  =========================================
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ConfigError
+from ..data import Prompt, Ranking, load_prompts, load_rankings
+from ..records import read_metrics
+from ..run_folder import RunFolder
+from ..world import WorldData
+from .config import EvalConfig
+from .policies import PROMPTED, ModelSpec, discover_models
+
+#: Metric keys of PPO metrics.jsonl kept as training curves.
+CURVE_KEYS = ("ppo/score", "ppo/kl", "ppo/response_length", "ppo/kl_coef", "ppo/ptx_loss",
+              "ppo/entropy", "ppo/eos_fraction")
+
+
+@dataclass
+class EvalInputs:
+    """Everything an evaluation works from (besides the models' weights)."""
+    world: WorldData
+    prompts: list[Prompt]                 # the test prompts evaluated
+    specs: dict[str, ModelSpec]           # the policies, in report order
+    demos: list[tuple[str, str]]          # few-shot (prompt, demonstration) pairs of base_prompted
+    reward_model: Path | None             # models/rm, if the run has one
+    round_summaries: dict[str, str]       # "round r" -> its RM and PPO outcome, in words
+    rm_prompts: list[Prompt]              # the RM training prompts ...
+    rm_rankings: list[Ranking]            # ... and the first round's rankings of them
+    training_curves: dict[str, list[dict[str, float]]]
+
+
+def read_inputs(cfg: EvalConfig, run: RunFolder) -> EvalInputs:
+    """The inputs of evaluating ``run`` with ``cfg`` (its options resolved)."""
+    if not run.root.is_dir():
+        raise FileNotFoundError(f"{run.root}: run folder not found")
+    world = run.load_world()
+    specs = discover_models(run.root, cfg.models, cfg.few_shot)
+    if cfg.baseline not in specs:
+        raise ConfigError(f"baseline: {cfg.baseline!r} is not among the models found "
+                          f"({', '.join(specs) or 'none'}) in {run.models}")
+    demos = few_shot_demos(world, cfg.few_shot, cfg.seed)
+    if not demos:
+        specs.pop(PROMPTED, None)
+    rm = run.model("rm")
+    rounds = run_rounds(run)
+    curves = training_curves(run.root)
+    if len(rounds) > 1:  # every round's curves as well as the last round's
+        curves.update(training_curves(run.root, {f"{name}_r{r}": run.round_model(r, name)
+                                                 for r in rounds for name in ("ppo", "ppo_ptx")}))
+    rm_prompts, rm_rankings = comparison_sets(run)
+    return EvalInputs(world=world, prompts=load_test_prompts(run.root, cfg.n_prompts, cfg.seed), specs=specs,
+                      demos=demos, reward_model=rm if (rm / "reward_model.json").is_file() else None,
+                      round_summaries=round_summaries(run, rounds), rm_prompts=rm_prompts, rm_rankings=rm_rankings,
+                      training_curves=curves)
+
+
+def load_test_prompts(run_dir: str | Path, n: int, seed: int = 0) -> list[Prompt]:
+    """A seeded sample of ``n`` curated test prompts (all if n is 0 or more than there are),
+    in file order."""
+    path = RunFolder(run_dir).test_prompts
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: test prompts not found")
+    prompts = [p for p in load_prompts(path) if p.split in (None, "test")]
+    if not prompts:
+        raise FileNotFoundError(f"{path}: no test prompts")
+    if n and n < len(prompts):
+        keep = set(random.Random(f"eval-prompts:{seed}").sample(range(len(prompts)), n))
+        prompts = [p for i, p in enumerate(prompts) if i in keep]
+    return prompts
+
+
+def few_shot_demos(world_data: WorldData, k: int, seed: int = 0, max_chars: int = 300) -> list[tuple[str, str]]:
+    """``k`` (prompt, demonstration) pairs of the SFT demonstrations, short ones, varied use cases."""
+    if k <= 0:
+        return []
+    use_case = {p.id: p.use_case for p in world_data.prompts.get("sft", [])}
+    demos = [d for d in world_data.sft_demos if len(d.prompt) + len(d.response) <= max_chars] \
+        or list(world_data.sft_demos)
+    rng = random.Random(f"few-shot:{seed}")
+    rng.shuffle(demos)
+    chosen, seen = [], set()
+    for d in demos:  # one per use case first
+        uc = use_case.get(d.prompt_id)
+        if uc not in seen:
+            chosen.append(d)
+            seen.add(uc)
+        if len(chosen) == k:
+            break
+    chosen += [d for d in demos if d not in chosen][:k - len(chosen)]
+    return [(d.prompt, d.response) for d in chosen]
+
+
+def training_curves(run_dir: str | Path, folders: dict[str, Path] | None = None) -> dict[str, list[dict[str, float]]]:
+    """Per-iteration PPO metrics (reward, KL ...) of every run_dir/models/ppo*/metrics.jsonl,
+    or of the given ``{name: folder}``."""
+    out = {}
+    if folders is None:
+        folders = {f.name: f for f in sorted(RunFolder(run_dir).models.glob("ppo*"))}
+    for name, folder in folders.items():
+        rows = []
+        for r in read_metrics(Path(folder) / "metrics.jsonl"):
+            row = {k: float(v) for k, v in r.items()
+                   if (k in CURVE_KEYS or k == "step") and isinstance(v, (int, float))
+                   and math.isfinite(float(v))}
+            if len(row) > 1:
+                rows.append(row)
+        if rows:
+            out[name] = rows
+    return out
+
+
+def run_rounds(run: RunFolder) -> list[int]:
+    """The rounds of the run: 1..rounds of its run_config.json, else the round folders found."""
+    config = run.read_run_config() or {}
+    if isinstance(config.get("rounds"), int):
+        return [r for r in range(1, config["rounds"] + 1) if run.round(r).is_dir()]
+    return run.rounds()
+
+
+def round_summaries(run: RunFolder, rounds: list[int]) -> dict[str, str]:
+    """"round r" -> "RM on N rankings, validation accuracy A; ppo: final RM score S, KL K; ...",
+    from the stage markers of the round's RM and PPO stages (rounds not finished are left out)."""
+    out = {}
+    for r in rounds:
+        rm = (run.read_marker(run.round_model(r, "rm")) or {}).get("summary")
+        if not rm:
+            continue
+        acc = rm.get("val_accuracy")
+        line = f"RM on {rm.get('rankings')} rankings, validation accuracy " + \
+            (f"{acc:.3f}" if acc is not None else "n/a")
+        for name in ("ppo", "ppo_ptx"):
+            ppo = (run.read_marker(run.round_model(r, name)) or {}).get("summary") or {}
+            if ppo.get("ppo/score") is not None:
+                line += f"; {name}: final RM score {ppo['ppo/score']:.3f}, KL {ppo['ppo/kl']:.3f}"
+        out[f"round {r}"] = line
+    return out
+
+
+def comparison_sets(run: RunFolder) -> tuple[list[Prompt], list[Ranking]]:
+    """The RM training prompts and the first round's rankings of them (empty if the run has none)."""
+    prompts_file, rankings_file = run.prompts("rm", "train"), run.rankings_file(1, "train")
+    if not (prompts_file.is_file() and rankings_file.is_file()):
+        return [], []
+    return load_prompts(prompts_file), load_rankings(rankings_file)

@@ -1,0 +1,109 @@
+"""The public-NLP-style probes of the world, scored on one policy.
+
+Two kinds:
+
+* on sampled text: truthfulness (TruthfulQA-like shares) and toxicity (mean
+  toxicity of continuations under three instructions);
+* on likelihoods: bias (entropy of the choice between two continuations),
+  cloze accuracy and held-out pretraining perplexity (the alignment tax).
+
+The items come from the run's world (``world/probes.json``, the held-out corpus).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..pretrain import pack_blocks
+from ..world import bias_entropy, score_truth, toxicity
+from .policies import PolicyRunner
+from .scoring import continuation_logprobs
+from .stats import Estimate, bootstrap_interval, mean_estimate, rate
+
+#: Toxicity probe instruction -> benchmark key suffix.
+TOXICITY_KEYS = {"none": "plain", "respectful": "respectful", "biased": "biased"}
+
+
+# ----------------------------------------------------------------------------- on sampled text
+
+def truth_scores(items, answers: Sequence[str]) -> dict[str, Estimate]:
+    """TruthfulQA-style shares (Wilson): truthful (no falsehood), truthful and informative
+    (the true value only), and the share repeating the falsehood."""
+    verdicts = [score_truth(item, a) for item, a in zip(items, answers)]
+    if not verdicts:
+        return {}
+    return {"truthfulqa_truthful": rate([v != "falsehood" for v in verdicts]),
+            "truthfulqa_truthful_informative": rate([v == "correct" for v in verdicts]),
+            "truthfulqa_falsehood": rate([v == "falsehood" for v in verdicts])}
+
+
+def toxicity_scores(items, completions: Sequence[str], seed: int = 0) -> dict[str, Estimate]:
+    """Mean toxicity score of the completions, per instruction (bootstrap over items)."""
+    out = {}
+    for instr, key in TOXICITY_KEYS.items():
+        vals = [toxicity(c) for it, c in zip(items, completions) if it.instruction == instr]
+        if vals:
+            out[f"toxicity_{key}"] = mean_estimate(vals, seed=seed)
+    return out
+
+
+# ----------------------------------------------------------------------------- on likelihoods
+
+def bias_entropies(runner: PolicyRunner, items) -> list[float]:
+    """Entropy (bits) of the model's choice between each item's two continuations."""
+    ctxs, conts = [], []
+    for it in items:
+        c = runner.prompt_ids(it.prompt, with_prefix=False)
+        for alt in it.alternatives:
+            ctxs.append(c)
+            conts.append(runner.encode(alt, special=False))
+    lps = continuation_logprobs(runner.model, ctxs, conts, runner.pad, max_rows=runner.cfg.batch_size * 2)
+    return [bias_entropy(float(lps[2 * i].sum()), float(lps[2 * i + 1].sum())) for i in range(len(items))]
+
+
+def cloze_correct(runner: PolicyRunner, items) -> list[float]:
+    """1.0 where the candidate with the highest total log-prob is the right one."""
+    ctxs, conts, owner = [], [], []
+    for k, it in enumerate(items):
+        c = runner.prompt_ids(it.prompt, with_prefix=False)
+        for cand in it.candidates:
+            ctxs.append(c)
+            conts.append(runner.encode(cand, special=False))
+            owner.append(k)
+    lps = continuation_logprobs(runner.model, ctxs, conts, runner.pad, max_rows=runner.cfg.batch_size * 2)
+    best: dict[int, tuple[float, int]] = {}
+    counter: dict[int, int] = {}
+    for k, lp in zip(owner, lps):
+        j = counter.get(k, 0)
+        counter[k] = j + 1
+        total = float(lp.sum())
+        if k not in best or total > best[k][0]:
+            best[k] = (total, j)
+    return [float(best[k][1] == it.answer) for k, it in enumerate(items)]
+
+
+@torch.no_grad()
+def block_nlls(runner: PolicyRunner, docs: Sequence[str], max_tokens: int = 12288,
+               seq_len: int = 128) -> np.ndarray:
+    """Mean next-token loss of each block of the packed held-out corpus; shape (n_blocks,).
+
+    Blocks of ``seq_len`` tokens (at most the context), the first
+    ``max_tokens // seq_len`` of them (at least one).
+    """
+    seq_len = min(runner.ctx, seq_len)
+    blocks = pack_blocks(runner.tokenizer, list(docs), seq_len)[:max(1, max_tokens // seq_len)]
+    rows = [b.tolist() for b in blocks]
+    lps = continuation_logprobs(runner.model, [r[:1] for r in rows], [r[1:] for r in rows],
+                                runner.pad, max_rows=runner.cfg.batch_size)
+    return np.array([-float(lp.mean()) for lp in lps])
+
+
+def perplexity_estimate(nlls: np.ndarray, seed: int = 0) -> Estimate:
+    """exp(mean block loss) with a bootstrap-over-blocks interval."""
+    low, high = bootstrap_interval(nlls, seed=seed)
+    return Estimate(float(math.exp(nlls.mean())), math.exp(low), math.exp(high), int(nlls.size),
+                    "bootstrap-blocks")

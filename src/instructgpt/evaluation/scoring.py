@@ -1,0 +1,145 @@
+"""Scoring token sequences: log-probs of continuations, KL to the SFT policy, reward-model scores.
+
+All three take token ids (from :class:`~instructgpt.evaluation.policies.Encoder`)
+and batch by length so that little padding is computed.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..batching import pad
+from ..data import Prompt
+from ..losses import token_logprobs
+from ..models import RewardModel, position_ids_from_mask
+from .policies import Encoder, PolicyRunner
+
+#: Token budget (batch x length x vocabulary) of one scoring forward pass.
+LOGIT_BUDGET = 1 << 25
+
+
+def _batches(lengths: Sequence[int], vocab: int, max_rows: int):
+    """Index lists in order of length, each within LOGIT_BUDGET cells and max_rows rows."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batch: list[int] = []
+    for i in order:
+        if batch and ((len(batch) + 1) * lengths[i] * vocab > LOGIT_BUDGET or len(batch) >= max_rows):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@torch.no_grad()
+def continuation_logprobs(model, contexts: Sequence[list[int]], continuations: Sequence[list[int]],
+                          pad_id: int, temperature: float = 1.0, max_rows: int = 64
+                          ) -> list[np.ndarray]:
+    """log p(continuation tokens | context), one array per pair (shape (len(continuation),)).
+
+    Contexts must be non-empty. Logits are divided by ``temperature`` (as when
+    sampling). Rows are left-padded so that every continuation ends in the last
+    column; only the logits over the longest continuation of a batch are
+    computed (``logits_to_keep``) when the model supports it.
+    """
+    if len(contexts) != len(continuations):
+        raise ValueError("contexts and continuations differ in length")
+    if any(not c for c in contexts):
+        raise ValueError("every context needs at least one token")
+    seqs = [list(c) + list(r) for c, r in zip(contexts, continuations)]
+    emb = model.get_output_embeddings()
+    vocab = int(emb.weight.shape[0]) if emb is not None else int(model.config.vocab_size)
+    keep_ok = _accepts_logits_to_keep(model)
+    device = next(model.parameters()).device
+    out: list[np.ndarray | None] = [None] * len(seqs)
+    for idx in _batches([len(s) for s in seqs], vocab, max_rows):
+        ids, mask = pad([seqs[i] for i in idx], pad_id, "left")
+        ids, mask = ids.to(device), mask.to(device)
+        n_keep = max(len(continuations[i]) for i in idx) + 1  # logits predicting the continuations
+        if n_keep <= 1:
+            for i in idx:
+                out[i] = np.zeros(0, dtype=np.float32)
+            continue
+        kwargs = {"logits_to_keep": n_keep} if keep_ok else {}
+        logits = model(input_ids=ids, attention_mask=mask,
+                       position_ids=position_ids_from_mask(mask), **kwargs).logits
+        logits = logits[:, -n_keep:-1]                                   # (B, n_keep - 1, V)
+        lp = token_logprobs(logits, ids[:, -(n_keep - 1):], temperature).float().cpu().numpy()
+        for row, i in enumerate(idx):
+            c = len(continuations[i])
+            out[i] = lp[row, lp.shape[1] - c:] if c else np.zeros(0, dtype=np.float32)
+    return out  # type: ignore[return-value]
+
+
+def same_vocab(a, b) -> bool:
+    """True if two tokenizers map text to the same ids."""
+    return a is b or (len(a) == len(b) and a.get_vocab() == b.get_vocab())
+
+
+def policy_kl(runner: PolicyRunner, ref: PolicyRunner, prompts: Sequence[Prompt],
+              responses: Sequence[str], temperature: float) -> list[float] | None:
+    """Per prompt: sum over answer tokens of log p_policy - log p_sft on the policy's own answers.
+
+    Both log-probs use the sampling temperature (so the samples come from the
+    distribution whose KL is estimated). None if the tokenizers differ.
+    """
+    if not same_vocab(runner.tokenizer, ref.tokenizer):
+        return None
+    temp = temperature if temperature > 0 else 1.0
+    resp = [runner.response_ids(r) for r in responses]
+    keep = [i for i, r in enumerate(resp) if r]
+    if not keep:
+        return None
+    pol = continuation_logprobs(runner.model, [runner.prompt_ids(prompts[i].text) for i in keep],
+                                [resp[i] for i in keep], runner.pad, temp, runner.cfg.batch_size)
+    sft = continuation_logprobs(ref.model, [ref.prompt_ids(prompts[i].text) for i in keep],
+                                [resp[i] for i in keep], ref.pad, temp, ref.cfg.batch_size)
+    kl = [0.0] * len(prompts)
+    for j, i in enumerate(keep):
+        kl[i] = float(pol[j].sum() - sft[j].sum())
+    return kl
+
+
+@torch.no_grad()
+def reward_scores(rm: RewardModel, prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]],
+                  pad_id: int, batch_size: int = 64) -> list[float]:
+    """Reward-model score of each (prompt, response) token sequence."""
+    device = next(rm.parameters()).device
+    seqs = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids)]
+    out = [0.0] * len(seqs)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        ids, mask = pad([seqs[i] for i in idx], pad_id, "right")
+        vals = rm(ids.to(device), mask.to(device)).float().cpu().tolist()
+        for i, v in zip(idx, vals):
+            out[i] = v
+    return out
+
+
+def policy_reward(runner: PolicyRunner, rm: RewardModel, rm_tokenizer, prompts: Sequence[Prompt],
+                  responses: Sequence[str], batch_size: int) -> list[float]:
+    """The reward model's score of each answer of ``runner``'s policy.
+
+    With the policy's tokenizer the sampled ids are scored as they are; with
+    another one the texts are encoded again by the reward model's tokenizer.
+    """
+    if same_vocab(runner.tokenizer, rm_tokenizer):
+        p_ids = [runner.prompt_ids(p.text, with_prefix=False) for p in prompts]
+        r_ids = [runner.response_ids(r) for r in responses]
+    else:
+        enc = Encoder(rm_tokenizer)
+        p_ids = [enc.prompt_ids(p.text) for p in prompts]
+        r_ids = [enc.response_ids(str(r)) for r in responses]
+    return reward_scores(rm, p_ids, r_ids, rm_tokenizer.pad_token_id, batch_size)

@@ -1,0 +1,99 @@
+"""Simulated judging and real-label comparisons on hand-made inputs and the simulated panel."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from instructgpt.data import Prompt, Ranking
+from instructgpt.evaluation.human_labels import label_comparisons
+from instructgpt.evaluation.judging import checkable, judge
+
+
+class _StubLabeler:
+    def verdict(self, prompt, response, world=None):
+        return response
+
+    def likert(self, verdict, rng):
+        return 7 if verdict == "good" else 1
+
+    def flags(self, verdict, response, rng):
+        return [] if verdict == "good" else ["fails_to_follow", "hallucination"]
+
+
+class _StubPanel:
+    """compare: "good" beats anything else; two non-identical "ok"-style answers tie."""
+
+    def compare(self, prompt, a, b, rng, heldout=True, world=None):
+        if a == "good" and b != "good":
+            return 1.0
+        if b == "good" and a != "good":
+            return 0.0
+        return 0.5
+
+    def assign(self, prompt_id, heldout=False):
+        return _StubLabeler()
+
+
+def _prompts(use_cases):
+    return [Prompt(id=f"p{i}", text=f"Q{i}\n", user_id="u", use_case=uc) for i, uc in enumerate(use_cases)]
+
+
+def test_judge_ties_and_use_cases_on_hand_made_inputs():
+    prompts = _prompts(["chat", "chat", "chat", "chat", "closed_qa", "closed_qa"])
+    responses = {
+        "sft": ["bad", "good", "meh", "good", "bad", "bad"],
+        "m": ["good", "bad", "meh-too", "good", "good", "good"],
+    }
+    j = judge(prompts, responses, "sft", _StubPanel(), world=None, seed=0)
+    m = j["m"]
+    outcomes = [c.outcome for c in m.comparisons if c.labelers == "training"]
+    # win, loss, tie (stub tie), tie (identical answers), win, win
+    assert outcomes == [1.0, 0.0, 0.5, 0.5, 1.0, 1.0]
+    assert m.win_rate["training"].value == pytest.approx(4 / 6)
+    assert m.win_rate["heldout"].value == pytest.approx(4 / 6)
+    assert m.use_case_win_rates["chat"].value == pytest.approx(0.5)
+    assert m.use_case_win_rates["closed_qa"].value == pytest.approx(1.0)
+    assert m.use_case_win_rates["chat"].n == 4 and m.use_case_win_rates["closed_qa"].n == 2
+    for e in m.win_rate.values():
+        assert 0 <= e.low <= e.value <= e.high <= 1
+    assert j["sft"].comparisons == [] and j["sft"].win_rate == {}
+    # metadata: fails_to_follow over all prompts, hallucination over closed-domain ones only
+    assert m.metadata["fails_to_follow"].value == pytest.approx(2 / 6)
+    assert m.metadata["hallucination"].value == 0.0 and m.metadata["hallucination"].n == 2
+    assert j["sft"].metadata["hallucination"].value == 1.0
+    assert j["sft"].metadata["fails_to_follow"].value == pytest.approx(4 / 6)
+    assert m.raw["hallucination"].groups == ["p4", "p5"]
+    assert m.likert.value == pytest.approx((7 * 4 + 1 * 2) / 6)
+
+
+def test_judge_with_the_simulated_panel_prefers_solutions(run):
+    from instructgpt.world import solve
+    _, data = run
+    prompts = data.prompts["ppo"][:30]
+    assert all(checkable(p) for p in prompts) and not checkable(_prompts(["chat"])[0])
+    good = [solve(p, random.Random(i), data.world) for i, p in enumerate(prompts)]
+    bad = ["I do not know." for _ in prompts]
+    j = judge(prompts, {"sft": bad, "good": good}, "sft", data.panel, data.world, seed=1)
+    assert j["good"].win_rate["heldout"].low > 0.6
+    again = judge(prompts, {"sft": bad, "good": good}, "sft", data.panel, data.world, seed=1)
+    assert [c.outcome for c in again["good"].comparisons] == [c.outcome for c in j["good"].comparisons]
+
+
+def test_label_comparisons_from_real_rankings():
+    prompts = _prompts(["chat", "extract", "chat"])
+    responses = {"sft": ["s0", "s1", "s2"], "ppo": ["p0", "p1", "p2"], "base": ["b0", "b1", "b2"]}
+    rankings = [
+        Ranking(prompt="Q0\n", responses=["b0", " p0 ", "s0"], ranking=[[1], [2], [0]], prompt_id="p0",
+                labeler_id="H1"),
+        Ranking(prompt="Q1\n", responses=["x", "y", "z"], ranking=[[0, 1], [2]], prompt_id="p1",
+                meta={"models": ["ppo", "sft", "base"]}),
+        Ranking(prompt="Q2\n", responses=["s2", "b2"], ranking=[[1], [0]], prompt_id="p2"),
+        Ranking(prompt="?\n", responses=["s0", "p0"], ranking=[[0], [1]], prompt_id="unknown"),
+    ]
+    comps = label_comparisons(rankings, prompts, responses, "sft")
+    assert [(c.prompt_id, c.outcome) for c in comps["ppo"]] == [("p0", 1.0), ("p1", 0.5)]
+    assert [(c.prompt_id, c.outcome) for c in comps["base"]] == [("p0", 0.0), ("p1", 0.0), ("p2", 1.0)]
+    assert comps["ppo"][0].labelers == "human" and comps["ppo"][0].labeler_id == "H1"
+    assert comps["ppo"][1].use_case == "extract"

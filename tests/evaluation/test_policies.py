@@ -1,0 +1,102 @@
+"""Policies of a run folder: discovery, encoding, seeded sampling, log-probs, KL and reward scores."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from instructgpt.config import ConfigError
+from instructgpt.evaluation.config import EvalConfig
+from instructgpt.evaluation.inputs import few_shot_demos, load_test_prompts
+from instructgpt.evaluation.policies import ModelPool, PolicyRunner, discover_models, generate_responses
+from instructgpt.evaluation.run import run_eval
+from instructgpt.evaluation.scoring import continuation_logprobs, policy_kl, reward_scores
+
+from .fake_run import eval_config
+
+
+def test_discover_models_and_config(run, tmp_path):
+    run_dir, _ = run
+    specs = discover_models(run_dir, ["ppo_ptx-extra=" + str(run_dir / "models" / "ppo")], few_shot=3)
+    assert list(specs) == ["base", "base_prompted", "sft", "ppo", "ppo_ptx", "ppo_ptx-extra"]
+    assert specs["base_prompted"].prompted and specs["base_prompted"].path == specs["base"].path
+    assert specs["ppo_ptx-extra"].kind == "ppo_ptx"
+    assert "rm" not in specs
+    assert "base_prompted" not in discover_models(run_dir, few_shot=0)
+    # a run started with --base-model has no models/base: run_config.json names the base
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "sft").symlink_to(run_dir / "models" / "sft", target_is_directory=True)
+    (tmp_path / "run_config.json").write_text(json.dumps({"base_model": str(run_dir / "models" / "base")}))
+    external = discover_models(tmp_path, few_shot=1)
+    assert list(external) == ["base", "base_prompted", "sft"]
+    assert external["base"].path == str(run_dir / "models" / "base") and external["base"].n_params
+    with pytest.raises(ConfigError, match="kind"):
+        discover_models(run_dir, ["mystery=" + str(run_dir / "models" / "ppo")])
+    with pytest.raises(ConfigError):
+        EvalConfig(run_dir="").validate()
+    with pytest.raises(ConfigError, match="name=path"):
+        EvalConfig(run_dir="x", models=["nopath"]).validate()
+    with pytest.raises(ConfigError, match="baseline"):
+        run_eval(eval_config(run_dir, baseline="nope", out_dir=str(tmp_path)))
+
+
+def test_generation_is_seeded_and_prefix_is_used(run):
+    run_dir, data = run
+    cfg = eval_config(run_dir)
+    specs = discover_models(run_dir, few_shot=2)
+    pool = ModelPool(torch.device("cpu"))
+    demos = few_shot_demos(data, 2, seed=0)
+    assert len(demos) == 2
+    prompts = load_test_prompts(run_dir, 10)
+    a = generate_responses(specs["sft"], prompts, cfg, PolicyRunner(specs["sft"], cfg, pool))
+    b = generate_responses(specs["sft"], prompts, cfg)
+    assert list(a) == list(b) and all(r.ids for r in a)
+    plain = PolicyRunner(specs["base"], cfg, pool, demos)
+    prompted = PolicyRunner(specs["base_prompted"], cfg, pool, demos)
+    assert plain.model is prompted.model  # loaded once
+    assert specs["base"].n_params == sum(p.numel() for p in plain.model.parameters())
+    text = prompts[0].text
+    assert len(prompted.prompt_ids(text)) > len(plain.prompt_ids(text))
+    assert prompted.prompt_ids(text)[-len(plain.prompt_ids(text)):] == plain.prompt_ids(text)
+    assert prompted.prompt_ids(text, with_prefix=False) == plain.prompt_ids(text)
+
+
+def test_continuation_logprobs_match_a_direct_forward(run):
+    run_dir, _ = run
+    cfg = eval_config(run_dir)
+    spec = discover_models(run_dir)["sft"]
+    runner = PolicyRunner(spec, cfg, ModelPool(torch.device("cpu")))
+    ctx, cont = runner.encode("The cat"), runner.encode(" sat down.", special=False)
+    other = runner.encode("A much longer context, so that the batch needs padding here")
+    lps = continuation_logprobs(runner.model, [ctx, other], [cont, cont], runner.pad, max_rows=2)
+    with torch.no_grad():
+        ids = torch.tensor([ctx + cont])
+        logp = torch.log_softmax(runner.model(input_ids=ids).logits[0, :-1], -1)
+        direct = logp[torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1), torch.tensor(cont)]
+    assert np.allclose(lps[0], direct.numpy(), atol=1e-5)
+    assert lps[1].shape == (len(cont),)
+
+
+def test_kl_is_zero_against_itself_and_reward_scores_are_per_sequence(run):
+    run_dir, _ = run
+    cfg = eval_config(run_dir)
+    specs = discover_models(run_dir)
+    pool = ModelPool(torch.device("cpu"))
+    prompts = load_test_prompts(run_dir, 6)
+    sft = PolicyRunner(specs["sft"], cfg, pool)
+    ppo = PolicyRunner(specs["ppo"], cfg, pool)
+    resp = ppo.sample([p.text for p in prompts])
+    assert policy_kl(sft, sft, prompts, resp, 0.7) == pytest.approx([0.0] * 6, abs=1e-5)
+    kl = policy_kl(ppo, sft, prompts, resp, 0.7)
+    assert len(kl) == 6 and all(math.isfinite(x) for x in kl)
+    from instructgpt.models import RewardModel
+    rm = RewardModel.from_pretrained(run_dir / "models" / "rm").eval()
+    p_ids = [sft.prompt_ids(p.text) for p in prompts]
+    r_ids = [sft.response_ids(r) for r in resp]
+    batched = reward_scores(rm, p_ids, r_ids, sft.pad, batch_size=4)
+    single = [reward_scores(rm, [p], [r], sft.pad)[0] for p, r in zip(p_ids, r_ids)]
+    assert batched == pytest.approx(single, abs=1e-4)

@@ -1,0 +1,176 @@
+"""``instructgpt eval`` (instructgpt.evaluation.run) on a fake run folder with tiny random models."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from instructgpt.config import ConfigError
+from instructgpt.evaluation import EvalResults, check_claims
+from instructgpt.evaluation.claims import VERDICTS
+from instructgpt.evaluation.config import EvalConfig
+from instructgpt.evaluation.judging import METADATA_FLAGS, closed_domain_use_cases
+from instructgpt.evaluation.run import run_eval
+
+from .conftest import run_with_oracle
+from .fake_run import N_TEST, eval_config
+
+
+def test_run_eval_writes_results_and_report(run, evaluated):
+    run_dir, _ = run
+    _, seconds = evaluated
+    assert (run_dir / "eval" / "results.json").is_file()
+    assert (run_dir / "report.html").is_file() and (run_dir / "report.md").is_file()
+    loaded = EvalResults.load(run_dir / "eval" / "results.json")
+    assert [m.name for m in loaded.models] == ["base", "base_prompted", "sft", "ppo", "ppo_ptx"]
+    assert {m.name: m.kind for m in loaded.models}["base_prompted"] == "base_prompted"
+    assert loaded.baseline == "sft"
+    assert seconds < 75, f"run_eval took {seconds:.1f}s"
+    assert (run_dir / "eval" / "timings.json").is_file() and loaded.meta["eval_seconds"] > 0
+    # The claims table: computed from the results by the report, summarised in meta.
+    assert set(loaded.meta["claims"]) == set("abcdefg")
+    assert all(v in VERDICTS for v in loaded.meta["claims"].values())
+    assert [c.id for c in check_claims(loaded)] == list("abcdefg")
+    html = (run_dir / "report.html").read_text()
+    assert "Claims check" in html and "PPO-ptx outputs are preferred to SFT" in html
+    # label tasks for real labelers: one per prompt, K = number of models, models named
+    tasks = [json.loads(line) for line in (run_dir / "eval" / "label_tasks.jsonl").read_text().splitlines()]
+    assert len(tasks) == N_TEST and all(sorted(t["models"]) == sorted(m.name for m in loaded.models)
+                                        for t in tasks)
+
+
+def test_every_estimate_is_sane(evaluated):
+    results, _ = evaluated
+    for m in results.models:
+        if m.name == results.baseline:
+            assert not m.win_rate
+        else:
+            assert set(m.win_rate) == {"training", "heldout"}
+            for e in list(m.win_rate.values()) + list(m.use_case_win_rates.values()):
+                assert 0 <= e.low <= e.value <= e.high <= 1
+            assert len([c for c in m.comparisons if c.labelers == "heldout"]) == N_TEST
+        assert set(m.metadata) <= set(METADATA_FLAGS) and "fails_to_follow" in m.metadata
+        for e in m.metadata.values():
+            assert 0 <= e.low <= e.value <= e.high <= 1
+        assert 1 <= m.likert.value <= 7 and m.likert.low <= m.likert.value <= m.likert.high
+        ppl = m.pretraining["perplexity"]
+        assert math.isfinite(ppl.value) and 1 < ppl.low <= ppl.value <= ppl.high
+        acc = m.pretraining["cloze_accuracy"]
+        assert 0 <= acc.low <= acc.value <= acc.high <= 1
+        for key in ("truthfulqa_truthful", "toxicity_plain", "toxicity_respectful", "toxicity_biased",
+                    "bias_entropy", "reward_model_score", "kl_to_sft"):
+            e = m.benchmarks[key]
+            assert math.isfinite(e.value) and e.low <= e.value <= e.high, (m.name, key)
+        assert 0 <= m.benchmarks["bias_entropy"].value <= 1
+    sft = results.model("sft")
+    assert sft.benchmarks["kl_to_sft"].value == 0
+    # hallucination is counted on closed-domain prompts only
+    closed = set(closed_domain_use_cases())
+    n_closed = len({c.prompt_id for c in results.model("ppo").comparisons if c.use_case in closed})
+    if n_closed:
+        assert results.model("ppo").metadata["hallucination"].n == n_closed
+    # base and base_prompted share weights: identical likelihood-based measures
+    base, prompted = results.model("base"), results.model("base_prompted")
+    assert base.pretraining["perplexity"] == prompted.pretraining["perplexity"]
+    assert base.n_params == prompted.n_params == results.model("sft").n_params > 0
+    assert set(results.agreement) >= {"training-training", "training-heldout"}
+    for e in results.agreement.values():
+        assert 0 <= e.low <= e.value <= e.high <= 1
+    assert [r["ppo/score"] for r in results.training_curves["ppo"]] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert "ppo/lr" not in results.training_curves["ppo"][0]
+    assert results.samples and all(set(s.outputs) == {m.name for m in results.models}
+                                   for s in results.samples)
+
+
+def test_reference_answers_beat_garbage(evaluated):
+    results, _ = evaluated
+    oracle, garbage = results.model("ppo"), results.model("sft")
+    for group in ("training", "heldout"):
+        assert oracle.win_rate[group].value > 0.85 and oracle.win_rate[group].low > 0.6
+    ff_oracle, ff_garbage = oracle.metadata["fails_to_follow"], garbage.metadata["fails_to_follow"]
+    assert ff_oracle.value < 0.3 and ff_garbage.value > 0.8
+    assert ff_oracle.high < ff_garbage.low
+    assert oracle.likert.value > garbage.likert.value + 1
+    # claim (a)-style gap: the oracle beats ppo_ptx (a random model) head-to-head on win rate
+    assert oracle.win_rate["training"].value > results.model("ppo_ptx").win_rate["training"].value
+
+
+def test_run_eval_with_real_labels(run, evaluated, tmp_path):
+    """Labels exported by the labeling app (ranking JSONL, no model names) give "human" win rates."""
+    run_dir, _ = run
+    results, _ = evaluated
+    tasks = [json.loads(line) for line in (run_dir / "eval" / "label_tasks.jsonl").read_text().splitlines()]
+    order = {"ppo": 0, "sft": 2}  # the reference answers first, the garbage last, the rest tied between
+    rows = []
+    for t in tasks[:20]:
+        groups: dict[int, list[int]] = {}
+        for i, name in enumerate(t["models"]):
+            groups.setdefault(order.get(name, 1), []).append(i)
+        rows.append({"prompt": t["prompt"], "prompt_id": t["prompt_id"], "responses": t["responses"],
+                     "ranking": [groups[k] for k in sorted(groups)], "labeler_id": "H-real"})
+    labels = tmp_path / "rankings.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    again, _ = run_with_oracle(run, labels=str(labels), out_dir=str(tmp_path / "eval"), few_shot=0,
+                               heldout_tokens=256)
+    assert "base_prompted" not in [m.name for m in again.models]
+    ppo = again.model("ppo")
+    assert ppo.win_rate["human"].value == 1.0 and ppo.win_rate["human"].n == 20
+    assert again.win_rate("ppo", "human").value == 1.0
+    tables = json.loads((tmp_path / "eval" / "human_labels.json").read_text())["tables"]
+    assert "20 rankings" in again.meta["human_labels"]
+    assert tables["ppo"]["n"] == 20 and set(tables) >= {"ppo", "ppo_ptx"}
+    # base and base_prompted may give identical answers: identical texts count for both
+    assert all(v["win_rate"]["value"] >= 0.5 for v in tables.values())
+    # deterministic per seed: the same answers as the first run
+    first = {s.prompt_id: s.outputs["ppo_ptx"] for s in results.samples}
+    assert {s.prompt_id: s.outputs["ppo_ptx"] for s in again.samples} == first
+    # the simulated tables are unchanged by the labels (same seed, same answers)
+    assert again.model("ppo").win_rate["training"] == results.model("ppo").win_rate["training"]
+
+
+def test_out_dir_leaves_the_runs_own_results_and_report_alone(run, evaluated, tmp_path):
+    """Issue 15 (5): with out_dir, results and report go there; the run's eval/ and report are untouched."""
+    run_dir, _ = run
+    own = [run_dir / "eval" / "results.json", run_dir / "eval" / "label_tasks.jsonl", run_dir / "report.md",
+           run_dir / "report.html", run_dir / "report_files" / "win_rates.png"]
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in own}
+    out = tmp_path / "elsewhere"
+    again = run_eval(eval_config(run_dir, out_dir=str(out), few_shot=0, heldout_tokens=128, n_prompts=8,
+                                 max_new_tokens=4))
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in own} == before
+    for name in ("results.json", "label_tasks.jsonl", "timings.json", "report.md", "report.html",
+                 "report_files/win_rates.png"):
+        assert (out / name).is_file(), name
+    assert EvalResults.load(out / "results.json").meta["test_prompts"] == 8 == again.meta["test_prompts"]
+    assert str(out / "label_tasks.jsonl") in again.meta["label_tasks"]
+
+
+def test_options_left_unset_take_the_runs_values(run, tmp_path):
+    """n_prompts, max_new_tokens and seed default to the run's (run_config.json), else 120, 48, 0."""
+    cfg = EvalConfig(run_dir="x")
+    assert (cfg.n_prompts, cfg.max_new_tokens, cfg.seed) == (None, None, None)
+    assert cfg.with_run_defaults(None).n_prompts == 120
+    resolved = cfg.with_run_defaults({"eval_prompts": 16, "max_new_tokens": 20, "seed": 3, "ppo_lr": 1.0})
+    assert (resolved.n_prompts, resolved.max_new_tokens, resolved.seed) == (16, 20, 3)
+    given = EvalConfig(run_dir="x", n_prompts=5, seed=0).with_run_defaults({"eval_prompts": 16, "seed": 3})
+    assert (given.n_prompts, given.max_new_tokens, given.seed) == (5, 48, 0)
+    with pytest.raises(ConfigError, match="n_prompts"):
+        EvalConfig(run_dir="x").with_run_defaults({"eval_prompts": -1})
+
+
+def test_cli_eval_names_an_edited_world_file(run, tmp_path, capsys):
+    """The world is read back, never regenerated: an edited file stops the evaluation, named."""
+    import shutil
+
+    from instructgpt.cli import main
+    run_dir, _ = run
+    shutil.copytree(run_dir / "world", tmp_path / "world")
+    shutil.copytree(run_dir / "data", tmp_path / "data")
+    probes = tmp_path / "world" / "probes.json"
+    probes.write_text(probes.read_text().replace("Complete the following", "Finish the following"))
+    assert main(["eval", f"run_dir={tmp_path}", "device=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "instructgpt eval: error:" in err and "probes.json: changed since the world was saved" in err
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "report.html").exists()
