@@ -8,8 +8,8 @@ import pytest
 from markupsafe import escape
 from sqlalchemy import select
 
-from instructgpt.labeling.models import Label, Task
 from instructgpt.labeling.store import open_store
+from instructgpt.labeling.tables import Label, Task
 from instructgpt.labeling.tasks import claim_tasks, import_file
 
 from .helpers import (

@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from instructgpt import data
 from instructgpt.labeling.export import export_dir
-from instructgpt.labeling.models import Task
 from instructgpt.labeling.store import open_store
+from instructgpt.labeling.tables import Task
 from instructgpt.labeling.tasks import display_order, import_file
 
 from .helpers import add_user, csrf, form_value, login, write_prompts, write_rank_tasks

@@ -8,7 +8,6 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from .models import ROLES, Invite, User, utcnow
 from .security import (
     AuthError,
     check_password_strength,
@@ -18,6 +17,7 @@ from .security import (
     token_hash,
 )
 from .store import Store
+from .tables import ROLES, Invite, User, utcnow
 
 INVITE_TTL = timedelta(days=7)
 

@@ -17,8 +17,8 @@ from sqlalchemy.exc import IntegrityError
 
 from instructgpt.data import FLAGS, LIKERT_MAX, LIKERT_MIN
 
-from .models import Label, Task, User, utcnow
 from .store import Store
+from .tables import Label, Task, User, utcnow
 from .tasks import (
     Conflict,
     Forbidden,

@@ -16,8 +16,8 @@ from itertools import combinations
 
 from sqlalchemy import func, select
 
-from .models import Assignment, Label, User
 from .store import Store
+from .tables import Assignment, Label, User
 
 
 def preferences(ranking: list[list[int]]) -> dict[tuple[int, int], int]:

@@ -27,7 +27,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from .models import AppSetting, User, WebSession, utcnow
+from .tables import AppSetting, User, WebSession, utcnow
 
 SESSION_COOKIE = "igpt_session"
 PRELOGIN_COOKIE = "igpt_prelogin"

@@ -26,8 +26,8 @@ from sqlalchemy import func, select, update
 
 from instructgpt import data
 
-from .models import Assignment, Label, Task, User, utcnow
 from .store import Store
+from .tables import Assignment, Label, Task, User, utcnow
 
 K_MIN, K_MAX = 4, 9            # responses per ranking task (the paper's K = 4..9)
 MAX_TEXT = 100_000             # characters in one prompt or response

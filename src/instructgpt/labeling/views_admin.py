@@ -12,9 +12,9 @@ from instructgpt.data import DataError
 
 from . import accounts
 from .export import export_zip
-from .models import Assignment, Label, Task, User
 from .quality import agreement, throughput
 from .security import AuthError, Viewer
+from .tables import Assignment, Label, Task, User
 from .tasks import Invalid, import_bytes
 from .web import admin_viewer, form_csrf, redirect, render, store_of
 

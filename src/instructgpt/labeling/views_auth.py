@@ -11,7 +11,6 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from . import accounts
-from .models import User
 from .security import (
     PRELOGIN_COOKIE,
     SESSION_COOKIE,
@@ -24,6 +23,7 @@ from .security import (
     prelogin_token,
     start_session,
 )
+from .tables import User
 from .web import client_ip, form_csrf, redirect, render, store_of
 
 router = APIRouter()

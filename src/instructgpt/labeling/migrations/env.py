@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from instructgpt.labeling.models import Base
 from instructgpt.labeling.store import ENV_DB, make_engine
+from instructgpt.labeling.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,4 +1,6 @@
-"""SQLAlchemy models of the labeling database.
+"""The SQL tables of the labeling database (SQLAlchemy declarative classes).
+
+Not to be confused with ``instructgpt.models`` (the neural models).
 
 Tables (see docs/labeling.md for the full description):
 
