@@ -158,8 +158,8 @@ def live_server(tmp_path):
     """``live_server(url) -> LiveServer`` started in a subprocess; stopped after the test."""
     servers = []
 
-    def start(url: str, insecure_cookies: bool = True) -> LiveServer:
-        server = LiveServer(url, tmp_path / f"server{len(servers)}.log", insecure_cookies).start()
+    def start(url: str, insecure_cookies: bool = True, args: tuple[str, ...] = ()) -> LiveServer:
+        server = LiveServer(url, tmp_path / f"server{len(servers)}.log", insecure_cookies, args).start()
         servers.append(server)
         return server
 
