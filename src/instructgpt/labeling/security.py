@@ -193,7 +193,9 @@ class LoginLimiter:
 
     After the check, ``fail`` keeps the attempt counted as a failure and
     ``forgive`` forgets it (a successful login also forgets its user name's
-    failures). While attempts in flight fill the allowance the answer is
+    earlier failures, not those of other attempts still in flight). So at
+    most ``limit`` wrong passwords are checked per key and window, however
+    many arrive at once; a right one among the first ``limit`` gets in. While attempts in flight fill the allowance the answer is
     "busy" rather than "blocked": many right passwords at once from one
     address (an office behind NAT) wait their turn instead of being refused.
     """
@@ -243,11 +245,14 @@ class LoginLimiter:
             s.execute(update(LoginAttempt).where(LoginAttempt.attempt == attempt).values(failed=True))
 
     def forgive(self, attempt: str, *keys: str) -> None:
-        """Forget ``attempt`` (it succeeded, or was never checked) and every attempt under ``keys``."""
+        """Forget ``attempt`` (it succeeded) and the failures recorded under ``keys``.
+
+        Attempts of others still in flight are not forgiven: they end as failures.
+        """
         with self.store.tx() as s:
             s.execute(delete(LoginAttempt).where(LoginAttempt.attempt == attempt))
             if keys:
-                s.execute(delete(LoginAttempt).where(LoginAttempt.key.in_(keys)))
+                s.execute(delete(LoginAttempt).where(LoginAttempt.key.in_(keys), LoginAttempt.failed))
 
     def blocked(self, *keys: str) -> bool:
         """Whether failures fill the allowance of any key now (read only)."""
