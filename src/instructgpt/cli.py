@@ -16,9 +16,9 @@ from typing import Callable
 
 from . import __version__
 from . import config as config_mod
-from .checkpoint import CheckpointError
 from .data import DataError
-from .models import ModelLoadError
+
+# Nothing here imports torch at module level: `instructgpt label ...` must start fast.
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,21 @@ def run_stage(stage: Stage, args: argparse.Namespace) -> object:
     return result
 
 
+def _label(argv: list[str]) -> int:
+    """``instructgpt label ...`` without building (importing) every training stage."""
+    try:
+        from .labeling.cli import main as label_main
+
+        return label_main(argv)
+    except ImportError as e:  # the labeling extra is not installed
+        print(f"instructgpt label needs the labeling extra: pip install 'instructgpt[label]' ({e})", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["label"]:
+        return _label(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "missing_extra", False):
@@ -116,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     if stage is None:
         parser.print_help()
         return 2
+    from .checkpoint import CheckpointError
+    from .models import ModelLoadError
+
     try:
         run_stage(stage, args)
     except (config_mod.ConfigError, DataError, ModelLoadError, CheckpointError, FileNotFoundError) as e:

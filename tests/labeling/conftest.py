@@ -29,6 +29,9 @@ from instructgpt.labeling.store import Store, open_store  # noqa: E402
 from .helpers import LiveServer, free_port  # noqa: E402
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
+CHROMIUM = os.environ.get("INSTRUCTGPT_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def _pg_bin(name: str) -> str | None:
@@ -153,13 +156,25 @@ def make_app():
         c.__exit__(None, None, None)
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium driven by Playwright (skipped without them; never `playwright install`)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
+    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
 @pytest.fixture
 def live_server(tmp_path):
     """``live_server(url) -> LiveServer`` started in a subprocess; stopped after the test."""
     servers = []
 
-    def start(url: str, insecure_cookies: bool = True) -> LiveServer:
-        server = LiveServer(url, tmp_path / f"server{len(servers)}.log", insecure_cookies).start()
+    def start(url: str, insecure_cookies: bool = True, args: tuple[str, ...] = ()) -> LiveServer:
+        server = LiveServer(url, tmp_path / f"server{len(servers)}.log", insecure_cookies, args).start()
         servers.append(server)
         return server
 

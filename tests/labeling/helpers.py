@@ -82,11 +82,11 @@ def free_port() -> int:
 class LiveServer:
     """``instructgpt label serve`` in a subprocess on 127.0.0.1 (a real uvicorn)."""
 
-    def __init__(self, db_url: str, log_path: Path, insecure_cookies: bool = True):
+    def __init__(self, db_url: str, log_path: Path, insecure_cookies: bool = True, args: tuple[str, ...] = ()):
         self.db_url, self.log_path = db_url, log_path
         # httpx, like Python's cookiejar, sends Secure cookies only over https; browsers
         # also send them to http://localhost, so browser tests keep the default.
-        self.extra = ("--insecure-cookies",) if insecure_cookies else ()
+        self.extra = (("--insecure-cookies",) if insecure_cookies else ()) + tuple(args)
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -110,6 +110,17 @@ class LiveServer:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"server did not come up in {timeout}s:\n{self.log()}")
+
+    def pids(self) -> list[int]:
+        """The server's process and, with --workers, its worker processes."""
+        pids = [self.proc.pid]
+        for pid in list(pids):
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    pids += [int(p) for p in f.read().split()]
+            except OSError:
+                pass
+        return pids
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -1,13 +1,11 @@
 """Browser: a labeler ranks 4 responses in Debian's headless Chromium, driven by Playwright.
 
 Skipped with the reason when Playwright or /usr/bin/chromium is missing (never
-runs ``playwright install``). Screenshots go to tests/labeling/artifacts/.
+runs ``playwright install``; the ``browser`` fixture is in conftest.py).
+Screenshots go to tests/labeling/artifacts/. test_rank_page.py has the K=9 tests.
 """
 
 from __future__ import annotations
-
-import os
-import shutil
 
 import pytest
 
@@ -22,22 +20,6 @@ from .helpers import PASSWORD, add_user, write_rank_tasks
 pytestmark = pytest.mark.timeout(180)  # bounded even if a server hangs
 
 
-CHROMIUM = os.environ.get("INSTRUCTGPT_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
-    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def site(sqlite_url, tmp_path, live_server):
     store = open_store(sqlite_url)
@@ -49,9 +31,9 @@ def site(sqlite_url, tmp_path, live_server):
     store.dispose()
 
 
-def log_in(browser, base_url: str, username: str):
+def log_in(browser, base_url: str, username: str, viewport=(1280, 2600)):
     """A fresh browser context logged in as ``username``; returns (context, page, console errors)."""
-    context = browser.new_context(viewport={"width": 1280, "height": 2600})
+    context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
     page = context.new_page()
     errors = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -73,22 +55,44 @@ def open_task(browser, base_url: str):
 
 def order(page) -> list[int]:
     """Original indices of the responses, top to bottom, as shown now."""
-    texts = page.locator("#ranklist > li.card .text").all_inner_texts()
+    texts = page.locator("#ranklist li.card .response-text").all_inner_texts()
     return [int(t.split()[1]) for t in texts]  # "Sample 2 for p0" -> 2
 
 
 def card(page, original: int):
-    return page.locator("#ranklist > li.card", has_text=f"Sample {original} for p0")
+    return page.locator("#ranklist li.card", has_text=f"Sample {original} for p0")
+
+
+def group_of(page, original: int):
+    return page.locator("#ranklist > li.group", has=page.locator("li.card", has_text=f"Sample {original} for p0"))
+
+
+def ranks(page) -> list[str]:
+    """Each card's rank, top to bottom: "2" alone, "2=" when tied (from the boxes the page shows)."""
+    out = []
+    for group in page.locator("#ranklist > li.group").all():
+        n = group.locator("li.card").count()
+        out += [group.locator(".rank-num").inner_text() + ("=" if n > 1 else "")] * n
+    return out
 
 
 def drag_above(page, original: int, target_index: int) -> None:
-    """A real mouse drag: the card's handle onto the top of the card now at ``target_index``."""
+    """A real mouse drag: the card's handle onto the top edge of the card now at ``target_index``
+    (between two ranks: the card gets a rank of its own there)."""
     handle = card(page, original).locator(".handle").bounding_box()
-    target = page.locator("#ranklist > li.card").nth(target_index).bounding_box()
+    target = page.locator("#ranklist li.card").nth(target_index).bounding_box()
     page.mouse.move(handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2)
     page.mouse.down()
-    page.mouse.move(handle["x"] + 5, target["y"] + 8, steps=12)
+    page.mouse.move(handle["x"] + 5, target["y"] + 4, steps=12)
     page.mouse.up()
+
+
+def give_score(page, original: int, score: int) -> None:
+    """Open the card's detail and click the score (mouse)."""
+    c = card(page, original)
+    if c.locator(".detail").is_hidden():
+        c.locator(".detail-toggle").click()
+    c.locator(f".likert-option:has(input[value='{score}']) span").click()
 
 
 def submit_and_export(page, store, tmp_path, shot: str) -> data.Ranking:
@@ -111,12 +115,11 @@ def test_rank_by_drag_and_drop_with_a_tie(browser, site, tmp_path):
         if order(page)[i] != original:
             drag_above(page, original, i)
     assert order(page) == target
-    card(page, 0).locator(".tie-box").check()  # 0 tied with 3 above it
+    card(page, 0).locator(".tie-up").click()  # 0 tied with 3 above it
     for original, score in {1: 7, 3: 5, 0: 5, 2: 2}.items():
-        card(page, original).locator(f"input[type=radio][value='{score}']").check()
+        give_score(page, original, score)
     card(page, 2).locator("input[value=hallucination]").check()
-    badges = page.locator("#ranklist .rank-badge").all_inner_texts()
-    assert badges == ["Rank 1", "Rank 2", "Rank 2 (tied)", "Rank 3"]
+    assert ranks(page) == ["1", "2=", "2=", "3"]
     ranking = submit_and_export(page, store, tmp_path, "rank_drag")
     assert ranking.labeler_id == "ann" and ranking.prompt_id == "p0"
     assert ranking.responses == [f"Sample {i} for p0" for i in range(4)]
@@ -144,15 +147,16 @@ def test_rank_with_the_keyboard_only(browser, site, tmp_path):
     for _ in range(3):
         page.keyboard.press("ArrowUp")
     assert order(page) == [start[-1], *start[:-1]]
-    # "Move down" button on the (new) top card's neighbour, then a tie via the keyboard
-    card(page, start[0]).locator(".move-down").focus()
+    # "Move down" button of the (new) second rank, then a tie via the keyboard
+    group_of(page, start[0]).locator(".move-down").focus()
     page.keyboard.press("Enter")
     now = order(page)
     assert now == [start[-1], start[1], start[0], start[2]]
-    card(page, now[3]).locator(".tie-box").focus()
+    card(page, now[3]).locator(".tie-up").focus()
     page.keyboard.press("Space")
     for original in range(4):
-        card(page, original).locator("input[type=radio][value='4']").check()
+        card(page, original).focus()
+        page.keyboard.press("4")
     ranking = submit_and_export(page, store, tmp_path, "rank_keyboard")
     assert ranking.ranking == [[now[0]], [now[1]], sorted([now[2], now[3]])]
     assert not errors, errors

@@ -32,7 +32,7 @@ def test_register_adds_label_with_all_subcommands():
 def test_migrate_create_admin_invite_import_export(tmp_path, monkeypatch, capsys):
     db = str(tmp_path / "cli.db")
     assert main(["migrate", "--db", db]) == 0
-    assert current_revision(Store(db).engine) == "0001"
+    assert current_revision(Store(db).engine) == "0002"
     monkeypatch.setenv("INSTRUCTGPT_LABEL_PASSWORD", "a strong password")
     assert main(["create-admin", "--db", db, "--username", "root"]) == 0
     monkeypatch.delenv("INSTRUCTGPT_LABEL_PASSWORD")
@@ -70,4 +70,23 @@ def test_alembic_upgrade_with_the_shipped_ini(tmp_path):
     cmd = [sys.executable, "-m", "alembic", "-c", ALEMBIC_INI, "-x", f"db={db}", "upgrade", "head"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert current_revision(Store(db).engine) == "0001"
+    assert current_revision(Store(db).engine) == "0002"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["export", "--out", "{tmp}/out"], ["invite", "--count", "1"],
+                                  ["import", "--kind", "rank", "{tmp}/r.jsonl"]])
+def test_label_commands_start_without_torch(tmp_path, argv):
+    """`instructgpt label ...` imports neither torch nor the training stages (it used to take ~3 s to start)."""
+    write_rank_tasks(tmp_path / "r.jsonl", 2)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code = ("import sys\n"
+            "from instructgpt.cli import main\n"
+            "try:\n"
+            f"    rc = main(['label', *{argv!r}, *([] if '--help' in {argv!r} else ['--db', {str(tmp_path / 'c.db')!r}])])\n"
+            "except SystemExit as e:\n"
+            "    rc = e.code\n"
+            "heavy = sorted(m for m in ('torch', 'numpy', 'transformers', 'instructgpt.models', 'instructgpt.sft')"
+            " if m in sys.modules)\n"
+            "print('HEAVY', heavy, 'RC', rc)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "HEAVY [] RC 0" in r.stdout, (r.stdout[-500:], r.stderr[-2000:])

@@ -9,8 +9,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from instructgpt.labeling.models import Label
 from instructgpt.labeling.store import open_store
+from instructgpt.labeling.tables import Label
 from instructgpt.labeling.tasks import import_file
 
 from .helpers import PASSWORD, add_user, form_value, write_rank_tasks

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from instructgpt.labeling.models import Assignment, Label
 from instructgpt.labeling.store import open_store
+from instructgpt.labeling.tables import Assignment, Label
 from instructgpt.labeling.tasks import import_file
 
 from .conftest import ARTIFACTS

@@ -8,8 +8,8 @@ import pytest
 from markupsafe import escape
 from sqlalchemy import select
 
-from instructgpt.labeling.models import Label, Task
 from instructgpt.labeling.store import open_store
+from instructgpt.labeling.tables import Label, Task
 from instructgpt.labeling.tasks import claim_tasks, import_file
 
 from .helpers import (
@@ -204,3 +204,33 @@ def test_invite_flow(site):
     me = anon.get("/api/me").json()
     assert me["username"] == "newbie" and me["held_out"] is True and me["role"] == "labeler"
     assert site["c"]["bob"].get(path).status_code == 404  # used up
+
+
+def test_a_password_reset_ends_every_session(sqlite_url, make_app, monkeypatch, capsys):
+    from instructgpt.labeling.cli import main as label_main
+
+    store = open_store(sqlite_url)
+    add_user(store, "root", role="admin")
+    store.dispose()
+    old, other = make_app(sqlite_url), make_app(sqlite_url)
+    assert login(old, "root").status_code == 303 and login(other, "root").status_code == 303
+    monkeypatch.setenv("INSTRUCTGPT_LABEL_PASSWORD", "a brand new password")
+    assert label_main(["create-admin", "--db", sqlite_url, "--username", "root", "--reset-password"]) == 0
+    assert "2 session(s) logged out" in capsys.readouterr().out
+    for client in (old, other):
+        assert client.get("/api/me").status_code == 401
+        assert client.get("/admin", follow_redirects=False).headers["location"] == "/login"
+    assert login(old, "root").status_code == 401  # the old password is gone
+    assert login(old, "root", "a brand new password").status_code == 303
+
+
+def test_deactivation_ends_sessions_and_reactivation_does_not_revive_them(site):
+    root, ann = site["c"]["root"], site["c"]["ann"]
+    assert ann.get("/api/me").status_code == 200
+    r = root.post(f"/admin/users/{site['ann'].id}", data={"csrf_token": csrf(root), "action": "deactivate"})
+    assert r.status_code == 303
+    assert ann.get("/api/me").status_code == 401
+    root.post(f"/admin/users/{site['ann'].id}", data={"csrf_token": csrf(root), "action": "activate"})
+    assert ann.get("/api/me").status_code == 401  # the old cookie stays dead
+    ann.cookies.clear()
+    assert login(ann, "ann").status_code == 303  # a fresh login works

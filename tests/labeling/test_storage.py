@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 from instructgpt import data
 from instructgpt.labeling import export, quality
 from instructgpt.labeling.labels import Submission, new_request_id, submit_label
-from instructgpt.labeling.models import Assignment, Label, Task
 from instructgpt.labeling.store import current_revision
+from instructgpt.labeling.tables import Assignment, Label, Task
 from instructgpt.labeling.tasks import (
     Conflict,
     Forbidden,
@@ -41,9 +41,9 @@ def test_schema_is_at_head_and_matches_models(store):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from instructgpt.labeling.models import Base
+    from instructgpt.labeling.tables import Base
 
-    assert current_revision(store.engine) == "0001"
+    assert current_revision(store.engine) == "0002"
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == [], f"models and migrations differ: {diff}"

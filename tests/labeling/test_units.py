@@ -1,10 +1,12 @@
-"""Small pure functions: display order, rank numbers, agreement, the rate limiter."""
+"""Small functions: display order, rank numbers, agreement, the rate limiter's window."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from instructgpt.labeling.labels import ranks_to_groups
 from instructgpt.labeling.quality import compare, preferences
-from instructgpt.labeling.security import RateLimiter, check_prelogin, prelogin_token
+from instructgpt.labeling.security import LoginLimiter, check_prelogin, prelogin_token
 from instructgpt.labeling.tasks import _overlap_set, display_order
 
 
@@ -32,15 +34,33 @@ def test_overlap_share_is_exact():
     assert _overlap_set(hashes, 0.0) == set()
 
 
-def test_rate_limiter_window():
+def test_rate_limiter_window(sqlite_store):
     now = [0.0]
-    rl = RateLimiter(limit=5, window=60, clock=lambda: now[0])
+    t0 = datetime(2030, 1, 1)
+    rl = LoginLimiter(sqlite_store, limit=5, window=60, clock=lambda: t0 + timedelta(seconds=now[0]))
     for _ in range(5):
         assert not rl.blocked("user:a", "ip:1")
-        rl.fail("user:a", "ip:1")
+        rl.fail(rl.reserve("user:a", "ip:1").attempt)
     assert rl.blocked("user:a") and rl.blocked("ip:1") and not rl.blocked("user:b")
+    assert rl.reserve("user:a", "ip:2").blocked and rl.reserve("user:b", "ip:1").blocked
     now[0] = 61.0
     assert not rl.blocked("user:a", "ip:1")
+
+
+def test_rate_limiter_counts_attempts_before_their_check(sqlite_store):
+    rl = LoginLimiter(sqlite_store, limit=3, window=60)
+    first = rl.reserve("user:a", "ip:1")
+    rl.fail(first.attempt)
+    in_flight = [rl.reserve("user:a", "ip:1") for _ in range(2)]
+    assert all(r.attempt for r in in_flight)
+    assert rl.reserve("user:a", "ip:1").busy  # 1 failure + 2 in flight fill the allowance: wait
+    assert rl.reserve("user:b", "ip:1").busy  # for the IP too
+    rl.fail(in_flight[0].attempt)
+    rl.forgive(in_flight[1].attempt, "user:a")  # the right password: the user's failures are forgotten
+    assert not rl.blocked("user:a")
+    assert rl.reserve("user:a", "ip:2").attempt
+    rl.fail(rl.reserve("user:c", "ip:1").attempt)  # the IP kept its 2 failures; a third blocks it
+    assert rl.blocked("ip:1") and rl.reserve("user:d", "ip:1").blocked
 
 
 def test_prelogin_token_is_bound_to_the_cookie():

@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from instructgpt import data
 from instructgpt.labeling.export import export_dir
-from instructgpt.labeling.models import Task
 from instructgpt.labeling.store import open_store
+from instructgpt.labeling.tables import Task
 from instructgpt.labeling.tasks import display_order, import_file
 
 from .helpers import add_user, csrf, form_value, login, write_prompts, write_rank_tasks
@@ -115,3 +115,58 @@ def test_admin_pages_hold_out_import_and_export(site, tmp_path):
     assert held["labeler_id"] == "ann"
     with store.tx() as s:
         assert "[PHONE]" in s.scalar(select(Task.prompt).where(Task.prompt_id == "z1"))
+
+
+def test_newlines_from_forms_and_the_api_are_stored_as_lf(site, tmp_path):
+    """Browsers send a textarea's line breaks as CRLF; the export feeds SFT, so every text is LF-only."""
+    store, clients, _ = site
+    c = clients["ann"]
+    ids = claim_all(c)
+    page = c.get(f"/a/{ids['demonstration']}")
+    form = {"csrf_token": form_value(page.text, "csrf_token"), "request_id": form_value(page.text, "request_id"),
+            "kind": "demonstration", "response": "Line one\r\nLine two\rLine three\n\r\nEnd"}
+    assert c.post(f"/a/{ids['demonstration']}", data=form).status_code == 303
+    view = c.get(f"/api/assignments/{ids['rank']}").json()
+    r = c.post(f"/api/assignments/{ids['rank']}/label", headers={"X-CSRF-Token": csrf(c)}, json={
+        "kind": "rank", "request_id": view["request_id"], "ranking": [[0], [1], [2], [3]],
+        "likert": [7, 6, 5, 4], "flags": [[], [], [], []], "comment": "first\r\nsecond\rthird"})
+    assert r.status_code == 201
+    out = tmp_path / "export"
+    export_dir(store, out)
+    (demo,) = data.load_demonstrations(out / "demonstrations.jsonl")
+    (ranking,) = data.load_rankings(out / "rankings.jsonl")
+    assert demo.response == "Line one\nLine two\nLine three\n\nEnd"
+    assert ranking.comment == "first\nsecond\nthird"
+    assert b"\\r" not in (out / "demonstrations.jsonl").read_bytes() + (out / "rankings.jsonl").read_bytes()
+
+
+def test_skip_reasons_from_the_form_are_stored_as_lf(site):
+    store, clients, _ = site
+    c = clients["ann"]
+    ids = claim_all(c)
+    page = c.get(f"/a/{ids['rank']}")
+    r = c.post(f"/a/{ids['rank']}/skip", data={"csrf_token": form_value(page.text, "csrf_token"),
+                                               "request_id": form_value(page.text, "request_id"),
+                                               "reason": "Other", "details": "a\r\nb"})
+    assert r.status_code == 303
+    from instructgpt.labeling.tables import Label
+
+    with store.tx() as s:
+        assert s.scalar(select(Label.skip_reason)) == "Other: a\nb"
+
+
+def test_admin_releases_a_labelers_pending_tasks(site):
+    _, clients, ann = site
+    root, c = clients["root"], clients["ann"]
+    ids = claim_all(c)
+    page = c.get(f"/a/{ids['rank']}")
+    assert "Release pending tasks" in root.get("/admin").text
+    r = root.post(f"/admin/users/{ann.id}", data={"csrf_token": csrf(root), "action": "release"})
+    assert r.status_code == 200 and "Released 2 pending tasks" in r.text
+    form = {"csrf_token": form_value(page.text, "csrf_token"), "request_id": form_value(page.text, "request_id"),
+            "kind": "rank", "k": "4", **{f"rank_{p}": str(p + 1) for p in range(4)},
+            **{f"likert_{p}": "4" for p in range(4)}}
+    r = c.post(f"/a/{ids['rank']}", data=form)
+    assert r.status_code == 409 and "released" in r.text
+    assert "was released" in c.get(f"/a/{ids['rank']}").text
+    assert "released" in c.get("/").text

@@ -1,7 +1,7 @@
 """``instructgpt label``: a small web app where people write demonstrations and rank responses.
 
 - ``store``: database engine, transactions, Alembic migrations.
-- ``models``: the tables.
+- ``tables``: the SQL tables (SQLAlchemy models; not ``instructgpt.models``, the neural models).
 - ``security``: passwords (argon2id), sessions, CSRF tokens, login rate limits.
 - ``tasks``: importing tasks, handing them out, recording labels.
 - ``quality``: inter-labeler agreement and throughput.

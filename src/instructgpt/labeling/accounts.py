@@ -1,4 +1,9 @@
-"""Users and invites: creating admins and labelers, invite links, held-out marking."""
+"""Users and invites: creating admins and labelers, invite links, held-out marking.
+
+Changing a password or deactivating a user ends every session of that user
+(reactivating does not bring them back), and deactivation releases the
+user's pending tasks to the pool.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,18 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from .models import ROLES, Invite, User, utcnow
 from .security import (
     AuthError,
     check_password_strength,
     check_username,
     hash_password,
     new_token,
+    revoke_sessions,
     token_hash,
 )
 from .store import Store
+from .tables import ROLES, Invite, User, utcnow
+from .tasks import MAX_ID, release_user_tasks
 
 INVITE_TTL = timedelta(days=7)
 
@@ -55,13 +62,15 @@ def create_user(store: Store, username: str, password: str, role: str = "labeler
         raise AuthError(f"the username {username!r} is taken") from None
 
 
-def set_password(store: Store, username: str, password: str) -> None:
+def set_password(store: Store, username: str, password: str) -> int:
+    """Change a password and end the user's sessions; returns how many sessions ended."""
     pw_hash = hash_password(password)
     with store.tx() as s:
         user = s.scalar(select(User).where(User.username == username))
         if user is None:
             raise AuthError(f"no user {username!r}")
         user.password_hash = pw_hash
+        return revoke_sessions(s, user.id)
 
 
 def list_users(store: Store) -> list[UserInfo]:
@@ -71,9 +80,12 @@ def list_users(store: Store) -> list[UserInfo]:
 
 def update_user(store: Store, user_id: int, *, held_out: bool | None = None,
                 active: bool | None = None) -> UserInfo:
-    """Mark a user held-out (labels go to evaluation only) or (de)activate them."""
+    """Mark a user held-out (labels go to evaluation only) or (de)activate them.
+
+    Deactivating ends the user's sessions and releases their pending tasks.
+    """
     with store.tx() as s:
-        user = s.get(User, user_id)
+        user = s.get(User, user_id) if 0 < user_id <= MAX_ID else None
         if user is None:
             raise AuthError("no such user")
         if held_out is not None:
@@ -82,6 +94,9 @@ def update_user(store: Store, user_id: int, *, held_out: bool | None = None,
             if not active and user.role == "admin" and _active_admins(s) <= 1:
                 raise AuthError("the last active admin cannot be deactivated")
             user.active = active
+            if not active:
+                revoke_sessions(s, user.id)
+                release_user_tasks(s, user.id, "deactivated")
         return _info(user)
 
 

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from .labels import Submission, new_request_id, submit_label
 from .security import Viewer
 from .tasks import Invalid, claim_tasks, list_assignments, open_assignment
-from .web import current_viewer, json_csrf, store_of
+from .web import Id, current_viewer, json_csrf, store_of
 
 router = APIRouter(prefix="/api")
 
@@ -65,11 +65,13 @@ def claim(request: Request, body=Depends(json_csrf), viewer: Viewer = Depends(cu
     n = body.get("n", request.app.state.cfg.claim_batch) if isinstance(body, dict) else None
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 100:
         raise Invalid("n: expected an integer from 1 to 100")
-    return {"assignment_ids": claim_tasks(store_of(request), viewer.user_id, n)}
+    policy = request.app.state.claims
+    return {"assignment_ids": claim_tasks(store_of(request), viewer.user_id, n, policy),
+            "max_pending": policy.max_pending}
 
 
 @router.get("/assignments/{assignment_id}")
-def assignment(request: Request, assignment_id: int, viewer: Viewer = Depends(current_viewer)):
+def assignment(request: Request, assignment_id: Id, viewer: Viewer = Depends(current_viewer)):
     v = open_assignment(store_of(request), viewer.user_id, assignment_id)
     label = dict(v.label, created_at=v.label["created_at"].isoformat() + "Z") if v.label else None
     return {"id": v.assignment_id, "task_id": v.task_id, "kind": v.kind, "status": v.status,
@@ -78,7 +80,7 @@ def assignment(request: Request, assignment_id: int, viewer: Viewer = Depends(cu
 
 
 @router.post("/assignments/{assignment_id}/label")
-def label(request: Request, assignment_id: int, body=Depends(json_csrf),
+def label(request: Request, assignment_id: Id, body=Depends(json_csrf),
           viewer: Viewer = Depends(current_viewer)):
     saved = submit_label(store_of(request), viewer.user_id, assignment_id, submission_from_json(body))
     return JSONResponse({"label_id": saved.label_id, "assignment_id": saved.assignment_id,

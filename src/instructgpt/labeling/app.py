@@ -1,51 +1,66 @@
 """The FastAPI application: ``create_app(cfg)``.
 
-One process serves everything (the login rate limiter lives in its memory).
-Run it with ``instructgpt label serve`` (uvicorn on 127.0.0.1 by default).
+Everything shared lives in the database (sessions, login rate limits, tasks),
+so ``instructgpt label serve --workers N`` may run several processes. Each
+process runs at most ``cfg.login_concurrency`` password checks at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
 from . import api, views_admin, views_auth, views_labeler
-from .security import RateLimiter, server_key
+from .security import LoginLimiter, server_key
 from .settings import LabelConfig
 from .store import Store
 from .tasks import TaskError
-from .web import HERE, LoginRequired, SecurityHeaders, redirect, render
+from .web import (
+    HERE,
+    BodyLimit,
+    LoginRequired,
+    PlainServerErrors,
+    SecurityHeaders,
+    error_response,
+    redirect,
+)
 
 ROUTERS = (views_auth.router, views_labeler.router, views_admin.router, api.router)
+CONFIG_ENV = "INSTRUCTGPT_LABEL_SERVE_CONFIG"  # the config of --workers N processes (JSON)
 
 
 def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/")
 
 
-def _error(request: Request, status: int, message: str):
-    if _wants_json(request):
-        return JSONResponse({"detail": message}, status_code=status)
-    return render(request, "error.html", status=status, message=message)
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired):
         if _wants_json(request):
-            return JSONResponse({"detail": "log in first"}, status_code=401)
+            return error_response(request, 401, "log in first")
         return redirect("/login")
 
     @app.exception_handler(TaskError)
     async def task_error(request: Request, exc: TaskError):
-        return _error(request, exc.status, str(exc))
+        return error_response(request, exc.status, str(exc))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
-        return _error(request, exc.status_code, str(exc.detail))
+        return error_response(request, exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        # Only path parameters are declared (ids): one that is not an id names nothing.
+        if any(err.get("loc", ("",))[0] == "path" for err in exc.errors()):
+            return error_response(request, 404, "not found")
+        return error_response(request, 422, "invalid request")
 
 
 def create_app(cfg: LabelConfig | None = None, store: Store | None = None) -> FastAPI:
@@ -59,13 +74,19 @@ def create_app(cfg: LabelConfig | None = None, store: Store | None = None) -> Fa
             store.migrate()
         with store.tx() as s:
             app.state.secret = server_key(s)
+        app.state.password_checks = asyncio.Semaphore(cfg.login_concurrency)
         yield
         store.dispose()
 
     app = FastAPI(title="instructgpt label", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.cfg, app.state.store = cfg, store
-    app.state.limiter = RateLimiter(cfg.login_limit, cfg.login_window)
+    app.state.limiter = LoginLimiter(store, cfg.login_limit, cfg.login_window)
+    app.state.claims = cfg.claim_policy()
+    # Added innermost first: SecurityHeaders wraps everything, so error pages get the headers too.
+    app.add_middleware(BodyLimit, limit=cfg.max_body_kb * 1024,
+                       upload_limit=cfg.max_upload_mb * 1024 * 1024 + 64 * 1024)
+    app.add_middleware(PlainServerErrors)
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     for router in ROUTERS:
@@ -81,3 +102,8 @@ def create_app(cfg: LabelConfig | None = None, store: Store | None = None) -> Fa
         return {"ok": True, "db": store.dialect}
 
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app of one ``--workers`` process: its config comes from ``$INSTRUCTGPT_LABEL_SERVE_CONFIG``."""
+    return create_app(LabelConfig(**json.loads(os.environ[CONFIG_ENV])))

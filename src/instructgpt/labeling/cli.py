@@ -1,4 +1,4 @@
-"""``instructgpt label ...``: serve, migrate, create-admin, create-user, invite, import, export.
+"""``instructgpt label ...``: serve, migrate, create-admin, create-user, invite, import, release, export.
 
 ``register(subparsers)`` adds the ``label`` command to an argparse subparsers
 object; each sub-subcommand sets ``handler(args) -> int`` on the namespace.
@@ -68,20 +68,46 @@ def read_password(args: argparse.Namespace) -> str:
 # ---------------------------------------------------------------- handlers
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import uvicorn
 
-    from .app import create_app
+    from instructgpt.config import ConfigError
+
+    from .app import CONFIG_ENV, create_app
     from .settings import LabelConfig
 
-    cfg = LabelConfig(db=args.db or "", host=args.host, port=args.port, secure_cookies=not args.insecure_cookies,
-                      migrate=not args.no_migrate, claim_batch=args.claim_batch, behind_proxy=args.behind_proxy)
-    cfg.validate()
+    cfg = LabelConfig(db=args.db or "", host=args.host, port=args.port, workers=args.workers,
+                      secure_cookies=not args.insecure_cookies, migrate=not args.no_migrate,
+                      login_limit=args.login_limit, login_window=args.login_window,
+                      login_concurrency=args.login_concurrency, claim_batch=args.claim_batch,
+                      claim_lease_hours=args.claim_lease_hours, max_pending=args.max_pending,
+                      behind_proxy=args.behind_proxy)
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        print(f"instructgpt label serve: error: {e}", file=sys.stderr)
+        return 2
     if not _is_loopback(cfg.host):
         print(f"warning: listening on {cfg.host}, not loopback; put a TLS proxy in front", file=sys.stderr)
     if not cfg.secure_cookies:
         print("warning: --insecure-cookies: session cookies are sent over plain http", file=sys.stderr)
-    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, workers=1, log_level=args.log_level,
-                proxy_headers=cfg.behind_proxy, server_header=False, date_header=False)
+    common = {"host": cfg.host, "port": cfg.port, "log_level": args.log_level,
+              "proxy_headers": cfg.behind_proxy, "server_header": False, "date_header": False}
+    if cfg.workers == 1:
+        uvicorn.run(create_app(cfg), workers=1, **common)
+        return 0
+    # Several processes: migrate and create the secret key once, here, then hand each
+    # worker the config (uvicorn starts workers from an import string).
+    from .security import server_key
+    from .store import open_store
+
+    store = open_store(cfg.db or None, migrate=cfg.migrate)
+    with store.tx() as s:
+        server_key(s)
+    store.dispose()
+    os.environ[CONFIG_ENV] = json.dumps({**dataclasses.asdict(cfg), "migrate": False})
+    uvicorn.run("instructgpt.labeling.app:app_from_env", factory=True, workers=cfg.workers, **common)
     return 0
 
 
@@ -116,8 +142,8 @@ def _create(args: argparse.Namespace, role: str) -> int:
         password = read_password(args)
         try:
             if getattr(args, "reset_password", False) and args.username in {u.username for u in accounts.list_users(store)}:
-                accounts.set_password(store, args.username, password)
-                print(f"password of {args.username} changed")
+                ended = accounts.set_password(store, args.username, password)
+                print(f"password of {args.username} changed; {ended} session(s) logged out")
                 return 0
             user = accounts.create_user(store, args.username, password, role=role,
                                         held_out=getattr(args, "held_out", False))
@@ -180,6 +206,27 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_release(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from .store import open_store
+    from .tables import User
+    from .tasks import release_pending
+
+    store = open_store(args.db)
+    try:
+        with store.tx(read_only=True) as s:
+            user_id = s.scalar(select(User.id).where(User.username == args.username))
+        if user_id is None:
+            print(f"instructgpt label release: error: no user {args.username!r}", file=sys.stderr)
+            return 2
+        n = release_pending(store, user_id, "admin")
+    finally:
+        store.dispose()
+    print(f"released {n} pending task(s) of {args.username}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_dir
     from .store import open_store
@@ -210,8 +257,18 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--insecure-cookies", action="store_true",
                    help="drop the Secure cookie flag, for scripts (httpx, requests) on plain http; "
                         "browsers already accept Secure cookies from http://localhost and 127.0.0.1")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes (default 1); they share sessions and rate limits through the database")
     p.add_argument("--no-migrate", action="store_true", help="do not upgrade the schema on start")
+    p.add_argument("--login-limit", type=int, default=5,
+                   help="login attempts per user name and per IP within --login-window (default 5)")
+    p.add_argument("--login-window", type=float, default=60.0, help="seconds (default 60)")
+    p.add_argument("--login-concurrency", type=int, default=4,
+                   help="password checks at once per process; each takes 64 MiB (default 4)")
     p.add_argument("--claim-batch", type=int, default=10, help="tasks per 'Get tasks' click")
+    p.add_argument("--claim-lease-hours", type=float, default=12.0,
+                   help="a pending task goes back to the pool this long after it was claimed (default 12)")
+    p.add_argument("--max-pending", type=int, default=30, help="pending tasks one labeler may hold (default 30)")
     p.add_argument("--behind-proxy", action="store_true", help="trust X-Forwarded-* from a proxy on loopback")
     p.add_argument("--log-level", default="info")
     p.set_defaults(handler=cmd_serve)
@@ -255,6 +312,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--curate-config", help="prompts: TOML/YAML file of curate options")
     p.add_argument("--curate", nargs="*", metavar="key=value", help="prompts: curate option overrides")
     p.set_defaults(handler=cmd_import)
+
+    p = sub.add_parser("release", help="give a labeler's pending tasks back to the pool")
+    _db_arg(p)
+    p.add_argument("--username", required=True)
+    p.set_defaults(handler=cmd_release)
 
     p = sub.add_parser("export", help="write demonstrations.jsonl, rankings.jsonl and the evaluation export")
     _db_arg(p)

@@ -31,9 +31,9 @@ from sqlalchemy import select
 
 from instructgpt import data
 
-from .models import Assignment, Label, Task, User, utcnow
 from .quality import agreement, throughput
 from .store import Store
+from .tables import Assignment, Label, Task, User, utcnow
 
 FORMAT_VERSION = 1
 

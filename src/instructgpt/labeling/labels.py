@@ -5,6 +5,10 @@ A submission carries a ``request_id`` (a UUID rendered into the form). The
 twice stores one label; the second call reports ``duplicate=True``. The label
 and the assignment's new status are committed in one transaction, and callers
 answer only after ``submit_label`` returns, i.e. after the commit.
+
+Every text a labeler writes (response, comment, skip reason) has its line
+breaks normalised to ``\n``: browsers send a textarea's newlines as ``\r\n``,
+and the export feeds SFT as it is.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from sqlalchemy.exc import IntegrityError
 
 from instructgpt.data import FLAGS, LIKERT_MAX, LIKERT_MIN
 
-from .models import Label, Task, User, utcnow
 from .store import Store
+from .tables import Label, Task, User, utcnow
 from .tasks import (
     Conflict,
     Forbidden,
@@ -109,18 +113,28 @@ def _check_ranking(sub: Submission, k: int) -> None:
     sub.flags = [[n for n in FLAGS if n in set(names)] for names in flags]  # canonical order, no repeats
 
 
+def normalize_newlines(text: str | None) -> str | None:
+    """``\r\n`` and lone ``\r`` become ``\n`` (None stays None)."""
+    if text is None:
+        return None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def validate(sub: Submission, task_kind: str, k: int) -> Submission:
-    """Check a submission against its task; ``Invalid`` names the first problem."""
+    """Check a submission against its task; ``Invalid`` names the first problem.
+
+    Texts come back with their newlines normalised (``normalize_newlines``).
+    """
     sub.request_id = _check_request_id(sub.request_id)
     if sub.kind == "skip":
-        sub.skip_reason = check_text(sub.skip_reason or "", "skip reason", MAX_REASON)
+        sub.skip_reason = check_text(normalize_newlines(sub.skip_reason) or "", "skip reason", MAX_REASON)
         return sub
     if sub.kind != task_kind:
         raise Invalid(f"this task takes a {task_kind} label, not {sub.kind}")
     if sub.comment is not None:
-        sub.comment = check_text(sub.comment, "comment", MAX_COMMENT, required=False) or None
+        sub.comment = check_text(normalize_newlines(sub.comment), "comment", MAX_COMMENT, required=False) or None
     if sub.kind == "demonstration":
-        sub.response = check_text(sub.response or "", "response", MAX_RESPONSE)
+        sub.response = check_text(normalize_newlines(sub.response) or "", "response", MAX_RESPONSE)
     else:
         _check_ranking(sub, k)
     return sub
@@ -173,6 +187,9 @@ def _insert(store: Store, user_id: int, assignment_id: int, sub: Submission) -> 
         user = s.get(User, user_id)
         if user is None or not user.active:
             raise Forbidden("inactive user")
+        if a.status == "released":
+            raise Conflict("this task was released (its claim expired, or an admin released it) and may "
+                           "now be someone else's; get new tasks from My tasks")
         if a.status != "pending":
             raise Conflict("this task already has a label")
         k = len(task.responses or [])
@@ -189,7 +206,7 @@ def _insert(store: Store, user_id: int, assignment_id: int, sub: Submission) -> 
                       created_at=now, **fields)
         s.add(label)
         a.status, a.done_at = ("skipped" if sub.kind == "skip" else "done"), now
-        if sub.kind == "skip" and not user.held_out:  # give the task back to the pool
+        if sub.kind == "skip" and a.took_slot:  # give the task back to the pool
             s.execute(update(Task).where(Task.id == task.id).values(slots_left=Task.slots_left + 1))
         s.flush()
         return Saved(label.id, a.id, duplicate=False)

@@ -5,6 +5,10 @@ that two labelers both ranked, the fraction on which they prefer the same
 response. A pair that either labeler tied is not a comparison and is left
 out. Reported separately among training labelers, between training and
 held-out labelers, and per labeler (against everyone else).
+
+The comparisons a ranking implies are those of ``instructgpt.data.Ranking.pairs``
+(every (winner, loser) pair across ordered tie groups; a tie gives none), the
+same pairs the reward model trains on.
 """
 
 from __future__ import annotations
@@ -16,22 +20,29 @@ from itertools import combinations
 
 from sqlalchemy import func, select
 
-from .models import Assignment, Label, User
+from instructgpt.data import Ranking
+
 from .store import Store
+from .tables import Assignment, Label, User
 
 
 def preferences(ranking: list[list[int]]) -> dict[tuple[int, int], int]:
-    """For each pair i < j: +1 if i is ranked above j, -1 if below (ties omitted)."""
-    level = {i: g for g, group in enumerate(ranking) for i in group}
-    out = {}
-    for i, j in combinations(sorted(level), 2):
-        if level[i] != level[j]:
-            out[(i, j)] = 1 if level[i] < level[j] else -1
-    return out
+    """For each compared pair i < j: +1 if i is ranked above j, -1 if below (ties give no pair).
+
+    The pairs are ``data.Ranking.pairs()`` of ``ranking`` (groups of response
+    indices, best first), keyed by the unordered pair.
+    """
+    k = sum(len(g) for g in ranking)
+    pairs = Ranking(prompt="", responses=[""] * k, ranking=ranking).pairs()
+    return {(min(w, l), max(w, l)): 1 if w < l else -1 for w, l in pairs}
 
 
 def compare(a: list[list[int]], b: list[list[int]]) -> tuple[int, int]:
-    """(agreeing comparisons, comparisons) between two rankings of the same responses."""
+    """(agreeing comparisons, comparisons) between two rankings of the same responses.
+
+    A comparison is a pair both rankings order (neither ties it); they agree
+    when they prefer the same response.
+    """
     pa, pb = preferences(a), preferences(b)
     common = pa.keys() & pb.keys()
     return sum(pa[p] == pb[p] for p in common), len(common)
@@ -81,7 +92,14 @@ def rank_labels(store: Store) -> list[tuple[int, str, bool, list[list[int]]]]:
 
 
 def agreement(store: Store) -> Agreement:
-    """Pairwise agreement over every task ranked by two or more labelers."""
+    """Pairwise agreement over every task ranked by two or more labelers.
+
+    For every two labelers who ranked the same task, ``compare`` counts the
+    comparisons both made and those they agree on; the counts are summed into
+    ``train_train``, ``train_heldout`` or ``heldout_heldout`` (by whether the
+    two are held out) and into both labelers' ``per_labeler`` entries. Each
+    ``Rate.value`` is agreeing / compared (None without comparisons).
+    """
     by_task: dict[int, list[tuple[str, bool, list[list[int]]]]] = defaultdict(list)
     for task_id, user, held_out, ranking in rank_labels(store):
         by_task[task_id].append((user, held_out, ranking))

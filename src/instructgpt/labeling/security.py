@@ -7,7 +7,8 @@
   the ``X-CSRF-Token`` header of every state-changing JSON call.
 - Before login there is no session, so the login and invite forms use a signed
   double-submit token: a random cookie value plus its HMAC under the server key.
-- ``RateLimiter``: at most N failed logins per window, per username and per IP.
+- ``LoginLimiter``: at most N login attempts per window, per username and per IP,
+  counted in the database before the password is checked (see its docstring).
 """
 
 from __future__ import annotations
@@ -16,18 +17,16 @@ import hashlib
 import hmac
 import re
 import secrets
-import threading
-import time
-from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
-from .models import AppSetting, User, WebSession, utcnow
+from .store import Store
+from .tables import AppSetting, LoginAttempt, User, WebSession, utcnow
 
 SESSION_COOKIE = "igpt_session"
 PRELOGIN_COOKIE = "igpt_prelogin"
@@ -156,6 +155,11 @@ def end_session(session: Session, token: str | None) -> None:
         session.execute(delete(WebSession).where(WebSession.id == token_hash(token)))
 
 
+def revoke_sessions(session: Session, user_id: int) -> int:
+    """Log ``user_id`` out everywhere (password reset, deactivation); returns how many sessions ended."""
+    return session.execute(delete(WebSession).where(WebSession.user_id == user_id)).rowcount
+
+
 def authenticate(session: Session, username: str, password: str) -> User | None:
     """The active user with this username and password, else None."""
     user = session.scalar(select(User).where(User.username == username.strip()))
@@ -165,37 +169,98 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
 
 # ---------------------------------------------------------------- rate limiting
 
-class RateLimiter:
-    """Counts failures per key in a sliding window (in memory, one server process).
+@dataclass(frozen=True)
+class Reservation:
+    """The limiter's answer to a login attempt."""
+    attempt: str | None = None  # the attempt's id: check the password, then ``fail`` or ``forgive`` it
+    blocked: bool = False       # failures reached the limit: refuse (429)
+    # neither: attempts in flight fill the allowance; ask again when they have ended
 
-    ``blocked(key)`` is True once ``limit`` failures happened within ``window`` seconds.
+    @property
+    def busy(self) -> bool:
+        return self.attempt is None and not self.blocked
+
+
+class LoginLimiter:
+    """At most ``limit`` failed or in-flight login attempts per key (user name, client IP) in a window.
+
+    The attempts live in the ``login_attempts`` table, so every server process
+    sees the same counts. ``reserve(keys)`` checks and records in one
+    transaction, BEFORE the password is verified, so a burst of concurrent
+    attempts cannot all pass the check before any is counted. The transaction
+    is serialised per key (SQLite: ``BEGIN IMMEDIATE``, one writer at a time;
+    PostgreSQL: a transaction-scoped advisory lock per key, in sorted order).
+
+    After the check, ``fail`` keeps the attempt counted as a failure and
+    ``forgive`` forgets it (a successful login also forgets its user name's
+    earlier failures, not those of other attempts still in flight). So at
+    most ``limit`` wrong passwords are checked per key and window, however
+    many arrive at once; a right one among the first ``limit`` gets in. While attempts in flight fill the allowance the answer is
+    "busy" rather than "blocked": many right passwords at once from one
+    address (an office behind NAT) wait their turn instead of being refused.
     """
 
-    def __init__(self, limit: int = 5, window: float = 60.0, clock=time.monotonic):
-        self.limit, self.window, self.clock = limit, window, clock
-        self._events: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
+    def __init__(self, store: Store, limit: int = 5, window: float = 60.0, clock=utcnow):
+        self.store, self.limit, self.window, self.clock = store, limit, window, clock
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        q = self._events.setdefault(key, deque())
-        while q and q[0] <= now - self.window:
-            q.popleft()
-        return q
+    def _counts(self, s: Session, keys: tuple[str, ...], cutoff) -> dict[tuple[str, bool], int]:
+        """(key, failed) -> attempts within the window."""
+        return {(k, bool(failed)): n for k, failed, n in s.execute(
+            select(LoginAttempt.key, LoginAttempt.failed, func.count())
+            .where(LoginAttempt.key.in_(keys), LoginAttempt.at > cutoff)
+            .group_by(LoginAttempt.key, LoginAttempt.failed))}
+
+    def _verdict(self, counts: dict[tuple[str, bool], int], keys: tuple[str, ...]) -> Reservation | None:
+        """BLOCKED or BUSY if some key has no room, None if every key has."""
+        if any(counts.get((k, True), 0) >= self.limit for k in keys):
+            return Reservation(blocked=True)
+        if any(counts.get((k, True), 0) + counts.get((k, False), 0) >= self.limit for k in keys):
+            return Reservation()
+        return None
+
+    def reserve(self, *keys: str) -> Reservation:
+        """Record an attempt under every key, unless some key is blocked or busy."""
+        keys = tuple(sorted(set(keys)))
+        now = self.clock()
+        cutoff = now - timedelta(seconds=self.window)
+        with self.store.tx(read_only=True) as s:  # refusals (and waiting) take no write lock
+            verdict = self._verdict(self._counts(s, keys, cutoff), keys)
+        if verdict is not None:
+            return verdict
+        with self.store.tx() as s:
+            if s.bind.dialect.name == "postgresql":
+                for k in keys:
+                    s.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": k})
+            s.execute(delete(LoginAttempt).where(LoginAttempt.at <= cutoff))  # forget old attempts
+            verdict = self._verdict(self._counts(s, keys, cutoff), keys)
+            if verdict is not None:
+                return verdict
+            attempt = secrets.token_hex(16)
+            s.add_all([LoginAttempt(key=k, attempt=attempt, failed=False, at=now) for k in keys])
+            return Reservation(attempt=attempt)
+
+    def fail(self, attempt: str) -> None:
+        """The attempt's password was wrong: it stays counted, as a failure."""
+        with self.store.tx() as s:
+            s.execute(update(LoginAttempt).where(LoginAttempt.attempt == attempt).values(failed=True))
+
+    def forgive(self, attempt: str, *keys: str) -> None:
+        """Forget ``attempt`` (it succeeded) and the failures recorded under ``keys``.
+
+        Attempts of others still in flight are not forgiven: they end as failures.
+        """
+        with self.store.tx() as s:
+            s.execute(delete(LoginAttempt).where(LoginAttempt.attempt == attempt))
+            if keys:
+                s.execute(delete(LoginAttempt).where(LoginAttempt.key.in_(keys), LoginAttempt.failed))
 
     def blocked(self, *keys: str) -> bool:
-        now = self.clock()
-        with self._lock:
-            return any(len(self._recent(k, now)) >= self.limit for k in keys)
-
-    def fail(self, *keys: str) -> None:
-        now = self.clock()
-        with self._lock:
-            for k in keys:
-                self._recent(k, now).append(now)
-            if len(self._events) > 100_000:  # bound memory under a flood of names
-                self._events = {k: q for k, q in self._events.items() if self._recent(k, now)}
+        """Whether failures fill the allowance of any key now (read only)."""
+        cutoff = self.clock() - timedelta(seconds=self.window)
+        with self.store.tx(read_only=True) as s:
+            return any(n >= self.limit and failed for (_, failed), n in self._counts(s, keys, cutoff).items())
 
     def reset(self, *keys: str) -> None:
-        with self._lock:
-            for k in keys:
-                self._events.pop(k, None)
+        """Forget every attempt under ``keys``."""
+        with self.store.tx() as s:
+            s.execute(delete(LoginAttempt).where(LoginAttempt.key.in_(keys)))

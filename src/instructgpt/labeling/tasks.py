@@ -7,6 +7,17 @@ responses to rank. Each task wants ``target_labels`` labels: 1, or
 the claims still open; claiming decrements it with a conditional UPDATE, which
 is atomic on SQLite and PostgreSQL alike, so a task is never over-assigned.
 
+Concurrent claimers: on PostgreSQL the candidate tasks are read with
+``SELECT ... FOR UPDATE SKIP LOCKED``, so each claimer locks its own rows and
+skips the ones another claimer is taking (without it, every claimer read the
+same candidates and the losers of each race got nothing). SQLite has one
+writer at a time (``BEGIN IMMEDIATE``), so claims never overlap there.
+
+A claim is a lease (``ClaimPolicy.lease``): a pending assignment older than
+that is released and its slot goes back to the pool. Deactivating a labeler
+and the admin's "release" do the same at once. A labeler holds at most
+``ClaimPolicy.max_pending`` pending tasks.
+
 Held-out labelers label on top of that: their claims take no slot, and they
 are offered tasks that already have labels first, so their agreement with the
 training labelers can be measured.
@@ -16,9 +27,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +40,14 @@ from sqlalchemy import func, select, update
 
 from instructgpt import data
 
-from .models import Assignment, Label, Task, User, utcnow
 from .store import Store
+from .tables import Assignment, Label, Task, User, utcnow
 
 K_MIN, K_MAX = 4, 9            # responses per ranking task (the paper's K = 4..9)
 MAX_TEXT = 100_000             # characters in one prompt or response
+MAX_PROMPT_ID = 255            # characters in a prompt id (the column's width)
+MAX_OVERLAP_K = 50             # labelers per overlapping task, at most
+MAX_ID = 2**63 - 1             # ids above this are not ids (and overflow the database driver)
 
 
 class TaskError(Exception):
@@ -80,9 +97,17 @@ def content_hash(kind: str, prompt_id: str, prompt: str, responses: list[str] | 
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def check_overlap(fraction: float, k: int) -> None:
+    """``ValueError`` unless 0 <= fraction <= 1 and 2 <= k <= MAX_OVERLAP_K (k an integer)."""
+    if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"overlap_fraction must be a number in [0, 1], got {fraction}")
+    if not isinstance(k, int) or isinstance(k, bool) or not 2 <= k <= MAX_OVERLAP_K:
+        raise ValueError(f"overlap_k must be an integer from 2 to {MAX_OVERLAP_K}, got {k}")
+
+
 def _overlap_set(hashes: list[str], fraction: float) -> set[str]:
     """round(fraction * n) of the hashes, chosen deterministically (by a second hash)."""
-    if not 0.0 <= fraction <= 1.0:
+    if not (isinstance(fraction, (int, float)) and math.isfinite(fraction) and 0.0 <= fraction <= 1.0):
         raise ValueError(f"overlap_fraction must be in [0, 1], got {fraction}")
     n = round(fraction * len(hashes))
     ranked = sorted(hashes, key=lambda h: hashlib.sha256(f"overlap:{h}".encode()).hexdigest())
@@ -109,8 +134,7 @@ def check_text(value: str, name: str, max_len: int = MAX_TEXT, required: bool = 
 def _add_tasks(store: Store, rows: list[dict[str, Any]], result: ImportResult,
                overlap_fraction: float, overlap_k: int, batch: str) -> ImportResult:
     """Insert task rows (dicts with kind, prompt_id, prompt, responses, meta), skipping known ones."""
-    if overlap_k < 2 and overlap_fraction > 0:
-        raise ValueError("overlap_k must be at least 2")
+    check_overlap(overlap_fraction, overlap_k)
     for row in rows:
         row["content_hash"] = content_hash(row["kind"], row["prompt_id"], row["prompt"], row["responses"])
     with store.tx() as s:
@@ -132,6 +156,16 @@ def _add_tasks(store: Store, rows: list[dict[str, Any]], result: ImportResult,
     return result
 
 
+def _check_record_text(source: str, **fields: str) -> None:
+    """``DataError("file:line: field: what")`` unless every field is storable text."""
+    for name, value in fields.items():
+        limit = MAX_PROMPT_ID if name in ("id", "prompt_id", "user_id") else MAX_TEXT
+        try:
+            check_text(value, name, limit)
+        except Invalid as e:
+            raise data.DataError(f"{source}: {e}") from None
+
+
 def import_prompts(store: Store, path: str | Path, *, overlap_fraction: float = 0.0, overlap_k: int = 2,
                    curate_cfg: Any = None, splits: tuple[str, ...] = data.SPLITS,
                    batch: str = "") -> ImportResult:
@@ -143,11 +177,12 @@ def import_prompts(store: Store, path: str | Path, *, overlap_fraction: float = 
     from instructgpt.curate import CurateConfig, curate_prompts
 
     prompts = data.load_prompts(path)
+    for p in prompts:
+        _check_record_text(p.source, id=str(p.id), text=p.text, user_id=str(p.user_id))
     curated = curate_prompts(prompts, curate_cfg or CurateConfig())
     rows = []
     for split in splits:
         for p in curated.split(split):
-            check_text(p.text, f"{p.source}: text")
             rows.append({"kind": "demonstration", "prompt_id": str(p.id), "prompt": p.text,
                          "responses": None,
                          "meta": {"split": split, "user_id": p.user_id, "use_case": p.use_case}})
@@ -178,11 +213,8 @@ def read_rank_tasks(path: str | Path, k_min: int = K_MIN, k_max: int = K_MAX) ->
             pid = "sha256:" + hashlib.sha256(prompt.encode()).hexdigest()[:16]
         if not isinstance(pid, (str, int)) or isinstance(pid, bool) or not str(pid).strip():
             raise data.DataError(f"{source}: prompt_id: expected a non-empty string or integer")
-        try:
-            for i, text in enumerate([prompt, *responses]):
-                check_text(text, "prompt" if i == 0 else f"responses[{i - 1}]")
-        except Invalid as e:
-            raise data.DataError(f"{source}: {e}") from None
+        _check_record_text(source, prompt_id=str(pid), prompt=prompt,
+                           **{f"responses[{i}]": r for i, r in enumerate(responses)})
         meta = {k: v for k, v in obj.items() if k not in ("prompt", "prompt_id", "responses")}
         rows.append({"kind": "rank", "prompt_id": str(pid), "prompt": prompt,
                      "responses": list(responses), "meta": meta})
@@ -207,52 +239,120 @@ def import_file(store: Store, kind: str, path: str | Path, **kwargs: Any) -> Imp
 
 
 def import_bytes(store: Store, kind: str, content: bytes, filename: str, **kwargs: Any) -> ImportResult:
-    """``import_file`` for an uploaded file."""
+    """``import_file`` for an uploaded file; errors name it by ``filename``, never by its temporary path."""
     safe = "".join(c for c in Path(filename or "upload.jsonl").name if c.isalnum() or c in "._-")[:100]
+    safe = safe or "upload.jsonl"
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / (safe or "upload.jsonl")
+        path = Path(tmp) / safe
         path.write_bytes(content)
-        result = import_file(store, kind, path, batch=safe, **kwargs)
-    return result
+        try:
+            return import_file(store, kind, path, batch=safe, **kwargs)
+        except data.DataError as e:
+            raise data.DataError(str(e).replace(str(path), safe).replace(tmp, "")) from None
 
 
 # ---------------------------------------------------------------- handing out
 
-def claim_tasks(store: Store, user_id: int, n: int = 10) -> list[int]:
-    """Assign up to ``n`` more tasks to a user; returns the new assignment ids."""
+@dataclass(frozen=True)
+class ClaimPolicy:
+    """How tasks are handed out (``LabelConfig`` sets it for the server)."""
+    lease: timedelta = timedelta(hours=12)   # a pending claim is released this long after it was made
+    max_pending: int = 30                    # pending tasks one labeler may hold at once
+
+
+def claim_tasks(store: Store, user_id: int, n: int = 10, policy: ClaimPolicy = ClaimPolicy(),
+                now: datetime | None = None) -> list[int]:
+    """Assign up to ``n`` more tasks to a user; returns the new assignment ids.
+
+    Expired claims (of anyone) are released first. Fewer than ``n`` come back
+    when the pool runs dry or the user reaches ``policy.max_pending``.
+    """
     n = max(1, min(int(n), 100))
+    now = now or utcnow()
+    release_expired(store, policy.lease, now)
     with store.tx() as s:
         # Lock the user row: one claim per user at a time (a no-op on SQLite,
         # where BEGIN IMMEDIATE already serialises writers).
         user = s.scalar(select(User).where(User.id == user_id).with_for_update())
         if user is None or not user.active:
             raise Forbidden("inactive user")
+        n = min(n, policy.max_pending - pending_count(s, user_id))
+        if n <= 0:
+            return []
         mine = select(Assignment.task_id).where(Assignment.user_id == user_id)
         query = select(Task.id).where(Task.id.not_in(mine))
-        if user.held_out:
+        if user.held_out:  # no slot taken: tasks others labelled come first, nothing to lock
             labelled = (select(func.count()).select_from(Assignment)
-                        .where(Assignment.task_id == Task.id).scalar_subquery())
-            query = query.order_by(labelled.desc(), Task.id)
+                        .where(Assignment.task_id == Task.id, Assignment.status != "released").scalar_subquery())
+            task_ids = s.scalars(query.order_by(labelled.desc(), Task.id).limit(n)).all()
         else:
             partly_taken = Task.slots_left < Task.target_labels
-            query = query.where(Task.slots_left > 0).order_by(partly_taken.desc(), Task.id)
+            task_ids = s.scalars(query.where(Task.slots_left > 0).order_by(partly_taken.desc(), Task.id)
+                                 .limit(n).with_for_update(skip_locked=True)).all()
         new = []
-        for task_id in s.scalars(query.limit(n * 4)).all():
+        for task_id in task_ids:
             if not user.held_out and not _take_slot(s, task_id):
-                continue  # another labeler took the last slot meanwhile
-            a = Assignment(task_id=task_id, user_id=user_id)
+                continue  # cannot happen with the row locked; kept as a guard
+            a = Assignment(task_id=task_id, user_id=user_id, assigned_at=now, took_slot=not user.held_out)
             s.add(a)
             s.flush()
             new.append(a.id)
-            if len(new) >= n:
-                break
         return new
+
+
+def pending_count(s, user_id: int) -> int:
+    return s.scalar(select(func.count()).select_from(Assignment)
+                    .where(Assignment.user_id == user_id, Assignment.status == "pending"))
 
 
 def _take_slot(s, task_id: int) -> bool:
     res = s.execute(update(Task).where(Task.id == task_id, Task.slots_left > 0)
                     .values(slots_left=Task.slots_left - 1))
     return res.rowcount == 1
+
+
+def _release(s, assignment_ids: list[int], reason: str, now: datetime) -> int:
+    """Release those of ``assignment_ids`` that are still pending; their slots go back to the pool."""
+    freed: Counter[int] = Counter()
+    released = 0
+    for i in range(0, len(assignment_ids), 500):
+        rows = s.execute(
+            update(Assignment).where(Assignment.id.in_(assignment_ids[i:i + 500]), Assignment.status == "pending")
+            .values(status="released", released_at=now, release_reason=reason)
+            .returning(Assignment.task_id, Assignment.took_slot)).all()
+        released += len(rows)
+        freed.update(task_id for task_id, took_slot in rows if took_slot)
+    for task_id in sorted(freed):  # one order for everyone: no deadlock between releasers
+        s.execute(update(Task).where(Task.id == task_id).values(slots_left=Task.slots_left + freed[task_id]))
+    return released
+
+
+def release_expired(store: Store, lease: timedelta, now: datetime | None = None) -> int:
+    """Release every pending claim made more than ``lease`` ago; returns how many."""
+    now = now or utcnow()
+    expired = (Assignment.status == "pending", Assignment.assigned_at <= now - lease)
+    with store.tx(read_only=True) as s:  # the common case, nothing expired, takes no write lock
+        if s.scalar(select(Assignment.id).where(*expired).limit(1)) is None:
+            return 0
+    with store.tx() as s:
+        # SKIP LOCKED: concurrent sweeps release disjoint sets and never wait on each other.
+        ids = s.scalars(select(Assignment.id).where(*expired).with_for_update(skip_locked=True)).all()
+        return _release(s, list(ids), "expired", now)
+
+
+def release_user_tasks(s, user_id: int, reason: str, now: datetime | None = None) -> int:
+    """Release every pending task of ``user_id`` (in the caller's transaction); returns how many."""
+    ids = s.scalars(select(Assignment.id).where(Assignment.user_id == user_id,
+                                                Assignment.status == "pending")).all()
+    return _release(s, list(ids), reason, now or utcnow())
+
+
+def release_pending(store: Store, user_id: int, reason: str = "admin") -> int:
+    """An admin's "release": ``user_id``'s pending tasks go back to the pool."""
+    with store.tx() as s:
+        if s.get(User, user_id) is None:
+            raise NotFound("no such user")
+        return release_user_tasks(s, user_id, reason)
 
 
 def display_order(user_id: int, task_id: int, k: int) -> list[int]:
@@ -277,6 +377,8 @@ class TaskView:
     prompt_id: str
     responses: list[str]            # display order
     label: dict[str, Any] | None    # the saved label, in display positions, if any
+    assigned_at: datetime | None = None
+    release_reason: str | None = None  # why a released claim was released
 
 
 @dataclass
@@ -288,10 +390,13 @@ class AssignmentRow:
     prompt_preview: str
     assigned_at: Any
     done_at: Any
+    release_reason: str | None = None
 
 
 def owned_assignment(s, assignment_id: int, user_id: int) -> tuple[Assignment, Task]:
     """The assignment and its task; ``NotFound``/``Forbidden`` unless it is the user's."""
+    if not 0 < assignment_id <= MAX_ID:
+        raise NotFound("no such assignment")
     a = s.get(Assignment, assignment_id)
     if a is None:
         raise NotFound("no such assignment")
@@ -311,6 +416,7 @@ def open_assignment(store: Store, user_id: int, assignment_id: int) -> TaskView:
             prompt=task.prompt, prompt_id=task.prompt_id,
             responses=[task.responses[i] for i in order] if task.responses else [],
             label=label_in_display(label, order) if label else None,
+            assigned_at=a.assigned_at, release_reason=a.release_reason,
         )
         first_view = a.opened_at is None and a.status == "pending"
     if first_view:
@@ -341,7 +447,8 @@ def list_assignments(store: Store, user_id: int) -> list[AssignmentRow]:
             .where(Assignment.user_id == user_id)
             .order_by((Assignment.status == "pending").desc(), Assignment.id)
         ).all()
-        return [AssignmentRow(a.id, a.task_id, kind, a.status, prompt[:160], a.assigned_at, a.done_at)
+        return [AssignmentRow(a.id, a.task_id, kind, a.status, prompt[:160], a.assigned_at, a.done_at,
+                              a.release_reason)
                 for a, kind, prompt in rows]
 
 

@@ -12,11 +12,17 @@ from instructgpt.data import DataError
 
 from . import accounts
 from .export import export_zip
-from .models import Assignment, Label, Task, User
 from .quality import agreement, throughput
 from .security import AuthError, Viewer
-from .tasks import Invalid, import_bytes
-from .web import admin_viewer, form_csrf, redirect, render, store_of
+from .tables import Assignment, Label, Task, User
+from .tasks import (
+    Invalid,
+    check_overlap,
+    import_bytes,
+    release_expired,
+    release_pending,
+)
+from .web import Id, admin_viewer, form_csrf, redirect, render, store_of
 
 router = APIRouter(prefix="/admin")
 
@@ -38,9 +44,12 @@ def _overview(store) -> dict:
 
 def _page(request: Request, viewer: Viewer, status: int = 200, **extra) -> Response:
     store = store_of(request)
+    release_expired(store, request.app.state.claims.lease)  # so that the counts below are current
     return render(request, "admin.html", status=status, csrf_token=viewer.csrf_token,
                   overview=_overview(store), agreement=agreement(store), throughput={t.username: t for t in throughput(store)},
                   users=accounts.list_users(store), message=extra.pop("message", None),
+                  lease_hours=request.app.state.cfg.claim_lease_hours,
+                  max_pending=request.app.state.claims.max_pending,
                   error=extra.pop("error", None), invite_link=extra.pop("invite_link", None))
 
 
@@ -70,9 +79,12 @@ def create_user(request: Request, form=Depends(form_csrf), viewer: Viewer = Depe
 
 
 @router.post("/users/{user_id}")
-def update_user(request: Request, user_id: int, form=Depends(form_csrf),
+def update_user(request: Request, user_id: Id, form=Depends(form_csrf),
                 viewer: Viewer = Depends(admin_viewer)):
     action = form.get("action")
+    if action == "release":
+        n = release_pending(store_of(request), user_id, "admin")
+        return _page(request, viewer, message=f"Released {n} pending tasks to the pool.")
     changes = {"held_out_on": {"held_out": True}, "held_out_off": {"held_out": False},
                "activate": {"active": True}, "deactivate": {"active": False}}.get(str(action))
     if changes is None:
@@ -84,11 +96,15 @@ def update_user(request: Request, user_id: int, form=Depends(form_csrf),
     return redirect("/admin")
 
 
-def _float(form, name: str, default: float) -> float:
+def _number(form, name: str, default, kind=float):
+    """A form field as ``kind`` (float or int); ``Invalid`` names the field otherwise."""
+    raw = str(form.get(name) or "").strip()
+    if not raw:
+        return default
     try:
-        return float(form.get(name) or default)
+        return kind(raw)
     except ValueError:
-        raise Invalid(f"{name}: expected a number") from None
+        raise Invalid(f"{name}: expected {'an integer' if kind is int else 'a number'}, got {raw[:20]!r}") from None
 
 
 @router.post("/import")
@@ -101,8 +117,12 @@ async def import_tasks(request: Request, form=Depends(form_csrf), viewer: Viewer
     content = await upload.read(limit + 1)
     if len(content) > limit:
         raise Invalid(f"file larger than {request.app.state.cfg.max_upload_mb} MiB")
-    kwargs = {"overlap_fraction": _float(form, "overlap_fraction", 0.0),
-              "overlap_k": int(_float(form, "overlap_k", 2))}
+    kwargs = {"overlap_fraction": _number(form, "overlap_fraction", 0.0),
+              "overlap_k": _number(form, "overlap_k", 2, int)}
+    try:
+        check_overlap(kwargs["overlap_fraction"], kwargs["overlap_k"])
+    except ValueError as e:
+        return await run_in_threadpool(_page, request, viewer, 400, error=f"Import failed: {e}")
     try:
         result = await run_in_threadpool(import_bytes, store_of(request), kind, content,
                                          upload.filename or "upload.jsonl", **kwargs)

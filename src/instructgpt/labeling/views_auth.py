@@ -2,16 +2,24 @@
 
 Before login there is no session, so these forms carry a signed double-submit
 token (``security.prelogin_token``) tied to a random pre-login cookie.
+
+A login attempt is counted (``LoginLimiter.reserve``) before its password is
+checked, and the argon2id work of logins and invites runs at most
+``login_concurrency`` at a time per process (each takes 64 MiB), so a burst
+of anonymous requests can neither slip past the limit nor exhaust memory.
 """
 
 from __future__ import annotations
+
+import asyncio
+import random
+import time
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from . import accounts
-from .models import User
 from .security import (
     PRELOGIN_COOKIE,
     SESSION_COOKIE,
@@ -24,7 +32,8 @@ from .security import (
     prelogin_token,
     start_session,
 )
-from .web import client_ip, form_csrf, redirect, render, store_of
+from .tables import User
+from .web import client_ip, form_csrf, read_form, redirect, render, store_of
 
 router = APIRouter()
 
@@ -49,7 +58,7 @@ def _prelogin_page(request: Request, template: str, status: int = 200, **context
 
 async def _prelogin_form(request: Request):
     """The posted pre-login form, after the double-submit CSRF check (else 403)."""
-    form = await request.form()
+    form = await read_form(request)
     if not check_prelogin(request.app.state.secret, request.cookies.get(PRELOGIN_COOKIE),
                           form.get("csrf_token")):
         return None
@@ -77,20 +86,44 @@ async def login(request: Request):
         return render(request, "error.html", status=403, viewer=None,
                       message="The form expired (missing or wrong CSRF token). Reload the page and try again.")
     username, password = str(form.get("username", ""))[:200], str(form.get("password", ""))[:1000]
-    keys = (f"user:{username.strip().lower()}", f"ip:{client_ip(request)}")
+    user_key, ip_key = f"user:{username.strip().lower()}", f"ip:{client_ip(request)}"
     limiter = request.app.state.limiter
-    if limiter.blocked(*keys):
+    reservation = await _reserve(limiter, user_key, ip_key)  # counted before the check
+    if reservation.attempt is None:
         response = _prelogin_page(request, "login.html", status=429, username=username,
                                   error="Too many failed logins. Wait a minute and try again.")
         response.headers["Retry-After"] = str(int(limiter.window))
         return response
-    user = await run_in_threadpool(_check_login, request, username, password)
+    attempt, user = reservation.attempt, None
+    try:
+        user = await password_work(request, _check_login, request, username, password)
+    finally:
+        if user is None:
+            await run_in_threadpool(limiter.fail, attempt)  # it stays counted
+        else:
+            await run_in_threadpool(limiter.forgive, attempt, user_key)
     if user is None:
-        limiter.fail(*keys)
         return _prelogin_page(request, "login.html", status=401, username=username,
                               error="Wrong username or password.")
-    limiter.reset(keys[0])
-    return _logged_in(request, user.id, user.role)
+    return await run_in_threadpool(_logged_in, request, user.id, user.role)
+
+
+async def _reserve(limiter, *keys: str, patience: float = 30.0):
+    """``limiter.reserve(keys)``, waiting (with backoff) while attempts in flight fill the allowance."""
+    deadline = time.monotonic() + patience
+    delay = 0.05
+    while True:
+        reservation = await run_in_threadpool(limiter.reserve, *keys)
+        if not reservation.busy or time.monotonic() > deadline:
+            return reservation
+        await asyncio.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 0.5)
+
+
+async def password_work(request: Request, fn, *args):
+    """``fn(*args)`` in a worker thread, at most ``login_concurrency`` at once (argon2id: 64 MiB each)."""
+    async with request.app.state.password_checks:
+        return await run_in_threadpool(fn, *args)
 
 
 def _check_login(request: Request, username: str, password: str):
@@ -126,7 +159,7 @@ async def accept_invite(request: Request, token: str):
         return _prelogin_page(request, "invite.html", status=400, token=token, username=username,
                               error="The two passwords differ.")
     try:
-        user = await run_in_threadpool(accounts.accept_invite, store_of(request), token, username, password)
+        user = await password_work(request, accounts.accept_invite, store_of(request), token, username, password)
     except AuthError as e:
         return _prelogin_page(request, "invite.html", status=400, token=token, username=username, error=str(e))
-    return _logged_in(request, user.id, user.role)
+    return await run_in_threadpool(_logged_in, request, user.id, user.role)

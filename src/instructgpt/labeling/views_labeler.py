@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from .labels import Submission, new_request_id, ranks_to_groups, submit_label
 from .security import Viewer
 from .tasks import Invalid, claim_tasks, list_assignments, next_pending, open_assignment
-from .web import current_viewer, form_csrf, redirect, render, store_of
+from .web import Id, current_viewer, form_csrf, redirect, render, store_of
 
 router = APIRouter()
 LETTERS = "ABCDEFGHI"
@@ -59,21 +59,22 @@ def skip_from_form(form) -> Submission:
 @router.get("/")
 def dashboard(request: Request, viewer: Viewer = Depends(current_viewer)):
     rows = list_assignments(store_of(request), viewer.user_id)
+    policy = request.app.state.claims
     return render(request, "dashboard.html", rows=rows, csrf_token=viewer.csrf_token,
-                  batch=request.app.state.cfg.claim_batch,
+                  batch=request.app.state.cfg.claim_batch, lease=policy.lease, max_pending=policy.max_pending,
                   none_left=request.query_params.get("none") == "1")
 
 
 @router.post("/claim")
 def claim(request: Request, form=Depends(form_csrf), viewer: Viewer = Depends(current_viewer)):
     store = store_of(request)
-    claim_tasks(store, viewer.user_id, request.app.state.cfg.claim_batch)
+    claim_tasks(store, viewer.user_id, request.app.state.cfg.claim_batch, request.app.state.claims)
     nxt = next_pending(store, viewer.user_id)
     return redirect(f"/a/{nxt}" if nxt else "/?none=1")
 
 
 @router.get("/a/{assignment_id}")
-def task_page(request: Request, assignment_id: int, viewer: Viewer = Depends(current_viewer)):
+def task_page(request: Request, assignment_id: Id, viewer: Viewer = Depends(current_viewer)):
     view = open_assignment(store_of(request), viewer.user_id, assignment_id)
     if view.status != "pending":
         return _saved_page(request, view)
@@ -83,21 +84,21 @@ def task_page(request: Request, assignment_id: int, viewer: Viewer = Depends(cur
 
 
 @router.post("/a/{assignment_id}")
-def submit(request: Request, assignment_id: int, form=Depends(form_csrf),
+def submit(request: Request, assignment_id: Id, form=Depends(form_csrf),
            viewer: Viewer = Depends(current_viewer)):
     submit_label(store_of(request), viewer.user_id, assignment_id, submission_from_form(form))
     return redirect(f"/a/{assignment_id}/saved")
 
 
 @router.post("/a/{assignment_id}/skip")
-def skip(request: Request, assignment_id: int, form=Depends(form_csrf),
+def skip(request: Request, assignment_id: Id, form=Depends(form_csrf),
          viewer: Viewer = Depends(current_viewer)):
     submit_label(store_of(request), viewer.user_id, assignment_id, skip_from_form(form))
     return redirect(f"/a/{assignment_id}/saved")
 
 
 @router.get("/a/{assignment_id}/saved")
-def saved(request: Request, assignment_id: int, viewer: Viewer = Depends(current_viewer)):
+def saved(request: Request, assignment_id: Id, viewer: Viewer = Depends(current_viewer)):
     return _saved_page(request, open_assignment(store_of(request), viewer.user_id, assignment_id))
 
 

@@ -1,17 +1,23 @@
-"""Shared web plumbing: templates, security headers, the current user, CSRF checks.
+"""Shared web plumbing: templates, security headers, body limits, the current user, CSRF checks.
 
 Every POST route depends on ``form_csrf`` (HTML forms: a ``csrf_token`` field)
 or ``json_csrf`` (JSON: an ``X-CSRF-Token`` header); both compare against the
 token of the caller's session in constant time and answer 403 otherwise.
+
+Request bodies are capped before anything parses them (``BodyLimit``: 413);
+a urlencoded form must be valid UTF-8 and a JSON body valid, not too deeply
+nested JSON (400), as the API already required.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import Depends, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi import Path as PathParam
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from instructgpt.data import FLAGS
@@ -19,6 +25,10 @@ from instructgpt.data import FLAGS
 from .labels import FLAG_LABELS
 from .security import SESSION_COOKIE, Viewer, load_viewer, same
 from .store import Store
+from .tasks import MAX_ID
+
+Id = Annotated[int, PathParam(gt=0, le=MAX_ID)]
+"""A row id in a URL; anything else is a 404 (see app.py)."""
 
 HERE = Path(__file__).resolve().parent
 
@@ -60,6 +70,81 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class BodyLimit:
+    """ASGI middleware: request bodies above ``limit`` bytes get 413 before anything parses them.
+
+    Paths in ``uploads`` (the admin's task upload) get ``upload_limit`` instead.
+    A declared Content-Length is checked up front; a chunked body is counted as
+    it arrives and cut off at the limit.
+    """
+
+    def __init__(self, app, limit: int, upload_limit: int, uploads: tuple[str, ...] = ("/admin/import",)):
+        self.app, self.limit, self.upload_limit, self.uploads = app, limit, upload_limit, uploads
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.upload_limit if scope["path"] in self.uploads else self.limit
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            response = error_response(Request(scope), 413, _too_large(limit))
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(status_code=413, detail=_too_large(limit))
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+
+SERVER_ERROR = ("Something went wrong on the server. Nothing was saved by this request; try again, "
+                "and tell the admin if it keeps happening.")
+
+
+class PlainServerErrors:
+    """ASGI middleware: an unexpected exception becomes a plain 500 (the error page, or JSON
+    under /api/) that reveals nothing about the server; the exception is re-raised so that
+    the server logs its traceback."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            if not started:
+                response = error_response(Request(scope), 500, SERVER_ERROR)
+                await response(scope, receive, send)
+            raise
+
+
+def _too_large(limit: int) -> str:
+    return f"request body larger than {limit // 1024} KiB"
+
+
+def error_response(request: Request, status: int, message: str):
+    """The error as JSON under /api/, else as the error page (never with server details)."""
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"detail": message}, status_code=status)
+    return render(request, "error.html", status=status, message=message)
+
+
 class LoginRequired(Exception):
     """No valid session: pages redirect to /login, the API answers 401."""
 
@@ -97,9 +182,26 @@ def admin_viewer(viewer: Viewer = Depends(current_viewer)) -> Viewer:
     return viewer
 
 
+async def read_form(request: Request):
+    """The posted form; 400 when a urlencoded body is not valid UTF-8.
+
+    Browsers percent-encode UTF-8. Starlette would turn invalid bytes into
+    U+FFFD (or Latin-1), so the raw body is decoded strictly first. (The only
+    multipart form, the admin's upload, takes no free text besides the file,
+    which the importer decodes strictly itself.)
+    """
+    if request.headers.get("content-type", "").split(";")[0].strip() == "application/x-www-form-urlencoded":
+        body = await request.body()
+        try:
+            parse_qsl(body.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict")
+        except (UnicodeDecodeError, ValueError):
+            raise HTTPException(status_code=400, detail="the form is not valid UTF-8") from None
+    return await request.form(max_part_size=4 * 1024 * 1024)
+
+
 async def form_csrf(request: Request, viewer: Viewer = Depends(current_viewer)):
     """The posted form, after checking its ``csrf_token`` against the session's."""
-    form = await request.form(max_part_size=4 * 1024 * 1024)
+    form = await read_form(request)
     if not same(form.get("csrf_token"), viewer.csrf_token):
         raise HTTPException(status_code=403, detail="missing or wrong CSRF token; reload the page")
     return form
@@ -113,8 +215,10 @@ async def json_csrf(request: Request, viewer: Viewer = Depends(current_viewer)) 
         raise HTTPException(status_code=415, detail="send application/json")
     try:
         return await request.json()
+    except RecursionError:
+        raise HTTPException(status_code=400, detail="JSON nested too deeply") from None
     except ValueError:
-        raise HTTPException(status_code=400, detail="invalid JSON") from None
+        raise HTTPException(status_code=400, detail="invalid JSON (or not UTF-8)") from None
 
 
 def client_ip(request: Request) -> str:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from instructgpt.labeling.models import Base
-from instructgpt.labeling.store import ENV_DB, make_engine
+from instructgpt.labeling.store import ENV_DB, make_engine, migration_connection
+from instructgpt.labeling.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -50,7 +50,7 @@ def run_online() -> None:
         raise SystemExit(f"no database: pass -x db=URL or set ${ENV_DB}")
     engine = make_engine(url)
     try:
-        with engine.begin() as conn:
+        with migration_connection(engine) as conn:
             _run(conn)
     finally:
         engine.dispose()

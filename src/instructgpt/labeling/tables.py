@@ -1,4 +1,6 @@
-"""SQLAlchemy models of the labeling database.
+"""The SQL tables of the labeling database (SQLAlchemy declarative classes).
+
+Not to be confused with ``instructgpt.models`` (the neural models).
 
 Tables (see docs/labeling.md for the full description):
 
@@ -6,9 +8,13 @@ Tables (see docs/labeling.md for the full description):
 - ``invites``: one-time invite tokens (only their SHA-256 is stored).
 - ``web_sessions``: login sessions (token SHA-256, CSRF token, expiry).
 - ``tasks``: a prompt to demonstrate, or a prompt with K responses to rank.
-- ``assignments``: a task given to one labeler (at most once per labeler).
+- ``assignments``: a task given to one labeler (at most once per labeler). A
+  pending claim is ``released`` when its lease runs out, when the labeler is
+  deactivated, or when an admin releases it; its slot goes back to the pool.
 - ``labels``: what a labeler submitted for an assignment; ``request_id`` is
   the per-form UUID that makes resubmission idempotent.
+- ``login_attempts``: recent login attempts per user name and per client IP
+  (the rate limiter; in the database so that several server processes share it).
 - ``app_settings``: key/value pairs (the server's secret key).
 
 Times are naive UTC ``datetime`` values (the same on SQLite and PostgreSQL).
@@ -37,7 +43,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 ROLES = ("admin", "labeler")
 TASK_KINDS = ("demonstration", "rank")
 LABEL_KINDS = ("demonstration", "rank", "skip")
-ASSIGNMENT_STATES = ("pending", "done", "skipped")
+ASSIGNMENT_STATES = ("pending", "done", "skipped", "released")
+RELEASE_REASONS = ("expired", "deactivated", "admin")
 
 # Deterministic constraint names, so Alembic migrations can refer to them.
 NAMING = {
@@ -127,6 +134,7 @@ class Assignment(Base):
         CheckConstraint(_in("status", ASSIGNMENT_STATES), name="status"),
         UniqueConstraint("task_id", "user_id"),
         Index("ix_assignments_user_status", "user_id", "status"),
+        Index("ix_assignments_status_assigned", "status", "assigned_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -136,6 +144,9 @@ class Assignment(Base):
     assigned_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     opened_at: Mapped[datetime | None] = mapped_column(DateTime)
     done_at: Mapped[datetime | None] = mapped_column(DateTime)
+    took_slot: Mapped[bool] = mapped_column(Boolean, default=True)  # False: a held-out labeler's claim
+    released_at: Mapped[datetime | None] = mapped_column(DateTime)
+    release_reason: Mapped[str | None] = mapped_column(String(16))  # RELEASE_REASONS
 
 
 class Label(Base):
@@ -158,6 +169,22 @@ class Label(Base):
     skip_reason: Mapped[str | None] = mapped_column(Text)
     seconds_spent: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class LoginAttempt(Base):
+    """One login attempt under one key; an attempt writes a row per key (user name, IP).
+
+    A row is in flight until its password check ends: a failure marks it
+    ``failed``, a success deletes it.
+    """
+    __tablename__ = "login_attempts"
+    __table_args__ = (Index("ix_login_attempts_key_at", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(255))      # "user:<name>" or "ip:<address>"
+    attempt: Mapped[str] = mapped_column(String(32))   # shared by the rows of one attempt
+    failed: Mapped[bool] = mapped_column(Boolean, default=False)  # False: its password is being checked
+    at: Mapped[datetime] = mapped_column(DateTime, index=True)
 
 
 class AppSetting(Base):
