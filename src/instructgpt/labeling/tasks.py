@@ -169,8 +169,9 @@ def read_rank_tasks(path: str | Path, k_min: int = K_MIN, k_max: int = K_MAX) ->
         if not isinstance(prompt, str) or not prompt.strip():
             raise data.DataError(f"{source}: prompt: expected non-empty text")
         responses = obj.get("responses")
-        if not isinstance(responses, list) or not all(isinstance(r, str) and r.strip() for r in responses):
-            raise data.DataError(f"{source}: responses: expected an array of non-empty strings")
+        # "" is an empty response (the model stopped at once; ``instructgpt sample`` writes it so)
+        if not isinstance(responses, list) or not all(isinstance(r, str) and (r.strip() or not r) for r in responses):
+            raise data.DataError(f"{source}: responses: expected an array of strings, each non-empty or \"\"")
         if not k_min <= len(responses) <= k_max:
             raise data.DataError(f"{source}: responses: K={len(responses)}; ranking tasks need {k_min} to {k_max}")
         pid = obj.get("prompt_id")
@@ -180,7 +181,7 @@ def read_rank_tasks(path: str | Path, k_min: int = K_MIN, k_max: int = K_MAX) ->
             raise data.DataError(f"{source}: prompt_id: expected a non-empty string or integer")
         try:
             for i, text in enumerate([prompt, *responses]):
-                check_text(text, "prompt" if i == 0 else f"responses[{i - 1}]")
+                check_text(text, "prompt" if i == 0 else f"responses[{i - 1}]", required=i == 0)
         except Invalid as e:
             raise data.DataError(f"{source}: {e}") from None
         meta = {k: v for k, v in obj.items() if k not in ("prompt", "prompt_id", "responses")}
