@@ -441,7 +441,7 @@ def test_smollm2_answers_through_its_chat_template(smollm2):
     samples = sample_k(model, tok, prompts, SampleConfig(policy="smollm2", prompts="-", out="-", k=4, max_tries=0,
                                                           max_new_tokens=24, seed=0))
     answered = sum(bool(s) for row in samples for s in row)
-    assert answered >= 12, samples  # without the template 20 of 48 responses were empty
+    assert answered >= 15, samples  # raw prompts: 13 of 48 empty here (20 of 48 in the issue)
 
 
 @pytest.mark.slow
