@@ -228,12 +228,12 @@ def test_generation_stops_at_the_end_of_turn_token(eot_model):
 
 
 def test_vllm_conversion_knows_every_stop_token():
-    s = Sampling(max_new_tokens=5, eos_id=(8, 5), pad_id=1)
-    assert vllm_sampling_kwargs(s, 0)["stop_token_ids"] == [8, 5]
+    s = Sampling(max_new_tokens=5, eos_id=8, pad_id=1, stop_ids=(8, 5))
+    assert s.stops() == [8, 5] and vllm_sampling_kwargs(s, 0)["stop_token_ids"] == [8, 5]
     out = [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[3, 8, 4], finish_reason="stop", stop_reason=8)]),
            SimpleNamespace(outputs=[SimpleNamespace(token_ids=[3], finish_reason="stop", stop_reason=5)]),
            SimpleNamespace(outputs=[SimpleNamespace(token_ids=[3, 4], finish_reason="length", stop_reason=None)])]
-    gen = generation_from_vllm(out, (8, 5))
+    gen = generation_from_vllm(out, [8, 5])
     assert gen.responses == [[3, 8], [3, 5], [3, 4]] and gen.ended == [True, True, False]
 
 

@@ -571,8 +571,8 @@ class PPOTrainer:
 
     def sampling(self) -> backends.Sampling:
         cfg, tok = self.cfg, self.tokenizer
-        return backends.Sampling(cfg.max_new_tokens, self.format.stop_ids, tok.pad_token_id, cfg.temperature,
-                                 cfg.top_k, cfg.top_p, cfg.min_new_tokens)
+        return backends.Sampling(cfg.max_new_tokens, self.format.end_id, tok.pad_token_id, cfg.temperature,
+                                 cfg.top_k, cfg.top_p, cfg.min_new_tokens, stop_ids=self.format.stop_ids)
 
     def _update_ema(self) -> None:
         if self.ema_model is None:
