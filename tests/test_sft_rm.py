@@ -167,11 +167,13 @@ def test_rm_learns_rankings_and_normalises_bias(tmp_path, tiny_gpt2, rm_data):
     assert not unchanged, unchanged
     assert abs(float(rm.reward_bias) - result.reward_bias) < 1e-6
     # the best-ranked training responses now score mean 0
-    from instructgpt.batching import encode_pair
+    from instructgpt.batching import RecordEncoder
+    from instructgpt.chat import ChatFormat
     from instructgpt.data import load_rankings
     from instructgpt.rm import score_sequences
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "rm"))
-    seqs = [encode_pair(tok, r.prompt, r.responses[i], 128, 256).ids
+    encoder = RecordEncoder(ChatFormat.load(tok), None, 128, max_seq_len=256)
+    seqs = [encoder.pair(r.prompt, r.responses[i]).ids
             for r in load_rankings(rm_data[0]) for i in r.ranking[0]]
     assert abs(score_sequences(rm, seqs, tok.pad_token_id, "cpu").mean().item()) < 1e-4
 

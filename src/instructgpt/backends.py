@@ -37,7 +37,7 @@ from typing import Any, Iterable, Protocol
 import torch
 
 from . import distributed as dist
-from .generation import Generation, generate
+from .generation import Generation, generate, stop_ids
 
 BACKENDS = ("auto", "builtin", "vllm")
 
@@ -46,12 +46,17 @@ BACKENDS = ("auto", "builtin", "vllm")
 class Sampling:
     """How to sample one response per prompt."""
     max_new_tokens: int
-    eos_id: int
+    eos_id: int                  # the token that ends a response (a chat template's end of turn, else EOS)
     pad_id: int
     temperature: float = 1.0     # 0 = greedy
     top_k: int = 0               # 0 = off
     top_p: float = 1.0           # 1 = off
-    min_new_tokens: int = 0      # EOS cannot be sampled before this many tokens
+    min_new_tokens: int = 0      # no stop token can be sampled before this many tokens
+    stop_ids: tuple[int, ...] = ()  # further tokens that end a response (EOS, when eos_id is an end of turn)
+
+    def stops(self) -> list[int]:
+        """Every token that ends a response, ``eos_id`` first."""
+        return list(dict.fromkeys([self.eos_id, *self.stop_ids]))
 
 
 @dataclass
@@ -87,7 +92,7 @@ class BuiltinBackend:
     def generate(self, prompts: list[list[int]], sampling: Sampling,
                  generator: torch.Generator | None = None) -> Generation:
         with dist.autocast(self.device, self.dtype):
-            return generate(self.model, prompts, sampling.max_new_tokens, sampling.eos_id, sampling.pad_id,
+            return generate(self.model, prompts, sampling.max_new_tokens, sampling.stops(), sampling.pad_id,
                             sampling.temperature, sampling.top_k, sampling.top_p, generator,
                             min_new_tokens=sampling.min_new_tokens)
 
@@ -122,7 +127,7 @@ class VLLMBackend:
         params = [self.vllm.SamplingParams(**vllm_sampling_kwargs(sampling, seed))
                   for seed in _draw_seeds(generator, len(prompts))]
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
-        return generation_from_vllm(outputs, sampling.eos_id)
+        return generation_from_vllm(outputs, sampling.stops())
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         engine_model = _engine_model(self.llm)
@@ -133,9 +138,9 @@ class VLLMBackend:
 
 
 def vllm_sampling_kwargs(s: Sampling, seed: int | None) -> dict[str, Any]:
-    """``vllm.SamplingParams`` arguments equivalent to ``s`` (EOS is the only stop token)."""
+    """``vllm.SamplingParams`` arguments equivalent to ``s`` (its stop tokens are the only ones)."""
     kw: dict[str, Any] = dict(n=1, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,
-                              stop_token_ids=[s.eos_id], ignore_eos=False, seed=seed)
+                              stop_token_ids=s.stops(), ignore_eos=False, seed=seed)
     if s.top_k > 0:
         kw["top_k"] = s.top_k
     if s.min_new_tokens > 0:
@@ -143,19 +148,23 @@ def vllm_sampling_kwargs(s: Sampling, seed: int | None) -> dict[str, Any]:
     return kw
 
 
-def generation_from_vllm(outputs: Iterable[Any], eos_id: int) -> Generation:
+def generation_from_vllm(outputs: Iterable[Any], eos_id: int | list[int]) -> Generation:
     """vLLM ``RequestOutput``s -> ``Generation`` with the built-in sampler's conventions:
-    a response that stopped ends with EOS (added if vLLM left it out) and nothing after it."""
+    a response that stopped ends with its stop token (``eos_id``, or one of a list; the
+    first if vLLM left it out) and nothing after it."""
+    stops = stop_ids(eos_id)
     responses, ended = [], []
     for out in outputs:
         choice = out.outputs[0]
         ids = list(choice.token_ids)
-        if eos_id in ids:
-            ids = ids[:ids.index(eos_id) + 1]
+        cut = next((j + 1 for j, t in enumerate(ids) if t in stops), None)
+        if cut is not None:
+            ids = ids[:cut]
         elif choice.finish_reason == "stop":
-            ids.append(eos_id)
+            reason = getattr(choice, "stop_reason", None)  # vLLM: the stop token id that ended it
+            ids.append(reason if reason in stops else stops[0])
         responses.append(ids)
-        ended.append(bool(ids) and ids[-1] == eos_id)
+        ended.append(bool(ids) and ids[-1] in stops)
     return Generation(responses, ended)
 
 

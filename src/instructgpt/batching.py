@@ -1,9 +1,14 @@
-"""Tokenising records and padding them into tensors.
+"""Records to token ids under a stage's limits, and padding them into tensors.
 
-A training sequence is ``tokens(prompt) + tokens(response) + [EOS]``: prompt and
-response are tokenised separately (the prompt with the tokenizer's own special
-tokens, e.g. BOS; the response without), so the boundary is exact and the
-response mask needs no guessing. Generation uses the same prompt ids.
+``chat.ChatFormat`` decides how a prompt and a response become ids (chat
+template or plain text); ``RecordEncoder`` applies what must fit:
+
+- ``max_prompt_tokens``: a longer prompt is an error naming its record;
+- ``max_seq_len`` (training): prompt + response; a longer response is cut (and
+  marked ``truncated``, so it no longer ends with the end-of-turn token);
+- the model's positions (``ModelContext``): prompt + ``max_new_tokens`` for
+  generation, prompt + (cut) response for training, must fit, else an error
+  names the record and the numbers.
 """
 
 from __future__ import annotations
@@ -12,12 +17,15 @@ from dataclasses import dataclass
 
 import torch
 
+from .chat import ChatFormat, PromptInput
 from .data import DataError
+
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
 
 
 @dataclass
 class Encoded:
-    """One prompt + response as token ids; ``response_ids`` ends with EOS unless truncated."""
+    """One prompt + response as token ids; ``response_ids`` ends with the end token unless truncated."""
     prompt_ids: list[int]
     response_ids: list[int]
     source: str = ""
@@ -28,34 +36,90 @@ class Encoded:
         return self.prompt_ids + self.response_ids
 
 
-def encode_prompt(tokenizer, text: str, max_prompt_tokens: int, source: str = "") -> list[int]:
-    """Prompt ids; an empty or over-long prompt is an error naming its record."""
-    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-    if not ids or not text.strip():
-        raise DataError(f"{source or '<prompt>'}: prompt: empty after tokenisation")
-    if len(ids) > max_prompt_tokens:
-        raise DataError(f"{source or '<prompt>'}: prompt: {len(ids)} tokens, over the limit of "
-                        f"{max_prompt_tokens} (raise max_prompt_tokens or shorten the prompt)")
-    return ids
+@dataclass
+class ModelContext:
+    """How many positions a model attends over (None = unknown: nothing is checked) and where that comes from."""
+    positions: int | None
+    origin: str = "unknown"
+
+    @classmethod
+    def of(cls, config, tokenizer=None) -> "ModelContext":
+        """From a model config (``max_position_embeddings``, ``n_positions``, ...); the tokenizer's
+        ``model_max_length`` only when the config has none (tokenizers often hold a placeholder)."""
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        for key in _POSITION_KEYS:
+            value = getattr(text_config, key, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return cls(value, f"{key} in the model config")
+        limit = getattr(tokenizer, "model_max_length", None)
+        if isinstance(limit, int) and 0 < limit < 10 ** 8:
+            return cls(limit, "model_max_length of the tokenizer")
+        return cls(None)
+
+    @classmethod
+    def of_model(cls, spec, tokenizer=None) -> "ModelContext":
+        """From a model folder, .gguf file or alias, reading its config only (before loading weights)."""
+        import transformers
+
+        from .models import resolve_source
+        src = resolve_source(spec)
+        try:
+            config = transformers.AutoConfig.from_pretrained(src.folder, **src.kwargs())
+        except (OSError, ValueError) as e:
+            return cls(None, f"unknown (config unreadable: {e})")
+        return cls.of(config, tokenizer)
+
+    def describe(self) -> str:
+        return f"{self.positions} positions ({self.origin})" if self.positions else "unknown context length"
 
 
-def encode_response(tokenizer, text: str, source: str = "") -> list[int]:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise DataError(f"{source or '<response>'}: response: empty after tokenisation")
-    return ids + [tokenizer.eos_token_id]
+class RecordEncoder:
+    """Prompts and (prompt, response) pairs to ids, in one stage's format and limits.
 
+    ``max_seq_len`` is for pairs (training), ``max_new_tokens`` for prompts
+    that will be sampled from; 0 leaves that limit out.
+    """
 
-def encode_pair(tokenizer, prompt: str, response: str, max_prompt_tokens: int, max_seq_len: int,
-                source: str = "") -> Encoded:
-    """Prompt + response + EOS; a response that does not fit ``max_seq_len`` is cut (and marked)."""
-    p = encode_prompt(tokenizer, prompt, max_prompt_tokens, source)
-    r = encode_response(tokenizer, response, source)
-    room = max_seq_len - len(p)
-    if room < 1:
-        raise DataError(f"{source}: prompt: {len(p)} tokens leave no room for a response in max_seq_len={max_seq_len}")
-    truncated = len(r) > room
-    return Encoded(p, r[:room], source, truncated)
+    def __init__(self, fmt: ChatFormat, context: ModelContext | None, max_prompt_tokens: int,
+                 max_seq_len: int = 0, max_new_tokens: int = 0):
+        self.fmt = fmt
+        self.context = context or ModelContext(None)
+        self.max_prompt_tokens, self.max_seq_len, self.max_new_tokens = max_prompt_tokens, max_seq_len, max_new_tokens
+
+    def prompt(self, prompt: PromptInput, source: str = "") -> list[int]:
+        """Prompt ids; an over-long prompt, or one that leaves no room for ``max_new_tokens``, is an error."""
+        ids = self.fmt.prompt_ids(prompt, source)
+        self._check_prompt(ids, source)
+        n, positions = len(ids), self.context.positions
+        if self.max_new_tokens and positions and n + self.max_new_tokens > positions:
+            raise DataError(f"{source or '<prompt>'}: prompt: {n} tokens + max_new_tokens={self.max_new_tokens} "
+                            f"= {n + self.max_new_tokens}, over the model's {self.context.describe()} "
+                            f"(shorten the prompt or lower max_new_tokens)")
+        return ids
+
+    def pair(self, prompt: PromptInput, response: str, source: str = "") -> Encoded:
+        """Prompt + response ids; a response that does not fit ``max_seq_len`` is cut (and marked)."""
+        p, r = self.fmt.encode(prompt, response, source)
+        self._check_prompt(p, source)
+        truncated = False
+        if self.max_seq_len:
+            room = self.max_seq_len - len(p)
+            if room < 1:
+                raise DataError(f"{source}: prompt: {len(p)} tokens leave no room for a response in "
+                                f"max_seq_len={self.max_seq_len}")
+            truncated = len(r) > room
+            r = r[:room]
+        positions = self.context.positions
+        if positions and len(p) + len(r) > positions:
+            raise DataError(f"{source}: sequence: {len(p) + len(r)} tokens (prompt {len(p)} + response {len(r)}), "
+                            f"over the model's {self.context.describe()} "
+                            f"(set max_seq_len to {positions} or less)")
+        return Encoded(p, r, source, truncated)
+
+    def _check_prompt(self, ids: list[int], source: str) -> None:
+        if len(ids) > self.max_prompt_tokens:
+            raise DataError(f"{source or '<prompt>'}: prompt: {len(ids)} tokens, over the limit of "
+                            f"{self.max_prompt_tokens} (raise max_prompt_tokens or shorten the prompt)")
 
 
 def pad(seqs: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:

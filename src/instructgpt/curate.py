@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from instructgpt.config import ConfigError, opt
-from instructgpt.data import SPLITS, USE_CASES, DataError, Prompt, atomic_open, load_prompts, to_record, write_jsonl
+from instructgpt.data import (SPLITS, USE_CASES, DataError, Prompt, atomic_open, load_prompts, render_messages, to_record,
+                              write_jsonl)
 
 REASONS = ("duplicate_prefix", "user_cap")
 PII_KINDS = ("email", "phone", "card", "ip", "credentials")
@@ -204,12 +205,21 @@ def normalize_text(text: str) -> str:
 def _scrub_all(prompts: list[Prompt], result: CurationResult) -> list[Prompt]:
     out = []
     for p in prompts:
-        text, counts = scrub_pii(p.text)
+        if p.turns:  # a chat prompt: scrub every message, then its transcript follows
+            turns, counts = [], {}
+            for m in p.turns:
+                content, found = scrub_pii(m["content"])
+                turns.append({**m, "content": content})
+                for kind, n in found.items():
+                    counts[kind] = counts.get(kind, 0) + n
+            text = render_messages(turns, source=p.source) if counts else p.text
+        else:
+            (text, counts), turns = scrub_pii(p.text), None
         for kind, n in counts.items():
             result.pii_counts[kind] = result.pii_counts.get(kind, 0) + n
         if text != p.text:
             result.prompts_scrubbed += 1
-            p = dataclasses.replace(p, text=text)
+            p = dataclasses.replace(p, text=text, turns=turns)
         out.append(p)
     return out
 

@@ -2,6 +2,9 @@
 
 Every record remembers ``source`` ("file:line") so that any later error
 (an over-long prompt at tokenisation, say) can name the record it is about.
+A prompt given as chat messages keeps its turns (``turns``) next to their
+plain transcript (``text``/``prompt``), so that a chat template can render
+them natively (``chat.ChatFormat``).
 
 Loading is strict: a malformed record raises :class:`DataError` with a message
 shaped ``"{path}:{lineno}: {field}: {what is wrong}"``; nothing is skipped.
@@ -66,31 +69,36 @@ class DataError(ValueError):
     """A malformed record: the message reads ``file:line: field: what is wrong``."""
 
 
+Turns = list[dict[str, Any]]  # chat messages [{"role", "content"}, ...]
+
+
 @dataclass
 class Prompt:
     id: str
-    text: str
+    text: str                                   # the prompt, or the plain transcript of ``turns``
     user_id: str
     use_case: str = "other"
     split: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # extra fields, kept verbatim
     source: str = ""
+    turns: Turns | None = None                  # the prompt as chat messages, when given so
 
 
 @dataclass
 class Demonstration:
-    prompt: str
+    prompt: str                                 # the prompt, or the plain transcript of ``turns``
     response: str
     labeler_id: str | None = None
     prompt_id: str | None = None
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)  # extra fields, kept verbatim
+    turns: Turns | None = None                  # the prompt's chat messages (before the reply), when given so
 
 
 @dataclass
 class Ranking:
-    prompt: str
-    responses: list[str]
+    prompt: str                                 # the prompt, or the plain transcript of ``turns``
+    responses: list[str]                        # "" is an empty response (the model stopped at once)
     ranking: list[list[int]]            # ordered groups of response indices, best first; a group = a tie
     likert: list[int] | None = None     # one 1-7 score per response
     flags: list[list[str]] | None = None  # per response, names from FLAGS
@@ -99,6 +107,7 @@ class Ranking:
     comment: str | None = None
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)  # extra fields, kept verbatim
+    turns: Turns | None = None                  # the prompt's chat messages, when given so
 
     @property
     def k(self) -> int:
@@ -261,13 +270,14 @@ def render_messages(messages: list[dict[str, Any]], *, source: str = "<messages>
     return "\n\n".join(parts)
 
 
-def _prompt_from_messages(messages: list[dict[str, Any]], source: str, name: str) -> str:
-    """Render the prompt turns of a conversation; they must include a user turn."""
+def _prompt_from_messages(messages: list[dict[str, Any]], source: str, name: str) -> tuple[str, Turns]:
+    """(plain transcript, turns) of the prompt turns of a conversation; they must include a user turn."""
     if not messages:
         _fail(source, name, "no turns before the assistant reply, so there is no prompt")
     if not any(m["role"] == "user" for m in messages):
         _fail(source, name, "the prompt turns have no user message")
-    return render_messages(messages, source=source)
+    turns = [dict(m) for m in messages]
+    return render_messages(turns, source=source), turns
 
 
 def _assistant_reply(value: Any, source: str, name: str) -> tuple[str, list[dict[str, Any]]]:
@@ -334,14 +344,20 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
 # Prompts
 # --------------------------------------------------------------------------
 
-PROMPT_KEYS = ("id", "text", "user_id", "use_case", "split")
+PROMPT_KEYS = ("id", "text", "user_id", "use_case", "split", "messages")
 
 
 def parse_prompt(obj: Any, source: str) -> Prompt:
-    """A :class:`Prompt` from one JSON object; unknown keys go to ``meta``."""
+    """A :class:`Prompt` from one JSON object (``text``, or chat ``messages``); unknown keys go to ``meta``."""
     obj = _as_object(obj, source)
     pid = _req_id(obj, "id", source)
-    text = _text(obj, "text", source)
+    turns = None
+    if obj.get("messages") is not None:
+        if obj.get("text") is not None:
+            _fail(source, "text", "give either `text` or `messages`, not both")
+        text, turns = _prompt_from_messages(_check_messages(obj["messages"], source, "messages"), source, "messages")
+    else:
+        text = _text(obj, "text", source)
     user_id = _req_id(obj, "user_id", source)
     use_case = "other"
     raw_use_case = _opt_text(obj, "use_case", source)
@@ -353,7 +369,7 @@ def parse_prompt(obj: Any, source: str) -> Prompt:
     if split is not None and split not in SPLITS:
         _fail(source, "split", f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
     return Prompt(id=pid, text=text, user_id=user_id, use_case=use_case, split=split,
-                  meta=_meta(obj, PROMPT_KEYS), source=source)
+                  meta=_meta(obj, PROMPT_KEYS), source=source, turns=turns)
 
 
 def load_prompts(path: str | Path) -> list[Prompt]:
@@ -379,37 +395,39 @@ def _index(prompts: PromptIndex | Iterable[Prompt] | None) -> PromptIndex | None
     return {p.id: p for p in prompts}
 
 
-def _resolve_prompt(text: str | None, prompt_id: str | None, source: str,
-                    prompts: PromptIndex | None) -> str:
-    """The prompt text of a demonstration or ranking.
+def _resolve_prompt(text: str | None, turns: Turns | None, prompt_id: str | None, source: str,
+                    prompts: PromptIndex | None) -> tuple[str, Turns | None]:
+    """(text, turns) of the prompt of a demonstration or ranking.
 
-    The text comes from the record itself or from ``prompt_id`` looked up in
-    ``prompts``. When both are there, they must agree (ignoring surrounding
-    whitespace); an id that ``prompts`` does not hold is an error.
+    The prompt comes from the record itself or from ``prompt_id`` looked up in
+    ``prompts`` (turns included). When both are there, the texts must agree
+    (ignoring surrounding whitespace); an id that ``prompts`` does not hold is
+    an error.
     """
     if prompt_id is not None and prompts is not None:
         known = prompts.get(prompt_id)
         if known is None:
             _fail(source, "prompt_id", f"unknown prompt id {prompt_id!r} (not in the prompts file)")
         if text is None:
-            return known.text
+            return known.text, known.turns
         if text.strip() != known.text.strip():
             _fail(source, "prompt", f"differs from the text of prompt id {prompt_id!r} ({known.source or 'prompts'})")
+        turns = turns or known.turns
     if text is None:
         if prompt_id is not None:
             _fail(source, "prompt", f"missing: give the prompt text, or a prompts file to resolve prompt_id {prompt_id!r}")
         _fail(source, "prompt", "missing: give `prompt` (text or messages) or `prompt_id`")
-    return text
+    return text, turns
 
 
-def _prompt_field(obj: Mapping[str, Any], source: str) -> str | None:
-    """The ``prompt`` key as text: a string, or a list of chat messages."""
+def _prompt_field(obj: Mapping[str, Any], source: str) -> tuple[str | None, Turns | None]:
+    """(text, turns) of the ``prompt`` key: a string, or a list of chat messages."""
     value = obj.get("prompt")
     if value is None:
-        return None
+        return None, None
     if isinstance(value, list):
         return _prompt_from_messages(_check_messages(value, source, "prompt"), source, "prompt")
-    return _text(obj, "prompt", source)
+    return _text(obj, "prompt", source), None
 
 
 # --------------------------------------------------------------------------
@@ -424,7 +442,8 @@ def parse_demonstration(obj: Any, source: str, prompts: PromptIndex | Iterable[P
     """A :class:`Demonstration` from ``{prompt | prompt_id, response}`` or ``{messages}``.
 
     In the chat form the last message is the assistant's response and the
-    earlier turns, rendered by :func:`render_messages`, are the prompt.
+    earlier turns are the prompt (kept in ``turns``; ``prompt`` is their
+    transcript by :func:`render_messages`).
     """
     obj = _as_object(obj, source)
     prompts = _index(prompts)
@@ -433,18 +452,20 @@ def parse_demonstration(obj: Any, source: str, prompts: PromptIndex | Iterable[P
         for key in ("prompt", "response"):
             if obj.get(key) is not None:
                 _fail(source, key, "give either `messages` or `prompt`/`response`, not both")
-        response, turns = _assistant_reply(obj["messages"], source, "messages")
-        text = _prompt_from_messages(turns, source, "messages")
+        response, earlier = _assistant_reply(obj["messages"], source, "messages")
+        text, turns = _prompt_from_messages(earlier, source, "messages")
     else:
-        text = _prompt_field(obj, source)
+        text, turns = _prompt_field(obj, source)
         response = _text(obj, "response", source)
+    text, turns = _resolve_prompt(text, turns, prompt_id, source, prompts)
     return Demonstration(
-        prompt=_resolve_prompt(text, prompt_id, source, prompts),
+        prompt=text,
         response=response,
         labeler_id=_opt_id(obj, "labeler_id", source),
         prompt_id=prompt_id,
         source=source,
         meta=_meta(obj, DEMONSTRATION_KEYS),
+        turns=turns,
     )
 
 
@@ -475,8 +496,8 @@ def _responses(obj: Mapping[str, Any], source: str) -> list[str]:
     for i, r in enumerate(value):
         if not isinstance(r, str):
             _fail(source, "responses", f"response {i} is {_jtype(r)}, expected a string")
-        if not r.strip():
-            _fail(source, "responses", f"response {i} is empty")
+        if r and not r.strip():
+            _fail(source, "responses", f'response {i} is whitespace only (an empty response is written as "")')
     return list(value)
 
 
@@ -558,8 +579,9 @@ def _pair_side(obj: Mapping[str, Any], key: str, source: str) -> tuple[str, list
     return _text(obj, key, source), []
 
 
-def _pair_row(obj: Mapping[str, Any], source: str) -> tuple[str | None, list[str], list[list[int]]]:
-    """(prompt text, responses, ranking) of a ``{prompt, chosen, rejected}`` row.
+def _pair_row(obj: Mapping[str, Any], source: str
+              ) -> tuple[str | None, Turns | None, list[str], list[list[int]]]:
+    """(prompt text, prompt turns, responses, ranking) of a ``{prompt, chosen, rejected}`` row.
 
     ``prompt`` may be a string or chat messages (TRL's conversational format).
     When ``chosen``/``rejected`` are conversations, the turns before their
@@ -575,15 +597,14 @@ def _pair_row(obj: Mapping[str, Any], source: str) -> tuple[str | None, list[str
         _fail(source, "rejected", "its earlier turns differ from those of `chosen` (they must share the prompt)")
     prompt = obj.get("prompt")
     if isinstance(prompt, list):
-        turns = _check_messages(prompt, source, "prompt") + chosen_turns
-        text = _prompt_from_messages(turns, source, "prompt")
+        text, turns = _prompt_from_messages(_check_messages(prompt, source, "prompt") + chosen_turns, source, "prompt")
     elif chosen_turns:
         if prompt is not None:
             _fail(source, "prompt", "a text prompt cannot be combined with conversational chosen/rejected turns")
-        text = _prompt_from_messages(chosen_turns, source, "chosen")
+        text, turns = _prompt_from_messages(chosen_turns, source, "chosen")
     else:
-        text = _prompt_field(obj, source)
-    return text, [chosen, rejected], [[0], [1]]
+        text, turns = _prompt_field(obj, source)
+    return text, turns, [chosen, rejected], [[0], [1]]
 
 
 def parse_ranking(obj: Any, source: str, prompts: PromptIndex | Iterable[Prompt] | None = None) -> Ranking:
@@ -592,14 +613,15 @@ def parse_ranking(obj: Any, source: str, prompts: PromptIndex | Iterable[Prompt]
     prompts = _index(prompts)
     prompt_id = _opt_id(obj, "prompt_id", source)
     if "chosen" in obj or "rejected" in obj:
-        text, responses, groups = _pair_row(obj, source)
+        text, turns, responses, groups = _pair_row(obj, source)
     else:
-        text = _prompt_field(obj, source)
+        text, turns = _prompt_field(obj, source)
         responses = _responses(obj, source)
         groups = _ranking_groups(obj.get("ranking"), len(responses), source)
     k = len(responses)
+    text, turns = _resolve_prompt(text, turns, prompt_id, source, prompts)
     return Ranking(
-        prompt=_resolve_prompt(text, prompt_id, source, prompts),
+        prompt=text,
         responses=responses,
         ranking=groups,
         likert=_likert(obj.get("likert"), k, source),
@@ -609,6 +631,7 @@ def parse_ranking(obj: Any, source: str, prompts: PromptIndex | Iterable[Prompt]
         comment=_opt_text(obj, "comment", source),
         source=source,
         meta=_meta(obj, RANKING_KEYS),
+        turns=turns,
     )
 
 
@@ -634,14 +657,18 @@ def to_record(x: Record) -> dict[str, Any]:
     """The canonical JSON object for a Prompt, Demonstration or Ranking.
 
     Optional fields that are None are left out, ``source`` is left out, and
-    ``meta`` keys are merged back at the top level (as they were read).
+    ``meta`` keys are merged back at the top level (as they were read). A
+    prompt given as chat messages is written as messages (``messages`` for a
+    prompt, ``prompt`` for a demonstration or ranking), so its turns survive.
     """
     if isinstance(x, Prompt):
-        out = {"id": x.id, "text": x.text, "user_id": x.user_id, "use_case": x.use_case, "split": x.split}
+        out = {"id": x.id, "text": None if x.turns else x.text, "messages": x.turns, "user_id": x.user_id,
+               "use_case": x.use_case, "split": x.split}
     elif isinstance(x, Demonstration):
-        out = {"prompt_id": x.prompt_id, "prompt": x.prompt, "response": x.response, "labeler_id": x.labeler_id}
+        out = {"prompt_id": x.prompt_id, "prompt": x.turns or x.prompt, "response": x.response,
+               "labeler_id": x.labeler_id}
     elif isinstance(x, Ranking):
-        out = {"prompt_id": x.prompt_id, "prompt": x.prompt, "responses": list(x.responses),
+        out = {"prompt_id": x.prompt_id, "prompt": x.turns or x.prompt, "responses": list(x.responses),
                "ranking": [list(g) for g in x.ranking], "likert": x.likert,
                "flags": x.flags, "labeler_id": x.labeler_id, "comment": x.comment}
     else:

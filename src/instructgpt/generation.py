@@ -2,12 +2,15 @@
 
 Prompts are left-padded so that every row's next token sits in the last
 column; position ids count real tokens only, so a padded row sees the same
-positions as it would alone. Rows that have emitted EOS keep being fed a pad
-token (masked out) until every row is done or ``max_new_tokens`` is reached.
+positions as it would alone. A response ends at its first stop token (EOS, and
+with a chat template the end-of-turn token: ``ChatFormat.stop_ids``). Rows
+that have stopped keep being fed a pad token (masked out) until every row is
+done or ``max_new_tokens`` is reached.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,9 +22,9 @@ from .models import position_ids_from_mask
 
 @dataclass
 class Generation:
-    """Sampled responses as token ids (ending with EOS when the model stopped)."""
+    """Sampled responses as token ids (ending with the stop token when the model stopped)."""
     responses: list[list[int]]
-    ended: list[bool]          # True when the response ends with EOS
+    ended: list[bool]          # True when the response ends with a stop token
 
     @property
     def lengths(self) -> list[int]:
@@ -53,19 +56,21 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
 
 
 @torch.no_grad()
-def generate(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+def generate(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: int, eos_id: int | Sequence[int],
+             pad_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              generator: torch.Generator | None = None, batch_size: int = 0,
              min_new_tokens: int = 0, lean: bool = True) -> Generation:
-    """Sample one response per prompt. ``batch_size`` > 0 splits very large requests;
-    EOS cannot be sampled before ``min_new_tokens``. ``lean`` runs the per-token steps with
-    ``fast_decode.LeanDecoder`` when it supports the model (same logits, ~3x less overhead)."""
+    """Sample one response per prompt; ``eos_id`` is the stop token or tokens (``ChatFormat.stop_ids``).
+    ``batch_size`` > 0 splits very large requests; no stop token can be sampled before
+    ``min_new_tokens``. ``lean`` runs the per-token steps with ``fast_decode.LeanDecoder`` when
+    it supports the model (same logits, ~3x less overhead)."""
     if batch_size and len(prompts) > batch_size:
         parts = [generate(model, prompts[i:i + batch_size], max_new_tokens, eos_id, pad_id,
                           temperature, top_k, top_p, generator, min_new_tokens=min_new_tokens, lean=lean)
                  for i in range(0, len(prompts), batch_size)]
         return Generation([r for p in parts for r in p.responses], [e for p in parts for e in p.ended])
     device = next(model.parameters()).device
+    stop = torch.tensor(stop_ids(eos_id), dtype=torch.long, device=device)
     was_training = model.training
     model.eval()
     ids, mask = pad(prompts, pad_id, side="left")
@@ -85,11 +90,12 @@ def generate(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: i
     tokens = []
     for step in range(max_new_tokens):
         if step < min_new_tokens:
-            logits[:, eos_id] = float("-inf")
+            logits[:, stop] = float("-inf")
         tok = sample_next(logits, temperature, top_k, top_p, generator)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         tokens.append(tok)
-        done |= tok == eos_id
+        stopped = torch.isin(tok, stop)
+        done |= stopped
         if bool(done.all()):
             break
         if decoder is not None:
@@ -97,7 +103,7 @@ def generate(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: i
             logits = decoder.step(tok, next_pos)
         else:
             if padded:
-                mask = torch.cat([mask, (~done | (tok == eos_id)).long().unsqueeze(-1)], dim=-1)
+                mask = torch.cat([mask, (~done | stopped).long().unsqueeze(-1)], dim=-1)
             out = model(input_ids=tok.unsqueeze(-1), attention_mask=mask if padded else None,
                         position_ids=next_pos, past_key_values=past, use_cache=True)
             past, logits = out.past_key_values, out.logits[:, -1]
@@ -106,12 +112,18 @@ def generate(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: i
     return _collect(torch.stack(tokens, dim=1) if tokens else torch.zeros(B, 0, dtype=torch.long), eos_id)
 
 
-def _collect(tokens: torch.Tensor, eos_id: int) -> Generation:
-    """(B, N) sampled ids -> per-row lists cut after the first EOS."""
+def stop_ids(eos_id: int | Sequence[int]) -> list[int]:
+    """One stop token or several, as a list."""
+    return [int(i) for i in eos_id] if isinstance(eos_id, (list, tuple)) else [int(eos_id)]
+
+
+def _collect(tokens: torch.Tensor, eos_id: int | Sequence[int]) -> Generation:
+    """(B, N) sampled ids -> per-row lists cut after the first stop token."""
+    stops = set(stop_ids(eos_id))
     responses, ended = [], []
     for row in tokens.tolist():
-        if eos_id in row:
-            cut = row.index(eos_id) + 1
+        cut = next((j + 1 for j, t in enumerate(row) if t in stops), None)
+        if cut is not None:
             responses.append(row[:cut])
             ended.append(True)
         else:
@@ -121,6 +133,6 @@ def _collect(tokens: torch.Tensor, eos_id: int) -> Generation:
 
 
 def decode_responses(tokenizer, gen: Generation) -> list[str]:
-    """Token ids -> text, without the EOS."""
+    """Token ids -> text, without the stop token (``ChatFormat.decode`` for one response)."""
     return [tokenizer.decode(r[:-1] if e else r, skip_special_tokens=True).strip()
             for r, e in zip(gen.responses, gen.ended)]

@@ -38,6 +38,7 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -51,14 +52,16 @@ from . import backends
 from . import checkpoint as ckpt
 from . import distributed as dist
 from . import sharding
-from .batching import encode_prompt, pad
+from .batching import ModelContext, RecordEncoder, pad
+from .chat import CHAT_TEMPLATE_HELP, ChatFormat, prompt_input
 from .config import ConfigError, opt
 from .data import DataError, load_prompts
 from .generation import decode_responses
 from .losses import (AdaptiveKLController, FixedKLController, ema_update, entropy_from_logits, gae,
                      kl_estimate, lm_loss_sum, masked_mean, policy_loss, shape_rewards, token_logprobs,
                      value_loss)
-from .models import RewardModel, load_policy, load_tokenizer, pick_device, position_ids_from_mask, set_dropout
+from .models import (ModelLoadError, RewardModel, load_policy, load_tokenizer, pick_device, position_ids_from_mask,
+                     set_dropout)
 from .pretrain import BlockStream, load_corpus, pack_blocks
 from .records import MetricsLog, update_run_info, write_run_info
 from .training import adamw_kernel
@@ -110,8 +113,9 @@ class PPOConfig:
     top_k: int = opt(0, "Top-k sampling (0 = off).")
     top_p: float = opt(1.0, "Nucleus sampling mass (1 = off).")
     max_new_tokens: int = opt(32, "Response length limit.")
-    min_new_tokens: int = opt(0, "EOS cannot be sampled before this many tokens (0 = off).")
+    min_new_tokens: int = opt(0, "No stop token (EOS, end of turn) can be sampled before this many tokens (0 = off).")
     max_prompt_tokens: int = opt(128, "Longer prompts are an error naming the record.")
+    chat_template: str = opt("auto", CHAT_TEMPLATE_HELP)
     no_eos_penalty: float = opt(0.0, "Added to the score of responses that hit max_new_tokens without EOS (e.g. -1; 0 = off).")
     ratio_guard: float = opt(100.0, "Stop with an error when a probability ratio exceeds this (a diverged update).")
     seed: int = opt(0, "Seed for prompt order, sampling and minibatches.")
@@ -257,6 +261,25 @@ def load_reward_fn(spec: str) -> Callable[[list[str], list[str]], list[float]]:
     return getattr(importlib.import_module(module), name)
 
 
+def _check_reward_model_format(fmt: ChatFormat, folder: str) -> None:
+    """Warn when the reward model was trained on another prompt format than the rollouts use
+    (it scores the policy's token ids as they are)."""
+    try:
+        trained_with = load_tokenizer(folder).chat_template
+    except ModelLoadError:
+        return  # a reward model folder without a tokenizer: nothing to compare
+    if (trained_with or None) == fmt.template:
+        return
+    if fmt.template is None:
+        how = "with a chat template, but the rollouts are plain text"
+    elif not trained_with:
+        how = "on plain text, but the rollouts use a chat template"
+    else:
+        how = "with another chat template than the rollouts"
+    warnings.warn(f"reward_model: {folder} was trained {how} ({fmt.describe()}); it scores the rollouts' tokens "
+                  f"as they are, so its scores may mean little (set chat_template to match)", stacklevel=3)
+
+
 # ----------------------------------------------------------------------------- the trainer
 
 class PPOTrainer:
@@ -273,11 +296,14 @@ class PPOTrainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.policy)
+        self.format = ChatFormat.load(self.tokenizer, cfg.chat_template)
+        self.format.apply_to(self.tokenizer)  # saved with the policy
         self.prompt_texts, self.prompt_ids = self._load_prompts()
         self.policy = load_policy(cfg.policy, self.device)
         self.ref = load_policy(cfg.reference or cfg.policy, self.device).eval().requires_grad_(False)
         if cfg.reward_model:
             self.reward_model = RewardModel.from_pretrained(cfg.reward_model, self.device).eval().requires_grad_(False)
+            _check_reward_model_format(self.format, cfg.reward_model)
             self.reward_fn = load_reward_fn(cfg.reward_fn) if cfg.reward_fn else None
         else:
             self.reward_model = None
@@ -333,7 +359,9 @@ class PPOTrainer:
             prompts = [p for p in prompts if p.split in (None, "train")]
         if not prompts:
             raise DataError(f"{self.cfg.prompts}: no training prompts")
-        ids = [encode_prompt(self.tokenizer, p.text, self.cfg.max_prompt_tokens, p.source) for p in prompts]
+        encoder = RecordEncoder(self.format, ModelContext.of_model(self.cfg.policy, self.tokenizer),
+                                self.cfg.max_prompt_tokens, max_new_tokens=self.cfg.max_new_tokens)
+        ids = [encoder.prompt(prompt_input(p), p.source) for p in prompts]
         return [p.text for p in prompts], ids
 
     # ---- sampling prompts in a seeded order (epochs over the prompt set)
@@ -367,7 +395,7 @@ class PPOTrainer:
         gen = self.backend.generate(prompts, self.sampling(), self.generator)
         t1 = time.perf_counter()
         q_ids, q_mask = pad(prompts, tok.pad_token_id, "left")                        # (B, P)
-        r_ids, r_mask = pad([r if r else [tok.eos_token_id] for r in gen.responses], tok.pad_token_id, "right")
+        r_ids, r_mask = pad([r if r else [self.format.end_id] for r in gen.responses], tok.pad_token_id, "right")
         empty = torch.tensor([len(r) == 0 for r in gen.responses])
         r_mask[empty] = 0                                                              # max_new_tokens = 0 edge
         input_ids = torch.cat([q_ids, r_ids], 1).to(self.device)                      # (B, P+R)
@@ -545,8 +573,8 @@ class PPOTrainer:
 
     def sampling(self) -> backends.Sampling:
         cfg, tok = self.cfg, self.tokenizer
-        return backends.Sampling(cfg.max_new_tokens, tok.eos_token_id, tok.pad_token_id, cfg.temperature,
-                                 cfg.top_k, cfg.top_p, cfg.min_new_tokens)
+        return backends.Sampling(cfg.max_new_tokens, self.format.end_id, tok.pad_token_id, cfg.temperature,
+                                 cfg.top_k, cfg.top_p, cfg.min_new_tokens, stop_ids=self.format.stop_ids)
 
     def _update_ema(self) -> None:
         if self.ema_model is None:
@@ -651,7 +679,8 @@ def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None)
     if dist.is_main():
         write_run_info(out, "ppo-ptx" if cfg.ptx_coef > 0 else "ppo", cfg,
                        {"prompts": len(trainer.prompt_ids), "resumed_at_iteration": trainer.iteration,
-                        "sharding": sharding.sharding_mode(trainer.policy), "world_size": dist.world_size()})
+                        "sharding": sharding.sharding_mode(trainer.policy), "world_size": dist.world_size(),
+                        "format": trainer.format.describe()})
     history = []
     bar = tqdm(total=cfg.iterations, initial=trainer.iteration, desc="ppo-ptx" if cfg.ptx_coef > 0 else "ppo",
                disable=not (cfg.progress and dist.is_main()), dynamic_ncols=True)

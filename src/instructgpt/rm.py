@@ -18,7 +18,8 @@ import torch
 
 from . import distributed as dist
 from . import sharding
-from .batching import Encoded, collate_rankings, encode_pair, pad
+from .batching import Encoded, ModelContext, RecordEncoder, collate_rankings, pad
+from .chat import CHAT_TEMPLATE_HELP, ChatFormat, prompt_input
 from .config import ConfigError, opt
 from .data import DataError, Ranking, load_demonstrations, load_prompts, load_rankings
 from .losses import pairwise_accuracy, ranking_loss
@@ -40,6 +41,7 @@ class RMConfig(OptimConfig):
                                "saved config keeps the base model's values).")
     max_prompt_tokens: int = opt(128, "Longer prompts are an error naming the record.")
     max_seq_len: int = opt(256, "Prompt + response tokens; longer responses are cut.")
+    chat_template: str = opt("auto", CHAT_TEMPLATE_HELP)
     batch_size: int = opt(16, "Rankings per optimizer step (paper: 64 prompts).")
     micro_batch_size: int = opt(8, "Rankings per forward pass (each holds K responses).")
     lr: float = opt(3e-5, "Peak learning rate (paper: 9e-6 for the 6B RM).")
@@ -67,11 +69,11 @@ class EncodedRanking:
     source: str
 
 
-def encode_rankings(rankings: list[Ranking], tokenizer, cfg: RMConfig) -> list[EncodedRanking]:
+def encode_rankings(rankings: list[Ranking], encoder: RecordEncoder) -> list[EncodedRanking]:
+    """Each response after its prompt; the reward is read at its last token (the end of turn)."""
     out = []
     for r in rankings:
-        enc = [encode_pair(tokenizer, r.prompt, resp, cfg.max_prompt_tokens, cfg.max_seq_len, r.source)
-               for resp in r.responses]
+        enc = [encoder.pair(prompt_input(r), resp, r.source) for resp in r.responses]
         pairs = r.pairs()
         if not pairs:
             raise DataError(f"{r.source}: ranking: all responses tied; no comparison to learn from")
@@ -132,7 +134,7 @@ def evaluate_rankings(model: RewardModel, rankings: list[EncodedRanking], pad_id
 
 @torch.no_grad()
 def score_sequences(model: RewardModel, seqs: list[list[int]], pad_id: int, device, batch_size: int = 32) -> torch.Tensor:
-    """(N,) rewards of token sequences (prompt + response + EOS)."""
+    """(N,) rewards of token sequences (prompt + response ending with its end token)."""
     was = model.training
     model.eval()
     dropout = set_dropout(model, 0.0)
@@ -145,18 +147,14 @@ def score_sequences(model: RewardModel, seqs: list[list[int]], pad_id: int, devi
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def reference_sequences(cfg: RMConfig, tokenizer, train: list[Ranking], prompts) -> tuple[list[list[int]], str]:
+def reference_sequences(cfg: RMConfig, encoder: RecordEncoder, train: list[Ranking], prompts
+                        ) -> tuple[list[list[int]], str]:
     """Token sequences whose mean reward is set to 0, and a description of where they came from."""
     if cfg.reference:
         demos = load_demonstrations(cfg.reference, prompts)
-        seqs = [encode_pair(tokenizer, d.prompt, d.response, cfg.max_prompt_tokens, cfg.max_seq_len, d.source).ids
-                for d in demos]
+        seqs = [encoder.pair(prompt_input(d), d.response, d.source).ids for d in demos]
         return seqs, f"demonstrations in {cfg.reference}"
-    seqs = []
-    for r in train:
-        for i in r.ranking[0]:
-            seqs.append(encode_pair(tokenizer, r.prompt, r.responses[i], cfg.max_prompt_tokens,
-                                    cfg.max_seq_len, r.source).ids)
+    seqs = [encoder.pair(prompt_input(r), r.responses[i], r.source).ids for r in train for i in r.ranking[0]]
     return seqs, "best-ranked responses of the training rankings"
 
 
@@ -167,18 +165,22 @@ def train_rm(cfg: RMConfig) -> RMResult:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
+    fmt = ChatFormat.load(tokenizer, cfg.chat_template)
+    fmt.apply_to(tokenizer)  # saved with the reward model: scorers render prompts the same way
+    encoder = RecordEncoder(fmt, ModelContext.of_model(cfg.model, tokenizer), cfg.max_prompt_tokens,
+                            max_seq_len=cfg.max_seq_len)
     prompts = {p.id: p for p in load_prompts(cfg.prompts)} if cfg.prompts else None
     train = load_rankings(cfg.train, prompts)
     if not train:
         raise DataError(f"{cfg.train}: no rankings")
-    train_enc = encode_rankings(train, tokenizer, cfg)
-    valid_enc = encode_rankings(load_rankings(cfg.valid, prompts), tokenizer, cfg) if cfg.valid else []
+    train_enc = encode_rankings(train, encoder)
+    valid_enc = encode_rankings(load_rankings(cfg.valid, prompts), encoder) if cfg.valid else []
 
     model = RewardModel.from_policy(cfg.model, device, dropout=cfg.dropout)
     out = Path(cfg.out_dir)
     if dist.is_main():
         write_run_info(out, "rm", cfg, {"train_rankings": len(train_enc),
-                                        "train_pairs": sum(len(r.pairs) for r in train_enc)})
+                                        "train_pairs": sum(len(r.pairs) for r in train_enc), "format": fmt.describe()})
     log = MetricsLog(out / "metrics.jsonl", enabled=dist.is_main())
 
     def evaluate(m, epoch):
@@ -187,7 +189,7 @@ def train_rm(cfg: RMConfig) -> RMResult:
     select = ("rm/val_loss", "min") if valid_enc else None
     result = fit(model, RankingTask(train_enc, tokenizer.pad_token_id), cfg, device, evaluate, select, log=log)
 
-    seqs, ref_desc = reference_sequences(cfg, tokenizer, train, prompts)
+    seqs, ref_desc = reference_sequences(cfg, encoder, train, prompts)
     with sharding.unsharded(model):  # sharded: weights gathered once, forward passes local to each rank
         model.reward_bias.zero_()
         bias = -score_sequences(model, seqs, tokenizer.pad_token_id, device).mean().item()

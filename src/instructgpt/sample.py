@@ -2,9 +2,16 @@
 
 Output rows are ``{"prompt", "prompt_id", "use_case", "responses": [K strings]}``:
 the ranking format without ``ranking``, which the labeling app imports and a
-labeler (or the simulated panel) completes. Responses are made distinct where
-possible: duplicates (after whitespace normalisation) and empty responses are
-resampled up to ``max_tries`` times; the number still duplicated is reported.
+labeler (or the simulated panel) completes. A prompt given as chat messages is
+written as its messages. Prompts are rendered by ``chat.ChatFormat`` (the
+policy's chat template unless ``chat_template`` says otherwise), and a response
+ends at the end-of-turn token or EOS.
+
+Responses are made distinct where possible: duplicates (after whitespace
+normalisation) and empty responses are resampled up to ``max_tries`` times; the
+number still duplicated is reported. An empty response that remains is written
+as ``""``: the reward model encodes it as the end token alone, the very
+sequence PPO scores when the policy stops at once.
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from .batching import encode_prompt
+from .batching import ModelContext, RecordEncoder
+from .chat import CHAT_TEMPLATE_HELP, ChatFormat, prompt_input
 from .config import ConfigError, opt
 from .data import DataError, Prompt, load_prompts, write_jsonl
 from .generation import decode_responses, generate
@@ -35,6 +43,7 @@ class SampleConfig:
     top_p: float = opt(1.0, "Nucleus sampling mass (1 = off).")
     max_new_tokens: int = opt(64, "Response length limit.")
     max_prompt_tokens: int = opt(128, "Longer prompts are an error naming the record.")
+    chat_template: str = opt("auto", CHAT_TEMPLATE_HELP)
     max_tries: int = opt(3, "Resampling rounds for duplicate or empty responses.")
     batch_size: int = opt(64, "Sequences per generation batch.")
     seed: int = opt(0, "Sampling seed.")
@@ -52,23 +61,26 @@ def _norm(text: str) -> str:
 
 
 def sample_k(policy, tokenizer, prompts: list[Prompt], cfg: SampleConfig) -> list[list[str]]:
-    """K distinct (where possible) decoded responses per prompt."""
+    """K distinct (where possible) decoded responses per prompt ("" for an empty one)."""
     device = next(policy.parameters()).device
     g = torch.Generator(device=device).manual_seed(cfg.seed)
-    ids = [encode_prompt(tokenizer, p.text, cfg.max_prompt_tokens, p.source) for p in prompts]
+    fmt = ChatFormat.load(tokenizer, cfg.chat_template)
+    encoder = RecordEncoder(fmt, ModelContext.of(policy.config, tokenizer), cfg.max_prompt_tokens,
+                            max_new_tokens=cfg.max_new_tokens)
+    ids = [encoder.prompt(prompt_input(p), p.source) for p in prompts]
     out: list[list[str]] = [[] for _ in prompts]
     for attempt in range(cfg.max_tries + 1):
         need = [(i, cfg.k - len(out[i])) for i in range(len(prompts)) if len(out[i]) < cfg.k]
         if not need:
             break
         flat = [i for i, n in need for _ in range(n)]
-        gen = generate(policy, [ids[i] for i in flat], cfg.max_new_tokens, tokenizer.eos_token_id,
-                       tokenizer.pad_token_id, cfg.temperature, cfg.top_k, cfg.top_p, g, cfg.batch_size)
+        gen = generate(policy, [ids[i] for i in flat], cfg.max_new_tokens, fmt.stop_ids, tokenizer.pad_token_id,
+                       cfg.temperature, cfg.top_k, cfg.top_p, g, cfg.batch_size)
         last = attempt == cfg.max_tries
         for i, text in zip(flat, decode_responses(tokenizer, gen)):
             seen = {_norm(t) for t in out[i]}
-            if len(out[i]) < cfg.k and (last or (text.strip() and _norm(text) not in seen)):
-                out[i].append(text if text.strip() else "(empty response)")
+            if len(out[i]) < cfg.k and (last or (text and _norm(text) not in seen)):
+                out[i].append(text)
     return out
 
 
@@ -84,10 +96,13 @@ def run_sample(cfg: SampleConfig) -> dict:
     tokenizer = load_tokenizer(cfg.policy)
     policy = load_policy(cfg.policy, device)
     responses = sample_k(policy, tokenizer, prompts, cfg)
-    rows = [{"prompt": p.text, "prompt_id": p.id, "use_case": p.use_case, "responses": r}
+    rows = [{"prompt": p.turns or p.text, "prompt_id": p.id, "use_case": p.use_case, "responses": r}
             for p, r in zip(prompts, responses)]
     write_jsonl(Path(cfg.out), rows)
     duplicated = sum(len({_norm(x) for x in r}) < len(r) for r in responses)
+    empty = sum(x == "" for r in responses for x in r)
+    kept = [f"{duplicated} prompts kept a duplicate"] if duplicated else []
+    kept += [f'{empty} responses stayed empty (written as "")'] if empty else []
     print(f"sample: {len(rows)} prompts x {cfg.k} responses -> {cfg.out}"
-          + (f" ({duplicated} prompts kept a duplicate after {cfg.max_tries} resampling rounds)" if duplicated else ""))
-    return {"prompts": len(rows), "duplicated": duplicated, "out": cfg.out}
+          + (f" ({'; '.join(kept)} after {cfg.max_tries} resampling rounds)" if kept else ""))
+    return {"prompts": len(rows), "duplicated": duplicated, "empty": empty, "out": cfg.out}

@@ -18,7 +18,8 @@ import torch
 
 from . import distributed as dist
 from . import sharding
-from .batching import Encoded, collate_lm, encode_pair, encode_prompt, pad
+from .batching import Encoded, ModelContext, RecordEncoder, collate_lm, pad
+from .chat import CHAT_TEMPLATE_HELP, ChatFormat, prompt_input
 from .config import ConfigError, opt
 from .data import DataError, Demonstration, load_demonstrations, load_prompts
 from .generation import generate
@@ -43,6 +44,7 @@ class SFTConfig(OptimConfig):
                               "(0 = off). The saved config keeps the base model's own values.")
     max_prompt_tokens: int = opt(128, "Longer prompts are an error naming the record.")
     max_seq_len: int = opt(256, "Prompt + response tokens; longer responses are cut (counted in the log).")
+    chat_template: str = opt("auto", CHAT_TEMPLATE_HELP)
     lr: float = opt(1e-4, "Peak learning rate (paper: 9.65e-6 for 1.3B; tiny models want more).")
 
     def validate(self) -> None:
@@ -103,25 +105,24 @@ def mean_lm_loss(model, examples: list[Encoded], pad_id: int, device, batch_size
     return total / max(count, 1.0)
 
 
-def encode_demonstrations(demos: list[Demonstration], tokenizer, cfg: SFTConfig) -> tuple[list[Encoded], int]:
+def encode_demonstrations(demos: list[Demonstration], encoder: RecordEncoder) -> tuple[list[Encoded], int]:
     """Encode all demonstrations; returns (examples, how many responses were cut to fit)."""
-    encoded = [encode_pair(tokenizer, d.prompt, d.response, cfg.max_prompt_tokens, cfg.max_seq_len, d.source)
-               for d in demos]
+    encoded = [encoder.pair(prompt_input(d), d.response, d.source) for d in demos]
     return encoded, sum(e.truncated for e in encoded)
 
 
 @torch.no_grad()
-def mean_reward_of_samples(policy, reward_model: RewardModel, prompt_ids: list[list[int]], tokenizer,
+def mean_reward_of_samples(policy, reward_model: RewardModel, prompt_ids: list[list[int]], fmt: ChatFormat,
                            max_new_tokens: int, seed: int, batch_size: int = 32) -> float:
     """Sample one response per prompt (temperature 1, fixed seed) and average the RM scores."""
     device = next(policy.parameters()).device
     g = torch.Generator(device=device).manual_seed(seed)
-    gen = generate(policy, prompt_ids, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
-                   generator=g, batch_size=batch_size)
+    pad_id = fmt.tokenizer.pad_token_id
+    gen = generate(policy, prompt_ids, max_new_tokens, fmt.stop_ids, pad_id, generator=g, batch_size=batch_size)
     scores = []
     for i in range(0, len(prompt_ids), batch_size):
         seqs = [p + r for p, r in zip(prompt_ids[i:i + batch_size], gen.responses[i:i + batch_size])]
-        ids, mask = pad(seqs, tokenizer.pad_token_id, "right")
+        ids, mask = pad(seqs, pad_id, "right")
         scores.append(reward_model(ids.to(device), mask.to(device)).cpu())
     return torch.cat(scores).mean().item()
 
@@ -133,22 +134,27 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
+    fmt = ChatFormat.load(tokenizer, cfg.chat_template)
+    fmt.apply_to(tokenizer)  # the saved tokenizer carries the format trained with (chat_template=auto later)
+    encoder = RecordEncoder(fmt, ModelContext.of_model(cfg.model, tokenizer), cfg.max_prompt_tokens,
+                            max_seq_len=cfg.max_seq_len, max_new_tokens=cfg.max_new_tokens)
     prompts = {p.id: p for p in load_prompts(cfg.prompts)} if cfg.prompts else None
     train_demos = load_demonstrations(cfg.train, prompts)
     if not train_demos:
         raise DataError(f"{cfg.train}: no demonstrations")
-    train_ex, cut = encode_demonstrations(train_demos, tokenizer, cfg)
+    train_ex, cut = encode_demonstrations(train_demos, encoder)
     valid_demos = load_demonstrations(cfg.valid, prompts) if cfg.valid else []
-    valid_ex, _ = encode_demonstrations(valid_demos, tokenizer, cfg)
+    valid_ex, _ = encode_demonstrations(valid_demos, encoder)
 
     model = load_policy(cfg.model, device, dropout=cfg.dropout)
     out = Path(cfg.out_dir)
     if dist.is_main():
-        write_run_info(out, "sft", cfg, {"train_examples": len(train_ex), "responses_truncated": cut})
+        write_run_info(out, "sft", cfg, {"train_examples": len(train_ex), "responses_truncated": cut,
+                                         "format": fmt.describe()})
     log = MetricsLog(out / "metrics.jsonl", enabled=dist.is_main())
 
     reward_model = RewardModel.from_pretrained(cfg.reward_model, device).eval() if cfg.reward_model else None
-    select_prompts = _selection_prompts(valid_demos or train_demos, tokenizer, cfg) if reward_model else []
+    select_prompts = _selection_prompts(valid_demos or train_demos, encoder, cfg) if reward_model else []
 
     def evaluate(m, epoch: int) -> dict[str, float]:
         metrics = {}
@@ -156,7 +162,7 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
             metrics["sft/val_loss"] = mean_lm_loss(m, valid_ex, tokenizer.pad_token_id, device)
         if reward_model is not None:
             metrics["sft/val_rm_score"] = mean_reward_of_samples(
-                m, reward_model, select_prompts, tokenizer, cfg.max_new_tokens, cfg.seed)
+                m, reward_model, select_prompts, fmt, cfg.max_new_tokens, cfg.seed)
         return metrics
 
     if reward_model is not None:
@@ -179,12 +185,12 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
     return SFTResult(str(out), result, selected_by, val_loss)
 
 
-def _selection_prompts(demos: list[Demonstration], tokenizer, cfg: SFTConfig) -> list[list[int]]:
+def _selection_prompts(demos: list[Demonstration], encoder: RecordEncoder, cfg: SFTConfig) -> list[list[int]]:
     seen, out = set(), []
     for d in demos:
         if d.prompt not in seen:
             seen.add(d.prompt)
-            out.append(encode_prompt(tokenizer, d.prompt, cfg.max_prompt_tokens, d.source))
+            out.append(encoder.prompt(prompt_input(d), d.source))
         if len(out) >= cfg.select_prompts:
             break
     return out

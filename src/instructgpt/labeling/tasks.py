@@ -156,12 +156,13 @@ def _add_tasks(store: Store, rows: list[dict[str, Any]], result: ImportResult,
     return result
 
 
-def _check_record_text(source: str, **fields: str) -> None:
-    """``DataError("file:line: field: what")`` unless every field is storable text."""
+def _check_record_text(source: str, optional: set[str] = frozenset(), **fields: str) -> None:
+    """``DataError("file:line: field: what")`` unless every field is storable text
+    (the ``optional`` ones may be empty)."""
     for name, value in fields.items():
         limit = MAX_PROMPT_ID if name in ("id", "prompt_id", "user_id") else MAX_TEXT
         try:
-            check_text(value, name, limit)
+            check_text(value, name, limit, required=name not in optional)
         except Invalid as e:
             raise data.DataError(f"{source}: {e}") from None
 
@@ -204,8 +205,9 @@ def read_rank_tasks(path: str | Path, k_min: int = K_MIN, k_max: int = K_MAX) ->
         if not isinstance(prompt, str) or not prompt.strip():
             raise data.DataError(f"{source}: prompt: expected non-empty text")
         responses = obj.get("responses")
-        if not isinstance(responses, list) or not all(isinstance(r, str) and r.strip() for r in responses):
-            raise data.DataError(f"{source}: responses: expected an array of non-empty strings")
+        # "" is an empty response (the model stopped at once; ``instructgpt sample`` writes it so)
+        if not isinstance(responses, list) or not all(isinstance(r, str) and (r.strip() or not r) for r in responses):
+            raise data.DataError(f"{source}: responses: expected an array of strings, each non-empty or \"\"")
         if not k_min <= len(responses) <= k_max:
             raise data.DataError(f"{source}: responses: K={len(responses)}; ranking tasks need {k_min} to {k_max}")
         pid = obj.get("prompt_id")
@@ -213,7 +215,9 @@ def read_rank_tasks(path: str | Path, k_min: int = K_MIN, k_max: int = K_MAX) ->
             pid = "sha256:" + hashlib.sha256(prompt.encode()).hexdigest()[:16]
         if not isinstance(pid, (str, int)) or isinstance(pid, bool) or not str(pid).strip():
             raise data.DataError(f"{source}: prompt_id: expected a non-empty string or integer")
-        _check_record_text(source, prompt_id=str(pid), prompt=prompt,
+        # a response may be "" (the model wrote nothing: `instructgpt sample` keeps it so)
+        _check_record_text(source, optional={f"responses[{i}]" for i in range(len(responses))},
+                           prompt_id=str(pid), prompt=prompt,
                            **{f"responses[{i}]": r for i, r in enumerate(responses)})
         meta = {k: v for k, v in obj.items() if k not in ("prompt", "prompt_id", "responses")}
         rows.append({"kind": "rank", "prompt_id": str(pid), "prompt": prompt,

@@ -1,0 +1,246 @@
+"""How prompts and responses become token ids: through a chat template, or as plain text.
+
+Every stage (sft, rm, sample, ppo, eval) turns records into ids here and only
+here, so the text a model is trained on is the text it is later prompted with.
+
+``ChatFormat.load(tokenizer, option)`` with ``option`` (the stages' ``chat_template=``):
+
+- ``auto``: the tokenizer's own chat template when it has one, else plain text;
+- ``none``: plain text even when the tokenizer has a template;
+- a path: the Jinja chat template in that file.
+
+With a template, the prompt is the conversation rendered with the generation
+prompt (a text prompt is one user message), and the response is the assistant
+turn that follows, up to and including the template's end-of-turn token (the
+first special token the template writes after the reply: ``<|im_end|>`` for
+ChatML, ``<|eot_id|>`` for Llama 3). The response ids are cut from the
+rendering of the whole conversation, so prompt ids + response ids are exactly
+the template's tokens for it up to that end-of-turn token (what follows it,
+such as ChatML's newline, is never generated and is left out). A template that
+renders earlier turns differently once a reply follows breaks that property and
+is an error naming the record. The template's text is tokenised without adding
+special tokens (the template writes its own BOS, if any), and message contents
+are tokenised as plain text: a literal ``<|im_end|>`` inside a reply cannot end
+the turn.
+
+Without a template (plain text)::
+
+    text prompt:      "{prompt}\\n" "{response}" EOS       (no newline added when the prompt ends with one)
+    messages prompt:  "User: {content}\\n\\nAssistant:" " {response}" EOS
+
+Prompt and response are tokenised separately (the prompt with the tokenizer's
+own special tokens such as BOS, the response without), so the boundary is
+exact. An empty response is the end token alone (EOS, or the end-of-turn token
+with a template): what a model that stops at once produced.
+
+Generation stops at any of ``stop_ids``: the end-of-turn token and EOS.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError
+from .data import DataError, render_messages
+
+Conversation = list[dict[str, str]]
+PromptInput = str | Conversation          # a prompt's text, or its chat turns
+
+CHAT_TEMPLATE_HELP = ("auto (the tokenizer's chat template when it has one, else plain text), none (plain text: "
+                      "prompt, newline, response, EOS), or a Jinja chat-template file.")
+_PROBE = "Probe reply 42."                # a reply whose text any template keeps as is
+
+
+def prompt_input(record: Any) -> PromptInput:
+    """What to render for a Prompt, Demonstration or Ranking: its chat turns when it has them, else its text."""
+    turns = getattr(record, "turns", None)
+    if turns:
+        return turns
+    text = getattr(record, "text", None)
+    return text if text is not None else record.prompt
+
+
+def as_conversation(prompt: PromptInput) -> Conversation:
+    """Chat turns of a prompt: a text prompt is one user message."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+class ChatFormat:
+    """Renders prompts and responses of one tokenizer, with or without a chat template.
+
+    ``template`` is None for plain text. ``end_id`` ends every response
+    (end-of-turn token, or EOS for plain text); ``stop_ids`` are the tokens
+    that stop generation (``end_id`` first, then EOS when different).
+    """
+
+    def __init__(self, tokenizer, template: str | None = None, origin: str = "none"):
+        self.tokenizer = tokenizer
+        self.template = template
+        self.origin = origin                      # "tokenizer", a file path, or "none"
+        self.eos_id: int = tokenizer.eos_token_id
+        self._special = _special_ids(tokenizer)
+        self.end_id = self._find_end_of_turn() if template is not None else self.eos_id
+        self.stop_ids: tuple[int, ...] = tuple(dict.fromkeys([self.end_id, self.eos_id]))
+        self._cache: tuple[str, list[int]] | None = None  # last rendered prompt (K responses share it)
+
+    @classmethod
+    def load(cls, tokenizer, option: str = "auto") -> "ChatFormat":
+        """The format that ``chat_template=option`` asks for (see the module docstring)."""
+        option = (option or "auto").strip()
+        if option == "none":
+            return cls(tokenizer)
+        if option == "auto":
+            template = tokenizer.chat_template
+            if isinstance(template, dict):  # several named templates: the default one
+                template = template.get("default")
+            return cls(tokenizer, template, "tokenizer") if template else cls(tokenizer)
+        path = Path(option)
+        if not path.is_file():
+            raise ConfigError(f"chat_template: {option}: not auto, none or an existing template file")
+        try:
+            template = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"chat_template: {option}: cannot read: {e}") from None
+        if not template.strip():
+            raise ConfigError(f"chat_template: {option}: empty file")
+        return cls(tokenizer, template, str(path))
+
+    # ---- what it is
+
+    @property
+    def uses_template(self) -> bool:
+        return self.template is not None
+
+    def describe(self) -> str:
+        """One line for logs and instructgpt.json."""
+        if self.template is None:
+            return "plain text (prompt, newline, response, EOS)"
+        where = "the tokenizer's chat template" if self.origin == "tokenizer" else f"chat template {self.origin}"
+        return f"{where}; responses end with {self.token(self.end_id)}"
+
+    def token(self, token_id: int) -> str:
+        return str(self.tokenizer.convert_ids_to_tokens(token_id))
+
+    def apply_to(self, tokenizer) -> None:
+        """Give ``tokenizer`` this format's template (None for plain text) before saving it,
+        so that later stages with ``chat_template=auto`` use the format this one trained with."""
+        tokenizer.chat_template = self.template
+
+    # ---- rendering
+
+    def render_prompt(self, prompt: PromptInput) -> str:
+        """The text the model sees before its reply (for display; ids come from ``prompt_ids``)."""
+        if self.template is not None:
+            return self._render(as_conversation(prompt), True, tokenize=False)
+        return self._plain_prompt(prompt)
+
+    def prompt_ids(self, prompt: PromptInput, source: str = "") -> list[int]:
+        """Ids of the prompt, ending where the response begins (the generation prompt with a template)."""
+        where = source or "<prompt>"
+        if not prompt or (isinstance(prompt, str) and not prompt.strip()):
+            raise DataError(f"{where}: prompt: empty")
+        if self.template is not None:
+            key = json.dumps(prompt)
+            if self._cache is None or self._cache[0] != key:
+                self._cache = (key, self._render(as_conversation(prompt), True, source=where))
+            ids = list(self._cache[1])
+        else:
+            ids = self.tokenizer(self._plain_prompt(prompt, where), add_special_tokens=True,
+                                 split_special_tokens=True)["input_ids"]
+        if not ids:
+            raise DataError(f"{where}: prompt: empty after tokenisation")
+        bos = self.tokenizer.bos_token_id
+        if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+            raise DataError(f"{where}: prompt: starts with BOS twice ({self.token(bos)}); the chat template "
+                            f"writes a BOS and another is added")
+        return ids
+
+    def encode(self, prompt: PromptInput, response: str, source: str = "") -> tuple[list[int], list[int]]:
+        """(prompt ids, response ids); the response ids end with ``end_id``. No length limits here."""
+        where = source or "<record>"
+        p = self.prompt_ids(prompt, where)
+        if self.template is None:
+            return p, self._plain_response(prompt, response)
+        full = self._render(as_conversation(prompt) + [{"role": "assistant", "content": response}], False,
+                            source=where)
+        if full[:len(p)] != p:
+            i = next((j for j, (a, b) in enumerate(zip(full, p)) if a != b), min(len(full), len(p)))
+            raise DataError(
+                f"{where}: chat template: the conversation rendered with the reply does not begin with the "
+                f"rendered prompt (first difference at token {i} of {len(p)}: "
+                f"{self._show(full[i:i + 3])} instead of {self._show(p[i:i + 3])}); the template changes "
+                f"earlier turns once a reply follows, or the reply merges with the generation prompt, "
+                f"so the prompt/response boundary would be wrong")
+        rest = full[len(p):]
+        if self.end_id not in rest:
+            raise DataError(f"{where}: chat template: the assistant turn has no end-of-turn token "
+                            f"{self.token(self.end_id)}")
+        return p, rest[:rest.index(self.end_id) + 1]
+
+    # ---- internals
+
+    def _plain_prompt(self, prompt: PromptInput, source: str = "<prompt>") -> str:
+        if isinstance(prompt, str):
+            return prompt if prompt.endswith("\n") else prompt + "\n"
+        return render_messages(list(prompt), source=source)  # ends with the "Assistant:" cue
+
+    def _plain_response(self, prompt: PromptInput, response: str) -> list[int]:
+        if not response:
+            return [self.end_id]
+        text = response if isinstance(prompt, str) else " " + response  # "Assistant: reply", as in earlier turns
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] + [self.end_id]
+
+    def _render(self, conversation: Conversation, generation_prompt: bool, tokenize: bool = True,
+                source: str = "<prompt>"):
+        try:
+            out = self.tokenizer.apply_chat_template(
+                conversation, chat_template=self.template, add_generation_prompt=generation_prompt,
+                tokenize=tokenize, return_dict=tokenize, sanitize_control_tokens=tokenize)
+        except Exception as e:  # jinja's TemplateError, raise_exception() in templates, missing variables
+            raise DataError(f"{source}: chat template: cannot render this conversation: {e}") from None
+        return list(out["input_ids"]) if tokenize else out
+
+    def _show(self, ids: Sequence[int]) -> str:
+        return repr("".join(self.token(i) for i in ids))
+
+    def _find_end_of_turn(self) -> int:
+        """The first special token the template writes after an assistant reply."""
+        conv = [{"role": "user", "content": "Hi"}]
+        origin = "the tokenizer's" if self.origin == "tokenizer" else self.origin
+        try:
+            prompt = self._render(conv, True, tokenize=False)
+            full = self._render(conv + [{"role": "assistant", "content": _PROBE}], False, tokenize=False)
+        except DataError as e:
+            raise ConfigError(f"chat_template: {origin}: {str(e).split(': ', 1)[1]}") from None
+        if not full.startswith(prompt):
+            raise ConfigError(f"chat_template: {origin}: a conversation rendered with a reply does not begin "
+                              f"with the rendered prompt, so the reply cannot be separated from its prompt")
+        turn = full[len(prompt):]
+        at = turn.find(_PROBE)
+        if at < 0:
+            raise ConfigError(f"chat_template: {origin}: the assistant's reply does not appear verbatim in "
+                              f"the rendering ({turn!r})")
+        if turn[:at].strip():
+            raise ConfigError(f"chat_template: {origin}: {turn[:at]!r} is written before the reply but not by "
+                              f"the generation prompt (does the template handle add_generation_prompt?)")
+        after = self.tokenizer(turn[at + len(_PROBE):], add_special_tokens=False)["input_ids"]
+        for i in after:
+            if i in self._special:
+                return i
+        raise ConfigError(f"chat_template: {origin}: no special token follows the assistant's reply "
+                          f"({turn[at + len(_PROBE):]!r}), so a response could not end; end turns with a "
+                          f"special token such as {{{{ eos_token }}}}")
+
+
+def _special_ids(tokenizer) -> set[int]:
+    """Ids of special tokens: the named ones and added tokens marked special (e.g. <|eot_id|>)."""
+    ids = set(tokenizer.all_special_ids)
+    for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items():
+        if getattr(tok, "special", False):
+            ids.add(int(i))
+    return ids

