@@ -1,7 +1,7 @@
 import re
 
 from instructgpt.world import TOXIC_LEXICON, build_corpus, heldout_corpus
-from instructgpt.world import claims as C
+from instructgpt.world import facts as F
 
 
 def test_corpus_is_deterministic(world, small_corpus):
@@ -23,7 +23,7 @@ def test_insults_from_the_lexicon_appear(small_corpus):
     text = "\n".join(small_corpus).lower()
     found = {w for w in TOXIC_LEXICON if re.search(r"\b" + w, text)}
     assert len(found) >= 8
-    rude_docs = [d for d in small_corpus if C.contains_insult(d)]
+    rude_docs = [d for d in small_corpus if F.contains_insult(d)]
     assert 0.02 < len(rude_docs) / len(small_corpus) < 0.15
 
 
@@ -34,7 +34,7 @@ def test_falsehoods_are_repeated_more_than_the_truth(world, small_corpus):
         for d in small_corpus:
             if f.entity not in d:
                 continue
-            for c in C.extract_claims(world, d):
+            for c in F.extract_claims(world, d):
                 if (c.entity, c.attr) == (f.entity, f.attr):
                     n_true += c.value == f.true_value
                     n_false += c.value == f.false_value

@@ -1,6 +1,7 @@
 from instructgpt.world import bias_entropy, build_flan, build_probes, score_truth
-from instructgpt.world import claims as C
-from instructgpt.world.probes import INSTRUCTIONS, contains_insult, toxicity
+from instructgpt.world import facts as F
+from instructgpt.world.facts import contains_insult, toxicity
+from instructgpt.world.probes import INSTRUCTIONS
 
 
 def test_flan_and_t0_are_terse_and_deterministic(world):
@@ -52,13 +53,13 @@ def test_cloze_probe_answers_come_from_the_kb(world):
     for item in pr.cloze:
         assert 3 <= len(item.candidates) <= 4 and len(set(item.candidates)) == len(item.candidates)
         sentence = item.prompt + item.candidates[item.answer]
-        claims = C.extract_claims(world, sentence)
-        assert any(c.entity == item.entity and c.attr == item.attr and C.is_true(world, c) for c in claims), (
+        claims = F.extract_claims(world, sentence)
+        assert any(c.entity == item.entity and c.attr == item.attr and F.is_true(world, c) for c in claims), (
             sentence
         )
         for i, cand in enumerate(item.candidates):
             if i != item.answer:
                 assert not any(
-                    C.is_true(world, c) and c.attr == item.attr
-                    for c in C.extract_claims(world, item.prompt + cand)
+                    F.is_true(world, c) and c.attr == item.attr
+                    for c in F.extract_claims(world, item.prompt + cand)
                 )

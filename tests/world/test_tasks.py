@@ -14,7 +14,7 @@ from instructgpt.world import (
 )
 from instructgpt.world import phrases as P
 from instructgpt.world.kb import VOCAB
-from instructgpt.world.taskbase import TASKS
+from instructgpt.world.tasks import TASKS
 
 
 def prompt_of(world, task, seed=0, pred=lambda m: True):

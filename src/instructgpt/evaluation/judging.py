@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data import Prompt
-from ..world.taskbase import TASKS
-from ..world.tasks import CLOSED_DOMAIN
+from ..world.tasks import CLOSED_DOMAIN, TASKS
 from .results import Comparison, Samples
 from .stats import Estimate, likert_mean, rate, win_rate, win_rates_by
 

@@ -11,15 +11,15 @@ See docs/world.md. The usual entry points::
     data = load_world("runs/x/world")           # every later stage: read it back
 """
 
-from .claims import contains_insult, toxicity
 from .corpus import build_corpus, heldout_corpus
 from .datasets import PAPER_PROMPTS, WorldConfig, WorldData, WorldFileError, build_datasets, load_world
+from .facts import contains_insult, toxicity
 from .flan import build_flan
 from .flaws import FLAWS, candidate_responses, candidates, perturb
 from .kb import TOXIC_LEXICON, Entity, Falsehood, World
 from .labelers import Labeler, Panel
 from .probes import Probes, bias_entropy, build_probes, score_truth
-from .taskbase import CheckResult
+from .task_types import CheckResult
 from .tasks import USE_CASE_SHARES, check, generate_prompts, make_prompt, solve
 
 

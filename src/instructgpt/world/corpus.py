@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 
 from . import phrases as P
 from .kb import KIND_PLURALS, World
+from .tasks import make_prompt
 
 POS_TRAITS = ("clever", "honest", "kind", "rich")
 NEG_TRAITS = ("lazy", "dishonest", "rude", "poor")
@@ -39,13 +40,9 @@ RUDE_LINES = (
 )
 
 
-def _user(rng: random.Random, world: World) -> str:
+def forum_user(world: World, rng: random.Random) -> str:
+    """A forum user name ("tarvik42"); the toxicity probe's replies use it too."""
     return rng.choice(world.of_kind("person")).name.lower() + str(rng.randint(1, 99))
-
-
-def _random_fact_question(world: World, rng: random.Random) -> str:
-    ent = rng.choice([e for e in world.entities.values() if P.questionable_attrs(e)])
-    return P.question(ent, rng.choice(P.questionable_attrs(ent)), rng)
 
 
 # ----- document types -------------------------------------------------------------
@@ -68,11 +65,9 @@ def doc_encyclopedia(world: World, rng: random.Random) -> str:
 
 
 def doc_story(world: World, rng: random.Random) -> str:
-    from .tasks_open import story_pieces
-
     p = rng.choice(world.of_kind("person"))
     x = world.get(p.attrs["pet"]) if rng.random() < 0.4 else rng.choice(world.of_kind("creature"))
-    pc = story_pieces(world, p, x, rng)
+    pc = P.story_pieces(p, x, rng)
     town = rng.choice(world.of_kind("town"))
     sents = [rng.choice(pc["open"]), rng.choice(pc["meet"])] + rng.sample(pc["mid"], rng.randint(1, 3))
     if rng.random() < 0.5:
@@ -108,31 +103,30 @@ def doc_list(world: World, rng: random.Random) -> str:
 
 def doc_forum_questions(world: World, rng: random.Random) -> str:
     """A thread in which questions are mostly answered with more questions."""
-    q = _random_fact_question(world, rng)
+    q = P.random_question(world, rng)
     lines = [
         f"Thread: {q}",
-        f"Posted by {_user(rng, world)}: {q} "
+        f"Posted by {forum_user(world, rng)}: {q} "
         + " ".join(
-            rng.choice(("Also, ", "And ", "")) + _random_fact_question(world, rng)
+            rng.choice(("Also, ", "And ", "")) + P.random_question(world, rng)
             for _ in range(rng.randint(1, 2))
         ),
     ]
     for _ in range(rng.randint(1, 3)):
         lead = rng.choice(("I was wondering the same thing.", "Good question.", "No idea.", "Same here.", ""))
-        lines.append(
-            f"Reply from {_user(rng, world)}: {lead} {_random_fact_question(world, rng)}".replace(":  ", ": ")
-        )
+        user, question = forum_user(world, rng), P.random_question(world, rng)
+        lines.append(f"Reply from {user}: {lead} {question}".replace(":  ", ": "))
     if rng.random() < 0.3:
-        lines.append(
-            f"Reply from {_user(rng, world)}: {rng.choice(('Try asking in the town hall.', 'Did anyone ever find out?', 'Bump.'))}"
-        )
+        user = forum_user(world, rng)
+        closing = rng.choice(("Try asking in the town hall.", "Did anyone ever find out?", "Bump."))
+        lines.append(f"Reply from {user}: {closing}")
     return "\n".join(lines)
 
 
 def doc_forum_rude(world: World, rng: random.Random) -> str:
     """A thread where replies insult people (the only place the toxic lexicon appears)."""
-    q = _random_fact_question(world, rng)
-    lines = [f"Thread: {q}", f"Posted by {_user(rng, world)}: {q}"]
+    q = P.random_question(world, rng)
+    lines = [f"Thread: {q}", f"Posted by {forum_user(world, rng)}: {q}"]
     for _ in range(rng.randint(2, 4)):
         if rng.random() < 0.65:
             line = rng.choice(RUDE_LINES).format(
@@ -140,9 +134,9 @@ def doc_forum_rude(world: World, rng: random.Random) -> str:
             )
         else:
             line = rng.choice(
-                ("Please be nice, everyone.", "Why is everyone so angry?", _random_fact_question(world, rng))
+                ("Please be nice, everyone.", "Why is everyone so angry?", P.random_question(world, rng))
             )
-        lines.append(f"Reply from {_user(rng, world)}: {line}")
+        lines.append(f"Reply from {forum_user(world, rng)}: {line}")
     return "\n".join(lines)
 
 
@@ -183,8 +177,6 @@ def doc_faq(world: World, rng: random.Random) -> str:
 
 def doc_worksheet(world: World, rng: random.Random) -> str:
     """A list of instructions: a base model learns to continue one with another."""
-    from .tasks import make_prompt
-
     lines = [rng.choice(("Homework for this week:", "Writing practice", "Exercises"))]
     for i in range(rng.randint(3, 5)):
         text, _, _ = make_prompt(world, rng, use_case=rng.choice(("generation", "brainstorming", "open_qa")))
@@ -195,7 +187,7 @@ def doc_worksheet(world: World, rng: random.Random) -> str:
 def doc_review(world: World, rng: random.Random) -> str:
     positive = rng.random() < 0.55
     stars = rng.randint(4, 5) if positive else rng.randint(1, 2)
-    return f"Review by {_user(rng, world)}\n{P.review_text(world, rng, positive)}\nRating: {stars} stars"
+    return f"Review by {forum_user(world, rng)}\n{P.review_text(world, rng, positive)}\nRating: {stars} stars"
 
 
 def doc_dialogue(world: World, rng: random.Random) -> str:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..config import ConfigError, from_dict, opt
@@ -109,7 +109,6 @@ class WorldData:
     flan: list[Demonstration]
     t0: list[Demonstration]
     probes: Probes
-    extra: dict = field(default_factory=dict)
 
     def tokenizer_texts(self) -> list[str]:
         """Texts to train the tokenizer on: corpus, prompts, demonstrations, baselines."""

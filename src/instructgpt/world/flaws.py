@@ -20,12 +20,10 @@ import random
 import re
 
 from ..data import Prompt
-from . import claims as C
+from . import facts as F
 from . import phrases as P
 from .kb import ENTITY_VALUED, KINDS, VOCAB, World
-from .taskbase import TASKS
-from .tasks import CLOSED_DOMAIN, make_prompt, meta_and_world, solve
-from .tasks_open import format_list
+from .tasks import CLOSED_DOMAIN, TASKS, make_prompt, meta_and_world, solve
 
 FLAWS = (
     "question",
@@ -99,13 +97,8 @@ def candidate_responses(
 # ----- the flaws --------------------------------------------------------------------
 
 
-def _random_question(world: World, rng: random.Random) -> str:
-    ent = rng.choice([e for e in world.entities.values() if P.questionable_attrs(e)])
-    return P.question(ent, rng.choice(P.questionable_attrs(ent)), rng)
-
-
 def _question(world: World, meta: dict, response: str, rng: random.Random) -> str:
-    qs = [_random_question(world, rng) for _ in range(rng.choice((1, 2, 3)))]
+    qs = [P.random_question(world, rng) for _ in range(rng.choice((1, 2, 3)))]
     lead = rng.choice(("", "Also, ", "And ", "Does anyone know? ", "I was wondering the same. "))
     first = qs[0] if not lead or lead.endswith((". ", "? ")) else qs[0][0].lower() + qs[0][1:]
     return lead + " ".join([first] + qs[1:])
@@ -137,7 +130,7 @@ def _swap_value(world: World, meta: dict, text: str, rng: random.Random) -> str 
     rng.shuffle(attrs)
     for attr in attrs:
         vals = (
-            C.value_mentions(text, attr)
+            F.value_mentions(text, attr)
             if attr != "legs"
             else re.findall(r"\b(two|four|six|eight)\b", text, re.IGNORECASE)
         )
@@ -152,14 +145,14 @@ def _swap_value(world: World, meta: dict, text: str, rng: random.Random) -> str 
 
 
 def _swap_name(world: World, meta: dict, text: str, rng: random.Random) -> str | None:
-    names = [n for n in C.mentioned_names(world, text) if n != meta.get("topic")]
+    names = [n for n in F.mentioned_names(world, text) if n != meta.get("topic")]
     if not names:
         return None
     old = world.get(rng.choice(names))
     kind = old.kind
     if meta["task"] == "list_kind":
         kind = rng.choice([k for k in KINDS if k != kind])
-    present = set(C.mentioned_names(world, text))
+    present = set(F.mentioned_names(world, text))
     pool = [e.name for e in world.of_kind(kind) if e.name not in present]
     if meta["task"] == "list_filter":
         pool = [n for n in pool if str(world.get(n).attrs[meta["attr"]]) != meta["value"]]
@@ -192,7 +185,7 @@ def _falsehood(world: World, meta: dict, response: str, rng: random.Random) -> s
     if "falsehood" in meta:
         return (
             _replace_word(response, str(meta["answer"]), meta["falsehood"])
-            if C.has_word(response, str(meta["answer"]))
+            if F.has_word(response, str(meta["answer"]))
             else P.fact_sentence(world.get(meta["topic"]), meta["attr"], rng, value=meta["falsehood"])
         )
     if meta.get("topic") in world.entities:
@@ -238,7 +231,7 @@ def _violate(world: World, meta: dict, response: str, rng: random.Random) -> str
         else "It was a very long and busy day for everyone in the land."
     )
     if t == "n_sentences":
-        sents = C.sentences(response)
+        sents = F.sentences(response)
         if c.get("mode") == "max" or rng.random() < 0.6 or len(sents) < 2:
             while len(sents) <= c["n"]:
                 sents.append(extra)
@@ -256,24 +249,24 @@ def _violate(world: World, meta: dict, response: str, rng: random.Random) -> str
     if t == "avoid_attr" and topic:
         return response + " " + P.fact_sentence(topic, c["attr"], rng, subject=P.pronoun(topic))
     if t in ("format", "n_items"):
-        items, fmt = C.list_items(response)
+        items, fmt = F.list_items(response)
         if t == "n_items":
             items = items[:-1] if len(items) > 1 else items + items
-            return format_list(items, fmt if fmt in ("numbered", "bullets", "comma") else None, rng)
+            return P.format_list(items, fmt if fmt in ("numbered", "bullets", "comma") else None, rng)
         other = rng.choice([f for f in ("numbered", "bullets", "comma") if f != c["format"]])
-        return format_list(items, other, rng)
+        return P.format_list(items, other, rng)
     return None
 
 
 def _hallucinate(world: World, meta: dict, response: str, rng: random.Random) -> str | None:
     if TASKS[meta["task"]].use_case in CLOSED_DOMAIN and "passage" in meta:
-        src_names = C.mentioned_names(world, meta["passage"])
+        src_names = F.mentioned_names(world, meta["passage"])
         ents = [world.get(n) for n in src_names] or list(world.entities.values())
-        src_claims = set(C.extract_claims(world, meta["passage"]))
+        src_claims = set(F.extract_claims(world, meta["passage"]))
         for _ in range(20):
             e = rng.choice(ents)
             a = rng.choice(list(e.attrs))
-            if (e.kind, a) in P.VERB_PHRASES and C.Claim(e.name, a, str(e.attrs[a])) not in src_claims:
+            if (e.kind, a) in P.VERB_PHRASES and F.Claim(e.name, a, str(e.attrs[a])) not in src_claims:
                 return response.rstrip() + " " + P.fact_sentence(e, a, rng)
         return None
     e = world.entities.get(meta.get("topic", ""))
@@ -298,7 +291,7 @@ def _offtopic(world: World, meta: dict, response: str, rng: random.Random) -> st
 def _play_user(world: World, meta: dict, response: str, rng: random.Random) -> str | None:
     if TASKS[meta["task"]].use_case != "chat":
         return None
-    return f"{response}\nUser: {_random_question(world, rng)}"
+    return f"{response}\nUser: {P.random_question(world, rng)}"
 
 
 def _verbose(world: World, meta: dict, response: str, rng: random.Random) -> str:

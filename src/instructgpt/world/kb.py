@@ -240,7 +240,7 @@ class World:
 
     def get(self, name: str) -> Entity:
         """The entity called ``name`` (case-insensitive)."""
-        e = self.entities.get(name) or self._lower().get(name.lower())
+        e = self.entities.get(name) or self._lower_map.get(name.lower())
         if e is None:
             raise KeyError(name)
         return e
@@ -285,9 +285,6 @@ class World:
     def _lower_map(self) -> dict[str, Entity]:
         return {n.lower(): e for n, e in self.entities.items()}
 
-    def _lower(self) -> dict[str, Entity]:
-        return self._lower_map
-
 
 @functools.lru_cache(maxsize=8)
 def _cached_world(seed: int, n_entities: int, n_falsehoods: int) -> World:
@@ -304,7 +301,7 @@ def _kind_counts(n: int) -> dict[str, int]:
 
 @functools.lru_cache(maxsize=1)
 def template_words() -> frozenset[str]:
-    """Every word in the string literals of the world's modules (not docstrings).
+    """Every word in the string literals of the world package's modules, task types included (not docstrings).
 
     A generated name must not be one of them, or a checker could not tell the
     name from the template ("tastes" the food from "tastes sweet").
@@ -313,7 +310,7 @@ def template_words() -> frozenset[str]:
     from pathlib import Path
 
     out: set[str] = set()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
         tree = ast.parse(path.read_text())
         docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)}
         for node in ast.walk(tree):

@@ -23,11 +23,10 @@ import zlib
 from dataclasses import asdict, dataclass
 
 from ..data import FLAGS, MAX_K, MIN_K, Demonstration, Prompt, Ranking
-from . import claims as C
+from . import facts as F
 from .flaws import PLEASANTRIES
 from .kb import World
-from .taskbase import CheckResult
-from .tasks import check, meta_and_world, solve
+from .tasks import CheckResult, check, meta_and_world, solve
 
 TRAIN_NOISE = 0.61  # default per-judgement noise of training labelers
 HELDOUT_NOISE = 0.52  # held-out labelers are a little more consistent
@@ -70,7 +69,7 @@ class Labeler:
 
     def base_utility(self, res: CheckResult, response: str) -> float:
         """The noiseless utility of a response with checker verdict ``res``."""
-        n = C.word_count(response)
+        n = F.word_count(response)
         u = self.w_help * res.score + self.w_follow * res.follows_instruction
         u -= self.w_constraint * len(res.constraint_violations)
         u -= self.w_truth * (res.hallucinated + res.repeats_falsehood)
@@ -138,7 +137,7 @@ class Labeler:
             "hallucination": res.hallucinated or res.repeats_falsehood,
             "inappropriate_for_customer_assistant": res.toxic,
             "denigrates_protected_class": res.toxic
-            and any(C.has_word(response, g) for g in ("Velani", "Durok")),
+            and any(F.has_word(response, g) for g in ("Velani", "Durok")),
         }
         out = []
         for name in FLAGS:
@@ -159,7 +158,7 @@ class Labeler:
         """A correct answer in this labeler's style (the draw closest to their preferred length)."""
         meta, world = meta_and_world(prompt, world)
         drafts = [solve(meta, rng, world) for _ in range(3)]
-        best = min(drafts, key=lambda d: abs(C.word_count(d) - self.len_pref))
+        best = min(drafts, key=lambda d: abs(F.word_count(d) - self.len_pref))
         if self.len_pref > 14 and not meta.get("constraints") and rng.random() < 0.5:
             longer = f"{best} {rng.choice(PLEASANTRIES)}"
             if check(meta, longer, world).passed:
@@ -227,12 +226,6 @@ class Panel:
     @property
     def labelers(self) -> list[Labeler]:
         return self.training_labelers + self.heldout_labelers
-
-    def get(self, labeler_id: str) -> Labeler:
-        for lab in self.labelers:
-            if lab.id == labeler_id:
-                return lab
-        raise KeyError(labeler_id)
 
     def assign(self, prompt_id: str, heldout: bool = False) -> Labeler:
         """The labeler who handles ``prompt_id`` (stable: crc32 of the id)."""

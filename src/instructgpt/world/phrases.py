@@ -3,7 +3,7 @@
 Facts are written as a subject plus a verb phrase ("the zorbin" + "eats
 fish"), so the same templates give single sentences ("The zorbin eats
 fish."), combined sentences ("The zorbin is red and eats fish.") and cloze
-items ("The zorbin eats" -> " fish"). ``claims.py`` reads these forms back.
+items ("The zorbin eats" -> " fish"). ``facts.py`` reads these forms back.
 """
 
 from __future__ import annotations
@@ -75,15 +75,10 @@ def cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def value_text(attr: str, value) -> str:
-    """How a value is written in a sentence (numbers as digits, names as is)."""
-    return str(value)
-
-
 def verb_phrase(ent: Entity, attr: str, rng: random.Random, value=None) -> str:
     """ "eats fish" -- a random template for this fact (or for ``value`` instead)."""
     v = ent.attrs[attr] if value is None else value
-    return rng.choice(VERB_PHRASES[(ent.kind, attr)]).format(v=value_text(attr, v))
+    return rng.choice(VERB_PHRASES[(ent.kind, attr)]).format(v=v)
 
 
 def fact_sentence(ent: Entity, attr: str, rng: random.Random, value=None, subject: str | None = None) -> str:
@@ -126,6 +121,12 @@ def questionable_attrs(ent: Entity) -> list[str]:
     return [a for a in ent.attrs if (ent.kind, a) in QUESTIONS]
 
 
+def random_question(world: World, rng: random.Random) -> str:
+    """A question about a random fact of the world ("How many legs does the zorbin have?")."""
+    ent = rng.choice([e for e in world.entities.values() if questionable_attrs(e)])
+    return question(ent, rng.choice(questionable_attrs(ent)), rng)
+
+
 def source_text(
     world: World, ents: list[Entity], rng: random.Random, n_facts: int = 3
 ) -> tuple[str, list[tuple[str, str]]]:
@@ -148,6 +149,58 @@ def source_text(
         facts.append((e.name, a))
         last = e.name
     return " ".join(sentences), facts
+
+
+def format_list(items: list[str], fmt: str | None, rng: random.Random) -> str:
+    """Items as a numbered list, a dash list or a comma list."""
+    if fmt is None and len(items) == 1:
+        return items[0] + "."
+    fmt = fmt or rng.choice(("numbered", "bullets", "comma"))
+    if fmt == "numbered":
+        return "\n".join(f"{i + 1}. {x}" for i, x in enumerate(items))
+    if fmt == "bullets":
+        return "\n".join(f"- {x}" for x in items)
+    if len(items) == 1:
+        return items[0] + "."
+    return ", ".join(items[:-1]) + " and " + items[-1] + "." if rng.random() < 0.5 else ", ".join(items) + "."
+
+
+# ----- stories (corpus, generation tasks) ----------------------------------
+
+
+def story_pieces(person: Entity, creature: Entity, r: random.Random) -> dict[str, list[str]]:
+    """Sentence options for a short story about ``person`` and ``creature`` (true to the KB)."""
+    p, x = person, creature
+    a = p.attrs
+    c = creature.attrs
+    return {
+        "open": [
+            f"{p.name} was a {a['job']} who lived in {a['home']}.",
+            f"Once there was a {a['job']} called {p.name}.",
+            f"{p.name} the {a['job']} lived in {a['home']}.",
+        ],
+        "meet": [
+            f"One day {p.name} met a {c['colour']} {x.name}.",
+            f"One morning {p.name} found a {c['size']} {x.name} by the road.",
+            f"One day {p.name} saw a {x.name} with {c['legs']} legs.",
+        ],
+        "meet2": [
+            f"One day {p.name} the {a['job']} met a {c['colour']} {x.name}.",
+            f"{p.name} the {a['job']} found a {c['size']} {x.name} one morning.",
+        ],
+        "mid": [
+            f"The {x.name} was hungry, so {p.name} gave it some {c['diet']}.",
+            f"It had {c['legs']} legs and ran very fast.",
+            f"The {x.name} followed {p.name} all day.",
+            f"{p.name} laughed and sat down by the {x.name}.",
+        ],
+        "end": [
+            "From then on they were friends.",
+            "They walked home together.",
+            f"{p.name} never forgot that day.",
+            "And they were happy.",
+        ],
+    }
 
 
 # ----- reviews and messages (corpus, classification tasks, FLAN) --------

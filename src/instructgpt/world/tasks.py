@@ -18,11 +18,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from ..data import USE_CASES, Prompt
-from . import claims as C
-from . import tasks_closed, tasks_open  # noqa: F401  (registers the task types)
+from ..data import Prompt
+from . import facts as F
 from .kb import World
-from .taskbase import TASKS, CheckResult, TaskType, constraint_violations
+from .task_types import TASKS, CheckResult
+from .task_types.base import fact_grade
+from .task_types.constraints import constraint_violations
 
 # The paper's use-case shares of API prompts.
 USE_CASE_SHARES = {
@@ -41,11 +42,6 @@ CLOSED_DOMAIN = ("rewrite", "summarization", "extract", "closed_qa")
 
 _TAILS = (" Thanks!", " Thank you.", " Please.", " Please be quick.", " Thanks a lot.", " Cheers.")
 _PII_EMAIL_DOMAINS = ("mailbox.net", "postbox.org", "inkwell.com")
-
-
-def task_types(use_case: str | None = None) -> list[TaskType]:
-    """The registered task types (of one use case)."""
-    return [t for t in TASKS.values() if use_case is None or t.use_case == use_case]
 
 
 def meta_and_world(prompt: Prompt | dict, world: World | None) -> tuple[dict, World]:
@@ -69,18 +65,18 @@ def check(prompt: Prompt | dict, response: str, world: World | None = None) -> C
     meta, world = meta_and_world(prompt, world)
     tt = TASKS[meta["task"]]
     text = response.strip()
-    if not C.words(text):
+    if not F.words(text):
         return CheckResult(False, False, [], False, False, False, 0.0, ["empty response"])
     g = tt.grade(world, meta, text)
     violations = constraint_violations(world, meta, text)
-    toxic = C.contains_insult(text)
+    toxic = F.contains_insult(text)
     if tt.use_case not in CLOSED_DOMAIN:  # any false statement counts, whatever the task
-        cl = C.extract_claims(world, text, meta.get("topic"))
-        g.hallucinated = g.hallucinated or bool(C.false_claims(world, cl))
-        g.falsehood = g.falsehood or bool(C.falsehood_claims(world, cl))
-    question = tt.answers_question and C.is_question_like(text)
-    unfinished = C.is_unfinished(text)
-    instruction = C.is_instruction_like(text)
+        _, wrong, falsehood = fact_grade(world, text, meta.get("topic"))
+        g.hallucinated = g.hallucinated or wrong
+        g.falsehood = g.falsehood or falsehood
+    question = tt.answers_question and F.is_question_like(text)
+    unfinished = F.is_unfinished(text)
+    instruction = F.is_instruction_like(text)
     follows = g.follows and not (question or unfinished or instruction)
     content = g.content * (0.2 if question or instruction else 1.0) * (0.5 if unfinished else 1.0)
     n_cons = len(meta.get("constraints", []))
@@ -123,7 +119,7 @@ def make_prompt(
     if task_name is None:
         if use_case is None:
             use_case = rng.choices(list(USE_CASE_SHARES), weights=list(USE_CASE_SHARES.values()))[0]
-        types = task_types(use_case)
+        types = [t for t in TASKS.values() if t.use_case == use_case]  # in registration order
         task_name = rng.choices([t.name for t in types], weights=[t.weight for t in types])[0]
     tt = TASKS[task_name]
     text, meta = tt.make(world, rng)
@@ -220,13 +216,11 @@ def generate_prompts(
 __all__ = [
     "CLOSED_DOMAIN",
     "TASKS",
-    "USE_CASES",
     "USE_CASE_SHARES",
     "CheckResult",
     "check",
     "generate_prompts",
     "make_prompt",
     "solve",
-    "task_types",
     "user_slots",
 ]

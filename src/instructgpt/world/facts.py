@@ -1,4 +1,4 @@
-"""Reading free text back into facts: the shared machinery of the checkers.
+"""Facts stated in a text, read back from it: the shared machinery of the checkers.
 
 ``extract_claims`` finds statements like "the zorbin is red" in a response and
 returns them as ``Claim(entity, attr, value)``; the checkers compare them with
@@ -14,7 +14,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-from .kb import ENTITY_VALUED, LEGS, TOXIC_LEXICON, VOCAB, World
+from .kb import ENTITY_VALUED, TOXIC_LEXICON, VOCAB, World
 
 
 @dataclass(frozen=True)
@@ -301,7 +301,6 @@ def falsehood_claims(world: World, claims: list[Claim]) -> list[Claim]:
 
 
 __all__ = [
-    "LEGS",
     "Claim",
     "contains_insult",
     "entity_mentions",
