@@ -227,6 +227,8 @@ def shard_model(model: nn.Module, mode: str) -> bool:
         return False
     if is_sharded(model):
         return True
+    from .lora import refuse_sharding
+    refuse_sharding(model)  # FSDP2 + LoRA adapters: a clear error (docs/scaling.md)
     from torch.distributed.fsdp import FSDPModule, fully_shard
     reshard = mode == "full"
     for block in transformer_blocks(model):
