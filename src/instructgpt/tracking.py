@@ -19,7 +19,7 @@ Where each one writes (a run is named ``<stage>-<out_dir name>`` unless
                $MLFLOW_EXPERIMENT_NAME (default instructgpt); ``mlflow ui --backend-store-uri ...``
 
 On resume the trackers are started after the checkpoint is read: TensorBoard
-drops its events after the resumed step (``purge_step``); W&B, Trackio and
+drops its events after the checkpoint's step (``purge_step``); W&B, Trackio and
 MLflow start a new run that continues at that step.
 Only the main process of a multi-process run reports.
 """
@@ -96,8 +96,9 @@ def flat_config(config: dict[str, Any]) -> dict[str, str | float | int | bool]:
 class _TensorBoard:
     def __init__(self, run: "Run"):
         from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(log_dir=str(run.out_dir / "tensorboard"), purge_step=run.resume_step,
-                                    flush_secs=10)
+        # on resume, events after the checkpoint's step (logged before the kill) are dropped
+        purge = None if run.resume_step is None else run.resume_step + 1
+        self.writer = SummaryWriter(log_dir=str(run.out_dir / "tensorboard"), purge_step=purge, flush_secs=10)
         self.writer.add_text("config", "```\n" + json.dumps(run.config, indent=2, default=str) + "\n```", 0)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
