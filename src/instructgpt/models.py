@@ -166,7 +166,11 @@ def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
     found = False
     for m in model.modules():
         if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing and not found:
-            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable = getattr(m, "activation_checkpointing_enable", None)  # transformers >= 5.2x names it so
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             found = True
     if not found:
         raise ConfigError(f"gradient_checkpointing: {type(model).__name__} does not support it")
