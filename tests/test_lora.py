@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 pytest.importorskip("peft")
 from peft import PeftModel  # noqa: E402
-from transformers import AutoModel, AutoModelForCausalLM  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 
 from tests.conftest import WORDS, make_model, repeat_demos, write_jsonl, write_llama_gguf, yes_rankings  # noqa: E402
 from instructgpt import config, lora  # noqa: E402

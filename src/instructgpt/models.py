@@ -412,6 +412,8 @@ def _from_pretrained(auto_cls, spec: str | os.PathLike, dropout: float | None, w
     """
     src = resolve_source(spec)
     if src.adapter:
+        if load_in_4bit:
+            lora.check_4bit(device, spec)  # an adapter folder cannot be loaded in 4-bit: a clear error
         model = _merged_adapter(auto_cls, spec, attn_implementation)
         if dtype != torch.float32:
             model = model.to(dtype)

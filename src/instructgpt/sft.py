@@ -24,7 +24,7 @@ from .config import ConfigError, opt
 from .data import DataError, Demonstration, load_demonstrations, load_prompts
 from .generation import generate
 from .lora import LoraOptions
-from .models import (ModelOptions, RewardModel, load_policy, load_tokenizer, pick_device, position_ids_from_mask,
+from .models import (ModelOptions, RewardModel, load_tokenizer, pick_device, position_ids_from_mask,
                      resolve_dtype, restore_dropout, set_dropout, trained_policy)
 from .losses import lm_loss_sum
 from .records import open_metrics, update_run_info, write_run_info
