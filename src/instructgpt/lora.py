@@ -219,12 +219,16 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike, trainable: bool = 
 
 def merged(model: nn.Module) -> nn.Module:
     """The plain model with the adapters' updates added into its weights (``merge_and_unload``)."""
-    return model.merge_and_unload() if has_adapters(model) else model
+    if not has_adapters(model):
+        return model
+    with _quiet():
+        return model.merge_and_unload()
 
 
 def save_adapter(model: nn.Module, folder: str | os.PathLike) -> None:
     """adapter_config.json + adapter_model.safetensors (the trainable weights only)."""
-    model.save_pretrained(str(folder), save_embedding_layers=False)  # embeddings are never adapted here
+    with _quiet():
+        model.save_pretrained(str(folder), save_embedding_layers=False)  # embeddings are never adapted here
     readme = Path(folder) / "README.md"  # peft's model-card template: not ours to publish
     if readme.is_file():
         readme.unlink()
