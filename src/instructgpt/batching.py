@@ -61,8 +61,11 @@ class ModelContext:
         """From a model folder, .gguf file or alias, reading its config only (before loading weights)."""
         import transformers
 
+        from . import lora
         from .models import resolve_source
         src = resolve_source(spec)
+        if src.adapter:  # a LoRA adapter folder has the positions of the model it adapts
+            return cls.of_model(lora.adapter_base(src.folder), tokenizer)
         try:
             config = transformers.AutoConfig.from_pretrained(src.folder, **src.kwargs())
         except (OSError, ValueError) as e:

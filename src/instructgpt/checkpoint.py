@@ -1,7 +1,8 @@
 """Checkpoints that survive a kill: written to a temp folder, verified, then renamed.
 
 A checkpoint folder ``checkpoints/step-000120/`` holds ``model.safetensors``
-(every trainable module's weights by name), ``optim.pt`` (optimizer,
+(every trainable module's weights by name; for a LoRA model only the adapters,
+heads and buffers: its frozen base is the base model's), ``optim.pt`` (optimizer,
 scheduler, extra state), ``state.json`` (loop position, RNG states as
 lists, anything the stage adds) and, written last, ``manifest.json`` with the
 SHA-256 of every file. A folder without a manifest, or whose files do not
@@ -76,11 +77,15 @@ def module_tensors(modules: dict[str, torch.nn.Module | dict[str, torch.Tensor]]
     A value may also be a ready state dict of full tensors (a sharded model's
     ``sharding.full_state_dict``), stored the same way.
     """
+    from .lora import frozen_parameter_names
     out: dict[str, torch.Tensor] = {}
     for name, module in modules.items():
         seen: dict[int, str] = {}
         sd = module if isinstance(module, dict) else module.state_dict(keep_vars=False)
+        frozen = set() if isinstance(module, dict) else frozen_parameter_names(module)
         for key, t in sd.items():
+            if key in frozen:
+                continue  # a LoRA model's frozen base: loaded again from the base model on resume
             ptr = t.data_ptr()
             if ptr in seen and t.numel() > 0:
                 continue  # tied weights (e.g. GPT-2 lm_head = wte) are stored once
@@ -90,6 +95,7 @@ def module_tensors(modules: dict[str, torch.nn.Module | dict[str, torch.Tensor]]
 
 
 def load_module_tensors(modules: dict[str, torch.nn.Module], tensors: dict[str, torch.Tensor], where: str) -> None:
+    from .lora import frozen_parameter_names
     from .sharding import is_sharded, load_full_state_dict
     for name, module in modules.items():
         prefix = f"{name}."
@@ -98,8 +104,9 @@ def load_module_tensors(modules: dict[str, torch.nn.Module], tensors: dict[str, 
             missing, unexpected = load_full_state_dict(module, sd, strict=False)
         else:
             missing, unexpected = module.load_state_dict(sd, strict=False)
-        # Missing keys are allowed only for tied weights that share storage with a loaded key.
-        tied = {k for k in missing if _is_tied(module, k, sd)}
+        # Missing keys are allowed only for tied weights that share storage with a loaded key, and for
+        # the frozen base weights of a LoRA model (never stored).
+        tied = {k for k in missing if _is_tied(module, k, sd)} | frozen_parameter_names(module)
         bad = [k for k in missing if k not in tied]
         if bad or unexpected:
             raise CheckpointError(f"{where}: {name}: weights do not fit the model "

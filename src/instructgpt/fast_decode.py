@@ -178,6 +178,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def _has_hooks(model: torch.nn.Module) -> bool:
-    """Forward hooks or pre-hooks (adapters, FSDP, quantisers) change what a forward pass does:
+    """Forward hooks or pre-hooks (FSDP, quantisers) or adapter layers (peft's LoRA layers wrap the
+    original as ``base_layer`` and add their update in forward) change what a forward pass does:
     leave such models to transformers."""
-    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    return any(m._forward_hooks or m._forward_pre_hooks or "base_layer" in m._modules for m in model.modules())

@@ -38,6 +38,15 @@ the last layer has a bias, so that score is our reward minus the constant, for
 every input: ``config.reward_offset`` holds it and saving warns
 (``RewardInteropWarning``). ``RewardModel.from_pretrained(folder)`` reads
 both versions (version 1: the body alone + reward_head.safetensors).
+
+LoRA (``lora.py``): a folder holding ``adapter_config.json`` is a peft adapter;
+every loader here reads it transparently (the recorded base is loaded, the
+adapter applied and merged), for policies and reward models alike. A reward
+model trained with LoRA is saved as its body's adapter + ``reward_head.safetensors``
++ ``reward_model.json`` (``adapter``: the base and its kind).
+
+How models are loaded (``ModelOptions``): ``dtype`` for frozen weights,
+``attn_implementation``, ``gradient_checkpointing`` for trained models.
 """
 
 from __future__ import annotations
@@ -58,6 +67,9 @@ import torch.nn as nn
 import transformers
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from . import lora
+from .config import ConfigError, opt
 
 transformers.utils.logging.disable_progress_bar()
 transformers.utils.logging.set_verbosity_error()
@@ -86,6 +98,85 @@ def pick_device(preference: str = "auto") -> torch.device:
     return torch.device(preference)
 
 
+# ----------------------------------------------------------------------------- how models are loaded
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
+
+
+@dataclass
+class ModelOptions:
+    """Memory and speed options of the models a stage loads."""
+    dtype: str = opt("fp32", "dtype of frozen weights: the PPO reference and reward model, SFT's selection "
+                             "reward model, and the frozen base under LoRA: fp32, bf16, fp16 or auto (bf16 on a "
+                             "CUDA GPU that has it, else fp32). bf16 halves their memory on GPUs; on a CPU fp32 is "
+                             "the fast path (bf16 matmuls are slower there). Trained weights stay fp32 (see "
+                             "precision for bf16 autocast).")
+    attn_implementation: str = opt("auto", "Attention kernel: auto (transformers' default: sdpa where the "
+                                           "architecture has it), sdpa, eager, or flash_attention_2 (needs a "
+                                           "CUDA GPU and pip install flash-attn).")
+    gradient_checkpointing: bool = opt(False, "Recompute each transformer block's activations in the backward "
+                                              "pass instead of keeping them (trained models): activation memory "
+                                              "falls from every layer's to about one layer's, for ~30% more "
+                                              "compute. Same gradients.")
+
+    def validate_model_options(self) -> None:
+        if self.dtype not in (*DTYPES, "auto"):
+            raise ConfigError(f"dtype: {self.dtype!r} is not one of fp32, bf16, fp16, auto")
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ConfigError(f"attn_implementation: {self.attn_implementation!r} is not one of "
+                              f"{', '.join(ATTN_IMPLEMENTATIONS)}")
+
+
+def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
+    """``fp32``/``bf16``/``fp16`` -> the torch dtype; ``auto`` -> bf16 on a CUDA device that supports it, else fp32."""
+    if name == "auto":
+        device = torch.device(device)
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    if name not in DTYPES:
+        raise ConfigError(f"dtype: {name!r} is not one of fp32, bf16, fp16, auto")
+    return DTYPES[name]
+
+
+def check_attn_implementation(name: str | None, device: torch.device | str) -> str | None:
+    """The ``attn_implementation`` to pass to transformers (None = its default); clear errors where it cannot run."""
+    if name in (None, "", "auto"):
+        return None
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(f"attn_implementation: {name!r} is not one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+    if name == "flash_attention_2":
+        device = torch.device(device)
+        if device.type != "cuda" or not torch.cuda.is_available():
+            raise ConfigError(f"attn_implementation: flash_attention_2 runs on CUDA GPUs only; this run's device is "
+                              f"{device} (use sdpa, the default, or eager)")
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError("attn_implementation: flash_attention_2 needs the flash-attn package, which is not "
+                              "installed: pip install flash-attn --no-build-isolation (or use sdpa)")
+    return name
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
+    """Recompute activations in backward for every transformer body in ``model`` (policy, reward-model body).
+
+    Non-reentrant checkpointing: correct with frozen embeddings (LoRA) and with
+    inputs that do not require gradients. transformers applies it in train mode
+    only, so rollouts and evaluation are unchanged."""
+    from transformers import PreTrainedModel
+    found = False
+    for m in model.modules():
+        if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing and not found:
+            enable = getattr(m, "activation_checkpointing_enable", None)  # transformers >= 5.2x names it so
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            found = True
+    if not found:
+        raise ConfigError(f"gradient_checkpointing: {type(model).__name__} does not support it")
+    return model
+
+
 # ----------------------------------------------------------------------------- paths
 
 @dataclass
@@ -93,6 +184,7 @@ class ModelSource:
     """Where a model comes from: a folder, optionally with a GGUF file in it."""
     folder: str
     gguf_file: str | None = None
+    adapter: bool = False  # a LoRA adapter folder (adapter_config.json): see lora.py
 
     def kwargs(self) -> dict:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
@@ -111,7 +203,8 @@ def smollm2_gguf_path() -> Path | None:
 
 
 def resolve_source(spec: str | os.PathLike, marker: str = "config.json") -> ModelSource:
-    """A folder (holding ``marker``), a ``.gguf`` file, or the alias ``smollm2``; errors name what is missing."""
+    """A folder (holding ``marker``, or a LoRA adapter folder), a ``.gguf`` file, or the alias ``smollm2``;
+    errors name what is missing."""
     spec = str(spec)
     if spec == SMOLLM2_ALIAS:
         path = smollm2_gguf_path()
@@ -127,6 +220,8 @@ def resolve_source(spec: str | os.PathLike, marker: str = "config.json") -> Mode
         return ModelSource(str(path.parent), path.name)
     if not path.is_dir():
         raise ModelLoadError(f"{path}: model folder not found")
+    if marker == "config.json" and lora.is_adapter_folder(path):  # a LoRA adapter: its base is loaded first
+        return ModelSource(str(path), adapter=True)
     if not (path / marker).is_file():
         what = "model" if marker == "config.json" else "tokenizer"
         raise ModelLoadError(f"{path}: not a {what} folder (no {marker})")
@@ -301,27 +396,66 @@ def fuse_activations(model: nn.Module) -> nn.Module:
 
 # ----------------------------------------------------------------------------- policies
 
-def _from_pretrained(auto_cls, spec: str | os.PathLike, dropout: float | None, what: str) -> nn.Module:
-    """``auto_cls.from_pretrained`` on a folder or GGUF file in fp32; failures name the model.
+def _from_pretrained(auto_cls, spec: str | os.PathLike, dropout: float | None, what: str,
+                     dtype: torch.dtype = torch.float32, attn_implementation: str | None = None,
+                     load_in_4bit: bool = False, device: torch.device | str = "cpu") -> nn.Module:
+    """``auto_cls.from_pretrained`` on a folder, GGUF file or LoRA adapter folder; failures name the model.
 
     A GGUF file is dequantized into plain fp32 weights and its quantizer removed
     (transformers otherwise keeps a ``GgufHfQuantizer`` on the dequantized model,
     which makes ``save_pretrained`` refuse and marks the model untrainable).
+    A LoRA adapter folder: its recorded base is loaded (in fp32, recursively:
+    the base may be an adapter folder too), the adapter applied and merged;
+    ``AutoModel`` then takes the merged causal LM's body. ``dtype`` is the dtype
+    of the returned weights; ``load_in_4bit`` loads a plain folder in 4-bit NF4
+    onto ``device`` (QLoRA, CUDA only; see ``lora.check_4bit``).
     """
     src = resolve_source(spec)
-    extra = {}
-    if src.gguf_file:
-        from transformers import GgufConfig
-        extra = {"gguf_file": src.gguf_file, "quantization_config": GgufConfig(dequantize=True)}
-    try:
-        model = auto_cls.from_pretrained(src.folder, dtype=torch.float32, **extra)
-    except Exception as e:  # OSError, ValueError, safetensors and GGUF reader errors alike
-        raise ModelLoadError(f"{spec}: cannot load {what}: {e}") from e
-    if src.gguf_file:
-        _drop_gguf_quantizer(model, spec)
+    if src.adapter:
+        if load_in_4bit:
+            lora.check_4bit(device, spec)  # an adapter folder cannot be loaded in 4-bit: a clear error
+        model = _merged_adapter(auto_cls, spec, attn_implementation)
+        if dtype != torch.float32:
+            model = model.to(dtype)
+    else:
+        extra: dict = {"dtype": dtype}
+        if attn_implementation:
+            extra["attn_implementation"] = attn_implementation
+        if src.gguf_file:
+            from transformers import GgufConfig
+            extra.update(gguf_file=src.gguf_file, quantization_config=GgufConfig(dequantize=True))
+            extra["dtype"] = torch.float32  # dequantized to fp32, cast below
+        if load_in_4bit:
+            lora.check_4bit(device, spec)
+            extra.update(quantization_config=lora.quantization_config(dtype if dtype != torch.float32
+                                                                       else torch.bfloat16),
+                         device_map={"": torch.device(device)})
+        try:
+            model = auto_cls.from_pretrained(src.folder, **extra)
+        except Exception as e:  # OSError, ValueError, safetensors and GGUF reader errors alike
+            raise ModelLoadError(f"{spec}: cannot load {what}: {e}") from e
+        if src.gguf_file:
+            _drop_gguf_quantizer(model, spec)
+            if dtype != torch.float32:
+                model = model.to(dtype)
     if dropout is not None:
         set_dropout(model, dropout)
     return fuse_activations(model)
+
+
+def _merged_adapter(auto_cls, folder, attn_implementation: str | None) -> nn.Module:
+    """A LoRA adapter folder's base with the adapter merged in (fp32); the body alone for ``AutoModel``."""
+    if (Path(folder) / "reward_model.json").is_file():
+        raise ModelLoadError(f"{folder}: a reward-model folder, not a policy (load it with RewardModel.from_pretrained)")
+    base = lora.adapter_base(folder)
+    try:
+        causal = _from_pretrained(AutoModelForCausalLM, base, None, "the adapter's base model",
+                                  attn_implementation=attn_implementation)
+    except ModelLoadError as e:
+        raise ModelLoadError(f"{folder}: its base model (adapter_config.json base_model_name_or_path) "
+                             f"cannot be loaded: {e}") from e
+    model = lora.merged(lora.load_adapter(causal, folder))
+    return model.base_model if auto_cls is AutoModel else model
 
 
 def _drop_gguf_quantizer(model: nn.Module, spec) -> None:
@@ -341,13 +475,55 @@ def _drop_gguf_quantizer(model: nn.Module, spec) -> None:
 
 
 def load_policy(spec: str | os.PathLike, device: torch.device | str = "cpu",
-                dropout: float | None = 0.0) -> nn.Module:
-    """Any causal LM transformers can load from a folder or GGUF file, in fp32.
+                dropout: float | None = 0.0, dtype: torch.dtype = torch.float32,
+                attn_implementation: str | None = None, load_in_4bit: bool = False) -> nn.Module:
+    """Any causal LM transformers can load from a folder, GGUF file or LoRA adapter folder (merged).
 
     ``dropout``: every dropout probability of the model (``set_dropout``); the
     default 0 turns dropout off, ``None`` keeps the checkpoint's own values.
+    ``dtype`` (default fp32), ``attn_implementation`` (None = transformers'
+    default) and ``load_in_4bit`` (QLoRA's frozen base) as in ``ModelOptions``.
     """
-    return _from_pretrained(AutoModelForCausalLM, spec, dropout, "model").to(device)
+    attn_implementation = check_attn_implementation(attn_implementation, device)
+    model = _from_pretrained(AutoModelForCausalLM, spec, dropout, "model", dtype, attn_implementation,
+                             load_in_4bit, device)
+    return model if load_in_4bit else model.to(device)
+
+
+def trained_policy(spec: str | os.PathLike, device: torch.device | str, cfg, dropout: float | None = 0.0
+                   ) -> nn.Module:
+    """The causal LM a stage trains, as ``cfg`` (``ModelOptions`` + ``lora.LoraOptions``) asks: fp32 weights
+    (full fine-tuning), or with ``lora_r`` > 0 the frozen base (in ``dtype``, or 4-bit with
+    ``load_in_4bit``) plus fresh adapters; gradient checkpointing when asked."""
+    use_lora = getattr(cfg, "lora_r", 0) > 0
+    model = load_policy(spec, device, dropout, dtype=resolve_dtype(cfg.dtype, device) if use_lora else torch.float32,
+                        attn_implementation=cfg.attn_implementation,
+                        load_in_4bit=use_lora and cfg.load_in_4bit)
+    if use_lora:
+        model = lora.add_adapters(model, cfg, base=spec)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
+
+
+def trained_reward_model(spec: str | os.PathLike, device: torch.device | str, cfg, dropout: float | None = 0.0,
+                         from_reward_model: bool = False) -> "RewardModel":
+    """The reward (or value) model a stage trains: from a causal LM (``RewardModel.from_policy``) or, with
+    ``from_reward_model``, from a reward-model folder; as ``trained_policy`` for LoRA and checkpointing
+    (the adapters go on the body; the scalar head is always fully trained, in fp32)."""
+    use_lora = getattr(cfg, "lora_r", 0) > 0
+    dtype = resolve_dtype(cfg.dtype, device) if use_lora else torch.float32
+    if from_reward_model:
+        model = RewardModel.from_pretrained(spec, device, dropout, dtype=dtype,
+                                            attn_implementation=cfg.attn_implementation)
+    else:
+        model = RewardModel.from_policy(spec, device, dropout, dtype=dtype, attn_implementation=cfg.attn_implementation,
+                                        load_in_4bit=use_lora and cfg.load_in_4bit)
+    if use_lora:
+        model.backbone = lora.add_adapters(model.backbone, cfg, base=spec)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -385,7 +561,7 @@ class RewardModel(nn.Module):
         """(B, T) -> (B, T) head outputs at every position (the value function's use)."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # (B, T, H)
-        return self.head(hidden).squeeze(-1)  # (B, T)
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)  # (B, T); a bf16/4-bit body, fp32 head
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) -> (B,) normalised rewards read at each row's last real token."""
@@ -393,22 +569,32 @@ class RewardModel(nn.Module):
                                position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # (B, T, H)
         last = last_token_index(attention_mask)  # (B,)
         h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
-        return self.head(h_last).squeeze(-1) + self.reward_bias  # (B,)
+        return self.head(h_last.to(self.head.weight.dtype)).squeeze(-1) + self.reward_bias  # (B,)
 
     # ---- construction and persistence
 
     @classmethod
     def from_policy(cls, spec: str | os.PathLike, device: torch.device | str = "cpu",
-                    dropout: float | None = 0.0) -> "RewardModel":
-        """A fresh reward model from a causal LM (the SFT model): body kept, unembedding dropped.
+                    dropout: float | None = 0.0, dtype: torch.dtype = torch.float32,
+                    attn_implementation: str | None = None, load_in_4bit: bool = False) -> "RewardModel":
+        """A fresh reward model from a causal LM (the SFT model, a folder, GGUF or adapter folder): body
+        kept, unembedding dropped. The head is fp32 whatever ``dtype``/``load_in_4bit`` make the body.
 
         ``dropout`` as in ``load_policy`` (default 0: off)."""
-        return cls(_from_pretrained(AutoModel, spec, dropout, "model body")).to(device)
+        attn_implementation = check_attn_implementation(attn_implementation, device)
+        body = _from_pretrained(AutoModel, spec, dropout, "model body", dtype, attn_implementation, load_in_4bit,
+                                device)
+        model = cls(body)
+        if load_in_4bit:  # the body is on the device already (bitsandbytes); .to() would refuse
+            return _head_to(model, device)
+        return _head_to(model.to(device), device)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, device: torch.device | str = "cpu",
-                        dropout: float | None = 0.0) -> "RewardModel":
-        """Load a reward-model folder (format version 1 or 2; see the module docstring)."""
+                        dropout: float | None = 0.0, dtype: torch.dtype = torch.float32,
+                        attn_implementation: str | None = None) -> "RewardModel":
+        """Load a reward-model folder (format version 1 or 2, or a LoRA adapter folder; see the module
+        docstring), its weights in ``dtype``."""
         folder = Path(folder)
         meta_path = folder / "reward_model.json"
         if not meta_path.is_file():
@@ -419,21 +605,28 @@ class RewardModel(nn.Module):
             raise ModelLoadError(f"{meta_path}: corrupt: {e}") from None
         if meta.get("format") != REWARD_FORMAT:
             raise ModelLoadError(f"{meta_path}: format is {meta.get('format')!r}, expected {REWARD_FORMAT!r}")
-        interop = meta.get("sequence_classification") or {}  # absent in version 1
-        try:  # version 2: AutoModel takes the body out of the sequence-classification checkpoint
-            body = AutoModel.from_pretrained(str(folder), dtype=torch.float32)
+        attn_implementation = check_attn_implementation(attn_implementation, device)
+        interop = meta.get("sequence_classification") or {}  # absent in version 1 and in adapter folders
+        try:
+            if meta.get("adapter"):  # the base's body (a causal LM's, or another reward model's), adapter merged
+                body = lora.merged(lora.load_adapter(_reward_base_body(folder, attn_implementation), folder))
+            else:  # version 2: AutoModel takes the body out of the sequence-classification checkpoint
+                extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+                body = fuse_activations(AutoModel.from_pretrained(str(folder), dtype=torch.float32, **extra))
             head = load_file(str(folder / meta.get("head_file", "reward_head.safetensors")))
-            model = cls(fuse_activations(body), reward_bias=meta.get("reward_bias", 0.0))
+            model = cls(body, reward_bias=meta.get("reward_bias", 0.0))
             model.head.load_state_dict({"weight": head["weight"], "bias": head["bias"]})
             if interop.get("folded_into"):  # take the constant back out of the LayerNorm bias: the head holds it
                 with torch.no_grad():
                     body.get_parameter(interop["folded_into"]).sub_(
                         _fold_vector(head["weight"], interop["folded_offset"]))
+        except ModelLoadError:
+            raise
         except Exception as e:  # safetensors raises its own error types for truncated files
             raise ModelLoadError(f"{folder}: cannot load reward model: {e}") from e
         if dropout is not None:
             set_dropout(model, dropout)
-        return model.to(device)
+        return _head_to(model.to(device=device, dtype=dtype), device)
 
     def save_pretrained(self, folder: str | os.PathLike, tokenizer=None, extra: dict | None = None,
                         state_dict: dict[str, torch.Tensor] | None = None) -> None:
@@ -445,6 +638,9 @@ class RewardModel(nn.Module):
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        if lora.has_adapters(self.backbone):
+            self._save_adapter(folder, tokenizer, extra)
+            return
         state = state_dict if state_dict is not None else self.state_dict()
         body = {k[len("backbone."):]: v.detach().cpu() for k, v in state.items() if k.startswith("backbone.")}
         head = {k[len("head."):]: v.detach().cpu().contiguous() for k, v in state.items() if k.startswith("head.")}
@@ -472,6 +668,53 @@ class RewardModel(nn.Module):
         (folder / "reward_model.json").write_text(json.dumps(meta, indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(folder))
+
+    def _save_adapter(self, folder: Path, tokenizer, extra: dict | None) -> None:
+        """A LoRA reward model: the body's adapter (peft files), the head and reward_model.json."""
+        lora.save_adapter(self.backbone, folder)
+        head = {k: v.detach().float().cpu().contiguous() for k, v in self.head.state_dict().items()}
+        save_file(head, str(folder / "reward_head.safetensors"))
+        base = lora.adapter_base(folder)
+        meta = {
+            "format": REWARD_FORMAT,
+            "version": REWARD_FORMAT_VERSION,
+            "hidden_size": int(self.config.hidden_size),
+            "reward_bias": float(self.reward_bias),
+            "head_file": "reward_head.safetensors",
+            "adapter": {"base_model": base,
+                        "base_kind": "reward_model" if (Path(base) / "reward_model.json").is_file() else "causal_lm"},
+            "sequence_classification": None,
+            "how_to_load": "instructgpt.models.RewardModel.from_pretrained(folder). With peft: body = "
+                           "PeftModel.from_pretrained(AutoModel.from_pretrained(base), folder) (base = "
+                           "adapter_config.json base_model_name_or_path; for an adapter or GGUF base load it as "
+                           "instructgpt does); reward = head(h_last) + reward_bias at the last real token. "
+                           "Write a folder other tools load as AutoModelForSequenceClassification with "
+                           "merge_lora=true.",
+            **(extra or {}),
+        }
+        (folder / "reward_model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(folder))
+
+
+def _head_to(model: "RewardModel", device) -> "RewardModel":
+    """The head and reward bias in fp32 on ``device`` (the body may be bf16 or 4-bit)."""
+    model.head.to(device=device, dtype=torch.float32)
+    model.reward_bias = model.reward_bias.to(device=device, dtype=torch.float32)
+    return model
+
+
+def _reward_base_body(folder: Path, attn_implementation: str | None) -> nn.Module:
+    """The body a reward model's adapter applies to: its base reward model's (a value model trained on an
+    RM), or the body of its base causal LM; fp32, dropout as loaded."""
+    base = lora.adapter_base(folder)
+    if (Path(base) / "reward_model.json").is_file():
+        return RewardModel.from_pretrained(base, dropout=None, attn_implementation=attn_implementation).backbone
+    try:
+        return _from_pretrained(AutoModel, base, None, "model body", attn_implementation=attn_implementation)
+    except ModelLoadError as e:
+        raise ModelLoadError(f"{folder}: its base model (adapter_config.json base_model_name_or_path) "
+                             f"cannot be loaded: {e}") from e
 
 
 # ----------------------------------------------------------------------------- reward-model folders for other tools

@@ -80,10 +80,15 @@ class RunConfig:
     flan: bool = opt(True, "Train the FLAN/T0-style baseline.")
     evaluate: bool = opt(True, "Run the evaluation and write the report.")
     device: str = opt("auto", "auto, cpu, cuda ...")
+    report_to: str = opt("none", "Experiment trackers every training stage reports to (comma list): none, "
+                                 "tensorboard, wandb, trackio, mlflow; each stage is a run named "
+                                 "<stage>-<folder> (see instructgpt sft --help). Not part of the stage keys.")
     progress: bool = opt(False, "Per-stage progress bars (the stage lines are always printed).")
     resume: bool = opt(False, "Accepted for symmetry: finished stages are always reused.")
 
     def validate(self) -> None:
+        from .tracking import parse_report_to
+        parse_report_to(self.report_to)
         if not 2 <= self.k_min <= self.k_max <= 9:
             raise ConfigError("k_min, k_max: need 2 <= k_min <= k_max <= 9")
         if self.policy_samples > self.k_min:
@@ -246,8 +251,9 @@ class Pipeline:
                                 tokenizer=str(run.tokenizer), size=size, epochs=epochs,
                                 lr=c.pretrain_lr if size == "tiny" else c.pretrain_lr / 2,
                                 seq_len=128, batch_size=32, micro_batch_size=32, seed=c.seed, device=c.device,
-                                progress=c.progress)
-            self.stage(name, out, asdict(pc), ["world"], lambda pc=pc: _history(train_pretrain(pc)))
+                                progress=c.progress, report_to=c.report_to)
+            key = {k: v for k, v in asdict(pc).items() if k not in ("report_to", "run_name")}
+            self.stage(name, out, key, ["world"], lambda pc=pc: _history(train_pretrain(pc)))
         return run.model("base")
 
     def train_sft_stage(self, base, train: Path, out: Path, epochs: int) -> dict:
@@ -256,7 +262,8 @@ class Pipeline:
         valid = self.run_folder.demonstrations("valid")
         sc = SFTConfig(model=str(base), train=str(train), valid=str(valid) if valid.exists() else "",
                        out_dir=str(out), epochs=epochs, lr=c.sft_lr, batch_size=32, micro_batch_size=32,
-                       warmup_steps=10, dropout=0.1, seed=c.seed, device=c.device, progress=c.progress)
+                       warmup_steps=10, dropout=0.1, seed=c.seed, device=c.device, progress=c.progress,
+                       report_to=c.report_to)
         result = train_sft(sc)
         return {"selected_by": result.selected_by, "val_loss": result.val_loss, "history": result.fit.history}
 
@@ -326,7 +333,7 @@ class Pipeline:
         rc = RMConfig(model=str(run.model("sft")), train=str(merged), valid=str(valid), out_dir=str(out),
                       reference=str(run.demonstrations("train")), epochs=c.rm_epochs, lr=c.rm_lr,
                       batch_size=16, micro_batch_size=16, warmup_steps=5, seed=c.seed, device=c.device,
-                      progress=c.progress)
+                      progress=c.progress, report_to=c.report_to)
         result = train_rm(rc)
         return {"val_accuracy": result.val_accuracy, "reward_bias": result.reward_bias, "rankings": len(rows)}
 
@@ -339,7 +346,7 @@ class Pipeline:
                        ptx_coef=ptx_coef, ptx_token_ratio=c.ptx_token_ratio, iterations=c.ppo_iterations,
                        batch_size=c.ppo_batch, minibatch_size=c.ppo_minibatch, lr=c.ppo_lr, kl_coef=c.kl_coef,
                        max_new_tokens=c.max_new_tokens, warmup_iterations=min(10, c.ppo_iterations // 3),
-                       seed=c.seed, device=c.device, progress=c.progress, save_every=10)
+                       seed=c.seed, device=c.device, progress=c.progress, save_every=10, report_to=c.report_to)
         result = train_ppo(pc)
         last = result.history[-1] if result.history else {}
         return {k: last.get(k) for k in ("ppo/score", "ppo/kl", "ppo/response_length", "ppo/ptx_loss")}

@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from . import backends
 from . import checkpoint as ckpt
 from . import distributed as dist
+from . import lora
 from . import sharding
 from .batching import ModelContext, RecordEncoder, pad
 from .chat import CHAT_TEMPLATE_HELP, ChatFormat, prompt_input
@@ -60,16 +61,26 @@ from .generation import decode_responses
 from .losses import (AdaptiveKLController, FixedKLController, ema_update, entropy_from_logits, gae,
                      kl_estimate, lm_loss_sum, masked_mean, policy_loss, shape_rewards, token_logprobs,
                      value_loss)
-from .models import (ModelLoadError, RewardModel, load_policy, load_tokenizer, pick_device, position_ids_from_mask,
-                     set_dropout)
+from .lora import LoraOptions
+from .models import (ModelLoadError, ModelOptions, RewardModel, enable_gradient_checkpointing, load_policy,
+                     load_tokenizer, pick_device, position_ids_from_mask, resolve_dtype, set_dropout,
+                     trained_policy, trained_reward_model)
 from .pretrain import BlockStream, load_corpus, pack_blocks
-from .records import MetricsLog, update_run_info, write_run_info
+from .records import MetricsLog, open_metrics, update_run_info, write_run_info
+from .tracking import TrackingOptions
 from .training import adamw_kernel
 
 
 @dataclass
-class PPOConfig:
-    """PPO and PPO-ptx (``instructgpt ppo``). Names follow the paper and lm-human-preferences."""
+class PPOConfig(LoraOptions, ModelOptions, TrackingOptions):
+    """PPO and PPO-ptx (``instructgpt ppo``). Names follow the paper and lm-human-preferences.
+
+    With ``lora_r`` > 0 the policy and the value model train adapters (the value model also its
+    head) and the KL reference is the policy with its adapters disabled: one copy of the base
+    weights. That holds when the reference is the policy's starting point: ``reference`` empty
+    or equal to ``policy``, or ``policy`` a LoRA PPO folder whose base is ``reference`` (its
+    adapter is trained further). Any other ``reference`` is loaded as a separate frozen model.
+    """
     policy: str = opt("", "Policy to start from (the SFT folder, or a previous PPO policy to continue).")
     reference: str = opt("", "Frozen reference policy of the KL penalty (default: policy, i.e. the SFT model).")
     reward_model: str = opt("", "Reward-model folder (scores responses; initialises the value function).")
@@ -136,6 +147,12 @@ class PPOConfig:
                                 "models stay replicated. Same results and folders in every mode.")
 
     def validate(self) -> None:
+        self.validate_model_options()
+        self.validate_lora()
+        self.validate_tracking()
+        if self.lora_r and self.generation_backend == "vllm":
+            raise ConfigError("generation_backend: vllm does not sample from a LoRA policy here (its weights are "
+                              "synced by name from a plain model); use builtin or auto with lora_r > 0")
         if not self.policy or not self.prompts or not self.out_dir:
             raise ConfigError("policy, prompts, out_dir: required")
         if not self.reward_model and not self.reward_fn:
@@ -299,10 +316,12 @@ class PPOTrainer:
         self.format = ChatFormat.load(self.tokenizer, cfg.chat_template)
         self.format.apply_to(self.tokenizer)  # saved with the policy
         self.prompt_texts, self.prompt_ids = self._load_prompts()
-        self.policy = load_policy(cfg.policy, self.device)
-        self.ref = load_policy(cfg.reference or cfg.policy, self.device).eval().requires_grad_(False)
+        frozen = resolve_dtype(cfg.dtype, self.device)  # dtype of the frozen reference and reward model
+        self.policy, self.ref = self._policy_and_reference(frozen)
         if cfg.reward_model:
-            self.reward_model = RewardModel.from_pretrained(cfg.reward_model, self.device).eval().requires_grad_(False)
+            self.reward_model = RewardModel.from_pretrained(
+                cfg.reward_model, self.device, dtype=frozen,
+                attn_implementation=cfg.attn_implementation).eval().requires_grad_(False)
             _check_reward_model_format(self.format, cfg.reward_model)
             self.reward_fn = load_reward_fn(cfg.reward_fn) if cfg.reward_fn else None
         else:
@@ -312,9 +331,9 @@ class PPOTrainer:
         if self.shared:
             self.value: torch.nn.Module = ValueHead(self.policy.config.hidden_size).to(self.device)
         elif cfg.reward_model:
-            self.value = RewardModel.from_pretrained(cfg.reward_model, self.device)
+            self.value = trained_reward_model(cfg.reward_model, self.device, cfg, from_reward_model=True)
         else:
-            self.value = RewardModel.from_policy(cfg.policy, self.device)
+            self.value = trained_reward_model(cfg.policy, self.device, cfg)
         # Dropout off in rollouts and updates (learn() runs in train mode): modules, attention
         # attributes and config fields alike, so the first update is exactly on-policy.
         for m in (self.policy, self.ref, self.reward_model, self.value):  # the EMA is a copy of the policy
@@ -322,7 +341,10 @@ class PPOTrainer:
                 set_dropout(m, 0.0)
         for m in (self.policy, self.value):
             dist.broadcast_module(m)  # identical starting weights on every rank (e.g. a fresh value head)
-        self.ema_model = copy.deepcopy(self.policy).requires_grad_(False) if cfg.ema else None
+        self.ema_model = None
+        if cfg.ema:  # with LoRA an EMA of the adapters only (the base is frozen)
+            self.ema_model = (lora.AdapterShadow(self.policy) if lora.has_adapters(self.policy)
+                              else copy.deepcopy(self.policy).requires_grad_(False))
         # Sharding (before the optimizer sees the parameters): the trained models, and the EMA with the
         # policy's placements so its update stays a local elementwise operation on each rank's shard.
         mode = sharding.resolve_mode(cfg.sharding)
@@ -347,11 +369,47 @@ class PPOTrainer:
             blocks = pack_blocks(self.tokenizer, load_corpus(cfg.pretrain_data), cfg.ptx_seq_len)
             self.ptx = BlockStream(blocks, cfg.seed + 1)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed + dist.rank())
-        self.backend = backends.make_backend(cfg.generation_backend, backends.BackendContext(
+        # a LoRA policy samples with the builtin generator (vLLM would load the plain weights by name)
+        backend = "builtin" if lora.has_adapters(self.policy) and cfg.generation_backend == "auto" \
+            else cfg.generation_backend
+        self.backend = backends.make_backend(backend, backends.BackendContext(
             self.policy, cfg.policy, self.device, self.dtype, cfg.seed + dist.rank(), cfg.vllm_gpu_memory_utilization))
         self.iteration = 0
         self.prompt_position = 0
         self.ema_updates = 0
+
+    def _policy_and_reference(self, frozen: torch.dtype) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        """The trained policy and the frozen KL reference (None: the policy with its adapters disabled).
+
+        Full fine-tuning: two models, the reference in ``dtype``. LoRA: one copy of the base weights
+        when the reference is where the adapters start from, else a separate reference (see PPOConfig)."""
+        cfg = self.cfg
+        ref_spec = cfg.reference or cfg.policy
+        load = {"attn_implementation": cfg.attn_implementation}
+        if not cfg.lora_r:
+            policy = trained_policy(cfg.policy, self.device, cfg)
+            return policy, load_policy(ref_spec, self.device, dtype=frozen, **load).eval().requires_grad_(False)
+        if lora.same_model(ref_spec, cfg.policy):  # fresh adapters on the reference (e.g. SFT) weights
+            return trained_policy(cfg.policy, self.device, cfg), None
+        if lora.is_adapter_folder(cfg.policy) and lora.same_model(lora.adapter_base(cfg.policy), ref_spec):
+            # a LoRA PPO policy continued: its adapter, trained further, on the reference weights
+            base = load_policy(ref_spec, self.device, dtype=frozen, load_in_4bit=cfg.load_in_4bit, **load)
+            policy = lora.load_adapter(base, cfg.policy, trainable=True)
+            if cfg.gradient_checkpointing:
+                enable_gradient_checkpointing(policy)
+            return policy, None
+        if dist.is_main():
+            print(f"ppo: reference={ref_spec} is not the base of the LoRA policy {cfg.policy}: loading it as a "
+                  f"separate frozen model (the adapters-disabled policy would be a different model)", flush=True)
+        policy = trained_policy(cfg.policy, self.device, cfg)
+        return policy, load_policy(ref_spec, self.device, dtype=frozen, **load).eval().requires_grad_(False)
+
+    def reference_logits(self, input_ids, attention_mask, P: int) -> torch.Tensor:
+        """(B, R, V) logits of the KL reference: its own model, or the policy with its adapters off."""
+        if self.ref is not None:
+            return response_logits(self.ref, input_ids, attention_mask, P)
+        with lora.adapters_disabled(self.policy):
+            return response_logits(self.policy, input_ids, attention_mask, P)
 
     def _load_prompts(self) -> tuple[list[str], list[list[int]]]:
         prompts = load_prompts(self.cfg.prompts)
@@ -407,7 +465,7 @@ class PPOTrainer:
         with self.amp():
             logits, values = self.logits_and_values(input_ids, attn, P)
             logprobs = token_logprobs(logits, input_ids[:, P:], temp)
-            ref_logprobs = token_logprobs(response_logits(self.ref, input_ids, attn, P), input_ids[:, P:], temp)
+            ref_logprobs = token_logprobs(self.reference_logits(input_ids, attn, P), input_ids[:, P:], temp)
         ended = torch.tensor(gen.ended, device=self.device)
         texts = decode_responses(tok, gen)
         prompt_texts = [self.prompt_texts[i] for i in indices]
@@ -582,7 +640,10 @@ class PPOTrainer:
         self.ema_updates += 1
         n = self.ema_updates
         decay = min(self.cfg.ema_decay, (1 + n) / (10 + n)) if self.cfg.ema_warmup else self.cfg.ema_decay
-        ema_update(list(self.ema_model.parameters()), list(self.policy.parameters()), decay)
+        if isinstance(self.ema_model, lora.AdapterShadow):
+            ema_update(self.ema_model.tensors(), [p for _, p in lora.trainable(self.policy)], decay)
+        else:
+            ema_update(list(self.ema_model.parameters()), list(self.policy.parameters()), decay)
 
     # ---- one iteration
 
@@ -650,6 +711,10 @@ class PPOTrainer:
     def save_final(self) -> None:
         """Plain HF folders written by rank 0; every rank calls it (sharded weights are gathered)."""
         out = Path(self.cfg.out_dir)
+        if lora.has_adapters(self.policy):
+            if dist.is_main():
+                self._save_lora_final(out)
+            return
         final = self.ema_model if self.ema_model is not None else self.policy
         sharding.save_pretrained(final, str(out))
         if self.ema_model is not None:
@@ -665,11 +730,28 @@ class PPOTrainer:
                           str(out / "value_head.safetensors"))
 
 
+    def _save_lora_final(self, out: Path) -> None:
+        """Adapter folders: the policy (EMA adapters) in out_dir, policy_raw/, value_model/ (or
+        value_head.safetensors); merged plain folders instead with ``merge_lora`` (adapters in adapter/)."""
+        merge, tok = self.cfg.merge_lora, self.tokenizer
+        if self.ema_model is not None:
+            with self.ema_model.swapped_into(self.policy):
+                lora.save_policy(self.policy, out, tok, merge)
+            lora.save_policy(self.policy, out / "policy_raw", tok, merge)
+        else:
+            lora.save_policy(self.policy, out, tok, merge)
+        if self.shared:  # the head sits on policy_raw's trunk (or the saved policy's, without EMA)
+            save_file({k: v.contiguous() for k, v in self.value.state_dict().items()},
+                      str(out / "value_head.safetensors"))
+        else:
+            lora.save_reward_model(self.value, out / "value_model", tok, merge)
+
+
 def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None) -> PPOResult:
     """Run ``cfg.iterations`` PPO iterations; the final (EMA) policy is saved to ``cfg.out_dir``."""
     trainer = PPOTrainer(cfg)
     out = Path(cfg.out_dir)
-    log = MetricsLog(out / "metrics.jsonl", enabled=dist.is_main())
+    log = open_metrics(out, "ppo-ptx" if cfg.ptx_coef > 0 else "ppo", cfg)
     if cfg.resume:
         found = ckpt.latest_good_checkpoint(out / "checkpoints")
         if found is not None:
@@ -680,7 +762,11 @@ def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None)
         write_run_info(out, "ppo-ptx" if cfg.ptx_coef > 0 else "ppo", cfg,
                        {"prompts": len(trainer.prompt_ids), "resumed_at_iteration": trainer.iteration,
                         "sharding": sharding.sharding_mode(trainer.policy), "world_size": dist.world_size(),
-                        "format": trainer.format.describe()})
+                        "format": trainer.format.describe(),
+                        "parameters": {"policy": lora.parameter_counts(trainer.policy),
+                                       "value": lora.parameter_counts(trainer.value),
+                                       "reference": "policy with adapters disabled" if trainer.ref is None
+                                       else lora.parameter_counts(trainer.ref)["total"]}})
     history = []
     bar = tqdm(total=cfg.iterations, initial=trainer.iteration, desc="ppo-ptx" if cfg.ptx_coef > 0 else "ppo",
                disable=not (cfg.progress and dist.is_main()), dynamic_ncols=True)
@@ -701,6 +787,7 @@ def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None)
         bar.close()
     trainer.save_final()
     if dist.is_main():
+        log.close()
         update_run_info(out, iterations=trainer.iteration,
                         final={k: v for k, v in (history[-1] if history else {}).items()})
     dist.barrier()

@@ -22,8 +22,10 @@ from . import sharding
 from .batching import Encoded
 from .config import ConfigError, opt
 from .data import DataError
-from .models import fuse_activations, load_tokenizer, pick_device
-from .records import MetricsLog, update_run_info, write_run_info
+from .models import (ModelOptions, check_attn_implementation, enable_gradient_checkpointing, fuse_activations,
+                     load_tokenizer, pick_device)
+from .records import open_metrics, update_run_info, write_run_info
+from .tracking import TrackingOptions
 from .training import OptimConfig, fit
 
 
@@ -82,7 +84,7 @@ class BlockStream:
 # ----------------------------------------------------------------------------- the stage
 
 @dataclass
-class PretrainConfig(OptimConfig):
+class PretrainConfig(ModelOptions, TrackingOptions, OptimConfig):
     """Pretraining a GPT-style model from scratch (``instructgpt pretrain``)."""
     corpus: str = opt("", "Training corpus (.txt with blank-line separated documents, or .jsonl with 'text').")
     valid_corpus: str = opt("", "Held-out corpus for validation loss (optional).")
@@ -101,6 +103,8 @@ class PretrainConfig(OptimConfig):
 
     def validate(self) -> None:
         super().validate()
+        self.validate_model_options()
+        self.validate_tracking()
         if not self.corpus or not self.tokenizer:
             raise ConfigError("corpus, tokenizer: both required")
         if self.size not in SIZES:
@@ -135,7 +139,13 @@ def train_pretrain(cfg: PretrainConfig):
     valid = []
     if cfg.valid_corpus:
         valid = [Encoded([], row.tolist()) for row in pack_blocks(tokenizer, load_corpus(cfg.valid_corpus), cfg.seq_len)]
-    model = fuse_activations(GPT2LMHeadModel(gpt2_config(cfg, tokenizer))).to(device)
+    config = gpt2_config(cfg, tokenizer)
+    attn = check_attn_implementation(cfg.attn_implementation, device)
+    if attn:
+        config._attn_implementation = attn
+    model = fuse_activations(GPT2LMHeadModel(config)).to(device)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     out = Path(cfg.out_dir)
     if dist.is_main():
         write_run_info(out, "pretrain", cfg, {"blocks": len(examples), "tokens": len(examples) * cfg.seq_len,
@@ -144,10 +154,12 @@ def train_pretrain(cfg: PretrainConfig):
     def evaluate(m, epoch):
         return {"pretrain/val_loss": mean_lm_loss(m, valid, tokenizer.pad_token_id, device, response_only=False)} if valid else {}
 
+    log = open_metrics(out, "pretrain", cfg)
     result = fit(model, LMTask(examples, tokenizer.pad_token_id, response_only=False, prefix="pretrain"), cfg, device,
-                 evaluate, None, log=MetricsLog(out / "metrics.jsonl", enabled=dist.is_main()))
+                 evaluate, None, log=log)
     sharding.save_pretrained(model, str(out))  # every rank: gathers a sharded model
     if dist.is_main():
+        log.close()
         tokenizer.save_pretrained(str(out))
         update_run_info(out, history=result.history)
     dist.barrier()

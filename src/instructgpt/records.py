@@ -19,14 +19,19 @@ class MetricsLog:
     """Append-only ``metrics.jsonl``; each line is {"step": n, "time": t, "sft/loss": ...}.
 
     On resume, lines for steps after the checkpoint are dropped first, so the
-    log of a resumed run reads like that of an uninterrupted one.
+    log of a resumed run reads like that of an uninterrupted one. ``trackers``
+    (``tracking.Run``, from ``report_to``) get every row too, under the same
+    names; ``close()`` ends their runs.
     """
 
-    def __init__(self, path: str | Path, enabled: bool = True):
+    def __init__(self, path: str | Path, enabled: bool = True, trackers=None):
         self.path = Path(path)
         self.enabled = enabled
+        self.trackers = trackers if enabled else None
 
     def truncate_after(self, step: int) -> None:
+        if self.trackers is not None:
+            self.trackers.resume_step = step
         if not self.enabled or not self.path.exists():
             return
         kept = [line for line in self.path.read_text().splitlines()
@@ -46,6 +51,19 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        if self.trackers is not None:
+            self.trackers.log(step, metrics)
+
+    def close(self) -> None:
+        if self.trackers is not None:
+            self.trackers.close()
+
+
+def open_metrics(out_dir: str | Path, stage: str, cfg: Any) -> MetricsLog:
+    """A stage's ``metrics.jsonl`` (written by the main process) with the trackers of ``cfg.report_to``."""
+    from . import distributed as dist
+    from .tracking import open_run
+    return MetricsLog(Path(out_dir) / "metrics.jsonl", enabled=dist.is_main(), trackers=open_run(cfg, stage, out_dir))
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

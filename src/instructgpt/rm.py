@@ -17,19 +17,22 @@ from pathlib import Path
 import torch
 
 from . import distributed as dist
+from . import lora
 from . import sharding
 from .batching import Encoded, ModelContext, RecordEncoder, collate_rankings, pad
 from .chat import CHAT_TEMPLATE_HELP, ChatFormat, prompt_input
 from .config import ConfigError, opt
 from .data import DataError, Ranking, load_demonstrations, load_prompts, load_rankings
 from .losses import pairwise_accuracy, ranking_loss
-from .models import RewardModel, load_tokenizer, pick_device, restore_dropout, set_dropout
-from .records import MetricsLog, update_run_info, write_run_info
+from .lora import LoraOptions
+from .models import ModelOptions, RewardModel, load_tokenizer, pick_device, restore_dropout, set_dropout, trained_reward_model
+from .records import open_metrics, update_run_info, write_run_info
+from .tracking import TrackingOptions
 from .training import FitResult, OptimConfig, fit
 
 
 @dataclass
-class RMConfig(OptimConfig):
+class RMConfig(LoraOptions, ModelOptions, TrackingOptions, OptimConfig):
     """Reward-model training (``instructgpt rm``)."""
     model: str = opt("", "Model to start from (the SFT folder): its unembedding is replaced by a scalar head.")
     train: str = opt("", "Rankings JSONL (also {prompt, chosen, rejected} rows).")
@@ -48,6 +51,9 @@ class RMConfig(OptimConfig):
 
     def validate(self) -> None:
         super().validate()
+        self.validate_model_options()
+        self.validate_lora()
+        self.validate_tracking()
         if not self.model:
             raise ConfigError("model: required (the SFT model folder)")
         if not self.train:
@@ -176,12 +182,13 @@ def train_rm(cfg: RMConfig) -> RMResult:
     train_enc = encode_rankings(train, encoder)
     valid_enc = encode_rankings(load_rankings(cfg.valid, prompts), encoder) if cfg.valid else []
 
-    model = RewardModel.from_policy(cfg.model, device, dropout=cfg.dropout)
+    model = trained_reward_model(cfg.model, device, cfg, dropout=cfg.dropout)
     out = Path(cfg.out_dir)
     if dist.is_main():
         write_run_info(out, "rm", cfg, {"train_rankings": len(train_enc),
-                                        "train_pairs": sum(len(r.pairs) for r in train_enc), "format": fmt.describe()})
-    log = MetricsLog(out / "metrics.jsonl", enabled=dist.is_main())
+                                        "train_pairs": sum(len(r.pairs) for r in train_enc),
+                                        "format": fmt.describe(), "parameters": lora.parameter_counts(model)})
+    log = open_metrics(out, "rm", cfg)
 
     def evaluate(m, epoch):
         return evaluate_rankings(m, valid_enc, tokenizer.pad_token_id, device) if valid_enc else {}
@@ -195,12 +202,17 @@ def train_rm(cfg: RMConfig) -> RMResult:
         bias = -score_sequences(model, seqs, tokenizer.pad_token_id, device).mean().item()
         model.reward_bias.fill_(bias)
         final = evaluate_rankings(model, valid_enc, tokenizer.pad_token_id, device) if valid_enc else {}
-    sharding.save_pretrained(model, out, tokenizer,  # every rank: gathers a sharded model; rank 0 writes
-                             extra={"normalised_on": ref_desc, "normalised_count": len(seqs)})
+    extra = {"normalised_on": ref_desc, "normalised_count": len(seqs)}
+    if lora.has_adapters(model):  # the adapter + head (and with merge_lora the merged folder); never sharded
+        if dist.is_main():
+            lora.save_reward_model(model, out, tokenizer, merge=cfg.merge_lora, extra=extra)
+    else:
+        sharding.save_pretrained(model, out, tokenizer, extra=extra)  # every rank: gathers a sharded model
     if dist.is_main():
         update_run_info(out, reward_bias=bias, normalised_on=ref_desc, history=result.history,
                         selected_epoch=result.best_epoch, **final)
         log.log(result.steps, {"rm/reward_bias": bias, **final})
+        log.close()
         acc = final.get("rm/val_accuracy")
         print(f"rm: bias {bias:+.4f} (mean 0 on {ref_desc})"
               + (f"; validation accuracy {acc:.3f}" if acc is not None else "") + f"; saved to {out}")

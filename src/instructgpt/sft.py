@@ -17,21 +17,24 @@ from pathlib import Path
 import torch
 
 from . import distributed as dist
+from . import lora
 from . import sharding
 from .batching import Encoded, ModelContext, RecordEncoder, collate_lm, pad
 from .chat import CHAT_TEMPLATE_HELP, ChatFormat, prompt_input
 from .config import ConfigError, opt
 from .data import DataError, Demonstration, load_demonstrations, load_prompts
 from .generation import generate
-from .models import (RewardModel, load_policy, load_tokenizer, pick_device, position_ids_from_mask,
-                     restore_dropout, set_dropout)
+from .lora import LoraOptions
+from .models import (ModelOptions, RewardModel, load_tokenizer, pick_device, position_ids_from_mask,
+                     resolve_dtype, restore_dropout, set_dropout, trained_policy)
 from .losses import lm_loss_sum
-from .records import MetricsLog, update_run_info, write_run_info
+from .records import open_metrics, update_run_info, write_run_info
+from .tracking import TrackingOptions
 from .training import FitResult, OptimConfig, fit
 
 
 @dataclass
-class SFTConfig(OptimConfig):
+class SFTConfig(LoraOptions, ModelOptions, TrackingOptions, OptimConfig):
     """Supervised fine-tuning (``instructgpt sft``)."""
     model: str = opt("", "Model to fine-tune: a folder, a .gguf file, or 'smollm2'.")
     train: str = opt("", "Demonstrations JSONL (prompt or prompt_id, response).")
@@ -49,6 +52,9 @@ class SFTConfig(OptimConfig):
 
     def validate(self) -> None:
         super().validate()
+        self.validate_model_options()
+        self.validate_lora()
+        self.validate_tracking()
         if not self.model:
             raise ConfigError("model: required (folder, .gguf file or 'smollm2')")
         if not self.train:
@@ -146,14 +152,16 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
     valid_demos = load_demonstrations(cfg.valid, prompts) if cfg.valid else []
     valid_ex, _ = encode_demonstrations(valid_demos, encoder)
 
-    model = load_policy(cfg.model, device, dropout=cfg.dropout)
+    model = trained_policy(cfg.model, device, cfg, dropout=cfg.dropout)
     out = Path(cfg.out_dir)
     if dist.is_main():
         write_run_info(out, "sft", cfg, {"train_examples": len(train_ex), "responses_truncated": cut,
-                                         "format": fmt.describe()})
-    log = MetricsLog(out / "metrics.jsonl", enabled=dist.is_main())
+                                         "format": fmt.describe(), "parameters": lora.parameter_counts(model)})
+    log = open_metrics(out, "sft", cfg)
 
-    reward_model = RewardModel.from_pretrained(cfg.reward_model, device).eval() if cfg.reward_model else None
+    reward_model = RewardModel.from_pretrained(
+        cfg.reward_model, device, dtype=resolve_dtype(cfg.dtype, device),
+        attn_implementation=cfg.attn_implementation).eval() if cfg.reward_model else None
     select_prompts = _selection_prompts(valid_demos or train_demos, encoder, cfg) if reward_model else []
 
     def evaluate(m, epoch: int) -> dict[str, float]:
@@ -173,9 +181,14 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
         select, selected_by = None, "last epoch (no validation data)"
     result = fit(model, LMTask(train_ex, tokenizer.pad_token_id), cfg, device, evaluate, select, log=log)
 
-    sharding.save_pretrained(model, str(out), safe_serialization=True)  # every rank: gathers a sharded model
+    if lora.has_adapters(model):  # the adapter (and with merge_lora the merged folder); never sharded
+        if dist.is_main():
+            lora.save_policy(model, out, tokenizer, merge=cfg.merge_lora)
+    else:
+        sharding.save_pretrained(model, str(out), safe_serialization=True)  # every rank: gathers a sharded model
     if dist.is_main():
         tokenizer.save_pretrained(str(out))
+        log.close()
         update_run_info(out, selected_epoch=result.best_epoch, selected_by=selected_by,
                         selection_score=result.best_score, history=result.history)
         print(f"sft: kept epoch {result.best_epoch if result.best_epoch is not None else result.epochs_run - 1} "

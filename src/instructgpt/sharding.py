@@ -122,7 +122,7 @@ def resolve_mode(requested: str, env: Mapping[str, str] | None = None, warn: boo
         if env.get("FSDP_OFFLOAD_PARAMS", "").lower() in _TRUE:
             notes.append("fsdp_offload_params is not implemented here: parameters stay on the device")
         if env.get("FSDP_ACTIVATION_CHECKPOINTING", "").lower() in _TRUE:
-            notes.append("fsdp_activation_checkpointing is not implemented here: activations are kept")
+            notes.append("fsdp_activation_checkpointing is not read here: set gradient_checkpointing=true")
         if env.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "").lower() in _TRUE:
             notes.append("fsdp_cpu_ram_efficient_loading is not implemented here: every rank loads the full "
                          "model, then rank 0's weights are broadcast and sharded")
@@ -227,6 +227,8 @@ def shard_model(model: nn.Module, mode: str) -> bool:
         return False
     if is_sharded(model):
         return True
+    from .lora import refuse_sharding
+    refuse_sharding(model)  # FSDP2 + LoRA adapters: a clear error (docs/scaling.md)
     from torch.distributed.fsdp import FSDPModule, fully_shard
     reshard = mode == "full"
     for block in transformer_blocks(model):

@@ -1,0 +1,203 @@
+"""Experiment trackers: TensorBoard, Weights & Biases, Trackio, MLflow (``report_to=``).
+
+``metrics.jsonl`` stays the source of truth; trackers get a copy of every row
+``records.MetricsLog`` writes, under the same names (``sft/loss``, ``ppo/kl``,
+``time/generate`` ...) and the same step, plus the resolved config once. Each
+tracker is an optional package (``pip install 'instructgpt[track]'`` brings
+TensorBoard, W&B and MLflow; Trackio is its own extra); naming one that is not
+installed is a config error naming the pip command.
+
+Where each one writes (a run is named ``<stage>-<out_dir name>`` unless
+``run_name`` is set):
+
+  tensorboard  out_dir/tensorboard/ (event files; ``tensorboard --logdir out_dir``)
+  wandb        project $WANDB_PROJECT (default instructgpt); files under out_dir/wandb/;
+               WANDB_MODE=offline works without a network (``wandb sync`` later)
+  trackio      project $TRACKIO_PROJECT (default instructgpt), its local store
+               ($TRACKIO_DIR, default ~/.cache/huggingface/trackio); ``trackio show``
+  mlflow       $MLFLOW_TRACKING_URI, else a SQLite store out_dir/mlflow.db; experiment
+               $MLFLOW_EXPERIMENT_NAME (default instructgpt); ``mlflow ui --backend-store-uri ...``
+
+On resume the trackers are started after the checkpoint is read: TensorBoard
+drops its events after the checkpoint's step (``purge_step``); W&B, Trackio and
+MLflow start a new run that continues at that step.
+Only the main process of a multi-process run reports.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, opt
+
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
+# tracker -> (module to import, pip command)
+_PACKAGES = {"tensorboard": ("tensorboard", "pip install 'instructgpt[track]'"),
+             "wandb": ("wandb", "pip install 'instructgpt[track]'"),
+             "mlflow": ("mlflow", "pip install 'instructgpt[track]'"),
+             "trackio": ("trackio", "pip install 'instructgpt[trackio]'")}
+PROJECT = "instructgpt"
+
+
+@dataclass
+class TrackingOptions:
+    """Experiment tracking, besides metrics.jsonl."""
+    report_to: str = opt("none", "Experiment trackers that also get every metric and the resolved config "
+                                 "(comma list): none, tensorboard, wandb, trackio, mlflow. metrics.jsonl is always "
+                                 "written. Needs pip install 'instructgpt[track]' (trackio: [trackio]).")
+    run_name: str = opt("", "Run name in the trackers (empty = <stage>-<out_dir folder name>).")
+
+    def validate_tracking(self) -> None:
+        parse_report_to(self.report_to)
+
+
+def parse_report_to(value: str) -> list[str]:
+    """``"tensorboard,wandb"`` -> ["tensorboard", "wandb"]; ``none``/empty -> []; unknown or missing -> ConfigError."""
+    names = [v.strip().lower() for v in str(value).split(",") if v.strip()]
+    if names == ["none"] or not names:
+        return []
+    out = []
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError(f"report_to: {name!r} is not one of none, {', '.join(TRACKERS)}")
+        module, pip = _PACKAGES[name]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"report_to: {name} needs the {module} package, which is not installed: {pip}")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries (trackers take scalars; metrics.jsonl keeps everything)."""
+    out = {}
+    for k, v in metrics.items():
+        if hasattr(v, "item"):
+            v = v.item()
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(v)
+    return out
+
+
+def flat_config(config: dict[str, Any]) -> dict[str, str | float | int | bool]:
+    """Config values as tracker parameters: scalars as they are, lists and dicts as JSON text."""
+    return {k: v if isinstance(v, (str, int, float, bool)) else json.dumps(v) for k, v in config.items()}
+
+
+# ----------------------------------------------------------------------------- the trackers
+
+class _TensorBoard:
+    def __init__(self, run: "Run"):
+        from torch.utils.tensorboard import SummaryWriter
+        # on resume, events after the checkpoint's step (logged before the kill) are dropped
+        purge = None if run.resume_step is None else run.resume_step + 1
+        self.writer = SummaryWriter(log_dir=str(run.out_dir / "tensorboard"), purge_step=purge, flush_secs=10)
+        self.writer.add_text("config", "```\n" + json.dumps(run.config, indent=2, default=str) + "\n```", 0)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _Wandb:
+    def __init__(self, run: "Run"):
+        import wandb
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", PROJECT), name=run.name, dir=str(run.out_dir),
+                              config=run.config, job_type=run.stage, reinit="create_new")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.log(metrics, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class _Trackio:
+    def __init__(self, run: "Run"):
+        import trackio
+        self.trackio = trackio
+        trackio.init(project=os.environ.get("TRACKIO_PROJECT", PROJECT), name=run.name, config=run.config)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.trackio.log(metrics, step=step)
+
+    def close(self) -> None:
+        self.trackio.finish()
+
+
+class _MLflow:
+    def __init__(self, run: "Run"):
+        import mlflow
+        self.mlflow = mlflow
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run.out_dir / 'mlflow.db').resolve()}"
+        self.client = mlflow.MlflowClient(uri)
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME", PROJECT)
+        found = self.client.get_experiment_by_name(name)
+        experiment = found.experiment_id if found else self.client.create_experiment(name)
+        self.run_id = self.client.create_run(experiment, run_name=run.name, tags={"stage": run.stage}).info.run_id
+        params = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in flat_config(run.config).items()]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters per call
+            self.client.log_batch(self.run_id, params=params[i:i + 100])
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        import time
+        now = int(time.time() * 1000)
+        batch = [self.mlflow.entities.Metric(k, v, now, step) for k, v in metrics.items() if math.isfinite(v)]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def close(self) -> None:
+        self.client.set_terminated(self.run_id)
+
+
+_CLASSES = {"tensorboard": _TensorBoard, "wandb": _Wandb, "trackio": _Trackio, "mlflow": _MLflow}
+
+
+class Run:
+    """The trackers of one stage run, started on the first metrics row (after a resume is known)."""
+
+    def __init__(self, names: list[str], stage: str, out_dir: str | Path, config: dict[str, Any],
+                 name: str = ""):
+        self.names, self.stage, self.out_dir = names, stage, Path(out_dir)
+        self.config = config
+        self.name = name or f"{stage}-{self.out_dir.resolve().name}"
+        self.resume_step: int | None = None
+        self.trackers: list | None = None
+        atexit.register(self.close)
+
+    def start(self) -> None:
+        if self.trackers is None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.trackers = [_CLASSES[n](self) for n in self.names]
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        values = _numbers(metrics)
+        if not values:
+            return
+        self.start()
+        for t in self.trackers:
+            t.log(step, values)
+
+    def close(self) -> None:
+        for t in self.trackers or []:
+            t.close()
+        self.trackers = []
+
+
+def open_run(cfg: Any, stage: str, out_dir: str | Path) -> Run | None:
+    """The trackers ``cfg.report_to`` names for this stage, or None (none asked for, or not the main process)."""
+    from . import config as config_mod
+    from . import distributed as dist
+    names = parse_report_to(getattr(cfg, "report_to", "none"))
+    if not names or not dist.is_main():
+        return None
+    return Run(names, stage, out_dir, config_mod.to_dict(cfg), getattr(cfg, "run_name", ""))

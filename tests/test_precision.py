@@ -1,0 +1,155 @@
+"""Memory and precision options: gradient checkpointing, attention kernels, dtype of frozen models, autocast coverage."""
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from tests.conftest import make_model, repeat_demos, write_jsonl, yes_rankings
+from instructgpt import config
+from instructgpt.config import ConfigError
+from instructgpt.models import (RewardModel, check_attn_implementation, enable_gradient_checkpointing, load_policy,
+                                resolve_dtype)
+from instructgpt.sft import SFTConfig, train_sft
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tokenizer_dir):
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    return {arch: make_model(tmp_path_factory.mktemp(arch), arch, tokenizer=tok) for arch in ("gpt2", "llama")}
+
+
+def grads(model, ids, mask, reward: bool = False) -> dict[str, torch.Tensor]:
+    model.train()
+    model.zero_grad(set_to_none=True)
+    out = model(ids, mask).sum() if reward else model(input_ids=ids, attention_mask=mask).logits.pow(2).mean()
+    out.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_gradient_checkpointing_gives_the_same_gradients(models, arch):
+    ids = torch.randint(3, 150, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # a left-padded row
+    plain, ckpt = load_policy(models[arch]), load_policy(models[arch])
+    enable_gradient_checkpointing(ckpt)
+    calls = []
+    mlp = (ckpt.transformer.h if arch == "gpt2" else ckpt.model.layers)[0].mlp
+    forward = mlp.forward
+    mlp.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)  # (module hooks do not see the recompute)
+    a, b = grads(plain, ids, mask), grads(ckpt, ids, mask)
+    assert len(calls) == 2  # the block's MLP ran twice: forward, then recomputed in backward
+    assert a.keys() == b.keys() and len(a) > 5
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    # the reward model's body too
+    rm_plain, rm_ckpt = RewardModel.from_policy(models[arch]), RewardModel.from_policy(models[arch])
+    rm_ckpt.head.load_state_dict(rm_plain.head.state_dict())
+    enable_gradient_checkpointing(rm_ckpt)
+    a, b = grads(rm_plain, ids, mask, reward=True), grads(rm_ckpt, ids, mask, reward=True)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_sft_with_gradient_checkpointing_trains_the_same_weights(tmp_path, models):
+    d = tmp_path
+    write_jsonl(d / "t.jsonl", repeat_demos(32, 1))
+    outs = {}
+    for gc in (False, True):
+        cfg = config.from_dict(SFTConfig, dict(model=str(models["llama"]), train=str(d / "t.jsonl"),
+                                               out_dir=str(d / f"gc{gc}"), lr=1e-3, epochs=1, batch_size=8,
+                                               dropout=0.0, progress=False, gradient_checkpointing=gc))
+        train_sft(cfg)
+        outs[gc] = load_policy(d / f"gc{gc}").state_dict()
+    changed = [k for k in outs[False] if not torch.equal(outs[False][k], load_policy(models["llama"]).state_dict()[k])]
+    assert changed
+    for k in outs[False]:
+        torch.testing.assert_close(outs[False][k], outs[True][k], atol=1e-5, rtol=1e-4)
+
+
+def test_attn_implementation_is_applied_and_kernels_agree(models):
+    ids = torch.randint(3, 150, (2, 10))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    for arch in ("gpt2", "llama"):
+        eager = load_policy(models[arch], attn_implementation="eager")
+        sdpa = load_policy(models[arch], attn_implementation="sdpa")
+        assert eager.config._attn_implementation == "eager" and sdpa.config._attn_implementation == "sdpa"
+        with torch.no_grad():
+            a = eager(input_ids=ids, attention_mask=mask).logits[mask.bool()]
+            b = sdpa(input_ids=ids, attention_mask=mask).logits[mask.bool()]
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        rm = RewardModel.from_policy(models[arch], attn_implementation="eager")
+        assert rm.backbone.config._attn_implementation == "eager"
+
+
+def test_flash_attention_without_cuda_is_a_clear_error(models, tmp_path):
+    with pytest.raises(ConfigError, match="flash_attention_2 runs on CUDA GPUs only; this run's device is cpu"):
+        check_attn_implementation("flash_attention_2", "cpu")
+    with pytest.raises(ConfigError, match="flash_attention_2 runs on CUDA"):
+        load_policy(models["gpt2"], attn_implementation="flash_attention_2")
+    with pytest.raises(ConfigError, match="attn_implementation: 'fast' is not one of"):
+        config.from_dict(SFTConfig, dict(model="m", train="t", out_dir="o", attn_implementation="fast"))
+    assert check_attn_implementation("auto", "cpu") is None
+
+
+def test_dtype_puts_frozen_models_in_bf16_and_keeps_trained_ones_fp32(tmp_path, models):
+    from instructgpt.ppo import PPOConfig, PPOTrainer, train_ppo
+    from instructgpt.rm import RMConfig, train_rm
+    assert resolve_dtype("auto", "cpu") == torch.float32  # CPU: fp32 is the fast path
+    assert resolve_dtype("bf16", "cpu") == torch.bfloat16
+    with pytest.raises(ConfigError, match="dtype: 'fp8' is not one of"):
+        config.from_dict(SFTConfig, dict(model="m", train="t", out_dir="o", dtype="fp8"))
+    write_jsonl(tmp_path / "rm.jsonl", yes_rankings(8, 1))
+    write_jsonl(tmp_path / "p.jsonl", [{"id": str(i), "text": f"say {i}\n", "user_id": "u"} for i in range(4)])
+    train_rm(config.from_dict(RMConfig, dict(model=str(models["llama"]), train=str(tmp_path / "rm.jsonl"),
+                                             out_dir=str(tmp_path / "rm"), batch_size=8, progress=False)))
+    cfg = config.from_dict(PPOConfig, dict(policy=str(models["llama"]), reward_model=str(tmp_path / "rm"),
+                                           prompts=str(tmp_path / "p.jsonl"), out_dir=str(tmp_path / "ppo"),
+                                           iterations=1, batch_size=4, minibatch_size=4, max_new_tokens=4,
+                                           progress=False, dtype="bf16"))
+    trainer = PPOTrainer(cfg)
+    assert {p.dtype for p in trainer.ref.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in trainer.reward_model.backbone.parameters()} == {torch.bfloat16}
+    assert trainer.reward_model.head.weight.dtype == torch.float32  # head and bias stay fp32
+    assert {p.dtype for p in trainer.policy.parameters()} == {torch.float32}
+    assert {p.dtype for p in trainer.value.parameters()} == {torch.float32}
+    fp32 = RewardModel.from_pretrained(tmp_path / "rm")
+    ids = torch.randint(3, 150, (2, 8))
+    mask = torch.ones_like(ids)
+    torch.testing.assert_close(trainer.reward_model(ids, mask).float(), fp32(ids, mask), atol=0.05, rtol=0.05)
+    result = train_ppo(cfg)
+    assert abs(result.history[0]["ppo/kl"]) < 0.5  # bf16 reference: rounding, not a different model
+
+
+def test_bf16_autocast_covers_every_trained_forward(tmp_path, models, monkeypatch):
+    """precision=bf16: the training forward passes of SFT, RM and PPO run under autocast (weights stay fp32)."""
+    from instructgpt.ppo import PPOConfig, train_ppo
+    from instructgpt.rm import RMConfig, train_rm
+    seen: list[tuple[str, torch.dtype]] = []
+    real_linear = torch.nn.functional.linear
+
+    def spy(x, w, b=None):
+        out = real_linear(x, w, b)
+        if torch.is_grad_enabled():
+            seen.append((stage, out.dtype))
+        return out
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    write_jsonl(tmp_path / "t.jsonl", repeat_demos(8, 1))
+    write_jsonl(tmp_path / "rm.jsonl", yes_rankings(4, 1))
+    write_jsonl(tmp_path / "p.jsonl", [{"id": str(i), "text": f"say {i}\n", "user_id": "u"} for i in range(4)])
+    m = str(models["llama"])
+    stage = "sft"
+    train_sft(config.from_dict(SFTConfig, dict(model=m, train=str(tmp_path / "t.jsonl"), out_dir=str(tmp_path / "s"),
+                                               batch_size=8, progress=False, precision="bf16")))
+    stage = "rm"
+    train_rm(config.from_dict(RMConfig, dict(model=m, train=str(tmp_path / "rm.jsonl"), out_dir=str(tmp_path / "r"),
+                                             batch_size=4, progress=False, precision="bf16")))
+    stage = "ppo"
+    train_ppo(config.from_dict(PPOConfig, dict(policy=m, reward_fn="tests.ppo_rewards:count_e",
+                                               prompts=str(tmp_path / "p.jsonl"), out_dir=str(tmp_path / "p"),
+                                               iterations=1, batch_size=4, minibatch_size=4, max_new_tokens=4,
+                                               progress=False, precision="bf16")))
+    for name in ("sft", "rm", "ppo"):
+        dtypes = {d for s, d in seen if s == name}
+        assert dtypes == {torch.bfloat16}, (name, dtypes)
