@@ -26,18 +26,21 @@ def toy_corpus(n: int = 400, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(n)]
 
 
-def make_tokenizer(folder: Path, vocab_size: int = 200):
+def make_tokenizer(folder: Path, vocab_size: int = 200, chat_tokens: bool = False):
+    """A byte-level BPE tokenizer; ``chat_tokens`` adds ChatML's ``<|im_start|>``/``<|im_end|>`` as special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|pad|>"],
+    specials = ["<|endoftext|>", "<|pad|>"] + (["<|im_start|>", "<|im_end|>"] if chat_tokens else [])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(toy_corpus() + [": \n"], trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                   pad_token="<|pad|>", model_max_length=128)
+                                   pad_token="<|pad|>", model_max_length=128,
+                                   additional_special_tokens=specials[2:] or None)
     fast.save_pretrained(str(folder))
     return fast
 

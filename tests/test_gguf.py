@@ -24,7 +24,8 @@ from instructgpt.sft import SFTConfig, train_sft
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory):
     d = tmp_path_factory.mktemp("gguf")
-    tok = make_tokenizer(d / "hf", vocab_size=320)            # with BPE merges, like a real vocabulary
+    # with BPE merges, like a real vocabulary, and ChatML's turn tokens as specials (the file carries CHATML)
+    tok = make_tokenizer(d / "hf", vocab_size=320, chat_tokens=True)
     make_model(d / "hf", "llama", tokenizer=tok)
     return write_llama_gguf(d / "tiny-llama.Q8_0.gguf", d / "hf"), d / "hf"
 
