@@ -12,7 +12,7 @@ pytest.importorskip("peft")
 from peft import PeftModel  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from tests.conftest import WORDS, make_model, repeat_demos, write_jsonl, write_llama_gguf, yes_rankings  # noqa: E402
+from tests.conftest import WORDS, make_model, make_tokenizer, repeat_demos, write_jsonl, write_llama_gguf, yes_rankings  # noqa: E402
 from instructgpt import config, lora  # noqa: E402
 from instructgpt.cli import main  # noqa: E402
 from instructgpt.config import ConfigError  # noqa: E402
@@ -100,7 +100,11 @@ def test_sft_lora_trains_adapters_only_and_saves_a_peft_adapter(sft_adapter, bas
     tiny_gpt2 = base
     out, result = sft_adapter
     tok = load_tokenizer(base)
-    valid, _ = encode_demonstrations(load_demonstrations(data / "sft_valid.jsonl"), tok, sft_cfg(base, data, "x"))
+    from instructgpt.batching import RecordEncoder
+    from instructgpt.chat import ChatFormat
+    cfg = sft_cfg(base, data, "x")
+    encoder = RecordEncoder(ChatFormat.load(tok), None, cfg.max_prompt_tokens, max_seq_len=cfg.max_seq_len)
+    valid, _ = encode_demonstrations(load_demonstrations(data / "sft_valid.jsonl"), encoder)
     before = mean_lm_loss(load_policy(base), valid, tok.pad_token_id, "cpu")
     losses = [h["sft/val_loss"] for h in result.fit.history]
     assert losses[-1] < before * 0.92 and losses[-1] < losses[0], (before, losses)
@@ -356,9 +360,9 @@ def test_lean_decoding_is_not_used_for_adapter_layers(base):
     assert runs[0] == runs[1]
 
 
-def test_adapter_on_a_gguf_base_records_the_file(tmp_path, tokenizer_dir, data):
-    from transformers import AutoTokenizer
-    folder = make_model(tmp_path / "llama", "llama", tokenizer=AutoTokenizer.from_pretrained(str(tokenizer_dir)))
+def test_adapter_on_a_gguf_base_records_the_file(tmp_path, data):
+    # a GGUF carries ChatML, whose turns must end with a special token: the tokenizer has ChatML's specials
+    folder = make_model(tmp_path / "llama", "llama", tokenizer=make_tokenizer(tmp_path / "tok", chat_tokens=True))
     gguf = write_llama_gguf(tmp_path / "tiny.gguf", folder, quantize=False)
     out = tmp_path / "sft"
     train_sft(sft_cfg(gguf, data, out, epochs=1))

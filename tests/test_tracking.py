@@ -229,7 +229,7 @@ def test_run_passes_report_to_to_every_training_stage(tmp_path, monkeypatch):
         monkeypatch.setattr(mod, name, capture(name))
     p = Pipeline(config.from_dict(RunConfig, dict(runs_dir=str(tmp_path), report_to="tensorboard")))
     for call in (lambda: p.train_sft_stage("base", tmp_path / "t.jsonl", tmp_path / "o", 1),
-                 lambda: p.train_rm_stage([], tmp_path / "v.jsonl", tmp_path / "rm"),
+                 lambda: p.train_rm_stage([], tmp_path / "v.jsonl", tmp_path / "rm", tmp_path / "m.jsonl"),
                  lambda: p.train_ppo_stage(tmp_path, tmp_path, tmp_path / "ppo", 0.0)):
         with pytest.raises(Stop):
             call()
