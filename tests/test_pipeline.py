@@ -244,6 +244,15 @@ def test_cli_run_help_lists_options():
         assert option in out.stdout
 
 
+def test_cli_label_dispatches_before_importing_torch():
+    """The CLI's signal handling and run lock import nothing heavy: ``instructgpt label`` stays fast."""
+    code = ("import sys; from instructgpt.cli import main\n"
+            "try:\n    main(['label', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
+
+
 @pytest.mark.slow
 def test_medium_run_base_continues_and_sft_follows(tmp_path):
     """The paper's starting point and step 1, measured by the checkers on held-out prompts:

@@ -90,11 +90,13 @@ class RunConfig:
     vocab_size: int = opt(4096, "BPE vocabulary of the built-in tokenizer.")
     base_model: str = opt("", "A real checkpoint (folder, .gguf or 'smollm2') instead of pretraining the tiny base; "
                               "its stages then take the paper's settings (printed at the start).")
-    large_base: bool = opt(False, "Also pretrain a ~8x larger base model (stands in for 175B GPT-3 in claim (b); adds ~8x the pretraining time).")
+    large_base: bool = opt(False, "Also pretrain a ~8x larger base model (stands in for 175B GPT-3 in claim (b); "
+                                  "adds ~8x the pretraining time).")
     pretrain_epochs: int = opt(2, "Passes over the corpus for the tiny base.")
     pretrain_large_epochs: int = opt(1, "Passes over the corpus for the larger base.")
     pretrain_lr: float = opt(2e-3, "Peak learning rate of pretraining.")
-    sft_epochs: int | None = opt(None, "SFT epochs (paper: 16). Default: 10 with the built-in base, 3 with --base-model.")
+    sft_epochs: int | None = opt(None, "SFT epochs (paper: 16). Default: 10 with the built-in base, 3 with "
+                                       "--base-model.")
     sft_lr: float | None = opt(None, "SFT peak learning rate. Default: 1e-3 with the built-in base, 1e-5 with "
                                      "--base-model (paper: 9.65e-6).")
     flan_epochs: int | None = opt(None, "Epochs of the FLAN/T0-style baseline's fine-tuning. Default: 3 with the "
@@ -256,8 +258,8 @@ class Pipeline:
             key = self.keys.key(st.name, st.config, st.reads, own=(st.folder, *st.outputs))
             done = self.run_folder.read_marker(st.folder)
             partial = self.run_folder.read_partial_marker(st.folder)
-            if done is not None:
-                self.timer.record(st.kind, done.get("work"), done.get("seconds") if not done.get("resumed_from") else None)
+            if done is not None and not done.get("resumed_from"):  # a measurement of this machine's rate
+                self.timer.record(st.kind, done.get("work"), done.get("seconds"))
             if done is not None and done.get("key") == key:
                 status = "done"
             elif partial is not None and partial.get("key") == key:
@@ -296,7 +298,7 @@ class Pipeline:
             print(f"warning: {_BUILTIN_PTX_WARNING}", file=sys.stderr, flush=True)
 
     def run_stage(self, st: Stage, key: str, label: str, remaining: list[Stage]) -> None:
-        """Reuse, resume or run one stage; record its key for the stages that read it."""
+        """Reuse, resume or run one stage (its key was planned)."""
         run = self.run_folder
         done = run.read_marker(st.folder)
         if done is not None and done.get("key") == key:
@@ -315,7 +317,7 @@ class Pipeline:
 
     def execute(self, st: Stage, key: str, label: str) -> dict:
         from .peak_memory import PeakMemory
-        run, c = self.run_folder, self.cfg
+        run = self.run_folder
         checkpoint = self.resume_point(st, key)
         config = st.config
         if checkpoint is not None:

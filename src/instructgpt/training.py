@@ -27,6 +27,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
+
 from . import checkpoint as ckpt
 from . import distributed as dist
 from . import interrupt
