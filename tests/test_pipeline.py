@@ -1,6 +1,8 @@
 """``instructgpt run`` end to end: a scaled-down run in the default suite, a medium one marked slow."""
 
+import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 
@@ -143,11 +145,112 @@ def test_a_world_folder_without_manifest_is_written_again_and_nothing_else(tiny_
             assert info["seconds"] == before.stages[name]["seconds"], name  # reused
 
 
+def test_a_finished_run_keeps_final_models_and_metrics_only(tiny_run):
+    """Retention: no checkpoints, optimizer states or raw PPO weights once a stage has finished; the
+    final models, value models, metrics and stage markers stay; the lock is gone."""
+    cfg, _, _ = tiny_run
+    run = cfg.run_dir
+    assert not list(run.rglob("checkpoints")), list(run.rglob("checkpoints"))
+    assert not list(run.rglob("optim.pt")) and not list(run.rglob("policy_raw"))
+    assert not list(run.rglob("stage.partial.json")) and not (run / "run.lock").exists()
+    for name in ("base", "sft", "flan", "round1/rm", "round1/ppo", "round1/ppo_ptx"):
+        assert (run / "models" / name / "metrics.jsonl").is_file(), name
+        marker = json.loads((run / "models" / name / "stage.json").read_text())
+        assert marker["seconds"] > 0 and marker["work"] > 0 and marker["peak_rss_mb"] > 0, name
+    assert (run / "models/round1/ppo/value_model/model.safetensors").is_file()
+
+
+def _keys(cfg, **changes):
+    from instructgpt.pipeline import Pipeline
+    plan = Pipeline(dataclasses.replace(cfg, **changes)).planned()
+    return {st.name: key for st, key, _ in plan}, {st.name: status for st, _, status in plan}
+
+
+def test_keys_cover_the_pipelines_own_stage_options_and_not_runtime_ones(tiny_run, monkeypatch):
+    """SFT's batch, warmup and dropout, the RM batch, PPO's micro-batches were once hard-coded in no key."""
+    from instructgpt import pipeline
+    cfg, _, _ = tiny_run
+    before, _ = _keys(cfg)
+    assert before.keys() == {"world", "base", "sft", "flan", "rankings_r1", "rm_r1", "ppo_r1", "ppo_ptx_r1", "eval"}
+    same, _ = _keys(cfg, device="cpu", progress=not cfg.progress, checkpoint_minutes=1.5, keep_checkpoints=3,
+                    keep_optimizer=True, resume=False)
+    assert same == before
+    for stage, option, value, first_changed in (("sft", "warmup_steps", 5, "sft"), ("rm", "batch_size", 8, "rm_r1"),
+                                                 ("ppo", "micro_batch_size", 4, "ppo_r1")):
+        monkeypatch.setitem(pipeline.PROFILES["tiny"], stage, {**pipeline.PROFILES["tiny"][stage], option: value})
+        after, _ = _keys(cfg)
+        order = list(before)
+        changed = [n for n in order if after[n] != before[n]]
+        assert changed == [n for n in order[order.index(first_changed):]
+                           if n != "flan" or stage == "sft"], (option, changed)
+        monkeypatch.undo()
+    after, _ = _keys(cfg, scale=cfg.scale * 2)
+    assert all(after[n] != before[n] for n in before)  # the world, so everything trained on it
+
+
+def test_base_model_keys_follow_its_content_and_the_data_not_its_name(tiny_run, tmp_path, capsys):
+    """--base-model: the SFT key is the checkpoint's content hash, not its name; scale still counts."""
+    cfg, _, _ = tiny_run
+    base = tmp_path / "my-model"
+    shutil.copytree(cfg.run_dir / "models/base", base, ignore=shutil.ignore_patterns("stage*.json", "checkpoints"))
+    common = dict(base_model=str(base), runs_dir=str(tmp_path / "runs"), name="b", flan=False)
+    before, status = _keys(cfg, **common)
+    assert list(before) == ["world", "sft", "rankings_r1", "rm_r1", "ppo_r1", "ppo_ptx_r1", "eval"]
+    assert set(status.values()) == {"new"}
+    moved = tmp_path / "elsewhere" / "renamed"
+    shutil.copytree(base, moved)
+    assert _keys(cfg, **{**common, "base_model": str(moved)})[0] == before
+    assert _keys(cfg, **common, scale=cfg.scale * 2)[0]["sft"] != before["sft"]
+    weights = moved / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 1
+    weights.write_bytes(bytes(blob))
+    after, _ = _keys(cfg, **{**common, "base_model": str(moved)})
+    assert after["world"] == before["world"] and all(after[n] != before[n] for n in before if n != "world")
+
+
+def test_base_model_run_prints_the_real_checkpoint_defaults_and_warns_about_the_corpus(tiny_run, tmp_path, capsys):
+    from instructgpt.pipeline import PROFILES, Pipeline
+    cfg, _, _ = tiny_run
+    base = cfg.run_dir / "models/base"
+    p = Pipeline(dataclasses.replace(cfg, base_model=str(base), runs_dir=str(tmp_path), sft_lr=None, sft_epochs=None,
+                                     rm_lr=None, rm_epochs=None, ppo_lr=None, flan_epochs=None))
+    assert (p.cfg.sft_lr, p.cfg.sft_epochs, p.cfg.rm_lr, p.cfg.ppo_lr) == (1e-5, 3, 9e-6, 5e-6)
+    p.print_header(p.planned())
+    out, err = capsys.readouterr()
+    assert "a real checkpoint, so the paper's settings apply" in out
+    assert "sft_epochs=3 sft_lr=1e-05 flan_epochs=1 rm_epochs=1 rm_lr=9e-06 ppo_lr=5e-06" in out
+    assert "sft: batch_size=32 micro_batch_size=4" in out and PROFILES["real"]["sft"]["warmup_steps"] == 10
+    assert "warning: PPO-ptx mixes the built-in world's synthetic corpus" in err
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a sample of the model's own pretraining text\n\nanother document\n")
+    p = Pipeline(dataclasses.replace(cfg, base_model=str(base), runs_dir=str(tmp_path), sft_lr=2e-5,
+                                     pretrain_data=str(corpus)))
+    plan = p.planned()
+    p.print_header(plan)
+    out, err = capsys.readouterr()
+    assert "warning" not in err and "sft_lr" not in out  # set by the user: not a profile default
+    (ptx,) = [st for st, _, _ in plan if st.name == "ppo_ptx_r1"]
+    assert ptx.config.pretrain_data == str(corpus) and ptx.config.lr == 5e-6
+    (sft,) = [st for st, _, _ in plan if st.name == "sft"]
+    assert sft.config.lr == 2e-5 and sft.config.model == str(base)
+
+
 def test_cli_run_help_lists_options():
     out = subprocess.run([sys.executable, "-m", "instructgpt.cli", "run", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
-    for option in ("scale", "rounds", "base_model", "ptx_coef", "kl_coef", "--rounds", "--base-model"):
+    for option in ("scale", "rounds", "base_model", "ptx_coef", "kl_coef", "--rounds", "--base-model",
+                   "keep_checkpoints", "keep_optimizer", "checkpoint_minutes", "pretrain_data"):
         assert option in out.stdout
+
+
+def test_cli_label_dispatches_before_importing_torch():
+    """The CLI's signal handling and run lock import nothing heavy: ``instructgpt label`` stays fast."""
+    code = ("import sys; from instructgpt.cli import main\n"
+            "try:\n    main(['label', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
 
 
 @pytest.mark.slow

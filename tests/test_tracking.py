@@ -209,32 +209,17 @@ def test_rm_ppo_and_pretrain_report_their_namespaced_metrics(tmp_path, tiny_gpt2
     assert "time/generate" in tensorboard_series(tmp_path / "ppo" / "tensorboard")[0]
 
 
-def test_run_passes_report_to_to_every_training_stage(tmp_path, monkeypatch):
-    from instructgpt import pipeline
+def test_run_passes_report_to_to_every_training_stage_outside_its_key(tmp_path):
     from instructgpt.pipeline import Pipeline, RunConfig
-    seen = {}
-    import instructgpt.ppo as ppo_mod
-    import instructgpt.rm as rm_mod
-    import instructgpt.sft as sft_mod
 
-    class Stop(Exception):
-        pass
-
-    def capture(name):
-        def fn(cfg, *a, **k):
-            seen[name] = cfg.report_to
-            raise Stop
-        return fn
-    for mod, name in ((sft_mod, "train_sft"), (rm_mod, "train_rm"), (ppo_mod, "train_ppo")):
-        monkeypatch.setattr(mod, name, capture(name))
-    p = Pipeline(config.from_dict(RunConfig, dict(runs_dir=str(tmp_path), report_to="tensorboard")))
-    for call in (lambda: p.train_sft_stage("base", tmp_path / "t.jsonl", tmp_path / "o", 1),
-                 lambda: p.train_rm_stage([], tmp_path / "v.jsonl", tmp_path / "rm", tmp_path / "m.jsonl"),
-                 lambda: p.train_ppo_stage(tmp_path, tmp_path, tmp_path / "ppo", 0.0)):
-        with pytest.raises(Stop):
-            call()
-    assert seen == {"train_sft": "tensorboard", "train_rm": "tensorboard", "train_ppo": "tensorboard"}
-    assert pipeline.RunConfig().report_to == "none"
+    def planned(report_to):
+        return Pipeline(config.from_dict(RunConfig, dict(runs_dir=str(tmp_path), report_to=report_to))).planned()
+    plan = planned("tensorboard")
+    training = {st.name: st.config.report_to for st, _, _ in plan if st.kind in ("pretrain", "sft", "rm", "ppo")}
+    assert training == dict.fromkeys(("base", "sft", "flan", "rm_r1", "ppo_r1", "ppo_ptx_r1"), "tensorboard")
+    # reporting elsewhere reuses every stage: trackers are not part of what a stage writes
+    assert [key for _, key, _ in plan] == [key for _, key, _ in planned("none")]
+    assert RunConfig().report_to == "none"
 
 
 def test_unknown_or_missing_tracker_is_a_clear_error(tmp_path, tiny_gpt2, data, monkeypatch):

@@ -13,6 +13,7 @@ into place, so a kill mid-write leaves the earlier checkpoints untouched.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -120,10 +121,40 @@ def _is_tied(module: torch.nn.Module, key: str, loaded: dict) -> bool:
 
 def save_checkpoint(folder: str | Path, modules: dict[str, torch.nn.Module], objects: dict[str, Any],
                     state: dict[str, Any]) -> Path:
-    """Write a checkpoint atomically. ``objects`` (optimizer, scheduler states...) go to optim.pt."""
+    """Write a checkpoint atomically. ``objects`` (optimizer, scheduler states...) go to optim.pt.
+
+    A write that fails (disk full, quota, I/O error) removes its temp folder and raises
+    CheckpointError naming the checkpoints left intact; nothing existing is touched."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    try:
+        return _write_checkpoint(folder, tmp, modules, objects, state)
+    except Exception as e:
+        full = _disk_full(e, folder.parent)  # before the cleanup gives the space back
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (full or isinstance(e, OSError)):
+            raise
+        kept = ", ".join(p.name for p in list_checkpoints(folder.parent)) or "none yet"
+        raise CheckpointError(f"{folder}: could not write the checkpoint ({'disk full' if full else 'write failed'}: "
+                              f"{e}); the previous checkpoints are intact ({kept}); free space and run again "
+                              f"to continue from the last one") from e
+
+
+def _disk_full(error: Exception, where: Path) -> bool:
+    """Did ``error`` come from a full disk? safetensors and torch.save wrap ENOSPC in their own errors
+    (torch's says only "unexpected pos"), so the free space is asked too."""
+    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if any(s in str(error) for s in ("No space left", "os error 28", "Disk quota")):
+        return True
+    try:
+        return shutil.disk_usage(where).free < (1 << 20)
+    except OSError:
+        return False
+
+
+def _write_checkpoint(folder: Path, tmp: Path, modules, objects, state) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -175,10 +206,13 @@ def list_checkpoints(root: str | Path) -> list[Path]:
 
 
 def latest_good_checkpoint(root: str | Path) -> Path | None:
-    """The newest checkpoint that verifies; bad newer ones are named in a warning and skipped."""
+    """The newest checkpoint that verifies and can be resumed (weights-only ones, see ``retain``, cannot);
+    bad newer ones are named in a warning and skipped."""
     for folder in reversed(list_checkpoints(root)):
         try:
             verify_checkpoint(folder)
+            if not (folder / "optim.pt").is_file():
+                continue  # weights only: kept for inspection, not for resume
             return folder
         except CheckpointError as e:
             warnings.warn(f"skipping bad checkpoint: {e}", stacklevel=2)
@@ -201,3 +235,35 @@ def prune_checkpoints(root: str | Path, keep: int) -> None:
     folders = list_checkpoints(root)
     for folder in folders[:-keep] if keep > 0 else []:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def retain(root: str | Path, keep: int, keep_optimizer: bool) -> None:
+    """What a finished stage keeps of ``root`` (its checkpoints/ folder): the newest ``keep``
+    checkpoints, with their optimizer state (optim.pt) only when ``keep_optimizer``; everything
+    else (older checkpoints, the kept-best copy, temp folders) is deleted, ``root`` too when empty."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    kept = list_checkpoints(root)[-keep:] if keep > 0 else []
+    for path in root.iterdir():
+        if path not in kept:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    for folder in kept if not keep_optimizer else []:
+        strip_optimizer(folder)
+    if not any(root.iterdir()):
+        root.rmdir()
+
+
+def strip_optimizer(folder: str | Path) -> None:
+    """Drop optim.pt (optimizer, scheduler and RNG states) from a checkpoint: its weights and state.json
+    stay verifiable, but it can no longer be resumed."""
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
+    if not (folder / "optim.pt").is_file() or not manifest_path.is_file():
+        return
+    manifest = json.loads(manifest_path.read_text())
+    manifest.pop("optim.pt", None)
+    tmp = folder / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, manifest_path)  # the manifest first: a kill in between leaves a valid weights-only folder
+    (folder / "optim.pt").unlink()

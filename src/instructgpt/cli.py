@@ -4,11 +4,18 @@ Every stage reads its typed config from an optional ``--config`` file (TOML or
 YAML; a table named after the stage is used when present) and then from
 ``key=value`` overrides; ``instructgpt STAGE --help`` lists every option with
 its type, default and meaning.
+
+Exit codes: 0 done; 2 an error (bad option or input, a model or checkpoint that
+cannot be read, disk full: the message names it); 73 the run folder is in use
+by another ``instructgpt run``; 75 stopped by SIGTERM or Ctrl-C after writing a
+checkpoint (run the same command again to continue); 128 + signal number when
+a second signal stopped it at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from dataclasses import dataclass
@@ -16,7 +23,9 @@ from typing import Callable
 
 from . import __version__
 from . import config as config_mod
+from . import interrupt
 from .data import DataError
+from .run_lock import LOCKED_EXIT, RunLockedError
 
 # Nothing here imports torch at module level: `instructgpt label ...` must start fast.
 
@@ -108,11 +117,16 @@ def _label(argv: list[str]) -> int:
     """``instructgpt label ...`` without building (importing) every training stage."""
     try:
         from .labeling.cli import main as label_main
-
-        return label_main(argv)
     except ImportError as e:  # the labeling extra is not installed
         print(f"instructgpt label needs the labeling extra: pip install 'instructgpt[label]' ({e})", file=sys.stderr)
         return 2
+    return label_main(argv)
+
+
+def _continue_hint(stage: Stage) -> str:
+    if stage.name == "run":
+        return "run the same command again to continue (finished stages are reused, this one resumes)"
+    return "rerun with --resume to continue from it"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,16 +146,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .checkpoint import CheckpointError
     from .models import ModelLoadError
-
     try:
-        run_stage(stage, args)
+        with interrupt.handle_signals():
+            run_stage(stage, args)
     except (config_mod.ConfigError, DataError, ModelLoadError, CheckpointError, FileNotFoundError) as e:
         print(f"instructgpt {stage.name}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except RunLockedError as e:
+        print(f"instructgpt {stage.name}: error: {e}", file=sys.stderr)
+        return LOCKED_EXIT
+    except interrupt.Stopped as e:
+        print(f"instructgpt {stage.name}: {e.describe()}; {_continue_hint(stage)} (exit code "
+              f"{interrupt.STOPPED_EXIT})", file=sys.stderr, flush=True)
+        return interrupt.STOPPED_EXIT
+    except KeyboardInterrupt:  # a Ctrl-C outside the handlers (e.g. while they were being installed)
         print(f"instructgpt {stage.name}: interrupted; checkpoints written so far are kept "
-              f"(rerun with --resume to continue)", file=sys.stderr)
+              f"({_continue_hint(stage)})", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"instructgpt {stage.name}: error: disk full while writing {e.filename or 'a file'} ({e.strerror}); "
+              f"finished stages and written checkpoints are kept: free space and {_continue_hint(stage)}",
+              file=sys.stderr)
+        return 2
     from . import distributed, sharding
     if distributed.is_distributed() and sharding.used():
         distributed.exit_now(0)  # skip interpreter teardown after FSDP (see exit_now)

@@ -32,6 +32,7 @@ in).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import json
@@ -46,11 +47,11 @@ from typing import Callable
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from . import backends
 from . import checkpoint as ckpt
 from . import distributed as dist
+from . import interrupt
 from . import lora
 from . import sharding
 from .batching import ModelContext, RecordEncoder, pad
@@ -66,6 +67,7 @@ from .models import (ModelLoadError, ModelOptions, RewardModel, enable_gradient_
                      load_tokenizer, pick_device, position_ids_from_mask, resolve_dtype, set_dropout,
                      trained_policy, trained_reward_model)
 from .pretrain import BlockStream, load_corpus, pack_blocks
+from .progress import progress_bar
 from .records import MetricsLog, open_metrics, update_run_info, write_run_info
 from .tracking import TrackingOptions
 from .training import adamw_kernel
@@ -133,7 +135,11 @@ class PPOConfig(LoraOptions, ModelOptions, TrackingOptions):
     device: str = opt("auto", "auto, cpu, cuda, cuda:1 ...")
     resume: bool = opt(False, "Continue from the last good checkpoint in out_dir.")
     save_every: int = opt(5, "Checkpoint every this many iterations (0 = only at the end).")
+    save_minutes: float = opt(0.0, "Also checkpoint when this many minutes have passed since the last "
+                                   "checkpoint (0 = off); bounds the work a kill -9 or a preemption loses.")
     keep_checkpoints: int = opt(2, "How many recent checkpoints to keep.")
+    keep_optimizer: bool = opt(True, "When training ends, keep the optimizer state in the checkpoints left "
+                                     "(false: weights only, and no --resume from them).")
     log_samples: int = opt(3, "Sample responses written to samples.jsonl per iteration.")
     progress: bool = opt(True, "Show a progress bar.")
     precision: str = opt("auto", "auto (bf16 autocast on CUDA where supported, fp32 on CPU), fp32 or bf16 "
@@ -679,7 +685,7 @@ class PPOTrainer:
             mods["ema"] = self.ema_model
         return mods
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self) -> Path:
         """Full (unsharded) tensors written by rank 0; every rank calls it (gathering is collective)."""
         tensors = {name: sharding.full_state_dict(m, rank0_only=True) if sharding.is_sharded(m) else m
                    for name, m in self.modules().items()}
@@ -694,6 +700,7 @@ class PPOTrainer:
             ckpt.save_checkpoint(root / f"step-{self.iteration:07d}", tensors, objects, state)
             ckpt.prune_checkpoints(root, self.cfg.keep_checkpoints)
         dist.barrier()
+        return Path(self.cfg.out_dir) / "checkpoints" / f"step-{self.iteration:07d}"
 
     def load_checkpoint(self, folder: Path) -> None:
         objects, state = ckpt.load_checkpoint(folder, self.modules())  # full tensors: any ranks, sharded or not
@@ -768,9 +775,11 @@ def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None)
                                        "reference": "policy with adapters disabled" if trainer.ref is None
                                        else lora.parameter_counts(trainer.ref)["total"]}})
     history = []
-    bar = tqdm(total=cfg.iterations, initial=trainer.iteration, desc="ppo-ptx" if cfg.ptx_coef > 0 else "ppo",
-               disable=not (cfg.progress and dist.is_main()), dynamic_ncols=True)
-    try:
+    name = "ppo-ptx" if cfg.ptx_coef > 0 else "ppo"
+    bar = progress_bar(cfg.iterations, name, cfg.progress and dist.is_main(), trainer.iteration, unit="iteration")
+    last_save = time.monotonic()
+    # a first SIGTERM / Ctrl-C waits for a safe point
+    with interrupt.safe_points(), contextlib.closing(bar), contextlib.closing(log):
         while trainer.iteration < cfg.iterations:
             metrics, ro = trainer.step()
             history.append({"iteration": trainer.iteration, **metrics})
@@ -779,15 +788,19 @@ def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None)
             bar.update(1)
             bar.set_postfix(score=f"{metrics['ppo/score']:.3f}", kl=f"{metrics['ppo/kl']:.3f}",
                             len=f"{metrics['ppo/response_length']:.1f}")
-            if cfg.save_every and trainer.iteration % cfg.save_every == 0:
-                trainer.save_checkpoint()
+            saved = None
+            if (cfg.save_every and trainer.iteration % cfg.save_every == 0) or \
+                    (cfg.save_minutes > 0 and time.monotonic() - last_save >= 60 * cfg.save_minutes):
+                saved, last_save = trainer.save_checkpoint(), time.monotonic()
+            if interrupt.stop_requested():  # a safe point: stop here, with a checkpoint
+                interrupt.stop(f"at {name} iteration {trainer.iteration}/{cfg.iterations}",
+                               saved or trainer.save_checkpoint())
             if on_iteration is not None:
                 on_iteration(trainer.iteration)
-    finally:
-        bar.close()
     trainer.save_final()
+    if not cfg.keep_optimizer and dist.is_main():  # training is over: weights-only checkpoints from here on
+        ckpt.retain(out / "checkpoints", cfg.keep_checkpoints, keep_optimizer=False)
     if dist.is_main():
-        log.close()
         update_run_info(out, iterations=trainer.iteration,
                         final={k: v for k, v in (history[-1] if history else {}).items()})
     dist.barrier()

@@ -55,8 +55,10 @@ class MetricsLog:
             self.trackers.log(step, metrics)
 
     def close(self) -> None:
+        """Close the trackers (once; a stopped stage closes them on its way out too)."""
         if self.trackers is not None:
             self.trackers.close()
+            self.trackers = None
 
 
 def open_metrics(out_dir: str | Path, stage: str, cfg: Any) -> MetricsLog:

@@ -5,7 +5,9 @@ ones before it wrote), so the pipeline, ``instructgpt eval`` and the CLI all
 name them through :class:`RunFolder`::
 
     runs/<name>/
-      run_config.json              the RunConfig the run was last started with
+      run_config.json              the RunConfig the run was last started with (resolved)
+      run.lock                     held while an ``instructgpt run`` works on the folder (pid, host, start)
+      .cache/input_hashes.json     content hashes of files from outside the run (keys; see stage_keys.py)
       world/                       the simulated world (world.WorldData.save; read back by load_world)
       tokenizer/                   the BPE tokenizer (not with --base-model)
       data/
@@ -24,17 +26,23 @@ name them through :class:`RunFolder`::
       report.md, report.html, report_files/
 
 Each stage's output folder (world/, models/sft/, data/rankings_r1/, eval/ ...)
-holds a stage marker, ``stage.json``: the stage's key (a hash of its options
-and of the keys of what it read), its wall time and a summary of its result.
+holds a stage marker, ``stage.json``, once the stage has finished: the stage's
+key (a hash of its resolved options and of the keys of what it read), its wall
+time, work and peak memory, and a summary of its result. While a stage runs
+(or after it was interrupted) the folder holds ``stage.partial.json`` with the
+key it was started with: a later run with the same key continues it from its
+last checkpoint, one with another key starts it over.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 STAGE_MARKER = "stage.json"
+PARTIAL_MARKER = "stage.partial.json"
 #: Policies and the reward model under models/, in report order.
 POLICY_FOLDERS = ("base", "base_large", "sft", "ppo", "ppo_ptx", "flan", "t0")
 #: A round's trained folders under models/round<r>/.
@@ -54,6 +62,16 @@ class RunFolder:
     @property
     def run_config(self) -> Path:
         return self.root / "run_config.json"
+
+    @property
+    def lock(self) -> Path:
+        """The run lock (see run_lock.py): who is working on the folder."""
+        return self.root / "run.lock"
+
+    @property
+    def input_hashes(self) -> Path:
+        """Cached content hashes of inputs from outside the run (stage_keys.InputHasher)."""
+        return self.root / ".cache" / "input_hashes.json"
 
     @property
     def world(self) -> Path:
@@ -143,6 +161,23 @@ class RunFolder:
     def read_marker(self, folder: Path) -> dict[str, Any] | None:
         """The stage marker of a stage's output folder, or None if the stage has not finished."""
         return _read_json(self.marker(folder))
+
+    @staticmethod
+    def partial_marker(folder: Path) -> Path:
+        return Path(folder) / PARTIAL_MARKER
+
+    def read_partial_marker(self, folder: Path) -> dict[str, Any] | None:
+        """The marker of a stage that was started and has not finished (running or interrupted), or None."""
+        return _read_json(self.partial_marker(folder))
+
+    @staticmethod
+    def write_json(path: Path, data: dict[str, Any]) -> None:
+        """Write a small JSON file atomically (a temp file renamed into place): a kill never leaves half of it."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
 
     def read_run_config(self) -> dict[str, Any] | None:
         """run_config.json as a dict, or None when the folder was not made by ``instructgpt run``."""

@@ -18,6 +18,7 @@ number of ranks, sharded or not.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,12 +27,13 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed as dist
+from . import interrupt
 from . import sharding
 from .config import ConfigError, opt
+from .progress import progress_bar
 from .records import MetricsLog
 
 
@@ -50,7 +52,12 @@ class OptimConfig:
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this (0 = off).")
     seed: int = opt(0, "Seed for initialisation, data order and dropout.")
     save_every: int = opt(0, "Also checkpoint every this many steps (0 = only at epoch ends).")
+    save_minutes: float = opt(0.0, "Also checkpoint when this many minutes have passed since the last "
+                                   "checkpoint (0 = off); bounds the work a kill -9 or a preemption loses.")
     keep_checkpoints: int = opt(2, "How many recent checkpoints to keep for resume.")
+    keep_optimizer: bool = opt(True, "When training ends, keep the optimizer state in the checkpoints left "
+                                     "(false: weights only, about a third of the size, and no --resume "
+                                     "from them).")
     device: str = opt("auto", "auto (CUDA if available, else CPU), cpu, cuda, cuda:1 ...")
     resume: bool = opt(False, "Continue from the last good checkpoint in out_dir.")
     max_steps: int = opt(0, "Stop after this many optimizer steps in total (0 = no limit).")
@@ -183,23 +190,29 @@ def fit(model: torch.nn.Module, task: Task, cfg: OptimConfig, device: torch.devi
             resumed_from = str(found)
             log.truncate_after(state["global_step"])
 
-    def save(name: str | None = None) -> None:
+    last_save = [time.monotonic()]
+
+    def save(name: str | None = None) -> Path:
+        last_save[0] = time.monotonic()
+        folder = ckpt_root / (name or f"step-{state['global_step']:07d}")
         if sharded:  # gathering the full tensors is a collective; rank 0 keeps them
             tensors = {"model": sharding.full_state_dict(model, rank0_only=True)}
             optim_state = sharding.optimizer_state_dict(optimizer, rank0_only=True)
         if dist.is_main():
-            folder = ckpt_root / (name or f"step-{state['global_step']:07d}")
             if not sharded:
                 tensors, optim_state = modules, optimizer.state_dict()
             ckpt.save_checkpoint(folder, tensors, {"optimizer": optim_state,
                                                    "scheduler": scheduler.state_dict()}, state)
             ckpt.prune_checkpoints(ckpt_root, cfg.keep_checkpoints)
         dist.barrier()
+        return folder
 
-    bar = tqdm(total=total_steps, initial=state["global_step"], disable=not (cfg.progress and dist.is_main()),
-               desc=task.metric_prefix, dynamic_ncols=True, mininterval=1.0)
+    def time_to_save() -> bool:
+        return cfg.save_minutes > 0 and time.monotonic() - last_save[0] >= 60 * cfg.save_minutes
+
+    bar = progress_bar(total_steps, task.metric_prefix, cfg.progress and dist.is_main(), state["global_step"])
     model.train()
-    try:
+    with interrupt.safe_points(), contextlib.closing(bar):  # a first SIGTERM / Ctrl-C waits for a safe point
         while state["epoch"] < cfg.epochs and state["global_step"] < total_steps:
             order = _epoch_order(task.n_examples, cfg.seed, state["epoch"])
             while state["step_in_epoch"] < steps_per_epoch and state["global_step"] < total_steps:
@@ -214,19 +227,25 @@ def fit(model: torch.nn.Module, task: Task, cfg: OptimConfig, device: torch.devi
                 bar.update(1)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items()
                                  if k.endswith(("loss", "lr", "tokens_per_s", "accuracy"))})
-                if cfg.save_every and state["global_step"] % cfg.save_every == 0:
-                    save()
+                saved = None
+                if (cfg.save_every and state["global_step"] % cfg.save_every == 0) or time_to_save():
+                    saved = save()
+                if interrupt.stop_requested():  # a safe point: stop here, with a checkpoint
+                    interrupt.stop(f"at {task.metric_prefix} step {state['global_step']}/{total_steps}",
+                                   saved or save())
                 if on_step is not None:
                     on_step(state["global_step"])
             if state["step_in_epoch"] >= steps_per_epoch:
                 _end_epoch(model, evaluate, select, state, log, ckpt_root, device, cfg.precision)
                 state["epoch"] += 1
                 state["step_in_epoch"] = 0
-                save()
-    finally:
-        bar.close()
+                saved = save()
+                if interrupt.stop_requested():
+                    interrupt.stop(f"after {task.metric_prefix} epoch {state['epoch']}/{cfg.epochs}", saved)
     if select and state["best_epoch"] is not None and (ckpt_root / "best").exists():
         ckpt.load_checkpoint(ckpt_root / "best", modules)
+    if not cfg.keep_optimizer and dist.is_main():  # training is over: weights-only checkpoints from here on
+        ckpt.retain(ckpt_root, cfg.keep_checkpoints, keep_optimizer=False)
     return FitResult(state["global_step"], state["epoch"], state["best_epoch"], state["best_score"],
                      state["history"], resumed_from, sharding.sharding_mode(model))
 

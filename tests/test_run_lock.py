@@ -1,0 +1,64 @@
+"""The run lock: a live holder is named and refused, a dead holder's lock is taken over."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from instructgpt.run_lock import RunLock, RunLockedError
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+HOLD = ("import sys, time; sys.path.insert(0, sys.argv[2]); from instructgpt.run_lock import RunLock; "
+        "lock = RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)")
+
+
+def _holder(path: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), SRC], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_live_holder_is_named_and_a_second_run_refused(tmp_path):
+    path = tmp_path / "run" / "run.lock"
+    holder = _holder(path)
+    try:
+        with pytest.raises(RunLockedError) as e:
+            RunLock(path).acquire()
+        message = str(e.value)
+        assert f"pid {holder.pid} on host {socket.gethostname()}, started {time.strftime('%Y-%m-%d')}" in message
+        assert "is in use by another instructgpt run" in message and str(path) in message
+        assert json.loads(path.read_text())["pid"] == holder.pid  # the holder's record is left alone
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
+    path = tmp_path / "run.lock"
+    holder = _holder(path)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert json.loads(path.read_text())["pid"] == holder.pid  # the file survives its holder
+    lock = RunLock(path).acquire()
+    try:
+        assert lock.took_over["pid"] == holder.pid
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+    finally:
+        lock.release()
+    assert not path.exists()
+
+
+def test_a_released_lock_is_free_and_not_reported_as_stale(tmp_path):
+    path = tmp_path / "run.lock"
+    with RunLock(path) as first:
+        assert first.took_over is None
+        with pytest.raises(RunLockedError):  # even from the same process: one run per folder
+            RunLock(path).acquire()
+    with RunLock(path) as again:
+        assert again.took_over is None
