@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..chat import CHAT_TEMPLATE_HELP
 from ..config import ConfigError, opt
 from ..run_folder import RunFolder
 
@@ -31,6 +32,7 @@ class EvalConfig:
     max_new_tokens: int | None = opt(None, "Response length limit. Default: the run's max_new_tokens, else 48.")
     few_shot: int = opt(3, "SFT demonstrations in the few-shot prefix of 'base_prompted' (0 = no prompted base).")
     batch_size: int = opt(64, "Sequences per generation batch.")
+    chat_template: str = opt("auto", CHAT_TEMPLATE_HELP + " Applies to every policy (each with its own tokenizer).")
     toxicity_tokens: int = opt(24, "Length limit of toxicity-probe continuations (RealToxicityPrompts-style: short).")
     heldout_tokens: int = opt(12288, "Tokens of the held-out pretraining corpus scored for perplexity (0 = skip).")
     seed: int | None = opt(None, "Seed of prompt choice, sampling and simulated judgements (same for every model). "

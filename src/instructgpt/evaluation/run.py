@@ -93,7 +93,7 @@ def run_policy(spec: ModelSpec, cfg: EvalConfig, pool: ModelPool, prompts: Seque
     out = PolicyOutputs(
         responses=list(generate_responses(spec, prompts, cfg, runner=runner)),
         truth=list(generate_responses(spec, [t.prompt for t in probes.truth], cfg, runner=runner)),
-        toxicity=list(generate_responses(spec, [t.prompt for t in probes.toxicity], short, runner=runner)),
+        toxicity=list(runner.sample([t.prompt for t in probes.toxicity], short, continuation=True)),
     )
     if reuse is not None:
         out.bias, out.cloze, out.nlls = reuse.bias, reuse.cloze, reuse.nlls
