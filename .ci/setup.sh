@@ -15,4 +15,4 @@ if command -v apt-get >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
   fi
 fi
-pip install -q --disable-pip-version-check -e ".[dev,label]"
+pip install -q --disable-pip-version-check -e ".[dev,label,lm-eval]"

@@ -59,7 +59,8 @@ class EvalConfig:
                                  "Default: the run's seed, else 0.")
     device: str = opt("auto", "auto, cpu, cuda ...")
     out_dir: str = opt("", "Where results.json and the report go (default: results in run_dir/eval, the report "
-                           "in run_dir). With out_dir, nothing of the run folder is overwritten.")
+                           "in run_dir; with prompts=, <prompts file>-eval/ beside it). With out_dir, nothing of "
+                           "the run folder is overwritten.")
     labels: str = opt("", "People's labels of eval/label_tasks.jsonl: the labeling app's export folder ('instructgpt "
                           "label export --out DIR'), its zip, its eval/metadata.jsonl, or a rankings JSONL; "
                           "win rates (and with the export, Likert scores and flags) are computed from it.")
