@@ -228,9 +228,10 @@ class PolicyRunner:
         self.ctx = positions or 2048
         self.budget = max(1, positions - cfg.max_new_tokens) if positions else None  # prompt + prefix tokens
         self.demos: list[list[int]] = []
-        if spec.prompted:
-            self.demos = [sum(self.fmt.encode(p, r, f"few-shot demonstration {i + 1}"), [])
-                          for i, (p, r) in enumerate(demos)]
+        if spec.prompted:  # each demonstration as the format writes a prompt and its reply
+            for i, (prompt, reply) in enumerate(demos):
+                p_ids, r_ids = self.fmt.encode(prompt, reply, f"few-shot demonstration {i + 1}")
+                self.demos.append(p_ids + r_ids)
 
     @property
     def device(self) -> torch.device:
