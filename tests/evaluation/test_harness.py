@@ -101,3 +101,18 @@ def test_eval_on_your_prompts_reports_the_alignment_tax(task_dir, lovers, tmp_pa
     md = (out / "report.md").read_text()
     assert "Alignment tax (lm-eval tasks)" in md and "+0.333" in md
     assert "tasks tiny\\_colors" in md
+
+
+def test_a_run_of_the_world_gets_the_tasks_too(run, task_dir, tmp_path):
+    """instructgpt eval run_dir=... lm_eval_tasks=...: every policy's scores in the alignment-tax table."""
+    from instructgpt.evaluation.run import run_eval
+
+    from .fake_run import eval_config
+    run_dir, _ = run
+    results = run_eval(eval_config(run_dir, out_dir=str(tmp_path), few_shot=0, heldout_tokens=128, n_prompts=4,
+                                   max_new_tokens=2, lm_eval_tasks=["tiny_colors"], lm_eval_include=str(task_dir)))
+    for m in results.models:
+        acc = m.pretraining["lm_eval:tiny_colors:acc"]
+        assert acc.n == len(ANSWERS) and acc.value in {k / 6 for k in range(7)} and "perplexity" in m.pretraining
+    assert results.meta["lm_eval"].startswith("tasks tiny_colors")
+    assert "lm_eval:tiny_colors:acc" in (tmp_path / "report.md").read_text().replace("\\_", "_")
