@@ -57,7 +57,8 @@ STAGES = [
     Stage("run", "instructgpt.pipeline", "RunConfig", "run_pipeline",
           "The whole pipeline on the built-in world (or --base-model): data, SFT, RM, PPO, PPO-ptx, evaluation, report."),
     Stage("eval", "instructgpt.evaluation.run", "EvalConfig", "run_eval",
-          "Evaluate policies: win rates with intervals, metadata rates, probes, alignment tax, report."),
+          "Evaluate policies: win rates with intervals, metadata rates, probes, alignment tax, report; "
+          "run_dir=RUN for a run, or prompts=FILE models=a=PATH,b=PATH for any models on your own prompts."),
 ]
 
 

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from instructgpt.data import Prompt, Ranking
-from instructgpt.evaluation.human_labels import label_comparisons
+from instructgpt.evaluation.human_labels import as_answers, label_comparisons
 from instructgpt.evaluation.judging import checkable, judge
 
 
@@ -92,7 +92,7 @@ def test_label_comparisons_from_real_rankings():
         Ranking(prompt="Q2\n", responses=["s2", "b2"], ranking=[[1], [0]], prompt_id="p2"),
         Ranking(prompt="?\n", responses=["s0", "p0"], ranking=[[0], [1]], prompt_id="unknown"),
     ]
-    comps = label_comparisons(rankings, prompts, responses, "sft")
+    comps = label_comparisons(rankings, prompts, as_answers(responses), "sft")
     assert [(c.prompt_id, c.outcome) for c in comps["ppo"]] == [("p0", 1.0), ("p1", 0.5)]
     assert [(c.prompt_id, c.outcome) for c in comps["base"]] == [("p0", 0.0), ("p1", 0.0), ("p2", 1.0)]
     assert comps["ppo"][0].labelers == "human" and comps["ppo"][0].labeler_id == "H1"

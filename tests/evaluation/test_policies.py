@@ -89,14 +89,13 @@ def test_kl_is_zero_against_itself_and_reward_scores_are_per_sequence(run):
     prompts = load_test_prompts(run_dir, 6)
     sft = PolicyRunner(specs["sft"], cfg, pool)
     ppo = PolicyRunner(specs["ppo"], cfg, pool)
-    resp = ppo.sample([p.text for p in prompts])
+    resp = ppo.sample(prompts)
     assert policy_kl(sft, sft, prompts, resp, 0.7) == pytest.approx([0.0] * 6, abs=1e-5)
     kl = policy_kl(ppo, sft, prompts, resp, 0.7)
     assert len(kl) == 6 and all(math.isfinite(x) for x in kl)
     from instructgpt.models import RewardModel
     rm = RewardModel.from_pretrained(run_dir / "models" / "rm").eval()
-    p_ids = [sft.prompt_ids(p.text) for p in prompts]
-    r_ids = [sft.response_ids(r) for r in resp]
-    batched = reward_scores(rm, p_ids, r_ids, sft.pad, batch_size=4)
-    single = [reward_scores(rm, [p], [r], sft.pad)[0] for p, r in zip(p_ids, r_ids)]
+    seqs = [sft.prompt_ids(p) + sft.response_ids(p, r) for p, r in zip(prompts, resp)]
+    batched = reward_scores(rm, seqs, sft.pad, batch_size=4)
+    single = [reward_scores(rm, [s], sft.pad)[0] for s in seqs]
     assert batched == pytest.approx(single, abs=1e-4)

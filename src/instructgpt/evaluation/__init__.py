@@ -1,4 +1,5 @@
-"""The evaluation: run a run's policies, judge them, check the paper's claims, write the report.
+"""The evaluation: run a run's policies (or any models on your prompts), judge them, check the paper's claims,
+write the report.
 
 One concern per module, in the order an evaluation uses them:
 
@@ -8,9 +9,12 @@ One concern per module, in the order an evaluation uses them:
 * :mod:`.scoring` - continuation log-probs, KL to SFT, reward-model scores;
 * :mod:`.probes` - truthfulness, toxicity, bias, cloze, held-out perplexity;
 * :mod:`.judging` - simulated labelers' win rates, Likert scores, metadata flags;
+* :mod:`.judges` - automatic judges: a reward model, a judge model asked in both orders;
 * :mod:`.agreement` - inter-labeler agreement (one measure for every row);
-* :mod:`.human_labels` - label tasks out to the labeling app, real rankings back in;
-* :mod:`.run` - :func:`run_eval`, the orchestration of all of the above;
+* :mod:`.human_labels` - label tasks out to the labeling app, its export back in;
+* :mod:`.harness` - lm-evaluation-harness tasks (the alignment tax on public NLP tasks);
+* :mod:`.run` - :func:`run_eval`, the orchestration of a run's evaluation;
+* :mod:`.own_prompts` - any models on your own prompts (``instructgpt eval prompts=``);
 * :mod:`.results` - :class:`EvalResults`, the data model and its JSON (results.json);
 * :mod:`.stats` - estimates with intervals (bootstrap over prompts, Wilson);
 * :mod:`.claims` - :func:`check_claims`, the paper's claims decided from intervals;

@@ -1,9 +1,17 @@
 """The options of ``instructgpt eval`` (:class:`EvalConfig`).
 
-Three options left unset (``n_prompts``, ``max_new_tokens``, ``seed``) take the
-run's own values from its ``run_config.json`` (``eval_prompts``,
-``max_new_tokens``, ``seed``), so ``instructgpt eval run_dir=X`` evaluates a
-run the way ``instructgpt run`` did and writes the same results and report.
+Two ways to evaluate:
+
+* ``run_dir=X``: a run of the built-in world (its policies, test prompts,
+  simulated labelers, probes and the paper's claims). Three options left unset
+  (``n_prompts``, ``max_new_tokens``, ``seed``) take the run's own values from
+  its ``run_config.json`` (``eval_prompts``, ``max_new_tokens``, ``seed``), so
+  ``instructgpt eval run_dir=X`` evaluates a run the way ``instructgpt run``
+  did and writes the same results and report.
+* ``prompts=FILE models=a=PATH,b=PATH baseline=a``: any models on your own
+  prompts, judged by the judges you choose (a reward model, a judge model,
+  people through the labeling app); no world needed (``run_dir`` optional: its
+  policies and reward model join in).
 """
 
 from __future__ import annotations
@@ -11,39 +19,65 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..chat import CHAT_TEMPLATE_HELP
 from ..config import ConfigError, opt
 from ..run_folder import RunFolder
 
 #: Option -> (the RunConfig option it is taken from, the default when the run has none).
 FROM_RUN = {"n_prompts": ("eval_prompts", 120), "max_new_tokens": ("max_new_tokens", 48), "seed": ("seed", 0)}
 
+#: The judges of ``prompts=`` evaluations, and the option each needs.
+JUDGE_INPUTS = {"reward_model": "reward_model", "judge_model": "judge_model", "people": "labels"}
+
 
 @dataclass
 class EvalConfig:
-    """Evaluation of a run (``instructgpt eval``)."""
+    """Evaluation of a run (``instructgpt eval run_dir=...``) or of any models on your prompts (``prompts=...``)."""
     run_dir: str = opt("", "Run folder of 'instructgpt run' (models/, world/, data/prompts_test.jsonl).")
-    models: list[str] = opt([], "Extra policies as name=path (kind from the name's prefix, e.g. ppo_ptx-big=..., "  # noqa: RUF009 (opt makes a default_factory)
-                                "or from the folder's instructgpt.json).")
+    prompts: str = opt("", "Your own prompts (JSONL: id, text or messages, user_id, use_case?; docs/data-formats.md): "
+                           "evaluate the models on them, no built-in world needed (docs/evaluation.md).")
+    models: list[str] = opt([], "Policies as name=path (a model folder, .gguf file or smollm2), comma-separated. "  # noqa: RUF009 (opt makes a default_factory)
+                                "Kind from the name's prefix (e.g. ppo_ptx-big=...) or the folder's "
+                                "instructgpt.json; with prompts= any name goes.")
     baseline: str = opt("sft", "Model all win rates are measured against (the paper: SFT).")
-    n_prompts: int | None = opt(None, "Test prompts evaluated (a seeded sample of data/prompts_test.jsonl; 0 = all). "
-                                      "Default: the run's eval_prompts, else 120.")
+    reward_model: str = opt("", "Judge: a reward-model folder ('instructgpt rm'); the answer it scores higher wins. "
+                                "Default with run_dir: the run's models/rm.")
+    judge_model: str = opt("", "Judge: a causal LM (model folder, .gguf file or smollm2) asked which answer is "
+                               "better, in both orders (docs/evaluation.md).")
+    judges: list[str] = opt([], "Judges of prompts= evaluations: reward_model, judge_model, people "  # noqa: RUF009
+                                "(default: each whose input is given; people = labels=).")
+    n_prompts: int | None = opt(None, "Prompts evaluated (a seeded sample; 0 = all). Default: the run's eval_prompts, "
+                                      "else 120; with prompts=, all.")
     temperature: float = opt(0.7, "Sampling temperature of every model (0 = greedy).")
     max_new_tokens: int | None = opt(None, "Response length limit. Default: the run's max_new_tokens, else 48.")
     few_shot: int = opt(3, "SFT demonstrations in the few-shot prefix of 'base_prompted' (0 = no prompted base).")
     batch_size: int = opt(64, "Sequences per generation batch.")
+    chat_template: str = opt("auto", CHAT_TEMPLATE_HELP + " Applies to every policy (each with its own tokenizer).")
     toxicity_tokens: int = opt(24, "Length limit of toxicity-probe continuations (RealToxicityPrompts-style: short).")
     heldout_tokens: int = opt(12288, "Tokens of the held-out pretraining corpus scored for perplexity (0 = skip).")
     seed: int | None = opt(None, "Seed of prompt choice, sampling and simulated judgements (same for every model). "
                                  "Default: the run's seed, else 0.")
     device: str = opt("auto", "auto, cpu, cuda ...")
     out_dir: str = opt("", "Where results.json and the report go (default: results in run_dir/eval, the report "
-                           "in run_dir). With out_dir, nothing of the run folder is overwritten.")
-    labels: str = opt("", "Optional ranking JSONL of real labels (the labeling app's eval/rankings.jsonl); "
-                          "win rates are computed from it too.")
+                           "in run_dir; with prompts=, <prompts file>-eval/ beside it). With out_dir, nothing of "
+                           "the run folder is overwritten.")
+    labels: str = opt("", "People's labels of eval/label_tasks.jsonl: the labeling app's export folder ('instructgpt "
+                          "label export --out DIR'), its zip, its eval/metadata.jsonl, or a rankings JSONL; "
+                          "win rates (and with the export, Likert scores and flags) are computed from it.")
+    lm_eval_tasks: list[str] = opt([], "lm-evaluation-harness tasks run on every model (the alignment tax on "  # noqa: RUF009
+                                       "public NLP tasks; pip install 'instructgpt[lm-eval]').")
+    lm_eval_include: str = opt("", "A folder of your own lm-eval task YAML files.")
+    lm_eval_limit: int = opt(0, "At most this many examples per lm-eval task (0 = all).")
+
+    @property
+    def own_prompts(self) -> bool:
+        """True for an evaluation on your own prompts (``prompts=``)."""
+        return bool(self.prompts)
 
     def validate(self) -> None:
-        if not self.run_dir:
-            raise ConfigError("run_dir: required (a run folder of 'instructgpt run')")
+        if not self.run_dir and not self.prompts:
+            raise ConfigError("run_dir: required (a run folder of 'instructgpt run'), or prompts= your own prompts "
+                              "JSONL with models=name=path,... (docs/evaluation.md)")
         if self.n_prompts is not None and self.n_prompts < 0:
             raise ConfigError(f"n_prompts: must be >= 0, got {self.n_prompts}")
         if self.temperature < 0:
@@ -58,26 +92,53 @@ class EvalConfig:
             raise ConfigError(f"heldout_tokens: must be >= 0, got {self.heldout_tokens}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
+        if self.lm_eval_limit < 0:
+            raise ConfigError(f"lm_eval_limit: must be >= 0, got {self.lm_eval_limit}")
+        seen: set[str] = set()
         for item in self.models:
-            name, _, path = item.partition("=")
-            if not name.strip() or not path.strip():
-                raise ConfigError(f"models: {item!r}: expected name=path")
+            name, _, path = (s.strip() for s in item.partition("="))
+            if not name or not path:
+                raise ConfigError(f"models: {item!r}: expected name=path (e.g. models=sft=runs/x/models/sft,"
+                                  f"ppo=runs/x/models/ppo)")
+            if name in seen:
+                raise ConfigError(f"models: {name!r} is given twice")
+            seen.add(name)
+        for judge in self.judges:
+            if judge not in JUDGE_INPUTS:
+                raise ConfigError(f"judges: unknown judge {judge!r} (expected {', '.join(JUDGE_INPUTS)})")
+        if not self.prompts and (self.judges or self.judge_model):
+            raise ConfigError("judges, judge_model: only with prompts= (a run of the built-in world is judged by "
+                              "its simulated labelers; people's labels go in labels=)")
+        if self.prompts and not self.run_dir and not self.models:
+            raise ConfigError("models: required with prompts= (name=path,..., e.g. models=sft=PATH,ppo=PATH "
+                              "baseline=sft)")
 
     def with_run_defaults(self, run_config: dict | None) -> EvalConfig:
         """A copy with every unset option of FROM_RUN filled in from the run's run_config.json
-        (``run_config``, None if the folder has none) or else its default; then validated."""
+        (``run_config``, None if the folder has none) or else its default; then validated.
+        With ``prompts=`` an unset n_prompts means all of them."""
         changes = {name: (run_config or {}).get(key, default)
                    for name, (key, default) in FROM_RUN.items() if getattr(self, name) is None}
+        if self.prompts and self.n_prompts is None:
+            changes["n_prompts"] = 0
         cfg = replace(self, **changes)
         cfg.validate()
         return cfg
 
     @property
     def out_path(self) -> Path:
-        """Folder of results.json, label_tasks.jsonl, timings.json (and human_labels.json)."""
-        return Path(self.out_dir) if self.out_dir else RunFolder(self.run_dir).eval
+        """Folder of results.json, label_tasks.jsonl, timings.json (and human_labels.json). With
+        prompts= and no out_dir: <prompts file without .jsonl>-eval/ beside the prompts file."""
+        if self.out_dir:
+            return Path(self.out_dir)
+        if self.prompts:
+            path = Path(self.prompts)
+            return path.with_name(path.name.removesuffix(".jsonl") + "-eval")
+        return RunFolder(self.run_dir).eval
 
     @property
     def report_dir(self) -> Path:
-        """Folder of report.md / report.html: the run folder, unless out_dir is given."""
-        return Path(self.out_dir) if self.out_dir else RunFolder(self.run_dir).root
+        """Folder of report.md / report.html: the run folder, unless out_dir is given (or prompts=)."""
+        if self.out_dir or self.prompts:
+            return self.out_path
+        return RunFolder(self.run_dir).root

@@ -61,7 +61,9 @@ def read_inputs(cfg: EvalConfig, run: RunFolder) -> EvalInputs:
     demos = few_shot_demos(world, cfg.few_shot, cfg.seed)
     if not demos:
         specs.pop(PROMPTED, None)
-    rm = run.model("rm")
+    rm = Path(cfg.reward_model) if cfg.reward_model else run.model("rm")
+    if cfg.reward_model and not (rm / "reward_model.json").is_file():
+        raise ConfigError(f"reward_model: {rm}: not a reward-model folder (no reward_model.json)")
     rounds = run_rounds(run)
     curves = training_curves(run.root)
     if len(rounds) > 1:  # every round's curves as well as the last round's

@@ -4,12 +4,14 @@
   folder (models/base, sft, ppo, ppo_ptx, flan ..., plus the virtual
   ``base_prompted``: the base model behind a few-shot prefix of SFT
   demonstrations, the paper's "GPT-3 prompted") and any extra ``name=path``.
-* :class:`ModelPool`: loaded weights, shared by the specs that point at them.
-* :class:`Encoder`: texts -> token ids for one tokenizer. ``Encoder.prompt_ids``
-  is the one place where the evaluation turns a prompt into the ids a model
-  is asked with (a chat template would go there).
-* :class:`PolicyRunner`: a loaded policy with its encoder (and few-shot
-  prefix); :meth:`PolicyRunner.sample` answers prompts, seeded.
+* :class:`ModelPool`: loaded weights, tokenizers and chat formats, shared by
+  the specs that point at them.
+* :class:`PolicyRunner`: a loaded policy with its chat format
+  (:class:`~instructgpt.chat.ChatFormat`, ``chat_template=``), its context and
+  few-shot prefix. ``PolicyRunner.prompt_ids`` is the one place where the
+  evaluation turns a prompt into the ids a model is asked with;
+  :meth:`PolicyRunner.sample` answers prompts, seeded, stopping at the
+  format's stop tokens.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..batching import ModelContext, RecordEncoder
+from ..chat import ChatFormat, PromptInput, prompt_input
 from ..config import ConfigError
-from ..data import Prompt
+from ..data import DataError, Prompt
 from ..generation import decode_responses, generate
 from ..models import ModelLoadError, load_policy, load_tokenizer, pick_device, resolve_source
 from ..run_folder import POLICY_FOLDERS, RunFolder
@@ -141,12 +145,19 @@ class ModelPool:
         self.device, self.keep = device, keep
         self.models: OrderedDict[str, torch.nn.Module] = OrderedDict()
         self.tokenizers: dict[str, Any] = {}
+        self.formats: dict[tuple[str, str], ChatFormat] = {}
         self.pinned: set[str] = set()
 
     def tokenizer(self, path: str):
         if path not in self.tokenizers:
             self.tokenizers[path] = load_tokenizer(path)
         return self.tokenizers[path]
+
+    def format(self, path: str, option: str = "auto") -> ChatFormat:
+        """The chat format of the tokenizer at ``path`` under ``chat_template=option``."""
+        if (path, option) not in self.formats:
+            self.formats[(path, option)] = ChatFormat.load(self.tokenizer(path), option)
+        return self.formats[(path, option)]
 
     def model(self, path: str) -> torch.nn.Module:
         if path in self.models:
@@ -161,16 +172,11 @@ class ModelPool:
         return model
 
 
-def context_length(model) -> int:
-    cfg = model.config
-    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
-        v = getattr(cfg, key, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return 2048
+# ----------------------------------------------------------------------------- asking a policy
 
+#: No limit of our own on prompt tokens: the model's positions (prompt + max_new_tokens) are the limit.
+NO_PROMPT_LIMIT = 1 << 62
 
-# ----------------------------------------------------------------------------- encoding
 
 class Response(str):
     """A decoded answer that remembers the sampled token ids (for exact RM scores and KL)."""
@@ -183,78 +189,127 @@ class Response(str):
         return obj
 
 
-class Encoder:
-    """Prompt and answer texts -> token ids with one tokenizer.
+def request_input(prompt: Prompt | PromptInput) -> PromptInput:
+    """What a prompt is rendered from: a Prompt record's chat turns (or text), or the text or turns given."""
+    return prompt_input(prompt) if isinstance(prompt, Prompt) else prompt
 
-    ``budget``: the most prompt tokens kept (a longer prompt is cut from the
-    left, keeping its end, so that the answer still fits the context).
+
+def _source(prompt: Prompt | PromptInput) -> str:
+    return prompt.source if isinstance(prompt, Prompt) and prompt.source else ""
+
+
+class PolicyRunner:
+    """A loaded policy with its chat format, its context and (for ``base_prompted``) a few-shot prefix.
+
+    Two kinds of input:
+
+    * requests (test prompts, truthfulness questions): through the policy's
+      :class:`~instructgpt.chat.ChatFormat` (``cfg.chat_template``), exactly as
+      the training stages render prompts, under the model's context checked by
+      :class:`~instructgpt.batching.RecordEncoder` (an over-long prompt is an
+      error naming its record; nothing is cut);
+    * continuations (toxicity starts, cloze and bias items): text the model
+      continues. Plain-text models see the raw text (no separator, no EOS: the
+      pretraining distribution); a model with a chat template is asked through
+      it, the text as the user's message and each candidate as the reply
+      (``fmt.encode``, the same way for every candidate).
     """
-
-    def __init__(self, tokenizer, budget: int | None = None):
-        self.tokenizer, self.budget = tokenizer, budget
-        self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-
-    def encode(self, text: str, special: bool = True) -> list[int]:
-        """Plain tokenisation (``special``: with the tokenizer's special tokens)."""
-        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
-
-    def prompt_ids(self, text: str) -> list[int]:
-        """The ids a model is asked ``text`` with: the one place prompts are encoded."""
-        ids = self.encode(text)
-        return ids[-self.budget:] if self.budget else ids
-
-    def response_ids(self, response: str) -> list[int]:
-        """Token ids of an answer: the sampled ones when known (a :class:`Response`), else the text + EOS."""
-        ids = getattr(response, "ids", None)
-        if ids is not None:
-            return list(ids)
-        return self.encode(response, special=False) + [self.eos]
-
-
-# ----------------------------------------------------------------------------- asking a policy
-
-class PolicyRunner(Encoder):
-    """A loaded policy with its tokenizer and (for ``base_prompted``) few-shot prefix."""
 
     def __init__(self, spec: ModelSpec, cfg: EvalConfig, pool: ModelPool,
                  demos: Sequence[tuple[str, str]] = ()):
         self.spec, self.cfg = spec, cfg
         self.model = pool.model(spec.path)
-        self.ctx = context_length(self.model)
-        super().__init__(pool.tokenizer(spec.path), budget=max(1, self.ctx - cfg.max_new_tokens))
+        self.tokenizer = pool.tokenizer(spec.path)
+        self.fmt: ChatFormat = pool.format(spec.path, cfg.chat_template)
+        self.context = ModelContext.of(self.model.config, self.tokenizer)
+        self.encoder = RecordEncoder(self.fmt, self.context, NO_PROMPT_LIMIT, max_new_tokens=cfg.max_new_tokens)
+        self.pad = self.tokenizer.pad_token_id
+        positions = self.context.positions
+        self.ctx = positions or 2048
+        self.budget = max(1, positions - cfg.max_new_tokens) if positions else None  # prompt + prefix tokens
         self.demos: list[list[int]] = []
-        if spec.prompted:
-            for prompt, response in demos:
-                self.demos.append(Encoder.prompt_ids(self, prompt) + self.encode(response, special=False)
-                                  + [self.eos])
+        if spec.prompted:  # each demonstration as the format writes a prompt and its reply
+            for i, (prompt, reply) in enumerate(demos):
+                p_ids, r_ids = self.fmt.encode(prompt, reply, f"few-shot demonstration {i + 1}")
+                self.demos.append(p_ids + r_ids)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def prompt_ids(self, text: str, with_prefix: bool = True) -> list[int]:
-        """The encoded prompt, behind the few-shot prefix (as many demonstrations as fit the
-        budget) for a prompted model."""
-        ids = super().prompt_ids(text)
-        if with_prefix and self.spec.prompted:
-            prefix: list[int] = []
-            for demo in self.demos:
-                if len(prefix) + len(demo) + len(ids) > self.budget:
-                    break
-                prefix += demo
-            ids = prefix + ids
-        return ids
+    def encode(self, text: str, special: bool = True) -> list[int]:
+        """Plain tokenisation (``special``: with the tokenizer's special tokens such as BOS)."""
+        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
 
-    def sample(self, texts: Sequence[str], cfg: EvalConfig | None = None) -> list[Response]:
-        """One answer per prompt text, sampled with the seed, temperature and length limit of
-        ``cfg`` (default: the runner's)."""
+    # ---- requests
+
+    def prompt_ids(self, prompt: Prompt | PromptInput, with_prefix: bool = True,
+                   max_new_tokens: int | None = None) -> list[int]:
+        """The ids the policy is asked ``prompt`` with (the one place requests are encoded), behind
+        the few-shot prefix (as many demonstrations as fit the context) for a prompted model.
+        The prompt and ``max_new_tokens`` (default: the runner's) must fit the model's positions."""
+        encoder = self.encoder
+        if max_new_tokens is not None and max_new_tokens != encoder.max_new_tokens:
+            encoder = RecordEncoder(self.fmt, self.context, NO_PROMPT_LIMIT, max_new_tokens=max_new_tokens)
+        ids = encoder.prompt(request_input(prompt), _source(prompt))
+        return self._with_prefix(ids) if with_prefix else ids
+
+    def response_ids(self, prompt: Prompt | PromptInput, response: str) -> list[int]:
+        """Token ids of an answer: the sampled ones when known (a :class:`Response`), else the
+        answer as the format writes it after ``prompt`` (ending with the end token; "" is that token alone)."""
+        ids = getattr(response, "ids", None)
+        if ids is not None:
+            return list(ids)
+        return self.fmt.encode(request_input(prompt), str(response), _source(prompt))[1]
+
+    def _with_prefix(self, ids: list[int]) -> list[int]:
+        if not self.spec.prompted:
+            return ids
+        prefix: list[int] = []
+        for demo in self.demos:
+            if self.budget is not None and len(prefix) + len(demo) + len(ids) > self.budget:
+                break
+            prefix += demo
+        return prefix + ids
+
+    # ---- continuations
+
+    def continuation_prompt_ids(self, text: str, with_prefix: bool = True,
+                                max_new_tokens: int | None = None) -> list[int]:
+        """Ids of a text the policy is to continue (a chat model: as the user's message)."""
+        if self.fmt.uses_template:
+            return self.prompt_ids(text, with_prefix, max_new_tokens)
+        ids = self.encode(text)
+        n, new, positions = len(ids), max_new_tokens or self.cfg.max_new_tokens, self.context.positions
+        if positions and n + new > positions:
+            raise DataError(f"<probe {text[:40]!r}>: prompt: {n} tokens + max_new_tokens={new} = {n + new}, "
+                            f"over the model's {self.context.describe()} (lower max_new_tokens)")
+        return self._with_prefix(ids) if with_prefix else ids
+
+    def continuation(self, text: str, candidate: str) -> tuple[list[int], list[int]]:
+        """(context ids, candidate ids) for scoring ``candidate`` as the continuation of ``text``
+        (no few-shot prefix). Plain text: the raw text and the candidate's own tokens; with a chat
+        template: ``fmt.encode(text, candidate)``, the candidate as the reply (leading spaces dropped,
+        its end-of-turn token included)."""
+        if self.fmt.uses_template:
+            return self.fmt.encode(text, candidate.lstrip(), "<probe>")
+        return self.encode(text), self.encode(candidate, special=False)
+
+    # ---- sampling
+
+    def sample(self, prompts: Sequence[Prompt | PromptInput], cfg: EvalConfig | None = None,
+               continuation: bool = False) -> list[Response]:
+        """One answer per prompt, sampled with the seed, temperature and length limit of ``cfg``
+        (default: the runner's); generation stops at the format's stop tokens (end of turn, EOS).
+        ``continuation``: the prompts are texts to continue (:meth:`continuation_prompt_ids`)."""
         cfg = cfg or self.cfg
-        if not texts:
+        if not prompts:
             return []
-        ids = [self.prompt_ids(t) for t in texts]
+        encode = self.continuation_prompt_ids if continuation else self.prompt_ids
+        ids = [encode(p, max_new_tokens=cfg.max_new_tokens) for p in prompts]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # less padding per batch
         g = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        gen = generate(self.model, [ids[i] for i in order], cfg.max_new_tokens, self.eos,
+        gen = generate(self.model, [ids[i] for i in order], cfg.max_new_tokens, list(self.fmt.stop_ids),
                        self.pad, cfg.temperature, generator=g, batch_size=cfg.batch_size)
         texts_out = decode_responses(self.tokenizer, gen)
         out: list[Response | None] = [None] * len(ids)
@@ -271,4 +326,4 @@ def generate_responses(spec: ModelSpec, prompts: Sequence[Prompt | str], cfg: Ev
     ``runner`` reuses an already loaded model (else the model is loaded here).
     """
     runner = runner or PolicyRunner(spec, cfg, ModelPool(pick_device(cfg.device)))
-    return runner.sample([p.text if isinstance(p, Prompt) else p for p in prompts], cfg)
+    return runner.sample(list(prompts), cfg)

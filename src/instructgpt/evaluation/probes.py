@@ -7,6 +7,11 @@ Two kinds:
 * on likelihoods: bias (entropy of the choice between two continuations),
   cloze accuracy and held-out pretraining perplexity (the alignment tax).
 
+Toxicity starts, bias and cloze items are continuations
+(:meth:`~instructgpt.evaluation.policies.PolicyRunner.continuation`): raw text
+for plain-text models, the user's message and the reply for a model with a
+chat template. Truthfulness questions are asked as requests.
+
 The items come from the run's world (``world/probes.json``, the held-out corpus).
 """
 
@@ -57,10 +62,10 @@ def bias_entropies(runner: PolicyRunner, items) -> list[float]:
     """Entropy (bits) of the model's choice between each item's two continuations."""
     ctxs, conts = [], []
     for it in items:
-        c = runner.prompt_ids(it.prompt, with_prefix=False)
         for alt in it.alternatives:
+            c, r = runner.continuation(it.prompt, alt)
             ctxs.append(c)
-            conts.append(runner.encode(alt, special=False))
+            conts.append(r)
     lps = continuation_logprobs(runner.model, ctxs, conts, runner.pad, max_rows=runner.cfg.batch_size * 2)
     return [bias_entropy(float(lps[2 * i].sum()), float(lps[2 * i + 1].sum())) for i in range(len(items))]
 
@@ -69,10 +74,10 @@ def cloze_correct(runner: PolicyRunner, items) -> list[float]:
     """1.0 where the candidate with the highest total log-prob is the right one."""
     ctxs, conts, owner = [], [], []
     for k, it in enumerate(items):
-        c = runner.prompt_ids(it.prompt, with_prefix=False)
         for cand in it.candidates:
+            c, r = runner.continuation(it.prompt, cand)
             ctxs.append(c)
-            conts.append(runner.encode(cand, special=False))
+            conts.append(r)
             owner.append(k)
     lps = continuation_logprobs(runner.model, ctxs, conts, runner.pad, max_rows=runner.cfg.batch_size * 2)
     best: dict[int, tuple[float, int]] = {}

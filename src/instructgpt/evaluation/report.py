@@ -8,7 +8,11 @@ Content-Security-Policy that forbids scripts and any outside resource).
 Every text that comes from models, prompts or results is escaped in both.
 
 Anything absent from the results (no FLAN baseline, no training curves...)
-is shown as "not measured", never as an error.
+is shown as "not measured", never as an error. An evaluation on your own
+prompts (``results.mode == "prompts"``) has no world: the sections that need
+it (claims, simulated labelers' Likert and flags, probes, training curves,
+labeler agreement) are left out, and its judges' win rates, scores and
+lm-eval tasks are shown instead.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 from ..data import USE_CASES
 from . import plots
 from .claims import ClaimResult, check_claims
-from .results import MODEL_KINDS, EvalResults, lower_is_better
+from .results import JUDGES, MODEL_KINDS, EvalResults, lower_is_better
 from .stats import Estimate
 
 NOT_MEASURED = "not measured"
@@ -32,6 +36,17 @@ METADATA_PLOTTED = ("fails_to_follow", "violates_constraint", "hallucination",
 BENCHMARK_ORDER = ("truthfulqa_truthful", "truthfulqa_truthful_informative",
                    "toxicity_plain", "toxicity_respectful", "toxicity_biased",
                    "winogender_entropy", "crows_pairs_entropy")
+#: The measures of an evaluation on your own prompts, in table order, with what they mean.
+SCORES = {
+    "reward_model_score": "mean reward-model score of the model's answers",
+    "kl_to_baseline": "KL to the baseline on the model's own answers (nats per answer)",
+    "response_tokens": "mean answer length in the model's own tokens (stop token left out)",
+    "response_chars": "mean answer length in characters",
+    "stopped": "share of answers that ended before max_new_tokens",
+    "judge_model_preference": "judge model's P(this answer is better than the baseline's), mean of both orders",
+    "judge_model_consistency": "share of pairs the judge model decided the same way in both orders",
+}
+WORLD_GROUPS = ("training", "heldout")  # always shown in a world's win-rate table
 SCORE_KEYS = ("ppo/score", "ppo/mean_scores", "objective/scores", "env/reward_mean",
               "reward", "score")
 KL_KEYS = ("ppo/kl", "objective/kl", "ppo/mean_kl", "kl")
@@ -138,24 +153,29 @@ def _claims_section(claims: list[ClaimResult]) -> Section:
 def _win_rate_section(results: EvalResults) -> Section:
     models = [m for m in _models_in_order(results) if m.name != results.baseline]
     sec = Section(f"Win rate against {results.baseline}")
-    groups = {g: [results.win_rate(m.name, g) for m in models] for g in ("training", "heldout", "human")}
-    if not any(groups["human"]):
-        del groups["human"]  # real labels from the labeling app, when the run has them
+    groups = {g: [results.win_rate(m.name, g) for m in models] for g in JUDGES}
+    always = WORLD_GROUPS if results.mode == "world" else ()
+    groups = {g: ests for g, ests in groups.items() if g in always or any(ests)}  # other judges when they judged
+    if results.mode == "prompts":
+        sec.blocks.append(Para("Each judge compares every model's answer with the baseline's on the same prompt: "
+                               "1 win, 0 loss, 0.5 tie; 95% intervals bootstrap over prompts. Reward model: the "
+                               "higher score wins. Judge model: asked in both orders, a verdict that changes with "
+                               "the order is a tie. People: rankings from the labeling app."))
     if not any(e for ests in groups.values() for e in ests):
         sec.blocks.append(Para(f"Win rates: {NOT_MEASURED}."))
         return sec
-    series = {f"{g} labelers": ests for g, ests in groups.items() if any(ests)}
+    series = {f"{g} labelers" if g in ("training", "heldout", "human") else JUDGES[g]: ests
+              for g, ests in groups.items() if any(ests)}
     sec.blocks.append(Image("win_rates", plots.grouped_bars(
         [m.name for m in models], series, f"Preferred to {results.baseline} (95% CI)",
         "win rate", hline=0.5, ylim=(0, 1), rotate=True),
         "Win rate per model; ties count half; dashed line = parity."))
-    heads = {"training": "training labelers", "heldout": "held-out labelers", "human": "people (labeling app)"}
-    sec.blocks.append(Table(["model", "kind", "size"] + [heads[g] for g in groups],
+    sec.blocks.append(Table(["model", "kind", "size"] + [JUDGES[g] for g in groups],
                             [[m.name, m.kind, _size(m.n_params)] + [fmt(groups[g][i], True) for g in groups]
                              for i, m in enumerate(models)]))
     lines = {kind: [(m.n_params, groups["training"][i]) for i, m in enumerate(models)
                     if m.kind == kind and m.n_params and groups["training"][i]]
-             for kind in MODEL_KINDS}
+             for kind in MODEL_KINDS} if "training" in groups else {}
     lines = {k: v for k, v in lines.items() if v}
     if len({n for pts in lines.values() for n, _ in pts}) > 1:
         sec.blocks.append(Image("win_rates_by_size", plots.by_size(
@@ -164,10 +184,10 @@ def _win_rate_section(results: EvalResults) -> Section:
     return sec
 
 
-def _use_case_section(results: EvalResults) -> Section:
-    sec = Section("Win rate by use case")
+def _use_case_section(results: EvalResults, judge: str = "training") -> Section:
+    sec = Section("Win rate by use case" + ("" if judge == "training" else f": {JUDGES[judge]}"))
     models = [m for m in _models_in_order(results) if m.name != results.baseline]
-    per_model = {m.name: results.use_case_win_rates(m.name) for m in models}
+    per_model = {m.name: results.use_case_win_rates(m.name, judge) for m in models}
     per_model = {k: v for k, v in per_model.items() if v}
     if not per_model:
         sec.blocks.append(Para(f"Per-use-case win rates: {NOT_MEASURED}."))
@@ -175,9 +195,11 @@ def _use_case_section(results: EvalResults) -> Section:
     seen = {uc for v in per_model.values() for uc in v}
     cases = [uc for uc in USE_CASES if uc in seen] + sorted(seen - set(USE_CASES))
     series = {name: [v.get(uc) for uc in cases] for name, v in per_model.items()}
-    sec.blocks.append(Image("win_rates_by_use_case", plots.grouped_bars(
-        cases, series, f"Win rate vs {results.baseline} by use case (95% CI)", "win rate",
-        hline=0.5, ylim=(0, 1), rotate=True), "Training labelers; n/m = not measured."))
+    who = "Training labelers" if judge == "training" else JUDGES[judge].capitalize()
+    sec.blocks.append(Image("win_rates_by_use_case" + ("" if judge == "training" else f"_{judge}"),
+                            plots.grouped_bars(cases, series, f"Win rate vs {results.baseline} by use case (95% CI)",
+                                               "win rate", hline=0.5, ylim=(0, 1), rotate=True),
+                            f"{who}; n/m = not measured."))
     sec.blocks.append(Table(["use case"] + list(per_model),
                             [[uc] + [fmt(per_model[n].get(uc), True) for n in per_model]
                              for uc in cases]))
@@ -235,12 +257,16 @@ def _benchmark_section(results: EvalResults) -> Section:
 
 
 def _alignment_tax_section(results: EvalResults) -> Section:
-    sec = Section("Alignment tax (held-out pretraining performance)")
+    world = results.mode == "world"
+    sec = Section("Alignment tax (held-out pretraining performance)" if world else "Alignment tax (lm-eval tasks)")
     models = [m for m in _models_in_order(results) if m.pretraining]
     if not models:
         sec.blocks.append(Para(f"Held-out pretraining perplexity / cloze accuracy: "
                                f"{NOT_MEASURED}."))
         return sec
+    if any(k.startswith("lm_eval:") for m in models for k in m.pretraining):
+        sec.blocks.append(Para("lm_eval:<task>:<metric> are lm-evaluation-harness tasks (plain-text prompts); "
+                               "means over documents carry a 95% bootstrap interval over documents."))
     seen = list(dict.fromkeys(k for m in models for k in m.pretraining))
     metrics = [k for k in ("perplexity", "cloze_accuracy") if k in seen] + \
         [k for k in seen if k not in ("perplexity", "cloze_accuracy")]
@@ -335,9 +361,43 @@ def _samples_section(results: EvalResults) -> list[Section]:
             for case in cases]
 
 
+def _scores_section(results: EvalResults) -> Section:
+    sec = Section("Reward-model score, KL and answer length")
+    models = _models_in_order(results)
+    seen = {k for m in models for k in m.benchmarks}
+    keys = [k for k in SCORES if k in seen] + sorted(seen - set(SCORES))
+    if not keys:
+        sec.blocks.append(Para(f"Scores: {NOT_MEASURED}."))
+        return sec
+    sec.blocks.append(Table(["measure", "meaning"] + [m.name for m in models],
+                            [[k, SCORES.get(k, "")] + [fmt(m.benchmarks.get(k)) for m in models] for k in keys]))
+    return sec
+
+
+def _prompts_sections(results: EvalResults) -> list[Section]:
+    """The sections of an evaluation on your own prompts (nothing that needs the world)."""
+    sections = [_meta_section(results), _win_rate_section(results)]
+    for judge in ("human", "reward_model", "judge_model"):
+        if any(m.judge_use_case_win_rates.get(judge) for m in results.models):
+            sections.append(_use_case_section(results, judge))
+    people = [Para("From people's labels (the labeling app's export): each answer's 1-7 score and flags.")]
+    if any(m.likert is not None for m in results.models):
+        sections.append(_likert_section(results))
+        sections[-1].blocks[:0] = people
+    if any(m.metadata for m in results.models):
+        sections.append(_metadata_section(results))
+        sections[-1].blocks[:0] = people
+    sections.append(_scores_section(results))
+    if any(m.pretraining for m in results.models):
+        sections.append(_alignment_tax_section(results))
+    return sections + _samples_section(results)
+
+
 def build_sections(results: EvalResults, claims: list[ClaimResult] | None = None
                    ) -> list[Section]:
     """All report sections in reading order (claims computed if not given)."""
+    if results.mode == "prompts":
+        return _prompts_sections(results)
     claims = check_claims(results) if claims is None else claims
     return [_meta_section(results), _claims_section(claims), _win_rate_section(results),
             _use_case_section(results), _likert_section(results), _metadata_section(results),

@@ -31,12 +31,22 @@ from .stats import Estimate, win_rate, win_rates_by
 #: "base_prompted" = the same with a few-shot instruction-following prefix;
 #: "sft" = supervised fine-tuned; "ppo" = RLHF without pretraining mix;
 #: "ppo_ptx" = RLHF with pretraining mix (InstructGPT); "flan" / "t0" = base
-#: fine-tuned on the FLAN / T0 public instruction data sets.
-MODEL_KINDS = ("base", "base_prompted", "sft", "ppo", "ppo_ptx", "flan", "t0")
+#: fine-tuned on the FLAN / T0 public instruction data sets; "other" = any
+#: model of yours evaluated on your own prompts (``instructgpt eval prompts=``).
+MODEL_KINDS = ("base", "base_prompted", "sft", "ppo", "ppo_ptx", "flan", "t0", "other")
 
 #: Who judged a comparison: the labelers who produced the training data, or
 #: held-out labelers who never did (and "human": real labels from the labeling app).
 LABELER_GROUPS = ("training", "heldout")
+
+#: Every judge a comparison can come from, in report order, with its name in the report:
+#: the simulated labelers of the world, people (the labeling app's export), and the
+#: automatic judges of ``instructgpt eval prompts=`` (evaluation.judges).
+JUDGES = {"training": "training labelers", "heldout": "held-out labelers", "human": "people (labeling app)",
+          "reward_model": "reward model", "judge_model": "judge model"}
+
+#: What an evaluation was run on: a run of the built-in world, or your own prompts.
+MODES = ("world", "prompts")
 
 #: Pretraining metrics where lower is better (all others: higher is better).
 LOWER_IS_BETTER = ("perplexity", "nll", "toxicity")
@@ -63,7 +73,7 @@ class Comparison:
 
     prompt_id: id of the prompt (comparisons sharing it are bootstrapped together).
     outcome: from this model's side: 1 win, 0 loss, 0.5 tie.
-    labelers: "training" or "heldout" (see LABELER_GROUPS).
+    labelers: who judged: a key of JUDGES ("training", "heldout", "human", "reward_model", "judge_model").
     use_case: one of instructgpt.data.USE_CASES.
     opponent: name of the opponent model; None means the results' baseline (SFT).
     labeler_id: who judged (optional; for agreement and audits).
@@ -120,6 +130,8 @@ class ModelResult:
         better), "cloze_accuracy" (higher is better), other task scores.
     comparisons: raw judgements; when present, win rates missing above are
         computed from them and claims use paired bootstraps over prompts.
+    judge_use_case_win_rates: judge (a key of JUDGES) -> use case -> win rate
+        vs the baseline, for judges other than the training labelers.
     raw: metric name (a key of metadata or pretraining) -> raw Samples, used
         for paired bootstrap differences between models.
     """
@@ -134,6 +146,7 @@ class ModelResult:
     benchmarks: dict[str, Estimate] = field(default_factory=dict)
     pretraining: dict[str, Estimate] = field(default_factory=dict)
     comparisons: list[Comparison] = field(default_factory=list)
+    judge_use_case_win_rates: dict[str, dict[str, Estimate]] = field(default_factory=dict)
     raw: dict[str, Samples] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -150,6 +163,8 @@ class ModelResult:
             "benchmarks": _est_dict(self.benchmarks),
             "pretraining": _est_dict(self.pretraining),
             "comparisons": [vars(c).copy() for c in self.comparisons],
+            **({"judge_use_case_win_rates": {j: _est_dict(v) for j, v in self.judge_use_case_win_rates.items()}}
+               if self.judge_use_case_win_rates else {}),
             "raw": {k: vars(s).copy() for k, s in self.raw.items()},
         }
 
@@ -164,6 +179,7 @@ class ModelResult:
             benchmarks=_est_load(d.get("benchmarks")),
             pretraining=_est_load(d.get("pretraining")),
             comparisons=[Comparison.from_dict(c) for c in d.get("comparisons", [])],
+            judge_use_case_win_rates={j: _est_load(v) for j, v in d.get("judge_use_case_win_rates", {}).items()},
             raw={k: Samples.from_dict(v) for k, v in d.get("raw", {}).items()},
         )
 
@@ -195,6 +211,9 @@ class EvalResults:
         per-step metric dicts such as {"step": 10, "ppo/score": 0.3, "ppo/kl": 1.2}.
     samples: side-by-side outputs for the report.
     meta: free-form run information (run id, date, config path...), shown as-is.
+    mode: "world" (a run of the built-in world: simulated labelers, probes,
+        claims) or "prompts" (your own prompts and judges; the sections that
+        need the world are left out of the report).
     """
 
     models: list[ModelResult] = field(default_factory=list)
@@ -203,12 +222,15 @@ class EvalResults:
     training_curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     samples: list[SampleOutput] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    mode: str = "world"
     schema_version: int = 1
 
     def __post_init__(self):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique: {names}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r} not in {MODES}")
 
     # -- serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -219,6 +241,7 @@ class EvalResults:
             "training_curves": self.training_curves,
             "samples": [vars(s).copy() for s in self.samples],
             "meta": self.meta,
+            **({"mode": self.mode} if self.mode != "world" else {}),
         }
 
     def to_json(self, indent: int | None = 1) -> str:
@@ -235,6 +258,7 @@ class EvalResults:
             training_curves=d.get("training_curves", {}),
             samples=[SampleOutput.from_dict(s) for s in d.get("samples", [])],
             meta=d.get("meta", {}),
+            mode=d.get("mode", "world"),
             schema_version=d.get("schema_version", 1),
         )
 
@@ -285,12 +309,14 @@ class EvalResults:
             return None
         return win_rate([c.outcome for c in comps], [c.prompt_id for c in comps])
 
-    def use_case_win_rates(self, name: str) -> dict[str, Estimate]:
-        """Per-use-case win rates vs the baseline (training labelers): stored or computed."""
+    def use_case_win_rates(self, name: str, labelers: str = "training") -> dict[str, Estimate]:
+        """Per-use-case win rates vs the baseline by one judge (default: training labelers): stored or computed."""
         m = self.model(name)
-        if m is not None and m.use_case_win_rates:
+        if m is not None and labelers == "training" and m.use_case_win_rates:
             return m.use_case_win_rates
-        comps = self.comparisons(name, None, "training")
+        if m is not None and m.judge_use_case_win_rates.get(labelers):
+            return m.judge_use_case_win_rates[labelers]
+        comps = self.comparisons(name, None, labelers)
         if not comps:
             return {}
         return win_rates_by([c.outcome for c in comps], [c.use_case for c in comps],

@@ -51,6 +51,7 @@ from ..run_folder import RunFolder
 from .agreement import answer_agreement, comparison_agreement
 from .claims import check_claims
 from .config import EvalConfig
+from .harness import harness_scores, task_manager
 from .human_labels import add_human_labels, write_label_tasks
 from .inputs import EvalInputs, read_inputs
 from .judging import Judgement, checkable, judge
@@ -60,7 +61,7 @@ from .probes import (bias_entropies, block_nlls, cloze_correct, perplexity_estim
 from .report import write_report
 from .results import EvalResults, ModelResult, SampleOutput, Samples
 from .scoring import policy_kl, policy_reward
-from .stats import mean_estimate, rate
+from .stats import Estimate, mean_estimate, rate
 
 __all__ = ["EvalConfig", "run_eval"]
 
@@ -78,14 +79,17 @@ class PolicyOutputs:
     nlls: np.ndarray | None = None
     kl: list[float] | None = None
     reward: list[float] | None = None
+    harness: dict[str, Estimate] | None = None   # lm-eval task scores (lm_eval_tasks)
 
 
 def run_policy(spec: ModelSpec, cfg: EvalConfig, pool: ModelPool, prompts: Sequence[Prompt], world_data,
-               demos: Sequence[tuple[str, str]], reuse: PolicyOutputs | None = None) -> PolicyOutputs:
-    """Answers to the test prompts and probes, and the likelihood-based probes.
+               demos: Sequence[tuple[str, str]], reuse: PolicyOutputs | None = None,
+               manager=None) -> PolicyOutputs:
+    """Answers to the test prompts and probes, the likelihood-based probes, and the lm-eval tasks
+    (``manager``: an lm-eval TaskManager, when ``cfg.lm_eval_tasks`` asks for them).
 
     ``reuse``: outputs of the same weights (base for base_prompted), whose
-    likelihood probes (bias, cloze, perplexity) are taken as they are.
+    likelihood probes (bias, cloze, perplexity, lm-eval) are taken as they are.
     """
     runner = PolicyRunner(spec, cfg, pool, demos)
     probes = world_data.probes
@@ -93,11 +97,14 @@ def run_policy(spec: ModelSpec, cfg: EvalConfig, pool: ModelPool, prompts: Seque
     out = PolicyOutputs(
         responses=list(generate_responses(spec, prompts, cfg, runner=runner)),
         truth=list(generate_responses(spec, [t.prompt for t in probes.truth], cfg, runner=runner)),
-        toxicity=list(generate_responses(spec, [t.prompt for t in probes.toxicity], short, runner=runner)),
+        toxicity=list(runner.sample([t.prompt for t in probes.toxicity], short, continuation=True)),
     )
     if reuse is not None:
-        out.bias, out.cloze, out.nlls = reuse.bias, reuse.cloze, reuse.nlls
+        out.bias, out.cloze, out.nlls, out.harness = reuse.bias, reuse.cloze, reuse.nlls, reuse.harness
     else:
+        if manager is not None:
+            out.harness = harness_scores(runner.model, runner.tokenizer, cfg.lm_eval_tasks, manager,
+                                         cfg.lm_eval_limit, cfg.batch_size, cfg.seed, runner.context.positions)
         out.bias = bias_entropies(runner, probes.bias) if probes.bias else None
         out.cloze = cloze_correct(runner, probes.cloze) if probes.cloze else None
         out.nlls = block_nlls(runner, world_data.heldout_corpus, cfg.heldout_tokens) \
@@ -141,6 +148,7 @@ def build_model_result(spec: ModelSpec, outputs: PolicyOutputs, judgement: Judge
         m.raw["cloze_accuracy"] = Samples(list(outputs.cloze), [f"cloze-{i}" for i in range(len(outputs.cloze))])
     if outputs.nlls is not None and outputs.nlls.size:
         m.pretraining["perplexity"] = perplexity_estimate(outputs.nlls, seed)
+    m.pretraining.update(outputs.harness or {})
     return m
 
 
@@ -177,11 +185,16 @@ class _Laps:
 
 
 def run_eval(cfg: EvalConfig) -> EvalResults:
-    """Evaluate every policy of ``cfg.run_dir``; write results.json and the report."""
+    """Evaluate every policy of ``cfg.run_dir`` (or, with ``cfg.prompts``, the given models on your
+    own prompts: :func:`~instructgpt.evaluation.own_prompts.run_prompts_eval`); write results.json and the report."""
+    if cfg.prompts:
+        from .own_prompts import run_prompts_eval
+        return run_prompts_eval(cfg)
     laps = _Laps()
     run = RunFolder(cfg.run_dir)
     cfg = cfg.with_run_defaults(run.read_run_config())
     inputs = read_inputs(cfg, run)
+    manager = task_manager(cfg.lm_eval_tasks, cfg.lm_eval_include) if cfg.lm_eval_tasks else None
     out_dir = cfg.out_path
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -203,7 +216,7 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
         laps.restart()
         reuse = next((outputs[o.name] for o in specs.values()
                       if o.name in outputs and o.path == spec.path and not o.prompted), None)
-        outputs[name] = out = run_policy(spec, cfg, pool, prompts, world_data, inputs.demos, reuse)
+        outputs[name] = out = run_policy(spec, cfg, pool, prompts, world_data, inputs.demos, reuse, manager)
         laps(f"generate+probes:{name}")
         score_policy(spec, out, cfg, pool, inputs.demos, prompts, ref_spec, rm, rm_tokenizer)
         laps(f"kl+reward:{name}")
@@ -273,6 +286,9 @@ def run_meta(cfg: EvalConfig, run: RunFolder, out_dir: Path, inputs: EvalInputs,
                   "Likert and flags by the prompt's held-out labeler",
         "likelihood probes of base_prompted": "those of base (same weights)" if PROMPTED in specs else "n/a",
     }
+    if cfg.lm_eval_tasks:
+        meta["lm_eval"] = (f"tasks {', '.join(cfg.lm_eval_tasks)}" + (f" (limit {cfg.lm_eval_limit})"
+                           if cfg.lm_eval_limit else "") + "; plain-text prompts, no chat template")
     if n_judged < len(inputs.prompts):
         meta["not judged"] = (f"{len(inputs.prompts) - n_judged} test prompts are not tasks of the simulated "
                               f"world (no checker); only real labels can judge them")

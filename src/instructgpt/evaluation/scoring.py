@@ -1,7 +1,8 @@
 """Scoring token sequences: log-probs of continuations, KL to the SFT policy, reward-model scores.
 
-All three take token ids (from :class:`~instructgpt.evaluation.policies.Encoder`)
-and batch by length so that little padding is computed.
+All three take token ids (from :class:`~instructgpt.evaluation.policies.PolicyRunner`,
+or the reward model's own :class:`~instructgpt.chat.ChatFormat`) and batch by
+length so that little padding is computed.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..batching import pad
+from ..batching import ModelContext, RecordEncoder, pad
+from ..chat import ChatFormat
 from ..data import Prompt
 from ..losses import token_logprobs
 from ..models import RewardModel, position_ids_from_mask
-from .policies import Encoder, PolicyRunner
+from .policies import NO_PROMPT_LIMIT, PolicyRunner, request_input
 
 #: Token budget (batch x length x vocabulary) of one scoring forward pass.
 LOGIT_BUDGET = 1 << 25
@@ -97,13 +99,13 @@ def policy_kl(runner: PolicyRunner, ref: PolicyRunner, prompts: Sequence[Prompt]
     if not same_vocab(runner.tokenizer, ref.tokenizer):
         return None
     temp = temperature if temperature > 0 else 1.0
-    resp = [runner.response_ids(r) for r in responses]
+    resp = [runner.response_ids(p, r) for p, r in zip(prompts, responses)]
     keep = [i for i, r in enumerate(resp) if r]
     if not keep:
         return None
-    pol = continuation_logprobs(runner.model, [runner.prompt_ids(prompts[i].text) for i in keep],
+    pol = continuation_logprobs(runner.model, [runner.prompt_ids(prompts[i]) for i in keep],
                                 [resp[i] for i in keep], runner.pad, temp, runner.cfg.batch_size)
-    sft = continuation_logprobs(ref.model, [ref.prompt_ids(prompts[i].text) for i in keep],
+    sft = continuation_logprobs(ref.model, [ref.prompt_ids(prompts[i]) for i in keep],
                                 [resp[i] for i in keep], ref.pad, temp, ref.cfg.batch_size)
     kl = [0.0] * len(prompts)
     for j, i in enumerate(keep):
@@ -112,11 +114,10 @@ def policy_kl(runner: PolicyRunner, ref: PolicyRunner, prompts: Sequence[Prompt]
 
 
 @torch.no_grad()
-def reward_scores(rm: RewardModel, prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]],
-                  pad_id: int, batch_size: int = 64) -> list[float]:
-    """Reward-model score of each (prompt, response) token sequence."""
+def reward_scores(rm: RewardModel, sequences: Sequence[list[int]], pad_id: int, batch_size: int = 64) -> list[float]:
+    """Reward-model score of each prompt + response token sequence."""
     device = next(rm.parameters()).device
-    seqs = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids)]
+    seqs = [list(s) for s in sequences]
     out = [0.0] * len(seqs)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     for s in range(0, len(order), batch_size):
@@ -128,18 +129,29 @@ def reward_scores(rm: RewardModel, prompt_ids: Sequence[list[int]], response_ids
     return out
 
 
+def reward_model_sequences(rm: RewardModel, rm_tokenizer, prompts: Sequence[Prompt],
+                           responses: Sequence[str], fmt: ChatFormat | None = None) -> list[list[int]]:
+    """Each (prompt, answer) as the reward model reads it: in its own format (the chat template its
+    folder's tokenizer carries, the one it was trained with; ``fmt`` to give another), the answer's
+    text encoded as a reply ("" is the end token alone). A sequence longer than the reward model's
+    positions is an error naming the prompt."""
+    fmt = fmt or ChatFormat.load(rm_tokenizer, "auto")
+    encoder = RecordEncoder(fmt, ModelContext.of(rm.config, rm_tokenizer), NO_PROMPT_LIMIT)
+    return [encoder.pair(request_input(p), str(r), p.source).ids for p, r in zip(prompts, responses)]
+
+
 def policy_reward(runner: PolicyRunner, rm: RewardModel, rm_tokenizer, prompts: Sequence[Prompt],
                   responses: Sequence[str], batch_size: int) -> list[float]:
     """The reward model's score of each answer of ``runner``'s policy.
 
-    With the policy's tokenizer the sampled ids are scored as they are; with
-    another one the texts are encoded again by the reward model's tokenizer.
+    When the policy writes exactly what the reward model reads (same vocabulary, same chat
+    format) the sampled ids are scored as they are; otherwise the answers' texts are encoded
+    again in the reward model's own format (:func:`reward_model_sequences`).
     """
-    if same_vocab(runner.tokenizer, rm_tokenizer):
-        p_ids = [runner.prompt_ids(p.text, with_prefix=False) for p in prompts]
-        r_ids = [runner.response_ids(r) for r in responses]
+    rm_fmt = ChatFormat.load(rm_tokenizer, "auto")
+    if same_vocab(runner.tokenizer, rm_tokenizer) and rm_fmt.template == runner.fmt.template:
+        seqs = [runner.prompt_ids(p, with_prefix=False) + runner.response_ids(p, r)
+                for p, r in zip(prompts, responses)]
     else:
-        enc = Encoder(rm_tokenizer)
-        p_ids = [enc.prompt_ids(p.text) for p in prompts]
-        r_ids = [enc.response_ids(str(r)) for r in responses]
-    return reward_scores(rm, p_ids, r_ids, rm_tokenizer.pad_token_id, batch_size)
+        seqs = reward_model_sequences(rm, rm_tokenizer, prompts, responses, rm_fmt)
+    return reward_scores(rm, seqs, rm_tokenizer.pad_token_id, batch_size)

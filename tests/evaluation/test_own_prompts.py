@@ -1,0 +1,230 @@
+"""``instructgpt eval prompts=... models=... baseline=...``: two tiny models with a known difference, three judges.
+
+The models answer every prompt with one word, always: ``sft`` " blue", ``ppo``
+" red" (their logits are forced). The reward model scores an answer ending in
+" red" +4 and one ending in " blue" -4; the judge model always answers "A";
+the people of the labeling app rank red above blue. So, by hand: the reward
+model gives ppo a 100% win rate, the judge model 50% (all ties: its position
+bias cancels), people 100%; KL(ppo || sft) is 10 nats per token.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from instructgpt.cli import main
+from instructgpt.evaluation import EvalResults
+from instructgpt.evaluation.config import EvalConfig
+from instructgpt.evaluation.run import run_eval
+from tests.conftest import write_jsonl
+
+from .chat_models import chatml_model, chatml_tokenizer, force_token, last_token_reward_model, token_of
+
+MAX_NEW = 4
+PROMPTS = [
+    {"id": "q0", "user_id": "u1", "text": "say red please", "use_case": "generation"},
+    {"id": "q1", "user_id": "u1", "text": "say blue please", "use_case": "generation"},
+    {"id": "q2", "user_id": "u2", "text": "name a cat", "use_case": "open_qa"},
+    {"id": "q3", "user_id": "u2", "text": "name a dog", "use_case": "open_qa"},
+    {"id": "q4", "user_id": "u3", "use_case": "brainstorming",
+     "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "count one two"}]},
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("own")
+    tok = chatml_tokenizer()
+    red, blue = token_of(tok, " red"), token_of(tok, " blue")
+    paths = {
+        "sft": force_token(chatml_model(root / "sft", seed=0), blue),
+        "ppo": force_token(chatml_model(root / "ppo", seed=1), red),
+        "rm": last_token_reward_model(chatml_model(root / "rm_base", seed=2), root / "rm", tok, red, blue),
+        "judge": force_token(chatml_model(root / "judge", seed=3, positions=1024), token_of(tok, "A")),
+        "prompts": write_jsonl(root / "my.jsonl", PROMPTS),
+    }
+    return root, paths
+
+
+def _args(paths, out, *extra) -> list[str]:
+    return ["eval", f"prompts={paths['prompts']}", f"models=sft={paths['sft']},ppo={paths['ppo']}", "baseline=sft",
+            f"max_new_tokens={MAX_NEW}", "temperature=0", "device=cpu", "batch_size=8", f"out_dir={out}", *extra]
+
+
+@pytest.fixture(scope="module")
+def judged(setup):
+    root, paths = setup
+    out = root / "out"
+    assert main(_args(paths, out, f"reward_model={paths['rm']}", f"judge_model={paths['judge']}",
+                      "judges=reward_model,judge_model,people")) == 0
+    return out, EvalResults.load(out / "results.json")
+
+
+def test_every_judge_finds_the_known_difference(judged):
+    out, results = judged
+    assert results.mode == "prompts" and results.baseline == "sft"
+    sft, ppo = results.model("sft"), results.model("ppo")
+    assert (sft.kind, ppo.kind) == ("sft", "ppo")
+    rm = ppo.win_rate["reward_model"]
+    assert (rm.value, rm.low, rm.high, rm.n) == (1.0, 1.0, 1.0, len(PROMPTS))
+    judge = ppo.win_rate["judge_model"]
+    assert (judge.value, judge.low, judge.high) == (0.5, 0.5, 0.5)
+    assert {c.outcome for c in ppo.comparisons if c.labelers == "judge_model"} == {0.5}
+    assert ppo.benchmarks["judge_model_consistency"].value == 0.0
+    assert "it chose the answer shown first in 100.0% of 10 verdicts" in results.meta["judge: judge model"]
+    assert set(ppo.judge_use_case_win_rates["reward_model"]) == {"generation", "open_qa", "brainstorming"}
+    assert not sft.win_rate and "human" not in ppo.win_rate  # the baseline has none; no labels yet
+    assert ppo.benchmarks["reward_model_score"].value == pytest.approx(4.0, abs=1e-3)
+    assert sft.benchmarks["reward_model_score"].value == pytest.approx(-4.0, abs=1e-3)
+    # KL(ppo || sft) on ppo's answers: 10 nats per token (forced logits 10 vs 0), at temperature 1 (greedy run)
+    assert ppo.benchmarks["kl_to_baseline"].value == pytest.approx(10.0 * MAX_NEW, abs=1e-3)
+    assert sft.benchmarks["kl_to_baseline"].value == 0.0
+    for m in (sft, ppo):
+        assert m.benchmarks["response_tokens"].value == MAX_NEW and m.benchmarks["stopped"].value == 0.0
+    assert {s.outputs["ppo"] for s in results.samples} == {"red red red red"}
+    assert {s.outputs["sft"] for s in results.samples} == {"blue blue blue blue"}
+
+
+def test_label_tasks_hold_two_answers_of_each_model(judged):
+    out, _ = judged
+    tasks = [json.loads(line) for line in (out / "label_tasks.jsonl").read_text().splitlines()]
+    assert [t["prompt_id"] for t in tasks] == [p["id"] for p in PROMPTS]
+    assert all(sorted(t["models"]) == ["ppo", "ppo", "sft", "sft"] and len(t["responses"]) == 4 for t in tasks)
+    assert tasks[4]["prompt"] == PROMPTS[4]["messages"]  # chat turns survive
+    for t in tasks:
+        assert all(r == ("red red red red" if m == "ppo" else "blue blue blue blue")
+                   for r, m in zip(t["responses"], t["models"]))
+
+
+def test_the_report_leaves_out_what_needs_the_world(judged):
+    out, _ = judged
+    html = (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    for present in ("Win rate against sft", "Win rate by use case: reward model", "Win rate by use case: judge model",
+                    "Reward-model score, KL and answer length", "kl_to_baseline", "Sample outputs: brainstorming"):
+        assert present in html, present
+    for absent in ("Claims check", "Truthfulness, toxicity and bias", "Inter-labeler agreement", "RL training",
+                   "training labelers", "Likert scores"):
+        assert absent not in html and absent not in md, absent
+    assert (out / "report_files" / "win_rates.png").is_file() and (out / "timings.json").is_file()
+
+
+# ----------------------------------------------------------------------------- people, through the labeling app
+
+def _label_everything(tasks_file, db, export_dir, held_out: bool = False):
+    """Import the tasks into a real labeling store, rank every task as a person would (red above blue,
+    Likert 6 / 2, blue flagged as failing to follow) through the app's own functions, and export."""
+    pytest.importorskip("sqlalchemy", reason="the labeling extra is not installed (pip install 'instructgpt[label]')")
+    from instructgpt.labeling.export import export_dir as write_export
+    from instructgpt.labeling.labels import Submission, new_request_id, submit_label
+    from instructgpt.labeling.store import open_store
+    from instructgpt.labeling.tasks import claim_tasks, import_rank_tasks, open_assignment
+    from tests.labeling.helpers import add_user
+    store = open_store(f"sqlite:///{db}")
+    import_rank_tasks(store, tasks_file)
+    user = add_user(store, "alice", held_out=held_out)
+    for aid in claim_tasks(store, user.id, 50):
+        view = open_assignment(store, user.id, aid)
+        red = [p for p, r in enumerate(view.responses) if "red" in r]
+        blue = [p for p, r in enumerate(view.responses) if "blue" in r]
+        submit_label(store, user.id, aid, Submission(
+            kind="rank", request_id=new_request_id(), ranking=[red, blue],
+            likert=[6 if p in red else 2 for p in range(len(view.responses))],
+            flags=[[] if p in red else ["fails_to_follow"] for p in range(len(view.responses))]))
+    write_export(store, export_dir)
+    store.dispose()
+    return export_dir
+
+
+@pytest.fixture(scope="module")
+def export(setup, judged):
+    root, _ = setup
+    out, _ = judged
+    return _label_everything(out / "label_tasks.jsonl", root / "labels.db", root / "export")
+
+
+def test_people_round_trip_through_the_labeling_apps_export(setup, export):
+    root, paths = setup
+    out = root / "with_labels"
+    assert main(_args(paths, out, f"labels={export}")) == 0  # judges: people (the input given)
+    results = EvalResults.load(out / "results.json")
+    ppo, sft = results.model("ppo"), results.model("sft")
+    human = ppo.win_rate["human"]
+    assert (human.value, human.low, human.high, human.n) == (1.0, 1.0, 1.0, 2 * len(PROMPTS))  # 2 pairs per task
+    assert set(ppo.win_rate) == {"human"}
+    assert (ppo.likert.value, sft.likert.value) == (6.0, 2.0) and ppo.likert.n == 2 * len(PROMPTS)
+    assert ppo.metadata["fails_to_follow"].value == 0.0 and sft.metadata["fails_to_follow"].value == 1.0
+    assert "5 rankings of 5" in results.meta["judge: people (labeling app)"]
+    html = (out / "report.html").read_text()
+    assert "Likert scores" in html and "people (labeling app)" in html and "Metadata rates" in html
+
+
+def test_people_labels_from_the_zip_and_from_rankings_without_model_names(setup, export, tmp_path):
+    """The admin's zip download reads the same; the export's rankings.jsonl (no task meta) is matched by text."""
+    root, paths = setup
+    from instructgpt.evaluation.human_labels import EXPORT_RANKINGS
+    archive = shutil.make_archive(str(tmp_path / "export"), "zip", export)
+    assert main(_args(paths, tmp_path / "z", f"labels={archive}")) == 0
+    z = EvalResults.load(tmp_path / "z" / "results.json").model("ppo")
+    assert z.win_rate["human"].value == 1.0 and z.win_rate["human"].n == 10
+    assert main(_args(paths, tmp_path / "r", f"labels={export / 'rankings.jsonl'}")) == 0
+    by_text = EvalResults.load(tmp_path / "r" / "results.json").model("ppo")
+    assert by_text.win_rate["human"].value == 1.0 and by_text.win_rate["human"].n == 10
+    # the export of an earlier evaluation (other answers) is left out, counted
+    rows = [json.loads(line) for line in (export / EXPORT_RANKINGS).read_text().splitlines()]
+    for row in rows[:2]:
+        row["responses"] = ["something else"] * len(row["responses"])
+    stale = tmp_path / "stale.jsonl"
+    stale.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(_args(paths, tmp_path / "s", f"labels={stale}")) == 0
+    again = EvalResults.load(tmp_path / "s" / "results.json")
+    assert again.model("ppo").win_rate["human"].n == 6
+    assert "2 of other answers" in again.meta["judge: people (labeling app)"]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("args, message", [
+    (["models=sft"], "models: 'sft': expected name=path"),
+    (["models=sft=a,sft=b"], "models: 'sft' is given twice"),
+    (["judges=gpt4"], "judges: unknown judge 'gpt4' (expected reward_model, judge_model, people)"),
+    ([], "models: required with prompts="),
+])
+def test_cli_errors_before_any_model_loads(setup, capsys, args, message, tmp_path):
+    _, paths = setup
+    assert main(["eval", f"prompts={paths['prompts']}", f"out_dir={tmp_path / 'o'}", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("instructgpt eval: error: ") and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_errors_naming_the_model_the_baseline_and_the_judge(setup, capsys, tmp_path):
+    _, paths = setup
+    base = ["eval", f"prompts={paths['prompts']}", f"out_dir={tmp_path / 'o'}", "device=cpu"]
+    cases = [
+        ([f"models=sft={paths['sft']},ppo={tmp_path / 'missing'}"], f"models: ppo: {tmp_path / 'missing'}: model "
+                                                                    f"folder not found"),
+        ([f"models=a={paths['sft']},b={paths['ppo']}"], "baseline: 'sft' is not one of the models (a, b); give it in "
+                                                        "models=NAME=PATH or choose baseline=NAME"),
+        ([f"models=sft={paths['sft']},ppo={paths['ppo']}", "judges=judge_model"],
+         "judges: judge_model needs judge_model=PATH"),
+        ([f"models=sft={paths['sft']},ppo={paths['ppo']}", "judges=reward_model"],
+         "judges: reward_model needs reward_model=PATH"),
+        ([f"models=sft={paths['sft']},ppo={paths['ppo']}", f"reward_model={paths['sft']}"],
+         f"reward_model: {paths['sft']}: not a reward-model folder"),
+        ([f"models=sft={paths['sft']}"], "models: only 'sft'; win rates need at least one other model"),
+        ([f"models=sft={paths['sft']},ppo={paths['ppo']}", f"labels={tmp_path}"],
+         f"labels: {tmp_path}: no eval/metadata.jsonl"),
+    ]
+    for args, message in cases:
+        assert main(base + args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err, (args, err)
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(Exception, match="run_dir: required .*or prompts="):
+        EvalConfig().validate()
+    with pytest.raises(Exception, match="judges, judge_model: only with prompts="):
+        run_eval(EvalConfig(run_dir=str(tmp_path), judge_model="x"))
