@@ -32,10 +32,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is partial, corrupt or does not fit the run."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 4 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+        for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
 
@@ -165,7 +166,7 @@ def _write_checkpoint(folder: Path, tmp: Path, modules, objects, state) -> Path:
     for name in files:
         with open(tmp / name, "rb") as f:
             os.fsync(f.fileno())
-    manifest = {name: _sha256(tmp / name) for name in files}
+    manifest = {name: sha256_file(tmp / name) for name in files}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     _fsync_dir(tmp)
     if folder.exists():
@@ -193,7 +194,7 @@ def verify_checkpoint(folder: str | Path) -> None:
         path = folder / name
         if not path.is_file():
             raise CheckpointError(f"{path}: missing from checkpoint")
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             raise CheckpointError(f"{path}: corrupt (checksum does not match the manifest)")
 
 

@@ -29,6 +29,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import sha256_file
+
 #: Options that cannot change what a stage writes: where it runs, what it shows, where it
 #: reports, how often it checkpoints and what it keeps afterwards. ``out_dir`` and ``run_dir``
 #: name the stage's own folder (the stage name stands for it).
@@ -39,14 +41,6 @@ RUNTIME_OPTIONS = frozenset({
 #: Files larger than this are keyed by size, modification time and path, not by content.
 HUGE_FILE = 4 << 30
 KEY_LENGTH = 16
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class InputHasher:
@@ -84,7 +78,7 @@ class InputHasher:
         cached = self._cache.get(str(path))
         if cached and cached[0] == st.st_size and cached[1] == st.st_mtime_ns:
             return cached[2]
-        digest = _sha256_file(path)
+        digest = sha256_file(path)
         self._cache[str(path)] = [st.st_size, st.st_mtime_ns, digest]
         self._save()
         return digest
