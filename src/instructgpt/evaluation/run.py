@@ -49,7 +49,7 @@ from ..data import Prompt
 from ..models import RewardModel, load_tokenizer, pick_device
 from ..run_folder import RunFolder
 from .agreement import answer_agreement, comparison_agreement
-from .claims import check_claims
+from .claims import check_claims, head_to_head_pairs
 from .config import EvalConfig
 from .harness import harness_scores, task_manager
 from .human_labels import add_human_labels, write_label_tasks
@@ -227,7 +227,8 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
     judged = [prompts[i] for i in keep]
     judged_responses = {n: [r[i] for i in keep] for n, r in responses.items()}
     panel, world = world_data.panel, world_data.world
-    judgements = judge(judged, judged_responses, cfg.baseline, panel, world, cfg.seed) \
+    pairs = head_to_head_pairs({n: s.kind for n, s in specs.items()})
+    judgements = judge(judged, judged_responses, cfg.baseline, panel, world, cfg.seed, cfg.judgements, pairs) \
         if judged else {n: Judgement() for n in specs}
     laps("judge")
     agreement = answer_agreement(panel, world, judged, judged_responses, cfg.seed)
