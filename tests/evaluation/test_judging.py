@@ -139,3 +139,19 @@ def test_head_to_head_pairs_of_the_claims():
     assert head_to_head_pairs(kinds) == [
         ("ppo", "base_prompted"), ("ppo_ptx", "base_prompted"), ("base_prompted", "base"),
         ("base_prompted", "base_large"), ("ppo_ptx", "base"), ("ppo_ptx", "base_large"), ("ppo_ptx", "flan")]
+
+
+def test_oracle_rates_from_the_world_checkers_beside_the_flags(run):
+    """true_fails_to_follow / true_hallucination: the checkers' verdicts, no labeler noise."""
+    from instructgpt.world import check, solve
+    from instructgpt.world.tasks import CLOSED_DOMAIN
+    _, data = run
+    prompts = data.prompts["ppo"][:40]
+    good = [solve(p, random.Random(i), data.world) for i, p in enumerate(prompts)]
+    bad = ["I do not know." for _ in prompts]
+    j = judge(prompts, {"sft": bad, "good": good}, "sft", data.panel, data.world, seed=1)
+    truth = [not check(p, r, data.world).follows_instruction for p, r in zip(prompts, bad)]
+    assert j["sft"].metadata["true_fails_to_follow"].value == pytest.approx(sum(truth) / len(truth))
+    assert j["good"].metadata["true_fails_to_follow"].value == 0.0
+    closed = [p for p in prompts if p.use_case in CLOSED_DOMAIN]
+    assert j["good"].metadata["true_hallucination"].n == len(closed)

@@ -24,6 +24,9 @@ from .stats import Estimate, likert_mean, rate, win_rate, win_rates_by
 #: Metadata flags measured on the test prompts (hallucination: closed domain only).
 METADATA_FLAGS = ("fails_to_follow", "violates_constraint", "hallucination",
                   "inappropriate_for_customer_assistant")
+#: The same behaviours by the world's checkers, without labeler noise (the oracle beside the labelers'
+#: flags): "true_" + flag.
+ORACLE_FLAGS = ("fails_to_follow", "hallucination")
 
 
 @dataclass
@@ -107,13 +110,16 @@ def judge(prompts: Sequence[Prompt], responses_by_model: dict[str, Sequence[str]
             train = [c for c in j.comparisons if c.labelers == "training"]
             j.use_case_win_rates = win_rates_by([c.outcome for c in train], [c.use_case for c in train],
                                                 [c.prompt_id for c in train], seed=seed)
-        likerts, flags = [], []
+        likerts, flags, truths = [], [], []
         for p, r in zip(prompts, responses):
             lab = panel.assign(p.id, heldout=True)
             rng = _rng("label", seed, name, p.id)
             verdict = lab.verdict(p, r, world)
             likerts.append(lab.likert(verdict, rng))
             flags.append(set(lab.flags(verdict, r, rng)))
+            if hasattr(verdict, "follows_instruction"):  # a checker's verdict (not a stub's)
+                truths.append({"true_fails_to_follow": not verdict.follows_instruction,
+                               "true_hallucination": bool(verdict.hallucinated or verdict.repeats_falsehood)})
         if prompts:
             j.likert = likert_mean(likerts, ids, seed=seed)
         for flag in METADATA_FLAGS:
@@ -124,6 +130,11 @@ def judge(prompts: Sequence[Prompt], responses_by_model: dict[str, Sequence[str]
             groups = [ids[i] for i in keep]
             j.metadata[flag] = rate(values, groups, seed=seed)
             j.raw[flag] = Samples(values, groups)
+            if flag in ORACLE_FLAGS and len(truths) == len(prompts):
+                key = f"true_{flag}"
+                truth = [float(truths[i][key]) for i in keep]
+                j.metadata[key] = rate(truth, groups, seed=seed)
+                j.raw[key] = Samples(truth, groups)
         out[name] = j
     for a, b in head_to_head:
         if a in out and b in responses_by_model and a != b:
