@@ -234,6 +234,19 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
     agreement = answer_agreement(panel, world, judged, judged_responses, cfg.seed)
     agreement.update(comparison_agreement(panel, world, inputs.rm_prompts, inputs.rm_rankings, cfg.seed))
     laps("agreement")
+    rm_accuracy = {}
+    if rm is not None and judged:
+        from .rm_accuracy import rm_pair_accuracy
+        from .scoring import reward_model_sequences, reward_scores
+
+        def score(ps, texts):
+            with torch.no_grad():
+                seqs = reward_model_sequences(rm, rm_tokenizer, ps, texts)
+                return reward_scores(rm, seqs, rm_tokenizer.pad_token_id, cfg.batch_size)
+        policies = {n: judged_responses[n] for n, s in specs.items() if s.kind in ("sft", "ppo", "ppo_ptx")}
+        rm_accuracy = {kind: {"rm": v["rm"].to_dict(), "ceiling": v["ceiling"].to_dict(), "pairs": v["pairs"]}
+                       for kind, v in rm_pair_accuracy(judged, policies, score, panel, world, cfg.seed).items()}
+    laps("rm_accuracy")
 
     # 5. results, claims, files
     models = [build_model_result(specs[n], outputs[n], judgements[n], world_data, prompts, cfg.seed)
@@ -241,6 +254,8 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
     n_tasks = write_label_tasks(out_dir / "label_tasks.jsonl", prompts, responses, cfg.baseline, cfg.seed)
     meta = run_meta(cfg, run, out_dir, inputs, ref_spec, n_tasks, n_judged=len(judged))
     meta.update(inputs.round_summaries)
+    if rm_accuracy:
+        meta["rm_accuracy"] = rm_accuracy
     if cfg.labels:
         n_rankings, n_models = add_human_labels(models, cfg.labels, prompts, responses, cfg.baseline, cfg.seed,
                                                 out_dir / "human_labels.json")
