@@ -11,7 +11,7 @@ import pytest
 from instructgpt import config
 from instructgpt.pipeline import RunConfig, run_pipeline
 
-TINY = dict(scale=0.004, corpus_docs=500, vocab_size=768, pretrain_epochs=1, sft_epochs=2, rm_epochs=1,
+TINY = dict(scale=0.004, sft_prompts=0, corpus_docs=500, vocab_size=768, pretrain_epochs=1, sft_epochs=2, rm_epochs=1,
             ppo_iterations=2, ppo_batch=8, ppo_minibatch=8, max_new_tokens=16, eval_prompts=16)
 
 
