@@ -52,13 +52,15 @@ def test_no_user_in_two_splits():
 
 
 def test_split_is_stable_when_users_are_added_or_reordered():
-    cfg = CurateConfig(seed=7)
+    # the hash placement (balance_min_share=1; by default users are placed to balance prompt shares)
+    cfg = CurateConfig(seed=7, balance_min_share=1.0)
     base = make_prompts(200)
     before = {p.user_id: p.split for p in curate_prompts(base, cfg).kept()}
     more = make_prompts(300, start=200, seed=1) + list(reversed(base))
     after = {p.user_id: p.split for p in curate_prompts(more, cfg).kept()}
     assert all(after[u] == s for u, s in before.items())
-    assert {p.user_id: p.split for p in curate_prompts(base, CurateConfig(seed=8)).kept()} != before
+    assert {p.user_id: p.split for p in curate_prompts(base, CurateConfig(seed=8, balance_min_share=1.0)).kept()} \
+        != before
 
 
 def test_fractions_roughly_respected():
@@ -257,3 +259,43 @@ def test_run_curate_writes_files_and_summary(tmp_path):
     assert "duplicate_prefix: 1" in report and "user_cap: 2" in report
     assert "(duplicate of id p0)" in report
     assert "1 email" in report and "1 phone" in report
+
+
+# ---------------------------------------------------------------- prompt-balanced splits (issue 13)
+
+def test_heavy_user_cannot_starve_training():
+    """One user with 183 of 650 prompts used to land in validation by the hash; now whole users are placed
+    so each split gets its target share of the prompts (80/10/10)."""
+    rng = random.Random(3)
+    prompts = []
+    heavy = [Prompt(id=f"h{i}", text=unique_text(rng, 10_000 + i), user_id="heavy", use_case="generation")
+             for i in range(183)]
+    for seed in range(6):  # whatever the seed, the heavy user goes to train and shares stay near target
+        light = make_prompts(90, per_user=5, seed=seed)
+        prompts = heavy + light
+        result = curate_prompts(prompts, CurateConfig(seed=seed, max_per_user=200))
+        shares = result.summary()["split_shares"]
+        assert {p.user_id for p in result.train} >= {"heavy"}
+        for name, target in (("train", 0.8), ("valid", 0.1), ("test", 0.1)):
+            assert shares[name]["target"] == target
+            assert abs(shares[name]["achieved"] - target) <= 0.03, (seed, name, shares)
+        users = users_by_split(result)
+        assert not (users["train"] & users["valid"] or users["train"] & users["test"] or users["valid"] & users["test"])
+
+
+def test_heavy_users_fill_the_split_furthest_below_its_prompt_share():
+    """Users all heavy (>= 1% of the prompts): sizes 50, 30, 10, 5, 5 of 100 with 50/30/20 targets."""
+    rng = random.Random(0)
+    prompts = [Prompt(id=f"{u}{i}", text=unique_text(rng, 1000 * n + i), user_id=u, use_case="generation")
+               for u, n in (("a", 50), ("b", 30), ("c", 10), ("d", 5), ("e", 5)) for i in range(n)]
+    result = curate_prompts(prompts, CurateConfig(valid_fraction=0.3, test_fraction=0.2))
+    assert {p.user_id for p in result.train} == {"a"}
+    assert {p.user_id for p in result.valid} == {"b"}
+    assert {p.user_id for p in result.test} == {"c", "d", "e"}
+    assert "50.0% (target 50%)" in format_summary(result)
+
+
+def test_balance_min_share_one_is_the_plain_user_hash():
+    prompts = make_prompts(40, per_user=6)
+    result = curate_prompts(prompts, CurateConfig(balance_min_share=1.0, seed=2))
+    assert all(p.split == user_split(p.user_id, 2, 0.1, 0.1) for p in result.kept())

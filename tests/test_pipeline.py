@@ -11,7 +11,7 @@ import pytest
 from instructgpt import config
 from instructgpt.pipeline import RunConfig, run_pipeline
 
-TINY = dict(scale=0.004, corpus_docs=500, vocab_size=768, pretrain_epochs=1, sft_epochs=2, rm_epochs=1,
+TINY = dict(scale=0.004, sft_prompts=0, corpus_docs=500, vocab_size=768, pretrain_epochs=1, sft_epochs=2, rm_epochs=1,
             ppo_iterations=2, ppo_batch=8, ppo_minibatch=8, max_new_tokens=16, eval_prompts=16)
 
 
@@ -275,3 +275,16 @@ def test_rounds_iterate_rm_and_ppo(tmp_path):
     assert result.stages["rm_r2"]["summary"]["rankings"] > result.stages["rm_r1"]["summary"]["rankings"]
     info = json.loads((cfg.run_dir / "models/round2/ppo/instructgpt.json").read_text())
     assert info["config"]["policy"].endswith("round1/ppo")
+
+
+def test_the_default_run_gives_sft_its_own_prompt_count(tmp_path):
+    """Issue 13: SFT demonstrations are not tied to scale (290 training demonstrations starved SFT)."""
+    from instructgpt.pipeline import Pipeline
+    cfg = RunConfig(runs_dir=str(tmp_path))
+    world = Pipeline(cfg).world_config()["world"]
+    assert world.sft_prompts == 1500 and world.set_sizes()["sft"] == 1500
+    assert world.set_sizes()["rm"] == round(33_000 * cfg.scale)
+    assert Pipeline(RunConfig(runs_dir=str(tmp_path), sft_prompts=0)).world_config()["world"].set_sizes()["sft"] \
+        == round(13_000 * cfg.scale)
+    with pytest.raises(config.ConfigError, match="sft_prompts"):
+        RunConfig(sft_prompts=-1).validate()

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from instructgpt.checkpoint import list_checkpoints
 
-OPTIONS = ["scale=0.002", "corpus_docs=300", "vocab_size=512", "pretrain_epochs=1", "sft_epochs=3", "rm_epochs=1",
+OPTIONS = ["scale=0.002", "sft_prompts=0", "corpus_docs=300", "vocab_size=512", "pretrain_epochs=1", "sft_epochs=3", "rm_epochs=1",
            "ppo_iterations=3", "ppo_batch=4", "ppo_minibatch=4", "max_new_tokens=8", "flan=false", "evaluate=false",
            "progress=true", "checkpoint_minutes=0.0001"]  # a checkpoint at every step: kills land between them
 WEIGHTS = ["models/sft/model.safetensors", "models/round1/rm/model.safetensors",

@@ -12,8 +12,13 @@ Order of operations in :func:`curate_prompts`:
 2. drop prompts whose normalised text shares its first ``prefix_chars``
    characters with an earlier kept prompt (first occurrence wins),
 3. keep the first ``max_per_user`` prompts of each user (input order),
-4. assign each user to a split from ``hash(seed, user_id)``, so that a user's
-   split never depends on the other users in the file.
+4. assign each user to one split so that each split gets its target share of
+   the PROMPTS (``valid_fraction``, ``test_fraction``, the rest train): users
+   holding at least ``balance_min_share`` of the prompts (by default every
+   user) are placed, largest first, in the split furthest below its target;
+   lighter users are placed from ``hash(seed, user_id)``, so their split never
+   depends on the other users in the file. One heavy user can no longer empty the training
+   split into validation (the summary shows the achieved shares).
 """
 
 from __future__ import annotations
@@ -43,8 +48,13 @@ class CurateConfig:
                                 "first this-many characters with an earlier kept prompt are duplicates; "
                                 "shorter prompts compare their whole text.")
     max_per_user: int = opt(200, "Keep at most this many prompts per user id (the first ones, in input order).")
-    valid_fraction: float = opt(0.1, "Fraction of USERS assigned to the validation split.")
-    test_fraction: float = opt(0.1, "Fraction of USERS assigned to the test split.")
+    valid_fraction: float = opt(0.1, "Target share of the PROMPTS in the validation split (whole users are placed).")
+    test_fraction: float = opt(0.1, "Target share of the PROMPTS in the test split (whole users are placed).")
+    balance_min_share: float = opt(0.0, "Users holding at least this share of the kept prompts are placed, largest "
+                                        "first, in the split furthest below its prompt share (0: every user, the "
+                                        "closest balance); lighter users by the hash of (seed, user id), which never "
+                                        "moves when users are added (1: hash only, the shares are then only "
+                                        "roughly met).")
     seed: int = opt(0, "Seed of the user -> split hash (changing it reshuffles users among splits).")
     scrub_pii: bool = opt(True, "Replace emails, phone numbers, card numbers, IP addresses and URL "
                                 "credentials by placeholders such as [EMAIL] before deduplication.")
@@ -57,7 +67,7 @@ class CurateConfig:
             raise ConfigError(f"prefix_chars: must be at least 1, got {self.prefix_chars}")
         if self.max_per_user < 1:
             raise ConfigError(f"max_per_user: must be at least 1, got {self.max_per_user}")
-        for name in ("valid_fraction", "test_fraction"):
+        for name in ("valid_fraction", "test_fraction", "balance_min_share"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name}: must be between 0 and 1, got {value}")
@@ -192,6 +202,8 @@ class CurationResult:
             "prompts_scrubbed": self.prompts_scrubbed,
             "splits": {s: {"prompts": len(self.split(s)), "users": len({p.user_id for p in self.split(s)})}
                        for s in SPLITS},
+            "split_shares": {s: {"achieved": round(len(self.split(s)) / max(1, len(kept)), 4),
+                                 "target": round(_targets(self.config or CurateConfig())[s], 4)} for s in SPLITS},
             "use_cases": {uc: {**{s: use_cases[uc, s] for s in SPLITS},
                                "total": sum(use_cases[uc, s] for s in SPLITS)} for uc in present},
         }
@@ -277,18 +289,40 @@ def _pinned_splits(prompts: list[Prompt]) -> dict[str, Prompt]:
     return pinned
 
 
-def _assign_splits(prompts: list[Prompt], cfg: CurateConfig, result: CurationResult) -> None:
-    """Put each prompt in its user's split.
+def _targets(cfg: CurateConfig) -> dict[str, float]:
+    return {"train": 1.0 - cfg.valid_fraction - cfg.test_fraction, "valid": cfg.valid_fraction,
+            "test": cfg.test_fraction}
 
-    A user with prompts that already carry a split keeps that split for all
-    of their prompts; the others are placed by :func:`user_split`.
-    """
+
+def user_splits(prompts: list[Prompt], cfg: CurateConfig) -> dict[str, str]:
+    """{user id: split}: pinned users keep their split, light users go by :func:`user_split`, heavy users
+    (at least ``balance_min_share`` of the prompts) fill, largest first, the split furthest below its target
+    share of the prompts."""
     pinned = _pinned_splits(prompts)
+    counts = Counter(p.user_id for p in prompts)
+    total = len(prompts)
+    heavy = {u for u, n in counts.items() if u not in pinned and n >= cfg.balance_min_share * total}
+    out = {u: p.split for u, p in pinned.items()}
+    for u in counts:
+        if u not in out and u not in heavy:
+            out[u] = user_split(u, cfg.seed, cfg.valid_fraction, cfg.test_fraction)
+    have = Counter()
+    for u, name in out.items():
+        have[name] += counts[u]
+    targets = _targets(cfg)
+    tiebreak = lambda u: hashlib.sha256(f"{cfg.seed}\x00{u}".encode("utf-8")).digest()  # noqa: E731
+    for u in sorted(heavy, key=lambda u: (-counts[u], tiebreak(u))):
+        name = max(SPLITS, key=lambda s: (targets[s] * total - have[s], -SPLITS.index(s)))
+        out[u] = name
+        have[name] += counts[u]
+    return out
+
+
+def _assign_splits(prompts: list[Prompt], cfg: CurateConfig, result: CurationResult) -> None:
+    """Put each prompt in its user's split (:func:`user_splits`)."""
+    splits = user_splits(prompts, cfg)
     for p in prompts:
-        if p.user_id in pinned:
-            name = pinned[p.user_id].split
-        else:
-            name = user_split(p.user_id, cfg.seed, cfg.valid_fraction, cfg.test_fraction)
+        name = splits[p.user_id]
         result.split(name).append(p if p.split == name else dataclasses.replace(p, split=name))
 
 
@@ -371,9 +405,11 @@ def format_summary(result: CurationResult, examples: int = 3) -> str:
             where = r.prompt.source or f"id {r.prompt.id}"
             dup = f" (duplicate of id {r.duplicate_of})" if r.duplicate_of is not None else ""
             lines.append(f"      e.g. {where}: id {r.prompt.id}, user {r.prompt.user_id}{dup}")
-    lines.append("Splits (by user):")
+    lines.append("Splits (whole users; share of the prompts achieved vs target):")
     for name in SPLITS:
-        lines.append(f"  {name:<5} {s['splits'][name]['prompts']:>7} prompts  {s['splits'][name]['users']:>6} users")
+        sp, share = s["splits"][name], s["split_shares"][name]
+        lines.append(f"  {name:<5} {sp['prompts']:>7} prompts  {sp['users']:>6} users  "
+                     f"{100 * share['achieved']:5.1f}% (target {100 * share['target']:.0f}%)")
     if s["use_cases"]:
         lines.append("Use cases (train/valid/test):")
         for uc, n in s["use_cases"].items():

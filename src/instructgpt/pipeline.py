@@ -62,8 +62,9 @@ from .run_folder import ROUND_STAGES, RunFolder
 #: value lands in a stage's resolved config, hence in its key.
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
-        "run": {"sft_epochs": 10, "sft_lr": 1e-3, "flan_epochs": 3, "rm_epochs": 2, "rm_lr": 1e-4, "ppo_lr": 1e-5},
-        "pretrain": {"seq_len": 128, "batch_size": 32, "micro_batch_size": 32},
+        "run": {"sft_epochs": 8, "sft_lr": 1e-3, "flan_epochs": 3, "rm_epochs": 4, "rm_lr": 1e-4, "ppo_lr": 1e-5},
+        # seq_len 256: the context fits a few-shot prefix of the prompted base (128 left room for one or none)
+        "pretrain": {"seq_len": 256, "batch_size": 16, "micro_batch_size": 16},
         "sft": {"batch_size": 32, "micro_batch_size": 32, "warmup_steps": 10, "dropout": 0.1},
         "rm": {"batch_size": 16, "micro_batch_size": 16, "warmup_steps": 5},
         "ppo": {"save_every": 10},
@@ -86,6 +87,8 @@ class RunConfig:
     runs_dir: str = opt("runs", "Folder holding runs.")
     seed: int = opt(0, "Seed of the world, the data and every stage.")
     scale: float = opt(0.05, "Prompt sets as a fraction of the paper's 13k SFT / 33k RM / 31k PPO prompts.")
+    sft_prompts: int = opt(1500, "SFT prompts of the world, one labeler demonstration each, whatever the scale "
+                                 "(they cost nothing to generate; curation keeps about 80% for training).")
     corpus_docs: int = opt(12000, "Documents in the generated pretraining corpus.")
     vocab_size: int = opt(4096, "BPE vocabulary of the built-in tokenizer.")
     base_model: str = opt("", "A real checkpoint (folder, .gguf or 'smollm2') instead of pretraining the tiny base; "
@@ -95,7 +98,7 @@ class RunConfig:
     pretrain_epochs: int = opt(2, "Passes over the corpus for the tiny base.")
     pretrain_large_epochs: int = opt(1, "Passes over the corpus for the larger base.")
     pretrain_lr: float = opt(2e-3, "Peak learning rate of pretraining.")
-    sft_epochs: int | None = opt(None, "SFT epochs (paper: 16). Default: 10 with the built-in base, 3 with "
+    sft_epochs: int | None = opt(None, "SFT epochs (paper: 16). Default: 8 with the built-in base, 3 with "
                                        "--base-model.")
     sft_lr: float | None = opt(None, "SFT peak learning rate. Default: 1e-3 with the built-in base, 1e-5 with "
                                      "--base-model (paper: 9.65e-6).")
@@ -103,8 +106,9 @@ class RunConfig:
                                         "built-in base, 1 with --base-model.")
     k_min: int = opt(4, "Fewest responses per ranking (paper: 4).")
     k_max: int = opt(6, "Most responses per ranking (paper: 9).")
-    policy_samples: int = opt(2, "Of the K responses, how many are sampled from the current policy.")
-    rm_epochs: int | None = opt(None, "Reward-model epochs per round (paper: 1). Default: 2 with the built-in base, 1 "
+    policy_samples: int = opt(3, "Of the K responses, how many are sampled from the current policy (the RM must "
+                                 "rank the policy's own answers, which PPO will produce).")
+    rm_epochs: int | None = opt(None, "Reward-model epochs per round (paper: 1). Default: 4 with the built-in base, 1 "
                                       "with --base-model.")
     rm_lr: float | None = opt(None, "Reward-model peak learning rate. Default: 1e-4 with the built-in base, 9e-6 with "
                                     "--base-model (paper).")
@@ -122,7 +126,7 @@ class RunConfig:
                                  "distribution (the built-in corpus is then used with a warning).")
     max_new_tokens: int = opt(48, "Response length limit when sampling.")
     rounds: int = opt(1, "Iterations of steps 2 and 3 (sample, rank, retrain RM, continue PPO).")
-    eval_prompts: int = opt(120, "Held-out test prompts evaluated.")
+    eval_prompts: int = opt(400, "Held-out test prompts evaluated (0 = all).")
     flan: bool = opt(True, "Train the FLAN/T0-style baseline.")
     evaluate: bool = opt(True, "Run the evaluation and write the report.")
     device: str = opt("auto", "auto, cpu, cuda ...")
@@ -153,6 +157,8 @@ class RunConfig:
             raise ConfigError("rounds: must be >= 1")
         if self.scale <= 0:
             raise ConfigError("scale: must be > 0")
+        if self.sft_prompts < 0:
+            raise ConfigError("sft_prompts: must be >= 0 (0: scale's share of the paper's 13k)")
         if self.keep_checkpoints < 0:
             raise ConfigError("keep_checkpoints: must be >= 0")
         if self.checkpoint_minutes < 0:
@@ -426,7 +432,7 @@ class Pipeline:
         from .curate import CurateConfig
         from .world import WorldConfig
         c = self.cfg
-        return {"world": WorldConfig(seed=c.seed, scale=c.scale, corpus_docs=c.corpus_docs),
+        return {"world": WorldConfig(seed=c.seed, scale=c.scale, corpus_docs=c.corpus_docs, sft_prompts=c.sft_prompts),
                 "curate": CurateConfig(seed=c.seed),
                 "tokenizer": None if c.base_model else {"vocab_size": c.vocab_size}}
 

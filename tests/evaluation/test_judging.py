@@ -97,3 +97,61 @@ def test_label_comparisons_from_real_rankings():
     assert [(c.prompt_id, c.outcome) for c in comps["base"]] == [("p0", 0.0), ("p1", 0.0), ("p2", 1.0)]
     assert comps["ppo"][0].labelers == "human" and comps["ppo"][0].labeler_id == "H1"
     assert comps["ppo"][1].use_case == "extract"
+
+
+def test_several_judgements_per_pair_average_out_labeler_noise(run):
+    """judgements=n: n fresh labelers per (prompt, pair), same prompt id (one bootstrap cluster); a pair
+    of answers near the labelers' noise gets a win rate nearer its expected value, with a narrower CI."""
+    from instructgpt.world import solve
+    _, data = run
+    prompts = data.prompts["ppo"][:40]
+    good = [solve(p, random.Random(i), data.world) for i, p in enumerate(prompts)]
+    wordy = [g + " It was a very long and busy day for everyone in the whole land." for g in good]
+    one = judge(prompts, {"sft": wordy, "m": good}, "sft", data.panel, data.world, seed=2)
+    five = judge(prompts, {"sft": wordy, "m": good}, "sft", data.panel, data.world, seed=2, judgements=5)
+    comps = [c for c in five["m"].comparisons if c.labelers == "heldout"]
+    assert len(comps) == 5 * len(prompts) and len({c.prompt_id for c in comps}) == len(prompts)
+    assert len({c.outcome for c in comps if c.prompt_id == prompts[0].id}) >= 1
+    w1, w5 = one["m"].win_rate["heldout"], five["m"].win_rate["heldout"]
+    assert w5.n == len(comps)
+    assert (w5.high - w5.low) < (w1.high - w1.low)
+    # the first judgement of each pair is the one a single-judgement evaluation makes
+    assert [c.outcome for c in five["m"].comparisons if c.labelers == "training"][::5] == \
+        [c.outcome for c in one["m"].comparisons if c.labelers == "training"]
+
+
+def test_head_to_head_pairs_are_judged_directly():
+    prompts = _prompts(["chat"] * 4)
+    responses = {"sft": ["good", "bad", "bad", "bad"], "a": ["good", "good", "bad", "x"],
+                 "b": ["bad", "bad", "good", "y"]}
+    j = judge(prompts, responses, "sft", _StubPanel(), world=None, seed=0, judgements=2, head_to_head=[("a", "b")])
+    direct = [c for c in j["a"].comparisons if c.opponent == "b" and c.labelers == "training"]
+    assert [c.outcome for c in direct] == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.5, 0.5]
+    assert all(c.opponent is None for c in j["b"].comparisons)
+    # the win rate against the baseline ignores the head-to-head comparisons
+    assert j["a"].win_rate["training"].value == pytest.approx((0.5 + 1 + 0.5 + 0.5) / 4)
+
+
+def test_head_to_head_pairs_of_the_claims():
+    from instructgpt.evaluation.claims import head_to_head_pairs
+    kinds = {"base": "base", "base_large": "base", "base_prompted": "base_prompted", "sft": "sft", "ppo": "ppo",
+             "ppo_ptx": "ppo_ptx", "flan": "flan"}
+    assert head_to_head_pairs(kinds) == [
+        ("ppo", "base_prompted"), ("ppo_ptx", "base_prompted"), ("base_prompted", "base"),
+        ("base_prompted", "base_large"), ("ppo_ptx", "base"), ("ppo_ptx", "base_large"), ("ppo_ptx", "flan")]
+
+
+def test_oracle_rates_from_the_world_checkers_beside_the_flags(run):
+    """true_fails_to_follow / true_hallucination: the checkers' verdicts, no labeler noise."""
+    from instructgpt.world import check, solve
+    from instructgpt.world.tasks import CLOSED_DOMAIN
+    _, data = run
+    prompts = data.prompts["ppo"][:40]
+    good = [solve(p, random.Random(i), data.world) for i, p in enumerate(prompts)]
+    bad = ["I do not know." for _ in prompts]
+    j = judge(prompts, {"sft": bad, "good": good}, "sft", data.panel, data.world, seed=1)
+    truth = [not check(p, r, data.world).follows_instruction for p, r in zip(prompts, bad)]
+    assert j["sft"].metadata["true_fails_to_follow"].value == pytest.approx(sum(truth) / len(truth))
+    assert j["good"].metadata["true_fails_to_follow"].value == 0.0
+    closed = [p for p in prompts if p.use_case in CLOSED_DOMAIN]
+    assert j["good"].metadata["true_hallucination"].n == len(closed)

@@ -99,3 +99,24 @@ def test_kl_is_zero_against_itself_and_reward_scores_are_per_sequence(run):
     batched = reward_scores(rm, seqs, sft.pad, batch_size=4)
     single = [reward_scores(rm, [s], sft.pad)[0] for s in seqs]
     assert batched == pytest.approx(single, abs=1e-4)
+
+
+def test_prompted_base_reads_its_examples_as_one_document_and_answers_on_a_line(run):
+    """Issue 13: few-shot examples separated by EOS (the base's end of a document) told the base nothing;
+    a plain-text prompted base now sees them on lines of one document and answers up to a newline."""
+    run_dir, data = run
+    cfg = eval_config(run_dir)
+    specs = discover_models(run_dir, few_shot=2)
+    pool = ModelPool(torch.device("cpu"))
+    demos = few_shot_demos(data, 2, seed=0)
+    prompted = PolicyRunner(specs["base_prompted"], cfg, pool, demos)
+    plain = PolicyRunner(specs["base"], cfg, pool, demos)
+    eos = prompted.fmt.end_id
+    text = load_test_prompts(run_dir, 10)[0].text
+    prefix = prompted.prompt_ids(text)[:-len(plain.prompt_ids(text))]
+    assert eos not in prefix and prefix, "no EOS between few-shot examples"
+    assert "\n" in prompted.tokenizer.decode(prefix) and demos[0][1] in prompted.tokenizer.decode(prefix)
+    assert prompted.line_answers and len(prompted.stop_ids) > len(plain.fmt.stop_ids)
+    answers = prompted.sample(load_test_prompts(run_dir, 10))
+    assert all("\n" not in a for a in answers)
+    assert plain.stop_ids == list(plain.fmt.stop_ids)  # the unprompted base is asked as before

@@ -11,7 +11,7 @@ from instructgpt.config import ConfigError
 from instructgpt.evaluation import EvalResults, check_claims
 from instructgpt.evaluation.claims import VERDICTS
 from instructgpt.evaluation.config import EvalConfig
-from instructgpt.evaluation.judging import METADATA_FLAGS, closed_domain_use_cases
+from instructgpt.evaluation.judging import METADATA_FLAGS, ORACLE_FLAGS, closed_domain_use_cases
 from instructgpt.evaluation.run import run_eval
 
 from .conftest import run_with_oracle
@@ -50,8 +50,13 @@ def test_every_estimate_is_sane(evaluated):
             assert set(m.win_rate) == {"training", "heldout"}
             for e in list(m.win_rate.values()) + list(m.use_case_win_rates.values()):
                 assert 0 <= e.low <= e.value <= e.high <= 1
-            assert len([c for c in m.comparisons if c.labelers == "heldout"]) == N_TEST
-        assert set(m.metadata) <= set(METADATA_FLAGS) and "fails_to_follow" in m.metadata
+            # issue 13: several held-out judgements per comparison (EvalConfig.judgements, default 3)
+            judgements = EvalConfig(run_dir="x").judgements
+            assert len([c for c in m.comparisons if c.labelers == "heldout" and c.opponent is None]) \
+                == N_TEST * judgements
+        # issue 13: the world's oracle rates (true_*) beside the labelers' flags
+        assert set(m.metadata) <= set(METADATA_FLAGS) | {f"true_{f}" for f in ORACLE_FLAGS}
+        assert "fails_to_follow" in m.metadata and "true_fails_to_follow" in m.metadata
         for e in m.metadata.values():
             assert 0 <= e.low <= e.value <= e.high <= 1
         assert 1 <= m.likert.value <= 7 and m.likert.low <= m.likert.value <= m.likert.high

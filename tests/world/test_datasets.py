@@ -118,3 +118,14 @@ def test_edited_or_missing_world_files_are_errors(saved, tmp_path):
         load_world(copy)
     with pytest.raises(WorldFileError, match="stage.json"):  # says how to get the world back
         load_world(tmp_path / "nowhere")
+
+
+def test_sft_prompts_is_not_tied_to_scale():
+    from instructgpt.world.datasets import WorldConfig
+    assert WorldConfig(scale=0.01).set_sizes() == {"sft": 130, "rm": 330, "ppo": 310}
+    assert WorldConfig(scale=0.01, sft_prompts=2000).set_sizes() == {"sft": 2000, "rm": 330, "ppo": 310}
+    import pytest
+
+    from instructgpt.config import ConfigError
+    with pytest.raises(ConfigError, match="sft_prompts"):
+        WorldConfig(sft_prompts=-1).validate()

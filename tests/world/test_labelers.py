@@ -86,3 +86,28 @@ def test_labelers_prefer_correct_constraint_following_answers(panel, prompts):
     assert len(wins) > 200
     assert sum(wins) / len(wins) > 0.85
     assert flags_ok / len(wins) > 0.7
+
+
+def test_pleasantries_fall_on_good_and_flawed_candidates_alike():
+    """Issue 13: the "verbose" style (a pleasantry) used to be added to correct candidates only, so a
+    response with one was top-ranked 39% of the time vs 17% without and the RM learned "I hope this
+    helps!". Now it is independent of quality: it must not raise a candidate's chance to be ranked first."""
+    import random
+
+    from instructgpt.world import build_datasets, candidates
+    from instructgpt.world.flaws import PLEASANTRIES
+    data = build_datasets(seed=0, scale=0.01, corpus_docs=10, heldout_docs=5)
+    rng = random.Random(1)
+    top = {True: [0, 0], False: [0, 0]}
+    flawed_verbose = 0
+    for p in data.prompts["rm"]:
+        cands = candidates(p, rng.randint(4, 6), rng, data.world)
+        flawed_verbose += sum(label.endswith("+verbose") for label, _ in cands)
+        texts = [t for _, t in cands]
+        best = set(data.panel.rank(p, texts, rng, world=data.world).ranking[0])
+        for i, t in enumerate(texts):
+            polite = any(t.endswith(x) for x in PLEASANTRIES)
+            top[polite][0] += i in best
+            top[polite][1] += 1
+    assert flawed_verbose > 50
+    assert top[True][0] / top[True][1] < top[False][0] / top[False][1] + 0.03, top

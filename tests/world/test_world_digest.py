@@ -39,7 +39,7 @@ TASK_ORDER = [
 SMALL = dict(seed=0, scale=0.004, corpus_docs=300, heldout_docs=30, n_toxicity_starts=3, n_bias=6, n_cloze=10)
 # sha256 of each file of build_datasets(**SMALL).save(dir) (its manifest.json)
 SMALL_WORLD_FILES = {
-    "config.json": "884c5df2a2441d33e4a9ba7e67e5997ced15157bf1e367ac9eebff19a94a1286",
+    "config.json": "92cca8c0f6afc85d9eaf6798bc91751b8d66db7a0f1899f59947ea5c29269027",
     "world.json": "6c5bdd021b3b595bc4a619239cd719504fc1ef1359356288a6c915cd4b2271b0",
     "panel.json": "51595ade862eace8e66cdff2aa92006acbc21bc5def0a32f2b517114493d5b20",
     "prompts_sft.jsonl": "6d67699d0ab5971eeea81c7c8bbf3665a91f7068be81bbe102a75359ee2b65b8",
@@ -57,7 +57,7 @@ SMALL_WORLD_FILES = {
 SEED42_WORLD_SHA256 = "44396f6601b655f8a1c9312d03df2e0a7be7ad58d1a9b964ade8f711d8e5de2d"
 # sha256 of the JSON records of test_draws_are_identical and
 # test_every_task_type_makes_solves_and_grades_the_same
-DRAWS_SHA256 = "099802fdc00bf54c324f4467b8d1effbc5063a67d8a3e0b16f45063f91f4f50e"
+DRAWS_SHA256 = "d737c39bd433798fcda42b9f7a011a084611e7522a6403981ac0e992d6e86516"
 TASKS_SHA256 = "ff8de4b5ff4482b864a1a54fbea50a829549bf2621f4401d85fd3e66b37399af"
 
 

@@ -129,6 +129,18 @@ def peer(results: EvalResults, kind: str, like: ModelResult | None) -> ModelResu
     return None
 
 
+def head_to_head_pairs(kinds: dict[str, str]) -> list[tuple[str, str]]:
+    """(better, worse) model pairs the claims compare directly, from {model name: kind}: every PPO-ptx
+    and PPO against the prompted base, the prompted base against the base, every PPO-ptx against every
+    base (claim b's larger base) and the FLAN / T0 baselines. Judged head to head (:func:`preference`
+    then uses them), a claim about two models needs no difference of two win rates against SFT."""
+    of = lambda *ks: [n for n, k in kinds.items() if k in ks]  # noqa: E731
+    pairs = [(a, b) for a in of("ppo", "ppo_ptx") for b in of("base_prompted")]
+    pairs += [(a, b) for a in of("base_prompted") for b in of("base")]
+    pairs += [(a, b) for a in of("ppo_ptx") for b in of("base", *INSTRUCTION_BASELINES)]
+    return list(dict.fromkeys(pairs))
+
+
 # ----------------------------------------------------------------------------- effects
 
 def _raw_outcomes(results: EvalResults, name: str, labelers: str):

@@ -48,6 +48,8 @@ class EvalConfig:
                                 "(default: each whose input is given; people = labels=).")
     n_prompts: int | None = opt(None, "Prompts evaluated (a seeded sample; 0 = all). Default: the run's eval_prompts, "
                                       "else 120; with prompts=, all.")
+    judgements: int = opt(3, "Simulated labelers judging each pair of answers, per labeler group (built-in world). "
+                             "More shrink the labelers' noise in the win rates; the prompts' spread stays.")
     temperature: float = opt(0.7, "Sampling temperature of every model (0 = greedy).")
     max_new_tokens: int | None = opt(None, "Response length limit. Default: the run's max_new_tokens, else 48.")
     few_shot: int = opt(3, "SFT demonstrations in the few-shot prefix of 'base_prompted' (0 = no prompted base).")
@@ -80,6 +82,8 @@ class EvalConfig:
                               "JSONL with models=name=path,... (docs/evaluation.md)")
         if self.n_prompts is not None and self.n_prompts < 0:
             raise ConfigError(f"n_prompts: must be >= 0, got {self.n_prompts}")
+        if self.judgements < 1:
+            raise ConfigError(f"judgements: must be >= 1, got {self.judgements}")
         if self.temperature < 0:
             raise ConfigError(f"temperature: must be >= 0, got {self.temperature}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:

@@ -24,6 +24,9 @@ from .stats import Estimate, likert_mean, rate, win_rate, win_rates_by
 #: Metadata flags measured on the test prompts (hallucination: closed domain only).
 METADATA_FLAGS = ("fails_to_follow", "violates_constraint", "hallucination",
                   "inappropriate_for_customer_assistant")
+#: The same behaviours by the world's checkers, without labeler noise (the oracle beside the labelers'
+#: flags): "true_" + flag.
+ORACLE_FLAGS = ("fails_to_follow", "hallucination")
 
 
 @dataclass
@@ -56,22 +59,29 @@ def closed_domain_use_cases() -> tuple[str, ...]:
 
 
 def compare_outcomes(prompts: Sequence[Prompt], responses: Sequence[str], baseline: Sequence[str],
-                     panel, world, group: str, name: str, seed: int = 0) -> list[Comparison]:
-    """One Comparison per prompt: ``responses[i]`` against ``baseline[i]`` judged by a labeler
-    of ``group`` ("training" / "heldout"). Identical answers are a tie without asking."""
+                     panel, world, group: str, name: str, seed: int = 0, judgements: int = 1,
+                     opponent: str | None = None) -> list[Comparison]:
+    """``judgements`` Comparisons per prompt: ``responses[i]`` against ``baseline[i]`` (the answers of
+    ``opponent``; None = the baseline), each judged by a labeler of ``group`` ("training" /
+    "heldout") drawn afresh. Identical answers are a tie without asking. Several judgements of one
+    pair share its prompt id, so the intervals (bootstrapped over prompts) count them as one
+    cluster: they shrink the labelers' noise, not the prompts' spread."""
     out = []
+    tag = name if opponent is None else f"{name}|{opponent}"
     for p, a, b in zip(prompts, responses, baseline):
-        if normalized(a) == normalized(b):
-            outcome = 0.5
-        else:
-            outcome = float(panel.compare(p, a, b, _rng("compare", seed, group, name, p.id),
-                                          heldout=group == "heldout", world=world))
-        out.append(Comparison(p.id, outcome, group, p.use_case))
+        for j in range(judgements):
+            if normalized(a) == normalized(b):
+                outcome = 0.5
+            else:
+                rng = _rng("compare", seed, group, tag, p.id) if j == 0 else _rng("compare", seed, group, tag, p.id, j)
+                outcome = float(panel.compare(p, a, b, rng, heldout=group == "heldout", world=world))
+            out.append(Comparison(p.id, outcome, group, p.use_case, opponent))
     return out
 
 
 def judge(prompts: Sequence[Prompt], responses_by_model: dict[str, Sequence[str]], baseline: str,
-          panel, world, seed: int = 0) -> dict[str, Judgement]:
+          panel, world, seed: int = 0, judgements: int = 1,
+          head_to_head: Sequence[tuple[str, str]] = ()) -> dict[str, Judgement]:
     """Win rates, Likert means and metadata rates of every model from simulated labelers.
 
     For each model other than ``baseline`` and each prompt, a held-out and a
@@ -94,19 +104,22 @@ def judge(prompts: Sequence[Prompt], responses_by_model: dict[str, Sequence[str]
         if name != baseline:
             for group in ("training", "heldout"):
                 comps = compare_outcomes(prompts, responses, responses_by_model[baseline], panel, world,
-                                         group, name, seed)
+                                         group, name, seed, judgements)
                 j.comparisons += comps
-                j.win_rate[group] = win_rate([c.outcome for c in comps], ids, seed=seed)
+                j.win_rate[group] = win_rate([c.outcome for c in comps], [c.prompt_id for c in comps], seed=seed)
             train = [c for c in j.comparisons if c.labelers == "training"]
             j.use_case_win_rates = win_rates_by([c.outcome for c in train], [c.use_case for c in train],
                                                 [c.prompt_id for c in train], seed=seed)
-        likerts, flags = [], []
+        likerts, flags, truths = [], [], []
         for p, r in zip(prompts, responses):
             lab = panel.assign(p.id, heldout=True)
             rng = _rng("label", seed, name, p.id)
             verdict = lab.verdict(p, r, world)
             likerts.append(lab.likert(verdict, rng))
             flags.append(set(lab.flags(verdict, r, rng)))
+            if hasattr(verdict, "follows_instruction"):  # a checker's verdict (not a stub's)
+                truths.append({"true_fails_to_follow": not verdict.follows_instruction,
+                               "true_hallucination": bool(verdict.hallucinated or verdict.repeats_falsehood)})
         if prompts:
             j.likert = likert_mean(likerts, ids, seed=seed)
         for flag in METADATA_FLAGS:
@@ -117,5 +130,15 @@ def judge(prompts: Sequence[Prompt], responses_by_model: dict[str, Sequence[str]
             groups = [ids[i] for i in keep]
             j.metadata[flag] = rate(values, groups, seed=seed)
             j.raw[flag] = Samples(values, groups)
+            if flag in ORACLE_FLAGS and len(truths) == len(prompts):
+                key = f"true_{flag}"
+                truth = [float(truths[i][key]) for i in keep]
+                j.metadata[key] = rate(truth, groups, seed=seed)
+                j.raw[key] = Samples(truth, groups)
         out[name] = j
+    for a, b in head_to_head:
+        if a in out and b in responses_by_model and a != b:
+            for group in ("training", "heldout"):
+                out[a].comparisons += compare_outcomes(prompts, responses_by_model[a], responses_by_model[b], panel,
+                                                       world, group, a, seed, judgements, opponent=b)
     return out

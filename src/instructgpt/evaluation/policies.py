@@ -228,10 +228,22 @@ class PolicyRunner:
         self.ctx = positions or 2048
         self.budget = max(1, positions - cfg.max_new_tokens) if positions else None  # prompt + prefix tokens
         self.demos: list[list[int]] = []
+        #: A plain-text base is prompted the way it read its corpus: demonstrations on lines of ONE
+        #: document, not split by EOS (which it learned as the end of a document, so nothing before one
+        #: shapes what follows); it answers on a line of its own, so its answer ends at a newline.
+        self.line_answers = spec.prompted and not self.fmt.uses_template
+        self.stop_ids = list(self.fmt.stop_ids)
         if spec.prompted:  # each demonstration as the format writes a prompt and its reply
+            newline = self.encode("\n", special=False)
             for i, (prompt, reply) in enumerate(demos):
                 p_ids, r_ids = self.fmt.encode(prompt, reply, f"few-shot demonstration {i + 1}")
+                if self.line_answers and r_ids and r_ids[-1] == self.fmt.end_id:
+                    r_ids = r_ids[:-1] + newline
                 self.demos.append(p_ids + r_ids)
+            if self.line_answers:
+                vocab = len(self.tokenizer)
+                self.stop_ids += [i for i in range(vocab) if "\n" in self.tokenizer.decode([i])
+                                  and i not in self.stop_ids]
 
     @property
     def device(self) -> torch.device:
@@ -309,9 +321,14 @@ class PolicyRunner:
         ids = [encode(p, max_new_tokens=cfg.max_new_tokens) for p in prompts]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # less padding per batch
         g = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        gen = generate(self.model, [ids[i] for i in order], cfg.max_new_tokens, list(self.fmt.stop_ids),
+        stops = self.stop_ids if self.line_answers and not continuation else list(self.fmt.stop_ids)
+        gen = generate(self.model, [ids[i] for i in order], cfg.max_new_tokens, stops,
                        self.pad, cfg.temperature, generator=g, batch_size=cfg.batch_size)
-        texts_out = decode_responses(self.tokenizer, gen)
+        if stops is self.stop_ids:  # the answer is its first line (a stop token may carry text before "\n")
+            texts_out = [self.tokenizer.decode(r, skip_special_tokens=True).split("\n")[0].strip()
+                         for r in gen.responses]
+        else:
+            texts_out = decode_responses(self.tokenizer, gen)
         out: list[Response | None] = [None] * len(ids)
         for j, i in enumerate(order):
             out[i] = Response(texts_out[j], gen.responses[j], gen.ended[j])

@@ -122,8 +122,61 @@ def _first_key(rows: list[dict], keys: tuple[str, ...]) -> str | None:
 
 # ----------------------------------------------------------------------------- sections
 
+def _pct(e: Estimate | None) -> str:
+    return NOT_MEASURED if e is None else f"{100 * e.value:.1f}% [{100 * e.low:.1f}, {100 * e.high:.1f}]"
+
+
+def _answer_section(results: EvalResults, claims: list[ClaimResult]) -> Section:
+    """The answer first: the paper's Figure 1 analogue (win rate against the baseline per model, judged by
+    held-out labelers), a verdict in words, the world's oracle rates and the RM against its ceiling."""
+    sec = Section("The answer")
+    models = [m for m in _models_in_order(results) if m.name != results.baseline]
+    held = [results.win_rate(m.name, "heldout") for m in models]
+    verdicts = {c.id: c.verdict for c in claims}
+    reproduced = [cid for cid, v in verdicts.items() if v == "reproduced"]
+    others = {cid: v for cid, v in verdicts.items() if v != "reproduced"}
+    ptx = [(m, e) for m, e in zip(models, held) if m.kind == "ppo_ptx" and e is not None]
+    lines = []
+    if ptx:
+        m, e = ptx[-1]
+        side = ("preferred to" if e.low > 0.5 else "less preferred than" if e.high < 0.5
+                else "not distinguishable from")
+        lines.append(f"{m.name} is {side} {results.baseline} by held-out labelers: win rate {_pct(e)}.")
+    lines.append(f"Claims reproduced: {', '.join(reproduced) or 'none'}"
+                 + (f"; the others: " + ", ".join(f"{c} {v}" for c, v in others.items()) if others else "") + ".")
+    sec.blocks.append(Para(" ".join(lines)))
+    if any(held):
+        sec.blocks.append(Image("figure1", plots.grouped_bars(
+            [m.name for m in models], {"held-out labelers": held},
+            f"Win rate against {results.baseline} (held-out labelers, 95% CI)", "win rate", hline=0.5,
+            ylim=(0, 1), rotate=True), "The paper's Figure 1 analogue; dashed line = parity with the baseline."))
+    oracle = [m for m in _models_in_order(results) if "true_fails_to_follow" in m.metadata]
+    if oracle:
+        def follow(m):
+            e = m.metadata["true_fails_to_follow"]
+            return Estimate(1 - e.value, 1 - e.high, 1 - e.low, e.n, e.method, e.level)
+        sec.blocks.append(Para("Oracle rates from the world's checkers (no labeler noise) beside the held-out "
+                               "labelers' flags: true follow = the answer does what the prompt asks; "
+                               "hallucination on closed-domain prompts."))
+        sec.blocks.append(Table(
+            ["model", "true follow", "fails to follow (flagged)", "true hallucination", "hallucination (flagged)"],
+            [[m.name, _pct(follow(m)), _pct(m.metadata.get("fails_to_follow")),
+              _pct(m.metadata.get("true_hallucination")), _pct(m.metadata.get("hallucination"))] for m in oracle]))
+    acc = results.meta.get("rm_accuracy")
+    if isinstance(acc, dict) and acc:
+        sec.blocks.append(Para("Reward model on held-out test prompts, by pair type, against the ceiling: the "
+                               "share of the same pairs that the labeler's own noiseless utilities order as "
+                               "the labeler did (no reward model can do better on average)."))
+        rows = []
+        for kind, v in acc.items():
+            rm, ceil = Estimate.from_dict(v["rm"]), Estimate.from_dict(v["ceiling"])
+            rows.append([kind, str(v["pairs"]), _pct(rm), _pct(ceil), f"{100 * (rm.value - ceil.value):+.1f}"])
+        sec.blocks.append(Table(["pairs", "n", "RM accuracy", "ceiling", "RM - ceiling (pts)"], rows))
+    return sec
+
+
 def _meta_section(results: EvalResults) -> Section:
-    rows = [[str(k), str(v)] for k, v in results.meta.items()]
+    rows = [[str(k), str(v)] for k, v in results.meta.items() if k != "rm_accuracy"]
     rows.append(["baseline (win rates are against)", results.baseline])
     rows += [[f"model {m.name}", f"{m.kind}, {_size(m.n_params)} parameters"]
              for m in _models_in_order(results)]
@@ -399,7 +452,8 @@ def build_sections(results: EvalResults, claims: list[ClaimResult] | None = None
     if results.mode == "prompts":
         return _prompts_sections(results)
     claims = check_claims(results) if claims is None else claims
-    return [_meta_section(results), _claims_section(claims), _win_rate_section(results),
+    return [_answer_section(results, claims), _meta_section(results), _claims_section(claims),
+            _win_rate_section(results),
             _use_case_section(results), _likert_section(results), _metadata_section(results),
             _benchmark_section(results), _alignment_tax_section(results),
             _training_section(results), _agreement_section(results),

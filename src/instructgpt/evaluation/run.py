@@ -49,7 +49,7 @@ from ..data import Prompt
 from ..models import RewardModel, load_tokenizer, pick_device
 from ..run_folder import RunFolder
 from .agreement import answer_agreement, comparison_agreement
-from .claims import check_claims
+from .claims import check_claims, head_to_head_pairs
 from .config import EvalConfig
 from .harness import harness_scores, task_manager
 from .human_labels import add_human_labels, write_label_tasks
@@ -227,12 +227,26 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
     judged = [prompts[i] for i in keep]
     judged_responses = {n: [r[i] for i in keep] for n, r in responses.items()}
     panel, world = world_data.panel, world_data.world
-    judgements = judge(judged, judged_responses, cfg.baseline, panel, world, cfg.seed) \
+    pairs = head_to_head_pairs({n: s.kind for n, s in specs.items()})
+    judgements = judge(judged, judged_responses, cfg.baseline, panel, world, cfg.seed, cfg.judgements, pairs) \
         if judged else {n: Judgement() for n in specs}
     laps("judge")
     agreement = answer_agreement(panel, world, judged, judged_responses, cfg.seed)
     agreement.update(comparison_agreement(panel, world, inputs.rm_prompts, inputs.rm_rankings, cfg.seed))
     laps("agreement")
+    rm_accuracy = {}
+    if rm is not None and judged:
+        from .rm_accuracy import rm_pair_accuracy
+        from .scoring import reward_model_sequences, reward_scores
+
+        def score(ps, texts):
+            with torch.no_grad():
+                seqs = reward_model_sequences(rm, rm_tokenizer, ps, texts)
+                return reward_scores(rm, seqs, rm_tokenizer.pad_token_id, cfg.batch_size)
+        policies = {n: judged_responses[n] for n, s in specs.items() if s.kind in ("sft", "ppo", "ppo_ptx")}
+        rm_accuracy = {kind: {"rm": v["rm"].to_dict(), "ceiling": v["ceiling"].to_dict(), "pairs": v["pairs"]}
+                       for kind, v in rm_pair_accuracy(judged, policies, score, panel, world, cfg.seed).items()}
+    laps("rm_accuracy")
 
     # 5. results, claims, files
     models = [build_model_result(specs[n], outputs[n], judgements[n], world_data, prompts, cfg.seed)
@@ -240,6 +254,8 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
     n_tasks = write_label_tasks(out_dir / "label_tasks.jsonl", prompts, responses, cfg.baseline, cfg.seed)
     meta = run_meta(cfg, run, out_dir, inputs, ref_spec, n_tasks, n_judged=len(judged))
     meta.update(inputs.round_summaries)
+    if rm_accuracy:
+        meta["rm_accuracy"] = rm_accuracy
     if cfg.labels:
         n_rankings, n_models = add_human_labels(models, cfg.labels, prompts, responses, cfg.baseline, cfg.seed,
                                                 out_dir / "human_labels.json")

@@ -61,6 +61,8 @@ class WorldConfig:
 
     seed: int = opt(0, "seed of everything in the world (same seed, same data)")
     scale: float = opt(0.02, "fraction of the paper's prompt counts (SFT 13k, RM 33k, PPO 31k)")
+    sft_prompts: int = opt(0, "SFT prompts, one demonstration each (0: scale's share of the paper's 13k); "
+                              "demonstrations cost nothing to generate, so a run can give SFT many more than scale")
     n_entities: int = opt(60, "entities in the knowledge base (creatures, towns, people, foods, tools)")
     n_falsehoods: int = opt(-1, "popular falsehoods the corpus repeats (-1: n_entities // 10, at least 4)")
     n_labelers: int = opt(40, "training labelers in the simulated panel")
@@ -82,6 +84,8 @@ class WorldConfig:
     def validate(self) -> None:
         if self.scale <= 0:
             raise ConfigError(f"scale: must be positive, got {self.scale}")
+        if self.sft_prompts < 0:
+            raise ConfigError(f"sft_prompts: must be >= 0, got {self.sft_prompts}")
         if self.n_entities < 20:
             raise ConfigError(f"n_entities: must be at least 20, got {self.n_entities}")
         if self.n_labelers < 2 or self.n_heldout_labelers < 2:
@@ -91,8 +95,11 @@ class WorldConfig:
                 raise ConfigError(f"{name}: must be in [0, 1]")
 
     def set_sizes(self) -> dict[str, int]:
-        """Prompts per set: the paper's counts times ``scale`` (at least 8 each)."""
-        return {k: max(8, round(v * self.scale)) for k, v in PAPER_PROMPTS.items()}
+        """Prompts per set: the paper's counts times ``scale`` (at least 8 each); SFT: ``sft_prompts`` if set."""
+        sizes = {k: max(8, round(v * self.scale)) for k, v in PAPER_PROMPTS.items()}
+        if self.sft_prompts > 0:
+            sizes["sft"] = self.sft_prompts
+        return sizes
 
 
 @dataclass

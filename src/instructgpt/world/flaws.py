@@ -11,7 +11,7 @@ habit of a base model), ``instruction`` (continues with another instruction),
 ``violate`` (breaks an explicit constraint), ``hallucinate`` (adds a detail
 not in the source / a false fact), ``truncate``, ``offtopic``, ``play_user``
 (chat: writes the user's next turn too). ``verbose`` is not a flaw but a
-style: the good answer plus a pleasantry.
+style: a pleasantry appended, to good and flawed answers alike.
 """
 
 from __future__ import annotations
@@ -68,21 +68,29 @@ def perturb(
 
 
 def candidates(
-    prompt: Prompt | dict, k: int, rng: random.Random, world: World | None = None, p_good: float = 0.4
+    prompt: Prompt | dict, k: int, rng: random.Random, world: World | None = None, p_good: float = 0.4,
+    p_verbose: float = 0.3,
 ) -> list[tuple[str, str]]:
-    """``k`` (label, response) pairs: "good"/"verbose" answers and flawed ones."""
+    """``k`` (label, response) pairs: "good" answers and flawed ones (label: the flaw).
+
+    A pleasantry (the ``verbose`` style) is added with probability ``p_verbose`` to ANY candidate, good
+    or flawed (label ``verbose`` or ``<flaw>+verbose``): surface style must not tell a reward model which
+    answers are right. (It used to fall on good answers only, and the RM learned "I hope this helps!".)
+    """
     meta, world = meta_and_world(prompt, world)
     out: list[tuple[str, str]] = []
     while len(out) < k:
         base = solve(meta, rng, world)
         if rng.random() < p_good:
-            label = rng.choice(("good", "good", "verbose"))
-            text = base if label == "good" else (perturb(meta, base, "verbose", rng, world) or base)
+            label, text = "good", base
         else:
             label = rng.choice(FLAWS)
             text = perturb(meta, base, label, rng, world)
             if text is None:
                 continue
+        if rng.random() < p_verbose:
+            text = _verbose(world, meta, text, rng)
+            label = "verbose" if label == "good" else f"{label}+verbose"
         out.append((label, text))
     return out
 
