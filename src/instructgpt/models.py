@@ -106,7 +106,8 @@ ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 
 @dataclass
 class ModelOptions:
-    """Memory and speed options of the models a stage loads."""
+    """Memory and speed options of the models a stage loads (the ``model`` group)."""
+    group = "model"
     dtype: str = opt("fp32", "dtype of frozen weights: the PPO reference and reward model, SFT's selection "
                              "reward model, and the frozen base under LoRA: fp32, bf16, fp16 or auto (bf16 on a "
                              "CUDA GPU that has it, else fp32). bf16 halves their memory on GPUs; on a CPU fp32 is "

@@ -69,30 +69,32 @@ from .models import (ModelLoadError, ModelOptions, RewardModel, enable_gradient_
 from .pretrain import BlockStream, load_corpus, pack_blocks
 from .progress import progress_bar
 from .records import MetricsLog, open_metrics, update_run_info, write_run_info
-from .tracking import TrackingOptions
+from .runtime import RuntimeOptions
 from .training import adamw_kernel
 
 
 @dataclass
-class PPOConfig(LoraOptions, ModelOptions, TrackingOptions):
-    """PPO and PPO-ptx (``instructgpt ppo``). Names follow the paper and lm-human-preferences.
-
-    With ``lora_r`` > 0 the policy and the value model train adapters (the value model also its
-    head) and the KL reference is the policy with its adapters disabled: one copy of the base
-    weights. That holds when the reference is the policy's starting point: ``reference`` empty
-    or equal to ``policy``, or ``policy`` a LoRA PPO folder whose base is ``reference`` (its
-    adapter is trained further). Any other ``reference`` is loaded as a separate frozen model.
-    """
-    policy: str = opt("", "Policy to start from (the SFT folder, or a previous PPO policy to continue).")
-    reference: str = opt("", "Frozen reference policy of the KL penalty (default: policy, i.e. the SFT model).")
-    reward_model: str = opt("", "Reward-model folder (scores responses; initialises the value function).")
-    reward_fn: str = opt("", "Instead of a reward model: 'module:function' taking (prompts, responses) text lists "
-                             "and returning scores (programmatic rewards, tests).")
-    prompts: str = opt("", "Prompts JSONL (the PPO prompt set; 'split' = train rows are used if splits are present).")
-    pretrain_data: str = opt("", "Pretraining corpus for PPO-ptx (.txt or .jsonl with 'text').")
-    out_dir: str = opt("", "Output folder: policy (EMA weights), value_model/, metrics.jsonl, samples.jsonl.")
-    iterations: int = opt(20, "PPO iterations (each = batch_size episodes).")
+class RolloutOptions:
+    """Sampling the responses of each iteration (the ``rollout`` group)."""
+    group = "rollout"
     batch_size: int = opt(32, "Episodes (prompts) per iteration (paper: 512).")
+    max_prompt_tokens: int = opt(128, "Longer prompts are an error naming the record.")
+    chat_template: str = opt("auto", CHAT_TEMPLATE_HELP)
+    max_new_tokens: int = opt(32, "Response length limit.")
+    min_new_tokens: int = opt(0, "No stop token (EOS, end of turn) can be sampled before this many tokens (0 = off).")
+    temperature: float = opt(1.0, "Sampling temperature (paper: 1; 0 = greedy); log-probs use the same "
+                                  "temperature (1 when greedy).")
+    top_k: int = opt(0, "Top-k sampling (0 = off).")
+    top_p: float = opt(1.0, "Nucleus sampling mass (1 = off).")
+    generation_backend: str = opt("auto", "Rollout sampler: auto (vLLM when installed and on CUDA, else builtin), "
+                                          "builtin (KV-cache generator), vllm, or module:factory.")
+    vllm_gpu_memory_utilization: float = opt(0.3, "vLLM: share of each GPU for its policy copy and KV cache.")
+
+
+@dataclass
+class PPOOptions:
+    """The PPO update: KL-shaped rewards, GAE, clipped losses, optimizers and the EMA (the ``ppo`` group)."""
+    group = "ppo"
     minibatch_size: int = opt(32, "Episodes per optimizer step (paper: 64).")
     micro_batch_size: int = opt(0, "Episodes per forward pass within a minibatch (0 = the whole minibatch).")
     ppo_epochs: int = opt(4, "Passes over each batch of rollouts.")
@@ -115,47 +117,51 @@ class PPOConfig(LoraOptions, ModelOptions, TrackingOptions):
     gamma: float = opt(1.0, "GAE discount (not the paper's pretraining gamma: that is ptx_coef).")
     lam: float = opt(0.95, "GAE lambda.")
     whiten_rewards: bool = opt(False, "Scale per-token rewards to unit variance (no mean shift) before GAE.")
-    ptx_coef: float = opt(0.0, "PPO-ptx: weight of the pretraining loss (the paper's gamma = 27.8; 0 = plain PPO).")
-    ptx_token_ratio: float = opt(8.0, "Pretraining tokens per RL response token in each step (paper: 8).")
-    ptx_seq_len: int = opt(128, "Block length of the pretraining stream.")
+    no_eos_penalty: float = opt(0.0, "Added to the score of responses that hit max_new_tokens without EOS (e.g. -1; 0 = off).")
+    ratio_guard: float = opt(100.0, "Stop with an error when a probability ratio exceeds this (a diverged update).")
     ema_decay: float = opt(0.992, "Decay of the EMA of policy weights (paper: 0.992).")
     ema: bool = opt(True, "Keep the EMA and save it as the final policy (the raw weights go to policy_raw/).")
     ema_warmup: bool = opt(True, "Use min(ema_decay, (1+n)/(10+n)) after n updates, so short runs are not dominated by the start.")
-    temperature: float = opt(1.0, "Sampling temperature (paper: 1; 0 = greedy); log-probs use the same "
-                                  "temperature (1 when greedy).")
-    top_k: int = opt(0, "Top-k sampling (0 = off).")
-    top_p: float = opt(1.0, "Nucleus sampling mass (1 = off).")
-    max_new_tokens: int = opt(32, "Response length limit.")
-    min_new_tokens: int = opt(0, "No stop token (EOS, end of turn) can be sampled before this many tokens (0 = off).")
-    max_prompt_tokens: int = opt(128, "Longer prompts are an error naming the record.")
-    chat_template: str = opt("auto", CHAT_TEMPLATE_HELP)
-    no_eos_penalty: float = opt(0.0, "Added to the score of responses that hit max_new_tokens without EOS (e.g. -1; 0 = off).")
-    ratio_guard: float = opt(100.0, "Stop with an error when a probability ratio exceeds this (a diverged update).")
-    seed: int = opt(0, "Seed for prompt order, sampling and minibatches.")
-    device: str = opt("auto", "auto, cpu, cuda, cuda:1 ...")
-    resume: bool = opt(False, "Continue from the last good checkpoint in out_dir.")
-    save_every: int = opt(5, "Checkpoint every this many iterations (0 = only at the end).")
-    save_minutes: float = opt(0.0, "Also checkpoint when this many minutes have passed since the last "
-                                   "checkpoint (0 = off); bounds the work a kill -9 or a preemption loses.")
-    keep_checkpoints: int = opt(2, "How many recent checkpoints to keep.")
-    keep_optimizer: bool = opt(True, "When training ends, keep the optimizer state in the checkpoints left "
-                                     "(false: weights only, and no --resume from them).")
+
+
+@dataclass
+class PtxOptions:
+    """PPO-ptx: the pretraining loss mixed into each step (the ``ptx`` group)."""
+    group = "ptx"
+    ptx_coef: float = opt(0.0, "PPO-ptx: weight of the pretraining loss (the paper's gamma = 27.8; 0 = plain PPO).")
+    ptx_token_ratio: float = opt(8.0, "Pretraining tokens per RL response token in each step (paper: 8).")
+    ptx_seq_len: int = opt(128, "Block length of the pretraining stream.")
+    pretrain_data: str = opt("", "Pretraining corpus for PPO-ptx (.txt or .jsonl with 'text').")
+
+
+@dataclass
+class PPOConfig(LoraOptions, ModelOptions, RuntimeOptions, PtxOptions, PPOOptions, RolloutOptions):
+    """PPO and PPO-ptx (``instructgpt ppo``). Names follow the paper and lm-human-preferences.
+
+    With ``lora_r`` > 0 the policy and the value model train adapters (the value model also its
+    head) and the KL reference is the policy with its adapters disabled: one copy of the base
+    weights. That holds when the reference is the policy's starting point: ``reference`` empty
+    or equal to ``policy``, or ``policy`` a LoRA PPO folder whose base is ``reference`` (its
+    adapter is trained further). Any other ``reference`` is loaded as a separate frozen model.
+
+    Options come in groups (``rollout``, ``ppo``, ``ptx``, ``runtime``, ``model``) and can be written
+    with their group (``ppo.cliprange=0.2``) or without (``cliprange=0.2``).
+    """
+    policy: str = opt("", "Policy to start from (the SFT folder, or a previous PPO policy to continue).")
+    reference: str = opt("", "Frozen reference policy of the KL penalty (default: policy, i.e. the SFT model).")
+    reward_model: str = opt("", "Reward-model folder (scores responses; initialises the value function).")
+    reward_fn: str = opt("", "Instead of a reward model: 'module:function' taking (prompts, responses) text lists "
+                             "and returning scores (programmatic rewards, tests).")
+    prompts: str = opt("", "Prompts JSONL (the PPO prompt set; 'split' = train rows are used if splits are present).")
+    out_dir: str = opt("", "Output folder: policy (EMA weights), value_model/, metrics.jsonl, samples.jsonl.")
+    iterations: int = opt(20, "PPO iterations (each = batch_size episodes).")
     log_samples: int = opt(3, "Sample responses written to samples.jsonl per iteration.")
-    progress: bool = opt(True, "Show a progress bar.")
-    precision: str = opt("auto", "auto (bf16 autocast on CUDA where supported, fp32 on CPU), fp32 or bf16 "
-                                 "(autocast of forward passes; weights and optimizer states stay fp32).")
-    generation_backend: str = opt("auto", "Rollout sampler: auto (vLLM when installed and on CUDA, else builtin), "
-                                          "builtin (KV-cache generator), vllm, or module:factory.")
-    vllm_gpu_memory_utilization: float = opt(0.3, "vLLM: share of each GPU for its policy copy and KV cache.")
-    sharding: str = opt("auto", "Under several processes: none (full replicas), full (FSDP2, ZeRO-3-like) or grad_op "
-                                "(ZeRO-2-like) for the trained models (policy, its EMA, a separate value model), "
-                                "or auto (what accelerate launch asked for). The frozen reference and reward "
-                                "models stay replicated. Same results and folders in every mode.")
+    save_every: int = opt(5, "Checkpoint every this many iterations (0 = only at the end).")
 
     def validate(self) -> None:
         self.validate_model_options()
         self.validate_lora()
-        self.validate_tracking()
+        self.validate_runtime()
         if self.lora_r and self.generation_backend == "vllm":
             raise ConfigError("generation_backend: vllm does not sample from a LoRA policy here (its weights are "
                               "synced by name from a plain model); use builtin or auto with lora_r > 0")
@@ -173,10 +179,6 @@ class PPOConfig(LoraOptions, ModelOptions, TrackingOptions):
             raise ConfigError("ema_decay: must be in [0, 1)")
         if self.temperature < 0:
             raise ConfigError("temperature: must be >= 0 (0 = greedy)")
-        if self.precision not in dist.PRECISIONS:
-            raise ConfigError(f"precision: {self.precision!r} is not one of {', '.join(dist.PRECISIONS)}")
-        if self.sharding not in sharding.MODES:
-            raise ConfigError(f"sharding: {self.sharding!r} is not one of {', '.join(sharding.MODES)}")
         if self.value_model not in ("separate", "shared"):
             raise ConfigError(f"value_model: {self.value_model!r} is not separate or shared")
         if self.generation_backend not in backends.BACKENDS and ":" not in self.generation_backend:

@@ -25,8 +25,7 @@ from .data import DataError
 from .models import (ModelOptions, check_attn_implementation, enable_gradient_checkpointing, fuse_activations,
                      load_tokenizer, pick_device)
 from .records import open_metrics, update_run_info, write_run_info
-from .tracking import TrackingOptions
-from .training import OptimConfig, fit
+from .training import TrainConfig, fit
 
 
 def load_corpus(path: str | Path) -> list[str]:
@@ -84,7 +83,7 @@ class BlockStream:
 # ----------------------------------------------------------------------------- the stage
 
 @dataclass
-class PretrainConfig(ModelOptions, TrackingOptions, OptimConfig):
+class PretrainConfig(ModelOptions, TrainConfig):
     """Pretraining a GPT-style model from scratch (``instructgpt pretrain``)."""
     corpus: str = opt("", "Training corpus (.txt with blank-line separated documents, or .jsonl with 'text').")
     valid_corpus: str = opt("", "Held-out corpus for validation loss (optional).")
@@ -104,7 +103,6 @@ class PretrainConfig(ModelOptions, TrackingOptions, OptimConfig):
     def validate(self) -> None:
         super().validate()
         self.validate_model_options()
-        self.validate_tracking()
         if not self.corpus or not self.tokenizer:
             raise ConfigError("corpus, tokenizer: both required")
         if self.size not in SIZES:

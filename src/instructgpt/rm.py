@@ -27,12 +27,11 @@ from .losses import pairwise_accuracy, ranking_loss
 from .lora import LoraOptions
 from .models import ModelOptions, RewardModel, load_tokenizer, pick_device, restore_dropout, set_dropout, trained_reward_model
 from .records import open_metrics, update_run_info, write_run_info
-from .tracking import TrackingOptions
-from .training import FitResult, OptimConfig, fit
+from .training import FitResult, TrainConfig, fit
 
 
 @dataclass
-class RMConfig(LoraOptions, ModelOptions, TrackingOptions, OptimConfig):
+class RMConfig(LoraOptions, ModelOptions, TrainConfig):
     """Reward-model training (``instructgpt rm``)."""
     model: str = opt("", "Model to start from (the SFT folder): its unembedding is replaced by a scalar head.")
     train: str = opt("", "Rankings JSONL (also {prompt, chosen, rejected} rows).")
@@ -53,7 +52,6 @@ class RMConfig(LoraOptions, ModelOptions, TrackingOptions, OptimConfig):
         super().validate()
         self.validate_model_options()
         self.validate_lora()
-        self.validate_tracking()
         if not self.model:
             raise ConfigError("model: required (the SFT model folder)")
         if not self.train:

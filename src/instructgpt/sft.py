@@ -29,12 +29,11 @@ from .models import (ModelOptions, RewardModel, load_tokenizer, pick_device, pos
                      resolve_dtype, restore_dropout, set_dropout, trained_policy)
 from .losses import lm_loss_sum
 from .records import open_metrics, update_run_info, write_run_info
-from .tracking import TrackingOptions
-from .training import FitResult, OptimConfig, fit
+from .training import FitResult, TrainConfig, fit
 
 
 @dataclass
-class SFTConfig(LoraOptions, ModelOptions, TrackingOptions, OptimConfig):
+class SFTConfig(LoraOptions, ModelOptions, TrainConfig):
     """Supervised fine-tuning (``instructgpt sft``)."""
     model: str = opt("", "Model to fine-tune: a folder, a .gguf file, or 'smollm2'.")
     train: str = opt("", "Demonstrations JSONL (prompt or prompt_id, response).")
@@ -54,7 +53,6 @@ class SFTConfig(LoraOptions, ModelOptions, TrackingOptions, OptimConfig):
         super().validate()
         self.validate_model_options()
         self.validate_lora()
-        self.validate_tracking()
         if not self.model:
             raise ConfigError("model: required (folder, .gguf file or 'smollm2')")
         if not self.train:
