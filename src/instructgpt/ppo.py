@@ -59,9 +59,9 @@ from .chat import CHAT_TEMPLATE_HELP, ChatFormat, prompt_input
 from .config import ConfigError, opt
 from .data import DataError, load_prompts
 from .generation import decode_responses
-from .losses import (AdaptiveKLController, FixedKLController, ema_update, entropy_from_logits, gae,
-                     kl_estimate, lm_loss_sum, masked_mean, policy_loss, shape_rewards, token_logprobs,
-                     value_loss)
+from .losses import (AdaptiveKLController, FixedKLController, ema_update, entropy_from_logits,
+                     explained_variance, gae, kl_estimate, lm_loss_sum, masked_mean, policy_loss, shape_rewards,
+                     token_logprobs, value_loss, whiten)
 from .lora import LoraOptions
 from .models import (ModelLoadError, ModelOptions, RewardModel, enable_gradient_checkpointing, load_policy,
                      load_tokenizer, pick_device, position_ids_from_mask, resolve_dtype, set_dropout,
@@ -254,29 +254,6 @@ def response_logits_and_values(policy, head: ValueHead, input_ids, attention_mas
                  logits_to_keep=R + 1, output_hidden_states=True)
     h = out.hidden_states[-1][:, P - 1:-1]                                      # (B, R, H)
     return out.logits[:, :-1], head(h).float()
-
-
-def global_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """Whitening with mean/variance over all ranks' masked entries."""
-    stats = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]).double()
-    s, ss, n = dist.all_reduce_sum(stats).tolist()
-    mean = s / max(n, 1.0)
-    var = (ss - n * mean * mean) / max(n - 1.0, 1.0)
-    out = (x - mean) / math.sqrt(max(var, 0.0) + 1e-8)
-    if not shift_mean:
-        out = out + mean
-    return out * mask
-
-
-def global_explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """1 - Var[R - v] / Var[R] over all ranks' masked tokens (``losses.explained_variance``, globally)."""
-    def moments(x):
-        return [(x * mask).sum(), (x * x * mask).sum()]
-    stats = torch.stack(moments(returns) + moments(returns - values) + [mask.sum()]).double()
-    s_r, ss_r, s_d, ss_d, n = dist.all_reduce_sum(stats).tolist()
-    var_r = ss_r - s_r * s_r / max(n, 1.0)      # both variances share the 1/(n-1) factor
-    var_d = ss_d - s_d * s_d / max(n, 1.0)
-    return 1.0 - var_d / max(var_r, 1e-8 * max(n - 1.0, 1.0))
 
 
 def load_reward_fn(spec: str) -> Callable[[list[str], list[str]], list[float]]:
@@ -493,9 +470,9 @@ class PPOTrainer:
         ro.kl = kl_estimate(ro.logprobs, ro.ref_logprobs, self.cfg.kl_estimator) * ro.mask
         rewards = shape_rewards(ro.scores, ro.kl, ro.mask, self.kl_ctl.value)
         if self.cfg.whiten_rewards:
-            rewards = global_whiten(rewards, ro.mask, shift_mean=False)
+            rewards = whiten(rewards, ro.mask, shift_mean=False)
         advantages, ro.returns = gae(rewards, ro.values, ro.mask, self.cfg.gamma, self.cfg.lam)
-        ro.advantages = global_whiten(advantages, ro.mask)
+        ro.advantages = whiten(advantages, ro.mask)
 
     # ---- learning
 
@@ -674,7 +651,7 @@ class PPOTrainer:
         local = torch.tensor([ro.scores.sum().item(), ro.kl.sum().item(), ro.mask.sum().item(),
                               ro.ended.float().sum().item(), float(B)], dtype=torch.float64)
         score, kl, length, ended, n = dist.all_reduce_sum(local).tolist()
-        ev = global_explained_variance(ro.values, ro.returns, ro.mask)
+        ev = explained_variance(ro.values, ro.returns, ro.mask)
         return {"ppo/score": score / n, "ppo/kl": kl / n, "ppo/response_length": length / n,
                 "ppo/eos_fraction": ended / n, "ppo/explained_variance": ev, "ppo/kl_coef": self.kl_ctl.value,
                 "ppo/lr": self.optimizer.param_groups[0]["lr"]}

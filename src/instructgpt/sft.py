@@ -19,7 +19,7 @@ import torch
 from . import distributed as dist
 from . import lora
 from . import sharding
-from .batching import Encoded, ModelContext, RecordEncoder, collate_lm, pad
+from .batching import Encoded, ModelContext, RecordEncoder, collate_lm
 from .chat import CHAT_TEMPLATE_HELP, ChatFormat, prompt_input
 from .config import ConfigError, opt
 from .data import DataError, Demonstration, load_demonstrations, load_prompts
@@ -123,12 +123,8 @@ def mean_reward_of_samples(policy, reward_model: RewardModel, prompt_ids: list[l
     g = torch.Generator(device=device).manual_seed(seed)
     pad_id = fmt.tokenizer.pad_token_id
     gen = generate(policy, prompt_ids, max_new_tokens, fmt.stop_ids, pad_id, generator=g, batch_size=batch_size)
-    scores = []
-    for i in range(0, len(prompt_ids), batch_size):
-        seqs = [p + r for p, r in zip(prompt_ids[i:i + batch_size], gen.responses[i:i + batch_size])]
-        ids, mask = pad(seqs, pad_id, "right")
-        scores.append(reward_model(ids.to(device), mask.to(device)).cpu())
-    return torch.cat(scores).mean().item()
+    seqs = [p + r for p, r in zip(prompt_ids, gen.responses)]
+    return reward_model.score(seqs, pad_id, batch_size).mean().item()
 
 
 def train_sft(cfg: SFTConfig) -> SFTResult:
