@@ -9,7 +9,7 @@ import pytest
 
 from instructgpt.data import (
     DataError, Demonstration, Prompt, Ranking, load_demonstrations, load_prompts, load_rankings,
-    parse_demonstration, parse_prompt, parse_ranking, read_jsonl, render_messages, split_of, to_record,
+    parse_demonstration, parse_prompt, parse_ranking, read_jsonl, render_messages, to_record,
     write_jsonl,
 )
 
@@ -329,11 +329,3 @@ def test_write_jsonl_creates_parents_and_counts(tmp_path):
     path = tmp_path / "a" / "b" / "x.jsonl"
     assert write_jsonl(path, [{"x": 1}, Demonstration(prompt="Q", response="A")]) == 2
     assert path.read_text().splitlines() == ['{"x": 1}', '{"prompt": "Q", "response": "A"}']
-
-
-def test_split_of():
-    ps = [Prompt(id=str(i), text="t", user_id="u", split=s) for i, s in enumerate(["train", "test", "train", None])]
-    assert [p.id for p in split_of(ps, "train")] == ["0", "2"]
-    assert split_of(ps, "valid") == []
-    with pytest.raises(ValueError):
-        split_of(ps, "dev")

@@ -732,10 +732,3 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any] | Record]) ->
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             n += 1
     return n
-
-
-def split_of(prompts: Iterable[Prompt], name: str) -> list[Prompt]:
-    """The prompts whose ``split`` is ``name``."""
-    if name not in SPLITS:
-        raise ValueError(f"unknown split {name!r} (expected one of {', '.join(SPLITS)})")
-    return [p for p in prompts if p.split == name]

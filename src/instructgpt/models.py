@@ -857,7 +857,3 @@ def _write_sequence_classification(folder: Path, backbone: nn.Module, config, bo
                       RewardInteropWarning, stacklevel=3)
     return {"class": cls.__name__, "exact": bool(folded), "score_offset": config.reward_offset,
             "folded_into": folded, "folded_offset": offset if folded else 0.0, "pad_token_id": pad_id}
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
