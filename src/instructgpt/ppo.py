@@ -516,7 +516,7 @@ class PPOTrainer:
                  "ppo/approx_kl": 0.0, "ppo/vf_clipfrac": 0.0}
         ratio_max, nonfinite = 0.0, 0.0
         chunks = [idx[s:s + micro] for s in range(0, len(idx), micro)]
-        for j, real in self._passes(chunks, [0]):  # a padding pass (sharded only) reuses episode 0 at weight 0
+        for j, real in sharding.padded_passes(chunks, [0], self.sharded):  # a padding pass (sharded only) reuses episode 0 at weight 0
             ids, attn, mask = ro.input_ids[j], ro.attention_mask[j], ro.mask[j]
             # token weight of this micro-batch in the global minibatch
             share = mask.sum().item() / max(total_tokens, 1.0) if real else 0.0
@@ -540,9 +540,7 @@ class PPOTrainer:
         if self.ptx is not None:
             stats["ppo/ptx_loss"], bad = self._ptx_backward(total_tokens)
             nonfinite += bad
-        for m in (self.policy, self.value):
-            if not sharding.is_sharded(m):  # sharded: FSDP summed the gradients during backward
-                dist.all_reduce_gradients(m)
+        sharding.sum_gradients(self.policy, self.value)
         reduced = dist.all_reduce_sum(torch.tensor(list(stats.values()) + [nonfinite], dtype=torch.float64)).tolist()
         ratio_max = dist.all_reduce_max(torch.tensor(ratio_max, dtype=torch.float64)).item()
         self._guard(reduced[-1], ratio_max)
@@ -571,7 +569,7 @@ class PPOTrainer:
         ones_total = float(n_blocks * (cfg.ptx_seq_len - 1))
         loss_total, nonfinite = 0.0, 0.0
         chunks = [blocks[s:s + micro] for s in range(0, len(blocks), micro)]
-        for chunk, real in self._passes(chunks, every[:1]):
+        for chunk, real in sharding.padded_passes(chunks, every[:1], self.sharded):
             ids = torch.stack(chunk).to(self.device)
             mask = torch.ones_like(ids)
             with self.amp():
@@ -583,15 +581,6 @@ class PPOTrainer:
                 nonfinite += float(not torch.isfinite(loss))
                 loss_total += nll_sum.item() / ones_total
         return loss_total, nonfinite
-
-    def _passes(self, chunks: list, filler) -> list[tuple]:
-        """(micro-batch, is_real) pairs. Sharded, FSDP's collectives run inside forward and backward,
-        so every rank makes as many passes as the busiest one: the others add zero-weight passes
-        over ``filler``. Unsharded, a rank makes only its own passes (possibly none)."""
-        n = len(chunks)
-        if self.sharded:
-            n = int(dist.all_reduce_max(torch.tensor(float(n))).item())
-        return [(chunks[i], True) if i < len(chunks) else (filler, False) for i in range(n)]
 
     def _guard(self, nonfinite: float, ratio_max: float) -> None:
         """Stop on a NaN/inf loss or an exploding ratio (both reduced over ranks: every rank raises)."""
@@ -666,8 +655,7 @@ class PPOTrainer:
 
     def save_checkpoint(self) -> Path:
         """Full (unsharded) tensors written by rank 0; every rank calls it (gathering is collective)."""
-        tensors = {name: sharding.full_state_dict(m, rank0_only=True) if sharding.is_sharded(m) else m
-                   for name, m in self.modules().items()}
+        tensors = sharding.checkpoint_tensors(self.modules())
         optim_state = sharding.optimizer_state_dict(self.optimizer, rank0_only=True)
         if dist.is_main():
             root = Path(self.cfg.out_dir) / "checkpoints"

@@ -183,12 +183,9 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.devi
     def save(name: str | None = None) -> Path:
         last_save[0] = time.monotonic()
         folder = ckpt_root / (name or f"step-{state['global_step']:07d}")
-        if sharded:  # gathering the full tensors is a collective; rank 0 keeps them
-            tensors = {"model": sharding.full_state_dict(model, rank0_only=True)}
-            optim_state = sharding.optimizer_state_dict(optimizer, rank0_only=True)
+        tensors = sharding.checkpoint_tensors(modules)  # a collective when sharded; rank 0 keeps them
+        optim_state = sharding.optimizer_state_dict(optimizer, rank0_only=True)
         if dist.is_main():
-            if not sharded:
-                tensors, optim_state = modules, optimizer.state_dict()
             ckpt.save_checkpoint(folder, tensors, {"optimizer": optim_state,
                                                    "scheduler": scheduler.state_dict()}, state)
             ckpt.prune_checkpoints(ckpt_root, cfg.keep_checkpoints)
@@ -247,16 +244,12 @@ def _train_step(model, task: Task, indices: list[int], cfg: TrainConfig, optimiz
     total = dist.all_reduce_sum(torch.tensor(float(sum(task.weight(b) for b in micro))))
     total = total.clamp(min=1.0).item()
     dtype = dist.resolve_precision(cfg.precision, device)
-    sharded = sharding.is_sharded(model)
-    n_passes = len(micro)
-    if sharded:  # FSDP's collectives run inside forward/backward: every rank makes as many passes as the busiest
-        n_passes = int(dist.all_reduce_max(torch.tensor(float(len(micro)))).item())
+    # a padding pass (sharded only) reuses a real batch, or the global batch's first example, at weight 0
+    filler = micro[-1] if micro else None
     sums: dict[str, float] = {}
     tokens = 0
-    for i in range(n_passes):  # may be none on this rank (unsharded): its gradients then count as zeros
-        real = i < len(micro)
-        # a padding pass (sharded only) reuses a real batch, or the global batch's first example, at weight 0
-        batch = _to(micro[i] if real else (micro[-1] if micro else task.collate(indices[:1])), device)
+    for batch, real in sharding.padded_passes(micro, filler, sharding.is_sharded(model)):
+        batch = _to(batch if batch is not None else task.collate(indices[:1]), device)
         with dist.autocast(device, dtype):
             loss_sum, stats = task.loss(model, batch)
         ((loss_sum.float() / total) if real else loss_sum.float() * 0.0).backward()
@@ -265,8 +258,7 @@ def _train_step(model, task: Task, indices: list[int], cfg: TrainConfig, optimiz
         tokens += int(batch["attention_mask"].sum())
         for k, v in stats.items():
             sums[k] = sums.get(k, 0.0) + float(v)
-    if not sharded:
-        dist.all_reduce_gradients(model)  # sharded: FSDP summed them (reduce-scatter) during backward
+    sharding.sum_gradients(model)
     grad_norm = sharding.clip_grad_norm_(model, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     if not torch.isfinite(grad_norm):
         raise FloatingPointError(f"{task.metric_prefix}: gradient norm is {grad_norm.item()} "
