@@ -185,6 +185,9 @@ def test_grouped_ranking_and_pairs():
     assert r.ranking == [[2], [0, 3], [1]]
     assert sorted(r.pairs()) == sorted([(2, 0), (2, 3), (2, 1), (0, 1), (3, 1)])
     assert len(r.pairs()) == 5
+    # the outcome of one response against another: above 1, below 0, same group (a tie) 0.5
+    assert (r.outcome(2, 1), r.outcome(1, 2), r.outcome(0, 3), r.outcome(3, 1)) == (1.0, 0.0, 0.5, 1.0)
+    assert all(r.outcome(w, l) == 1.0 for w, l in r.pairs())
 
 
 def test_flat_ranking_is_a_strict_order():
