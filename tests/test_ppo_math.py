@@ -136,7 +136,8 @@ def test_whiten_and_explained_variance_match_hand_computed_numbers():
     want = torch.tensor([[-1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
     torch.testing.assert_close(whiten(x, m, eps=0.0), want)
     # without the mean shift: (x - 3) / 2 + 3
-    torch.testing.assert_close(whiten(x, m, shift_mean=False, eps=0.0), torch.tensor([[2.0, 3.0, 0.0], [4.0, 0.0, 0.0]]))
+    torch.testing.assert_close(whiten(x, m, shift_mean=False, eps=0.0),
+                               torch.tensor([[2.0, 3.0, 0.0], [4.0, 0.0, 0.0]]))
     # returns 1, 3, 5 (variance 4); values 1, 3, 3: residuals 0, 0, 2 with mean 2/3 and unbiased
     # variance ((2/3)^2 * 2 + (4/3)^2) / 2 = 4/3; explained variance 1 - (4/3) / 4 = 2/3
     values = torch.tensor([[1.0, 3.0, 50.0], [3.0, 8.0, 0.0]])

@@ -516,7 +516,8 @@ class PPOTrainer:
                  "ppo/approx_kl": 0.0, "ppo/vf_clipfrac": 0.0}
         ratio_max, nonfinite = 0.0, 0.0
         chunks = [idx[s:s + micro] for s in range(0, len(idx), micro)]
-        for j, real in sharding.padded_passes(chunks, [0], self.sharded):  # a padding pass (sharded only) reuses episode 0 at weight 0
+        # a padding pass (sharded only) reuses episode 0 at weight 0
+        for j, real in sharding.padded_passes(chunks, [0], self.sharded):
             ids, attn, mask = ro.input_ids[j], ro.attention_mask[j], ro.mask[j]
             # token weight of this micro-batch in the global minibatch
             share = mask.sum().item() / max(total_tokens, 1.0) if real else 0.0

@@ -107,7 +107,8 @@ class RankingTask:
         loss_sum, pair_loss = ranking_loss(rewards, batch["winners"], batch["losers"], batch["pair_group"], n_groups)
         n_pairs = len(pair_loss)
         with torch.no_grad():
-            correct = pairwise_accuracy(rewards, batch["winners"], batch["losers"]).item() * n_pairs if n_pairs else 0.0
+            accuracy = pairwise_accuracy(rewards, batch["winners"], batch["losers"]).item() if n_pairs else 0.0
+        correct = accuracy * n_pairs
         return loss_sum, {"loss_sum": loss_sum.item(), "rankings": n_groups,
                           "correct": correct, "pairs": float(n_pairs)}
 
