@@ -136,7 +136,6 @@ def write_llama_gguf(path: Path, model_folder: Path, chat_template: str | None =
     (byte-level BPE) tokens, types and merges, and the chat template.
     """
     import gguf
-    import numpy as np
     from safetensors.torch import load_file
     from transformers import AutoConfig
 

@@ -18,7 +18,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from instructgpt import config
 from instructgpt.backends import generation_from_vllm, vllm_sampling_kwargs, Sampling
-from instructgpt.batching import Encoded, ModelContext, RecordEncoder, collate_lm
+from instructgpt.batching import ModelContext, RecordEncoder, collate_lm
 from instructgpt.chat import ChatFormat, prompt_input
 from instructgpt.config import ConfigError
 from instructgpt.data import DataError, load_prompts, load_rankings, parse_demonstration, parse_prompt, parse_ranking, to_record

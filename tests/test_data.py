@@ -9,7 +9,7 @@ import pytest
 
 from instructgpt.data import (
     DataError, Demonstration, Prompt, Ranking, load_demonstrations, load_prompts, load_rankings,
-    parse_demonstration, parse_prompt, parse_ranking, read_jsonl, render_messages, split_of, to_record,
+    parse_demonstration, parse_prompt, parse_ranking, read_jsonl, render_messages, to_record,
     write_jsonl,
 )
 
@@ -185,6 +185,9 @@ def test_grouped_ranking_and_pairs():
     assert r.ranking == [[2], [0, 3], [1]]
     assert sorted(r.pairs()) == sorted([(2, 0), (2, 3), (2, 1), (0, 1), (3, 1)])
     assert len(r.pairs()) == 5
+    # the outcome of one response against another: above 1, below 0, same group (a tie) 0.5
+    assert (r.outcome(2, 1), r.outcome(1, 2), r.outcome(0, 3), r.outcome(3, 1)) == (1.0, 0.0, 0.5, 1.0)
+    assert all(r.outcome(w, l) == 1.0 for w, l in r.pairs())
 
 
 def test_flat_ranking_is_a_strict_order():
@@ -329,11 +332,3 @@ def test_write_jsonl_creates_parents_and_counts(tmp_path):
     path = tmp_path / "a" / "b" / "x.jsonl"
     assert write_jsonl(path, [{"x": 1}, Demonstration(prompt="Q", response="A")]) == 2
     assert path.read_text().splitlines() == ['{"x": 1}', '{"prompt": "Q", "response": "A"}']
-
-
-def test_split_of():
-    ps = [Prompt(id=str(i), text="t", user_id="u", split=s) for i, s in enumerate(["train", "test", "train", None])]
-    assert [p.id for p in split_of(ps, "train")] == ["0", "2"]
-    assert split_of(ps, "valid") == []
-    with pytest.raises(ValueError):
-        split_of(ps, "dev")

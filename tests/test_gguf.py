@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import gguf
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file

@@ -1,11 +1,10 @@
 """Loading models of several architectures, the reward model's last-token read-out, persistence."""
 
 import json
-import os
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from tests.conftest import make_model
 from instructgpt.batching import pad

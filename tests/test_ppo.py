@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import WORDS, repeat_demos, toy_corpus, write_jsonl
+from tests.conftest import WORDS, toy_corpus, write_jsonl
 from instructgpt import config
 from instructgpt.batching import Encoded
 from instructgpt.models import load_policy, load_tokenizer

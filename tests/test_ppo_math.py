@@ -2,10 +2,11 @@
 
 import math
 
+import pytest
 import torch
 
-from instructgpt.losses import (AdaptiveKLController, ema_update, gae, kl_estimate, policy_loss, shape_rewards,
-                                value_loss, whiten)
+from instructgpt.losses import (AdaptiveKLController, ema_update, explained_variance, gae, kl_estimate, policy_loss,
+                                shape_rewards, value_loss, whiten)
 
 
 def gae_reference(rewards, values, gamma, lam):
@@ -126,3 +127,19 @@ def test_whiten_zero_mean_unit_variance_on_masked_entries():
     assert abs(vals.mean().item()) < 1e-6
     assert abs(vals.var().item() - 1.0) < 1e-4
     assert torch.all(w[~m.bool()] == 0)
+
+
+def test_whiten_and_explained_variance_match_hand_computed_numbers():
+    # masked entries 1, 3, 5: mean 3, unbiased variance ((-2)^2 + 0 + 2^2) / 2 = 4, std 2
+    x = torch.tensor([[1.0, 3.0, 99.0], [5.0, -7.0, 0.0]])
+    m = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    want = torch.tensor([[-1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    torch.testing.assert_close(whiten(x, m, eps=0.0), want)
+    # without the mean shift: (x - 3) / 2 + 3
+    torch.testing.assert_close(whiten(x, m, shift_mean=False, eps=0.0),
+                               torch.tensor([[2.0, 3.0, 0.0], [4.0, 0.0, 0.0]]))
+    # returns 1, 3, 5 (variance 4); values 1, 3, 3: residuals 0, 0, 2 with mean 2/3 and unbiased
+    # variance ((2/3)^2 * 2 + (4/3)^2) / 2 = 4/3; explained variance 1 - (4/3) / 4 = 2/3
+    values = torch.tensor([[1.0, 3.0, 50.0], [3.0, 8.0, 0.0]])
+    assert explained_variance(values, x, m) == pytest.approx(2 / 3, abs=1e-9)
+    assert explained_variance(x, x, m) == pytest.approx(1.0)

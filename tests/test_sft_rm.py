@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +19,7 @@ from instructgpt.generation import generate
 from instructgpt.models import RewardModel, load_policy
 from instructgpt.rm import RMConfig, train_rm
 from instructgpt.sft import SFTConfig, train_sft
-from instructgpt.training import StopTraining, fit, lr_multiplier
+from instructgpt.training import StopTraining, lr_multiplier
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +83,7 @@ def test_saved_sft_model_round_trips_through_plain_transformers(tmp_path, tiny_g
 
 
 def test_sft_kill_and_resume_gives_the_same_weights(tmp_path, tiny_gpt2, sft_data):
-    full = train_sft(sft_cfg(tiny_gpt2, sft_data, tmp_path / "full", dropout=0.1, save_every=3))
+    train_sft(sft_cfg(tiny_gpt2, sft_data, tmp_path / "full", dropout=0.1, save_every=3))
     cfg = sft_cfg(tiny_gpt2, sft_data, tmp_path / "cut", dropout=0.1, save_every=3)
 
     def crash(step):

@@ -3,6 +3,13 @@
 A config is read from a TOML or YAML file and then overridden by ``key=value``
 strings from the command line. ``describe(cls)`` renders every field with its
 type, default and help for ``--help``.
+
+Large configs are composed of option groups: dataclass mixins that name their
+group in a ``group`` class attribute (``runtime``, PPO's ``rollout``, ``ppo``,
+``ptx`` ...). A config stays one flat dataclass (``cfg.cliprange``, flat
+constructor keywords, flat ``config.resolved.json``), and an option can also be
+written with its group, ``ppo.cliprange=0.1`` on the command line or a
+``[ppo]``-style sub-table in a config file. The flat name keeps working.
 """
 
 from __future__ import annotations
@@ -89,20 +96,74 @@ def _fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
+def groups(cls: type) -> dict[str, list[str]]:
+    """``{group: [option, ...]}`` of a config class, in field order; options of no group under ``""``.
+
+    An option belongs to the group of the first class (from the base up) that both declares it and
+    names a ``group`` of its own, so a stage may change a grouped option's default and help without
+    moving it out of its group.
+    """
+    out: dict[str, list[str]] = {}
+    bases = [c for c in reversed(cls.__mro__) if dataclasses.is_dataclass(c)]
+    for f in dataclasses.fields(cls):
+        name = next((c.__dict__["group"] for c in bases
+                     if "group" in c.__dict__ and f.name in {g.name for g in dataclasses.fields(c)}), "")
+        out.setdefault(name, []).append(f.name)
+    return out
+
+
+def _flat_key(cls: type, key: str, where: str) -> str:
+    """``ppo.cliprange`` -> ``cliprange`` after checking the option is in that group; flat names pass."""
+    if "." not in key:
+        return key
+    group, leaf = key.rsplit(".", 1)
+    by_group = groups(cls)
+    if group not in by_group or not group:
+        named = ", ".join(g for g in by_group if g) or "none"
+        raise ConfigError(f"{where}: {key}: {cls.__name__} has no option group {group!r} (groups: {named})")
+    if leaf not in by_group[group]:
+        owner = next((g for g, names in by_group.items() if leaf in names), None)
+        hint = (f"it is {owner + '.' if owner else ''}{leaf}" if owner is not None
+                else f"options of {group}: {', '.join(by_group[group])}")
+        raise ConfigError(f"{where}: {key}: no option {leaf!r} in group {group} of {cls.__name__} ({hint})")
+    return leaf
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """Build ``cls`` from a dict, checking every key and coercing every value."""
+    """Build ``cls`` from a dict, checking every key and coercing every value.
+
+    Keys are option names, ``group.option`` names, or group names holding a dict of their options.
+    The same option given twice (``cliprange`` and ``ppo.cliprange``) is an error.
+    """
     hints = typing.get_type_hints(cls)
     fields = _fields(cls)
     kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
+    given: dict[str, str] = {}
+    for key, value in _expand_groups(cls, data).items():
+        name = _flat_key(cls, key, where)
+        if name not in fields:
             raise ConfigError(f"{where}: {key}: unknown option for {cls.__name__} (see --help)")
-        kwargs[key] = _coerce(key, value, hints[key])
+        if name in given:
+            raise ConfigError(f"{where}: {key}: given twice (also as {given[name]})")
+        given[name] = key
+        kwargs[name] = _coerce(key, value, hints[name])
     obj = cls(**kwargs)
     check = getattr(obj, "validate", None)
     if check is not None:
         check()
     return obj
+
+
+def _expand_groups(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``{"ppo": {"cliprange": 0.1}}`` -> ``{"ppo.cliprange": 0.1}`` for the groups of ``cls``."""
+    names = set(groups(cls)) - {""}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in names and isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -132,7 +193,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
-    """``["lr=1e-4", "epochs=3"]`` -> ``{"lr": "1e-4", "epochs": "3"}``."""
+    """``["lr=1e-4", "ppo.epochs=3"]`` -> ``{"lr": "1e-4", "ppo.epochs": "3"}``."""
     out = {}
     for item in items:
         if "=" not in item:
@@ -144,16 +205,27 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | dict | None = None,
          section: str | None = None) -> T:
-    """File values (the ``section`` table if the file has one), then overrides."""
+    """File values (the ``section`` table if the file has one), then overrides.
+
+    Other tables of the file are other stages' sections and are skipped, except tables named like
+    an option group of ``cls``. An override replaces the file's value however either is spelled
+    (``cliprange`` or ``ppo.cliprange``).
+    """
+    group_names = set(groups(cls)) - {""}
     data: dict[str, Any] = {}
     if path is not None:
         raw = read_config_file(path)
         if section and isinstance(raw.get(section), dict):
             raw = raw[section]
-        data.update({k: v for k, v in raw.items() if not isinstance(v, dict)})
+        kept = {k: v for k, v in raw.items() if not isinstance(v, dict) or k in group_names}
+        data.update(_expand_groups(cls, kept))
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
-    data.update(overrides or {})
+    for key, value in (overrides or {}).items():
+        name = _flat_key(cls, key, "override")
+        for old in [k for k in data if _flat_key(cls, k, str(path)) == name]:
+            del data[old]
+        data[key] = value
     return from_dict(cls, data, where=str(path) if path else "config")
 
 
@@ -167,10 +239,23 @@ def save(cfg: Any, path: str | Path) -> None:
 
 
 def describe(cls: type) -> str:
-    """One block per field: ``name (type, default)`` and its help text."""
+    """One block per field: ``name (type, default)`` and its help text; grouped options under a
+    ``[group]`` heading (written ``group.name=...`` or just ``name=...``)."""
     hints = typing.get_type_hints(cls)
     own = set(cls.__dict__.get("__annotations__", {}))
-    fields = sorted(dataclasses.fields(cls), key=lambda f: f.name not in own)  # the stage's own options first
+    by_group = groups(cls)
+    ungrouped = set(by_group.get("", []))
+    fields = sorted((f for f in dataclasses.fields(cls) if f.name in ungrouped),
+                    key=lambda f: f.name not in own)  # the stage's own options first
+    lines = _describe_fields(fields, hints)
+    for group, names in by_group.items():
+        if group:
+            lines.append(f" [{group}]  (write {group}.NAME=value or NAME=value)")
+            lines += _describe_fields([f for f in dataclasses.fields(cls) if f.name in names], hints)
+    return "\n".join(lines)
+
+
+def _describe_fields(fields: list[dataclasses.Field], hints: dict[str, Any]) -> list[str]:
     lines = []
     for f in fields:
         if f.default is not dataclasses.MISSING:
@@ -185,4 +270,4 @@ def describe(cls: type) -> str:
         help_text = f.metadata.get("help", "")
         if help_text:
             lines.append(f"      {help_text}")
-    return "\n".join(lines)
+    return lines

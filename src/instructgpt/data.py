@@ -121,6 +121,11 @@ class Ranking:
                 out.extend((w, l) for w in group for l in lower)
         return out
 
+    def outcome(self, a: int, b: int) -> float:
+        """Response ``a`` against response ``b``: 1.0 ranked above, 0.0 below, 0.5 tied (same group)."""
+        group = {j: g for g, members in enumerate(self.ranking) for j in members}
+        return 0.5 if group[a] == group[b] else float(group[a] < group[b])
+
 
 Record = Prompt | Demonstration | Ranking
 
@@ -732,10 +737,3 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any] | Record]) ->
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             n += 1
     return n
-
-
-def split_of(prompts: Iterable[Prompt], name: str) -> list[Prompt]:
-    """The prompts whose ``split`` is ``name``."""
-    if name not in SPLITS:
-        raise ValueError(f"unknown split {name!r} (expected one of {', '.join(SPLITS)})")
-    return [p for p in prompts if p.split == name]

@@ -1,5 +1,8 @@
 """Losses and the small pieces of PPO arithmetic, as pure functions.
 
+Whitening and explained variance reduce their moments over data-parallel
+processes (``distributed.all_reduce_sum``; a no-op on one process).
+
 Shapes: B = sequences, T = tokens, V = vocabulary, N = responses in a batch of
 rankings, P = comparison pairs. Masks are 1 on tokens that count.
 Names follow the paper and lm-human-preferences: ``kl_coef`` (beta),
@@ -9,8 +12,12 @@ Names follow the paper and lm-human-preferences: ``kl_coef`` (beta),
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+from . import distributed as dist
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:
@@ -18,25 +25,24 @@ def _upcast(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def masked_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum()
-
-
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Unbiased variance of the masked entries."""
-    mean = masked_mean(x, mask)
-    n = mask.sum()
-    return ((x - mean) ** 2 * mask).sum() / (n - 1).clamp(min=1)
+def _global_moments(*xs: torch.Tensor, mask: torch.Tensor) -> list[float]:
+    """[sum x, sum x^2] of each masked ``x``, then the token count, summed over every process (fp64)."""
+    stats = [m for x in xs for m in ((x * mask).sum(), (x * x * mask).sum())]
+    return dist.all_reduce_sum(torch.stack([*stats, mask.sum()]).double()).tolist()
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """Normalise the masked entries to unit variance (and zero mean when ``shift_mean``)."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
-    out = (x - mean) * torch.rsqrt(var + eps)
+    """Normalise the masked entries to unit (unbiased) variance, and zero mean when ``shift_mean``;
+    masked-out entries become 0. Mean and variance are over the masked entries of every process, so
+    data-parallel ranks whiten their shards as one batch (one process: just these entries)."""
+    s, ss, n = _global_moments(x, mask=mask)
+    mean = s / max(n, 1.0)
+    var = (ss - n * mean * mean) / max(n - 1.0, 1.0)
+    out = (x - mean) / math.sqrt(max(var, 0.0) + eps)
     if not shift_mean:
         out = out + mean
     return out * mask
@@ -179,10 +185,12 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     return loss, stats
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """1 - Var[R - v] / Var[R] over masked tokens (1 = perfect value function)."""
-    var_r = masked_var(returns, mask)
-    return 1.0 - masked_var(returns - values, mask) / var_r.clamp(min=1e-8)
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var[R - v] / Var[R] over the masked tokens of every process (1 = perfect value function)."""
+    s_r, ss_r, s_d, ss_d, n = _global_moments(returns, returns - values, mask=mask)
+    var_r = ss_r - s_r * s_r / max(n, 1.0)      # both variances share the 1/(n-1) factor
+    var_d = ss_d - s_d * s_d / max(n, 1.0)
+    return 1.0 - var_d / max(var_r, 1e-8 * max(n - 1.0, 1.0))
 
 
 class FixedKLController:

@@ -69,6 +69,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from . import lora
+from .batching import pad
 from .config import ConfigError, opt
 
 transformers.utils.logging.disable_progress_bar()
@@ -106,7 +107,8 @@ ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 
 @dataclass
 class ModelOptions:
-    """Memory and speed options of the models a stage loads."""
+    """Memory and speed options of the models a stage loads (the ``model`` group)."""
+    group = "model"
     dtype: str = opt("fp32", "dtype of frozen weights: the PPO reference and reward model, SFT's selection "
                              "reward model, and the frozen base under LoRA: fp32, bf16, fp16 or auto (bf16 on a "
                              "CUDA GPU that has it, else fp32). bf16 halves their memory on GPUs; on a CPU fp32 is "
@@ -571,6 +573,30 @@ class RewardModel(nn.Module):
         h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
         return self.head(h_last.to(self.head.weight.dtype)).squeeze(-1) + self.reward_bias  # (B,)
 
+    @torch.no_grad()
+    def score(self, sequences: list[list[int]], pad_id: int, batch_size: int = 32,
+              device: torch.device | str | None = None) -> torch.Tensor:
+        """(N,) float32 rewards (on the CPU) of token sequences, each a prompt + response ending with its
+        end token: right-padded batches of similar length, in eval mode without dropout (the mode and
+        the dropout settings are restored). The one batch scorer of the RM stage (its bias), SFT's
+        checkpoint selection and the evaluation. Every process of a sharded model runs the same batches."""
+        device = device if device is not None else next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        dropout = set_dropout(self, 0.0)
+        seqs = [list(s) for s in sequences]
+        out = torch.zeros(len(seqs))
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # little padding per batch
+        try:
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                ids, mask = pad([seqs[i] for i in idx], pad_id, "right")
+                out[idx] = self(ids.to(device), mask.to(device)).float().cpu()
+        finally:
+            restore_dropout(dropout)
+            self.train(was_training)
+        return out
+
     # ---- construction and persistence
 
     @classmethod
@@ -831,7 +857,3 @@ def _write_sequence_classification(folder: Path, backbone: nn.Module, config, bo
                       RewardInteropWarning, stacklevel=3)
     return {"class": cls.__name__, "exact": bool(folded), "score_offset": config.reward_offset,
             "folded_into": folded, "folded_offset": offset if folded else 0.0, "pad_token_id": pad_id}
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -59,40 +59,42 @@ from .chat import CHAT_TEMPLATE_HELP, ChatFormat, prompt_input
 from .config import ConfigError, opt
 from .data import DataError, load_prompts
 from .generation import decode_responses
-from .losses import (AdaptiveKLController, FixedKLController, ema_update, entropy_from_logits, gae,
-                     kl_estimate, lm_loss_sum, masked_mean, policy_loss, shape_rewards, token_logprobs,
-                     value_loss)
+from .losses import (AdaptiveKLController, FixedKLController, ema_update, entropy_from_logits,
+                     explained_variance, gae, kl_estimate, lm_loss_sum, masked_mean, policy_loss, shape_rewards,
+                     token_logprobs, value_loss, whiten)
+from .lm import BlockStream, load_corpus, pack_blocks
 from .lora import LoraOptions
 from .models import (ModelLoadError, ModelOptions, RewardModel, enable_gradient_checkpointing, load_policy,
                      load_tokenizer, pick_device, position_ids_from_mask, resolve_dtype, set_dropout,
                      trained_policy, trained_reward_model)
-from .pretrain import BlockStream, load_corpus, pack_blocks
 from .progress import progress_bar
 from .records import MetricsLog, open_metrics, update_run_info, write_run_info
-from .tracking import TrackingOptions
+from .runtime import RuntimeOptions
 from .training import adamw_kernel
 
 
 @dataclass
-class PPOConfig(LoraOptions, ModelOptions, TrackingOptions):
-    """PPO and PPO-ptx (``instructgpt ppo``). Names follow the paper and lm-human-preferences.
-
-    With ``lora_r`` > 0 the policy and the value model train adapters (the value model also its
-    head) and the KL reference is the policy with its adapters disabled: one copy of the base
-    weights. That holds when the reference is the policy's starting point: ``reference`` empty
-    or equal to ``policy``, or ``policy`` a LoRA PPO folder whose base is ``reference`` (its
-    adapter is trained further). Any other ``reference`` is loaded as a separate frozen model.
-    """
-    policy: str = opt("", "Policy to start from (the SFT folder, or a previous PPO policy to continue).")
-    reference: str = opt("", "Frozen reference policy of the KL penalty (default: policy, i.e. the SFT model).")
-    reward_model: str = opt("", "Reward-model folder (scores responses; initialises the value function).")
-    reward_fn: str = opt("", "Instead of a reward model: 'module:function' taking (prompts, responses) text lists "
-                             "and returning scores (programmatic rewards, tests).")
-    prompts: str = opt("", "Prompts JSONL (the PPO prompt set; 'split' = train rows are used if splits are present).")
-    pretrain_data: str = opt("", "Pretraining corpus for PPO-ptx (.txt or .jsonl with 'text').")
-    out_dir: str = opt("", "Output folder: policy (EMA weights), value_model/, metrics.jsonl, samples.jsonl.")
-    iterations: int = opt(20, "PPO iterations (each = batch_size episodes).")
+class RolloutOptions:
+    """Sampling the responses of each iteration (the ``rollout`` group)."""
+    group = "rollout"
     batch_size: int = opt(32, "Episodes (prompts) per iteration (paper: 512).")
+    max_prompt_tokens: int = opt(128, "Longer prompts are an error naming the record.")
+    chat_template: str = opt("auto", CHAT_TEMPLATE_HELP)
+    max_new_tokens: int = opt(32, "Response length limit.")
+    min_new_tokens: int = opt(0, "No stop token (EOS, end of turn) can be sampled before this many tokens (0 = off).")
+    temperature: float = opt(1.0, "Sampling temperature (paper: 1; 0 = greedy); log-probs use the same "
+                                  "temperature (1 when greedy).")
+    top_k: int = opt(0, "Top-k sampling (0 = off).")
+    top_p: float = opt(1.0, "Nucleus sampling mass (1 = off).")
+    generation_backend: str = opt("auto", "Rollout sampler: auto (vLLM when installed and on CUDA, else builtin), "
+                                          "builtin (KV-cache generator), vllm, or module:factory.")
+    vllm_gpu_memory_utilization: float = opt(0.3, "vLLM: share of each GPU for its policy copy and KV cache.")
+
+
+@dataclass
+class PPOOptions:
+    """The PPO update: KL-shaped rewards, GAE, clipped losses, optimizers and the EMA (the ``ppo`` group)."""
+    group = "ppo"
     minibatch_size: int = opt(32, "Episodes per optimizer step (paper: 64).")
     micro_batch_size: int = opt(0, "Episodes per forward pass within a minibatch (0 = the whole minibatch).")
     ppo_epochs: int = opt(4, "Passes over each batch of rollouts.")
@@ -115,47 +117,51 @@ class PPOConfig(LoraOptions, ModelOptions, TrackingOptions):
     gamma: float = opt(1.0, "GAE discount (not the paper's pretraining gamma: that is ptx_coef).")
     lam: float = opt(0.95, "GAE lambda.")
     whiten_rewards: bool = opt(False, "Scale per-token rewards to unit variance (no mean shift) before GAE.")
-    ptx_coef: float = opt(0.0, "PPO-ptx: weight of the pretraining loss (the paper's gamma = 27.8; 0 = plain PPO).")
-    ptx_token_ratio: float = opt(8.0, "Pretraining tokens per RL response token in each step (paper: 8).")
-    ptx_seq_len: int = opt(128, "Block length of the pretraining stream.")
+    no_eos_penalty: float = opt(0.0, "Added to the score of responses that hit max_new_tokens without EOS (e.g. -1; 0 = off).")
+    ratio_guard: float = opt(100.0, "Stop with an error when a probability ratio exceeds this (a diverged update).")
     ema_decay: float = opt(0.992, "Decay of the EMA of policy weights (paper: 0.992).")
     ema: bool = opt(True, "Keep the EMA and save it as the final policy (the raw weights go to policy_raw/).")
     ema_warmup: bool = opt(True, "Use min(ema_decay, (1+n)/(10+n)) after n updates, so short runs are not dominated by the start.")
-    temperature: float = opt(1.0, "Sampling temperature (paper: 1; 0 = greedy); log-probs use the same "
-                                  "temperature (1 when greedy).")
-    top_k: int = opt(0, "Top-k sampling (0 = off).")
-    top_p: float = opt(1.0, "Nucleus sampling mass (1 = off).")
-    max_new_tokens: int = opt(32, "Response length limit.")
-    min_new_tokens: int = opt(0, "No stop token (EOS, end of turn) can be sampled before this many tokens (0 = off).")
-    max_prompt_tokens: int = opt(128, "Longer prompts are an error naming the record.")
-    chat_template: str = opt("auto", CHAT_TEMPLATE_HELP)
-    no_eos_penalty: float = opt(0.0, "Added to the score of responses that hit max_new_tokens without EOS (e.g. -1; 0 = off).")
-    ratio_guard: float = opt(100.0, "Stop with an error when a probability ratio exceeds this (a diverged update).")
-    seed: int = opt(0, "Seed for prompt order, sampling and minibatches.")
-    device: str = opt("auto", "auto, cpu, cuda, cuda:1 ...")
-    resume: bool = opt(False, "Continue from the last good checkpoint in out_dir.")
-    save_every: int = opt(5, "Checkpoint every this many iterations (0 = only at the end).")
-    save_minutes: float = opt(0.0, "Also checkpoint when this many minutes have passed since the last "
-                                   "checkpoint (0 = off); bounds the work a kill -9 or a preemption loses.")
-    keep_checkpoints: int = opt(2, "How many recent checkpoints to keep.")
-    keep_optimizer: bool = opt(True, "When training ends, keep the optimizer state in the checkpoints left "
-                                     "(false: weights only, and no --resume from them).")
+
+
+@dataclass
+class PtxOptions:
+    """PPO-ptx: the pretraining loss mixed into each step (the ``ptx`` group)."""
+    group = "ptx"
+    ptx_coef: float = opt(0.0, "PPO-ptx: weight of the pretraining loss (the paper's gamma = 27.8; 0 = plain PPO).")
+    ptx_token_ratio: float = opt(8.0, "Pretraining tokens per RL response token in each step (paper: 8).")
+    ptx_seq_len: int = opt(128, "Block length of the pretraining stream.")
+    pretrain_data: str = opt("", "Pretraining corpus for PPO-ptx (.txt or .jsonl with 'text').")
+
+
+@dataclass
+class PPOConfig(LoraOptions, ModelOptions, RuntimeOptions, PtxOptions, PPOOptions, RolloutOptions):
+    """PPO and PPO-ptx (``instructgpt ppo``). Names follow the paper and lm-human-preferences.
+
+    With ``lora_r`` > 0 the policy and the value model train adapters (the value model also its
+    head) and the KL reference is the policy with its adapters disabled: one copy of the base
+    weights. That holds when the reference is the policy's starting point: ``reference`` empty
+    or equal to ``policy``, or ``policy`` a LoRA PPO folder whose base is ``reference`` (its
+    adapter is trained further). Any other ``reference`` is loaded as a separate frozen model.
+
+    Options come in groups (``rollout``, ``ppo``, ``ptx``, ``runtime``, ``model``) and can be written
+    with their group (``ppo.cliprange=0.2``) or without (``cliprange=0.2``).
+    """
+    policy: str = opt("", "Policy to start from (the SFT folder, or a previous PPO policy to continue).")
+    reference: str = opt("", "Frozen reference policy of the KL penalty (default: policy, i.e. the SFT model).")
+    reward_model: str = opt("", "Reward-model folder (scores responses; initialises the value function).")
+    reward_fn: str = opt("", "Instead of a reward model: 'module:function' taking (prompts, responses) text lists "
+                             "and returning scores (programmatic rewards, tests).")
+    prompts: str = opt("", "Prompts JSONL (the PPO prompt set; 'split' = train rows are used if splits are present).")
+    out_dir: str = opt("", "Output folder: policy (EMA weights), value_model/, metrics.jsonl, samples.jsonl.")
+    iterations: int = opt(20, "PPO iterations (each = batch_size episodes).")
     log_samples: int = opt(3, "Sample responses written to samples.jsonl per iteration.")
-    progress: bool = opt(True, "Show a progress bar.")
-    precision: str = opt("auto", "auto (bf16 autocast on CUDA where supported, fp32 on CPU), fp32 or bf16 "
-                                 "(autocast of forward passes; weights and optimizer states stay fp32).")
-    generation_backend: str = opt("auto", "Rollout sampler: auto (vLLM when installed and on CUDA, else builtin), "
-                                          "builtin (KV-cache generator), vllm, or module:factory.")
-    vllm_gpu_memory_utilization: float = opt(0.3, "vLLM: share of each GPU for its policy copy and KV cache.")
-    sharding: str = opt("auto", "Under several processes: none (full replicas), full (FSDP2, ZeRO-3-like) or grad_op "
-                                "(ZeRO-2-like) for the trained models (policy, its EMA, a separate value model), "
-                                "or auto (what accelerate launch asked for). The frozen reference and reward "
-                                "models stay replicated. Same results and folders in every mode.")
+    save_every: int = opt(5, "Checkpoint every this many iterations (0 = only at the end).")
 
     def validate(self) -> None:
         self.validate_model_options()
         self.validate_lora()
-        self.validate_tracking()
+        self.validate_runtime()
         if self.lora_r and self.generation_backend == "vllm":
             raise ConfigError("generation_backend: vllm does not sample from a LoRA policy here (its weights are "
                               "synced by name from a plain model); use builtin or auto with lora_r > 0")
@@ -173,10 +179,6 @@ class PPOConfig(LoraOptions, ModelOptions, TrackingOptions):
             raise ConfigError("ema_decay: must be in [0, 1)")
         if self.temperature < 0:
             raise ConfigError("temperature: must be >= 0 (0 = greedy)")
-        if self.precision not in dist.PRECISIONS:
-            raise ConfigError(f"precision: {self.precision!r} is not one of {', '.join(dist.PRECISIONS)}")
-        if self.sharding not in sharding.MODES:
-            raise ConfigError(f"sharding: {self.sharding!r} is not one of {', '.join(sharding.MODES)}")
         if self.value_model not in ("separate", "shared"):
             raise ConfigError(f"value_model: {self.value_model!r} is not separate or shared")
         if self.generation_backend not in backends.BACKENDS and ":" not in self.generation_backend:
@@ -252,29 +254,6 @@ def response_logits_and_values(policy, head: ValueHead, input_ids, attention_mas
                  logits_to_keep=R + 1, output_hidden_states=True)
     h = out.hidden_states[-1][:, P - 1:-1]                                      # (B, R, H)
     return out.logits[:, :-1], head(h).float()
-
-
-def global_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """Whitening with mean/variance over all ranks' masked entries."""
-    stats = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]).double()
-    s, ss, n = dist.all_reduce_sum(stats).tolist()
-    mean = s / max(n, 1.0)
-    var = (ss - n * mean * mean) / max(n - 1.0, 1.0)
-    out = (x - mean) / math.sqrt(max(var, 0.0) + 1e-8)
-    if not shift_mean:
-        out = out + mean
-    return out * mask
-
-
-def global_explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """1 - Var[R - v] / Var[R] over all ranks' masked tokens (``losses.explained_variance``, globally)."""
-    def moments(x):
-        return [(x * mask).sum(), (x * x * mask).sum()]
-    stats = torch.stack(moments(returns) + moments(returns - values) + [mask.sum()]).double()
-    s_r, ss_r, s_d, ss_d, n = dist.all_reduce_sum(stats).tolist()
-    var_r = ss_r - s_r * s_r / max(n, 1.0)      # both variances share the 1/(n-1) factor
-    var_d = ss_d - s_d * s_d / max(n, 1.0)
-    return 1.0 - var_d / max(var_r, 1e-8 * max(n - 1.0, 1.0))
 
 
 def load_reward_fn(spec: str) -> Callable[[list[str], list[str]], list[float]]:
@@ -491,9 +470,9 @@ class PPOTrainer:
         ro.kl = kl_estimate(ro.logprobs, ro.ref_logprobs, self.cfg.kl_estimator) * ro.mask
         rewards = shape_rewards(ro.scores, ro.kl, ro.mask, self.kl_ctl.value)
         if self.cfg.whiten_rewards:
-            rewards = global_whiten(rewards, ro.mask, shift_mean=False)
+            rewards = whiten(rewards, ro.mask, shift_mean=False)
         advantages, ro.returns = gae(rewards, ro.values, ro.mask, self.cfg.gamma, self.cfg.lam)
-        ro.advantages = global_whiten(advantages, ro.mask)
+        ro.advantages = whiten(advantages, ro.mask)
 
     # ---- learning
 
@@ -537,7 +516,8 @@ class PPOTrainer:
                  "ppo/approx_kl": 0.0, "ppo/vf_clipfrac": 0.0}
         ratio_max, nonfinite = 0.0, 0.0
         chunks = [idx[s:s + micro] for s in range(0, len(idx), micro)]
-        for j, real in self._passes(chunks, [0]):  # a padding pass (sharded only) reuses episode 0 at weight 0
+        # a padding pass (sharded only) reuses episode 0 at weight 0
+        for j, real in sharding.padded_passes(chunks, [0], self.sharded):
             ids, attn, mask = ro.input_ids[j], ro.attention_mask[j], ro.mask[j]
             # token weight of this micro-batch in the global minibatch
             share = mask.sum().item() / max(total_tokens, 1.0) if real else 0.0
@@ -561,9 +541,7 @@ class PPOTrainer:
         if self.ptx is not None:
             stats["ppo/ptx_loss"], bad = self._ptx_backward(total_tokens)
             nonfinite += bad
-        for m in (self.policy, self.value):
-            if not sharding.is_sharded(m):  # sharded: FSDP summed the gradients during backward
-                dist.all_reduce_gradients(m)
+        sharding.sum_gradients(self.policy, self.value)
         reduced = dist.all_reduce_sum(torch.tensor(list(stats.values()) + [nonfinite], dtype=torch.float64)).tolist()
         ratio_max = dist.all_reduce_max(torch.tensor(ratio_max, dtype=torch.float64)).item()
         self._guard(reduced[-1], ratio_max)
@@ -592,7 +570,7 @@ class PPOTrainer:
         ones_total = float(n_blocks * (cfg.ptx_seq_len - 1))
         loss_total, nonfinite = 0.0, 0.0
         chunks = [blocks[s:s + micro] for s in range(0, len(blocks), micro)]
-        for chunk, real in self._passes(chunks, every[:1]):
+        for chunk, real in sharding.padded_passes(chunks, every[:1], self.sharded):
             ids = torch.stack(chunk).to(self.device)
             mask = torch.ones_like(ids)
             with self.amp():
@@ -604,15 +582,6 @@ class PPOTrainer:
                 nonfinite += float(not torch.isfinite(loss))
                 loss_total += nll_sum.item() / ones_total
         return loss_total, nonfinite
-
-    def _passes(self, chunks: list, filler) -> list[tuple]:
-        """(micro-batch, is_real) pairs. Sharded, FSDP's collectives run inside forward and backward,
-        so every rank makes as many passes as the busiest one: the others add zero-weight passes
-        over ``filler``. Unsharded, a rank makes only its own passes (possibly none)."""
-        n = len(chunks)
-        if self.sharded:
-            n = int(dist.all_reduce_max(torch.tensor(float(n))).item())
-        return [(chunks[i], True) if i < len(chunks) else (filler, False) for i in range(n)]
 
     def _guard(self, nonfinite: float, ratio_max: float) -> None:
         """Stop on a NaN/inf loss or an exploding ratio (both reduced over ranks: every rank raises)."""
@@ -672,7 +641,7 @@ class PPOTrainer:
         local = torch.tensor([ro.scores.sum().item(), ro.kl.sum().item(), ro.mask.sum().item(),
                               ro.ended.float().sum().item(), float(B)], dtype=torch.float64)
         score, kl, length, ended, n = dist.all_reduce_sum(local).tolist()
-        ev = global_explained_variance(ro.values, ro.returns, ro.mask)
+        ev = explained_variance(ro.values, ro.returns, ro.mask)
         return {"ppo/score": score / n, "ppo/kl": kl / n, "ppo/response_length": length / n,
                 "ppo/eos_fraction": ended / n, "ppo/explained_variance": ev, "ppo/kl_coef": self.kl_ctl.value,
                 "ppo/lr": self.optimizer.param_groups[0]["lr"]}
@@ -687,8 +656,7 @@ class PPOTrainer:
 
     def save_checkpoint(self) -> Path:
         """Full (unsharded) tensors written by rank 0; every rank calls it (gathering is collective)."""
-        tensors = {name: sharding.full_state_dict(m, rank0_only=True) if sharding.is_sharded(m) else m
-                   for name, m in self.modules().items()}
+        tensors = sharding.checkpoint_tensors(self.modules())
         optim_state = sharding.optimizer_state_dict(self.optimizer, rank0_only=True)
         if dist.is_main():
             root = Path(self.cfg.out_dir) / "checkpoints"

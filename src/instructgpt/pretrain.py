@@ -1,16 +1,11 @@
-"""Pretraining text: loading, packing into fixed blocks, and the ``pretrain`` stage.
+"""The ``pretrain`` stage: a small GPT-2 trained from scratch on packed blocks of a corpus.
 
-Corpus format (used by ``pretrain`` and by PPO-ptx's ``pretrain_data``):
-a ``.txt`` file whose documents are separated by blank lines, or a ``.jsonl``
-file with one ``{"text": ...}`` object per line. Documents are tokenised,
-joined with EOS between them, and cut into blocks of ``seq_len`` tokens (the
-tail shorter than a block is dropped and counted). Every token of a block is
-a target.
+The corpus format, the packing into fixed blocks and the next-token task are
+in ``lm.py`` (PPO-ptx and the evaluation read corpora the same way).
 """
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,70 +16,17 @@ from . import distributed as dist
 from . import sharding
 from .batching import Encoded
 from .config import ConfigError, opt
-from .data import DataError
+from .lm import LMTask, load_corpus, mean_lm_loss, pack_blocks
 from .models import (ModelOptions, check_attn_implementation, enable_gradient_checkpointing, fuse_activations,
                      load_tokenizer, pick_device)
 from .records import open_metrics, update_run_info, write_run_info
-from .tracking import TrackingOptions
-from .training import OptimConfig, fit
-
-
-def load_corpus(path: str | Path) -> list[str]:
-    """Documents of a .txt (blank-line separated) or .jsonl ({"text": ...}) corpus."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    if path.suffix == ".jsonl":
-        docs = []
-        for i, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: json: {e.msg}") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
-                raise DataError(f"{path}:{i}: text: expected a non-empty string")
-            docs.append(obj["text"])
-        return docs
-    return [d.strip() for d in path.read_text().split("\n\n") if d.strip()]
-
-
-def pack_blocks(tokenizer, docs: list[str], seq_len: int) -> torch.Tensor:
-    """Tokenise, join with EOS, cut into (N, seq_len) blocks."""
-    stream: list[int] = []
-    for d in docs:
-        stream.extend(tokenizer(d, add_special_tokens=False)["input_ids"])
-        stream.append(tokenizer.eos_token_id)
-    n = len(stream) // seq_len
-    if n == 0:
-        raise DataError(f"corpus: {len(stream)} tokens, fewer than one block of seq_len={seq_len}")
-    return torch.tensor(stream[:n * seq_len], dtype=torch.long).view(n, seq_len)
-
-
-class BlockStream:
-    """Endless, seeded pass over packed blocks; ``position`` is saved for resume."""
-
-    def __init__(self, blocks: torch.Tensor, seed: int):
-        self.blocks, self.seed, self.position = blocks, seed, 0
-
-    def _order(self, epoch: int) -> torch.Tensor:
-        return torch.randperm(len(self.blocks), generator=torch.Generator().manual_seed(self.seed * 1000003 + epoch))
-
-    def next(self, n: int) -> torch.Tensor:
-        """The next ``n`` blocks (B, seq_len)."""
-        out = []
-        while len(out) < n:
-            epoch, i = divmod(self.position, len(self.blocks))
-            out.append(self.blocks[self._order(epoch)[i]])
-            self.position += 1
-        return torch.stack(out)
+from .training import TrainConfig, fit
 
 
 # ----------------------------------------------------------------------------- the stage
 
 @dataclass
-class PretrainConfig(ModelOptions, TrackingOptions, OptimConfig):
+class PretrainConfig(ModelOptions, TrainConfig):
     """Pretraining a GPT-style model from scratch (``instructgpt pretrain``)."""
     corpus: str = opt("", "Training corpus (.txt with blank-line separated documents, or .jsonl with 'text').")
     valid_corpus: str = opt("", "Held-out corpus for validation loss (optional).")
@@ -104,7 +46,6 @@ class PretrainConfig(ModelOptions, TrackingOptions, OptimConfig):
     def validate(self) -> None:
         super().validate()
         self.validate_model_options()
-        self.validate_tracking()
         if not self.corpus or not self.tokenizer:
             raise ConfigError("corpus, tokenizer: both required")
         if self.size not in SIZES:
@@ -127,7 +68,6 @@ def gpt2_config(cfg: PretrainConfig, tokenizer):
 def train_pretrain(cfg: PretrainConfig):
     """Train a fresh GPT-2-style model on ``cfg.corpus``; saved as a Hugging Face folder."""
     from transformers import GPT2LMHeadModel
-    from .sft import LMTask, mean_lm_loss
 
     device = pick_device(cfg.device)
     dist.init_from_env(device, shards=True)

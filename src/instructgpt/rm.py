@@ -19,7 +19,7 @@ import torch
 from . import distributed as dist
 from . import lora
 from . import sharding
-from .batching import Encoded, ModelContext, RecordEncoder, collate_rankings, pad
+from .batching import Encoded, ModelContext, RecordEncoder, collate_rankings
 from .chat import CHAT_TEMPLATE_HELP, ChatFormat, prompt_input
 from .config import ConfigError, opt
 from .data import DataError, Ranking, load_demonstrations, load_prompts, load_rankings
@@ -27,12 +27,11 @@ from .losses import pairwise_accuracy, ranking_loss
 from .lora import LoraOptions
 from .models import ModelOptions, RewardModel, load_tokenizer, pick_device, restore_dropout, set_dropout, trained_reward_model
 from .records import open_metrics, update_run_info, write_run_info
-from .tracking import TrackingOptions
-from .training import FitResult, OptimConfig, fit
+from .training import FitResult, TrainConfig, fit
 
 
 @dataclass
-class RMConfig(LoraOptions, ModelOptions, TrackingOptions, OptimConfig):
+class RMConfig(LoraOptions, ModelOptions, TrainConfig):
     """Reward-model training (``instructgpt rm``)."""
     model: str = opt("", "Model to start from (the SFT folder): its unembedding is replaced by a scalar head.")
     train: str = opt("", "Rankings JSONL (also {prompt, chosen, rejected} rows).")
@@ -53,7 +52,6 @@ class RMConfig(LoraOptions, ModelOptions, TrackingOptions, OptimConfig):
         super().validate()
         self.validate_model_options()
         self.validate_lora()
-        self.validate_tracking()
         if not self.model:
             raise ConfigError("model: required (the SFT model folder)")
         if not self.train:
@@ -107,11 +105,12 @@ class RankingTask:
         rewards = model(batch["input_ids"], batch["attention_mask"])            # (N,)
         n_groups = int(batch["pair_group"].max().item()) + 1
         loss_sum, pair_loss = ranking_loss(rewards, batch["winners"], batch["losers"], batch["pair_group"], n_groups)
+        n_pairs = len(pair_loss)
         with torch.no_grad():
-            diff = rewards[batch["winners"]] - rewards[batch["losers"]]
-            correct = ((diff > 0).float() + 0.5 * (diff == 0).float()).sum()
+            accuracy = pairwise_accuracy(rewards, batch["winners"], batch["losers"]).item() if n_pairs else 0.0
+        correct = accuracy * n_pairs
         return loss_sum, {"loss_sum": loss_sum.item(), "rankings": n_groups,
-                          "correct": correct.item(), "pairs": float(len(pair_loss))}
+                          "correct": correct, "pairs": float(n_pairs)}
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         return {"rm/loss": sums["loss_sum"] / max(sums["rankings"], 1.0),
@@ -140,17 +139,8 @@ def evaluate_rankings(model: RewardModel, rankings: list[EncodedRanking], pad_id
 
 @torch.no_grad()
 def score_sequences(model: RewardModel, seqs: list[list[int]], pad_id: int, device, batch_size: int = 32) -> torch.Tensor:
-    """(N,) rewards of token sequences (prompt + response ending with its end token)."""
-    was = model.training
-    model.eval()
-    dropout = set_dropout(model, 0.0)
-    out = []
-    for i in range(0, len(seqs), batch_size):
-        ids, mask = pad(seqs[i:i + batch_size], pad_id, "right")
-        out.append(model(ids.to(device), mask.to(device)).float().cpu())
-    restore_dropout(dropout)
-    model.train(was)
-    return torch.cat(out) if out else torch.zeros(0)
+    """(N,) rewards of token sequences (prompt + response ending with its end token): ``RewardModel.score``."""
+    return model.score(seqs, pad_id, batch_size, device)
 
 
 def reference_sequences(cfg: RMConfig, encoder: RecordEncoder, train: list[Ranking], prompts

@@ -19,22 +19,20 @@ import torch
 from . import distributed as dist
 from . import lora
 from . import sharding
-from .batching import Encoded, ModelContext, RecordEncoder, collate_lm, pad
+from .batching import Encoded, ModelContext, RecordEncoder
 from .chat import CHAT_TEMPLATE_HELP, ChatFormat, prompt_input
 from .config import ConfigError, opt
 from .data import DataError, Demonstration, load_demonstrations, load_prompts
 from .generation import generate
 from .lora import LoraOptions
-from .models import (ModelOptions, RewardModel, load_tokenizer, pick_device, position_ids_from_mask,
-                     resolve_dtype, restore_dropout, set_dropout, trained_policy)
-from .losses import lm_loss_sum
+from .lm import LMTask, mean_lm_loss
+from .models import ModelOptions, RewardModel, load_tokenizer, pick_device, resolve_dtype, trained_policy
 from .records import open_metrics, update_run_info, write_run_info
-from .tracking import TrackingOptions
-from .training import FitResult, OptimConfig, fit
+from .training import FitResult, TrainConfig, fit
 
 
 @dataclass
-class SFTConfig(LoraOptions, ModelOptions, TrackingOptions, OptimConfig):
+class SFTConfig(LoraOptions, ModelOptions, TrainConfig):
     """Supervised fine-tuning (``instructgpt sft``)."""
     model: str = opt("", "Model to fine-tune: a folder, a .gguf file, or 'smollm2'.")
     train: str = opt("", "Demonstrations JSONL (prompt or prompt_id, response).")
@@ -54,7 +52,6 @@ class SFTConfig(LoraOptions, ModelOptions, TrackingOptions, OptimConfig):
         super().validate()
         self.validate_model_options()
         self.validate_lora()
-        self.validate_tracking()
         if not self.model:
             raise ConfigError("model: required (folder, .gguf file or 'smollm2')")
         if not self.train:
@@ -67,48 +64,6 @@ class SFTResult:
     fit: FitResult
     selected_by: str
     val_loss: float | None
-
-
-class LMTask:
-    """Next-token loss on the masked part of encoded examples; weight = target tokens."""
-
-    def __init__(self, examples: list[Encoded], pad_id: int, response_only: bool = True, prefix: str = "sft"):
-        self.examples, self.pad_id, self.response_only = examples, pad_id, response_only
-        self.n_examples = len(examples)
-        self.metric_prefix = prefix
-
-    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        return collate_lm([self.examples[i] for i in indices], self.pad_id, self.response_only)
-
-    def weight(self, batch: dict[str, torch.Tensor]) -> float:
-        return float(batch["loss_mask"][:, 1:].sum())
-
-    def loss(self, model, batch):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=position_ids_from_mask(batch["attention_mask"])).logits
-        loss_sum, count = lm_loss_sum(logits, batch["input_ids"], batch["loss_mask"])
-        return loss_sum, {"nll": loss_sum.item(), "n": count.item()}
-
-    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
-        return {f"{self.metric_prefix}/loss": sums["nll"] / max(sums["n"], 1.0)}
-
-
-@torch.no_grad()
-def mean_lm_loss(model, examples: list[Encoded], pad_id: int, device, batch_size: int = 32,
-                 response_only: bool = True) -> float:
-    """Token-mean next-token loss over ``examples`` (validation loss, perplexity)."""
-    was = model.training
-    model.eval()
-    dropout = set_dropout(model, 0.0)  # evaluation without dropout (modules, attention attributes, config)
-    task = LMTask(examples, pad_id, response_only)
-    total, count = 0.0, 0.0
-    for i in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in task.collate(list(range(i, min(i + batch_size, len(examples))))).items()}
-        s, stats = task.loss(model, batch)
-        total, count = total + s.item(), count + stats["n"]
-    restore_dropout(dropout)
-    model.train(was)
-    return total / max(count, 1.0)
 
 
 def encode_demonstrations(demos: list[Demonstration], encoder: RecordEncoder) -> tuple[list[Encoded], int]:
@@ -125,12 +80,8 @@ def mean_reward_of_samples(policy, reward_model: RewardModel, prompt_ids: list[l
     g = torch.Generator(device=device).manual_seed(seed)
     pad_id = fmt.tokenizer.pad_token_id
     gen = generate(policy, prompt_ids, max_new_tokens, fmt.stop_ids, pad_id, generator=g, batch_size=batch_size)
-    scores = []
-    for i in range(0, len(prompt_ids), batch_size):
-        seqs = [p + r for p, r in zip(prompt_ids[i:i + batch_size], gen.responses[i:i + batch_size])]
-        ids, mask = pad(seqs, pad_id, "right")
-        scores.append(reward_model(ids.to(device), mask.to(device)).cpu())
-    return torch.cat(scores).mean().item()
+    seqs = [p + r for p, r in zip(prompt_ids, gen.responses)]
+    return reward_model.score(seqs, pad_id, batch_size).mean().item()
 
 
 def train_sft(cfg: SFTConfig) -> SFTResult:

@@ -25,8 +25,8 @@ single-process update (up to float summation order):
   (``set_force_sum_reduction_for_comms``), which every backend has (the
   default path would use ``PREMUL_SUM``/``AVG``, which gloo lacks).
 - Every rank runs the same number of forward and backward passes (FSDP's
-  collectives run inside them); ``training._train_step`` pads ranks with fewer
-  micro-batches with zero-weighted ones.
+  collectives run inside them); ``padded_passes`` pads ranks with fewer
+  micro-batches with zero-weighted ones (``training._train_step`` and PPO).
 - Checkpoints and model folders hold **full** (unsharded) tensors, gathered
   with ``full_state_dict`` and written by rank 0: the same files as a
   single-process run, loadable by ``models.load_policy`` /
@@ -47,6 +47,9 @@ model, so a loop can call them unconditionally):
 ``optimizer_state_dict(optimizer)``              full, single-process-format optimizer state
 ``load_optimizer_state_dict(optimizer, state)``  the inverse, on any number of ranks
 ``clip_grad_norm_(model, max_norm)``             global norm over sharded grads, as a plain tensor
+``padded_passes(chunks, filler, sharded)``       (micro-batch, real?) with as many passes on every rank
+``sum_gradients(*models)``                       gradients summed over ranks (FSDP did it if sharded)
+``checkpoint_tensors(modules)``                  what a checkpoint stores per module (gathered if sharded)
 ``unsharded(model)``                             context: gather once, run local no-grad forwards
 ``transformer_blocks(model)``                    the blocks that become FSDP units
 ``sharding_mode(model)``, ``used()``             how a model / this process was sharded
@@ -450,6 +453,36 @@ def load_optimizer_state_dict(optimizer: torch.optim.Optimizer, state_dict: dict
             new[name] = value
         state[pid] = new
     optimizer.load_state_dict({"state": state, "param_groups": state_dict["param_groups"]})
+
+
+# ----------------------------------------------------------------------------- data-parallel steps
+
+def padded_passes(chunks: list, filler: Any, sharded: bool) -> list[tuple[Any, bool]]:
+    """(micro-batch, is_real) pairs for one optimizer step of this rank.
+
+    Sharded, FSDP's collectives run inside forward and backward, so every rank makes as many passes
+    as the busiest one: the others add passes over ``filler``, which the caller weights by 0.
+    Unsharded, a rank makes only its own passes (possibly none; its gradients then count as zeros).
+    """
+    n = len(chunks)
+    if sharded:
+        n = int(dist.all_reduce_max(torch.tensor(float(n))).item())
+    return [(chunks[i], True) if i < len(chunks) else (filler, False) for i in range(n)]
+
+
+def sum_gradients(*models: nn.Module) -> None:
+    """Sum each model's gradients over ranks; a sharded model's were summed (reduce-scatter) during
+    its backward pass already. No-op in a single process."""
+    for model in models:
+        if not is_sharded(model):
+            dist.all_reduce_gradients(model)
+
+
+def checkpoint_tensors(modules: Mapping[str, nn.Module]) -> dict[str, Any]:
+    """What ``checkpoint.save_checkpoint`` writes for each named module: a sharded module's full state
+    dict (gathering is a collective: every rank calls this; rank 0 keeps the tensors), else the
+    module itself."""
+    return {name: full_state_dict(m, rank0_only=True) if is_sharded(m) else m for name, m in modules.items()}
 
 
 # ----------------------------------------------------------------------------- gradients

@@ -35,12 +35,13 @@ from . import sharding
 from .config import ConfigError, opt
 from .progress import progress_bar
 from .records import MetricsLog
+from .runtime import RuntimeOptions
 
 
 @dataclass
 class OptimConfig:
-    """Options every supervised stage shares."""
-    out_dir: str = opt("", "Output folder (model, checkpoints, metrics.jsonl).")
+    """The optimisation options every supervised stage shares (the ``optim`` group)."""
+    group = "optim"
     lr: float = opt(1e-4, "Peak learning rate (AdamW).")
     weight_decay: float = opt(0.0, "AdamW weight decay (not applied to biases and norms).")
     adam_beta2: float = opt(0.95, "AdamW beta2.")
@@ -50,40 +51,27 @@ class OptimConfig:
     batch_size: int = opt(16, "Examples per optimizer step (global, across processes).")
     micro_batch_size: int = opt(16, "Examples per forward pass; batch_size/micro_batch_size = gradient accumulation.")
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this (0 = off).")
-    seed: int = opt(0, "Seed for initialisation, data order and dropout.")
-    save_every: int = opt(0, "Also checkpoint every this many steps (0 = only at epoch ends).")
-    save_minutes: float = opt(0.0, "Also checkpoint when this many minutes have passed since the last "
-                                   "checkpoint (0 = off); bounds the work a kill -9 or a preemption loses.")
-    keep_checkpoints: int = opt(2, "How many recent checkpoints to keep for resume.")
-    keep_optimizer: bool = opt(True, "When training ends, keep the optimizer state in the checkpoints left "
-                                     "(false: weights only, about a third of the size, and no --resume "
-                                     "from them).")
-    device: str = opt("auto", "auto (CUDA if available, else CPU), cpu, cuda, cuda:1 ...")
-    resume: bool = opt(False, "Continue from the last good checkpoint in out_dir.")
     max_steps: int = opt(0, "Stop after this many optimizer steps in total (0 = no limit).")
-    progress: bool = opt(True, "Show a progress bar.")
-    precision: str = opt("auto", "auto (bf16 autocast on CUDA where supported, fp32 on CPU), fp32 or bf16 "
-                                 "(autocast of forward passes; weights and optimizer states stay fp32).")
-    sharding: str = opt("auto", "Under several processes: none (a full replica of the model, its gradients and "
-                                "AdamW states on every rank), full (FSDP2, ZeRO-3-like: all three sharded, each "
-                                "block's weights gathered for its forward and again for its backward), grad_op "
-                                "(ZeRO-2-like: weights kept gathered from forward to backward) or auto (what "
-                                "accelerate launch asked for: an FSDP or DeepSpeed config; else none). Same "
-                                "results and output folders in every mode; ignored on one process.")
 
-    def validate(self) -> None:
-        if not self.out_dir:
-            raise ConfigError("out_dir: required")
+    def validate_optim(self) -> None:
         if self.batch_size < 1 or self.micro_batch_size < 1:
             raise ConfigError("batch_size, micro_batch_size: must be >= 1")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError("min_lr_ratio: must be in [0, 1]")
         if self.lr <= 0:
             raise ConfigError("lr: must be > 0")
-        if self.precision not in dist.PRECISIONS:
-            raise ConfigError(f"precision: {self.precision!r} is not one of {', '.join(dist.PRECISIONS)}")
-        if self.sharding not in sharding.MODES:
-            raise ConfigError(f"sharding: {self.sharding!r} is not one of {', '.join(sharding.MODES)}")
+
+
+@dataclass
+class TrainConfig(RuntimeOptions, OptimConfig):
+    """What pretrain, SFT and RM share: an output folder, the ``optim`` and the ``runtime`` groups."""
+    out_dir: str = opt("", "Output folder (model, checkpoints, metrics.jsonl).")
+
+    def validate(self) -> None:
+        if not self.out_dir:
+            raise ConfigError("out_dir: required")
+        self.validate_optim()
+        self.validate_runtime()
 
 
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
@@ -144,7 +132,7 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def fit(model: torch.nn.Module, task: Task, cfg: OptimConfig, device: torch.device,
+def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.device,
         evaluate: Callable[[torch.nn.Module, int], dict[str, float]] | None = None,
         select: tuple[str, str] | None = None,
         on_step: Callable[[int], None] | None = None,
@@ -195,12 +183,9 @@ def fit(model: torch.nn.Module, task: Task, cfg: OptimConfig, device: torch.devi
     def save(name: str | None = None) -> Path:
         last_save[0] = time.monotonic()
         folder = ckpt_root / (name or f"step-{state['global_step']:07d}")
-        if sharded:  # gathering the full tensors is a collective; rank 0 keeps them
-            tensors = {"model": sharding.full_state_dict(model, rank0_only=True)}
-            optim_state = sharding.optimizer_state_dict(optimizer, rank0_only=True)
+        tensors = sharding.checkpoint_tensors(modules)  # a collective when sharded; rank 0 keeps them
+        optim_state = sharding.optimizer_state_dict(optimizer, rank0_only=True)
         if dist.is_main():
-            if not sharded:
-                tensors, optim_state = modules, optimizer.state_dict()
             ckpt.save_checkpoint(folder, tensors, {"optimizer": optim_state,
                                                    "scheduler": scheduler.state_dict()}, state)
             ckpt.prune_checkpoints(ckpt_root, cfg.keep_checkpoints)
@@ -250,7 +235,7 @@ def fit(model: torch.nn.Module, task: Task, cfg: OptimConfig, device: torch.devi
                      state["history"], resumed_from, sharding.sharding_mode(model))
 
 
-def _train_step(model, task: Task, indices: list[int], cfg: OptimConfig, optimizer, scheduler,
+def _train_step(model, task: Task, indices: list[int], cfg: TrainConfig, optimizer, scheduler,
                 device: torch.device) -> dict[str, float]:
     """One optimizer step over a global batch: micro-batches, global normalisation, clip, step."""
     t0 = time.perf_counter()
@@ -259,16 +244,12 @@ def _train_step(model, task: Task, indices: list[int], cfg: OptimConfig, optimiz
     total = dist.all_reduce_sum(torch.tensor(float(sum(task.weight(b) for b in micro))))
     total = total.clamp(min=1.0).item()
     dtype = dist.resolve_precision(cfg.precision, device)
-    sharded = sharding.is_sharded(model)
-    n_passes = len(micro)
-    if sharded:  # FSDP's collectives run inside forward/backward: every rank makes as many passes as the busiest
-        n_passes = int(dist.all_reduce_max(torch.tensor(float(len(micro)))).item())
+    # a padding pass (sharded only) reuses a real batch, or the global batch's first example, at weight 0
+    filler = micro[-1] if micro else None
     sums: dict[str, float] = {}
     tokens = 0
-    for i in range(n_passes):  # may be none on this rank (unsharded): its gradients then count as zeros
-        real = i < len(micro)
-        # a padding pass (sharded only) reuses a real batch, or the global batch's first example, at weight 0
-        batch = _to(micro[i] if real else (micro[-1] if micro else task.collate(indices[:1])), device)
+    for batch, real in sharding.padded_passes(micro, filler, sharding.is_sharded(model)):
+        batch = _to(batch if batch is not None else task.collate(indices[:1]), device)
         with dist.autocast(device, dtype):
             loss_sum, stats = task.loss(model, batch)
         ((loss_sum.float() / total) if real else loss_sum.float() * 0.0).backward()
@@ -277,8 +258,7 @@ def _train_step(model, task: Task, indices: list[int], cfg: OptimConfig, optimiz
         tokens += int(batch["attention_mask"].sum())
         for k, v in stats.items():
             sums[k] = sums.get(k, 0.0) + float(v)
-    if not sharded:
-        dist.all_reduce_gradients(model)  # sharded: FSDP summed them (reduce-scatter) during backward
+    sharding.sum_gradients(model)
     grad_norm = sharding.clip_grad_norm_(model, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     if not torch.isfinite(grad_norm):
         raise FloatingPointError(f"{task.metric_prefix}: gradient norm is {grad_norm.item()} "

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from instructgpt.evaluation import (Estimate, bootstrap_interval, choice_entropy, difference,
+from instructgpt.evaluation import (Estimate, bootstrap_interval, difference,
                                     difference_of_estimates, likert_mean, pairwise_agreement,
                                     rate, wilson_interval, win_rate, win_rates_by)
 
@@ -163,19 +163,6 @@ def test_difference_of_estimates_normal_approx():
     d = difference_of_estimates(a, b)
     assert d.value == pytest.approx(0.3)
     assert d.high - d.low == pytest.approx(0.2 * math.sqrt(2), rel=1e-3)
-
-
-# ----------------------------------------------------------------------------- entropy
-
-def test_choice_entropy():
-    assert choice_entropy([0.5, 0.5]) == 1.0
-    assert choice_entropy([1, 0]) == 0.0
-    assert choice_entropy([0.25] * 4) == pytest.approx(2.0)
-    assert choice_entropy([2, 2]) == 1.0  # normalised first
-    rows = choice_entropy([[0.5, 0.5], [1.0, 0.0]])
-    assert rows.tolist() == [1.0, 0.0]
-    with pytest.raises(ValueError):
-        choice_entropy([0, 0])
 
 
 def test_estimate_json_round_trip_with_nan():

@@ -193,13 +193,11 @@ def label_comparisons(rankings: Sequence[Ranking], prompts: Sequence[Prompt], an
             if labels is not None:
                 labels.stale += 1
             continue
-        pos = {j: g for g, grp in enumerate(r.ranking) for j in grp}
         base_idx = [j for j, o in enumerate(owners) if baseline in o]
         for name, comps in out.items():
             mine = [j for j, o in enumerate(owners) if name in o]
             for a, b in zip(mine, base_idx):
-                outcome = 0.5 if pos[a] == pos[b] else float(pos[a] < pos[b])
-                comps.append(Comparison(r.prompt_id, outcome, group, by_id[r.prompt_id].use_case,
+                comps.append(Comparison(r.prompt_id, r.outcome(a, b), group, by_id[r.prompt_id].use_case,
                                         labeler_id=r.labeler_id))
     return out
 

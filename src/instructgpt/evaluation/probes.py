@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..pretrain import pack_blocks
+from ..lm import pack_blocks
 from ..world import bias_entropy, score_truth, toxicity
 from .policies import PolicyRunner
 from .scoring import continuation_logprobs

@@ -113,20 +113,9 @@ def policy_kl(runner: PolicyRunner, ref: PolicyRunner, prompts: Sequence[Prompt]
     return kl
 
 
-@torch.no_grad()
 def reward_scores(rm: RewardModel, sequences: Sequence[list[int]], pad_id: int, batch_size: int = 64) -> list[float]:
-    """Reward-model score of each prompt + response token sequence."""
-    device = next(rm.parameters()).device
-    seqs = [list(s) for s in sequences]
-    out = [0.0] * len(seqs)
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        ids, mask = pad([seqs[i] for i in idx], pad_id, "right")
-        vals = rm(ids.to(device), mask.to(device)).float().cpu().tolist()
-        for i, v in zip(idx, vals):
-            out[i] = v
-    return out
+    """Reward-model score of each prompt + response token sequence (``RewardModel.score``)."""
+    return rm.score(list(sequences), pad_id, batch_size).tolist()
 
 
 def reward_model_sequences(rm: RewardModel, rm_tokenizer, prompts: Sequence[Prompt],

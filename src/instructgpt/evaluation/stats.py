@@ -53,11 +53,6 @@ class Estimate:
         """True if ``x`` lies in the closed interval [low, high]."""
         return self.low <= x <= self.high
 
-    @property
-    def half_width(self) -> float:
-        """Half the interval width (a symmetric +- for display)."""
-        return (self.high - self.low) / 2
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict; NaN becomes None."""
         return {k: (None if isinstance(v, float) and math.isnan(v) else v)
@@ -351,24 +346,3 @@ def difference_of_estimates(a: Estimate, b: Estimate) -> Estimate:
     se = math.hypot((a.high - a.low) / (2 * z), (b.high - b.low) / (2 * z))
     d = a.value - b.value
     return Estimate(d, d - z * se, d + z * se, min(a.n, b.n), "normal-approx", a.level)
-
-
-def choice_entropy(probs: Sequence[float] | np.ndarray) -> float | np.ndarray:
-    """Entropy in bits of a choice distribution, H = -sum_i p_i log2 p_i.
-
-    probs: shape (k,) for one choice, or (n, k) for n choices (returns shape
-    (n,)). Each row is normalised to sum to 1 first (a model's probabilities
-    of the alternatives rarely do). 0 log 0 = 0. [0.5, 0.5] -> 1 bit (no
-    preference, the unbiased ideal for a pair); [1, 0] -> 0 bits.
-    """
-    p = np.asarray(probs, dtype=float)
-    if p.ndim not in (1, 2) or p.shape[-1] == 0 or (p < 0).any():
-        raise ValueError("probs must be non-negative, shape (k,) or (n, k)")
-    total = p.sum(axis=-1, keepdims=True)
-    if (total <= 0).any():
-        raise ValueError("each distribution needs positive mass")
-    p = p / total
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, -p * np.log2(p), 0.0)
-    h = terms.sum(axis=-1)
-    return float(h) if h.ndim == 0 else h

@@ -1,0 +1,123 @@
+"""Next-token language modelling shared by the stages: pretraining text, packed
+blocks, and the next-token task.
+
+``pretrain`` trains on packed blocks, PPO-ptx mixes them into each step, the
+evaluation measures held-out perplexity on them; ``sft`` and ``pretrain`` fit
+:class:`LMTask` and report :func:`mean_lm_loss`. Kept here so that no stage
+imports another.
+
+Corpus format (used by ``pretrain`` and by PPO-ptx's ``pretrain_data``):
+a ``.txt`` file whose documents are separated by blank lines, or a ``.jsonl``
+file with one ``{"text": ...}`` object per line. Documents are tokenised,
+joined with EOS between them, and cut into blocks of ``seq_len`` tokens (the
+tail shorter than a block is dropped and counted). Every token of a block is
+a target.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .batching import Encoded, collate_lm
+from .data import DataError
+from .losses import lm_loss_sum
+from .models import position_ids_from_mask, restore_dropout, set_dropout
+
+
+def load_corpus(path: str | Path) -> list[str]:
+    """Documents of a .txt (blank-line separated) or .jsonl ({"text": ...}) corpus."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if path.suffix == ".jsonl":
+        docs = []
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{i}: json: {e.msg}") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
+                raise DataError(f"{path}:{i}: text: expected a non-empty string")
+            docs.append(obj["text"])
+        return docs
+    return [d.strip() for d in path.read_text().split("\n\n") if d.strip()]
+
+
+def pack_blocks(tokenizer, docs: list[str], seq_len: int) -> torch.Tensor:
+    """Tokenise, join with EOS, cut into (N, seq_len) blocks."""
+    stream: list[int] = []
+    for d in docs:
+        stream.extend(tokenizer(d, add_special_tokens=False)["input_ids"])
+        stream.append(tokenizer.eos_token_id)
+    n = len(stream) // seq_len
+    if n == 0:
+        raise DataError(f"corpus: {len(stream)} tokens, fewer than one block of seq_len={seq_len}")
+    return torch.tensor(stream[:n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+class BlockStream:
+    """Endless, seeded pass over packed blocks; ``position`` is saved for resume."""
+
+    def __init__(self, blocks: torch.Tensor, seed: int):
+        self.blocks, self.seed, self.position = blocks, seed, 0
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        return torch.randperm(len(self.blocks), generator=torch.Generator().manual_seed(self.seed * 1000003 + epoch))
+
+    def next(self, n: int) -> torch.Tensor:
+        """The next ``n`` blocks (B, seq_len)."""
+        out = []
+        while len(out) < n:
+            epoch, i = divmod(self.position, len(self.blocks))
+            out.append(self.blocks[self._order(epoch)[i]])
+            self.position += 1
+        return torch.stack(out)
+
+
+# ----------------------------------------------------------------------------- the next-token task
+
+class LMTask:
+    """Next-token loss on the masked part of encoded examples; weight = target tokens."""
+
+    def __init__(self, examples: list[Encoded], pad_id: int, response_only: bool = True, prefix: str = "sft"):
+        self.examples, self.pad_id, self.response_only = examples, pad_id, response_only
+        self.n_examples = len(examples)
+        self.metric_prefix = prefix
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        return collate_lm([self.examples[i] for i in indices], self.pad_id, self.response_only)
+
+    def weight(self, batch: dict[str, torch.Tensor]) -> float:
+        return float(batch["loss_mask"][:, 1:].sum())
+
+    def loss(self, model, batch):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=position_ids_from_mask(batch["attention_mask"])).logits
+        loss_sum, count = lm_loss_sum(logits, batch["input_ids"], batch["loss_mask"])
+        return loss_sum, {"nll": loss_sum.item(), "n": count.item()}
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        return {f"{self.metric_prefix}/loss": sums["nll"] / max(sums["n"], 1.0)}
+
+
+@torch.no_grad()
+def mean_lm_loss(model, examples: list[Encoded], pad_id: int, device, batch_size: int = 32,
+                 response_only: bool = True) -> float:
+    """Token-mean next-token loss over ``examples`` (validation loss, perplexity)."""
+    was = model.training
+    model.eval()
+    dropout = set_dropout(model, 0.0)  # evaluation without dropout (modules, attention attributes, config)
+    task = LMTask(examples, pad_id, response_only)
+    total, count = 0.0, 0.0
+    for i in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in task.collate(list(range(i, min(i + batch_size, len(examples))))).items()}
+        s, stats = task.loss(model, batch)
+        total, count = total + s.item(), count + stats["n"]
+    restore_dropout(dropout)
+    model.train(was)
+    return total / max(count, 1.0)

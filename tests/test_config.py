@@ -1,0 +1,111 @@
+"""Option groups of the stage configs: ``group.option=value`` and the flat ``option=value`` both
+work, on the command line and in files; one shared ``runtime`` group; stage keys ignore it."""
+
+import dataclasses
+import json
+
+import pytest
+
+from instructgpt import config as config_mod
+from instructgpt.config import ConfigError
+from instructgpt.ppo import PPOConfig
+from instructgpt.pretrain import PretrainConfig
+from instructgpt.rm import RMConfig
+from instructgpt.runtime import RuntimeOptions
+from instructgpt.sft import SFTConfig
+from instructgpt.stage_keys import RUNTIME_OPTIONS, StageKeys
+
+REQUIRED = ["policy=p", "prompts=q", "reward_model=r", "out_dir=o"]
+
+
+def test_ppo_options_come_in_rollout_ppo_ptx_and_runtime_groups():
+    groups = config_mod.groups(PPOConfig)
+    assert {"cliprange", "vf_coef", "lam", "gamma", "kl_coef", "ppo_epochs", "minibatch_size"} <= set(groups["ppo"])
+    assert {"generation_backend", "max_new_tokens", "temperature", "batch_size"} <= set(groups["rollout"])
+    assert set(groups["ptx"]) == {"ptx_coef", "ptx_token_ratio", "ptx_seq_len", "pretrain_data"}
+    assert {"device", "precision", "sharding", "seed", "resume", "progress", "report_to",
+            "save_every"} <= set(groups["runtime"])
+    assert "save_every" not in groups[""]  # PPO changes its default (5 iterations), not its group
+    assert PPOConfig().save_every == 5 and SFTConfig().save_every == 0
+    names = [n for ns in groups.values() for n in ns]
+    assert sorted(names) == sorted(f.name for f in dataclasses.fields(PPOConfig))  # each option in one group
+
+
+def test_dotted_and_flat_overrides_set_the_same_option():
+    dotted = config_mod.load(PPOConfig, overrides=[*REQUIRED, "ppo.cliprange=0.1", "runtime.device=cpu",
+                                                   "rollout.max_new_tokens=7", "ptx.ptx_token_ratio=4"])
+    flat = config_mod.load(PPOConfig, overrides=[*REQUIRED, "cliprange=0.1", "device=cpu", "max_new_tokens=7",
+                                                 "ptx_token_ratio=4"])
+    assert dotted == flat
+    assert (dotted.cliprange, dotted.device, dotted.max_new_tokens, dotted.ptx_token_ratio) == (0.1, "cpu", 7, 4.0)
+    sft = config_mod.load(SFTConfig, overrides=["model=m", "train=t", "out_dir=o", "optim.lr=0.5", "runtime.seed=3"])
+    assert (sft.lr, sft.seed) == (0.5, 3)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rollout.cliprange=0.1", "no option 'cliprange' in group rollout of PPOConfig (it is ppo.cliprange)"),
+    ("ppo.nonsense=1", "no option 'nonsense' in group ppo of PPOConfig (options of ppo: minibatch_size"),
+    ("train.cliprange=0.1", "PPOConfig has no option group 'train' (groups: "),
+    ("nonsense=1", "nonsense: unknown option for PPOConfig"),
+])
+def test_a_bad_dotted_override_names_the_key_and_what_exists(override, message):
+    with pytest.raises(ConfigError, match=None) as e:
+        config_mod.load(PPOConfig, overrides=[*REQUIRED, override])
+    assert message in str(e.value)
+
+
+def test_the_same_option_twice_in_one_file_is_an_error(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"policy": "p", "prompts": "q", "reward_model": "r", "out_dir": "o",
+                             "cliprange": 0.3, "ppo": {"cliprange": 0.1}}))
+    with pytest.raises(ConfigError, match="cliprange: given twice"):
+        config_mod.load(PPOConfig, f)
+
+
+def test_files_take_group_tables_and_flat_keys_and_overrides_win_either_way(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('policy = "p"\nprompts = "q"\nreward_model = "r"\nout_dir = "o"\ndevice = "cpu"\n'
+                 '[ppo]\ncliprange = 0.3\nvf_coef = 0.5\n[runtime]\nseed = 4\n[rm]\nlr = 9.0\n')
+    cfg = config_mod.load(PPOConfig, f)
+    assert (cfg.cliprange, cfg.vf_coef, cfg.seed, cfg.device, cfg.lr) == (0.3, 0.5, 4, "cpu", PPOConfig().lr)
+    cfg = config_mod.load(PPOConfig, f, ["cliprange=0.1", "ppo.vf_coef=0.2", "runtime.device=cuda"])
+    assert (cfg.cliprange, cfg.vf_coef, cfg.device) == (0.1, 0.2, "cuda")
+    # a stage table holding group tables
+    f2 = tmp_path / "run.toml"
+    f2.write_text('[ppo]\npolicy = "p"\nprompts = "q"\nreward_model = "r"\nout_dir = "o"\n[ppo.ppo]\nlam = 0.5\n')
+    assert config_mod.load(PPOConfig, f2, section="ppo").lam == 0.5
+
+
+@pytest.mark.parametrize("cls, required", [(PPOConfig, REQUIRED), (SFTConfig, ["model=m", "train=t", "out_dir=o"])])
+def test_a_resolved_config_is_still_flat_and_reads_back(tmp_path, cls, required):
+    cfg = config_mod.load(cls, overrides=[*required, "runtime.device=cpu", "runtime.seed=5"])
+    path = tmp_path / "config.resolved.json"
+    config_mod.save(cfg, path)
+    saved = json.loads(path.read_text())
+    assert saved["device"] == "cpu" and saved["seed"] == 5 and not any(isinstance(v, dict) for v in saved.values())
+    assert config_mod.load(cls, path) == cfg
+
+
+def test_help_shows_each_group_under_its_heading():
+    text = config_mod.describe(PPOConfig)
+    for group in ("rollout", "ppo", "ptx", "runtime", "model"):
+        assert f" [{group}]  (write {group}.NAME=value or NAME=value)" in text
+    ppo_block = text.split(" [ppo]")[1].split(" [")[0]
+    assert "  cliprange (float, default 0.2)" in ppo_block and "  device (" not in ppo_block
+    assert text.index("  policy (str") < text.index(" [rollout]")  # the stage's own options first
+
+
+def test_every_training_stage_shares_one_runtime_group_kept_out_of_stage_keys(tmp_path):
+    runtime = {f.name for f in dataclasses.fields(RuntimeOptions)}
+    for cls in (PPOConfig, SFTConfig, RMConfig, PretrainConfig):
+        assert issubclass(cls, RuntimeOptions)
+        assert set(config_mod.groups(cls)["runtime"]) == runtime
+    # what can change the numbers is in the key; everything else of the group is not
+    assert runtime - RUNTIME_OPTIONS == {"seed", "precision", "sharding"}
+    keys = StageKeys(tmp_path)
+    base = config_mod.load(PPOConfig, overrides=REQUIRED)
+    moved = config_mod.load(PPOConfig, overrides=[*REQUIRED, "runtime.device=cpu", "runtime.progress=false",
+                                                  "runtime.save_every=1", "runtime.report_to=none"])
+    assert keys.key("ppo", moved) == keys.key("ppo", base)
+    assert keys.key("ppo", config_mod.load(PPOConfig, overrides=[*REQUIRED, "ppo.cliprange=0.1"])) != \
+        keys.key("ppo", base)
