@@ -143,7 +143,7 @@ def _answer_section(results: EvalResults, claims: list[ClaimResult]) -> Section:
                 else "not distinguishable from")
         lines.append(f"{m.name} is {side} {results.baseline} by held-out labelers: win rate {_pct(e)}.")
     lines.append(f"Claims reproduced: {', '.join(reproduced) or 'none'}"
-                 + (f"; the others: " + ", ".join(f"{c} {v}" for c, v in others.items()) if others else "") + ".")
+                 + ("; the others: " + ", ".join(f"{c} {v}" for c, v in others.items()) if others else "") + ".")
     sec.blocks.append(Para(" ".join(lines)))
     if any(held):
         sec.blocks.append(Image("figure1", plots.grouped_bars(
