@@ -542,7 +542,8 @@ class PPOTrainer:
         sums = torch.zeros(len(stats), dtype=torch.float64, device=self.device)
         nonfinite = torch.zeros(1, dtype=torch.float64, device=self.device)
         ratio_max = torch.zeros(1, dtype=torch.float64, device=self.device)
-        for n, (j, real) in enumerate(self._passes(chunks, [0])):  # a padding pass (sharded only) reuses episode 0 at weight 0
+        # a padding pass (sharded only) reuses episode 0 at weight 0
+        for n, (j, real) in enumerate(self._passes(chunks, [0])):
             ids, attn, mask = ro.input_ids[j], ro.attention_mask[j], ro.mask[j]
             # token weight of this micro-batch in the global minibatch
             share = chunk_tokens[n] / max(total_tokens, 1.0) if real else 0.0
