@@ -14,7 +14,7 @@ Two places use it:
     mode = resolve(cfg.compile, device)      # "on" / "off" / "auto" -> bool
     compile_blocks(model) if mode else None
 
-``auto`` (the default) compiles on CUDA and not on a CPU: on the 2-core CPU this
+``auto`` (the default) compiles on CUDA (one process) and not on a CPU: on the 2-core CPU this
 package is benchmarked on, inductor's compile time (minutes under load) is not
 repaid at the sizes a CPU trains (see bench/README.md for the A/B figures).
 Compiled code computes the same function; inductor may fuse and reorder floating
@@ -25,15 +25,18 @@ from __future__ import annotations
 
 import torch
 
+from . import distributed as dist
+
 MODES = ("auto", "on", "off")
 
 
 def resolve(mode: str, device: torch.device | str) -> bool:
-    """Whether to compile: ``on``/``off`` as said, ``auto`` on CUDA devices only."""
+    """Whether to compile: ``on``/``off`` as said; ``auto`` on a CUDA device of a single-process run
+    (several processes may shard the blocks with FSDP after loading: compile there only when asked)."""
     if mode not in MODES:
         raise ValueError(f"compile: {mode!r} is not one of {', '.join(MODES)}")
     if mode == "auto":
-        return torch.device(device).type == "cuda"
+        return torch.device(device).type == "cuda" and dist.world_size() == 1
     return mode == "on"
 
 

@@ -121,7 +121,7 @@ class ModelOptions:
                                               "falls from every layer's to about one layer's, for ~30% more "
                                               "compute. Same gradients.")
     compile: str = opt("auto", "torch.compile (inductor) the trained models' transformer blocks and the decode "
-                               "step: on, off, or auto (on for CUDA, off on a CPU, where compile time is not repaid "
+                               "step: on, off, or auto (on for CUDA in a single process, off on a CPU, where compile time is not repaid "
                                "at these sizes; bench/bench.py --compile on measures it). Same results to float "
                                "tolerance.")
 
