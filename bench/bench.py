@@ -18,7 +18,8 @@ machine hits every phase alike. The table gives the best run and the spread
 (best of 4 rounds) is timed at the start and the end: it is the machine's
 reference rate, and each phase's achieved GFLOP/s is printed as a share of it.
 Run it with nothing else on the machine: a second busy process slows torch on 2
-cores 5-15x (the spread column shows it).
+cores 5-15x (the spread column shows it, and each run's ``cpu_use``, CPU time
+over wall time x threads, falls well under 85%).
 
 Compile (``--compile on``): a phase's first step includes inductor's compile
 time; it is reported apart (``*_compile_s``: first step minus a steady step)
@@ -59,7 +60,7 @@ PHASES = ("sft", "rm_k4", "rm_k2", "generate", "ppo", "ppo_shared")
 TARGETS_VS_TRL = {"ppo_episodes_per_s": 2.0, "generate_tokens_per_s": 3.0, "sft_tokens_per_s": 1.2,
                   "ppo_peak_gib": "below"}
 TARGET_LEARN_MATMUL_SHARE = 0.75
-HIGHER_IS_BETTER = {"peak_gib": False, "seconds_per_iteration": False, "compile_s": False}
+HIGHER_IS_BETTER = {"peak_gib": False, "seconds_per_iteration": False, "compile_s": False, "ms_per_step": False}
 
 
 def matmul_flops(n: int = 2048, rounds: int = 4, reps: int = 3) -> float:
@@ -159,7 +160,8 @@ def phase_sft(f: dict, root: Path, opts: dict) -> dict:
     cfg = OptimConfig(out_dir=str(root), batch_size=16, micro_batch_size=16)
     opt = make_optimizer(model, 1e-4, 0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    first, sec = timed(lambda: _train_step(model, task, list(range(16)), cfg, opt, sched, torch.device("cpu")), 2, 8)
+    first, sec = timed(lambda: _train_step(model, task, list(range(16)), cfg, opt, sched, torch.device("cpu")),
+                       *opts["steps"](2, 8))
     tokens = 16 * 64
     return {"sft_tokens_per_s": tokens / sec,
             "sft_gflops": tokens * flops_per_token(f["layers"], f["width"], 32, True) / sec / 1e9,
@@ -183,7 +185,8 @@ def phase_rm(f: dict, root: Path, k: int, opts: dict) -> dict:
     cfg = OptimConfig(out_dir=str(root), batch_size=n_rank, micro_batch_size=n_rank)
     opt = make_optimizer(rm, 1e-5, 0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    first, sec = timed(lambda: _train_step(rm, task, list(range(n_rank)), cfg, opt, sched, torch.device("cpu")), 2, 6)
+    first, sec = timed(lambda: _train_step(rm, task, list(range(n_rank)), cfg, opt, sched, torch.device("cpu")),
+                       *opts["steps"](2, 6))
     pairs = n_rank * k * (k - 1) // 2
     tokens = n_rank * k * (PROMPT + RESPONSE)
     return {f"rm_k{k}_pairs_per_s": pairs / sec,
@@ -198,7 +201,7 @@ def phase_generate(f: dict, root: Path, opts: dict) -> dict:
     g = torch.Generator().manual_seed(0)
     run = lambda: generate(model, prompts, RESPONSE, 0, 1, temperature=0.7, generator=g,  # noqa: E731
                            min_new_tokens=RESPONSE, compile=opts["compile"])
-    first, sec = timed(run, 1, 5)
+    first, sec = timed(run, *opts["steps"](1, 5))
     assert all(len(r) == RESPONSE for r in run().responses)
     tokens = 32 * RESPONSE
     return {"generate_tokens_per_s": tokens / sec, "generate_ms_per_step": sec / RESPONSE * 1e3,
@@ -220,7 +223,7 @@ def phase_ppo(f: dict, root: Path, opts: dict, value_model: str = "separate") ->
     trainer.step()
     first = time.perf_counter() - t
     times = {"time/generate": 0.0, "time/score": 0.0, "time/learn": 0.0}
-    reps = 3
+    reps = opts["steps"](1, 3)[1]
     t = time.perf_counter()
     for _ in range(reps):
         metrics, _ = trainer.step()
@@ -240,6 +243,7 @@ def phase_ppo(f: dict, root: Path, opts: dict, value_model: str = "separate") ->
 
 def run_phase(size: str, phase: str, opts: dict) -> dict:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 2)))
+    wall, cpu = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         f = make_folders(size, root)
@@ -254,6 +258,8 @@ def run_phase(size: str, phase: str, opts: dict) -> dict:
         else:
             raise SystemExit(f"unknown phase {phase}")
     out[f"{phase}_peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    # CPU time / (wall x threads) over the whole phase: well under ~0.85 means another process took the cores
+    out[f"{phase}_cpu_use"] = (time.process_time() - cpu) / ((time.perf_counter() - wall) * torch.get_num_threads())
     return out
 
 
@@ -318,9 +324,11 @@ def main() -> None:
     ap.add_argument("--compile", choices=("on", "off"), default="off", help="torch.compile the hot paths")
     ap.add_argument("--amortise", type=int, default=1000, help="steps over which compile time is amortised")
     ap.add_argument("--out", default="bench/results/bench.json")
+    ap.add_argument("--smoke", action="store_true", help="1 warm-up + 1 timed step per phase: plumbing only")
     ap.add_argument("--child", nargs=2, metavar=("SIZE", "PHASE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    opts = {"compile": args.compile == "on", "amortise": args.amortise}
+    opts = {"compile": args.compile == "on", "amortise": args.amortise,
+            "steps": (lambda warmup, reps: (1, 1)) if args.smoke else (lambda warmup, reps: (warmup, reps))}
     if args.child:
         print(json.dumps(run_phase(*args.child, opts)))
         return
@@ -337,7 +345,8 @@ def main() -> None:
             for phase in phases:
                 t = time.perf_counter()
                 proc = subprocess.run([sys.executable, __file__, "--child", size, phase, "--compile", args.compile,
-                                       "--amortise", str(args.amortise)], capture_output=True, text=True)
+                                       "--amortise", str(args.amortise)] + ["--smoke"] * args.smoke,
+                                      capture_output=True, text=True)
                 if proc.returncode:
                     raise SystemExit(f"{size}/{phase} failed:\n{proc.stderr[-3000:]}")
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -345,7 +354,8 @@ def main() -> None:
                 lines.write(json.dumps({"size": size, "phase": phase, "run": rep, "compile": args.compile,
                                         "wall_s": time.perf_counter() - t, **r}) + "\n")
                 lines.flush()
-                print(f"  run {rep + 1}/{args.repeats} {size}/{phase}: {time.perf_counter() - t:.0f} s", flush=True)
+                print(f"  run {rep + 1}/{args.repeats} {size}/{phase}: {time.perf_counter() - t:.0f} s, cpu use "
+                      f"{r[phase + '_cpu_use']:.0%}", flush=True)
     ref_end = matmul_flops()
     ref = max(ref_start, ref_end)
     results: dict[str, dict] = {}

@@ -33,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     table = {}
-    print(f"\n{'phase':34}{'size':>7}{'ours':>12}{'TRL':>12}{'ours/TRL':>10}{'spread ours':>13}{'target':>10}")
+    print(f"\n{'phase':34}{'size':>7}{'ours':>12}{'TRL':>12}{'ours/TRL':>10}{'spread ours':>13}{'target':>14}")
     for size in args.sizes.split(","):
         ours = json.loads((out / f"ours_{size}.json").read_text())
         trl = json.loads((out / f"trl_{size}.json").read_text())
@@ -47,7 +47,7 @@ def main() -> None:
             met = "" if target is None else ((o < t) if target == "below" else (o / t >= target))
             goal = "" if target is None else (f"{'<' if target == 'below' else '>='}{'TRL' if target == 'below' else target}"
                                               + (" ok" if met else " MISS"))
-            print(f"{label:34}{size:>7}{o:12.2f}{t:12.2f}{o / t:10.2f}{res[key]['spread']:13.1%}{goal:>10}")
+            print(f"{label:34}{size:>7}{o:12.2f}{t:12.2f}{o / t:10.2f}{res[key]['spread']:13.1%}{goal:>14}")
             table[f"{size}/{key}"] = {"ours": o, "trl": t, "ratio": o / t, "target": target, "met": met}
         ref = ours["reference_matmul_flops"]
         for p in ("sft", "ppo"):

@@ -15,9 +15,9 @@ TRLVENV=${TRLVENV:-/tmp/trlvenv}
 SIZES=${SIZES:-tiny,small}
 REPEATS=${REPEATS:-3}
 OUT=${OUT:-bench/results}
-TRL_EXTRA=()
+TRL_EXTRA=(); OURS_EXTRA=()
 if [ "${1:-}" = "--smoke" ]; then
-  SIZES=tiny; REPEATS=1; TRL_EXTRA=(--steps 2 --max-wait 0 --max-extra 0)
+  SIZES=tiny; REPEATS=1; TRL_EXTRA=(--steps 2 --max-wait 0 --max-extra 0); OURS_EXTRA=(--smoke)
 fi
 mkdir -p "$OUT"
 [ -x "$TRLVENV/bin/python" ] || TRLVENV="$TRLVENV" bash "$PEER/setup.sh"
@@ -27,6 +27,7 @@ for size in ${SIZES//,/ }; do
   "$TRLVENV/bin/python" "$PEER/bench.py" --sizes "$size" --repeats "$REPEATS" --out "$OUT/trl_$size.json" \
     "${TRL_EXTRA[@]}"
   echo "== ours $size"
-  python bench/bench.py --sizes "$size" --repeats "$REPEATS" --out "$OUT/ours_$size.json"
+  python bench/bench.py --sizes "$size" --repeats "$REPEATS" --out "$OUT/ours_$size.json" \
+    "${OURS_EXTRA[@]}"
 done
 python bench/compare_trl.py --out "$OUT" --sizes "$SIZES"
