@@ -86,3 +86,39 @@ def test_lean_decoder_sees_updated_weights(tmp_path):
     after = [generate(model, prompts, 8, 0, 1, temperature=0, lean=lean).responses for lean in (False, True)]
     assert after[0] == after[1]
     assert after[1] != before
+
+
+@pytest.mark.parametrize("min_new", [0, 4])
+def test_checking_for_the_end_every_few_steps_changes_no_response(tmp_path, monkeypatch, min_new):
+    """On an accelerator generate reads `done` (a host sync) only every DONE_CHECK_EVERY steps; the rows
+    that finished in between are fed pads and cut at their stop token: the same responses."""
+    from instructgpt import generation
+    model = _model(tmp_path, "gpt2")
+    prompts = _prompts(9, model.config.vocab_size, seed=2)
+    stops = list(range(3, 40))  # many stop tokens: rows end at scattered steps
+    runs = {}
+    for every in (1, 8):
+        monkeypatch.setitem(generation.DONE_CHECK_EVERY, "cpu", every)
+        runs[every] = [generate(model, prompts, 14, stops, 1, temperature=t, generator=torch.Generator().manual_seed(5),
+                                min_new_tokens=min_new) for t in (0.0, 1.0)]
+    for a, b in zip(runs[1], runs[8]):
+        assert a.responses == b.responses and a.ended == b.ended
+    assert any(a.ended) and not all(len(r) == 14 for r in runs[1][1].responses)
+    assert all(len(r) >= min_new + 1 or not e for r, e in zip(runs[1][1].responses, runs[1][1].ended))
+
+
+def test_no_host_sync_per_step_before_min_new_tokens(tmp_path, monkeypatch):
+    import sys
+    model = _model(tmp_path, "gpt2")
+    calls = []
+    original = torch.Tensor.__bool__
+
+    def counted(t):
+        if sys._getframe(1).f_code.co_filename.endswith("generation.py"):
+            calls.append(1)
+        return original(t)
+    monkeypatch.setattr(torch.Tensor, "__bool__", counted)
+    out = generate(model, _prompts(4, model.config.vocab_size), 10, 0, 1, temperature=1.0,
+                   generator=torch.Generator().manual_seed(0), min_new_tokens=10)
+    assert [len(r) for r in out.responses] == [10] * 4
+    assert len(calls) <= 2, len(calls)  # the prompt-padding check and the last step (11 before)

@@ -36,6 +36,7 @@ from typing import Any, Iterable, Protocol
 
 import torch
 
+from . import compile as compile_mod
 from . import distributed as dist
 from .generation import Generation, generate, stop_ids
 
@@ -94,7 +95,8 @@ class BuiltinBackend:
         with dist.autocast(self.device, self.dtype):
             return generate(self.model, prompts, sampling.max_new_tokens, sampling.stops(), sampling.pad_id,
                             sampling.temperature, sampling.top_k, sampling.top_p, generator,
-                            min_new_tokens=sampling.min_new_tokens)
+                            min_new_tokens=sampling.min_new_tokens,
+                            compile=compile_mod.is_compiled(self.model))  # compile= asked for: the decode step too
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         self.model = model  # the same tensors the optimizer updates: nothing to copy

@@ -58,8 +58,11 @@ class LeanDecoder:
         self.t = 0
 
     @classmethod
-    def create(cls, model: torch.nn.Module) -> LeanDecoder | None:
-        """A decoder for ``model``, or None when its architecture is not one this module reproduces exactly."""
+    def create(cls, model: torch.nn.Module, compile: bool = False) -> LeanDecoder | None:
+        """A decoder for ``model``, or None when its architecture is not one this module reproduces exactly.
+
+        ``compile``: the layer stack of a step runs through ``torch.compile`` (``compile.py``); that
+        decoder is kept on the model and reused by later calls, so it is compiled once."""
         cfg = getattr(model, "config", None)
         kind = getattr(cfg, "model_type", None)
         if kind == "gpt2":
@@ -73,7 +76,14 @@ class LeanDecoder:
             ok = False
         if not ok or model.get_output_embeddings() is None or _has_hooks(model):
             return None
-        return cls(model, "gpt2" if kind == "gpt2" else "llama")
+        if compile and getattr(model, "_compiled_lean_decoder", None) is not None:
+            return model._compiled_lean_decoder
+        decoder = cls(model, "gpt2" if kind == "gpt2" else "llama")
+        if compile:
+            from .compile import compile_function
+            decoder._layers = compile_function(decoder._layers)
+            model._compiled_lean_decoder = decoder
+        return decoder
 
     # ------------------------------------------------------------------ cache
 
@@ -107,12 +117,15 @@ class LeanDecoder:
         if t >= self.keys.shape[-1]:
             raise RuntimeError("LeanDecoder: cache is full (more steps than max_new_tokens)")
         mask = self.key_mask[..., :t + 1] if self.key_mask is not None else None
-        if self.kind == "gpt2":
-            h = self._gpt2(tokens, positions, t, mask)
-        else:
-            h = self._llama(tokens, positions, t, mask)
+        h = self._layers(tokens, positions, t, mask)
         self.t = t + 1
         return self.lm_head(h)                                                   # (B, V)
+
+    def _layers(self, tokens, positions, t: int, mask) -> torch.Tensor:
+        """(B,) ids -> (B, d) final hidden states (the compiled part when ``compile``)."""
+        if self.kind == "gpt2":
+            return self._gpt2(tokens, positions, t, mask)
+        return self._llama(tokens, positions, t, mask)
 
     def _attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t: int,
                 mask: torch.Tensor | None) -> torch.Tensor:

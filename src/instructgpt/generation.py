@@ -20,6 +20,10 @@ from .fast_decode import LeanDecoder
 from .models import position_ids_from_mask
 
 
+# Steps between checks that every row has stopped (a host sync); on a CPU a check costs nothing.
+DONE_CHECK_EVERY = {"cpu": 1, "default": 8}
+
+
 @dataclass
 class Generation:
     """Sampled responses as token ids (ending with the stop token when the model stopped)."""
@@ -59,14 +63,16 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
 def generate(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: int, eos_id: int | Sequence[int],
              pad_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              generator: torch.Generator | None = None, batch_size: int = 0,
-             min_new_tokens: int = 0, lean: bool = True) -> Generation:
+             min_new_tokens: int = 0, lean: bool = True, compile: bool = False) -> Generation:
     """Sample one response per prompt; ``eos_id`` is the stop token or tokens (``ChatFormat.stop_ids``).
     ``batch_size`` > 0 splits very large requests; no stop token can be sampled before
     ``min_new_tokens``. ``lean`` runs the per-token steps with ``fast_decode.LeanDecoder`` when
-    it supports the model (same logits, ~3x less overhead)."""
+    it supports the model (same logits, ~3x less overhead); ``compile`` runs its layers through
+    torch.compile (``compile.py``: same logits to float tolerance)."""
     if batch_size and len(prompts) > batch_size:
         parts = [generate(model, prompts[i:i + batch_size], max_new_tokens, eos_id, pad_id,
-                          temperature, top_k, top_p, generator, min_new_tokens=min_new_tokens, lean=lean)
+                          temperature, top_k, top_p, generator, min_new_tokens=min_new_tokens, lean=lean,
+                          compile=compile)
                  for i in range(0, len(prompts), batch_size)]
         return Generation([r for p in parts for r in p.responses], [e for p in parts for e in p.ended])
     device = next(model.parameters()).device
@@ -83,10 +89,11 @@ def generate(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: i
                 use_cache=True, logits_to_keep=1)
     past, logits = out.past_key_values, out.logits[:, -1]        # (B, V)
     next_pos = mask.sum(-1, keepdim=True)                        # (B, 1) position of the next token
-    decoder = LeanDecoder.create(model) if lean and max_new_tokens > 1 else None
+    decoder = LeanDecoder.create(model, compile) if lean and max_new_tokens > 1 else None
     if decoder is not None:
         decoder.start(past, mask if padded else None, max_new_tokens)
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    check_every = DONE_CHECK_EVERY.get(device.type, DONE_CHECK_EVERY["default"])
     tokens = []
     for step in range(max_new_tokens):
         if step < min_new_tokens:
@@ -96,7 +103,10 @@ def generate(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: i
         tokens.append(tok)
         stopped = torch.isin(tok, stop)
         done |= stopped
-        if bool(done.all()):
+        # Reading `done` on the host syncs with the device: never needed before min_new_tokens (no stop
+        # token can be sampled), and on an accelerator only every few steps (finished rows are fed pads
+        # and cut at their stop token, so the extra steps change no response).
+        if step + 1 >= min_new_tokens and (step + 1) % check_every == 0 and bool(done.all()):
             break
         if decoder is not None:
             # a finished row's later columns stay visible to it, which changes nothing: its outputs are ignored

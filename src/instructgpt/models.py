@@ -68,6 +68,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from . import compile as compile_mod
 from . import lora
 from .batching import pad
 from .config import ConfigError, opt
@@ -121,6 +122,10 @@ class ModelOptions:
                                               "pass instead of keeping them (trained models): activation memory "
                                               "falls from every layer's to about one layer's, for ~30% more "
                                               "compute. Same gradients.")
+    compile: str = opt("auto", "torch.compile (inductor) the trained models' transformer blocks and the decode "
+                               "step: on, off, or auto (on for CUDA in a single process, off on a CPU, where compile time is not repaid "
+                               "at these sizes; bench/bench.py --compile on measures it). Same results to float "
+                               "tolerance.")
 
     def validate_model_options(self) -> None:
         if self.dtype not in (*DTYPES, "auto"):
@@ -128,6 +133,8 @@ class ModelOptions:
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ConfigError(f"attn_implementation: {self.attn_implementation!r} is not one of "
                               f"{', '.join(ATTN_IMPLEMENTATIONS)}")
+        if self.compile not in ("auto", "on", "off"):
+            raise ConfigError(f"compile: {self.compile!r} is not one of auto, on, off")
 
 
 def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
@@ -505,6 +512,8 @@ def trained_policy(spec: str | os.PathLike, device: torch.device | str, cfg, dro
         model = lora.add_adapters(model, cfg, base=spec)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    if compile_mod.resolve(getattr(cfg, "compile", "off"), device):
+        compile_mod.compile_blocks(model)
     return model
 
 
@@ -525,6 +534,8 @@ def trained_reward_model(spec: str | os.PathLike, device: torch.device | str, cf
         model.backbone = lora.add_adapters(model.backbone, cfg, base=spec)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    if compile_mod.resolve(getattr(cfg, "compile", "off"), device):
+        compile_mod.compile_blocks(model)
     return model
 
 

@@ -511,16 +511,21 @@ class PPOTrainer:
         """
         cfg = self.cfg
         micro = cfg.micro_batch_size or max(len(idx), 1)
-        total_tokens = dist.all_reduce_sum(ro.mask[idx].sum().detach().clone()).item()
+        chunks = [idx[s:s + micro] for s in range(0, len(idx), micro)]
+        # every micro-batch's token count and the global total in one host sync, not one per micro-batch
+        counts = torch.stack([ro.mask[c].sum() for c in chunks] + [ro.mask[idx].sum()])
+        *chunk_tokens, total_tokens = torch.cat([counts[:-1], dist.all_reduce_sum(counts[-1:].clone())]).tolist()
         stats = {"ppo/pg_loss": 0.0, "ppo/vf_loss": 0.0, "ppo/entropy": 0.0, "ppo/clipfrac": 0.0,
                  "ppo/approx_kl": 0.0, "ppo/vf_clipfrac": 0.0}
-        ratio_max, nonfinite = 0.0, 0.0
-        chunks = [idx[s:s + micro] for s in range(0, len(idx), micro)]
+        # statistics stay on the device until the minibatch ends (no .item() per micro-batch)
+        sums = torch.zeros(len(stats), dtype=torch.float64, device=self.device)
+        nonfinite = torch.zeros(1, dtype=torch.float64, device=self.device)
+        ratio_max = torch.zeros(1, dtype=torch.float64, device=self.device)
         # a padding pass (sharded only) reuses episode 0 at weight 0
-        for j, real in sharding.padded_passes(chunks, [0], self.sharded):
+        for n, (j, real) in enumerate(sharding.padded_passes(chunks, [0], self.sharded)):
             ids, attn, mask = ro.input_ids[j], ro.attention_mask[j], ro.mask[j]
             # token weight of this micro-batch in the global minibatch
-            share = mask.sum().item() / max(total_tokens, 1.0) if real else 0.0
+            share = chunk_tokens[n] / max(total_tokens, 1.0) if real else 0.0
             with self.amp():
                 logits, v = self.logits_and_values(ids, attn, ro.P)
             logp = token_logprobs(logits, ids[:, ro.P:], self.logprob_temperature)
@@ -530,19 +535,20 @@ class PPOTrainer:
             loss.backward()
             if not real:
                 continue
-            nonfinite += float(not torch.isfinite(loss))
-            ratio_max = max(ratio_max, pg_stats["ratio_max"].item())
             with torch.no_grad():
                 ent = masked_mean(entropy_from_logits(logits), mask)
-            for k, val in (("ppo/pg_loss", pg), ("ppo/vf_loss", vf), ("ppo/entropy", ent),
-                           ("ppo/clipfrac", pg_stats["clipfrac"]), ("ppo/approx_kl", pg_stats["approx_kl"]),
-                           ("ppo/vf_clipfrac", vf_stats["vf_clipfrac"])):
-                stats[k] += val.item() * share
+                ratio_max = torch.maximum(ratio_max, pg_stats["ratio_max"].detach().double())
+                nonfinite += (~torch.isfinite(loss.detach())).double()
+                sums += torch.stack([pg.detach(), vf.detach(), ent, pg_stats["clipfrac"], pg_stats["approx_kl"],
+                                     vf_stats["vf_clipfrac"]]).double() * share
+        *local, nonfinite, ratio_max = torch.cat([sums, nonfinite, ratio_max]).tolist()  # the one host sync
         if self.ptx is not None:
             stats["ppo/ptx_loss"], bad = self._ptx_backward(total_tokens)
+            local.append(stats["ppo/ptx_loss"])
             nonfinite += bad
+        local.append(nonfinite)
         sharding.sum_gradients(self.policy, self.value)
-        reduced = dist.all_reduce_sum(torch.tensor(list(stats.values()) + [nonfinite], dtype=torch.float64)).tolist()
+        reduced = dist.all_reduce_sum(torch.tensor(local, dtype=torch.float64)).tolist()
         ratio_max = dist.all_reduce_max(torch.tensor(ratio_max, dtype=torch.float64)).item()
         self._guard(reduced[-1], ratio_max)
         if cfg.grad_clip > 0:  # global norms, over every rank's shard when sharded
@@ -638,8 +644,8 @@ class PPOTrainer:
     def rollout_metrics(self, ro: Rollout) -> dict[str, float]:
         """Batch means over all ranks: score, KL per response, length, EOS share, value fit."""
         B = ro.mask.shape[0]
-        local = torch.tensor([ro.scores.sum().item(), ro.kl.sum().item(), ro.mask.sum().item(),
-                              ro.ended.float().sum().item(), float(B)], dtype=torch.float64)
+        local = torch.stack([ro.scores.sum(), ro.kl.sum(), ro.mask.sum(), ro.ended.float().sum(),  # one sync, not four
+                             ro.mask.new_tensor(float(B))]).double().cpu()
         score, kl, length, ended, n = dist.all_reduce_sum(local).tolist()
         ev = explained_variance(ro.values, ro.returns, ro.mask)
         return {"ppo/score": score / n, "ppo/kl": kl / n, "ppo/response_length": length / n,

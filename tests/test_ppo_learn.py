@@ -1,0 +1,69 @@
+"""PPO's learning step: its statistics come back in one host sync per minibatch, whatever the micro-batching."""
+
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import write_jsonl
+from instructgpt import config
+from instructgpt.ppo import PPOConfig, PPOTrainer
+
+
+@pytest.fixture
+def trainer(tmp_path, tiny_gpt2):
+    write_jsonl(tmp_path / "prompts.jsonl", [{"id": str(i), "text": f"say {i}\n", "user_id": "u"} for i in range(8)])
+
+    def make(**kw) -> PPOTrainer:
+        cfg = config.from_dict(PPOConfig, dict(policy=str(tiny_gpt2), reward_fn="tests.ppo_rewards:count_e",
+                                               prompts=str(tmp_path / "prompts.jsonl"), out_dir=str(tmp_path / "out"),
+                                               batch_size=8, minibatch_size=8, ppo_epochs=1, max_new_tokens=6,
+                                               progress=False, ema=False, seed=3, **kw))
+        t = PPOTrainer(cfg)
+        ro, _ = t.rollout(t.next_prompts())
+        t.compute_advantages(ro)
+        t.policy.train()
+        t.value.train()
+        return t, ro
+    return make
+
+
+class SyncCounter:
+    """Counts our package's calls that copy a tensor's value to the host (.item, .tolist, float(), bool(),
+    int()); transformers' own (its attention-mask checks, two per forward pass) are not ours to remove."""
+
+    NAMES = ("item", "tolist", "__float__", "__bool__", "__int__")
+
+    def __init__(self, monkeypatch):
+        self.n = 0
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+
+            def counted(t, *a, _original=original, **kw):
+                self.n += "instructgpt" in sys._getframe(1).f_code.co_filename
+                return _original(t, *a, **kw)
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+def test_minibatch_statistics_take_a_fixed_number_of_host_syncs(trainer, monkeypatch):
+    t, ro = trainer(micro_batch_size=1)                     # 8 micro-batches of one episode
+    counter = SyncCounter(monkeypatch)
+    stats = t.minibatch_step(ro, list(range(8)))
+    # one for the token counts, one for the statistics, one for ratio_max's reduction; the code before
+    # issue 17 made 8 per micro-batch (64 here)
+    assert counter.n <= 4, counter.n
+    assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+
+
+def test_micro_batching_gives_the_same_statistics_and_update(trainer):
+    """The one-sync bookkeeping weights each micro-batch by its token share: 8 passes of 1 episode give the
+    statistics and the weights of one pass of 8."""
+    (a, ro_a), (b, ro_b) = trainer(micro_batch_size=1), trainer(micro_batch_size=0)
+    assert torch.equal(ro_a.input_ids, ro_b.input_ids)
+    sa, sb = a.minibatch_step(ro_a, list(range(8))), b.minibatch_step(ro_b, list(range(8)))
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k] == pytest.approx(sb[k], rel=1e-4, abs=1e-6), k
+    assert sa["ppo/ratio_max"] == pytest.approx(1.0, abs=1e-4)  # first step from the rollout's weights
+    for pa, pb in zip(a.policy.parameters(), b.policy.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-6)
