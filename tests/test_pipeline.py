@@ -288,3 +288,18 @@ def test_the_default_run_gives_sft_its_own_prompt_count(tmp_path):
         == round(13_000 * cfg.scale)
     with pytest.raises(config.ConfigError, match="sft_prompts"):
         RunConfig(sft_prompts=-1).validate()
+
+
+def test_the_cli_parser_builds_in_a_bare_interpreter():
+    """`instructgpt ...` must not rely on modules that site or other packages happen to import first
+    (a fresh virtual environment has fewer of them): build the parser with no site hooks."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import instructgpt
+    src = str(Path(instructgpt.__file__).resolve().parents[1])
+    code = ("import sys, sysconfig; sys.path[:0] = [sys.argv[1], sysconfig.get_paths()['purelib']]; "
+            "from instructgpt.cli import build_parser; build_parser(); print('ok')")
+    done = subprocess.run([sys.executable, "-S", "-c", code, src], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import importlib.util
 import sys
 from dataclasses import dataclass
 from typing import Callable
