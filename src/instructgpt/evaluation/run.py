@@ -298,8 +298,8 @@ def run_meta(cfg: EvalConfig, run: RunFolder, out_dir: Path, inputs: EvalInputs,
               if ref_spec else "not measured (no SFT model)",
         "world": f"{_short(run.world, run)}/ (seed {wc.seed}, scale {wc.scale:g})",
         "label_tasks": f"{_short(out_dir / 'label_tasks.jsonl', run)} ({n_tasks} ranking tasks)",
-        "judges": "simulated labelers: one training and one held-out labeler per comparison; "
-                  "Likert and flags by the prompt's held-out labeler",
+        "judges": f"simulated labelers: {cfg.judgements} training and {cfg.judgements} held-out labeler(s) per "
+                  "comparison; Likert and flags by the prompt's held-out labeler",
         "likelihood probes of base_prompted": "those of base (same weights)" if PROMPTED in specs else "n/a",
     }
     if cfg.lm_eval_tasks:
