@@ -41,9 +41,7 @@ people's labels), ``benchmarks``: ``reward_model_score``, ``kl_to_baseline``
 
 from __future__ import annotations
 
-import json
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,15 +51,15 @@ import torch
 
 from ..config import ConfigError
 from ..data import Prompt, load_prompts
-from ..models import ModelLoadError, RewardModel, load_tokenizer, pick_device, resolve_source
+from ..models import RewardModel, load_tokenizer, pick_device
 from ..run_folder import RunFolder
 from .config import EvalConfig
 from .harness import harness_scores, task_manager
 from .human_labels import (LabelFile, as_answers, people_judgement, read_labels, samples_per_model,
                            write_label_tasks)
 from .judges import JudgeModel, pairwise_outcomes, reward_model_outcomes
-from .policies import ModelPool, ModelSpec, PolicyRunner, Response, count_params_on_disk, discover_models, kind_of
-from .report import write_report
+from .policies import (ModelPool, ModelSpec, PolicyRunner, Response, count_params_on_disk, discover_models,
+                       extra_model, kind_of)
 from .results import JUDGES, Comparison, EvalResults, ModelResult
 from .scoring import policy_kl, policy_reward
 from .stats import Estimate, mean_estimate, rate, win_rate, win_rates_by
@@ -87,13 +85,7 @@ def own_models(cfg: EvalConfig) -> dict[str, ModelSpec]:
     A name that tells no kind (``kind_of``) is of kind "other"."""
     specs = discover_models(cfg.run_dir, few_shot=0) if cfg.run_dir else {}
     for item in cfg.models:
-        name, _, path = (s.strip() for s in item.partition("="))
-        if name in specs:
-            raise ConfigError(f"models: {name!r} is already a model of the run")
-        try:
-            resolve_source(path)
-        except ModelLoadError as e:
-            raise ConfigError(f"models: {name}: {e}") from None
+        name, path = extra_model(item, specs)
         try:
             kind = kind_of(name, path)
         except ConfigError:
@@ -197,7 +189,7 @@ def add_comparisons(m: ModelResult, judge: str, comps: Sequence[Comparison], see
 
 def run_prompts_eval(cfg: EvalConfig) -> EvalResults:
     """Evaluate ``cfg.models`` (and run_dir's policies) on ``cfg.prompts``; write results.json and the report."""
-    from .run import _Laps, pick_samples  # the shared pieces of the world's evaluation
+    from .run import _Laps, pick_samples, save_results_and_report  # the shared pieces of the world's evaluation
     laps = _Laps()
     run = RunFolder(cfg.run_dir) if cfg.run_dir else None
     cfg = cfg.with_run_defaults(run.read_run_config() if run else None)
@@ -290,13 +282,7 @@ def run_prompts_eval(cfg: EvalConfig) -> EvalResults:
     results = EvalResults(models=[models[n] for n in specs], baseline=cfg.baseline,
                           samples=pick_samples(prompts, texts), mode="prompts",
                           meta=prompts_meta(cfg, prompts, specs, judges, meta_judges, answers))
-    results.save(out_dir / "results.json")  # before the report, so a report failure loses nothing
-    laps("assemble")
-    md_path, html_path = write_report(results, cfg.report_dir)
-    laps("report")
-    results.meta["eval_seconds"] = round(time.perf_counter() - laps.start, 2)
-    results.save(out_dir / "results.json")
-    (out_dir / "timings.json").write_text(json.dumps(laps.seconds, indent=1) + "\n")
+    html_path = save_results_and_report(results, cfg, out_dir, laps)
     print(f"eval: {len(specs)} models on {len(prompts)} prompts ({', '.join(judges) or 'no judge'}) in "
           f"{results.meta['eval_seconds']:.1f}s -> {out_dir / 'results.json'}, {html_path}")
     return results

@@ -125,15 +125,21 @@ def discover_models(run_dir: str | Path, extra: Sequence[str] = (), few_shot: in
                 specs[PROMPTED] = ModelSpec(PROMPTED, "base_prompted", path,
                                             specs[name].n_params, prompted=True)
     for item in extra:
-        name, _, path = (s.strip() for s in item.partition("="))
-        if name in specs:
-            raise ConfigError(f"models: {name!r} is already a model of the run")
-        try:
-            resolve_source(path)
-        except ModelLoadError as e:
-            raise ConfigError(f"models: {name}: {e}") from None
+        name, path = extra_model(item, specs)
         specs[name] = ModelSpec(name, kind_of(name, path), path, count_params_on_disk(path))
     return specs
+
+
+def extra_model(item: str, specs: dict[str, ModelSpec]) -> tuple[str, str]:
+    """(name, path) of one ``name=path`` of ``models=``: a new name and a loadable model, else a ConfigError."""
+    name, _, path = (s.strip() for s in item.partition("="))
+    if name in specs:
+        raise ConfigError(f"models: {name!r} is already a model of the run")
+    try:
+        resolve_source(path)
+    except ModelLoadError as e:
+        raise ConfigError(f"models: {name}: {e}") from None
+    return name, path
 
 
 # ----------------------------------------------------------------------------- loading

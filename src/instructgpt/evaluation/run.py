@@ -184,6 +184,19 @@ class _Laps:
         self.last = time.perf_counter()
 
 
+def save_results_and_report(results: EvalResults, cfg: EvalConfig, out_dir: Path, laps: _Laps) -> Path:
+    """results.json (first, so a report failure loses nothing), the report, the total time and
+    timings.json; returns the HTML report's path."""
+    results.save(out_dir / "results.json")
+    laps("assemble")
+    _, html_path = write_report(results, cfg.report_dir)
+    laps("report")
+    results.meta["eval_seconds"] = round(time.perf_counter() - laps.start, 2)
+    results.save(out_dir / "results.json")
+    (out_dir / "timings.json").write_text(json.dumps(laps.seconds, indent=1) + "\n")
+    return html_path
+
+
 def run_eval(cfg: EvalConfig) -> EvalResults:
     """Evaluate every policy of ``cfg.run_dir`` (or, with ``cfg.prompts``, the given models on your
     own prompts: :func:`~instructgpt.evaluation.own_prompts.run_prompts_eval`); write results.json and the report."""
@@ -265,13 +278,7 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
                           training_curves=inputs.training_curves, samples=pick_samples(prompts, responses),
                           meta=meta)
     results.meta["claims"] = {c.id: c.verdict for c in check_claims(results)}
-    results.save(out_dir / "results.json")  # before the report, so a report failure loses nothing
-    laps("assemble")
-    md_path, html_path = write_report(results, cfg.report_dir)
-    laps("report")
-    results.meta["eval_seconds"] = round(time.perf_counter() - laps.start, 2)
-    results.save(out_dir / "results.json")
-    (out_dir / "timings.json").write_text(json.dumps(laps.seconds, indent=1) + "\n")
+    html_path = save_results_and_report(results, cfg, out_dir, laps)
     print(f"eval: {len(models)} models on {len(prompts)} prompts in {results.meta['eval_seconds']:.1f}s "
           f"-> {out_dir / 'results.json'}, {html_path}")
     return results
