@@ -150,14 +150,14 @@ def compile_fields(prefix: str, first: float, step: float, units_per_step: float
 def phase_sft(f: dict, root: Path, opts: dict) -> dict:
     from instructgpt.batching import Encoded
     from instructgpt.sft import LMTask
-    from instructgpt.training import OptimConfig, _train_step, make_optimizer
+    from instructgpt.training import TrainConfig, _train_step, make_optimizer
     model = f["model"].train()
     if opts["compile"]:
         from instructgpt.compile import compile_blocks
         compile_blocks(model)
     rows = random_ids(16, 64)
     task = LMTask([Encoded(r[:8], r[8:]) for r in rows], 1, response_only=False)
-    cfg = OptimConfig(out_dir=str(root), batch_size=16, micro_batch_size=16)
+    cfg = TrainConfig(out_dir=str(root), batch_size=16, micro_batch_size=16)
     opt = make_optimizer(model, 1e-4, 0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     first, sec = timed(lambda: _train_step(model, task, list(range(16)), cfg, opt, sched, torch.device("cpu")),
@@ -172,7 +172,7 @@ def phase_rm(f: dict, root: Path, k: int, opts: dict) -> dict:
     from instructgpt.batching import Encoded
     from instructgpt.models import RewardModel
     from instructgpt.rm import EncodedRanking, RankingTask
-    from instructgpt.training import OptimConfig, _train_step, make_optimizer
+    from instructgpt.training import TrainConfig, _train_step, make_optimizer
     rm = RewardModel.from_pretrained(root / "rm").train()
     if opts["compile"]:
         from instructgpt.compile import compile_blocks
@@ -182,7 +182,7 @@ def phase_rm(f: dict, root: Path, k: int, opts: dict) -> dict:
     rankings = [EncodedRanking([Encoded(prompts[i], responses[i * k + j]) for j in range(k)],
                                [(a, b) for a in range(k) for b in range(a + 1, k)], "") for i in range(n_rank)]
     task = RankingTask(rankings, 1)
-    cfg = OptimConfig(out_dir=str(root), batch_size=n_rank, micro_batch_size=n_rank)
+    cfg = TrainConfig(out_dir=str(root), batch_size=n_rank, micro_batch_size=n_rank)
     opt = make_optimizer(rm, 1e-5, 0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     first, sec = timed(lambda: _train_step(rm, task, list(range(n_rank)), cfg, opt, sched, torch.device("cpu")),

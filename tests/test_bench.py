@@ -47,3 +47,15 @@ def test_trl_figures_are_read_from_the_peer_results():
     assert compare.trl_value(trl, "tiny", "ppo", "episodes_per_s") == 9.8
     assert compare.trl_value(trl, "tiny", "ppo", "peak_rss_mib") == 1536.0
     assert compare.trl_value(trl, "small", "sft", "tokens_per_s") is None
+
+
+@pytest.mark.parametrize("phase", ["sft", "rm_k4", "generate", "ppo"])
+def test_every_phase_runs_on_the_current_api(phase):
+    """One smoke step of each phase in this process: a renamed config or function breaks here, not in the
+    middle of a 25-minute comparison (bench.py had OptimConfig(out_dir=...) after out_dir moved)."""
+    bench = _load("bench")
+    opts = {"compile": False, "amortise": 10, "steps": lambda warmup, reps: (1, 1)}
+    out = bench.run_phase("tiny", phase, opts)
+    rates = [v for k, v in out.items() if k.endswith(("_per_s",))]
+    assert rates and all(r > 0 for r in rates), out
+    assert out[f"{phase}_peak_gib"] > 0
