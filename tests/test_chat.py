@@ -467,3 +467,18 @@ def test_smollm2_sft_step_on_a_chatml_demonstration_trains_only_the_reply(smollm
     with torch.no_grad():
         after, _ = task.loss(model, batch)
     assert after.item() < before.item()
+
+
+def test_a_reply_after_the_assistant_cue_is_one_word_on_the_world_tokenizer(tmp_path):
+    """The world's tokenizer marks the start of a text as a word start, so " Rome." encoded alone would be
+    a stray space token and then "ĠRome"; the reply continues the "Assistant:" line, so it is encoded as
+    a continuation: the ids of the whole transcript, split at the cue."""
+    from instructgpt.world import World, build_corpus, train_tokenizer
+    tok = train_tokenizer(build_corpus(World.generate(0), 300, 0) + ["Assistant: Rome. User: Capital of Italy?"] * 5,
+                          vocab_size=600)
+    fmt = ChatFormat.load(tok)
+    prompt, response = fmt.encode([{"role": "user", "content": "Capital of Italy?"}], "Rome.")
+    whole = tok("User: Capital of Italy?\n\nAssistant: Rome.")["input_ids"]
+    assert prompt + response == whole + [tok.eos_token_id]
+    assert tok.decode(response, skip_special_tokens=True) == "Rome."
+    assert fmt.continuation_ids("\n") == [tok.convert_tokens_to_ids("Ċ")]  # not a space token and a newline

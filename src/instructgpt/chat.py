@@ -189,11 +189,23 @@ class ChatFormat:
             return prompt if prompt.endswith("\n") else prompt + "\n"
         return render_messages(list(prompt), source=source)  # ends with the "Assistant:" cue
 
+    def continuation_ids(self, text: str) -> list[int]:
+        """Ids of ``text`` where it continues a line: " blue" after "The sky is" is one word with its
+        space on every tokenizer, also on those (such as the world's, or SentencePiece ones) that mark
+        the start of a text as a word start and would give " blue" alone a stray space token."""
+        anchor = self._ids("a")
+        ids = self._ids("a" + text)
+        return ids[len(anchor):] if ids[:len(anchor)] == anchor else self._ids(text)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
     def _plain_response(self, prompt: PromptInput, response: str) -> list[int]:
         if not response:
             return [self.end_id]
-        text = response if isinstance(prompt, str) else " " + response  # "Assistant: reply", as in earlier turns
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] + [self.end_id]
+        if isinstance(prompt, str):  # the reply starts a line of its own
+            return self._ids(response) + [self.end_id]
+        return self.continuation_ids(" " + response) + [self.end_id]  # "Assistant: reply", as in earlier turns
 
     def _render(self, conversation: Conversation, generation_prompt: bool, tokenize: bool = True,
                 source: str = "<prompt>"):

@@ -62,7 +62,7 @@ from .run_folder import ROUND_STAGES, RunFolder
 #: value lands in a stage's resolved config, hence in its key.
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
-        "run": {"sft_epochs": 8, "sft_lr": 1e-3, "flan_epochs": 3, "rm_epochs": 4, "rm_lr": 1e-4, "ppo_lr": 1e-5},
+        "run": {"sft_epochs": 8, "sft_lr": 1e-3, "flan_epochs": 3, "rm_epochs": 2, "rm_lr": 1e-3, "ppo_lr": 1e-5},
         # seq_len 256: the context fits a few-shot prefix of the prompted base (128 left room for one or none)
         "pretrain": {"seq_len": 256, "batch_size": 16, "micro_batch_size": 16},
         "sft": {"batch_size": 32, "micro_batch_size": 32, "warmup_steps": 10, "dropout": 0.1},
@@ -86,7 +86,8 @@ class RunConfig:
     name: str = opt("default", "Run name: outputs go to <runs_dir>/<name>/.")
     runs_dir: str = opt("runs", "Folder holding runs.")
     seed: int = opt(0, "Seed of the world, the data and every stage.")
-    scale: float = opt(0.05, "Prompt sets as a fraction of the paper's 13k SFT / 33k RM / 31k PPO prompts.")
+    scale: float = opt(0.1, "Prompt sets as a fraction of the paper's 13k SFT / 33k RM / 31k PPO prompts (the "
+                                "default gives the RM 3,300 ranking prompts).")
     sft_prompts: int = opt(1500, "SFT prompts of the world, one labeler demonstration each, whatever the scale "
                                  "(they cost nothing to generate; curation keeps about 80% for training).")
     corpus_docs: int = opt(12000, "Documents in the generated pretraining corpus.")
@@ -95,7 +96,7 @@ class RunConfig:
                               "its stages then take the paper's settings (printed at the start).")
     large_base: bool = opt(False, "Also pretrain a ~8x larger base model (stands in for 175B GPT-3 in claim (b); "
                                   "adds ~8x the pretraining time).")
-    pretrain_epochs: int = opt(2, "Passes over the corpus for the tiny base.")
+    pretrain_epochs: int = opt(4, "Passes over the corpus for the tiny base (validation loss 0.91 after 2, 0.69 after 4).")
     pretrain_large_epochs: int = opt(1, "Passes over the corpus for the larger base.")
     pretrain_lr: float = opt(2e-3, "Peak learning rate of pretraining.")
     sft_epochs: int | None = opt(None, "SFT epochs (paper: 16). Default: 8 with the built-in base, 3 with "
@@ -108,9 +109,9 @@ class RunConfig:
     k_max: int = opt(6, "Most responses per ranking (paper: 9).")
     policy_samples: int = opt(3, "Of the K responses, how many are sampled from the current policy (the RM must "
                                  "rank the policy's own answers, which PPO will produce).")
-    rm_epochs: int | None = opt(None, "Reward-model epochs per round (paper: 1). Default: 4 with the built-in base, 1 "
+    rm_epochs: int | None = opt(None, "Reward-model epochs per round (paper: 1). Default: 2 with the built-in base, 1 "
                                       "with --base-model.")
-    rm_lr: float | None = opt(None, "Reward-model peak learning rate. Default: 1e-4 with the built-in base, 9e-6 with "
+    rm_lr: float | None = opt(None, "Reward-model peak learning rate. Default: 1e-3 with the built-in base, 9e-6 with "
                                     "--base-model (paper).")
     ppo_iterations: int = opt(30, "PPO iterations per round (each = ppo_batch episodes).")
     ppo_batch: int = opt(32, "Episodes per PPO iteration.")

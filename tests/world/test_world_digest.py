@@ -40,25 +40,25 @@ SMALL = dict(seed=0, scale=0.004, corpus_docs=300, heldout_docs=30, n_toxicity_s
 # sha256 of each file of build_datasets(**SMALL).save(dir) (its manifest.json)
 SMALL_WORLD_FILES = {
     "config.json": "92cca8c0f6afc85d9eaf6798bc91751b8d66db7a0f1899f59947ea5c29269027",
-    "world.json": "6c5bdd021b3b595bc4a619239cd719504fc1ef1359356288a6c915cd4b2271b0",
+    "world.json": "9f8fb3debea97d6c4220e9fc20d85d6c2aece047af375f91c77227c8e2c720cd",
     "panel.json": "51595ade862eace8e66cdff2aa92006acbc21bc5def0a32f2b517114493d5b20",
-    "prompts_sft.jsonl": "6d67699d0ab5971eeea81c7c8bbf3665a91f7068be81bbe102a75359ee2b65b8",
-    "prompts_rm.jsonl": "d5947a3d3c3c6cd644fe1f6a032a8343ecaa01b132cc9a86186a96db36e95e46",
-    "prompts_ppo.jsonl": "affc940aeb1892eab168fe0958e2169d4c4970771c9ca24f766dc65288fdd0d7",
-    "sft_demos.jsonl": "e9a96fad7e0d370d80fc2f1dfb52b0195dbaff7f153502b8cb89faf180ac0fb2",
-    "flan.jsonl": "2ad7f1a1b2c8880b2bf402affb306bf26a7f1281303af1fb43a3d4e1f35c16e3",
-    "t0.jsonl": "dec5626028de594219a4a9f7875427ea5926a8cc44e0ec7c34d892a52ae2824c",
-    "corpus_train.jsonl": "933b4b05d61de22434066825778f46d1c465f9d308b05adfd9bf84cdb083ae66",
-    "corpus_heldout.jsonl": "d3c75c2b44f2c4ce8d0082329f01f79ee324a3129d8488c98f5e07bef1700fe1",
-    "probes.json": "c76949f392c856fa662f9eafd79de26a3310b6244e87067733418cc4a4e97c6a",
+    "prompts_sft.jsonl": "d927dfc151bd231e60764dd474f51245cf576cbae2c1e5b5da307e8608a23dac",
+    "prompts_rm.jsonl": "899c74b32776a8bd8fabcb9be1a8a456a78eea07b1a895d3876bf28ebee76421",
+    "prompts_ppo.jsonl": "c474e70a0fdb59317f8cb45ba9a40048af0d41db1c82e07a4eb8a8d62e5412e6",
+    "sft_demos.jsonl": "705f8b6a747ca0549d12a38740de3166cae7bdebb2c7106e09ecb0ef4c69c953",
+    "flan.jsonl": "4d846c96a1b6c949e82b4136bf746c33dc40d3c91760c3f473fb778eaf346100",
+    "t0.jsonl": "6dc203ad3b92701eca0451a5803ad89cf1a2921fb4519bc3486d64884e685d68",
+    "corpus_train.jsonl": "8a3b711992591d5d128cca8f2e1fe7d9dd038003908ebc9e1c573637096421e7",
+    "corpus_heldout.jsonl": "7fa63018c627e859eff14bfe7428369530e993fe1fbd11135e329b453520fed5",
+    "probes.json": "11c355c7b58e88ea2717c6e680433714e019d289ab61f79413a9b928d0ca3caf",
 }
 # sha256 of World.generate(42).to_dict(): a seed whose names depend on the words of the task-type
 # templates (kb.template_words must read task_types/ too, or a name could be a template word)
-SEED42_WORLD_SHA256 = "44396f6601b655f8a1c9312d03df2e0a7be7ad58d1a9b964ade8f711d8e5de2d"
+SEED42_WORLD_SHA256 = "30449b917fa0dcadb187f78418f8a38a704dd71c5e631480d98145172a2214b2"
 # sha256 of the JSON records of test_draws_are_identical and
 # test_every_task_type_makes_solves_and_grades_the_same
-DRAWS_SHA256 = "d737c39bd433798fcda42b9f7a011a084611e7522a6403981ac0e992d6e86516"
-TASKS_SHA256 = "ff8de4b5ff4482b864a1a54fbea50a829549bf2621f4401d85fd3e66b37399af"
+DRAWS_SHA256 = "a2c1944a7f0c029cc63805b19fe956a06c19e2a9f5d83f24e2c89cf147b35715"
+TASKS_SHA256 = "78cc53074b6e4d1331966ddb204c63918f4786fb77ec5d59316a2c0cf08a0eca"
 
 
 def _sha256(records) -> str:

@@ -240,7 +240,7 @@ class PolicyRunner:
         self.line_answers = spec.prompted and not self.fmt.uses_template
         self.stop_ids = list(self.fmt.stop_ids)
         if spec.prompted:  # each demonstration as the format writes a prompt and its reply
-            newline = self.encode("\n", special=False)
+            newline = self.fmt.continuation_ids("\n")
             for i, (prompt, reply) in enumerate(demos):
                 p_ids, r_ids = self.fmt.encode(prompt, reply, f"few-shot demonstration {i + 1}")
                 if self.line_answers and r_ids and r_ids[-1] == self.fmt.end_id:
@@ -311,7 +311,7 @@ class PolicyRunner:
         its end-of-turn token included)."""
         if self.fmt.uses_template:
             return self.fmt.encode(text, candidate.lstrip(), "<probe>")
-        return self.encode(text), self.encode(candidate, special=False)
+        return self.encode(text), self.fmt.continuation_ids(candidate)
 
     # ---- sampling
 

@@ -173,7 +173,7 @@ class Entity:
 
     @property
     def subject(self) -> str:
-        """How a sentence refers to it: "the zorbin", "Tarvik", "lomi"."""
+        """How a sentence refers to it: "the Zorbin", "Tarvik", "Lomi"."""
         return f"the {self.name}" if self.kind in ("creature", "tool") else self.name
 
 
@@ -219,10 +219,9 @@ class World:
         ents: list[Entity] = []
         for kind in KINDS:
             for _ in range(counts[kind]):
-                name = names.pop()
-                if kind in ("person", "town"):
-                    name = name.capitalize()
-                ents.append(Entity(name, kind))
+                # every name is a proper noun ("the Korsex", "Pisstum"): one spelling wherever it
+                # stands, so copying it from a prompt is copying a token (see world/tokenizer.py)
+                ents.append(Entity(names.pop().capitalize(), kind))
         _assign_attributes(ents, rng)
         falsehoods = _pick_falsehoods(ents, rng, n_falsehoods)
         spec = {"seed": seed, "n_entities": n_entities, "n_falsehoods": n_falsehoods}
