@@ -99,3 +99,25 @@ def test_fifty_concurrent_labelers(sqlite_url, tmp_path, live_server, capsys):
     (ARTIFACTS / "load_latency.json").write_text(json.dumps(stats, indent=2) + "\n")
     with capsys.disabled():
         print(f"\n[load] {LABELERS} labelers x {PER_LABELER} labels on SQLite: {stats}")
+
+
+def test_an_idle_keep_alive_connection_is_still_served_after_uvicorns_default(sqlite_url, live_server):
+    """A labeler's browser (or the proxy in front) reuses an idle connection; uvicorn's default closes it
+    after 5 s, so a request sent then races the close and gets "server disconnected" (a 502 behind a
+    proxy). The server keeps idle connections KEEP_ALIVE_S, longer than the usual proxies' 60 s."""
+    import http.client
+
+    from instructgpt.labeling.cli import KEEP_ALIVE_S
+    open_store(sqlite_url)
+    server = live_server(sqlite_url)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        first = conn.getresponse()
+        assert first.status == 200 and first.read() and not first.will_close
+        time.sleep(6.5)  # past uvicorn's default timeout_keep_alive of 5 s
+        conn.request("GET", "/healthz")  # on the same socket: a closed one raises RemoteDisconnected here
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+    assert KEEP_ALIVE_S > 60

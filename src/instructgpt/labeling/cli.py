@@ -19,6 +19,8 @@ import json
 import os
 import sys
 
+#: Seconds an idle keep-alive connection is kept: longer than the usual proxies' 60 s idle timeout.
+KEEP_ALIVE_S = 75
 REQUIRED = ("fastapi", "uvicorn", "sqlalchemy", "alembic", "argon2", "jinja2", "multipart")
 PASSWORD_ENV = "INSTRUCTGPT_LABEL_PASSWORD"
 DESCRIPTION = """\
@@ -92,7 +94,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"warning: listening on {cfg.host}, not loopback; put a TLS proxy in front", file=sys.stderr)
     if not cfg.secure_cookies:
         print("warning: --insecure-cookies: session cookies are sent over plain http", file=sys.stderr)
-    common = {"host": cfg.host, "port": cfg.port, "log_level": args.log_level,
+    # Idle keep-alive connections stay open KEEP_ALIVE_S (uvicorn's default is 5 s): a proxy (nginx,
+    # a cloud load balancer: 60 s idle by default) or a client that reuses a connection the server
+    # has just closed gets a reset, i.e. a 502 or "server disconnected" for a labeler mid-task.
+    common = {"host": cfg.host, "port": cfg.port, "log_level": args.log_level, "timeout_keep_alive": KEEP_ALIVE_S,
               "proxy_headers": cfg.behind_proxy, "server_header": False, "date_header": False}
     if cfg.workers == 1:
         uvicorn.run(create_app(cfg), workers=1, **common)
