@@ -265,6 +265,9 @@ def test_medium_run_base_continues_and_sft_follows(tmp_path):
     fails = {n: by_name[n]["metadata"]["fails_to_follow"] for n in ("base", "sft")}
     assert fails["base"]["low"] > fails["sft"]["high"], fails
     assert fails["base"]["value"] > 0.5, fails
+    # issue 13's target, by the world's checkers: SFT truly follows at least half of the test prompts
+    # (28% before names became one token wherever they stand and the base pretrained 4 epochs; 72% now)
+    assert by_name["sft"]["metadata"]["true_fails_to_follow"]["value"] <= 0.5, by_name["sft"]["metadata"]
 
 
 @pytest.mark.slow
