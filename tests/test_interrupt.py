@@ -31,6 +31,23 @@ def test_first_signal_waits_for_a_safe_point_outside_them_it_stops_at_once():
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # restored as found
 
 
+def test_a_stop_inside_a_broad_except_is_not_relabelled():
+    """SIGTERM landed while a stage loaded its tokenizer, whose loader turns any Exception into "cannot
+    load tokenizer": the run exited 2 with an error instead of 75 with its stop (slow resume test)."""
+    from instructgpt.models import ModelLoadError
+
+    def load():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here, outside a safe-point loop
+        except Exception as e:  # noqa: BLE001 (what loaders do)
+            raise ModelLoadError(f"cannot load tokenizer: {e}") from e
+
+    with interrupt.handle_signals():
+        with pytest.raises(interrupt.Stopped) as e:
+            load()
+    assert e.value.signum == signal.SIGTERM
+
+
 def _same(a, b):
     x, y = load_file(str(a)), load_file(str(b))
     assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)

@@ -34,8 +34,12 @@ _safe_depth = 0                 # > 0 inside a loop with safe points
 _installed = False
 
 
-class Stopped(Exception):
-    """The run stopped on a signal; ``checkpoint`` is what was written at the safe point (if any)."""
+class Stopped(BaseException):
+    """The run stopped on a signal; ``checkpoint`` is what was written at the safe point (if any).
+
+    A ``BaseException``, like ``KeyboardInterrupt``: raised from a signal handler it can land inside any
+    ``except Exception`` (a tokenizer loader turning errors into "cannot load tokenizer", a library's
+    own fallbacks), which must not swallow or relabel a stop."""
 
     def __init__(self, signum: int, where: str = "", checkpoint: str | Path | None = None):
         self.signum = signum
