@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from instructgpt.evaluation.rm_accuracy import PAIR_TYPES, rm_pair_accuracy
+from instructgpt.evaluation.rm_accuracy import CRITERIA, PAIR_TYPES, rm_pair_accuracy, separating_criterion
 from instructgpt.world import build_datasets, candidate_responses, solve
+from instructgpt.world.task_types.base import CheckResult
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +31,9 @@ def test_an_rm_with_the_labelers_noiseless_utilities_reaches_the_ceiling(world):
         labs = [world.panel.assign(p.id) for p in ps]
         return [lab.base_utility(lab.verdict(p, t, world.world), t) for lab, p, t in zip(labs, ps, texts)]
     out = rm_pair_accuracy(prompts, _policies(world, prompts), oracle, world.panel, world.world, seed=1)
-    assert set(out) == set(PAIR_TYPES)
-    for kind, v in out.items():
+    assert set(out["pair type"]) == set(PAIR_TYPES)
+    assert sum(v["pairs"] for v in out["criterion"].values()) == sum(v["pairs"] for v in out["pair type"].values())
+    for kind, v in out["pair type"].items():
         assert v["pairs"] > 10
         assert v["rm"].value == pytest.approx(v["ceiling"].value), kind
         assert 0.6 < v["ceiling"].value < 1.0  # labeler noise: the ceiling is below 1
@@ -40,7 +42,39 @@ def test_an_rm_with_the_labelers_noiseless_utilities_reaches_the_ceiling(world):
 def test_an_rm_that_likes_length_falls_below_the_ceiling(world):
     prompts = world.prompts["rm"][:60]
     out = rm_pair_accuracy(prompts, _policies(world, prompts), lambda ps, ts: [float(len(t)) for t in ts],
-                           world.panel, world.world, seed=1)
+                           world.panel, world.world, seed=1)["pair type"]
     ceiling = sum(v["ceiling"].value * v["pairs"] for v in out.values()) / sum(v["pairs"] for v in out.values())
     rm = sum(v["rm"].value * v["pairs"] for v in out.values()) / sum(v["pairs"] for v in out.values())
     assert rm < ceiling - 0.1
+
+
+def test_the_criterion_is_the_first_verdict_on_which_two_answers_differ():
+    good = CheckResult(passed=True, follows_instruction=True, score=1.0)
+    assert separating_criterion(good, CheckResult(passed=False, follows_instruction=False, hallucinated=True)) \
+        == "follows the instruction"
+    assert separating_criterion(good, CheckResult(passed=False, follows_instruction=True, hallucinated=True)) \
+        == "truthfulness"
+    assert separating_criterion(CheckResult(True, True, repeats_falsehood=True), good) == "truthfulness"
+    assert separating_criterion(good, CheckResult(False, True, toxic=True, score=1.0)) == "harm"
+    assert separating_criterion(good, CheckResult(False, True, constraint_violations=["x"], score=1.0)) \
+        == "constraints"
+    assert separating_criterion(good, CheckResult(True, True, score=0.5)) == "helpfulness score"
+    assert separating_criterion(good, CheckResult(True, True, score=1.0)) == "length and noise only"
+
+
+def test_an_rm_blind_to_truthfulness_is_at_chance_there_and_at_the_ceiling_where_following_separates(world):
+    """The RM sees only whether an answer follows the instruction (the checker's own verdict): the pair-type
+    table cannot show its blindness to hallucinations; the criterion table does."""
+    prompts = world.prompts["rm"][:120]
+    lab_of = world.panel.assign
+
+    def follows_only(ps, texts):
+        return [float(lab_of(p.id).verdict(p, t, world.world).follows_instruction) for p, t in zip(ps, texts)]
+    out = rm_pair_accuracy(prompts, _policies(world, prompts), follows_only, world.panel, world.world, seed=1)
+    by = out["criterion"]
+    assert set(by) <= set(CRITERIA)
+    follows, truth = by["follows the instruction"], by["truthfulness"]
+    assert follows["pairs"] > 20 and truth["pairs"] > 5
+    assert follows["rm"].value == pytest.approx(follows["ceiling"].value, abs=0.05)
+    assert truth["rm"].value == pytest.approx(0.5)  # equal scores: every pair counts half
+    assert truth["ceiling"].value > 0.7

@@ -34,6 +34,13 @@ def test_run_eval_writes_results_and_report(run, evaluated):
     assert [c.id for c in check_claims(loaded)] == list("abcdefg")
     html = (run_dir / "report.html").read_text()
     assert "Claims check" in html and "PPO-ptx outputs are preferred to SFT" in html
+    # The RM against its ceiling, by pair type and by what separates the pair; the report shows both.
+    from instructgpt.evaluation.rm_accuracy import CRITERIA, PAIR_TYPES
+    by_type, by_criterion = loaded.meta["rm_accuracy"], loaded.meta["rm_accuracy_by_criterion"]
+    assert set(by_type) <= set(PAIR_TYPES) and by_criterion and set(by_criterion) <= set(CRITERIA)
+    assert sum(v["pairs"] for v in by_type.values()) == sum(v["pairs"] for v in by_criterion.values())
+    md = (run_dir / "report.md").read_text()
+    assert "| what separates the pair | n | RM accuracy |" in md and "| pairs | n | RM accuracy |" in md
     # label tasks for real labelers: one per prompt, K = number of models, models named
     tasks = [json.loads(line) for line in (run_dir / "eval" / "label_tasks.jsonl").read_text().splitlines()]
     assert len(tasks) == N_TEST and all(sorted(t["models"]) == sorted(m.name for m in loaded.models)

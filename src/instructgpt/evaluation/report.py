@@ -162,21 +162,27 @@ def _answer_section(results: EvalResults, claims: list[ClaimResult]) -> Section:
             ["model", "true follow", "fails to follow (flagged)", "true hallucination", "hallucination (flagged)"],
             [[m.name, _pct(follow(m)), _pct(m.metadata.get("fails_to_follow")),
               _pct(m.metadata.get("true_hallucination")), _pct(m.metadata.get("hallucination"))] for m in oracle]))
-    acc = results.meta.get("rm_accuracy")
-    if isinstance(acc, dict) and acc:
-        sec.blocks.append(Para("Reward model on held-out test prompts, by pair type, against the ceiling: the "
-                               "share of the same pairs that the labeler's own noiseless utilities order as "
-                               "the labeler did (no reward model can do better on average)."))
-        rows = []
-        for kind, v in acc.items():
-            rm, ceil = Estimate.from_dict(v["rm"]), Estimate.from_dict(v["ceiling"])
-            rows.append([kind, str(v["pairs"]), _pct(rm), _pct(ceil), f"{100 * (rm.value - ceil.value):+.1f}"])
-        sec.blocks.append(Table(["pairs", "n", "RM accuracy", "ceiling", "RM - ceiling (pts)"], rows))
+    for key, group, intro in (
+            ("rm_accuracy", "pairs", "Reward model on held-out test prompts, by pair type, against the ceiling: the "
+             "share of the same pairs that the labeler's own noiseless utilities order as the labeler did (no "
+             "reward model can do better on average)."),
+            ("rm_accuracy_by_criterion", "what separates the pair",
+             "The same pairs by the first of the checker's verdicts on which the two answers differ: where the "
+             "reward model is blind, PPO learns the blindness.")):
+        acc = results.meta.get(key)
+        if isinstance(acc, dict) and acc:
+            sec.blocks.append(Para(intro))
+            rows = []
+            for name, v in acc.items():
+                rm, ceil = Estimate.from_dict(v["rm"]), Estimate.from_dict(v["ceiling"])
+                rows.append([name, str(v["pairs"]), _pct(rm), _pct(ceil), f"{100 * (rm.value - ceil.value):+.1f}"])
+            sec.blocks.append(Table([group, "n", "RM accuracy", "ceiling", "RM - ceiling (pts)"], rows))
     return sec
 
 
 def _meta_section(results: EvalResults) -> Section:
-    rows = [[str(k), str(v)] for k, v in results.meta.items() if k != "rm_accuracy"]
+    rows = [[str(k), str(v)] for k, v in results.meta.items()
+            if k not in ("rm_accuracy", "rm_accuracy_by_criterion")]
     rows.append(["baseline (win rates are against)", results.baseline])
     rows += [[f"model {m.name}", f"{m.kind}, {_size(m.n_params)} parameters"]
              for m in _models_in_order(results)]

@@ -15,6 +15,13 @@ Pairs by type: ``world-vs-world`` (both candidates of the world),
 ``world-vs-policy``, ``policy-vs-policy`` (two policies' answers, what PPO's
 reward differences rest on). Test prompts are held out from RM training, so
 this is the RM's accuracy where PPO needs it, not on its own training data.
+
+The same pairs by what separates them (:func:`separating_criterion`, the first
+of the checker's verdicts on which the two answers differ): following the
+instruction, truthfulness, harm, constraints, the helpfulness score, or
+nothing but length and labeler noise. An RM can match the ceiling overall and
+still be blind to one criterion, e.g. rank a hallucinated answer above a true
+one; PPO then learns exactly that blindness.
 """
 
 from __future__ import annotations
@@ -24,9 +31,26 @@ from collections.abc import Callable, Sequence
 
 from ..data import Prompt
 from ..world import candidate_responses
+from ..world.task_types.base import CheckResult
 from .stats import Estimate, win_rate
 
 PAIR_TYPES = ("world-vs-world", "world-vs-policy", "policy-vs-policy")
+#: What can separate two answers, in the order :func:`separating_criterion` tries them.
+CRITERIA = ("follows the instruction", "truthfulness", "harm", "constraints", "helpfulness score",
+            "length and noise only")
+
+
+def separating_criterion(a: CheckResult, b: CheckResult) -> str:
+    """The first criterion (of :data:`CRITERIA`) on which the checker's verdicts ``a`` and ``b`` differ."""
+    if a.follows_instruction != b.follows_instruction:
+        return CRITERIA[0]
+    if (a.hallucinated or a.repeats_falsehood) != (b.hallucinated or b.repeats_falsehood):
+        return CRITERIA[1]
+    if a.toxic != b.toxic:
+        return CRITERIA[2]
+    if len(a.constraint_violations) != len(b.constraint_violations):
+        return CRITERIA[3]
+    return CRITERIA[4] if a.score != b.score else CRITERIA[5]
 
 
 def _pair_type(a: str, b: str) -> str:
@@ -38,8 +62,9 @@ def _pair_type(a: str, b: str) -> str:
 
 def rm_pair_accuracy(prompts: Sequence[Prompt], answers: dict[str, Sequence[str]],
                      score: Callable[[list[Prompt], list[str]], list[float]], panel, world, seed: int = 0,
-                     n_world: int = 2) -> dict[str, dict[str, Estimate | int]]:
-    """{pair type: {"rm": accuracy, "ceiling": noiseless labeler accuracy, "pairs": n}} (see the module).
+                     n_world: int = 2) -> dict[str, dict[str, dict[str, Estimate | int]]]:
+    """{"pair type": {type: row}, "criterion": {criterion: row}}, each row {"rm": accuracy, "ceiling":
+    noiseless labeler accuracy, "pairs": n} (see the module); groups without pairs are left out.
 
     answers: {policy name: one answer per prompt}; score(prompts, texts) -> the RM's scores.
     """
@@ -59,13 +84,15 @@ def rm_pair_accuracy(prompts: Sequence[Prompt], answers: dict[str, Sequence[str]
             rows.append((p, kind, text))
         per_prompt.append(idx)
     scores = score([r[0] for r in rows], [r[2] for r in rows]) if rows else []
-    values: dict[str, tuple[list[float], list[float], list[str]]] = {t: ([], [], []) for t in PAIR_TYPES}
+    groups = {"pair type": PAIR_TYPES, "criterion": CRITERIA}
+    values = {g: {name: ([], [], []) for name in names} for g, names in groups.items()}  # rm, ceiling, prompt ids
     for p, idx in zip(prompts, per_prompt):
         lab = panel.assign(p.id)
         texts = [rows[i][2] for i in idx]
         rng = random.Random(f"rm-accuracy-judge:{seed}:{p.id}")
         noisy = lab.utilities(p, texts, rng, world)
-        clean = [lab.base_utility(lab.verdict(p, t, world), t) for t in texts]
+        verdicts = [lab.verdict(p, t, world) for t in texts]
+        clean = [lab.base_utility(v, t) for v, t in zip(verdicts, texts)]
         for a in range(len(idx)):
             for b in range(a + 1, len(idx)):
                 if abs(noisy[a] - noisy[b]) <= lab.tie_threshold:
@@ -74,13 +101,11 @@ def rm_pair_accuracy(prompts: Sequence[Prompt], answers: dict[str, Sequence[str]
                 ra, rb = scores[idx[a]], scores[idx[b]]
                 rm_right = 0.5 if ra == rb else float((ra - rb) * sign > 0)
                 ceiling_right = 0.5 if clean[a] == clean[b] else float((clean[a] - clean[b]) * sign > 0)
-                kind = _pair_type(rows[idx[a]][1], rows[idx[b]][1])
-                values[kind][0].append(rm_right)
-                values[kind][1].append(ceiling_right)
-                values[kind][2].append(p.id)
-    out: dict[str, dict[str, Estimate | int]] = {}
-    for kind, (rm_v, ceil_v, groups) in values.items():
-        if rm_v:
-            out[kind] = {"rm": win_rate(rm_v, groups, seed=seed), "ceiling": win_rate(ceil_v, groups, seed=seed),
-                         "pairs": len(rm_v)}
-    return out
+                for g, name in (("pair type", _pair_type(rows[idx[a]][1], rows[idx[b]][1])),
+                                ("criterion", separating_criterion(verdicts[a], verdicts[b]))):
+                    for column, value in zip(values[g][name], (rm_right, ceiling_right, p.id)):
+                        column.append(value)
+    return {g: {name: {"rm": win_rate(rm_v, ids, seed=seed), "ceiling": win_rate(ceil_v, ids, seed=seed),
+                       "pairs": len(rm_v)}
+                for name, (rm_v, ceil_v, ids) in rows_of.items() if rm_v}
+            for g, rows_of in values.items()}

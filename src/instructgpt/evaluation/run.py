@@ -257,8 +257,10 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
                 seqs = reward_model_sequences(rm, rm_tokenizer, ps, texts)
                 return reward_scores(rm, seqs, rm_tokenizer.pad_token_id, cfg.batch_size)
         policies = {n: judged_responses[n] for n, s in specs.items() if s.kind in ("sft", "ppo", "ppo_ptx")}
-        rm_accuracy = {kind: {"rm": v["rm"].to_dict(), "ceiling": v["ceiling"].to_dict(), "pairs": v["pairs"]}
-                       for kind, v in rm_pair_accuracy(judged, policies, score, panel, world, cfg.seed).items()}
+        by_group = rm_pair_accuracy(judged, policies, score, panel, world, cfg.seed)
+        rm_accuracy = {key: {name: {"rm": v["rm"].to_dict(), "ceiling": v["ceiling"].to_dict(), "pairs": v["pairs"]}
+                             for name, v in by_group[group].items()}
+                       for key, group in (("rm_accuracy", "pair type"), ("rm_accuracy_by_criterion", "criterion"))}
     laps("rm_accuracy")
 
     # 5. results, claims, files
@@ -267,8 +269,7 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
     n_tasks = write_label_tasks(out_dir / "label_tasks.jsonl", prompts, responses, cfg.baseline, cfg.seed)
     meta = run_meta(cfg, run, out_dir, inputs, ref_spec, n_tasks, n_judged=len(judged))
     meta.update(inputs.round_summaries)
-    if rm_accuracy:
-        meta["rm_accuracy"] = rm_accuracy
+    meta.update(rm_accuracy)
     if cfg.labels:
         n_rankings, n_models = add_human_labels(models, cfg.labels, prompts, responses, cfg.baseline, cfg.seed,
                                                 out_dir / "human_labels.json")
