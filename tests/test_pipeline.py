@@ -214,12 +214,15 @@ def test_base_model_run_prints_the_real_checkpoint_defaults_and_warns_about_the_
     cfg, _, _ = tiny_run
     base = cfg.run_dir / "models/base"
     p = Pipeline(dataclasses.replace(cfg, base_model=str(base), runs_dir=str(tmp_path), sft_lr=None, sft_epochs=None,
-                                     rm_lr=None, rm_epochs=None, ppo_lr=None, flan_epochs=None, ptx_coef=None))
-    assert (p.cfg.sft_lr, p.cfg.sft_epochs, p.cfg.rm_lr, p.cfg.ppo_lr, p.cfg.ptx_coef) == (1e-5, 3, 9e-6, 5e-6, 1.0)
+                                     rm_lr=None, rm_epochs=None, ppo_lr=None, flan_epochs=None, flan_lr=None,
+                                     ptx_coef=None, eval_prompts=None))
+    assert (p.cfg.sft_lr, p.cfg.sft_epochs, p.cfg.rm_lr, p.cfg.ppo_lr, p.cfg.ptx_coef, p.cfg.eval_prompts) == \
+        (1e-5, 3, 9e-6, 5e-6, 1.0, 400)
     p.print_header(p.planned())
     out, err = capsys.readouterr()
     assert "a real checkpoint, so the paper's settings apply" in out
-    assert "sft_epochs=3 sft_lr=1e-05 flan_epochs=1 rm_epochs=1 rm_lr=9e-06 ppo_lr=5e-06 ptx_coef=1" in out
+    assert ("sft_epochs=3 sft_lr=1e-05 flan_epochs=1 flan_lr=1e-05 rm_epochs=1 rm_lr=9e-06 ppo_lr=5e-06 ptx_coef=1 "
+            "eval_prompts=400") in out
     assert "sft: batch_size=32 micro_batch_size=4" in out and PROFILES["real"]["sft"]["warmup_steps"] == 10
     assert "warning: PPO-ptx mixes the built-in world's synthetic corpus" in err
     corpus = tmp_path / "corpus.txt"
@@ -246,6 +249,29 @@ def test_ptx_coef_defaults_per_profile_and_a_set_value_wins(tmp_path):
         return p.cfg.ptx_coef, st.config.ptx_coef
     assert ptx_stage(RunConfig(runs_dir=str(tmp_path))) == (0.1, 0.1)
     assert ptx_stage(RunConfig(runs_dir=str(tmp_path), ptx_coef=0.5)) == (0.5, 0.5)
+
+
+def test_the_built_in_world_is_evaluated_on_every_test_prompt_unless_set(tmp_path):
+    """All test prompts by default with the built-in base (626 at scale 1: intervals of about +-0.025
+    with 3 held-out judgements); a value the user sets reaches the eval stage."""
+    from instructgpt.pipeline import Pipeline
+    def eval_stage(cfg):
+        p = Pipeline(cfg)
+        (st,) = [st for st, _, _ in p.planned() if st.name == "eval"]
+        return p.cfg.eval_prompts, st.config.n_prompts
+    assert eval_stage(RunConfig(runs_dir=str(tmp_path))) == (0, 0)
+    assert eval_stage(RunConfig(runs_dir=str(tmp_path), eval_prompts=250)) == (250, 250)
+
+
+def test_the_flan_baseline_trains_at_its_own_learning_rate(tmp_path):
+    """FLAN-style answers are a word or two: at SFT's 1e-3 the baseline lost its language model
+    (held-out perplexity 10,966); its own default is 3e-4, and a value the user sets wins."""
+    from instructgpt.pipeline import Pipeline
+    def lrs(cfg):
+        stages = {st.name: st for st, _, _ in Pipeline(cfg).planned()}
+        return stages["sft"].config.lr, stages["flan"].config.lr
+    assert lrs(RunConfig(runs_dir=str(tmp_path))) == (1e-3, 3e-4)
+    assert lrs(RunConfig(runs_dir=str(tmp_path), flan_lr=5e-5, sft_lr=2e-4)) == (2e-4, 5e-5)
 
 
 def test_cli_run_help_lists_options():
@@ -318,3 +344,23 @@ def test_the_cli_parser_builds_in_a_bare_interpreter():
             "from instructgpt.cli import build_parser; build_parser(); print('ok')")
     done = subprocess.run([sys.executable, "-S", "-c", code, src], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_the_eval_time_estimate_counts_every_test_prompt_when_all_are_evaluated(tmp_path):
+    """eval_prompts=0 means every test prompt: the stage's work grows with the file (it read 0 before)."""
+    import json
+
+    from instructgpt.pipeline import Pipeline
+
+    def eval_work(n_available, **kw):
+        p = Pipeline(RunConfig(runs_dir=str(tmp_path / f"{n_available}-{kw}"), **kw))
+        path = p.run_folder.test_prompts
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({"id": f"t{i}", "text": "Write a poem about the sea.", "user_id": "u",
+                                            "use_case": "generation", "split": "test"}) + "\n"
+                                for i in range(n_available)))
+        (st,) = [st for st, _, _ in p.planned() if st.name == "eval"]
+        return st.work()
+
+    assert eval_work(40) > eval_work(20) > eval_work(0)
+    assert eval_work(40, eval_prompts=10) == eval_work(20, eval_prompts=10) < eval_work(20)

@@ -77,18 +77,38 @@ def read_inputs(cfg: EvalConfig, run: RunFolder) -> EvalInputs:
 
 
 def load_test_prompts(run_dir: str | Path, n: int, seed: int = 0) -> list[Prompt]:
-    """A seeded sample of ``n`` curated test prompts (all if n is 0 or more than there are),
-    in file order."""
+    """A seeded sample of ``n`` curated test prompts, stratified by use case (all if n is 0 or
+    more than there are), in file order."""
     path = RunFolder(run_dir).test_prompts
     if not path.is_file():
         raise FileNotFoundError(f"{path}: test prompts not found")
     prompts = [p for p in load_prompts(path) if p.split in (None, "test")]
     if not prompts:
         raise FileNotFoundError(f"{path}: no test prompts")
-    if n and n < len(prompts):
-        keep = set(random.Random(f"eval-prompts:{seed}").sample(range(len(prompts)), n))
-        prompts = [p for i, p in enumerate(prompts) if i in keep]
-    return prompts
+    return stratified_sample(prompts, n, seed)
+
+
+def stratified_sample(prompts: list[Prompt], n: int, seed: int = 0) -> list[Prompt]:
+    """``n`` of ``prompts`` (all if n is 0 or more than there are), in their order, each use case
+    taking its share of the sample: ``n * count / total`` rounded by largest remainder.
+
+    Proportional allocation keeps every statistic an unweighted mean over the sample while a
+    rare use case (the closed-domain tasks behind the hallucination claim are ~15% of prompts)
+    can never be under-drawn by chance; within a use case the draw is seeded by its name."""
+    if not n or n >= len(prompts):
+        return list(prompts)
+    by_case: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_case.setdefault(p.use_case, []).append(i)
+    exact = {uc: n * len(idx) / len(prompts) for uc, idx in by_case.items()}
+    quota = {uc: math.floor(x) for uc, x in exact.items()}
+    by_remainder = sorted(exact, key=lambda uc: (-(exact[uc] - quota[uc]), uc))
+    for uc in by_remainder[:n - sum(quota.values())]:
+        quota[uc] += 1
+    keep = set()
+    for uc, idx in by_case.items():
+        keep.update(random.Random(f"eval-prompts:{seed}:{uc}").sample(idx, quota[uc]))
+    return [p for i, p in enumerate(prompts) if i in keep]
 
 
 def few_shot_demos(world_data: WorldData, k: int, seed: int = 0, max_chars: int = 300) -> list[tuple[str, str]]:

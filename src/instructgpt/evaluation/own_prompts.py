@@ -41,7 +41,6 @@ people's labels), ``benchmarks``: ``reward_model_score``, ``kl_to_baseline``
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -57,6 +56,7 @@ from .config import EvalConfig
 from .harness import harness_scores, task_manager
 from .human_labels import (LabelFile, as_answers, people_judgement, read_labels, samples_per_model,
                            write_label_tasks)
+from .inputs import stratified_sample
 from .judges import JudgeModel, pairwise_outcomes, reward_model_outcomes
 from .policies import (ModelPool, ModelSpec, PolicyRunner, Response, count_params_on_disk, discover_models,
                        extra_model, kind_of)
@@ -68,16 +68,14 @@ from .stats import Estimate, mean_estimate, rate, win_rate, win_rates_by
 
 
 def load_own_prompts(path: str, n: int = 0, seed: int = 0) -> list[Prompt]:
-    """The prompts of ``path`` (every split), or a seeded sample of ``n`` of them, in file order."""
+    """The prompts of ``path`` (every split), or a seeded sample of ``n`` of them stratified by use
+    case (``inputs.stratified_sample``), in file order."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"prompts: {path}: not found")
     prompts = load_prompts(path)
     if not prompts:
         raise ConfigError(f"prompts: {path}: no prompts")
-    if n and n < len(prompts):
-        keep = set(random.Random(f"eval-prompts:{seed}").sample(range(len(prompts)), n))
-        prompts = [p for i, p in enumerate(prompts) if i in keep]
-    return prompts
+    return stratified_sample(prompts, n, seed)
 
 
 def own_models(cfg: EvalConfig) -> dict[str, ModelSpec]:
