@@ -159,15 +159,18 @@ def test_claim_e_paired_when_raw_samples_exist():
 
 
 def test_claim_f_alignment_tax():
-    def run(ppl_ptx, ppl_ppo, cloze_ptx=None, cloze_ppo=None):
-        pt = lambda p, c: {"perplexity": est(p, 0.2),  # noqa: E731
-                           **({} if c is None else {"cloze_accuracy": est(c, 0.01)})}
-        return claim_f(EvalResults([ModelResult("x", "ppo_ptx", pretraining=pt(ppl_ptx, cloze_ptx)),
-                                    ModelResult("y", "ppo", pretraining=pt(ppl_ppo, cloze_ppo))]))
+    def run(ppl_ptx, ppl_ppo, cont_ptx=None, cont_ppo=None, cloze=(0.2, 0.9)):
+        pt = lambda p, c, z: {"perplexity": est(p, 0.2), "cloze_accuracy": est(z, 0.01),  # noqa: E731
+                              **({} if c is None else {"continuation_accuracy": est(c, 0.01)})}
+        return claim_f(EvalResults([ModelResult("x", "ppo_ptx", pretraining=pt(ppl_ptx, cont_ptx, cloze[0])),
+                                    ModelResult("y", "ppo", pretraining=pt(ppl_ppo, cont_ppo, cloze[1]))]))
     assert run(19.0, 25.0).verdict == REPRODUCED
     assert run(25.0, 19.0).verdict == NOT_REPRODUCED
-    assert run(19.0, 25.0, 0.40, 0.50).verdict == NOT_REPRODUCED  # cloze link reversed
+    assert run(19.0, 25.0, 0.40, 0.50).verdict == NOT_REPRODUCED  # continuation link reversed
     assert run(19.0, 25.0, 0.50, 0.40).verdict == REPRODUCED
+    # the fact cloze (here far worse for PPO-ptx) is reported, not a link
+    assert [link.id for link in run(19.0, 25.0, 0.50, 0.40).links] == ["f1", "f2"]
+    assert "continuation_accuracy" in run(19.0, 25.0, 0.50, 0.40).links[1].statement
     assert run(19.0, 19.1).verdict == INCONCLUSIVE
     assert claim_f(_policy_only(est(0.8))).verdict == NOT_MEASURED
 

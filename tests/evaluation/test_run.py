@@ -68,8 +68,9 @@ def test_every_estimate_is_sane(evaluated):
         assert 1 <= m.likert.value <= 7 and m.likert.low <= m.likert.value <= m.likert.high
         ppl = m.pretraining["perplexity"]
         assert math.isfinite(ppl.value) and 1 < ppl.low <= ppl.value <= ppl.high
-        acc = m.pretraining["cloze_accuracy"]
-        assert 0 <= acc.low <= acc.value <= acc.high <= 1
+        for key in ("cloze_accuracy", "continuation_accuracy"):
+            acc = m.pretraining[key]
+            assert 0 <= acc.low <= acc.value <= acc.high <= 1
         for key in ("truthfulqa_truthful", "toxicity_plain", "toxicity_respectful", "toxicity_biased",
                     "bias_entropy", "reward_model_score", "kl_to_sft"):
             e = m.benchmarks[key]

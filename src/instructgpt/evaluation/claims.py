@@ -349,10 +349,17 @@ def claim_f(results: EvalResults) -> ClaimResult:
     """(f) PPO-ptx loses less held-out pretraining performance than PPO.
 
     Links, one per metric both models have: "perplexity" (effect = PPO
-    perplexity - PPO-ptx perplexity) and "cloze_accuracy" (effect = PPO-ptx
-    accuracy - PPO accuracy); the reference (SFT or base) cancels in these
-    differences. Each link: decide_greater(effect, 0); compound rule:
-    :func:`combine`. Not measured if neither metric exists for both.
+    perplexity - PPO-ptx perplexity) and "continuation_accuracy" (the
+    HellaSwag analogue, effect = PPO-ptx accuracy - PPO accuracy); the
+    reference (SFT or base) cancels in these differences. Each link:
+    decide_greater(effect, 0); compound rule: :func:`combine`. Not measured if
+    neither metric exists for both.
+
+    The world's fact cloze ("cloze_accuracy") is reported but is not a link:
+    it tests recall of facts, which fine-tuning here does not cost (the base
+    and SFT both score ~99%), where the paper's tax is on language-modelling
+    benchmarks such as HellaSwag; with it the claim could only stay
+    inconclusive whatever PPO-ptx did.
     """
     statement = "PPO-ptx loses less held-out pretraining performance than PPO (alignment tax)"
     rule = "per metric: CI of PPO-ptx's advantage over PPO above / below 0; all must hold"
@@ -361,7 +368,7 @@ def claim_f(results: EvalResults) -> ClaimResult:
     if pol is None or ppo is None:
         return _missing("f", statement, rule, "PPO-ptx or PPO model")
     links = []
-    for i, metric in enumerate(("perplexity", "cloze_accuracy"), start=1):
+    for i, metric in enumerate(("perplexity", "continuation_accuracy"), start=1):
         effect = metric_gap(pol, ppo, "pretraining", metric)
         if effect is not None:
             links.append(ClaimResult(f"f{i}", f"{pol.name} better than {ppo.name} on {metric}",
@@ -369,7 +376,7 @@ def claim_f(results: EvalResults) -> ClaimResult:
                                      f"{metric} advantage of {pol.name} over {ppo.name}",
                                      "CI above / below 0"))
     if not links:
-        return _missing("f", statement, rule, "perplexity / cloze accuracy of both models")
+        return _missing("f", statement, rule, "perplexity / continuation accuracy of both models")
     return _compound("f", statement, rule, links)
 
 

@@ -57,6 +57,8 @@ class EvalConfig:
     chat_template: str = opt("auto", CHAT_TEMPLATE_HELP + " Applies to every policy (each with its own tokenizer).")
     toxicity_tokens: int = opt(24, "Length limit of toxicity-probe continuations (RealToxicityPrompts-style: short).")
     heldout_tokens: int = opt(12288, "Tokens of the held-out pretraining corpus scored for perplexity (0 = skip).")
+    continuation_items: int = opt(500, "HellaSwag-like items from the held-out corpus, at most one per document: "
+                                       "which of four sentences continues it (the alignment tax; 0 = skip).")
     seed: int | None = opt(None, "Seed of prompt choice, sampling and simulated judgements (same for every model). "
                                  "Default: the run's seed, else 0.")
     device: str = opt("auto", "auto, cpu, cuda ...")
@@ -92,6 +94,8 @@ class EvalConfig:
             raise ConfigError(f"few_shot: must be >= 0, got {self.few_shot}")
         if self.toxicity_tokens < 1:
             raise ConfigError(f"toxicity_tokens: must be >= 1, got {self.toxicity_tokens}")
+        if self.continuation_items < 0:
+            raise ConfigError(f"continuation_items: must be >= 0, got {self.continuation_items}")
         if self.heldout_tokens < 0:
             raise ConfigError(f"heldout_tokens: must be >= 0, got {self.heldout_tokens}")
         if self.batch_size < 1:

@@ -5,9 +5,11 @@ Two kinds:
 * on sampled text: truthfulness (TruthfulQA-like shares) and toxicity (mean
   toxicity of continuations under three instructions);
 * on likelihoods: bias (entropy of the choice between two continuations),
-  cloze accuracy and held-out pretraining perplexity (the alignment tax).
+  cloze accuracy (recall of the world's facts), and the alignment tax: held-out
+  pretraining perplexity and continuation accuracy (HellaSwag-like: which of four
+  sentences continues a held-out document).
 
-Toxicity starts, bias and cloze items are continuations
+Toxicity starts, bias, cloze and continuation items are continuations
 (:meth:`~instructgpt.evaluation.policies.PolicyRunner.continuation`): raw text
 for plain-text models, the user's message and the reply for a model with a
 chat template. Truthfulness questions are asked as requests.
@@ -18,7 +20,10 @@ The items come from the run's world (``world/probes.json``, the held-out corpus)
 from __future__ import annotations
 
 import math
+import random
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -70,8 +75,64 @@ def bias_entropies(runner: PolicyRunner, items) -> list[float]:
     return [bias_entropy(float(lps[2 * i].sum()), float(lps[2 * i + 1].sum())) for i in range(len(items))]
 
 
+@dataclass(frozen=True)
+class ContinuationItem:
+    """A held-out document up to a sentence, and four candidates for that sentence."""
+    prompt: str                 # the document's text up to the end of sentence i (no trailing space)
+    candidates: list[str]       # " " + a sentence: the true one and three from other documents
+    answer: int                 # index of the true one
+    doc: int                    # index of the document in the held-out corpus
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?]) (?=\S)")   # a space after . ! or ?, inside one line
+
+
+def continuation_items(docs: Sequence[str], n: int, seed: int = 0, distractors: int = 3,
+                       max_length_gap: int = 12) -> list[ContinuationItem]:
+    """HellaSwag-like items from the held-out corpus: at most one per document, ``n`` at most.
+
+    The split point is a sentence boundary inside a line (so the true sentence, like every
+    candidate, follows a space), with at least one sentence of context; the distractors are
+    sentences that follow a space in other documents (and occur nowhere in this one), within ``max_length_gap`` characters of
+    the true one's length (a model cannot pick by length), never equal to it. Seeded."""
+    rng = random.Random(f"continuation:{seed}")
+    cuts = []                                           # (doc, cut offset, next sentence)
+    for d, text in enumerate(docs):
+        for line_start, line in _lines(text):
+            ends = [m.start() for m in _SENTENCE_END.finditer(line)] + [len(line)]
+            for a, b in zip(ends, ends[1:]):            # sentence after the space at a, ending at b
+                cuts.append((d, line_start + a, line[a + 1:b]))
+    pool: dict[int, list[tuple[int, str]]] = {}         # sentence length -> (doc, sentence)
+    for d, _, sentence in cuts:
+        pool.setdefault(len(sentence), []).append((d, sentence))
+    by_doc: dict[int, list[tuple[int, str]]] = {}
+    for d, cut, sentence in cuts:
+        by_doc.setdefault(d, []).append((cut, sentence))
+    order = sorted(by_doc)
+    rng.shuffle(order)
+    items = []
+    for d in order[:n]:
+        cut, true = rng.choice(by_doc[d])
+        near = sorted({x for length in range(len(true) - max_length_gap, len(true) + max_length_gap + 1)
+                       for other, x in pool.get(length, ()) if other != d and x != true and x not in docs[d]})
+        if len(near) < distractors:
+            continue
+        candidates = [true] + rng.sample(near, distractors)
+        rng.shuffle(candidates)
+        items.append(ContinuationItem(docs[d][:cut], [f" {c}" for c in candidates], candidates.index(true), d))
+    return items
+
+
+def _lines(text: str):
+    start = 0
+    for line in text.split("\n"):
+        yield start, line
+        start += len(line) + 1
+
+
 def cloze_correct(runner: PolicyRunner, items) -> list[float]:
-    """1.0 where the candidate with the highest total log-prob is the right one."""
+    """1.0 where the candidate with the highest total log-prob is the right one (items with
+    ``prompt``, ``candidates`` and ``answer``: cloze and continuation items)."""
     ctxs, conts, owner = [], [], []
     for k, it in enumerate(items):
         for cand in it.candidates:

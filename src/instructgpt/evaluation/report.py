@@ -320,15 +320,15 @@ def _alignment_tax_section(results: EvalResults) -> Section:
     sec = Section("Alignment tax (held-out pretraining performance)" if world else "Alignment tax (lm-eval tasks)")
     models = [m for m in _models_in_order(results) if m.pretraining]
     if not models:
-        sec.blocks.append(Para(f"Held-out pretraining perplexity / cloze accuracy: "
+        sec.blocks.append(Para(f"Held-out pretraining perplexity / continuation and cloze accuracy: "
                                f"{NOT_MEASURED}."))
         return sec
     if any(k.startswith("lm_eval:") for m in models for k in m.pretraining):
         sec.blocks.append(Para("lm_eval:<task>:<metric> are lm-evaluation-harness tasks (plain-text prompts); "
                                "means over documents carry a 95% bootstrap interval over documents."))
     seen = list(dict.fromkeys(k for m in models for k in m.pretraining))
-    metrics = [k for k in ("perplexity", "cloze_accuracy") if k in seen] + \
-        [k for k in seen if k not in ("perplexity", "cloze_accuracy")]
+    first = ("perplexity", "continuation_accuracy", "cloze_accuracy")
+    metrics = [k for k in first if k in seen] + [k for k in seen if k not in first]
     ref = results.model(results.baseline)
     ref = ref if ref is not None and ref.pretraining else next(
         (m for m in models if m.kind == "base"), None)

@@ -56,8 +56,8 @@ from .human_labels import add_human_labels, write_label_tasks
 from .inputs import EvalInputs, read_inputs
 from .judging import Judgement, checkable, judge
 from .policies import PROMPTED, ModelPool, ModelSpec, PolicyRunner, generate_responses
-from .probes import (bias_entropies, block_nlls, cloze_correct, perplexity_estimate, toxicity_scores,
-                     truth_scores)
+from .probes import (bias_entropies, block_nlls, cloze_correct, continuation_items, perplexity_estimate,
+                     toxicity_scores, truth_scores)
 from .report import write_report
 from .results import EvalResults, ModelResult, SampleOutput, Samples
 from .scoring import policy_kl, policy_reward
@@ -76,6 +76,7 @@ class PolicyOutputs:
     toxicity: list[str]
     bias: list[float] | None = None
     cloze: list[float] | None = None
+    continuation: list[float] | None = None      # 0/1 per continuation item (HellaSwag-like)
     nlls: np.ndarray | None = None
     kl: list[float] | None = None
     reward: list[float] | None = None
@@ -89,7 +90,7 @@ def run_policy(spec: ModelSpec, cfg: EvalConfig, pool: ModelPool, prompts: Seque
     (``manager``: an lm-eval TaskManager, when ``cfg.lm_eval_tasks`` asks for them).
 
     ``reuse``: outputs of the same weights (base for base_prompted), whose
-    likelihood probes (bias, cloze, perplexity, lm-eval) are taken as they are.
+    likelihood probes (bias, cloze, continuation, perplexity, lm-eval) are taken as they are.
     """
     runner = PolicyRunner(spec, cfg, pool, demos)
     probes = world_data.probes
@@ -101,6 +102,7 @@ def run_policy(spec: ModelSpec, cfg: EvalConfig, pool: ModelPool, prompts: Seque
     )
     if reuse is not None:
         out.bias, out.cloze, out.nlls, out.harness = reuse.bias, reuse.cloze, reuse.nlls, reuse.harness
+        out.continuation = reuse.continuation
     else:
         if manager is not None:
             out.harness = harness_scores(runner.model, runner.tokenizer, cfg.lm_eval_tasks, manager,
@@ -109,6 +111,8 @@ def run_policy(spec: ModelSpec, cfg: EvalConfig, pool: ModelPool, prompts: Seque
         out.cloze = cloze_correct(runner, probes.cloze) if probes.cloze else None
         out.nlls = block_nlls(runner, world_data.heldout_corpus, cfg.heldout_tokens) \
             if world_data.heldout_corpus and cfg.heldout_tokens else None
+        items = continuation_items(world_data.heldout_corpus or [], cfg.continuation_items, cfg.seed)
+        out.continuation = cloze_correct(runner, items) if items else None
     return out
 
 
@@ -146,6 +150,10 @@ def build_model_result(spec: ModelSpec, outputs: PolicyOutputs, judgement: Judge
     if outputs.cloze:
         m.pretraining["cloze_accuracy"] = rate(outputs.cloze)
         m.raw["cloze_accuracy"] = Samples(list(outputs.cloze), [f"cloze-{i}" for i in range(len(outputs.cloze))])
+    if outputs.continuation:
+        m.pretraining["continuation_accuracy"] = rate(outputs.continuation)
+        m.raw["continuation_accuracy"] = Samples(list(outputs.continuation),
+                                                 [f"continuation-{i}" for i in range(len(outputs.continuation))])
     if outputs.nlls is not None and outputs.nlls.size:
         m.pretraining["perplexity"] = perplexity_estimate(outputs.nlls, seed)
     m.pretraining.update(outputs.harness or {})
