@@ -95,12 +95,10 @@ class LeanDecoder:
         k0 = layers[0][0]
         B, H, T0, D = k0.shape
         cap = T0 + max_new_tokens
-        # Keys are kept transposed, (L, B, H, D, T): q @ keys is then a plain strided matmul,
-        # ~8x faster on CPU than multiplying by a transposed (T, D) view.
-        self.keys = k0.new_empty(len(layers), B, H, D, cap)
+        self.keys = k0.new_empty(len(layers), B, H, cap, D)                      # (L, B, H_kv, T, D)
         self.values = k0.new_empty(len(layers), B, H, cap, D)
         for i, (k, v) in enumerate(layers):
-            self.keys[i, ..., :T0] = k.transpose(-1, -2)
+            self.keys[i, :, :, :T0] = k
             self.values[i, :, :, :T0] = v
         if key_mask is not None:
             self.key_mask = torch.ones(B, 1, 1, cap, dtype=torch.bool, device=k0.device)
@@ -114,7 +112,7 @@ class LeanDecoder:
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """(B,) token ids at (B, 1) positions -> (B, V) next-token logits; appends to the cache."""
         t = self.t
-        if t >= self.keys.shape[-1]:
+        if t >= self.keys.shape[3]:
             raise RuntimeError("LeanDecoder: cache is full (more steps than max_new_tokens)")
         mask = self.key_mask[..., :t + 1] if self.key_mask is not None else None
         h = self._layers(tokens, positions, t, mask)
@@ -130,16 +128,14 @@ class LeanDecoder:
     def _attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t: int,
                 mask: torch.Tensor | None) -> torch.Tensor:
         """q (B, H, 1, D), k/v (B, H_kv, 1, D) -> (B, H*D), after writing k/v at column t."""
-        self.keys[i, ..., t:t + 1] = k.transpose(-1, -2)
+        self.keys[i, :, :, t:t + 1] = k                                          # a contiguous row per head
         self.values[i, :, :, t:t + 1] = v
-        keys_t, values = self.keys[i, ..., :t + 1], self.values[i, :, :, :t + 1]  # (B, H_kv, D, t+1), (B, H_kv, t+1, D)
-        if self.n_kv != self.n_heads:  # grouped-query attention: query heads share a key/value head
-            q = q.view(q.shape[0], self.n_kv, -1, q.shape[-1])                   # (B, H_kv, H/H_kv, D)
-        # Plain matmuls: for a single query row they are ~10x faster on CPU than SDPA's kernels.
-        scores = torch.matmul(q, keys_t) * self.scales[i]                        # (B, H_kv, G, t+1)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        out = torch.matmul(torch.softmax(scores.float(), dim=-1).to(values.dtype), values)  # (B, H_kv, G, D)
+        keys, values = self.keys[i, :, :, :t + 1], self.values[i, :, :, :t + 1]  # (B, H_kv, t+1, D)
+        # One fused kernel; grouped-query heads share a key/value head (enable_gqa). For a single
+        # query row on CPU it is as fast as two plain matmuls on a transposed key cache, and the
+        # cache takes a row per new token instead of a strided column (37 us -> 4 us per write).
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scales[i],
+                                             enable_gqa=self.n_kv != self.n_heads)  # (B, H, 1, D)
         return out.reshape(q.shape[0], -1)
 
     def _gpt2(self, tokens, positions, t, mask) -> torch.Tensor:
@@ -151,10 +147,10 @@ class LeanDecoder:
             qkv = torch.addmm(blk.attn.c_attn.bias, a, blk.attn.c_attn.weight)    # (B, 3d)
             q, k, v = qkv.view(B, 3, H, 1, D).unbind(1)                            # (B, H, 1, D) each
             o = self._attend(i, q, k, v, t, mask)
-            h = h + torch.addmm(blk.attn.c_proj.bias, o, blk.attn.c_proj.weight)
+            h = torch.addmm(h, o, blk.attn.c_proj.weight).add_(blk.attn.c_proj.bias)  # no bias copy
             m = F.layer_norm(h, h.shape[-1:], blk.ln_2.weight, blk.ln_2.bias, blk.ln_2.eps)
             m = self.act(torch.addmm(blk.mlp.c_fc.bias, m, blk.mlp.c_fc.weight))
-            h = h + torch.addmm(blk.mlp.c_proj.bias, m, blk.mlp.c_proj.weight)
+            h = torch.addmm(h, m, blk.mlp.c_proj.weight).add_(blk.mlp.c_proj.bias)
         return F.layer_norm(h, h.shape[-1:], self.final_norm.weight, self.final_norm.bias, self.final_norm.eps)
 
     def _llama(self, tokens, positions, t, mask) -> torch.Tensor:
