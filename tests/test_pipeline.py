@@ -263,6 +263,19 @@ def test_the_built_in_world_is_evaluated_on_every_test_prompt_unless_set(tmp_pat
     assert eval_stage(RunConfig(runs_dir=str(tmp_path), eval_prompts=250)) == (250, 250)
 
 
+def test_the_continuation_probe_size_is_a_run_option_that_reaches_the_eval_stage(tmp_path):
+    """continuation_items of instructgpt run reaches the eval stage's config (its key) and its time
+    estimate; 0 skips the probe (a real checkpoint scores 4 candidates per item per model)."""
+    from instructgpt.pipeline import Pipeline
+    def eval_stage(**kw):
+        (st,) = [st for st, _, _ in Pipeline(RunConfig(runs_dir=str(tmp_path), **kw)).planned() if st.name == "eval"]
+        return st
+    default, small, off = eval_stage(), eval_stage(continuation_items=40), eval_stage(continuation_items=0)
+    assert (default.config.continuation_items, small.config.continuation_items, off.config.continuation_items) \
+        == (500, 40, 0)
+    assert default.work() > small.work() > off.work()
+
+
 def test_the_flan_baseline_trains_at_its_own_learning_rate(tmp_path):
     """FLAN-style answers are a word or two: at SFT's 1e-3 the baseline lost its language model
     (held-out perplexity 10,966); its own default is 3e-4, and a value the user sets wins."""

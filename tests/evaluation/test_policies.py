@@ -14,7 +14,9 @@ from instructgpt.evaluation.config import EvalConfig
 from instructgpt.evaluation.inputs import few_shot_demos, load_test_prompts
 from instructgpt.evaluation.policies import ModelPool, PolicyRunner, discover_models, generate_responses
 from instructgpt.evaluation.run import run_eval
-from instructgpt.evaluation.scoring import continuation_logprobs, policy_kl, reward_scores
+from instructgpt.evaluation.scoring import continuation_logprobs, policy_kl, reward_scores, shared_context_logprobs
+
+from tests.conftest import make_model
 
 from .fake_run import eval_config
 
@@ -79,6 +81,32 @@ def test_continuation_logprobs_match_a_direct_forward(run):
         direct = logp[torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1), torch.tensor(cont)]
     assert np.allclose(lps[0], direct.numpy(), atol=1e-5)
     assert lps[1].shape == (len(cont),)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_candidates_sharing_a_context_score_as_they_do_each_alone(tmp_path, arch):
+    """shared_context_logprobs (the context once, its cache copied to each candidate) gives what
+    continuation_logprobs gives pair by pair: uneven groups, contexts of 1 to 29 tokens, empty
+    candidates, a temperature, batches split by max_rows."""
+    from instructgpt.models import load_policy
+
+    folder = make_model(tmp_path / arch, arch)
+    model = load_policy(folder).eval()
+    rng = np.random.default_rng(0)
+    contexts, candidates = [], []
+    for size in (1, 4, 2, 3, 1, 4, 2):
+        context = rng.integers(3, 150, rng.integers(1, 30)).tolist()
+        for _ in range(size):
+            contexts.append(context)
+            candidates.append(rng.integers(3, 150, rng.integers(0, 9)).tolist())
+    fed = []                                    # token positions of every forward pass
+    model.register_forward_pre_hook(lambda _, args, kw: fed.append(kw["input_ids"].numel()), with_kwargs=True)
+    alone = continuation_logprobs(model, contexts, candidates, 1, 0.7, max_rows=5)
+    fed_alone, fed[:] = sum(fed), []
+    shared = shared_context_logprobs(model, contexts, candidates, 1, 0.7, max_rows=5)
+    assert sum(fed) < 0.8 * fed_alone          # each context ran once
+    assert [a.shape for a in alone] == [s.shape for s in shared] == [(len(c),) for c in candidates]
+    assert max(float(np.abs(a - s).max(initial=0)) for a, s in zip(alone, shared)) < 1e-5
 
 
 def test_kl_is_zero_against_itself_and_reward_scores_are_per_sequence(run):

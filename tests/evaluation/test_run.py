@@ -160,14 +160,17 @@ def test_out_dir_leaves_the_runs_own_results_and_report_alone(run, evaluated, tm
 
 
 def test_options_left_unset_take_the_runs_values(run, tmp_path):
-    """n_prompts, max_new_tokens and seed default to the run's (run_config.json), else 120, 48, 0."""
+    """n_prompts, max_new_tokens, seed and continuation_items default to the run's (run_config.json),
+    else 120, 48, 0, 500."""
     cfg = EvalConfig(run_dir="x")
-    assert (cfg.n_prompts, cfg.max_new_tokens, cfg.seed) == (None, None, None)
-    assert cfg.with_run_defaults(None).n_prompts == 120
-    resolved = cfg.with_run_defaults({"eval_prompts": 16, "max_new_tokens": 20, "seed": 3, "ppo_lr": 1.0})
-    assert (resolved.n_prompts, resolved.max_new_tokens, resolved.seed) == (16, 20, 3)
-    given = EvalConfig(run_dir="x", n_prompts=5, seed=0).with_run_defaults({"eval_prompts": 16, "seed": 3})
-    assert (given.n_prompts, given.max_new_tokens, given.seed) == (5, 48, 0)
+    assert (cfg.n_prompts, cfg.max_new_tokens, cfg.seed, cfg.continuation_items) == (None, None, None, None)
+    assert (cfg.with_run_defaults(None).n_prompts, cfg.with_run_defaults(None).continuation_items) == (120, 500)
+    resolved = cfg.with_run_defaults({"eval_prompts": 16, "max_new_tokens": 20, "seed": 3, "ppo_lr": 1.0,
+                                      "continuation_items": 30})
+    assert (resolved.n_prompts, resolved.max_new_tokens, resolved.seed, resolved.continuation_items) == (16, 20, 3, 30)
+    given = EvalConfig(run_dir="x", n_prompts=5, seed=0, continuation_items=0).with_run_defaults(
+        {"eval_prompts": 16, "seed": 3, "continuation_items": 30})
+    assert (given.n_prompts, given.max_new_tokens, given.seed, given.continuation_items) == (5, 48, 0, 0)
     with pytest.raises(ConfigError, match="n_prompts"):
         EvalConfig(run_dir="x").with_run_defaults({"eval_prompts": -1})
 

@@ -3,9 +3,9 @@
 Two ways to evaluate:
 
 * ``run_dir=X``: a run of the built-in world (its policies, test prompts,
-  simulated labelers, probes and the paper's claims). Three options left unset
-  (``n_prompts``, ``max_new_tokens``, ``seed``) take the run's own values from
-  its ``run_config.json`` (``eval_prompts``, ``max_new_tokens``, ``seed``), so
+  simulated labelers, probes and the paper's claims). Options left unset
+  (``n_prompts``, ``max_new_tokens``, ``seed``, ``continuation_items``) take the run's own values
+  from its ``run_config.json`` (``eval_prompts``, ``max_new_tokens``, ``seed``, ``continuation_items``), so
   ``instructgpt eval run_dir=X`` evaluates a run the way ``instructgpt run``
   did and writes the same results and report.
 * ``prompts=FILE models=a=PATH,b=PATH baseline=a``: any models on your own
@@ -24,7 +24,8 @@ from ..config import ConfigError, opt
 from ..run_folder import RunFolder
 
 #: Option -> (the RunConfig option it is taken from, the default when the run has none).
-FROM_RUN = {"n_prompts": ("eval_prompts", 120), "max_new_tokens": ("max_new_tokens", 48), "seed": ("seed", 0)}
+FROM_RUN = {"n_prompts": ("eval_prompts", 120), "max_new_tokens": ("max_new_tokens", 48), "seed": ("seed", 0),
+            "continuation_items": ("continuation_items", 500)}
 
 #: The judges of ``prompts=`` evaluations, and the option each needs.
 JUDGE_INPUTS = {"reward_model": "reward_model", "judge_model": "judge_model", "people": "labels"}
@@ -57,8 +58,9 @@ class EvalConfig:
     chat_template: str = opt("auto", CHAT_TEMPLATE_HELP + " Applies to every policy (each with its own tokenizer).")
     toxicity_tokens: int = opt(24, "Length limit of toxicity-probe continuations (RealToxicityPrompts-style: short).")
     heldout_tokens: int = opt(12288, "Tokens of the held-out pretraining corpus scored for perplexity (0 = skip).")
-    continuation_items: int = opt(500, "HellaSwag-like items from the held-out corpus, at most one per document: "
-                                       "which of four sentences continues it (the alignment tax; 0 = skip).")
+    continuation_items: int | None = opt(None, "HellaSwag-like items from the held-out corpus, at most one per "
+                                               "document: which of four sentences continues it (the alignment "
+                                               "tax; 0 = skip). Default: the run's continuation_items, else 500.")
     seed: int | None = opt(None, "Seed of prompt choice, sampling and simulated judgements (same for every model). "
                                  "Default: the run's seed, else 0.")
     device: str = opt("auto", "auto, cpu, cuda ...")
@@ -94,7 +96,7 @@ class EvalConfig:
             raise ConfigError(f"few_shot: must be >= 0, got {self.few_shot}")
         if self.toxicity_tokens < 1:
             raise ConfigError(f"toxicity_tokens: must be >= 1, got {self.toxicity_tokens}")
-        if self.continuation_items < 0:
+        if self.continuation_items is not None and self.continuation_items < 0:
             raise ConfigError(f"continuation_items: must be >= 0, got {self.continuation_items}")
         if self.heldout_tokens < 0:
             raise ConfigError(f"heldout_tokens: must be >= 0, got {self.heldout_tokens}")

@@ -31,7 +31,7 @@ import torch
 from ..lm import pack_blocks
 from ..world import bias_entropy, score_truth, toxicity
 from .policies import PolicyRunner
-from .scoring import continuation_logprobs
+from .scoring import continuation_logprobs, shared_context_logprobs
 from .stats import Estimate, bootstrap_interval, mean_estimate, rate
 
 #: Toxicity probe instruction -> benchmark key suffix.
@@ -71,7 +71,7 @@ def bias_entropies(runner: PolicyRunner, items) -> list[float]:
             c, r = runner.continuation(it.prompt, alt)
             ctxs.append(c)
             conts.append(r)
-    lps = continuation_logprobs(runner.model, ctxs, conts, runner.pad, max_rows=runner.cfg.batch_size * 2)
+    lps = shared_context_logprobs(runner.model, ctxs, conts, runner.pad, max_rows=runner.cfg.batch_size * 2)
     return [bias_entropy(float(lps[2 * i].sum()), float(lps[2 * i + 1].sum())) for i in range(len(items))]
 
 
@@ -140,7 +140,7 @@ def cloze_correct(runner: PolicyRunner, items) -> list[float]:
             ctxs.append(c)
             conts.append(r)
             owner.append(k)
-    lps = continuation_logprobs(runner.model, ctxs, conts, runner.pad, max_rows=runner.cfg.batch_size * 2)
+    lps = shared_context_logprobs(runner.model, ctxs, conts, runner.pad, max_rows=runner.cfg.batch_size * 2)
     best: dict[int, tuple[float, int]] = {}
     counter: dict[int, int] = {}
     for k, lp in zip(owner, lps):

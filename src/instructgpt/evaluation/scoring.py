@@ -7,6 +7,7 @@ length so that little padding is computed.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Sequence
 
@@ -81,6 +82,97 @@ def continuation_logprobs(model, contexts: Sequence[list[int]], continuations: S
         for row, i in enumerate(idx):
             c = len(continuations[i])
             out[i] = lp[row, lp.shape[1] - c:] if c else np.zeros(0, dtype=np.float32)
+    return out  # type: ignore[return-value]
+
+
+def _cache_rows(cache, rows: torch.Tensor):
+    """A transformers cache holding the given rows of ``cache`` (which stays as it is)."""
+    picked = copy.copy(cache)
+    picked.layers = [copy.copy(layer) for layer in cache.layers]
+    picked.reorder_cache(rows)                  # index_select into the copies' own tensors
+    return picked
+
+
+def _context_batches(groups: Sequence[tuple[list[int], list[int]]], vocab: int, max_rows: int):
+    """Index lists into ``groups`` ((context, its continuations' indices)) in order of context
+    length: each batch's continuation rows within max_rows (one group at least) and their logits
+    within LOGIT_BUDGET cells."""
+    order = sorted(range(len(groups)), key=lambda g: len(groups[g][0]))
+    batch: list[int] = []
+    rows = 0
+    for g in order:
+        n = len(groups[g][1])
+        if batch and (rows + n > max_rows or (rows + n) * len(groups[g][0]) * vocab > LOGIT_BUDGET):
+            yield batch
+            batch, rows = [], 0
+        batch.append(g)
+        rows += n
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def shared_context_logprobs(model, contexts: Sequence[list[int]], continuations: Sequence[list[int]],
+                            pad_id: int, temperature: float = 1.0, max_rows: int = 64) -> list[np.ndarray]:
+    """What :func:`continuation_logprobs` returns, with one forward pass per distinct context.
+
+    Multiple-choice probes score several candidates after the same text (a continuation
+    item's context is a document, its four candidates a sentence each): the context runs
+    once, left-padded, with the key/value cache on; its candidates then run right-padded
+    behind their context's cache rows, in passes of similar-length candidates. The first
+    candidate token is scored from the context's last logits. Models without a
+    transformers cache (``past_key_values`` with ``reorder_cache``) take :func:`continuation_logprobs`.
+    """
+    if len(contexts) != len(continuations):
+        raise ValueError("contexts and continuations differ in length")
+    if any(not c for c in contexts):
+        raise ValueError("every context needs at least one token")
+    by_context: dict[tuple[int, ...], list[int]] = {}
+    for i, c in enumerate(contexts):
+        by_context.setdefault(tuple(c), []).append(i)
+    if len(by_context) == len(contexts):
+        return continuation_logprobs(model, contexts, continuations, pad_id, temperature, max_rows)
+    groups = [(list(c), idx) for c, idx in by_context.items()]
+    emb = model.get_output_embeddings()
+    vocab = int(emb.weight.shape[0]) if emb is not None else int(model.config.vocab_size)
+    keep = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    device = next(model.parameters()).device
+    out: list[np.ndarray | None] = [None] * len(contexts)
+    for batch in _context_batches(groups, vocab, max(1, max_rows)):
+        ids, mask = pad([groups[g][0] for g in batch], pad_id, "left")           # (Bc, Tc)
+        ids, mask = ids.to(device), mask.to(device)
+        first = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                      use_cache=True, **keep)
+        rows = [i for g in batch for i in groups[g][1]]
+        cache = getattr(first, "past_key_values", None)
+        if not hasattr(cache, "reorder_cache") or not hasattr(cache, "layers"):  # no transformers cache
+            for i, lp in zip(rows, continuation_logprobs(model, [contexts[i] for i in rows],
+                                                         [continuations[i] for i in rows], pad_id, temperature,
+                                                         max_rows)):
+                out[i] = lp
+            continue
+        owner = [b for b, g in enumerate(batch) for _ in groups[g][1]]          # row -> its context
+        last = first.logits[:, -1]                                               # (Bc, V)
+        lengths = mask.sum(1)                                                    # (Bc,)
+        by_length = sorted(range(len(rows)), key=lambda r: len(continuations[rows[r]]))
+        step = max(1, max_rows // 4)            # candidate rows per pass, of similar length (little padding)
+        for chunk in (by_length[k:k + step] for k in range(0, len(by_length), step)):
+            conts = [continuations[rows[r]] for r in chunk]
+            if not any(conts):
+                for r in chunk:
+                    out[rows[r]] = np.zeros(0, dtype=np.float32)
+                continue
+            ctx = torch.tensor([owner[r] for r in chunk], device=device)         # (Br,)
+            cont, cmask = pad([c or [pad_id] for c in conts], pad_id, "right")   # (Br, Tr)
+            cont, cmask = cont.to(device), cmask.to(device)
+            full = torch.cat([mask[ctx], cmask], dim=1)                          # (Br, Tc + Tr)
+            positions = lengths[ctx, None] + torch.arange(cont.shape[1], device=device)  # (Br, Tr)
+            logits = model(input_ids=cont, attention_mask=full, position_ids=positions,
+                           past_key_values=_cache_rows(cache, ctx), use_cache=False).logits  # (Br, Tr, V)
+            logits = torch.cat([last[ctx, None], logits[:, :-1]], dim=1)         # predicting cont[:, j]
+            lp = token_logprobs(logits, cont, temperature).float().cpu().numpy()  # (Br, Tr)
+            for row, r in enumerate(chunk):
+                out[rows[r]] = lp[row, :len(conts[row])]
     return out  # type: ignore[return-value]
 
 
