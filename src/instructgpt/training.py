@@ -164,37 +164,12 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.devi
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.adam_beta2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, total_steps, cfg.warmup_steps, cfg.min_lr_ratio))
-    modules = {"model": model}
-
+    checkpoints = _Checkpoints(ckpt_root, {"model": model}, optimizer, scheduler, cfg)
     state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "best_score": None,
              "best_epoch": None, "history": []}
     resumed_from = None
-    if cfg.resume:
-        found = ckpt.latest_good_checkpoint(ckpt_root)
-        if found is not None:
-            objects, state = ckpt.load_checkpoint(found, modules)   # full tensors: any ranks, sharded or not
-            sharding.load_optimizer_state_dict(optimizer, objects["optimizer"])
-            scheduler.load_state_dict(objects["scheduler"])
-            resumed_from = str(found)
-            log.truncate_after(state["global_step"])
-
-    last_save = [time.monotonic()]
-
-    def save(name: str | None = None) -> Path:
-        last_save[0] = time.monotonic()
-        folder = ckpt_root / (name or f"step-{state['global_step']:07d}")
-        tensors = sharding.checkpoint_tensors(modules)  # a collective when sharded; rank 0 keeps them
-        optim_state = sharding.optimizer_state_dict(optimizer, rank0_only=True)
-        if dist.is_main():
-            ckpt.save_checkpoint(folder, tensors, {"optimizer": optim_state,
-                                                   "scheduler": scheduler.state_dict()}, state)
-            ckpt.prune_checkpoints(ckpt_root, cfg.keep_checkpoints)
-        dist.barrier()
-        return folder
-
-    def time_to_save() -> bool:
-        return cfg.save_minutes > 0 and time.monotonic() - last_save[0] >= 60 * cfg.save_minutes
-
+    if cfg.resume and (found := checkpoints.resume(log)) is not None:
+        resumed_from, state = found
     bar = progress_bar(total_steps, task.metric_prefix, cfg.progress and dist.is_main(), state["global_step"])
     model.train()
     with interrupt.safe_points(), contextlib.closing(bar):  # a first SIGTERM / Ctrl-C waits for a safe point
@@ -213,26 +188,64 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.devi
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items()
                                  if k.endswith(("loss", "lr", "tokens_per_s", "accuracy"))})
                 saved = None
-                if (cfg.save_every and state["global_step"] % cfg.save_every == 0) or time_to_save():
-                    saved = save()
+                if (cfg.save_every and state["global_step"] % cfg.save_every == 0) or checkpoints.due():
+                    saved = checkpoints.save(state)
                 if interrupt.stop_requested():  # a safe point: stop here, with a checkpoint
                     interrupt.stop(f"at {task.metric_prefix} step {state['global_step']}/{total_steps}",
-                                   saved or save())
+                                   saved or checkpoints.save(state))
                 if on_step is not None:
                     on_step(state["global_step"])
             if state["step_in_epoch"] >= steps_per_epoch:
                 _end_epoch(model, evaluate, select, state, log, ckpt_root, device, cfg.precision)
                 state["epoch"] += 1
                 state["step_in_epoch"] = 0
-                saved = save()
+                saved = checkpoints.save(state)
                 if interrupt.stop_requested():
                     interrupt.stop(f"after {task.metric_prefix} epoch {state['epoch']}/{cfg.epochs}", saved)
     if select and state["best_epoch"] is not None and (ckpt_root / "best").exists():
-        ckpt.load_checkpoint(ckpt_root / "best", modules)
+        ckpt.load_checkpoint(ckpt_root / "best", {"model": model})
     if not cfg.keep_optimizer and dist.is_main():  # training is over: weights-only checkpoints from here on
         ckpt.retain(ckpt_root, cfg.keep_checkpoints, keep_optimizer=False)
     return FitResult(state["global_step"], state["epoch"], state["best_epoch"], state["best_score"],
                      state["history"], resumed_from, sharding.sharding_mode(model))
+
+
+class _Checkpoints:
+    """The checkpoints of one ``fit``: full tensors, optimizer and scheduler state under ``root``
+    (resumable on any number of ranks, sharded or not), the newest ``keep_checkpoints`` kept."""
+
+    def __init__(self, root: Path, modules: dict[str, torch.nn.Module], optimizer, scheduler, cfg: TrainConfig):
+        self.root, self.modules, self.optimizer, self.scheduler, self.cfg = root, modules, optimizer, scheduler, cfg
+        self.last_save = time.monotonic()
+
+    def resume(self, log: MetricsLog) -> tuple[str, dict[str, Any]] | None:
+        """Load the newest good checkpoint (weights, optimizer, scheduler) and drop the metrics
+        logged after it: (its path, the loop state it saved), or None if there is none."""
+        found = ckpt.latest_good_checkpoint(self.root)
+        if found is None:
+            return None
+        objects, state = ckpt.load_checkpoint(found, self.modules)
+        sharding.load_optimizer_state_dict(self.optimizer, objects["optimizer"])
+        self.scheduler.load_state_dict(objects["scheduler"])
+        log.truncate_after(state["global_step"])
+        return str(found), state
+
+    def save(self, state: dict[str, Any]) -> Path:
+        """A checkpoint of the loop at ``state`` (a collective when sharded: every rank calls it)."""
+        self.last_save = time.monotonic()
+        folder = self.root / f"step-{state['global_step']:07d}"
+        tensors = sharding.checkpoint_tensors(self.modules)  # rank 0 keeps the full tensors
+        optim_state = sharding.optimizer_state_dict(self.optimizer, rank0_only=True)
+        if dist.is_main():
+            ckpt.save_checkpoint(folder, tensors, {"optimizer": optim_state,
+                                                   "scheduler": self.scheduler.state_dict()}, state)
+            ckpt.prune_checkpoints(self.root, self.cfg.keep_checkpoints)
+        dist.barrier()
+        return folder
+
+    def due(self) -> bool:
+        """True when save_minutes have passed since the last checkpoint."""
+        return self.cfg.save_minutes > 0 and time.monotonic() - self.last_save >= 60 * self.cfg.save_minutes
 
 
 def _train_step(model, task: Task, indices: list[int], cfg: TrainConfig, optimizer, scheduler,

@@ -244,37 +244,13 @@ def run_prompts_eval(cfg: EvalConfig) -> EvalResults:
         laps("judge:reward_model")
 
     if "judge_model" in judges:
-        judge = JudgeModel(pool.model(cfg.judge_model), pool.tokenizer(cfg.judge_model), "auto",
-                           max(1, cfg.batch_size // 4), cfg.judge_model)
-        first: list[float] = []
-        for n in others:
-            verdicts = pairwise_outcomes(judge, prompts, texts[n], texts[cfg.baseline])
-            add_judge(models[n], "judge_model", verdicts.outcomes, prompts, cfg.seed, "judge_model", by_use_case)
-            models[n].benchmarks["judge_model_preference"] = mean_estimate(verdicts.preference, ids, cfg.seed,
-                                                                           "bootstrap-prompts")
-            if verdicts.consistent:
-                models[n].benchmarks["judge_model_consistency"] = rate(verdicts.consistent)
-            first += verdicts.first_position
-        meta_judges["judge_model"] = (f"{judge.describe()}; each pair asked in both orders, a verdict that changes "
-                                      f"with the order is a tie" + (f"; it chose the answer shown first in "
-                                      f"{100 * sum(first) / len(first):.1f}% of {len(first)} verdicts"
-                                      if first else ""))
+        meta_judges["judge_model"] = _judge_by_model(cfg, pool, prompts, texts, models, others, by_use_case)
         laps("judge:judge_model")
 
-    n_tasks = 0
     if "people" in judges:
         samples = {n: [[str(r) for r in s] for s in a.samples] for n, a in answers.items()}
-        n_tasks = write_label_tasks(out_dir / "label_tasks.jsonl", prompts, texts, cfg.baseline, cfg.seed,
-                                    samples if n_samples else None)
-        meta_judges["people"] = people_meta(out_dir, n_tasks, labels)
-        if labels is not None:
-            people = people_judgement(labels, prompts, as_answers(texts, samples), cfg.baseline, cfg.seed)
-            for n in others:
-                add_comparisons(models[n], "human", people.comparisons.get(n, []), cfg.seed, by_use_case)
-            for n, m in models.items():
-                m.likert = people.likert.get(n)
-                m.metadata.update(people.flags.get(n, {}))
-            meta_judges["people"] = people_meta(out_dir, n_tasks, labels)
+        meta_judges["people"] = _judge_by_people(cfg, out_dir, prompts, texts, samples, n_samples > 0, labels,
+                                                 models, others, by_use_case)
         laps("judge:people")
 
     results = EvalResults(models=[models[n] for n in specs], baseline=cfg.baseline,
@@ -284,6 +260,45 @@ def run_prompts_eval(cfg: EvalConfig) -> EvalResults:
     print(f"eval: {len(specs)} models on {len(prompts)} prompts ({', '.join(judges) or 'no judge'}) in "
           f"{results.meta['eval_seconds']:.1f}s -> {out_dir / 'results.json'}, {html_path}")
     return results
+
+
+def _judge_by_model(cfg: EvalConfig, pool: ModelPool, prompts: list[Prompt], texts: dict[str, list[str]],
+                    models: dict[str, ModelResult], others: list[str], by_use_case: bool) -> str:
+    """The judge model compares each of ``others`` with the baseline (both orders); win rates,
+    preference and consistency go into ``models``; returns its line of results.json's meta."""
+    judge = JudgeModel(pool.model(cfg.judge_model), pool.tokenizer(cfg.judge_model), "auto",
+                       max(1, cfg.batch_size // 4), cfg.judge_model)
+    ids = [p.id for p in prompts]
+    first: list[float] = []
+    for n in others:
+        verdicts = pairwise_outcomes(judge, prompts, texts[n], texts[cfg.baseline])
+        add_judge(models[n], "judge_model", verdicts.outcomes, prompts, cfg.seed, "judge_model", by_use_case)
+        models[n].benchmarks["judge_model_preference"] = mean_estimate(verdicts.preference, ids, cfg.seed,
+                                                                       "bootstrap-prompts")
+        if verdicts.consistent:
+            models[n].benchmarks["judge_model_consistency"] = rate(verdicts.consistent)
+        first += verdicts.first_position
+    return (f"{judge.describe()}; each pair asked in both orders, a verdict that changes with the order is a "
+            f"tie" + (f"; it chose the answer shown first in {100 * sum(first) / len(first):.1f}% of "
+                      f"{len(first)} verdicts" if first else ""))
+
+
+def _judge_by_people(cfg: EvalConfig, out_dir: Path, prompts: list[Prompt], texts: dict[str, list[str]],
+                     samples: dict[str, list[list[str]]], with_samples: bool, labels,
+                     models: dict[str, ModelResult], others: list[str], by_use_case: bool) -> str:
+    """Writes the labeling tasks (label_tasks.jsonl; ``with_samples``: each model's extra ``samples``
+    too, for rankings of K answers); with people's ``labels``, their win rates, Likert scores and
+    flags go into ``models``. Returns the people's line of results.json's meta."""
+    n_tasks = write_label_tasks(out_dir / "label_tasks.jsonl", prompts, texts, cfg.baseline, cfg.seed,
+                                samples if with_samples else None)
+    if labels is not None:
+        people = people_judgement(labels, prompts, as_answers(texts, samples), cfg.baseline, cfg.seed)
+        for n in others:
+            add_comparisons(models[n], "human", people.comparisons.get(n, []), cfg.seed, by_use_case)
+        for n, m in models.items():
+            m.likert = people.likert.get(n)
+            m.metadata.update(people.flags.get(n, {}))
+    return people_meta(out_dir, n_tasks, labels)
 
 
 def people_meta(out_dir: Path, n_tasks: int, labels: LabelFile | None) -> str:

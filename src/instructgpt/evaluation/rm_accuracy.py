@@ -109,3 +109,22 @@ def rm_pair_accuracy(prompts: Sequence[Prompt], answers: dict[str, Sequence[str]
                        "pairs": len(rm_v)}
                 for name, (rm_v, ceil_v, ids) in rows_of.items() if rm_v}
             for g, rows_of in values.items()}
+
+
+def rm_accuracy_tables(rm, rm_tokenizer, prompts: Sequence[Prompt], answers: dict[str, Sequence[str]], panel,
+                       world, seed: int = 0, batch_size: int = 64) -> dict[str, dict]:
+    """results.json's ``rm_accuracy`` (by pair type) and ``rm_accuracy_by_criterion``: the reward
+    model ``rm`` (with its tokenizer) scored by :func:`rm_pair_accuracy`; each row
+    {policy group name: {"rm", "ceiling": Estimate dicts, "pairs": n}}."""
+    import torch
+
+    from .scoring import reward_model_sequences, reward_scores
+
+    def score(ps, texts):
+        with torch.no_grad():
+            seqs = reward_model_sequences(rm, rm_tokenizer, ps, texts)
+            return reward_scores(rm, seqs, rm_tokenizer.pad_token_id, batch_size)
+    by_group = rm_pair_accuracy(prompts, answers, score, panel, world, seed)
+    return {key: {name: {"rm": v["rm"].to_dict(), "ceiling": v["ceiling"].to_dict(), "pairs": v["pairs"]}
+                  for name, v in by_group[group].items()}
+            for key, group in (("rm_accuracy", "pair type"), ("rm_accuracy_by_criterion", "criterion"))}

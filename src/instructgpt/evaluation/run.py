@@ -60,6 +60,7 @@ from .probes import (bias_entropies, block_nlls, cloze_correct, continuation_ite
                      toxicity_scores, truth_scores)
 from .report import write_report
 from .results import EvalResults, ModelResult, SampleOutput, Samples
+from .rm_accuracy import rm_accuracy_tables
 from .scoring import policy_kl, policy_reward
 from .stats import Estimate, mean_estimate, rate
 
@@ -257,18 +258,8 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
     laps("agreement")
     rm_accuracy = {}
     if rm is not None and judged:
-        from .rm_accuracy import rm_pair_accuracy
-        from .scoring import reward_model_sequences, reward_scores
-
-        def score(ps, texts):
-            with torch.no_grad():
-                seqs = reward_model_sequences(rm, rm_tokenizer, ps, texts)
-                return reward_scores(rm, seqs, rm_tokenizer.pad_token_id, cfg.batch_size)
         policies = {n: judged_responses[n] for n, s in specs.items() if s.kind in ("sft", "ppo", "ppo_ptx")}
-        by_group = rm_pair_accuracy(judged, policies, score, panel, world, cfg.seed)
-        rm_accuracy = {key: {name: {"rm": v["rm"].to_dict(), "ceiling": v["ceiling"].to_dict(), "pairs": v["pairs"]}
-                             for name, v in by_group[group].items()}
-                       for key, group in (("rm_accuracy", "pair type"), ("rm_accuracy_by_criterion", "criterion"))}
+        rm_accuracy = rm_accuracy_tables(rm, rm_tokenizer, judged, policies, panel, world, cfg.seed, cfg.batch_size)
     laps("rm_accuracy")
 
     # 5. results, claims, files
