@@ -154,9 +154,8 @@ def shared_context_logprobs(model, contexts: Sequence[list[int]], continuations:
         owner = [b for b, g in enumerate(batch) for _ in groups[g][1]]          # row -> its context
         last = first.logits[:, -1]                                               # (Bc, V)
         lengths = mask.sum(1)                                                    # (Bc,)
-        by_length = sorted(range(len(rows)), key=lambda r: len(continuations[rows[r]]))
-        step = max(1, max_rows // 4)            # candidate rows per pass, of similar length (little padding)
-        for chunk in (by_length[k:k + step] for k in range(0, len(by_length), step)):
+        # candidates in passes of similar length (little padding), each within LOGIT_BUDGET
+        for chunk in _batches([max(1, len(continuations[i])) for i in rows], vocab, max(1, max_rows // 4)):
             conts = [continuations[rows[r]] for r in chunk]
             if not any(conts):
                 for r in chunk:
