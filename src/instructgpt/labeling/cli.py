@@ -247,14 +247,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- parser
 
-def register(subparsers) -> argparse.ArgumentParser:
-    """Add ``label`` and its sub-subcommands to ``subparsers``; returns the ``label`` parser."""
-    _check_extra()
-    label = subparsers.add_parser("label", help="Labeling web app: demonstrations and rankings by people.",
-                                  description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    label.set_defaults(handler=lambda args: (label.print_help(), 2)[1])
-    sub = label.add_subparsers(dest="label_command", metavar="SUBCOMMAND")
-
+def _add_serve(sub) -> None:
+    """``label serve``: the web app and its security and task-claiming options."""
     p = sub.add_parser("serve", help="run the web app (uvicorn, 127.0.0.1:8000 by default)")
     _db_arg(p)
     p.add_argument("--host", default="127.0.0.1")
@@ -277,6 +271,17 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--behind-proxy", action="store_true", help="trust X-Forwarded-* from a proxy on loopback")
     p.add_argument("--log-level", default="info")
     p.set_defaults(handler=cmd_serve)
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``label`` and its sub-subcommands to ``subparsers``; returns the ``label`` parser."""
+    _check_extra()
+    label = subparsers.add_parser("label", help="Labeling web app: demonstrations and rankings by people.",
+                                  description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    label.set_defaults(handler=lambda args: (label.print_help(), 2)[1])
+    sub = label.add_subparsers(dest="label_command", metavar="SUBCOMMAND")
+
+    _add_serve(sub)
 
     p = sub.add_parser("migrate", help="upgrade the database schema (Alembic)")
     _db_arg(p)
