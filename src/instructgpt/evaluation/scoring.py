@@ -38,6 +38,12 @@ def _batches(lengths: Sequence[int], vocab: int, max_rows: int):
         yield batch
 
 
+def _vocab_size(model) -> int:
+    """Rows of the model's output embedding (its logits' width)."""
+    emb = model.get_output_embeddings()
+    return int(emb.weight.shape[0]) if emb is not None else int(model.config.vocab_size)
+
+
 def _accepts_logits_to_keep(model) -> bool:
     try:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -61,8 +67,7 @@ def continuation_logprobs(model, contexts: Sequence[list[int]], continuations: S
     if any(not c for c in contexts):
         raise ValueError("every context needs at least one token")
     seqs = [list(c) + list(r) for c, r in zip(contexts, continuations)]
-    emb = model.get_output_embeddings()
-    vocab = int(emb.weight.shape[0]) if emb is not None else int(model.config.vocab_size)
+    vocab = _vocab_size(model)
     keep_ok = _accepts_logits_to_keep(model)
     device = next(model.parameters()).device
     out: list[np.ndarray | None] = [None] * len(seqs)
@@ -133,8 +138,7 @@ def shared_context_logprobs(model, contexts: Sequence[list[int]], continuations:
     if len(by_context) == len(contexts):
         return continuation_logprobs(model, contexts, continuations, pad_id, temperature, max_rows)
     groups = [(list(c), idx) for c, idx in by_context.items()]
-    emb = model.get_output_embeddings()
-    vocab = int(emb.weight.shape[0]) if emb is not None else int(model.config.vocab_size)
+    vocab = _vocab_size(model)
     keep = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
     device = next(model.parameters()).device
     out: list[np.ndarray | None] = [None] * len(contexts)
