@@ -7,7 +7,8 @@
 Models: vocabulary 4096, 256 positions; tiny = 4 layers, width 256, 4 heads;
 small = 6 layers, width 512, 8 heads (the TRL peer's shapes, ../shared/peers/trl).
 Prompts are 32 tokens; sampled responses are exactly 32 tokens (EOS masked
-until then) at temperature 0.7. PPO: 32 episodes per iteration, one minibatch of
+until then) at temperature 0.7. SFT: batches of 16 rows of 32 prompt + 32
+response tokens, loss on the response (the TRL peer's workload). PPO: 32 episodes per iteration, one minibatch of
 32, 4 epochs.
 
 Trust: every (size, phase) runs ``--repeats`` times (default 3), each run in its
@@ -155,16 +156,19 @@ def phase_sft(f: dict, root: Path, opts: dict) -> dict:
     if opts["compile"]:
         from instructgpt.compile import compile_blocks
         compile_blocks(model)
-    rows = random_ids(16, 64)
-    task = LMTask([Encoded(r[:8], r[8:]) for r in rows], 1, response_only=False)
+    # The TRL peer's SFT workload: 32 prompt + 32 response tokens, loss on the response only.
+    rows = random_ids(16, PROMPT + RESPONSE)
+    task = LMTask([Encoded(r[:PROMPT], r[PROMPT:]) for r in rows], 1)
     cfg = TrainConfig(out_dir=str(root), batch_size=16, micro_batch_size=16)
     opt = make_optimizer(model, 1e-4, 0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     first, sec = timed(lambda: _train_step(model, task, list(range(16)), cfg, opt, sched, torch.device("cpu")),
                        *opts["steps"](2, 8))
-    tokens = 16 * 64
-    return {"sft_tokens_per_s": tokens / sec,
-            "sft_gflops": tokens * flops_per_token(f["layers"], f["width"], 32, True) / sec / 1e9,
+    tokens = 16 * (PROMPT + RESPONSE)
+    # The unembedding runs at the positions predicting response tokens only (unembedding.logits_at).
+    flops = (tokens * flops_per_token(f["layers"], f["width"], 32, True, unembedding=False)
+             + 16 * RESPONSE * 3 * 2 * VOCAB * f["width"])
+    return {"sft_tokens_per_s": tokens / sec, "sft_gflops": flops / sec / 1e9,
             **compile_fields("sft_tokens_per_s", first, sec, tokens, opts["amortise"], opts["compile"])}
 
 

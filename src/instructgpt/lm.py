@@ -23,8 +23,9 @@ import torch
 
 from .batching import Encoded, collate_lm
 from .data import DataError
-from .losses import lm_loss_sum
+from .losses import next_token_targets, nll_sum
 from .models import position_ids_from_mask, restore_dropout, set_dropout
+from .unembedding import logits_at
 
 
 def load_corpus(path: str | Path) -> list[str]:
@@ -96,10 +97,12 @@ class LMTask:
         return float(batch["loss_mask"][:, 1:].sum())
 
     def loss(self, model, batch):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=position_ids_from_mask(batch["attention_mask"])).logits
-        loss_sum, count = lm_loss_sum(logits, batch["input_ids"], batch["loss_mask"])
-        return loss_sum, {"nll": loss_sum.item(), "n": count.item()}
+        predicts, targets = next_token_targets(batch["input_ids"], batch["loss_mask"])   # (B, T), (N,)
+        # The unembedding runs at the N predicting positions only (response tokens in SFT).
+        logits = logits_at(model, predicts, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           position_ids=position_ids_from_mask(batch["attention_mask"]))  # (N, V)
+        loss_sum = nll_sum(logits, targets)
+        return loss_sum, {"nll": loss_sum.item(), "n": float(len(targets))}
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         return {f"{self.metric_prefix}/loss": sums["nll"] / max(sums["n"], 1.0)}

@@ -64,18 +64,34 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+def next_token_targets(input_ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the logits of a next-token loss are read, and what they predict.
+
+    ``loss_mask`` (B, T) marks the target tokens that count (response tokens in
+    SFT, all real tokens in pretraining). Returns ``predicts`` (B, T) bool, True
+    at each position whose logits predict a counted token (position t predicts
+    input_ids[t+1]), and those ``targets`` (N,) in row-major order.
+    """
+    counted = loss_mask[:, 1:].bool()                          # (B, T-1)
+    predicts = torch.zeros_like(loss_mask, dtype=torch.bool)   # (B, T)
+    predicts[:, :-1] = counted
+    return predicts, input_ids[:, 1:][counted]                 # (B, T), (N,)
+
+
+def nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed NLL of ``targets`` (N,) under ``logits`` (N, V), computed in at least fp32."""
+    return F.cross_entropy(_upcast(logits), targets, reduction="sum")
+
+
 def lm_loss_sum(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Next-token NLL summed over masked target tokens, and the count of those tokens.
 
     logits (B, T, V) at position t predict input_ids[t+1]; ``loss_mask`` (B, T)
-    marks the target tokens that count (response tokens in SFT, all real tokens
-    in pretraining). Returning (sum, count) lets callers take the token mean
-    over a whole global batch split into micro-batches or ranks.
+    as in :func:`next_token_targets`. Returning (sum, count) lets callers take the
+    token mean over a whole global batch split into micro-batches or ranks.
     """
-    targets = input_ids[:, 1:]                       # (B, T-1)
-    mask = loss_mask[:, 1:].to(logits.dtype)         # (B, T-1)
-    nll = F.cross_entropy(_upcast(logits[:, :-1].flatten(0, 1)), targets.flatten(), reduction="none")
-    return (nll * mask.flatten()).sum(), mask.sum()
+    predicts, targets = next_token_targets(input_ids, loss_mask)
+    return nll_sum(logits[predicts], targets), loss_mask[:, 1:].sum().to(logits.dtype)
 
 
 # ----------------------------------------------------------------------------- reward model
