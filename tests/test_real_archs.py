@@ -26,8 +26,8 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from tests.conftest import WORDS, make_model, repeat_demos, toy_corpus, write_jsonl, yes_rankings
 from instructgpt import config
 from instructgpt.batching import pad
-from instructgpt.models import (RewardInteropWarning, RewardModel, dropout_disabled, dropout_settings,
-                                load_policy, load_tokenizer, set_dropout)
+from instructgpt.dropout import dropout_disabled, dropout_settings, set_dropout
+from instructgpt.models import RewardInteropWarning, RewardModel, load_policy, load_tokenizer
 from instructgpt.ppo import PPOConfig, PPOTrainer, train_ppo
 from instructgpt.rm import RMConfig, train_rm
 from instructgpt.sft import SFTConfig, train_sft

@@ -23,8 +23,9 @@ import torch
 
 from .batching import Encoded, collate_lm
 from .data import DataError
+from .dropout import restore_dropout, set_dropout
 from .losses import next_token_targets, nll_sum
-from .models import position_ids_from_mask, restore_dropout, set_dropout
+from .models import position_ids_from_mask
 from .unembedding import logits_at
 
 

@@ -58,6 +58,7 @@ from .batching import ModelContext, RecordEncoder, pad
 from .chat import CHAT_TEMPLATE_HELP, ChatFormat, prompt_input
 from .config import ConfigError, opt
 from .data import DataError, load_prompts
+from .dropout import set_dropout
 from .generation import decode_responses
 from .losses import (AdaptiveKLController, FixedKLController, ema_update, entropy_from_logits,
                      explained_variance, gae, kl_estimate, lm_loss_sum, masked_mean, policy_loss, shape_rewards,
@@ -65,8 +66,8 @@ from .losses import (AdaptiveKLController, FixedKLController, ema_update, entrop
 from .lm import BlockStream, load_corpus, pack_blocks
 from .lora import LoraOptions
 from .models import (ModelLoadError, ModelOptions, RewardModel, enable_gradient_checkpointing, load_policy,
-                     load_tokenizer, pick_device, position_ids_from_mask, resolve_dtype, set_dropout,
-                     trained_policy, trained_reward_model)
+                     load_tokenizer, pick_device, position_ids_from_mask, resolve_dtype, trained_policy,
+                     trained_reward_model)
 from .progress import progress_bar
 from .records import MetricsLog, open_metrics, update_run_info, write_run_info
 from .runtime import RuntimeOptions

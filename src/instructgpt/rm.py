@@ -23,9 +23,10 @@ from .batching import Encoded, ModelContext, RecordEncoder, collate_rankings
 from .chat import CHAT_TEMPLATE_HELP, ChatFormat, prompt_input
 from .config import ConfigError, opt
 from .data import DataError, Ranking, load_demonstrations, load_prompts, load_rankings
+from .dropout import restore_dropout, set_dropout
 from .losses import pairwise_accuracy, ranking_loss
 from .lora import LoraOptions
-from .models import ModelOptions, RewardModel, load_tokenizer, pick_device, restore_dropout, set_dropout, trained_reward_model
+from .models import ModelOptions, RewardModel, load_tokenizer, pick_device, trained_reward_model
 from .records import open_metrics, update_run_info, write_run_info
 from .training import FitResult, TrainConfig, fit
 

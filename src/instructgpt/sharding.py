@@ -373,9 +373,9 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, *args: Any, **k
     Hugging Face model or ``RewardModel``), so the folder is the one a
     single-process run writes: same file names, tied weights stored once,
     ``architectures`` without FSDP's class-name prefix, and the config's dropout
-    fields as the model was loaded (``models.dropout_as_loaded``).
+    fields as the model was loaded (``dropout.dropout_as_loaded``).
     """
-    from .models import dropout_as_loaded
+    from .dropout import dropout_as_loaded
     state = full_state_dict(model, rank0_only=True) if is_sharded(model) else None
     if dist.is_main():
         with dropout_as_loaded(model):  # the config's dropout as loaded, not the stage's training value
