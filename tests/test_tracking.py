@@ -3,6 +3,7 @@
 import glob
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,8 @@ def read_wandb_records(path: str) -> list:
             pos += block - pos % block
             continue
         _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if pos + 7 + length > len(data):  # a chunk the writer has not finished
+            break
         chunk = data[pos + 7:pos + 7 + length]
         pos += 7 + length
         if kind == 0 and length == 0:
@@ -122,6 +125,18 @@ def read_wandb_records(path: str) -> list:
     return records
 
 
+def read_finished_wandb_records(path: str, timeout: float = 60.0) -> list:
+    """The records once the file ends with the run's exit record. ``run.finish()`` returns when the W&B
+    service has the exit record; the service writes and closes the file a moment later (it did not
+    in one CI run on a loaded machine), so wait for it, a bounded time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_wandb_records(path)
+        if records and records[-1].WhichOneof("record_type") == "exit" or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def test_wandb_offline_run_holds_the_metrics_config_and_name(tmp_path, tiny_gpt2, data, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -131,7 +146,7 @@ def test_wandb_offline_run_holds_the_metrics_config_and_name(tmp_path, tiny_gpt2
     run_sft(tiny_gpt2, data, out, report_to="wandb")
     files = glob.glob(str(out / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(files) == 1
-    records = read_wandb_records(files[0])
+    records = read_finished_wandb_records(files[0])
     got: dict[str, dict[int, float]] = {}
     config_items, name = {}, None
     for r in records:
