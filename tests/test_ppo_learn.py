@@ -67,3 +67,45 @@ def test_micro_batching_gives_the_same_statistics_and_update(trainer):
     assert sa["ppo/ratio_max"] == pytest.approx(1.0, abs=1e-4)  # first step from the rollout's weights
     for pa, pb in zip(a.policy.parameters(), b.policy.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("value_model", ["separate", "shared"])
+def test_value_warmup_trains_the_value_function_alone(tmp_path, tiny_gpt2, value_model):
+    """value_warmup_iterations=2: two iterations step the value function only (the policy, its EMA and the
+    policy's learning-rate warm-up wait); the third trains both."""
+    write_jsonl(tmp_path / "prompts.jsonl", [{"id": str(i), "text": f"say {i}\n", "user_id": "u"} for i in range(8)])
+    cfg = config.from_dict(PPOConfig, dict(policy=str(tiny_gpt2), reward_fn="tests.ppo_rewards:count_e",
+                                           prompts=str(tmp_path / "prompts.jsonl"), out_dir=str(tmp_path / "out"),
+                                           batch_size=8, minibatch_size=4, ppo_epochs=1, max_new_tokens=6, lr=1e-3,
+                                           warmup_iterations=2, iterations=4, value_warmup_iterations=2,
+                                           value_model=value_model, progress=False, seed=3))
+    t = PPOTrainer(cfg)
+    snapshot = lambda m: {k: v.clone() for k, v in m.state_dict().items()}  # noqa: E731
+    policy0, ema0, value0 = snapshot(t.policy), snapshot(t.ema_model), snapshot(t.value)
+    rows, value_lrs = [], []
+    for _ in range(2):
+        rows.append(t.step()[0])
+        value_lrs.append(t.optimizer.param_groups[1]["lr"])
+    for name, tensor in snapshot(t.policy).items():
+        assert torch.equal(tensor, policy0[name]), name
+    for name, tensor in snapshot(t.ema_model).items():
+        assert torch.equal(tensor, ema0[name]), name
+    assert t.ema_updates == 0
+    assert any(not torch.equal(v, value0[k]) for k, v in snapshot(t.value).items())
+    for row in rows:
+        assert row["ppo/policy_frozen"] == 1.0 and row["ppo/vf_loss"] > 0
+        assert not {"ppo/pg_loss", "ppo/entropy", "ppo/clipfrac", "ppo/approx_kl"} & row.keys()
+    # the value's learning rate warms up from the start (1e-3 x 0.1, then x (0.1 + 0.9 / 2)); the policy's waits
+    assert value_lrs == pytest.approx([1e-4, 5.5e-4])
+    assert [r["ppo/lr"] for r in rows] == pytest.approx([1e-4, 1e-4])
+    row = t.step()[0]
+    assert row["ppo/lr"] == pytest.approx(1e-4) and t.optimizer.param_groups[1]["lr"] == pytest.approx(1e-3)
+    assert "ppo/policy_frozen" not in row and "ppo/entropy" in row
+    assert any(not torch.equal(v, policy0[k]) for k, v in snapshot(t.policy).items())
+    assert t.ema_updates == 2  # two minibatches of 4
+
+
+def test_value_warmup_must_leave_iterations_for_the_policy(tmp_path):
+    with pytest.raises(config.ConfigError, match="value_warmup_iterations: must be in \\[0, iterations=5\\)"):
+        config.from_dict(PPOConfig, dict(policy="p", reward_fn="m:f", prompts="p.jsonl", out_dir=str(tmp_path),
+                                         iterations=5, value_warmup_iterations=5))

@@ -105,7 +105,11 @@ class PPOOptions:
                                        "shared: a scalar head on the policy's own trunk, one network doing both "
                                        "(about 40% less compute per episode; the value loss then also shapes the "
                                        "policy's features, and the head starts untrained).")
-    warmup_iterations: int = opt(10, "Learning rate rises linearly from 1/10 of its peak over this many iterations (paper: 10).")
+    warmup_iterations: int = opt(10, "Learning rate rises linearly from 1/10 of its peak over this many iterations (paper: 10); "
+                                     "the policy's warm-up starts after value_warmup_iterations.")
+    value_warmup_iterations: int = opt(0, "The first this many iterations train the value function only: the policy, its "
+                                          "EMA and the pretraining loss wait until the values fit the returns (they "
+                                          "count towards iterations; 0 = off, as in the paper).")
     grad_clip: float = opt(1.0, "Clip each model's gradient norm to this (0 = off).")
     kl_coef: float = opt(0.02, "beta: weight of the per-token KL penalty to the SFT policy (paper: 0.02).")
     kl_estimator: str = opt("k1", "Per-token KL estimator in the reward: k1 (log ratio), k2 or k3.")
@@ -170,6 +174,9 @@ class PPOConfig(LoraOptions, ModelOptions, RuntimeOptions, PtxOptions, PPOOption
             raise ConfigError("policy, prompts, out_dir: required")
         if not self.reward_model and not self.reward_fn:
             raise ConfigError("reward_model: required (or reward_fn)")
+        if not 0 <= self.value_warmup_iterations < self.iterations:
+            raise ConfigError(f"value_warmup_iterations: must be in [0, iterations={self.iterations}), "
+                              f"got {self.value_warmup_iterations} (no iteration would train the policy)")
         if self.batch_size % self.minibatch_size:
             raise ConfigError("minibatch_size: must divide batch_size")
         if self.ptx_coef > 0 and not self.pretrain_data:
@@ -477,11 +484,17 @@ class PPOTrainer:
 
     # ---- learning
 
+    @property
+    def policy_frozen(self) -> bool:
+        """True during the value warm-up: this iteration trains the value function only."""
+        return self.iteration < self.cfg.value_warmup_iterations
+
     def set_lr(self) -> None:
+        """Linear warm-up from 1/10 of each group's peak; the policy's starts when it starts training."""
         w = self.cfg.warmup_iterations
-        mult = 1.0 if w <= 0 else min(1.0, 0.1 + 0.9 * self.iteration / w)
-        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
-            g["lr"] = base * mult
+        started = (max(0, self.iteration - self.cfg.value_warmup_iterations), self.iteration)  # policy, value
+        for g, base, n in zip(self.optimizer.param_groups, self.base_lrs, started):
+            g["lr"] = base * (1.0 if w <= 0 else min(1.0, 0.1 + 0.9 * n / w))
 
     def learn(self, ro: Rollout) -> dict[str, float]:
         cfg = self.cfg
@@ -511,6 +524,7 @@ class PPOTrainer:
         reduced values, so all ranks stop together or not at all.
         """
         cfg = self.cfg
+        train_policy = not self.policy_frozen
         micro = cfg.micro_batch_size or max(len(idx), 1)
         chunks = [idx[s:s + micro] for s in range(0, len(idx), micro)]
         # every micro-batch's token count and the global total in one host sync, not one per micro-batch
@@ -528,22 +542,31 @@ class PPOTrainer:
             # token weight of this micro-batch in the global minibatch
             share = chunk_tokens[n] / max(total_tokens, 1.0) if real else 0.0
             with self.amp():
-                logits, v = self.logits_and_values(ids, attn, ro.P)
-            logp = token_logprobs(logits, ids[:, ro.P:], self.logprob_temperature)
-            pg, pg_stats = policy_loss(logp, ro.logprobs[j], ro.advantages[j], mask, cfg.cliprange)
+                if train_policy:
+                    logits, v = self.logits_and_values(ids, attn, ro.P)
+                else:
+                    logits, v = None, self.values(ids, attn, ro.P)
             vf, vf_stats = value_loss(v, ro.values[j], ro.returns[j], mask, cfg.cliprange_value)
-            loss = (pg + cfg.vf_coef * vf) * share
+            if train_policy:
+                logp = token_logprobs(logits, ids[:, ro.P:], self.logprob_temperature)
+                pg, pg_stats = policy_loss(logp, ro.logprobs[j], ro.advantages[j], mask, cfg.cliprange)
+                loss = (pg + cfg.vf_coef * vf) * share
+            else:
+                loss = cfg.vf_coef * vf * share
             loss.backward()
             if not real:
                 continue
             with torch.no_grad():
+                nonfinite += (~torch.isfinite(loss.detach())).double()
+                if not train_policy:  # the value warm-up: only the value statistics
+                    sums[[1, 5]] += torch.stack([vf.detach(), vf_stats["vf_clipfrac"]]).double() * share
+                    continue
                 ent = masked_mean(entropy_from_logits(logits), mask)
                 ratio_max = torch.maximum(ratio_max, pg_stats["ratio_max"].detach().double())
-                nonfinite += (~torch.isfinite(loss.detach())).double()
                 sums += torch.stack([pg.detach(), vf.detach(), ent, pg_stats["clipfrac"], pg_stats["approx_kl"],
                                      vf_stats["vf_clipfrac"]]).double() * share
         *local, nonfinite, ratio_max = torch.cat([sums, nonfinite, ratio_max]).tolist()  # the one host sync
-        if self.ptx is not None:
+        if self.ptx is not None and train_policy:
             stats["ppo/ptx_loss"], bad = self._ptx_backward(total_tokens)
             local.append(stats["ppo/ptx_loss"])
             nonfinite += bad
@@ -557,6 +580,8 @@ class PPOTrainer:
             sharding.clip_grad_norm_(self.value, cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if not train_policy:
+            return {"ppo/vf_loss": reduced[1], "ppo/vf_clipfrac": reduced[5], "ppo/policy_frozen": 1.0}
         self._update_ema()
         out = dict(zip(stats, reduced[:-1]))
         out["ppo/ratio_max"] = ratio_max
@@ -606,6 +631,15 @@ class PPOTrainer:
             return response_logits_and_values(self.policy, self.value, input_ids, attention_mask, P)
         return (response_logits(self.policy, input_ids, attention_mask, P),
                 response_values(self.value, input_ids, attention_mask, P).float())
+
+    def values(self, input_ids, attention_mask, P: int) -> torch.Tensor:
+        """(B, R) fp32 values alone (the value warm-up): with a shared trunk only the head gets gradients."""
+        if not self.shared:
+            return response_values(self.value, input_ids, attention_mask, P).float()
+        with torch.no_grad():
+            out = self.policy(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1,
+                              position_ids=position_ids_from_mask(attention_mask), output_hidden_states=True)
+        return self.value(out.hidden_states[-1][:, P - 1:-1]).float()
 
     def amp(self):
         """Autocast context for forward passes (``precision``)."""
