@@ -32,7 +32,7 @@ def sharded_ppo(tmp_path_factory, dist_data) -> Path:
                          "minibatch_size": 1, "ppo_epochs": 1, "iterations": 2, "temperature": 1.0,
                          "save_every": 1, "generation_backend": "tests.distributed.workers:eos_on_last_rank"}),
             ("ppo_job", {"data": dist_data, "out": str(root / "shared"), "sharding": "full",
-                         "value_model": "shared"})]
+                         "value_model": "shared", "value_warmup_iterations": 1})]
     run_ranks("tests.distributed.workers:session", 2, jobs=jobs)
     return root
 
@@ -73,8 +73,11 @@ def test_sharded_ppo_finishes_when_one_rank_only_pads(sharded_ppo):
 
 
 def test_sharded_ppo_with_a_shared_value_head_gives_the_weights_of_one_process(tmp_path, sharded_ppo, dist_data):
-    """value_model=shared: the policy is sharded, its small value head replicated (gradients summed)."""
+    """value_model=shared: the policy is sharded, its small value head replicated (gradients summed). The
+    first iteration is a value warm-up: the head learns on the sharded trunk's features, the trunk waits."""
     with one_thread():
-        train_ppo(ppo_config(dist_data, tmp_path / "one", value_model="shared"))
+        train_ppo(ppo_config(dist_data, tmp_path / "one", value_model="shared", value_warmup_iterations=1))
     for f in ("model.safetensors", "policy_raw/model.safetensors", "value_head.safetensors"):
         assert_same_tensors(sharded_ppo / "shared" / f, tmp_path / "one" / f)
+    rows = read_metrics(sharded_ppo / "shared" / "metrics.jsonl")
+    assert [r.get("ppo/policy_frozen") for r in rows] == [1.0, None, None]
