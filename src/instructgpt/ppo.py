@@ -559,7 +559,7 @@ class PPOTrainer:
             with torch.no_grad():
                 nonfinite += (~torch.isfinite(loss.detach())).double()
                 if not train_policy:  # the value warm-up: only the value statistics
-                    sums[[1, 5]] += torch.stack([vf.detach(), vf_stats["vf_clipfrac"]]).double() * share
+                    sums[[1, 5]] += torch.stack([vf.detach(), vf_stats["vf_clipfrac"]]).double() * share  # vf_*
                     continue
                 ent = masked_mean(entropy_from_logits(logits), mask)
                 ratio_max = torch.maximum(ratio_max, pg_stats["ratio_max"].detach().double())
@@ -580,10 +580,10 @@ class PPOTrainer:
             sharding.clip_grad_norm_(self.value, cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if not train_policy:
-            return {"ppo/vf_loss": reduced[1], "ppo/vf_clipfrac": reduced[5], "ppo/policy_frozen": 1.0}
-        self._update_ema()
         out = dict(zip(stats, reduced[:-1]))
+        if not train_policy:
+            return {"ppo/vf_loss": out["ppo/vf_loss"], "ppo/vf_clipfrac": out["ppo/vf_clipfrac"], "ppo/policy_frozen": 1.0}
+        self._update_ema()
         out["ppo/ratio_max"] = ratio_max
         return out
 
