@@ -136,7 +136,7 @@ def test_response_logits_match_the_full_forward(tiny_gpt2):
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_shared_trunk_logits_match_the_policy_and_values_read_its_hidden_states(tmp_path, arch):
     from instructgpt.models import position_ids_from_mask
-    from instructgpt.ppo import ValueHead, response_logits, response_logits_and_values
+    from instructgpt.ppo import ValueHead, response_logits, response_logits_and_values, shared_head_values
     from tests.conftest import make_model
     model = load_policy(make_model(tmp_path / arch, arch)).eval()
     head = ValueHead(model.config.hidden_size)
@@ -150,6 +150,11 @@ def test_shared_trunk_logits_match_the_policy_and_values_read_its_hidden_states(
                        output_hidden_states=True).hidden_states[-1]
         want = hidden[:, 4:-1] @ head.head.weight[0] + head.head.bias
         torch.testing.assert_close(values, want, atol=1e-5, rtol=1e-4)
+    # the value warm-up's pass: the same values, with gradients for the head and none for the trunk
+    frozen_trunk = shared_head_values(model, head, ids, mask, 5)
+    torch.testing.assert_close(frozen_trunk, values)
+    frozen_trunk.sum().backward()
+    assert head.head.weight.grad is not None and all(p.grad is None for p in model.parameters())
 
 
 def test_shared_value_head_learns_and_resumes(tmp_path, sft_policy):

@@ -264,6 +264,14 @@ def response_logits_and_values(policy, head: ValueHead, input_ids, attention_mas
     return out.logits[:, :-1], head(h).float()
 
 
+def shared_head_values(policy, head: ValueHead, input_ids, attention_mask, P: int) -> torch.Tensor:
+    """(B, R) fp32 values of the shared head on a frozen trunk: gradients reach the head only."""
+    with torch.no_grad():
+        out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+                     logits_to_keep=1, output_hidden_states=True)
+    return head(out.hidden_states[-1][:, P - 1:-1]).float()
+
+
 def load_reward_fn(spec: str) -> Callable[[list[str], list[str]], list[float]]:
     module, _, name = spec.partition(":")
     if not name:
@@ -633,13 +641,10 @@ class PPOTrainer:
                 response_values(self.value, input_ids, attention_mask, P).float())
 
     def values(self, input_ids, attention_mask, P: int) -> torch.Tensor:
-        """(B, R) fp32 values alone (the value warm-up): with a shared trunk only the head gets gradients."""
-        if not self.shared:
-            return response_values(self.value, input_ids, attention_mask, P).float()
-        with torch.no_grad():
-            out = self.policy(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1,
-                              position_ids=position_ids_from_mask(attention_mask), output_hidden_states=True)
-        return self.value(out.hidden_states[-1][:, P - 1:-1]).float()
+        """(B, R) fp32 values alone (the value warm-up)."""
+        if self.shared:
+            return shared_head_values(self.policy, self.value, input_ids, attention_mask, P)
+        return response_values(self.value, input_ids, attention_mask, P).float()
 
     def amp(self):
         """Autocast context for forward passes (``precision``)."""
