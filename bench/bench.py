@@ -9,7 +9,7 @@ small = 6 layers, width 512, 8 heads (the TRL peer's shapes, ../shared/peers/trl
 Prompts are 32 tokens; sampled responses are exactly 32 tokens (EOS masked
 until then) at temperature 0.7. SFT: batches of 16 rows of 32 prompt + 32
 response tokens, loss on the response (the TRL peer's workload). PPO: 32 episodes per iteration, one minibatch of
-32, 4 epochs.
+32, 4 epochs; ppo_rloo: the same with advantage_estimator=rloo, 8 prompts x 4 responses and no value model.
 
 Trust: every (size, phase) runs ``--repeats`` times (default 3), each run in its
 own fresh subprocess (its peak memory, max RSS, is its own), and the runs are
@@ -34,8 +34,8 @@ summary (best, spread, all runs, reference rate, targets) in ``<out>``
 FLOP counts (per token, N = parameters in the layers' matmuls plus the
 unembedding, L layers, d width, T context): forward 2N + 4LTd (attention
 scores and values, T = the tokens attended to); training = 3x forward. PPO's
-learning phase: ppo_epochs x (policy + value model) training passes over the
-64 tokens of each episode.
+learning phase: ppo_epochs x (policy + value model; the policy alone for rloo)
+training passes over the 64 tokens of each episode.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ import torch
 SIZES = {"tiny": (4, 256, 4), "small": (6, 512, 8)}
 VOCAB, POSITIONS, PROMPT, RESPONSE = 4096, 256, 32, 32
 PPO_BATCH, PPO_EPOCHS = 32, 4
-PHASES = ("sft", "rm_k4", "rm_k2", "generate", "ppo", "ppo_shared")
+PHASES = ("sft", "rm_k4", "rm_k2", "generate", "ppo", "ppo_shared", "ppo_rloo")
+#: PPO phases: the value function of each (``phase_ppo``)
+PPO_VARIANTS = {"ppo": "separate", "ppo_shared": "shared", "ppo_rloo": "rloo"}
 # The issue's targets (issue 17), as ratios to the TRL peer measured in the same sitting
 # (bench/compare_trl.sh checks them) and as a share of the matmul rate.
 TARGETS_VS_TRL = {"ppo_episodes_per_s": 2.0, "generate_tokens_per_s": 3.0, "sft_tokens_per_s": 1.2,
@@ -213,15 +215,17 @@ def phase_generate(f: dict, root: Path, opts: dict) -> dict:
             **compile_fields("generate_tokens_per_s", first, sec, tokens, opts["amortise"], opts["compile"])}
 
 
-def phase_ppo(f: dict, root: Path, opts: dict, value_model: str = "separate") -> dict:
-    """``separate``: the paper's value network (initialised from the RM); ``shared``: a value head
-    on the policy's trunk (reported under ppo_shared_*)."""
+def phase_ppo(f: dict, root: Path, opts: dict, p: str = "ppo") -> dict:
+    """``ppo``: the paper's value network (initialised from the RM); ``ppo_shared``: a value head on
+    the policy's trunk; ``ppo_rloo``: no value function, 4 responses per prompt (RLOO)."""
     from instructgpt.ppo import PPOConfig, PPOTrainer
+    value = PPO_VARIANTS[p]
+    variant = (dict(advantage_estimator="rloo", samples_per_prompt=4) if value == "rloo"
+               else dict(value_model=value))
     cfg = PPOConfig(policy=str(root / "policy"), reward_model=str(root / "rm"), prompts=str(root / "prompts.jsonl"),
                     out_dir=str(root / "ppo"), batch_size=PPO_BATCH, minibatch_size=PPO_BATCH,
                     ppo_epochs=PPO_EPOCHS, temperature=0.7, max_new_tokens=RESPONSE, min_new_tokens=RESPONSE,
-                    warmup_iterations=0, progress=False, value_model=value_model,
-                    compile="on" if opts["compile"] else "off")
+                    warmup_iterations=0, progress=False, compile="on" if opts["compile"] else "off", **variant)
     trainer = PPOTrainer(cfg)
     t = time.perf_counter()
     trainer.step()
@@ -234,10 +238,9 @@ def phase_ppo(f: dict, root: Path, opts: dict, value_model: str = "separate") ->
         for k in times:
             times[k] += metrics[k] / reps
     sec = (time.perf_counter() - t) / reps
-    p = "ppo" if value_model == "separate" else "ppo_shared"
     L, d = f["layers"], f["width"]
     tokens = PPO_BATCH * (PROMPT + RESPONSE)
-    per_token = flops_per_token(L, d, 32, True) + (flops_per_token(L, d, 32, True, False) if value_model == "separate" else 0)
+    per_token = flops_per_token(L, d, 32, True) + (flops_per_token(L, d, 32, True, False) if value == "separate" else 0)
     return {f"{p}_episodes_per_s": PPO_BATCH / sec, f"{p}_seconds_per_iteration": sec,
             f"{p}_learn_gflops": PPO_EPOCHS * tokens * per_token / times["time/learn"] / 1e9,
             f"{p}_generate_tokens_per_s": PPO_BATCH * RESPONSE / times["time/generate"],
@@ -257,8 +260,8 @@ def run_phase(size: str, phase: str, opts: dict) -> dict:
             out = phase_rm(f, root, int(phase[-1]), opts)
         elif phase == "generate":
             out = phase_generate(f, root, opts)
-        elif phase in ("ppo", "ppo_shared"):
-            out = phase_ppo(f, root, opts, "shared" if phase == "ppo_shared" else "separate")
+        elif phase in PPO_VARIANTS:
+            out = phase_ppo(f, root, opts, phase)
         else:
             raise SystemExit(f"unknown phase {phase}")
     out[f"{phase}_peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
@@ -288,8 +291,10 @@ def print_table(results: dict, ref: float) -> None:
             ("  ms per decode step", "generate_ms_per_step", None),
             ("PPO episodes/s (separate value)", "ppo_episodes_per_s", "ppo_learn_gflops"),
             ("PPO episodes/s (value=shared)", "ppo_shared_episodes_per_s", "ppo_shared_learn_gflops"),
+            ("PPO episodes/s (rloo, no value)", "ppo_rloo_episodes_per_s", "ppo_rloo_learn_gflops"),
             ("PPO peak GiB (separate value)", "ppo_peak_gib", None),
-            ("PPO peak GiB (value=shared)", "ppo_shared_peak_gib", None)]
+            ("PPO peak GiB (value=shared)", "ppo_shared_peak_gib", None),
+            ("PPO peak GiB (rloo, no value)", "ppo_rloo_peak_gib", None)]
     sizes = list(results)
     w = 34
     print(f"{'phase':32}" + "".join(f"{s + ': best  spread  GFLOP/s (% mm)':>{w}}" for s in sizes))
@@ -307,7 +312,7 @@ def print_table(results: dict, ref: float) -> None:
           f" target for learning: >= {TARGET_LEARN_MATMUL_SHARE:.0%} of the matmul rate)")
     for s in sizes:
         r = results[s]
-        for p in ("ppo", "ppo_shared"):
+        for p in PPO_VARIANTS:
             if f"{p}_episodes_per_s" in r:
                 b = {k: v["best"] for k, v in r.items()}
                 print(f"{p} {s}: {b[f'{p}_seconds_per_iteration']:.2f} s/iteration = generate "

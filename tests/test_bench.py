@@ -49,7 +49,7 @@ def test_trl_figures_are_read_from_the_peer_results():
     assert compare.trl_value(trl, "small", "sft", "tokens_per_s") is None
 
 
-@pytest.mark.parametrize("phase", ["sft", "rm_k4", "generate", "ppo"])
+@pytest.mark.parametrize("phase", ["sft", "rm_k4", "generate", "ppo", "ppo_rloo"])
 def test_every_phase_runs_on_the_current_api(phase):
     """One smoke step of each phase in this process: a renamed config or function breaks here, not in the
     middle of a 25-minute comparison (bench.py had OptimConfig(out_dir=...) after out_dir moved)."""

@@ -299,6 +299,19 @@ def test_the_flan_baseline_trains_at_its_own_learning_rate(tmp_path):
     assert lrs(RunConfig(runs_dir=str(tmp_path), flan_lr=5e-5, sft_lr=2e-4)) == (2e-4, 5e-5)
 
 
+def test_rloo_is_a_run_option_that_reaches_both_ppo_stages(tmp_path):
+    """ppo_advantage_estimator and ppo_samples_per_prompt reach PPO and PPO-ptx (their keys), and the time
+    estimate counts no value model; the default is the paper's PPO."""
+    from instructgpt.pipeline import Pipeline
+    def ppo_stages(**kw):
+        stages = {st.name: st for st, _, _ in Pipeline(RunConfig(runs_dir=str(tmp_path), **kw)).planned()}
+        return stages["ppo_r1"], stages["ppo_ptx_r1"]
+    default, rloo = ppo_stages(), ppo_stages(ppo_advantage_estimator="rloo", ppo_samples_per_prompt=4)
+    assert {(st.config.advantage_estimator, st.config.samples_per_prompt) for st in default} == {("gae", 1)}
+    assert {(st.config.advantage_estimator, st.config.samples_per_prompt) for st in rloo} == {("rloo", 4)}
+    assert all(r.work() < d.work() for d, r in zip(default, rloo))
+
+
 def test_cli_run_help_lists_options():
     out = subprocess.run([sys.executable, "-m", "instructgpt.cli", "run", "--help"], capture_output=True, text=True)
     assert out.returncode == 0

@@ -178,3 +178,30 @@ def test_shared_value_head_learns_and_resumes(tmp_path, sft_policy):
         a, b = load_file(str(out / sub)), load_file(str(tmp_path / "cut" / sub))
         for k in a:
             torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_rloo_raises_the_reward_without_a_value_model_and_resumes(tmp_path, sft_policy):
+    """advantage_estimator=rloo: 4 responses per prompt, each judged against the other 3; no value model is
+    trained, saved or checkpointed, and a cut run resumes to the same weights."""
+    common = dict(advantage_estimator="rloo", samples_per_prompt=4, iterations=20, save_every=5, ema=True)
+    result = train_ppo(ppo_cfg(sft_policy, tmp_path / "full", **common))
+    scores = [h["ppo/score"] for h in result.history]
+    assert mean(scores[-5:]) > mean(scores[:5]) + 0.5, scores
+    assert not {"ppo/vf_loss", "ppo/explained_variance"} & result.history[-1].keys()
+    out = tmp_path / "full"
+    assert not (out / "value_model").exists() and not (out / "value_head.safetensors").exists()
+    assert json.loads((out / "instructgpt.json").read_text())["parameters"]["value"] == "none (rloo)"
+    saved = load_file(str(out / "checkpoints" / "step-0000020" / "model.safetensors"))
+    assert any(k.startswith("policy.") for k in saved) and not any(k.startswith("value.") for k in saved)
+
+    def crash(iteration):
+        if iteration == 12:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_ppo(ppo_cfg(sft_policy, tmp_path / "cut", **common), on_iteration=crash)
+    train_ppo(ppo_cfg(sft_policy, tmp_path / "cut", resume=True, **common))
+    for sub in ("model.safetensors", "policy_raw/model.safetensors"):
+        a, b = load_file(str(out / sub)), load_file(str(tmp_path / "cut" / sub))
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)

@@ -1,5 +1,6 @@
 """PPO's learning step: its statistics come back in one host sync per minibatch, whatever the micro-batching."""
 
+import math
 import sys
 
 import pytest
@@ -22,8 +23,8 @@ def trainer(tmp_path, tiny_gpt2):
         t = PPOTrainer(cfg)
         ro, _ = t.rollout(t.next_prompts())
         t.compute_advantages(ro)
-        t.policy.train()
-        t.value.train()
+        for m in t.trained:
+            m.train()
         return t, ro
     return make
 
@@ -109,3 +110,40 @@ def test_value_warmup_must_leave_iterations_for_the_policy(tmp_path):
     with pytest.raises(config.ConfigError, match="value_warmup_iterations: must be in \\[0, iterations=5\\)"):
         config.from_dict(PPOConfig, dict(policy="p", reward_fn="m:f", prompts="p.jsonl", out_dir=str(tmp_path),
                                          iterations=5, value_warmup_iterations=5))
+
+
+def test_rloo_samples_each_prompt_k_times_and_judges_each_response_by_the_others(trainer):
+    """advantage_estimator=rloo, samples_per_prompt=4: 8 episodes are 2 prompts x 4 responses; a response's
+    advantage is its return (score - kl_coef x summed KL) minus the mean return of the other 3, on each of its
+    tokens, whitened; there is no value model, loss or statistic."""
+    t, ro = trainer(advantage_estimator="rloo", samples_per_prompt=4, kl_coef=0.1, temperature=1.0)
+    assert ro.prompts[:4] == [ro.prompts[0]] * 4 and ro.prompts[4:] == [ro.prompts[4]] * 4
+    assert ro.prompts[0] != ro.prompts[4] and t.prompt_position == 2
+    assert t.value is None and t.trained == [t.policy] and len(t.optimizer.param_groups) == 1
+    # scores and a reference that disagrees with the policy, chosen here so every term counts
+    ro.scores = torch.tensor([1.0, 0.0, 2.0, 0.0, 3.0, 3.0, 1.0, 0.0])
+    ro.ref_logprobs = ro.logprobs - 0.3 * torch.arange(8.0)[:, None] * ro.mask
+    t.compute_advantages(ro)
+    returns = ro.scores - 0.1 * 0.3 * torch.arange(8.0) * ro.mask.sum(-1)
+    groups = returns.view(2, 4)
+    adv = (groups - (groups.sum(-1, keepdim=True) - groups) / 3).view(-1)
+    real = ro.mask.bool()
+    per_token = adv[:, None].expand_as(ro.mask)[real]
+    torch.testing.assert_close(ro.advantages[real], (per_token - per_token.mean()) / per_token.std())
+    assert (ro.advantages[~real] == 0).all()
+    before = [p.clone() for p in t.policy.parameters()]
+    stats = t.minibatch_step(ro, list(range(8)))
+    assert not {"ppo/vf_loss", "ppo/vf_clipfrac"} & stats.keys() and math.isfinite(stats["ppo/pg_loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, t.policy.parameters()))
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(advantage_estimator="rloo"), "rloo needs samples_per_prompt >= 2"),
+    (dict(samples_per_prompt=3), "samples_per_prompt: must be >= 1 and divide batch_size=8, got 3"),
+    (dict(advantage_estimator="rloo", samples_per_prompt=2, value_warmup_iterations=1), "no value function"),
+    (dict(advantage_estimator="grpo"), "'grpo' is not gae or rloo"),
+])
+def test_rloo_options_are_checked(tmp_path, options, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.from_dict(PPOConfig, dict(policy="p", reward_fn="m:f", prompts="p.jsonl", out_dir=str(tmp_path),
+                                         batch_size=8, minibatch_size=4, **options))

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from instructgpt.losses import (AdaptiveKLController, ema_update, explained_variance, gae, kl_estimate, policy_loss,
+from instructgpt.losses import (AdaptiveKLController, ema_update, explained_variance, gae, kl_estimate, leave_one_out,
+                                policy_loss,
                                 shape_rewards, value_loss, whiten)
 
 
@@ -143,3 +144,11 @@ def test_whiten_and_explained_variance_match_hand_computed_numbers():
     values = torch.tensor([[1.0, 3.0, 50.0], [3.0, 8.0, 0.0]])
     assert explained_variance(values, x, m) == pytest.approx(2 / 3, abs=1e-9)
     assert explained_variance(x, x, m) == pytest.approx(1.0)
+
+
+def test_leave_one_out_hand_values():
+    """Each return against the mean of its group's others: 1 vs (2+3+4)/3 = 3, 2 vs 8/3, 3 vs 7/3, 4 vs 2; a group
+    of equal returns carries no signal; with k=2 each response is judged against the other alone."""
+    adv = leave_one_out(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0, 5.0]), 4)
+    torch.testing.assert_close(adv, torch.tensor([-2.0, -2 / 3, 2 / 3, 2.0, 0.0, 0.0, 0.0, 0.0]))
+    torch.testing.assert_close(leave_one_out(torch.tensor([1.0, 3.0, -1.0, 0.5]), 2), torch.tensor([-2.0, 2.0, -1.5, 1.5]))

@@ -58,6 +58,8 @@ def test_work_of_each_kind_by_hand():
     # + ptx: 4 epochs x 3 x (1 x 8 tokens) (96) = 624; 2 iterations x 4 episodes
     assert tl.ppo(2, 4, prompt_chars=40, new_tokens=8, ppo_epochs=4, ptx_token_ratio=1.0) == pytest.approx(8 * 624)
     assert tl.ppo(2, 4, 40, 8, 4) == pytest.approx(8 * 528)
+    # RLOO, no value model: 24 + 3 models x 18 (54) + 4 epochs x 1 model x 3 x 18 (216) = 294
+    assert tl.ppo(2, 4, 40, 8, 4, value_model=False) == pytest.approx(8 * 294)
 
 
 def test_text_stats_counts_characters_of_fields(tmp_path):

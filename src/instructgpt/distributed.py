@@ -257,6 +257,14 @@ def local_positions(global_indices: Iterable[int], r: int | None = None, n: int 
     return [int(g) // n for g in global_indices if int(g) % n == r]
 
 
+def gather_shards(local: torch.Tensor, total: int) -> torch.Tensor:
+    """The inverse of ``shard`` for a tensor: the whole (total, ...) tensor, as fp64 on the CPU, from
+    every rank's strided share (a sum over ranks of zero-filled copies; one process: ``local``)."""
+    whole = torch.zeros((total, *local.shape[1:]), dtype=torch.float64)
+    whole[rank()::world_size()] = local.detach().double().cpu()
+    return all_reduce_sum(whole)
+
+
 def rank_seed(seed: int, *salt: int, r: int | None = None) -> int:
     """A 63-bit seed that differs per rank and per ``salt`` (e.g. the step), stable across runs."""
     r = rank() if r is None else r

@@ -172,6 +172,15 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
     return advantages, (advantages + values) * mask
 
 
+def leave_one_out(returns: torch.Tensor, k: int) -> torch.Tensor:
+    """RLOO's advantages (Kool et al. 2019; Ahmadian et al. 2024): each return minus the mean of the
+    other k - 1 returns of its group. returns (N,), groups of k consecutive entries -> (N,); each
+    group's advantages sum to 0."""
+    groups = returns.view(-1, k)                                    # (N / k, k)
+    baseline = (groups.sum(-1, keepdim=True) - groups) / (k - 1)
+    return (groups - baseline).view(-1)
+
+
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, cliprange: float = 0.2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate, token mean. Returns (loss, stats: clipfrac, approx_kl, ratio_max)."""

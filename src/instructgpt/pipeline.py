@@ -133,6 +133,10 @@ class RunConfig:
     ppo_minibatch: int = opt(16, "Episodes per PPO optimizer step.")
     ppo_lr: float | None = opt(None, "PPO policy learning rate. Default: 1e-5 with the built-in base, 5e-6 with "
                                      "--base-model (paper, 1.3B).")
+    ppo_advantage_estimator: str = opt("gae", "gae: PPO's advantages from a value model initialised from the RM "
+                                              "(the paper); rloo: each response against its prompt's other "
+                                              "responses, no value model (with ppo_samples_per_prompt >= 2).")
+    ppo_samples_per_prompt: int = opt(1, "Responses sampled per PPO prompt (ppo_batch counts responses).")
     kl_coef: float = opt(0.02, "beta, the per-token KL penalty (paper: 0.02).")
     ptx_coef: float | None = opt(None, "PPO-ptx pretraining loss weight (paper: 27.8 at its scale). Default: 0.03 with "
                                        "the built-in base (see PROFILES), 1.0 with --base-model.")
@@ -538,10 +542,12 @@ class Pipeline:
                        pretrain_data=(c.pretrain_data or str(run.corpus_train)) if ptx_coef > 0 else "",
                        ptx_coef=ptx_coef, ptx_token_ratio=c.ptx_token_ratio, iterations=c.ppo_iterations,
                        batch_size=c.ppo_batch, minibatch_size=c.ppo_minibatch, lr=c.ppo_lr, kl_coef=c.kl_coef,
+                       advantage_estimator=c.ppo_advantage_estimator, samples_per_prompt=c.ppo_samples_per_prompt,
                        max_new_tokens=c.max_new_tokens, warmup_iterations=min(10, c.ppo_iterations // 3),
                        seed=c.seed, **self.runtime(), **PROFILES[c.profile]["ppo"])
         work = lambda: tl.ppo(c.ppo_iterations, c.ppo_batch, self.mean(run.prompts("ppo", "train"), "text"),  # noqa: E731
-                              c.max_new_tokens, pc.ppo_epochs, c.ptx_token_ratio if ptx_coef > 0 else 0.0)
+                              c.max_new_tokens, pc.ppo_epochs, c.ptx_token_ratio if ptx_coef > 0 else 0.0,
+                              value_model=pc.advantage_estimator != "rloo")
         return Stage(f"{name}_r{r}", "ppo", out, pc, self.train_ppo_stage, resumable=True, work=work)
 
     def eval_stage(self, reads: list[str]) -> Stage:

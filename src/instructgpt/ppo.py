@@ -1,7 +1,8 @@
 """Step 3: PPO against the reward model, and PPO-ptx (the paper's InstructGPT).
 
 Each iteration is a batch of bandit episodes: sample one response per prompt
-(KV cache, whole batch at once), score it with the reward model, and learn:
+(or ``samples_per_prompt``; KV cache, whole batch at once), score it with the
+reward model, and learn:
 
   rollout   policy, reference (frozen SFT), value and reward models each do one
             forward pass over the batch's prompt+response tokens (with
@@ -9,7 +10,8 @@ Each iteration is a batch of bandit episodes: sample one response per prompt
   rewards   per token -kl_coef * KL(policy || reference), plus the RM score
             (with its normalising bias) on the last response token, plus an
             optional fixed penalty when the response hit the length limit;
-  learn     GAE (gamma, lam), whitened advantages, ``ppo_epochs`` passes over
+  learn     GAE (gamma, lam) or RLOO's leave-one-out baseline (no value
+            model), whitened advantages, ``ppo_epochs`` passes over
             shuffled minibatches with the clipped policy loss, the clipped
             value loss (``vf_coef``) and, for PPO-ptx, ``ptx_coef`` times the
             next-token loss of pretraining blocks;
@@ -61,8 +63,8 @@ from .data import DataError, load_prompts
 from .dropout import set_dropout
 from .generation import decode_responses
 from .losses import (AdaptiveKLController, FixedKLController, ema_update, entropy_from_logits,
-                     explained_variance, gae, kl_estimate, lm_loss_sum, masked_mean, policy_loss, shape_rewards,
-                     token_logprobs, value_loss, whiten)
+                     explained_variance, gae, kl_estimate, leave_one_out, lm_loss_sum, masked_mean, policy_loss,
+                     shape_rewards, token_logprobs, value_loss, whiten)
 from .lm import BlockStream, load_corpus, pack_blocks
 from .lora import LoraOptions
 from .models import (ModelLoadError, ModelOptions, RewardModel, enable_gradient_checkpointing, load_policy,
@@ -82,6 +84,9 @@ class RolloutOptions:
     max_prompt_tokens: int = opt(128, "Longer prompts are an error naming the record.")
     chat_template: str = opt("auto", CHAT_TEMPLATE_HELP)
     max_new_tokens: int = opt(32, "Response length limit.")
+    samples_per_prompt: int = opt(1, "Responses sampled for each prompt of an iteration (k); batch_size counts "
+                                     "responses, so an iteration sees batch_size / k prompts (advantage_estimator=rloo "
+                                     "needs k >= 2).")
     min_new_tokens: int = opt(0, "No stop token (EOS, end of turn) can be sampled before this many tokens (0 = off).")
     temperature: float = opt(1.0, "Sampling temperature (paper: 1; 0 = greedy); log-probs use the same "
                                   "temperature (1 when greedy).")
@@ -101,6 +106,12 @@ class PPOOptions:
     ppo_epochs: int = opt(4, "Passes over each batch of rollouts.")
     lr: float = opt(1e-5, "Policy learning rate (paper: 5e-6 for 1.3B).")
     value_lr: float = opt(0.0, "Value-model learning rate (0 = same as lr).")
+    advantage_estimator: str = opt("gae", "gae: per-token advantages from a learned value function (the paper); rloo: "
+                                          "a response's return (score - kl_coef x its summed KL) minus the mean "
+                                          "return of its prompt's other samples_per_prompt - 1 responses, on each of "
+                                          "its tokens, with no value model (RLOO, Ahmadian et al. 2024; value_model, "
+                                          "value_lr, vf_coef, gamma and lam are then unused). Both are whitened "
+                                          "over the batch.")
     value_model: str = opt("separate", "separate: a value network initialised from the reward model (the paper); "
                                        "shared: a scalar head on the policy's own trunk, one network doing both "
                                        "(about 40% less compute per episode; the value loss then also shapes the "
@@ -179,6 +190,16 @@ class PPOConfig(LoraOptions, ModelOptions, RuntimeOptions, PtxOptions, PPOOption
                               f"got {self.value_warmup_iterations} (no iteration would train the policy)")
         if self.batch_size % self.minibatch_size:
             raise ConfigError("minibatch_size: must divide batch_size")
+        if self.samples_per_prompt < 1 or self.batch_size % self.samples_per_prompt:
+            raise ConfigError(f"samples_per_prompt: must be >= 1 and divide batch_size={self.batch_size}, "
+                              f"got {self.samples_per_prompt}")
+        if self.advantage_estimator not in ("gae", "rloo"):
+            raise ConfigError(f"advantage_estimator: {self.advantage_estimator!r} is not gae or rloo")
+        if self.advantage_estimator == "rloo" and self.samples_per_prompt < 2:
+            raise ConfigError("advantage_estimator: rloo needs samples_per_prompt >= 2 (the baseline of a response "
+                              f"is its prompt's other responses), got samples_per_prompt={self.samples_per_prompt}")
+        if self.advantage_estimator == "rloo" and self.value_warmup_iterations:
+            raise ConfigError("value_warmup_iterations: rloo has no value function to warm up; set it to 0")
         if self.ptx_coef > 0 and not self.pretrain_data:
             raise ConfigError("pretrain_data: required when ptx_coef > 0 (PPO-ptx)")
         if self.kl_estimator not in ("k1", "k2", "k3"):
@@ -206,7 +227,7 @@ class Rollout:
     mask: torch.Tensor           # (B, R) float, real response tokens
     logprobs: torch.Tensor       # (B, R) policy at sampling time
     ref_logprobs: torch.Tensor   # (B, R)
-    values: torch.Tensor         # (B, R)
+    values: torch.Tensor         # (B, R) (zeros without a value function: rloo)
     scores: torch.Tensor         # (B,) reward-model scores (+ no-EOS penalty)
     ended: torch.Tensor          # (B,) bool
     prompts: list[str] = field(default_factory=list)
@@ -329,8 +350,11 @@ class PPOTrainer:
             self.reward_model = None
             self.reward_fn = load_reward_fn(cfg.reward_fn)
         self.shared = cfg.value_model == "shared"
-        if self.shared:
-            self.value: torch.nn.Module = ValueHead(self.policy.config.hidden_size).to(self.device)
+        self.value: torch.nn.Module | None
+        if cfg.advantage_estimator == "rloo":
+            self.value = None  # the baseline is the prompt's other responses
+        elif self.shared:
+            self.value = ValueHead(self.policy.config.hidden_size).to(self.device)
         elif cfg.reward_model:
             self.value = trained_reward_model(cfg.reward_model, self.device, cfg, from_reward_model=True)
         else:
@@ -340,7 +364,9 @@ class PPOTrainer:
         for m in (self.policy, self.ref, self.reward_model, self.value):  # the EMA is a copy of the policy
             if m is not None:
                 set_dropout(m, 0.0)
-        for m in (self.policy, self.value):
+        # the trained models: the policy, and the value model or shared head (none with rloo)
+        self.trained = [m for m in (self.policy, self.value) if m is not None]
+        for m in self.trained:
             dist.broadcast_module(m)  # identical starting weights on every rank (e.g. a fresh value head)
         self.ema_model = None
         if cfg.ema:  # with LoRA an EMA of the adapters only (the base is frozen)
@@ -349,19 +375,19 @@ class PPOTrainer:
         # Sharding (before the optimizer sees the parameters): the trained models, and the EMA with the
         # policy's placements so its update stays a local elementwise operation on each rank's shard.
         mode = sharding.resolve_mode(cfg.sharding)
-        trained = [self.policy] + ([] if self.shared else [self.value]) + ([self.ema_model] if cfg.ema else [])
-        self.sharded = any([sharding.shard_model(m, mode) for m in trained])
+        separate_value = self.value is not None and not self.shared
+        sharded = [self.policy] + ([self.value] if separate_value else []) + ([self.ema_model] if cfg.ema else [])
+        self.sharded = any([sharding.shard_model(m, mode) for m in sharded])
         if self.sharded and dist.is_main():
-            print(f"ppo: sharding={mode} (FSDP2) of the policy{'' if self.shared else ', value model'}"
+            print(f"ppo: sharding={mode} (FSDP2) of the policy{', value model' if separate_value else ''}"
                   f"{', EMA' if cfg.ema else ''} over {dist.world_size()} ranks", flush=True)
-        if sharding.is_sharded(self.value):  # values() is a second entry point: FSDP must gather for it too
+        if separate_value and sharding.is_sharded(self.value):  # values(): a second entry point, FSDP must gather for it too
             from torch.distributed.fsdp import register_fsdp_forward_method
             register_fsdp_forward_method(self.value, "values")
-        self.optimizer = torch.optim.AdamW(
-            [{"params": [p for p in self.policy.parameters() if p.requires_grad], "lr": cfg.lr},
-             {"params": [p for p in self.value.parameters() if p.requires_grad], "lr": cfg.value_lr or cfg.lr}],
-            betas=(0.9, 0.95), eps=1e-5, weight_decay=0.0,
-            **adamw_kernel(list(self.policy.parameters()) + list(self.value.parameters())))
+        groups = [{"params": [p for p in m.parameters() if p.requires_grad], "lr": lr}  # policy, value
+                  for m, lr in zip(self.trained, (cfg.lr, cfg.value_lr or cfg.lr))]
+        self.optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.0,
+                                           **adamw_kernel([p for m in self.trained for p in m.parameters()]))
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl
                        else FixedKLController(cfg.kl_coef))
@@ -426,13 +452,14 @@ class PPOTrainer:
     # ---- sampling prompts in a seeded order (epochs over the prompt set)
 
     def next_prompts(self) -> list[int]:
-        """Indices of this iteration's prompts (global batch), then this rank's share."""
-        n = len(self.prompt_ids)
+        """Indices of this iteration's episodes' prompts (global batch: each prompt samples_per_prompt
+        times in a row), then this rank's share."""
+        n, k = len(self.prompt_ids), self.cfg.samples_per_prompt
         out = []
-        for _ in range(self.cfg.batch_size):
+        for _ in range(self.cfg.batch_size // k):
             epoch, i = divmod(self.prompt_position, n)
             order = np.random.default_rng([self.cfg.seed, epoch]).permutation(n)
-            out.append(int(order[i]))
+            out += [int(order[i])] * k
             self.prompt_position += 1
         return dist.shard(out)
 
@@ -444,7 +471,9 @@ class PPOTrainer:
 
         Sharded models are gathered once for the whole rollout, so each rank samples
         and scores its own prompts without collectives (ranks may stop at different lengths)."""
-        with sharding.unsharded(self.policy), sharding.unsharded(self.value):
+        with contextlib.ExitStack() as stack:
+            for m in self.trained:
+                stack.enter_context(sharding.unsharded(m))
             return self._rollout(indices)
 
     def _rollout(self, indices: list[int]) -> tuple[Rollout, dict[str, float]]:
@@ -478,16 +507,26 @@ class PPOTrainer:
         if cfg.no_eos_penalty:
             scores = scores + cfg.no_eos_penalty * (~ended).float()
         t2 = time.perf_counter()
-        ro = Rollout(input_ids, attn, P, mask, logprobs * mask, ref_logprobs * mask, values * mask, scores, ended,
+        values = torch.zeros_like(mask) if values is None else values * mask
+        ro = Rollout(input_ids, attn, P, mask, logprobs * mask, ref_logprobs * mask, values, scores, ended,
                      prompt_texts, texts)
         return ro, {"time/generate": t1 - t0, "time/score": t2 - t1}
 
     def compute_advantages(self, ro: Rollout) -> None:
-        ro.kl = kl_estimate(ro.logprobs, ro.ref_logprobs, self.cfg.kl_estimator) * ro.mask
+        cfg = self.cfg
+        ro.kl = kl_estimate(ro.logprobs, ro.ref_logprobs, cfg.kl_estimator) * ro.mask
+        if cfg.advantage_estimator == "rloo":
+            # a response's return, against its prompt's other responses (the groups span ranks' shards)
+            returns = ro.scores - self.kl_ctl.value * ro.kl.sum(-1)                          # (b,)
+            advantages = leave_one_out(dist.gather_shards(returns, cfg.batch_size), cfg.samples_per_prompt)
+            advantages = dist.shard(advantages).to(self.device, torch.float32)               # (b,)
+            ro.returns = returns.unsqueeze(-1) * ro.mask                                      # (b, R)
+            ro.advantages = whiten(advantages.unsqueeze(-1) * ro.mask, ro.mask)
+            return
         rewards = shape_rewards(ro.scores, ro.kl, ro.mask, self.kl_ctl.value)
-        if self.cfg.whiten_rewards:
+        if cfg.whiten_rewards:
             rewards = whiten(rewards, ro.mask, shift_mean=False)
-        advantages, ro.returns = gae(rewards, ro.values, ro.mask, self.cfg.gamma, self.cfg.lam)
+        advantages, ro.returns = gae(rewards, ro.values, ro.mask, cfg.gamma, cfg.lam)
         ro.advantages = whiten(advantages, ro.mask)
 
     # ---- learning
@@ -506,8 +545,8 @@ class PPOTrainer:
 
     def learn(self, ro: Rollout) -> dict[str, float]:
         cfg = self.cfg
-        self.policy.train()
-        self.value.train()
+        for m in self.trained:
+            m.train()
         B, mb = cfg.batch_size, cfg.minibatch_size
         sums: dict[str, float] = {}
         steps = 0
@@ -554,7 +593,10 @@ class PPOTrainer:
                     logits, v = self.logits_and_values(ids, attn, ro.P)
                 else:
                     logits, v = None, self.values(ids, attn, ro.P)
-            vf, vf_stats = value_loss(v, ro.values[j], ro.returns[j], mask, cfg.cliprange_value)
+            if v is None:  # rloo: no value function
+                vf, vf_stats = torch.zeros((), device=self.device), {"vf_clipfrac": torch.zeros((), device=self.device)}
+            else:
+                vf, vf_stats = value_loss(v, ro.values[j], ro.returns[j], mask, cfg.cliprange_value)
             if train_policy:
                 logp = token_logprobs(logits, ids[:, ro.P:], self.logprob_temperature)
                 pg, pg_stats = policy_loss(logp, ro.logprobs[j], ro.advantages[j], mask, cfg.cliprange)
@@ -579,16 +621,18 @@ class PPOTrainer:
             local.append(stats["ppo/ptx_loss"])
             nonfinite += bad
         local.append(nonfinite)
-        sharding.sum_gradients(self.policy, self.value)
+        sharding.sum_gradients(*self.trained)
         reduced = dist.all_reduce_sum(torch.tensor(local, dtype=torch.float64)).tolist()
         ratio_max = dist.all_reduce_max(torch.tensor(ratio_max, dtype=torch.float64)).item()
         self._guard(reduced[-1], ratio_max)
         if cfg.grad_clip > 0:  # global norms, over every rank's shard when sharded
-            sharding.clip_grad_norm_(self.policy, cfg.grad_clip)
-            sharding.clip_grad_norm_(self.value, cfg.grad_clip)
+            for m in self.trained:
+                sharding.clip_grad_norm_(m, cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         out = dict(zip(stats, reduced[:-1]))
+        if self.value is None:
+            del out["ppo/vf_loss"], out["ppo/vf_clipfrac"]
         if not train_policy:
             return {"ppo/vf_loss": out["ppo/vf_loss"], "ppo/vf_clipfrac": out["ppo/vf_clipfrac"], "ppo/policy_frozen": 1.0}
         self._update_ema()
@@ -633,8 +677,10 @@ class PPOTrainer:
             raise PPOGuardError(f"ppo iteration {self.iteration}: probability ratio {ratio_max:.3g} exceeds "
                                 f"ratio_guard={self.cfg.ratio_guard}; stopping (the last good checkpoint is kept)")
 
-    def logits_and_values(self, input_ids, attention_mask, P: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, R, V) policy logits and (B, R) fp32 values at the response positions."""
+    def logits_and_values(self, input_ids, attention_mask, P: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, R, V) policy logits and (B, R) fp32 values at the response positions (None: rloo)."""
+        if self.value is None:
+            return response_logits(self.policy, input_ids, attention_mask, P), None
         if self.shared:
             return response_logits_and_values(self.policy, self.value, input_ids, attention_mask, P)
         return (response_logits(self.policy, input_ids, attention_mask, P),
@@ -687,15 +733,18 @@ class PPOTrainer:
         local = torch.stack([ro.scores.sum(), ro.kl.sum(), ro.mask.sum(), ro.ended.float().sum(),  # one sync, not four
                              ro.mask.new_tensor(float(B))]).double().cpu()
         score, kl, length, ended, n = dist.all_reduce_sum(local).tolist()
-        ev = explained_variance(ro.values, ro.returns, ro.mask)
-        return {"ppo/score": score / n, "ppo/kl": kl / n, "ppo/response_length": length / n,
-                "ppo/eos_fraction": ended / n, "ppo/explained_variance": ev, "ppo/kl_coef": self.kl_ctl.value,
-                "ppo/lr": self.optimizer.param_groups[0]["lr"]}
+        out = {"ppo/score": score / n, "ppo/kl": kl / n, "ppo/response_length": length / n,
+               "ppo/eos_fraction": ended / n, "ppo/kl_coef": self.kl_ctl.value, "ppo/lr": self.optimizer.param_groups[0]["lr"]}
+        if self.value is not None:
+            out["ppo/explained_variance"] = explained_variance(ro.values, ro.returns, ro.mask)
+        return out
 
     # ---- persistence
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        mods = {"policy": self.policy, "value": self.value}
+        mods = {"policy": self.policy}
+        if self.value is not None:
+            mods["value"] = self.value
         if self.ema_model is not None:
             mods["ema"] = self.ema_model
         return mods
@@ -740,16 +789,15 @@ class PPOTrainer:
         sharding.save_pretrained(final, str(out))
         if self.ema_model is not None:
             sharding.save_pretrained(self.policy, str(out / "policy_raw"))
-        if not self.shared:
+        if self.value is not None and not self.shared:
             sharding.save_pretrained(self.value, out / "value_model", self.tokenizer)
         if dist.is_main():
             self.tokenizer.save_pretrained(str(out))
             if self.ema_model is not None:
                 self.tokenizer.save_pretrained(str(out / "policy_raw"))
-            if self.shared:  # the head sits on policy_raw's trunk (or the saved policy's, without EMA)
+            if self.shared and self.value is not None:  # the head sits on policy_raw's trunk (or the saved policy's)
                 save_file({k: v.contiguous() for k, v in self.value.state_dict().items()},
                           str(out / "value_head.safetensors"))
-
 
     def _save_lora_final(self, out: Path) -> None:
         """Adapter folders: the policy (EMA adapters) in out_dir, policy_raw/, value_model/ (or
@@ -761,6 +809,8 @@ class PPOTrainer:
             lora.save_policy(self.policy, out / "policy_raw", tok, merge)
         else:
             lora.save_policy(self.policy, out, tok, merge)
+        if self.value is None:
+            return
         if self.shared:  # the head sits on policy_raw's trunk (or the saved policy's, without EMA)
             save_file({k: v.contiguous() for k, v in self.value.state_dict().items()},
                       str(out / "value_head.safetensors"))
@@ -785,7 +835,8 @@ def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None)
                         "sharding": sharding.sharding_mode(trainer.policy), "world_size": dist.world_size(),
                         "format": trainer.format.describe(),
                         "parameters": {"policy": lora.parameter_counts(trainer.policy),
-                                       "value": lora.parameter_counts(trainer.value),
+                                       "value": lora.parameter_counts(trainer.value) if trainer.value is not None
+                                       else "none (rloo)",
                                        "reference": "policy with adapters disabled" if trainer.ref is None
                                        else lora.parameter_counts(trainer.ref)["total"]}})
     history = []

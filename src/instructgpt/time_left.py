@@ -101,11 +101,13 @@ def rm_training(rankings: float, k: float, sequence_chars: float, epochs: float,
 
 
 def ppo(iterations: float, batch: float, prompt_chars: float, new_tokens: float, ppo_epochs: float,
-        ptx_token_ratio: float = 0.0) -> float:
+        ptx_token_ratio: float = 0.0, value_model: bool = True) -> float:
     """Per episode: the response sampled; policy, reference, reward and value models scoring the
-    sequence; ``ppo_epochs`` trained passes of policy and value; PPO-ptx's pretraining tokens."""
+    sequence; ``ppo_epochs`` trained passes of policy and value; PPO-ptx's pretraining tokens.
+    Without a value model (RLOO) one model fewer scores and trains."""
     seq = tokens(prompt_chars) + new_tokens
-    per_episode = DECODE * new_tokens + 4 * seq + ppo_epochs * 2 * TRAIN * seq
+    models = 2 if value_model else 1  # trained: the policy, and the value model
+    per_episode = DECODE * new_tokens + (2 + models) * seq + ppo_epochs * models * TRAIN * seq
     per_episode += ppo_epochs * TRAIN * ptx_token_ratio * new_tokens
     return iterations * batch * per_episode
 

@@ -82,8 +82,9 @@ def ppo_one_rank(tmp_path_factory, dist_data) -> Path:
 
 @pytest.fixture(scope="session")
 def two_ranks(tmp_path_factory, dist_data) -> Path:
-    """Output folder of one 2-process session: collectives, SFT, deterministic PPO-ptx, and PPO
-    with a rank whose responses are all EOS at the first token and minibatches of one episode."""
+    """Output folder of one 2-process session: collectives, SFT, deterministic PPO-ptx, PPO with a
+    rank whose responses are all EOS at the first token and minibatches of one episode, and RLOO (its
+    advantages on a fixed batch, and a run)."""
     root = tmp_path_factory.mktemp("two_ranks")
     jobs = [
         ("collectives_job", {"out": str(root)}),
@@ -92,6 +93,9 @@ def two_ranks(tmp_path_factory, dist_data) -> Path:
         ("ppo_job", {"data": dist_data, "out": str(root / "ppo_eos"), "batch_size": 5, "minibatch_size": 1,
                      "ppo_epochs": 1, "iterations": 2, "temperature": 1.0, "save_every": 1,
                      "generation_backend": "tests.distributed.workers:eos_on_last_rank"}),
+        ("rloo_advantages_job", {"data": dist_data, "out": str(root)}),
+        ("ppo_job", {"data": dist_data, "out": str(root / "rloo"), "advantage_estimator": "rloo",
+                     "samples_per_prompt": 2, "temperature": 1.0}),
     ]
     run_ranks("tests.distributed.workers:session", 2, jobs=jobs)
     return root

@@ -15,11 +15,11 @@ import torch
 from safetensors.torch import load_file
 
 from instructgpt.models import load_policy
-from instructgpt.ppo import train_ppo
+from instructgpt.ppo import PPOTrainer, train_ppo
 from instructgpt.records import read_metrics
 from instructgpt.sft import train_sft
 from tests.distributed.harness import one_thread
-from tests.distributed.workers import ppo_config, sft_config
+from tests.distributed.workers import ppo_config, rloo_config, rloo_rollout, sft_config
 
 ATOL, RTOL = 1e-5, 1e-4   # float summation order differs between 1 and 2 processes, nothing else
 
@@ -51,6 +51,28 @@ def test_collectives_treat_missing_gradients_as_zeros_and_agree(two_ranks):
     assert r0["sums"] == r1["sums"] == {"a": 1.0, "b": 2.0, "c": 3.0}
     assert r0["max"] == r1["max"] == 8.0
     assert r0["positions"] == [0, 1] and r1["positions"] == [2, 1]   # globals 0, 2 | 5, 3 on ranks 0 | 1
+    assert r0["gathered"] == r1["gathered"] == [10.0, 11.0, 12.0, 13.0, 14.0]  # shares of 3 | 2, back in order
+
+
+def test_rloo_advantages_of_two_ranks_are_those_of_one(two_ranks, dist_data, tmp_path):
+    """Each rank holds half of every prompt's 4 responses (strided shares): the leave-one-out baselines and the
+    whitening must see the whole batch, as one process does."""
+    with one_thread():
+        trainer = PPOTrainer(rloo_config(dist_data, tmp_path / "rloo"))
+    full = rloo_rollout()
+    trainer.compute_advantages(full)
+    for r in (0, 1):
+        got = torch.load(two_ranks / f"rloo-rank{r}.pt")
+        torch.testing.assert_close(got["advantages"], full.advantages[r::2])
+        torch.testing.assert_close(got["returns"], full.returns[r::2])
+    assert full.advantages.abs().sum() > 0
+
+
+def test_rloo_on_two_ranks_trains_without_a_value_model(two_ranks):
+    rows = read_metrics(two_ranks / "rloo" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3] and all("ppo/vf_loss" not in r for r in rows)
+    assert not (two_ranks / "rloo" / "value_model").exists()
+    load_policy(two_ranks / "rloo")
 
 
 # ----------------------------------------------------------------------------- supervised

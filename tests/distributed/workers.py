@@ -18,7 +18,7 @@ from instructgpt import sharding
 from instructgpt.backends import BuiltinBackend
 from instructgpt.generation import Generation, generate
 from instructgpt.models import load_policy
-from instructgpt.ppo import PPOConfig, train_ppo
+from instructgpt.ppo import PPOConfig, PPOTrainer, Rollout, train_ppo
 from instructgpt.rm import RMConfig, train_rm
 from instructgpt.sft import SFTConfig, train_sft
 
@@ -156,8 +156,38 @@ def collectives_job(out: str) -> None:
     peak = dist.all_reduce_max(torch.tensor(float(r + 7))).item()
     result = {"weights": [p.detach().tolist() for p in model.parameters()],
               "grads": [None if p.grad is None else p.grad.tolist() for p in model.parameters()],
-              "sums": sums, "max": peak, "positions": dist.local_positions([5, 0, 3, 2])}
+              "sums": sums, "max": peak, "positions": dist.local_positions([5, 0, 3, 2]),
+              "gathered": dist.gather_shards(torch.tensor(dist.shard([10.0, 11.0, 12.0, 13.0, 14.0])), 5).tolist()}
     Path(out, f"collectives-rank{r}.json").write_text(json.dumps(result))
+
+
+def rloo_rollout() -> Rollout:
+    """A fixed batch of 8 episodes (2 prompts x 4 responses, 5 response tokens at most) for the RLOO
+    advantages: scores, log-probs, reference log-probs and response lengths are set, the rest is unused."""
+    g = torch.Generator().manual_seed(7)
+    lengths = torch.tensor([5, 3, 1, 4, 2, 5, 5, 0])
+    mask = (torch.arange(5)[None] < lengths[:, None]).float()                       # (8, 5)
+    logprobs = -torch.rand(8, 5, generator=g) * mask
+    ref_logprobs = -torch.rand(8, 5, generator=g) * mask
+    ids = torch.zeros(8, 7, dtype=torch.long)
+    return Rollout(ids, torch.ones_like(ids), 2, mask, logprobs, ref_logprobs, torch.zeros_like(mask),
+                   torch.randn(8, generator=g), torch.ones(8, dtype=torch.bool))
+
+
+def rloo_config(data: dict, out) -> PPOConfig:
+    return ppo_config(data, out, advantage_estimator="rloo", samples_per_prompt=4, batch_size=8, minibatch_size=4,
+                      adaptive_kl=False, temperature=1.0)
+
+
+def rloo_advantages_job(data: dict, out: str) -> None:
+    """RLOO's advantages of this rank's strided share of ``rloo_rollout`` (each group of 4 spans both ranks)."""
+    trainer = PPOTrainer(rloo_config(data, Path(out) / "rloo"))
+    full = rloo_rollout()
+    ro = Rollout(*(dist.shard(getattr(full, f)) if isinstance(getattr(full, f), torch.Tensor) else getattr(full, f)
+                   for f in ("input_ids", "attention_mask", "P", "mask", "logprobs", "ref_logprobs", "values",
+                             "scores", "ended")))
+    trainer.compute_advantages(ro)
+    torch.save({"advantages": ro.advantages, "returns": ro.returns}, Path(out, f"rloo-rank{dist.rank()}.pt"))
 
 
 # ----------------------------------------------------------------------------- test hooks
