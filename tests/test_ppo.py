@@ -49,6 +49,22 @@ def mean(xs):
     return sum(xs) / len(xs)
 
 
+def assert_cut_run_resumes_to_the_same_files(d, tmp_path, common: dict, cut_at: int, files: tuple[str, ...]) -> None:
+    """A run cut (KeyboardInterrupt) after iteration ``cut_at`` and resumed ends with the tensors of the
+    uninterrupted run in ``tmp_path / "full"``."""
+    def crash(iteration):
+        if iteration == cut_at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_ppo(ppo_cfg(d, tmp_path / "cut", **common), on_iteration=crash)
+    train_ppo(ppo_cfg(d, tmp_path / "cut", resume=True, **common))
+    for sub in files:
+        a, b = load_file(str(tmp_path / "full" / sub)), load_file(str(tmp_path / "cut" / sub))
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
 def test_ppo_raises_programmatic_reward_with_bounded_kl(tmp_path, sft_policy):
     result = train_ppo(ppo_cfg(sft_policy, tmp_path / "ppo"))
     scores = [h["ppo/score"] for h in result.history]
@@ -88,18 +104,8 @@ def test_ppo_kill_and_resume_gives_the_same_weights(tmp_path, sft_policy):
     common = dict(iterations=6, save_every=2, ema=True, adaptive_kl=True, target_kl=1.0,
                   pretrain_data=str(sft_policy / "pretrain.txt"), ptx_coef=0.5, ptx_seq_len=32, ptx_token_ratio=1.0)
     train_ppo(ppo_cfg(sft_policy, tmp_path / "full", **common))
-
-    def crash(iteration):
-        if iteration == 5:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_ppo(ppo_cfg(sft_policy, tmp_path / "cut", **common), on_iteration=crash)
-    train_ppo(ppo_cfg(sft_policy, tmp_path / "cut", resume=True, **common))
-    for sub in ("model.safetensors", "policy_raw/model.safetensors", "value_model/model.safetensors"):
-        a, b = load_file(str(tmp_path / "full" / sub)), load_file(str(tmp_path / "cut" / sub))
-        for k in a:
-            torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    assert_cut_run_resumes_to_the_same_files(sft_policy, tmp_path, common, 5, (
+        "model.safetensors", "policy_raw/model.safetensors", "value_model/model.safetensors"))
     its = [json.loads(l)["step"] for l in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert its == [1, 2, 3, 4, 5, 6]
 
@@ -166,18 +172,8 @@ def test_shared_value_head_learns_and_resumes(tmp_path, sft_policy):
     assert mean(ev[-5:]) > mean(ev[:3]), ev  # the fresh head learns to predict returns
     out = tmp_path / "full"
     assert (out / "value_head.safetensors").exists() and not (out / "value_model").exists()
-
-    def crash(iteration):
-        if iteration == 12:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_ppo(ppo_cfg(sft_policy, tmp_path / "cut", **common), on_iteration=crash)
-    train_ppo(ppo_cfg(sft_policy, tmp_path / "cut", resume=True, **common))
-    for sub in ("model.safetensors", "policy_raw/model.safetensors", "value_head.safetensors"):
-        a, b = load_file(str(out / sub)), load_file(str(tmp_path / "cut" / sub))
-        for k in a:
-            torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    assert_cut_run_resumes_to_the_same_files(sft_policy, tmp_path, common, 12, (
+        "model.safetensors", "policy_raw/model.safetensors", "value_head.safetensors"))
 
 
 def test_rloo_raises_the_reward_without_a_value_model_and_resumes(tmp_path, sft_policy):
@@ -193,15 +189,5 @@ def test_rloo_raises_the_reward_without_a_value_model_and_resumes(tmp_path, sft_
     assert json.loads((out / "instructgpt.json").read_text())["parameters"]["value"] == "none (rloo)"
     saved = load_file(str(out / "checkpoints" / "step-0000020" / "model.safetensors"))
     assert any(k.startswith("policy.") for k in saved) and not any(k.startswith("value.") for k in saved)
-
-    def crash(iteration):
-        if iteration == 12:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_ppo(ppo_cfg(sft_policy, tmp_path / "cut", **common), on_iteration=crash)
-    train_ppo(ppo_cfg(sft_policy, tmp_path / "cut", resume=True, **common))
-    for sub in ("model.safetensors", "policy_raw/model.safetensors"):
-        a, b = load_file(str(out / sub)), load_file(str(tmp_path / "cut" / sub))
-        for k in a:
-            torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    assert_cut_run_resumes_to_the_same_files(sft_policy, tmp_path, common, 12, (
+        "model.safetensors", "policy_raw/model.safetensors"))
