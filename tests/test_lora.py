@@ -438,3 +438,17 @@ def test_context_of_an_adapter_folder_is_its_base_models(sft_adapter, base):
     folder, _ = sft_adapter
     assert not (folder / "config.json").exists()
     assert ModelContext.of_model(folder).positions == ModelContext.of_model(base).positions == 128
+
+
+def test_ppo_lora_rloo_trains_the_adapters_alone_and_saves_no_value_model(tmp_path, sft_adapter, data):
+    """advantage_estimator=rloo under LoRA: the policy's adapters (and their EMA) train, the reference is the
+    policy with adapters disabled, and the output holds the policy's adapter folders and no value model."""
+    cfg = ppo_cfg(data, sft_adapter[0], tmp_path / "ppo", advantage_estimator="rloo", samples_per_prompt=4,
+                  iterations=2, ema=True)
+    result = train_ppo(cfg)
+    assert "ppo/vf_loss" not in result.history[-1]
+    out = tmp_path / "ppo"
+    assert (out / "adapter_config.json").is_file() and (out / "policy_raw" / "adapter_config.json").is_file()
+    assert not (out / "value_model").exists() and not (out / "value_head.safetensors").exists()
+    ids = IDS
+    assert (logits(load_policy(out / "policy_raw"), ids) - logits(load_policy(sft_adapter[0]), ids)).abs().max() > 1e-4
