@@ -142,6 +142,10 @@ def test_rloo_samples_each_prompt_k_times_and_judges_each_response_by_the_others
     (dict(samples_per_prompt=3), "samples_per_prompt: must be >= 1 and divide batch_size=8, got 3"),
     (dict(advantage_estimator="rloo", samples_per_prompt=2, value_warmup_iterations=1), "no value function"),
     (dict(advantage_estimator="grpo"), "'grpo' is not gae or rloo"),
+    (dict(advantage_estimator="rloo", samples_per_prompt=2, value_model="shared"),
+     r"^value_model: rloo has no value function and no GAE, so value_model='shared' would do nothing; leave it at"),
+    (dict(advantage_estimator="rloo", samples_per_prompt=2, vf_coef=0.5, lam=0.9),
+     r"^vf_coef, lam: rloo .* so vf_coef=0.5, lam=0.9 would do nothing; leave them at the default"),
 ])
 def test_rloo_options_are_checked(tmp_path, options, message):
     with pytest.raises(config.ConfigError, match=message):

@@ -110,6 +110,23 @@ def test_first_ppo_ptx_update_is_on_policy_after_sft_with_dropout(stages, tmp_pa
         assert config_dropout(tmp_path / "ppo" / sub) == config_dropout(stages.base), sub
 
 
+def test_first_rloo_update_is_on_policy_and_no_value_model_is_loaded_or_saved(stages, tmp_path):
+    """RLOO PPO-ptx (2 prompts x 4 responses) on each architecture: the same on-policy first update,
+    the response groups scored apart, and only policy folders written, with the base model's dropout."""
+    cfg = ppo_config(stages, tmp_path / "rloo", advantage_estimator="rloo", samples_per_prompt=4)
+    trainer = PPOTrainer(cfg)
+    assert trainer.value is None and trainer.trained == [trainer.policy]
+    indices = trainer.next_prompts()
+    assert indices[:4] == [indices[0]] * 4 and indices[4:] == [indices[4]] * 4 and indices[0] != indices[4]
+    result = train_ppo(cfg)
+    m = result.history[0]
+    assert m["ppo/clipfrac"] == 0.0 and abs(m["ppo/ratio_max"] - 1.0) <= ON_POLICY_LOG_RATIO, m
+    assert m["ppo/ptx_loss"] > 0 and "ppo/vf_loss" not in m
+    assert not (tmp_path / "rloo" / "value_model").exists()
+    for sub in ("", "policy_raw"):
+        assert config_dropout(tmp_path / "rloo" / sub) == config_dropout(stages.base), sub
+
+
 def test_sft_and_rm_folders_keep_the_base_models_dropout(stages):
     """SFT trained with dropout 0.2 and the RM with 0.1; neither value is written into the saved configs."""
     base = config_dropout(stages.base)

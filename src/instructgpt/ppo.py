@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import importlib
 import json
 import math
@@ -109,9 +110,9 @@ class PPOOptions:
     advantage_estimator: str = opt("gae", "gae: per-token advantages from a learned value function (the paper); rloo: "
                                           "a response's return (score - kl_coef x its summed KL) minus the mean "
                                           "return of its prompt's other samples_per_prompt - 1 responses, on each of "
-                                          "its tokens, with no value model (RLOO, Ahmadian et al. 2024; value_model, "
-                                          "value_lr, vf_coef, gamma and lam are then unused). Both are whitened "
-                                          "over the batch.")
+                                          "its tokens, with no value model (RLOO, Ahmadian et al. 2024; setting "
+                                          "value_model, value_lr, vf_coef, cliprange_value, gamma, lam or "
+                                          "whiten_rewards with it is an error). Both are whitened over the batch.")
     value_model: str = opt("separate", "separate: a value network initialised from the reward model (the paper); "
                                        "shared: a scalar head on the policy's own trunk, one network doing both "
                                        "(about 40% less compute per episode; the value loss then also shapes the "
@@ -138,6 +139,10 @@ class PPOOptions:
     ema_decay: float = opt(0.992, "Decay of the EMA of policy weights (paper: 0.992).")
     ema: bool = opt(True, "Keep the EMA and save it as the final policy (the raw weights go to policy_raw/).")
     ema_warmup: bool = opt(True, "Use min(ema_decay, (1+n)/(10+n)) after n updates, so short runs are not dominated by the start.")
+
+
+# what only the value function and GAE read: set under rloo, they are a config error
+GAE_ONLY = ("value_model", "value_lr", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards")
 
 
 @dataclass
@@ -200,6 +205,14 @@ class PPOConfig(LoraOptions, ModelOptions, RuntimeOptions, PtxOptions, PPOOption
                               f"is its prompt's other responses), got samples_per_prompt={self.samples_per_prompt}")
         if self.advantage_estimator == "rloo" and self.value_warmup_iterations:
             raise ConfigError("value_warmup_iterations: rloo has no value function to warm up; set it to 0")
+        if self.advantage_estimator == "rloo":
+            defaults = {f.name: f.default for f in dataclasses.fields(PPOOptions)}
+            unused = [f"{k}={getattr(self, k)!r}" for k in GAE_ONLY if getattr(self, k) != defaults[k]]
+            if unused:
+                raise ConfigError(f"{', '.join(k.split('=')[0] for k in unused)}: rloo has no value function "
+                                  f"and no GAE, so {', '.join(unused)} would do nothing; leave "
+                                  f"{'it' if len(unused) == 1 else 'them'} at the default or use "
+                                  f"advantage_estimator=gae")
         if self.ptx_coef > 0 and not self.pretrain_data:
             raise ConfigError("pretrain_data: required when ptx_coef > 0 (PPO-ptx)")
         if self.kl_estimator not in ("k1", "k2", "k3"):
