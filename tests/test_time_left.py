@@ -60,6 +60,8 @@ def test_work_of_each_kind_by_hand():
     assert tl.ppo(2, 4, 40, 8, 4) == pytest.approx(8 * 528)
     # RLOO, no value model: 24 + 3 models x 18 (54) + 4 epochs x 1 model x 3 x 18 (216) = 294
     assert tl.ppo(2, 4, 40, 8, 4, value_model=False) == pytest.approx(8 * 294)
+    # best of 4: 4 x 10 answers sampled (10 + 3 x 8 each) and scored by the RM (10 + 8 each)
+    assert tl.best_of_n(4, 10, prompt_chars=40, new_tokens=8) == pytest.approx(40 * 34 + 40 * 18)
 
 
 def test_text_stats_counts_characters_of_fields(tmp_path):

@@ -563,7 +563,9 @@ class Pipeline:
                 + ec.continuation_items * 75
             available = self.records(run.test_prompts)
             n_prompts = min(ec.n_prompts, available) if ec.n_prompts else available  # 0: every test prompt
-            return tl.evaluation(n_models, n_prompts, self.mean(run.test_prompts, "text"), ec.max_new_tokens, probes)
+            chars = self.mean(run.test_prompts, "text")
+            best_of = tl.best_of_n(ec.best_of_n, n_prompts, chars, ec.max_new_tokens) if ec.best_of_n > 1 else 0.0
+            return tl.evaluation(n_models, n_prompts, chars, ec.max_new_tokens, probes) + best_of
         return Stage("eval", "eval", run.eval, ec, self.evaluate, reads=tuple(reads), work=work)
 
     def runtime(self) -> dict[str, Any]:

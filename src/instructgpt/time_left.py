@@ -119,6 +119,11 @@ def evaluation(n_models: float, prompts: float, prompt_chars: float, new_tokens:
                        + probe_tokens)
 
 
+def best_of_n(n: float, prompts: float, prompt_chars: float, new_tokens: float) -> float:
+    """The SFT policy samples ``n`` answers per prompt and the reward model scores each."""
+    return sampling(n * prompts, prompt_chars, new_tokens) + n * prompts * (tokens(prompt_chars) + new_tokens)
+
+
 # ----------------------------------------------------------------------------- reading the data files
 
 class TextStats:

@@ -41,6 +41,12 @@ def test_run_eval_writes_results_and_report(run, evaluated):
     assert sum(v["pairs"] for v in by_type.values()) == sum(v["pairs"] for v in by_criterion.values())
     md = (run_dir / "report.md").read_text()
     assert "| what separates the pair | n | RM accuracy |" in md and "| pairs | n | RM accuracy |" in md
+    # best of m = 1, 2, 4 SFT answers by the RM and by the oracle (best_of_n=4): m = 1 is the same answer
+    best = loaded.meta["best_of_n"]
+    assert list(best) == ["1", "2", "4"] and best["1"]["rm"] == best["1"]["oracle"]
+    assert all(best[m]["oracle"]["utility"]["value"] >= best["1"]["oracle"]["utility"]["value"] for m in best)
+    assert best["4"]["rm"]["true_follow"]["n"] == loaded.meta["test_prompts"]
+    assert "| m answers | true follow, RM's pick | true follow, oracle's pick |" in md
     # label tasks for real labelers: one per prompt, K = number of models, models named
     tasks = [json.loads(line) for line in (run_dir / "eval" / "label_tasks.jsonl").read_text().splitlines()]
     assert len(tasks) == N_TEST and all(sorted(t["models"]) == sorted(m.name for m in loaded.models)

@@ -51,6 +51,10 @@ class EvalConfig:
                                       "else 120; with prompts=, all.")
     judgements: int = opt(3, "Simulated labelers judging each pair of answers, per labeler group (built-in world). "
                              "More shrink the labelers' noise in the win rates; the prompts' spread stays.")
+    best_of_n: int = opt(4, "Built-in world: the SFT policy samples this many answers per test prompt, and the best "
+                            "of the first 1, 2, 4 ... is picked by the reward model and by the labelers' noiseless "
+                            "utility; the report gives each pick's true follow rate (what the RM's choice is "
+                            "worth; 0 or 1 = off).")
     temperature: float = opt(0.7, "Sampling temperature of every model (0 = greedy).")
     max_new_tokens: int | None = opt(None, "Response length limit. Default: the run's max_new_tokens, else 48.")
     few_shot: int = opt(3, "SFT demonstrations in the few-shot prefix of 'base_prompted' (0 = no prompted base).")
@@ -88,6 +92,8 @@ class EvalConfig:
             raise ConfigError(f"n_prompts: must be >= 0, got {self.n_prompts}")
         if self.judgements < 1:
             raise ConfigError(f"judgements: must be >= 1, got {self.judgements}")
+        if self.best_of_n < 0:
+            raise ConfigError(f"best_of_n: must be >= 0, got {self.best_of_n}")
         if self.temperature < 0:
             raise ConfigError(f"temperature: must be >= 0, got {self.temperature}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:

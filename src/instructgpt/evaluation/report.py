@@ -177,12 +177,26 @@ def _answer_section(results: EvalResults, claims: list[ClaimResult]) -> Section:
                 rm, ceil = Estimate.from_dict(v["rm"]), Estimate.from_dict(v["ceiling"])
                 rows.append([name, str(v["pairs"]), _pct(rm), _pct(ceil), f"{100 * (rm.value - ceil.value):+.1f}"])
             sec.blocks.append(Table([group, "n", "RM accuracy", "ceiling", "RM - ceiling (pts)"], rows))
+    best = results.meta.get("best_of_n")
+    if isinstance(best, dict) and best:
+        sec.blocks.append(Para(
+            "What the reward model's choice is worth: the SFT policy samples several answers per test prompt, and "
+            "the best of the first m is picked by the RM or by the training labelers' noiseless utility (the "
+            "oracle: a perfect RM). The oracle's gain over m = 1 is how much better the policy's own answers can "
+            "be; the RM's is how much of that it can show PPO."))
+        rows = []
+        for m, pick in best.items():
+            est = {p: {k: Estimate.from_dict(v) for k, v in pick[p].items()} for p in ("rm", "oracle")}
+            rows.append([m, _pct(est["rm"]["true_follow"]), _pct(est["oracle"]["true_follow"]),
+                         fmt(est["rm"]["utility"]), fmt(est["oracle"]["utility"])])
+        sec.blocks.append(Table(["m answers", "true follow, RM's pick", "true follow, oracle's pick",
+                                 "oracle utility, RM's pick", "oracle utility, oracle's pick"], rows))
     return sec
 
 
 def _meta_section(results: EvalResults) -> Section:
     rows = [[str(k), str(v)] for k, v in results.meta.items()
-            if k not in ("rm_accuracy", "rm_accuracy_by_criterion")]
+            if k not in ("rm_accuracy", "rm_accuracy_by_criterion", "best_of_n")]
     rows.append(["baseline (win rates are against)", results.baseline])
     rows += [[f"model {m.name}", f"{m.kind}, {_size(m.n_params)} parameters"]
              for m in _models_in_order(results)]

@@ -116,15 +116,8 @@ def rm_accuracy_tables(rm, rm_tokenizer, prompts: Sequence[Prompt], answers: dic
     """results.json's ``rm_accuracy`` (by pair type) and ``rm_accuracy_by_criterion``: the reward
     model ``rm`` (with its tokenizer) scored by :func:`rm_pair_accuracy`; each row
     {policy group name: {"rm", "ceiling": Estimate dicts, "pairs": n}}."""
-    import torch
-
-    from .scoring import reward_model_sequences, reward_scores
-
-    def score(ps, texts):
-        with torch.no_grad():
-            seqs = reward_model_sequences(rm, rm_tokenizer, ps, texts)
-            return reward_scores(rm, seqs, rm_tokenizer.pad_token_id, batch_size)
-    by_group = rm_pair_accuracy(prompts, answers, score, panel, world, seed)
+    from .scoring import rm_scorer
+    by_group = rm_pair_accuracy(prompts, answers, rm_scorer(rm, rm_tokenizer, batch_size), panel, world, seed)
     return {key: {name: {"rm": v["rm"].to_dict(), "ceiling": v["ceiling"].to_dict(), "pairs": v["pairs"]}
                   for name, v in by_group[group].items()}
             for key, group in (("rm_accuracy", "pair type"), ("rm_accuracy_by_criterion", "criterion"))}

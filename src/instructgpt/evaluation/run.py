@@ -11,7 +11,9 @@ One evaluation, in order (:func:`run_eval`):
    (:func:`score_policy`);
 4. the simulated labelers judge the answers (:mod:`.judging`) and their
    agreement is measured (:mod:`.agreement`), on the answers and on the run's
-   RM comparisons;
+   RM comparisons; the reward model's accuracy against the labelers' ceiling
+   (:mod:`.rm_accuracy`) and what its pick of the SFT policy's answers is
+   worth (:mod:`.best_of_n`);
 5. one :class:`~instructgpt.evaluation.results.ModelResult` per policy
    (:func:`build_model_result`), the claims checked, and everything written:
    ``out_dir/results.json``, ``label_tasks.jsonl``, ``timings.json`` (and
@@ -49,6 +51,7 @@ from ..data import Prompt
 from ..models import RewardModel, load_tokenizer, pick_device
 from ..run_folder import RunFolder
 from .agreement import answer_agreement, comparison_agreement
+from .best_of_n import best_of_n
 from .claims import check_claims, head_to_head_pairs
 from .config import EvalConfig
 from .harness import harness_scores, task_manager
@@ -61,7 +64,7 @@ from .probes import (bias_entropies, block_nlls, cloze_correct, continuation_ite
 from .report import write_report
 from .results import EvalResults, ModelResult, SampleOutput, Samples
 from .rm_accuracy import rm_accuracy_tables
-from .scoring import policy_kl, policy_reward
+from .scoring import policy_kl, policy_reward, rm_scorer
 from .stats import Estimate, mean_estimate, rate
 
 __all__ = ["EvalConfig", "run_eval"]
@@ -261,6 +264,14 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
         policies = {n: judged_responses[n] for n, s in specs.items() if s.kind in ("sft", "ppo", "ppo_ptx")}
         rm_accuracy = rm_accuracy_tables(rm, rm_tokenizer, judged, policies, panel, world, cfg.seed, cfg.batch_size)
     laps("rm_accuracy")
+    best_of = {}
+    if rm is not None and judged and ref_spec is not None and cfg.best_of_n > 1:
+        runner = PolicyRunner(ref_spec, cfg, pool, inputs.demos)
+        flat = runner.sample([p for p in judged for _ in range(cfg.best_of_n)], cfg)
+        answers = [flat[i:i + cfg.best_of_n] for i in range(0, len(flat), cfg.best_of_n)]
+        best_of = {"best_of_n": best_of_n(judged, answers, rm_scorer(rm, rm_tokenizer, cfg.batch_size), panel,
+                                          world, cfg.seed)}
+    laps("best_of_n")
 
     # 5. results, claims, files
     models = [build_model_result(specs[n], outputs[n], judgements[n], world_data, prompts, cfg.seed)
@@ -269,6 +280,7 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
     meta = run_meta(cfg, run, out_dir, inputs, ref_spec, n_tasks, n_judged=len(judged))
     meta.update(inputs.round_summaries)
     meta.update(rm_accuracy)
+    meta.update(best_of)
     if cfg.labels:
         n_rankings, n_models = add_human_labels(models, cfg.labels, prompts, responses, cfg.baseline, cfg.seed,
                                                 out_dir / "human_labels.json")

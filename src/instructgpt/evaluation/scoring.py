@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -222,6 +222,15 @@ def reward_model_sequences(rm: RewardModel, rm_tokenizer, prompts: Sequence[Prom
     fmt = fmt or ChatFormat.load(rm_tokenizer, "auto")
     encoder = RecordEncoder(fmt, ModelContext.of(rm.config, rm_tokenizer), NO_PROMPT_LIMIT)
     return [encoder.pair(request_input(p), str(r), p.source).ids for p, r in zip(prompts, responses)]
+
+
+def rm_scorer(rm: RewardModel, rm_tokenizer, batch_size: int = 64) -> Callable[[list[Prompt], list[str]], list[float]]:
+    """``score(prompts, answers) -> scores`` of the reward model ``rm`` (read with its own tokenizer)."""
+    def score(prompts: list[Prompt], answers: list[str]) -> list[float]:
+        with torch.no_grad():
+            sequences = reward_model_sequences(rm, rm_tokenizer, prompts, answers)
+            return reward_scores(rm, sequences, rm_tokenizer.pad_token_id, batch_size)
+    return score
 
 
 def policy_reward(runner: PolicyRunner, rm: RewardModel, rm_tokenizer, prompts: Sequence[Prompt],

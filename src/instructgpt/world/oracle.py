@@ -30,6 +30,11 @@ from .datasets import WorldData, load_world
 ENV = "INSTRUCTGPT_ORACLE_RUN"
 
 
+def noiseless_utility(labelers, prompt: Prompt, response: str, world) -> float:
+    """The mean, over ``labelers``, of their noiseless utility of ``response`` to ``prompt``."""
+    return sum(lab.base_utility(lab.verdict(prompt, response, world), response) for lab in labelers) / len(labelers)
+
+
 class OracleReward:
     """``(prompt texts, responses) -> rewards`` for the prompts of the run folder ``run_dir``."""
 
@@ -43,9 +48,7 @@ class OracleReward:
         self.prompts: dict[str, Prompt] = {p.text: p for f in files for p in load_prompts(f)}
 
     def utility(self, prompt: Prompt, response: str) -> float:
-        labelers = self.data.panel.training_labelers
-        world = self.data.world
-        return sum(lab.base_utility(lab.verdict(prompt, response, world), response) for lab in labelers) / len(labelers)
+        return noiseless_utility(self.data.panel.training_labelers, prompt, response, self.data.world)
 
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
         out = []
