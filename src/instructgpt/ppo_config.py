@@ -1,0 +1,170 @@
+"""The options of PPO and PPO-ptx (``instructgpt ppo``): one config, in groups.
+
+``rollout`` (sampling each iteration's responses), ``ppo`` (the update: KL-shaped rewards, GAE or
+RLOO, the clipped losses, optimizers and the EMA) and ``ptx`` (the pretraining loss of PPO-ptx),
+with the shared ``model``, ``lora`` and ``runtime`` groups. :class:`PPOConfig` is all of them in one
+flat dataclass; ``validate`` turns every contradiction between them into an error naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from . import backends
+from .chat import CHAT_TEMPLATE_HELP
+from .config import ConfigError, opt
+from .lora import LoraOptions
+from .models import ModelOptions
+from .runtime import RuntimeOptions
+
+
+@dataclass
+class RolloutOptions:
+    """Sampling the responses of each iteration (the ``rollout`` group)."""
+    group = "rollout"
+    batch_size: int = opt(32, "Episodes (prompts) per iteration (paper: 512).")
+    max_prompt_tokens: int = opt(128, "Longer prompts are an error naming the record.")
+    chat_template: str = opt("auto", CHAT_TEMPLATE_HELP)
+    max_new_tokens: int = opt(32, "Response length limit.")
+    samples_per_prompt: int = opt(1, "Responses sampled for each prompt of an iteration (k); batch_size counts "
+                                     "responses, so an iteration sees batch_size / k prompts (advantage_estimator=rloo "
+                                     "needs k >= 2).")
+    min_new_tokens: int = opt(0, "No stop token (EOS, end of turn) can be sampled before this many tokens (0 = off).")
+    temperature: float = opt(1.0, "Sampling temperature (paper: 1; 0 = greedy); log-probs use the same "
+                                  "temperature (1 when greedy).")
+    top_k: int = opt(0, "Top-k sampling (0 = off).")
+    top_p: float = opt(1.0, "Nucleus sampling mass (1 = off).")
+    generation_backend: str = opt("auto", "Rollout sampler: auto (vLLM when installed and on CUDA, else builtin), "
+                                          "builtin (KV-cache generator), vllm, or module:factory.")
+    vllm_gpu_memory_utilization: float = opt(0.3, "vLLM: share of each GPU for its policy copy and KV cache.")
+
+
+@dataclass
+class PPOOptions:
+    """The PPO update: KL-shaped rewards, GAE, clipped losses, optimizers and the EMA (the ``ppo`` group)."""
+    group = "ppo"
+    minibatch_size: int = opt(32, "Episodes per optimizer step (paper: 64).")
+    micro_batch_size: int = opt(0, "Episodes per forward pass within a minibatch (0 = the whole minibatch).")
+    ppo_epochs: int = opt(4, "Passes over each batch of rollouts.")
+    lr: float = opt(1e-5, "Policy learning rate (paper: 5e-6 for 1.3B).")
+    value_lr: float = opt(0.0, "Value-model learning rate (0 = same as lr).")
+    advantage_estimator: str = opt("gae", "gae: per-token advantages from a learned value function (the paper); rloo: "
+                                          "a response's return (score - kl_coef x its summed KL) minus the mean "
+                                          "return of its prompt's other samples_per_prompt - 1 responses, on each of "
+                                          "its tokens, with no value model (RLOO, Ahmadian et al. 2024; setting "
+                                          "value_model, value_lr, vf_coef, cliprange_value, gamma, lam or "
+                                          "whiten_rewards with it is an error). Both are whitened over the batch.")
+    value_model: str = opt("separate", "separate: a value network initialised from the reward model (the paper); "
+                                       "shared: a scalar head on the policy's own trunk, one network doing both "
+                                       "(about 40% less compute per episode; the value loss then also shapes the "
+                                       "policy's features, and the head starts untrained).")
+    warmup_iterations: int = opt(10, "Learning rate rises linearly from 1/10 of its peak over this many iterations (paper: 10); "
+                                     "the policy's warm-up starts after value_warmup_iterations.")
+    value_warmup_iterations: int = opt(0, "The first this many iterations train the value function only: the policy, its "
+                                          "EMA and the pretraining loss wait until the values fit the returns (they "
+                                          "count towards iterations; 0 = off, as in the paper).")
+    grad_clip: float = opt(1.0, "Clip each model's gradient norm to this (0 = off).")
+    kl_coef: float = opt(0.02, "beta: weight of the per-token KL penalty to the SFT policy (paper: 0.02).")
+    kl_estimator: str = opt("k1", "Per-token KL estimator in the reward: k1 (log ratio), k2 or k3.")
+    adaptive_kl: bool = opt(False, "Adapt kl_coef to keep the KL near target_kl (Ziegler et al.).")
+    target_kl: float = opt(6.0, "Target KL (nats per response) for the adaptive controller.")
+    kl_horizon: int = opt(10000, "Horizon (episodes) of the adaptive controller.")
+    cliprange: float = opt(0.2, "PPO ratio clip (paper: 0.2).")
+    cliprange_value: float = opt(0.2, "Value clip around the rollout values.")
+    vf_coef: float = opt(0.1, "Weight of the value loss.")
+    gamma: float = opt(1.0, "GAE discount (not the paper's pretraining gamma: that is ptx_coef).")
+    lam: float = opt(0.95, "GAE lambda.")
+    whiten_rewards: bool = opt(False, "Scale per-token rewards to unit variance (no mean shift) before GAE.")
+    no_eos_penalty: float = opt(0.0, "Added to the score of responses that hit max_new_tokens without EOS (e.g. -1; 0 = off).")
+    ratio_guard: float = opt(100.0, "Stop with an error when a probability ratio exceeds this (a diverged update).")
+    ema_decay: float = opt(0.992, "Decay of the EMA of policy weights (paper: 0.992).")
+    ema: bool = opt(True, "Keep the EMA and save it as the final policy (the raw weights go to policy_raw/).")
+    ema_warmup: bool = opt(True, "Use min(ema_decay, (1+n)/(10+n)) after n updates, so short runs are not dominated by the start.")
+
+
+# what only the value function and GAE read: set under rloo, they are a config error
+GAE_ONLY = ("value_model", "value_lr", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards")
+
+
+@dataclass
+class PtxOptions:
+    """PPO-ptx: the pretraining loss mixed into each step (the ``ptx`` group)."""
+    group = "ptx"
+    ptx_coef: float = opt(0.0, "PPO-ptx: weight of the pretraining loss (the paper's gamma = 27.8; 0 = plain PPO).")
+    ptx_token_ratio: float = opt(8.0, "Pretraining tokens per RL response token in each step (paper: 8).")
+    ptx_seq_len: int = opt(128, "Block length of the pretraining stream.")
+    pretrain_data: str = opt("", "Pretraining corpus for PPO-ptx (.txt or .jsonl with 'text').")
+
+
+@dataclass
+class PPOConfig(LoraOptions, ModelOptions, RuntimeOptions, PtxOptions, PPOOptions, RolloutOptions):
+    """PPO and PPO-ptx (``instructgpt ppo``). Names follow the paper and lm-human-preferences.
+
+    With ``lora_r`` > 0 the policy and the value model train adapters (the value model also its
+    head) and the KL reference is the policy with its adapters disabled: one copy of the base
+    weights. That holds when the reference is the policy's starting point: ``reference`` empty
+    or equal to ``policy``, or ``policy`` a LoRA PPO folder whose base is ``reference`` (its
+    adapter is trained further). Any other ``reference`` is loaded as a separate frozen model.
+
+    Options come in groups (``rollout``, ``ppo``, ``ptx``, ``runtime``, ``model``) and can be written
+    with their group (``ppo.cliprange=0.2``) or without (``cliprange=0.2``).
+    """
+    policy: str = opt("", "Policy to start from (the SFT folder, or a previous PPO policy to continue).")
+    reference: str = opt("", "Frozen reference policy of the KL penalty (default: policy, i.e. the SFT model).")
+    reward_model: str = opt("", "Reward-model folder (scores responses; initialises the value function).")
+    reward_fn: str = opt("", "Instead of a reward model: 'module:function' taking (prompts, responses) text lists "
+                             "and returning scores (programmatic rewards, tests).")
+    prompts: str = opt("", "Prompts JSONL (the PPO prompt set; 'split' = train rows are used if splits are present).")
+    out_dir: str = opt("", "Output folder: policy (EMA weights), value_model/, metrics.jsonl, samples.jsonl.")
+    iterations: int = opt(20, "PPO iterations (each = batch_size episodes).")
+    log_samples: int = opt(3, "Sample responses written to samples.jsonl per iteration.")
+    save_every: int = opt(5, "Checkpoint every this many iterations (0 = only at the end).")
+
+    def validate(self) -> None:
+        self.validate_model_options()
+        self.validate_lora()
+        self.validate_runtime()
+        if self.lora_r and self.generation_backend == "vllm":
+            raise ConfigError("generation_backend: vllm does not sample from a LoRA policy here (its weights are "
+                              "synced by name from a plain model); use builtin or auto with lora_r > 0")
+        if not self.policy or not self.prompts or not self.out_dir:
+            raise ConfigError("policy, prompts, out_dir: required")
+        if not self.reward_model and not self.reward_fn:
+            raise ConfigError("reward_model: required (or reward_fn)")
+        if not 0 <= self.value_warmup_iterations < self.iterations:
+            raise ConfigError(f"value_warmup_iterations: must be in [0, iterations={self.iterations}), "
+                              f"got {self.value_warmup_iterations} (no iteration would train the policy)")
+        if self.batch_size % self.minibatch_size:
+            raise ConfigError("minibatch_size: must divide batch_size")
+        if self.samples_per_prompt < 1 or self.batch_size % self.samples_per_prompt:
+            raise ConfigError(f"samples_per_prompt: must be >= 1 and divide batch_size={self.batch_size}, "
+                              f"got {self.samples_per_prompt}")
+        if self.advantage_estimator not in ("gae", "rloo"):
+            raise ConfigError(f"advantage_estimator: {self.advantage_estimator!r} is not gae or rloo")
+        if self.advantage_estimator == "rloo" and self.samples_per_prompt < 2:
+            raise ConfigError("advantage_estimator: rloo needs samples_per_prompt >= 2 (the baseline of a response "
+                              f"is its prompt's other responses), got samples_per_prompt={self.samples_per_prompt}")
+        if self.advantage_estimator == "rloo" and self.value_warmup_iterations:
+            raise ConfigError("value_warmup_iterations: rloo has no value function to warm up; set it to 0")
+        if self.advantage_estimator == "rloo":
+            defaults = {f.name: f.default for f in dataclasses.fields(PPOOptions)}
+            unused = [f"{k}={getattr(self, k)!r}" for k in GAE_ONLY if getattr(self, k) != defaults[k]]
+            if unused:
+                raise ConfigError(f"{', '.join(k.split('=')[0] for k in unused)}: rloo has no value function "
+                                  f"and no GAE, so {', '.join(unused)} would do nothing; leave "
+                                  f"{'it' if len(unused) == 1 else 'them'} at the default or use "
+                                  f"advantage_estimator=gae")
+        if self.ptx_coef > 0 and not self.pretrain_data:
+            raise ConfigError("pretrain_data: required when ptx_coef > 0 (PPO-ptx)")
+        if self.kl_estimator not in ("k1", "k2", "k3"):
+            raise ConfigError(f"kl_estimator: {self.kl_estimator!r} is not k1, k2 or k3")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError("ema_decay: must be in [0, 1)")
+        if self.temperature < 0:
+            raise ConfigError("temperature: must be >= 0 (0 = greedy)")
+        if self.value_model not in ("separate", "shared"):
+            raise ConfigError(f"value_model: {self.value_model!r} is not separate or shared")
+        if self.generation_backend not in backends.BACKENDS and ":" not in self.generation_backend:
+            raise ConfigError(f"generation_backend: {self.generation_backend!r} is not one of "
+                              f"{', '.join(backends.BACKENDS)} or module:factory")
