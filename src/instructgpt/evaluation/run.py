@@ -196,6 +196,16 @@ class _Laps:
         self.last = time.perf_counter()
 
 
+def sft_best_of_n(sft: ModelSpec, cfg: EvalConfig, pool: ModelPool, demos, prompts: Sequence[Prompt],
+                  rm: RewardModel, rm_tokenizer, world_data) -> dict:
+    """The SFT policy samples ``cfg.best_of_n`` answers per prompt; :func:`.best_of_n.best_of_n` of them."""
+    n = cfg.best_of_n
+    flat = PolicyRunner(sft, cfg, pool, demos).sample([p for p in prompts for _ in range(n)], cfg)
+    answers = [flat[i:i + n] for i in range(0, len(flat), n)]
+    return best_of_n(prompts, answers, rm_scorer(rm, rm_tokenizer, cfg.batch_size), world_data.panel,
+                     world_data.world, cfg.seed)
+
+
 def save_results_and_report(results: EvalResults, cfg: EvalConfig, out_dir: Path, laps: _Laps) -> Path:
     """results.json (first, so a report failure loses nothing), the report, the total time and
     timings.json; returns the HTML report's path."""
@@ -266,11 +276,7 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
     laps("rm_accuracy")
     best_of = {}
     if rm is not None and judged and ref_spec is not None and cfg.best_of_n > 1:
-        runner = PolicyRunner(ref_spec, cfg, pool, inputs.demos)
-        flat = runner.sample([p for p in judged for _ in range(cfg.best_of_n)], cfg)
-        answers = [flat[i:i + cfg.best_of_n] for i in range(0, len(flat), cfg.best_of_n)]
-        best_of = {"best_of_n": best_of_n(judged, answers, rm_scorer(rm, rm_tokenizer, cfg.batch_size), panel,
-                                          world, cfg.seed)}
+        best_of = {"best_of_n": sft_best_of_n(ref_spec, cfg, pool, inputs.demos, judged, rm, rm_tokenizer, world_data)}
     laps("best_of_n")
 
     # 5. results, claims, files
