@@ -274,9 +274,8 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
         policies = {n: judged_responses[n] for n, s in specs.items() if s.kind in ("sft", "ppo", "ppo_ptx")}
         rm_accuracy = rm_accuracy_tables(rm, rm_tokenizer, judged, policies, panel, world, cfg.seed, cfg.batch_size)
     laps("rm_accuracy")
-    best_of = {}
-    if rm is not None and judged and ref_spec is not None and cfg.best_of_n > 1:
-        best_of = {"best_of_n": sft_best_of_n(ref_spec, cfg, pool, inputs.demos, judged, rm, rm_tokenizer, world_data)}
+    best_of = {"best_of_n": sft_best_of_n(ref_spec, cfg, pool, inputs.demos, judged, rm, rm_tokenizer, world_data)} \
+        if rm is not None and judged and ref_spec is not None and cfg.best_of_n > 1 else {}
     laps("best_of_n")
 
     # 5. results, claims, files
