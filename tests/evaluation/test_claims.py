@@ -98,7 +98,21 @@ def test_claim_b_uses_head_to_head_when_present():
     big = ModelResult("big", "base", 1000, win_rate={"training": est(0.1)})
     row = claim_b(EvalResults([small, big]))
     assert row.null == 0.5 and "head to head" in row.measured
+    assert row.rule == "CI of the head-to-head win rate entirely above / below 0.5"
     assert row.verdict == NOT_REPRODUCED
+
+
+def test_each_preference_link_states_the_rule_it_was_decided_by():
+    """A link decided head to head says null 0.5; one decided by two win rates against the
+    baseline says a gap with null 0 (the report printed the gap rule for head-to-head links)."""
+    rng = np.random.default_rng(4)
+    models = [make_model(n, n, p, rng) for n, p in (("base", 0.2), ("base_prompted", 0.3),
+                                                    ("ppo", 0.7), ("ppo_ptx", 0.7))]
+    models[2].comparisons += simulated_comparisons(0.8, 100, 1, rng, opponent="base_prompted")
+    links = {link.id: link for link in claim_c(EvalResults(models)).links}
+    assert (links["c1"].null, links["c1"].rule) == (0.5, "CI of the head-to-head win rate entirely above / below 0.5")
+    for cid in ("c2", "c3"):
+        assert (links[cid].null, links[cid].rule) == (0.0, "CI of the win-rate gap entirely above / below 0")
 
 
 def test_claim_c_reversed_link_fails():

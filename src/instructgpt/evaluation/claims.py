@@ -190,6 +190,18 @@ def preference(results: EvalResults, a: str, b: str) -> tuple[Estimate | None, f
                       f"{results.baseline} (training labelers)")
 
 
+#: The rule of a preference before it is measured: which null applies depends on the data (preference()).
+PREFERENCE_RULE = "CI of the preference entirely above / below the null (0.5 head to head, 0 for a gap)"
+
+
+def preference_rule(null: float) -> str:
+    """The rule of a preference as measured by :func:`preference`: a head-to-head win rate
+    (null 0.5) or a gap of two win rates against the baseline (null 0)."""
+    if null == 0.5:
+        return "CI of the head-to-head win rate entirely above / below 0.5"
+    return "CI of the win-rate gap entirely above / below 0"
+
+
 def metric_gap(a: ModelResult, b: ModelResult, source: str, metric: str) -> Estimate | None:
     """How much better ``a`` is than ``b`` on a metric (positive = a better).
 
@@ -250,7 +262,7 @@ def claim_b(results: EvalResults) -> ClaimResult:
     decide_greater(effect, null).
     """
     statement = "A small PPO-ptx model is preferred to a larger pretrained base model"
-    rule = "CI of the preference entirely above / below the null (0.5 head to head, 0 for a gap)"
+    rule = PREFERENCE_RULE
     sized = [m for m in results.of_kind("ppo_ptx") if m.n_params is not None]
     if not sized:
         return _missing("b", statement, rule, "PPO-ptx model with a known size")
@@ -260,21 +272,20 @@ def claim_b(results: EvalResults) -> ClaimResult:
     if not larger:
         return _missing("b", statement, rule, "base model larger than the PPO-ptx model")
     effect, null, what = preference(results, small.name, larger[-1].name)
-    return ClaimResult("b", statement, decide_greater(effect, null), effect, null, what, rule)
+    return ClaimResult("b", statement, decide_greater(effect, null), effect, null, what, preference_rule(null))
 
 
-def _gap_link(results: EvalResults, cid: str, better: ModelResult | None,
-              worse: ModelResult | None, better_kind: str, worse_kind: str) -> ClaimResult:
+def _preference_link(results: EvalResults, cid: str, better: ModelResult | None,
+                     worse: ModelResult | None, better_kind: str, worse_kind: str) -> ClaimResult:
     statement = f"{better_kind} preferred to {worse_kind}"
-    rule = "CI of the win-rate gap entirely above / below 0"
     if better is None or worse is None:
         absent = better_kind if better is None else worse_kind
-        return _missing(cid, statement, rule, f"{absent} model")
+        return _missing(cid, statement, PREFERENCE_RULE, f"{absent} model")
     effect, null, what = preference(results, better.name, worse.name)
     if effect is None:
-        return _missing(cid, statement, rule, f"win rates of {better.name} / {worse.name}")
+        return _missing(cid, statement, PREFERENCE_RULE, f"win rates of {better.name} / {worse.name}")
     return ClaimResult(cid, f"{better.name} preferred to {worse.name}",
-                       decide_greater(effect, null), effect, null, what, rule)
+                       decide_greater(effect, null), effect, null, what, preference_rule(null))
 
 
 def claim_c(results: EvalResults) -> ClaimResult:
@@ -292,9 +303,9 @@ def claim_c(results: EvalResults) -> ClaimResult:
         return _missing("c", statement, rule, "PPO-ptx model")
     ppo, prompted, base = (peer(results, k, pol) for k in ("ppo", "base_prompted", "base"))
     links = [
-        _gap_link(results, "c1", ppo, prompted, "PPO", "prompted base"),
-        _gap_link(results, "c2", pol, prompted, "PPO-ptx", "prompted base"),
-        _gap_link(results, "c3", prompted, base, "prompted base", "base"),
+        _preference_link(results, "c1", ppo, prompted, "PPO", "prompted base"),
+        _preference_link(results, "c2", pol, prompted, "PPO-ptx", "prompted base"),
+        _preference_link(results, "c3", prompted, base, "prompted base", "base"),
     ]
     return _compound("c", statement, rule, links)
 
@@ -392,7 +403,7 @@ def claim_g(results: EvalResults) -> ClaimResult:
     pol = primary_policy(results)
     if pol is None:
         return _missing("g", statement, rule, "PPO-ptx model")
-    links = [_gap_link(results, f"g{i}", pol, peer(results, kind, pol), "PPO-ptx", kind)
+    links = [_preference_link(results, f"g{i}", pol, peer(results, kind, pol), "PPO-ptx", kind)
              for i, kind in enumerate(INSTRUCTION_BASELINES, start=1)
              if results.of_kind(kind)]
     if not links:
