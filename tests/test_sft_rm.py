@@ -110,8 +110,11 @@ def test_sft_kill_and_resume_gives_the_same_weights(tmp_path, tiny_gpt2, sft_dat
     assert steps == sorted(set(steps))  # no step logged twice after the resume
 
 
+@pytest.mark.slow
 def test_sft_sigkill_mid_run_then_resume(tmp_path, tiny_gpt2, sft_data):
-    """A real kill of the CLI process; the resumed run ends with the uninterrupted run's weights."""
+    """A real kill of the CLI process; the resumed run ends with the uninterrupted run's weights.
+    Slow (38 s: three processes): the default suite kills ``instructgpt run`` mid-SFT and resumes it to the
+    same weights (tests/test_run_resume.py), and resumes SFT in process above."""
     args = [sys.executable, "-m", "instructgpt.cli", "sft", f"model={tiny_gpt2}", f"train={sft_data[0]}",
             f"valid={sft_data[1]}", "lr=3e-3", "epochs=3", "batch_size=8", "micro_batch_size=8",
             "dropout=0.1", "save_every=2", "progress=false"]

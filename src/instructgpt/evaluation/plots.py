@@ -11,12 +11,12 @@ import io
 import math
 from collections.abc import Sequence
 
-import matplotlib as mpl
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import NullLocator
+from typing import TYPE_CHECKING
 
 from .stats import Estimate
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _RC = {"text.parse_math": False, "font.size": 9, "axes.spines.top": False,
        "axes.spines.right": False}
@@ -33,7 +33,16 @@ def size_label(n: int | None) -> str:
     return str(n)
 
 
+def _style():
+    """The figures' matplotlib settings, as a context. matplotlib is imported here, on the first figure:
+    every ``instructgpt`` command imports the report's module, and only eval draws (~1 s saved per start)."""
+    import matplotlib as mpl
+    return mpl.rc_context(_RC)
+
+
 def _new_figure(width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -64,7 +73,7 @@ def grouped_bars(categories: Sequence[str], series: dict[str, Sequence[Estimate 
     series: name -> one Estimate (or None = not measured, drawn as "n/m")
     per category, aligned with ``categories``.
     """
-    with mpl.rc_context(_RC):
+    with _style():
         n_cat, n_ser = len(categories), max(1, len(series))
         fig = _new_figure(max(4.5, 0.9 + n_cat * (0.35 + 0.22 * n_ser)), 3.2)
         ax = fig.add_subplot()
@@ -98,7 +107,8 @@ def by_size(lines: dict[str, Sequence[tuple[int, Estimate]]], title: str, ylabel
 
     lines: kind -> [(n_params, estimate), ...].
     """
-    with mpl.rc_context(_RC):
+    from matplotlib import ticker as mpl_ticker
+    with _style():
         fig = _new_figure(5.0, 3.2)
         ax = fig.add_subplot()
         for kind, pts in lines.items():
@@ -111,7 +121,7 @@ def by_size(lines: dict[str, Sequence[tuple[int, Estimate]]], title: str, ylabel
             ax.axhline(hline, color="black", lw=0.8, ls="--")
         ax.set_xscale("log")
         sizes = sorted({n for pts in lines.values() for n, _ in pts})
-        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_locator(mpl_ticker.NullLocator())
         ax.set_xticks(sizes, [size_label(n) for n in sizes])  # plain text, no mathtext
         ax.margins(x=0.15)
         ax.set_xlabel("parameters")
@@ -127,7 +137,7 @@ def frontier(runs: dict[str, Sequence[tuple[float, float, float]]]) -> bytes:
     runs: run name -> [(kl, reward, step), ...]; points are joined in step
     order and coloured by progress (light = early, dark = late).
     """
-    with mpl.rc_context(_RC):
+    with _style():
         fig = _new_figure(5.0, 3.4)
         ax = fig.add_subplot()
         for name, pts in runs.items():
@@ -153,7 +163,7 @@ def curves(metrics: dict[str, dict[str, tuple[list[float], list[float]]]],
     names = list(metrics)[:max_panels]
     cols = min(3, max(1, len(names)))
     rows = math.ceil(len(names) / cols)
-    with mpl.rc_context(_RC):
+    with _style():
         fig = _new_figure(3.2 * cols, 2.4 * rows)
         for i, metric in enumerate(names, start=1):
             ax = fig.add_subplot(rows, cols, i)
