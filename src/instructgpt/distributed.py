@@ -72,7 +72,7 @@ def _destroy() -> None:
 
 
 def exit_now(code: int = 0):
-    """End the process at once after a finished run: flush, leave the group, ``os._exit(code)``.
+    """End the process at once after a finished run: flush, then ``os._exit(code)``.
 
     Used after runs that sharded a model (FSDP2/DTensor): interpreter teardown
     can then abort the process (std::terminate, SIGABRT) after all work is
@@ -82,13 +82,15 @@ def exit_now(code: int = 0):
     the GIL; DTensor's caches keep the process group and its threads alive
     until teardown, and a thread that asks for the GIL during teardown is
     terminated. Skipping teardown avoids that; nothing is lost once outputs
-    are written (files are closed, stdio and logging flushed here).
+    are written (files are closed, stdio and logging flushed here). The group
+    is not destroyed either: ``destroy_process_group`` joins the same threads
+    and can block forever (pytorch/pytorch#75097; the likely cause of one CI
+    hang of the 2-rank sharded tests), and ``os._exit`` closes its sockets
+    anyway.
     """
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
-    if is_distributed():
-        dist.destroy_process_group()
     os._exit(code)
 
 

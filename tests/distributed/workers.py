@@ -211,3 +211,11 @@ class _EOSOnLastRank:
 
     def sync_weights(self, model) -> None:
         self.inner.sync_weights(model)
+
+
+def failing_job(fail_rank: int) -> None:
+    """One rank raises while the other waits for it in a collective."""
+    dist.init_from_env(torch.device("cpu"))
+    if dist.rank() == fail_rank:
+        raise RuntimeError(f"rank {fail_rank} failed on purpose")
+    dist.barrier()
