@@ -21,7 +21,7 @@ from .helpers import PASSWORD, add_user, form_value, write_rank_tasks
 pytestmark = pytest.mark.timeout(180)  # bounded even if a server hangs
 
 
-LABELERS, PER_LABELER, DEADLINE_S = 50, 20, 90.0
+LABELERS, PER_LABELER, DEADLINE_S = 50, 12, 90.0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -88,8 +88,8 @@ def test_fifty_concurrent_labelers(sqlite_url, tmp_path, live_server, capsys):
         n_req = s.scalar(select(func.count(func.distinct(Label.request_id))))
         pending = s.scalar(select(func.count()).select_from(Assignment).where(Assignment.status != "done"))
     store.dispose()
-    assert n_labels == n_assign == n_req == LABELERS * PER_LABELER == 1000
-    assert pending == 0 and len(duplicates) == LABELERS * 5
+    assert n_labels == n_assign == n_req == LABELERS * PER_LABELER == 600
+    assert pending == 0 and len(duplicates) == LABELERS * 3  # the 1st, 5th and 9th of each labeler twice
     stats = {"labels": n_labels, "submit_requests": len(latencies), "seconds": round(elapsed, 2),
              "p50_ms": round(percentile(latencies, 50) * 1000, 1),
              "p95_ms": round(percentile(latencies, 95) * 1000, 1),
