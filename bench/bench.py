@@ -150,23 +150,28 @@ def compile_fields(prefix: str, first: float, step: float, units_per_step: float
 
 # ----------------------------------------------------------------------------- phases
 
-def phase_sft(f: dict, root: Path, opts: dict) -> dict:
+def sft_workload(f: dict, root: Path, compile: bool) -> tuple:
+    """(one SFT training step, tokens per step): the TRL peer's workload, 16 rows of 32 prompt + 32
+    response tokens, loss on the response only."""
     from instructgpt.batching import Encoded
     from instructgpt.sft import LMTask
     from instructgpt.training import TrainConfig, _train_step, make_optimizer
     model = f["model"].train()
-    if opts["compile"]:
+    if compile:
         from instructgpt.compile import compile_blocks
         compile_blocks(model)
-    # The TRL peer's SFT workload: 32 prompt + 32 response tokens, loss on the response only.
     rows = random_ids(16, PROMPT + RESPONSE)
     task = LMTask([Encoded(r[:PROMPT], r[PROMPT:]) for r in rows], 1)
     cfg = TrainConfig(out_dir=str(root), batch_size=16, micro_batch_size=16)
     opt = make_optimizer(model, 1e-4, 0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    first, sec = timed(lambda: _train_step(model, task, list(range(16)), cfg, opt, sched, torch.device("cpu")),
-                       *opts["steps"](2, 8))
-    tokens = 16 * (PROMPT + RESPONSE)
+    step = lambda: _train_step(model, task, list(range(16)), cfg, opt, sched, torch.device("cpu"))  # noqa: E731
+    return step, 16 * (PROMPT + RESPONSE)
+
+
+def phase_sft(f: dict, root: Path, opts: dict) -> dict:
+    step, tokens = sft_workload(f, root, opts["compile"])
+    first, sec = timed(step, *opts["steps"](2, 8))
     # The unembedding runs at the positions predicting response tokens only (unembedding.logits_at).
     flops = (tokens * flops_per_token(f["layers"], f["width"], 32, True, unembedding=False)
              + 16 * RESPONSE * 3 * 2 * VOCAB * f["width"])
@@ -200,23 +205,29 @@ def phase_rm(f: dict, root: Path, k: int, opts: dict) -> dict:
             **compile_fields(f"rm_k{k}_pairs_per_s", first, sec, pairs, opts["amortise"], opts["compile"])}
 
 
-def phase_generate(f: dict, root: Path, opts: dict) -> dict:
+def generate_workload(f: dict, compile: bool) -> tuple:
+    """(one generate call: 32 prompts of 32 tokens, exactly 32 sampled tokens each, tokens per call)."""
     from instructgpt.generation import generate
     model = f["model"].eval()
     prompts = random_ids(32, PROMPT, 3)
     g = torch.Generator().manual_seed(0)
-    run = lambda: generate(model, prompts, RESPONSE, 0, 1, temperature=0.7, generator=g,  # noqa: E731
-                           min_new_tokens=RESPONSE, compile=opts["compile"])
+    call = lambda: generate(model, prompts, RESPONSE, 0, 1, temperature=0.7, generator=g,  # noqa: E731
+                            min_new_tokens=RESPONSE, compile=compile)
+    return call, 32 * RESPONSE
+
+
+def phase_generate(f: dict, root: Path, opts: dict) -> dict:
+    run, tokens = generate_workload(f, opts["compile"])
     first, sec = timed(run, *opts["steps"](1, 5))
     assert all(len(r) == RESPONSE for r in run().responses)
-    tokens = 32 * RESPONSE
     return {"generate_tokens_per_s": tokens / sec, "generate_ms_per_step": sec / RESPONSE * 1e3,
             "generate_gflops": tokens * flops_per_token(f["layers"], f["width"], PROMPT + RESPONSE // 2, False) / sec / 1e9,
             **compile_fields("generate_tokens_per_s", first, sec, tokens, opts["amortise"], opts["compile"])}
 
 
-def phase_ppo(f: dict, root: Path, opts: dict, p: str = "ppo") -> dict:
-    """``ppo``: the paper's value network (initialised from the RM); ``ppo_shared``: a value head on
+def ppo_workload(root: Path, compile: bool, p: str = "ppo"):
+    """A PPOTrainer whose ``step()`` is one iteration: 32 episodes, one minibatch of 32, 4 epochs.
+    ``ppo``: the paper's value network (initialised from the RM); ``ppo_shared``: a value head on
     the policy's trunk; ``ppo_rloo``: no value function, 4 responses per prompt (RLOO)."""
     from instructgpt.ppo import PPOConfig, PPOTrainer
     value = PPO_VARIANTS[p]
@@ -225,8 +236,13 @@ def phase_ppo(f: dict, root: Path, opts: dict, p: str = "ppo") -> dict:
     cfg = PPOConfig(policy=str(root / "policy"), reward_model=str(root / "rm"), prompts=str(root / "prompts.jsonl"),
                     out_dir=str(root / "ppo"), batch_size=PPO_BATCH, minibatch_size=PPO_BATCH,
                     ppo_epochs=PPO_EPOCHS, temperature=0.7, max_new_tokens=RESPONSE, min_new_tokens=RESPONSE,
-                    warmup_iterations=0, progress=False, compile="on" if opts["compile"] else "off", **variant)
-    trainer = PPOTrainer(cfg)
+                    warmup_iterations=0, progress=False, compile="on" if compile else "off", **variant)
+    return PPOTrainer(cfg)
+
+
+def phase_ppo(f: dict, root: Path, opts: dict, p: str = "ppo") -> dict:
+    value = PPO_VARIANTS[p]
+    trainer = ppo_workload(root, opts["compile"], p)
     t = time.perf_counter()
     trainer.step()
     first = time.perf_counter() - t

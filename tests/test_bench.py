@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -59,3 +60,50 @@ def test_every_phase_runs_on_the_current_api(phase):
     rates = [v for k, v in out.items() if k.endswith(("_per_s",))]
     assert rates and all(r > 0 for r in rates), out
     assert out[f"{phase}_peak_gib"] > 0
+
+
+def test_the_floor_records_every_product_of_a_forward_and_backward_with_its_flops():
+    """A linear layer (4x8 input, 8->16): forward addmm, backward one product for the input's gradient
+    and one for the weight's, each 2*4*8*16 = 1024 FLOPs; an unrelated elementwise op is not counted."""
+    floor = _load("floor")
+    layer = torch.nn.Linear(8, 16)
+    x = torch.randn(4, 8, requires_grad=True)
+    with floor.GemmRecorder() as rec:
+        (layer(x).relu() * 2).sum().backward()
+    ops = sorted(op for (op, _, _), n in rec.calls.items() for _ in range(n))
+    assert ops == ["addmm", "mm", "mm"], rec.calls
+    assert sum(floor.gemm_flops(op, operands) * n for (op, operands, _), n in rec.calls.items()) == 3 * 1024
+    bmm = ((2, 3, 5), (15, 5, 1), torch.float32), ((2, 5, 7), (35, 7, 1), torch.float32)
+    assert floor.gemm_flops("bmm", bmm) == 2 * 2 * 3 * 5 * 7
+    # replayed alone on operands of the recorded layout, transposed ones included
+    for (op, operands, scalars) in rec.calls:
+        assert floor.time_alone(op, operands, scalars, reps=1) > 0
+
+
+def test_the_floor_budget_is_the_issues_target_against_trl():
+    floor = _load("floor")
+    trl = {"results": [{"size": "tiny", "phase": "ppo", "best": {"episodes_per_s": 4.0, "gen_only_tokens_per_s": 1000.0},
+                        "peak_rss_mib": 1.0}]}
+    ppo = {"size": "tiny", "phase": "ppo", "target_units": 32}
+    assert floor.budget(ppo, trl)[0] == pytest.approx(32 / (2.0 * 4.0))          # PPO: 2x TRL's episodes/s
+    gen = {"size": "tiny", "phase": "generate", "target_units": 1024}
+    assert floor.budget(gen, trl)[0] == pytest.approx(1024 / (3.0 * 1000.0))      # generation: 3x
+    assert floor.budget({"size": "tiny", "phase": "sft", "target_units": 1024}, trl) is None  # no TRL figure
+    assert floor.budget(ppo, None) is None
+
+
+def test_the_floor_of_a_generate_call_is_below_its_measured_time():
+    floor = _load("floor")
+    r = floor.measure("tiny", "generate", reps=1)
+    # 32 rows x (1 prefill + 31 decode steps) x (4 layers x 4 products + the unembedding), at least
+    assert r["gemm_calls"] >= 32 * 17 and r["target_units"] == 32 * 32
+    assert 0 < r["floor_s"] < r["unit_s"]
+
+
+def test_the_floor_verdict_against_a_budget():
+    floor = _load("floor")
+    assert floor.verdict(unit_s=0.3, floor_s=0.2, budget_s=0.4) == "met"
+    assert floor.verdict(unit_s=6.8, floor_s=4.4, budget_s=4.25).startswith("out of reach")
+    # 542 ms measured, 254 ms of products, 301 ms allowed: the other 288 ms must fall to 47 ms
+    assert floor.verdict(0.542, 0.254, 0.301) == ("within reach only if the other 288 ms (all but the products) "
+                                                   "fall to 47 ms")
