@@ -94,7 +94,7 @@ def test_the_floor_budget_is_the_issues_target_against_trl():
 
 def test_the_floor_of_a_generate_call_is_below_its_measured_time():
     floor = _load("floor")
-    r = floor.measure("tiny", "generate", reps=1)
+    r = floor.measure("tiny", "generate", reps=2)  # best of 2 on each side: a noisy burst does not flip it
     # 32 rows x (1 prefill + 31 decode steps) x (4 layers x 4 products + the unembedding), at least
     assert r["gemm_calls"] >= 32 * 17 and r["target_units"] == 32 * 32
     assert 0 < r["floor_s"] < r["unit_s"]
