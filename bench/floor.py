@@ -39,7 +39,7 @@ from compare_trl import trl_value
 
 aten = torch.ops.aten
 GEMMS = (aten.mm, aten.addmm, aten.bmm, aten.baddbmm)
-#: phase -> (unit, TRL phase, TRL metric) of its target in bench.TARGETS_VS_TRL
+#: phase -> (its unit, the TRL phase and metric its target compares with, our key in bench.TARGETS_VS_TRL)
 TARGETS = {"sft": ("SFT step", "sft", "tokens_per_s", "sft_tokens_per_s"),
            "generate": ("generate call", "ppo", "gen_only_tokens_per_s", "generate_tokens_per_s"),
            "ppo": ("PPO iteration", "ppo", "episodes_per_s", "ppo_episodes_per_s")}
