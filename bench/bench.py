@@ -95,7 +95,7 @@ def make_tokenizer(folder: Path):
 
 def make_folders(size: str, root: Path) -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
-    from instructgpt.models import RewardModel
+    from instructgpt.reward_model import RewardModel
     layers, width, heads = SIZES[size]
     tok = make_tokenizer(root / "policy")
     torch.manual_seed(0)
@@ -181,7 +181,7 @@ def phase_sft(f: dict, root: Path, opts: dict) -> dict:
 
 def phase_rm(f: dict, root: Path, k: int, opts: dict) -> dict:
     from instructgpt.batching import Encoded
-    from instructgpt.models import RewardModel
+    from instructgpt.reward_model import RewardModel
     from instructgpt.rm import EncodedRanking, RankingTask
     from instructgpt.training import TrainConfig, _train_step, make_optimizer
     rm = RewardModel.from_pretrained(root / "rm").train()

@@ -4,7 +4,7 @@ scorer (RewardModel.score), each tested alone."""
 import torch
 
 from instructgpt import sharding
-from instructgpt.models import RewardModel
+from instructgpt.reward_model import RewardModel
 
 
 def test_padded_passes_pad_to_the_busiest_rank_only_when_sharded(monkeypatch):

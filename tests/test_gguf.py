@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import CHATML, make_model, make_tokenizer, repeat_demos, write_jsonl, write_llama_gguf
 from instructgpt import cli, config
-from instructgpt.models import ModelLoadError, RewardModel, load_policy, load_tokenizer, resolve_source
+from instructgpt.models import ModelLoadError, load_policy, load_tokenizer, resolve_source
+from instructgpt.reward_model import RewardModel
 from instructgpt.sft import SFTConfig, train_sft
 
 

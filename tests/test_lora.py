@@ -17,7 +17,8 @@ from instructgpt import config, lora  # noqa: E402
 from instructgpt.cli import main  # noqa: E402
 from instructgpt.config import ConfigError  # noqa: E402
 from instructgpt.generation import generate  # noqa: E402
-from instructgpt.models import RewardModel, load_policy, load_tokenizer  # noqa: E402
+from instructgpt.models import load_policy, load_tokenizer
+from instructgpt.reward_model import RewardModel  # noqa: E402
 from instructgpt.ppo import PPOConfig, PPOTrainer, train_ppo  # noqa: E402
 from instructgpt.rm import RMConfig, train_rm  # noqa: E402
 from instructgpt.sft import SFTConfig, train_sft  # noqa: E402

@@ -9,8 +9,9 @@ from transformers import AutoTokenizer
 from tests.conftest import make_model
 from instructgpt.batching import pad
 from instructgpt.generation import generate
-from instructgpt.models import (ModelLoadError, RewardModel, last_token_index, load_policy, load_tokenizer,
-                                resolve_source, smollm2_gguf_path)
+from instructgpt.models import (ModelLoadError, last_token_index, load_policy, load_tokenizer, resolve_source,
+                                smollm2_gguf_path)
+from instructgpt.reward_model import RewardModel
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "mistral"])
@@ -236,9 +237,24 @@ def test_version_1_reward_model_folders_still_load(tmp_path, tiny_gpt2):
         torch.testing.assert_close(back(ids, mask), rm(ids, mask), atol=0, rtol=0)
 
 
+def test_reward_model_names_still_resolve_from_models_and_folders_say_where_they_live(tmp_path, tiny_gpt2):
+    """Folders saved before reward_model.py existed tell readers to use instructgpt.models.RewardModel: those
+    names still work (the one class, not a copy); new folders name instructgpt.reward_model."""
+    import instructgpt.models as models
+    import instructgpt.reward_model as reward_model
+    for name in ("RewardModel", "RewardInteropWarning", "REWARD_FORMAT", "reward_tokenizer", "trained_reward_model"):
+        assert getattr(models, name) is getattr(reward_model, name)
+    with pytest.raises(AttributeError, match="no attribute 'NotAThing'"):
+        models.NotAThing  # noqa: B018
+    folder = tmp_path / "rm"
+    RewardModel.from_policy(tiny_gpt2).save_pretrained(folder)
+    how = json.loads((folder / "reward_model.json").read_text())["how_to_load"]
+    assert how.startswith("instructgpt.reward_model.RewardModel.from_pretrained(folder)")
+
+
 def test_architecture_without_a_sequence_classification_class_warns_and_round_trips(tmp_path, tokenizer_dir):
     from transformers import CodeGenConfig, CodeGenForCausalLM
-    from instructgpt.models import RewardInteropWarning
+    from instructgpt.reward_model import RewardInteropWarning
     tok = load_tokenizer(tokenizer_dir)
     CodeGenForCausalLM(CodeGenConfig(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=4,
                                      rotary_dim=4, eos_token_id=tok.eos_token_id,

@@ -7,8 +7,8 @@ from transformers import AutoTokenizer
 from tests.conftest import make_model, repeat_demos, write_jsonl, yes_rankings
 from instructgpt import config
 from instructgpt.config import ConfigError
-from instructgpt.models import (RewardModel, check_attn_implementation, enable_gradient_checkpointing, load_policy,
-                                resolve_dtype)
+from instructgpt.models import check_attn_implementation, enable_gradient_checkpointing, load_policy, resolve_dtype
+from instructgpt.reward_model import RewardModel
 from instructgpt.sft import SFTConfig, train_sft
 
 

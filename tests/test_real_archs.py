@@ -27,12 +27,13 @@ from tests.conftest import WORDS, make_model, repeat_demos, toy_corpus, write_js
 from instructgpt import config
 from instructgpt.batching import pad
 from instructgpt.dropout import dropout_disabled, dropout_settings, set_dropout
-from instructgpt.models import RewardInteropWarning, RewardModel, load_policy, load_tokenizer
+from instructgpt.models import load_policy, load_tokenizer
+from instructgpt.reward_model import RewardInteropWarning, RewardModel
 from instructgpt.ppo import PPOConfig, PPOTrainer, train_ppo
 from instructgpt.rm import RMConfig, train_rm
 from instructgpt.sft import SFTConfig, train_sft
 
-pytestmark = pytest.mark.filterwarnings("ignore::instructgpt.models.RewardInteropWarning")  # tested where meant
+pytestmark = pytest.mark.filterwarnings("ignore::instructgpt.reward_model.RewardInteropWarning")  # tested where meant
 
 ARCHS = ["gpt2", "llama", "qwen2", "mistral"]
 LLAMA_FAMILY = ["llama", "qwen2", "mistral"]

@@ -16,7 +16,8 @@ from tests.conftest import repeat_demos, write_jsonl, yes_rankings
 from instructgpt import config
 from instructgpt.checkpoint import CheckpointError, latest_good_checkpoint, list_checkpoints, verify_checkpoint
 from instructgpt.generation import generate
-from instructgpt.models import RewardModel, load_policy
+from instructgpt.models import load_policy
+from instructgpt.reward_model import RewardModel
 from instructgpt.rm import RMConfig, train_rm
 from instructgpt.sft import SFTConfig, train_sft
 from instructgpt.training import StopTraining, lr_multiplier

@@ -15,7 +15,7 @@ An adapter folder is what ``peft`` writes, plus our bookkeeping:
 
 ``peft.PeftModel.from_pretrained(base, folder)`` loads it onto the base model
 (for a causal LM: ``AutoModelForCausalLM``; for a reward model's body:
-``AutoModel``, see ``models.RewardModel``). Every loader of this package
+``AutoModel``, see ``reward_model.RewardModel``). Every loader of this package
 (``models.load_policy``, ``RewardModel.from_policy/from_pretrained``) reads an
 adapter folder transparently: it loads the recorded base, applies the adapter
 and merges it. ``merge_lora=true`` makes a stage write the merged weights as a
@@ -257,7 +257,7 @@ def save_reward_model(model: nn.Module, folder: str | os.PathLike, tokenizer, me
     adapter_dir = folder / "adapter" if merge else folder
     model.save_pretrained(adapter_dir, tokenizer, extra=extra)
     if merge:
-        from .models import RewardModel
+        from .reward_model import RewardModel
         RewardModel.from_pretrained(adapter_dir, dropout=None).save_pretrained(folder, tokenizer, extra=extra)
 
 

@@ -68,9 +68,9 @@ from .losses import (AdaptiveKLController, FixedKLController, ema_update, entrop
                      explained_variance, gae, kl_estimate, leave_one_out, lm_loss_sum, masked_mean, policy_loss,
                      shape_rewards, token_logprobs, value_loss, whiten)
 from .lm import BlockStream, load_corpus, pack_blocks
-from .models import (ModelLoadError, RewardModel, enable_gradient_checkpointing, load_policy,
-                     load_tokenizer, pick_device, position_ids_from_mask, resolve_dtype, trained_policy,
-                     trained_reward_model)
+from .models import (ModelLoadError, enable_gradient_checkpointing, load_policy, load_tokenizer, pick_device,
+                     position_ids_from_mask, resolve_dtype, trained_policy)
+from .reward_model import RewardModel, trained_reward_model
 from .ppo_config import PPOConfig
 from .progress import progress_bar
 from .records import MetricsLog, open_metrics, update_run_info, write_run_info

@@ -26,7 +26,8 @@ from .data import DataError, Ranking, load_demonstrations, load_prompts, load_ra
 from .dropout import restore_dropout, set_dropout
 from .losses import pairwise_accuracy, ranking_loss
 from .lora import LoraOptions
-from .models import ModelOptions, RewardModel, load_tokenizer, pick_device, trained_reward_model
+from .models import ModelOptions, load_tokenizer, pick_device
+from .reward_model import RewardModel, trained_reward_model
 from .records import open_metrics, update_run_info, write_run_info
 from .training import FitResult, TrainConfig, fit
 

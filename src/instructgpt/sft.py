@@ -26,7 +26,8 @@ from .data import DataError, Demonstration, load_demonstrations, load_prompts
 from .generation import generate
 from .lora import LoraOptions
 from .lm import LMTask, mean_lm_loss
-from .models import ModelOptions, RewardModel, load_tokenizer, pick_device, resolve_dtype, trained_policy
+from .models import ModelOptions, load_tokenizer, pick_device, resolve_dtype, trained_policy
+from .reward_model import RewardModel
 from .records import open_metrics, update_run_info, write_run_info
 from .training import FitResult, TrainConfig, fit
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from instructgpt import config
-from instructgpt.models import RewardModel, load_tokenizer
+from instructgpt.models import load_tokenizer
+from instructgpt.reward_model import RewardModel
 from instructgpt.pretrain import PretrainConfig, train_pretrain
 from instructgpt.records import read_metrics
 from instructgpt.rm import RMConfig, score_sequences, train_rm

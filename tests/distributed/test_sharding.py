@@ -17,7 +17,8 @@ import torch
 
 from instructgpt import config, sharding
 from instructgpt.config import ConfigError
-from instructgpt.models import RewardModel, load_policy, load_tokenizer
+from instructgpt.models import load_policy, load_tokenizer
+from instructgpt.reward_model import RewardModel
 from instructgpt.records import read_metrics
 from instructgpt.rm import score_sequences, train_rm
 from instructgpt.sft import SFTConfig, train_sft

@@ -68,7 +68,7 @@ def token_of(tok, word: str) -> int:
 def last_token_reward_model(policy: Path, folder: Path, tok, liked: int, disliked: int) -> Path:
     """A GPT-2 reward model whose score is +4 when the sequence ends with token ``liked``, -4 with
     ``disliked`` (the blocks add nothing, positions are zeroed, the head reads one dimension)."""
-    from instructgpt.models import RewardModel
+    from instructgpt.reward_model import RewardModel
     rm = RewardModel.from_policy(policy)
     body = rm.backbone
     with torch.no_grad():

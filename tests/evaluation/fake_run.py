@@ -30,7 +30,7 @@ def _save_gpt2(folder: Path, tokenizer, seed: int, width: int = 32, layers: int 
 def make_run(root: Path, world_kwargs: dict = WORLD, n_test: int = N_TEST, vocab: int = 512,
              width: int = 32, layers: int = 2) -> tuple[Path, object]:
     """A fake run folder: world/ (saved in full), data/prompts_test.jsonl, models/{base,sft,ppo,ppo_ptx,rm}."""
-    from instructgpt.models import RewardModel
+    from instructgpt.reward_model import RewardModel
     from instructgpt.world import build_datasets, train_tokenizer
     data = build_datasets(**world_kwargs)
     data.save(root / "world")

@@ -89,7 +89,8 @@ def test_an_over_long_prompt_is_an_error_naming_the_record(chat_sft, tmp_path):
 
 def test_the_reward_model_reads_answers_in_its_own_format(chat_sft, tok, tmp_path):
     """A plain-text policy's answers are encoded again in the chat format the RM's tokenizer carries."""
-    from instructgpt.models import RewardModel, load_tokenizer
+    from instructgpt.models import load_tokenizer
+    from instructgpt.reward_model import RewardModel
     RewardModel.from_policy(chat_sft).save_pretrained(tmp_path / "rm", tok)
     rm, rm_tok = RewardModel.from_pretrained(tmp_path / "rm").eval(), load_tokenizer(tmp_path / "rm")
     start, end = tok.convert_tokens_to_ids("<|im_start|>"), tok.convert_tokens_to_ids("<|im_end|>")

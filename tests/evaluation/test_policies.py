@@ -121,7 +121,7 @@ def test_kl_is_zero_against_itself_and_reward_scores_are_per_sequence(run):
     assert policy_kl(sft, sft, prompts, resp, 0.7) == pytest.approx([0.0] * 6, abs=1e-5)
     kl = policy_kl(ppo, sft, prompts, resp, 0.7)
     assert len(kl) == 6 and all(math.isfinite(x) for x in kl)
-    from instructgpt.models import RewardModel
+    from instructgpt.reward_model import RewardModel
     rm = RewardModel.from_pretrained(run_dir / "models" / "rm").eval()
     seqs = [sft.prompt_ids(p) + sft.response_ids(p, r) for p, r in zip(prompts, resp)]
     batched = reward_scores(rm, seqs, sft.pad, batch_size=4)

@@ -50,7 +50,8 @@ import torch
 
 from ..config import ConfigError
 from ..data import Prompt, load_prompts
-from ..models import RewardModel, load_tokenizer, pick_device
+from ..models import load_tokenizer, pick_device
+from ..reward_model import RewardModel
 from ..run_folder import RunFolder
 from .config import EvalConfig
 from .harness import harness_scores, task_manager

@@ -48,7 +48,8 @@ import numpy as np
 import torch
 
 from ..data import Prompt
-from ..models import RewardModel, load_tokenizer, pick_device
+from ..models import load_tokenizer, pick_device
+from ..reward_model import RewardModel
 from ..run_folder import RunFolder
 from .agreement import answer_agreement, comparison_agreement
 from .best_of_n import best_of_n

@@ -18,7 +18,8 @@ from ..batching import ModelContext, RecordEncoder, pad
 from ..chat import ChatFormat
 from ..data import Prompt
 from ..losses import token_logprobs
-from ..models import RewardModel, position_ids_from_mask
+from ..models import position_ids_from_mask
+from ..reward_model import RewardModel
 from .policies import NO_PROMPT_LIMIT, PolicyRunner, request_input
 
 #: Token budget (batch x length x vocabulary) of one scoring forward pass.
