@@ -200,23 +200,12 @@ class RewardModel(nn.Module):
             tokenizer = reward_tokenizer(tokenizer)
         interop = _write_sequence_classification(folder, self.backbone, config, body, head, reward_bias, tokenizer)
         save_file(head, str(folder / "reward_head.safetensors"))
-        meta = {
-            "format": REWARD_FORMAT,
-            "version": REWARD_FORMAT_VERSION,
-            "hidden_size": int(config.hidden_size),
-            "reward_bias": reward_bias,
-            "head_file": "reward_head.safetensors",
-            "sequence_classification": interop,
-            "how_to_load": "instructgpt.reward_model.RewardModel.from_pretrained(folder): reward = head(h_last) + "
-                           "reward_bias, h_last = the body's last hidden state at the last real token (EOS). "
-                           "Also transformers.AutoModelForSequenceClassification.from_pretrained(folder): "
-                           "reward = logits[:, 0] + config.reward_offset, on right-padded input_ids padded "
-                           "with config.pad_token_id.",
-            **(extra or {}),
-        }
-        (folder / "reward_model.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(folder))
+        _write_meta(folder, tokenizer, config.hidden_size, reward_bias, extra, sequence_classification=interop,
+                    how_to_load="instructgpt.reward_model.RewardModel.from_pretrained(folder): reward = head(h_last) "
+                                "+ reward_bias, h_last = the body's last hidden state at the last real token (EOS). "
+                                "Also transformers.AutoModelForSequenceClassification.from_pretrained(folder): "
+                                "reward = logits[:, 0] + config.reward_offset, on right-padded input_ids padded "
+                                "with config.pad_token_id.")
 
     def _save_adapter(self, folder: Path, tokenizer, extra: dict | None) -> None:
         """A LoRA reward model: the body's adapter (peft files), the head and reward_model.json."""
@@ -224,26 +213,25 @@ class RewardModel(nn.Module):
         head = {k: v.detach().float().cpu().contiguous() for k, v in self.head.state_dict().items()}
         save_file(head, str(folder / "reward_head.safetensors"))
         base = lora.adapter_base(folder)
-        meta = {
-            "format": REWARD_FORMAT,
-            "version": REWARD_FORMAT_VERSION,
-            "hidden_size": int(self.config.hidden_size),
-            "reward_bias": float(self.reward_bias),
-            "head_file": "reward_head.safetensors",
-            "adapter": {"base_model": base,
-                        "base_kind": "reward_model" if (Path(base) / "reward_model.json").is_file() else "causal_lm"},
-            "sequence_classification": None,
-            "how_to_load": "instructgpt.reward_model.RewardModel.from_pretrained(folder). With peft: body = "
-                           "PeftModel.from_pretrained(AutoModel.from_pretrained(base), folder) (base = "
-                           "adapter_config.json base_model_name_or_path; for an adapter or GGUF base load it as "
-                           "instructgpt does); reward = head(h_last) + reward_bias at the last real token. "
-                           "Write a folder other tools load as AutoModelForSequenceClassification with "
-                           "merge_lora=true.",
-            **(extra or {}),
-        }
-        (folder / "reward_model.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(folder))
+        kind = "reward_model" if (Path(base) / "reward_model.json").is_file() else "causal_lm"
+        _write_meta(folder, tokenizer, self.config.hidden_size, float(self.reward_bias), extra,
+                    adapter={"base_model": base, "base_kind": kind}, sequence_classification=None,
+                    how_to_load="instructgpt.reward_model.RewardModel.from_pretrained(folder). With peft: body = "
+                                "PeftModel.from_pretrained(AutoModel.from_pretrained(base), folder) (base = "
+                                "adapter_config.json base_model_name_or_path; for an adapter or GGUF base load it "
+                                "as instructgpt does); reward = head(h_last) + reward_bias at the last real token. "
+                                "Write a folder other tools load as AutoModelForSequenceClassification with "
+                                "merge_lora=true.")
+
+
+def _write_meta(folder: Path, tokenizer, hidden_size: int, reward_bias: float, extra: dict | None,
+                **fields) -> None:
+    """reward_model.json (format, version, sizes, ``fields`` in order, then ``extra``) and the tokenizer."""
+    meta = {"format": REWARD_FORMAT, "version": REWARD_FORMAT_VERSION, "hidden_size": int(hidden_size),
+            "reward_bias": reward_bias, "head_file": "reward_head.safetensors", **fields, **(extra or {})}
+    (folder / "reward_model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
 
 
 def trained_reward_model(spec: str | os.PathLike, device: torch.device | str, cfg, dropout: float | None = 0.0,
