@@ -19,12 +19,12 @@ TINY = dict(scale=0.003, sft_prompts=0, corpus_docs=250, vocab_size=768, pretrai
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """The scaled-down run, recording every generation of a world (True: inside the world stage)."""
-    from instructgpt import pipeline
+    from instructgpt import run_stages
     from instructgpt.world import kb
     root = tmp_path_factory.mktemp("runs")
     cfg = config.from_dict(RunConfig, dict(runs_dir=str(root), name="t", **TINY))
     generations, inside = [], [False]
-    make_world, generate, cached = pipeline.Pipeline.make_world, kb.World.generate.__func__, kb._cached_world
+    make_world, generate, cached = run_stages.RunStages.make_world, kb.World.generate.__func__, kb._cached_world
 
     def in_world_stage(self):
         inside[0] = True
@@ -40,7 +40,7 @@ def tiny_run(tmp_path_factory):
         return wrapper
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(pipeline.Pipeline, "make_world", in_world_stage)
+    mp.setattr(run_stages.RunStages, "make_world", in_world_stage)
     mp.setattr(kb.World, "generate", classmethod(recorded(generate)))
     mp.setattr(kb, "_cached_world", recorded(cached))
     try:
@@ -362,10 +362,10 @@ def test_the_default_run_gives_sft_its_own_prompt_count(tmp_path):
     """Issue 13: SFT demonstrations are not tied to scale (290 training demonstrations starved SFT)."""
     from instructgpt.pipeline import Pipeline
     cfg = RunConfig(runs_dir=str(tmp_path))
-    world = Pipeline(cfg).world_config()["world"]
+    world = Pipeline(cfg).stages.world_config()["world"]
     assert world.sft_prompts == 1500 and world.set_sizes()["sft"] == 1500
     assert world.set_sizes()["rm"] == round(33_000 * cfg.scale)
-    assert Pipeline(RunConfig(runs_dir=str(tmp_path), sft_prompts=0)).world_config()["world"].set_sizes()["sft"] \
+    assert Pipeline(RunConfig(runs_dir=str(tmp_path), sft_prompts=0)).stages.world_config()["world"].set_sizes()["sft"] \
         == round(13_000 * cfg.scale)
     with pytest.raises(config.ConfigError, match="sft_prompts"):
         RunConfig(sft_prompts=-1).validate()
