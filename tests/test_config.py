@@ -109,3 +109,57 @@ def test_every_training_stage_shares_one_runtime_group_kept_out_of_stage_keys(tm
     assert keys.key("ppo", moved) == keys.key("ppo", base)
     assert keys.key("ppo", config_mod.load(PPOConfig, overrides=[*REQUIRED, "ppo.cliprange=0.1"])) != \
         keys.key("ppo", base)
+
+
+SFT_REQUIRED = ["model=m", "train=t", "out_dir=o"]
+RM_REQUIRED = ["model=m", "train=t", "out_dir=o"]
+SAMPLE_REQUIRED = ["policy=p", "prompts=q", "out=o"]
+
+
+def _stage_configs():
+    from instructgpt.sample import SampleConfig
+    return {"sft": (SFTConfig, SFT_REQUIRED), "rm": (RMConfig, RM_REQUIRED), "ppo": (PPOConfig, REQUIRED),
+            "sample": (SampleConfig, SAMPLE_REQUIRED),
+            "pretrain": (PretrainConfig, ["corpus=c", "tokenizer=t", "out_dir=o"])}
+
+
+@pytest.mark.parametrize("stage,override,named", [
+    ("sft", "lr=nan", "lr"), ("sft", "lr=inf", "lr"), ("ppo", "kl_coef=-inf", "kl_coef"),
+    ("sft", "dropout=1.5", "dropout"), ("rm", "dropout=1", "dropout"), ("pretrain", "dropout=-0.1", "dropout"),
+    ("sft", "device=tpu", "device"), ("ppo", "device=cuda:x", "device"), ("sample", "device=gpu", "device"),
+    ("sft", "epochs=0", "epochs"), ("rm", "warmup_steps=-1", "warmup_steps"), ("sft", "adam_beta2=1", "adam_beta2"),
+    ("sft", "keep_checkpoints=0", "keep_checkpoints"), ("sft", "select_prompts=0", "select_prompts"),
+    ("ppo", "lr=0", "lr"), ("ppo", "lr=-1e-5", "lr"), ("ppo", "cliprange=-0.2", "cliprange"),
+    ("ppo", "ptx_coef=-1", "ptx_coef"), ("ppo", "kl_coef=-0.02", "kl_coef"), ("ppo", "top_p=1.5", "top_p"),
+    ("ppo", "temperature=-1", "temperature"), ("ppo", "iterations=0", "iterations"),
+    ("ppo", "minibatch_size=0", "minibatch_size"), ("ppo", "lam=1.5", "lam"), ("ppo", "ratio_guard=1", "ratio_guard"),
+    ("ppo", "min_new_tokens=40", "min_new_tokens"), ("ppo", "reward_fn=nocolon", "reward_fn"),
+    ("sample", "temperature=-0.5", "temperature"), ("sample", "top_p=2", "top_p"), ("sample", "limit=-1", "limit"),
+    ("sample", "split=dev", "split"),
+])
+def test_an_option_out_of_its_range_is_an_error_naming_it(stage, override, named):
+    cls, required = _stage_configs()[stage]
+    config_mod.load(cls, overrides=required)  # the required options alone are fine
+    with pytest.raises(ConfigError) as e:
+        config_mod.load(cls, overrides=[*required, override])
+    assert str(e.value).startswith(f"{named}:") or f" {named}:" in str(e.value) or f"{named}," in str(e.value), e.value
+
+
+def test_the_edges_of_each_range_are_accepted():
+    cls, required = _stage_configs()["ppo"]
+    cfg = config_mod.load(cls, overrides=[*required, "kl_coef=0", "ptx_coef=0", "top_p=1", "temperature=0",
+                                          "lam=1", "gamma=0", "iterations=1", "device=cuda:1"])
+    assert (cfg.kl_coef, cfg.top_p, cfg.lam, cfg.device) == (0.0, 1.0, 1.0, "cuda:1")
+    sft = config_mod.load(SFTConfig, overrides=[*SFT_REQUIRED, "dropout=0", "epochs=1", "device=cpu"])
+    assert sft.dropout == 0.0
+
+
+def test_a_reward_fn_that_cannot_be_imported_is_a_config_error():
+    from instructgpt.ppo import load_reward_fn
+    with pytest.raises(ConfigError, match="cannot import module 'no_such_module_xyz'"):
+        load_reward_fn("no_such_module_xyz:f")
+    with pytest.raises(ConfigError, match="module 'math' has no function 'nope'"):
+        load_reward_fn("math:nope")
+    with pytest.raises(ConfigError, match="not a function"):
+        load_reward_fn("math:pi")
+    assert load_reward_fn("math:sqrt")(4) == 2.0

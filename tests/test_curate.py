@@ -299,3 +299,14 @@ def test_balance_min_share_one_is_the_plain_user_hash():
     prompts = make_prompts(40, per_user=6)
     result = curate_prompts(prompts, CurateConfig(balance_min_share=1.0, seed=2))
     assert all(p.split == user_split(p.user_id, 2, 0.1, 0.1) for p in result.kept())
+
+
+def test_an_empty_prompts_file_is_an_error_that_keeps_the_earlier_output(tmp_path):
+    """It used to overwrite good splits with empty ones and exit 0."""
+    write_jsonl(tmp_path / "prompts.jsonl", make_prompts(40, per_user=2))
+    run_curate(CurateConfig(prompts=str(tmp_path / "prompts.jsonl"), out_dir=str(tmp_path / "out")))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match=r"empty\.jsonl: no prompts .*nothing written"):
+        run_curate(CurateConfig(prompts=str(tmp_path / "empty.jsonl"), out_dir=str(tmp_path / "out")))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before

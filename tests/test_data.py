@@ -332,3 +332,51 @@ def test_write_jsonl_creates_parents_and_counts(tmp_path):
     path = tmp_path / "a" / "b" / "x.jsonl"
     assert write_jsonl(path, [{"x": 1}, Demonstration(prompt="Q", response="A")]) == 2
     assert path.read_text().splitlines() == ['{"x": 1}', '{"prompt": "Q", "response": "A"}']
+
+
+# ---------------------------------------------------------------- lone surrogates, corpora
+
+def test_a_lone_surrogate_escape_is_an_error_naming_the_field(tmp_path):
+    """JSON may escape half a UTF-16 pair (\\ud800); Python decodes it to a string no tokenizer or UTF-8
+    file can hold (it failed later as a TypeError in the chat format, or a UnicodeEncodeError in curate)."""
+    good = {"prompt": "Q?", "response": "fine"}
+    expect_error(load_demonstrations, tmp_path, [good, '{"prompt": "Q?", "response": "a\\ud800"}'], "response")
+    expect_error(load_rankings, tmp_path, [RANK, '{"prompt": "Q?", "responses": ["a", "b\\uDFFF", "c", "d"], '
+                                                 '"ranking": [[0], [1], [2], [3]]}'], "responses[1]")
+    expect_error(load_prompts, tmp_path, [PROMPT, '{"id": "p2", "messages": [{"role": "user", "content": '
+                                                  '"x\\udc00y"}], "user_id": "u"}'], "messages[0].content")
+
+
+def test_an_escaped_surrogate_pair_is_one_character_and_loads(tmp_path):
+    path = write_lines(tmp_path / "d.jsonl", ['{"prompt": "Q?", "response": "ok \\ud83d\\ude00"}'])
+    (demo,) = load_demonstrations(path)
+    assert demo.response == "ok \U0001F600"
+
+
+def test_a_corpus_that_is_not_utf8_is_an_error_naming_file_and_line(tmp_path):
+    from instructgpt.lm import load_corpus
+    (tmp_path / "c.txt").write_bytes(b"first doc\n\nsecond \xff doc\n")
+    with pytest.raises(DataError, match=r"c\.txt:3: not valid UTF-8 \(byte 19 of the file\)"):
+        load_corpus(tmp_path / "c.txt")
+    (tmp_path / "c.jsonl").write_bytes(b'{"text": "one"}\n{"text": "tw\xff"}\n')
+    with pytest.raises(DataError, match=r"c\.jsonl:2: json: not valid UTF-8"):
+        load_corpus(tmp_path / "c.jsonl")
+    (tmp_path / "d.jsonl").write_text('{"text": "one", "text": "two"}\n')  # the strict reader: duplicate keys
+    with pytest.raises(DataError, match=r"d\.jsonl:1: json: invalid JSON: duplicate key"):
+        load_corpus(tmp_path / "d.jsonl")
+    (tmp_path / "ok.txt").write_text("\ufeffone\n\ntwo\n", encoding="utf-8")
+    assert load_corpus(tmp_path / "ok.txt") == ["one", "two"]
+
+
+def test_a_corpus_too_short_for_one_block_names_its_file():
+    from instructgpt.lm import pack_blocks
+
+    class Words:
+        eos_token_id = 0
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [1] * len(text.split())}
+
+    with pytest.raises(DataError, match=r"^tiny\.txt: 2 documents, 5 tokens: fewer than one block of seq_len=8"):
+        pack_blocks(Words(), ["a b", "c"], 8, "tiny.txt")
+    assert pack_blocks(Words(), ["a b c d e f g"], 4).tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]

@@ -409,3 +409,23 @@ def test_the_eval_time_estimate_counts_every_test_prompt_when_all_are_evaluated(
 
     assert eval_work(40) > eval_work(20) > eval_work(0)
     assert eval_work(40, eval_prompts=10) == eval_work(20, eval_prompts=10) < eval_work(20)
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(ppo_batch=4, ppo_minibatch=8), "stage ppo_r1: minibatch_size: must divide batch_size=4, got 8"),
+    (dict(sft_lr=-1.0), "stage sft: lr: must be > 0"),
+    (dict(kl_coef=-1.0), "stage ppo_r1: kl_coef: must be >= 0, got -1.0"),
+    (dict(ptx_coef=-2.0), "stage ppo_ptx_r1: ptx_coef: must be >= 0, got -2.0"),
+])
+def test_a_run_option_that_breaks_a_stage_stops_the_run_before_it_starts(tmp_path, options, message):
+    """Each stage's own checks run on every stage's config when the run is planned: a bad option used to be
+    accepted (ppo_minibatch > ppo_batch, kl_coef < 0) or to fail with a traceback after the base had trained."""
+    from instructgpt.pipeline import Pipeline
+    earlier = tmp_path / "r" / "run_config.json"
+    earlier.parent.mkdir()
+    earlier.write_text('{"an earlier": "run"}\n')
+    with pytest.raises(config.ConfigError) as e:
+        Pipeline(RunConfig(runs_dir=str(tmp_path), name="r", **options)).run()
+    assert str(e.value).startswith(message), e.value
+    assert earlier.read_text() == '{"an earlier": "run"}\n'  # nothing of the folder was touched
+    assert sorted(p.name for p in earlier.parent.iterdir()) == ["run_config.json"]

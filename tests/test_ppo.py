@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import WORDS, toy_corpus, write_jsonl
 from instructgpt import config
+from instructgpt.config import ConfigError
 from instructgpt.batching import Encoded
 from instructgpt.models import load_policy, load_tokenizer
 from instructgpt.pretrain import load_corpus, pack_blocks
@@ -58,6 +59,9 @@ def assert_cut_run_resumes_to_the_same_files(d, tmp_path, common: dict, cut_at: 
 
     with pytest.raises(KeyboardInterrupt):
         train_ppo(ppo_cfg(d, tmp_path / "cut", **common), on_iteration=crash)
+    changed = {**common, "kl_coef": common.get("kl_coef", 0.02) * 2}
+    with pytest.raises(ConfigError, match="--resume with changed options: kl_coef"):  # the checkpoint's options
+        train_ppo(ppo_cfg(d, tmp_path / "cut", resume=True, **changed))
     train_ppo(ppo_cfg(d, tmp_path / "cut", resume=True, **common))
     for sub in files:
         a, b = load_file(str(tmp_path / "full" / sub)), load_file(str(tmp_path / "cut" / sub))
@@ -191,3 +195,17 @@ def test_rloo_raises_the_reward_without_a_value_model_and_resumes(tmp_path, sft_
     assert any(k.startswith("policy.") for k in saved) and not any(k.startswith("value.") for k in saved)
     assert_cut_run_resumes_to_the_same_files(sft_policy, tmp_path, common, 12, (
         "model.safetensors", "policy_raw/model.safetensors"))
+
+
+def test_a_diverged_update_exits_2_with_its_message(tmp_path, sft_policy, capsys):
+    """The guard's error reached the user as a traceback with exit code 1; the CLI promises 2 and a message."""
+    from instructgpt.cli import main
+    d = sft_policy
+    args = ["ppo", f"policy={d / 'sft'}", "reward_fn=tests.ppo_rewards:count_e", f"prompts={d / 'prompts.jsonl'}",
+            f"out_dir={tmp_path / 'ppo'}", "iterations=6", "batch_size=16", "minibatch_size=8", "ppo_epochs=2",
+            "lr=0.05", "warmup_iterations=0", "max_new_tokens=8", "save_every=1", "progress=false", "ema=false",
+            "ratio_guard=1.01"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "instructgpt ppo: error: ppo iteration" in err and "exceeds ratio_guard=1.01" in err
+    assert "Traceback" not in err

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import repeat_demos, write_jsonl, yes_rankings
 from instructgpt import config
+from instructgpt.data import DataError
 from instructgpt.checkpoint import CheckpointError, latest_good_checkpoint, list_checkpoints, verify_checkpoint
 from instructgpt.generation import generate
 from instructgpt.models import load_policy
@@ -213,3 +214,62 @@ def test_sft_selects_by_reward_model_score(tmp_path, tiny_gpt2, sft_data, rm_dat
     assert result.fit.best_epoch == max(range(len(scores)), key=scores.__getitem__)
     info = json.loads((tmp_path / "sft" / "instructgpt.json").read_text())
     assert info["selected_by"].startswith("highest mean reward-model score")
+
+
+def test_an_empty_reference_file_is_an_error_before_the_model_loads(tmp_path, tiny_gpt2, rm_data, monkeypatch):
+    """It used to train, save reward_bias = NaN (the mean of no scores) and exit 0; the evaluation then
+    scored every policy NaN and reported win rate 0."""
+    import instructgpt.rm as rm_mod
+    (tmp_path / "empty.jsonl").write_text("")
+    loaded = []
+    monkeypatch.setattr(rm_mod, "trained_reward_model", lambda *a, **k: loaded.append(1))
+    with pytest.raises(DataError, match="empty.jsonl: reference: no demonstrations"):
+        train_rm(rm_cfg(tiny_gpt2, rm_data, tmp_path / "rm", reference=str(tmp_path / "empty.jsonl")))
+    assert not loaded and not (tmp_path / "rm").exists()
+
+
+def test_a_reward_model_that_scores_its_reference_nan_is_not_saved(tmp_path, tiny_gpt2, rm_data, monkeypatch):
+    import instructgpt.rm as rm_mod
+    monkeypatch.setattr(rm_mod, "score_sequences", lambda model, seqs, *a, **k: torch.full((len(seqs),), float("nan")))
+    with pytest.raises(FloatingPointError, match="diverged model.*nothing saved"):
+        train_rm(rm_cfg(tiny_gpt2, rm_data, tmp_path / "rm", epochs=1, max_steps=2, save_every=2))
+    assert not (tmp_path / "rm" / "model.safetensors").exists()
+    assert list_checkpoints(tmp_path / "rm" / "checkpoints")  # the training itself is kept for a resume
+
+
+def test_resume_with_a_changed_learning_rate_is_refused_and_writes_nothing(tmp_path, tiny_gpt2, sft_data):
+    """The scheduler's saved state keeps the old base rate: resuming with another lr trained at the old one
+    while config.resolved.json recorded the new one."""
+    out = tmp_path / "sft"
+    cfg = sft_cfg(tiny_gpt2, sft_data, out, epochs=1, save_every=2)
+    import instructgpt.sft as sft_mod
+    original_fit = sft_mod.fit
+
+    def crash(step):
+        if step == 3:
+            raise StopTraining
+
+    sft_mod.fit = lambda *a, **k: original_fit(*a, **k, on_step=crash)
+    try:
+        with pytest.raises(StopTraining):
+            train_sft(cfg)
+    finally:
+        sft_mod.fit = original_fit
+    state = json.loads((out / "checkpoints" / "step-0000002" / "state.json").read_text())
+    assert state["config"]["lr"] == 3e-3 and "device" not in state["config"]
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    changed = sft_cfg(tiny_gpt2, sft_data, out, epochs=1, save_every=2, lr=1e-3, warmup_steps=0, resume=True)
+    with pytest.raises(config.ConfigError) as e:
+        train_sft(changed)
+    assert "--resume with changed options: lr 0.003 -> 0.001; warmup_steps 2 -> 0" in str(e.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # runtime options (device, progress, checkpoint cadence) may change; the run then resumes
+    same = sft_cfg(tiny_gpt2, sft_data, out, epochs=1, save_every=4, device="cpu", resume=True)
+    assert train_sft(same).fit.resumed_from.endswith("step-0000002")
+
+
+def test_max_steps_inside_the_first_epoch_says_what_was_kept(tmp_path, tiny_gpt2, sft_data, capsys):
+    train_sft(sft_cfg(tiny_gpt2, sft_data, tmp_path / "sft", max_steps=1))
+    out = capsys.readouterr().out
+    assert "sft: kept the weights after step 1 (max_steps=1, within the first epoch)" in out
+    assert "epoch -1" not in out

@@ -148,10 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .checkpoint import CheckpointError
     from .models import ModelLoadError
+    from .ppo import PPOGuardError
     try:
         with interrupt.handle_signals():
             run_stage(stage, args)
     except (config_mod.ConfigError, DataError, ModelLoadError, CheckpointError, FileNotFoundError) as e:
+        print(f"instructgpt {stage.name}: error: {e}", file=sys.stderr)
+        return 2
+    except (PPOGuardError, FloatingPointError) as e:  # a diverged update: the message says what and what is kept
         print(f"instructgpt {stage.name}: error: {e}", file=sys.stderr)
         return 2
     except RunLockedError as e:

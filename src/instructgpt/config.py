@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -75,7 +76,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 return int(f)
             return int(value)
         if base is float:
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # nan poisons every update; inf saves a NaN model
+                raise ValueError(f"not a finite number: {value!r}")
+            return number
         if base is str:
             return str(value)
         if origin in (list, tuple):

@@ -370,7 +370,10 @@ def run_curate(cfg: CurateConfig) -> CurationResult:
     cfg.validate()
     if not cfg.prompts.strip():
         raise ConfigError("prompts: required (path to a prompts JSONL file)")
-    result = curate_prompts(load_prompts(cfg.prompts), cfg)
+    prompts = load_prompts(cfg.prompts)
+    if not prompts:  # before anything is written: a good earlier output stays
+        raise DataError(f"{cfg.prompts}: no prompts (the file holds no records); nothing written to {cfg.out_dir}")
+    result = curate_prompts(prompts, cfg)
     write_curation(result, cfg.out_dir)
     return result
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -316,11 +317,41 @@ def _decode_line(raw: bytes, source: str) -> Any:
     except UnicodeDecodeError as e:
         _fail(source, "json", f"not valid UTF-8 (byte {e.start + 1})")
     try:
-        return json.loads(line, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+        obj = json.loads(line, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
     except json.JSONDecodeError as e:
         _fail(source, "json", f"invalid JSON: {e.msg} (column {e.colno})")
     except ValueError as e:  # from the hooks above
         _fail(source, "json", f"invalid JSON: {e}")
+    if _SURROGATE_ESCAPE.search(line):  # only a \uXXXX escape can make one: valid UTF-8 bytes cannot
+        field = _lone_surrogate(obj)
+        if field is not None:
+            _fail(source, field or "json", "a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair): "
+                                           "not text any tokenizer or file can hold")
+    return obj
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value: Any, where: str = "") -> str | None:
+    """The field (``responses[2]``, ``messages[0].content``; ``""`` for the top level) holding a string with a
+    lone surrogate, or None. Escaped pairs (``\\ud83d\\ude00``) decode to one character and pass."""
+    if isinstance(value, str):
+        return where if _LONE_SURROGATE.search(value) else None
+    if isinstance(value, list):
+        children = [(f"{where}[{i}]", item) for i, item in enumerate(value)]
+    elif isinstance(value, dict):
+        if any(_LONE_SURROGATE.search(key) for key in value):
+            return f"{where} key".strip()
+        children = [(f"{where}.{key}" if where else key, item) for key, item in value.items()]
+    else:
+        return None
+    for inner, item in children:
+        found = _lone_surrogate(item, inner)
+        if found is not None:
+            return found
+    return None
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -16,13 +16,12 @@ a target.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from .batching import Encoded, collate_lm
-from .data import DataError
+from .data import DataError, read_jsonl
 from .dropout import restore_dropout, set_dropout
 from .losses import next_token_targets, nll_sum
 from .models import position_ids_from_mask
@@ -30,35 +29,39 @@ from .unembedding import logits_at
 
 
 def load_corpus(path: str | Path) -> list[str]:
-    """Documents of a .txt (blank-line separated) or .jsonl ({"text": ...}) corpus."""
+    """Documents of a .txt (blank-line separated, UTF-8) or .jsonl ({"text": ...}) corpus; a line that is not
+    UTF-8, not JSON or holds no text is an error naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
     if path.suffix == ".jsonl":
         docs = []
-        for i, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: json: {e.msg}") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
-                raise DataError(f"{path}:{i}: text: expected a non-empty string")
-            docs.append(obj["text"])
+        for source, obj in read_jsonl(path):
+            text = obj.get("text")
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(f"{source}: text: expected a non-empty string")
+            docs.append(text)
         return docs
-    return [d.strip() for d in path.read_text().split("\n\n") if d.strip()]
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {e.start + 1} of the file); a .txt corpus is "
+                        f"UTF-8 text") from None
+    return [d.strip() for d in text.split("\n\n") if d.strip()]
 
 
-def pack_blocks(tokenizer, docs: list[str], seq_len: int) -> torch.Tensor:
-    """Tokenise, join with EOS, cut into (N, seq_len) blocks."""
+def pack_blocks(tokenizer, docs: list[str], seq_len: int, source: str = "corpus") -> torch.Tensor:
+    """Tokenise, join with EOS, cut into (N, seq_len) blocks; ``source`` (the file) names a corpus too short."""
     stream: list[int] = []
     for d in docs:
         stream.extend(tokenizer(d, add_special_tokens=False)["input_ids"])
         stream.append(tokenizer.eos_token_id)
     n = len(stream) // seq_len
     if n == 0:
-        raise DataError(f"corpus: {len(stream)} tokens, fewer than one block of seq_len={seq_len}")
+        raise DataError(f"{source}: {len(docs)} documents, {len(stream)} tokens: fewer than one block of "
+                        f"seq_len={seq_len}")
     return torch.tensor(stream[:n * seq_len], dtype=torch.long).view(n, seq_len)
 
 

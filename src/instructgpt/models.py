@@ -57,7 +57,10 @@ def pick_device(preference: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; or an explicit torch device string."""
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(preference)
+    device = torch.device(preference)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {preference} asked for, but torch sees no CUDA GPU here (use device=auto or cpu)")
+    return device
 
 
 # ----------------------------------------------------------------------------- how models are loaded

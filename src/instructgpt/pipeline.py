@@ -71,9 +71,11 @@ class Pipeline:
 
     def _run(self) -> RunResult:
         c, run = self.cfg, self.run_folder
+        stages = self.stages.all()  # every stage's config built and checked: a bad option stops here, saving nothing
         config_mod.save(c, run.run_config)
         _forget_unsaved_world(run)
-        plan = self.planned()
+        self.keys = self._stage_keys()
+        plan = self.plan(stages)
         self.print_header(plan)
         for i, (st, key, _) in enumerate(plan):
             self.run_stage(st, key, f"[{i + 1}/{len(plan)}] {st.name}", [s for s, _, status in plan[i + 1:]

@@ -74,6 +74,7 @@ from .reward_model import RewardModel, trained_reward_model
 from .ppo_config import PPOConfig
 from .progress import progress_bar
 from .records import MetricsLog, open_metrics, update_run_info, write_run_info
+from .resume_check import check_resume, remembered
 from .training import adamw_kernel
 
 
@@ -159,7 +160,15 @@ def load_reward_fn(spec: str) -> Callable[[list[str], list[str]], list[float]]:
     module, _, name = spec.partition(":")
     if not name:
         raise ConfigError(f"reward_fn: {spec!r} is not of the form module:function")
-    return getattr(importlib.import_module(module), name)
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except ImportError as e:
+        raise ConfigError(f"reward_fn: cannot import module {module!r} of {spec!r}: {e}") from None
+    except AttributeError:
+        raise ConfigError(f"reward_fn: module {module!r} has no function {name!r}") from None
+    if not callable(fn):
+        raise ConfigError(f"reward_fn: {spec} is not a function")
+    return fn
 
 
 def _check_reward_model_format(fmt: ChatFormat, folder: str) -> None:
@@ -255,7 +264,7 @@ class PPOTrainer:
                        else FixedKLController(cfg.kl_coef))
         self.ptx = None
         if cfg.ptx_coef > 0:
-            blocks = pack_blocks(self.tokenizer, load_corpus(cfg.pretrain_data), cfg.ptx_seq_len)
+            blocks = pack_blocks(self.tokenizer, load_corpus(cfg.pretrain_data), cfg.ptx_seq_len, cfg.pretrain_data)
             self.ptx = BlockStream(blocks, cfg.seed + 1)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed + dist.rank())
         # a LoRA policy samples with the builtin generator (vLLM would load the plain weights by name)
@@ -302,10 +311,13 @@ class PPOTrainer:
 
     def _load_prompts(self) -> tuple[list[str], list[list[int]]]:
         prompts = load_prompts(self.cfg.prompts)
+        if not prompts:
+            raise DataError(f"{self.cfg.prompts}: no prompts")
         if any(p.split for p in prompts):
             prompts = [p for p in prompts if p.split in (None, "train")]
         if not prompts:
-            raise DataError(f"{self.cfg.prompts}: no training prompts")
+            raise DataError(f"{self.cfg.prompts}: no training prompts (PPO samples from rows with split=train or "
+                            f"no split; every row here has another split)")
         encoder = RecordEncoder(self.format, ModelContext.of_model(self.cfg.policy, self.tokenizer),
                                 self.cfg.max_prompt_tokens, max_new_tokens=self.cfg.max_new_tokens)
         ids = [encoder.prompt(prompt_input(p), p.source) for p in prompts]
@@ -621,7 +633,7 @@ class PPOTrainer:
                        "generator": self.generator.get_state(),
                        "ptx_position": self.ptx.position if self.ptx else 0}
             state = {"iteration": self.iteration, "prompt_position": self.prompt_position,
-                     "ema_updates": self.ema_updates}
+                     "ema_updates": self.ema_updates, "config": remembered(self.cfg)}
             ckpt.save_checkpoint(root / f"step-{self.iteration:07d}", tensors, objects, state)
             ckpt.prune_checkpoints(root, self.cfg.keep_checkpoints)
         dist.barrier()
@@ -682,6 +694,7 @@ class PPOTrainer:
 
 def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None) -> PPOResult:
     """Run ``cfg.iterations`` PPO iterations; the final (EMA) policy is saved to ``cfg.out_dir``."""
+    check_resume(cfg)  # a resume with changed options: refused before anything loads or is written
     trainer = PPOTrainer(cfg)
     out = Path(cfg.out_dir)
     log = open_metrics(out, "ppo-ptx" if cfg.ptx_coef > 0 else "ppo", cfg)

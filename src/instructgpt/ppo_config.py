@@ -132,11 +132,10 @@ class PPOConfig(LoraOptions, ModelOptions, RuntimeOptions, PtxOptions, PPOOption
             raise ConfigError("policy, prompts, out_dir: required")
         if not self.reward_model and not self.reward_fn:
             raise ConfigError("reward_model: required (or reward_fn)")
+        self.validate_ranges()
         if not 0 <= self.value_warmup_iterations < self.iterations:
             raise ConfigError(f"value_warmup_iterations: must be in [0, iterations={self.iterations}), "
                               f"got {self.value_warmup_iterations} (no iteration would train the policy)")
-        if self.batch_size % self.minibatch_size:
-            raise ConfigError("minibatch_size: must divide batch_size")
         if self.samples_per_prompt < 1 or self.batch_size % self.samples_per_prompt:
             raise ConfigError(f"samples_per_prompt: must be >= 1 and divide batch_size={self.batch_size}, "
                               f"got {self.samples_per_prompt}")
@@ -168,3 +167,30 @@ class PPOConfig(LoraOptions, ModelOptions, RuntimeOptions, PtxOptions, PPOOption
         if self.generation_backend not in backends.BACKENDS and ":" not in self.generation_backend:
             raise ConfigError(f"generation_backend: {self.generation_backend!r} is not one of "
                               f"{', '.join(backends.BACKENDS)} or module:factory")
+        if self.reward_fn and ":" not in self.reward_fn:
+            raise ConfigError(f"reward_fn: {self.reward_fn!r} is not of the form module:function")
+
+    def validate_ranges(self) -> None:
+        """Each numeric option inside the range where it means something; the error names it and its value."""
+        at_least_one = ("iterations", "batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens",
+                        "max_prompt_tokens", "kl_horizon", "ptx_seq_len")
+        at_least_zero = ("micro_batch_size", "min_new_tokens", "top_k", "value_lr", "warmup_iterations",
+                         "grad_clip", "kl_coef", "vf_coef", "ptx_coef", "log_samples", "save_every")
+        positive = ("lr", "cliprange", "cliprange_value", "target_kl", "ptx_token_ratio")
+        for names, ok, rule in ((at_least_one, lambda v: v >= 1, ">= 1"), (at_least_zero, lambda v: v >= 0, ">= 0"),
+                                (positive, lambda v: v > 0, "> 0")):
+            for name in names:
+                if not ok(getattr(self, name)):
+                    raise ConfigError(f"{name}: must be {rule}, got {getattr(self, name)}")
+        for name in ("gamma", "lam"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p: must be in (0, 1] (1 = off), got {self.top_p}")
+        if self.ratio_guard <= 1.0:
+            raise ConfigError(f"ratio_guard: must be > 1 (a ratio of 1 is an unchanged policy), got {self.ratio_guard}")
+        if self.batch_size % self.minibatch_size:
+            raise ConfigError(f"minibatch_size: must divide batch_size={self.batch_size}, got {self.minibatch_size}")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ConfigError(f"min_new_tokens: must be <= max_new_tokens={self.max_new_tokens}, got "
+                              f"{self.min_new_tokens}")

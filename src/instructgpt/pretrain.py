@@ -20,6 +20,7 @@ from .lm import LMTask, load_corpus, mean_lm_loss, pack_blocks
 from .models import (ModelOptions, check_attn_implementation, enable_gradient_checkpointing, fuse_activations,
                      load_tokenizer, pick_device)
 from .records import open_metrics, update_run_info, write_run_info
+from .resume_check import check_resume
 from .training import TrainConfig, fit
 
 
@@ -50,6 +51,11 @@ class PretrainConfig(ModelOptions, TrainConfig):
             raise ConfigError("corpus, tokenizer: both required")
         if self.size not in SIZES:
             raise ConfigError(f"size: {self.size!r} is not one of {sorted(SIZES)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout: must be in [0, 1) (0 = off), got {self.dropout}")
+        if self.seq_len < 2 or min(self.n_layer, self.n_embd, self.n_head) < 0:
+            raise ConfigError(f"seq_len: must be >= 2 and n_layer, n_embd, n_head >= 0 (0 = from size), got "
+                              f"{self.seq_len}, {self.n_layer}, {self.n_embd}, {self.n_head}")
 
 
 SIZES = {"tiny": (4, 256, 4), "large": (8, 512, 8)}
@@ -69,16 +75,18 @@ def train_pretrain(cfg: PretrainConfig):
     """Train a fresh GPT-2-style model on ``cfg.corpus``; saved as a Hugging Face folder."""
     from transformers import GPT2LMHeadModel
 
+    check_resume(cfg)  # a resume with changed options: refused before anything loads or is written
     device = pick_device(cfg.device)
     dist.init_from_env(device, shards=True)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.tokenizer)
-    blocks = pack_blocks(tokenizer, load_corpus(cfg.corpus), cfg.seq_len)
+    blocks = pack_blocks(tokenizer, load_corpus(cfg.corpus), cfg.seq_len, cfg.corpus)
     examples = [Encoded([], row.tolist()) for row in blocks]
     valid = []
     if cfg.valid_corpus:
-        valid = [Encoded([], row.tolist()) for row in pack_blocks(tokenizer, load_corpus(cfg.valid_corpus), cfg.seq_len)]
+        valid_blocks = pack_blocks(tokenizer, load_corpus(cfg.valid_corpus), cfg.seq_len, cfg.valid_corpus)
+        valid = [Encoded([], row.tolist()) for row in valid_blocks]
     config = gpt2_config(cfg, tokenizer)
     attn = check_attn_implementation(cfg.attn_implementation, device)
     if attn:

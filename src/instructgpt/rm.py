@@ -10,6 +10,7 @@ score mean 0.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from .lora import LoraOptions
 from .models import ModelOptions, load_tokenizer, pick_device
 from .reward_model import RewardModel, trained_reward_model
 from .records import open_metrics, update_run_info, write_run_info
+from .resume_check import check_resume
 from .training import FitResult, TrainConfig, fit
 
 
@@ -54,6 +56,11 @@ class RMConfig(LoraOptions, ModelOptions, TrainConfig):
         super().validate()
         self.validate_model_options()
         self.validate_lora()
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout: must be in [0, 1) (0 = off), got {self.dropout}")
+        if self.max_prompt_tokens < 1 or self.max_seq_len < 0:
+            raise ConfigError(f"max_prompt_tokens, max_seq_len: must be >= 1 and >= 0 (0 = no limit), got "
+                              f"{self.max_prompt_tokens}, {self.max_seq_len}")
         if not self.model:
             raise ConfigError("model: required (the SFT model folder)")
         if not self.train:
@@ -150,6 +157,10 @@ def reference_sequences(cfg: RMConfig, encoder: RecordEncoder, train: list[Ranki
     """Token sequences whose mean reward is set to 0, and a description of where they came from."""
     if cfg.reference:
         demos = load_demonstrations(cfg.reference, prompts)
+        if not demos:
+            raise DataError(f"{cfg.reference}: reference: no demonstrations (the reward is shifted so they score "
+                            f"mean 0; give a file with at least one, or leave reference empty to use the "
+                            f"best-ranked training responses)")
         seqs = [encoder.pair(prompt_input(d), d.response, d.source).ids for d in demos]
         return seqs, f"demonstrations in {cfg.reference}"
     seqs = [encoder.pair(prompt_input(r), r.responses[i], r.source).ids for r in train for i in r.ranking[0]]
@@ -158,6 +169,7 @@ def reference_sequences(cfg: RMConfig, encoder: RecordEncoder, train: list[Ranki
 
 def train_rm(cfg: RMConfig) -> RMResult:
     """Train a reward model from ``cfg.model`` on ``cfg.train``; saved with its bias to ``cfg.out_dir``."""
+    check_resume(cfg)  # a resume with changed options: refused before anything loads or is written
     device = pick_device(cfg.device)
     dist.init_from_env(device, shards=True)
     torch.manual_seed(cfg.seed)
@@ -173,6 +185,7 @@ def train_rm(cfg: RMConfig) -> RMResult:
         raise DataError(f"{cfg.train}: no rankings")
     train_enc = encode_rankings(train, encoder)
     valid_enc = encode_rankings(load_rankings(cfg.valid, prompts), encoder) if cfg.valid else []
+    seqs, ref_desc = reference_sequences(cfg, encoder, train, prompts)  # read before training: errors come first
 
     model = trained_reward_model(cfg.model, device, cfg, dropout=cfg.dropout)
     out = Path(cfg.out_dir)
@@ -188,10 +201,12 @@ def train_rm(cfg: RMConfig) -> RMResult:
     select = ("rm/val_loss", "min") if valid_enc else None
     result = fit(model, RankingTask(train_enc, tokenizer.pad_token_id), cfg, device, evaluate, select, log=log)
 
-    seqs, ref_desc = reference_sequences(cfg, encoder, train, prompts)
     with sharding.unsharded(model):  # sharded: weights gathered once, forward passes local to each rank
         model.reward_bias.zero_()
         bias = -score_sequences(model, seqs, tokenizer.pad_token_id, device).mean().item()
+        if not math.isfinite(bias):
+            raise FloatingPointError(f"rm: the trained model scores {ref_desc} as {-bias} (a diverged model); "
+                                     f"nothing saved to {out} (lower lr; checkpoints are in {out}/checkpoints)")
         model.reward_bias.fill_(bias)
         final = evaluate_rankings(model, valid_enc, tokenizer.pad_token_id, device) if valid_enc else {}
     extra = {"normalised_on": ref_desc, "normalised_count": len(seqs)}

@@ -76,6 +76,8 @@ class RunStages:
             out += self.round_stages(r)
         if c.evaluate:
             out += [self.eval_stage([s.name for s in out])]
+        for st in out:
+            validate_stage(st)
         return out
 
     @property
@@ -317,6 +319,22 @@ class RunStages:
 
     def mean(self, path: Path, *fields: str) -> float:
         return self.text.mean(path, fields)
+
+
+def validate_stage(st: Stage) -> None:
+    """Every check the stage's own command makes on its config, before anything runs: a run option that makes
+    a stage's config invalid (``ppo_minibatch`` not dividing ``ppo_batch``, ``sft_lr=-1``) stops the run at its
+    start, naming the stage, not after the stages before it have trained."""
+    configs = st.config.values() if isinstance(st.config, dict) else [st.config]
+    for cfg in configs:
+        check = getattr(cfg, "validate", None)
+        if check is None:
+            continue
+        try:
+            check()
+        except config_mod.ConfigError as e:
+            raise config_mod.ConfigError(f"stage {st.name}: {e} (set from this run's options: see "
+                                         f"instructgpt run --help)") from None
 
 
 def _history(result) -> dict:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from . import distributed as dist
 from . import sharding
 from .config import ConfigError, opt
@@ -47,3 +49,19 @@ class RuntimeOptions(TrackingOptions):
             raise ConfigError(f"precision: {self.precision!r} is not one of {', '.join(dist.PRECISIONS)}")
         if self.sharding not in sharding.MODES:
             raise ConfigError(f"sharding: {self.sharding!r} is not one of {', '.join(sharding.MODES)}")
+        check_device(self.device)
+        for name in ("save_every", "save_minutes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0 (0 = off), got {getattr(self, name)}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints: must be >= 1 (resume needs one), got {self.keep_checkpoints}")
+
+
+def check_device(name: str) -> None:
+    """``auto`` or a device string torch can parse (``cpu``, ``cuda``, ``cuda:1`` ...); else a ConfigError."""
+    if name == "auto":
+        return
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"device: {name!r} is not auto or a torch device (cpu, cuda, cuda:1 ...)") from None

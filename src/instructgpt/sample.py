@@ -24,9 +24,10 @@ import torch
 from .batching import ModelContext, RecordEncoder
 from .chat import CHAT_TEMPLATE_HELP, ChatFormat, prompt_input
 from .config import ConfigError, opt
-from .data import DataError, Prompt, load_prompts, write_jsonl
+from .data import SPLITS, DataError, Prompt, load_prompts, write_jsonl
 from .generation import decode_responses, generate
 from .models import load_policy, load_tokenizer, pick_device
+from .runtime import check_device
 
 
 @dataclass
@@ -35,7 +36,8 @@ class SampleConfig:
     policy: str = opt("", "Policy folder, .gguf file or 'smollm2'.")
     prompts: str = opt("", "Prompts JSONL.")
     out: str = opt("", "Output JSONL of ranking tasks.")
-    k: int = opt(4, "Responses per prompt (4..9, as in the paper's interface).")
+    k: int = opt(4, "Responses per prompt, 2..9. The paper's interface, and `instructgpt label import`, take "
+                    "K = 4..9; K = 2 or 3 makes pairwise or three-way rankings for the reward model directly.")
     split: str = opt("", "Only prompts of this split (train, valid, test; empty = all).")
     limit: int = opt(0, "At most this many prompts (0 = all).")
     temperature: float = opt(1.0, "Sampling temperature.")
@@ -54,6 +56,19 @@ class SampleConfig:
             raise ConfigError("policy, prompts, out: required")
         if not 2 <= self.k <= 9:
             raise ConfigError(f"k: {self.k} is outside 2..9")
+        if self.split and self.split not in SPLITS:
+            raise ConfigError(f"split: {self.split!r} is not one of {', '.join(SPLITS)} or empty (all)")
+        check_device(self.device)
+        for name in ("limit", "top_k", "max_tries"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("max_new_tokens", "max_prompt_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature: must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p: must be in (0, 1] (1 = off), got {self.top_p}")
 
 
 def _norm(text: str) -> str:

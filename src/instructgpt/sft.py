@@ -29,6 +29,7 @@ from .lm import LMTask, mean_lm_loss
 from .models import ModelOptions, load_tokenizer, pick_device, resolve_dtype, trained_policy
 from .reward_model import RewardModel
 from .records import open_metrics, update_run_info, write_run_info
+from .resume_check import check_resume
 from .training import FitResult, TrainConfig, fit
 
 
@@ -53,6 +54,14 @@ class SFTConfig(LoraOptions, ModelOptions, TrainConfig):
         super().validate()
         self.validate_model_options()
         self.validate_lora()
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout: must be in [0, 1) (0 = off), got {self.dropout}")
+        if self.max_prompt_tokens < 1 or self.max_seq_len < 0:
+            raise ConfigError(f"max_prompt_tokens, max_seq_len: must be >= 1 and >= 0 (0 = no limit), got "
+                              f"{self.max_prompt_tokens}, {self.max_seq_len}")
+        if self.select_prompts < 1 or self.max_new_tokens < 1:
+            raise ConfigError(f"select_prompts, max_new_tokens: must be >= 1, got {self.select_prompts}, "
+                              f"{self.max_new_tokens}")
         if not self.model:
             raise ConfigError("model: required (folder, .gguf file or 'smollm2')")
         if not self.train:
@@ -87,6 +96,7 @@ def mean_reward_of_samples(policy, reward_model: RewardModel, prompt_ids: list[l
 
 def train_sft(cfg: SFTConfig) -> SFTResult:
     """Fine-tune ``cfg.model`` on ``cfg.train``; the selected epoch is saved to ``cfg.out_dir``."""
+    check_resume(cfg)  # a resume with changed options: refused before anything loads or is written
     device = pick_device(cfg.device)
     dist.init_from_env(device, shards=True)
     torch.manual_seed(cfg.seed)
@@ -143,8 +153,11 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
         log.close()
         update_run_info(out, selected_epoch=result.best_epoch, selected_by=selected_by,
                         selection_score=result.best_score, history=result.history)
-        print(f"sft: kept epoch {result.best_epoch if result.best_epoch is not None else result.epochs_run - 1} "
-              f"({selected_by}); saved to {out}")
+        if result.best_epoch is not None or result.epochs_run:
+            kept = f"epoch {result.best_epoch if result.best_epoch is not None else result.epochs_run - 1} ({selected_by})"
+        else:  # max_steps ended training inside the first epoch: nothing to select from
+            kept = f"the weights after step {result.steps} (max_steps={cfg.max_steps}, within the first epoch)"
+        print(f"sft: kept {kept}; saved to {out}")
     dist.barrier()
     val_loss = result.history[-1].get("sft/val_loss") if result.history else None
     return SFTResult(str(out), result, selected_by, val_loss)

@@ -35,6 +35,7 @@ from . import sharding
 from .config import ConfigError, opt
 from .progress import progress_bar
 from .records import MetricsLog
+from .resume_check import remembered
 from .runtime import RuntimeOptions
 
 
@@ -60,6 +61,13 @@ class OptimConfig:
             raise ConfigError("min_lr_ratio: must be in [0, 1]")
         if self.lr <= 0:
             raise ConfigError("lr: must be > 0")
+        if self.epochs < 1:
+            raise ConfigError(f"epochs: must be >= 1, got {self.epochs}")
+        for name in ("warmup_steps", "max_steps", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.adam_beta2 < 1.0:
+            raise ConfigError(f"adam_beta2: must be in (0, 1), got {self.adam_beta2}")
 
 
 @dataclass
@@ -225,6 +233,7 @@ class _Checkpoints:
         if found is None:
             return None
         objects, state = ckpt.load_checkpoint(found, self.modules)
+        state.pop("config", None)  # checked against this run's options before anything was written
         sharding.load_optimizer_state_dict(self.optimizer, objects["optimizer"])
         self.scheduler.load_state_dict(objects["scheduler"])
         log.truncate_after(state["global_step"])
@@ -237,8 +246,8 @@ class _Checkpoints:
         tensors = sharding.checkpoint_tensors(self.modules)  # rank 0 keeps the full tensors
         optim_state = sharding.optimizer_state_dict(self.optimizer, rank0_only=True)
         if dist.is_main():
-            ckpt.save_checkpoint(folder, tensors, {"optimizer": optim_state,
-                                                   "scheduler": self.scheduler.state_dict()}, state)
+            ckpt.save_checkpoint(folder, tensors, {"optimizer": optim_state, "scheduler": self.scheduler.state_dict()},
+                                 {**state, "config": remembered(self.cfg)})
             ckpt.prune_checkpoints(self.root, self.cfg.keep_checkpoints)
         dist.barrier()
         return folder

@@ -209,7 +209,8 @@ def read_rank_tasks(path: str | Path, k_min: int = K_MIN, k_max: int = K_MAX) ->
         if not isinstance(responses, list) or not all(isinstance(r, str) and (r.strip() or not r) for r in responses):
             raise data.DataError(f"{source}: responses: expected an array of strings, each non-empty or \"\"")
         if not k_min <= len(responses) <= k_max:
-            raise data.DataError(f"{source}: responses: K={len(responses)}; ranking tasks need {k_min} to {k_max}")
+            raise data.DataError(f"{source}: responses: K={len(responses)}; ranking tasks need {k_min} to {k_max} "
+                                 f"(instructgpt sample k={k_min}..{k_max})")
         pid = obj.get("prompt_id")
         if pid is None:
             pid = "sha256:" + hashlib.sha256(prompt.encode()).hexdigest()[:16]

@@ -1,0 +1,53 @@
+"""``--resume`` continues the training a checkpoint was made by: changed options are refused, naming each;
+runtime options, sharding and moved paths are not changes."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from instructgpt import config
+from instructgpt.config import ConfigError
+from instructgpt.ppo_config import PPOConfig
+from instructgpt.resume_check import PATH, check_resume, remembered
+
+
+def ppo(out, **kw):
+    base = dict(policy=str(out / "sft"), prompts=str(out / "p.jsonl"), reward_model=str(out / "rm"),
+                out_dir=str(out / "ppo"), resume=True)
+    return config.from_dict(PPOConfig, {**base, **kw})
+
+
+def checkpoint_of(cfg, step=5):
+    folder = Path(cfg.out_dir) / "checkpoints" / f"step-{step:07d}"
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text(json.dumps({"iteration": step, "config": remembered(cfg)}))
+
+
+def test_a_changed_option_is_named_with_both_values(tmp_path):
+    checkpoint_of(ppo(tmp_path))
+    with pytest.raises(ConfigError, match=r"step-0000005: --resume with changed options: cliprange 0.2 -> 0.1; "
+                                          r"kl_coef 0.02 -> 0.05\. The checkpoint's optimizer"):
+        check_resume(ppo(tmp_path, kl_coef=0.05, cliprange=0.1))
+
+
+def test_runtime_options_sharding_and_moved_paths_may_change(tmp_path):
+    checkpoint_of(ppo(tmp_path))
+    check_resume(ppo(tmp_path, device="cpu", progress=False, save_every=1, keep_checkpoints=5, sharding="full",
+                     policy="/elsewhere/sft", prompts="/elsewhere/p.jsonl"))
+    assert remembered(ppo(tmp_path))["policy"] == PATH and "device" not in remembered(ppo(tmp_path))
+
+
+def test_setting_a_path_option_that_was_empty_is_a_change(tmp_path):
+    checkpoint_of(ppo(tmp_path))
+    with pytest.raises(ConfigError, match="pretrain_data '' -> '<a path>'; ptx_coef 0.0 -> 1.0"):
+        check_resume(ppo(tmp_path, ptx_coef=1.0, pretrain_data=str(tmp_path / "c.txt")))
+
+
+def test_without_resume_or_a_remembered_config_there_is_nothing_to_check(tmp_path):
+    checkpoint_of(ppo(tmp_path))
+    check_resume(ppo(tmp_path, kl_coef=0.05, resume=False))  # starting over is always allowed
+    older = tmp_path / "old"
+    (older / "ppo" / "checkpoints" / "step-0000001").mkdir(parents=True)
+    (older / "ppo" / "checkpoints" / "step-0000001" / "state.json").write_text('{"iteration": 1}')
+    check_resume(ppo(older, kl_coef=0.05))  # a checkpoint of an older version remembers no options
