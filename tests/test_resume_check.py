@@ -31,10 +31,11 @@ def test_a_changed_option_is_named_with_both_values(tmp_path):
         check_resume(ppo(tmp_path, kl_coef=0.05, cliprange=0.1))
 
 
-def test_runtime_options_sharding_and_moved_paths_may_change(tmp_path):
+def test_runtime_options_sharding_moved_paths_and_more_ppo_iterations_may_change(tmp_path):
     checkpoint_of(ppo(tmp_path))
     check_resume(ppo(tmp_path, device="cpu", progress=False, save_every=1, keep_checkpoints=5, sharding="full",
                      policy="/elsewhere/sft", prompts="/elsewhere/p.jsonl"))
+    check_resume(ppo(tmp_path, iterations=40))  # PPO's learning rate does not depend on them: a run continues
     assert remembered(ppo(tmp_path))["policy"] == PATH and "device" not in remembered(ppo(tmp_path))
 
 

@@ -110,6 +110,8 @@ class PPOConfig(LoraOptions, ModelOptions, RuntimeOptions, PtxOptions, PPOOption
     Options come in groups (``rollout``, ``ppo``, ``ptx``, ``runtime``, ``model``) and can be written
     with their group (``ppo.cliprange=0.2``) or without (``cliprange=0.2``).
     """
+    resume_may_change = ("iterations", "log_samples")  # --resume may continue a run for more iterations
+
     policy: str = opt("", "Policy to start from (the SFT folder, or a previous PPO policy to continue).")
     reference: str = opt("", "Frozen reference policy of the KL penalty (default: policy, i.e. the SFT model).")
     reward_model: str = opt("", "Reward-model folder (scores responses; initialises the value function).")

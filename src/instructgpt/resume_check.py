@@ -6,8 +6,9 @@ another ``lr`` kept the old schedule (the scheduler's saved state holds the old 
 options differ is refused before anything is written, naming each change. Free to change: the options that
 cannot change the numbers (``stage_keys.RUNTIME_OPTIONS``: device, progress bars, checkpoint cadence ...),
 ``sharding`` (checkpoints hold full tensors that resume sharded or not), and which path a file or folder
-option names (a moved run folder resumes; the pipeline's stage keys check what those paths hold). Setting
-or clearing a path option is a change.
+option names (a moved run folder resumes; the pipeline's stage keys check what those paths hold), and what a
+config class lists in ``resume_may_change`` (PPO's ``iterations``: its learning rate does not depend on them,
+so a run continues for more). Setting or clearing a path option is a change.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def remembered(cfg: Any) -> dict[str, Any]:
         if isinstance(v, str) and v and ("/" in v or os.sep in v or Path(v).exists()):
             return PATH
         return v
-    kept = {k: value(v) for k, v in config_mod.to_dict(cfg).items() if k not in FREE_ON_RESUME}
+    free = FREE_ON_RESUME | set(getattr(cfg, "resume_may_change", ()))
+    kept = {k: value(v) for k, v in config_mod.to_dict(cfg).items() if k not in free}
     return json.loads(json.dumps(kept, default=str))
 
 
