@@ -135,7 +135,8 @@ def _stage_configs():
     ("ppo", "minibatch_size=0", "minibatch_size"), ("ppo", "lam=1.5", "lam"), ("ppo", "ratio_guard=1", "ratio_guard"),
     ("ppo", "min_new_tokens=40", "min_new_tokens"), ("ppo", "reward_fn=nocolon", "reward_fn"),
     ("sample", "temperature=-0.5", "temperature"), ("sample", "top_p=2", "top_p"), ("sample", "limit=-1", "limit"),
-    ("sample", "split=dev", "split"),
+    ("sample", "split=dev", "split"), ("sft", "seed=-1", "seed"), ("sample", "seed=99999999999999999999", "seed"),
+    ("pretrain", "n_head=3", "n_embd, n_head"),
 ])
 def test_an_option_out_of_its_range_is_an_error_naming_it(stage, override, named):
     cls, required = _stage_configs()[stage]
@@ -163,3 +164,37 @@ def test_a_reward_fn_that_cannot_be_imported_is_a_config_error():
     with pytest.raises(ConfigError, match="not a function"):
         load_reward_fn("math:pi")
     assert load_reward_fn("math:sqrt")(4) == 2.0
+
+
+def test_config_files_that_would_be_misread_are_errors_naming_the_file(tmp_path):
+    from instructgpt.cli import _known_tables
+    known = _known_tables()
+    assert {"sft", "ppo", "eval", "run", "rollout", "optim", "runtime"} <= known
+    both = tmp_path / "both.toml"
+    both.write_text('seed = 3\n[sft]\nlr = 0.001\n')  # the [sft] table is read: seed would be dropped silently
+    with pytest.raises(ConfigError, match=r"both\.toml: seed: top-level options are not read when the file has a "
+                                          r"\[sft\] table"):
+        config_mod.load(SFTConfig, both, SFT_REQUIRED, section="sft", known_tables=known)
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[sfft]\nlr = 0.001\n')
+    with pytest.raises(ConfigError, match=r"typo\.toml: \[sfft\]: not a stage or an option group"):
+        config_mod.load(SFTConfig, typo, SFT_REQUIRED, section="sft", known_tables=known)
+    other = tmp_path / "other.toml"  # tables of other stages and of groups are fine
+    other.write_text('[rm]\nlr = 0.5\n[sft]\nlr = 0.001\n[sft.optim]\nepochs = 2\n')
+    cfg = config_mod.load(SFTConfig, other, SFT_REQUIRED, section="sft", known_tables=known)
+    assert (cfg.lr, cfg.epochs) == (0.001, 2)
+    (tmp_path / "folder.toml").mkdir()
+    with pytest.raises(ConfigError, match=r"folder\.toml: not a file"):
+        config_mod.load(SFTConfig, tmp_path / "folder.toml", SFT_REQUIRED)
+    (tmp_path / "latin1.yaml").write_bytes(b"lr: 0.001 # caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text \(byte 16\)"):
+        config_mod.load(SFTConfig, tmp_path / "latin1.yaml", SFT_REQUIRED)
+
+
+def test_a_boolean_or_a_word_is_not_a_number():
+    with pytest.raises(ConfigError, match="batch_size: not a number: True"):
+        config_mod.from_dict(SFTConfig, {"model": "m", "train": "t", "out_dir": "o", "batch_size": True})
+    with pytest.raises(ConfigError, match="epochs: not an integer: 'two'"):
+        config_mod.load(SFTConfig, overrides=[*SFT_REQUIRED, "epochs=two"])
+    with pytest.raises(ConfigError, match="lr: not a number: 'fast'"):
+        config_mod.load(SFTConfig, overrides=[*SFT_REQUIRED, "lr=fast"])

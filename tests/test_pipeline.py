@@ -429,3 +429,49 @@ def test_a_run_option_that_breaks_a_stage_stops_the_run_before_it_starts(tmp_pat
     assert str(e.value).startswith(message), e.value
     assert earlier.read_text() == '{"an earlier": "run"}\n'  # nothing of the folder was touched
     assert sorted(p.name for p in earlier.parent.iterdir()) == ["run_config.json"]
+
+
+def test_a_changed_stage_that_fails_gives_back_its_finished_folder(tiny_run, tmp_path, capsys):
+    """A finished stage whose options changed used to be deleted before its new attempt checked its inputs:
+    with pretrain_data= a corpus too short for one block, PPO-ptx failed and its finished model was gone."""
+    cfg, _, _ = tiny_run
+    copy = tmp_path / "t"
+    shutil.copytree(cfg.run_dir, copy, symlinks=True)
+    ptx = copy / "models" / "round1" / "ppo_ptx"
+    before = {p.relative_to(ptx): p.read_bytes() for p in ptx.rglob("*") if p.is_file()}
+    (tmp_path / "short.txt").write_text("five words and no more\n")
+    changed = dataclasses.replace(cfg, runs_dir=str(tmp_path), pretrain_data=str(tmp_path / "short.txt"))
+    with pytest.raises(Exception, match="short.txt: 1 documents, .* fewer than one block"):
+        run_pipeline(changed)
+    assert "ppo_ptx_r1: failed; its earlier finished folder is back" in capsys.readouterr().err
+    assert {p.relative_to(ptx): p.read_bytes() for p in ptx.rglob("*") if p.is_file()} == before
+    assert not (ptx.parent / "ppo_ptx.previous").exists()
+    assert run_pipeline(dataclasses.replace(cfg, runs_dir=str(tmp_path))).stages["ppo_ptx_r1"]["seconds"] == \
+        json.loads((ptx / "stage.json").read_text())["seconds"]  # the old options: reused, not rerun
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(name=".."), "name: '..' is not a folder name"), (dict(name="a/b"), "name: 'a/b' is not a folder name"),
+    (dict(name=""), "name: '' is not a folder name"), (dict(base_model="/no/such/model"), "base_model: /no/such/"),
+    (dict(vocab_size=0), "vocab_size: must be >= 258"), (dict(corpus_docs=0), "corpus_docs: must be >= 1"),
+    (dict(eval_prompts=-1), "eval_prompts: must be >= 0"), (dict(policy_samples=1), "policy_samples: must be >= 2"),
+    (dict(seed=-1), "seed: must be in [0, 2^63 - 1]"), (dict(device="gpu0"), "device: 'gpu0' is not auto"),
+])
+def test_run_options_that_cannot_work_are_errors_before_the_folder_is_made(tmp_path, options, message):
+    """``name=..`` wrote the run into the parent of runs_dir, a missing --base-model was found only after the
+    world stage, vocab_size=0 trained."""
+    with pytest.raises(config.ConfigError) as e:
+        config.from_dict(RunConfig, dict(runs_dir=str(tmp_path / "runs"), **options))
+    assert str(e.value).startswith(message), e.value
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_paths_of_the_wrong_kind_exit_2_and_eval_has_no_resume_flag(tmp_path, capsys):
+    from instructgpt.cli import main
+    (tmp_path / "p.jsonl").write_text('{"id": "a", "text": "hello there", "user_id": "u"}\n')
+    (tmp_path / "a_file").write_text("")
+    assert main(["curate", f"prompts={tmp_path / 'p.jsonl'}", f"out_dir={tmp_path / 'a_file'}"]) == 2
+    assert "instructgpt curate: error: " in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # eval has no checkpoints: --resume is not offered
+        main(["eval", "--resume", "run_dir=x"])
+    assert e.value.code == 2 and "unrecognized arguments: --resume" in capsys.readouterr().err

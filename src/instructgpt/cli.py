@@ -15,6 +15,7 @@ a second signal stopped it at once.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import importlib
 import importlib.util
@@ -84,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog="options (key=value):\n" + config_mod.describe(cls),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", help="TOML or YAML file of options (a [%s] table is used if present)" % stage.name)
-        p.add_argument("--resume", action="store_true", help="continue from the last good checkpoint (same as resume=true)")
+        if "resume" in {f.name for f in dataclasses.fields(cls)}:
+            p.add_argument("--resume", action="store_true",
+                           help="continue from the last good checkpoint (same as resume=true)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="options; see the list below")
         if stage.name == "run":
             p.add_argument("--rounds", type=int, help="iterate sampling, ranking, RM and PPO this many rounds")
@@ -107,12 +110,21 @@ def run_stage(stage: Stage, args: argparse.Namespace) -> object:
     for flag, key in (("rounds", "rounds"), ("base_model", "base_model")):
         if getattr(args, flag, None) is not None:
             overrides[key] = str(getattr(args, flag))
-    cfg = config_mod.load(cls, args.config, overrides, section=stage.name)
+    cfg = config_mod.load(cls, args.config, overrides, section=stage.name, known_tables=_known_tables())
     fn = getattr(importlib.import_module(stage.module), stage.function)
     result = fn(cfg)
     if stage.after is not None:
         stage.after(result)
     return result
+
+
+def _known_tables() -> set[str]:
+    """The tables a config file may hold: one per stage, and every stage's option groups."""
+    names = {s.name for s in STAGES} | {"label"}
+    for stage in STAGES:
+        if _available(stage):
+            names |= set(config_mod.groups(_config_class(stage))) - {""}
+    return names
 
 
 def _label(argv: list[str]) -> int:
@@ -169,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"instructgpt {stage.name}: interrupted; checkpoints written so far are kept "
               f"({_continue_hint(stage)})", file=sys.stderr)
         return 130
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        print(f"instructgpt {stage.name}: error: {e.filename or e}: {e.strerror or e} (an output or input path of "
+              f"the wrong kind, or not writable)", file=sys.stderr)
+        return 2
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

@@ -40,6 +40,15 @@ def opt(default: Any, help: str, **kwargs: Any) -> Any:
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
 
 
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: int, name: str = "seed") -> None:
+    """A seed every generator takes (numpy's take no negatives, torch's no more than 64 bits); else a ConfigError."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{name}: must be in [0, 2^63 - 1], got {seed}")
+
+
 def _base_type(tp: Any) -> tuple[Any, bool]:
     """(underlying type, optional?) for annotations like ``int | None``."""
     origin = typing.get_origin(tp)
@@ -66,17 +75,25 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             if s in ("0", "false", "no", "off"):
                 return False
             raise ValueError(f"not a boolean: {value!r}")
+        if base in (int, float) and isinstance(value, bool):  # TOML/YAML true is not 1
+            raise ValueError(f"not a number: {value!r}")
         if base is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(f"not an integer: {value!r}")
             if isinstance(value, str):
-                f = float(value)
+                try:
+                    f = float(value)
+                except ValueError:
+                    raise ValueError(f"not an integer: {value!r}") from None
                 if not f.is_integer():
                     raise ValueError(f"not an integer: {value!r}")
                 return int(f)
             return int(value)
         if base is float:
-            number = float(value)
+            try:
+                number = float(value)
+            except ValueError:
+                raise ValueError(f"not a number: {value!r}") from None
             if not math.isfinite(number):  # nan poisons every update; inf saves a NaN model
                 raise ValueError(f"not a finite number: {value!r}")
             return number
@@ -179,7 +196,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
-    text = path.read_text()
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a file (--config takes a .toml, .yaml or .json file)")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start + 1})") from None
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
@@ -208,18 +230,29 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 
 def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | dict | None = None,
-         section: str | None = None) -> T:
+         section: str | None = None, known_tables: set[str] | None = None) -> T:
     """File values (the ``section`` table if the file has one), then overrides.
 
     Other tables of the file are other stages' sections and are skipped, except tables named like
-    an option group of ``cls``. An override replaces the file's value however either is spelled
-    (``cliprange`` or ``ppo.cliprange``).
+    an option group of ``cls``; with ``known_tables`` (every stage and group name) any other table
+    is an error, a misspelled ``[evl]`` included. Top-level options beside the ``section`` table
+    are an error, not silently dropped. An override replaces the file's value however either is
+    spelled (``cliprange`` or ``ppo.cliprange``).
     """
     group_names = set(groups(cls)) - {""}
     data: dict[str, Any] = {}
     if path is not None:
         raw = read_config_file(path)
+        tables = sorted(k for k, v in raw.items() if isinstance(v, dict))
+        unknown = [t for t in tables if known_tables is not None and t not in known_tables | group_names]
+        if unknown:
+            raise ConfigError(f"{path}: [{unknown[0]}]: not a stage or an option group (known tables: "
+                              f"{', '.join(sorted(known_tables))})")
         if section and isinstance(raw.get(section), dict):
+            top = [k for k, v in raw.items() if not isinstance(v, dict)]
+            if top:
+                raise ConfigError(f"{path}: {', '.join(top)}: top-level options are not read when the file has a "
+                                  f"[{section}] table; move them into it")
             raw = raw[section]
         kept = {k: v for k, v in raw.items() if not isinstance(v, dict) or k in group_names}
         data.update(_expand_groups(cls, kept))

@@ -32,7 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from instructgpt.config import ConfigError, opt
+from instructgpt.config import ConfigError, check_seed, opt
 from instructgpt.data import (SPLITS, USE_CASES, DataError, Prompt, atomic_open, load_prompts, render_messages, to_record,
                               write_jsonl)
 
@@ -61,6 +61,7 @@ class CurateConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad option."""
+        check_seed(self.seed)
         if not self.out_dir.strip():
             raise ConfigError("out_dir: may not be empty")
         if self.prefix_chars < 1:

@@ -179,15 +179,20 @@ class Pipeline:
             config = dataclasses.replace(config, resume=True)
         else:
             print(f"{label}: running ...{self.why_from_scratch(st, key)}", flush=True)
-            if st.folder.exists() and st.folder != self.root:
-                shutil.rmtree(st.folder)  # a stale, changed or partial stage folder
+        previous = self.set_aside(st) if checkpoint is None else _previous(st.folder)
         st.folder.mkdir(parents=True, exist_ok=True)
         run.write_json(run.partial_marker(st.folder), {"key": key, "stage": st.name, "started": time.time(),
                                                        "pid": os.getpid(), "host": socket.gethostname()})
         work = st.work()
         start = time.time()
-        with PeakMemory() as memory:
-            summary = st.run(config) or {}
+        try:
+            with PeakMemory() as memory:
+                summary = st.run(config) or {}
+        except Exception:
+            self.put_back(st, previous)
+            raise
+        if previous.exists():  # replaced: the earlier finished folder goes only now
+            shutil.rmtree(previous, ignore_errors=True)
         seconds = round(time.time() - start, 1)
         info = {"key": key, "stage": st.name, "seconds": seconds, "work": work,
                 "resumed_from": str(checkpoint) if checkpoint else None, **memory.summary(), "summary": summary}
@@ -199,6 +204,35 @@ class Pipeline:
         mem = memory.describe()
         print(f"{label}: done in {seconds:.0f}s" + (f" ({mem})" if mem else ""), flush=True)
         return info
+
+    def set_aside(self, st: Stage) -> Path:
+        """Clear a stage's folder before it runs from scratch. A finished one (changed options or inputs) moves to
+        ``<folder>.previous``, kept until its replacement finishes, so a new attempt that fails loses nothing; a
+        partial or stale one is deleted. Returns the ``.previous`` path (which may not exist)."""
+        previous = _previous(st.folder)
+        if not st.folder.exists() or st.folder == self.root:
+            return previous
+        if self.run_folder.read_marker(st.folder) is not None:
+            if previous.exists():
+                shutil.rmtree(previous)
+            st.folder.rename(previous)
+        else:
+            shutil.rmtree(st.folder)
+        return previous
+
+    def put_back(self, st: Stage, previous: Path) -> None:
+        """After a stage failed: its earlier finished folder returns, unless the failed attempt wrote a checkpoint
+        to continue from (then both stay, and the earlier one goes when the stage finishes)."""
+        from .checkpoint import latest_good_checkpoint
+        if not previous.exists():
+            return
+        if latest_good_checkpoint(st.folder / "checkpoints") is not None:
+            print(f"{st.name}: the earlier finished stage is kept in {previous} until this one finishes",
+                  file=sys.stderr, flush=True)
+            return
+        shutil.rmtree(st.folder, ignore_errors=True)
+        previous.rename(st.folder)
+        print(f"{st.name}: failed; its earlier finished folder is back in {st.folder}", file=sys.stderr, flush=True)
 
     def resume_point(self, st: Stage, key: str) -> Path | None:
         """The checkpoint an interrupted stage with the same key continues from, or None."""
@@ -265,6 +299,11 @@ def _link(link: Path, target: Path) -> None:
         else:
             shutil.rmtree(link)
     link.symlink_to(target.relative_to(link.parent), target_is_directory=True)
+
+
+def _previous(folder: Path) -> Path:
+    """Where a finished stage waits while it is being replaced."""
+    return folder.with_name(folder.name + ".previous")
 
 
 def _forget_unsaved_world(run: RunFolder) -> None:

@@ -56,6 +56,10 @@ class PretrainConfig(ModelOptions, TrainConfig):
         if self.seq_len < 2 or min(self.n_layer, self.n_embd, self.n_head) < 0:
             raise ConfigError(f"seq_len: must be >= 2 and n_layer, n_embd, n_head >= 0 (0 = from size), got "
                               f"{self.seq_len}, {self.n_layer}, {self.n_embd}, {self.n_head}")
+        _, width, heads = SIZES[self.size]
+        if (self.n_embd or width) % (self.n_head or heads):
+            raise ConfigError(f"n_embd, n_head: the width ({self.n_embd or width}) must be a multiple of the number "
+                              f"of heads ({self.n_head or heads})")
 
 
 SIZES = {"tiny": (4, 256, 4), "large": (8, 512, 8)}

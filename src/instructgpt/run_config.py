@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, opt
+from .config import ConfigError, check_seed, opt
 
 #: Options of the runs' stages that are not the stage commands' own defaults, in one place: the
 #: values RunConfig options left unset take ("run"), and the options given to each stage command,
@@ -130,8 +131,26 @@ class RunConfig:
                              "good checkpoint when its options are unchanged (false: start it over).")
 
     def validate(self) -> None:
+        from .runtime import check_device
         from .tracking import parse_report_to
         parse_report_to(self.report_to)
+        check_seed(self.seed)
+        check_device(self.device)
+        if not self.name or self.name in (".", "..") or "/" in self.name or os.sep in self.name:
+            raise ConfigError(f"name: {self.name!r} is not a folder name (the run goes to <runs_dir>/<name>/: no "
+                              f"slashes, not empty, '.' or '..')")
+        if Path(self.runs_dir).exists() and not Path(self.runs_dir).is_dir():
+            raise ConfigError(f"runs_dir: {self.runs_dir} is a file, not a folder")
+        if self.base_model and self.base_model != "smollm2" and not Path(self.base_model).exists():
+            raise ConfigError(f"base_model: {self.base_model}: not found (a model folder, a .gguf file or 'smollm2')")
+        if self.vocab_size < 258:
+            raise ConfigError(f"vocab_size: must be >= 258 (the 256 bytes, EOS and PAD), got {self.vocab_size}")
+        if self.corpus_docs < 1:
+            raise ConfigError(f"corpus_docs: must be >= 1, got {self.corpus_docs}")
+        if self.eval_prompts is not None and self.eval_prompts < 0:
+            raise ConfigError(f"eval_prompts: must be >= 0 (0 = all), got {self.eval_prompts}")
+        if self.policy_samples < 2:
+            raise ConfigError(f"policy_samples: must be >= 2 (a ranking's policy answers), got {self.policy_samples}")
         if not 2 <= self.k_min <= self.k_max <= 9:
             raise ConfigError("k_min, k_max: need 2 <= k_min <= k_max <= 9")
         if self.policy_samples > self.k_min:

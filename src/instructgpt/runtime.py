@@ -15,7 +15,7 @@ import torch
 
 from . import distributed as dist
 from . import sharding
-from .config import ConfigError, opt
+from .config import ConfigError, check_seed, opt
 from .tracking import TrackingOptions
 
 
@@ -50,6 +50,7 @@ class RuntimeOptions(TrackingOptions):
         if self.sharding not in sharding.MODES:
             raise ConfigError(f"sharding: {self.sharding!r} is not one of {', '.join(sharding.MODES)}")
         check_device(self.device)
+        check_seed(self.seed)
         for name in ("save_every", "save_minutes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0 (0 = off), got {getattr(self, name)}")
@@ -65,3 +66,4 @@ def check_device(name: str) -> None:
         torch.device(name)
     except (RuntimeError, ValueError, TypeError):
         raise ConfigError(f"device: {name!r} is not auto or a torch device (cpu, cuda, cuda:1 ...)") from None
+

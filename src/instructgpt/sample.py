@@ -23,7 +23,7 @@ import torch
 
 from .batching import ModelContext, RecordEncoder
 from .chat import CHAT_TEMPLATE_HELP, ChatFormat, prompt_input
-from .config import ConfigError, opt
+from .config import ConfigError, check_seed, opt
 from .data import SPLITS, DataError, Prompt, load_prompts, write_jsonl
 from .generation import decode_responses, generate
 from .models import load_policy, load_tokenizer, pick_device
@@ -59,6 +59,7 @@ class SampleConfig:
         if self.split and self.split not in SPLITS:
             raise ConfigError(f"split: {self.split!r} is not one of {', '.join(SPLITS)} or empty (all)")
         check_device(self.device)
+        check_seed(self.seed)
         for name in ("limit", "top_k", "max_tries"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")

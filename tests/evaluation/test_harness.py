@@ -116,3 +116,19 @@ def test_a_run_of_the_world_gets_the_tasks_too(run, task_dir, tmp_path):
         assert acc.n == len(ANSWERS) and acc.value in {k / 6 for k in range(7)} and "perplexity" in m.pretraining
     assert results.meta["lm_eval"].startswith("tasks tiny_colors")
     assert "lm_eval:tiny_colors:acc" in (tmp_path / "report.md").read_text().replace("\\_", "_")
+
+
+def test_a_task_whose_data_cannot_be_fetched_is_a_data_error(task_dir, lovers, monkeypatch):
+    """Offline, lm-eval's hub tasks raised a ConnectionError through the CLI as a traceback."""
+    from instructgpt.data import DataError
+    from instructgpt.models import load_policy, load_tokenizer
+
+    def offline(**kwargs):
+        raise ConnectionError("Couldn't reach 'Rowan/hellaswag' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", offline)
+    folder = lovers["red"]
+    with pytest.raises(DataError, match=r"lm_eval_tasks: tiny_colors: lm-eval could not load the data "
+                                        r"\(ConnectionError: Couldn't reach"):
+        harness_scores(load_policy(folder), load_tokenizer(folder), ["tiny_colors"],
+                       task_manager(["tiny_colors"], str(task_dir)), batch_size=4)

@@ -195,3 +195,39 @@ def test_cli_eval_names_an_edited_world_file(run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "instructgpt eval: error:" in err and "probes.json: changed since the world was saved" in err
     assert not (tmp_path / "eval").exists() and not (tmp_path / "report.html").exists()
+
+
+def test_a_policy_the_run_makes_but_lacks_is_named_in_a_warning_and_the_report(run, tmp_path, capsys):
+    """An evaluation of a run whose models/ppo was gone dropped PPO silently and rewrote the report without it."""
+    import shutil
+
+    from instructgpt.evaluation.inputs import read_inputs
+    from instructgpt.evaluation.run import run_meta
+    from instructgpt.run_folder import RunFolder
+    run_dir, _ = run
+    copy = tmp_path / "r"
+    shutil.copytree(run_dir, copy, symlinks=True)
+    (copy / "run_config.json").write_text(json.dumps({"flan": False, "base_model": ""}))
+    shutil.rmtree(copy / "models" / "ppo")
+    cfg = eval_config(copy, few_shot=0, n_prompts=8)
+    inputs = read_inputs(cfg, RunFolder(copy))
+    assert inputs.missing == ["ppo"] and "ppo" not in inputs.specs and "ppo_ptx" in inputs.specs
+    assert f"{copy / 'models' / 'ppo'}: missing, though the run's options make it" in capsys.readouterr().err
+    meta = run_meta(cfg, RunFolder(copy), copy / "eval", inputs, None, 0, len(inputs.prompts))
+    assert meta["missing models"].startswith("ppo: the run's options make them")
+    (copy / "run_config.json").write_text(json.dumps({"flan": True, "base_model": ""}))
+    assert read_inputs(cfg, RunFolder(copy)).missing == ["ppo", "flan"]
+
+
+def test_a_damaged_weights_file_is_a_model_error_naming_it(run, tmp_path):
+    import shutil
+
+    from instructgpt.evaluation.policies import count_params_on_disk
+    from instructgpt.models import ModelLoadError
+    run_dir, _ = run
+    shutil.copytree(run_dir / "models" / "sft", tmp_path / "sft")
+    weights = tmp_path / "sft" / "model.safetensors"
+    assert count_params_on_disk(tmp_path / "sft") > 0
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ModelLoadError, match=r"sft/model\.safetensors: cannot read the weights"):
+        count_params_on_disk(tmp_path / "sft")

@@ -202,3 +202,34 @@ def test_an_unexpected_error_is_a_plain_500_page(sqlite_url, monkeypatch):
         assert "/srv/secret" not in r.text and "RuntimeError" not in r.text
         assert r.headers["content-security-policy"].startswith("default-src 'none'")
         assert c.get("/api/assignments").status_code == 200  # the API route does not use it
+
+
+def test_a_database_that_cannot_be_opened_is_exit_2_naming_it(tmp_path, capsys, monkeypatch):
+    """A text file, a folder or an unknown revision gave a sqlalchemy or alembic traceback (serve: exit 3,
+    after uvicorn had started)."""
+    import uvicorn
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(1))
+    (tmp_path / "notes.txt").write_text("not a database\n")
+    (tmp_path / "folder").mkdir()
+    for args, detail in ((["migrate", "--db", str(tmp_path / "notes.txt")], "file is not a database"),
+                         (["serve", "--db", str(tmp_path / "notes.txt")], "file is not a database"),
+                         (["migrate", "--db", str(tmp_path / "folder")], "unable to open database file"),
+                         (["migrate", "--db", str(tmp_path / "ok.db"), "--revision", "zzz"], "revision")):
+        assert label_main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith(f"instructgpt label: error: database {args[2]}: ") and detail in err, err
+    assert not started
+    assert (tmp_path / "notes.txt").read_text() == "not a database\n"
+
+
+def test_cli_numbers_log_levels_and_password_variables_are_checked(tmp_path, capsys, monkeypatch):
+    db = str(tmp_path / "l.db")
+    for args in (["invite", "--db", db, "--count", "0"], ["serve", "--db", db, "--log-level", "bogus"]):
+        with pytest.raises(SystemExit) as e:
+            label_main(args)
+        assert e.value.code == 2
+    monkeypatch.delenv("NOPE_VAR", raising=False)
+    with pytest.raises(SystemExit) as e:
+        label_main(["create-user", "--db", db, "--username", "bob", "--password-env", "NOPE_VAR"])
+    assert e.value.code == 2 and "--password-env NOPE_VAR: the variable is not set" in capsys.readouterr().err

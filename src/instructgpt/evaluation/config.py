@@ -20,7 +20,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..chat import CHAT_TEMPLATE_HELP
-from ..config import ConfigError, opt
+from ..config import ConfigError, check_seed, opt
+from ..runtime import check_device
 from ..run_folder import RunFolder
 
 #: Option -> (the RunConfig option it is taken from, the default when the run has none).
@@ -85,6 +86,9 @@ class EvalConfig:
         return bool(self.prompts)
 
     def validate(self) -> None:
+        if self.seed is not None:  # None: the run's
+            check_seed(self.seed)
+        check_device(self.device)
         if not self.run_dir and not self.prompts:
             raise ConfigError("run_dir: required (a run folder of 'instructgpt run'), or prompts= your own prompts "
                               "JSONL with models=name=path,... (docs/evaluation.md)")

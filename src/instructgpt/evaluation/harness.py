@@ -19,12 +19,14 @@ interval when lm-eval gives none.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
+from ..data import DataError
 from .stats import Z95, Estimate, mean_estimate
 
 EXTRA = "pip install 'instructgpt[lm-eval]'"
@@ -69,9 +71,16 @@ def harness_scores(model, tokenizer, tasks: list[str], manager, limit: int = 0, 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device),
               max_length=max_length)
-    out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit or None,
-                                  bootstrap_iters=BOOTSTRAP_ITERS, log_samples=True, random_seed=seed,
-                                  numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+    try:
+        out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit or None,
+                                      bootstrap_iters=BOOTSTRAP_ITERS, log_samples=True, random_seed=seed,
+                                      numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+    except OSError as e:  # ConnectionError and requests' errors: a task's data set is not on this machine
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DataError(f"lm_eval_tasks: {', '.join(tasks)}: lm-eval could not load the data ({type(e).__name__}: "
+                        f"{e}); its tasks download their data sets from the Hugging Face hub unless cached: run "
+                        f"once where the hub is reachable, or give tasks with local data in lm_eval_include=") from None
     return estimates_from(out, seed)
 
 

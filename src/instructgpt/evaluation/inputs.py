@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError
@@ -28,7 +29,7 @@ from ..records import read_metrics
 from ..run_folder import RunFolder
 from ..world import WorldData
 from .config import EvalConfig
-from .policies import PROMPTED, ModelSpec, discover_models
+from .policies import PROMPTED, ModelSpec, discover_models, expected_policies
 
 #: Metric keys of PPO metrics.jsonl kept as training curves.
 CURVE_KEYS = ("ppo/score", "ppo/kl", "ppo/response_length", "ppo/kl_coef", "ppo/ptx_loss",
@@ -47,6 +48,7 @@ class EvalInputs:
     rm_prompts: list[Prompt]              # the RM training prompts ...
     rm_rankings: list[Ranking]            # ... and the first round's rankings of them
     training_curves: dict[str, list[dict[str, float]]]
+    missing: list[str] = field(default_factory=list)  # policies the run makes that are not there
 
 
 def read_inputs(cfg: EvalConfig, run: RunFolder) -> EvalInputs:
@@ -55,6 +57,11 @@ def read_inputs(cfg: EvalConfig, run: RunFolder) -> EvalInputs:
         raise FileNotFoundError(f"{run.root}: run folder not found")
     world = run.load_world()
     specs = discover_models(run.root, cfg.models, cfg.few_shot)
+    missing = [name for name in expected_policies(run) if name not in specs]
+    if missing:
+        print(f"eval: warning: {', '.join(str(run.model(n)) for n in missing)}: missing, though the run's options "
+              f"make {'it' if len(missing) == 1 else 'them'} (an unfinished run?); evaluating the models found, "
+              f"and the report says so", file=sys.stderr, flush=True)
     if cfg.baseline not in specs:
         raise ConfigError(f"baseline: {cfg.baseline!r} is not among the models found "
                           f"({', '.join(specs) or 'none'}) in {run.models}")
@@ -73,7 +80,7 @@ def read_inputs(cfg: EvalConfig, run: RunFolder) -> EvalInputs:
     return EvalInputs(world=world, prompts=load_test_prompts(run.root, cfg.n_prompts, cfg.seed), specs=specs,
                       demos=demos, reward_model=rm if (rm / "reward_model.json").is_file() else None,
                       round_summaries=round_summaries(run, rounds), rm_prompts=rm_prompts, rm_rankings=rm_rankings,
-                      training_curves=curves)
+                      training_curves=curves, missing=missing)
 
 
 def load_test_prompts(run_dir: str | Path, n: int, seed: int = 0) -> list[Prompt]:

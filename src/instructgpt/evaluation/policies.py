@@ -58,12 +58,15 @@ def count_params_on_disk(folder: str | Path) -> int | None:
     files = sorted(Path(folder).glob("*.safetensors")) if Path(folder).is_dir() else []
     if not files:
         return None
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     total = 0
     for f in files:
-        with safe_open(str(f), framework="pt") as st:
-            for key in st.keys():  # noqa: SIM118 (safe_open is not a dict)
-                total += int(np.prod(st.get_slice(key).get_shape()))
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    total += int(np.prod(st.get_slice(key).get_shape()))
+        except (SafetensorError, OSError) as e:
+            raise ModelLoadError(f"{f}: cannot read the weights ({e}); the file is damaged or incomplete") from None
     return total
 
 
@@ -128,6 +131,20 @@ def discover_models(run_dir: str | Path, extra: Sequence[str] = (), few_shot: in
         name, path = extra_model(item, specs)
         specs[name] = ModelSpec(name, kind_of(name, path), path, count_params_on_disk(path))
     return specs
+
+
+def expected_policies(run: RunFolder) -> list[str]:
+    """The policy folders the run's options (run_config.json) make, in report order; [] without the file."""
+    try:
+        options = json.loads(run.run_config.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    made = {"sft", "ppo", "ppo_ptx"}
+    if not options.get("base_model"):
+        made |= {"base", "base_large"} if options.get("large_base") else {"base"}
+    if options.get("flan", True):
+        made.add("flan")
+    return [name for name in POLICY_FOLDERS if name in made]
 
 
 def extra_model(item: str, specs: dict[str, ModelSpec]) -> tuple[str, str]:

@@ -327,6 +327,9 @@ def run_meta(cfg: EvalConfig, run: RunFolder, out_dir: Path, inputs: EvalInputs,
                   "comparison; Likert and flags by the prompt's held-out labeler",
         "likelihood probes of base_prompted": "those of base (same weights)" if PROMPTED in specs else "n/a",
     }
+    if inputs.missing:
+        meta["missing models"] = (f"{', '.join(inputs.missing)}: the run's options make them, but their folders are "
+                                  f"not there (an unfinished run?); not evaluated")
     if cfg.lm_eval_tasks:
         meta["lm_eval"] = (f"tasks {', '.join(cfg.lm_eval_tasks)}" + (f" (limit {cfg.lm_eval_limit})"
                            if cfg.lm_eval_limit else "") + "; plain-text prompts, no chat template")

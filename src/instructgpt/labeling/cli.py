@@ -59,6 +59,9 @@ def read_password(args: argparse.Namespace) -> str:
     value = os.environ.get(args.password_env)
     if value:
         return value
+    if args.password_env != PASSWORD_ENV:  # named on purpose: a typo or an unset variable is not an empty password
+        print(f"instructgpt label: error: --password-env {args.password_env}: the variable is not set", file=sys.stderr)
+        raise SystemExit(2)
     if not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\r\n")
     first = getpass.getpass("Password: ")
@@ -99,11 +102,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # has just closed gets a reset, i.e. a 502 or "server disconnected" for a labeler mid-task.
     common = {"host": cfg.host, "port": cfg.port, "log_level": args.log_level, "timeout_keep_alive": KEEP_ALIVE_S,
               "proxy_headers": cfg.behind_proxy, "server_header": False, "date_header": False}
-    if cfg.workers == 1:
-        uvicorn.run(create_app(cfg), workers=1, **common)
-        return 0
-    # Several processes: migrate and create the secret key once, here, then hand each
-    # worker the config (uvicorn starts workers from an import string).
+    # Migrate and create the secret key once, here: a database that cannot be opened is an error before the
+    # server starts; several workers then get the config (uvicorn starts them from an import string).
     from .security import server_key
     from .store import open_store
 
@@ -111,6 +111,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with store.tx() as s:
         server_key(s)
     store.dispose()
+    if cfg.workers == 1:
+        uvicorn.run(create_app(cfg), workers=1, **common)
+        return 0
     os.environ[CONFIG_ENV] = json.dumps({**dataclasses.asdict(cfg), "migrate": False})
     uvicorn.run("instructgpt.labeling.app:app_from_env", factory=True, workers=cfg.workers, **common)
     return 0
@@ -269,7 +272,7 @@ def _add_serve(sub) -> None:
                    help="a pending task goes back to the pool this long after it was claimed (default 12)")
     p.add_argument("--max-pending", type=int, default=30, help="pending tasks one labeler may hold (default 30)")
     p.add_argument("--behind-proxy", action="store_true", help="trust X-Forwarded-* from a proxy on loopback")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug", "trace"))
     p.set_defaults(handler=cmd_serve)
 
 
@@ -306,7 +309,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     _db_arg(p)
     p.add_argument("--role", choices=("labeler", "admin"), default="labeler")
     p.add_argument("--held-out", action="store_true", help="the invited labeler is held out (evaluation only)")
-    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--count", type=_positive_int, default=1)
     p.add_argument("--base-url", default="http://127.0.0.1:8000")
     p.set_defaults(handler=cmd_invite)
 
@@ -340,4 +343,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="instructgpt")
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["label", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.handler(args) or 0)
+    return run_handler(args)
+
+
+def run_handler(args: argparse.Namespace) -> int:
+    """A subcommand, with a database that cannot be opened or migrated (a file that is not one, a folder, an
+    unreachable server, an unknown revision) and a path of the wrong kind as exit code 2 and one line."""
+    from alembic.util.exc import CommandError
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+    try:
+        return int(args.handler(args) or 0)
+    except (SQLAlchemyError, ArgumentError, CommandError) as e:
+        detail = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        print(f"instructgpt label: error: database {getattr(args, 'db', None) or '(default)'}: {detail}",
+              file=sys.stderr)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        print(f"instructgpt label: error: {e.filename or e}: {e.strerror or e}", file=sys.stderr)
+    return 2
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
