@@ -209,3 +209,20 @@ def write_llama_gguf(path: Path, model_folder: Path, chat_template: str | None =
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def cut_at(step: int, stage_module, train, cfg) -> None:
+    """``train(cfg)`` stopped as a kill would stop it, when optimizer step ``step`` is done."""
+    from instructgpt.training import StopTraining
+    original_fit = stage_module.fit
+
+    def crash(s):
+        if s == step:
+            raise StopTraining
+
+    stage_module.fit = lambda *a, **k: original_fit(*a, **k, on_step=crash)
+    try:
+        with pytest.raises(StopTraining):
+            train(cfg)
+    finally:
+        stage_module.fit = original_fit

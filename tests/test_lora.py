@@ -12,7 +12,7 @@ pytest.importorskip("peft")
 from peft import PeftModel  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from tests.conftest import WORDS, make_model, make_tokenizer, repeat_demos, write_jsonl, write_llama_gguf, yes_rankings  # noqa: E402
+from tests.conftest import WORDS, cut_at, make_model, make_tokenizer, repeat_demos, write_jsonl, write_llama_gguf, yes_rankings  # noqa: E402
 from instructgpt import config, lora  # noqa: E402
 from instructgpt.cli import main  # noqa: E402
 from instructgpt.config import ConfigError  # noqa: E402
@@ -22,7 +22,6 @@ from instructgpt.reward_model import RewardModel  # noqa: E402
 from instructgpt.ppo import PPOConfig, PPOTrainer, train_ppo  # noqa: E402
 from instructgpt.rm import RMConfig, train_rm  # noqa: E402
 from instructgpt.sft import SFTConfig, train_sft  # noqa: E402
-from instructgpt.training import StopTraining  # noqa: E402
 
 LORA = dict(lora_r=8, lora_alpha=16, lora_dropout=0.0)
 
@@ -166,19 +165,8 @@ def test_sft_lora_kill_and_resume_gives_the_same_adapter(tmp_path, base, data):
     tiny_gpt2 = base
     train_sft(sft_cfg(tiny_gpt2, data, tmp_path / "full", save_every=3, lora_dropout=0.1))
     cfg = sft_cfg(tiny_gpt2, data, tmp_path / "cut", save_every=3, lora_dropout=0.1)
-
-    def crash(step):
-        if step == 8:
-            raise StopTraining
-
     import instructgpt.sft as sft_mod
-    original = sft_mod.fit
-    sft_mod.fit = lambda *a, **k: original(*a, **k, on_step=crash)
-    try:
-        with pytest.raises(StopTraining):
-            train_sft(cfg)
-    finally:
-        sft_mod.fit = original
+    cut_at(8, sft_mod, train_sft, cfg)
     cfg.resume = True
     resumed = train_sft(cfg)
     assert resumed.fit.resumed_from.endswith("step-0000006")

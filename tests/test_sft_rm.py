@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import repeat_demos, write_jsonl, yes_rankings
+from tests.conftest import cut_at, repeat_demos, write_jsonl, yes_rankings
 from instructgpt import config
 from instructgpt.data import DataError
 from instructgpt.checkpoint import CheckpointError, latest_good_checkpoint, list_checkpoints, verify_checkpoint
@@ -21,7 +21,7 @@ from instructgpt.models import load_policy
 from instructgpt.reward_model import RewardModel
 from instructgpt.rm import RMConfig, train_rm
 from instructgpt.sft import SFTConfig, train_sft
-from instructgpt.training import StopTraining, lr_multiplier
+from instructgpt.training import lr_multiplier
 
 
 @pytest.fixture(scope="module")
@@ -87,19 +87,8 @@ def test_saved_sft_model_round_trips_through_plain_transformers(tmp_path, tiny_g
 def test_sft_kill_and_resume_gives_the_same_weights(tmp_path, tiny_gpt2, sft_data):
     train_sft(sft_cfg(tiny_gpt2, sft_data, tmp_path / "full", dropout=0.1, save_every=3))
     cfg = sft_cfg(tiny_gpt2, sft_data, tmp_path / "cut", dropout=0.1, save_every=3)
-
-    def crash(step):
-        if step == 7:  # the last checkpoint is step 6: one step of work is lost and redone
-            raise StopTraining
-
     import instructgpt.sft as sft_mod
-    original_fit = sft_mod.fit
-    sft_mod.fit = lambda *a, **k: original_fit(*a, **k, on_step=crash)
-    try:
-        with pytest.raises(StopTraining):
-            train_sft(cfg)
-    finally:
-        sft_mod.fit = original_fit
+    cut_at(7, sft_mod, train_sft, cfg)  # the last checkpoint is step 6: one step of work is lost and redone
     cfg.resume = True
     resumed = train_sft(cfg)
     assert resumed.fit.resumed_from.endswith("step-0000006")
@@ -186,18 +175,7 @@ def test_rm_kill_and_resume_gives_the_same_weights(tmp_path, tiny_gpt2, rm_data)
     train_rm(rm_cfg(tiny_gpt2, rm_data, tmp_path / "full", epochs=1, save_every=2, dropout=0.1))
     cfg = rm_cfg(tiny_gpt2, rm_data, tmp_path / "cut", epochs=1, save_every=2, dropout=0.1)
     import instructgpt.rm as rm_mod
-    original_fit = rm_mod.fit
-
-    def crash(step):
-        if step == 5:
-            raise StopTraining
-
-    rm_mod.fit = lambda *a, **k: original_fit(*a, **k, on_step=crash)
-    try:
-        with pytest.raises(StopTraining):
-            train_rm(cfg)
-    finally:
-        rm_mod.fit = original_fit
+    cut_at(5, rm_mod, train_rm, cfg)
     cfg.resume = True
     train_rm(cfg)
     a = RewardModel.from_pretrained(tmp_path / "full").state_dict()
@@ -243,18 +221,7 @@ def test_resume_with_a_changed_learning_rate_is_refused_and_writes_nothing(tmp_p
     out = tmp_path / "sft"
     cfg = sft_cfg(tiny_gpt2, sft_data, out, epochs=1, save_every=2)
     import instructgpt.sft as sft_mod
-    original_fit = sft_mod.fit
-
-    def crash(step):
-        if step == 3:
-            raise StopTraining
-
-    sft_mod.fit = lambda *a, **k: original_fit(*a, **k, on_step=crash)
-    try:
-        with pytest.raises(StopTraining):
-            train_sft(cfg)
-    finally:
-        sft_mod.fit = original_fit
+    cut_at(3, sft_mod, train_sft, cfg)
     state = json.loads((out / "checkpoints" / "step-0000002" / "state.json").read_text())
     assert state["config"]["lr"] == 3e-3 and "device" not in state["config"]
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
