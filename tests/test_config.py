@@ -198,3 +198,16 @@ def test_a_boolean_or_a_word_is_not_a_number():
         config_mod.load(SFTConfig, overrides=[*SFT_REQUIRED, "epochs=two"])
     with pytest.raises(ConfigError, match="lr: not a number: 'fast'"):
         config_mod.load(SFTConfig, overrides=[*SFT_REQUIRED, "lr=fast"])
+
+
+def test_a_bad_value_names_the_file_or_the_command_line_it_came_from(tmp_path):
+    f = tmp_path / "opts.toml"
+    f.write_text('[sft]\nepochs = "two"\nlr = 0.001\n')
+    with pytest.raises(ConfigError, match=r"opts\.toml: epochs: not an integer: 'two'"):
+        config_mod.load(SFTConfig, f, SFT_REQUIRED, section="sft")
+    with pytest.raises(ConfigError, match=r"^command line: lr: not a number: 'fast'"):
+        config_mod.load(SFTConfig, f, [*SFT_REQUIRED, "epochs=2", "lr=fast"], section="sft")
+    group = tmp_path / "group.yaml"  # a value inside an option group table is the file's too
+    group.write_text("optim:\n  warmup_steps: many\n")
+    with pytest.raises(ConfigError, match=r"group\.yaml: optim\.warmup_steps: not an integer: 'many'"):
+        config_mod.load(SFTConfig, group, SFT_REQUIRED)

@@ -65,6 +65,12 @@ def test_corrupt_reward_model_is_named(tmp_path, tiny_gpt2):
         RewardModel.from_pretrained(tmp_path / "rm")
 
 
+def test_a_reward_model_folder_is_not_loaded_as_a_policy(tmp_path, tiny_gpt2):
+    RewardModel.from_policy(tiny_gpt2).save_pretrained(tmp_path / "rm", load_tokenizer(tiny_gpt2))
+    with pytest.raises(ModelLoadError, match=r"rm: a reward model folder \(it has reward_model.json\), not a policy"):
+        load_policy(tmp_path / "rm")  # GPT-2 ties its unembedding: it used to load and generate
+
+
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(ModelLoadError, match="model folder not found"):
         resolve_source(tmp_path / "nope")
@@ -73,6 +79,9 @@ def test_missing_model_is_a_clear_error(tmp_path):
         resolve_source(tmp_path / "empty")
     with pytest.raises(ModelLoadError, match="GGUF file not found"):
         resolve_source(tmp_path / "x.gguf")
+    (tmp_path / "weights.bin").write_bytes(b"x")  # a file where a folder belongs is not "not found"
+    with pytest.raises(ModelLoadError, match=r"weights\.bin: a file, not a model folder"):
+        resolve_source(tmp_path / "weights.bin")
 
 
 def test_generation_batched_equals_one_at_a_time(tiny_gpt2):

@@ -475,3 +475,17 @@ def test_cli_paths_of_the_wrong_kind_exit_2_and_eval_has_no_resume_flag(tmp_path
     with pytest.raises(SystemExit) as e:  # eval has no checkpoints: --resume is not offered
         main(["eval", "--resume", "run_dir=x"])
     assert e.value.code == 2 and "unrecognized arguments: --resume" in capsys.readouterr().err
+
+
+def test_cli_flags_go_between_options_and_may_not_be_given_twice(tmp_path, capsys):
+    from instructgpt.cli import build_parser, main
+    args = build_parser().parse_args(["run", "a=1", "--rounds", "2", "b=2", "--base-model", "m", "c=3"])
+    assert (args.overrides, args.rounds, args.base_model) == (["a=1", "b=2", "c=3"], 2, "m")
+    args = build_parser().parse_args(["sft", "model=m", "--resume", "train=t"])
+    assert args.overrides == ["model=m", "train=t"] and args.resume
+    for twice in (["--config", "a.toml", "x=1", "--config", "b.toml"], ["--rounds", "1", "--rounds", "2"]):
+        with pytest.raises(SystemExit) as e:  # the second used to win silently
+            main(["run", *twice])
+        assert e.value.code == 2 and f"{twice[0]} given twice" in capsys.readouterr().err
+    assert main(["run", "vocab_size=300", "--rounds", "1", "bogus=1"]) == 2
+    assert "command line: bogus: unknown option for RunConfig" in capsys.readouterr().err

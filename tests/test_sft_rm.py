@@ -171,6 +171,18 @@ def test_rm_learns_rankings_and_normalises_bias(tmp_path, tiny_gpt2, rm_data):
     assert abs(score_sequences(rm, seqs, tok.pad_token_id, "cpu").mean().item()) < 1e-4
 
 
+def test_rm_counts_the_responses_it_cut_to_max_seq_len(tmp_path, tiny_gpt2):
+    long, short = " ".join(["yes"] * 60), "no"  # 60 words cannot fit 32 tokens; "no" fits
+    rows = [{"prompt": f"say {w}\n", "responses": [long, short, long + " red", short + " blue"],
+             "ranking": [[0], [2], [1, 3]]} for w in ("red", "blue", "green")]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    train_rm(config.from_dict(RMConfig, dict(model=str(tiny_gpt2), train=str(train), out_dir=str(tmp_path / "rm"),
+                                             max_seq_len=32, epochs=1, batch_size=3, micro_batch_size=3,
+                                             progress=False)))
+    info = json.loads((tmp_path / "rm" / "instructgpt.json").read_text())
+    assert info["responses_truncated"] == 6 and info["train_pairs"] == 3 * 5  # ties are not pairs
+
+
 def test_rm_kill_and_resume_gives_the_same_weights(tmp_path, tiny_gpt2, rm_data):
     train_rm(rm_cfg(tiny_gpt2, rm_data, tmp_path / "full", epochs=1, save_every=2, dropout=0.1))
     cfg = rm_cfg(tiny_gpt2, rm_data, tmp_path / "cut", epochs=1, save_every=2, dropout=0.1)

@@ -17,10 +17,29 @@ from dataclasses import dataclass
 
 import torch
 
-from .chat import ChatFormat, PromptInput
+from .chat import CHAT_TEMPLATE_HELP, ChatFormat, PromptInput
+from .config import ConfigError, opt
 from .data import DataError
 
 _POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+
+
+@dataclass
+class TrainingSequenceOptions:
+    """What a supervised stage (SFT, RM) reads besides its records: how they become token ids, and dropout."""
+    prompts: str = opt("", "Prompts JSONL resolving prompt_id references (optional).")
+    dropout: float = opt(0.0, "Dropout while training: every dropout the architecture has (0 = off; the saved "
+                              "config keeps the base model's own values).")
+    max_prompt_tokens: int = opt(128, "Longer prompts are an error naming the record.")
+    max_seq_len: int = opt(256, "Prompt + response tokens; longer responses are cut (counted in the log).")
+    chat_template: str = opt("auto", CHAT_TEMPLATE_HELP)
+
+    def validate_sequence_options(self) -> None:
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout: must be in [0, 1) (0 = off), got {self.dropout}")
+        if self.max_prompt_tokens < 1 or self.max_seq_len < 0:
+            raise ConfigError(f"max_prompt_tokens, max_seq_len: must be >= 1 and >= 0 (0 = no limit), got "
+                              f"{self.max_prompt_tokens}, {self.max_seq_len}")
 
 
 @dataclass

@@ -72,11 +72,37 @@ def _config_class(stage: Stage):
     return getattr(importlib.import_module(stage.module), stage.config)
 
 
+class _GivenOnce(argparse.Action):
+    """An option that may appear once: a second ``--config`` would otherwise silently win."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice ({getattr(namespace, self.dest)} and {values}); "
+                         f"put the options of both in one file, or give the second file's as key=value")
+        setattr(namespace, self.dest, values)
+
+
+class _StageParser(argparse.ArgumentParser):
+    """A stage's parser takes its flags between key=value options too (``run a=1 --rounds 2 b=2``)."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        nested = any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in self._get_positional_actions())
+        if self._inside or nested:  # parse_known_intermixed_args calls back here; it cannot take subcommands
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instructgpt", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"instructgpt {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_StageParser)
     for stage in STAGES:
         if not _available(stage):
             continue
@@ -84,14 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage.name, help=stage.summary, description=stage.summary,
                            epilog="options (key=value):\n" + config_mod.describe(cls),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--config", help="TOML or YAML file of options (a [%s] table is used if present)" % stage.name)
+        p.add_argument("--config", action=_GivenOnce, help="TOML or YAML file of options (a [%s] table is used if present)" % stage.name)
         if "resume" in {f.name for f in dataclasses.fields(cls)}:
             p.add_argument("--resume", action="store_true",
                            help="continue from the last good checkpoint (same as resume=true)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="options; see the list below")
         if stage.name == "run":
-            p.add_argument("--rounds", type=int, help="iterate sampling, ranking, RM and PPO this many rounds")
-            p.add_argument("--base-model", help="a model folder or GGUF file instead of the built-in tiny base")
+            p.add_argument("--rounds", type=int, action=_GivenOnce,
+                           help="iterate sampling, ranking, RM and PPO this many rounds")
+            p.add_argument("--base-model", action=_GivenOnce, help="a model folder or GGUF file instead of the built-in tiny base")
         p.set_defaults(stage=stage)
     if importlib.util.find_spec("instructgpt.labeling.cli") is not None:
         try:

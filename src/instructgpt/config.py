@@ -150,24 +150,30 @@ def _flat_key(cls: type, key: str, where: str) -> str:
     return leaf
 
 
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config",
+              sources: dict[str, str] | None = None) -> T:
     """Build ``cls`` from a dict, checking every key and coercing every value.
 
     Keys are option names, ``group.option`` names, or group names holding a dict of their options.
-    The same option given twice (``cliprange`` and ``ppo.cliprange``) is an error.
+    The same option given twice (``cliprange`` and ``ppo.cliprange``) is an error. An error about
+    one value names where it came from: ``sources[key]`` if given (a file, or "command line"), else ``where``.
     """
     hints = typing.get_type_hints(cls)
     fields = _fields(cls)
     kwargs = {}
     given: dict[str, str] = {}
     for key, value in _expand_groups(cls, data).items():
-        name = _flat_key(cls, key, where)
+        origin = (sources or {}).get(key, where)
+        name = _flat_key(cls, key, origin)
         if name not in fields:
-            raise ConfigError(f"{where}: {key}: unknown option for {cls.__name__} (see --help)")
+            raise ConfigError(f"{origin}: {key}: unknown option for {cls.__name__} (see --help)")
         if name in given:
-            raise ConfigError(f"{where}: {key}: given twice (also as {given[name]})")
+            raise ConfigError(f"{origin}: {key}: given twice (also as {given[name]})")
         given[name] = key
-        kwargs[name] = _coerce(key, value, hints[name])
+        try:
+            kwargs[name] = _coerce(key, value, hints[name])
+        except ConfigError as e:
+            raise ConfigError(f"{origin}: {e}") from None
     obj = cls(**kwargs)
     check = getattr(obj, "validate", None)
     if check is not None:
@@ -256,14 +262,16 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | di
             raw = raw[section]
         kept = {k: v for k, v in raw.items() if not isinstance(v, dict) or k in group_names}
         data.update(_expand_groups(cls, kept))
+    sources = dict.fromkeys(data, str(path))
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     for key, value in (overrides or {}).items():
-        name = _flat_key(cls, key, "override")
+        name = _flat_key(cls, key, "command line")
         for old in [k for k in data if _flat_key(cls, k, str(path)) == name]:
             del data[old]
         data[key] = value
-    return from_dict(cls, data, where=str(path) if path else "config")
+        sources[key] = "command line"
+    return from_dict(cls, data, where=str(path) if path else "config", sources=sources)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -190,6 +190,9 @@ def resolve_source(spec: str | os.PathLike, marker: str = "config.json") -> Mode
             raise ModelLoadError(f"{path}: GGUF file not found")
         check_gguf(path)
         return ModelSource(str(path.parent), path.name)
+    if path.is_file():
+        raise ModelLoadError(f"{path}: a file, not a model folder (a model is a folder with config.json, "
+                             f"or a .gguf file)")
     if not path.is_dir():
         raise ModelLoadError(f"{path}: model folder not found")
     if marker == "config.json" and lora.is_adapter_folder(path):  # a LoRA adapter: its base is loaded first
@@ -340,6 +343,9 @@ def load_policy(spec: str | os.PathLike, device: torch.device | str = "cpu",
     ``dtype`` (default fp32), ``attn_implementation`` (None = transformers'
     default) and ``load_in_4bit`` (QLoRA's frozen base) as in ``ModelOptions``.
     """
+    if (Path(spec) / "reward_model.json").is_file():  # it would load, with an unembedding it never trained
+        raise ModelLoadError(f"{spec}: a reward model folder (it has reward_model.json), not a policy: give a "
+                             f"causal LM folder (e.g. the run's models/sft or models/ppo)")
     attn_implementation = check_attn_implementation(attn_implementation, device)
     model = load_pretrained(AutoModelForCausalLM, spec, dropout, "model", dtype, attn_implementation,
                              load_in_4bit, device)

@@ -20,8 +20,8 @@ import torch
 from . import distributed as dist
 from . import lora
 from . import sharding
-from .batching import Encoded, ModelContext, RecordEncoder, collate_rankings
-from .chat import CHAT_TEMPLATE_HELP, ChatFormat, prompt_input
+from .batching import Encoded, ModelContext, RecordEncoder, TrainingSequenceOptions, collate_rankings
+from .chat import ChatFormat, prompt_input
 from .config import ConfigError, opt
 from .data import DataError, Ranking, load_demonstrations, load_prompts, load_rankings
 from .dropout import restore_dropout, set_dropout
@@ -35,19 +35,13 @@ from .training import FitResult, TrainConfig, fit
 
 
 @dataclass
-class RMConfig(LoraOptions, ModelOptions, TrainConfig):
+class RMConfig(TrainingSequenceOptions, LoraOptions, ModelOptions, TrainConfig):
     """Reward-model training (``instructgpt rm``)."""
     model: str = opt("", "Model to start from (the SFT folder): its unembedding is replaced by a scalar head.")
     train: str = opt("", "Rankings JSONL (also {prompt, chosen, rejected} rows).")
     valid: str = opt("", "Validation rankings JSONL (gives rm/val_accuracy; keeps the epoch with the lowest val loss).")
-    prompts: str = opt("", "Prompts JSONL resolving prompt_id references (optional).")
     reference: str = opt("", "Demonstrations JSONL whose responses should score mean 0 after training "
                              "(default: the best-ranked response of each training ranking).")
-    dropout: float = opt(0.0, "Dropout during RM training: every dropout the architecture has (0 = off; the "
-                               "saved config keeps the base model's values).")
-    max_prompt_tokens: int = opt(128, "Longer prompts are an error naming the record.")
-    max_seq_len: int = opt(256, "Prompt + response tokens; longer responses are cut.")
-    chat_template: str = opt("auto", CHAT_TEMPLATE_HELP)
     batch_size: int = opt(16, "Rankings per optimizer step (paper: 64 prompts).")
     micro_batch_size: int = opt(8, "Rankings per forward pass (each holds K responses).")
     lr: float = opt(3e-5, "Peak learning rate (paper: 9e-6 for the 6B RM).")
@@ -56,11 +50,7 @@ class RMConfig(LoraOptions, ModelOptions, TrainConfig):
         super().validate()
         self.validate_model_options()
         self.validate_lora()
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout: must be in [0, 1) (0 = off), got {self.dropout}")
-        if self.max_prompt_tokens < 1 or self.max_seq_len < 0:
-            raise ConfigError(f"max_prompt_tokens, max_seq_len: must be >= 1 and >= 0 (0 = no limit), got "
-                              f"{self.max_prompt_tokens}, {self.max_seq_len}")
+        self.validate_sequence_options()
         if not self.model:
             raise ConfigError("model: required (the SFT model folder)")
         if not self.train:
@@ -192,6 +182,8 @@ def train_rm(cfg: RMConfig) -> RMResult:
     if dist.is_main():
         write_run_info(out, "rm", cfg, {"train_rankings": len(train_enc),
                                         "train_pairs": sum(len(r.pairs) for r in train_enc),
+                                        "responses_truncated": sum(e.truncated for r in train_enc
+                                                                   for e in r.responses),
                                         "format": fmt.describe(), "parameters": lora.parameter_counts(model)})
     log = open_metrics(out, "rm", cfg)
 

@@ -19,8 +19,8 @@ import torch
 from . import distributed as dist
 from . import lora
 from . import sharding
-from .batching import Encoded, ModelContext, RecordEncoder
-from .chat import CHAT_TEMPLATE_HELP, ChatFormat, prompt_input
+from .batching import Encoded, ModelContext, RecordEncoder, TrainingSequenceOptions
+from .chat import ChatFormat, prompt_input
 from .config import ConfigError, opt
 from .data import DataError, Demonstration, load_demonstrations, load_prompts
 from .generation import generate
@@ -34,31 +34,23 @@ from .training import FitResult, TrainConfig, fit
 
 
 @dataclass
-class SFTConfig(LoraOptions, ModelOptions, TrainConfig):
+class SFTConfig(TrainingSequenceOptions, LoraOptions, ModelOptions, TrainConfig):
     """Supervised fine-tuning (``instructgpt sft``)."""
     model: str = opt("", "Model to fine-tune: a folder, a .gguf file, or 'smollm2'.")
     train: str = opt("", "Demonstrations JSONL (prompt or prompt_id, response).")
     valid: str = opt("", "Validation demonstrations JSONL (optional; gives sft/val_loss).")
-    prompts: str = opt("", "Prompts JSONL resolving prompt_id references (optional).")
     reward_model: str = opt("", "Reward-model folder: keep the epoch whose responses to validation prompts score highest.")
     select_prompts: int = opt(64, "Validation prompts sampled and scored per epoch when a reward model is given.")
     max_new_tokens: int = opt(64, "Response length limit when sampling for checkpoint selection.")
     dropout: float = opt(0.2, "Dropout during SFT (paper: 0.2 residual): every dropout the architecture has "
                               "(0 = off). The saved config keeps the base model's own values.")
-    max_prompt_tokens: int = opt(128, "Longer prompts are an error naming the record.")
-    max_seq_len: int = opt(256, "Prompt + response tokens; longer responses are cut (counted in the log).")
-    chat_template: str = opt("auto", CHAT_TEMPLATE_HELP)
     lr: float = opt(1e-4, "Peak learning rate (paper: 9.65e-6 for 1.3B; tiny models want more).")
 
     def validate(self) -> None:
         super().validate()
         self.validate_model_options()
         self.validate_lora()
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout: must be in [0, 1) (0 = off), got {self.dropout}")
-        if self.max_prompt_tokens < 1 or self.max_seq_len < 0:
-            raise ConfigError(f"max_prompt_tokens, max_seq_len: must be >= 1 and >= 0 (0 = no limit), got "
-                              f"{self.max_prompt_tokens}, {self.max_seq_len}")
+        self.validate_sequence_options()
         if self.select_prompts < 1 or self.max_new_tokens < 1:
             raise ConfigError(f"select_prompts, max_new_tokens: must be >= 1, got {self.select_prompts}, "
                               f"{self.max_new_tokens}")

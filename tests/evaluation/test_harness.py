@@ -80,6 +80,15 @@ def test_a_custom_task_scores_known_accuracies(task_dir, lovers):
     assert got["red"].method == "bootstrap-documents"
 
 
+def test_include_or_limit_without_tasks_is_an_error_not_ignored(tmp_path):
+    from instructgpt.evaluation.config import EvalConfig
+    with pytest.raises(ConfigError, match="lm_eval_include: only read with lm_eval_tasks="):
+        EvalConfig(run_dir="r", lm_eval_include=str(tmp_path)).validate()
+    with pytest.raises(ConfigError, match="lm_eval_limit: only read with lm_eval_tasks="):
+        EvalConfig(run_dir="r", lm_eval_limit=5).validate()
+    EvalConfig(run_dir="r", lm_eval_tasks=["t"], lm_eval_include=str(tmp_path), lm_eval_limit=5).validate()
+
+
 def test_unknown_tasks_and_folders_are_named(task_dir, tmp_path):
     with pytest.raises(ConfigError, match="lm_eval_include: .*: not a folder"):
         task_manager(["tiny_colors"], str(tmp_path / "nope"))

@@ -162,7 +162,7 @@ def test_people_round_trip_through_the_labeling_apps_export(setup, export):
     assert "Likert scores" in html and "people (labeling app)" in html and "Metadata rates" in html
 
 
-def test_people_labels_from_the_zip_and_from_rankings_without_model_names(setup, export, tmp_path):
+def test_people_labels_from_the_zip_and_from_rankings_without_model_names(setup, export, tmp_path, capsys):
     """The admin's zip download reads the same; the export's rankings.jsonl (no task meta) is matched by text."""
     root, paths = setup
     from instructgpt.evaluation.human_labels import EXPORT_RANKINGS
@@ -183,6 +183,13 @@ def test_people_labels_from_the_zip_and_from_rankings_without_model_names(setup,
     again = EvalResults.load(tmp_path / "s" / "results.json")
     assert again.model("ppo").win_rate["human"].n == 6
     assert "2 of other answers" in again.meta["judge: people (labeling app)"]
+    capsys.readouterr()
+    for row in rows:  # every ranking of other answers: a warning, no win rate from people
+        row["responses"] = ["something else"] * len(row["responses"])
+    stale.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(_args(paths, tmp_path / "t", f"labels={stale}")) == 0
+    assert "every ranking is of other answers than this evaluation's" in capsys.readouterr().err
+    assert "human" not in EvalResults.load(tmp_path / "t" / "results.json").model("ppo").win_rate
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -228,3 +235,11 @@ def test_cli_errors_naming_the_model_the_baseline_and_the_judge(setup, capsys, t
         EvalConfig().validate()
     with pytest.raises(Exception, match="judges, judge_model: only with prompts="):
         run_eval(EvalConfig(run_dir=str(tmp_path), judge_model="x"))
+
+
+def test_a_prompts_folder_is_named_as_a_folder_not_as_missing(tmp_path):
+    from instructgpt.evaluation.own_prompts import load_own_prompts
+    with pytest.raises(FileNotFoundError, match="prompts: .*: a folder, not a prompts JSONL"):
+        load_own_prompts(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="prompts: .*nope.jsonl: not found"):
+        load_own_prompts(str(tmp_path / "nope.jsonl"))

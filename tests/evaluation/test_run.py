@@ -197,6 +197,28 @@ def test_cli_eval_names_an_edited_world_file(run, tmp_path, capsys):
     assert not (tmp_path / "eval").exists() and not (tmp_path / "report.html").exists()
 
 
+def test_labels_of_no_prompt_of_the_evaluation_stop_it_before_any_work(run, tmp_path, capsys):
+    from instructgpt.cli import main
+    run_dir, _ = run
+    task = json.loads((run_dir / "eval" / "label_tasks.jsonl").read_text().splitlines()[0])
+    other = tmp_path / "other.jsonl"  # a ranking of a prompt this evaluation does not hold: it used to exit 0
+    other.write_text(json.dumps({"prompt": "x", "prompt_id": "not-a-test-prompt", "responses": task["responses"],
+                                 "ranking": [[0], [1]]}) + "\n")
+    assert main(["eval", f"run_dir={run_dir}", f"labels={other}", f"out_dir={tmp_path / 'e'}", "device=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "labels: " in err and "none of its 1 rankings is of a prompt of this evaluation" in err
+    assert not (tmp_path / "e").exists()  # read before the output folder is made and any model runs
+
+
+def test_cli_eval_of_a_folder_that_is_not_a_run_says_so(tmp_path, capsys):
+    from instructgpt.cli import main
+    (tmp_path / "models").mkdir()  # a folder of models, say, but no run
+    assert main(["eval", f"run_dir={tmp_path}", "device=cpu"]) == 2
+    err = capsys.readouterr().err  # it used to ask to delete world/stage.json, which it does not have
+    assert f"{tmp_path}: not a folder of 'instructgpt run'" in err and "prompts=FILE models=" in err
+    assert "stage.json" not in err and list(tmp_path.iterdir()) == [tmp_path / "models"]
+
+
 def test_a_policy_the_run_makes_but_lacks_is_named_in_a_warning_and_the_report(run, tmp_path, capsys):
     """An evaluation of a run whose models/ppo was gone dropped PPO silently and rewrote the report without it."""
     import shutil

@@ -114,6 +114,10 @@ class EvalConfig:
             raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
         if self.lm_eval_limit < 0:
             raise ConfigError(f"lm_eval_limit: must be >= 0, got {self.lm_eval_limit}")
+        if not self.lm_eval_tasks and (self.lm_eval_include or self.lm_eval_limit):
+            given = "lm_eval_include" if self.lm_eval_include else "lm_eval_limit"
+            raise ConfigError(f"{given}: only read with lm_eval_tasks= (name the tasks to run, e.g. "
+                              f"lm_eval_tasks=my_task for a task of your own in lm_eval_include)")
         seen: set[str] = set()
         for item in self.models:
             name, _, path = (s.strip() for s in item.partition("="))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import tempfile
 import zipfile
 from collections.abc import Sequence
@@ -113,7 +114,8 @@ def _rankings_file(path: Path, tmp: Path) -> tuple[Path, str]:
 
 def read_labels(path: str | Path, prompts: Sequence[Prompt]) -> LabelFile:
     """The rankings in ``path`` (export folder, zip, or JSONL) of prompts in ``prompts``;
-    rankings of other prompts are counted and left out. Errors name the record."""
+    rankings of other prompts are counted and left out, and a file with none of ``prompts``
+    is an error. Errors name the record."""
     index = {p.id: p for p in prompts}
     with tempfile.TemporaryDirectory() as tmp:
         file, name = _rankings_file(Path(path), Path(tmp))
@@ -128,6 +130,10 @@ def read_labels(path: str | Path, prompts: Sequence[Prompt]) -> LabelFile:
                 out.rankings.append(parse_ranking(obj, source, index))
         except DataError as e:
             raise DataError(str(e).replace(str(file), name)) from None
+    if not out.rankings:
+        raise DataError(f"labels: {name}: none of its {out.read} rankings is of a prompt of this evaluation "
+                        f"(its label tasks: label_tasks.jsonl in the evaluation's folder); wrong file, or "
+                        f"another evaluation's prompts (n_prompts, seed)?")
     return out
 
 
@@ -252,22 +258,28 @@ def human_tables(comps_by_model: dict[str, list[Comparison]], seed: int) -> dict
     return tables
 
 
-def add_human_labels(models: Sequence[ModelResult], labels: str, prompts: Sequence[Prompt],
+def warn_all_stale(labels: LabelFile) -> None:
+    print(f"eval: warning: labels: {labels.path}: every ranking is of other answers than this evaluation's "
+          f"(an earlier evaluation's tasks?); no win rate from people", file=sys.stderr, flush=True)
+
+
+def add_human_labels(models: Sequence[ModelResult], labels: LabelFile, prompts: Sequence[Prompt],
                      responses_by_model: dict[str, Sequence[str]], baseline: str, seed: int,
                      out_file: Path) -> tuple[int, int]:
-    """Win rates from people's labels in ``labels`` (see :func:`read_labels`) as
+    """Win rates from people's labels (read by :func:`read_labels`) as
     ``win_rate["human"]`` of each model (their comparisons added); per-use-case tables to ``out_file``.
 
     Returns (rankings used, models with a human win rate).
     """
-    found = read_labels(labels, prompts)
-    human = label_comparisons(found.rankings, prompts, as_answers(responses_by_model), baseline, labels=found)
+    human = label_comparisons(labels.rankings, prompts, as_answers(responses_by_model), baseline, labels=labels)
+    if labels.stale == len(labels.rankings):
+        warn_all_stale(labels)
     for m in models:
         comps = human.get(m.name) or []
         if comps:
             m.comparisons += comps
             m.win_rate["human"] = win_rate([c.outcome for c in comps], [c.prompt_id for c in comps], seed=seed)
     tables = human_tables(human, seed)
-    out_file.write_text(json.dumps({"file": str(labels), "rankings": len(found.rankings), "read": found.describe(),
-                                    "tables": tables}, indent=1) + "\n")
-    return len(found.rankings), len(tables)
+    out_file.write_text(json.dumps({"file": labels.path, "rankings": len(labels.rankings),
+                                    "read": labels.describe(), "tables": tables}, indent=1) + "\n")
+    return len(labels.rankings), len(tables)

@@ -55,6 +55,9 @@ def read_inputs(cfg: EvalConfig, run: RunFolder) -> EvalInputs:
     """The inputs of evaluating ``run`` with ``cfg`` (its options resolved)."""
     if not run.root.is_dir():
         raise FileNotFoundError(f"{run.root}: run folder not found")
+    if not run.world.is_dir() and not run.run_config.is_file():
+        raise FileNotFoundError(f"{run.root}: not a folder of 'instructgpt run' (no world/, no run_config.json); "
+                                f"to evaluate models of your own, give prompts=FILE models=name=PATH,...")
     world = run.load_world()
     specs = discover_models(run.root, cfg.models, cfg.few_shot)
     missing = [name for name in expected_policies(run) if name not in specs]

@@ -55,7 +55,7 @@ from ..reward_model import RewardModel
 from ..run_folder import RunFolder
 from .config import EvalConfig
 from .harness import harness_scores, task_manager
-from .human_labels import (LabelFile, as_answers, people_judgement, read_labels, samples_per_model,
+from .human_labels import (LabelFile, as_answers, people_judgement, read_labels, samples_per_model, warn_all_stale,
                            write_label_tasks)
 from .inputs import stratified_sample
 from .judges import JudgeModel, pairwise_outcomes, reward_model_outcomes
@@ -72,7 +72,7 @@ def load_own_prompts(path: str, n: int = 0, seed: int = 0) -> list[Prompt]:
     """The prompts of ``path`` (every split), or a seeded sample of ``n`` of them stratified by use
     case (``inputs.stratified_sample``), in file order."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"prompts: {path}: not found")
+        raise FileNotFoundError(f"prompts: {path}: {'a folder, not a prompts JSONL' if Path(path).is_dir() else 'not found'}")
     prompts = load_prompts(path)
     if not prompts:
         raise ConfigError(f"prompts: {path}: no prompts")
@@ -294,6 +294,8 @@ def _judge_by_people(cfg: EvalConfig, out_dir: Path, prompts: list[Prompt], text
                                 samples if with_samples else None)
     if labels is not None:
         people = people_judgement(labels, prompts, as_answers(texts, samples), cfg.baseline, cfg.seed)
+        if labels.stale == len(labels.rankings):
+            warn_all_stale(labels)
         for n in others:
             add_comparisons(models[n], "human", people.comparisons.get(n, []), cfg.seed, by_use_case)
         for n, m in models.items():

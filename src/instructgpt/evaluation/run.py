@@ -56,7 +56,7 @@ from .best_of_n import best_of_n
 from .claims import check_claims, head_to_head_pairs
 from .config import EvalConfig
 from .harness import harness_scores, task_manager
-from .human_labels import add_human_labels, write_label_tasks
+from .human_labels import add_human_labels, read_labels, write_label_tasks
 from .inputs import EvalInputs, read_inputs
 from .judging import Judgement, checkable, judge
 from .policies import PROMPTED, ModelPool, ModelSpec, PolicyRunner, generate_responses
@@ -230,6 +230,7 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
     run = RunFolder(cfg.run_dir)
     cfg = cfg.with_run_defaults(run.read_run_config())
     inputs = read_inputs(cfg, run)
+    labels = read_labels(cfg.labels, inputs.prompts) if cfg.labels else None  # a bad file stops us before any work
     manager = task_manager(cfg.lm_eval_tasks, cfg.lm_eval_include) if cfg.lm_eval_tasks else None
     out_dir = cfg.out_path
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -287,8 +288,8 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
     meta.update(inputs.round_summaries)
     meta.update(rm_accuracy)
     meta.update(best_of)
-    if cfg.labels:
-        n_rankings, n_models = add_human_labels(models, cfg.labels, prompts, responses, cfg.baseline, cfg.seed,
+    if labels is not None:
+        n_rankings, n_models = add_human_labels(models, labels, prompts, responses, cfg.baseline, cfg.seed,
                                                 out_dir / "human_labels.json")
         meta["human_labels"] = (f"{cfg.labels}: {n_rankings} rankings -> win_rate['human'] of {n_models} models; "
                                 f"per use case in {_short(out_dir / 'human_labels.json', run)}")
