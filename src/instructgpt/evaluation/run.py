@@ -284,10 +284,8 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
     models = [build_model_result(specs[n], outputs[n], judgements[n], world_data, prompts, cfg.seed)
               for n in specs]
     n_tasks = write_label_tasks(out_dir / "label_tasks.jsonl", prompts, responses, cfg.baseline, cfg.seed)
-    meta = run_meta(cfg, run, out_dir, inputs, ref_spec, n_tasks, n_judged=len(judged))
-    meta.update(inputs.round_summaries)
-    meta.update(rm_accuracy)
-    meta.update(best_of)
+    meta = {**run_meta(cfg, run, out_dir, inputs, ref_spec, n_tasks, n_judged=len(judged)),
+            **inputs.round_summaries, **rm_accuracy, **best_of}
     if labels is not None:
         n_rankings, n_models = add_human_labels(models, labels, prompts, responses, cfg.baseline, cfg.seed,
                                                 out_dir / "human_labels.json")
