@@ -177,8 +177,12 @@ def test_options_left_unset_take_the_runs_values(run, tmp_path):
     given = EvalConfig(run_dir="x", n_prompts=5, seed=0, continuation_items=0).with_run_defaults(
         {"eval_prompts": 16, "seed": 3, "continuation_items": 30})
     assert (given.n_prompts, given.max_new_tokens, given.seed, given.continuation_items) == (5, 48, 0, 0)
-    with pytest.raises(ConfigError, match="n_prompts"):
+    with pytest.raises(ConfigError, match=r"^the run's run_config.json \(eval_prompts\): n_prompts: must be >= 0"):
         EvalConfig(run_dir="x").with_run_defaults({"eval_prompts": -1})
+    with pytest.raises(ConfigError, match=r"run_config.json \(max_new_tokens\): max_new_tokens: not an integer"):
+        EvalConfig(run_dir="x").with_run_defaults({"max_new_tokens": "many"})  # was a TypeError
+    with pytest.raises(ConfigError, match=r"^max_new_tokens: must be >= 1"):  # given here: not the run's
+        EvalConfig(run_dir="x", max_new_tokens=0).with_run_defaults({"max_new_tokens": 5})
 
 
 def test_cli_eval_names_an_edited_world_file(run, tmp_path, capsys):

@@ -16,11 +16,11 @@ Two ways to evaluate:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..chat import CHAT_TEMPLATE_HELP
-from ..config import ConfigError, check_seed, opt
+from ..config import ConfigError, check_seed, from_dict, opt
 from ..runtime import check_device
 from ..run_folder import RunFolder
 
@@ -141,13 +141,17 @@ class EvalConfig:
         """A copy with every unset option of FROM_RUN filled in from the run's run_config.json
         (``run_config``, None if the folder has none) or else its default; then validated.
         With ``prompts=`` an unset n_prompts means all of them."""
-        changes = {name: (run_config or {}).get(key, default)
-                   for name, (key, default) in FROM_RUN.items() if getattr(self, name) is None}
+        unset = [name for name in FROM_RUN if getattr(self, name) is None]
+        changes = {name: (run_config or {}).get(FROM_RUN[name][0], FROM_RUN[name][1]) for name in unset}
         if self.prompts and self.n_prompts is None:
             changes["n_prompts"] = 0
-        cfg = replace(self, **changes)
-        cfg.validate()
-        return cfg
+        from_run = {name: f"the run's run_config.json ({FROM_RUN[name][0]})" for name in changes
+                    if FROM_RUN[name][0] in (run_config or {}) and not (self.prompts and name == "n_prompts")}
+        try:  # run_config.json's values are typed and checked like options given here, and named as its
+            return from_dict(EvalConfig, {**asdict(self), **changes}, sources=from_run)
+        except ConfigError as e:
+            name = str(e).split(":", 1)[0]
+            raise ConfigError(f"{from_run[name]}: {e}" if name in from_run else str(e)) from None
 
     @property
     def out_path(self) -> Path:
