@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage.name, help=stage.summary, description=stage.summary,
                            epilog="options (key=value):\n" + config_mod.describe(cls),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--config", action=_GivenOnce, help="TOML or YAML file of options (a [%s] table is used if present)" % stage.name)
+        p.add_argument("--config", action=_GivenOnce,
+                       help=f"TOML or YAML file of options (a [{stage.name}] table is used if present)")
         if "resume" in {f.name for f in dataclasses.fields(cls)}:
             p.add_argument("--resume", action="store_true",
                            help="continue from the last good checkpoint (same as resume=true)")
@@ -118,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         if stage.name == "run":
             p.add_argument("--rounds", type=int, action=_GivenOnce,
                            help="iterate sampling, ranking, RM and PPO this many rounds")
-            p.add_argument("--base-model", action=_GivenOnce, help="a model folder or GGUF file instead of the built-in tiny base")
+            p.add_argument("--base-model", action=_GivenOnce,
+                           help="a model folder or GGUF file instead of the built-in tiny base")
         p.set_defaults(stage=stage)
     if importlib.util.find_spec("instructgpt.labeling.cli") is not None:
         try:

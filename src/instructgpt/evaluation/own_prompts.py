@@ -72,7 +72,8 @@ def load_own_prompts(path: str, n: int = 0, seed: int = 0) -> list[Prompt]:
     """The prompts of ``path`` (every split), or a seeded sample of ``n`` of them stratified by use
     case (``inputs.stratified_sample``), in file order."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"prompts: {path}: {'a folder, not a prompts JSONL' if Path(path).is_dir() else 'not found'}")
+        what = "a folder, not a prompts JSONL" if Path(path).is_dir() else "not found"
+        raise FileNotFoundError(f"prompts: {path}: {what}")
     prompts = load_prompts(path)
     if not prompts:
         raise ConfigError(f"prompts: {path}: no prompts")
