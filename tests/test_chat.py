@@ -414,8 +414,38 @@ def test_sft_saves_the_format_it_trained_with_and_rm_follows_it(chat_gpt2, tmp_p
             PPOTrainer(PPOConfig(policy=str(tmp_path / "chat"), reward_model=str(tmp_path / f"rm_{rm_name}"),
                                  prompts=str(prompts), out_dir=str(tmp_path / "ppo"), batch_size=1, minibatch_size=1))
         seen[rm_name] = [str(w.message) for w in caught if str(w.message).startswith("reward_model:")]
-    assert len(seen["plain"]) == 1 and "trained on plain text, but the rollouts use a chat template" in seen["plain"][0]
+    assert len(seen["plain"]) == 1 and "trained on plain text, but the policy uses a chat template" in seen["plain"][0]
     assert seen["chat"] == []
+    # SFT's checkpoint selection scores its samples' ids with the reward model too: the same warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_sft(config.from_dict(SFTConfig, {**base, "out_dir": str(tmp_path / "sel"), "valid": str(demos),
+                                               "reward_model": str(tmp_path / "rm_plain"), "select_prompts": 1,
+                                               "max_new_tokens": 2}))
+    assert any("trained on plain text, but the policy uses a chat template" in str(w.message) for w in caught)
+
+
+def test_a_reward_model_of_another_vocabulary_is_refused_before_any_model_loads(chat_gpt2, tiny_gpt2, tmp_path,
+                                                                                monkeypatch):
+    """It would score the policy's token ids as other words (PPO's rollouts, SFT's checkpoint selection)."""
+    from instructgpt import models
+    from instructgpt.models import load_tokenizer
+    from instructgpt.ppo import PPOConfig, PPOTrainer
+    from instructgpt.reward_model import RewardModel
+    from instructgpt.sft import SFTConfig, train_sft
+    RewardModel.from_policy(tiny_gpt2).save_pretrained(tmp_path / "rm", load_tokenizer(tiny_gpt2))
+    loaded = []
+    monkeypatch.setattr(models, "load_pretrained", lambda *a, **k: loaded.append(a) or 1 / 0)
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "text": "say yes", "user_id": "u"}])
+    with pytest.raises(ConfigError, match=r"reward_model: .*rm reads another vocabulary \(\d+ tokens\) than the "
+                                          r"policy \(\d+\)"):
+        PPOTrainer(PPOConfig(policy=str(chat_gpt2), reward_model=str(tmp_path / "rm"), prompts=str(prompts),
+                             out_dir=str(tmp_path / "ppo"), batch_size=1, minibatch_size=1))
+    demos = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "say yes", "response": "yes"}] * 2)
+    with pytest.raises(ConfigError, match="reads another vocabulary"):
+        train_sft(config.from_dict(SFTConfig, dict(model=str(chat_gpt2), train=str(demos), out_dir=str(tmp_path / "s"),
+                                                   reward_model=str(tmp_path / "rm"), progress=False)))
+    assert loaded == [] and not (tmp_path / "s").exists()
 
 
 # ---------------------------------------------------------------- SmolLM2-135M-Instruct (slow)

@@ -370,6 +370,11 @@ def trained_policy(spec: str | os.PathLike, device: torch.device | str, cfg, dro
     return model
 
 
+def same_vocab(a, b) -> bool:
+    """True if two tokenizers map text to the same ids."""
+    return a is b or (len(a) == len(b) and a.get_vocab() == b.get_vocab())
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, T) mask -> (B, T) positions counting real tokens only (same under left or right padding)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

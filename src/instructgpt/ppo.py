@@ -43,7 +43,6 @@ import json
 import math
 import random
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -68,9 +67,9 @@ from .losses import (AdaptiveKLController, FixedKLController, ema_update, entrop
                      explained_variance, gae, kl_estimate, leave_one_out, lm_loss_sum, masked_mean, policy_loss,
                      shape_rewards, token_logprobs, value_loss, whiten)
 from .lm import BlockStream, load_corpus, pack_blocks
-from .models import (ModelLoadError, enable_gradient_checkpointing, load_policy, load_tokenizer, pick_device,
+from .models import (enable_gradient_checkpointing, load_policy, load_tokenizer, pick_device,
                      position_ids_from_mask, resolve_dtype, trained_policy)
-from .reward_model import RewardModel, trained_reward_model
+from .reward_model import RewardModel, check_scores_policy_tokens, trained_reward_model
 from .ppo_config import PPOConfig
 from .progress import progress_bar
 from .records import MetricsLog, open_metrics, update_run_info, write_run_info
@@ -171,25 +170,6 @@ def load_reward_fn(spec: str) -> Callable[[list[str], list[str]], list[float]]:
     return fn
 
 
-def _check_reward_model_format(fmt: ChatFormat, folder: str) -> None:
-    """Warn when the reward model was trained on another prompt format than the rollouts use
-    (it scores the policy's token ids as they are)."""
-    try:
-        trained_with = load_tokenizer(folder).chat_template
-    except ModelLoadError:
-        return  # a reward model folder without a tokenizer: nothing to compare
-    if (trained_with or None) == fmt.template:
-        return
-    if fmt.template is None:
-        how = "with a chat template, but the rollouts are plain text"
-    elif not trained_with:
-        how = "on plain text, but the rollouts use a chat template"
-    else:
-        how = "with another chat template than the rollouts"
-    warnings.warn(f"reward_model: {folder} was trained {how} ({fmt.describe()}); it scores the rollouts' tokens "
-                  f"as they are, so its scores may mean little (set chat_template to match)", stacklevel=3)
-
-
 # ----------------------------------------------------------------------------- the trainer
 
 class PPOTrainer:
@@ -209,13 +189,14 @@ class PPOTrainer:
         self.format = ChatFormat.load(self.tokenizer, cfg.chat_template)
         self.format.apply_to(self.tokenizer)  # saved with the policy
         self.prompt_texts, self.prompt_ids = self._load_prompts()
+        if cfg.reward_model:  # before any model loads
+            check_scores_policy_tokens(cfg.reward_model, self.tokenizer, self.format)
         frozen = resolve_dtype(cfg.dtype, self.device)  # dtype of the frozen reference and reward model
         self.policy, self.ref = self._policy_and_reference(frozen)
         if cfg.reward_model:
             self.reward_model = RewardModel.from_pretrained(
                 cfg.reward_model, self.device, dtype=frozen,
                 attn_implementation=cfg.attn_implementation).eval().requires_grad_(False)
-            _check_reward_model_format(self.format, cfg.reward_model)
             self.reward_fn = load_reward_fn(cfg.reward_fn) if cfg.reward_fn else None
         else:
             self.reward_model = None

@@ -53,9 +53,11 @@ from transformers import AutoModel
 from . import compile as compile_mod
 from . import lora
 from .batching import pad
+from .config import ConfigError
 from .dropout import dropout_as_loaded, restore_dropout, set_dropout
 from .models import (ModelLoadError, check_attn_implementation, enable_gradient_checkpointing, fuse_activations,
-                     last_token_index, load_pretrained, position_ids_from_mask, resolve_dtype)
+                     last_token_index, load_pretrained, load_tokenizer, position_ids_from_mask, resolve_dtype,
+                     same_vocab)
 
 REWARD_FORMAT = "instructgpt-reward-model"
 REWARD_FORMAT_VERSION = 2
@@ -222,6 +224,31 @@ class RewardModel(nn.Module):
                                 "as instructgpt does); reward = head(h_last) + reward_bias at the last real token. "
                                 "Write a folder other tools load as AutoModelForSequenceClassification with "
                                 "merge_lora=true.")
+
+
+def check_scores_policy_tokens(folder: str, policy_tokenizer, fmt, option: str = "reward_model") -> None:
+    """A reward model that scores a policy's token ids as they are (PPO's rollouts, SFT's checkpoint
+    selection) must read the policy's vocabulary: another one is a ConfigError, since every score would
+    be of other words. Another prompt format (``fmt``, a ``chat.ChatFormat``) only warns."""
+    try:
+        rm_tokenizer = load_tokenizer(folder)
+    except ModelLoadError:
+        return  # a reward model folder without a tokenizer: nothing to compare
+    if not same_vocab(policy_tokenizer, rm_tokenizer):
+        raise ConfigError(f"{option}: {folder} reads another vocabulary ({len(rm_tokenizer)} tokens) than the policy "
+                          f"({len(policy_tokenizer)}): it would score the policy's token ids as other words; "
+                          f"train the reward model from this policy's family")
+    trained_with = rm_tokenizer.chat_template
+    if (trained_with or None) == fmt.template:
+        return
+    if fmt.template is None:
+        how = "with a chat template, but the policy writes plain text"
+    elif not trained_with:
+        how = "on plain text, but the policy uses a chat template"
+    else:
+        how = "with another chat template than the policy's"
+    warnings.warn(f"{option}: {folder} was trained {how} ({fmt.describe()}); it scores the policy's tokens "
+                  f"as they are, so its scores may mean little (set chat_template to match)", stacklevel=3)
 
 
 def _write_meta(folder: Path, tokenizer, hidden_size: int, reward_bias: float, extra: dict | None,

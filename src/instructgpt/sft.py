@@ -27,7 +27,7 @@ from .generation import generate
 from .lora import LoraOptions
 from .lm import LMTask, mean_lm_loss
 from .models import ModelOptions, load_tokenizer, pick_device, resolve_dtype, trained_policy
-from .reward_model import RewardModel
+from .reward_model import RewardModel, check_scores_policy_tokens
 from .records import open_metrics, update_run_info, write_run_info
 from .resume_check import check_resume
 from .training import FitResult, TrainConfig, fit
@@ -105,6 +105,8 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
     train_ex, cut = encode_demonstrations(train_demos, encoder)
     valid_demos = load_demonstrations(cfg.valid, prompts) if cfg.valid else []
     valid_ex, _ = encode_demonstrations(valid_demos, encoder)
+    if cfg.reward_model:  # it scores this model's samples as token ids: checked before any model loads
+        check_scores_policy_tokens(cfg.reward_model, tokenizer, fmt)
 
     model = trained_policy(cfg.model, device, cfg, dropout=cfg.dropout)
     out = Path(cfg.out_dir)

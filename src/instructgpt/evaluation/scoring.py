@@ -18,7 +18,7 @@ from ..batching import ModelContext, RecordEncoder, pad
 from ..chat import ChatFormat
 from ..data import Prompt
 from ..losses import token_logprobs
-from ..models import position_ids_from_mask
+from ..models import position_ids_from_mask, same_vocab
 from ..reward_model import RewardModel
 from .policies import NO_PROMPT_LIMIT, PolicyRunner, request_input
 
@@ -178,11 +178,6 @@ def shared_context_logprobs(model, contexts: Sequence[list[int]], continuations:
             for row, r in enumerate(chunk):
                 out[rows[r]] = lp[row, :len(conts[row])]
     return out  # type: ignore[return-value]
-
-
-def same_vocab(a, b) -> bool:
-    """True if two tokenizers map text to the same ids."""
-    return a is b or (len(a) == len(b) and a.get_vocab() == b.get_vocab())
 
 
 def policy_kl(runner: PolicyRunner, ref: PolicyRunner, prompts: Sequence[Prompt],
