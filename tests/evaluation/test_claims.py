@@ -60,7 +60,7 @@ def test_claim_a_from_raw_comparisons(p_win, verdict):
     res = EvalResults([ModelResult("ppo_ptx", "ppo_ptx", comparisons=comps)])
     row = claim_a(res)
     assert row.verdict == verdict
-    assert row.effect.method == "bootstrap-prompts"
+    assert row.effect.method == "wilson-prompts"
     assert row.effect.n == 300
 
 

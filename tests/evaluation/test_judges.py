@@ -10,7 +10,7 @@ from instructgpt.evaluation.judges import (EMPTY_ANSWER, JUDGE_PROMPT, JudgeMode
                                            reward_model_outcomes)
 from instructgpt.evaluation.own_prompts import add_judge
 from instructgpt.evaluation.results import ModelResult
-from instructgpt.evaluation.stats import bootstrap_interval
+from instructgpt.evaluation.stats import wilson_interval
 
 from .chat_models import chatml_model, chatml_tokenizer, force_token, token_of
 
@@ -51,21 +51,25 @@ def test_known_preferences_give_known_win_rates_and_intervals():
     m = ModelResult("ppo", "ppo")
     add_judge(m, "judge_model", verdicts.outcomes, prompts, seed=3)
     est = m.win_rate["judge_model"]
-    assert est.value == pytest.approx(0.7) and est.n == 10 and est.method == "bootstrap-prompts"
+    assert est.value == pytest.approx(0.7) and est.n == 10 and est.method == "wilson-prompts"
     ids = [p.id for p in prompts]
-    assert (est.low, est.high) == bootstrap_interval(verdicts.outcomes, ids, seed=3)
-    assert 0.4 < est.low < 0.7 < est.high <= 1.0
+    # one outcome per prompt: v = 10/9 * (6 * 0.3^2 + 2 * 0.7^2 + 2 * 0.2^2) / 10^2, effective size 0.21 / v
+    n_eff = 0.21 / (10 / 9 * 1.6 / 100)
+    assert n_eff == pytest.approx(11.8125)
+    assert (est.low, est.high) == pytest.approx(wilson_interval(0.7 * n_eff, n_eff, z=2.2622), abs=2e-4)
+    assert 0.35 < est.low < 0.7 < est.high <= 1.0
     by_case = m.judge_use_case_win_rates["judge_model"]
     # generation = even prompts: 1,1,1,0(p6),0.5(p8); open_qa = odd: 1,1,1(p5),0(p7),0.5(p9)
     assert by_case["generation"].value == pytest.approx(3.5 / 5) and by_case["open_qa"].value == pytest.approx(3.5 / 5)
     assert [c.outcome for c in m.comparisons] == verdicts.outcomes and {c.labelers for c in m.comparisons} == {
         "judge_model"}
-    # a model that always wins: the interval is exactly [1, 1]
+    # a model that always wins on 10 prompts: not certainty (a prompt bootstrap said [1, 1]) but
+    # Wilson over the 10 prompts at t(9) = 2.2622: [10 / (10 + 2.2622^2), 1]
     sure = ModelResult("ppo", "ppo")
     add_judge(sure, "judge_model", pairwise_outcomes(KnownJudge(), prompts, ["good"] * 10, ["bad"] * 10).outcomes,
               prompts)
-    assert (sure.win_rate["judge_model"].value, sure.win_rate["judge_model"].low,
-            sure.win_rate["judge_model"].high) == (1.0, 1.0, 1.0)
+    assert (sure.win_rate["judge_model"].value, sure.win_rate["judge_model"].high) == (1.0, 1.0)
+    assert sure.win_rate["judge_model"].low == pytest.approx(10 / (10 + 2.2622 ** 2), abs=1e-4)
 
 
 def test_a_judge_that_always_says_a_gives_only_ties():
@@ -76,8 +80,9 @@ def test_a_judge_that_always_says_a_gives_only_ties():
     assert verdicts.preference == pytest.approx([0.5] * 8)  # (0.8 + 0.2) / 2
     m = ModelResult("ppo", "ppo")
     add_judge(m, "judge_model", verdicts.outcomes, prompts)
-    assert (m.win_rate["judge_model"].value, m.win_rate["judge_model"].low, m.win_rate["judge_model"].high) == (
-        0.5, 0.5, 0.5)
+    est = m.win_rate["judge_model"]  # 8 ties: Wilson(4 of 8) at t(7) = 2.3646, symmetric about 0.5
+    assert est.value == 0.5 and (est.low, est.high) == pytest.approx(wilson_interval(4, 8, z=2.3646), abs=1e-4)
+    assert est.low == pytest.approx(0.1793, abs=1e-4) and est.low + est.high == pytest.approx(1.0)
 
 
 def test_identical_answers_tie_without_asking():

@@ -69,9 +69,10 @@ def test_every_judge_finds_the_known_difference(judged):
     sft, ppo = results.model("sft"), results.model("ppo")
     assert (sft.kind, ppo.kind) == ("sft", "ppo")
     rm = ppo.win_rate["reward_model"]
-    assert (rm.value, rm.low, rm.high, rm.n) == (1.0, 1.0, 1.0, len(PROMPTS))
+    # every one of the 5 prompts won: Wilson over 5 prompts at t(4) = 2.7764, [5 / (5 + 2.7764^2), 1]
+    assert (rm.value, rm.high, rm.n) == (1.0, 1.0, len(PROMPTS)) and rm.low == pytest.approx(0.3936, abs=1e-4)
     judge = ppo.win_rate["judge_model"]
-    assert (judge.value, judge.low, judge.high) == (0.5, 0.5, 0.5)
+    assert judge.value == 0.5 and judge.low + judge.high == pytest.approx(1.0) and judge.high - judge.low > 0.5
     assert {c.outcome for c in ppo.comparisons if c.labelers == "judge_model"} == {0.5}
     assert ppo.benchmarks["judge_model_consistency"].value == 0.0
     assert "it chose the answer shown first in 100.0% of 10 verdicts" in results.meta["judge: judge model"]
@@ -153,7 +154,8 @@ def test_people_round_trip_through_the_labeling_apps_export(setup, export):
     results = EvalResults.load(out / "results.json")
     ppo, sft = results.model("ppo"), results.model("sft")
     human = ppo.win_rate["human"]
-    assert (human.value, human.low, human.high, human.n) == (1.0, 1.0, 1.0, 2 * len(PROMPTS))  # 2 pairs per task
+    assert (human.value, human.high, human.n) == (1.0, 1.0, 2 * len(PROMPTS))  # 2 pairs per task, 5 prompts
+    assert human.low == pytest.approx(0.3936, abs=1e-4)  # what 5 prompts allow, however many pairs each
     assert set(ppo.win_rate) == {"human"}
     assert (ppo.likert.value, sft.likert.value) == (6.0, 2.0) and ppo.likert.n == 2 * len(PROMPTS)
     assert ppo.metadata["fails_to_follow"].value == 0.0 and sft.metadata["fails_to_follow"].value == 1.0

@@ -45,7 +45,8 @@ def test_wilson_edges():
 
 def test_default_method_depends_on_groups():
     assert win_rate([1, 0, 1]).method == "wilson"
-    assert win_rate([1, 0, 1], groups=["a", "a", "b"]).method == "bootstrap-prompts"
+    assert win_rate([1, 0, 1], groups=["a", "a", "b"]).method == "wilson-prompts"
+    assert win_rate([1, 0, 1], groups=["a", "a", "b"], method="bootstrap").method == "bootstrap-prompts"
     assert win_rate([1, 0, 1], method="bootstrap").method == "bootstrap"
 
 
@@ -119,7 +120,7 @@ def test_likert_mean_and_rate():
     r = rate([True, False, False, False])
     assert r.value == 0.25
     assert (r.low, r.high) == pytest.approx(wilson_interval(1, 4))
-    assert rate([True, False], groups=["a", "b"]).method == "bootstrap-prompts"
+    assert rate([True, False], groups=["a", "b"]).method == "wilson-prompts"
 
 
 def test_pairwise_agreement_hand_made():
@@ -171,3 +172,55 @@ def test_estimate_json_round_trip_with_nan():
     assert d["low"] is None
     back = Estimate.from_dict(d)
     assert math.isnan(back.low) and back.high == 0.7 and back.n == 3
+
+
+def test_t_quantile_matches_the_table():
+    from instructgpt.evaluation.stats import t_quantile
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 10: 2.228, 30: 2.042}  # two-sided 95%
+    for df, exact in table.items():
+        assert t_quantile(0.95, df) == pytest.approx(exact, abs=0.004)
+    assert t_quantile(0.95, 10**6) == pytest.approx(1.95996, abs=1e-4)
+
+
+def test_effective_size_by_hand():
+    from instructgpt.evaluation.stats import _group_index, effective_size
+    x, g = np.array([1.0, 0.0, 1.0, 1.0]), ["a", "a", "b", "b"]
+    # p = 3/4; prompt sums 1 and 2 of 2 each: v = 2/1 * ((1 - 1.5)^2 + (2 - 1.5)^2) / 4^2 = 1/16
+    assert effective_size(x, _group_index(g, 4)) == pytest.approx(0.75 * 0.25 * 16)
+    flat = np.array([1.0, 0, 0, 0, 0])  # one sample per prompt, no ties: G - 1
+    assert effective_size(flat, np.arange(5)) == pytest.approx(4.0)
+    assert effective_size(np.zeros(6), np.array([0, 0, 1, 1, 2, 2])) == 3.0  # no variation: each prompt once
+
+
+def test_a_single_prompt_gives_no_interval_and_few_prompts_a_wide_one():
+    """A prompt bootstrap gave [0.667, 0.667] for 6 wins of 9 judgements of one prompt (claims said reproduced)."""
+    one = win_rate([1, 1, 1, 1, 1, 1, 0, 0, 0], groups=["p"] * 9)
+    assert one.value == pytest.approx(2 / 3) and math.isnan(one.low) and math.isnan(one.high)
+    assert (one.fmt(), one.fmt(percent=True)) == ("0.667 [no interval]", "66.7% [no interval]")
+    single = likert_mean([5, 6, 5], groups=["p"] * 3)
+    assert math.isnan(single.low) and math.isnan(single.high)
+    three = win_rate([1, 1, 1], groups=["a", "b", "c"])  # every prompt won: Wilson over 3 prompts at t(2)
+    assert (three.low, three.high) == pytest.approx(wilson_interval(3, 3, z=4.3027), abs=1e-3)
+    assert three.low < 0.5
+    ties = win_rate([0.5] * 20, groups=[str(i) for i in range(20)])  # all ties: not certainty
+    assert ties.high - ties.low > 0.3
+
+
+def test_a_rate_of_zero_has_a_wilson_upper_bound_over_the_prompts():
+    r = rate([False] * 30, groups=[str(i) for i in range(30)])
+    from instructgpt.evaluation.stats import t_quantile
+    assert (r.value, r.low) == (0.0, 0.0)
+    assert r.high == pytest.approx(wilson_interval(0, 30, z=t_quantile(0.95, 29))[1]) and r.high > 0.1
+
+
+def test_the_interval_does_not_depend_on_the_order_of_the_samples():
+    rng = np.random.default_rng(0)
+    x = rng.choice([0.0, 0.5, 1.0], size=60)
+    g = [f"p{i // 3}" for i in range(60)]
+    order = rng.permutation(60)
+    shuffled_x, shuffled_g = x[order], [g[i] for i in order]
+    for method in ("wilson", "bootstrap"):
+        a = win_rate(x, g, method=method, seed=4)
+        b = win_rate(shuffled_x, shuffled_g, method=method, seed=4)
+        assert (a.low, a.high) == pytest.approx((b.low, b.high), abs=1e-12)
+    assert bootstrap_interval(x, g, seed=4) == pytest.approx(bootstrap_interval(shuffled_x, shuffled_g, seed=4))

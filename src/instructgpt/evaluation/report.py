@@ -217,7 +217,10 @@ def _claims_section(claims: list[ClaimResult]) -> Section:
     intro = Para("Each verdict is decided by the 95% interval of the measured effect alone: "
                  "entirely on the claimed side of the null value -> reproduced; entirely on "
                  "the other side -> not reproduced; containing it -> inconclusive; models "
-                 "absent -> not measured. Compound claims need every link.")
+                 "absent -> not measured. Compound claims need every link. Each single test "
+                 "wrongly says reproduced at most 2.5% of the time when the claim is false, so "
+                 "over the four single-test claims (a, b, e, g) about one run in ten may show "
+                 "one false \"reproduced\" by chance; a claim that matters is worth a second seed.")
     table = Table(["claim", "statement", "measured", "effect [95% CI]", "null", "verdict",
                    "rule"], rows, verdict_col=5)
     return Section("Claims check", [intro, table])
@@ -231,7 +234,8 @@ def _win_rate_section(results: EvalResults) -> Section:
     groups = {g: ests for g, ests in groups.items() if g in always or any(ests)}  # other judges when they judged
     if results.mode == "prompts":
         sec.blocks.append(Para("Each judge compares every model's answer with the baseline's on the same prompt: "
-                               "1 win, 0 loss, 0.5 tie; 95% intervals bootstrap over prompts. Reward model: the "
+                               "1 win, 0 loss, 0.5 tie; 95% intervals count prompts, not comparisons (Wilson, "
+                               "over the prompts' effective size). Reward model: the "
                                "higher score wins. Judge model: asked in both orders, a verdict that changes with "
                                "the order is a tie. People: rankings from the labeling app."))
     if not any(e for ests in groups.values() for e in ests):

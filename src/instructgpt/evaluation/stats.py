@@ -13,7 +13,10 @@ Conventions
   prompt together, because comparisons on the same prompt are not
   independent (the paper reports intervals over prompts).
 * Every estimate comes back as an :class:`Estimate` with a 95% interval by
-  default. Intervals are percentile-bootstrap or Wilson score intervals.
+  default. Proportions (win rates, flag rates) get Wilson score intervals, over
+  the prompts' effective size when grouped (:func:`effective_size`); means and
+  differences get percentile-bootstrap intervals over prompts. A single prompt
+  gives NaN bounds: it says nothing about the spread over prompts.
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ class Estimate:
         """``0.625 [0.412, 0.801]``, or in percent ``62.5% [41.2, 80.1]``."""
         if math.isnan(self.value):
             return "n/a"
+        if math.isnan(self.low) or math.isnan(self.high):  # e.g. one prompt: nothing to say about the spread
+            return f"{100 * self.value:.1f}% [no interval]" if percent else f"{self.value:.{digits}f} [no interval]"
         if percent:
             return f"{100 * self.value:.1f}% [{100 * self.low:.1f}, {100 * self.high:.1f}]"
         return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
@@ -84,10 +89,10 @@ def mean(values: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------- intervals
 
-def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+def wilson_interval(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion ``successes / n``.
 
-    ``successes`` may be fractional (ties counted as half). Returns (low, high);
+    ``successes`` and ``n`` may be fractional (ties counted as half; an effective size). Returns (low, high);
     (nan, nan) for n == 0. For 8/10 at z = 1.96: (0.4902, 0.9433).
     """
     if n <= 0:
@@ -103,13 +108,16 @@ def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, fl
 
 
 def _group_index(groups: Sequence[Hashable] | None, n: int) -> np.ndarray:
-    """Integer group code per sample (each sample its own group if None); shape (n,)."""
+    """Integer group code per sample (each sample its own group if None); shape (n,).
+
+    Codes follow the sorted group ids, not the order of the samples, so the same data listed
+    in another order gives the same bootstrap draws (and the same interval) for a seed."""
     if groups is None:
         return np.arange(n)
     if len(groups) != n:
         raise ValueError(f"groups has {len(groups)} entries for {n} values")
-    codes: dict[Hashable, int] = {}
-    return np.array([codes.setdefault(g, len(codes)) for g in groups], dtype=np.int64)
+    codes = {g: i for i, g in enumerate(sorted(set(groups), key=repr))}
+    return np.array([codes[g] for g in groups], dtype=np.int64)
 
 
 def _resample_counts(n_groups: int, n_boot: int, rng: np.random.Generator):
@@ -148,13 +156,16 @@ def bootstrap_interval(values: Sequence[float], groups: Sequence[Hashable] | Non
     values: shape (n,), one number per sample.
     groups: optional prompt id per sample; prompts are resampled with
         replacement and all samples of a drawn prompt are kept together.
-    Returns (low, high) at the given level; (nan, nan) for empty input.
-    Deterministic for a given ``seed``.
+    Returns (low, high) at the given level; (nan, nan) for empty input or a single
+    group (one prompt says nothing about the spread over prompts).
+    Deterministic for a given ``seed``, whatever the order of the samples.
     """
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         return (math.nan, math.nan)
     codes = _group_index(groups, x.size)
+    if codes.max() < 1:  # one prompt: resampling it always gives the same data, not certainty
+        return (math.nan, math.nan)
     reps = _bootstrap_replicates(x, codes, n_boot, np.random.default_rng(seed), stat)
     alpha = (1 - level) / 2
     low, high = np.nanquantile(reps, [alpha, 1 - alpha])
@@ -167,23 +178,74 @@ def _z_for(level: float) -> float:
     return NormalDist().inv_cdf(0.5 + level / 2)
 
 
+def t_quantile(level: float, df: float) -> float:
+    """Two-sided Student t quantile for a coverage level: 12.706 (df 1), 4.303 (2), 3.182 (3),
+    2.228 (10), 2.042 (30) at 0.95; exact for df 1 and 2, else the Cornish-Fisher expansion in 1/df
+    (within 0.004 of the exact value at df 3, 0.001 from df 4 on)."""
+    p = 0.5 + level / 2
+    if df <= 1:
+        return math.tan(math.pi * (p - 0.5))
+    if df < 3:
+        return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+    z = _z_for(level)
+    g1 = (z ** 3 + z) / 4
+    g2 = (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96
+    g3 = (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384
+    g4 = (79 * z ** 9 + 776 * z ** 7 + 1482 * z ** 5 - 1920 * z ** 3 - 945 * z) / 92160
+    return z + g1 / df + g2 / df ** 2 + g3 / df ** 3 + g4 / df ** 4
+
+
+def effective_size(values: np.ndarray, codes: np.ndarray) -> float:
+    """How many independent Bernoulli trials ``values`` (in [0, 1], clustered by ``codes``) are worth.
+
+    The ratio estimator p = sum / count over G prompts has the linearised variance
+    v = G / (G - 1) * sum_g (y_g - p n_g)^2 / N^2 (y_g, n_g: the sum and count of prompt g, N = sum n_g);
+    the effective size is p (1 - p) / v. With one sample per prompt and no ties it is G - 1; several
+    correlated judgements of a prompt count for less than their number, ties (which vary less than a
+    win or a loss) for more. Data that do not vary at all (p = 0 or 1, or every prompt at the same
+    rate) give G: each prompt counts once. Needs G >= 2.
+    """
+    n_groups = int(codes.max()) + 1
+    sums = np.bincount(codes, weights=values, minlength=n_groups)
+    sizes = np.bincount(codes, minlength=n_groups).astype(float)
+    p = sums.sum() / sizes.sum()
+    v = n_groups / (n_groups - 1) * float(np.sum((sums - p * sizes) ** 2)) / sizes.sum() ** 2
+    spread = p * (1 - p)
+    if spread <= 1e-12 or v <= 1e-15 * spread:
+        return float(n_groups)
+    return max(1.0, spread / v)
+
+
 def _proportion(values: Sequence[float], groups, method: str | None,
                 n_boot: int, seed: int, level: float) -> Estimate:
-    """Mean of values in [0, 1] with a Wilson or (prompt-)bootstrap interval."""
+    """Mean of values in [0, 1] with a Wilson interval: over the samples, or with ``groups`` (prompt ids)
+    over their effective size (:func:`effective_size`) at the t quantile of G - 1 degrees of freedom (NaN
+    bounds for a single prompt). That keeps about 95% coverage at rates near 0 or 1 and on a few
+    prompts, where a prompt bootstrap gives intervals of zero width (measured: 20 prompts at a true win
+    rate of 0.95 covered 77% of the time, 30 flags at a rate of 0.02 44%); with
+    ``method="bootstrap"``, a percentile bootstrap over prompts."""
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         raise ValueError("no samples")
-    if method is None:
-        method = "bootstrap" if groups is not None else "wilson"
+    method = method or "wilson"
     value = float(x.mean())
-    if method == "wilson":
-        low, high = wilson_interval(float(x.sum()), x.size, z=_z_for(level))
+    z = _z_for(level)
+    if method == "wilson" and groups is None:
+        low, high = wilson_interval(float(x.sum()), x.size, z=z)
+    elif method == "wilson":
+        codes = _group_index(groups, x.size)
+        if codes.max() < 1:
+            low, high = math.nan, math.nan
+        else:  # the t quantile of the number of prompts: a few prompts are a small sample however many judgements
+            n_eff = effective_size(x, codes)
+            low, high = wilson_interval(value * n_eff, n_eff, z=t_quantile(level, int(codes.max())))
+        method = "wilson-prompts"
     elif method == "bootstrap":
         low, high = bootstrap_interval(x, groups, n_boot=n_boot, seed=seed, level=level)
+        method = "bootstrap-prompts" if groups is not None else method
     else:
         raise ValueError(f"method must be 'wilson' or 'bootstrap', not {method!r}")
-    label = "bootstrap-prompts" if method == "bootstrap" and groups is not None else method
-    return Estimate(value, low, high, int(x.size), label, level)
+    return Estimate(value, float(low), float(high), int(x.size), method, level)
 
 
 # --------------------------------------------------------------------------- estimates
@@ -194,9 +256,9 @@ def win_rate(outcomes: Sequence[float], groups: Sequence[Hashable] | None = None
     """Win rate of a model against a baseline; ties count half.
 
     outcomes: shape (n,), each 1 (win), 0 (loss) or 0.5 (tie).
-    groups: optional prompt id per outcome (bootstrap over prompts).
-    method: "wilson" or "bootstrap"; default bootstrap when groups are given,
-        Wilson otherwise. Example: [1, 1, 0, 0.5] -> value 0.625.
+    groups: optional prompt id per outcome (the interval then counts prompts, not outcomes).
+    method: "wilson" (default; with groups over their effective size) or "bootstrap"
+        (percentile, over prompts). Example: [1, 1, 0, 0.5] -> value 0.625.
     """
     x = np.asarray(outcomes, dtype=float)
     if not np.isin(x, (0.0, 0.5, 1.0)).all():
@@ -249,7 +311,8 @@ def rate(flags: Sequence[bool], groups: Sequence[Hashable] | None = None,
          level: float = 0.95) -> Estimate:
     """Fraction of True flags (e.g. responses flagged as hallucinating).
 
-    Wilson interval by default, prompt bootstrap when groups are given.
+    Wilson interval, over the effective size of the prompts when groups are given (see
+    :func:`_proportion`).
     """
     return _proportion(np.asarray(flags, dtype=bool).astype(float), groups, method,
                        n_boot, seed, level)
@@ -318,6 +381,8 @@ def difference(a: Sequence[float], b: Sequence[float],
     codes = _group_index(list(groups) + list(groups_b), xa.size + xb.size)
     ca, cb = codes[:xa.size], codes[xa.size:]
     n_groups = int(codes.max()) + 1
+    if n_groups < 2:  # one prompt: no spread over prompts to measure
+        return Estimate(float(xa.mean() - xb.mean()), math.nan, math.nan, n_groups, "bootstrap-prompts-diff", level)
     sa = np.bincount(ca, weights=xa, minlength=n_groups)
     na = np.bincount(ca, minlength=n_groups).astype(float)
     sb = np.bincount(cb, weights=xb, minlength=n_groups)
