@@ -53,6 +53,15 @@ def test_claim_a_from_given_intervals():
     assert claim_a(EvalResults()).verdict == NOT_MEASURED
 
 
+def test_claim_a_on_one_or_three_prompts_won_every_time_is_inconclusive():
+    """A prompt bootstrap gave [1, 1] and "reproduced" for these; a few prompts cannot show it."""
+    rng = np.random.default_rng(0)
+    for n_prompts, per_prompt in ((1, 9), (3, 3)):
+        comps = simulated_comparisons(1.0, n_prompts, per_prompt, rng, p_tie=0.0)
+        row = claim_a(EvalResults([ModelResult("ppo_ptx", "ppo_ptx", comparisons=comps)]))
+        assert row.effect.value == 1.0 and row.verdict == INCONCLUSIVE, (n_prompts, row.effect)
+
+
 @pytest.mark.parametrize("p_win, verdict", [(0.25, NOT_REPRODUCED), (0.8, REPRODUCED)])
 def test_claim_a_from_raw_comparisons(p_win, verdict):
     rng = np.random.default_rng(1)
