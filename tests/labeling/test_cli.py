@@ -61,7 +61,7 @@ def test_migrate_create_admin_invite_import_export(tmp_path, monkeypatch, capsys
     assert main(["export", "--db", db, "--out", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["rankings.jsonl"] == 0
     assert data.load_rankings(out / "rankings.jsonl") == []
-    assert json.loads((out / "manifest.json").read_text())["format_version"] == 1
+    assert json.loads((out / "manifest.json").read_text())["format_version"] == 2
 
 
 def test_alembic_upgrade_with_the_shipped_ini(tmp_path):

@@ -82,7 +82,8 @@ def assignment(request: Request, assignment_id: Id, viewer: Viewer = Depends(cur
 @router.post("/assignments/{assignment_id}/label")
 def label(request: Request, assignment_id: Id, body=Depends(json_csrf),
           viewer: Viewer = Depends(current_viewer)):
-    saved = submit_label(store_of(request), viewer.user_id, assignment_id, submission_from_json(body))
+    saved = submit_label(store_of(request), viewer.user_id, assignment_id, submission_from_json(body),
+                         request.app.state.claims)
     return JSONResponse({"label_id": saved.label_id, "assignment_id": saved.assignment_id,
                          "duplicate": saved.duplicate, "saved": True},
                         status_code=200 if saved.duplicate else 201)

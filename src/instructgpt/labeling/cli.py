@@ -331,7 +331,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--username", required=True)
     p.set_defaults(handler=cmd_release)
 
-    p = sub.add_parser("export", help="write demonstrations.jsonl, rankings.jsonl and the evaluation export")
+    p = sub.add_parser("export", help="write demonstrations.jsonl, rankings.jsonl (train split), their _valid and "
+                                      "_test files and the evaluation export")
     _db_arg(p)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(handler=cmd_export)

@@ -2,20 +2,31 @@
 
 Layout of an export folder (the admin download is a zip of the same files)::
 
-    demonstrations.jsonl        SFT data: {"prompt", "response", "labeler_id", "prompt_id"}
-    rankings.jsonl              RM data: {"prompt", "prompt_id", "responses", "ranking",
-                                "likert", "flags", "labeler_id", "comment"?}
-    eval/demonstrations.jsonl   as above, by held-out labelers only
-    eval/rankings.jsonl         as above, by held-out labelers only
+    demonstrations.jsonl        SFT training data (train split): {"prompt", "response",
+                                "labeler_id", "prompt_id", "split"}
+    rankings.jsonl              RM training data (train split): {"prompt", "prompt_id",
+                                "responses", "ranking", "likert", "flags", "labeler_id",
+                                "comment"?, "split"}
+    demonstrations_valid.jsonl  as demonstrations.jsonl, for the valid split
+    demonstrations_test.jsonl   ... and the test split
+    rankings_valid.jsonl        as rankings.jsonl, for the valid split
+    rankings_test.jsonl         ... and the test split
+    eval/demonstrations.jsonl   as above, by held-out labelers only (every split)
+    eval/rankings.jsonl         as above, by held-out labelers only (every split)
     eval/metadata.jsonl         every ranking (training and held-out labelers) with
                                 its Likert scores and flags; see docs/labeling.md
-    skips.jsonl                 {"prompt_id", "kind", "labeler_id", "held_out", "reason"}
+    skips.jsonl                 {"prompt_id", "kind", "labeler_id", "held_out", "reason", "split"}
     manifest.json               counts, agreement, throughput, time of export
 
-Training files hold labels of labelers who are not held out; ranking indices
-refer to the original order of ``responses`` in the imported task. Every
-record is checked with ``data.parse_demonstration`` / ``data.parse_ranking``
-before it is written.
+Every record carries the ``split`` of its task's prompt (``tasks.task_split``),
+so no label of a valid or test prompt reaches a training file. A label is
+held out when its claim was made by a held-out labeler (``Assignment.took_slot``
+is False): marking a labeler afterwards does not move their past labels.
+A prompt given as chat messages is written as that list of messages (as
+``data.to_record`` writes it), so ``data.load_demonstrations`` and
+``data.load_rankings`` read its turns back. Ranking indices refer to the
+original order of ``responses`` in the imported task. Every record is checked
+with ``data.parse_demonstration`` / ``data.parse_ranking`` before it is written.
 """
 
 from __future__ import annotations
@@ -34,8 +45,10 @@ from instructgpt import data
 from .quality import agreement, throughput
 from .store import Store
 from .tables import Assignment, Label, Task, User, utcnow
+from .tasks import task_split, task_turns
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: the split files and every record's "split"; chat prompts as messages
+TRAIN_FILES = ("demonstrations.jsonl", "rankings.jsonl")
 
 
 @dataclass
@@ -44,53 +57,78 @@ class ExportData:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
+def split_file(name: str, split: str) -> str:
+    """The training-labeler file of ``split``: ``rankings.jsonl`` for train, ``rankings_valid.jsonl`` else."""
+    return name if split == "train" else name.replace(".jsonl", f"_{split}.jsonl")
+
+
+def _prompt(task: Task) -> str | list[dict[str, Any]]:
+    """The prompt as ``data.to_record`` writes it: its chat messages if it has them, else its text."""
+    return task_turns(task) or task.prompt
+
+
 def demonstration_record(task: Task, label: Label, user: User) -> dict[str, Any]:
-    rec = {"prompt": task.prompt, "response": label.response,
-           "labeler_id": user.username, "prompt_id": task.prompt_id}
+    rec = {"prompt": _prompt(task), "response": label.response,
+           "labeler_id": user.username, "prompt_id": task.prompt_id, "split": task_split(task)}
     data.parse_demonstration(rec, f"label {label.id}")
     return rec
 
 
 def ranking_record(task: Task, label: Label, user: User) -> dict[str, Any]:
-    rec = {"prompt": task.prompt, "prompt_id": task.prompt_id, "responses": list(task.responses),
+    rec = {"prompt": _prompt(task), "prompt_id": task.prompt_id, "responses": list(task.responses),
            "ranking": label.ranking, "likert": label.likert, "flags": label.flags,
            "labeler_id": user.username}
     if label.comment:
         rec["comment"] = label.comment
+    rec["split"] = task_split(task)
     data.parse_ranking(rec, f"label {label.id}")
     return rec
 
 
-def metadata_record(task: Task, label: Label, user: User) -> dict[str, Any]:
-    return {"label_id": label.id, "task_id": task.id, "prompt_id": task.prompt_id, "prompt": task.prompt,
+def metadata_record(task: Task, label: Label, user: User, held_out: bool) -> dict[str, Any]:
+    return {"label_id": label.id, "task_id": task.id, "prompt_id": task.prompt_id, "prompt": _prompt(task),
             "responses": list(task.responses), "ranking": label.ranking, "likert": label.likert,
             "flags": label.flags, "comment": label.comment, "labeler_id": user.username,
-            "held_out": user.held_out, "seconds_spent": label.seconds_spent,
-            "labeled_at": label.created_at.isoformat() + "Z", "task_meta": task.meta or {}}
+            "held_out": held_out, "seconds_spent": label.seconds_spent,
+            "labeled_at": label.created_at.isoformat() + "Z", "split": task_split(task),
+            "task_meta": task.meta or {}}
+
+
+def file_names() -> list[str]:
+    """Every JSONL file of an export, in the order they are written."""
+    train = [split_file(name, split) for name in TRAIN_FILES for split in data.SPLITS]
+    return train + ["eval/demonstrations.jsonl", "eval/rankings.jsonl", "eval/metadata.jsonl", "skips.jsonl"]
+
+
+def _file_of(name: str, task: Task, held_out: bool) -> str:
+    """Where a label goes: ``eval/<name>`` when held out, else the training file of its task's split."""
+    return "eval/" + name if held_out else split_file(name, task_split(task))
 
 
 def collect(store: Store) -> ExportData:
-    """Every file's records, plus the manifest."""
-    files: dict[str, list[dict[str, Any]]] = {name: [] for name in (
-        "demonstrations.jsonl", "rankings.jsonl", "eval/demonstrations.jsonl",
-        "eval/rankings.jsonl", "eval/metadata.jsonl", "skips.jsonl")}
+    """Every file's records, plus the manifest.
+
+    A label goes to ``eval/`` when its claim was held out (made by a held-out
+    labeler), else to the training file of its task's split.
+    """
+    files: dict[str, list[dict[str, Any]]] = {name: [] for name in file_names()}
     with store.tx(read_only=True) as s:
         rows = s.execute(
-            select(Label, Task, User).join(Assignment, Assignment.id == Label.assignment_id)
+            select(Label, Task, User, Assignment.took_slot).join(Assignment, Assignment.id == Label.assignment_id)
             .join(Task, Task.id == Assignment.task_id).join(User, User.id == Assignment.user_id)
             .order_by(Label.id)
         ).all()
-    for label, task, user in rows:
-        prefix = "eval/" if user.held_out else ""
+    for label, task, user, took_slot in rows:
+        held_out = not took_slot
         if label.kind == "demonstration":
-            files[prefix + "demonstrations.jsonl"].append(demonstration_record(task, label, user))
+            files[_file_of("demonstrations.jsonl", task, held_out)].append(demonstration_record(task, label, user))
         elif label.kind == "rank":
-            files[prefix + "rankings.jsonl"].append(ranking_record(task, label, user))
-            files["eval/metadata.jsonl"].append(metadata_record(task, label, user))
+            files[_file_of("rankings.jsonl", task, held_out)].append(ranking_record(task, label, user))
+            files["eval/metadata.jsonl"].append(metadata_record(task, label, user, held_out))
         else:
             files["skips.jsonl"].append({"prompt_id": task.prompt_id, "kind": task.kind,
-                                         "labeler_id": user.username, "held_out": user.held_out,
-                                         "reason": label.skip_reason})
+                                         "labeler_id": user.username, "held_out": held_out,
+                                         "reason": label.skip_reason, "split": task_split(task)})
     manifest = {
         "format_version": FORMAT_VERSION,
         "exported_at": utcnow().isoformat() + "Z",

@@ -9,12 +9,19 @@ answer only after ``submit_label`` returns, i.e. after the commit.
 Every text a labeler writes (response, comment, skip reason) has its line
 breaks normalised to ``\n``: browsers send a textarea's newlines as ``\r\n``,
 and the export feeds SFT as it is.
+
+A claim whose lease has run out is expired at submission even if no sweep
+has released it yet: the submission releases it and gets the same 409 as a
+swept claim. The assignment row is read ``FOR UPDATE`` (PostgreSQL), so a
+submission and a concurrent release (lease sweep, admin, deactivation) never
+both succeed.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -24,13 +31,20 @@ from instructgpt.data import FLAGS, LIKERT_MAX, LIKERT_MIN
 from .store import Store
 from .tables import Label, Task, User, utcnow
 from .tasks import (
+    ClaimPolicy,
     Conflict,
     Forbidden,
     Invalid,
     check_text,
     display_order,
     owned_assignment,
+    release_assignment,
 )
+
+DEFAULT_POLICY = ClaimPolicy()
+
+RELEASED = ("this task was released (its claim expired, or an admin released it) and may "
+            "now be someone else's; get new tasks from My tasks")
 
 MAX_RESPONSE = 50_000
 MAX_COMMENT = 5_000
@@ -161,40 +175,50 @@ def _find_duplicate(store: Store, request_id: str, assignment_id: int, user_id: 
         return Saved(label.id, assignment_id, duplicate=True)
 
 
-def submit_label(store: Store, user_id: int, assignment_id: int, sub: Submission) -> Saved:
+def submit_label(store: Store, user_id: int, assignment_id: int, sub: Submission,
+                 policy: ClaimPolicy = DEFAULT_POLICY, now: datetime | None = None) -> Saved:
     """Validate and store a label; returns once it is committed.
 
     Raises ``NotFound``/``Forbidden`` (not the user's assignment), ``Invalid``
-    (bad input) or ``Conflict`` (the assignment already has another label).
+    (bad input) or ``Conflict`` (the assignment already has another label, or
+    was released, or its claim is older than ``policy.lease``: it is then
+    released, as a sweep would have).
     """
     sub.request_id = _check_request_id(sub.request_id)
     dup = _find_duplicate(store, sub.request_id, assignment_id, user_id)
     if dup:
         return dup
     try:
-        return _insert(store, user_id, assignment_id, sub)
+        saved = _insert(store, user_id, assignment_id, sub, policy, now or utcnow())
     except IntegrityError:
         # A concurrent request with the same request_id (or for the same assignment) won.
         dup = _find_duplicate(store, sub.request_id, assignment_id, user_id)
         if dup:
             return dup
         raise Conflict("this task already has a label") from None
+    if saved is None:
+        raise Conflict(RELEASED)
+    return saved
 
 
-def _insert(store: Store, user_id: int, assignment_id: int, sub: Submission) -> Saved:
+def _insert(store: Store, user_id: int, assignment_id: int, sub: Submission, policy: ClaimPolicy,
+            now: datetime) -> Saved | None:
+    """The label, committed with the assignment's new status; None if the claim had expired
+    (it is then released, and that is committed)."""
     with store.tx() as s:
-        a, task = owned_assignment(s, assignment_id, user_id)
+        a, task = owned_assignment(s, assignment_id, user_id, lock=True)
         user = s.get(User, user_id)
         if user is None or not user.active:
             raise Forbidden("inactive user")
         if a.status == "released":
-            raise Conflict("this task was released (its claim expired, or an admin released it) and may "
-                           "now be someone else's; get new tasks from My tasks")
+            raise Conflict(RELEASED)
         if a.status != "pending":
             raise Conflict("this task already has a label")
+        if a.assigned_at + policy.lease <= now:  # expired, though no sweep has released it yet
+            release_assignment(s, a.id, "expired", now)
+            return None
         k = len(task.responses or [])
         validate(sub, task.kind, k)
-        now = utcnow()
         fields = {}
         if sub.kind == "rank":
             fields = _to_original(sub, display_order(user_id, task.id, k))

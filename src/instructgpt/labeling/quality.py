@@ -80,10 +80,13 @@ class Agreement:
 
 
 def rank_labels(store: Store) -> list[tuple[int, str, bool, list[list[int]]]]:
-    """(task_id, username, held_out, ranking) of every submitted ranking."""
+    """(task_id, username, held_out, ranking) of every submitted ranking.
+
+    ``held_out`` is that of the claim (``not Assignment.took_slot``), as in the export.
+    """
     with store.tx(read_only=True) as s:
         rows = s.execute(
-            select(Assignment.task_id, User.username, User.held_out, Label.ranking)
+            select(Assignment.task_id, User.username, ~Assignment.took_slot, Label.ranking)
             .join(Assignment, Assignment.id == Label.assignment_id)
             .join(User, User.id == Assignment.user_id)
             .where(Label.kind == "rank")
@@ -125,14 +128,19 @@ class Throughput:
     skips: int
     pending: int
     median_seconds: float | None
-    labels_per_hour: float | None   # per hour spent on task pages
+    labels_per_hour: float | None   # labels (not skips) per hour spent on task pages (skips' time included)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
 
 def throughput(store: Store) -> list[Throughput]:
-    """Per labeler: labels, skips, pending tasks, median time per task and labels per hour."""
+    """Per labeler: labels, skips, pending tasks, median time per task and labels per hour.
+
+    Labels per hour = labels (demonstrations and rankings) x 3600 / seconds
+    spent on every task page of the labeler, skipped ones included; None
+    before any time was recorded.
+    """
     with store.tx(read_only=True) as s:
         users = s.scalars(select(User).order_by(User.username)).all()
         times = defaultdict(list)
@@ -151,7 +159,7 @@ def throughput(store: Store) -> list[Throughput]:
         t, c = times[u.id], counts[u.id]
         if not (t or c["labels"] or c["skips"] or pending.get(u.id)):
             continue
-        per_hour = (len(t) * 3600.0 / sum(t)) if t and sum(t) > 0 else None
+        per_hour = (c["labels"] * 3600.0 / sum(t)) if t and sum(t) > 0 else None
         out.append(Throughput(u.username, u.held_out, c["labels"], c["skips"], pending.get(u.id, 0),
                               statistics.median(t) if t else None, per_hour))
     return out

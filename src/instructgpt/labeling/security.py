@@ -33,6 +33,7 @@ PRELOGIN_COOKIE = "igpt_prelogin"
 SESSION_TTL = timedelta(hours=12)
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{2,64}$")
 MIN_PASSWORD = 8
+MAX_PASSWORD = 1000   # characters; longer ones are refused everywhere (never cut short)
 
 _hasher = PasswordHasher()  # argon2id
 # Verified against when a username does not exist, so both cases take as long.
@@ -60,8 +61,21 @@ def verify_password(stored_hash: str | None, password: str) -> bool:
 
 
 def check_password_strength(password: str) -> None:
+    """``AuthError`` unless the password has MIN_PASSWORD to MAX_PASSWORD characters.
+
+    Every way to set a password (invite, create_user, set_password) checks
+    this, and login refuses a longer one with the same message, so no password
+    is ever cut short.
+    """
     if len(password) < MIN_PASSWORD:
         raise AuthError(f"passwords have at least {MIN_PASSWORD} characters")
+    check_password_length(password)
+
+
+def check_password_length(password: str) -> None:
+    """``AuthError`` if the password has more than MAX_PASSWORD characters."""
+    if len(password) > MAX_PASSWORD:
+        raise AuthError(f"passwords have at most {MAX_PASSWORD} characters (this one has {len(password)})")
 
 
 def check_username(username: str) -> str:

@@ -144,7 +144,9 @@ class Assignment(Base):
     assigned_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     opened_at: Mapped[datetime | None] = mapped_column(DateTime)
     done_at: Mapped[datetime | None] = mapped_column(DateTime)
-    took_slot: Mapped[bool] = mapped_column(Boolean, default=True)  # False: a held-out labeler's claim
+    # False exactly for a held-out labeler's claim, fixed when the claim is made: the export and
+    # the agreement figures file its label by it (changing a labeler's mark releases pending claims).
+    took_slot: Mapped[bool] = mapped_column(Boolean, default=True)
     released_at: Mapped[datetime | None] = mapped_column(DateTime)
     release_reason: Mapped[str | None] = mapped_column(String(16))  # RELEASE_REASONS
 

@@ -20,7 +20,14 @@ and the admin's "release" do the same at once. A labeler holds at most
 
 Held-out labelers label on top of that: their claims take no slot, and they
 are offered tasks that already have labels first, so their agreement with the
-training labelers can be measured.
+training labelers can be measured. Whether a claim is held out is fixed when it
+is made (``Assignment.took_slot`` is False exactly for a held-out claim) and the
+export files a label by it; changing a labeler's held-out mark releases their
+pending claims, so every claim keeps the mark it was made under.
+
+A task keeps the split of its prompt (``meta["split"]``: train, valid or test;
+see ``task_split``) and, for a prompt given as chat messages, its turns
+(``meta["prompt_turns"]``; ``prompt`` holds their plain transcript for display).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ MAX_TEXT = 100_000             # characters in one prompt or response
 MAX_PROMPT_ID = 255            # characters in a prompt id (the column's width)
 MAX_OVERLAP_K = 50             # labelers per overlapping task, at most
 MAX_ID = 2**63 - 1             # ids above this are not ids (and overflow the database driver)
+TURNS_KEY = "prompt_turns"     # task meta: the prompt's chat messages, when it was given so
 
 
 class TaskError(Exception):
@@ -95,6 +103,16 @@ def content_hash(kind: str, prompt_id: str, prompt: str, responses: list[str] | 
     """Identity of a task's content: importing the same task twice adds it once."""
     blob = json.dumps([kind, prompt_id, prompt, responses], ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def task_split(task: Task) -> str:
+    """The split of a task's prompt: ``meta["split"]``, or train when the import gave none."""
+    return (task.meta or {}).get("split") or "train"
+
+
+def task_turns(task: Task) -> list[dict[str, Any]] | None:
+    """The chat messages of a task's prompt, or None for a plain-text prompt."""
+    return (task.meta or {}).get(TURNS_KEY)
 
 
 def check_overlap(fraction: float, k: int) -> None:
@@ -184,26 +202,27 @@ def import_prompts(store: Store, path: str | Path, *, overlap_fraction: float = 
     rows = []
     for split in splits:
         for p in curated.split(split):
+            meta = {"split": split, "user_id": p.user_id, "use_case": p.use_case}
+            if p.turns:
+                meta[TURNS_KEY] = p.turns
             rows.append({"kind": "demonstration", "prompt_id": str(p.id), "prompt": p.text,
-                         "responses": None,
-                         "meta": {"split": split, "user_id": p.user_id, "use_case": p.use_case}})
+                         "responses": None, "meta": meta})
     result = ImportResult("prompts", read=len(prompts), curation=curated.summary())
     return _add_tasks(store, rows, result, overlap_fraction, overlap_k, batch or Path(path).name)
 
 
 def read_rank_tasks(path: str | Path, k_min: int = K_MIN, k_max: int = K_MAX) -> list[dict[str, Any]]:
-    """Ranking-task rows ``{"prompt", "prompt_id"?, "responses": [K strings]}`` from JSONL.
+    """Ranking-task rows ``{"prompt", "prompt_id"?, "responses": [K strings], "split"?}`` from JSONL.
 
     Errors are ``DataError("file:line: field: what")``. A missing ``prompt_id``
-    is derived from the prompt text, so it is stable across imports.
+    is derived from the prompt text, so it is stable across imports. A prompt
+    given as chat messages is checked as ``data.load_rankings`` checks it (a
+    user turn is required, a system turn only first) and its turns are kept in
+    ``meta`` (``TURNS_KEY``). ``split``, if given, must be one of ``data.SPLITS``.
     """
     rows = []
     for source, obj in data.read_jsonl(path):
-        prompt = obj.get("prompt")
-        if isinstance(prompt, list):
-            prompt = data.render_messages(prompt, source=source)
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise data.DataError(f"{source}: prompt: expected non-empty text")
+        prompt, turns = _rank_prompt(obj, source)
         responses = obj.get("responses")
         # "" is an empty response (the model stopped at once; ``instructgpt sample`` writes it so)
         if not isinstance(responses, list) or not all(isinstance(r, str) and (r.strip() or not r) for r in responses):
@@ -221,9 +240,27 @@ def read_rank_tasks(path: str | Path, k_min: int = K_MIN, k_max: int = K_MAX) ->
                            prompt_id=str(pid), prompt=prompt,
                            **{f"responses[{i}]": r for i, r in enumerate(responses)})
         meta = {k: v for k, v in obj.items() if k not in ("prompt", "prompt_id", "responses")}
+        if turns:
+            meta[TURNS_KEY] = turns
         rows.append({"kind": "rank", "prompt_id": str(pid), "prompt": prompt,
                      "responses": list(responses), "meta": meta})
     return rows
+
+
+def _rank_prompt(obj: dict[str, Any], source: str) -> tuple[str, list[dict[str, Any]] | None]:
+    """(prompt text, turns or None) of a ranking-task row, by the rules of ``data.parse_ranking``."""
+    if TURNS_KEY in obj:
+        raise data.DataError(f"{source}: {TURNS_KEY}: reserved key (give chat messages as `prompt`)")
+    split = obj.get("split")
+    if split is not None and split not in data.SPLITS:
+        raise data.DataError(f"{source}: split: unknown split {split!r} (expected one of {', '.join(data.SPLITS)})")
+    value = obj.get("prompt")
+    if isinstance(value, list):
+        # the same checks (and the same transcript) as data.load_rankings / load_demonstrations
+        return data._prompt_from_messages(data._check_messages(value, source, "prompt"), source, "prompt")
+    if not isinstance(value, str) or not value.strip():
+        raise data.DataError(f"{source}: prompt: expected non-empty text or an array of chat messages")
+    return value, None
 
 
 def import_rank_tasks(store: Store, path: str | Path, *, overlap_fraction: float = 0.0,
@@ -245,10 +282,11 @@ def import_file(store: Store, kind: str, path: str | Path, **kwargs: Any) -> Imp
 
 def import_bytes(store: Store, kind: str, content: bytes, filename: str, **kwargs: Any) -> ImportResult:
     """``import_file`` for an uploaded file; errors name it by ``filename``, never by its temporary path."""
-    safe = "".join(c for c in Path(filename or "upload.jsonl").name if c.isalnum() or c in "._-")[:100]
-    safe = safe or "upload.jsonl"
+    safe = "".join(c for c in Path(filename or "").name if c.isalnum() or c in "._-")[:100]
+    if not safe.strip("."):  # "", ".", "..": no name to show
+        safe = "upload.jsonl"
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / safe
+        path = Path(tmp) / "upload.jsonl"  # a fixed name: the uploaded one only names it in messages
         path.write_bytes(content)
         try:
             return import_file(store, kind, path, batch=safe, **kwargs)
@@ -332,6 +370,11 @@ def _release(s, assignment_ids: list[int], reason: str, now: datetime) -> int:
     return released
 
 
+def release_assignment(s, assignment_id: int, reason: str, now: datetime | None = None) -> bool:
+    """Release one assignment if it is still pending (in the caller's transaction); whether it was."""
+    return _release(s, [assignment_id], reason, now or utcnow()) == 1
+
+
 def release_expired(store: Store, lease: timedelta, now: datetime | None = None) -> int:
     """Release every pending claim made more than ``lease`` ago; returns how many."""
     now = now or utcnow()
@@ -398,11 +441,16 @@ class AssignmentRow:
     release_reason: str | None = None
 
 
-def owned_assignment(s, assignment_id: int, user_id: int) -> tuple[Assignment, Task]:
-    """The assignment and its task; ``NotFound``/``Forbidden`` unless it is the user's."""
+def owned_assignment(s, assignment_id: int, user_id: int, lock: bool = False) -> tuple[Assignment, Task]:
+    """The assignment and its task; ``NotFound``/``Forbidden`` unless it is the user's.
+
+    ``lock=True`` reads the assignment ``FOR UPDATE`` (PostgreSQL; a no-op on
+    SQLite, whose writers are serialised): a concurrent release waits for the
+    caller's transaction, or the caller reads the row as the release left it.
+    """
     if not 0 < assignment_id <= MAX_ID:
         raise NotFound("no such assignment")
-    a = s.get(Assignment, assignment_id)
+    a = s.get(Assignment, assignment_id, with_for_update=lock or None)
     if a is None:
         raise NotFound("no such assignment")
     if a.user_id != user_id:

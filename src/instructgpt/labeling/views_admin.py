@@ -22,7 +22,7 @@ from .tasks import (
     release_expired,
     release_pending,
 )
-from .web import Id, admin_viewer, form_csrf, redirect, render, store_of
+from .web import Id, admin_form_csrf, admin_viewer, redirect, render, store_of
 
 router = APIRouter(prefix="/admin")
 
@@ -59,7 +59,7 @@ def admin_home(request: Request, viewer: Viewer = Depends(admin_viewer)):
 
 
 @router.post("/invites")
-def create_invite(request: Request, form=Depends(form_csrf), viewer: Viewer = Depends(admin_viewer)):
+def create_invite(request: Request, form=Depends(admin_form_csrf), viewer: Viewer = Depends(admin_viewer)):
     role = "admin" if form.get("role") == "admin" else "labeler"
     token = accounts.create_invite(store_of(request), created_by=viewer.user_id, role=role,
                                    held_out=form.get("held_out") == "on")
@@ -68,7 +68,7 @@ def create_invite(request: Request, form=Depends(form_csrf), viewer: Viewer = De
 
 
 @router.post("/users")
-def create_user(request: Request, form=Depends(form_csrf), viewer: Viewer = Depends(admin_viewer)):
+def create_user(request: Request, form=Depends(admin_form_csrf), viewer: Viewer = Depends(admin_viewer)):
     try:
         user = accounts.create_user(store_of(request), str(form.get("username", "")),
                                     str(form.get("password", "")), role="labeler",
@@ -79,7 +79,7 @@ def create_user(request: Request, form=Depends(form_csrf), viewer: Viewer = Depe
 
 
 @router.post("/users/{user_id}")
-def update_user(request: Request, user_id: Id, form=Depends(form_csrf),
+def update_user(request: Request, user_id: Id, form=Depends(admin_form_csrf),
                 viewer: Viewer = Depends(admin_viewer)):
     action = form.get("action")
     if action == "release":
@@ -108,7 +108,7 @@ def _number(form, name: str, default, kind=float):
 
 
 @router.post("/import")
-async def import_tasks(request: Request, form=Depends(form_csrf), viewer: Viewer = Depends(admin_viewer)):
+async def import_tasks(request: Request, form=Depends(admin_form_csrf), viewer: Viewer = Depends(admin_viewer)):
     upload = form.get("file")
     kind = str(form.get("kind", ""))
     if not isinstance(upload, UploadFile) or kind not in ("prompts", "rank"):

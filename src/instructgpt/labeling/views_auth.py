@@ -7,6 +7,10 @@ A login attempt is counted (``LoginLimiter.reserve``) before its password is
 checked, and the argon2id work of logins and invites runs at most
 ``login_concurrency`` at a time per process (each takes 64 MiB), so a burst
 of anonymous requests can neither slip past the limit nor exhaust memory.
+An invite POST is counted under the client IP's key of the same limiter (a
+wrong token or a refused account is a failure) and its token is checked,
+read only, before any password is hashed. A password longer than
+``MAX_PASSWORD`` is refused with a message, never cut short.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from .security import (
     SESSION_TTL,
     AuthError,
     authenticate,
+    check_password_length,
     check_prelogin,
     end_session,
     new_token,
@@ -85,7 +90,11 @@ async def login(request: Request):
     if form is None:
         return render(request, "error.html", status=403, viewer=None,
                       message="The form expired (missing or wrong CSRF token). Reload the page and try again.")
-    username, password = str(form.get("username", ""))[:200], str(form.get("password", ""))[:1000]
+    username, password = str(form.get("username", ""))[:200], str(form.get("password", ""))
+    try:
+        check_password_length(password)  # no account has a longer one: refused without a check
+    except AuthError as e:
+        return _prelogin_page(request, "login.html", status=400, username=username, error=str(e))
     user_key, ip_key = f"user:{username.strip().lower()}", f"ip:{client_ip(request)}"
     limiter = request.app.state.limiter
     reservation = await _reserve(limiter, user_key, ip_key)  # counted before the check
@@ -158,8 +167,21 @@ async def accept_invite(request: Request, token: str):
     if password != form.get("password2"):
         return _prelogin_page(request, "invite.html", status=400, token=token, username=username,
                               error="The two passwords differ.")
+    limiter = request.app.state.limiter
+    reservation = await _reserve(limiter, f"ip:{client_ip(request)}")  # counted before any check
+    if reservation.attempt is None:
+        response = _prelogin_page(request, "invite.html", status=429, token=token, username=username,
+                                  error="Too many failed attempts. Wait a minute and try again.")
+        response.headers["Retry-After"] = str(int(limiter.window))
+        return response
+    user = None
     try:
+        if not await run_in_threadpool(accounts.invite_is_open, store_of(request), token):
+            return render(request, "error.html", status=404, viewer=None,
+                          message="This invite link is invalid, already used or expired.")
         user = await password_work(request, accounts.accept_invite, store_of(request), token, username, password)
     except AuthError as e:
         return _prelogin_page(request, "invite.html", status=400, token=token, username=username, error=str(e))
+    finally:
+        await run_in_threadpool(limiter.fail if user is None else limiter.forgive, reservation.attempt)
     return await run_in_threadpool(_logged_in, request, user.id, user.role)

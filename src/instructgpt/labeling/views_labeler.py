@@ -86,14 +86,15 @@ def task_page(request: Request, assignment_id: Id, viewer: Viewer = Depends(curr
 @router.post("/a/{assignment_id}")
 def submit(request: Request, assignment_id: Id, form=Depends(form_csrf),
            viewer: Viewer = Depends(current_viewer)):
-    submit_label(store_of(request), viewer.user_id, assignment_id, submission_from_form(form))
+    submit_label(store_of(request), viewer.user_id, assignment_id, submission_from_form(form),
+                 request.app.state.claims)
     return redirect(f"/a/{assignment_id}/saved")
 
 
 @router.post("/a/{assignment_id}/skip")
 def skip(request: Request, assignment_id: Id, form=Depends(form_csrf),
          viewer: Viewer = Depends(current_viewer)):
-    submit_label(store_of(request), viewer.user_id, assignment_id, skip_from_form(form))
+    submit_label(store_of(request), viewer.user_id, assignment_id, skip_from_form(form), request.app.state.claims)
     return redirect(f"/a/{assignment_id}/saved")
 
 

@@ -3,6 +3,9 @@
 Every POST route depends on ``form_csrf`` (HTML forms: a ``csrf_token`` field)
 or ``json_csrf`` (JSON: an ``X-CSRF-Token`` header); both compare against the
 token of the caller's session in constant time and answer 403 otherwise.
+Admin POST routes depend on ``admin_form_csrf``, which refuses a non-admin
+(403) before the body is read, so a labeler cannot make the server parse an
+upload-sized body.
 
 Request bodies are capped before anything parses them (``BodyLimit``: 413);
 a urlencoded form must be valid UTF-8 and a JSON body valid, not too deeply
@@ -201,6 +204,15 @@ async def read_form(request: Request):
 
 async def form_csrf(request: Request, viewer: Viewer = Depends(current_viewer)):
     """The posted form, after checking its ``csrf_token`` against the session's."""
+    return await _checked_form(request, viewer)
+
+
+async def admin_form_csrf(request: Request, viewer: Viewer = Depends(admin_viewer)):
+    """``form_csrf`` for admin routes: the role is checked (403) before the body is read."""
+    return await _checked_form(request, viewer)
+
+
+async def _checked_form(request: Request, viewer: Viewer):
     form = await read_form(request)
     if not same(form.get("csrf_token"), viewer.csrf_token):
         raise HTTPException(status_code=403, detail="missing or wrong CSRF token; reload the page")

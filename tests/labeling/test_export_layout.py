@@ -1,0 +1,205 @@
+"""The export's layout: splits kept apart, chat turns kept, held-out filed by the claim; throughput."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from io import BytesIO
+
+import pytest
+from sqlalchemy import select, update
+
+from instructgpt import data
+from instructgpt.labeling import accounts, export, quality
+from instructgpt.labeling.labels import Submission, new_request_id, submit_label
+from instructgpt.labeling.tables import Assignment, Label, Task
+from instructgpt.labeling.tasks import (
+    Conflict,
+    claim_tasks,
+    import_file,
+    open_assignment,
+)
+
+from .helpers import add_user, write_prompts, write_rank_tasks
+
+CHAT = [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Say hi to my cat."}]
+
+
+def rank_row(pid: str, prompt, **extra) -> dict:
+    return {"prompt": prompt, "prompt_id": pid, "responses": [f"Answer {j} to {pid}" for j in range(4)], **extra}
+
+
+def label_everything(store, user, response: str = "Bonjour !") -> None:
+    """``user`` claims every task they can and labels it (rankings: original order 0 > 1 > 2 > 3)."""
+    for aid in claim_tasks(store, user.id, 100):
+        view = open_assignment(store, user.id, aid)
+        if view.kind == "demonstration":
+            submit_label(store, user.id, aid, Submission("demonstration", new_request_id(), response=response))
+        else:
+            submit_label(store, user.id, aid, Submission("rank", new_request_id(), ranking=[[0], [1], [2], [3]],
+                                                         likert=[4, 4, 4, 4]))
+
+
+def ids(out, name: str) -> list[str]:
+    return [json.loads(line)["prompt_id"] for line in (out / name).read_text().splitlines()]
+
+
+def test_labels_of_valid_and_test_prompts_never_reach_the_training_files(store, tmp_path):
+    write_prompts(tmp_path / "p.jsonl", [
+        {"id": "q_train", "text": "Write a haiku about autumn leaves.", "user_id": "u1", "split": "train"},
+        {"id": "q_valid", "text": "Explain how a bicycle gear works.", "user_id": "u2", "split": "valid"},
+        {"id": "q_test", "text": "Name three rivers of South America.", "user_id": "u3", "split": "test"},
+    ])
+    import_file(store, "prompts", tmp_path / "p.jsonl")
+    write_prompts(tmp_path / "r.jsonl", [rank_row("r_train", "Rank these for train.", split="train"),
+                                         rank_row("r_none", "Rank these, no split given."),
+                                         rank_row("r_valid", "Rank these for valid.", split="valid")])
+    import_file(store, "rank", tmp_path / "r.jsonl")
+    label_everything(store, add_user(store, "ann"))
+    out = tmp_path / "export"
+    manifest = export.export_dir(store, out)
+    assert ids(out, "demonstrations.jsonl") == ["q_train"]
+    assert ids(out, "demonstrations_valid.jsonl") == ["q_valid"]
+    assert ids(out, "demonstrations_test.jsonl") == ["q_test"]
+    assert sorted(ids(out, "rankings.jsonl")) == ["r_none", "r_train"]
+    assert ids(out, "rankings_valid.jsonl") == ["r_valid"]
+    assert ids(out, "rankings_test.jsonl") == []
+    assert manifest["format_version"] == 2
+    assert manifest["counts"] == {
+        "demonstrations.jsonl": 1, "demonstrations_valid.jsonl": 1, "demonstrations_test.jsonl": 1,
+        "rankings.jsonl": 2, "rankings_valid.jsonl": 1, "rankings_test.jsonl": 0,
+        "eval/demonstrations.jsonl": 0, "eval/rankings.jsonl": 0, "eval/metadata.jsonl": 3, "skips.jsonl": 0}
+    splits = {}
+    for name in manifest["counts"]:
+        for line in (out / name).read_text().splitlines():
+            rec = json.loads(line)
+            splits.setdefault(name, set()).add(rec["split"])
+    assert splits == {"demonstrations.jsonl": {"train"}, "demonstrations_valid.jsonl": {"valid"},
+                      "demonstrations_test.jsonl": {"test"}, "rankings.jsonl": {"train"},
+                      "rankings_valid.jsonl": {"valid"}, "eval/metadata.jsonl": {"train", "valid"}}
+    # the trainer's readers take the files as they are (split lands in meta)
+    assert [d.meta for d in data.load_demonstrations(out / "demonstrations_valid.jsonl")] == [{"split": "valid"}]
+    assert len(data.load_rankings(out / "rankings.jsonl")) == 2
+    # the zip holds the same files
+    names = set(zipfile.ZipFile(BytesIO(export.export_zip(store))).namelist())
+    assert names == set(manifest["counts"]) | {"manifest.json"}
+
+
+def test_a_rank_row_with_an_unknown_split_is_an_error_naming_it(store, tmp_path):
+    write_prompts(tmp_path / "r.jsonl", [rank_row("a", "Fine."), rank_row("b", "Bad split.", split="dev")])
+    with pytest.raises(data.DataError) as e:
+        import_file(store, "rank", tmp_path / "r.jsonl")
+    assert str(e.value) == f"{tmp_path / 'r.jsonl'}:2: split: unknown split 'dev' (expected one of train, valid, test)"
+
+
+def test_chat_prompts_keep_their_turns_from_import_to_the_trainers_readers(store, tmp_path):
+    write_prompts(tmp_path / "p.jsonl", [{"id": "chat1", "messages": CHAT, "user_id": "u1", "split": "train"}])
+    import_file(store, "prompts", tmp_path / "p.jsonl")
+    write_prompts(tmp_path / "r.jsonl", [rank_row("chat2", CHAT, policy=["x"] * 4),
+                                         rank_row("plain", "A plain prompt.")])
+    import_file(store, "rank", tmp_path / "r.jsonl")
+    label_everything(store, add_user(store, "ann"))
+    label_everything(store, add_user(store, "hal", held_out=True))
+    out = tmp_path / "export"
+    export.export_dir(store, out)
+    (demo,) = data.load_demonstrations(out / "demonstrations.jsonl")
+    assert demo.turns == CHAT and demo.prompt == data.render_messages(CHAT) and demo.response == "Bonjour !"
+    rankings = {r.prompt_id: r for r in data.load_rankings(out / "rankings.jsonl")}
+    assert rankings["chat2"].turns == CHAT and rankings["chat2"].prompt == data.render_messages(CHAT)
+    assert rankings["plain"].turns is None and rankings["plain"].prompt == "A plain prompt."
+    assert {r.prompt_id: r.turns for r in data.load_rankings(out / "eval" / "rankings.jsonl")} == {
+        "chat2": CHAT, "plain": None}
+    assert {r.prompt_id: r.turns for r in data.load_rankings(out / "eval" / "metadata.jsonl")} == {
+        "chat2": CHAT, "plain": None}
+    # written as data.to_record writes it
+    line = json.loads((out / "demonstrations.jsonl").read_text())
+    assert line["prompt"] == data.to_record(demo)["prompt"] == CHAT
+    # the task page still shows the transcript
+    with store.tx() as s:
+        task = s.scalar(select(Task).where(Task.prompt_id == "chat2"))
+        assert task.prompt == data.render_messages(CHAT)
+
+
+@pytest.mark.parametrize("messages, what", [
+    ([{"role": "system", "content": "Be nice."}], "prompt: the prompt turns have no user message"),
+    ([{"role": "user", "content": "Hi"}, {"role": "system", "content": "x"}],
+     "prompt: message 1: a system message may only come first"),
+    ([{"role": "robot", "content": "Hi"}],
+     "prompt: message 0 has unknown role 'robot' (expected system, user or assistant)"),
+])
+def test_rank_import_checks_chat_messages_as_the_trainer_does(store, tmp_path, messages, what):
+    write_prompts(tmp_path / "r.jsonl", [rank_row("ok", "Fine."), rank_row("bad", messages)])
+    with pytest.raises(data.DataError) as e:
+        import_file(store, "rank", tmp_path / "r.jsonl")
+    assert str(e.value) == f"{tmp_path / 'r.jsonl'}:2: {what}"
+    with store.tx() as s:
+        assert s.scalar(select(Task.id).limit(1)) is None  # nothing imported
+
+
+def export_counts(store) -> dict[str, int]:
+    return {name: len(recs) for name, recs in export.collect(store).files.items() if recs}
+
+
+def test_marking_a_labeler_held_out_later_does_not_move_their_past_labels(store, tmp_path):
+    import_file(store, "rank", write_rank_tasks(tmp_path / "t.jsonl", 2), overlap_fraction=1.0, overlap_k=2)
+    ann, bob = add_user(store, "ann"), add_user(store, "bob")
+    label_everything(store, ann)
+    label_everything(store, bob)
+    before = export_counts(store)
+    assert before == {"rankings.jsonl": 4, "eval/metadata.jsonl": 4}
+    accounts.update_user(store, ann.id, held_out=True)
+    assert export_counts(store) == before
+    assert {m["held_out"] for m in export.collect(store).files["eval/metadata.jsonl"]} == {False}
+    assert quality.agreement(store).train_train.total == 2 * 6  # still two training labelers per task
+    with store.tx() as s:
+        assert s.execute(select(Task.target_labels, Task.slots_left)).all() == [(2, 0), (2, 0)]
+    # and the other way round: hal's held-out labels stay held out once hal is unmarked
+    hal = add_user(store, "hal", held_out=True)
+    label_everything(store, hal)
+    accounts.update_user(store, hal.id, held_out=False)
+    counts = export_counts(store)
+    assert counts == {"rankings.jsonl": 4, "eval/rankings.jsonl": 2, "eval/metadata.jsonl": 6}
+
+
+def test_changing_the_held_out_mark_releases_pending_claims(store, tmp_path):
+    import_file(store, "rank", write_rank_tasks(tmp_path / "t.jsonl", 1))  # one task, one training label
+    hal, bob = add_user(store, "hal", held_out=True), add_user(store, "bob")
+    (h,) = claim_tasks(store, hal.id, 1)            # takes no slot
+    accounts.update_user(store, hal.id, held_out=False)
+    with store.tx() as s:
+        a = s.get(Assignment, h)
+        assert (a.status, a.release_reason) == ("released", "admin")
+    (b,) = claim_tasks(store, bob.id, 1)
+    sub = Submission("rank", new_request_id(), ranking=[[0], [1], [2], [3]], likert=[1, 2, 3, 4])
+    with pytest.raises(Conflict):
+        submit_label(store, hal.id, h, sub)
+    submit_label(store, bob.id, b, Submission("rank", new_request_id(), ranking=[[0], [1], [2], [3]],
+                                              likert=[1, 2, 3, 4]))
+    with store.tx() as s:
+        assert s.execute(select(Task.target_labels, Task.slots_left)).one() == (1, 0)
+    assert export_counts(store) == {"rankings.jsonl": 1, "eval/metadata.jsonl": 1}
+    # a training labeler marked held out: the pending claim is released and its slot comes back
+    import_file(store, "rank", write_rank_tasks(tmp_path / "u.jsonl", 2, prefix="u"))
+    (c,) = claim_tasks(store, bob.id, 1)
+    accounts.update_user(store, bob.id, held_out=True)
+    with store.tx() as s:
+        assert s.get(Assignment, c).status == "released"
+        assert s.scalar(select(Task.slots_left).where(Task.prompt_id == "u0")) == 1
+    # setting the mark it already has releases nothing
+    (d,) = claim_tasks(store, bob.id, 1)
+    accounts.update_user(store, bob.id, held_out=True)
+    with store.tx() as s:
+        assert s.get(Assignment, d).status == "pending"
+
+
+def test_labels_per_hour_counts_labels_not_skips(store, tmp_path):
+    import_file(store, "rank", write_rank_tasks(tmp_path / "t.jsonl", 2))
+    ann = add_user(store, "ann")
+    a1, a2 = claim_tasks(store, ann.id, 2)
+    submit_label(store, ann.id, a1, Submission("rank", new_request_id(), ranking=[[0], [1], [2], [3]],
+                                               likert=[1, 2, 3, 4]))
+    submit_label(store, ann.id, a2, Submission("skip", new_request_id(), skip_reason="Other"))
+    with store.tx() as s:
+        s.execute(update(Label).values(seconds_spent=60.0))
+    (t,) = quality.throughput(store)
+    assert (t.labels, t.skips, t.median_seconds, t.labels_per_hour) == (1, 1, 60.0, 30.0)
