@@ -343,8 +343,9 @@ def _resolve_prompt(text: str | None, turns: Turns | None, prompt_id: str | None
     return text, turns
 
 
-def _prompt_field(obj: Mapping[str, Any], source: str) -> tuple[str | None, Turns | None]:
-    """(text, turns) of the ``prompt`` key: a string, or a list of chat messages."""
+def prompt_field(obj: Mapping[str, Any], source: str) -> tuple[str | None, Turns | None]:
+    """(text, turns) of the ``prompt`` key: a string, or a list of chat messages checked as every
+    reader here checks them; (None, None) when absent."""
     value = obj.get("prompt")
     if value is None:
         return None, None
@@ -378,7 +379,7 @@ def parse_demonstration(obj: Any, source: str, prompts: PromptIndex | Iterable[P
         response, earlier = _assistant_reply(obj["messages"], source, "messages")
         text, turns = _prompt_from_messages(earlier, source, "messages")
     else:
-        text, turns = _prompt_field(obj, source)
+        text, turns = prompt_field(obj, source)
         response = _text(obj, "response", source)
     text, turns = _resolve_prompt(text, turns, prompt_id, source, prompts)
     return Demonstration(
@@ -526,7 +527,7 @@ def _pair_row(obj: Mapping[str, Any], source: str
             fail(source, "prompt", "a text prompt cannot be combined with conversational chosen/rejected turns")
         text, turns = _prompt_from_messages(chosen_turns, source, "chosen")
     else:
-        text, turns = _prompt_field(obj, source)
+        text, turns = prompt_field(obj, source)
     return text, turns, [chosen, rejected], [[0], [1]]
 
 
@@ -538,7 +539,7 @@ def parse_ranking(obj: Any, source: str, prompts: PromptIndex | Iterable[Prompt]
     if "chosen" in obj or "rejected" in obj:
         text, turns, responses, groups = _pair_row(obj, source)
     else:
-        text, turns = _prompt_field(obj, source)
+        text, turns = prompt_field(obj, source)
         responses = _responses(obj, source)
         groups = _ranking_groups(obj.get("ranking"), len(responses), source)
     k = len(responses)

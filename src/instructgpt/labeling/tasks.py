@@ -254,13 +254,9 @@ def _rank_prompt(obj: dict[str, Any], source: str) -> tuple[str, list[dict[str, 
     split = obj.get("split")
     if split is not None and split not in data.SPLITS:
         raise data.DataError(f"{source}: split: unknown split {split!r} (expected one of {', '.join(data.SPLITS)})")
-    value = obj.get("prompt")
-    if isinstance(value, list):
-        # the same checks (and the same transcript) as data.load_rankings / load_demonstrations
-        return data._prompt_from_messages(data._check_messages(value, source, "prompt"), source, "prompt")
-    if not isinstance(value, str) or not value.strip():
+    if obj.get("prompt") is None:
         raise data.DataError(f"{source}: prompt: expected non-empty text or an array of chat messages")
-    return value, None
+    return data.prompt_field(obj, source)  # the same checks and transcript as data.load_rankings
 
 
 def import_rank_tasks(store: Store, path: str | Path, *, overlap_fraction: float = 0.0,
