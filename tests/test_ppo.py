@@ -129,6 +129,15 @@ def test_sample_writes_k_distinct_responses_as_ranking_tasks(tmp_path, sft_polic
     assert len(rows) == 6 and all(len(r["responses"]) == 5 for r in rows)
     assert result["duplicated"] == sum(len(set(" ".join(x.split()) for x in r["responses"])) < 5 for r in rows)
     assert all(r["prompt_id"] and r["prompt"].startswith("say ") for r in rows)
+    assert all("split" not in r for r in rows)  # the prompts carry none
+    # prompts with a split: each task carries it, so the labeling app exports valid/test apart from train
+    split_prompts = write_jsonl(tmp_path / "split.jsonl", [
+        {"id": f"s{i}", "text": f"say {w}\n", "user_id": f"u{i}", "split": ("train", "valid")[i % 2]}
+        for i, w in enumerate(["red", "blue", "green", "cat"])])
+    run_sample(config.from_dict(SampleConfig, dict(policy=str(sft_policy / "sft"), prompts=str(split_prompts),
+                                                   out=str(out), k=4, max_new_tokens=4)))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["split"] for r in rows] == ["train", "valid", "train", "valid"]
 
 
 def test_response_logits_match_the_full_forward(tiny_gpt2):

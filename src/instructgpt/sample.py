@@ -112,7 +112,8 @@ def run_sample(cfg: SampleConfig) -> dict:
     tokenizer = load_tokenizer(cfg.policy)
     policy = load_policy(cfg.policy, device)
     responses = sample_k(policy, tokenizer, prompts, cfg)
-    rows = [{"prompt": p.turns or p.text, "prompt_id": p.id, "use_case": p.use_case, "responses": r}
+    rows = [{"prompt": p.turns or p.text, "prompt_id": p.id, "use_case": p.use_case, "responses": r,
+             **({"split": p.split} if p.split else {})}  # the labeling app exports each split to its own files
             for p, r in zip(prompts, responses)]
     write_jsonl(Path(cfg.out), rows)
     duplicated = sum(len({_norm(x) for x in r}) < len(r) for r in responses)
