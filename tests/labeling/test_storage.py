@@ -80,6 +80,34 @@ def test_import_prompts_goes_through_curation(store, tmp_path):
     assert all("@example.com" not in t and "[EMAIL]" in t for t in texts)
 
 
+def test_a_user_keeps_the_split_of_an_earlier_import(store, tmp_path):
+    """Curation splits users per file; a second file used to re-split them, so a user could land in two splits."""
+    def batch(name, n):
+        return write_prompts(tmp_path / f"{name}.jsonl", [
+            {"id": f"{name}{u}-{i}", "text": f"Tell me fact {i} of topic {u} from batch {name} please", "user_id": f"u{u}"}
+            for u in range(12) for i in range(n)])
+
+    def user_splits():
+        with store.tx() as s:
+            pairs = {(m["user_id"], m["split"]) for m in s.scalars(select(Task.meta))}
+        assert len(pairs) == len({u for u, _ in pairs}), pairs  # no user in two splits
+        return dict(pairs)
+
+    import_file(store, "prompts", batch("a", 1))
+    first = user_splits()
+    assert len(set(first.values())) > 1  # several splits, so a re-split would show
+    # the second file alone would split its users otherwise: its heavy users fill the splits largest first
+    assert import_file(store, "prompts", batch("b", 3)).added == 36
+    assert user_splits() == first
+    clash_user, clash_split = next((u, sp) for u, sp in first.items())
+    other = next(sp for sp in data.SPLITS if sp != clash_split)
+    clash = write_prompts(tmp_path / "clash.jsonl", [{"id": "c1", "text": "A brand new question about boats",
+                                                      "user_id": clash_user, "split": other}])
+    with pytest.raises(data.DataError, match=rf"clash.jsonl:1: split: user '{clash_user}' is in '{clash_split}' "
+                                             rf"since an earlier import"):
+        import_file(store, "prompts", clash)
+
+
 def test_claims_respect_overlap_and_never_over_assign(store, tmp_path):
     import_file(store, "rank", write_rank_tasks(tmp_path / "t.jsonl", 20), overlap_fraction=0.5, overlap_k=2)
     users = [add_user(store, f"lab{i}") for i in range(8)]

@@ -38,6 +38,7 @@ import math
 import random
 import tempfile
 from collections import Counter
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -192,12 +193,16 @@ def import_prompts(store: Store, path: str | Path, *, overlap_fraction: float = 
 
     Curation scrubs PII, removes near-duplicates and caps prompts per user; the
     prompts of the chosen ``splits`` become tasks (their split goes to ``meta``).
+    A user whose prompts an earlier import placed keeps that split (curation's pinned
+    splits), so no user spans two splits across imports; a record that names another
+    split for such a user is an error.
     """
     from instructgpt.curate import CurateConfig, curate_prompts
 
     prompts = data.load_prompts(path)
     for p in prompts:
         _check_record_text(p.source, id=str(p.id), text=p.text, user_id=str(p.user_id))
+    prompts = _keep_earlier_splits(store, prompts)
     curated = curate_prompts(prompts, curate_cfg or CurateConfig())
     rows = []
     for split in splits:
@@ -209,6 +214,21 @@ def import_prompts(store: Store, path: str | Path, *, overlap_fraction: float = 
                          "responses": None, "meta": meta})
     result = ImportResult("prompts", read=len(prompts), curation=curated.summary())
     return _add_tasks(store, rows, result, overlap_fraction, overlap_k, batch or Path(path).name)
+
+
+def _keep_earlier_splits(store: Store, prompts: list[data.Prompt]) -> list[data.Prompt]:
+    """``prompts`` with the split of every user that earlier demonstration tasks hold pinned."""
+    with store.tx(read_only=True) as s:
+        metas = s.scalars(select(Task.meta).where(Task.kind == "demonstration"))
+        earlier = {str(m["user_id"]): m["split"] for m in metas if m and m.get("user_id") and m.get("split")}
+    out = []
+    for p in prompts:
+        split = earlier.get(str(p.user_id))
+        if split is not None and p.split not in (None, split):
+            raise data.DataError(f"{p.source}: split: user {p.user_id!r} is in {split!r} since an earlier import, "
+                                 f"so this prompt cannot go to {p.split!r} (no user may span two splits)")
+        out.append(p if split is None else dataclasses.replace(p, split=split))
+    return out
 
 
 def read_rank_tasks(path: str | Path, k_min: int = K_MIN, k_max: int = K_MAX) -> list[dict[str, Any]]:
