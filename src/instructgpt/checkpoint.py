@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .jsonl import fsync_dir
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is partial, corrupt or does not fit the run."""
@@ -39,17 +41,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def rng_state() -> dict[str, Any]:
@@ -168,7 +159,7 @@ def _write_checkpoint(folder: Path, tmp: Path, modules, objects, state) -> Path:
             os.fsync(f.fileno())
     manifest = {name: sha256_file(tmp / name) for name in files}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if folder.exists():
         old = folder.parent / f".old-{folder.name}-{os.getpid()}"
         folder.rename(old)
@@ -176,7 +167,7 @@ def _write_checkpoint(folder: Path, tmp: Path, modules, objects, state) -> Path:
         shutil.rmtree(old)
     else:
         tmp.rename(folder)
-    _fsync_dir(folder.parent)
+    fsync_dir(folder.parent)
     return folder
 
 

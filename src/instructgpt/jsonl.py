@@ -161,10 +161,10 @@ def atomic_open(path: str | Path) -> Iterator[TextIO]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make the rename durable (best effort: not every platform allows it)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
