@@ -193,14 +193,10 @@ class PPOTrainer:
             check_scores_policy_tokens(cfg.reward_model, self.tokenizer, self.format)
         frozen = resolve_dtype(cfg.dtype, self.device)  # dtype of the frozen reference and reward model
         self.policy, self.ref = self._policy_and_reference(frozen)
-        if cfg.reward_model:
-            self.reward_model = RewardModel.from_pretrained(
-                cfg.reward_model, self.device, dtype=frozen,
-                attn_implementation=cfg.attn_implementation).eval().requires_grad_(False)
-            self.reward_fn = load_reward_fn(cfg.reward_fn) if cfg.reward_fn else None
-        else:
-            self.reward_model = None
-            self.reward_fn = load_reward_fn(cfg.reward_fn)
+        self.reward_model = RewardModel.from_pretrained(
+            cfg.reward_model, self.device, dtype=frozen,
+            attn_implementation=cfg.attn_implementation).eval().requires_grad_(False) if cfg.reward_model else None
+        self.reward_fn = load_reward_fn(cfg.reward_fn) if cfg.reward_fn else None  # validate(): one of the two
         self.shared = cfg.value_model == "shared"
         self.value: torch.nn.Module | None
         if cfg.advantage_estimator == "rloo":

@@ -52,7 +52,6 @@ def test_known_preferences_give_known_win_rates_and_intervals():
     add_judge(m, "judge_model", verdicts.outcomes, prompts, seed=3)
     est = m.win_rate["judge_model"]
     assert est.value == pytest.approx(0.7) and est.n == 10 and est.method == "wilson-prompts"
-    ids = [p.id for p in prompts]
     # one outcome per prompt: v = 10/9 * (6 * 0.3^2 + 2 * 0.7^2 + 2 * 0.2^2) / 10^2, effective size 0.21 / v
     n_eff = 0.21 / (10 / 9 * 1.6 / 100)
     assert n_eff == pytest.approx(11.8125)
