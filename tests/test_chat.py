@@ -253,6 +253,38 @@ def test_plain_text_has_a_newline_between_prompt_and_response(bpe):
     assert response == enc(tok, " Rome.") + [tok.eos_token_id]
 
 
+def sentencepiece_tokenizer(newline_merges: bool = False):
+    """Llama-2-like: SentencePiece-style BPE that marks the first word of a text (and every word after a
+    space) with a word-start "▁"; a word after a newline has no marker. With ``newline_merges`` the
+    vocabulary also has pieces that join a newline to the next word."""
+    inner = Tokenizer(models.BPE(unk_token="<unk>"))
+    inner.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    inner.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    corpus = toy_corpus() + (["repeat: red\nred blue"] * 50 if newline_merges else [])
+    inner.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
+                                                          initial_alphabet=["\n", ":"]))
+    return PreTrainedTokenizerFast(tokenizer_object=inner, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_a_plain_text_reply_is_tokenised_as_it_falls_after_its_prompt():
+    tok = sentencepiece_tokenizer()
+    fmt = ChatFormat.load(tok)
+    prompt, response = fmt.encode("repeat: red blue", "red blue")
+    # the reply's first word after the newline carries no word-start marker: the ids of the joined text,
+    # not those of the reply alone ("▁red"), which a pretrained model never saw after a newline
+    assert prompt + response == tok("repeat: red blue\nred blue")["input_ids"] + [tok.eos_token_id]
+    assert not tok.convert_ids_to_tokens(response)[0].startswith("▁") and enc(tok, "red blue")[0] == sid(tok, "▁red")
+    assert tok.decode(response, skip_special_tokens=True) == "red blue"
+    assert fmt.encode("repeat: red", "")[1] == [tok.eos_token_id]
+    # where the reply would merge with the prompt's newline, it is tokenised alone: the boundary stays exact
+    merging = sentencepiece_tokenizer(newline_merges=True)
+    joined = merging.convert_ids_to_tokens(merging("repeat: red\nred blue")["input_ids"])
+    assert "▁red\nred" in joined
+    prompt, response = ChatFormat.load(merging).encode("repeat: red", "red blue")
+    assert prompt == merging("repeat: red\n")["input_ids"]
+    assert response == enc(merging, "red blue") + [merging.eos_token_id]
+
+
 def test_chat_template_none_and_file(bpe, tmp_path):
     tok = chatml_tokenizer(bpe)
     none = ChatFormat.load(tok, "none")

@@ -28,9 +28,12 @@ Without a template (plain text)::
     text prompt:      "{prompt}\\n" "{response}" EOS       (no newline added when the prompt ends with one)
     messages prompt:  "User: {content}\\n\\nAssistant:" " {response}" EOS
 
-Prompt and response are tokenised separately (the prompt with the tokenizer's
-own special tokens such as BOS, the response without), so the boundary is
-exact. An empty response is the end token alone (EOS, or the end-of-turn token
+The prompt is tokenised with the tokenizer's own special tokens such as BOS;
+the response's ids are those it gets after its prompt in one text, so a
+SentencePiece tokenizer gives a reply's first word no word-start marker after
+the newline, as in the text the model was pretrained on (the response alone
+where prompt and response would merge across the boundary, so the boundary is
+always exact). An empty response is the end token alone (EOS, or the end-of-turn token
 with a template): what a model that stops at once produced.
 
 Generation stops at any of ``stop_ids``: the end-of-turn token and EOS.
@@ -193,9 +196,14 @@ class ChatFormat:
         """Ids of ``text`` where it continues a line: " blue" after "The sky is" is one word with its
         space on every tokenizer, also on those (such as the world's, or SentencePiece ones) that mark
         the start of a text as a word start and would give " blue" alone a stray space token."""
-        anchor = self._ids("a")
-        ids = self._ids("a" + text)
-        return ids[len(anchor):] if ids[:len(anchor)] == anchor else self._ids(text)
+        return self._ids_after("a", text)
+
+    def _ids_after(self, before: str, text: str) -> list[int]:
+        """Ids of ``text`` as they fall when it follows ``before`` in one text, as the model read text
+        in pretraining; ``text`` alone when the two merge across the boundary."""
+        head = self._ids(before)
+        ids = self._ids(before + text)
+        return ids[len(head):] if ids[:len(head)] == head else self._ids(text)
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
@@ -203,8 +211,8 @@ class ChatFormat:
     def _plain_response(self, prompt: PromptInput, response: str) -> list[int]:
         if not response:
             return [self.end_id]
-        if isinstance(prompt, str):  # the reply starts a line of its own
-            return self._ids(response) + [self.end_id]
+        if isinstance(prompt, str):  # the reply starts a line of its own: "red" after "\n", not "▁red"
+            return self._ids_after(self._plain_prompt(prompt), response) + [self.end_id]
         return self.continuation_ids(" " + response) + [self.end_id]  # "Assistant: reply", as in earlier turns
 
     def _render(self, conversation: Conversation, generation_prompt: bool, tokenize: bool = True,
