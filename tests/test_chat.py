@@ -285,6 +285,28 @@ def test_a_plain_text_reply_is_tokenised_as_it_falls_after_its_prompt():
     assert response == enc(merging, "red blue") + [merging.eos_token_id]
 
 
+def test_pretraining_documents_end_with_the_document_end_not_a_chat_turns_end(bpe):
+    from instructgpt.lm import document_end_id, pack_blocks
+    endoftext = sid(chatml_tokenizer(bpe), "<|endoftext|>")
+    # SmolLM2 and Qwen2 instruct tokenizers: EOS is <|im_end|>; documents were pretrained with <|endoftext|>
+    chatml = chatml_tokenizer(bpe)
+    assert chatml.eos_token == "<|im_end|>" and document_end_id(chatml) == endoftext
+    blocks = pack_blocks(chatml, ["red blue", "cat dog"], 2)
+    assert blocks.flatten().tolist().count(endoftext) == 2 and chatml.eos_token_id not in blocks.flatten().tolist()
+    # SmolLM2's GGUF names <|endoftext|> its unknown token too: still a real token
+    gguf_like = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", unk_token="<|endoftext|>")
+    assert document_end_id(gguf_like) == endoftext
+    # Llama-3 instruct: turns end with <|eot_id|>, documents with <|end_of_text|>
+    eot = sentencepiece_tokenizer()
+    eot.add_special_tokens({"additional_special_tokens": ["<|end_of_text|>", "<|eot_id|>"]})
+    eot.eos_token = "<|eot_id|>"
+    assert document_end_id(eot) == sid(eot, "<|end_of_text|>")
+    # a base tokenizer whose EOS is the document end keeps it
+    llama3 = llama3_tokenizer(bpe)
+    assert document_end_id(llama3) == llama3.eos_token_id == sid(llama3, "<|end_of_text|>")
+    assert document_end_id(sentencepiece_tokenizer()) == sid(sentencepiece_tokenizer(), "</s>")
+
+
 def test_chat_template_none_and_file(bpe, tmp_path):
     tok = chatml_tokenizer(bpe)
     none = ChatFormat.load(tok, "none")

@@ -372,7 +372,7 @@ def test_a_corpus_too_short_for_one_block_names_its_file():
     from instructgpt.lm import pack_blocks
 
     class Words:
-        eos_token_id = 0
+        eos_token, eos_token_id = "<|endoftext|>", 0
 
         def __call__(self, text, add_special_tokens=False):
             return {"input_ids": [1] * len(text.split())}

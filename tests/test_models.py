@@ -9,6 +9,7 @@ from transformers import AutoTokenizer
 from tests.conftest import make_model
 from instructgpt.batching import pad
 from instructgpt.generation import generate
+from instructgpt.lm import document_end_id
 from instructgpt.models import (ModelLoadError, last_token_index, load_policy, load_tokenizer, resolve_source,
                                 smollm2_gguf_path)
 from instructgpt.reward_model import RewardModel
@@ -107,6 +108,8 @@ def test_smollm2_gguf_loads_and_generates(tmp_path):
     assert policy.config.model_type == "llama"
     prompt = tok("The capital of France is")["input_ids"]
     out = generate(policy, [prompt], 5, tok.eos_token_id, tok.pad_token_id, temperature=0)
+    # pretraining text (PPO-ptx, perplexity) ends documents with <|endoftext|>, not the end of a chat turn
+    assert tok.eos_token == "<|im_end|>" and tok.convert_ids_to_tokens(document_end_id(tok)) == "<|endoftext|>"
     assert len(out.responses[0]) >= 1
     # a plain model: saves, reloads bit for bit, with the tokenizer's chat template
     assert getattr(policy, "hf_quantizer", None) is None and "quantization_config" not in policy.config.to_dict()

@@ -86,7 +86,7 @@ class ChatFormat:
         self.template = template
         self.origin = origin                      # "tokenizer", a file path, or "none"
         self.eos_id: int = tokenizer.eos_token_id
-        self._special = _special_ids(tokenizer)
+        self._special = special_ids(tokenizer)
         self.end_id = self._find_end_of_turn() if template is not None else self.eos_id
         self.stop_ids: tuple[int, ...] = tuple(dict.fromkeys([self.end_id, self.eos_id]))
         self._cache: tuple[str, list[int]] | None = None  # last rendered prompt (K responses share it)
@@ -257,7 +257,7 @@ class ChatFormat:
                           f"special token such as {{{{ eos_token }}}}")
 
 
-def _special_ids(tokenizer) -> set[int]:
+def special_ids(tokenizer) -> set[int]:
     """Ids of special tokens: the named ones and added tokens marked special (e.g. <|eot_id|>)."""
     ids = set(tokenizer.all_special_ids)
     for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items():

@@ -9,9 +9,10 @@ imports another.
 Corpus format (used by ``pretrain`` and by PPO-ptx's ``pretrain_data``):
 a ``.txt`` file whose documents are separated by blank lines, or a ``.jsonl``
 file with one ``{"text": ...}`` object per line. Documents are tokenised,
-joined with EOS between them, and cut into blocks of ``seq_len`` tokens (the
-tail shorter than a block is dropped and counted). Every token of a block is
-a target.
+joined with the tokenizer's end of document between them (:func:`document_end_id`:
+EOS, unless EOS ends a chat turn), and cut into blocks of ``seq_len`` tokens
+(the tail shorter than a block is dropped and counted). Every token of a block
+is a target.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .batching import Encoded, collate_lm
+from .chat import special_ids
 from .data import DataError, read_jsonl
 from .dropout import restore_dropout, set_dropout
 from .losses import next_token_targets, nll_sum
@@ -52,12 +54,32 @@ def load_corpus(path: str | Path) -> list[str]:
     return [d.strip() for d in text.split("\n\n") if d.strip()]
 
 
+# special tokens that end a document in pretraining text: GPT-2, Qwen2 and SmolLM2; Llama-3; Llama-2 and Mistral; Gemma
+DOCUMENT_ENDS = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
+
+
+def document_end_id(tokenizer) -> int:
+    """The token between pretraining documents: EOS, unless EOS is a chat's end-of-turn token (SmolLM2's and
+    Qwen2's instruct tokenizers end turns with <|im_end|>, Llama-3's with <|eot_id|>) and the vocabulary has
+    a special document end of its own, which is what the model was pretrained with."""
+    if tokenizer.eos_token in DOCUMENT_ENDS:
+        return tokenizer.eos_token_id
+    special = special_ids(tokenizer)
+    for name in DOCUMENT_ENDS:
+        token_id = tokenizer.convert_tokens_to_ids(name)  # the unknown token's id when there is no such token
+        if token_id in special and (token_id != tokenizer.unk_token_id or tokenizer.unk_token == name):
+            return token_id
+    return tokenizer.eos_token_id
+
+
 def pack_blocks(tokenizer, docs: list[str], seq_len: int, source: str = "corpus") -> torch.Tensor:
-    """Tokenise, join with EOS, cut into (N, seq_len) blocks; ``source`` (the file) names a corpus too short."""
+    """Tokenise, join with the document end, cut into (N, seq_len) blocks; ``source`` (the file) names a corpus
+    too short."""
     stream: list[int] = []
+    end = document_end_id(tokenizer)
     for d in docs:
         stream.extend(tokenizer(d, add_special_tokens=False)["input_ids"])
-        stream.append(tokenizer.eos_token_id)
+        stream.append(end)
     n = len(stream) // seq_len
     if n == 0:
         raise DataError(f"{source}: {len(docs)} documents, {len(stream)} tokens: fewer than one block of "
