@@ -156,7 +156,7 @@ def test_the_edges_of_each_range_are_accepted():
 
 
 def test_a_reward_fn_that_cannot_be_imported_is_a_config_error():
-    from instructgpt.ppo import load_reward_fn
+    from instructgpt.reward_fn import load_reward_fn
     with pytest.raises(ConfigError, match="cannot import module 'no_such_module_xyz'"):
         load_reward_fn("no_such_module_xyz:f")
     with pytest.raises(ConfigError, match="module 'math' has no function 'nope'"):

@@ -263,7 +263,7 @@ def test_ppo_lora_update_moves_the_policy_towards_positive_advantages(tmp_path, 
     """One PPO iteration with adapters: log-probs of the batch's tokens rise where the advantage is positive
     and fall where it is negative (sum of A * change > 0), and only adapter weights moved."""
     from instructgpt.losses import token_logprobs
-    from instructgpt.ppo import response_logits
+    from instructgpt.ppo_forward import response_logits
     trainer = PPOTrainer(ppo_cfg(data, full_sft, tmp_path / "ppo", batch_size=16, minibatch_size=8, ppo_epochs=2,
                                  lr=2e-2))
     base = {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if not p.requires_grad}

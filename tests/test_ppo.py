@@ -142,7 +142,7 @@ def test_sample_writes_k_distinct_responses_as_ranking_tasks(tmp_path, sft_polic
 
 def test_response_logits_match_the_full_forward(tiny_gpt2):
     from instructgpt.models import position_ids_from_mask
-    from instructgpt.ppo import response_logits
+    from instructgpt.ppo_forward import response_logits
     model = load_policy(tiny_gpt2).eval()
     ids = torch.randint(3, 100, (3, 12))
     mask = torch.ones_like(ids)
@@ -155,7 +155,7 @@ def test_response_logits_match_the_full_forward(tiny_gpt2):
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_shared_trunk_logits_match_the_policy_and_values_read_its_hidden_states(tmp_path, arch):
     from instructgpt.models import position_ids_from_mask
-    from instructgpt.ppo import ValueHead, response_logits, response_logits_and_values, shared_head_values
+    from instructgpt.ppo_forward import ValueHead, response_logits, response_logits_and_values, shared_head_values
     from tests.conftest import make_model
     model = load_policy(make_model(tmp_path / arch, arch)).eval()
     head = ValueHead(model.config.hidden_size)

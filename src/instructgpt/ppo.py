@@ -25,7 +25,9 @@ order. Each minibatch step takes ceil(ptx_token_ratio * response tokens of
 the minibatch / ptx_seq_len) blocks (paper: 8x as many pretraining tokens as
 RL tokens), and its loss is averaged over their tokens.
 
-The options, their groups and their checks are in :mod:`.ppo_config`.
+The options, their groups and their checks are in :mod:`.ppo_config`; what each model
+computes at the response positions in :mod:`.ppo_forward`; saving, resuming and the
+final folders in :mod:`.ppo_checkpoint`.
 
 Tensor layout of a rollout: ``input_ids`` (B, P + R) = left-padded prompts
 (B, P) followed by right-padded responses (B, R); ``mask`` (B, R) marks real
@@ -38,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
 import json
 import math
 import random
@@ -49,13 +50,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from . import backends
 from . import checkpoint as ckpt
 from . import distributed as dist
 from . import interrupt
 from . import lora
+from . import ppo_checkpoint
 from . import sharding
 from .batching import ModelContext, RecordEncoder, pad
 from .chat import ChatFormat, prompt_input
@@ -68,12 +69,15 @@ from .losses import (AdaptiveKLController, FixedKLController, ema_update, entrop
                      shape_rewards, token_logprobs, value_loss, whiten)
 from .lm import BlockStream, load_corpus, pack_blocks
 from .models import (enable_gradient_checkpointing, load_policy, load_tokenizer, pick_device,
-                     position_ids_from_mask, resolve_dtype, trained_policy)
+                     resolve_dtype, trained_policy)
+from .ppo_forward import (ValueHead, response_logits, response_logits_and_values, response_values,
+                          shared_head_values)
+from .reward_fn import load_reward_fn
 from .reward_model import RewardModel, check_scores_policy_tokens, trained_reward_model
 from .ppo_config import PPOConfig
 from .progress import progress_bar
 from .records import MetricsLog, open_metrics, update_run_info, write_run_info
-from .resume_check import check_resume, remembered
+from .resume_check import check_resume
 from .training import adamw_kernel
 
 
@@ -104,70 +108,6 @@ class PPOResult:
     out_dir: str
     iterations: int
     history: list[dict] = field(default_factory=list)
-
-
-# ----------------------------------------------------------------------------- forward helpers
-
-def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, P: int) -> torch.Tensor:
-    """(B, P+R) -> (B, R, V): the logits that predicted each response token."""
-    R = input_ids.shape[1] - P
-    # logits_to_keep: the unembedding runs on the R + 1 last positions only, not on the prompt.
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids_from_mask(attention_mask), logits_to_keep=R + 1).logits
-    return logits[:, :-1]
-
-
-def response_values(value_model: RewardModel, input_ids, attention_mask, P: int) -> torch.Tensor:
-    """(B, P+R) -> (B, R): V(state before each response token)."""
-    return value_model.values(input_ids, attention_mask)[:, P - 1:-1]
-
-
-class ValueHead(torch.nn.Module):
-    """``value_model=shared``: a scalar head on the policy's final hidden states."""
-
-    def __init__(self, hidden: int):
-        super().__init__()
-        self.head = torch.nn.Linear(hidden, 1)
-        torch.nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(hidden + 1))
-        torch.nn.init.zeros_(self.head.bias)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.head(hidden).squeeze(-1)
-
-
-def response_logits_and_values(policy, head: ValueHead, input_ids, attention_mask, P: int):
-    """One pass of the policy's trunk -> ((B, R, V) logits, (B, R) values), both read at the
-    position before each response token (the unembedding runs on those positions only)."""
-    R = input_ids.shape[1] - P
-    # Through the model's own forward (FSDP's hooks run there); the last hidden state is the
-    # final-norm output that the unembedding reads.
-    out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-                 logits_to_keep=R + 1, output_hidden_states=True)
-    h = out.hidden_states[-1][:, P - 1:-1]                                      # (B, R, H)
-    return out.logits[:, :-1], head(h).float()
-
-
-def shared_head_values(policy, head: ValueHead, input_ids, attention_mask, P: int) -> torch.Tensor:
-    """(B, R) fp32 values of the shared head on a frozen trunk: gradients reach the head only."""
-    with torch.no_grad():
-        out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-                     logits_to_keep=1, output_hidden_states=True)
-    return head(out.hidden_states[-1][:, P - 1:-1]).float()
-
-
-def load_reward_fn(spec: str) -> Callable[[list[str], list[str]], list[float]]:
-    module, _, name = spec.partition(":")
-    if not name:
-        raise ConfigError(f"reward_fn: {spec!r} is not of the form module:function")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except ImportError as e:
-        raise ConfigError(f"reward_fn: cannot import module {module!r} of {spec!r}: {e}") from None
-    except AttributeError:
-        raise ConfigError(f"reward_fn: module {module!r} has no function {name!r}") from None
-    if not callable(fn):
-        raise ConfigError(f"reward_fn: {spec} is not a function")
-    return fn
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -590,84 +530,6 @@ class PPOTrainer:
             out["ppo/explained_variance"] = explained_variance(ro.values, ro.returns, ro.mask)
         return out
 
-    # ---- persistence
-
-    def modules(self) -> dict[str, torch.nn.Module]:
-        mods = {"policy": self.policy}
-        if self.value is not None:
-            mods["value"] = self.value
-        if self.ema_model is not None:
-            mods["ema"] = self.ema_model
-        return mods
-
-    def save_checkpoint(self) -> Path:
-        """Full (unsharded) tensors written by rank 0; every rank calls it (gathering is collective)."""
-        tensors = sharding.checkpoint_tensors(self.modules())
-        optim_state = sharding.optimizer_state_dict(self.optimizer, rank0_only=True)
-        if dist.is_main():
-            root = Path(self.cfg.out_dir) / "checkpoints"
-            objects = {"optimizer": optim_state, "kl_ctl": self.kl_ctl.state_dict(),
-                       "generator": self.generator.get_state(),
-                       "ptx_position": self.ptx.position if self.ptx else 0}
-            state = {"iteration": self.iteration, "prompt_position": self.prompt_position,
-                     "ema_updates": self.ema_updates, "config": remembered(self.cfg)}
-            ckpt.save_checkpoint(root / f"step-{self.iteration:07d}", tensors, objects, state)
-            ckpt.prune_checkpoints(root, self.cfg.keep_checkpoints)
-        dist.barrier()
-        return Path(self.cfg.out_dir) / "checkpoints" / f"step-{self.iteration:07d}"
-
-    def load_checkpoint(self, folder: Path) -> None:
-        objects, state = ckpt.load_checkpoint(folder, self.modules())  # full tensors: any ranks, sharded or not
-        sharding.load_optimizer_state_dict(self.optimizer, objects["optimizer"])
-        self.kl_ctl.load_state_dict(objects["kl_ctl"])
-        self.generator.set_state(objects["generator"])
-        if dist.rank() > 0:  # the checkpoint holds rank 0's stream; the others fork their own from it
-            self.generator.manual_seed(dist.rank_seed(self.cfg.seed, state["iteration"]))
-        if self.ptx is not None:
-            self.ptx.position = objects["ptx_position"]
-        self.iteration = state["iteration"]
-        self.prompt_position = state["prompt_position"]
-        self.ema_updates = state["ema_updates"]
-
-    def save_final(self) -> None:
-        """Plain HF folders written by rank 0; every rank calls it (sharded weights are gathered)."""
-        out = Path(self.cfg.out_dir)
-        if lora.has_adapters(self.policy):
-            if dist.is_main():
-                self._save_lora_final(out)
-            return
-        final = self.ema_model if self.ema_model is not None else self.policy
-        sharding.save_pretrained(final, str(out))
-        if self.ema_model is not None:
-            sharding.save_pretrained(self.policy, str(out / "policy_raw"))
-        if self.value is not None and not self.shared:
-            sharding.save_pretrained(self.value, out / "value_model", self.tokenizer)
-        if dist.is_main():
-            self.tokenizer.save_pretrained(str(out))
-            if self.ema_model is not None:
-                self.tokenizer.save_pretrained(str(out / "policy_raw"))
-            if self.shared and self.value is not None:  # the head sits on policy_raw's trunk (or the saved policy's)
-                save_file({k: v.contiguous() for k, v in self.value.state_dict().items()},
-                          str(out / "value_head.safetensors"))
-
-    def _save_lora_final(self, out: Path) -> None:
-        """Adapter folders: the policy (EMA adapters) in out_dir, policy_raw/, value_model/ (or
-        value_head.safetensors); merged plain folders instead with ``merge_lora`` (adapters in adapter/)."""
-        merge, tok = self.cfg.merge_lora, self.tokenizer
-        if self.ema_model is not None:
-            with self.ema_model.swapped_into(self.policy):
-                lora.save_policy(self.policy, out, tok, merge)
-            lora.save_policy(self.policy, out / "policy_raw", tok, merge)
-        else:
-            lora.save_policy(self.policy, out, tok, merge)
-        if self.value is None:
-            return
-        if self.shared:  # the head sits on policy_raw's trunk (or the saved policy's, without EMA)
-            save_file({k: v.contiguous() for k, v in self.value.state_dict().items()},
-                      str(out / "value_head.safetensors"))
-        else:
-            lora.save_reward_model(self.value, out / "value_model", tok, merge)
-
 
 def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None) -> PPOResult:
     """Run ``cfg.iterations`` PPO iterations; the final (EMA) policy is saved to ``cfg.out_dir``."""
@@ -678,7 +540,7 @@ def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None)
     if cfg.resume:
         found = ckpt.latest_good_checkpoint(out / "checkpoints")
         if found is not None:
-            trainer.load_checkpoint(found)
+            ppo_checkpoint.load_checkpoint(trainer, found)
             log.truncate_after(trainer.iteration)
             MetricsLog(out / "samples.jsonl", enabled=dist.is_main()).truncate_after(trainer.iteration)
     if dist.is_main():
@@ -708,13 +570,13 @@ def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None)
             saved = None
             if (cfg.save_every and trainer.iteration % cfg.save_every == 0) or \
                     (cfg.save_minutes > 0 and time.monotonic() - last_save >= 60 * cfg.save_minutes):
-                saved, last_save = trainer.save_checkpoint(), time.monotonic()
+                saved, last_save = ppo_checkpoint.save_checkpoint(trainer), time.monotonic()
             if interrupt.stop_requested():  # a safe point: stop here, with a checkpoint
                 interrupt.stop(f"at {name} iteration {trainer.iteration}/{cfg.iterations}",
-                               saved or trainer.save_checkpoint())
+                               saved or ppo_checkpoint.save_checkpoint(trainer))
             if on_iteration is not None:
                 on_iteration(trainer.iteration)
-    trainer.save_final()
+    ppo_checkpoint.save_final(trainer)
     if not cfg.keep_optimizer and dist.is_main():  # training is over: weights-only checkpoints from here on
         ckpt.retain(out / "checkpoints", cfg.keep_checkpoints, keep_optimizer=False)
     if dist.is_main():

@@ -6,7 +6,7 @@ import pytest
 
 from instructgpt.config import ConfigError
 from instructgpt.data import DataError, write_jsonl
-from instructgpt.ppo import load_reward_fn
+from instructgpt.reward_fn import load_reward_fn
 from instructgpt.world import oracle
 from instructgpt.world.datasets import build_datasets
 from instructgpt.world.tasks import solve

@@ -1,0 +1,63 @@
+"""What PPO's models compute at the response positions of a rollout.
+
+``input_ids`` (B, P + R) are left-padded prompts (B, P) followed by
+right-padded responses (B, R). The logits that predicted response token t, and
+the value of the state it was taken in, are both read at the position before
+it; the unembedding runs on those R + 1 positions only (``logits_to_keep``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .models import position_ids_from_mask
+from .reward_model import RewardModel
+
+
+def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, P: int) -> torch.Tensor:
+    """(B, P+R) -> (B, R, V): the logits that predicted each response token."""
+    R = input_ids.shape[1] - P
+    # logits_to_keep: the unembedding runs on the R + 1 last positions only, not on the prompt.
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids_from_mask(attention_mask), logits_to_keep=R + 1).logits
+    return logits[:, :-1]
+
+
+def response_values(value_model: RewardModel, input_ids, attention_mask, P: int) -> torch.Tensor:
+    """(B, P+R) -> (B, R): V(state before each response token)."""
+    return value_model.values(input_ids, attention_mask)[:, P - 1:-1]
+
+
+class ValueHead(torch.nn.Module):
+    """``value_model=shared``: a scalar head on the policy's final hidden states."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.head = torch.nn.Linear(hidden, 1)
+        torch.nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(hidden + 1))
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden).squeeze(-1)
+
+
+def response_logits_and_values(policy, head: ValueHead, input_ids, attention_mask, P: int):
+    """One pass of the policy's trunk -> ((B, R, V) logits, (B, R) values), both read at the
+    position before each response token (the unembedding runs on those positions only)."""
+    R = input_ids.shape[1] - P
+    # Through the model's own forward (FSDP's hooks run there); the last hidden state is the
+    # final-norm output that the unembedding reads.
+    out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+                 logits_to_keep=R + 1, output_hidden_states=True)
+    h = out.hidden_states[-1][:, P - 1:-1]                                      # (B, R, H)
+    return out.logits[:, :-1], head(h).float()
+
+
+def shared_head_values(policy, head: ValueHead, input_ids, attention_mask, P: int) -> torch.Tensor:
+    """(B, R) fp32 values of the shared head on a frozen trunk: gradients reach the head only."""
+    with torch.no_grad():
+        out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+                     logits_to_keep=1, output_hidden_states=True)
+    return head(out.hidden_states[-1][:, P - 1:-1]).float()
