@@ -242,7 +242,7 @@ def test_run_curate_writes_files_and_summary(tmp_path):
     assert next(r for r in removed if r["id"] == "dup")["duplicate_of"] == "p0"
     assert summary["prompts_in"] == 245 and summary["users_in"] == 121
     assert summary["prompts_out"] == 242 == sum(len(v) for v in splits.values())
-    assert summary["removed"] == {"duplicate_prefix": 1, "user_cap": 2}
+    assert summary["removed"] == {"already_curated": 0, "duplicate_prefix": 1, "user_cap": 2}
     assert summary["users_capped"] == 1
     assert summary["pii"] == {"email": 1, "phone": 1, "card": 0, "ip": 0, "credentials": 0}
     assert summary["prompts_scrubbed"] == 1
@@ -310,3 +310,80 @@ def test_an_empty_prompts_file_is_an_error_that_keeps_the_earlier_output(tmp_pat
     with pytest.raises(DataError, match=r"empty\.jsonl: no prompts .*nothing written"):
         run_curate(CurateConfig(prompts=str(tmp_path / "empty.jsonl"), out_dir=str(tmp_path / "out")))
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+
+
+# ---------------------------------------------------------------- batches: the rules hold across curations
+
+def test_a_second_batch_is_curated_against_the_first():
+    cfg = CurateConfig(max_per_user=4, valid_fraction=0.2, test_fraction=0.2)
+    first = curate_prompts(make_prompts(30, per_user=3), cfg)
+    earlier = first.kept()
+    split_of = {p.user_id: p.split for p in earlier}
+    rng = random.Random(7)
+    batch = [Prompt(id=f"n{u}-{j}", text=unique_text(rng, 1000 + 10 * u + j), user_id=f"user{u}") for u in range(3)
+             for j in range(3)]                                                    # users 0-2 hold 3 already
+    batch.append(Prompt(id="again", text=earlier[5].text.upper() + " and more", user_id="newcomer"))  # prefix repeat
+    batch.append(Prompt(id=earlier[7].id, text=earlier[7].text, user_id=earlier[7].user_id))          # re-sent
+    second = curate_prompts(batch, cfg, earlier)
+    reasons = {r.prompt.id: (r.reason, r.duplicate_of) for r in second.removed}
+    # the cap counts each user's earlier prompts: 3 + 1 kept, 2 capped
+    assert sorted(i for i, (why, _) in reasons.items() if why == "user_cap") == [
+        "n0-1", "n0-2", "n1-1", "n1-2", "n2-1", "n2-2"]
+    assert reasons["again"] == ("duplicate_prefix", earlier[5].id)
+    assert reasons[earlier[7].id] == ("already_curated", earlier[7].id)
+    # a user keeps the earlier split; nothing curated earlier is output again
+    assert all(p.split == split_of[p.user_id] for p in second.kept() if p.user_id in split_of)
+    assert {p.id for p in second.kept()} == {"n0-0", "n1-0", "n2-0"}
+    summary = second.summary()
+    assert summary["earlier"]["prompts"] == 90 and summary["removed"]["already_curated"] == 1
+    assert "Checked against 90 prompts from 30 users curated earlier" in format_summary(second)
+    # the same batch alone: nothing would have been removed but the one in-batch case
+    assert not curate_prompts(batch, cfg).removed
+
+
+def test_across_batches_an_id_names_one_prompt_and_a_user_one_split():
+    cfg = CurateConfig()
+    earlier = [Prompt(id="a", text="Write a poem about the harbor at dawn", user_id="u1", split="valid",
+                      source="valid.jsonl:1")]
+    with pytest.raises(DataError, match=r"^b\.jsonl:1: id: 'a' was curated earlier with another text "
+                                        r"\(valid\.jsonl:1\)"):
+        curate_prompts([Prompt(id="a", text="Something else entirely", user_id="u1", source="b.jsonl:1")], cfg, earlier)
+    with pytest.raises(DataError, match=r"^b\.jsonl:2: split: user 'u1' would span two splits: 'train' here but "
+                                        r"'valid' at valid\.jsonl:1"):
+        curate_prompts([Prompt(id="c", text="A new question on tides", user_id="u1", split="train",
+                               source="b.jsonl:2")], cfg, earlier)
+    with pytest.raises(DataError, match=r"^x: split: an earlier curation's prompt needs one of"):
+        curate_prompts([], cfg, [Prompt(id="x", text="t", user_id="u", source="x")])
+
+
+def test_heavy_users_of_a_new_batch_fill_the_splits_the_earlier_batches_left_short():
+    cfg = CurateConfig(valid_fraction=0.25, test_fraction=0.25)
+    rng = random.Random(3)
+    earlier = [Prompt(id=f"e{i}", text=unique_text(rng, i), user_id=f"old{i % 4}", split="train") for i in range(40)]
+    batch = [Prompt(id=f"b{u}-{j}", text=unique_text(rng, 100 + 10 * u + j), user_id=f"new{u}")
+             for u in range(2) for j in range(10)]
+    second = curate_prompts(batch, cfg, earlier)
+    # 40 earlier prompts all in train (target 30 of 60): the two new users go to valid and test
+    assert {p.split for p in second.kept()} == {"valid", "test"}
+    assert second.summary()["earlier"]["split_shares"] == {"train": 0.6667, "valid": 0.1667, "test": 0.1667}
+    # alone, the batch's heavier user would have filled train
+    assert "train" in {p.split for p in curate_prompts(batch, cfg).kept()}
+
+
+def test_curate_previous_writes_the_new_prompts_only(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", make_prompts(20, per_user=2))
+    run_curate(CurateConfig(prompts=str(tmp_path / "a.jsonl"), out_dir=str(tmp_path / "v1")))
+    more = make_prompts(20, per_user=2) + make_prompts(5, per_user=2, seed=9, start=40)
+    write_jsonl(tmp_path / "b.jsonl", more)
+    result = run_curate(CurateConfig(prompts=str(tmp_path / "b.jsonl"), out_dir=str(tmp_path / "v2"),
+                                     previous=str(tmp_path / "v1")))
+    written = [p for name in ("train", "valid", "test") for p in load_prompts(tmp_path / "v2" / f"{name}.jsonl")]
+    assert len(written) == 10 and {p.user_id for p in written} == {f"user{u}" for u in range(40, 45)}
+    assert json.loads((tmp_path / "v2" / "curation_summary.json").read_text())["removed"]["already_curated"] == 40
+    assert result.summary()["earlier"]["prompts"] == 40
+    with pytest.raises(ConfigError, match=r"^out_dir: .* is the previous curation's folder"):
+        run_curate(CurateConfig(prompts=str(tmp_path / "b.jsonl"), out_dir=str(tmp_path / "v1"),
+                                previous=str(tmp_path / "v1")))
+    with pytest.raises(DataError, match=r"nope/train\.jsonl: not found \(previous= names the out_dir"):
+        run_curate(CurateConfig(prompts=str(tmp_path / "b.jsonl"), out_dir=str(tmp_path / "v3"),
+                                previous=str(tmp_path / "nope")))

@@ -19,6 +19,13 @@ Order of operations in :func:`curate_prompts`:
    lighter users are placed from ``hash(seed, user_id)``, so their split never
    depends on the other users in the file. One heavy user can no longer empty the training
    split into validation (the summary shows the achieved shares).
+
+Prompts arrive in batches. Given the prompts an earlier curation kept (``previous=``
+its output folder; the labeling app passes the prompts it already holds), the rules
+hold across batches: a prompt already curated (same id and text) is not curated
+again, a new prompt repeating an earlier one's prefix is a duplicate, a user's cap
+counts their earlier prompts, and a user keeps their earlier split (the earlier
+prompts count towards each split's share).
 """
 
 from __future__ import annotations
@@ -30,13 +37,14 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from instructgpt.config import ConfigError, check_seed, opt
 from instructgpt.data import (SPLITS, USE_CASES, DataError, Prompt, atomic_open, load_prompts, render_messages, to_record,
                               write_jsonl)
 
-REASONS = ("duplicate_prefix", "user_cap")
+REASONS = ("already_curated", "duplicate_prefix", "user_cap")
 PII_KINDS = ("email", "phone", "card", "ip", "credentials")
 
 
@@ -58,6 +66,9 @@ class CurateConfig:
     seed: int = opt(0, "Seed of the user -> split hash (changing it reshuffles users among splits).")
     scrub_pii: bool = opt(True, "Replace emails, phone numbers, card numbers, IP addresses and URL "
                                 "credentials by placeholders such as [EMAIL] before deduplication.")
+    previous: str = opt("", "Output folder of an earlier curation: new prompts are deduplicated against its "
+                            "prompts, each user's cap counts their prompts there, its users keep their split, and "
+                            "out_dir receives the new prompts only (it may not be that folder).")
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad option."""
@@ -75,6 +86,9 @@ class CurateConfig:
         if self.valid_fraction + self.test_fraction > 1.0:
             raise ConfigError(f"test_fraction: valid_fraction + test_fraction must be at most 1, "
                               f"got {self.valid_fraction} + {self.test_fraction}")
+        if self.previous.strip() and Path(self.previous).resolve() == Path(self.out_dir).resolve():
+            raise ConfigError(f"out_dir: {self.out_dir} is the previous curation's folder; write the new prompts "
+                              f"to another folder")
 
 
 # --------------------------------------------------------------------------
@@ -162,7 +176,7 @@ class Removal(NamedTuple):
     """A prompt left out of every split, and why."""
     prompt: Prompt
     reason: str                      # one of REASONS
-    duplicate_of: str | None = None  # for "duplicate_prefix": id of the kept prompt it repeats
+    duplicate_of: str | None = None  # id of the kept (or earlier) prompt it repeats
 
 
 @dataclass
@@ -176,6 +190,7 @@ class CurationResult:
     users_in: int = 0
     prompts_scrubbed: int = 0        # prompts whose text PII scrubbing changed
     config: CurateConfig | None = None
+    earlier: list[Prompt] = field(default_factory=list)  # what earlier curations kept (not output again)
 
     def split(self, name: str) -> list[Prompt]:
         if name not in SPLITS:
@@ -205,6 +220,9 @@ class CurationResult:
                        for s in SPLITS},
             "split_shares": {s: {"achieved": round(len(self.split(s)) / max(1, len(kept)), 4),
                                  "target": round(_targets(self.config or CurateConfig())[s], 4)} for s in SPLITS},
+            "earlier": {"prompts": len(self.earlier), "users": len({p.user_id for p in self.earlier}),
+                        "split_shares": {s: round((len(self.split(s)) + sum(p.split == s for p in self.earlier))
+                                                  / max(1, len(kept) + len(self.earlier)), 4) for s in SPLITS}},
             "use_cases": {uc: {**{s: use_cases[uc, s] for s in SPLITS},
                                "total": sum(use_cases[uc, s] for s in SPLITS)} for uc in present},
         }
@@ -237,8 +255,27 @@ def _scrub_all(prompts: list[Prompt], result: CurationResult) -> list[Prompt]:
     return out
 
 
+def _already_curated(prompts: list[Prompt], result: CurationResult) -> list[Prompt]:
+    """``prompts`` without those an earlier curation kept (same id, same text); the same id with another
+    text is an error: one id names one prompt."""
+    earlier = {p.id: p for p in result.earlier}
+    out = []
+    for p in prompts:
+        first = earlier.get(p.id)
+        if first is None:
+            out.append(p)
+        elif normalize_text(first.text) == normalize_text(p.text):
+            result.removed.append(Removal(p, "already_curated", first.id))
+        else:
+            raise DataError(f"{p.source or p.id}: id: {p.id!r} was curated earlier with another text "
+                            f"({first.source or 'earlier'}); one id names one prompt")
+    return out
+
+
 def _dedupe(prompts: list[Prompt], prefix_chars: int, result: CurationResult) -> list[Prompt]:
     kept_by_key: dict[str, Prompt] = {}
+    for p in result.earlier:
+        kept_by_key.setdefault(normalize_text(p.text)[:prefix_chars], p)
     out = []
     for p in prompts:
         key = normalize_text(p.text)[:prefix_chars]
@@ -252,7 +289,7 @@ def _dedupe(prompts: list[Prompt], prefix_chars: int, result: CurationResult) ->
 
 
 def _cap_per_user(prompts: list[Prompt], max_per_user: int, result: CurationResult) -> list[Prompt]:
-    seen: Counter[str] = Counter()
+    seen: Counter[str] = Counter(p.user_id for p in result.earlier)
     out = []
     for p in prompts:
         seen[p.user_id] += 1
@@ -295,19 +332,19 @@ def _targets(cfg: CurateConfig) -> dict[str, float]:
             "test": cfg.test_fraction}
 
 
-def user_splits(prompts: list[Prompt], cfg: CurateConfig) -> dict[str, str]:
-    """{user id: split}: pinned users keep their split, light users go by :func:`user_split`, heavy users
-    (at least ``balance_min_share`` of the prompts) fill, largest first, the split furthest below its target
-    share of the prompts."""
-    pinned = _pinned_splits(prompts)
+def user_splits(prompts: list[Prompt], cfg: CurateConfig, earlier: list[Prompt] = ()) -> dict[str, str]:
+    """{user id: split}: pinned users (and those of ``earlier`` prompts) keep their split, light users go by
+    :func:`user_split`, heavy users (at least ``balance_min_share`` of the prompts) fill, largest first, the
+    split furthest below its target share of the prompts, the earlier ones included."""
+    pinned = _pinned_splits([*earlier, *prompts])
     counts = Counter(p.user_id for p in prompts)
-    total = len(prompts)
+    total = len(prompts) + len(earlier)
     heavy = {u for u, n in counts.items() if u not in pinned and n >= cfg.balance_min_share * total}
     out = {u: p.split for u, p in pinned.items()}
     for u in counts:
         if u not in out and u not in heavy:
             out[u] = user_split(u, cfg.seed, cfg.valid_fraction, cfg.test_fraction)
-    have = Counter()
+    have = Counter(p.split for p in earlier)
     for u, name in out.items():
         have[name] += counts[u]
     targets = _targets(cfg)
@@ -321,18 +358,25 @@ def user_splits(prompts: list[Prompt], cfg: CurateConfig) -> dict[str, str]:
 
 def _assign_splits(prompts: list[Prompt], cfg: CurateConfig, result: CurationResult) -> None:
     """Put each prompt in its user's split (:func:`user_splits`)."""
-    splits = user_splits(prompts, cfg)
+    splits = user_splits(prompts, cfg, result.earlier)
     for p in prompts:
         name = splits[p.user_id]
         result.split(name).append(p if p.split == name else dataclasses.replace(p, split=name))
 
 
-def curate_prompts(prompts: list[Prompt], cfg: CurateConfig) -> CurationResult:
-    """Scrub, dedupe, cap and split ``prompts`` (the inputs are not modified)."""
+def curate_prompts(prompts: list[Prompt], cfg: CurateConfig, earlier: list[Prompt] = ()) -> CurationResult:
+    """Scrub, dedupe, cap and split ``prompts`` (the inputs are not modified). ``earlier``: the prompts
+    earlier curations kept, each with its split; the rules hold across them (module docstring)."""
     cfg.validate()
-    result = CurationResult(prompts_in=len(prompts), users_in=len({p.user_id for p in prompts}), config=cfg)
+    for p in earlier:
+        if p.split not in SPLITS:
+            raise DataError(f"{p.source or p.id}: split: an earlier curation's prompt needs one of "
+                            f"{', '.join(SPLITS)}, got {p.split!r}")
+    result = CurationResult(prompts_in=len(prompts), users_in=len({p.user_id for p in prompts}), config=cfg,
+                            earlier=list(earlier))
     if cfg.scrub_pii:
         prompts = _scrub_all(prompts, result)
+    prompts = _already_curated(prompts, result)
     prompts = _dedupe(prompts, cfg.prefix_chars, result)
     prompts = _cap_per_user(prompts, cfg.max_per_user, result)
     _assign_splits(prompts, cfg, result)
@@ -374,9 +418,23 @@ def run_curate(cfg: CurateConfig) -> CurationResult:
     prompts = load_prompts(cfg.prompts)
     if not prompts:  # before anything is written: a good earlier output stays
         raise DataError(f"{cfg.prompts}: no prompts (the file holds no records); nothing written to {cfg.out_dir}")
-    result = curate_prompts(prompts, cfg)
+    result = curate_prompts(prompts, cfg, load_curated(cfg.previous) if cfg.previous.strip() else [])
     write_curation(result, cfg.out_dir)
     return result
+
+
+def load_curated(folder: str) -> list[Prompt]:
+    """The prompts a curation wrote to ``folder`` (train/valid/test.jsonl), each with its file's split."""
+    out = []
+    for name in SPLITS:
+        path = Path(folder) / f"{name}.jsonl"
+        if not path.is_file():
+            raise DataError(f"{path}: not found (previous= names the out_dir of an earlier instructgpt curate)")
+        for p in load_prompts(path):
+            if p.split not in (None, name):
+                raise DataError(f"{p.source}: split: {p.split!r} in the {name} file")
+            out.append(dataclasses.replace(p, split=name))
+    return out
 
 
 def _plural(n: int, word: str) -> str:
@@ -396,7 +454,14 @@ def format_summary(result: CurationResult, examples: int = 3) -> str:
         lines.append("PII scrubbing found nothing to replace.")
     else:
         lines.append("PII scrubbing was off.")
+    if result.earlier:
+        lines.insert(1, f"Checked against {_plural(s['earlier']['prompts'], 'prompt')} from "
+                        f"{_plural(s['earlier']['users'], 'user')} curated earlier; the splits below are the new "
+                        f"prompts', with the earlier ones train {100 * s['earlier']['split_shares']['train']:.1f}%, "
+                        f"valid {100 * s['earlier']['split_shares']['valid']:.1f}%, "
+                        f"test {100 * s['earlier']['split_shares']['test']:.1f}%.")
     why = {
+        "already_curated": "the same id and text as a prompt curated earlier",
         "duplicate_prefix": f"same first {cfg.prefix_chars} characters (normalised) as an earlier prompt",
         "user_cap": f"beyond the first {cfg.max_per_user} prompts of a user "
                     f"({_plural(s['users_capped'], 'user')} capped)",

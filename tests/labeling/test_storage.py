@@ -103,9 +103,31 @@ def test_a_user_keeps_the_split_of_an_earlier_import(store, tmp_path):
     other = next(sp for sp in data.SPLITS if sp != clash_split)
     clash = write_prompts(tmp_path / "clash.jsonl", [{"id": "c1", "text": "A brand new question about boats",
                                                       "user_id": clash_user, "split": other}])
-    with pytest.raises(data.DataError, match=rf"clash.jsonl:1: split: user '{clash_user}' is in '{clash_split}' "
-                                             rf"since an earlier import"):
+    with pytest.raises(data.DataError, match=rf"clash.jsonl:1: split: user '{clash_user}' would span two splits: "
+                                             rf"'{other}' here but '{clash_split}' at an earlier import"):
         import_file(store, "prompts", clash)
+
+
+def test_curation_rules_hold_across_imports(store, tmp_path):
+    """Dedupe and the per-user cap used to hold per file only: a second file could repeat the first's
+    prompts under new ids, and a user could pass the cap 200 prompts at a time."""
+    from instructgpt.curate import CurateConfig
+    cfg = CurateConfig(max_per_user=3)
+    first = write_prompts(tmp_path / "a.jsonl", [
+        {"id": f"a{i}", "text": f"Describe the lighthouse number {i} on the northern coast, please", "user_id": "u1"}
+        for i in range(2)])
+    assert import_file(store, "prompts", first, curate_cfg=cfg).added == 2
+    again = import_file(store, "prompts", first, curate_cfg=cfg)
+    assert (again.added, again.existing) == (0, 2) and "curation removed" not in again.describe()
+    second = write_prompts(tmp_path / "b.jsonl", [
+        {"id": "b0", "text": "DESCRIBE the lighthouse number 0 on the northern coast,   please!", "user_id": "u2"},
+        *({"id": f"b{i}", "text": f"Name a sea bird that nests on cliffs, variant {i}", "user_id": "u1"}
+          for i in range(1, 4))])
+    r = import_file(store, "prompts", second, curate_cfg=cfg)
+    assert r.curation["removed"] == {"already_curated": 0, "duplicate_prefix": 1, "user_cap": 2}
+    with store.tx() as s:
+        ids = sorted(s.scalars(select(Task.prompt_id)))
+    assert ids == ["a0", "a1", "b1"]  # u1: 2 earlier + 1 new = the cap of 3
 
 
 def test_claims_respect_overlap_and_never_over_assign(store, tmp_path):

@@ -38,7 +38,6 @@ import math
 import random
 import tempfile
 from collections import Counter
-import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -94,7 +93,8 @@ class ImportResult:
     def describe(self) -> str:
         text = (f"{self.kind}: read {self.read}, added {self.added} tasks "
                 f"({self.overlapping} with overlap), {self.existing} already imported")
-        removed = {why: n for why, n in (self.curation.get("removed") or {}).items() if n}
+        removed = {why: n for why, n in (self.curation.get("removed") or {}).items()
+                   if n and why != "already_curated"}  # counted as already imported
         if removed:
             text += "; curation removed " + ", ".join(f"{n} ({why})" for why, n in removed.items())
         return text
@@ -193,17 +193,18 @@ def import_prompts(store: Store, path: str | Path, *, overlap_fraction: float = 
 
     Curation scrubs PII, removes near-duplicates and caps prompts per user; the
     prompts of the chosen ``splits`` become tasks (their split goes to ``meta``).
-    A user whose prompts an earlier import placed keeps that split (curation's pinned
-    splits), so no user spans two splits across imports; a record that names another
-    split for such a user is an error.
+    The prompts earlier imports added are curation's ``earlier`` prompts, so its rules
+    hold across imports: a prompt imported before is counted as existing, a new one
+    repeating an earlier one's prefix is a duplicate, a user's cap counts their earlier
+    prompts, and a user keeps their earlier split (a record that names another split
+    for such a user is an error).
     """
     from instructgpt.curate import CurateConfig, curate_prompts
 
     prompts = data.load_prompts(path)
     for p in prompts:
         _check_record_text(p.source, id=str(p.id), text=p.text, user_id=str(p.user_id))
-    prompts = _keep_earlier_splits(store, prompts)
-    curated = curate_prompts(prompts, curate_cfg or CurateConfig())
+    curated = curate_prompts(prompts, curate_cfg or CurateConfig(), _earlier_prompts(store))
     rows = []
     for split in splits:
         for p in curated.split(split):
@@ -213,22 +214,19 @@ def import_prompts(store: Store, path: str | Path, *, overlap_fraction: float = 
             rows.append({"kind": "demonstration", "prompt_id": str(p.id), "prompt": p.text,
                          "responses": None, "meta": meta})
     result = ImportResult("prompts", read=len(prompts), curation=curated.summary())
-    return _add_tasks(store, rows, result, overlap_fraction, overlap_k, batch or Path(path).name)
+    result = _add_tasks(store, rows, result, overlap_fraction, overlap_k, batch or Path(path).name)
+    result.existing += result.curation["removed"]["already_curated"]
+    return result
 
 
-def _keep_earlier_splits(store: Store, prompts: list[data.Prompt]) -> list[data.Prompt]:
-    """``prompts`` with the split of every user that earlier demonstration tasks hold pinned."""
+def _earlier_prompts(store: Store) -> list[data.Prompt]:
+    """The prompts of earlier imports' demonstration tasks (as curated: scrubbed, with their split)."""
     with store.tx(read_only=True) as s:
-        metas = s.scalars(select(Task.meta).where(Task.kind == "demonstration"))
-        earlier = {str(m["user_id"]): m["split"] for m in metas if m and m.get("user_id") and m.get("split")}
-    out = []
-    for p in prompts:
-        split = earlier.get(str(p.user_id))
-        if split is not None and p.split not in (None, split):
-            raise data.DataError(f"{p.source}: split: user {p.user_id!r} is in {split!r} since an earlier import, "
-                                 f"so this prompt cannot go to {p.split!r} (no user may span two splits)")
-        out.append(p if split is None else dataclasses.replace(p, split=split))
-    return out
+        rows = s.execute(select(Task.prompt_id, Task.prompt, Task.meta).where(Task.kind == "demonstration")
+                         .order_by(Task.id)).all()
+    return [data.Prompt(id=pid, text=text, user_id=str(meta["user_id"]), split=meta["split"],
+                        source=f"an earlier import (prompt {pid})")
+            for pid, text, meta in rows if meta and meta.get("user_id") is not None and meta.get("split")]
 
 
 def read_rank_tasks(path: str | Path, k_min: int = K_MIN, k_max: int = K_MAX) -> list[dict[str, Any]]:
