@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
+import unicodedata
 
 import pytest
 
@@ -150,6 +152,61 @@ def test_cap_counts_after_dedupe_and_input_is_not_modified():
     assert [r.prompt.id for r in result.removed] == ["3", "4"]
     assert "@" in prompts[0].text and prompts[0].split is None  # inputs untouched
     assert "[EMAIL]" in result.kept()[0].text
+
+
+def test_chat_prompts_are_compared_by_their_request_not_a_shared_system_message():
+    system = {"role": "system", "content": "You are the helpful assistant of Harbor Shoes, an online shoe shop."}
+    def chat(i, question, user):
+        return Prompt(id=i, text="", user_id=user, source=f"f:{i}",
+                      turns=[system, {"role": "user", "content": question}])
+    prompts = [chat("c1", "What is your return policy for shoes bought on sale?", "u1"),
+               chat("c2", "Write a poem about autumn leaves falling in the park.", "u2"),
+               Prompt(id="t1", text="Write a poem about autumn leaves falling in the park.", user_id="u3",
+                      source="f:t1"),
+               Prompt(id="t2", text="", user_id="u4", source="f:t2",
+                      turns=[{"role": "user", "content": "What is your return policy for shoes bought on sale?"}])]
+    result = curate_prompts(prompts, CurateConfig(prefix_chars=40))
+    # the shared system message made c2 a duplicate of c1; a text prompt and the same single user turn
+    # were two prompts
+    assert {(r.prompt.id, r.duplicate_of) for r in result.removed} == {("t1", "c2"), ("t2", "c1")}
+
+
+def test_unicode_variants_of_one_prompt_are_duplicates():
+    text = "Café owners: write a short note about opening hours for the holidays"
+    variants = [unicodedata.normalize("NFD", text), text.replace(" ", " \u200b"),
+                "Ｃａｆé owners: write a short note about opening hours for the holidays"]
+    prompts = [Prompt(id=f"v{i}", text=t, user_id=f"u{i}", source=f"f:{i}") for i, t in enumerate([text, *variants])]
+    result = curate_prompts(prompts, CurateConfig())
+    assert [p.id for p in result.kept()] == ["v0"] and len(result.removed) == 3
+
+
+def test_a_pinned_split_holds_when_the_pinning_prompt_is_removed():
+    """bob pinned to test by a prompt that is a duplicate of alice's: his other prompts went to train."""
+    prompts = [Prompt(id="a1", text="Explain how tides work in simple words for a child", user_id="alice"),
+               Prompt(id="b1", text="explain how TIDES work in simple   words for a child", user_id="bob",
+                      split="test"),
+               Prompt(id="b2", text="List three birds that live near the sea", user_id="bob"),
+               Prompt(id="b3", text="Translate good morning into French", user_id="bob")]
+    result = curate_prompts(prompts, CurateConfig(valid_fraction=0.0, test_fraction=0.0))
+    assert [r.prompt.id for r in result.removed] == ["b1"]
+    assert {p.id for p in result.test} == {"b2", "b3"}
+    # and beyond the cap: the pin of a capped prompt holds too
+    capped = curate_prompts(prompts[:1] + [prompts[2], prompts[3], dataclasses.replace(prompts[1], text="new")],
+                            CurateConfig(max_per_user=2, valid_fraction=0.0, test_fraction=0.0))
+    assert {p.id for p in capped.test} == {"b2", "b3"}
+
+
+def test_a_bad_removed_record_leaves_the_earlier_output_whole(tmp_path):
+    """The split files were replaced before removed.jsonl failed on a reserved field."""
+    write_jsonl(tmp_path / "a.jsonl", make_prompts(10, per_user=2))
+    run_curate(CurateConfig(prompts=str(tmp_path / "a.jsonl"), out_dir=str(tmp_path / "out")))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    rows = [{"id": "x1", "text": "Name three rivers of Europe please", "user_id": "u"},
+            {"id": "x2", "text": "name three rivers of europe please", "user_id": "v", "reason": "old"}]
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"b\.jsonl:2: reason: field is reserved in removed\.jsonl"):
+        run_curate(CurateConfig(prompts=str(tmp_path / "b.jsonl"), out_dir=str(tmp_path / "out")))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
 
 
 # ---------------------------------------------------------------- PII

@@ -35,6 +35,7 @@ import hashlib
 import ipaddress
 import json
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,9 +229,22 @@ class CurationResult:
         }
 
 
+_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
+
+
 def normalize_text(text: str) -> str:
-    """Lowercased, with runs of whitespace collapsed to one space and the ends stripped."""
-    return " ".join(text.lower().split())
+    """NFKC (full-width letters, ligatures and decomposed accents as their plain forms), without zero-width
+    characters, case-folded, with runs of whitespace collapsed to one space and the ends stripped."""
+    return " ".join(unicodedata.normalize("NFKC", text).translate(_ZERO_WIDTH).casefold().split())
+
+
+def dedupe_text(p: Prompt) -> str:
+    """What two prompts are compared by: the text, or a chat prompt's turns without its system message
+    (a shared system message is a common prefix of different requests, and a single user turn is the
+    same request as that text)."""
+    if not p.turns:
+        return p.text
+    return "\n".join(m["content"] for m in p.turns if m["role"] != "system")
 
 
 def _scrub_all(prompts: list[Prompt], result: CurationResult) -> list[Prompt]:
@@ -275,10 +289,10 @@ def _already_curated(prompts: list[Prompt], result: CurationResult) -> list[Prom
 def _dedupe(prompts: list[Prompt], prefix_chars: int, result: CurationResult) -> list[Prompt]:
     kept_by_key: dict[str, Prompt] = {}
     for p in result.earlier:
-        kept_by_key.setdefault(normalize_text(p.text)[:prefix_chars], p)
+        kept_by_key.setdefault(normalize_text(dedupe_text(p))[:prefix_chars], p)
     out = []
     for p in prompts:
-        key = normalize_text(p.text)[:prefix_chars]
+        key = normalize_text(dedupe_text(p))[:prefix_chars]
         first = kept_by_key.get(key)
         if first is not None:
             result.removed.append(Removal(p, "duplicate_prefix", first.id))
@@ -332,11 +346,14 @@ def _targets(cfg: CurateConfig) -> dict[str, float]:
             "test": cfg.test_fraction}
 
 
-def user_splits(prompts: list[Prompt], cfg: CurateConfig, earlier: list[Prompt] = ()) -> dict[str, str]:
+def user_splits(prompts: list[Prompt], cfg: CurateConfig, earlier: list[Prompt] = (),
+                pinning: list[Prompt] | None = None) -> dict[str, str]:
     """{user id: split}: pinned users (and those of ``earlier`` prompts) keep their split, light users go by
     :func:`user_split`, heavy users (at least ``balance_min_share`` of the prompts) fill, largest first, the
-    split furthest below its target share of the prompts, the earlier ones included."""
-    pinned = _pinned_splits([*earlier, *prompts])
+    split furthest below its target share of the prompts, the earlier ones included. ``pinning``: the
+    prompts whose ``split`` pins their user (default ``earlier`` and ``prompts``; curation passes every
+    input prompt, so a user whose pinned prompt was removed as a duplicate stays pinned)."""
+    pinned = _pinned_splits([*earlier, *prompts] if pinning is None else pinning)
     counts = Counter(p.user_id for p in prompts)
     total = len(prompts) + len(earlier)
     heavy = {u for u, n in counts.items() if u not in pinned and n >= cfg.balance_min_share * total}
@@ -356,9 +373,10 @@ def user_splits(prompts: list[Prompt], cfg: CurateConfig, earlier: list[Prompt] 
     return out
 
 
-def _assign_splits(prompts: list[Prompt], cfg: CurateConfig, result: CurationResult) -> None:
+def _assign_splits(prompts: list[Prompt], cfg: CurateConfig, result: CurationResult,
+                   pinning: list[Prompt]) -> None:
     """Put each prompt in its user's split (:func:`user_splits`)."""
-    splits = user_splits(prompts, cfg, result.earlier)
+    splits = user_splits(prompts, cfg, result.earlier, pinning)
     for p in prompts:
         name = splits[p.user_id]
         result.split(name).append(p if p.split == name else dataclasses.replace(p, split=name))
@@ -376,10 +394,12 @@ def curate_prompts(prompts: list[Prompt], cfg: CurateConfig, earlier: list[Promp
                             earlier=list(earlier))
     if cfg.scrub_pii:
         prompts = _scrub_all(prompts, result)
+    pinning = [*earlier, *prompts]  # every input prompt's split pins its user, removed ones too
+    _pinned_splits(pinning)         # conflicting pins are an error before anything is dropped
     prompts = _already_curated(prompts, result)
     prompts = _dedupe(prompts, cfg.prefix_chars, result)
     prompts = _cap_per_user(prompts, cfg.max_per_user, result)
-    _assign_splits(prompts, cfg, result)
+    _assign_splits(prompts, cfg, result, pinning)
     return result
 
 
@@ -399,13 +419,16 @@ def _removed_record(r: Removal) -> dict[str, Any]:
 
 
 def write_curation(result: CurationResult, out_dir: str) -> None:
-    """Write train/valid/test.jsonl, removed.jsonl and curation_summary.json to ``out_dir``."""
-    for name in SPLITS:
-        write_jsonl(f"{out_dir}/{name}.jsonl", result.split(name))
-    write_jsonl(f"{out_dir}/removed.jsonl", [_removed_record(r) for r in result.removed])
+    """Write train/valid/test.jsonl, removed.jsonl and curation_summary.json to ``out_dir``. Every record
+    is built first, so a bad one leaves an earlier output whole, and each file is replaced atomically."""
+    removed = [_removed_record(r) for r in result.removed]
+    splits = {name: [to_record(p) for p in result.split(name)] for name in SPLITS}
     summary = result.summary()
     if result.config is not None:
         summary["config"] = dataclasses.asdict(result.config)
+    for name in SPLITS:
+        write_jsonl(f"{out_dir}/{name}.jsonl", splits[name])
+    write_jsonl(f"{out_dir}/removed.jsonl", removed)
     with atomic_open(f"{out_dir}/curation_summary.json") as f:
         f.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
 
