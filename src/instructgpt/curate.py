@@ -9,8 +9,9 @@ filtered from the text first.
 Order of operations in :func:`curate_prompts`:
 
 1. scrub PII (if ``scrub_pii``),
-2. drop prompts whose normalised text shares its first ``prefix_chars``
-   characters with an earlier kept prompt (first occurrence wins),
+2. drop prompts whose normalised text (:func:`normalize_text` of :func:`dedupe_text`: a chat
+   prompt's turns without its system message) shares its first ``prefix_chars`` characters
+   with an earlier kept prompt (first occurrence wins),
 3. keep the first ``max_per_user`` prompts of each user (input order),
 4. assign each user to one split so that each split gets its target share of
    the PROMPTS (``valid_fraction``, ``test_fraction``, the rest train): users
@@ -53,9 +54,10 @@ PII_KINDS = ("email", "phone", "card", "ip", "credentials")
 class CurateConfig:
     prompts: str = opt("", "Input prompts JSONL (id, text, user_id, use_case[, split]).")
     out_dir: str = opt("curated", "Folder for train/valid/test.jsonl, removed.jsonl and curation_summary.json.")
-    prefix_chars: int = opt(60, "Prompts whose normalised text (lowercased, whitespace collapsed) shares its "
-                                "first this-many characters with an earlier kept prompt are duplicates; "
-                                "shorter prompts compare their whole text.")
+    prefix_chars: int = opt(60, "Prompts whose normalised text (NFKC, case-folded, whitespace collapsed; a chat "
+                                "prompt's turns without its system message) shares its first this-many "
+                                "characters with an earlier kept prompt are duplicates; shorter prompts compare "
+                                "their whole text.")
     max_per_user: int = opt(200, "Keep at most this many prompts per user id (the first ones, in input order).")
     valid_fraction: float = opt(0.1, "Target share of the PROMPTS in the validation split (whole users are placed).")
     test_fraction: float = opt(0.1, "Target share of the PROMPTS in the test split (whole users are placed).")
