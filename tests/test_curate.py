@@ -369,6 +369,29 @@ def test_an_empty_prompts_file_is_an_error_that_keeps_the_earlier_output(tmp_pat
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
 
 
+def test_pools_curated_apart_hold_their_test_prompts_out_of_every_pools_training():
+    from instructgpt.curate import hold_out_across
+    cfg = CurateConfig(valid_fraction=0.3, test_fraction=0.3)
+    rng = random.Random(5)
+    shared = [unique_text(rng, 9000 + i) for i in range(40)]
+    a = [Prompt(id=f"a{i}", text=shared[i], user_id=f"a-user{i}") for i in range(40)]
+    b = [Prompt(id=f"b{i}", text=shared[i].upper(), user_id=f"b-user{i}") for i in range(40)]
+    pools = [curate_prompts(a, cfg), curate_prompts(b, cfg)]
+    a_train = {normalize(p) for p in pools[0].train}
+    assert any(normalize(p) in a_train for p in pools[1].test)  # apart, pool b tests on pool a's training prompts
+    hold_out_across(pools)
+    train = {normalize(p) for r in pools for p in r.train}
+    held = [normalize(p) for r in pools for name in ("valid", "test") for p in r.split(name)]
+    assert held and not set(held) & train and len(set(held)) == len(held)
+    assert all(r.reason == "duplicate_prefix" and r.duplicate_of[0] in "ab" for r in pools[1].removed)
+    # training splits are left whole
+    assert sum(len(r.train) for r in pools) == sum(len(r.train) for r in (curate_prompts(a, cfg), curate_prompts(b, cfg)))
+
+
+def normalize(p: Prompt) -> str:
+    return p.text.casefold()
+
+
 # ---------------------------------------------------------------- batches: the rules hold across curations
 
 def test_a_second_batch_is_curated_against_the_first():

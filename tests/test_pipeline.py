@@ -83,6 +83,20 @@ def test_curation_split_keeps_users_apart(tiny_run):
     assert users and all(len(s) == 1 for s in users.values())
 
 
+def test_no_held_out_prompt_repeats_a_training_prompt_of_any_pool(tiny_run):
+    """The pools were curated apart: test prompts repeated the sft, rm or ppo pool's training prompts."""
+    from instructgpt.curate import dedupe_text, normalize_text
+    from instructgpt.data import load_prompts
+    cfg, _, _ = tiny_run
+    data = cfg.run_dir / "data"
+    def keys(split):
+        return [normalize_text(dedupe_text(p))[:60] for pool in ("sft", "rm", "ppo")
+                for p in load_prompts(data / f"prompts_{pool}_{split}.jsonl")]
+    test, trained = keys("test"), set(keys("train"))
+    assert test and not set(test) & trained and not set(keys("valid")) & trained
+    assert len(set(test)) == len(test) == len(load_prompts(data / "prompts_test.jsonl"))
+
+
 def test_the_world_is_generated_once_and_read_back(tiny_run):
     cfg, _, generations = tiny_run
     assert generations and all(generations), "a world was generated outside the world stage"

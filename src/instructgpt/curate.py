@@ -405,6 +405,30 @@ def curate_prompts(prompts: list[Prompt], cfg: CurateConfig, earlier: list[Promp
     return result
 
 
+def hold_out_across(pools: list[CurationResult]) -> None:
+    """Pools curated apart (the world's sft, rm and ppo prompts, each from users of its own) share no user
+    but may share prompts: drop from every pool's valid and test splits each prompt whose normalised text
+    repeats a training prompt of any pool, or a valid or test prompt of an earlier pool, so that a held-out
+    prompt is held out from all training (recorded as ``duplicate_prefix`` removals)."""
+    def key(p: Prompt, r: CurationResult) -> str:
+        return normalize_text(dedupe_text(p))[:(r.config or CurateConfig()).prefix_chars]
+
+    seen: dict[str, Prompt] = {}
+    for r in pools:
+        for p in r.train:
+            seen.setdefault(key(p, r), p)
+    for r in pools:
+        for name in ("valid", "test"):
+            kept = []
+            for p in r.split(name):
+                first = seen.setdefault(key(p, r), p)
+                if first is p:
+                    kept.append(p)
+                else:
+                    r.removed.append(Removal(p, "duplicate_prefix", first.id))
+            setattr(r, name, kept)
+
+
 # --------------------------------------------------------------------------
 # Files and report
 # --------------------------------------------------------------------------

@@ -216,7 +216,7 @@ class RunStages:
         return self._world
 
     def make_world(self) -> dict:
-        from .curate import curate_prompts
+        from .curate import curate_prompts, hold_out_across
         from .data import Demonstration, write_jsonl
         from .world import build_datasets, train_tokenizer
         run, cfg = self.run_folder, self.world_config()
@@ -225,10 +225,9 @@ class RunStages:
         self._world = None  # later stages read the saved world back
         run.data.mkdir(parents=True, exist_ok=True)
         summary: dict[str, Any] = {"world": wd.summary()}
-        curated = {}
-        for name, prompts in wd.prompts.items():
-            result = curate_prompts(prompts, cfg["curate"])
-            curated[name] = result
+        curated = {name: curate_prompts(prompts, cfg["curate"]) for name, prompts in wd.prompts.items()}
+        hold_out_across(list(curated.values()))  # no test or valid prompt repeats another pool's training one
+        for name, result in curated.items():
             summary[f"curation_{name}"] = result.summary()
             for split in ("train", "valid", "test"):
                 write_jsonl(run.prompts(name, split), result.split(split))
