@@ -467,3 +467,108 @@ def test_curate_previous_writes_the_new_prompts_only(tmp_path):
     with pytest.raises(DataError, match=r"nope/train\.jsonl: not found \(previous= names the out_dir"):
         run_curate(CurateConfig(prompts=str(tmp_path / "b.jsonl"), out_dir=str(tmp_path / "v3"),
                                 previous=str(tmp_path / "nope")))
+
+
+# ---------------------------------------------------------------- PII: audit 2026-12-03
+
+@pytest.mark.parametrize("code", [
+    "evens = nums[::2]", "print(s[::3])", "a[1::2]", "m[:, ::4]", "for k in d[::10]:",
+    "numpy.arange(0, 1e6)[::1000]", "x = arr[::-1]", "time 1:2:3",
+])
+def test_pii_python_slices_are_not_ip_addresses(code):
+    assert scrub_pii(code) == (code, {})
+
+
+@pytest.mark.parametrize("address", [
+    "2001:db8:85a3::8a2e:370:7334", "fe80::1ff:fe23:4567:890a", "2001:0db8:85a3:0000:0000:8a2e:0370:7334",
+    "2001:db8::1", "::ffff:192.168.0.1",
+])
+def test_pii_ipv6_addresses_with_three_groups_are_scrubbed(address):
+    assert scrub_pii(f"host {address} is down") == ("host [IP] is down", {"ip": 1})
+
+
+@pytest.mark.parametrize("text", [
+    "15! = 1307674368000", "2**63 - 1 = 9223372036854775807", "timestamp 1700000000000 in ms",
+    "ISBN 9780306406157 and 9783161484100", "compact datetime 20230115123045", "the range 1000-2000-3000-4000",
+    "compute 1234567890123 * 2", "6000 0000 0000 0000",
+])
+def test_pii_long_numbers_that_are_not_card_numbers_are_left_alone(text):
+    assert scrub_pii(text) == (text, {})
+
+
+@pytest.mark.parametrize("card", [
+    "4111 1111 1111 1111", "4111-1111-1111-1111", "4111111111111111", "5555 5555 5555 4444",
+    "3782 822463 10005", "378282246310005", "6011 1111 1111 1117", "3056 930902 5904",
+])
+def test_pii_card_numbers_pass_the_luhn_check_and_are_scrubbed(card):
+    assert scrub_pii(f"card {card} exp") == ("card [CARD] exp", {"card": 1})
+
+
+@pytest.mark.parametrize("text", ["score: +10 20 30 40", "+12 345 6789 0123 points"])
+def test_pii_plus_one_needs_a_north_american_number(text):
+    assert scrub_pii(text) == (text, {})
+
+
+@pytest.mark.parametrize("phone", [
+    "+44 20 7946 0958", "+1 415 555 2671", "+49 30 12345678", "+33 1 23 45 67 89", "+7 495 123-45-67",
+    "+1 (555) 123-4567", "+91 98765 43210", "0049 30 12345678", "0044 20 7946 0958",
+])
+def test_pii_international_numbers_are_scrubbed(phone):
+    assert scrub_pii(f"call {phone} now") == ("call [PHONE] now", {"phone": 1})
+
+
+@pytest.mark.parametrize("phone", [
+    "020 7946 0958", "0161 496 0000", "07700 900123", "030 12345678", "01 23 45 67 89", "01.23.45.67.89",
+    "03-1234-5678", "090-1234-5678", "(02) 1234 5678", "0412 345 678", "098765 43210",
+])
+def test_pii_national_numbers_with_a_trunk_zero_are_scrubbed(phone):
+    assert scrub_pii(f"call {phone} now") == ("call [PHONE] now", {"phone": 1})
+
+
+@pytest.mark.parametrize("text, expected, kind", [
+    ("call 555\u00a0123\u00a04567 now", "call [PHONE] now", "phone"),
+    ("call +44\u00a020\u00a07946\u00a00958 now", "call [PHONE] now", "phone"),
+    ("call 020\u202f7946\u202f0958 now", "call [PHONE] now", "phone"),
+    ("call 555\u200b-123-4567 now", "call [PHONE] now", "phone"),
+    ("call 555\u2011123\u20114567 now", "call [PHONE] now", "phone"),
+    ("card 4111\u00a01111\u00a01111\u00a01111 exp", "card [CARD] exp", "card"),
+    ("card 4111\u200b1111\u200b1111\u200b1111 exp", "card [CARD] exp", "card"),
+    ("mail jane\u200b@example.com now", "mail [EMAIL] now", "email"),
+    ("mail ｊｏｈｎ＠ｅｘａｍｐｌｅ．ｃｏｍ now", "mail [EMAIL] now", "email"),
+    # what lies outside the match keeps its unusual characters
+    ("\u00a0mail\u200b a@b.io\u200b\u00a0or", "\u00a0mail\u200b [EMAIL]\u200b\u00a0or", "email"),
+])
+def test_pii_behind_unusual_spaces_and_zero_width_characters_is_scrubbed(text, expected, kind):
+    assert scrub_pii(text) == (expected, {kind: 1})
+
+
+@pytest.mark.parametrize("email", ["jörg@müller.de", "ana@correo.españa.es", "иван@пример.рф"])
+def test_pii_emails_with_non_ascii_domains_are_scrubbed(email):
+    assert scrub_pii(f"mail {email} now") == ("mail [EMAIL] now", {"email": 1})
+
+
+@pytest.mark.parametrize("text", [
+    "dates 2023-01-15, 15.01.2023, 01/15/2023, 01-15-2023 and 05.01.2024",
+    "at 09:30:00, 12 30 45 and 0800 1200 1600 2000",
+    "versions 1.2.3, 0.12.3 and 01.02.03",
+    "prices $0.99, $1,200.50 and 0,99 EUR",
+    "1200 users in 2019, 10-20 items, 1999-2004",
+    "x = 0.5 * 0.25 + 03 - 07",
+    "ISBN 0-306-40615-2 and 978-3-16-148410-0",
+    "ids 0123 0456 0789 and 0001 2345 6789",
+    "code points 0041 0042 0043 0044",
+    "math 2 + 3 = 5, 10 20 30 40 50 60",
+    "call 5551234567",  # unbroken ten digits: too ambiguous to call a phone number
+    "10\u00a0000 people and 1\u202f234\u202f567 €",
+])
+def test_pii_ordinary_numbers_are_left_alone(text):
+    assert scrub_pii(text) == (text, {})
+
+
+def test_pii_big_numbers_in_prompts_survive_curation():
+    texts = ["Is 1307674368000 divisible by 7?", "Is 9223372036854775807 divisible by 7?",
+             "Convert the timestamp 1700000000000 to UTC"]
+    prompts = [Prompt(id=str(i), text=t, user_id=f"u{i}") for i, t in enumerate(texts)]
+    result = curate_prompts(prompts, CurateConfig(valid_fraction=0, test_fraction=0))
+    assert sorted(p.text for p in result.kept()) == sorted(texts)
+    assert result.summary()["prompts_scrubbed"] == 0
