@@ -213,6 +213,17 @@ def test_chosen_rejected_row():
     assert same.responses == ["same", "same"]
 
 
+def test_null_pair_or_ranking_keys_are_absent():
+    """Union-schema exports (pandas, HF datasets) write null for the other format's keys."""
+    k_wise = parse_ranking({**RANK, "chosen": None, "rejected": None}, "r:1")
+    assert (k_wise.responses, k_wise.ranking) == (RANK["responses"], RANK["ranking"])
+    pair = parse_ranking({"prompt": "Q?", "chosen": "good", "rejected": "bad", "responses": None,
+                          "ranking": None}, "r:2")
+    assert (pair.responses, pair.ranking) == (["good", "bad"], [[0], [1]])
+    with pytest.raises(DataError, match=r"^r:3: chosen: missing$"):
+        parse_ranking({"prompt": "Q?", "chosen": None, "rejected": "bad"}, "r:3")
+
+
 def test_trl_conversational_row():
     obj = {
         "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sky colour?"}],

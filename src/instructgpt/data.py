@@ -513,7 +513,7 @@ def _pair_row(obj: Mapping[str, Any], source: str
     and must be the same on both sides.
     """
     for key in ("responses", "ranking"):
-        if key in obj:
+        if obj.get(key) is not None:  # null is the same as absent (union-schema exports)
             fail(source, key, "a chosen/rejected row cannot also have `responses` or `ranking`")
     chosen, chosen_turns = _pair_side(obj, "chosen", source)
     rejected, rejected_turns = _pair_side(obj, "rejected", source)
@@ -536,7 +536,7 @@ def parse_ranking(obj: Any, source: str, prompts: PromptIndex | Iterable[Prompt]
     obj = as_object(obj, source)
     prompts = _index(prompts)
     prompt_id = _opt_id(obj, "prompt_id", source)
-    if "chosen" in obj or "rejected" in obj:
+    if obj.get("chosen") is not None or obj.get("rejected") is not None:
         text, turns, responses, groups = _pair_row(obj, source)
     else:
         text, turns = prompt_field(obj, source)
