@@ -265,6 +265,29 @@ def test_messages_demonstration_must_end_with_assistant():
         parse_demonstration({"messages": [{"role": "user", "content": "Hi"}]}, "d:1")
 
 
+USER, ASSISTANT = {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}
+
+
+@pytest.mark.parametrize("load, row, field", [
+    (load_prompts, {"id": "p2", "user_id": "u1", "messages": [USER, ASSISTANT]}, "messages"),
+    (load_demonstrations, {"prompt": [USER, ASSISTANT], "response": "How can I help?"}, "prompt"),
+    (load_rankings, {"prompt": [USER, ASSISTANT], "chosen": "More.", "rejected": "Less."}, "prompt"),
+    (load_rankings, {"prompt": [USER, ASSISTANT], "responses": ["a", "b"], "ranking": [0, 1]}, "prompt"),
+])
+def test_a_prompt_must_end_with_a_user_turn(tmp_path, load, row, field):
+    """Else the plain transcript glues the reply onto the assistant's turn ("Assistant: Hello. More.")."""
+    good = {"prompts": PROMPT, "demonstrations": {"prompt": "Q?", "response": "A."}, "rankings": RANK}
+    msg = expect_error(load, tmp_path, [good[load.__name__[5:]], row], field)
+    assert "the prompt's last turn is 'assistant'" in msg
+
+
+def test_messages_demonstration_reply_must_follow_a_user_turn():
+    with pytest.raises(DataError, match=r"^d:1: messages: messages 1 and 2 are both the assistant's"):
+        parse_demonstration({"messages": [USER, ASSISTANT, {"role": "assistant", "content": "Bye."}]}, "d:1")
+    with pytest.raises(DataError, match=r"^r:1: chosen: messages 1 and 2 are both the assistant's"):
+        parse_ranking({"chosen": [USER, ASSISTANT, ASSISTANT], "rejected": [USER, ASSISTANT, ASSISTANT]}, "r:1")
+
+
 def test_render_messages_rejects_late_system():
     with pytest.raises(DataError, match="system"):
         render_messages([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}])

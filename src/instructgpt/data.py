@@ -245,11 +245,16 @@ def render_messages(messages: list[dict[str, Any]], *, source: str = "<messages>
 
 
 def _prompt_from_messages(messages: list[dict[str, Any]], source: str, name: str) -> tuple[str, Turns]:
-    """(plain transcript, turns) of the prompt turns of a conversation; they must include a user turn."""
+    """(plain transcript, turns) of the prompt turns of a conversation; they must include a user turn
+    and end with one (the reply follows it: a prompt ending with the assistant's turn would have the
+    reply glued onto that turn in the plain transcript)."""
     if not messages:
         fail(source, name, "no turns before the assistant reply, so there is no prompt")
     if not any(m["role"] == "user" for m in messages):
         fail(source, name, "the prompt turns have no user message")
+    if messages[-1]["role"] != "user":
+        fail(source, name, f"the prompt's last turn is {messages[-1]['role']!r}; a prompt's turns end with "
+                           f"the user's turn that the reply answers")
     turns = [dict(m) for m in messages]
     return render_messages(turns, source=source), turns
 
@@ -259,6 +264,9 @@ def _assistant_reply(value: Any, source: str, name: str) -> tuple[str, list[dict
     messages = _check_messages(value, source, name)
     if messages[-1]["role"] != "assistant":
         fail(source, name, f"the last message must be the assistant's reply, got role {messages[-1]['role']!r}")
+    if len(messages) > 1 and messages[-2]["role"] == "assistant":
+        fail(source, name, f"messages {len(messages) - 2} and {len(messages) - 1} are both the assistant's: "
+                           f"the reply (the last message) must follow a user turn")
     return messages[-1]["content"], messages[:-1]
 
 
