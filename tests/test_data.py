@@ -245,6 +245,31 @@ def test_trl_implicit_prompt_row():
     assert r.responses == ["Blue.", "Green."]
 
 
+def test_trl_explicit_prompt_repeated_in_chosen_and_rejected_is_read_once():
+    turn = {"role": "user", "content": "Sky colour?"}
+    blue, green = {"role": "assistant", "content": "Blue."}, {"role": "assistant", "content": "Green."}
+    once = parse_ranking({"prompt": [turn], "chosen": [blue], "rejected": [green]}, "r:0")
+    repeated = parse_ranking({"prompt": [turn], "chosen": [turn, blue], "rejected": [turn, green]}, "r:1")
+    # UltraFeedback-binarized: a text prompt, and conversations that begin with it as the user's turn
+    as_text = parse_ranking({"prompt": "Sky colour?", "chosen": [turn, blue], "rejected": [turn, green]}, "r:2")
+    for r in (repeated, as_text):
+        assert (r.turns, r.prompt, r.responses) == ([turn], once.prompt, ["Blue.", "Green."])
+    assert once.prompt == "User: Sky colour?\n\nAssistant:"
+
+
+@pytest.mark.parametrize("prompt", [
+    [{"role": "user", "content": "Sky colour?"}],
+    [{"role": "system", "content": "Be terse."}],
+    "Sea colour?",
+])
+def test_chosen_turns_that_do_not_repeat_the_prompt_are_an_error(prompt):
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sea colour?"}]
+    obj = {"prompt": prompt, "chosen": turns + [{"role": "assistant", "content": "Blue."}],
+           "rejected": turns + [{"role": "assistant", "content": "Green."}]}
+    with pytest.raises(DataError, match=r"^r:1: chosen: its turns before the reply do not begin with"):
+        parse_ranking(obj, "r:1")
+
+
 def test_messages_demonstration():
     obj = {"messages": [
         {"role": "system", "content": "You are helpful."},

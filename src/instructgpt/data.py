@@ -517,8 +517,11 @@ def _pair_row(obj: Mapping[str, Any], source: str
 
     ``prompt`` may be a string or chat messages (TRL's conversational format).
     When ``chosen``/``rejected`` are conversations, the turns before their
-    final assistant reply continue the prompt (TRL's implicit-prompt format)
-    and must be the same on both sides.
+    final assistant reply must be the same on both sides. Without ``prompt``
+    they are the prompt (TRL's implicit-prompt format); with it they must begin
+    by repeating it (its messages exactly, or for a text prompt a user turn
+    with that text, as UltraFeedback-binarized writes them), and that repeated
+    prefix is read once.
     """
     for key in ("responses", "ranking"):
         if obj.get(key) is not None:  # null is the same as absent (union-schema exports)
@@ -528,14 +531,25 @@ def _pair_row(obj: Mapping[str, Any], source: str
     if chosen_turns != rejected_turns:
         fail(source, "rejected", "its earlier turns differ from those of `chosen` (they must share the prompt)")
     prompt = obj.get("prompt")
-    if isinstance(prompt, list):
-        text, turns = _prompt_from_messages(_check_messages(prompt, source, "prompt") + chosen_turns, source, "prompt")
-    elif chosen_turns:
-        if prompt is not None:
-            fail(source, "prompt", "a text prompt cannot be combined with conversational chosen/rejected turns")
+    if not chosen_turns:
+        text, turns = prompt_field(obj, source)
+    elif prompt is None:
         text, turns = _prompt_from_messages(chosen_turns, source, "chosen")
     else:
-        text, turns = prompt_field(obj, source)
+        if isinstance(prompt, list):
+            given = _check_messages(prompt, source, "prompt")
+            repeats = chosen_turns[:len(given)] == given
+            what = "the messages of `prompt`"
+        else:
+            given = _text(obj, "prompt", source)
+            first = chosen_turns[0]
+            repeats = first["role"] == "user" and first["content"].strip() == given.strip()
+            what = "a user turn with the text of `prompt`"
+        if not repeats:
+            fail(source, "chosen", f"its turns before the reply do not begin with {what}; give the prompt "
+                                   f"once in `prompt` (chosen/rejected then hold only the reply), or repeat "
+                                   f"it exactly at the start of both conversations")
+        text, turns = _prompt_from_messages(chosen_turns, source, "chosen")
     return text, turns, [chosen, rejected], [[0], [1]]
 
 
