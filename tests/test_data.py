@@ -326,6 +326,19 @@ def test_prompt_id_resolution():
         parse_demonstration({"prompt_id": "p1", "prompt": "Other", "response": "x"}, "d:2", prompts)
 
 
+def test_a_differing_prompt_is_named_by_the_field_it_came_from():
+    prompts = {"p1": parse_prompt(PROMPT, "p:1")}
+    chat = [{"role": "user", "content": "Other"}, {"role": "assistant", "content": "x"}]
+    with pytest.raises(DataError, match=r"^d:1: messages: differs from the text of prompt id 'p1'"):
+        parse_demonstration({"prompt_id": "p1", "messages": chat}, "d:1", prompts)
+    rejected = [chat[0], {"role": "assistant", "content": "y"}]
+    with pytest.raises(DataError, match=r"^r:1: chosen: differs from the text of prompt id 'p1'"):
+        parse_ranking({"prompt_id": "p1", "chosen": chat, "rejected": rejected}, "r:1", prompts)
+    with pytest.raises(DataError, match=r"^r:2: prompt: differs from the text of prompt id 'p1'"):
+        parse_ranking({"prompt_id": "p1", "prompt": [chat[0]], "chosen": [chat[1]], "rejected": [rejected[1]]},
+                      "r:2", prompts)
+
+
 def test_read_jsonl_sources(tmp_path):
     path = write_lines(tmp_path / "x.jsonl", [{"a": 1}, "", {"b": 2}])
     assert list(read_jsonl(path)) == [(f"{path}:1", {"a": 1}), (f"{path}:3", {"b": 2})]

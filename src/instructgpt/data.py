@@ -237,7 +237,11 @@ def render_messages(messages: list[dict[str, Any]], *, source: str = "<messages>
     assistant's. Roles are validated (``system`` may only come first); errors
     name ``source`` (the record's ``file:line`` when called while loading).
     """
-    _check_messages(messages, source, "messages")
+    return _transcript(_check_messages(messages, source, "messages"))
+
+
+def _transcript(messages: list[dict[str, Any]]) -> str:
+    """:func:`render_messages` of messages already checked (under the field they came from)."""
     parts = [f"{_ROLE_NAMES[m['role']]}: {m['content'].strip()}" for m in messages]
     if messages[-1]["role"] != "assistant":
         parts.append("Assistant:")
@@ -250,13 +254,14 @@ def _prompt_from_messages(messages: list[dict[str, Any]], source: str, name: str
     reply glued onto that turn in the plain transcript)."""
     if not messages:
         fail(source, name, "no turns before the assistant reply, so there is no prompt")
+    _check_messages(messages, source, name)
     if not any(m["role"] == "user" for m in messages):
         fail(source, name, "the prompt turns have no user message")
     if messages[-1]["role"] != "user":
         fail(source, name, f"the prompt's last turn is {messages[-1]['role']!r}; a prompt's turns end with "
                            f"the user's turn that the reply answers")
     turns = [dict(m) for m in messages]
-    return render_messages(turns, source=source), turns
+    return _transcript(turns), turns
 
 
 def _assistant_reply(value: Any, source: str, name: str) -> tuple[str, list[dict[str, Any]]]:
@@ -326,13 +331,14 @@ def _index(prompts: PromptIndex | Iterable[Prompt] | None) -> PromptIndex | None
 
 
 def _resolve_prompt(text: str | None, turns: Turns | None, prompt_id: str | None, source: str,
-                    prompts: PromptIndex | None) -> tuple[str, Turns | None]:
+                    prompts: PromptIndex | None, name: str = "prompt") -> tuple[str, Turns | None]:
     """(text, turns) of the prompt of a demonstration or ranking.
 
     The prompt comes from the record itself or from ``prompt_id`` looked up in
     ``prompts`` (turns included). When both are there, the texts must agree
     (ignoring surrounding whitespace); an id that ``prompts`` does not hold is
-    an error.
+    an error. ``name`` is the field the record's prompt came from (``messages``
+    for a chat-form demonstration, ``chosen`` for an implicit-prompt pair row).
     """
     if prompt_id is not None and prompts is not None:
         known = prompts.get(prompt_id)
@@ -341,7 +347,7 @@ def _resolve_prompt(text: str | None, turns: Turns | None, prompt_id: str | None
         if text is None:
             return known.text, known.turns
         if text.strip() != known.text.strip():
-            fail(source, "prompt", f"differs from the text of prompt id {prompt_id!r} ({known.source or 'prompts'})")
+            fail(source, name, f"differs from the text of prompt id {prompt_id!r} ({known.source or 'prompts'})")
         turns = turns or known.turns
     if text is None:
         if prompt_id is not None:
@@ -389,7 +395,8 @@ def parse_demonstration(obj: Any, source: str, prompts: PromptIndex | Iterable[P
     else:
         text, turns = prompt_field(obj, source)
         response = _text(obj, "response", source)
-    text, turns = _resolve_prompt(text, turns, prompt_id, source, prompts)
+    name = "messages" if obj.get("messages") is not None else "prompt"
+    text, turns = _resolve_prompt(text, turns, prompt_id, source, prompts, name)
     return Demonstration(
         prompt=text,
         response=response,
@@ -560,12 +567,14 @@ def parse_ranking(obj: Any, source: str, prompts: PromptIndex | Iterable[Prompt]
     prompt_id = _opt_id(obj, "prompt_id", source)
     if obj.get("chosen") is not None or obj.get("rejected") is not None:
         text, turns, responses, groups = _pair_row(obj, source)
+        name = "chosen" if turns and obj.get("prompt") is None else "prompt"
     else:
         text, turns = prompt_field(obj, source)
         responses = _responses(obj, source)
         groups = _ranking_groups(obj.get("ranking"), len(responses), source)
+        name = "prompt"
     k = len(responses)
-    text, turns = _resolve_prompt(text, turns, prompt_id, source, prompts)
+    text, turns = _resolve_prompt(text, turns, prompt_id, source, prompts, name)
     return Ranking(
         prompt=text,
         responses=responses,
