@@ -270,6 +270,32 @@ def test_chosen_turns_that_do_not_repeat_the_prompt_are_an_error(prompt):
         parse_ranking(obj, "r:1")
 
 
+def test_trl_prompt_completion_demonstration():
+    text = parse_demonstration({"prompt": "Sky colour?", "completion": "Blue."}, "d:1")
+    assert (text.prompt, text.response, text.turns, text.meta) == ("Sky colour?", "Blue.", None, {})
+    turn = {"role": "user", "content": "Sky colour?"}
+    chat = parse_demonstration({"prompt": [turn], "completion": [{"role": "assistant", "content": "Blue."}]}, "d:2")
+    assert (chat.turns, chat.response) == ([turn], "Blue.")
+    assert to_record(chat) == {"prompt": [turn], "response": "Blue."}
+
+
+@pytest.mark.parametrize("row, field, words", [
+    ({"prompt": "Q?", "completion": [{"role": "assistant", "content": "A."}, {"role": "user", "content": "B"}]},
+     "completion", "exactly one assistant message"),
+    ({"prompt": "Q?", "completion": [{"role": "user", "content": "A."}]}, "completion", "exactly one assistant"),
+    ({"prompt": "Q?", "completion": ""}, "completion", "empty"),
+    ({"prompt": "Q?", "completion": "A.", "response": "A."}, "completion", "not both"),
+    ({"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}], "completion": "A."},
+     "completion", "not both"),
+    # ShareGPT and other shapes: say what a demonstration has
+    ({"conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}]}, "response",
+     'missing (a demonstration has "response", TRL\'s "completion", or "messages" ending with the assistant\'s'),
+])
+def test_bad_completion_or_unknown_demonstration_shape(tmp_path, row, field, words):
+    msg = expect_error(load_demonstrations, tmp_path, [{"prompt": "Q?", "response": "A."}, row], field)
+    assert words in msg
+
+
 def test_messages_demonstration():
     obj = {"messages": [
         {"role": "system", "content": "You are helpful."},

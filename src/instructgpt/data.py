@@ -372,12 +372,33 @@ def prompt_field(obj: Mapping[str, Any], source: str) -> tuple[str | None, Turns
 # Demonstrations
 # --------------------------------------------------------------------------
 
-DEMONSTRATION_KEYS = ("prompt", "prompt_id", "response", "labeler_id", "messages")
+DEMONSTRATION_KEYS = ("prompt", "prompt_id", "response", "completion", "labeler_id", "messages")
+
+
+def _response(obj: Mapping[str, Any], source: str) -> str:
+    """The reply of a ``{prompt, response}`` row, or of TRL's ``{prompt, completion}`` row, whose
+    ``completion`` is text or (conversational) a list of exactly one assistant message."""
+    completion = obj.get("completion")
+    if completion is None:
+        if obj.get("response") is None:
+            fail(source, "response", 'missing (a demonstration has "response", TRL\'s "completion", '
+                                     'or "messages" ending with the assistant\'s reply)')
+        return _text(obj, "response", source)
+    if obj.get("response") is not None:
+        fail(source, "completion", "give either `response` or `completion`, not both")
+    if not isinstance(completion, list):
+        return _text(obj, "completion", source)
+    messages = _check_messages(completion, source, "completion")
+    if len(messages) != 1 or messages[0]["role"] != "assistant":
+        roles = ", ".join(m["role"] for m in messages)
+        fail(source, "completion", f"expected exactly one assistant message (the reply), got {len(messages)} "
+                                   f"({roles}); earlier turns belong in `prompt`")
+    return messages[0]["content"]
 
 
 def parse_demonstration(obj: Any, source: str, prompts: PromptIndex | Iterable[Prompt] | None = None
                         ) -> Demonstration:
-    """A :class:`Demonstration` from ``{prompt | prompt_id, response}`` or ``{messages}``.
+    """A :class:`Demonstration` from ``{prompt | prompt_id, response | completion}`` or ``{messages}``.
 
     In the chat form the last message is the assistant's response and the
     earlier turns are the prompt (kept in ``turns``; ``prompt`` is their
@@ -387,14 +408,15 @@ def parse_demonstration(obj: Any, source: str, prompts: PromptIndex | Iterable[P
     prompts = _index(prompts)
     prompt_id = _opt_id(obj, "prompt_id", source)
     if obj.get("messages") is not None:
-        for key in ("prompt", "response"):
+        for key, pair in (("prompt", "prompt`/`response"), ("response", "prompt`/`response"),
+                          ("completion", "prompt`/`completion")):
             if obj.get(key) is not None:
-                fail(source, key, "give either `messages` or `prompt`/`response`, not both")
+                fail(source, key, f"give either `messages` or `{pair}`, not both")
         response, earlier = _assistant_reply(obj["messages"], source, "messages")
         text, turns = _prompt_from_messages(earlier, source, "messages")
     else:
         text, turns = prompt_field(obj, source)
-        response = _text(obj, "response", source)
+        response = _response(obj, source)
     name = "messages" if obj.get("messages") is not None else "prompt"
     text, turns = _resolve_prompt(text, turns, prompt_id, source, prompts, name)
     return Demonstration(
