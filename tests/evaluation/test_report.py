@@ -129,3 +129,22 @@ def test_awkward_names_render():
     page = render_html(build_sections(res, check_claims(res)))
     assert "gpt $x^2$ &amp; &lt;co&gt;" in page
     assert "custom &lt;case&gt;" in page
+
+
+def test_benchmark_rows_show_n_and_no_zero_width_share(tmp_path):
+    """Toxicity rows from 40 clean items: the n is shown and the interval is not [0.000, 0.000]."""
+    from instructgpt.evaluation import share
+    clean = share([0.0] * 40)
+    res = EvalResults([ModelResult("sft", "sft", benchmarks={"toxicity_plain": clean}),
+                       ModelResult("ppo", "ppo", benchmarks={"toxicity_plain": clean,
+                                                             "truthfulqa_truthful": est(0.9, 0.05, 22)})])
+    rows = [r for sec in build_sections(res) for b in sec.blocks if hasattr(b, "rows") for r in b.rows]
+    row = next(r for r in rows if r[0].startswith("toxicity"))
+    assert row == ["toxicity_plain (n=40)", "0.000 [0.000, 0.088]", "0.000 [0.000, 0.088]"]
+    truth = next(r for r in rows if r[0].startswith("truthfulqa"))
+    assert truth == ["truthfulqa_truthful (n=22)", "not measured", "0.900 [0.850, 0.950]"]
+    mixed = EvalResults([ModelResult("a", "sft", benchmarks={"toxicity_plain": share([0.0] * 40)}),
+                         ModelResult("b", "ppo", benchmarks={"toxicity_plain": share([0.0] * 30)})])
+    rows = [r for sec in build_sections(mixed) for b in sec.blocks if hasattr(b, "rows") for r in b.rows]
+    row = next(r for r in rows if r[0].startswith("toxicity"))
+    assert row[0] == "toxicity_plain" and row[1].endswith("(n=40)") and row[2].endswith("(n=30)")

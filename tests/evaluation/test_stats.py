@@ -224,3 +224,32 @@ def test_the_interval_does_not_depend_on_the_order_of_the_samples():
         b = win_rate(shuffled_x, shuffled_g, method=method, seed=4)
         assert (a.low, a.high) == pytest.approx((b.low, b.high), abs=1e-12)
     assert bootstrap_interval(x, g, seed=4) == pytest.approx(bootstrap_interval(shuffled_x, shuffled_g, seed=4))
+
+
+# ----------------------------------------------------------------------------- shares (toxicity scores)
+
+def test_share_of_all_zero_scores_has_a_wilson_interval_not_zero_width():
+    """40 clean continuations: a percentile bootstrap said [0, 0]; the share gets Wilson's [0, 0.088]."""
+    from instructgpt.evaluation import share
+    e = share([0.0] * 40)
+    assert (e.value, e.low, e.n, e.method) == (0.0, 0.0, 40, "wilson")
+    assert e.high == pytest.approx(wilson_interval(0, 40)[1]) and e.high > 0.08
+    grouped = share([0.0] * 40, [f"p{i // 2}" for i in range(40)])
+    assert grouped.high > 0 and grouped.method == "wilson-prompts"
+    mixed = share([0.0, 0.25, 0.5, 0.1] * 10)
+    assert mixed.value == pytest.approx(0.2125) and mixed.low < mixed.value < mixed.high
+    with pytest.raises(ValueError):
+        share([0.2, 1.5])
+
+
+def test_toxicity_scores_use_the_proportion_interval():
+    from collections import namedtuple
+
+    from instructgpt.evaluation.probes import toxicity_scores
+    item = namedtuple("Item", "instruction")
+    items = [item(k) for k in ("none", "respectful", "biased") for _ in range(40)]
+    out = toxicity_scores(items, ["a kind reply to you"] * len(items))
+    for key in ("toxicity_plain", "toxicity_respectful", "toxicity_biased"):
+        e = out[key]
+        assert e.value == 0.0 and e.n == 40 and e.method == "wilson"
+        assert e.high > 0.08, (key, e)  # not [0, 0]

@@ -30,7 +30,8 @@ from .report import render_from_json, write_report
 from .results import (LABELER_GROUPS, MODEL_KINDS, Comparison, EvalResults, ModelResult, SampleOutput,
                       Samples)
 from .stats import (Estimate, bootstrap_interval, difference, difference_of_estimates,
-                    likert_mean, mean_estimate, pairwise_agreement, rate, wilson_interval, win_rate,
+                    likert_mean, mean_estimate, pairwise_agreement, rate, share, wilson_interval,
+                    win_rate,
                     win_rates_by)
 
 
@@ -45,7 +46,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "Estimate", "win_rate", "win_rates_by", "wilson_interval", "bootstrap_interval",
-    "likert_mean", "mean_estimate", "rate", "pairwise_agreement", "difference",
+    "likert_mean", "mean_estimate", "rate", "share", "pairwise_agreement", "difference",
     "difference_of_estimates",
     "EvalResults", "ModelResult", "Comparison", "Samples", "SampleOutput", "ClaimResult",
     "MODEL_KINDS", "LABELER_GROUPS", "VERDICTS", "check_claims",

@@ -63,7 +63,7 @@ from .policies import (ModelPool, ModelSpec, PolicyRunner, Response, count_param
                        extra_model, kind_of)
 from .results import JUDGES, Comparison, EvalResults, ModelResult
 from .scoring import policy_kl, policy_reward
-from .stats import Estimate, mean_estimate, rate, win_rate, win_rates_by
+from .stats import Estimate, mean_estimate, rate, share, win_rate, win_rates_by
 
 # ----------------------------------------------------------------------------- inputs
 
@@ -275,8 +275,8 @@ def _judge_by_model(cfg: EvalConfig, pool: ModelPool, prompts: list[Prompt], tex
     for n in others:
         verdicts = pairwise_outcomes(judge, prompts, texts[n], texts[cfg.baseline])
         add_judge(models[n], "judge_model", verdicts.outcomes, prompts, cfg.seed, "judge_model", by_use_case)
-        models[n].benchmarks["judge_model_preference"] = mean_estimate(verdicts.preference, ids, cfg.seed,
-                                                                       "bootstrap-prompts")
+        # a mean of probabilities in [0, 1]: a proportion's Wilson interval over the prompts, not a bootstrap
+        models[n].benchmarks["judge_model_preference"] = share(verdicts.preference, ids, seed=cfg.seed)
         if verdicts.consistent:
             models[n].benchmarks["judge_model_consistency"] = rate(verdicts.consistent)
         first += verdicts.first_position

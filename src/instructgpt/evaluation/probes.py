@@ -32,7 +32,7 @@ from ..lm import pack_blocks
 from ..world import bias_entropy, score_truth, toxicity
 from .policies import PolicyRunner
 from .scoring import continuation_logprobs, shared_context_logprobs
-from .stats import Estimate, bootstrap_interval, mean_estimate, rate
+from .stats import Estimate, bootstrap_interval, rate, share
 
 #: Toxicity probe instruction -> benchmark key suffix.
 TOXICITY_KEYS = {"none": "plain", "respectful": "respectful", "biased": "biased"}
@@ -52,12 +52,14 @@ def truth_scores(items, answers: Sequence[str]) -> dict[str, Estimate]:
 
 
 def toxicity_scores(items, completions: Sequence[str], seed: int = 0) -> dict[str, Estimate]:
-    """Mean toxicity score of the completions, per instruction (bootstrap over items)."""
+    """Mean toxicity score (share of insult words, in [0, 1]) of the completions, per instruction, with
+    the Wilson interval of a proportion over the items (:func:`~.stats.share`): a percentile bootstrap
+    gave [0, 0] from 40 clean continuations."""
     out = {}
     for instr, key in TOXICITY_KEYS.items():
         vals = [toxicity(c) for it, c in zip(items, completions) if it.instruction == instr]
         if vals:
-            out[f"toxicity_{key}"] = mean_estimate(vals, seed=seed)
+            out[f"toxicity_{key}"] = share(vals, seed=seed)
     return out
 
 

@@ -325,12 +325,22 @@ def _benchmark_section(results: EvalResults) -> Section:
     seen = {k for m in models for k in m.benchmarks}
     keys = [k for k in BENCHMARK_ORDER if k in seen] + sorted(seen - set(BENCHMARK_ORDER))
     sec.blocks.append(Para("TruthfulQA: fraction truthful (higher is better). Toxicity: mean "
-                           "toxicity score (lower is better). Bias (Winogender, CrowS-Pairs): "
-                           "entropy of the choice distribution in bits (1 bit for a pair = "
-                           "no preference; higher is less biased)."))
+                           "toxicity score, the share of insult words (lower is better). Shares carry a "
+                           "Wilson interval (a bootstrap gives [0, 0] when every item is 0); n = items "
+                           "per model. Bias (Winogender, CrowS-Pairs): entropy of the choice "
+                           "distribution in bits (1 bit for a pair = no preference; higher is less biased)."))
     sec.blocks.append(Table(["benchmark"] + [m.name for m in models],
-                            [[k] + [fmt(m.benchmarks.get(k)) for m in models] for k in keys]))
+                            [_benchmark_row(k, [m.benchmarks.get(k) for m in models]) for k in keys]))
     return sec
+
+
+def _benchmark_row(key: str, ests: list[Estimate | None]) -> list[str]:
+    """One benchmark row with the number of items it rests on: in the first cell ("toxicity_plain (n=40)")
+    when every model has the same n, else in each cell; an interval is only as good as its n."""
+    ns = {e.n for e in ests if e is not None and not math.isnan(e.value)}
+    if len(ns) == 1:
+        return [f"{key} (n={ns.pop()})"] + [fmt(e) for e in ests]
+    return [key] + [fmt(e) if e is None or math.isnan(e.value) else f"{fmt(e)} (n={e.n})" for e in ests]
 
 
 def _alignment_tax_section(results: EvalResults) -> Section:
@@ -447,7 +457,8 @@ def _scores_section(results: EvalResults) -> Section:
         sec.blocks.append(Para(f"Scores: {NOT_MEASURED}."))
         return sec
     sec.blocks.append(Table(["measure", "meaning"] + [m.name for m in models],
-                            [[k, SCORES.get(k, "")] + [fmt(m.benchmarks.get(k)) for m in models] for k in keys]))
+                            [[r[0], SCORES.get(k, "")] + r[1:] for k in keys
+                             for r in [_benchmark_row(k, [m.benchmarks.get(k) for m in models])]]))
     return sec
 
 

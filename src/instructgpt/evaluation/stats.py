@@ -318,6 +318,24 @@ def rate(flags: Sequence[bool], groups: Sequence[Hashable] | None = None,
                        n_boot, seed, level)
 
 
+def share(values: Sequence[float], groups: Sequence[Hashable] | None = None,
+          method: str | None = None, n_boot: int = 2000, seed: int = 0,
+          level: float = 0.95) -> Estimate:
+    """Mean of per-sample values in [0, 1] that are shares themselves (e.g. the toxicity score of a
+    continuation: its share of insult words), with the proportion's Wilson interval (over the prompts'
+    effective size when ``groups`` are given; see :func:`_proportion`).
+
+    A percentile bootstrap gives [0, 0] when every value is 0 (40 continuations without an insult say
+    the rate is small, not that it is zero); Wilson gives [0, 0.09] for 40 zeros. For values strictly
+    inside (0, 1) the binomial variance p(1 - p) bounds theirs, so the interval errs on the wide side.
+    Raises ValueError for a value outside [0, 1] or no values.
+    """
+    x = np.asarray(values, dtype=float)
+    if x.size and (np.isnan(x).any() or (x < 0).any() or (x > 1).any()):
+        raise ValueError("share needs values in [0, 1]")
+    return _proportion(x, groups, method, n_boot, seed, level)
+
+
 def pairwise_agreement(labels: Sequence[tuple[Hashable, Hashable, Hashable]],
                        n_boot: int = 2000, seed: int = 0, level: float = 0.95,
                        group_of: Callable[[Hashable], Hashable] | None = None,
