@@ -70,3 +70,26 @@ def test_the_same_labels_give_the_same_agreement():
     with pytest.raises(ValueError):  # the measure needs two labelers on one item
         from instructgpt.evaluation.stats import pairwise_agreement
         pairwise_agreement([(("p", 0, 1), "T1", 1)])
+
+
+def test_agreement_rows_say_how_many_prompts_and_rankings_they_rest_on():
+    """The pairs count alone hid that the answer rows use the first 60 test prompts and the RM rows
+    the first 200 rankings; ``basis`` names them (run.py stores it in results.json's meta)."""
+    from instructgpt.evaluation.agreement import answer_agreement, comparison_agreement
+    world = World.generate(0)
+    panel = Panel(seed=0)
+    prompts = generate_prompts(world, 12, seed=2)
+    rng = random.Random(0)
+    answers = {f"m{j}": [candidate_responses(p, 1, rng, world)[0] for p in prompts] for j in range(4)}
+    basis: dict[str, str] = {}
+    rows = answer_agreement(panel, world, prompts, answers, 0, max_prompts=5, basis=basis)
+    assert set(basis) == set(rows) and rows
+    assert all(v.startswith("5 of 12 test prompts (the first 5), 4 answers each") for v in basis.values())
+    rankings = [_r(p.id, "T1", [[0], [1], [2], [3]], k=4) for p in prompts]
+    basis = {}
+    rows = comparison_agreement(panel, world, prompts, rankings, 0, limit=8, basis=basis)
+    assert set(basis) == set(rows) and all(k.endswith("(RM comparisons)") for k in rows)
+    assert all(v.startswith("8 of 12 RM rankings (the first 8), 4.0 answers each") for v in basis.values())
+    basis = {}
+    comparison_agreement(panel, world, prompts, rankings, 0, limit=200, basis=basis)
+    assert all(v.startswith("12 of 12 RM rankings, ") for v in basis.values())

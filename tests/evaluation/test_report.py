@@ -148,3 +148,16 @@ def test_benchmark_rows_show_n_and_no_zero_width_share(tmp_path):
     rows = [r for sec in build_sections(mixed) for b in sec.blocks if hasattr(b, "rows") for r in b.rows]
     row = next(r for r in rows if r[0].startswith("toxicity"))
     assert row[0] == "toxicity_plain" and row[1].endswith("(n=40)") and row[2].endswith("(n=30)")
+
+
+def test_agreement_rows_show_what_they_rest_on():
+    res = EvalResults([ModelResult("sft", "sft")],
+                      agreement={"training-training": est(0.71, 0.03, 2582), "heldout-heldout": est(0.77, 0.03, 2559)},
+                      meta={"agreement_basis": {"training-training": "60 of 626 test prompts (the first 60)"}})
+    sec = next(s for s in build_sections(res) if s.title == "Inter-labeler agreement")
+    table = next(b for b in sec.blocks if hasattr(b, "rows"))
+    assert table.headers[-1] == "rests on"
+    assert table.rows[0][-1] == "60 of 626 test prompts (the first 60)" and table.rows[0][2] == "2582"
+    assert table.rows[1][-1] == "not recorded"  # an older results.json
+    run = next(s for s in build_sections(res) if s.title == "Run")
+    assert not any(r[0] == "agreement_basis" for b in run.blocks for r in b.rows)

@@ -97,6 +97,7 @@ def test_every_estimate_is_sane(evaluated):
     assert base.pretraining["perplexity"] == prompted.pretraining["perplexity"]
     assert base.n_params == prompted.n_params == results.model("sft").n_params > 0
     assert set(results.agreement) >= {"training-training", "training-heldout"}
+    assert set(results.meta["agreement_basis"]) == set(results.agreement)  # each row says what it rests on
     for e in results.agreement.values():
         assert 0 <= e.low <= e.value <= e.high <= 1
     assert [r["ppo/score"] for r in results.training_curves["ppo"]] == pytest.approx([0.1, 0.2, 0.3, 0.4])

@@ -82,24 +82,42 @@ def panel_agreement(panel, world, prompts: Sequence[Prompt], responses_per_promp
 
 
 def answer_agreement(panel, world, prompts: Sequence[Prompt], responses_by_model: dict[str, Sequence[str]],
-                     seed: int = 0, max_prompts: int = 60) -> dict[str, Estimate]:
+                     seed: int = 0, max_prompts: int = 60,
+                     basis: dict[str, str] | None = None) -> dict[str, Estimate]:
     """Agreement on the models' answers: each of the first ``max_prompts`` prompts with one
-    answer per model (at most 9 models) is ranked by 3 training and 3 held-out labelers."""
+    answer per model (at most 9 models) is ranked by 3 training and 3 held-out labelers.
+
+    basis: if given, filled with row name -> what the row rests on ("60 of 626 test prompts (the
+    first 60), 6 answers each ..."): the pairs count (Estimate.n) alone does not say how many prompts."""
     names = list(responses_by_model)[:9]
     if len(names) < 2 or not prompts:
         return {}
     chosen = list(prompts[:max_prompts])
     responses = [[str(responses_by_model[n][i]) or "(empty)" for n in names] for i in range(len(chosen))]
-    return panel_agreement(panel, world, chosen, responses, seed)
+    out = panel_agreement(panel, world, chosen, responses, seed)
+    if basis is not None:
+        first = f" (the first {len(chosen)})" if len(chosen) < len(prompts) else ""
+        basis.update({k: f"{len(chosen)} of {len(prompts)} test prompts{first}, {len(names)} answers each, "
+                         f"ranked by 3 training and 3 held-out labelers" for k in out})
+    return out
 
 
 def comparison_agreement(panel, world, prompts: Sequence[Prompt], rankings: Sequence[Ranking],
-                         seed: int = 0, limit: int = 200) -> dict[str, Estimate]:
+                         seed: int = 0, limit: int = 200,
+                         basis: dict[str, str] | None = None) -> dict[str, Estimate]:
     """Agreement on the responses of RM comparison sets (the first ``limit`` rankings whose
-    prompt is in ``prompts``), re-ranked by the panel; rows named "... (RM comparisons)"."""
+    prompt is in ``prompts``), re-ranked by the panel; rows named "... (RM comparisons)".
+    basis: as for :func:`answer_agreement` ("200 of 2043 RM rankings (the first 200) ...")."""
     by_id = {p.id: p for p in prompts}
-    rows = [r for r in rankings if r.prompt_id in by_id][:limit]
+    matching = [r for r in rankings if r.prompt_id in by_id]
+    rows = matching[:limit]
     if not rows:
         return {}
-    return panel_agreement(panel, world, [by_id[r.prompt_id] for r in rows], [list(r.responses) for r in rows],
-                           seed, label="RM comparisons")
+    out = panel_agreement(panel, world, [by_id[r.prompt_id] for r in rows], [list(r.responses) for r in rows],
+                          seed, label="RM comparisons")
+    if basis is not None:
+        first = f" (the first {len(rows)})" if len(rows) < len(matching) else ""
+        answers = sum(len(r.responses) for r in rows) / len(rows)
+        basis.update({k: f"{len(rows)} of {len(matching)} RM rankings{first}, {answers:.1f} answers each, "
+                         f"re-ranked by 3 training and 3 held-out labelers" for k in out})
+    return out

@@ -196,7 +196,7 @@ def _answer_section(results: EvalResults, claims: list[ClaimResult]) -> Section:
 
 def _meta_section(results: EvalResults) -> Section:
     rows = [[str(k), str(v)] for k, v in results.meta.items()
-            if k not in ("rm_accuracy", "rm_accuracy_by_criterion", "best_of_n")]
+            if k not in ("rm_accuracy", "rm_accuracy_by_criterion", "best_of_n", "agreement_basis")]
     rows.append(["baseline (win rates are against)", results.baseline])
     rows += [[f"model {m.name}", f"{m.kind}, {_size(m.n_params)} parameters"]
              for m in _models_in_order(results)]
@@ -427,9 +427,13 @@ def _agreement_section(results: EvalResults) -> Section:
         return sec
     sec.blocks.append(Para("Fraction of pairs of labelers giving the same judgement on the "
                            "same comparison (paper: 72.6 +- 1.5% among training labelers, "
-                           "77.3 +- 1.3% with held-out labelers)."))
-    sec.blocks.append(Table(["labeler pairs", "agreement [95% CI]", "pairs"],
-                            [[k, fmt(e, True), str(e.n)] for k, e in results.agreement.items()]))
+                           "77.3 +- 1.3% with held-out labelers). Each row rests on the prompts or "
+                           "rankings named beside it, fewer than the win rates use."))
+    basis = results.meta.get("agreement_basis")
+    basis = basis if isinstance(basis, dict) else {}
+    sec.blocks.append(Table(["labeler pairs", "agreement [95% CI]", "labeler pairs compared", "rests on"],
+                            [[k, fmt(e, True), str(e.n), str(basis.get(k, "not recorded"))]
+                             for k, e in results.agreement.items()]))
     return sec
 
 

@@ -268,8 +268,10 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
     judgements = judge(judged, judged_responses, cfg.baseline, panel, world, cfg.seed, cfg.judgements, pairs) \
         if judged else {n: Judgement() for n in specs}
     laps("judge")
-    agreement = answer_agreement(panel, world, judged, judged_responses, cfg.seed)
-    agreement.update(comparison_agreement(panel, world, inputs.rm_prompts, inputs.rm_rankings, cfg.seed))
+    agreement_basis: dict[str, str] = {}  # row -> the prompts / rankings it rests on (results.json meta)
+    agreement = answer_agreement(panel, world, judged, judged_responses, cfg.seed, basis=agreement_basis)
+    agreement.update(comparison_agreement(panel, world, inputs.rm_prompts, inputs.rm_rankings, cfg.seed,
+                                          basis=agreement_basis))
     laps("agreement")
     rm_accuracy = {}
     if rm is not None and judged:
@@ -286,6 +288,8 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
     n_tasks = write_label_tasks(out_dir / "label_tasks.jsonl", prompts, responses, cfg.baseline, cfg.seed)
     meta = {**run_meta(cfg, run, out_dir, inputs, ref_spec, n_tasks, n_judged=len(judged)),
             **inputs.round_summaries, **rm_accuracy, **best_of}
+    if agreement_basis:
+        meta["agreement_basis"] = agreement_basis
     if labels is not None:
         n_rankings, n_models = add_human_labels(models, labels, prompts, responses, cfg.baseline, cfg.seed,
                                                 out_dir / "human_labels.json")
