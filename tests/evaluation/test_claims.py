@@ -182,20 +182,70 @@ def test_claim_e_paired_when_raw_samples_exist():
 
 
 def test_claim_f_alignment_tax():
-    def run(ppl_ptx, ppl_ppo, cont_ptx=None, cont_ppo=None, cloze=(0.2, 0.9)):
+    def run(ppl_ptx, ppl_ppo, cont_ptx=None, cont_ppo=None, cloze=(0.2, 0.9), base=(10.0, 0.9), sft=None):
         pt = lambda p, c, z: {"perplexity": est(p, 0.2), "cloze_accuracy": est(z, 0.01),  # noqa: E731
                               **({} if c is None else {"continuation_accuracy": est(c, 0.01)})}
-        return claim_f(EvalResults([ModelResult("x", "ppo_ptx", pretraining=pt(ppl_ptx, cont_ptx, cloze[0])),
-                                    ModelResult("y", "ppo", pretraining=pt(ppl_ppo, cont_ppo, cloze[1]))]))
+        models = [ModelResult("x", "ppo_ptx", pretraining=pt(ppl_ptx, cont_ptx, cloze[0])),
+                  ModelResult("y", "ppo", pretraining=pt(ppl_ppo, cont_ppo, cloze[1]))]
+        if base is not None:
+            models.append(ModelResult("b", "base", pretraining=pt(base[0], None if cont_ppo is None else base[1],
+                                                                  0.99)))
+        if sft is not None:
+            models.append(ModelResult("s", "sft", pretraining=pt(sft[0], None if cont_ppo is None else sft[1], 0.99)))
+        return claim_f(EvalResults(models))
     assert run(19.0, 25.0).verdict == REPRODUCED
     assert run(25.0, 19.0).verdict == NOT_REPRODUCED
     assert run(19.0, 25.0, 0.40, 0.50).verdict == NOT_REPRODUCED  # continuation link reversed
     assert run(19.0, 25.0, 0.50, 0.40).verdict == REPRODUCED
+    # both links of the paper: PPO pays a tax against the base (f1, f2), PPO-ptx pays less (f3, f4);
     # the fact cloze (here far worse for PPO-ptx) is reported, not a link
-    assert [link.id for link in run(19.0, 25.0, 0.50, 0.40).links] == ["f1", "f2"]
-    assert "continuation_accuracy" in run(19.0, 25.0, 0.50, 0.40).links[1].statement
+    links = run(19.0, 25.0, 0.50, 0.40).links
+    assert [link.id for link in links] == ["f1", "f2", "f3", "f4"]
+    assert ["(the tax)" in link.statement for link in links] == [True, True, False, False]
+    assert "continuation_accuracy" in links[1].statement and "continuation_accuracy" in links[3].statement
+    assert links[0].effect.value == pytest.approx(15.0) and links[1].effect.value == pytest.approx(0.5)
     assert run(19.0, 19.1).verdict == INCONCLUSIVE
     assert claim_f(_policy_only(est(0.8))).verdict == NOT_MEASURED
+
+
+def test_claim_f_needs_a_tax_against_the_base():
+    """PPO-ptx better than PPO is not enough: with PPO no worse than the base there is no tax to reduce."""
+    def run(base_ppl, base_cont=0.45, **kw):
+        pt = lambda p, c: {"perplexity": est(p, 0.2), "continuation_accuracy": est(c, 0.01)}  # noqa: E731
+        models = [ModelResult("x", "ppo_ptx", pretraining=pt(19.0, 0.5)),
+                  ModelResult("y", "ppo", pretraining=pt(25.0, 0.4))]
+        if base_ppl is not None:
+            models.append(ModelResult("b", "base", pretraining=pt(base_ppl, base_cont)))
+        models += [ModelResult("s", "sft", pretraining=pt(*kw["sft"]))] if "sft" in kw else []
+        return claim_f(EvalResults(models))
+    assert run(30.0, 0.35).verdict == NOT_REPRODUCED  # the base is worse than PPO: no tax
+    row = run(30.0, 0.35)
+    assert [link.verdict for link in row.links] == [NOT_REPRODUCED, NOT_REPRODUCED, REPRODUCED, REPRODUCED]
+    assert run(25.1, 0.45).verdict == INCONCLUSIVE  # perplexity tax within noise
+    missing = run(None)
+    assert missing.verdict == NOT_MEASURED and missing.links[0].verdict == NOT_MEASURED
+    # where the tax arises, next to the tax links: here SFT already carries it
+    row = run(10.0, 0.9, sft=(24.8, 0.41))
+    assert row.verdict == REPRODUCED
+    assert "where it arises: y vs s: +0.200 [" in row.links[0].measured
+    assert "s vs b: +14.800 [" in row.links[0].measured
+    assert "y vs s: +0.010 [" in row.links[1].measured
+
+
+def test_deliberately_worse_rlhf_policies_fail_claim_f():
+    """A PPO-ptx that loses more held-out performance than PPO: "not reproduced", whatever the tax."""
+    good = claim_f(make_results())
+    rng = np.random.default_rng(0)
+    bad = make_results()
+    bad.models = [m for m in bad.models if m.kind != "ppo_ptx"] + [
+        make_model("ppo_ptx", "ppo_ptx", 0.8, rng, ppl=40.0)]
+    assert good.verdict == REPRODUCED and claim_f(bad).verdict == NOT_REPRODUCED
+
+
+def test_claim_c_says_the_sft_step_is_claim_a():
+    row = claim_c(make_results())
+    assert "SFT < PPO-ptx step is claim a" in row.statement and "not tested" in row.statement
+    assert [link.id for link in row.links] == ["c1", "c2", "c3"]  # no new link
 
 
 def test_claim_g_not_measured_without_flan():

@@ -291,12 +291,18 @@ def _preference_link(results: EvalResults, cid: str, better: ModelResult | None,
 def claim_c(results: EvalResults) -> ClaimResult:
     """(c) PPO and PPO-ptx beat the prompted base, which beats the base.
 
+    The paper's ordering is GPT-3 < prompted GPT-3 < SFT < PPO ~ PPO-ptx. The SFT step (PPO-ptx
+    preferred to SFT) is claim (a), so it is not a link here; the statement says so, and that
+    prompted base < SFT and PPO ~ PPO-ptx are not tested.
+
     Links (models at the primary PPO-ptx size): c1 PPO > prompted base,
     c2 PPO-ptx > prompted base, c3 prompted base > base; each decided like
     claim (b) via :func:`preference`. Compound rule: :func:`combine` (all
     links reproduced -> reproduced; any reversed -> not reproduced).
     """
-    statement = "Ordering: base < prompted base < PPO and PPO-ptx"
+    statement = ("Ordering: base < prompted base < PPO and PPO-ptx. The paper's ordering is base < prompted "
+                 "base < SFT < PPO ~ PPO-ptx: its SFT < PPO-ptx step is claim a's test; prompted base < SFT "
+                 "and PPO ~ PPO-ptx are not tested")
     rule = "each link: preference CI above/below null; reproduced only if all links are"
     pol = primary_policy(results)
     if pol is None:
@@ -356,15 +362,42 @@ def claim_e(results: EvalResults) -> ClaimResult:
                        f"hallucination rate of {base.name} minus {pol.name}", rule)
 
 
-def claim_f(results: EvalResults) -> ClaimResult:
-    """(f) PPO-ptx loses less held-out pretraining performance than PPO.
+#: The held-out pretraining metrics of claim (f)'s links.
+TAX_METRICS = ("perplexity", "continuation_accuracy")
 
-    Links, one per metric both models have: "perplexity" (effect = PPO
-    perplexity - PPO-ptx perplexity) and "continuation_accuracy" (the
-    HellaSwag analogue, effect = PPO-ptx accuracy - PPO accuracy); the
-    reference (SFT or base) cancels in these differences. Each link:
-    decide_greater(effect, 0); compound rule: :func:`combine`. Not measured if
-    neither metric exists for both.
+
+def _tax_where(results: EvalResults, ppo: ModelResult, pol: ModelResult, base: ModelResult | None,
+               metric: str) -> str:
+    """Where PPO's tax on ``metric`` arises when SFT already carries it: "PPO vs SFT: +x [lo, hi]; SFT vs
+    base: +y [lo, hi]" (positive = the first is worse), or "" without an SFT model at that size."""
+    sft = peer(results, "sft", pol)
+    if sft is None:
+        return ""
+    parts = []
+    for worse, ref in ((ppo, sft), (sft, base)):
+        gap = None if ref is None else metric_gap(ref, worse, "pretraining", metric)
+        if gap is not None:
+            parts.append(f"{worse.name} vs {ref.name}: {gap.value:+.3f} [{gap.low:+.3f}, {gap.high:+.3f}]")
+    return "; ".join(parts)
+
+
+def claim_f(results: EvalResults) -> ClaimResult:
+    """(f) RLHF pays an alignment tax on held-out pretraining data, and PPO-ptx pays less than PPO.
+
+    The paper: PPO regresses against the pretrained base on public NLP tasks (the tax), and mixing
+    pretraining gradients in (PPO-ptx) reduces that regression. Both links are tested, on each
+    metric both models of a link have ("perplexity" and "continuation_accuracy", the HellaSwag
+    analogue):
+
+    * tax (f1, f2): PPO worse than the base (effect = PPO perplexity - base perplexity, or base
+      accuracy - PPO accuracy; :func:`metric_gap`), decide_greater(effect, 0);
+    * reduction (f3, f4): PPO-ptx better than PPO (effect = PPO perplexity - PPO-ptx perplexity,
+      or PPO-ptx accuracy - PPO accuracy), decide_greater(effect, 0).
+
+    Compound rule :func:`combine`: a PPO no worse than the base (no tax) or a PPO-ptx worse than PPO
+    makes the claim "not reproduced"; a missing base or PPO model "not measured". Each tax link's
+    ``measured`` also says where the tax arises ("PPO vs SFT: ...; SFT vs BASE: ...") when an SFT model
+    exists: in a run whose SFT already carries the whole tax, PPO's own share is near 0.
 
     The world's fact cloze ("cloze_accuracy") is reported but is not a link:
     it tests recall of facts, which fine-tuning here does not cost (the base
@@ -372,22 +405,38 @@ def claim_f(results: EvalResults) -> ClaimResult:
     benchmarks such as HellaSwag; with it the claim could only stay
     inconclusive whatever PPO-ptx did.
     """
-    statement = "PPO-ptx loses less held-out pretraining performance than PPO (alignment tax)"
-    rule = "per metric: CI of PPO-ptx's advantage over PPO above / below 0; all must hold"
+    statement = ("RLHF pays an alignment tax on held-out pretraining data (PPO worse than the base), "
+                 "and PPO-ptx pays less of it than PPO")
+    rule = ("per metric: CI of PPO's cost against the base above / below 0, and CI of PPO-ptx's advantage "
+            "over PPO above / below 0; all must hold")
     pol = primary_policy(results)
     ppo = peer(results, "ppo", pol)
     if pol is None or ppo is None:
         return _missing("f", statement, rule, "PPO-ptx or PPO model")
-    links = []
-    for i, metric in enumerate(("perplexity", "continuation_accuracy"), start=1):
+    base = peer(results, "base", pol)
+    tax, less = [], []
+    for metric in TAX_METRICS:
+        effect = None if base is None else metric_gap(base, ppo, "pretraining", metric)
+        if effect is not None:
+            where = _tax_where(results, ppo, pol, base, metric)
+            tax.append(ClaimResult("", f"{ppo.name} worse than {base.name} on {metric} (the tax)",
+                                   decide_greater(effect, 0.0), effect, 0.0,
+                                   f"{metric} cost of {ppo.name} against {base.name}"
+                                   + (f" (where it arises: {where})" if where else ""), "CI above / below 0"))
         effect = metric_gap(pol, ppo, "pretraining", metric)
         if effect is not None:
-            links.append(ClaimResult(f"f{i}", f"{pol.name} better than {ppo.name} on {metric}",
-                                     decide_greater(effect, 0.0), effect, 0.0,
-                                     f"{metric} advantage of {pol.name} over {ppo.name}",
-                                     "CI above / below 0"))
-    if not links:
+            less.append(ClaimResult("", f"{pol.name} better than {ppo.name} on {metric} (pays less tax)",
+                                    decide_greater(effect, 0.0), effect, 0.0,
+                                    f"{metric} advantage of {pol.name} over {ppo.name}", "CI above / below 0"))
+    if not less:
         return _missing("f", statement, rule, "perplexity / continuation accuracy of both models")
+    if not tax:
+        tax.append(_missing("", "PPO worse than the base (the tax)", "CI above / below 0",
+                            "base model at the PPO-ptx size with the same metrics" if base is None
+                            else f"perplexity / continuation accuracy of {base.name}"))
+    links = tax + less
+    for i, link in enumerate(links, start=1):
+        link.id = f"f{i}"
     return _compound("f", statement, rule, links)
 
 
