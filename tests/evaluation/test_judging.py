@@ -35,6 +35,16 @@ class _StubPanel:
     def assign(self, prompt_id, heldout=False):
         return _StubLabeler()
 
+    def draw_judge(self, rng, heldout=True, exclude=()):
+        panel = self
+
+        class _Judge:
+            id = f"J{len(exclude)}"
+
+            def compare(self, prompt, a, b, rng, world=None):
+                return panel.compare(prompt, a, b, rng, heldout, world)
+        return _Judge()
+
 
 def _prompts(use_cases):
     return [Prompt(id=f"p{i}", text=f"Q{i}\n", user_id="u", use_case=uc) for i, uc in enumerate(use_cases)]
@@ -155,3 +165,28 @@ def test_oracle_rates_from_the_world_checkers_beside_the_flags(run):
     assert j["good"].metadata["true_fails_to_follow"].value == 0.0
     closed = [p for p in prompts if p.use_case in CLOSED_DOMAIN]
     assert j["good"].metadata["true_hallucination"].n == len(closed)
+
+
+def test_the_judges_of_one_comparison_are_distinct_labelers(run):
+    """Drawing with replacement gave fewer than 3 distinct labelers for 186 of 626 held-out triples (a
+    pool of 10); now the 3 judgements of a pair are by 3 labelers, seeded, the first one unchanged."""
+    from instructgpt.world import solve
+    _, data = run
+    prompts = data.prompts["ppo"][:60]
+    good = [solve(p, random.Random(i), data.world) for i, p in enumerate(prompts)]
+    other = [solve(p, random.Random(100 + i), data.world) + " Yes." for i, p in enumerate(prompts)]
+    answers = {"sft": other, "m": good}
+    three = judge(prompts, answers, "sft", data.panel, data.world, seed=1, judgements=3)
+    for group in ("heldout", "training"):
+        by_prompt = {}
+        for c in three["m"].comparisons:
+            if c.labelers == group and c.labeler_id is not None:
+                by_prompt.setdefault(c.prompt_id, []).append(c.labeler_id)
+        assert by_prompt and all(len(ids) == 3 == len(set(ids)) for ids in by_prompt.values()), group
+    again = judge(prompts, answers, "sft", data.panel, data.world, seed=1, judgements=3)
+    assert again["m"].comparisons == three["m"].comparisons
+    one = judge(prompts, answers, "sft", data.panel, data.world, seed=1)
+    assert [c for c in three["m"].comparisons][::3] == one["m"].comparisons
+    with pytest.raises(ValueError, match="the panel has 10"):
+        judge(prompts, answers, "sft", data.panel, data.world, seed=1,
+              judgements=len(data.panel.heldout_labelers) + 1)

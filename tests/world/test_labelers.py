@@ -111,3 +111,23 @@ def test_pleasantries_fall_on_good_and_flawed_candidates_alike():
             top[polite][1] += 1
     assert flawed_verbose > 50
     assert top[True][0] / top[True][1] < top[False][0] / top[False][1] + 0.03, top
+
+
+def test_judges_of_one_comparison_are_distinct_labelers(panel):
+    """draw_judge with the ids already drawn excluded: a draw without replacement; the first draw is
+    rng.choice(pool) as before; more judges than labelers is an error, not a silent repeat."""
+    for heldout, size in ((True, 10), (False, 40)):
+        drawn = []
+        for j in range(size):
+            drawn.append(panel.draw_judge(random.Random(f"c:{j}"), heldout, exclude=drawn).id)
+        assert len(set(drawn)) == size
+        with pytest.raises(ValueError, match=f"has {size}"):
+            panel.draw_judge(random.Random(0), heldout, exclude=drawn)
+    pool = panel.heldout_labelers
+    assert panel.draw_judge(random.Random(5)).id == random.Random(5).choice(pool).id
+    # over many comparisons of 3 held-out judgements, never a repeated labeler
+    for k in range(300):
+        ids = []
+        for j in range(3):
+            ids.append(panel.draw_judge(random.Random(f"x:{k}:{j}"), True, exclude=ids).id)
+        assert len(set(ids)) == 3

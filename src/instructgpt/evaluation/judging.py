@@ -63,19 +63,29 @@ def compare_outcomes(prompts: Sequence[Prompt], responses: Sequence[str], baseli
                      opponent: str | None = None) -> list[Comparison]:
     """``judgements`` Comparisons per prompt: ``responses[i]`` against ``baseline[i]`` (the answers of
     ``opponent``; None = the baseline), each judged by a labeler of ``group`` ("training" /
-    "heldout") drawn afresh. Identical answers are a tie without asking. Several judgements of one
-    pair share its prompt id, so the intervals (bootstrapped over prompts) count them as one
-    cluster: they shrink the labelers' noise, not the prompts' spread."""
+    "heldout"). The judges of one comparison are distinct labelers, drawn without replacement
+    (``panel.draw_judge``; seeded per judgement, the first draw is the one a single judgement makes);
+    asking for more judgements than the group has labelers is a ValueError. Each Comparison records
+    its labeler's id. Identical answers are a tie without asking. Several judgements of one pair share
+    its prompt id, so the intervals count them as one cluster: they shrink the labelers' noise, not
+    the prompts' spread."""
+    pool = getattr(panel, "heldout_labelers" if group == "heldout" else "training_labelers", None)
+    if pool is not None and judgements > len(pool):
+        raise ValueError(f"judgements={judgements} distinct {group} labelers per comparison, but the panel "
+                         f"has {len(pool)}")
     out = []
     tag = name if opponent is None else f"{name}|{opponent}"
     for p, a, b in zip(prompts, responses, baseline):
+        drawn: list[str] = []
         for j in range(judgements):
             if normalized(a) == normalized(b):
-                outcome = 0.5
+                outcome, lab_id = 0.5, None
             else:
                 rng = _rng("compare", seed, group, tag, p.id) if j == 0 else _rng("compare", seed, group, tag, p.id, j)
-                outcome = float(panel.compare(p, a, b, rng, heldout=group == "heldout", world=world))
-            out.append(Comparison(p.id, outcome, group, p.use_case, opponent))
+                lab = panel.draw_judge(rng, heldout=group == "heldout", exclude=drawn)
+                drawn.append(lab.id)
+                outcome, lab_id = float(lab.compare(p, a, b, rng, world)), lab.id
+            out.append(Comparison(p.id, outcome, group, p.use_case, opponent, lab_id))
     return out
 
 

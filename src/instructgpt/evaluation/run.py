@@ -326,8 +326,9 @@ def run_meta(cfg: EvalConfig, run: RunFolder, out_dir: Path, inputs: EvalInputs,
               if ref_spec else "not measured (no SFT model)",
         "world": f"{_short(run.world, run)}/ (seed {wc.seed}, scale {wc.scale:g})",
         "label_tasks": f"{_short(out_dir / 'label_tasks.jsonl', run)} ({n_tasks} ranking tasks)",
-        "judges": f"simulated labelers: {cfg.judgements} training and {cfg.judgements} held-out labeler(s) per "
-                  "comparison; Likert and flags by the prompt's held-out labeler",
+        "judges": f"simulated labelers: {cfg.judgements} distinct training and {cfg.judgements} distinct held-out "
+                  "labeler(s) per comparison (drawn without replacement); Likert and flags by the prompt's "
+                  "held-out labeler",
         "likelihood probes of base_prompted": "those of base (same weights)" if PROMPTED in specs else "n/a",
     }
     if inputs.missing:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import random
 import zlib
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 
 from ..data import FLAGS, MAX_K, MIN_K, Demonstration, Prompt, Ranking
@@ -262,6 +263,26 @@ class Panel:
         """A ranking by the labeler assigned to this prompt."""
         return self.assign(prompt.id, heldout).rank(prompt, responses, rng, world)
 
+    def draw_judge(
+        self, rng: random.Random, heldout: bool = True, exclude: Collection[str] = ()
+    ) -> Labeler:
+        """A labeler of the pool drawn with ``rng``, not one whose id is in ``exclude``.
+
+        The several judgements of one comparison pass the ids already drawn, so they are by distinct
+        labelers (a draw without replacement). With nothing excluded the draw is ``rng.choice(pool)``,
+        so a comparison's first judgement is the one a single-judgement evaluation makes. Raises
+        ValueError when every labeler of the pool is excluded: more judgements of one comparison than
+        labelers is an error, not a silent repeat (10 held-out labelers allow at most 10)."""
+        full = self.heldout_labelers if heldout else self.training_labelers
+        pool = [lab for lab in full if lab.id not in exclude] if exclude else full
+        if not pool:
+            group = "held-out" if heldout else "training"
+            raise ValueError(
+                f"no {group} labeler left: the panel has {len(full)} and each judgement of one "
+                f"comparison needs a distinct labeler"
+            )
+        return rng.choice(pool)
+
     def compare(
         self,
         prompt: Prompt,
@@ -270,7 +291,8 @@ class Panel:
         rng: random.Random,
         heldout: bool = True,
         world: World | None = None,
+        exclude: Collection[str] = (),
     ) -> float:
-        """A pairwise preference by a labeler drawn with ``rng`` (held-out by default: evaluation)."""
-        pool = self.heldout_labelers if heldout else self.training_labelers
-        return rng.choice(pool).compare(prompt, a, b, rng, world)
+        """A pairwise preference by a labeler drawn with ``rng`` (held-out by default: evaluation),
+        not one of ``exclude`` (:meth:`draw_judge`)."""
+        return self.draw_judge(rng, heldout, exclude).compare(prompt, a, b, rng, world)
