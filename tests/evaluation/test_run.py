@@ -218,6 +218,17 @@ def test_labels_of_no_prompt_of_the_evaluation_stop_it_before_any_work(run, tmp_
     assert not (tmp_path / "e").exists()  # read before the output folder is made and any model runs
 
 
+def test_more_judgements_than_distinct_labelers_stop_the_evaluation_before_any_work(run, tmp_path, capsys):
+    """The judges of a comparison are distinct labelers: 11 of 10 held-out ones failed only after every
+    model had answered."""
+    from instructgpt.cli import main
+    run_dir, _ = run
+    assert main(["eval", f"run_dir={run_dir}", "judgements=11", f"out_dir={tmp_path / 'e'}", "device=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "judgements: 11 distinct labelers per comparison, but the world's panel has 10 held-out" in err
+    assert not (tmp_path / "e").exists()
+
+
 def test_cli_eval_of_a_folder_that_is_not_a_run_says_so(tmp_path, capsys):
     from instructgpt.cli import main
     (tmp_path / "models").mkdir()  # a folder of models, say, but no run

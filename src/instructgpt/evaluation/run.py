@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import ConfigError
 from ..data import Prompt
 from ..models import load_tokenizer, pick_device
 from ..reward_model import RewardModel
@@ -220,6 +221,16 @@ def save_results_and_report(results: EvalResults, cfg: EvalConfig, out_dir: Path
     return html_path
 
 
+def _check_judges(judgements: int, panel) -> None:
+    """Each comparison is judged by distinct labelers of each group: asking for more than the smaller group
+    holds is an error before any model answers."""
+    smallest = min(len(panel.training_labelers), len(panel.heldout_labelers))
+    if judgements > smallest:
+        raise ConfigError(f"judgements: {judgements} distinct labelers per comparison, but the world's panel has "
+                          f"{len(panel.heldout_labelers)} held-out and {len(panel.training_labelers)} training "
+                          f"labelers (at most {smallest})")
+
+
 def run_eval(cfg: EvalConfig) -> EvalResults:
     """Evaluate every policy of ``cfg.run_dir`` (or, with ``cfg.prompts``, the given models on your
     own prompts: :func:`~instructgpt.evaluation.own_prompts.run_prompts_eval`); write results.json and the report."""
@@ -231,6 +242,7 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
     cfg = cfg.with_run_defaults(run.read_run_config())
     inputs = read_inputs(cfg, run)
     labels = read_labels(cfg.labels, inputs.prompts) if cfg.labels else None  # a bad file stops us before any work
+    _check_judges(cfg.judgements, inputs.world.panel)
     manager = task_manager(cfg.lm_eval_tasks, cfg.lm_eval_include) if cfg.lm_eval_tasks else None
     out_dir = cfg.out_path
     out_dir.mkdir(parents=True, exist_ok=True)
