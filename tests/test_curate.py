@@ -10,9 +10,8 @@ import unicodedata
 import pytest
 
 from instructgpt.config import ConfigError, load
-from instructgpt.curate import (
-    CurateConfig, curate_prompts, format_summary, run_curate, scrub_pii, user_split,
-)
+from instructgpt.curate import CurateConfig, curate_prompts, format_summary, run_curate, user_split
+from instructgpt.pii import scrub_pii
 from instructgpt.data import USE_CASES, DataError, Prompt, load_prompts, write_jsonl
 
 WORDS = ("otter badger heron lichen quartz saffron tundra violin walrus yonder zephyr amber basalt cobalt "
