@@ -169,9 +169,14 @@ def run_rounds(run: RunFolder) -> list[int]:
     return run.rounds()
 
 
+#: PPO iterations whose mean the round summaries give (one iteration's batch is a few dozen prompts).
+LAST_ITERATIONS = 10
+
+
 def round_summaries(run: RunFolder, rounds: list[int]) -> dict[str, str]:
-    """"round r" -> "RM on N rankings, validation accuracy A; ppo: final RM score S, KL K; ...",
-    from the stage markers of the round's RM and PPO stages (rounds not finished are left out)."""
+    """"round r" -> "RM on N rankings, validation accuracy A; ppo: RM score S and KL K, means of the last 10
+    of 30 iterations; ...", from the stage markers of the round's RM and PPO stages and their metrics.jsonl
+    (rounds not finished are left out)."""
     out = {}
     for r in rounds:
         rm = (run.read_marker(run.round_model(r, "rm")) or {}).get("summary")
@@ -181,9 +186,15 @@ def round_summaries(run: RunFolder, rounds: list[int]) -> dict[str, str]:
         line = f"RM on {rm.get('rankings')} rankings, validation accuracy " + \
             (f"{acc:.3f}" if acc is not None else "n/a")
         for name in ("ppo", "ppo_ptx"):
-            ppo = (run.read_marker(run.round_model(r, name)) or {}).get("summary") or {}
-            if ppo.get("ppo/score") is not None:
-                line += f"; {name}: final RM score {ppo['ppo/score']:.3f}, KL {ppo['ppo/kl']:.3f}"
+            folder = run.round_model(r, name)
+            if ((run.read_marker(folder) or {}).get("summary") or {}).get("ppo/score") is None:
+                continue
+            rows = [m for m in read_metrics(folder / "metrics.jsonl") if "ppo/score" in m and "ppo/kl" in m]
+            last = rows[-LAST_ITERATIONS:]
+            if last:
+                score, kl = (sum(m[k] for m in last) / len(last) for k in ("ppo/score", "ppo/kl"))
+                line += (f"; {name}: RM score {score:.3f} and KL {kl:.3f}, means of the last {len(last)} of "
+                         f"{len(rows)} iterations")
         out[f"round {r}"] = line
     return out
 
