@@ -280,10 +280,7 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
     judgements = judge(judged, judged_responses, cfg.baseline, panel, world, cfg.seed, cfg.judgements, pairs) \
         if judged else {n: Judgement() for n in specs}
     laps("judge")
-    agreement_basis: dict[str, str] = {}  # row -> the prompts / rankings it rests on (results.json meta)
-    agreement = answer_agreement(panel, world, judged, judged_responses, cfg.seed, basis=agreement_basis)
-    agreement.update(comparison_agreement(panel, world, inputs.rm_prompts, inputs.rm_rankings, cfg.seed,
-                                          basis=agreement_basis))
+    agreement, agreement_basis = _agreement(inputs, judged, judged_responses, cfg.seed)
     laps("agreement")
     rm_accuracy = {}
     if rm is not None and judged:
@@ -299,9 +296,8 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
               for n in specs]
     n_tasks = write_label_tasks(out_dir / "label_tasks.jsonl", prompts, responses, cfg.baseline, cfg.seed)
     meta = {**run_meta(cfg, run, out_dir, inputs, ref_spec, n_tasks, n_judged=len(judged)),
-            **inputs.round_summaries, **rm_accuracy, **best_of}
-    if agreement_basis:
-        meta["agreement_basis"] = agreement_basis
+            **inputs.round_summaries, **rm_accuracy, **best_of,
+            **({"agreement_basis": agreement_basis} if agreement_basis else {})}
     if labels is not None:
         n_rankings, n_models = add_human_labels(models, labels, prompts, responses, cfg.baseline, cfg.seed,
                                                 out_dir / "human_labels.json")
@@ -315,6 +311,17 @@ def run_eval(cfg: EvalConfig) -> EvalResults:
     print(f"eval: {len(models)} models on {len(prompts)} prompts in {results.meta['eval_seconds']:.1f}s "
           f"-> {out_dir / 'results.json'}, {html_path}")
     return results
+
+
+def _agreement(inputs: EvalInputs, judged: list[Prompt], judged_responses: dict[str, list[str]],
+               seed: int) -> tuple[dict[str, Estimate], dict[str, str]]:
+    """Inter-labeler agreement on the judged answers and on the RM's rankings, and for each row the
+    prompts or rankings it rests on (results.json meta)."""
+    basis: dict[str, str] = {}
+    panel, world = inputs.world.panel, inputs.world.world
+    rows = answer_agreement(panel, world, judged, judged_responses, seed, basis=basis)
+    rows.update(comparison_agreement(panel, world, inputs.rm_prompts, inputs.rm_rankings, seed, basis=basis))
+    return rows, basis
 
 
 def _short(path: str | Path, run: RunFolder) -> str:
