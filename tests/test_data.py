@@ -287,9 +287,9 @@ def test_trl_prompt_completion_demonstration():
     ({"prompt": "Q?", "completion": "A.", "response": "A."}, "completion", "not both"),
     ({"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}], "completion": "A."},
      "completion", "not both"),
-    # ShareGPT and other shapes: say what a demonstration has
-    ({"conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}]}, "response",
-     'missing (a demonstration has "response", TRL\'s "completion", or "messages" ending with the assistant\'s'),
+    # an unknown shape: say what a demonstration has
+    ({"question": "Q?", "answer": "A."}, "response",
+     'missing (a demonstration has "response", TRL\'s "completion", "messages" or ShareGPT\'s "conversations"'),
 ])
 def test_bad_completion_or_unknown_demonstration_shape(tmp_path, row, field, words):
     msg = expect_error(load_demonstrations, tmp_path, [{"prompt": "Q?", "response": "A."}, row], field)

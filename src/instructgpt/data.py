@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .jsonl import DataError, as_object, atomic_open, fail, json_type, read_jsonl  # noqa: F401 (re-exported)
+from .other_formats import ALPACA_KEYS, alpaca_demonstration, hh_messages, looks_like_hh, sharegpt_messages
 
 USE_CASES = (
     "generation", "open_qa", "brainstorming", "chat", "rewrite",
@@ -180,6 +181,8 @@ def _req_id(obj: Mapping[str, Any], key: str, source: str) -> str:
 def _meta(obj: Mapping[str, Any], known: Iterable[str]) -> dict[str, Any]:
     """The keys a format does not define, kept verbatim."""
     known = set(known)
+    if obj.get("conversations") is not None:  # ShareGPT: its top-level system text is read into the turns
+        known |= {"conversations", "system"}
     return {k: v for k, v in obj.items() if k not in known}
 
 
@@ -264,6 +267,16 @@ def _prompt_from_messages(messages: list[dict[str, Any]], source: str, name: str
     return _transcript(turns), turns
 
 
+def _conversation(obj: Mapping[str, Any], source: str) -> tuple[str, list[dict[str, Any]] | None]:
+    """(field, messages) of a record's conversation: ``messages``, or ShareGPT's ``conversations``
+    read as messages (:func:`.other_formats.sharegpt_messages`); ``("messages", None)`` when neither."""
+    if obj.get("conversations") is None:
+        return "messages", obj.get("messages")
+    if obj.get("messages") is not None:
+        fail(source, "conversations", "give either `messages` or ShareGPT's `conversations`, not both")
+    return "conversations", sharegpt_messages(obj["conversations"], obj.get("system"), source, "conversations")
+
+
 def _assistant_reply(value: Any, source: str, name: str) -> tuple[str, list[dict[str, Any]]]:
     """(reply, earlier turns) from a conversation whose last message is the assistant's."""
     messages = _check_messages(value, source, name)
@@ -287,10 +300,11 @@ def parse_prompt(obj: Any, source: str) -> Prompt:
     obj = as_object(obj, source)
     pid = _req_id(obj, "id", source)
     turns = None
-    if obj.get("messages") is not None:
+    key, messages = _conversation(obj, source)
+    if messages is not None:
         if obj.get("text") is not None:
-            fail(source, "text", "give either `text` or `messages`, not both")
-        text, turns = _prompt_from_messages(_check_messages(obj["messages"], source, "messages"), source, "messages")
+            fail(source, "text", f"give either `text` or `{key}`, not both")
+        text, turns = _prompt_from_messages(_check_messages(messages, source, key), source, key)
     else:
         text = _text(obj, "text", source)
     user_id = _req_id(obj, "user_id", source)
@@ -357,14 +371,24 @@ def _resolve_prompt(text: str | None, turns: Turns | None, prompt_id: str | None
     return text, turns
 
 
+def _prompt_value(obj: Mapping[str, Any], source: str) -> tuple[str, Any]:
+    """(field, value) of a ranking's or demonstration's prompt: ``prompt`` (text or messages), or
+    ShareGPT's ``conversations`` (the prompt turns of a preference row) read as messages."""
+    if obj.get("conversations") is None:
+        return "prompt", obj.get("prompt")
+    if obj.get("prompt") is not None:
+        fail(source, "conversations", "give either `prompt` or ShareGPT's `conversations`, not both")
+    return _conversation(obj, source)
+
+
 def prompt_field(obj: Mapping[str, Any], source: str) -> tuple[str | None, Turns | None]:
-    """(text, turns) of the ``prompt`` key: a string, or a list of chat messages checked as every
-    reader here checks them; (None, None) when absent."""
-    value = obj.get("prompt")
+    """(text, turns) of the prompt: ``prompt`` as a string, or a list of chat messages (``prompt``, or
+    ShareGPT's ``conversations``) checked as every reader here checks them; (None, None) when absent."""
+    key, value = _prompt_value(obj, source)
     if value is None:
         return None, None
     if isinstance(value, list):
-        return _prompt_from_messages(_check_messages(value, source, "prompt"), source, "prompt")
+        return _prompt_from_messages(_check_messages(value, source, key), source, key)
     return _text(obj, "prompt", source), None
 
 
@@ -382,7 +406,8 @@ def _response(obj: Mapping[str, Any], source: str) -> str:
     if completion is None:
         if obj.get("response") is None:
             fail(source, "response", 'missing (a demonstration has "response", TRL\'s "completion", '
-                                     'or "messages" ending with the assistant\'s reply)')
+                                     '"messages" or ShareGPT\'s "conversations" ending with the '
+                                     'assistant\'s reply, or Alpaca\'s "instruction" and "output")')
         return _text(obj, "response", source)
     if obj.get("response") is not None:
         fail(source, "completion", "give either `response` or `completion`, not both")
@@ -407,17 +432,26 @@ def parse_demonstration(obj: Any, source: str, prompts: PromptIndex | Iterable[P
     obj = as_object(obj, source)
     prompts = _index(prompts)
     prompt_id = _opt_id(obj, "prompt_id", source)
-    if obj.get("messages") is not None:
+    name, messages = _conversation(obj, source)
+    if messages is not None:
         for key, pair in (("prompt", "prompt`/`response"), ("response", "prompt`/`response"),
                           ("completion", "prompt`/`completion")):
             if obj.get(key) is not None:
-                fail(source, key, f"give either `messages` or `{pair}`, not both")
-        response, earlier = _assistant_reply(obj["messages"], source, "messages")
-        text, turns = _prompt_from_messages(earlier, source, "messages")
+                fail(source, key, f"give either `{name}` or `{pair}`, not both")
+        response, earlier = _assistant_reply(messages, source, name)
+        text, turns = _prompt_from_messages(earlier, source, name)
+    elif obj.get("instruction") is not None:
+        name = "instruction"
+        for key in ("prompt", "response", "completion"):
+            if obj.get(key) is not None:
+                fail(source, key, f"give either Alpaca's `instruction`/`output` or `{key}`, not both")
+        turns, text, response = alpaca_demonstration(obj, source)
+        if turns is not None:
+            text, turns = _prompt_from_messages(turns, source, "history")
     else:
+        name = "prompt"
         text, turns = prompt_field(obj, source)
         response = _response(obj, source)
-    name = "messages" if obj.get("messages") is not None else "prompt"
     text, turns = _resolve_prompt(text, turns, prompt_id, source, prompts, name)
     return Demonstration(
         prompt=text,
@@ -425,7 +459,7 @@ def parse_demonstration(obj: Any, source: str, prompts: PromptIndex | Iterable[P
         labeler_id=_opt_id(obj, "labeler_id", source),
         prompt_id=prompt_id,
         source=source,
-        meta=_meta(obj, DEMONSTRATION_KEYS),
+        meta=_meta(obj, DEMONSTRATION_KEYS + (ALPACA_KEYS if name == "instruction" else ())),
         turns=turns,
     )
 
@@ -532,9 +566,15 @@ def _flags(value: Any, k: int, source: str) -> list[list[str]] | None:
     return out
 
 
-def _pair_side(obj: Mapping[str, Any], key: str, source: str) -> tuple[str, list[dict[str, Any]]]:
-    """(response, prompt turns it carries) for ``chosen``/``rejected``: a string or messages."""
+def _pair_side(obj: Mapping[str, Any], key: str, source: str, hh: bool
+               ) -> tuple[str, list[dict[str, Any]]]:
+    """(response, prompt turns it carries) for ``chosen``/``rejected``: a string, messages, one
+    ShareGPT message (``{"from": "gpt", "value"}``), or with ``hh`` an HH-RLHF text transcript."""
     value = obj.get(key)
+    if isinstance(value, dict):
+        value = sharegpt_messages([value], None, source, key)
+    elif hh:
+        value = hh_messages(_text(obj, key, source), source, key)
     if isinstance(value, list):
         return _assistant_reply(value, source, key)
     return _text(obj, key, source), []
@@ -550,25 +590,28 @@ def _pair_row(obj: Mapping[str, Any], source: str
     they are the prompt (TRL's implicit-prompt format); with it they must begin
     by repeating it (its messages exactly, or for a text prompt a user turn
     with that text, as UltraFeedback-binarized writes them), and that repeated
-    prefix is read once.
+    prefix is read once. ShareGPT preference rows (LLaMA-Factory) give the prompt turns in
+    ``conversations`` and each side as one ``{"from": "gpt", "value"}`` message; HH-RLHF rows give
+    each side as a whole ``"\n\nHuman: ...\n\nAssistant: ..."`` transcript and no prompt.
     """
     for key in ("responses", "ranking"):
         if obj.get(key) is not None:  # null is the same as absent (union-schema exports)
             fail(source, key, "a chosen/rejected row cannot also have `responses` or `ranking`")
-    chosen, chosen_turns = _pair_side(obj, "chosen", source)
-    rejected, rejected_turns = _pair_side(obj, "rejected", source)
+    prompt_key, prompt = _prompt_value(obj, source)
+    hh = prompt is None and obj.get("prompt_id") is None and looks_like_hh(obj.get("chosen"))
+    chosen, chosen_turns = _pair_side(obj, "chosen", source, hh)
+    rejected, rejected_turns = _pair_side(obj, "rejected", source, hh)
     if chosen_turns != rejected_turns:
         fail(source, "rejected", "its earlier turns differ from those of `chosen` (they must share the prompt)")
-    prompt = obj.get("prompt")
     if not chosen_turns:
         text, turns = prompt_field(obj, source)
     elif prompt is None:
         text, turns = _prompt_from_messages(chosen_turns, source, "chosen")
     else:
         if isinstance(prompt, list):
-            given = _check_messages(prompt, source, "prompt")
+            given = _check_messages(prompt, source, prompt_key)
             repeats = chosen_turns[:len(given)] == given
-            what = "the messages of `prompt`"
+            what = f"the messages of `{prompt_key}`"
         else:
             given = _text(obj, "prompt", source)
             first = chosen_turns[0]
@@ -587,14 +630,15 @@ def parse_ranking(obj: Any, source: str, prompts: PromptIndex | Iterable[Prompt]
     obj = as_object(obj, source)
     prompts = _index(prompts)
     prompt_id = _opt_id(obj, "prompt_id", source)
+    prompt_key = "conversations" if obj.get("conversations") is not None else "prompt"
     if obj.get("chosen") is not None or obj.get("rejected") is not None:
         text, turns, responses, groups = _pair_row(obj, source)
-        name = "chosen" if turns and obj.get("prompt") is None else "prompt"
+        name = "chosen" if turns and obj.get(prompt_key) is None else prompt_key
     else:
         text, turns = prompt_field(obj, source)
         responses = _responses(obj, source)
         groups = _ranking_groups(obj.get("ranking"), len(responses), source)
-        name = "prompt"
+        name = prompt_key
     k = len(responses)
     text, turns = _resolve_prompt(text, turns, prompt_id, source, prompts, name)
     return Ranking(

@@ -1,0 +1,131 @@
+"""Other toolkits' conversation shapes read as ours: ShareGPT, Alpaca, Anthropic HH-RLHF."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from instructgpt.data import (
+    DataError, load_demonstrations, load_rankings, parse_demonstration, parse_prompt, parse_ranking, to_record,
+)
+from instructgpt.other_formats import hh_messages, sharegpt_messages
+
+USER = {"role": "user", "content": "Sky colour?"}
+BLUE = {"role": "assistant", "content": "Blue."}
+
+
+def test_sharegpt_speakers_become_our_roles():
+    value = [{"from": "human", "value": "Sky colour?"}, {"from": "gpt", "value": "Blue."},
+             {"from": "Human", "value": "Sure?"}, {"role": "assistant", "content": "Yes."}]
+    assert sharegpt_messages(value, "Be brief.", "s:1", "conversations") == [
+        {"role": "system", "content": "Be brief."}, USER, BLUE,
+        {"role": "user", "content": "Sure?"}, {"role": "assistant", "content": "Yes."}]
+    with pytest.raises(DataError, match=r"^s:1: conversations: message 1 is from 'observation', which is not a chat"):
+        sharegpt_messages([{"from": "human", "value": "Q"}, {"from": "observation", "value": "x"}], None, "s:1",
+                          "conversations")
+
+
+def test_hh_transcript_splits_into_turns():
+    text = "\n\nHuman: Sky colour?\n\nAssistant: Blue.\n\nHuman: Sure?\n\nAssistant:  Yes, blue.\n"
+    assert hh_messages(text, "h:1", "chosen") == [USER, BLUE, {"role": "user", "content": "Sure?"},
+                                                  {"role": "assistant", "content": "Yes, blue."}]
+    with pytest.raises(DataError, match=r'^h:1: rejected: an HH transcript .* no "Assistant:" turn'):
+        hh_messages("Human: hello", "h:1", "rejected")
+
+
+def test_sharegpt_demonstration_and_prompt_are_read_as_messages():
+    row = {"conversations": [{"from": "human", "value": "Sky colour?"}, {"from": "gpt", "value": "Blue."}],
+           "system": "Be brief.", "source": "vicuna"}
+    demo = parse_demonstration(row, "d:1")
+    system = {"role": "system", "content": "Be brief."}
+    assert (demo.turns, demo.response, demo.meta) == ([system, USER], "Blue.", {"source": "vicuna"})
+    assert demo.prompt == "System: Be brief.\n\nUser: Sky colour?\n\nAssistant:"
+    # written back in our form, which reads back the same
+    assert to_record(demo) == {"prompt": [system, USER], "response": "Blue.", "source": "vicuna"}
+    assert parse_demonstration(to_record(demo), "d:2").turns == demo.turns
+    prompt = parse_prompt({"id": "p1", "user_id": "u1", "conversations": [{"from": "human", "value": "Sky colour?"}]},
+                          "p:1")
+    assert prompt.turns == [USER]
+
+
+def test_a_top_level_system_key_without_conversations_stays_in_meta():
+    demo = parse_demonstration({"prompt": "Q?", "response": "A.", "system": "kept"}, "d:1")
+    assert demo.meta == {"system": "kept"} and demo.turns is None
+
+
+def test_sharegpt_preference_row_llama_factory():
+    row = {"conversations": [{"from": "human", "value": "Sky colour?"}],
+           "chosen": {"from": "gpt", "value": "Blue."}, "rejected": {"from": "gpt", "value": "Green."}}
+    r = parse_ranking(row, "r:1")
+    assert (r.turns, r.responses, r.ranking) == ([USER], ["Blue.", "Green."], [[0], [1]])
+    kwise = parse_ranking({"conversations": [{"from": "human", "value": "Sky colour?"}],
+                           "responses": ["a", "b", "c"], "ranking": [2, 0, 1]}, "r:2")
+    assert kwise.turns == [USER] and kwise.ranking == [[2], [0], [1]]
+
+
+def test_hh_rlhf_row_is_a_pair_with_the_shared_turns_as_prompt(tmp_path):
+    earlier = "\n\nHuman: Sky colour?\n\nAssistant: Blue.\n\nHuman: Sure?"
+    rows = [{"chosen": earlier + "\n\nAssistant: Yes, blue.", "rejected": earlier + "\n\nAssistant: No, green."}]
+    path = tmp_path / "hh.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    (r,) = load_rankings(path)
+    assert r.turns == [USER, BLUE, {"role": "user", "content": "Sure?"}]
+    assert (r.responses, r.ranking) == (["Yes, blue.", "No, green."], [[0], [1]])
+    assert r.prompt == "User: Sky colour?\n\nAssistant: Blue.\n\nUser: Sure?\n\nAssistant:"
+
+
+@pytest.mark.parametrize("row, message", [
+    # the two sides must share the dialogue before the reply
+    ({"chosen": "\n\nHuman: Hi\n\nAssistant: Hello.", "rejected": "\n\nHuman: Yo\n\nAssistant: Hey."},
+     r"rejected: its earlier turns differ from those of `chosen`"),
+    # HH rows whose last reply is empty (there are some in the public set)
+    ({"chosen": "\n\nHuman: Hi\n\nAssistant:", "rejected": "\n\nHuman: Hi\n\nAssistant: Hey."},
+     r"chosen: message 1 \(assistant\) content is empty"),
+    ({"chosen": "\n\nHuman: Hi\n\nAssistant: Hello.", "rejected": "Hey."},
+     r'rejected: an HH transcript .* no "Assistant:" turn'),
+])
+def test_bad_hh_rows_name_the_side(tmp_path, row, message):
+    path = tmp_path / "hh.jsonl"
+    good = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hi\n\nAssistant: Hey."}
+    path.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=rf"hh.jsonl:2: {message}"):
+        load_rankings(path)
+
+
+def test_a_plain_text_pair_with_a_prompt_is_not_read_as_hh():
+    r = parse_ranking({"prompt": "Quote the dialogue.", "chosen": "Human: hi\n\nAssistant: hello", "rejected": "no"},
+                      "r:1")
+    assert r.responses == ["Human: hi\n\nAssistant: hello", "no"] and r.turns is None
+
+
+def test_alpaca_demonstrations(tmp_path):
+    rows = [{"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+            {"instruction": "Name a colour.", "input": "", "output": "Blue."},
+            {"instruction": "And 3 squared?", "output": "9", "system": "Math tutor.", "history": [["2 squared?", "4"]]}]
+    path = tmp_path / "alpaca.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    with_input, plain, chat = load_demonstrations(path)
+    assert (with_input.prompt, with_input.response, with_input.turns) == ("Add the numbers.\n\n2 and 3", "5", None)
+    assert (plain.prompt, plain.turns, plain.meta) == ("Name a colour.", None, {})
+    assert chat.turns == [{"role": "system", "content": "Math tutor."}, {"role": "user", "content": "2 squared?"},
+                          {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3 squared?"}]
+    assert chat.response == "9"
+
+
+@pytest.mark.parametrize("row, field, words", [
+    ({"instruction": "Q?"}, "output", "expected a string, got null"),
+    ({"instruction": "Q?", "output": " "}, "output", "empty"),
+    ({"instruction": "Q?", "output": "A.", "history": [["only the question"]]}, "history", "entry 0 is not"),
+    ({"instruction": "Q?", "output": "A.", "response": "A."}, "response", "not both"),
+    ({"conversations": [{"from": "human", "value": "Q"}],
+      "messages": [USER, BLUE]}, "conversations", "not both"),
+    ({"conversations": [{"from": "human", "value": "Q"}, {"from": "human", "value": "A"}]}, "conversations",
+     "the last message must be the assistant's reply"),
+    ({"conversations": [{"from": "human", "value": "Q"}, {"from": "function_call", "value": "f()"}]},
+     "conversations", "not a chat turn"),
+])
+def test_bad_rows_of_other_formats_name_the_field(row, field, words):
+    with pytest.raises(DataError) as info:
+        parse_demonstration(row, "d:7")
+    assert str(info.value).startswith(f"d:7: {field}: ") and words in str(info.value)
