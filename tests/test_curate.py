@@ -300,7 +300,7 @@ def test_run_curate_writes_files_and_summary(tmp_path):
     assert summary["prompts_out"] == 242 == sum(len(v) for v in splits.values())
     assert summary["removed"] == {"already_curated": 0, "duplicate_prefix": 1, "user_cap": 2}
     assert summary["users_capped"] == 1
-    assert summary["pii"] == {"email": 1, "phone": 1, "card": 0, "ip": 0, "credentials": 0}
+    assert summary["pii"] == {"email": 1, "phone": 1, "card": 0, "ssn": 0, "ip": 0, "credentials": 0, "secret": 0}
     assert summary["prompts_scrubbed"] == 1
     for name, loaded in splits.items():
         assert summary["splits"][name] == {"prompts": len(loaded), "users": len({p.user_id for p in loaded})}
@@ -561,6 +561,34 @@ def test_pii_emails_with_non_ascii_domains_are_scrubbed(email):
     "10\u00a0000 people and 1\u202f234\u202f567 €",
 ])
 def test_pii_ordinary_numbers_are_left_alone(text):
+    assert scrub_pii(text) == (text, {})
+
+
+@pytest.mark.parametrize("text, expected, kind", [
+    ("my SSN is 123-45-6789, thanks", "my SSN is [SSN], thanks", "ssn"),
+    ("ssn 078 05 1120.", "ssn [SSN].", "ssn"),
+    ("https://maps.example.com/api?q=x&key=AIzaSyA1234567890abcdefghijklmnopqrstu",
+     "https://maps.example.com/api?q=x&key=[SECRET]", "secret"),
+    ("GET /v1/me?access_token=abc.def-123&lang=en", "GET /v1/me?access_token=[SECRET]&lang=en", "secret"),
+    ("-H 'Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOjF9.sig'", "-H 'Authorization: Bearer [SECRET]'",
+     "secret"),
+    ("why does sk-proj-abcdefghijklmnopqrstuvwx1234 fail?", "why does [SECRET] fail?", "secret"),
+    ("token ghp_abcdefghijklmnopqrstuvwxyz0123456789 here", "token [SECRET] here", "secret"),
+    ("aws AKIAIOSFODNN7EXAMPLE key", "aws [SECRET] key", "secret"),
+    ("slack xoxb-1234567890-abcdefghij", "slack [SECRET]", "secret"),
+])
+def test_pii_social_security_numbers_and_secrets_are_scrubbed(text, expected, kind):
+    assert scrub_pii(text) == (expected, {kind: 1})
+
+
+@pytest.mark.parametrize("text", [
+    # numbers the SSA never issues, and mixed separators
+    "codes 000-12-3456, 666-12-3456, 912-34-5678, 123-00-4567, 123-45-0000 and 123-45 6789",
+    "git clone git@github.com:org/repo.git",  # an SSH remote, not a person's address
+    "the key=value pairs, sk-learn and task-master",
+    "a ratio 123-45-6789.5 and the date 2023-01-15",
+])
+def test_pii_look_alikes_of_ssns_secrets_and_emails_are_left_alone(text):
     assert scrub_pii(text) == (text, {})
 
 

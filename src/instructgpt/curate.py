@@ -65,8 +65,9 @@ class CurateConfig:
                                         "moves when users are added (1: hash only, the shares are then only "
                                         "roughly met).")
     seed: int = opt(0, "Seed of the user -> split hash (changing it reshuffles users among splits).")
-    scrub_pii: bool = opt(True, "Replace emails, phone numbers, card numbers, IP addresses and URL "
-                                "credentials by placeholders such as [EMAIL] before deduplication.")
+    scrub_pii: bool = opt(True, "Replace emails, phone numbers, card numbers, US social security numbers, IP "
+                                "addresses, URL credentials and secrets (API keys, access tokens) by "
+                                "placeholders such as [EMAIL] before deduplication.")
     previous: str = opt("", "Output folder of an earlier curation: new prompts are deduplicated against its "
                             "prompts, each user's cap counts their prompts there, its users keep their split, and "
                             "out_dir receives the new prompts only (it may not be that folder).")

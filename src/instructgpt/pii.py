@@ -1,5 +1,5 @@
-"""PII scrubbing: emails, phone numbers, card numbers, IP addresses and URL credentials in a text
-replaced by placeholders (``scrub_pii``), as the paper filtered personally identifiable information
+"""PII scrubbing: emails, phone numbers, card numbers, US social security numbers, IP addresses, URL
+credentials and secrets (API keys, access tokens) in a text replaced by placeholders (``scrub_pii``), as the paper filtered personally identifiable information
 from API prompts before training. Curation (:mod:`.curate`) scrubs every prompt before deduplication.
 
 Each kind is a pattern plus, where a pattern alone would take ordinary numbers, a check of the
@@ -15,14 +15,26 @@ import re
 from collections import Counter
 from typing import Any
 
-PII_KINDS = ("email", "phone", "card", "ip", "credentials")
+PII_KINDS = ("email", "phone", "card", "ssn", "ip", "credentials", "secret")
 
 
 # scheme://user[:password]@host -> scheme://[CREDENTIALS]@host
 _CREDENTIALS = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^\s/@?#]+@(?=[^\s/@])")
 
-# Domain labels may be non-ASCII (jörg@müller.de, IDN top-level domains); no "_" in them.
-_EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]+@(?:[^\W_]|-)+(?:\.(?:[^\W_]|-)+)*\.[^\W\d_]{2,}\b")
+# Secrets: the value of a URL query parameter that names one (?api_key=..., &access_token=...),
+# a bearer token, and keys in the shapes their issuers give them (OpenAI sk-..., GitHub ghp_... and
+# github_pat_..., AWS AKIA..., Google AIza..., Slack xox?-...). Long enough that words never match.
+_SECRET_PARAM = re.compile(r"([?&;](?:access_token|refresh_token|id_token|token|api_key|apikey|api-key|key|"
+                           r"secret|client_secret|password|passwd|pwd|sig|signature|auth|session|sessionid)=)"
+                           r"[^&#;\s]+", re.IGNORECASE)
+_BEARER = re.compile(r"\b(Bearer\s+)[A-Za-z0-9._~+/-]{16,}=*")
+_KEY_SHAPES = re.compile(r"(?<![\w-])(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{30,}"
+                         r"|github_pat_[A-Za-z0-9_]{22,}|(?:AKIA|ASIA)[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35}"
+                         r"|xox[abposr]-[A-Za-z0-9-]{10,})(?![\w-])")
+
+# Domain labels may be non-ASCII (jörg@müller.de, IDN top-level domains); no "_" in them. An SSH
+# remote (git@github.com:org/repo.git) is not a person's address.
+_EMAIL = re.compile(r"(?<![\w.%+-])(?!git@[^\s@:]+:\S)[\w.%+-]+@(?:[^\W_]|-)+(?:\.(?:[^\W_]|-)+)*\.[^\W\d_]{2,}\b")
 
 # IPv6 candidates (checked by _valid_ipv6), optionally ending in an IPv4 part.
 _IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{1,4})?"
@@ -39,6 +51,10 @@ _CARD = re.compile(
     r"|\d{4}(?P<t>[ -])\d{6}(?P=t)\d{4,5}"
     r")(?![\w-]|\.\d)"
 )
+
+# US social security numbers, 123-45-6789 or 123 45 6789 (one separator), within the numbers the
+# SSA issues: no area 000, 666 or 900-999, no group 00, no serial 0000.
+_SSN = re.compile(r"(?<![\w+.,:/-])(?!000|666|9\d\d)\d{3}(?P<s>[ -])(?!00)\d\d(?P=s)(?!0000)\d{4}(?![\w-]|[.,]\d)")
 
 # International numbers start with +country or 00country (checked by _phone_digits_ok);
 # after "00" the number may not start with 0 ("0041 0042 0043" lists code points).
@@ -124,10 +140,14 @@ def _national_digits_ok(candidate: str) -> bool:
 # and card numbers before phone numbers (which would otherwise eat their digits).
 _RULES: tuple[tuple[str, re.Pattern[str], str, Any], ...] = (
     ("credentials", _CREDENTIALS, r"\1[CREDENTIALS]@", None),
+    ("secret", _SECRET_PARAM, r"\1[SECRET]", None),
+    ("secret", _BEARER, r"\1[SECRET]", None),
+    ("secret", _KEY_SHAPES, "[SECRET]", None),
     ("email", _EMAIL, "[EMAIL]", None),
     ("ip", _IPV6, "[IP]", _valid_ipv6),
     ("ip", _IPV4, "[IP]", None),
     ("card", _CARD, "[CARD]", _card_ok),
+    ("ssn", _SSN, "[SSN]", None),
     ("phone", _PHONE_INTL, "[PHONE]", _phone_digits_ok),
     ("phone", _PHONE_00, "[PHONE]", _phone_digits_ok),
     ("phone", _PHONE_US, "[PHONE]", None),
@@ -160,8 +180,10 @@ def scrub_pii(text: str) -> tuple[str, dict[str, int]]:
     """``text`` with personal data replaced, and how many of each kind were found.
 
     Kinds: ``email`` -> ``[EMAIL]``, ``phone`` -> ``[PHONE]``, ``card`` ->
-    ``[CARD]``, ``ip`` (IPv4 and IPv6) -> ``[IP]``, ``credentials`` in URLs ->
-    ``scheme://[CREDENTIALS]@host``. Only kinds that occur are in the counts.
+    ``[CARD]``, ``ssn`` -> ``[SSN]``, ``ip`` (IPv4 and IPv6) -> ``[IP]``,
+    ``credentials`` in URLs -> ``scheme://[CREDENTIALS]@host``, ``secret``
+    (a secret query parameter's value, a bearer token, an API key) ->
+    ``[SECRET]``. Only kinds that occur are in the counts.
     """
     counts: Counter[str] = Counter()
     for kind, pattern, replacement, check in _RULES:
