@@ -478,3 +478,26 @@ def test_a_corpus_too_short_for_one_block_names_its_file():
     with pytest.raises(DataError, match=r"^tiny\.txt: 2 documents, 5 tokens: fewer than one block of seq_len=8"):
         pack_blocks(Words(), ["a b", "c"], 8, "tiny.txt")
     assert pack_blocks(Words(), ["a b c d e f g"], 4).tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+
+
+def test_a_prompt_id_matches_its_prompt_given_as_text_or_as_one_user_turn():
+    text_prompt = parse_prompt(PROMPT, "p:1")
+    chat_prompt = parse_prompt({**PROMPT, "id": "p2", "text": None,
+                                "messages": [{"role": "user", "content": PROMPT["text"]}]}, "p:2")
+    prompts = {"p1": text_prompt, "p2": chat_prompt}
+    turn = [{"role": "user", "content": PROMPT["text"]}]
+    # the record's other form of the same prompt is accepted, and the prompts file's form is kept
+    as_turn = parse_demonstration({"prompt_id": "p1", "prompt": turn, "response": "Otters."}, "d:1", prompts)
+    assert (as_turn.prompt, as_turn.turns) == (PROMPT["text"], None)
+    as_text = parse_ranking({"prompt_id": "p2", "prompt": PROMPT["text"], "chosen": "a", "rejected": "b"}, "r:1",
+                            prompts)
+    assert (as_text.prompt, as_text.turns) == (chat_prompt.text, turn)
+    # a conversation whose transcript the prompts file holds as text keeps its turns
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    prompts["p3"] = parse_prompt({**PROMPT, "id": "p3", "text": render_messages(chat)}, "p:3")
+    kept = parse_demonstration({"prompt_id": "p3", "messages": chat + [{"role": "assistant", "content": "Yo"}]},
+                               "d:2", prompts)
+    assert kept.turns == chat
+    with pytest.raises(DataError, match=r"^d:3: prompt: differs"):
+        parse_demonstration({"prompt_id": "p2", "prompt": [{"role": "user", "content": "Other"}], "response": "x"},
+                            "d:3", prompts)

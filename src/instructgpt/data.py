@@ -349,9 +349,10 @@ def _resolve_prompt(text: str | None, turns: Turns | None, prompt_id: str | None
     """(text, turns) of the prompt of a demonstration or ranking.
 
     The prompt comes from the record itself or from ``prompt_id`` looked up in
-    ``prompts`` (turns included). When both are there, the texts must agree
-    (ignoring surrounding whitespace); an id that ``prompts`` does not hold is
-    an error. ``name`` is the field the record's prompt came from (``messages``
+    ``prompts`` (turns included). When both are there, they must say the same
+    (ignoring surrounding whitespace; a single user turn says its text), and the
+    prompts file's form is kept; an id that ``prompts`` does not hold is an
+    error. ``name`` is the field the record's prompt came from (``messages``
     for a chat-form demonstration, ``chosen`` for an implicit-prompt pair row).
     """
     if prompt_id is not None and prompts is not None:
@@ -360,9 +361,11 @@ def _resolve_prompt(text: str | None, turns: Turns | None, prompt_id: str | None
             fail(source, "prompt_id", f"unknown prompt id {prompt_id!r} (not in the prompts file)")
         if text is None:
             return known.text, known.turns
-        if text.strip() != known.text.strip():
+        if _plain(text, turns) != _plain(known.text, known.turns):
             fail(source, name, f"differs from the text of prompt id {prompt_id!r} ({known.source or 'prompts'})")
-        turns = turns or known.turns
+        if known.turns or not turns or _is_one_user_turn(turns):
+            return known.text, known.turns  # the prompts file's form: its turns, or its text
+        return text, turns  # a conversation whose transcript the prompts file holds as text
     if text is None:
         if prompt_id is not None:
             fail(source, "prompt",
@@ -379,6 +382,16 @@ def _prompt_value(obj: Mapping[str, Any], source: str) -> tuple[str, Any]:
     if obj.get("prompt") is not None:
         fail(source, "conversations", "give either `prompt` or ShareGPT's `conversations`, not both")
     return _conversation(obj, source)
+
+
+def _is_one_user_turn(turns: Turns | None) -> bool:
+    return bool(turns) and len(turns) == 1 and turns[0]["role"] == "user"
+
+
+def _plain(text: str, turns: Turns | None) -> str:
+    """What a prompt says, for comparing its forms: a single user turn is its text, as a text prompt
+    is a single user turn to a chat template."""
+    return turns[0]["content"].strip() if _is_one_user_turn(turns) else text.strip()
 
 
 def prompt_field(obj: Mapping[str, Any], source: str) -> tuple[str | None, Turns | None]:
