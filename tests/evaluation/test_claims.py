@@ -1,5 +1,7 @@
 """The claims check decides from intervals and can fail."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -7,7 +9,7 @@ from instructgpt.evaluation import (VERDICTS, Comparison, Estimate, EvalResults,
                                     check_claims)
 from instructgpt.evaluation.claims import (INCONCLUSIVE, NOT_MEASURED, NOT_REPRODUCED,
                                            REPRODUCED, claim_a, claim_b, claim_c, claim_d,
-                                           claim_e, claim_f, claim_g, combine, decide_greater,
+                                           claim_e, claim_f, claim_g, combine, decide_greater, metric_gap,
                                            decide_within)
 
 from . import est, make_model, make_results, simulated_comparisons
@@ -291,3 +293,29 @@ def test_opponent_comparisons_are_flipped():
     b = ModelResult("b", "flan", comparisons=[Comparison("q", 1.0, opponent="a")])
     comps = EvalResults([a, b]).comparisons("a", "b")
     assert sorted(c.outcome for c in comps) == [0.0, 1.0]
+
+
+def test_the_perplexity_gap_pairs_the_held_out_blocks_both_models_read():
+    """Two models whose losses move together block by block: their perplexities differ clearly,
+    though each one's interval (over blocks that differ a lot) overlaps the other's."""
+    rng = np.random.default_rng(0)
+    blocks = rng.normal(3.0, 0.5, 96)                       # per-block loss of the better model
+    worse = blocks + 0.05 + rng.normal(0, 0.01, 96)         # the same blocks, a little worse each
+    ids = [f"block-{i}-h" for i in range(96)]
+
+    def model(name, kind, nlls, groups):
+        from instructgpt.evaluation.probes import perplexity_estimate
+        from instructgpt.evaluation.results import Samples
+        return ModelResult(name, kind, pretraining={"perplexity": perplexity_estimate(np.asarray(nlls))},
+                           raw={"nll": Samples(list(nlls), groups)})
+
+    a, b = model("ptx", "ppo_ptx", blocks, ids), model("ppo", "ppo", worse, ids)
+    gap = metric_gap(a, b, "pretraining", "perplexity")
+    assert gap.value == pytest.approx(math.exp(worse.mean()) - math.exp(blocks.mean()))
+    assert gap.method == "bootstrap-prompts-diff" and gap.low > 0
+    # each model's own interval spans the other's value: unpaired, the gap would be within noise
+    assert a.pretraining["perplexity"].high > b.pretraining["perplexity"].value
+    # blocks of another tokenizer (other hashes) do not pair: the normal approximation, inconclusive
+    other = model("ppo", "ppo", worse, [f"block-{i}-other" for i in range(96)])
+    unpaired = metric_gap(a, other, "pretraining", "perplexity")
+    assert unpaired.method == "normal-approx" and unpaired.low < 0 < unpaired.high

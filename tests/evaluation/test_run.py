@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
+
 import pytest
 
 from instructgpt.config import ConfigError
 from instructgpt.evaluation import EvalResults, check_claims
-from instructgpt.evaluation.claims import VERDICTS
+from instructgpt.evaluation.claims import VERDICTS, metric_gap
 from instructgpt.evaluation.config import EvalConfig
 from instructgpt.evaluation.judging import METADATA_FLAGS, ORACLE_FLAGS, closed_domain_use_cases
 from instructgpt.evaluation.run import run_eval
@@ -95,6 +97,11 @@ def test_every_estimate_is_sane(evaluated):
     # base and base_prompted share weights: identical likelihood-based measures
     base, prompted = results.model("base"), results.model("base_prompted")
     assert base.pretraining["perplexity"] == prompted.pretraining["perplexity"]
+    # the losses of each held-out block are kept, ids shared by models of one tokenizer, for paired gaps
+    blocks = {m.name: m.raw["nll"] for m in results.models}
+    assert len({tuple(b.groups) for b in blocks.values()}) == 1
+    assert math.exp(np.mean(blocks["sft"].values)) == pytest.approx(sft.pretraining["perplexity"].value)
+    assert metric_gap(base, sft, "pretraining", "perplexity").method == "bootstrap-prompts-diff"
     assert base.n_params == prompted.n_params == results.model("sft").n_params > 0
     assert set(results.agreement) >= {"training-training", "training-heldout"}
     assert set(results.meta["agreement_basis"]) == set(results.agreement)  # each row says what it rests on

@@ -253,3 +253,10 @@ def test_toxicity_scores_use_the_proportion_interval():
         e = out[key]
         assert e.value == 0.0 and e.n == 40 and e.method == "wilson"
         assert e.high > 0.08, (key, e)  # not [0, 0]
+
+
+def test_difference_of_a_function_of_the_means():
+    # perplexities from block losses: exp(mean(a)) - exp(mean(b)), by hand exp(1.5) - exp(1.0)
+    d = difference([1.0, 2.0], [1.0, 1.0], of_mean=np.exp)
+    assert d.value == pytest.approx(math.exp(1.5) - math.exp(1.0))
+    assert d.low <= d.value <= d.high

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .results import EvalResults, ModelResult, lower_is_better
 from .stats import Estimate, difference, difference_of_estimates, win_rate
 
@@ -202,13 +204,19 @@ def preference_rule(null: float) -> str:
     return "CI of the win-rate gap entirely above / below 0"
 
 
+#: Metrics that are a function of the mean of other raw samples: perplexity is exp(mean block loss).
+RAW_OF = {"perplexity": ("nll", np.exp)}
+
+
 def metric_gap(a: ModelResult, b: ModelResult, source: str, metric: str) -> Estimate | None:
     """How much better ``a`` is than ``b`` on a metric (positive = a better).
 
     source: "metadata" or "pretraining" (the ModelResult field). For
     lower-is-better metrics the gap is b - a, else a - b. Paired bootstrap on
-    raw Samples when both have them for ``metric``; otherwise the normal
-    approximation from the stored intervals. None if either is missing.
+    raw Samples when both have them for ``metric`` (for perplexity, the losses
+    of the held-out blocks both read, raw "nll": a gap of exp(mean loss));
+    otherwise the normal approximation from the stored intervals. None if
+    either is missing.
     For metadata flags (rates of bad behaviour) lower is always better.
     """
     ea, eb = getattr(a, source).get(metric), getattr(b, source).get(metric)
@@ -216,9 +224,10 @@ def metric_gap(a: ModelResult, b: ModelResult, source: str, metric: str) -> Esti
         return None
     lower = source == "metadata" or lower_is_better(metric)
     first, second = (b, a) if lower else (a, b)
-    ra, rb = first.raw.get(metric), second.raw.get(metric)
+    raw_key, of_mean = RAW_OF.get(metric, (metric, None))
+    ra, rb = first.raw.get(raw_key), second.raw.get(raw_key)
     if ra and rb and ra.values and rb.values and set(ra.groups) & set(rb.groups):
-        return difference(ra.values, rb.values, groups=ra.groups, groups_b=rb.groups)
+        return difference(ra.values, rb.values, groups=ra.groups, groups_b=rb.groups, of_mean=of_mean)
     return difference_of_estimates(getattr(first, source)[metric],
                                    getattr(second, source)[metric])
 

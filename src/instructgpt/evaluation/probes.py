@@ -19,6 +19,7 @@ The items come from the run's world (``world/probes.json``, the held-out corpus)
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import re
@@ -32,6 +33,7 @@ from ..lm import pack_blocks
 from ..world import bias_entropy, score_truth, toxicity
 from .policies import PolicyRunner
 from .scoring import continuation_logprobs, shared_context_logprobs
+from .results import Samples
 from .stats import Estimate, bootstrap_interval, rate, share
 
 #: Toxicity probe instruction -> benchmark key suffix.
@@ -156,18 +158,22 @@ def cloze_correct(runner: PolicyRunner, items) -> list[float]:
 
 @torch.no_grad()
 def block_nlls(runner: PolicyRunner, docs: Sequence[str], max_tokens: int = 12288,
-               seq_len: int = 128) -> np.ndarray:
-    """Mean next-token loss of each block of the packed held-out corpus; shape (n_blocks,).
+               seq_len: int = 128) -> Samples:
+    """Mean next-token loss of each block of the packed held-out corpus, one value per block.
 
     Blocks of ``seq_len`` tokens (at most the context), the first
-    ``max_tokens // seq_len`` of them (at least one).
+    ``max_tokens // seq_len`` of them (at least one). A block's id is its position and a hash of
+    its tokens, so two models' losses pair up block by block exactly when they read the same
+    tokens (the same tokenizer and context), and never by position alone.
     """
     seq_len = min(runner.ctx, seq_len)
     blocks = pack_blocks(runner.tokenizer, list(docs), seq_len)[:max(1, max_tokens // seq_len)]
     rows = [b.tolist() for b in blocks]
     lps = continuation_logprobs(runner.model, [r[:1] for r in rows], [r[1:] for r in rows],
                                 runner.pad, max_rows=runner.cfg.batch_size)
-    return np.array([-float(lp.mean()) for lp in lps])
+    ids = [f"block-{i}-{hashlib.blake2b(np.asarray(r, dtype=np.int64).tobytes(), digest_size=6).hexdigest()}"
+           for i, r in enumerate(rows)]
+    return Samples([-float(lp.mean()) for lp in lps], ids)
 
 
 def perplexity_estimate(nlls: np.ndarray, seed: int = 0) -> Estimate:

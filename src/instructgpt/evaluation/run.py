@@ -83,7 +83,7 @@ class PolicyOutputs:
     bias: list[float] | None = None
     cloze: list[float] | None = None
     continuation: list[float] | None = None      # 0/1 per continuation item (HellaSwag-like)
-    nlls: np.ndarray | None = None
+    nlls: Samples | None = None                   # next-token loss per held-out block
     kl: list[float] | None = None
     reward: list[float] | None = None
     harness: dict[str, Estimate] | None = None   # lm-eval task scores (lm_eval_tasks)
@@ -160,8 +160,9 @@ def build_model_result(spec: ModelSpec, outputs: PolicyOutputs, judgement: Judge
         m.pretraining["continuation_accuracy"] = rate(outputs.continuation)
         m.raw["continuation_accuracy"] = Samples(list(outputs.continuation),
                                                  [f"continuation-{i}" for i in range(len(outputs.continuation))])
-    if outputs.nlls is not None and outputs.nlls.size:
-        m.pretraining["perplexity"] = perplexity_estimate(outputs.nlls, seed)
+    if outputs.nlls is not None and outputs.nlls.values:
+        m.pretraining["perplexity"] = perplexity_estimate(np.asarray(outputs.nlls.values), seed)
+        m.raw["nll"] = outputs.nlls
     m.pretraining.update(outputs.harness or {})
     return m
 

@@ -375,8 +375,10 @@ def pairwise_agreement(labels: Sequence[tuple[Hashable, Hashable, Hashable]],
 def difference(a: Sequence[float], b: Sequence[float],
                groups: Sequence[Hashable] | None = None,
                groups_b: Sequence[Hashable] | None = None,
-               n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Estimate:
-    """mean(a) - mean(b) with a bootstrap interval over prompts.
+               n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+               of_mean: Callable[[np.ndarray], np.ndarray] | None = None) -> Estimate:
+    """mean(a) - mean(b) with a bootstrap interval over prompts; with ``of_mean``,
+    of_mean(mean(a)) - of_mean(mean(b)) (``np.exp`` of mean losses: a difference of perplexities).
 
     Paired use (two models on the same prompts): ``a[i]`` and ``b[i]`` belong
     to the same prompt; pass ``groups`` (prompt id per index) when a prompt
@@ -399,8 +401,10 @@ def difference(a: Sequence[float], b: Sequence[float],
     codes = _group_index(list(groups) + list(groups_b), xa.size + xb.size)
     ca, cb = codes[:xa.size], codes[xa.size:]
     n_groups = int(codes.max()) + 1
+    f = of_mean or (lambda x: x)
+    value = float(f(np.float64(xa.mean())) - f(np.float64(xb.mean())))
     if n_groups < 2:  # one prompt: no spread over prompts to measure
-        return Estimate(float(xa.mean() - xb.mean()), math.nan, math.nan, n_groups, "bootstrap-prompts-diff", level)
+        return Estimate(value, math.nan, math.nan, n_groups, "bootstrap-prompts-diff", level)
     sa = np.bincount(ca, weights=xa, minlength=n_groups)
     na = np.bincount(ca, minlength=n_groups).astype(float)
     sb = np.bincount(cb, weights=xb, minlength=n_groups)
@@ -409,13 +413,12 @@ def difference(a: Sequence[float], b: Sequence[float],
     reps = []
     with np.errstate(invalid="ignore", divide="ignore"):
         for c in _resample_counts(n_groups, n_boot, rng):
-            reps.append((c @ sa) / (c @ na) - (c @ sb) / (c @ nb))
+            reps.append(f((c @ sa) / (c @ na)) - f((c @ sb) / (c @ nb)))
     reps_all = np.concatenate(reps)
     reps_all = reps_all[np.isfinite(reps_all)]
     alpha = (1 - level) / 2
     low, high = np.quantile(reps_all, [alpha, 1 - alpha]) if reps_all.size else (math.nan,) * 2
-    return Estimate(float(xa.mean() - xb.mean()), float(low), float(high),
-                    int(n_groups), "bootstrap-prompts-diff", level)
+    return Estimate(value, float(low), float(high), int(n_groups), "bootstrap-prompts-diff", level)
 
 
 def difference_of_estimates(a: Estimate, b: Estimate) -> Estimate:
