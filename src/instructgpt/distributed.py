@@ -170,6 +170,15 @@ def reduce_sums(sums: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, values.tolist()))
 
 
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (pickled), in rank order, on every rank; one process: ``[obj]``."""
+    if not is_distributed():
+        return [obj]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank ``src``'s ``obj`` on every rank (pickled)."""
     if not is_distributed():

@@ -587,9 +587,23 @@ def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None)
 
 
 def _log_samples(out: Path, iteration: int, ro: Rollout, n: int) -> None:
-    if not dist.is_main() or n <= 0:
+    """The iteration's first ``n`` episodes of the global batch (every rank calls it: a collective)."""
+    if n <= 0:
+        return
+    rows = _first_episodes(ro, n)
+    if not dist.is_main():
         return
     with open(out / "samples.jsonl", "a") as f:
-        for i in range(min(n, len(ro.responses))):
-            f.write(json.dumps({"step": iteration, "prompt": ro.prompts[i], "response": ro.responses[i],
-                                "score": round(ro.scores[i].item(), 4), "ended": bool(ro.ended[i])}) + "\n")
+        for row in rows:
+            f.write(json.dumps({"step": iteration, **row}) + "\n")
+
+
+def _first_episodes(ro: Rollout, n: int) -> list[dict]:
+    """Episodes 0..n-1 of the global batch, gathered from the ranks' strided shares (episode g is
+    position g // world_size on rank g % world_size)."""
+    r, w = dist.rank(), dist.world_size()
+    local = {i * w + r: {"prompt": ro.prompts[i], "response": ro.responses[i],
+                         "score": round(ro.scores[i].item(), 4), "ended": bool(ro.ended[i])}
+             for i in range(len(ro.responses)) if i * w + r < n}
+    merged = {g: row for part in dist.all_gather_objects(local) for g, row in part.items()}
+    return [merged[g] for g in sorted(merged)]

@@ -120,7 +120,7 @@ class PPOConfig(LoraOptions, ModelOptions, RuntimeOptions, PtxOptions, PPOOption
     prompts: str = opt("", "Prompts JSONL (the PPO prompt set; 'split' = train rows are used if splits are present).")
     out_dir: str = opt("", "Output folder: policy (EMA weights), value_model/, metrics.jsonl, samples.jsonl.")
     iterations: int = opt(20, "PPO iterations (each = batch_size episodes).")
-    log_samples: int = opt(3, "Sample responses written to samples.jsonl per iteration.")
+    log_samples: int = opt(3, "Episodes written to samples.jsonl per iteration (the first of the global batch, from every rank).")
     save_every: int = opt(5, "Checkpoint every this many iterations (0 = only at the end).")
 
     def validate(self) -> None:

@@ -107,6 +107,16 @@ def test_ppo_two_ranks_give_the_weights_of_one(two_ranks, ppo_one_rank):
             assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-5), k
 
 
+def test_ppo_samples_of_two_ranks_are_the_first_episodes_of_the_global_batch(two_ranks, ppo_one_rank):
+    """samples.jsonl holds the global batch's first log_samples episodes, gathered from both ranks (rank 0's
+    share alone would be episodes 0, 2, ... and at most half of the batch)."""
+    def rows(out: Path) -> list[tuple]:
+        return [(r["step"], r["prompt"], r["response"], r["ended"]) for r in read_metrics(out / "samples.jsonl")]
+    one = rows(ppo_one_rank)
+    assert len(one) == 3 * 2                                  # 3 iterations x log_samples=2
+    assert rows(two_ranks / "ppo") == one
+
+
 def test_ppo_checkpoint_written_by_two_ranks_resumes_on_one(tmp_path, two_ranks, ppo_one_rank, dist_data):
     resume_from(two_ranks / "ppo" / "checkpoints" / "step-0000002", tmp_path / "ppo")
     with one_thread():
