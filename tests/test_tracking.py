@@ -224,6 +224,20 @@ def test_rm_ppo_and_pretrain_report_their_namespaced_metrics(tmp_path, tiny_gpt2
     assert "time/generate" in tensorboard_series(tmp_path / "ppo" / "tensorboard")[0]
 
 
+def test_rm_logs_each_metric_once_per_step(tmp_path, tiny_gpt2, data):
+    """The kept epoch's validation after training is logged as rm/kept_val_*: under rm/val_* at the last step it
+    sat next to the last epoch's own values (W&B keeps one value per step, TensorBoard drew two points)."""
+    from instructgpt.rm import RMConfig, train_rm
+    out = tmp_path / "rm"
+    train_rm(config.from_dict(RMConfig, dict(model=str(tiny_gpt2), train=str(data / "rm.jsonl"),
+                                             valid=str(data / "rm.jsonl"), out_dir=str(out), epochs=2, batch_size=8,
+                                             progress=False)))
+    seen = [(k, r["step"]) for r in read_metrics(out / "metrics.jsonl") for k in r if k not in ("step", "time")]
+    assert len(seen) == len(set(seen)), sorted(p for p in seen if seen.count(p) > 1)
+    last = read_metrics(out / "metrics.jsonl")[-1]
+    assert {"rm/reward_bias", "rm/kept_val_loss", "rm/kept_val_accuracy"} <= last.keys()
+
+
 def test_run_passes_report_to_to_every_training_stage_outside_its_key(tmp_path):
     from instructgpt.pipeline import Pipeline, RunConfig
 

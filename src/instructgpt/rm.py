@@ -210,7 +210,9 @@ def train_rm(cfg: RMConfig) -> RMResult:
     if dist.is_main():
         update_run_info(out, reward_bias=bias, normalised_on=ref_desc, history=result.history,
                         selected_epoch=result.best_epoch, **final)
-        log.log(result.steps, {"rm/reward_bias": bias, **final})
+        # the kept epoch's validation under names of its own: at this step rm/val_* are the last epoch's
+        log.log(result.steps, {"rm/reward_bias": bias,
+                               **{k.replace("rm/val_", "rm/kept_val_"): v for k, v in final.items()}})
         log.close()
         acc = final.get("rm/val_accuracy")
         print(f"rm: bias {bias:+.4f} (mean 0 on {ref_desc})"
