@@ -245,6 +245,28 @@ def test_ppo_lora_reference_is_the_policy_with_adapters_disabled(tmp_path, sft_a
     assert (logits(load_policy(out), ids) - logits(sft, ids)).abs().max() > 1e-4
 
 
+def test_value_model_on_a_full_reward_model_says_how_peft_loads_its_body(tmp_path, base, data):
+    """A LoRA value model's base is the reward-model folder, whose weights hold the reward constant folded
+    into the final norm: its how_to_load names RewardModel's body (AutoModel's would score wrong), and that
+    recipe gives our value."""
+    train_rm(rm_cfg(base, data, tmp_path / "rm", epochs=1, lora_r=0, lr=1e-3))
+    assert json.loads((tmp_path / "rm" / "reward_model.json").read_text())["sequence_classification"]["folded_into"]
+    train_ppo(ppo_cfg(data, base, tmp_path / "ppo", reward_fn="", reward_model=str(tmp_path / "rm"), iterations=1,
+                      batch_size=4, minibatch_size=4))
+    folder = tmp_path / "ppo" / "value_model"
+    meta = json.loads((folder / "reward_model.json").read_text())
+    assert meta["adapter"]["base_kind"] == "reward_model"
+    recipe = "RewardModel.from_pretrained(base, dropout=None).backbone"
+    assert recipe in meta["how_to_load"] and "AutoModel.from_pretrained(base)" not in meta["how_to_load"]
+    body = PeftModel.from_pretrained(RewardModel.from_pretrained(meta["adapter"]["base_model"], dropout=None).backbone,
+                                     str(folder)).eval()
+    head = load_file(str(folder / "reward_head.safetensors"))
+    with torch.no_grad():
+        h = body(input_ids=IDS).last_hidden_state[0, -1]
+        torch.testing.assert_close(RewardModel.from_pretrained(folder)(IDS, torch.ones_like(IDS))[0],
+                                   h @ head["weight"][0] + head["bias"][0] + meta["reward_bias"], atol=1e-5, rtol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def full_sft(tmp_path_factory, tiny_gpt2):
     """A fully fine-tuned SFT policy (trained embeddings): LoRA PPO's usual starting point."""

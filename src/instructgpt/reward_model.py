@@ -219,11 +219,18 @@ class RewardModel(nn.Module):
         _write_meta(folder, tokenizer, self.config.hidden_size, float(self.reward_bias), extra,
                     adapter={"base_model": base, "base_kind": kind}, sequence_classification=None,
                     how_to_load="instructgpt.reward_model.RewardModel.from_pretrained(folder). With peft: body = "
-                                "PeftModel.from_pretrained(AutoModel.from_pretrained(base), folder) (base = "
+                                f"PeftModel.from_pretrained({_ADAPTER_BODY[kind]}, folder) (base = "
                                 "adapter_config.json base_model_name_or_path; for an adapter or GGUF base load it "
                                 "as instructgpt does); reward = head(h_last) + reward_bias at the last real token. "
                                 "Write a folder other tools load as AutoModelForSequenceClassification with "
                                 "merge_lora=true.")
+
+
+# The body a reward model's adapter applies to, per base kind (how_to_load): a reward-model folder's own
+# weights hold the reward constant folded into the final norm (AutoModel would read it with it), so its
+# body is RewardModel's, which takes the constant back out.
+_ADAPTER_BODY = {"causal_lm": "AutoModel.from_pretrained(base)",
+                 "reward_model": "instructgpt.reward_model.RewardModel.from_pretrained(base, dropout=None).backbone"}
 
 
 def check_scores_policy_tokens(folder: str, policy_tokenizer, fmt, option: str = "reward_model") -> None:
