@@ -15,7 +15,9 @@ An adapter folder is what ``peft`` writes, plus our bookkeeping:
 
 ``peft.PeftModel.from_pretrained(base, folder)`` loads it onto the base model
 (for a causal LM: ``AutoModelForCausalLM``; for a reward model's body:
-``AutoModel``, see ``reward_model.RewardModel``). Every loader of this package
+``AutoModel``, see ``reward_model.RewardModel``); a base that is itself an
+adapter folder must be loaded merged first (peft's ``AutoPeftModel`` would
+replace its adapter by this one: docs/real-models.md). Every loader of this package
 (``models.load_policy``, ``RewardModel.from_policy/from_pretrained``) reads an
 adapter folder transparently: it loads the recorded base, applies the adapter
 and merges it. ``merge_lora=true`` makes a stage write the merged weights as a
