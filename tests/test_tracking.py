@@ -224,6 +224,27 @@ def test_rm_ppo_and_pretrain_report_their_namespaced_metrics(tmp_path, tiny_gpt2
     assert "time/generate" in tensorboard_series(tmp_path / "ppo" / "tensorboard")[0]
 
 
+def test_a_tracker_that_fails_mid_run_is_dropped_and_training_goes_on(tmp_path, tiny_gpt2, data, monkeypatch):
+    """A tracker's outage (an MLflow server going away raised MlflowException at the next row and ended a PPO
+    run) is a warning: training finishes, metrics.jsonl has every row, the tracker has the rows before."""
+    pytest.importorskip("tensorboard")
+    from instructgpt import tracking
+    original = tracking._TensorBoard.log
+
+    def flaky(self, step, metrics):
+        if step >= 3:
+            raise ConnectionError("server went away")
+        original(self, step, metrics)
+    monkeypatch.setattr(tracking._TensorBoard, "log", flaky)
+    out = tmp_path / "sft"
+    with pytest.warns(UserWarning, match=r"report_to: tensorboard failed at step 3 .*server went away"):
+        run_sft(tiny_gpt2, data, out, report_to="tensorboard")
+    assert (out / "model.safetensors").is_file()
+    assert max(r["step"] for r in read_metrics(out / "metrics.jsonl")) == 8   # 32 examples / 8, 2 epochs
+    series, _ = tensorboard_series(out / "tensorboard")
+    assert sorted(series["sft/loss"]) == [1, 2]
+
+
 def test_rm_logs_each_metric_once_per_step(tmp_path, tiny_gpt2, data):
     """The kept epoch's validation after training is logged as rm/kept_val_*: under rm/val_* at the last step it
     sat next to the last epoch's own values (W&B keeps one value per step, TensorBoard drew two points)."""

@@ -18,6 +18,9 @@ Where each one writes (a run is named ``<stage>-<out_dir name>`` unless
   mlflow       $MLFLOW_TRACKING_URI, else a SQLite store out_dir/mlflow.db; experiment
                $MLFLOW_EXPERIMENT_NAME (default instructgpt); ``mlflow ui --backend-store-uri ...``
 
+A tracker that fails while the run goes on (its server unreachable ...) is dropped with a
+warning: metrics.jsonl still has every row. One that cannot start (first row) is an error.
+
 On resume the trackers are started after the checkpoint is read: TensorBoard
 drops its events after the checkpoint's step (``purge_step``); W&B, Trackio and
 MLflow start a new run that continues at that step.
@@ -31,6 +34,7 @@ import importlib.util
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,13 +188,26 @@ class Run:
         if not values:
             return
         self.start()
-        for t in self.trackers:
-            t.log(step, values)
+        for t in list(self.trackers):
+            try:
+                t.log(step, values)
+            except Exception as e:  # an outage of a tracker (its server, its disk) must not end the training
+                self.trackers.remove(t)
+                _warn_failed(t, f"at step {step}", e, "it gets no further metrics")
 
     def close(self) -> None:
         for t in self.trackers or []:
-            t.close()
+            try:
+                t.close()
+            except Exception as e:
+                _warn_failed(t, "while closing its run", e, "its last metrics may be missing there")
         self.trackers = []
+
+
+def _warn_failed(tracker, when: str, error: Exception, consequence: str) -> None:
+    name = next(n for n, cls in _CLASSES.items() if isinstance(tracker, cls))
+    warnings.warn(f"report_to: {name} failed {when} ({type(error).__name__}: {error}); {consequence}, the run "
+                  f"goes on (metrics.jsonl has every row)", stacklevel=3)
 
 
 def open_run(cfg: Any, stage: str, out_dir: str | Path) -> Run | None:
