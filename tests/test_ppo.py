@@ -152,6 +152,25 @@ def test_response_logits_match_the_full_forward(tiny_gpt2):
         torch.testing.assert_close(response_logits(model, ids, mask, 5), full[:, 4:-1])
 
 
+def test_value_model_from_the_reward_model_predicts_normalised_scores(tiny_gpt2):
+    """The value model starts as the reward model: read at the last real token it gives the score PPO's
+    returns hold, normalising bias included (not the bare head output, off by reward_bias)."""
+    from instructgpt.models import last_token_index
+    from instructgpt.reward_model import RewardModel
+    rm = RewardModel.from_policy(tiny_gpt2).eval()
+    with torch.no_grad():
+        rm.head.bias.fill_(0.5)
+        rm.reward_bias.fill_(-3.0)
+    ids = torch.randint(3, 100, (3, 10))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # a left-padded prompt
+    mask[1, 7:] = 0  # a right-padded response
+    with torch.no_grad():
+        values = rm.values(ids, mask)
+        scores = rm(ids, mask)
+    torch.testing.assert_close(values[torch.arange(3), last_token_index(mask)], scores)
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_shared_trunk_logits_match_the_policy_and_values_read_its_hidden_states(tmp_path, arch):
     from instructgpt.models import position_ids_from_mask

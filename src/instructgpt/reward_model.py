@@ -4,7 +4,8 @@ The body is ``AutoModel`` (the unembedding removed); the reward of a sequence
 is the head's output at its last real token (EOS) plus ``reward_bias``, the
 offset set after training so that reference responses score mean 0. The value
 model of PPO is the same class, initialised from the reward model, read at
-every token instead of the last (``values``).
+every token instead of the last (``values``, bias included: the returns are
+made of the normalised scores).
 
 Reward-model folders (``format`` instructgpt-reward-model, version 2) are
 ``transformers.AutoModelForSequenceClassification`` checkpoints (num_labels=1):
@@ -85,10 +86,13 @@ class RewardModel(nn.Module):
         return self.backbone.config
 
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) -> (B, T) head outputs at every position (the value function's use)."""
+        """(B, T) -> (B, T) rewards read at every position (the value function's use): head output plus
+        ``reward_bias``, so a value model initialised from the reward model predicts on the scale of the
+        normalised scores PPO's returns are made of (at the last real token, ``values`` equals ``forward``)."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # (B, T, H)
-        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)  # (B, T); a bf16/4-bit body, fp32 head
+        # (B, T); a bf16/4-bit body, fp32 head
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1) + self.reward_bias
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) -> (B,) normalised rewards read at each row's last real token."""
