@@ -171,6 +171,31 @@ def test_value_model_from_the_reward_model_predicts_normalised_scores(tiny_gpt2)
     torch.testing.assert_close(values[torch.arange(3), last_token_index(mask)], scores)
 
 
+def test_ppo_entropy_is_that_of_the_sampling_distribution(tmp_path, tiny_gpt2):
+    """ppo/entropy at temperature 0.5 is the entropy of softmax(logits / 0.5), the distribution the
+    responses were sampled from (and the log-probs are read from), over real response tokens."""
+    from instructgpt.ppo import PPOTrainer
+    prompts = [{"id": str(i), "text": f"say {w}\n", "user_id": f"u{i}", "use_case": "generation"}
+               for i, w in enumerate(WORDS[:4])]
+    write_jsonl(tmp_path / "prompts.jsonl", prompts)
+    cfg = config.from_dict(PPOConfig, dict(policy=str(tiny_gpt2), reward_fn="tests.ppo_rewards:count_e",
+                                           prompts=str(tmp_path / "prompts.jsonl"), out_dir=str(tmp_path / "ppo"),
+                                           batch_size=4, minibatch_size=4, max_new_tokens=5, temperature=0.5,
+                                           progress=False, generation_backend="builtin"))
+    trainer = PPOTrainer(cfg)
+    ro, _ = trainer.rollout(trainer.next_prompts())
+    ro.mask[0, 2:] = 0  # a shorter response: its padding does not count
+    trainer.compute_advantages(ro)
+    with torch.no_grad():
+        logits, _ = trainer.logits_and_values(ro.input_ids, ro.attention_mask, ro.P)
+        logp = torch.log_softmax(logits / 0.5, -1)
+        expected = ((-(logp.exp() * logp).sum(-1)) * ro.mask).sum() / ro.mask.sum()
+    for m in trainer.trained:
+        m.train()
+    stats = trainer.minibatch_step(ro, [0, 1, 2, 3])
+    assert stats["ppo/entropy"] == pytest.approx(expected.item(), rel=1e-5)
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_shared_trunk_logits_match_the_policy_and_values_read_its_hidden_states(tmp_path, arch):
     from instructgpt.models import position_ids_from_mask

@@ -58,8 +58,10 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
     return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """(B, T, V) -> (B, T) entropy of the softmax."""
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """(B, T, V) -> (B, T) entropy of the softmax of logits / temperature (the sampling distribution)."""
+    if temperature != 1.0:
+        logits = logits / temperature
     logp = torch.log_softmax(_upcast(logits), dim=-1)
     return -(logp.exp() * logp).sum(-1)
 

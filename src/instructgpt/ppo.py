@@ -402,7 +402,7 @@ class PPOTrainer:
                 if not train_policy:  # the value warm-up: only the value statistics
                     sums[[1, 5]] += torch.stack([vf.detach(), vf_stats["vf_clipfrac"]]).double() * share  # vf_*
                     continue
-                ent = masked_mean(entropy_from_logits(logits), mask)
+                ent = masked_mean(entropy_from_logits(logits, self.logprob_temperature), mask)  # of what was sampled
                 ratio_max = torch.maximum(ratio_max, pg_stats["ratio_max"].detach().double())
                 sums += torch.stack([pg.detach(), vf.detach(), ent, pg_stats["clipfrac"], pg_stats["approx_kl"],
                                      vf_stats["vf_clipfrac"]]).double() * share
