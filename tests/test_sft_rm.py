@@ -252,3 +252,15 @@ def test_max_steps_inside_the_first_epoch_says_what_was_kept(tmp_path, tiny_gpt2
     out = capsys.readouterr().out
     assert "sft: kept the weights after step 1 (max_steps=1, within the first epoch)" in out
     assert "epoch -1" not in out
+
+
+def test_sft_result_gives_the_validation_loss_of_the_kept_epoch(tmp_path, tiny_gpt2, monkeypatch):
+    """Selected by validation loss, epoch 1 of 3 is kept: the result (and the run's stage summary)
+    gives its loss, not the last epoch's."""
+    import instructgpt.sft as sft
+    losses = iter([3.0, 1.0, 2.0])
+    monkeypatch.setattr(sft, "mean_lm_loss", lambda *a, **k: next(losses))
+    data = write_jsonl(tmp_path / "train.jsonl", repeat_demos(4, 1)), write_jsonl(tmp_path / "valid.jsonl", repeat_demos(2, 2))
+    result = train_sft(sft_cfg(tiny_gpt2, data, tmp_path / "sft", epochs=3, batch_size=4, micro_batch_size=4))
+    assert result.fit.best_epoch == 1
+    assert result.val_loss == 1.0

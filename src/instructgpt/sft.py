@@ -65,7 +65,7 @@ class SFTResult:
     out_dir: str
     fit: FitResult
     selected_by: str
-    val_loss: float | None
+    val_loss: float | None  # of the kept (selected) epoch
 
 
 def encode_demonstrations(demos: list[Demonstration], encoder: RecordEncoder) -> tuple[list[Encoded], int]:
@@ -153,8 +153,15 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
             kept = f"the weights after step {result.steps} (max_steps={cfg.max_steps}, within the first epoch)"
         print(f"sft: kept {kept}; saved to {out}")
     dist.barrier()
-    val_loss = result.history[-1].get("sft/val_loss") if result.history else None
-    return SFTResult(str(out), result, selected_by, val_loss)
+    return SFTResult(str(out), result, selected_by, _kept_val_loss(result))
+
+
+def _kept_val_loss(result: FitResult) -> float | None:
+    """The validation loss of the kept weights: the selected epoch's, else the last epoch's."""
+    if not result.history:
+        return None
+    kept = next((h for h in result.history if h["epoch"] == result.best_epoch), result.history[-1])
+    return kept.get("sft/val_loss")
 
 
 def _selection_prompts(demos: list[Demonstration], encoder: RecordEncoder, cfg: SFTConfig) -> list[list[int]]:
