@@ -104,6 +104,18 @@ def test_ppo_ptx_keeps_pretraining_loss_lower(tmp_path, sft_policy):
     assert loss["ptx"] < loss["ppo"], loss
 
 
+def test_ptx_blocks_longer_than_the_policy_context_are_a_config_error(tmp_path, sft_policy, monkeypatch):
+    """The tiny GPT-2 has 128 positions: 200-token pretraining blocks are refused before any model loads
+    (they were an IndexError in the embedding after the first rollout)."""
+    import instructgpt.ppo as ppo
+    monkeypatch.setattr(ppo, "trained_policy", lambda *a, **k: pytest.fail("a model was loaded"))
+    cfg = ppo_cfg(sft_policy, tmp_path / "ppo", iterations=1, ptx_coef=1.0,
+                  pretrain_data=str(sft_policy / "pretrain.txt"), ptx_seq_len=200)
+    with pytest.raises(ConfigError, match=r"ptx_seq_len: 200 tokens per pretraining block, over the policy's 128 "
+                                          r"positions \(max_position_embeddings in the model config\)"):
+        train_ppo(cfg)
+
+
 def test_ppo_kill_and_resume_gives_the_same_weights(tmp_path, sft_policy):
     common = dict(iterations=6, save_every=2, ema=True, adaptive_kl=True, target_kl=1.0,
                   pretrain_data=str(sft_policy / "pretrain.txt"), ptx_coef=0.5, ptx_seq_len=32, ptx_token_ratio=1.0)

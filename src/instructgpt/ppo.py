@@ -129,6 +129,7 @@ class PPOTrainer:
         self.format = ChatFormat.load(self.tokenizer, cfg.chat_template)
         self.format.apply_to(self.tokenizer)  # saved with the policy
         self.prompt_texts, self.prompt_ids = self._load_prompts()
+        self._check_ptx_seq_len()
         if cfg.reward_model:  # before any model loads
             check_scores_policy_tokens(cfg.reward_model, self.tokenizer, self.format)
         frozen = resolve_dtype(cfg.dtype, self.device)  # dtype of the frozen reference and reward model
@@ -225,6 +226,16 @@ class PPOTrainer:
             return response_logits(self.ref, input_ids, attention_mask, P)
         with lora.adapters_disabled(self.policy):
             return response_logits(self.policy, input_ids, attention_mask, P)
+
+    def _check_ptx_seq_len(self) -> None:
+        """PPO-ptx blocks must fit the policy's positions (before any model loads, not at the first step)."""
+        cfg = self.cfg
+        if cfg.ptx_coef <= 0:
+            return
+        context = ModelContext.of_model(cfg.policy, self.tokenizer)
+        if context.positions and cfg.ptx_seq_len > context.positions:
+            raise ConfigError(f"ptx_seq_len: {cfg.ptx_seq_len} tokens per pretraining block, over the policy's "
+                              f"{context.describe()} (set ptx_seq_len to {context.positions} or less)")
 
     def _load_prompts(self) -> tuple[list[str], list[list[int]]]:
         prompts = load_prompts(self.cfg.prompts)
