@@ -4,3 +4,13 @@
 def count_e(prompts: list[str], responses: list[str]) -> list[float]:
     """How many times the letter 'e' (a single token of the tiny test tokenizer) appears in each response."""
     return [float(r.count("e")) for r in responses]
+
+
+def batch_mean(prompts: list[str], responses: list[str]) -> list[float]:
+    """A buggy reward: one number for the whole batch instead of one per response."""
+    return [sum(r.count("e") for r in responses) / len(responses)]
+
+
+def nan_for_empty(prompts: list[str], responses: list[str]) -> list[float]:
+    """A buggy reward: NaN for every response (e.g. a mean over no items)."""
+    return [float("nan")] * len(responses)

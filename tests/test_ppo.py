@@ -208,6 +208,24 @@ def test_ppo_entropy_is_that_of_the_sampling_distribution(tmp_path, tiny_gpt2):
     assert stats["ppo/entropy"] == pytest.approx(expected.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("fn, message", [("batch_mean", r"returned 1 scores for 4 responses"),
+                                         ("nan_for_empty", r"returned nan for response 0")])
+def test_a_reward_fn_must_give_one_finite_score_per_response(tmp_path, tiny_gpt2, fn, message):
+    """A reward_fn returning one number for the batch was broadcast to every response (and ppo/score
+    divided it by the batch size); a NaN surfaced later as a 'diverged update'. Both name reward_fn."""
+    from instructgpt.ppo import PPOTrainer
+    prompts = [{"id": str(i), "text": f"say {w}\n", "user_id": f"u{i}", "use_case": "generation"}
+               for i, w in enumerate(WORDS[:4])]
+    write_jsonl(tmp_path / "prompts.jsonl", prompts)
+    cfg = config.from_dict(PPOConfig, dict(policy=str(tiny_gpt2), reward_fn=f"tests.ppo_rewards:{fn}",
+                                           prompts=str(tmp_path / "prompts.jsonl"), out_dir=str(tmp_path / "ppo"),
+                                           batch_size=4, minibatch_size=4, max_new_tokens=3, progress=False,
+                                           generation_backend="builtin"))
+    trainer = PPOTrainer(cfg)
+    with pytest.raises(ValueError, match=rf"reward_fn: tests.ppo_rewards:{fn} {message}"):
+        trainer.rollout(trainer.next_prompts())
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_shared_trunk_logits_match_the_policy_and_values_read_its_hidden_states(tmp_path, arch):
     from instructgpt.models import position_ids_from_mask

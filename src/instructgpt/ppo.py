@@ -72,7 +72,7 @@ from .models import (enable_gradient_checkpointing, load_policy, load_tokenizer,
                      resolve_dtype, trained_policy)
 from .ppo_forward import (ValueHead, response_logits, response_logits_and_values, response_values,
                           shared_head_values)
-from .reward_fn import load_reward_fn
+from .reward_fn import checked_scores, load_reward_fn
 from .reward_model import RewardModel, check_scores_policy_tokens, trained_reward_model
 from .ppo_config import PPOConfig
 from .progress import progress_bar
@@ -302,7 +302,8 @@ class PPOTrainer:
         texts = decode_responses(tok, gen)
         prompt_texts = [self.prompt_texts[i] for i in indices]
         if self.reward_fn is not None:
-            scores = torch.tensor(self.reward_fn(prompt_texts, texts), dtype=torch.float32, device=self.device)
+            scores = torch.tensor(checked_scores(self.reward_fn, cfg.reward_fn, prompt_texts, texts),
+                                  dtype=torch.float32, device=self.device)
         else:
             with self.amp():
                 scores = self.reward_model(input_ids, attn).float()
