@@ -116,6 +116,18 @@ def test_ptx_blocks_longer_than_the_policy_context_are_a_config_error(tmp_path, 
         train_ppo(cfg)
 
 
+def test_a_reference_with_another_vocabulary_is_a_config_error(tmp_path, sft_policy, monkeypatch):
+    """The KL reference scores the policy's token ids: one reading another vocabulary gave a KL of
+    nonsense without a word; now refused before any model loads."""
+    import instructgpt.ppo as ppo
+    from tests.conftest import make_model, make_tokenizer
+    other = make_model(tmp_path / "other", "gpt2", tokenizer=make_tokenizer(tmp_path / "tok", vocab_size=300))
+    monkeypatch.setattr(ppo, "trained_policy", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(ConfigError, match=r"reference: .*other reads another vocabulary \(300 tokens\) than the "
+                                          r"policy .*sft \(258\)"):
+        train_ppo(ppo_cfg(sft_policy, tmp_path / "ppo", iterations=1, reference=str(other)))
+
+
 def test_ppo_kill_and_resume_gives_the_same_weights(tmp_path, sft_policy):
     common = dict(iterations=6, save_every=2, ema=True, adaptive_kl=True, target_kl=1.0,
                   pretrain_data=str(sft_policy / "pretrain.txt"), ptx_coef=0.5, ptx_seq_len=32, ptx_token_ratio=1.0)

@@ -69,7 +69,7 @@ from .losses import (AdaptiveKLController, FixedKLController, ema_update, entrop
                      shape_rewards, token_logprobs, value_loss, whiten)
 from .lm import BlockStream, load_corpus, pack_blocks
 from .models import (enable_gradient_checkpointing, load_policy, load_tokenizer, pick_device,
-                     resolve_dtype, trained_policy)
+                     resolve_dtype, same_vocab, trained_policy)
 from .ppo_forward import (ValueHead, response_logits, response_logits_and_values, response_values,
                           shared_head_values)
 from .reward_fn import checked_scores, load_reward_fn
@@ -132,6 +132,7 @@ class PPOTrainer:
         self._check_ptx_seq_len()
         if cfg.reward_model:  # before any model loads
             check_scores_policy_tokens(cfg.reward_model, self.tokenizer, self.format)
+        self._check_reference_vocab()
         frozen = resolve_dtype(cfg.dtype, self.device)  # dtype of the frozen reference and reward model
         self.policy, self.ref = self._policy_and_reference(frozen)
         self.reward_model = RewardModel.from_pretrained(
@@ -226,6 +227,18 @@ class PPOTrainer:
             return response_logits(self.ref, input_ids, attention_mask, P)
         with lora.adapters_disabled(self.policy):
             return response_logits(self.policy, input_ids, attention_mask, P)
+
+    def _check_reference_vocab(self) -> None:
+        """The KL reference reads the policy's sampled token ids: another vocabulary is a ConfigError (every
+        reference log-prob would be of other words, a KL penalty of nonsense)."""
+        ref = self.cfg.reference
+        if not ref or lora.same_model(ref, self.cfg.policy):
+            return
+        ref_tokenizer = load_tokenizer(ref)
+        if not same_vocab(self.tokenizer, ref_tokenizer):
+            raise ConfigError(f"reference: {ref} reads another vocabulary ({len(ref_tokenizer)} tokens) than the "
+                              f"policy {self.cfg.policy} ({len(self.tokenizer)}): its log-probs of the policy's "
+                              f"token ids would be of other words; use the policy's SFT model (or leave it empty)")
 
     def _check_ptx_seq_len(self) -> None:
         """PPO-ptx blocks must fit the policy's positions (before any model loads, not at the first step)."""
