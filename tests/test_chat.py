@@ -502,6 +502,37 @@ def test_a_reward_model_of_another_vocabulary_is_refused_before_any_model_loads(
     assert loaded == [] and not (tmp_path / "s").exists()
 
 
+def test_a_reward_model_whose_folder_added_a_pad_token_reads_the_policys_tokens(tmp_path):
+    """GPT-2's tokenizer has no pad token and no token but EOS to pad with: the reward-model folder gets a
+    new <|pad|> (one more embedding row). PPO and SFT's selection take that RM for the policy it came from;
+    a vocabulary that differs otherwise is still refused."""
+    from instructgpt.models import load_tokenizer
+    from instructgpt.ppo import PPOConfig, PPOTrainer
+    from instructgpt.reward_model import RewardModel, check_scores_policy_tokens
+    inner = Tokenizer(models.BPE())
+    inner.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    inner.decoder = decoders.ByteLevel()
+    inner.train_from_iterator(toy_corpus() + [": \n"], trainers.BpeTrainer(
+        vocab_size=200, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    gpt2_tok = PreTrainedTokenizerFast(tokenizer_object=inner, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                       unk_token="<|endoftext|>", model_max_length=128)
+    policy = make_model(tmp_path / "policy", "gpt2", tokenizer=gpt2_tok)
+    tok = load_tokenizer(policy)
+    RewardModel.from_policy(policy).save_pretrained(tmp_path / "rm", tok)
+    rm_tok = load_tokenizer(tmp_path / "rm")
+    assert rm_tok.pad_token == "<|pad|>" and len(rm_tok) == len(tok) + 1
+    check_scores_policy_tokens(str(tmp_path / "rm"), tok, ChatFormat.load(tok))
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "text": "say yes", "user_id": "u"}])
+    trainer = PPOTrainer(PPOConfig(policy=str(policy), reward_model=str(tmp_path / "rm"), prompts=str(prompts),
+                                   out_dir=str(tmp_path / "ppo"), batch_size=2, minibatch_size=2, max_new_tokens=4,
+                                   progress=False))
+    assert torch.isfinite(torch.tensor(trainer.step()[0]["ppo/score"]))
+    other = load_tokenizer(policy)
+    other.add_special_tokens({"additional_special_tokens": ["<|other|>"]})
+    with pytest.raises(ConfigError, match="reads another vocabulary"):
+        check_scores_policy_tokens(str(tmp_path / "rm"), other, ChatFormat.load(other))
+
+
 # ---------------------------------------------------------------- SmolLM2-135M-Instruct (slow)
 
 @pytest.fixture(scope="module")

@@ -245,7 +245,7 @@ def check_scores_policy_tokens(folder: str, policy_tokenizer, fmt, option: str =
         rm_tokenizer = load_tokenizer(folder)
     except ModelLoadError:
         return  # a reward model folder without a tokenizer: nothing to compare
-    if not same_vocab(policy_tokenizer, rm_tokenizer):
+    if not reads_policy_tokens(rm_tokenizer, policy_tokenizer):
         raise ConfigError(f"{option}: {folder} reads another vocabulary ({len(rm_tokenizer)} tokens) than the policy "
                           f"({len(policy_tokenizer)}): it would score the policy's token ids as other words; "
                           f"train the reward model from this policy's family")
@@ -260,6 +260,18 @@ def check_scores_policy_tokens(folder: str, policy_tokenizer, fmt, option: str =
         how = "with another chat template than the policy's"
     warnings.warn(f"{option}: {folder} was trained {how} ({fmt.describe()}); it scores the policy's tokens "
                   f"as they are, so its scores may mean little (set chat_template to match)", stacklevel=3)
+
+
+def reads_policy_tokens(rm_tokenizer, policy_tokenizer) -> bool:
+    """True if a reward model whose folder holds ``rm_tokenizer`` reads the policy's token ids as the same
+    words: the same vocabulary, or that vocabulary plus the ``<|pad|>`` that ``reward_tokenizer`` appended
+    (a policy whose pad token is EOS and that has no other token to pad with, e.g. GPT-2's)."""
+    if same_vocab(policy_tokenizer, rm_tokenizer):
+        return True
+    vocab = dict(rm_tokenizer.get_vocab())
+    added = vocab.pop(_PAD_CANDIDATE, None)
+    return (added is not None and rm_tokenizer.pad_token == _PAD_CANDIDATE and added == len(policy_tokenizer)
+            and len(rm_tokenizer) == added + 1 and vocab == policy_tokenizer.get_vocab())
 
 
 def _write_meta(folder: Path, tokenizer, hidden_size: int, reward_bias: float, extra: dict | None,

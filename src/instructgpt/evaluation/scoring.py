@@ -19,7 +19,7 @@ from ..chat import ChatFormat
 from ..data import Prompt
 from ..losses import token_logprobs
 from ..models import position_ids_from_mask, same_vocab
-from ..reward_model import RewardModel
+from ..reward_model import RewardModel, reads_policy_tokens
 from .policies import NO_PROMPT_LIMIT, PolicyRunner, request_input
 
 #: Token budget (batch x length x vocabulary) of one scoring forward pass.
@@ -238,7 +238,7 @@ def policy_reward(runner: PolicyRunner, rm: RewardModel, rm_tokenizer, prompts: 
     again in the reward model's own format (:func:`reward_model_sequences`).
     """
     rm_fmt = ChatFormat.load(rm_tokenizer, "auto")
-    if same_vocab(runner.tokenizer, rm_tokenizer) and rm_fmt.template == runner.fmt.template:
+    if reads_policy_tokens(rm_tokenizer, runner.tokenizer) and rm_fmt.template == runner.fmt.template:
         seqs = [runner.prompt_ids(p, with_prefix=False) + runner.response_ids(p, r)
                 for p, r in zip(prompts, responses)]
     else:
