@@ -438,6 +438,36 @@ def test_ranking_responses_may_be_empty_but_not_blank(tmp_path):
 
 # ---------------------------------------------------------------- stages save the format they used
 
+def test_saved_policies_stop_in_transformers_generate_at_the_end_of_turn(bpe, tmp_path):
+    """A Llama-3-like template ends replies with <|eot_id|>, not the base model's EOS: SFT trains the model to
+    stop there, so the folders SFT and PPO save list it in generation_config's eos_token_id (after what the
+    base had), and transformers' generate stops where ours does. Plain text adds nothing."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+    from instructgpt.ppo import PPOConfig, train_ppo
+    from instructgpt.sft import SFTConfig, train_sft
+    tok = llama3_tokenizer(bpe)
+    eos, eot = tok.eos_token_id, sid(tok, "<|eot_id|>")
+    base = make_model(tmp_path / "base", "gpt2", tokenizer=tok)
+    assert GenerationConfig.from_pretrained(str(base)).eos_token_id == eos
+    demos = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "say yes", "response": "yes"}] * 8)
+    sft = dict(model=str(base), train=str(demos), epochs=20, batch_size=8, lr=3e-3, progress=False, dropout=0.0)
+    train_sft(config.from_dict(SFTConfig, {**sft, "out_dir": str(tmp_path / "sft")}))
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "text": "say yes", "user_id": "u"}])
+    train_ppo(config.from_dict(PPOConfig, dict(
+        policy=str(tmp_path / "sft"), prompts=str(prompts), out_dir=str(tmp_path / "ppo"), iterations=1,
+        reward_fn="tests.ppo_rewards:count_e", batch_size=2, minibatch_size=2, max_new_tokens=4, progress=False)))
+    prompt = ChatFormat.load(tok).prompt_ids("say yes")
+    for folder in ("sft", "ppo", "ppo/policy_raw"):
+        model = AutoModelForCausalLM.from_pretrained(str(tmp_path / folder))
+        assert model.generation_config.eos_token_id == [eos, eot], folder
+    out = AutoModelForCausalLM.from_pretrained(str(tmp_path / "sft")).generate(
+        torch.tensor([prompt]), max_new_tokens=6, do_sample=False)[0, len(prompt):].tolist()
+    assert out == enc(tok, "yes") + [eot]  # it learned the reply and stopped at the end of turn
+    train_sft(config.from_dict(SFTConfig, {**sft, "epochs": 1, "out_dir": str(tmp_path / "plain"),
+                                           "chat_template": "none"}))
+    assert GenerationConfig.from_pretrained(str(tmp_path / "plain")).eos_token_id == eos
+
+
 def test_sft_saves_the_format_it_trained_with_and_rm_follows_it(chat_gpt2, tmp_path):
     from instructgpt.rm import RMConfig, train_rm
     from instructgpt.sft import SFTConfig, train_sft

@@ -134,6 +134,29 @@ class ChatFormat:
         so that later stages with ``chat_template=auto`` use the format this one trained with."""
         tokenizer.chat_template = self.template
 
+    def save_generation_config(self, folder: str | Path) -> None:
+        """Make the policy folder's ``generation_config.json`` stop where this format's responses end.
+
+        A template's end-of-turn token (Gemma's ``<end_of_turn>``, Llama 3's ``<|eot_id|>``, ChatML put on a
+        base model) is often not the base model's EOS: the model is trained to end its replies with it,
+        and transformers' ``generate`` stops only at ``eos_token_id``. The stop ids are added to it (those
+        already there are kept, in their order). A folder without ``config.json`` (a LoRA adapter) is left
+        alone."""
+        from transformers import GenerationConfig
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            return
+        try:
+            gen = GenerationConfig.from_pretrained(str(folder))
+        except OSError:  # no generation_config.json: start from the model config's token ids
+            gen = GenerationConfig.from_model_config(_model_config(folder))
+        eos = gen.eos_token_id
+        have = [] if eos is None else [int(i) for i in (eos if isinstance(eos, (list, tuple)) else [eos])]
+        missing = [i for i in self.stop_ids if i not in have]
+        if missing:
+            gen.eos_token_id = have + missing
+            gen.save_pretrained(str(folder))
+
     # ---- rendering
 
     def render_prompt(self, prompt: PromptInput) -> str:
@@ -255,6 +278,11 @@ class ChatFormat:
         raise ConfigError(f"chat_template: {origin}: no special token follows the assistant's reply "
                           f"({turn[at + len(_PROBE):]!r}), so a response could not end; end turns with a "
                           f"special token such as {{{{ eos_token }}}}")
+
+
+def _model_config(folder: Path):
+    from transformers import AutoConfig
+    return AutoConfig.from_pretrained(str(folder))
 
 
 def special_ids(tokenizer) -> set[int]:

@@ -84,8 +84,10 @@ def save_final(trainer: PPOTrainer) -> None:
         sharding.save_pretrained(trainer.value, out / "value_model", trainer.tokenizer)
     if dist.is_main():
         trainer.tokenizer.save_pretrained(str(out))
+        trainer.format.save_generation_config(out)
         if trainer.ema_model is not None:
             trainer.tokenizer.save_pretrained(str(out / "policy_raw"))
+            trainer.format.save_generation_config(out / "policy_raw")
         if trainer.shared and trainer.value is not None:
             _save_value_head(trainer, out)
 
@@ -100,6 +102,8 @@ def _save_lora_final(trainer: PPOTrainer, out: Path) -> None:
         lora.save_policy(trainer.policy, out / "policy_raw", tok, merge)
     else:
         lora.save_policy(trainer.policy, out, tok, merge)
+    for folder in (out, out / "policy_raw"):  # merged folders; adapter folders have no config.json
+        trainer.format.save_generation_config(folder)
     if trainer.value is None:
         return
     if trainer.shared:

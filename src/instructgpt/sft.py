@@ -144,6 +144,7 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
         sharding.save_pretrained(model, str(out), safe_serialization=True)  # every rank: gathers a sharded model
     if dist.is_main():
         tokenizer.save_pretrained(str(out))
+        fmt.save_generation_config(out)  # transformers' generate stops at the end of turn, as ours does
         log.close()
         update_run_info(out, selected_epoch=result.best_epoch, selected_by=selected_by,
                         selection_score=result.best_score, history=result.history)
