@@ -85,6 +85,25 @@ def test_missing_model_is_a_clear_error(tmp_path):
         resolve_source(tmp_path / "weights.bin")
 
 
+def test_an_encoder_is_refused_as_a_causal_lm(tmp_path, tokenizer_dir):
+    """transformers loads a BERT masked-LM checkpoint as AutoModelForCausalLM (BertLMHeadModel) without a word,
+    with bidirectional attention: SFT would train on the very tokens it predicts. Every loader refuses it,
+    naming the folder; the same architecture built as a decoder (is_decoder=True) is causal and loads."""
+    from transformers import BertConfig, BertForMaskedLM
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    for name, is_decoder in (("bert", False), ("bert_decoder", True)):
+        BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=64, is_decoder=is_decoder)).save_pretrained(str(tmp_path / name))
+        tok.save_pretrained(str(tmp_path / name))
+    message = r"bert: BertLMHeadModel is not a causal language model: its output at a position depends on later tokens"
+    with pytest.raises(ModelLoadError, match=message):
+        load_policy(tmp_path / "bert")
+    with pytest.raises(ModelLoadError, match=r"bert: BertModel is not a causal language model"):
+        RewardModel.from_policy(tmp_path / "bert")
+    policy = load_policy(tmp_path / "bert_decoder")
+    assert type(policy).__name__ == "BertLMHeadModel" and not policy.training
+
+
 def test_generation_batched_equals_one_at_a_time(tiny_gpt2):
     policy = load_policy(tiny_gpt2)
     tok = load_tokenizer(tiny_gpt2)

@@ -299,7 +299,37 @@ def load_pretrained(auto_cls, spec: str | os.PathLike, dropout: float | None, wh
                 model = model.to(dtype)
     if dropout is not None:
         set_dropout(model, dropout)
+    check_causal(model, spec)
     return fuse_activations(model)
+
+
+@torch.no_grad()
+def check_causal(model: nn.Module, spec) -> None:
+    """A clear error for a model whose outputs at a position depend on later tokens.
+
+    transformers loads encoders (BERT, RoBERTa, ELECTRA ... with ``is_decoder`` false) as
+    ``AutoModelForCausalLM`` without complaint, but their attention is bidirectional: each position
+    would see the token it is trained to predict, and generation would not match training. Probed
+    with one forward of two 3-token rows that differ only in their last token (eval mode): the
+    first two positions' outputs must be the same."""
+    device = next(model.parameters()).device
+    vocab = model.get_input_embeddings().weight.shape[0]
+    ids = torch.tensor([[1, 2, 3], [1, 2, 4]], device=device) % vocab
+    was_training = model.training
+    model.eval()  # dropout off
+    try:
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    except Exception:  # a model that cannot run this probe is left to fail (or not) where it is used
+        return
+    finally:
+        model.train(was_training)
+    first = (out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state)[:, :2].float()
+    scale = float(first.abs().max()) or 1.0
+    if not torch.isfinite(first).all() or float((first[0] - first[1]).abs().max()) <= 1e-4 * max(scale, 1.0):
+        return
+    raise ModelLoadError(f"{spec}: {type(model).__name__} is not a causal language model: its output at a position "
+                         f"depends on later tokens (an encoder such as BERT, with bidirectional attention); give "
+                         f"a decoder-only causal LM (GPT-2, Llama, Qwen2, Mistral, ...)")
 
 
 def _merged_adapter(auto_cls, folder, attn_implementation: str | None) -> nn.Module:
