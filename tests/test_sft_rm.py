@@ -171,7 +171,7 @@ def test_rm_learns_rankings_and_normalises_bias(tmp_path, tiny_gpt2, rm_data):
     assert abs(score_sequences(rm, seqs, tok.pad_token_id, "cpu").mean().item()) < 1e-4
 
 
-def test_rm_counts_the_responses_it_cut_to_max_seq_len(tmp_path, tiny_gpt2):
+def test_rm_counts_the_responses_it_cut_to_max_seq_len(tmp_path, tiny_gpt2, capsys):
     long, short = " ".join(["yes"] * 60), "no"  # 60 words cannot fit 32 tokens; "no" fits
     rows = [{"prompt": f"say {w}\n", "responses": [long, short, long + " red", short + " blue"],
              "ranking": [[0], [2], [1, 3]]} for w in ("red", "blue", "green")]
@@ -181,6 +181,23 @@ def test_rm_counts_the_responses_it_cut_to_max_seq_len(tmp_path, tiny_gpt2):
                                              progress=False)))
     info = json.loads((tmp_path / "rm" / "instructgpt.json").read_text())
     assert info["responses_truncated"] == 6 and info["train_pairs"] == 3 * 5  # ties are not pairs
+    assert ("rm: 6 of 12 responses cut to fit max_seq_len=32 (prompt + response tokens): they lose their end and "
+            "<|endoftext|>, so they are ranked by their first part only") in capsys.readouterr().out
+
+
+def test_sft_says_how_many_responses_it_cut_to_max_seq_len(tmp_path, tiny_gpt2, capsys):
+    """Cut demonstrations lose their EOS: the model is not taught to end them, which the run must say,
+    not only record in instructgpt.json."""
+    rows = [{"prompt": "say yes\n", "response": " ".join(["yes"] * 20)}, {"prompt": "say no\n", "response": "no"}]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    base = dict(model=str(tiny_gpt2), train=str(train), epochs=1, batch_size=2, progress=False)
+    train_sft(config.from_dict(SFTConfig, {**base, "out_dir": str(tmp_path / "cut"), "max_seq_len": 16}))
+    out = capsys.readouterr().out
+    assert json.loads((tmp_path / "cut" / "instructgpt.json").read_text())["responses_truncated"] == 1
+    assert ("sft: 1 of 2 responses cut to fit max_seq_len=16 (prompt + response tokens): they lose their end and "
+            "<|endoftext|>, so the model is not trained to end those replies") in out
+    train_sft(config.from_dict(SFTConfig, {**base, "out_dir": str(tmp_path / "whole"), "max_seq_len": 0}))
+    assert "responses cut" not in capsys.readouterr().out
 
 
 def test_rm_kill_and_resume_gives_the_same_weights(tmp_path, tiny_gpt2, rm_data):

@@ -144,6 +144,16 @@ class RecordEncoder:
                             f"{self.max_prompt_tokens} (raise max_prompt_tokens or shorten the prompt)")
 
 
+def truncation_note(stage: str, cut: int, total: int, max_seq_len: int, fmt: ChatFormat, what: str) -> str | None:
+    """The line a training stage prints when ``max_seq_len`` cut some of its responses (None when none was);
+    ``what`` says what the cut changes in that stage."""
+    if not cut:
+        return None
+    return (f"{stage}: {cut} of {total} responses cut to fit max_seq_len={max_seq_len} (prompt + response "
+            f"tokens): they lose their end and {fmt.token(fmt.end_id)}, so {what} (raise max_seq_len to keep "
+            f"them whole)")
+
+
 def pad(seqs: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
     """Lists of ids -> (B, T) ids and (B, T) attention mask, padded on ``side``."""
     T = max(len(s) for s in seqs)

@@ -20,7 +20,8 @@ import torch
 from . import distributed as dist
 from . import lora
 from . import sharding
-from .batching import Encoded, ModelContext, RecordEncoder, TrainingSequenceOptions, collate_rankings
+from .batching import (Encoded, ModelContext, RecordEncoder, TrainingSequenceOptions, collate_rankings,
+                       truncation_note)
 from .chat import ChatFormat, prompt_input
 from .config import ConfigError, opt
 from .data import DataError, Ranking, load_demonstrations, load_prompts, load_rankings
@@ -179,11 +180,15 @@ def train_rm(cfg: RMConfig) -> RMResult:
 
     model = trained_reward_model(cfg.model, device, cfg, dropout=cfg.dropout)
     out = Path(cfg.out_dir)
+    cut = sum(e.truncated for r in train_enc for e in r.responses)
+    note = truncation_note("rm", cut, sum(len(r.responses) for r in train_enc), cfg.max_seq_len, fmt,
+                           "they are ranked by their first part only")
+    if note and dist.is_main():
+        print(note, flush=True)
     if dist.is_main():
         write_run_info(out, "rm", cfg, {"train_rankings": len(train_enc),
                                         "train_pairs": sum(len(r.pairs) for r in train_enc),
-                                        "responses_truncated": sum(e.truncated for r in train_enc
-                                                                   for e in r.responses),
+                                        "responses_truncated": cut,
                                         "format": fmt.describe(), "parameters": lora.parameter_counts(model)})
     log = open_metrics(out, "rm", cfg)
 

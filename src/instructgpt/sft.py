@@ -19,7 +19,7 @@ import torch
 from . import distributed as dist
 from . import lora
 from . import sharding
-from .batching import Encoded, ModelContext, RecordEncoder, TrainingSequenceOptions
+from .batching import Encoded, ModelContext, RecordEncoder, TrainingSequenceOptions, truncation_note
 from .chat import ChatFormat, prompt_input
 from .config import ConfigError, opt
 from .data import DataError, Demonstration, load_demonstrations, load_prompts
@@ -110,6 +110,10 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
 
     model = trained_policy(cfg.model, device, cfg, dropout=cfg.dropout)
     out = Path(cfg.out_dir)
+    note = truncation_note("sft", cut, len(train_ex), cfg.max_seq_len, fmt,
+                           "the model is not trained to end those replies")
+    if note and dist.is_main():
+        print(note, flush=True)
     if dist.is_main():
         write_run_info(out, "sft", cfg, {"train_examples": len(train_ex), "responses_truncated": cut,
                                          "format": fmt.describe(), "parameters": lora.parameter_counts(model)})
