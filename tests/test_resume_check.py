@@ -2,6 +2,7 @@
 runtime options, sharding and moved paths are not changes."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from instructgpt import config
 from instructgpt.config import ConfigError
 from instructgpt.ppo_config import PPOConfig
-from instructgpt.resume_check import PATH, check_resume, remembered
+from instructgpt.resume_check import PATH, check_resume, checkpoint_record, remembered
 
 
 def ppo(out, **kw):
@@ -52,3 +53,25 @@ def test_without_resume_or_a_remembered_config_there_is_nothing_to_check(tmp_pat
     (older / "ppo" / "checkpoints" / "step-0000001").mkdir(parents=True)
     (older / "ppo" / "checkpoints" / "step-0000001" / "state.json").write_text('{"iteration": 1}')
     check_resume(ppo(older, kl_coef=0.05))  # a checkpoint of an older version remembers no options
+
+
+def test_inputs_that_hold_other_files_are_refused_and_moved_ones_are_not(tmp_path):
+    sft = tmp_path / "sft"
+    sft.mkdir()
+    (sft / "config.json").write_text("{}")
+    (sft / "model.safetensors").write_bytes(bytes(range(256)) * 1024)  # 256 KiB: both ends are sampled
+    (tmp_path / "p.jsonl").write_text("{}\n")
+    folder = Path(ppo(tmp_path).out_dir) / "checkpoints" / "step-0000005"
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text(json.dumps({"iteration": 5, **checkpoint_record(ppo(tmp_path))}))
+    assert set(json.loads((folder / "state.json").read_text())["inputs"]) == {"policy", "prompts"}
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(sft, moved)
+    check_resume(ppo(tmp_path, policy=str(moved)))  # a copy holds the same files
+    data = bytearray((sft / "model.safetensors").read_bytes())
+    data[-1] ^= 1  # the last byte of the weights
+    (sft / "model.safetensors").write_bytes(bytes(data))
+    (sft / "extra.bin").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"inputs that hold other files than when the checkpoint was made: "
+                                          r"policy \(.*sft\): extra\.bin, model\.safetensors\. The checkpoint"):
+        check_resume(ppo(tmp_path))

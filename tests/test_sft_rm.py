@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import cut_at, repeat_demos, write_jsonl, yes_rankings
@@ -262,6 +263,30 @@ def test_resume_with_a_changed_learning_rate_is_refused_and_writes_nothing(tmp_p
     # runtime options (device, progress, checkpoint cadence) may change; the run then resumes
     same = sft_cfg(tiny_gpt2, sft_data, out, epochs=1, save_every=4, device="cpu", resume=True)
     assert train_sft(same).fit.resumed_from.endswith("step-0000002")
+
+
+def test_resume_on_a_base_model_replaced_in_place_is_refused(tmp_path, tiny_gpt2, sft_data):
+    """The checkpoint continues training of the old base: a resume whose `model` folder now holds other weights
+    is refused naming the option and the file; a copy of the same folder elsewhere resumes."""
+    base, out = tmp_path / "base", tmp_path / "sft"
+    shutil.copytree(tiny_gpt2, base)
+    cfg = sft_cfg(str(base), sft_data, out, epochs=1, save_every=2)
+    import instructgpt.sft as sft_mod
+    cut_at(3, sft_mod, train_sft, cfg)
+    state = json.loads((out / "checkpoints" / "step-0000002" / "state.json").read_text())
+    assert "model.safetensors" in state["inputs"]["model"] and "out_dir" not in state["inputs"]
+    weights = base / "model.safetensors"
+    original = weights.read_bytes()
+    tensors = load_file(weights)
+    save_file({k: v + 0.01 for k, v in tensors.items()}, weights, metadata={"format": "pt"})
+    with pytest.raises(config.ConfigError, match=r"--resume with inputs that hold other files than when the "
+                                                 r"checkpoint was made: model \(.*base\): model\.safetensors\."):
+        train_sft(sft_cfg(str(base), sft_data, out, epochs=1, save_every=2, resume=True))
+    weights.write_bytes(original)
+    moved = tmp_path / "moved"
+    shutil.move(base, moved)
+    assert train_sft(sft_cfg(str(moved), sft_data, out, epochs=1, save_every=2, resume=True)
+                     ).fit.resumed_from.endswith("step-0000002")
 
 
 def test_max_steps_inside_the_first_epoch_says_what_was_kept(tmp_path, tiny_gpt2, sft_data, capsys):

@@ -21,7 +21,7 @@ from . import checkpoint as ckpt
 from . import distributed as dist
 from . import lora
 from . import sharding
-from .resume_check import remembered
+from .resume_check import checkpoint_record
 
 if TYPE_CHECKING:
     from .ppo import PPOTrainer
@@ -47,7 +47,7 @@ def save_checkpoint(trainer: PPOTrainer) -> Path:
                    "generator": trainer.generator.get_state(),
                    "ptx_position": trainer.ptx.position if trainer.ptx else 0}
         state = {"iteration": trainer.iteration, "prompt_position": trainer.prompt_position,
-                 "ema_updates": trainer.ema_updates, "config": remembered(trainer.cfg)}
+                 "ema_updates": trainer.ema_updates, **checkpoint_record(trainer.cfg)}
         ckpt.save_checkpoint(root / f"step-{trainer.iteration:07d}", tensors, objects, state)
         ckpt.prune_checkpoints(root, trainer.cfg.keep_checkpoints)
     dist.barrier()

@@ -9,10 +9,17 @@ cannot change the numbers (``stage_keys.RUNTIME_OPTIONS``: device, progress bars
 option names (a moved run folder resumes; the pipeline's stage keys check what those paths hold), and what a
 config class lists in ``resume_may_change`` (PPO's ``iterations``: its learning rate does not depend on them,
 so a run continues for more). Setting or clearing a path option is a change.
+
+What a path option names must still hold what it held: a resume on another base model (its folder replaced
+in place, say) would continue adapters or a KL reference that belong to the old one. So every checkpoint also
+stores a fingerprint of each input file or folder (``input_fingerprints``: each file's relative path, size
+and the bytes of its first and last 64 KiB, cheap for any model size), and a resume whose inputs hold other
+files is refused naming the option and the files. A moved or copied input has the same fingerprint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -37,6 +44,59 @@ def remembered(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(kept, default=str))
 
 
+SAMPLE = 64 << 10  # bytes read from each end of a file for its fingerprint
+
+
+def _file_print(path: Path) -> str:
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(SAMPLE))
+        if size > 2 * SAMPLE:
+            f.seek(size - SAMPLE)
+            h.update(f.read(SAMPLE))
+    return h.hexdigest()[:16]
+
+
+def fingerprint(path: Path) -> dict[str, str]:
+    """{relative path: fingerprint} of a file, or of every file in a folder (hidden ones left out)."""
+    if path.is_file():
+        return {path.name: _file_print(path)}
+    return {f.relative_to(path).as_posix(): _file_print(f) for f in sorted(path.rglob("*"))
+            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)}
+
+
+def input_fingerprints(cfg: Any) -> dict[str, dict[str, str]]:
+    """{option: fingerprint} of the options naming an existing input file or folder (not ``out_dir``, nor a
+    folder holding it, where the checkpoints themselves are written)."""
+    out = Path(getattr(cfg, "out_dir", "") or ".").resolve()
+    prints = {}
+    for key, value in config_mod.to_dict(cfg).items():
+        if key in FREE_ON_RESUME or key == "out_dir" or not isinstance(value, str) or not value:
+            continue
+        path = Path(value)
+        if not path.exists() or path.resolve() == out or path.resolve() in out.parents:
+            continue
+        prints[key] = fingerprint(path)
+    return prints
+
+
+def checkpoint_record(cfg: Any) -> dict[str, Any]:
+    """What a checkpoint's state.json keeps for :func:`check_resume`: the options and the inputs' fingerprints."""
+    return {"config": remembered(cfg), "inputs": input_fingerprints(cfg)}
+
+
+def _changed_inputs(saved: dict[str, dict[str, str]], cfg: Any) -> list[str]:
+    now = input_fingerprints(cfg)
+    changes = []
+    for key in sorted(set(saved) & set(now)):
+        if saved[key] != now[key]:
+            files = sorted(f for f in set(saved[key]) | set(now[key]) if saved[key].get(f) != now[key].get(f))
+            shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+            changes.append(f"{key} ({getattr(cfg, key)}): {shown}")
+    return changes
+
+
 def check_resume(cfg: Any) -> None:
     """With ``cfg.resume``, a ConfigError naming every option that differs from those of the newest checkpoint
     in ``cfg.out_dir/checkpoints`` (checkpoints of older versions stored none: nothing to compare)."""
@@ -46,9 +106,10 @@ def check_resume(cfg: Any) -> None:
     if not folders:
         return
     try:
-        saved = json.loads((folders[-1] / "state.json").read_text()).get("config")
+        state = json.loads((folders[-1] / "state.json").read_text())
     except (OSError, json.JSONDecodeError):
         return  # a damaged newest checkpoint: resume skips it with its own warning
+    saved = state.get("config")
     if saved is None:
         return
     now = remembered(cfg)
@@ -60,3 +121,10 @@ def check_resume(cfg: Any) -> None:
             f"{folders[-1]}: --resume with changed options: {'; '.join(changed)}. The checkpoint's optimizer and "
             f"learning-rate schedule were made with the old values; resume with them, or start over without "
             f"--resume (or in another out_dir)")
+    changed_inputs = _changed_inputs(state.get("inputs") or {}, cfg)
+    if changed_inputs:
+        raise config_mod.ConfigError(
+            f"{folders[-1]}: --resume with inputs that hold other files than when the checkpoint was made: "
+            f"{'; '.join(changed_inputs)}. The checkpoint continues training on the old ones (its adapters, KL "
+            f"reference and data order belong to them); restore them, or start over without --resume (or in "
+            f"another out_dir)")

@@ -35,7 +35,7 @@ from . import sharding
 from .config import ConfigError, opt
 from .progress import progress_bar
 from .records import MetricsLog
-from .resume_check import remembered
+from .resume_check import checkpoint_record
 from .runtime import RuntimeOptions
 
 
@@ -247,7 +247,7 @@ class _Checkpoints:
         optim_state = sharding.optimizer_state_dict(self.optimizer, rank0_only=True)
         if dist.is_main():
             ckpt.save_checkpoint(folder, tensors, {"optimizer": optim_state, "scheduler": self.scheduler.state_dict()},
-                                 {**state, "config": remembered(self.cfg)})
+                                 {**state, **checkpoint_record(self.cfg)})
             ckpt.prune_checkpoints(self.root, self.cfg.keep_checkpoints)
         dist.barrier()
         return folder
