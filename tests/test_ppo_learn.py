@@ -79,7 +79,8 @@ def test_value_warmup_trains_the_value_function_alone(tmp_path, tiny_gpt2, value
                                            prompts=str(tmp_path / "prompts.jsonl"), out_dir=str(tmp_path / "out"),
                                            batch_size=8, minibatch_size=4, ppo_epochs=1, max_new_tokens=6, lr=1e-3,
                                            warmup_iterations=2, iterations=4, value_warmup_iterations=2,
-                                           value_model=value_model, progress=False, seed=3))
+                                           value_model=value_model, adaptive_kl=True, kl_horizon=16,
+                                           progress=False, seed=3))
     t = PPOTrainer(cfg)
     snapshot = lambda m: {k: v.clone() for k, v in m.state_dict().items()}  # noqa: E731
     policy0, ema0, value0 = snapshot(t.policy), snapshot(t.ema_model), snapshot(t.value)
@@ -92,6 +93,7 @@ def test_value_warmup_trains_the_value_function_alone(tmp_path, tiny_gpt2, value
     for name, tensor in snapshot(t.ema_model).items():
         assert torch.equal(tensor, ema0[name]), name
     assert t.ema_updates == 0
+    assert t.kl_ctl.value == cfg.kl_coef  # the adaptive KL controller waits for the policy too
     assert any(not torch.equal(v, value0[k]) for k, v in snapshot(t.value).items())
     for row in rows:
         assert row["ppo/policy_frozen"] == 1.0 and row["ppo/vf_loss"] > 0
@@ -104,6 +106,7 @@ def test_value_warmup_trains_the_value_function_alone(tmp_path, tiny_gpt2, value
     assert "ppo/policy_frozen" not in row and "ppo/entropy" in row
     assert any(not torch.equal(v, policy0[k]) for k, v in snapshot(t.policy).items())
     assert t.ema_updates == 2  # two minibatches of 4
+    assert t.kl_ctl.value != cfg.kl_coef
 
 
 def test_value_warmup_must_leave_iterations_for_the_policy(tmp_path):

@@ -539,7 +539,8 @@ class PPOTrainer:
         self.backend.sync_weights(self.policy)
         times["time/learn"] = time.perf_counter() - t0
         metrics = {**self.rollout_metrics(ro), **learn_stats, **times}
-        self.kl_ctl.update(metrics["ppo/kl"], self.cfg.batch_size)
+        if not self.policy_frozen:  # a frozen policy's KL says nothing about kl_coef
+            self.kl_ctl.update(metrics["ppo/kl"], self.cfg.batch_size)
         self.iteration += 1
         return metrics, ro
 
