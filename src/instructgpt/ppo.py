@@ -69,12 +69,13 @@ from .losses import (AdaptiveKLController, FixedKLController, ema_update, entrop
                      shape_rewards, token_logprobs, value_loss, whiten)
 from .lm import BlockStream, load_corpus, pack_blocks
 from .models import (enable_gradient_checkpointing, load_policy, load_tokenizer, pick_device,
-                     resolve_dtype, same_vocab, trained_policy)
+                     resolve_dtype, trained_policy)
 from .ppo_forward import (ValueHead, response_logits, response_logits_and_values, response_values,
                           shared_head_values)
 from .reward_fn import checked_scores, load_reward_fn
-from .reward_model import RewardModel, check_scores_policy_tokens, trained_reward_model
+from .reward_model import RewardModel, trained_reward_model
 from .ppo_config import PPOConfig
+from .ppo_preflight import check_inputs
 from .progress import progress_bar
 from .records import MetricsLog, open_metrics, update_run_info, write_run_info
 from .resume_check import check_resume
@@ -129,10 +130,7 @@ class PPOTrainer:
         self.format = ChatFormat.load(self.tokenizer, cfg.chat_template)
         self.format.apply_to(self.tokenizer)  # saved with the policy
         self.prompt_texts, self.prompt_ids = self._load_prompts()
-        self._check_ptx_seq_len()
-        if cfg.reward_model:  # before any model loads
-            check_scores_policy_tokens(cfg.reward_model, self.tokenizer, self.format)
-        self._check_reference_vocab()
+        check_inputs(cfg, self.tokenizer, self.format)  # before any model loads
         frozen = resolve_dtype(cfg.dtype, self.device)  # dtype of the frozen reference and reward model
         self.policy, self.ref = self._policy_and_reference(frozen)
         self.reward_model = RewardModel.from_pretrained(
@@ -227,28 +225,6 @@ class PPOTrainer:
             return response_logits(self.ref, input_ids, attention_mask, P)
         with lora.adapters_disabled(self.policy):
             return response_logits(self.policy, input_ids, attention_mask, P)
-
-    def _check_reference_vocab(self) -> None:
-        """The KL reference reads the policy's sampled token ids: another vocabulary is a ConfigError (every
-        reference log-prob would be of other words, a KL penalty of nonsense)."""
-        ref = self.cfg.reference
-        if not ref or lora.same_model(ref, self.cfg.policy):
-            return
-        ref_tokenizer = load_tokenizer(ref)
-        if not same_vocab(self.tokenizer, ref_tokenizer):
-            raise ConfigError(f"reference: {ref} reads another vocabulary ({len(ref_tokenizer)} tokens) than the "
-                              f"policy {self.cfg.policy} ({len(self.tokenizer)}): its log-probs of the policy's "
-                              f"token ids would be of other words; use the policy's SFT model (or leave it empty)")
-
-    def _check_ptx_seq_len(self) -> None:
-        """PPO-ptx blocks must fit the policy's positions (before any model loads, not at the first step)."""
-        cfg = self.cfg
-        if cfg.ptx_coef <= 0:
-            return
-        context = ModelContext.of_model(cfg.policy, self.tokenizer)
-        if context.positions and cfg.ptx_seq_len > context.positions:
-            raise ConfigError(f"ptx_seq_len: {cfg.ptx_seq_len} tokens per pretraining block, over the policy's "
-                              f"{context.describe()} (set ptx_seq_len to {context.positions} or less)")
 
     def _load_prompts(self) -> tuple[list[str], list[list[int]]]:
         prompts = load_prompts(self.cfg.prompts)
