@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from .jsonl import DataError, as_object, atomic_open, fail, json_type, read_jsonl  # noqa: F401 (re-exported)
+from .messages import (ROLES, Turns, assistant_reply, check_messages, conversation,  # noqa: F401 (re-exported)
+                       prompt_from_messages, render_messages, transcript)
 from .other_formats import ALPACA_KEYS, alpaca_demonstration, hh_messages, looks_like_hh, sharegpt_messages
 
 USE_CASES = (
@@ -61,12 +63,9 @@ USE_CASE_ALIASES = {
     "dialog": "chat",
 }
 
-ROLES = ("system", "user", "assistant")
 MIN_K, MAX_K = 2, 9          # responses per ranking (the paper's K = 4..9, at least a pair)
 LIKERT_MIN, LIKERT_MAX = 1, 7
 
-
-Turns = list[dict[str, Any]]  # chat messages [{"role", "content"}, ...]
 
 
 @dataclass
@@ -195,100 +194,6 @@ def normalize_use_case(value: str) -> str | None:
 
 
 # --------------------------------------------------------------------------
-# Chat messages
-# --------------------------------------------------------------------------
-
-_ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
-
-
-def _check_messages(messages: Any, source: str, name: str) -> list[dict[str, Any]]:
-    """Validate a list of ``{"role", "content"}`` messages."""
-    if not isinstance(messages, list) or not messages:
-        fail(source, name, f"expected a non-empty array of {{role, content}} messages, got {json_type(messages)}"
-              + (" (empty)" if messages == [] else ""))
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            fail(source, name, f"message {i} is {json_type(m)}, expected an object with role and content")
-        role, content = m.get("role"), m.get("content")
-        if role not in ROLES:
-            fail(source, name, f"message {i} has unknown role {role!r} (expected system, user or assistant)")
-        if role == "system" and i != 0:
-            fail(source, name, f"message {i}: a system message may only come first")
-        if not isinstance(content, str):
-            fail(source, name, f"message {i} ({role}) content must be a string, got {json_type(content)}")
-        if not content.strip():
-            fail(source, name, f"message {i} ({role}) content is empty")
-    return messages
-
-
-def render_messages(messages: list[dict[str, Any]], *, source: str = "<messages>") -> str:
-    """A plain transcript of chat messages, ending with the cue for the next reply.
-
-    ``[system, user, assistant, user]`` renders as::
-
-        System: ...
-
-        User: ...
-
-        Assistant: ...
-
-        User: ...
-
-        Assistant:
-
-    The trailing ``Assistant:`` cue is added unless the last message is the
-    assistant's. Roles are validated (``system`` may only come first); errors
-    name ``source`` (the record's ``file:line`` when called while loading).
-    """
-    return _transcript(_check_messages(messages, source, "messages"))
-
-
-def _transcript(messages: list[dict[str, Any]]) -> str:
-    """:func:`render_messages` of messages already checked (under the field they came from)."""
-    parts = [f"{_ROLE_NAMES[m['role']]}: {m['content'].strip()}" for m in messages]
-    if messages[-1]["role"] != "assistant":
-        parts.append("Assistant:")
-    return "\n\n".join(parts)
-
-
-def _prompt_from_messages(messages: list[dict[str, Any]], source: str, name: str) -> tuple[str, Turns]:
-    """(plain transcript, turns) of the prompt turns of a conversation; they must include a user turn
-    and end with one (the reply follows it: a prompt ending with the assistant's turn would have the
-    reply glued onto that turn in the plain transcript)."""
-    if not messages:
-        fail(source, name, "no turns before the assistant reply, so there is no prompt")
-    _check_messages(messages, source, name)
-    if not any(m["role"] == "user" for m in messages):
-        fail(source, name, "the prompt turns have no user message")
-    if messages[-1]["role"] != "user":
-        fail(source, name, f"the prompt's last turn is {messages[-1]['role']!r}; a prompt's turns end with "
-                           f"the user's turn that the reply answers")
-    turns = [dict(m) for m in messages]
-    return _transcript(turns), turns
-
-
-def _conversation(obj: Mapping[str, Any], source: str) -> tuple[str, list[dict[str, Any]] | None]:
-    """(field, messages) of a record's conversation: ``messages``, or ShareGPT's ``conversations``
-    read as messages (:func:`.other_formats.sharegpt_messages`); ``("messages", None)`` when neither."""
-    if obj.get("conversations") is None:
-        return "messages", obj.get("messages")
-    if obj.get("messages") is not None:
-        fail(source, "conversations", "give either `messages` or ShareGPT's `conversations`, not both")
-    return "conversations", sharegpt_messages(obj["conversations"], obj.get("system"), source, "conversations")
-
-
-def _assistant_reply(value: Any, source: str, name: str) -> tuple[str, list[dict[str, Any]]]:
-    """(reply, earlier turns) from a conversation whose last message is the assistant's."""
-    messages = _check_messages(value, source, name)
-    if messages[-1]["role"] != "assistant":
-        fail(source, name, f"the last message must be the assistant's reply, got role {messages[-1]['role']!r}")
-    if len(messages) > 1 and messages[-2]["role"] == "assistant":
-        fail(source, name, f"messages {len(messages) - 2} and {len(messages) - 1} are both the assistant's: "
-                           f"the reply (the last message) must follow a user turn")
-    return messages[-1]["content"], messages[:-1]
-
-
-# --------------------------------------------------------------------------
 # Prompts
 # --------------------------------------------------------------------------
 
@@ -300,11 +205,11 @@ def parse_prompt(obj: Any, source: str) -> Prompt:
     obj = as_object(obj, source)
     pid = _req_id(obj, "id", source)
     turns = None
-    key, messages = _conversation(obj, source)
+    key, messages = conversation(obj, source)
     if messages is not None:
         if obj.get("text") is not None:
             fail(source, "text", f"give either `text` or `{key}`, not both")
-        text, turns = _prompt_from_messages(_check_messages(messages, source, key), source, key)
+        text, turns = prompt_from_messages(check_messages(messages, source, key), source, key)
     else:
         text = _text(obj, "text", source)
     user_id = _req_id(obj, "user_id", source)
@@ -381,7 +286,7 @@ def _prompt_value(obj: Mapping[str, Any], source: str) -> tuple[str, Any]:
         return "prompt", obj.get("prompt")
     if obj.get("prompt") is not None:
         fail(source, "conversations", "give either `prompt` or ShareGPT's `conversations`, not both")
-    return _conversation(obj, source)
+    return conversation(obj, source)
 
 
 def _is_one_user_turn(turns: Turns | None) -> bool:
@@ -401,7 +306,7 @@ def prompt_field(obj: Mapping[str, Any], source: str) -> tuple[str | None, Turns
     if value is None:
         return None, None
     if isinstance(value, list):
-        return _prompt_from_messages(_check_messages(value, source, key), source, key)
+        return prompt_from_messages(check_messages(value, source, key), source, key)
     return _text(obj, "prompt", source), None
 
 
@@ -426,7 +331,7 @@ def _response(obj: Mapping[str, Any], source: str) -> str:
         fail(source, "completion", "give either `response` or `completion`, not both")
     if not isinstance(completion, list):
         return _text(obj, "completion", source)
-    messages = _check_messages(completion, source, "completion")
+    messages = check_messages(completion, source, "completion")
     if len(messages) != 1 or messages[0]["role"] != "assistant":
         roles = ", ".join(m["role"] for m in messages)
         fail(source, "completion", f"expected exactly one assistant message (the reply), got {len(messages)} "
@@ -445,14 +350,14 @@ def parse_demonstration(obj: Any, source: str, prompts: PromptIndex | Iterable[P
     obj = as_object(obj, source)
     prompts = _index(prompts)
     prompt_id = _opt_id(obj, "prompt_id", source)
-    name, messages = _conversation(obj, source)
+    name, messages = conversation(obj, source)
     if messages is not None:
         for key, pair in (("prompt", "prompt`/`response"), ("response", "prompt`/`response"),
                           ("completion", "prompt`/`completion")):
             if obj.get(key) is not None:
                 fail(source, key, f"give either `{name}` or `{pair}`, not both")
-        response, earlier = _assistant_reply(messages, source, name)
-        text, turns = _prompt_from_messages(earlier, source, name)
+        response, earlier = assistant_reply(messages, source, name)
+        text, turns = prompt_from_messages(earlier, source, name)
     elif obj.get("instruction") is not None:
         name = "instruction"
         for key in ("prompt", "response", "completion"):
@@ -460,7 +365,7 @@ def parse_demonstration(obj: Any, source: str, prompts: PromptIndex | Iterable[P
                 fail(source, key, f"give either Alpaca's `instruction`/`output` or `{key}`, not both")
         turns, text, response = alpaca_demonstration(obj, source)
         if turns is not None:
-            text, turns = _prompt_from_messages(turns, source, "history")
+            text, turns = prompt_from_messages(turns, source, "history")
     else:
         name = "prompt"
         text, turns = prompt_field(obj, source)
@@ -589,7 +494,7 @@ def _pair_side(obj: Mapping[str, Any], key: str, source: str, hh: bool
     elif hh:
         value = hh_messages(_text(obj, key, source), source, key)
     if isinstance(value, list):
-        return _assistant_reply(value, source, key)
+        return assistant_reply(value, source, key)
     return _text(obj, key, source), []
 
 
@@ -619,10 +524,10 @@ def _pair_row(obj: Mapping[str, Any], source: str
     if not chosen_turns:
         text, turns = prompt_field(obj, source)
     elif prompt is None:
-        text, turns = _prompt_from_messages(chosen_turns, source, "chosen")
+        text, turns = prompt_from_messages(chosen_turns, source, "chosen")
     else:
         if isinstance(prompt, list):
-            given = _check_messages(prompt, source, prompt_key)
+            given = check_messages(prompt, source, prompt_key)
             repeats = chosen_turns[:len(given)] == given
             what = f"the messages of `{prompt_key}`"
         else:
@@ -634,7 +539,7 @@ def _pair_row(obj: Mapping[str, Any], source: str
             fail(source, "chosen", f"its turns before the reply do not begin with {what}; give the prompt "
                                    f"once in `prompt` (chosen/rejected then hold only the reply), or repeat "
                                    f"it exactly at the start of both conversations")
-        text, turns = _prompt_from_messages(chosen_turns, source, "chosen")
+        text, turns = prompt_from_messages(chosen_turns, source, "chosen")
     return text, turns, [chosen, rejected], [[0], [1]]
 
 
