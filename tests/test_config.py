@@ -131,6 +131,7 @@ def _stage_configs():
     ("sft", "keep_checkpoints=0", "keep_checkpoints"), ("sft", "select_prompts=0", "select_prompts"),
     ("ppo", "lr=0", "lr"), ("ppo", "lr=-1e-5", "lr"), ("ppo", "cliprange=-0.2", "cliprange"),
     ("ppo", "ptx_coef=-1", "ptx_coef"), ("ppo", "kl_coef=-0.02", "kl_coef"), ("ppo", "top_p=1.5", "top_p"),
+    ("ppo", "top_k=50", "top_k=50"), ("ppo", "top_p=0.9", "top_p=0.9"),
     ("ppo", "temperature=-1", "temperature"), ("ppo", "iterations=0", "iterations"),
     ("ppo", "minibatch_size=0", "minibatch_size"), ("ppo", "lam=1.5", "lam"), ("ppo", "ratio_guard=1", "ratio_guard"),
     ("ppo", "min_new_tokens=40", "min_new_tokens"), ("ppo", "reward_fn=nocolon", "reward_fn"),

@@ -33,8 +33,9 @@ class RolloutOptions:
     min_new_tokens: int = opt(0, "No stop token (EOS, end of turn) can be sampled before this many tokens (0 = off).")
     temperature: float = opt(1.0, "Sampling temperature (paper: 1; 0 = greedy); log-probs use the same "
                                   "temperature (1 when greedy).")
-    top_k: int = opt(0, "Top-k sampling (0 = off).")
-    top_p: float = opt(1.0, "Nucleus sampling mass (1 = off).")
+    top_k: int = opt(0, "Must stay 0 (off): PPO's ratios and KL are those of the distribution it samples from, "
+                        "and top-k would sample from another one than the log-probs read. Use temperature.")
+    top_p: float = opt(1.0, "Must stay 1 (off), for the reason given under top_k.")
     generation_backend: str = opt("auto", "Rollout sampler: auto (vLLM when installed and on CUDA, else builtin), "
                                           "builtin (KV-cache generator), vllm, or module:factory.")
     vllm_gpu_memory_utilization: float = opt(0.3, "vLLM: share of each GPU for its policy copy and KV cache.")
@@ -176,7 +177,7 @@ class PPOConfig(LoraOptions, ModelOptions, RuntimeOptions, PtxOptions, PPOOption
         """Each numeric option inside the range where it means something; the error names it and its value."""
         at_least_one = ("iterations", "batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens",
                         "max_prompt_tokens", "kl_horizon", "ptx_seq_len")
-        at_least_zero = ("micro_batch_size", "min_new_tokens", "top_k", "value_lr", "warmup_iterations",
+        at_least_zero = ("micro_batch_size", "min_new_tokens", "value_lr", "warmup_iterations",
                          "grad_clip", "kl_coef", "vf_coef", "ptx_coef", "log_samples", "save_every")
         positive = ("lr", "cliprange", "cliprange_value", "target_kl", "ptx_token_ratio")
         for names, ok, rule in ((at_least_one, lambda v: v >= 1, ">= 1"), (at_least_zero, lambda v: v >= 0, ">= 0"),
@@ -189,6 +190,12 @@ class PPOConfig(LoraOptions, ModelOptions, RuntimeOptions, PtxOptions, PPOOption
                 raise ConfigError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p: must be in (0, 1] (1 = off), got {self.top_p}")
+        truncated = [f"{k}={v}" for k, v, off in (("top_k", self.top_k, 0), ("top_p", self.top_p, 1.0)) if v != off]
+        if truncated:
+            raise ConfigError(f"{', '.join(truncated)}: PPO samples from the policy's whole distribution (at "
+                              f"its temperature): its ratios, KL penalty and entropy read the log-probs of that "
+                              f"distribution, and a truncated one would make them those of another policy than "
+                              f"the one sampled from. Leave top_k=0 and top_p=1; temperature is supported")
         if self.ratio_guard <= 1.0:
             raise ConfigError(f"ratio_guard: must be > 1 (a ratio of 1 is an unchanged policy), got {self.ratio_guard}")
         if self.batch_size % self.minibatch_size:
