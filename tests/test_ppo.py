@@ -220,6 +220,32 @@ def test_ppo_entropy_is_that_of_the_sampling_distribution(tmp_path, tiny_gpt2):
     assert stats["ppo/entropy"] == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_the_no_eos_penalty_enters_the_returns_and_ppo_score_stays_the_reward_models(tmp_path, tiny_gpt2):
+    """no_eos_penalty=-2 lowers the return of every response cut at max_new_tokens by 2, and only
+    those; ppo/score (and samples.jsonl) keep the reward's own score (before, the penalty was
+    folded into it, so a run with the penalty on could not be compared with one without)."""
+    from instructgpt.ppo import PPOTrainer
+    prompts = [{"id": str(i), "text": f"say {w}\n", "user_id": f"u{i}", "use_case": "generation"}
+               for i, w in enumerate(WORDS[:8])]
+    write_jsonl(tmp_path / "prompts.jsonl", prompts)
+    cfg = config.from_dict(PPOConfig, dict(policy=str(tiny_gpt2), reward_fn="tests.ppo_rewards:count_e",
+                                           prompts=str(tmp_path / "prompts.jsonl"), out_dir=str(tmp_path / "ppo"),
+                                           batch_size=8, minibatch_size=8, max_new_tokens=3, kl_coef=0.0, lam=1.0,
+                                           no_eos_penalty=-2.0, progress=False, generation_backend="builtin"))
+    trainer = PPOTrainer(cfg)
+    ro, _ = trainer.rollout(trainer.next_prompts())
+    ro.ended[:2] = True  # both kinds of response in the batch, whatever the tiny model sampled
+    ro.penalties = -2.0 * (~ro.ended).float()
+    trainer.compute_advantages(ro)
+    # gamma = lam = 1 and no KL: the return of a response's first token is its whole reward
+    torch.testing.assert_close(ro.returns[:, 0], ro.scores + torch.where(ro.ended, 0.0, -2.0))
+    assert trainer.rollout_metrics(ro)["ppo/score"] == pytest.approx(ro.scores.mean().item())
+    fresh, _ = trainer.rollout(trainer.next_prompts())
+    assert (~fresh.ended).any()
+    torch.testing.assert_close(fresh.penalties, -2.0 * (~fresh.ended).float())
+    assert fresh.scores.tolist() == [float(r.count("e")) for r in fresh.responses]
+
+
 @pytest.mark.parametrize("fn, message", [("batch_mean", r"returned 1 scores for 4 responses"),
                                          ("nan_for_empty", r"returned nan for response 0")])
 def test_a_reward_fn_must_give_one_finite_score_per_response(tmp_path, tiny_gpt2, fn, message):

@@ -95,8 +95,9 @@ class Rollout:
     logprobs: torch.Tensor       # (B, R) policy at sampling time
     ref_logprobs: torch.Tensor   # (B, R)
     values: torch.Tensor         # (B, R) (zeros without a value function: rloo)
-    scores: torch.Tensor         # (B,) reward-model scores (+ no-EOS penalty)
+    scores: torch.Tensor         # (B,) reward-model (or reward_fn) scores, as the RM gave them
     ended: torch.Tensor          # (B,) bool
+    penalties: torch.Tensor      # (B,) no-EOS penalty of each response (zeros when off); reward = score + penalty
     prompts: list[str] = field(default_factory=list)
     responses: list[str] = field(default_factory=list)
     advantages: torch.Tensor | None = None
@@ -296,12 +297,11 @@ class PPOTrainer:
         else:
             with self.amp():
                 scores = self.reward_model(input_ids, attn).float()
-        if cfg.no_eos_penalty:
-            scores = scores + cfg.no_eos_penalty * (~ended).float()
+        penalties = cfg.no_eos_penalty * (~ended).float()                              # (B,)
         t2 = time.perf_counter()
         values = torch.zeros_like(mask) if values is None else values * mask
         ro = Rollout(input_ids, attn, P, mask, logprobs * mask, ref_logprobs * mask, values, scores, ended,
-                     prompt_texts, texts)
+                     penalties, prompt_texts, texts)
         return ro, {"time/generate": t1 - t0, "time/score": t2 - t1}
 
     def compute_advantages(self, ro: Rollout) -> None:
@@ -309,13 +309,13 @@ class PPOTrainer:
         ro.kl = kl_estimate(ro.logprobs, ro.ref_logprobs, cfg.kl_estimator) * ro.mask
         if cfg.advantage_estimator == "rloo":
             # a response's return, against its prompt's other responses (the groups span ranks' shards)
-            returns = ro.scores - self.kl_ctl.value * ro.kl.sum(-1)                          # (b,)
+            returns = ro.scores + ro.penalties - self.kl_ctl.value * ro.kl.sum(-1)          # (b,)
             advantages = leave_one_out(dist.gather_shards(returns, cfg.batch_size), cfg.samples_per_prompt)
             advantages = dist.shard(advantages).to(self.device, torch.float32)               # (b,)
             ro.returns = returns.unsqueeze(-1) * ro.mask                                      # (b, R)
             ro.advantages = whiten(advantages.unsqueeze(-1) * ro.mask, ro.mask)
             return
-        rewards = shape_rewards(ro.scores, ro.kl, ro.mask, self.kl_ctl.value)
+        rewards = shape_rewards(ro.scores + ro.penalties, ro.kl, ro.mask, self.kl_ctl.value)
         if cfg.whiten_rewards:
             rewards = whiten(rewards, ro.mask, shift_mean=False)
         advantages, ro.returns = gae(rewards, ro.values, ro.mask, cfg.gamma, cfg.lam)

@@ -171,7 +171,7 @@ def rloo_rollout() -> Rollout:
     ref_logprobs = -torch.rand(8, 5, generator=g) * mask
     ids = torch.zeros(8, 7, dtype=torch.long)
     return Rollout(ids, torch.ones_like(ids), 2, mask, logprobs, ref_logprobs, torch.zeros_like(mask),
-                   torch.randn(8, generator=g), torch.ones(8, dtype=torch.bool))
+                   torch.randn(8, generator=g), torch.ones(8, dtype=torch.bool), torch.zeros(8))
 
 
 def rloo_config(data: dict, out) -> PPOConfig:
@@ -185,7 +185,7 @@ def rloo_advantages_job(data: dict, out: str) -> None:
     full = rloo_rollout()
     ro = Rollout(*(dist.shard(getattr(full, f)) if isinstance(getattr(full, f), torch.Tensor) else getattr(full, f)
                    for f in ("input_ids", "attention_mask", "P", "mask", "logprobs", "ref_logprobs", "values",
-                             "scores", "ended")))
+                             "scores", "ended", "penalties")))
     trainer.compute_advantages(ro)
     torch.save({"advantages": ro.advantages, "returns": ro.returns}, Path(out, f"rloo-rank{dist.rank()}.pt"))
 
