@@ -212,3 +212,18 @@ def test_a_bad_value_names_the_file_or_the_command_line_it_came_from(tmp_path):
     group.write_text("optim:\n  warmup_steps: many\n")
     with pytest.raises(ConfigError, match=r"group\.yaml: optim\.warmup_steps: not an integer: 'many'"):
         config_mod.load(SFTConfig, group, SFT_REQUIRED)
+
+
+@pytest.mark.parametrize("stage", ["sample", "eval", "run", "curate"])
+def test_one_process_commands_under_a_launcher_are_an_error_before_any_work(tmp_path, monkeypatch, capsys, stage):
+    """Under torchrun each rank ran sample, eval, run or curate whole and wrote the same files; now
+    they stop with exit 2 and say why, before reading anything. (The training stages take a launcher.)"""
+    from instructgpt import cli
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "out.jsonl"
+    assert cli.main([stage, f"out={out}"]) == 2
+    err = capsys.readouterr().err
+    assert f"instructgpt {stage}: error: runs in one process, but WORLD_SIZE=2" in err
+    assert "pretrain, sft, rm and ppo take one" in err
+    assert not out.exists()
+    assert {s.name for s in cli.STAGES if s.launchable} == {"pretrain", "sft", "rm", "ppo"}

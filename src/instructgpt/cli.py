@@ -19,6 +19,7 @@ import dataclasses
 import errno
 import importlib
 import importlib.util
+import os
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -40,6 +41,7 @@ class Stage:
     function: str      # train_x(config) -> result
     summary: str
     after: Callable | None = None
+    launchable: bool = False  # under torchrun/accelerate launch each rank takes its share; else one process only
 
 
 STAGES = [
@@ -47,13 +49,15 @@ STAGES = [
           "Curate prompts: dedupe by long common prefix, cap per user, split by user, scrub PII.",
           after=lambda result: print(importlib.import_module("instructgpt.curate").format_summary(result))),
     Stage("pretrain", "instructgpt.pretrain", "PretrainConfig", "train_pretrain",
-          "Pretrain a small GPT-style base model on a text corpus (the embedded default's base)."),
+          "Pretrain a small GPT-style base model on a text corpus (the embedded default's base).", launchable=True),
     Stage("sft", "instructgpt.sft", "SFTConfig", "train_sft",
-          "Step 1: supervised fine-tuning on demonstrations (loss on response tokens only)."),
+          "Step 1: supervised fine-tuning on demonstrations (loss on response tokens only).", launchable=True),
     Stage("rm", "instructgpt.rm", "RMConfig", "train_rm",
-          "Step 2: reward model on rankings of K responses (all pairs of a prompt in one batch element)."),
+          "Step 2: reward model on rankings of K responses (all pairs of a prompt in one batch element).",
+          launchable=True),
     Stage("ppo", "instructgpt.ppo", "PPOConfig", "train_ppo",
-          "Step 3: PPO against the reward model with a per-token KL penalty; PPO-ptx with ptx_coef > 0."),
+          "Step 3: PPO against the reward model with a per-token KL penalty; PPO-ptx with ptx_coef > 0.",
+          launchable=True),
     Stage("sample", "instructgpt.sample", "SampleConfig", "run_sample",
           "Write K sampled responses per prompt as ranking tasks for labelers."),
     Stage("run", "instructgpt.pipeline", "RunConfig", "run_pipeline",
@@ -186,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     stage = getattr(args, "stage", None)
     if stage is None:
         parser.print_help()
+        return 2
+    processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if processes > 1 and not stage.launchable:  # every rank would do the whole job and write the same files
+        print(f"instructgpt {stage.name}: error: runs in one process, but WORLD_SIZE={processes} (torchrun or "
+              f"accelerate launch): run it without a launcher; pretrain, sft, rm and ppo take one",
+              file=sys.stderr)
         return 2
     from .checkpoint import CheckpointError
     from .models import ModelLoadError
