@@ -130,6 +130,19 @@ def test_curation_rules_hold_across_imports(store, tmp_path):
     assert ids == ["a0", "a1", "b1"]  # u1: 2 earlier + 1 new = the cap of 3
 
 
+def test_chat_prompts_deduplicated_across_imports(store, tmp_path):
+    """Earlier imports' prompts came back from the store without their turns, so a chat prompt was compared
+    by its transcript ("System: ...  User: ...") against a new one's turns and a repeat under a new id passed."""
+    turns = [{"role": "system", "content": "You are a travel agent."},
+             {"role": "user", "content": "Plan a three day trip to Lisbon for a family with two small kids."}]
+    assert import_file(store, "prompts", write_prompts(tmp_path / "a.jsonl", [
+        {"id": "a1", "messages": turns, "user_id": "u1"}])).added == 1
+    r = import_file(store, "prompts", write_prompts(tmp_path / "b.jsonl", [
+        {"id": "b1", "messages": turns, "user_id": "u2"},
+        {"id": "b2", "text": turns[1]["content"], "user_id": "u3"}]))
+    assert (r.added, r.curation["removed"]["duplicate_prefix"]) == (0, 2)
+
+
 def test_claims_respect_overlap_and_never_over_assign(store, tmp_path):
     import_file(store, "rank", write_rank_tasks(tmp_path / "t.jsonl", 20), overlap_fraction=0.5, overlap_k=2)
     users = [add_user(store, f"lab{i}") for i in range(8)]

@@ -220,12 +220,13 @@ def import_prompts(store: Store, path: str | Path, *, overlap_fraction: float = 
 
 
 def _earlier_prompts(store: Store) -> list[data.Prompt]:
-    """The prompts of earlier imports' demonstration tasks (as curated: scrubbed, with their split)."""
+    """The prompts of earlier imports' demonstration tasks (as curated: scrubbed, with their split and, for a
+    chat prompt, its turns: curation compares a chat prompt by its turns, not by its transcript)."""
     with store.tx(read_only=True) as s:
         rows = s.execute(select(Task.prompt_id, Task.prompt, Task.meta).where(Task.kind == "demonstration")
                          .order_by(Task.id)).all()
     return [data.Prompt(id=pid, text=text, user_id=str(meta["user_id"]), split=meta["split"],
-                        source=f"an earlier import (prompt {pid})")
+                        source=f"an earlier import (prompt {pid})", turns=meta.get(TURNS_KEY))
             for pid, text, meta in rows if meta and meta.get("user_id") is not None and meta.get("split")]
 
 
