@@ -592,6 +592,22 @@ def test_pii_look_alikes_of_ssns_secrets_and_emails_are_left_alone(text):
     assert scrub_pii(text) == (text, {})
 
 
+@pytest.mark.parametrize("text, expected, kind", [
+    ("SSN:123-45-6789", "SSN:[SSN]", "ssn"),
+    ("name=Jo;ssn:078-05-1120;dob=1990", "name=Jo;ssn:[SSN];dob=1990", "ssn"),
+    ("Tel:020 7946 0958", "Tel:[PHONE]", "phone"),
+    ("mobile:07700 900123.", "mobile:[PHONE].", "phone"),
+])
+def test_pii_glued_to_its_label_by_a_colon_is_scrubbed(text, expected, kind):
+    """A colon before an SSN or a national phone number was refused whatever preceded it (meant for times)."""
+    assert scrub_pii(text) == (expected, {kind: 1})
+
+
+@pytest.mark.parametrize("text", ["at 12:01 23 45 67 89", "ratio 1:123-45-6789", "from 10:030 12345678"])
+def test_pii_numbers_after_a_digit_and_colon_are_left_alone(text):
+    assert scrub_pii(text) == (text, {})
+
+
 def test_pii_big_numbers_in_prompts_survive_curation():
     texts = ["Is 1307674368000 divisible by 7?", "Is 9223372036854775807 divisible by 7?",
              "Convert the timestamp 1700000000000 to UTC"]

@@ -53,8 +53,9 @@ _CARD = re.compile(
 )
 
 # US social security numbers, 123-45-6789 or 123 45 6789 (one separator), within the numbers the
-# SSA issues: no area 000, 666 or 900-999, no group 00, no serial 0000.
-_SSN = re.compile(r"(?<![\w+.,:/-])(?!000|666|9\d\d)\d{3}(?P<s>[ -])(?!00)\d\d(?P=s)(?!0000)\d{4}(?![\w-]|[.,]\d)")
+# SSA issues: no area 000, 666 or 900-999, no group 00, no serial 0000. A colon before one is refused
+# only after a digit (a time or ratio), so a label glued to it ("SSN:123-45-6789") is no shield.
+_SSN = re.compile(r"(?<![\w+.,/-])(?<!\d:)(?!000|666|9\d\d)\d{3}(?P<s>[ -])(?!00)\d\d(?P=s)(?!0000)\d{4}(?![\w-]|[.,]\d)")
 
 # International numbers start with +country or 00country (checked by _phone_digits_ok);
 # after "00" the number may not start with 0 ("0041 0042 0043" lists code points).
@@ -66,10 +67,10 @@ _PHONE_US = re.compile(r"(?<![\w+-])(?:1[ .-])?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{
 # National numbers dialled with a trunk 0, in separated groups (checked by _national_digits_ok):
 # FR 01 23 45 67 89; an area code then one or two groups with one separator, UK 020 7946 0958,
 # 07700 900123, DE 030 12345678, JP 03-1234-5678, AU 0412 345 678; AU (02) 1234 5678.
-# The digit after the 0 is not 0, and "-", ".", "/", ":" or "," before it is refused, so
-# dates (2023-01-15, 15.01.2023), times and decimals never start one.
+# The digit after the 0 is not 0, and "-", ".", "/", "," or a digit's ":" before it is refused, so
+# dates (2023-01-15, 15.01.2023), times and decimals never start one ("Tel:020 7946 0958" does).
 _PHONE_NATIONAL = re.compile(
-    r"(?<![\w+.,:/-])(?:"
+    r"(?<![\w+.,/-])(?<!\d:)(?:"
     r"0[1-9](?P<f>[ .-])\d\d(?:(?P=f)\d\d){3}(?!(?P=f)\d)"
     r"|0[1-9]\d{0,4}(?P<n>[ .-])\d{2,8}(?:(?P=n)\d{2,8})?"
     r"|\(0[1-9]\d{0,3}\) ?\d{2,8}(?:(?P<p>[ .-])\d{2,8})?"
