@@ -608,6 +608,23 @@ def test_pii_numbers_after_a_digit_and_colon_are_left_alone(text):
     assert scrub_pii(text) == (text, {})
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("login with hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345678 fails", "login with [SECRET] fails"),
+    ("stripe.api_key = 'sk_live_51HqzX2eZvKYlo2C0aBcDeFgHiJkLmNoPq'", "stripe.api_key = '[SECRET]'"),
+    ("GITLAB_TOKEN=glpat-Ab12Cd34Ef56Gh78Ij90 in CI", "GITLAB_TOKEN=[SECRET] in CI"),
+    ("//registry.npmjs.org/:_authToken=npm_abcdefghijklmnopqrstuvwxyz0123456789", "//registry.npmjs.org/:_authToken=[SECRET]"),
+])
+def test_pii_hugging_face_stripe_gitlab_and_npm_keys_are_scrubbed(text, expected):
+    """Only OpenAI, GitHub, AWS, Google and Slack key shapes were known: a Hugging Face token stayed in a prompt."""
+    assert scrub_pii(text) == (expected, {"secret": 1})
+
+
+@pytest.mark.parametrize("text", ["hf_hub_download(repo_id=x) and model.hf_device_map", "sk_learn_style_name",
+                                  "stripe's publishable pk_live_51HqzX2eZvKYlo2C0aBcDeFgHi"])
+def test_pii_identifiers_like_key_prefixes_are_left_alone(text):
+    assert scrub_pii(text) == (text, {})
+
+
 def test_pii_big_numbers_in_prompts_survive_curation():
     texts = ["Is 1307674368000 divisible by 7?", "Is 9223372036854775807 divisible by 7?",
              "Convert the timestamp 1700000000000 to UTC"]

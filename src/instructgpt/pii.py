@@ -23,14 +23,16 @@ _CREDENTIALS = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^\s/@?#]+@(?=[^\s/@])
 
 # Secrets: the value of a URL query parameter that names one (?api_key=..., &access_token=...),
 # a bearer token, and keys in the shapes their issuers give them (OpenAI sk-..., GitHub ghp_... and
-# github_pat_..., AWS AKIA..., Google AIza..., Slack xox?-...). Long enough that words never match.
+# github_pat_..., AWS AKIA..., Google AIza..., Slack xox?-..., Hugging Face hf_..., Stripe sk_live_/rk_live_
+# (and _test_), GitLab glpat-..., npm npm_...). Long enough that words and identifiers never match.
 _SECRET_PARAM = re.compile(r"([?&;](?:access_token|refresh_token|id_token|token|api_key|apikey|api-key|key|"
                            r"secret|client_secret|password|passwd|pwd|sig|signature|auth|session|sessionid)=)"
                            r"[^&#;\s]+", re.IGNORECASE)
 _BEARER = re.compile(r"\b(Bearer\s+)[A-Za-z0-9._~+/-]{16,}=*")
 _KEY_SHAPES = re.compile(r"(?<![\w-])(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{30,}"
                          r"|github_pat_[A-Za-z0-9_]{22,}|(?:AKIA|ASIA)[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35}"
-                         r"|xox[abposr]-[A-Za-z0-9-]{10,})(?![\w-])")
+                         r"|xox[abposr]-[A-Za-z0-9-]{10,}|hf_[A-Za-z0-9]{30,}|[sr]k_(?:live|test)_[A-Za-z0-9]{20,}"
+                         r"|glpat-[A-Za-z0-9_-]{20,}|npm_[A-Za-z0-9]{36})(?![\w-])")
 
 # Domain labels may be non-ASCII (jörg@müller.de, IDN top-level domains); no "_" in them. An SSH
 # remote (git@github.com:org/repo.git) is not a person's address.
