@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -43,6 +44,17 @@ def test_invalid_json(tmp_path):
 def test_non_object_line(tmp_path):
     msg = expect_error(load_prompts, tmp_path, [PROMPT, '["p2", "text"]'], "record")
     assert "array" in msg
+
+
+@pytest.mark.parametrize("indent", [4, None])
+def test_a_json_array_file_is_named_as_such(tmp_path, indent):
+    """Alpaca's alpaca_data.json (a JSON array, pretty-printed) was called invalid JSON ("Expecting value")."""
+    path = tmp_path / "alpaca_data.json"
+    rows = [{"instruction": "Add.", "input": "2 and 3", "output": "5"}, {"instruction": "Hi", "output": "Hello"}]
+    path.write_text(json.dumps(rows, indent=indent), encoding="utf-8-sig")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:1: json: the file is one JSON array .* "
+                                        rf"not JSON Lines: write one object per line"):
+        load_demonstrations(path)
 
 
 def test_duplicate_json_key(tmp_path):

@@ -125,14 +125,29 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
     if not os.path.isfile(path):
         raise DataError(f"{path}: not a file")
     with open(path, "rb") as f:
+        first = True
         for lineno, raw in enumerate(f, start=1):
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # UTF-8 byte-order mark
             if not raw.strip():
                 continue
             source = f"{path}:{lineno}"
+            if first and raw.lstrip().startswith(b"[") and _is_json_array(path):
+                fail(source, "json", "the file is one JSON array (a .json data set, as Alpaca's alpaca_data.json "
+                                     "and LLaMA-Factory's files are), not JSON Lines: write one object per line, "
+                                     "e.g. jq -c '.[]' FILE > FILE.jsonl")
+            first = False
             obj = _decode_line(raw, source)
             yield source, as_object(obj, source)
+
+
+def _is_json_array(path: str) -> bool:
+    """Whether the whole file is one JSON array (asked only of a file whose first line opens one)."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return isinstance(json.load(f), list)
+    except (ValueError, UnicodeDecodeError):
+        return False
 
 
 # --------------------------------------------------------------------------
