@@ -625,6 +625,23 @@ def test_pii_identifiers_like_key_prefixes_are_left_alone(text):
     assert scrub_pii(text) == (text, {})
 
 
+@pytest.mark.parametrize("text, expected, n", [
+    ('r = requests.get("https://api.example.com/v1/me?access_token=abc123def456")\nprint(r)',
+     'r = requests.get("https://api.example.com/v1/me?access_token=[SECRET]")\nprint(r)', 1),
+    ("Link: <https://x.io/cb?sig=a1b2c3d4>, see (https://x.io/?token=zzz999).",
+     "Link: <https://x.io/cb?sig=[SECRET]>, see (https://x.io/?token=[SECRET]).", 2),
+    ("[docs](https://x.io/?key=Zx81kLm0)", "[docs](https://x.io/?key=[SECRET])", 1),
+])
+def test_pii_secret_parameter_leaves_the_code_and_prose_around_the_url(text, expected, n):
+    """The value ran to the next &, #, ; or space, taking the closing quote, bracket and full stop with it."""
+    assert scrub_pii(text) == (expected, {"secret": n})
+
+
+def test_pii_secret_parameter_placeholder_is_left_alone():
+    text = 'url = f"https://api.example.com/v1?api_key={api_key}"'
+    assert scrub_pii(text) == (text, {})
+
+
 def test_pii_big_numbers_in_prompts_survive_curation():
     texts = ["Is 1307674368000 divisible by 7?", "Is 9223372036854775807 divisible by 7?",
              "Convert the timestamp 1700000000000 to UTC"]

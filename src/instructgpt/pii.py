@@ -25,9 +25,11 @@ _CREDENTIALS = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^\s/@?#]+@(?=[^\s/@])
 # a bearer token, and keys in the shapes their issuers give them (OpenAI sk-..., GitHub ghp_... and
 # github_pat_..., AWS AKIA..., Google AIza..., Slack xox?-..., Hugging Face hf_..., Stripe sk_live_/rk_live_
 # (and _test_), GitLab glpat-..., npm npm_...). Long enough that words and identifiers never match.
+# The value ends where the URL does: at a quote, bracket or angle bracket closing it in code or prose, and
+# before the sentence's final punctuation; a placeholder ({api_key}, <your-key>) has no value to replace.
 _SECRET_PARAM = re.compile(r"([?&;](?:access_token|refresh_token|id_token|token|api_key|apikey|api-key|key|"
                            r"secret|client_secret|password|passwd|pwd|sig|signature|auth|session|sessionid)=)"
-                           r"[^&#;\s]+", re.IGNORECASE)
+                           r"[^&#;\s\"'`<>()\[\]{}]*[^&#;\s\"'`<>()\[\]{}.,:!?]", re.IGNORECASE)
 _BEARER = re.compile(r"\b(Bearer\s+)[A-Za-z0-9._~+/-]{16,}=*")
 _KEY_SHAPES = re.compile(r"(?<![\w-])(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{30,}"
                          r"|github_pat_[A-Za-z0-9_]{22,}|(?:AKIA|ASIA)[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35}"
