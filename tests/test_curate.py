@@ -642,6 +642,18 @@ def test_pii_secret_parameter_placeholder_is_left_alone():
     assert scrub_pii(text) == (text, {})
 
 
+@pytest.mark.parametrize("text", ['[assembly: AssemblyVersion("1.0.0.0")]', "<Version>4.0.0.0</Version>",
+                                  "FileVersion=2.0.0.1", "upgrade to version 1.2.3.4 today", "Version: 1.1.1.1"])
+def test_pii_four_part_versions_are_not_ip_addresses(text):
+    """A four-part version number after the word "version" was scrubbed as an IP address."""
+    assert scrub_pii(text) == (text, {})
+
+
+def test_pii_an_address_near_the_word_version_is_still_scrubbed():
+    assert scrub_pii("IP version 4 address 10.0.0.1, server 192.168.1.10 version 3") == (
+        "IP version 4 address [IP], server [IP] version 3", {"ip": 2})
+
+
 def test_pii_big_numbers_in_prompts_survive_curation():
     texts = ["Is 1307674368000 divisible by 7?", "Is 9223372036854775807 divisible by 7?",
              "Convert the timestamp 1700000000000 to UTC"]

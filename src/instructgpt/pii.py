@@ -44,7 +44,10 @@ _EMAIL = re.compile(r"(?<![\w.%+-])(?!git@[^\s@:]+:\S)[\w.%+-]+@(?:[^\W_]|-)+(?:
 _IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{1,4})?"
                    r"(?![\w:]|\.\w)")
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-_IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w]|\.\d)")
+# A four-part version right after "version" (AssemblyVersion("1.0.0.0"), "version 1.2.3.4", <Version>) is
+# matched with that word so that _not_a_version can leave it.
+_IPV4 = re.compile(rf"(?P<version>(?i:version|\bver\.?)[\s:=(\"'>]{{0,3}})?(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}"
+                   rf"(?![\w]|\.\d)")
 
 # 13-19 digits: unbroken, or in the groups printed on cards (4-4-4-4[-3], 4-6-5, 4-6-4)
 # with one consistent separator; _card_ok then asks for a card's first digit and checksum.
@@ -101,6 +104,10 @@ def _valid_ipv6(candidate: str) -> bool:
     return True
 
 
+def _not_a_version(candidate: str) -> bool:
+    return not candidate[:1].isalpha()  # a match that starts with its "version" word
+
+
 def _luhn_ok(digits: str) -> bool:
     total = 0
     for i, d in enumerate(int(c) for c in reversed(digits)):
@@ -150,7 +157,7 @@ _RULES: tuple[tuple[str, re.Pattern[str], str, Any], ...] = (
     ("secret", _KEY_SHAPES, "[SECRET]", None),
     ("email", _EMAIL, "[EMAIL]", None),
     ("ip", _IPV6, "[IP]", _valid_ipv6),
-    ("ip", _IPV4, "[IP]", None),
+    ("ip", _IPV4, "[IP]", _not_a_version),
     ("card", _CARD, "[CARD]", _card_ok),
     ("ssn", _SSN, "[SSN]", None),
     ("phone", _PHONE_INTL, "[PHONE]", _phone_digits_ok),
