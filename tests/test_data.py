@@ -478,6 +478,17 @@ def test_a_corpus_that_is_not_utf8_is_an_error_naming_file_and_line(tmp_path):
     assert load_corpus(tmp_path / "ok.txt") == ["one", "two"]
 
 
+def test_a_corpus_with_windows_line_ends_keeps_its_documents_apart(tmp_path):
+    """A CRLF .txt corpus has blank lines "\r\n\r\n", which split("\n\n") never found: every document ran
+    into one, with no document end between them."""
+    from instructgpt.lm import load_corpus
+    body = "First document.\nIts second line.\n\nSecond document.\n \nThird.\n"
+    expected = ["First document.\nIts second line.", "Second document.", "Third."]
+    for name, newline in (("lf.txt", "\n"), ("crlf.txt", "\r\n"), ("cr.txt", "\r")):
+        (tmp_path / name).write_text(body, encoding="utf-8", newline=newline)
+        assert load_corpus(tmp_path / name) == expected, name
+
+
 def test_a_corpus_too_short_for_one_block_names_its_file():
     from instructgpt.lm import pack_blocks
 

@@ -17,6 +17,7 @@ is a target.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from .unembedding import logits_at
 
 
 def load_corpus(path: str | Path) -> list[str]:
-    """Documents of a .txt (blank-line separated, UTF-8) or .jsonl ({"text": ...}) corpus; a line that is not
+    """Documents of a .txt (blank-line separated, UTF-8, any line ends) or .jsonl ({"text": ...}) corpus; a line that is not
     UTF-8, not JSON or holds no text is an error naming it."""
     path = Path(path)
     if path.suffix == ".jsonl":
@@ -51,7 +52,11 @@ def load_corpus(path: str | Path) -> list[str]:
         line = data[:e.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte {e.start + 1} of the file); a .txt corpus is "
                         f"UTF-8 text") from None
-    return [d.strip() for d in text.split("\n\n") if d.strip()]
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # a file saved with Windows (or old Mac) line ends
+    return [d.strip() for d in _BLANK_LINE.split(text) if d.strip()]
+
+
+_BLANK_LINE = re.compile(r"\n[^\S\n]*\n")  # a line holding nothing but spaces ends a document too
 
 
 # special tokens that end a document in pretraining text: GPT-2, Qwen2 and SmolLM2; Llama-3; Llama-2 and Mistral; Gemma
