@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -129,3 +130,21 @@ def test_bad_rows_of_other_formats_name_the_field(row, field, words):
     with pytest.raises(DataError) as info:
         parse_demonstration(row, "d:7")
     assert str(info.value).startswith(f"d:7: {field}: ") and words in str(info.value)
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"conversations": [{"from": "human", "value": "  "}, {"from": "gpt", "value": "A"}], "system": "Be brief."},
+     r"conversations: message 0 \(user\) content is empty"),
+    ({"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": 5}], "system": "Be brief."},
+     r"conversations: message 1 \(assistant\) content must be a string"),
+    ({"conversations": [{"from": "system", "value": "S1"}, {"from": "human", "value": "Q"},
+                        {"from": "gpt", "value": "A"}], "system": "S2"},
+     r"conversations: message 0 is a system message and the row also has a top-level `system`"),
+])
+def test_sharegpt_errors_count_messages_as_the_file_does(tmp_path, row, message):
+    """The top-level system text was put first before the messages were checked, so every error named the
+    message after the one at fault (conversations[0] was "message 1")."""
+    path = tmp_path / "sg.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:1: {message}"):
+        load_demonstrations(path)

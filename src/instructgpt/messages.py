@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .jsonl import fail, json_type
-from .other_formats import sharegpt_messages
+from .other_formats import sharegpt_messages, with_system
 
 ROLES = ("system", "user", "assistant")
 Turns = list[dict[str, Any]]  # chat messages [{"role", "content"}, ...]
@@ -91,7 +91,9 @@ def conversation(obj: Mapping[str, Any], source: str) -> tuple[str, list[dict[st
         return "messages", obj.get("messages")
     if obj.get("messages") is not None:
         fail(source, "conversations", "give either `messages` or ShareGPT's `conversations`, not both")
-    return "conversations", sharegpt_messages(obj["conversations"], obj.get("system"), source, "conversations")
+    messages = sharegpt_messages(obj["conversations"], None, source, "conversations")
+    check_messages(messages, source, "conversations")  # before the system text goes first: "message i" is the file's
+    return "conversations", with_system(messages, obj.get("system"), source, "conversations")
 
 
 def assistant_reply(value: Any, source: str, name: str) -> tuple[str, list[dict[str, Any]]]:

@@ -46,11 +46,6 @@ def sharegpt_messages(value: Any, system: Any, source: str, name: str) -> list[d
         fail(source, name, f"expected a non-empty array of {{from, value}} messages, got {json_type(value)}"
                            + (" (empty)" if value == [] else ""))
     messages = []
-    if system is not None:
-        if not isinstance(system, str):
-            fail(source, "system", f"expected the system message's text, got {json_type(system)}")
-        if system.strip():
-            messages.append({"role": "system", "content": system})
     for i, m in enumerate(value):
         if not isinstance(m, dict):
             fail(source, name, f"message {i} is {json_type(m)}, expected an object with from and value")
@@ -60,7 +55,22 @@ def sharegpt_messages(value: Any, system: Any, source: str, name: str) -> list[d
             fail(source, name, f"message {i} is from {speaker!r}, which is not a chat turn "
                                f"(known: {', '.join(SHAREGPT_ROLES)})")
         messages.append({"role": role, "content": text})
-    return messages
+    return with_system(messages, system, source, name)
+
+
+def with_system(messages: list[dict[str, Any]], system: Any, source: str, name: str) -> list[dict[str, Any]]:
+    """``messages`` after ShareGPT's top-level ``system`` text, when there is one; the conversation may not
+    also open with a system message of its own."""
+    if system is None:
+        return messages
+    if not isinstance(system, str):
+        fail(source, "system", f"expected the system message's text, got {json_type(system)}")
+    if not system.strip():
+        return messages
+    if messages and isinstance(messages[0], dict) and messages[0].get("role") == "system":
+        fail(source, name, "message 0 is a system message and the row also has a top-level `system`: give the "
+                           "system prompt once")
+    return [{"role": "system", "content": system}] + messages
 
 
 ALPACA_KEYS = ("instruction", "input", "output", "system", "history")
