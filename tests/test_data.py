@@ -478,6 +478,20 @@ def test_a_corpus_that_is_not_utf8_is_an_error_naming_file_and_line(tmp_path):
     assert load_corpus(tmp_path / "ok.txt") == ["one", "two"]
 
 
+@pytest.mark.parametrize("label", [False, True])
+def test_a_trl_unpaired_preference_row_is_not_a_demonstration(tmp_path, label):
+    """TRL's KTO rows (prompt, completion, label) loaded as demonstrations: SFT trained on the completions
+    labelled false (undesirable), the label kept as an unused extra field."""
+    rows = [{"prompt": "The sky is", "completion": " blue.", "label": label}]
+    msg = expect_error(load_demonstrations, tmp_path, rows, "label", lineno=1)
+    assert "unpaired-preference" in msg
+
+
+def test_a_label_that_is_not_a_preference_stays_an_extra_field():
+    demo = parse_demonstration({"prompt": "Q", "completion": "A", "label": "math"}, "d:1")
+    assert demo.meta == {"label": "math"}
+
+
 def test_a_corpus_with_windows_line_ends_keeps_its_documents_apart(tmp_path):
     """A CRLF .txt corpus has blank lines "\r\n\r\n", which split("\n\n") never found: every document ran
     into one, with no document end between them."""

@@ -329,6 +329,10 @@ def _response(obj: Mapping[str, Any], source: str) -> str:
         return _text(obj, "response", source)
     if obj.get("response") is not None:
         fail(source, "completion", "give either `response` or `completion`, not both")
+    if isinstance(obj.get("label"), bool):
+        fail(source, "label", "a TRL unpaired-preference row (prompt, completion, label), not a demonstration: "
+                              "SFT would learn to write the completions labelled false too; keep the rows whose "
+                              "label is true, without `label`")
     if not isinstance(completion, list):
         return _text(obj, "completion", source)
     messages = check_messages(completion, source, "completion")
