@@ -148,3 +148,15 @@ def test_sharegpt_errors_count_messages_as_the_file_does(tmp_path, row, message)
     path.write_text(json.dumps(row) + "\n")
     with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:1: {message}"):
         load_demonstrations(path)
+
+
+def test_messages_with_a_top_level_system_keep_it_as_the_first_turn():
+    """LLaMA-Factory's sharegpt layout with role/content tags (`messages` and `system` columns): the system
+    prompt went into the record's extra fields, and the model trained without it."""
+    conv = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}]
+    demo = parse_demonstration({"messages": conv, "system": "Answer in French."}, "d:1")
+    assert demo.turns == [{"role": "system", "content": "Answer in French."}, conv[0]] and demo.meta == {}
+    prompt = parse_prompt({"id": 1, "user_id": "u", "messages": conv[:1], "system": "Answer in French."}, "p:1")
+    assert prompt.turns == demo.turns and prompt.text == "System: Answer in French.\n\nUser: Q1\n\nAssistant:"
+    with pytest.raises(DataError, match=r"^d:2: messages: message 0 is a system message and the row also has"):
+        parse_demonstration({"messages": [{"role": "system", "content": "S"}, *conv], "system": "T"}, "d:2")

@@ -180,8 +180,8 @@ def _req_id(obj: Mapping[str, Any], key: str, source: str) -> str:
 def _meta(obj: Mapping[str, Any], known: Iterable[str]) -> dict[str, Any]:
     """The keys a format does not define, kept verbatim."""
     known = set(known)
-    if obj.get("conversations") is not None:  # ShareGPT: its top-level system text is read into the turns
-        known |= {"conversations", "system"}
+    if obj.get("conversations") is not None or ("messages" in known and obj.get("messages") is not None):
+        known |= {"conversations", "system"}  # a top-level system text is read into the turns
     return {k: v for k, v in obj.items() if k not in known}
 
 

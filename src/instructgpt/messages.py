@@ -86,9 +86,15 @@ def prompt_from_messages(messages: list[dict[str, Any]], source: str, name: str)
 
 def conversation(obj: Mapping[str, Any], source: str) -> tuple[str, list[dict[str, Any]] | None]:
     """(field, messages) of a record's conversation: ``messages``, or ShareGPT's ``conversations``
-    read as messages (:func:`.other_formats.sharegpt_messages`); ``("messages", None)`` when neither."""
+    read as messages (:func:`.other_formats.sharegpt_messages`), either after a top-level ``system`` text
+    when there is one; ``("messages", None)`` when neither."""
     if obj.get("conversations") is None:
-        return "messages", obj.get("messages")
+        messages = obj.get("messages")
+        if messages is None or obj.get("system") is None:
+            return "messages", messages
+        # LLaMA-Factory's sharegpt layout with role/content tags: `messages` and a top-level `system` text
+        check_messages(messages, source, "messages")
+        return "messages", with_system(messages, obj["system"], source, "messages")
     if obj.get("messages") is not None:
         fail(source, "conversations", "give either `messages` or ShareGPT's `conversations`, not both")
     messages = sharegpt_messages(obj["conversations"], None, source, "conversations")
