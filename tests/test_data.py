@@ -478,13 +478,20 @@ def test_a_corpus_that_is_not_utf8_is_an_error_naming_file_and_line(tmp_path):
     assert load_corpus(tmp_path / "ok.txt") == ["one", "two"]
 
 
-@pytest.mark.parametrize("label", [False, True])
-def test_a_trl_unpaired_preference_row_is_not_a_demonstration(tmp_path, label):
-    """TRL's KTO rows (prompt, completion, label) loaded as demonstrations: SFT trained on the completions
+@pytest.mark.parametrize("row, key", [
+    ({"prompt": "The sky is", "completion": " green.", "label": False}, "label"),  # TRL
+    ({"prompt": "The sky is", "completion": " blue.", "label": True}, "label"),
+    ({"messages": [{"content": "Q", "role": "user"}, {"content": "bad", "role": "assistant"}], "label": False},
+     "label"),  # LLaMA-Factory's kto_en_demo
+    ({"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "bad"}], "kto_tag": False},
+     "kto_tag"),
+    ({"instruction": "Q", "input": "", "output": "bad", "kto_tag": False}, "kto_tag"),
+])
+def test_an_unpaired_preference_row_is_not_a_demonstration(tmp_path, row, key):
+    """KTO rows (a reply with a true/false label) loaded as demonstrations: SFT trained on the replies
     labelled false (undesirable), the label kept as an unused extra field."""
-    rows = [{"prompt": "The sky is", "completion": " blue.", "label": label}]
-    msg = expect_error(load_demonstrations, tmp_path, rows, "label", lineno=1)
-    assert "unpaired-preference" in msg
+    msg = expect_error(load_demonstrations, tmp_path, [row], key, lineno=1)
+    assert "unpaired-preference (KTO)" in msg
 
 
 def test_a_label_that_is_not_a_preference_stays_an_extra_field():

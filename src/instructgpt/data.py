@@ -329,10 +329,6 @@ def _response(obj: Mapping[str, Any], source: str) -> str:
         return _text(obj, "response", source)
     if obj.get("response") is not None:
         fail(source, "completion", "give either `response` or `completion`, not both")
-    if isinstance(obj.get("label"), bool):
-        fail(source, "label", "a TRL unpaired-preference row (prompt, completion, label), not a demonstration: "
-                              "SFT would learn to write the completions labelled false too; keep the rows whose "
-                              "label is true, without `label`")
     if not isinstance(completion, list):
         return _text(obj, "completion", source)
     messages = check_messages(completion, source, "completion")
@@ -341,6 +337,16 @@ def _response(obj: Mapping[str, Any], source: str) -> str:
         fail(source, "completion", f"expected exactly one assistant message (the reply), got {len(messages)} "
                                    f"({roles}); earlier turns belong in `prompt`")
     return messages[0]["content"]
+
+
+def _not_unpaired_preference(obj: Mapping[str, Any], source: str) -> None:
+    """An error for a reply labelled good or bad (TRL's and LLaMA-Factory's KTO rows: ``label`` or ``kto_tag``
+    true/false): as a demonstration, SFT would learn to write the bad ones too."""
+    for key in ("label", "kto_tag"):
+        if isinstance(obj.get(key), bool):
+            fail(source, key, "an unpaired-preference (KTO) row, whose reply is labelled good or bad, not a "
+                              "demonstration: SFT would learn to write the replies labelled false too; keep the "
+                              f"rows whose {key} is true, without `{key}`")
 
 
 def parse_demonstration(obj: Any, source: str, prompts: PromptIndex | Iterable[Prompt] | None = None
@@ -352,6 +358,7 @@ def parse_demonstration(obj: Any, source: str, prompts: PromptIndex | Iterable[P
     transcript by :func:`render_messages`).
     """
     obj = as_object(obj, source)
+    _not_unpaired_preference(obj, source)
     prompts = _index(prompts)
     prompt_id = _opt_id(obj, "prompt_id", source)
     name, messages = conversation(obj, source)
