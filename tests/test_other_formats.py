@@ -50,11 +50,6 @@ def test_sharegpt_demonstration_and_prompt_are_read_as_messages():
     assert prompt.turns == [USER]
 
 
-def test_a_top_level_system_key_without_conversations_stays_in_meta():
-    demo = parse_demonstration({"prompt": "Q?", "response": "A.", "system": "kept"}, "d:1")
-    assert demo.meta == {"system": "kept"} and demo.turns is None
-
-
 def test_sharegpt_preference_row_llama_factory():
     row = {"conversations": [{"from": "human", "value": "Sky colour?"}],
            "chosen": {"from": "gpt", "value": "Blue."}, "rejected": {"from": "gpt", "value": "Green."}}
@@ -160,3 +155,21 @@ def test_messages_with_a_top_level_system_keep_it_as_the_first_turn():
     assert prompt.turns == demo.turns and prompt.text == "System: Answer in French.\n\nUser: Q1\n\nAssistant:"
     with pytest.raises(DataError, match=r"^d:2: messages: message 0 is a system message and the row also has"):
         parse_demonstration({"messages": [{"role": "system", "content": "S"}, *conv], "system": "T"}, "d:2")
+
+
+@pytest.mark.parametrize("row, parse", [
+    ({"prompt": "Q1", "response": "A1"}, "demonstration"),            # TRL prompt/completion, OpenOrca renamed
+    ({"prompt_id": "p1", "response": "A1"}, "demonstration"),
+    ({"prompt": [{"role": "user", "content": "Q1"}], "chosen": "A", "rejected": "B"}, "ranking"),
+    ({"prompt": "Q1", "responses": ["A", "B"], "ranking": [0, 1]}, "ranking"),
+    ({"id": "p1", "user_id": "u", "text": "Q1"}, "prompt"),
+])
+def test_a_top_level_system_text_where_it_is_not_read_is_an_error(row, parse):
+    """A top-level `system` is read next to messages and conversations; next to a text prompt (OpenOrca's
+    system_prompt/question/response renamed) it went into the extra fields, and the model never saw it."""
+    prompts = [parse_prompt({"id": "p1", "user_id": "u", "text": "Q1"}, "p:1")]
+    fn = {"demonstration": lambda r, src: parse_demonstration(r, src, prompts),
+          "ranking": lambda r, src: parse_ranking(r, src, prompts), "prompt": parse_prompt}[parse]
+    with pytest.raises(DataError, match=r"^r:3: system: a top-level system text is read next to `messages`"):
+        fn({**row, "system": "Answer in French."}, "r:3")
+    fn(row, "r:3")  # without it, the same row reads

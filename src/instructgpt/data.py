@@ -177,11 +177,17 @@ def _req_id(obj: Mapping[str, Any], key: str, source: str) -> str:
     return value
 
 
-def _meta(obj: Mapping[str, Any], known: Iterable[str]) -> dict[str, Any]:
-    """The keys a format does not define, kept verbatim."""
+def _meta(obj: Mapping[str, Any], known: Iterable[str], source: str) -> dict[str, Any]:
+    """The keys a format does not define, kept verbatim. A top-level ``system`` text is read next to
+    ``messages``, ``conversations`` and Alpaca's ``instruction``; anywhere else it would be kept here,
+    unseen by the model, so it is an error."""
     known = set(known)
     if obj.get("conversations") is not None or ("messages" in known and obj.get("messages") is not None):
         known |= {"conversations", "system"}  # a top-level system text is read into the turns
+    if obj.get("system") is not None and "system" not in known:
+        fail(source, "system", "a top-level system text is read next to `messages` or `conversations` (and "
+                               "Alpaca's `instruction`), not with a text prompt or `prompt_id`: give the prompt "
+                               "as messages, [{\"role\": \"system\", ...}, {\"role\": \"user\", ...}]")
     return {k: v for k, v in obj.items() if k not in known}
 
 
@@ -223,7 +229,7 @@ def parse_prompt(obj: Any, source: str) -> Prompt:
     if split is not None and split not in SPLITS:
         fail(source, "split", f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
     return Prompt(id=pid, text=text, user_id=user_id, use_case=use_case, split=split,
-                  meta=_meta(obj, PROMPT_KEYS), source=source, turns=turns)
+                  meta=_meta(obj, PROMPT_KEYS, source), source=source, turns=turns)
 
 
 def load_prompts(path: str | Path) -> list[Prompt]:
@@ -388,7 +394,7 @@ def parse_demonstration(obj: Any, source: str, prompts: PromptIndex | Iterable[P
         labeler_id=_opt_id(obj, "labeler_id", source),
         prompt_id=prompt_id,
         source=source,
-        meta=_meta(obj, DEMONSTRATION_KEYS + (ALPACA_KEYS if name == "instruction" else ())),
+        meta=_meta(obj, DEMONSTRATION_KEYS + (ALPACA_KEYS if name == "instruction" else ()), source),
         turns=turns,
     )
 
@@ -580,7 +586,7 @@ def parse_ranking(obj: Any, source: str, prompts: PromptIndex | Iterable[Prompt]
         prompt_id=prompt_id,
         comment=_opt_text(obj, "comment", source),
         source=source,
-        meta=_meta(obj, RANKING_KEYS),
+        meta=_meta(obj, RANKING_KEYS, source),
         turns=turns,
     )
 
