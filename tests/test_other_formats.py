@@ -173,3 +173,32 @@ def test_a_top_level_system_text_where_it_is_not_read_is_an_error(row, parse):
     with pytest.raises(DataError, match=r"^r:3: system: a top-level system text is read next to `messages`"):
         fn({**row, "system": "Answer in French."}, "r:3")
     fn(row, "r:3")  # without it, the same row reads
+
+
+def test_llama_factory_alpaca_preference_rows_take_the_instruction_as_the_prompt():
+    """LLaMA-Factory's alpaca preference layout: instruction (+ input, system, history) and chosen/rejected
+    replies; it used to be 'prompt: missing'."""
+    row = {"instruction": "Add the numbers.", "input": "2 and 3", "chosen": "5", "rejected": "6"}
+    r = parse_ranking(row, "r:1")
+    assert (r.prompt, r.turns, r.responses, r.ranking, r.meta) == ("Add the numbers.\n\n2 and 3", None,
+                                                                   ["5", "6"], [[0], [1]], {})
+    chat = parse_ranking({**row, "system": "Be exact.", "history": [["1 and 1?", "2"]], "note": "kept"}, "r:2")
+    assert chat.turns == [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "1 and 1?"},
+                          {"role": "assistant", "content": "2"}, {"role": "user", "content": "Add the numbers.\n\n2 and 3"}]
+    assert chat.meta == {"note": "kept"}
+    kwise = parse_ranking({"instruction": "Pick.", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]}, "r:3")
+    assert (kwise.prompt, kwise.ranking) == ("Pick.", [[2], [0], [1]])
+    with pytest.raises(DataError, match=r"^r:4: instruction: give either `prompt` or Alpaca's `instruction`"):
+        parse_ranking({**row, "prompt": "Add."}, "r:4")
+    with pytest.raises(DataError, match=r"^r:5: chosen: with Alpaca's `instruction` as the prompt"):
+        parse_ranking({"instruction": "Q", "chosen": [{"role": "user", "content": "Q"}, {"role": "assistant",
+                       "content": "A"}], "rejected": [{"role": "user", "content": "Q"},
+                                                     {"role": "assistant", "content": "B"}]}, "r:5")
+
+
+def test_an_implicit_prompt_pair_of_plain_texts_is_named_as_such():
+    """TRL's implicit-prompt standard rows ({chosen, rejected} as plain texts) have no mark where the prompt
+    ends; the error says so instead of a bare 'prompt: missing'."""
+    with pytest.raises(DataError, match=r"^r:1: prompt: missing: `chosen` and `rejected` are plain texts and no "
+                                        r"`prompt` says where the prompt ends \(TRL's implicit-prompt"):
+        parse_ranking({"chosen": "The sky is blue.", "rejected": "The sky is green."}, "r:1")

@@ -24,7 +24,8 @@ from typing import Any
 from .jsonl import DataError, as_object, atomic_open, fail, json_type, read_jsonl  # noqa: F401 (re-exported)
 from .messages import (ROLES, Turns, assistant_reply, check_messages, conversation,  # noqa: F401 (re-exported)
                        prompt_from_messages, render_messages, transcript)
-from .other_formats import ALPACA_KEYS, alpaca_demonstration, hh_messages, looks_like_hh, sharegpt_messages
+from .other_formats import (ALPACA_KEYS, alpaca_demonstration, alpaca_prompt, hh_messages, looks_like_hh,
+                            sharegpt_messages)
 
 USE_CASES = (
     "generation", "open_qa", "brainstorming", "chat", "rewrite",
@@ -309,6 +310,11 @@ def prompt_field(obj: Mapping[str, Any], source: str) -> tuple[str | None, Turns
     """(text, turns) of the prompt: ``prompt`` as a string, or a list of chat messages (``prompt``, or
     ShareGPT's ``conversations``) checked as every reader here checks them; (None, None) when absent."""
     key, value = _prompt_value(obj, source)
+    if value is not None and obj.get("instruction") is not None:
+        fail(source, "instruction", f"give either `{key}` or Alpaca's `instruction`, not both")
+    if value is None and obj.get("instruction") is not None:  # LLaMA-Factory's alpaca preference rows
+        turns, text = alpaca_prompt(obj, source)
+        return (text, None) if turns is None else prompt_from_messages(turns, source, "history")
     if value is None:
         return None, None
     if isinstance(value, list):
@@ -533,11 +539,19 @@ def _pair_row(obj: Mapping[str, Any], source: str
         if obj.get(key) is not None:  # null is the same as absent (union-schema exports)
             fail(source, key, "a chosen/rejected row cannot also have `responses` or `ranking`")
     prompt_key, prompt = _prompt_value(obj, source)
-    hh = prompt is None and obj.get("prompt_id") is None and looks_like_hh(obj.get("chosen"))
+    alpaca = obj.get("instruction") is not None
+    hh = prompt is None and obj.get("prompt_id") is None and not alpaca and looks_like_hh(obj.get("chosen"))
     chosen, chosen_turns = _pair_side(obj, "chosen", source, hh)
     rejected, rejected_turns = _pair_side(obj, "rejected", source, hh)
     if chosen_turns != rejected_turns:
         fail(source, "rejected", "its earlier turns differ from those of `chosen` (they must share the prompt)")
+    if chosen_turns and alpaca:
+        fail(source, "chosen", "with Alpaca's `instruction` as the prompt, `chosen` and `rejected` are the replies "
+                               "alone (strings), not conversations")
+    if not chosen_turns and prompt is None and obj.get("prompt_id") is None and not alpaca:
+        fail(source, "prompt", "missing: `chosen` and `rejected` are plain texts and no `prompt` says where the "
+                               "prompt ends (TRL's implicit-prompt standard format); give it in `prompt` and only "
+                               "the replies in chosen/rejected, or give them as conversations (messages)")
     if not chosen_turns:
         text, turns = prompt_field(obj, source)
     elif prompt is None:
@@ -558,6 +572,9 @@ def _pair_row(obj: Mapping[str, Any], source: str
                                    f"it exactly at the start of both conversations")
         text, turns = prompt_from_messages(chosen_turns, source, "chosen")
     return text, turns, [chosen, rejected], [[0], [1]]
+
+
+ALPACA_PROMPT_KEYS = tuple(k for k in ALPACA_KEYS if k != "output")
 
 
 def parse_ranking(obj: Any, source: str, prompts: PromptIndex | Iterable[Prompt] | None = None) -> Ranking:
@@ -586,7 +603,7 @@ def parse_ranking(obj: Any, source: str, prompts: PromptIndex | Iterable[Prompt]
         prompt_id=prompt_id,
         comment=_opt_text(obj, "comment", source),
         source=source,
-        meta=_meta(obj, RANKING_KEYS, source),
+        meta=_meta(obj, RANKING_KEYS + (ALPACA_PROMPT_KEYS if obj.get("instruction") is not None else ()), source),
         turns=turns,
     )
 

@@ -10,7 +10,8 @@
   ``{"instruction", "input", "output"}``. :func:`alpaca_demonstration` gives the
   prompt (the instruction, then the input after a blank line when there is one)
   and the reply; LLaMA-Factory's ``system`` and ``history`` (earlier
-  ``[question, answer]`` pairs) become turns before it.
+  ``[question, answer]`` pairs) become turns before it. Its preference rows have
+  ``chosen`` and ``rejected`` instead of ``output`` (:func:`alpaca_prompt`).
 - **Anthropic HH-RLHF**: ``chosen`` and ``rejected`` are whole text transcripts,
   ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``, with no separate prompt.
   :func:`hh_messages` splits one into turns.
@@ -77,27 +78,23 @@ ALPACA_KEYS = ("instruction", "input", "output", "system", "history")
 
 
 def alpaca_demonstration(obj: dict[str, Any], source: str) -> tuple[list[dict[str, Any]] | None, str, str]:
-    """(earlier turns or None, prompt text, reply) of an Alpaca row.
+    """(earlier turns or None, prompt text, reply) of an Alpaca row: :func:`alpaca_prompt`, and ``output``."""
+    turns, prompt = alpaca_prompt(obj, source)
+    return turns, prompt, _alpaca_text(obj, "output", True, source)
+
+
+def alpaca_prompt(obj: dict[str, Any], source: str) -> tuple[list[dict[str, Any]] | None, str]:
+    """(turns or None, prompt text) of an Alpaca row's prompt (a demonstration's, or a LLaMA-Factory
+    preference row's with ``chosen``/``rejected``): the instruction, then the input after a blank line.
 
     The turns are None for a row with neither ``system`` nor ``history``, so that a model without
     a chat template sees the plain instruction; otherwise they end with the instruction's user turn.
     """
-    def text(key: str, required: bool) -> str:
-        value = obj.get(key)
-        if value is None and not required:
-            return ""
-        if not isinstance(value, str):
-            fail(source, key, f"expected a string, got {json_type(value)}")
-        if required and not value.strip():
-            fail(source, key, "empty")
-        return value
-
-    instruction, extra = text("instruction", True), text("input", False)
+    instruction, extra = _alpaca_text(obj, "instruction", True, source), _alpaca_text(obj, "input", False, source)
     prompt = f"{instruction.strip()}\n\n{extra.strip()}" if extra.strip() else instruction
-    reply = text("output", True)
-    system, history = text("system", False), obj.get("history")
+    system, history = _alpaca_text(obj, "system", False, source), obj.get("history")
     if not system.strip() and not history:
-        return None, prompt, reply
+        return None, prompt
     turns = [{"role": "system", "content": system}] if system.strip() else []
     if history is not None and not isinstance(history, list):
         fail(source, "history", f"expected an array of [question, answer] pairs, got {json_type(history)}")
@@ -105,7 +102,18 @@ def alpaca_demonstration(obj: dict[str, Any], source: str) -> tuple[list[dict[st
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
             fail(source, "history", f"entry {i} is not a [question, answer] pair of strings")
         turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
-    return turns + [{"role": "user", "content": prompt}], prompt, reply
+    return turns + [{"role": "user", "content": prompt}], prompt
+
+
+def _alpaca_text(obj: dict[str, Any], key: str, required: bool, source: str) -> str:
+    value = obj.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        fail(source, key, f"expected a string, got {json_type(value)}")
+    if required and not value.strip():
+        fail(source, key, "empty")
+    return value
 
 
 _HH_SPEAKER = re.compile(r"\n\n(Human|Assistant):")
