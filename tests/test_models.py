@@ -250,6 +250,28 @@ def test_smollm2_like_pad_equal_to_eos_is_replaced_by_unk(tmp_path):
     assert (wrong - ours[:2]).abs().min() > 1e-4
 
 
+def test_pad_equal_to_the_end_of_turn_token_is_replaced(tmp_path):
+    """ChatML on a tokenizer whose pad token is <|im_end|> (EOS <|endoftext|>): a scored sequence ends with
+    <|im_end|>, so the RM folder pads with another token and transformers reads the end of the turn. Before,
+    the pad (only compared with EOS) was kept and transformers read the token before <|im_end|>, silently."""
+    from tests.conftest import CHATML
+    from instructgpt.chat import ChatFormat
+    tok = special_tokenizer(tmp_path / "m", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                            bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|im_end|>")
+    tok.chat_template = CHATML
+    make_model(tmp_path / "m", "llama", tokenizer=tok)
+    rm = RewardModel.from_policy(tmp_path / "m")
+    rm.reward_bias.fill_(0.75)
+    with pytest.warns(UserWarning, match="reward_offset"):
+        rm.save_pretrained(tmp_path / "rm", tok)
+    fmt = ChatFormat.load(tok)
+    assert fmt.token(fmt.end_id) == "<|im_end|>" == tok.pad_token            # the caller's tokenizer is unchanged
+    seqs = [sum(fmt.encode(p, r), []) for p, r in [("say yes", "yes no"), ("count", "one two three")]]
+    ours, theirs, cfg = interop_scores(tmp_path / "rm", seqs)
+    assert cfg.pad_token_id not in (fmt.end_id, tok.eos_token_id)
+    torch.testing.assert_close(theirs + cfg.reward_offset, ours, atol=2e-6, rtol=0)
+
+
 def test_version_1_reward_model_folders_still_load(tmp_path, tiny_gpt2):
     """The format before sequence-classification interop: the body alone + reward_head.safetensors."""
     from safetensors.torch import save_file

@@ -371,24 +371,38 @@ def _fold_vector(weight: torch.Tensor, offset: float) -> torch.Tensor:
 
 
 def reward_tokenizer(tokenizer):
-    """A copy of ``tokenizer`` whose pad token is not EOS (left unchanged when it already is not).
+    """A copy of ``tokenizer`` whose pad token is none of the tokens a scored sequence ends with (left
+    unchanged when it already is not one of them).
 
     Sequence-classification heads read the rightmost token that is not the pad
-    token; with pad = EOS (SmolLM2, GPT-2, many Llamas) they would read the token
-    before EOS, not EOS where our reward is read. The replacement is the first of:
-    the unknown token, the BOS token, a new ``<|pad|>`` token (GPT-2-style
-    vocabularies with one special token).
+    token; with pad = EOS (SmolLM2, GPT-2, many Llamas), or pad = the chat
+    template's end-of-turn token (``<|im_end|>`` with EOS ``<|endoftext|>``), they
+    would read the token before it, not the end token where our reward is read.
+    The replacement is the first of: the unknown token, the BOS token, a new
+    ``<|pad|>`` token (GPT-2-style vocabularies with one special token).
     """
     tok = copy.deepcopy(tokenizer)
-    eos = tok.eos_token_id
-    if tok.pad_token_id is not None and tok.pad_token_id != eos:
+    ends = sequence_end_ids(tok)
+    if tok.pad_token_id is not None and tok.pad_token_id not in ends:
         return tok
     for candidate in (tok.unk_token, tok.bos_token):
-        if candidate is not None and tok.convert_tokens_to_ids(candidate) != eos:
+        if candidate is not None and tok.convert_tokens_to_ids(candidate) not in ends:
             tok.pad_token = candidate
             return tok
     tok.add_special_tokens({"pad_token": _PAD_CANDIDATE})
     return tok
+
+
+def sequence_end_ids(tokenizer) -> set[int]:
+    """The ids a scored sequence ends with: EOS, and the end-of-turn token of the tokenizer's chat template
+    (the format the reward model was trained with, ``ChatFormat.apply_to``)."""
+    from .chat import ChatFormat
+    ends = {tokenizer.eos_token_id}
+    try:
+        ends.update(ChatFormat.load(tokenizer, "auto").stop_ids)
+    except ConfigError:  # a template with no end-of-turn token: its sequences end with EOS
+        pass
+    return ends
 
 
 def _write_sequence_classification(folder: Path, backbone: nn.Module, config, body: dict, head: dict,
@@ -430,9 +444,9 @@ def _write_sequence_classification(folder: Path, backbone: nn.Module, config, bo
     with torch.device("meta"):  # a shell: only its class, config and names are used; tensors come from ``weights``
         shell = cls(config)
     shell.save_pretrained(str(folder), state_dict=weights)
-    if pad_id is None or (tokenizer is not None and pad_id == tokenizer.eos_token_id):
-        warnings.warn(f"{folder}: pad_token_id is {pad_id} (EOS or none): {cls.__name__} cannot find the last "
-                      f"real token of padded batches", RewardInteropWarning, stacklevel=3)
+    if pad_id is None or (tokenizer is not None and pad_id in sequence_end_ids(tokenizer)):
+        warnings.warn(f"{folder}: pad_token_id is {pad_id} (EOS, the end-of-turn token or none): {cls.__name__} "
+                      f"cannot find the last real token of padded batches", RewardInteropWarning, stacklevel=3)
     if not folded:
         warnings.warn(f"{folder}: {cls.__name__} reads this {config.model_type} reward model without its constant "
                       f"(no bias after the last layer can hold it): reward = score + config.reward_offset "
