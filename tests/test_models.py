@@ -272,6 +272,31 @@ def test_pad_equal_to_the_end_of_turn_token_is_replaced(tmp_path):
     torch.testing.assert_close(theirs + cfg.reward_offset, ours, atol=2e-6, rtol=0)
 
 
+def test_a_chat_reward_model_folder_names_the_end_token_its_documented_input_ends_with(tmp_path):
+    """With a chat template the reward is read at the end-of-turn token (<|im_end|>), not at EOS: the folder
+    says so (reward_model.json end_token, how_to_load), and its recipe (rendered prompt + response + end
+    token) gives our ids and our score. Before, it said "(EOS)" and users appended <|endoftext|>."""
+    from tests.conftest import CHATML
+    from instructgpt.chat import ChatFormat
+    tok = special_tokenizer(tmp_path / "m", ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"],
+                            eos_token="<|endoftext|>", pad_token="<|pad|>")
+    tok.chat_template = CHATML
+    make_model(tmp_path / "m", "llama", tokenizer=tok)
+    rm = RewardModel.from_policy(tmp_path / "m")
+    rm.reward_bias.fill_(0.3)
+    with pytest.warns(UserWarning, match="reward_offset"):
+        rm.save_pretrained(tmp_path / "rm", tok)
+    meta = json.loads((tmp_path / "rm" / "reward_model.json").read_text())
+    end = meta["sequence_classification"]["end_token"]
+    assert end == "<|im_end|>" and f"end token {end}" in meta["how_to_load"]
+    fmt = ChatFormat.load(tok)
+    saved = load_tokenizer(tmp_path / "rm")
+    ids = saved(fmt.render_prompt("say yes") + "yes no" + end, add_special_tokens=False)["input_ids"]
+    assert ids == sum(fmt.encode("say yes", "yes no"), [])
+    ours, theirs, cfg = interop_scores(tmp_path / "rm", [ids])
+    torch.testing.assert_close(theirs + cfg.reward_offset, ours, atol=2e-6, rtol=0)
+
+
 def test_version_1_reward_model_folders_still_load(tmp_path, tiny_gpt2):
     """The format before sequence-classification interop: the body alone + reward_head.safetensors."""
     from safetensors.torch import save_file

@@ -205,13 +205,21 @@ class RewardModel(nn.Module):
         if tokenizer is not None:
             tokenizer = reward_tokenizer(tokenizer)
         interop = _write_sequence_classification(folder, self.backbone, config, body, head, reward_bias, tokenizer)
+        end = sequence_end_token(tokenizer)
+        if end is not None:
+            interop["end_token"] = end
         save_file(head, str(folder / "reward_head.safetensors"))
         _write_meta(folder, tokenizer, config.hidden_size, reward_bias, extra, sequence_classification=interop,
                     how_to_load="instructgpt.reward_model.RewardModel.from_pretrained(folder): reward = head(h_last) "
-                                "+ reward_bias, h_last = the body's last hidden state at the last real token (EOS). "
-                                "Also transformers.AutoModelForSequenceClassification.from_pretrained(folder): "
-                                "reward = logits[:, 0] + config.reward_offset, on right-padded input_ids padded "
-                                "with config.pad_token_id.")
+                                "+ reward_bias, h_last = the body's last hidden state at the last real token, the "
+                                f"end token ({end or 'EOS'}). Also transformers.AutoModelForSequenceClassification"
+                                ".from_pretrained(folder): reward = logits[:, 0] + config.reward_offset, on "
+                                "right-padded input_ids padded with config.pad_token_id. A sequence is the prompt "
+                                "as the model read it (the tokenizer's chat template with the generation prompt, "
+                                "or the prompt text ending with a newline), the response and the end token "
+                                f"{end or 'EOS'}: with a chat template that is its end-of-turn token, and what the "
+                                "template writes after it (apply_chat_template of the whole conversation) is not "
+                                "part of the sequence.")
 
     def _save_adapter(self, folder: Path, tokenizer, extra: dict | None) -> None:
         """A LoRA reward model: the body's adapter (peft files), the head and reward_model.json."""
@@ -396,13 +404,25 @@ def reward_tokenizer(tokenizer):
 def sequence_end_ids(tokenizer) -> set[int]:
     """The ids a scored sequence ends with: EOS, and the end-of-turn token of the tokenizer's chat template
     (the format the reward model was trained with, ``ChatFormat.apply_to``)."""
+    return {tokenizer.eos_token_id, *_scored_format(tokenizer).stop_ids}
+
+
+def sequence_end_token(tokenizer) -> str | None:
+    """The token the reward is read at (the chat template's end-of-turn token, else EOS); None without a
+    tokenizer."""
+    if tokenizer is None:
+        return None
+    fmt = _scored_format(tokenizer)
+    return fmt.token(fmt.end_id)
+
+
+def _scored_format(tokenizer):
+    """The ``ChatFormat`` of the tokenizer's own chat template (plain text without one)."""
     from .chat import ChatFormat
-    ends = {tokenizer.eos_token_id}
     try:
-        ends.update(ChatFormat.load(tokenizer, "auto").stop_ids)
+        return ChatFormat.load(tokenizer, "auto")
     except ConfigError:  # a template with no end-of-turn token: its sequences end with EOS
-        pass
-    return ends
+        return ChatFormat(tokenizer)
 
 
 def _write_sequence_classification(folder: Path, backbone: nn.Module, config, body: dict, head: dict,
@@ -435,7 +455,8 @@ def _write_sequence_classification(folder: Path, backbone: nn.Module, config, bo
     config.reward_offset = 0.0 if folded else offset
     config.reward_offset_note = (
         "instructgpt reward = logits[:, 0] + reward_offset, read at the last token that is not pad_token_id "
-        "(EOS) of right-padded input; " +
+        "of right-padded input: the end token (EOS, or the chat template's end-of-turn token: end_token in "
+        "reward_model.json); " +
         ("exact: the reward's constant is folded into the final LayerNorm's bias" if folded else
          "this architecture has no bias after its last layer, so the constant (head bias + reward_bias) "
          "cannot be inside the model: score differences and rankings are exact, scores are off by it"))
