@@ -297,6 +297,25 @@ def test_a_chat_reward_model_folder_names_the_end_token_its_documented_input_end
     torch.testing.assert_close(theirs + cfg.reward_offset, ours, atol=2e-6, rtol=0)
 
 
+def test_a_reward_model_folder_is_refused_as_the_start_of_a_new_reward_model(tmp_path, tiny_gpt2):
+    """rm model=<a reward-model folder>: before, its body loaded with a fresh random head (the trained one
+    dropped, silently) and, GPT-2's, with the reward's constant folded into ln_f.bias. Now a clear error
+    before anything is written, as load_policy gives for such a folder."""
+    from tests.conftest import write_jsonl, yes_rankings
+    from instructgpt import config
+    from instructgpt.rm import RMConfig, train_rm
+    rm = RewardModel.from_policy(tiny_gpt2)
+    rm.reward_bias.fill_(2.0)
+    rm.save_pretrained(tmp_path / "rm", load_tokenizer(tiny_gpt2))
+    with pytest.raises(ModelLoadError, match=r"rm: a reward model folder .*trained head would be dropped"):
+        RewardModel.from_policy(tmp_path / "rm")
+    cfg = config.from_dict(RMConfig, dict(model=str(tmp_path / "rm"), train=str(write_jsonl(
+        tmp_path / "rankings.jsonl", yes_rankings(4, 0))), out_dir=str(tmp_path / "rm2"), progress=False))
+    with pytest.raises(ModelLoadError, match="reward model folder"):
+        train_rm(cfg)
+    assert not (tmp_path / "rm2").exists()
+
+
 def test_version_1_reward_model_folders_still_load(tmp_path, tiny_gpt2):
     """The format before sequence-classification interop: the body alone + reward_head.safetensors."""
     from safetensors.torch import save_file

@@ -135,7 +135,14 @@ class RewardModel(nn.Module):
         """A fresh reward model from a causal LM (the SFT model, a folder, GGUF or adapter folder): body
         kept, unembedding dropped. The head is fp32 whatever ``dtype``/``load_in_4bit`` make the body.
 
-        ``dropout`` as in ``load_policy`` (default 0: off)."""
+        ``dropout`` as in ``load_policy`` (default 0: off). A reward-model folder is refused: its body
+        would load without its trained head, and for GPT-2-style bodies with the reward's constant folded
+        into the final LayerNorm (see "reward-model folders for other tools")."""
+        if (Path(spec) / "reward_model.json").is_file():
+            raise ModelLoadError(f"{spec}: a reward model folder (it has reward_model.json), not a causal LM: a "
+                                 f"new reward model starts from one (e.g. the run's models/sft) with a fresh head; "
+                                 f"this folder's trained head would be dropped. Load a trained reward model with "
+                                 f"RewardModel.from_pretrained")
         attn_implementation = check_attn_implementation(attn_implementation, device)
         body = load_pretrained(AutoModel, spec, dropout, "model body", dtype, attn_implementation, load_in_4bit,
                                 device)
