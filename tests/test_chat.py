@@ -468,6 +468,25 @@ def test_saved_policies_stop_in_transformers_generate_at_the_end_of_turn(bpe, tm
     assert GenerationConfig.from_pretrained(str(tmp_path / "plain")).eos_token_id == eos
 
 
+def test_a_base_whose_generation_config_samples_without_do_sample_still_saves_with_the_end_of_turn(bpe, tmp_path):
+    """Published generation configs often set temperature/top_p without do_sample. transformers saves such a
+    config back unchanged but refuses it once changed: adding <|eot_id|> made SFT fail after training
+    ("GenerationConfig is invalid"). The stop is added and every other setting kept as it was."""
+    from transformers import GenerationConfig
+    from instructgpt.sft import SFTConfig, train_sft
+    tok = llama3_tokenizer(bpe)
+    eos, eot = tok.eos_token_id, sid(tok, "<|eot_id|>")
+    base = make_model(tmp_path / "base", "gpt2", tokenizer=tok)
+    (base / "generation_config.json").write_text(json.dumps({"eos_token_id": eos, "temperature": 0.6, "top_p": 0.9,
+                                                             "max_new_tokens": 64}))
+    demos = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "say yes", "response": "yes"}] * 8)
+    train_sft(config.from_dict(SFTConfig, dict(model=str(base), train=str(demos), out_dir=str(tmp_path / "sft"),
+                                               epochs=1, batch_size=8, progress=False)))
+    gen = GenerationConfig.from_pretrained(str(tmp_path / "sft"))
+    assert gen.eos_token_id == [eos, eot]
+    assert (gen.temperature, gen.top_p, gen.max_new_tokens) == (0.6, 0.9, 64)
+
+
 def test_sft_saves_the_format_it_trained_with_and_rm_follows_it(chat_gpt2, tmp_path):
     from instructgpt.rm import RMConfig, train_rm
     from instructgpt.sft import SFTConfig, train_sft

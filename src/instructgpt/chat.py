@@ -141,21 +141,23 @@ class ChatFormat:
         base model) is often not the base model's EOS: the model is trained to end its replies with it,
         and transformers' ``generate`` stops only at ``eos_token_id``. The stop ids are added to it (those
         already there are kept, in their order). A folder without ``config.json`` (a LoRA adapter) is left
-        alone."""
+        alone. The file is edited as JSON, everything else in it kept as it is: transformers refuses to save
+        a loaded config it finds inconsistent once it was changed (``temperature`` without ``do_sample``, as
+        many published configs have), though it saves it back unchanged."""
         from transformers import GenerationConfig
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             return
-        try:
-            gen = GenerationConfig.from_pretrained(str(folder))
-        except OSError:  # no generation_config.json: start from the model config's token ids
-            gen = GenerationConfig.from_model_config(_model_config(folder))
-        eos = gen.eos_token_id
+        path = folder / "generation_config.json"
+        if not path.is_file():  # start from the model config's token ids
+            GenerationConfig.from_model_config(_model_config(folder)).save_pretrained(str(folder))
+        gen = json.loads(path.read_text())
+        eos = gen.get("eos_token_id")
         have = [] if eos is None else [int(i) for i in (eos if isinstance(eos, (list, tuple)) else [eos])]
         missing = [i for i in self.stop_ids if i not in have]
         if missing:
-            gen.eos_token_id = have + missing
-            gen.save_pretrained(str(folder))
+            gen["eos_token_id"] = have + missing
+            path.write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n")
 
     # ---- rendering
 
