@@ -487,6 +487,25 @@ def test_a_base_whose_generation_config_samples_without_do_sample_still_saves_wi
     assert (gen.temperature, gen.top_p, gen.max_new_tokens) == (0.6, 0.9, 64)
 
 
+def test_a_lora_sft_folder_loaded_as_documented_stops_at_the_end_of_turn(bpe, tmp_path):
+    """A LoRA SFT folder (an adapter, no config.json) had no generation_config: loaded with peft as
+    docs/real-models.md says, generate stopped only at the base's EOS, never at <|eot_id|>."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, GenerationConfig
+    from instructgpt.sft import SFTConfig, train_sft
+    tok = llama3_tokenizer(bpe)
+    eos, eot = tok.eos_token_id, sid(tok, "<|eot_id|>")
+    base = make_model(tmp_path / "base", "llama", tokenizer=tok)
+    demos = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "say yes", "response": "yes"}] * 8)
+    train_sft(config.from_dict(SFTConfig, dict(model=str(base), train=str(demos), out_dir=str(tmp_path / "sft"),
+                                               epochs=1, batch_size=8, lora_r=4, progress=False)))
+    folder = tmp_path / "sft"
+    assert not (folder / "config.json").exists()  # an adapter folder
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base)), str(folder))
+    model.generation_config = GenerationConfig.from_pretrained(str(folder))  # the documented recipe
+    assert model.generation_config.eos_token_id == [eos, eot]
+
+
 def test_sft_saves_the_format_it_trained_with_and_rm_follows_it(chat_gpt2, tmp_path):
     from instructgpt.rm import RMConfig, train_rm
     from instructgpt.sft import SFTConfig, train_sft

@@ -140,15 +140,15 @@ class ChatFormat:
         A template's end-of-turn token (Gemma's ``<end_of_turn>``, Llama 3's ``<|eot_id|>``, ChatML put on a
         base model) is often not the base model's EOS: the model is trained to end its replies with it,
         and transformers' ``generate`` stops only at ``eos_token_id``. The stop ids are added to it (those
-        already there are kept, in their order). A folder without ``config.json`` (a LoRA adapter) is left
-        alone. The file is edited as JSON, everything else in it kept as it is: transformers refuses to save
+        already there are kept, in their order). A LoRA adapter folder has no ``config.json``: its
+        ``generation_config.json`` (the base's, written by ``lora.save_policy``) gets the stops. The file is edited as JSON, everything else in it kept as it is: transformers refuses to save
         a loaded config it finds inconsistent once it was changed (``temperature`` without ``do_sample``, as
         many published configs have), though it saves it back unchanged."""
         from transformers import GenerationConfig
         folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            return
         path = folder / "generation_config.json"
+        if not (folder / "config.json").is_file() and not path.is_file():
+            return
         if not path.is_file():  # start from the model config's token ids
             GenerationConfig.from_model_config(_model_config(folder)).save_pretrained(str(folder))
         gen = json.loads(path.read_text())

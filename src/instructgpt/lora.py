@@ -244,6 +244,9 @@ def save_policy(model: nn.Module, folder: str | os.PathLike, tokenizer, merge: b
     adapter_dir = folder / "adapter" if merge else folder
     save_adapter(model, adapter_dir)
     tokenizer.save_pretrained(str(adapter_dir))
+    gen = getattr(model, "generation_config", None)  # the base's; ChatFormat.save_generation_config adds the stops
+    if gen is not None:  # peft does not read it: docs/real-models.md says how to load it with the adapter
+        (adapter_dir / "generation_config.json").write_text(gen.to_json_string(use_diff=True))
     if merge:
         from .models import load_policy
         load_policy(adapter_dir, "cpu", dropout=None).save_pretrained(str(folder))

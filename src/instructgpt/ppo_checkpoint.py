@@ -102,7 +102,7 @@ def _save_lora_final(trainer: PPOTrainer, out: Path) -> None:
         lora.save_policy(trainer.policy, out / "policy_raw", tok, merge)
     else:
         lora.save_policy(trainer.policy, out, tok, merge)
-    for folder in (out, out / "policy_raw"):  # merged folders; adapter folders have no config.json
+    for folder in (out, out / "policy_raw"):  # plain (merged) or adapter folders
         trainer.format.save_generation_config(folder)
     if trainer.value is None:
         return
