@@ -155,3 +155,18 @@ def test_a_really_full_disk_mid_sft_then_resume_gives_the_same_weights(tmp_path,
     assert resumed.fit.resumed_from.endswith("step-0000002")
     a, b = load_file(str(tmp_path / "full/model.safetensors")), load_file(str(out / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_drops_a_metrics_line_cut_short_by_a_full_disk(tmp_path):
+    """A full disk (or a crash) mid-write leaves metrics.jsonl's last line cut short; the resume that
+    follows once there is space crashed on it (JSONDecodeError) instead of continuing from its checkpoint."""
+    from instructgpt.records import MetricsLog, read_metrics
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    for step in (1, 2, 3):
+        log.log(step, {"sft/loss": 1.0 / step})
+    with open(log.path, "a") as f:
+        f.write('{"step": 4, "time": 17')  # the disk had no room for the rest
+    log.truncate_after(2)
+    assert [row["step"] for row in read_metrics(log.path)] == [1, 2]
+    log.log(3, {"sft/loss": 0.5})
+    assert [row["step"] for row in read_metrics(log.path)] == [1, 2, 3]

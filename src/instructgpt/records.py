@@ -34,8 +34,7 @@ class MetricsLog:
             self.trackers.resume_step = step
         if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = [line for line in self.path.read_text().splitlines() if _row_step(line, step + 1) <= step]
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
@@ -59,6 +58,15 @@ class MetricsLog:
         if self.trackers is not None:
             self.trackers.close()
             self.trackers = None
+
+
+def _row_step(line: str, torn: int) -> int:
+    """The step of a metrics line; ``torn`` for an empty line or one cut short (a full disk or a crash
+    stopped its write): such a line was being written after the last checkpoint and is dropped on resume."""
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError):
+        return torn
 
 
 def open_metrics(out_dir: str | Path, stage: str, cfg: Any) -> MetricsLog:
