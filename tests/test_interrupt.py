@@ -91,3 +91,25 @@ def test_ppo_stops_after_the_iteration_with_a_checkpoint_and_resumes_exactly(tmp
     train_ppo(ppo_cfg(sft_policy, tmp_path / "cut", resume=True, **common))
     for sub in ("model.safetensors", "policy_raw/model.safetensors", "value_model/model.safetensors"):
         _same(tmp_path / "full" / sub, tmp_path / "cut" / sub)
+
+
+def test_ppo_stopped_in_its_last_iteration_reports_its_history_after_the_resume(tmp_path, sft_policy):  # noqa: F811
+    """A stop during the last iteration checkpoints at iteration == iterations; the resumed run, with no iteration
+    left, returned an empty history: the pipeline's stage summary had no ppo/score (the report's round summary
+    left PPO out) and instructgpt.json's "final" was {}."""
+    import json
+    from instructgpt.ppo import train_ppo
+    common = dict(iterations=3, batch_size=8, minibatch_size=8, ppo_epochs=1, save_every=0)
+    full = train_ppo(ppo_cfg(sft_policy, tmp_path / "full", **common))
+    try:
+        with pytest.raises(interrupt.Stopped) as e:
+            train_ppo(ppo_cfg(sft_policy, tmp_path / "cut", **common),
+                      on_iteration=lambda i: i == 2 and interrupt.request_stop(signal.SIGINT))
+    finally:
+        interrupt.clear()
+    assert e.value.where == "at ppo iteration 3/3"
+    resumed = train_ppo(ppo_cfg(sft_policy, tmp_path / "cut", resume=True, **common))
+    numbers = [{k: v for k, v in h.items() if not k.startswith("time/")} for h in full.history]
+    assert [{k: v for k, v in h.items() if not k.startswith("time/")} for h in resumed.history] == numbers
+    final = json.loads((tmp_path / "cut/instructgpt.json").read_text())["final"]
+    assert final["iteration"] == 3 and final["ppo/score"] == full.history[-1]["ppo/score"]

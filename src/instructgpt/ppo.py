@@ -77,7 +77,7 @@ from .reward_model import RewardModel, trained_reward_model
 from .ppo_config import PPOConfig
 from .ppo_preflight import check_inputs
 from .progress import progress_bar
-from .records import MetricsLog, open_metrics, update_run_info, write_run_info
+from .records import MetricsLog, logged_history, open_metrics, update_run_info, write_run_info
 from .resume_check import check_resume
 from .training import adamw_kernel
 
@@ -539,12 +539,14 @@ def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None)
     trainer = PPOTrainer(cfg)
     out = Path(cfg.out_dir)
     log = open_metrics(out, "ppo-ptx" if cfg.ptx_coef > 0 else "ppo", cfg)
+    history = []
     if cfg.resume:
         found = ckpt.latest_good_checkpoint(out / "checkpoints")
         if found is not None:
             ppo_checkpoint.load_checkpoint(trainer, found)
             log.truncate_after(trainer.iteration)
             MetricsLog(out / "samples.jsonl", enabled=dist.is_main()).truncate_after(trainer.iteration)
+            history = logged_history(log.path, "iteration")  # the iterations before the checkpoint
     if dist.is_main():
         write_run_info(out, "ppo-ptx" if cfg.ptx_coef > 0 else "ppo", cfg,
                        {"prompts": len(trainer.prompt_ids), "resumed_at_iteration": trainer.iteration,
@@ -555,7 +557,6 @@ def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None)
                                        else "none (rloo)",
                                        "reference": "policy with adapters disabled" if trainer.ref is None
                                        else lora.parameter_counts(trainer.ref)["total"]}})
-    history = []
     name = "ppo-ptx" if cfg.ptx_coef > 0 else "ppo"
     bar = progress_bar(cfg.iterations, name, cfg.progress and dist.is_main(), trainer.iteration, unit="iteration")
     last_save = time.monotonic()

@@ -83,6 +83,15 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def logged_history(path: str | Path, step_key: str) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl as a training loop's history, ``{step_key: n, metric: value ...}`` (what a
+    resumed loop did not run itself; non-finite values, logged as strings, back as floats)."""
+    def value(v: Any) -> Any:
+        return float(v) if v in ("nan", "inf", "-inf") else v
+    return [{step_key: row["step"], **{k: value(v) for k, v in row.items() if k not in ("step", "time")}}
+            for row in read_metrics(path)]
+
+
 def write_run_info(out_dir: str | Path, stage: str, cfg: Any, extra: dict | None = None) -> None:
     """``config.resolved.json`` (what ran) and ``instructgpt.json`` (stage, version, environment)."""
     out_dir = Path(out_dir)
