@@ -170,3 +170,32 @@ def test_resume_drops_a_metrics_line_cut_short_by_a_full_disk(tmp_path):
     assert [row["step"] for row in read_metrics(log.path)] == [1, 2]
     log.log(3, {"sft/loss": 0.5})
     assert [row["step"] for row in read_metrics(log.path)] == [1, 2, 3]
+
+
+def test_a_run_that_starts_over_in_an_earlier_runs_out_dir_keeps_its_own_checkpoints_and_metrics(tmp_path, tiny_gpt2):
+    """Without --resume, an earlier run's checkpoints in out_dir (higher step numbers) were kept and this run's
+    pruned as soon as written: a stop named a checkpoint that no longer existed and --resume continued (or was
+    refused on) the earlier run; its metrics rows were appended to the earlier run's."""
+    import instructgpt.sft as sft_mod
+    from instructgpt import interrupt
+    from instructgpt.records import read_metrics
+    from instructgpt.sft import SFTConfig, train_sft
+    data = write_jsonl(tmp_path / "train.jsonl", repeat_demos(48, 1))
+    common = dict(model=str(tiny_gpt2), train=str(data), out_dir=str(tmp_path / "sft"), epochs=2, batch_size=8,
+                  micro_batch_size=8, save_every=2, progress=False)
+    train_sft(config.from_dict(SFTConfig, dict(lr=3e-3, **common)))
+    assert [p.name for p in list_checkpoints(tmp_path / "sft/checkpoints")] == ["step-0000010", "step-0000012"]
+    cfg = config.from_dict(SFTConfig, dict(lr=1e-3, **common))
+    original = sft_mod.fit
+    sft_mod.fit = lambda *a, **k: original(*a, **k, on_step=lambda s: s == 3 and interrupt.request_stop())
+    try:
+        with pytest.raises(interrupt.Stopped) as e:
+            train_sft(cfg)
+    finally:
+        sft_mod.fit = original
+        interrupt.clear()
+    assert e.value.checkpoint.endswith("step-0000004")
+    assert [p.name for p in list_checkpoints(tmp_path / "sft/checkpoints")] == ["step-0000002", "step-0000004"]
+    assert [row["step"] for row in read_metrics(tmp_path / "sft/metrics.jsonl")] == [1, 2, 3, 4]
+    cfg.resume = True
+    assert train_sft(cfg).fit.resumed_from.endswith("step-0000004")

@@ -229,6 +229,18 @@ def prune_checkpoints(root: str | Path, keep: int) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def clear_checkpoints(root: str | Path) -> list[str]:
+    """Empty ``root`` (a stage's checkpoints/ folder) for a run that starts from step 0: an earlier run's
+    checkpoints there, kept, outnumber this run's (its own were pruned in their favour as soon as written) and
+    a later --resume would continue the earlier run. Returns the names of the checkpoints removed."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    removed = [p.name for p in list_checkpoints(root)]
+    shutil.rmtree(root)
+    return removed
+
+
 def retain(root: str | Path, keep: int, keep_optimizer: bool) -> None:
     """What a finished stage keeps of ``root`` (its checkpoints/ folder): the newest ``keep``
     checkpoints, with their optimizer state (optim.pt) only when ``keep_optimizer``; everything

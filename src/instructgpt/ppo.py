@@ -79,7 +79,7 @@ from .ppo_preflight import check_inputs
 from .progress import progress_bar
 from .records import MetricsLog, logged_history, open_metrics, update_run_info, write_run_info
 from .resume_check import check_resume
-from .training import adamw_kernel
+from .training import adamw_kernel, start_over
 
 
 class PPOGuardError(RuntimeError):
@@ -539,14 +539,15 @@ def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None)
     trainer = PPOTrainer(cfg)
     out = Path(cfg.out_dir)
     log = open_metrics(out, "ppo-ptx" if cfg.ptx_coef > 0 else "ppo", cfg)
-    history = []
-    if cfg.resume:
-        found = ckpt.latest_good_checkpoint(out / "checkpoints")
-        if found is not None:
-            ppo_checkpoint.load_checkpoint(trainer, found)
-            log.truncate_after(trainer.iteration)
-            MetricsLog(out / "samples.jsonl", enabled=dist.is_main()).truncate_after(trainer.iteration)
-            history = logged_history(log.path, "iteration")  # the iterations before the checkpoint
+    found = ckpt.latest_good_checkpoint(out / "checkpoints") if cfg.resume else None
+    if found is not None:
+        ppo_checkpoint.load_checkpoint(trainer, found)
+    else:
+        start_over(out / "checkpoints", log, "ppo-ptx" if cfg.ptx_coef > 0 else "ppo")
+    log.truncate_after(trainer.iteration)
+    MetricsLog(out / "samples.jsonl", enabled=dist.is_main()).truncate_after(trainer.iteration)
+    # a resumed run's iterations before its checkpoint (the main process's file: the others' result is not written)
+    history = logged_history(log.path, "iteration") if dist.is_main() else []
     if dist.is_main():
         write_run_info(out, "ppo-ptx" if cfg.ptx_coef > 0 else "ppo", cfg,
                        {"prompts": len(trainer.prompt_ids), "resumed_at_iteration": trainer.iteration,

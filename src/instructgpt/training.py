@@ -178,6 +178,8 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.devi
     resumed_from = None
     if cfg.resume and (found := checkpoints.resume(log)) is not None:
         resumed_from, state = found
+    else:
+        start_over(ckpt_root, log, task.metric_prefix)
     bar = progress_bar(total_steps, task.metric_prefix, cfg.progress and dist.is_main(), state["global_step"])
     model.train()
     with interrupt.safe_points(), contextlib.closing(bar):  # a first SIGTERM / Ctrl-C waits for a safe point
@@ -216,6 +218,18 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.devi
         ckpt.retain(ckpt_root, cfg.keep_checkpoints, keep_optimizer=False)
     return FitResult(state["global_step"], state["epoch"], state["best_epoch"], state["best_score"],
                      state["history"], resumed_from, sharding.sharding_mode(model))
+
+
+def start_over(ckpt_root: Path, log: MetricsLog, name: str) -> None:
+    """A run from step 0 in an out_dir an earlier run wrote: its checkpoints and metrics rows are not this
+    run's (every rank calls it)."""
+    if dist.is_main():
+        removed = ckpt.clear_checkpoints(ckpt_root)
+        if removed:
+            print(f"{name}: starting from step 0 (no --resume, or nothing to resume): removed the earlier run's "
+                  f"checkpoints in {ckpt_root} ({', '.join(removed)})", flush=True)
+    log.truncate_after(0)
+    dist.barrier()
 
 
 class _Checkpoints:
