@@ -199,3 +199,17 @@ def test_a_run_that_starts_over_in_an_earlier_runs_out_dir_keeps_its_own_checkpo
     assert [row["step"] for row in read_metrics(tmp_path / "sft/metrics.jsonl")] == [1, 2, 3, 4]
     cfg.resume = True
     assert train_sft(cfg).fit.resumed_from.endswith("step-0000004")
+
+
+def test_a_checkpoint_half_written_by_a_killed_process_is_pruned_by_the_next_save(tmp_path):
+    """kill -9 (or a second Ctrl-C) mid-write leaves .tmp-step-N-<pid>, up to a checkpoint's size; prune said it
+    removed stray temp folders but kept them until the stage finished (past "only the 2 newest checkpoints")."""
+    from instructgpt.checkpoint import prune_checkpoints
+    root = tmp_path / "checkpoints"
+    _save(root, 1)
+    for stray in (".tmp-step-0000002-999999999", ".old-step-0000001-999999999"):  # another, dead, process's
+        (root / stray).mkdir()
+        (root / stray / "model.safetensors").write_bytes(b"\0" * 1000)
+    _save(root, 3)
+    prune_checkpoints(root, 2)
+    assert sorted(p.name for p in root.iterdir()) == ["step-0000001", "step-0000003"]

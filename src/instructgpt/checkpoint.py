@@ -223,10 +223,21 @@ def load_checkpoint(folder: str | Path, modules: dict[str, torch.nn.Module]) -> 
 
 
 def prune_checkpoints(root: str | Path, keep: int) -> None:
-    """Keep the newest ``keep`` good checkpoints; remove older ones and stray temp folders."""
+    """Keep the newest ``keep`` good checkpoints; remove older ones and stray temp folders (a checkpoint
+    half-written, or one being replaced, when an earlier process was killed: up to a checkpoint's size each)."""
     folders = list_checkpoints(root)
     for folder in folders[:-keep] if keep > 0 else []:
         shutil.rmtree(folder, ignore_errors=True)
+    for stray in _stray_temp_folders(Path(root)):
+        shutil.rmtree(stray, ignore_errors=True)
+
+
+def _stray_temp_folders(root: Path) -> list[Path]:
+    """``.tmp-<name>-<pid>`` / ``.old-<name>-<pid>`` folders of :func:`save_checkpoint` left by another process."""
+    if not root.is_dir():
+        return []
+    return [p for p in root.iterdir() if p.is_dir() and p.name.startswith((".tmp-", ".old-"))
+            and not p.name.endswith(f"-{os.getpid()}")]
 
 
 def clear_checkpoints(root: str | Path) -> list[str]:
