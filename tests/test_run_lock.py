@@ -62,3 +62,18 @@ def test_a_released_lock_is_free_and_not_reported_as_stale(tmp_path):
             RunLock(path).acquire()
     with RunLock(path) as again:
         assert again.took_over is None
+
+
+def test_a_run_folder_on_a_read_only_file_system_is_an_error_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """os.open of run.lock on a read-only mount raises OSError(EROFS), not PermissionError: the CLI let it
+    through as a traceback (exit 1) where a folder that cannot be written is exit 2 with a message."""
+    import errno
+    from instructgpt import run_lock
+    from instructgpt.cli import main
+
+    def read_only(self):
+        raise OSError(errno.EROFS, "Read-only file system", str(self.path))
+    monkeypatch.setattr(run_lock.RunLock, "acquire", read_only)
+    assert main(["run", f"runs_dir={tmp_path}", "name=r", "scale=0.001", "progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert "instructgpt run: error: " in err and "run.lock: Read-only file system" in err

@@ -225,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
               f"the wrong kind, or not writable)", file=sys.stderr)
         return 2
     except OSError as e:
+        if e.errno == errno.EROFS:  # like PermissionError above: a folder that cannot be written
+            print(f"instructgpt {stage.name}: error: {e.filename or e}: {e.strerror or e} (an output path on a "
+                  f"read-only file system)", file=sys.stderr)
+            return 2
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         print(f"instructgpt {stage.name}: error: disk full while writing {e.filename or 'a file'} ({e.strerror}); "
