@@ -509,3 +509,33 @@ def test_cli_flags_go_between_options_and_may_not_be_given_twice(tmp_path, capsy
         assert e.value.code == 2 and f"{twice[0]} given twice" in capsys.readouterr().err
     assert main(["run", "vocab_size=300", "--rounds", "1", "bogus=1"]) == 2
     assert "command line: bogus: unknown option for RunConfig" in capsys.readouterr().err
+
+
+def test_a_changed_world_that_fails_gives_back_its_data_and_tokenizer_too(tmp_path, monkeypatch, capsys):
+    """The world stage writes data/ and tokenizer/ besides world/. A changed world that failed part way (a full
+    disk while its tokenizer was written) got world/ back with its old marker while data/ kept the failed
+    attempt's prompts and demonstrations: the old options then reused every stage on another world's data."""
+    import errno
+    from instructgpt import pretrain, world
+    cfg = config.from_dict(RunConfig, dict(runs_dir=str(tmp_path), name="w", **TINY))
+    copy = tmp_path / "w"
+
+    def only_the_world(pc):
+        raise RuntimeError("the test stops after the world")
+    monkeypatch.setattr(pretrain, "train_pretrain", only_the_world)
+    with pytest.raises(RuntimeError, match="stops after the world"):
+        run_pipeline(cfg)
+
+    def files():
+        return {p.relative_to(copy): p.read_bytes() for part in ("world", "data", "tokenizer")
+                for p in (copy / part).rglob("*") if p.is_file()}
+    before = files()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(world, "train_tokenizer", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run_pipeline(dataclasses.replace(cfg, scale=2 * cfg.scale))
+    assert "world: failed; its earlier finished folder is back" in capsys.readouterr().err
+    assert files() == before
+    assert not list(copy.glob("*.previous"))

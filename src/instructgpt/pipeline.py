@@ -191,8 +191,8 @@ class Pipeline:
         except Exception:
             self.put_back(st, previous)
             raise
-        if previous.exists():  # replaced: the earlier finished folder goes only now
-            shutil.rmtree(previous, ignore_errors=True)
+        for path in (st.folder, *st.outputs):  # replaced: the earlier finished folder (and outputs) go only now
+            _remove(_previous(path))
         seconds = round(time.time() - start, 1)
         info = {"key": key, "stage": st.name, "seconds": seconds, "work": work,
                 "resumed_from": str(checkpoint) if checkpoint else None, **memory.summary(), "summary": summary}
@@ -207,15 +207,17 @@ class Pipeline:
 
     def set_aside(self, st: Stage) -> Path:
         """Clear a stage's folder before it runs from scratch. A finished one (changed options or inputs) moves to
-        ``<folder>.previous``, kept until its replacement finishes, so a new attempt that fails loses nothing; a
-        partial or stale one is deleted. Returns the ``.previous`` path (which may not exist)."""
+        ``<folder>.previous``, and so do the other outputs it wrote (the world's data/ and tokenizer/), kept until
+        the replacement finishes, so a new attempt that fails loses nothing and mixes nothing into them; a partial
+        or stale one is deleted. Returns the ``.previous`` path (which may not exist)."""
         previous = _previous(st.folder)
         if not st.folder.exists() or st.folder == self.root:
             return previous
         if self.run_folder.read_marker(st.folder) is not None:
-            if previous.exists():
-                shutil.rmtree(previous)
-            st.folder.rename(previous)
+            for path in (st.folder, *st.outputs):
+                _remove(_previous(path))
+                if path.exists():
+                    path.rename(_previous(path))
         else:
             shutil.rmtree(st.folder)
         return previous
@@ -230,8 +232,10 @@ class Pipeline:
             print(f"{st.name}: the earlier finished stage is kept in {previous} until this one finishes",
                   file=sys.stderr, flush=True)
             return
-        shutil.rmtree(st.folder, ignore_errors=True)
-        previous.rename(st.folder)
+        for path in (st.folder, *st.outputs):  # the failed attempt's files go, the finished stage's come back
+            if _previous(path).exists():
+                _remove(path)
+                _previous(path).rename(path)
         print(f"{st.name}: failed; its earlier finished folder is back in {st.folder}", file=sys.stderr, flush=True)
 
     def resume_point(self, st: Stage, key: str) -> Path | None:
@@ -304,6 +308,14 @@ def _link(link: Path, target: Path) -> None:
 def _previous(folder: Path) -> Path:
     """Where a finished stage waits while it is being replaced."""
     return folder.with_name(folder.name + ".previous")
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or folder if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def _forget_unsaved_world(run: RunFolder) -> None:
