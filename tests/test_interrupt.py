@@ -113,3 +113,16 @@ def test_ppo_stopped_in_its_last_iteration_reports_its_history_after_the_resume(
     assert [{k: v for k, v in h.items() if not k.startswith("time/")} for h in resumed.history] == numbers
     final = json.loads((tmp_path / "cut/instructgpt.json").read_text())["final"]
     assert final["iteration"] == 3 and final["ppo/score"] == full.history[-1]["ppo/score"]
+
+
+def test_ppo_checkpoints_at_its_end_so_a_resume_with_more_iterations_continues(tmp_path, sft_policy):  # noqa: F811
+    """save_every=0 said "only at the end" but wrote no checkpoint at all (nor did save_every=5 after 7
+    iterations at the 7th): --resume with more iterations (an option a resume may change) started over from 0."""
+    import json
+    from instructgpt.checkpoint import latest_good_checkpoint
+    from instructgpt.ppo import train_ppo
+    common = dict(batch_size=8, minibatch_size=8, ppo_epochs=1, save_every=0)
+    train_ppo(ppo_cfg(sft_policy, tmp_path / "ppo", iterations=2, **common))
+    assert latest_good_checkpoint(tmp_path / "ppo/checkpoints").name == "step-0000002"
+    assert train_ppo(ppo_cfg(sft_policy, tmp_path / "ppo", iterations=3, resume=True, **common)).iterations == 3
+    assert json.loads((tmp_path / "ppo/instructgpt.json").read_text())["resumed_at_iteration"] == 2

@@ -572,8 +572,8 @@ def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None)
             bar.set_postfix(score=f"{metrics['ppo/score']:.3f}", kl=f"{metrics['ppo/kl']:.3f}",
                             len=f"{metrics['ppo/response_length']:.1f}")
             saved = None
-            if (cfg.save_every and trainer.iteration % cfg.save_every == 0) or \
-                    (cfg.save_minutes > 0 and time.monotonic() - last_save >= 60 * cfg.save_minutes):
+            if (cfg.save_every and trainer.iteration % cfg.save_every == 0) or trainer.iteration == cfg.iterations \
+                    or (cfg.save_minutes > 0 and time.monotonic() - last_save >= 60 * cfg.save_minutes):
                 saved, last_save = ppo_checkpoint.save_checkpoint(trainer), time.monotonic()
             if interrupt.stop_requested():  # a safe point: stop here, with a checkpoint
                 interrupt.stop(f"at {name} iteration {trainer.iteration}/{cfg.iterations}",
