@@ -293,6 +293,16 @@ def test_the_reward_model_of_the_built_in_base_trains_at_3e_4(tmp_path):
     assert rm_stage(RunConfig(runs_dir=str(tmp_path), rm_lr=1e-3)) == (1e-3, 2)
 
 
+def test_keep_checkpoints_above_two_is_what_a_running_stage_keeps_too(tmp_path):
+    """A running stage pruned to its 2 newest checkpoints, so keep_checkpoints=3 could only ever keep 2."""
+    from instructgpt.pipeline import Pipeline
+    def kept(**kw):
+        return {st.config.keep_checkpoints for st, _, _ in Pipeline(RunConfig(runs_dir=str(tmp_path), **kw)).planned()
+                if hasattr(st.config, "keep_checkpoints")}
+    assert kept() == {2}
+    assert kept(keep_checkpoints=3) == {3}
+
+
 def test_the_built_in_world_is_evaluated_on_every_test_prompt_unless_set(tmp_path):
     """All test prompts by default with the built-in base (626 at scale 1: intervals of about +-0.025
     with 3 held-out judgements); a value the user sets reaches the eval stage."""

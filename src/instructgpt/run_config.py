@@ -124,7 +124,8 @@ class RunConfig:
                                           "bounds what a kill -9 or a preemption without warning loses.")
     keep_checkpoints: int = opt(0, "Checkpoints each finished stage keeps (its newest; 0 = none: the final model and "
                                    "metrics only). With 1 or more PPO stages also keep policy_raw/ (the weights "
-                                   f"before the EMA). While a stage runs its {RUNNING_CHECKPOINTS} newest are kept.")
+                                   f"before the EMA). While a stage runs its {RUNNING_CHECKPOINTS} newest (or keep_checkpoints, when more) "
+                                   "are kept.")
     keep_optimizer: bool = opt(False, "Checkpoints kept by finished stages keep their optimizer state (optim.pt, "
                                       "about 2/3 of their size; needed to train on from them).")
     resume: bool = opt(True, "Continue a stage interrupted earlier (kill, crash, SIGTERM, Ctrl-C) from its last "

@@ -204,7 +204,7 @@ class RunStages:
         """The options of every training stage that cannot change its result (not in its key)."""
         c = self.cfg
         return {"device": c.device, "progress": c.progress, "save_minutes": c.checkpoint_minutes,
-                "keep_checkpoints": RUNNING_CHECKPOINTS, "report_to": c.report_to}
+                "keep_checkpoints": max(RUNNING_CHECKPOINTS, c.keep_checkpoints), "report_to": c.report_to}
 
     # ---- what the stages do
 
