@@ -76,18 +76,24 @@ def test_sft_stops_at_the_next_step_with_a_checkpoint_and_resumes_exactly(tmp_pa
     _same(tmp_path / "full/model.safetensors", tmp_path / "cut/model.safetensors")
 
 
+def _ppo_stopped_in_iteration_3(cfg) -> interrupt.Stopped:
+    """PPO with a Ctrl-C during its 3rd iteration: the stop it ends with."""
+    from instructgpt.ppo import train_ppo
+    try:
+        with pytest.raises(interrupt.Stopped) as e:
+            train_ppo(cfg, on_iteration=lambda i: i == 2 and interrupt.request_stop(signal.SIGINT))
+    finally:
+        interrupt.clear()
+    return e.value
+
+
 def test_ppo_stops_after_the_iteration_with_a_checkpoint_and_resumes_exactly(tmp_path, sft_policy):  # noqa: F811
     from instructgpt.ppo import train_ppo
     common = dict(iterations=5, save_every=0, ema=True, adaptive_kl=True, target_kl=1.0,
                   pretrain_data=str(sft_policy / "pretrain.txt"), ptx_coef=0.5, ptx_seq_len=32, ptx_token_ratio=1.0)
     train_ppo(ppo_cfg(sft_policy, tmp_path / "full", **common))
-    try:
-        with pytest.raises(interrupt.Stopped) as e:
-            train_ppo(ppo_cfg(sft_policy, tmp_path / "cut", **common),
-                      on_iteration=lambda i: i == 2 and interrupt.request_stop(signal.SIGINT))
-    finally:
-        interrupt.clear()
-    assert e.value.signal_name == "SIGINT" and e.value.where == "at ppo-ptx iteration 3/5"
+    stopped = _ppo_stopped_in_iteration_3(ppo_cfg(sft_policy, tmp_path / "cut", **common))
+    assert stopped.signal_name == "SIGINT" and stopped.where == "at ppo-ptx iteration 3/5"
     train_ppo(ppo_cfg(sft_policy, tmp_path / "cut", resume=True, **common))
     for sub in ("model.safetensors", "policy_raw/model.safetensors", "value_model/model.safetensors"):
         _same(tmp_path / "full" / sub, tmp_path / "cut" / sub)
@@ -101,13 +107,7 @@ def test_ppo_stopped_in_its_last_iteration_reports_its_history_after_the_resume(
     from instructgpt.ppo import train_ppo
     common = dict(iterations=3, batch_size=8, minibatch_size=8, ppo_epochs=1, save_every=0)
     full = train_ppo(ppo_cfg(sft_policy, tmp_path / "full", **common))
-    try:
-        with pytest.raises(interrupt.Stopped) as e:
-            train_ppo(ppo_cfg(sft_policy, tmp_path / "cut", **common),
-                      on_iteration=lambda i: i == 2 and interrupt.request_stop(signal.SIGINT))
-    finally:
-        interrupt.clear()
-    assert e.value.where == "at ppo iteration 3/3"
+    assert _ppo_stopped_in_iteration_3(ppo_cfg(sft_policy, tmp_path / "cut", **common)).where == "at ppo iteration 3/3"
     resumed = train_ppo(ppo_cfg(sft_policy, tmp_path / "cut", resume=True, **common))
     numbers = [{k: v for k, v in h.items() if not k.startswith("time/")} for h in full.history]
     assert [{k: v for k, v in h.items() if not k.startswith("time/")} for h in resumed.history] == numbers
