@@ -143,6 +143,52 @@ def test_messages_demonstration_renders_every_turn_natively(bpe):
     assert prompt.count(fmt.end_id) == 4
 
 
+def _trained_tokens(example, tok) -> list[str]:
+    """The texts of the runs of tokens the SFT loss counts in one encoded example."""
+    mask = collate_lm([example], tok.pad_token_id)["loss_mask"][0].tolist()
+    ids, runs, run = example.ids, [], []
+    for i, m in enumerate(mask + [0]):
+        if m:
+            run.append(ids[i])
+        elif run:
+            runs.append(tok.decode(run))
+            run = []
+    return runs
+
+
+@pytest.mark.parametrize("make", [chatml_tokenizer, llama3_tokenizer, plain_tokenizer])
+def test_sft_trains_every_assistant_turn_of_a_conversation_or_only_the_last(bpe, make):
+    tok = make(bpe)
+    fmt = ChatFormat.load(tok)
+    turns = TURNS[:3] + [{"role": "user", "content": "Say red"}, {"role": "assistant", "content": "red"},
+                         TURNS[3]]
+    demo = parse_demonstration({"messages": turns + [{"role": "assistant", "content": "Paris."}]}, "d:1")
+    encoder = RecordEncoder(fmt, None, 128)
+    end = tok.convert_ids_to_tokens(fmt.end_id) if fmt.uses_template else ""
+    eos = tok.convert_ids_to_tokens(fmt.end_id)
+    every = encoder.pair(prompt_input(demo), demo.response, "d:1", earlier_replies=True)
+    # each earlier reply with its end of turn under a template; its words alone in a plain transcript
+    # (the next turn follows there, not EOS); the last reply always ends with the end token
+    replies = [t.strip() for t in _trained_tokens(every, tok)]
+    assert replies == [f"Hello!{end}", f"red{end}", f"Paris.{eos}"]
+    last = encoder.pair(prompt_input(demo), demo.response, "d:1")
+    assert last.ids == every.ids and [t.strip() for t in _trained_tokens(last, tok)] == [f"Paris.{eos}"]
+
+
+def test_a_template_that_rewrites_earlier_replies_cannot_train_them_and_says_so(bpe):
+    # like templates that drop earlier turns' reasoning: an earlier reply renders otherwise once turns follow
+    rewrites = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}"
+                "{% if m['role'] == 'assistant' and not loop.last %}ok{% else %}{{ m['content'] }}{% endif %}"
+                "{{ '<|im_end|>' + '\\n' }}{% endfor %}"
+                "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    fmt = ChatFormat.load(chatml_tokenizer(bpe, rewrites))
+    demo = parse_demonstration({"messages": TURNS + [{"role": "assistant", "content": "Paris."}]}, "d:7")
+    encoder = RecordEncoder(fmt, None, 128)
+    with pytest.raises(DataError, match=r"^d:7: assistant turn 2: .*set loss_turns=last"):
+        encoder.pair(prompt_input(demo), demo.response, "d:7", earlier_replies=True)
+    assert encoder.pair(prompt_input(demo), demo.response, "d:7").response_ids  # the last reply alone trains
+
+
 def test_messages_prompts_and_ranking_rows_keep_their_turns(bpe, tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [{"id": "p1", "messages": TURNS, "user_id": "u"},
                                               {"id": "p2", "text": QUESTION, "user_id": "u"}])

@@ -306,3 +306,24 @@ def test_sft_result_gives_the_validation_loss_of_the_kept_epoch(tmp_path, tiny_g
     result = train_sft(sft_cfg(tiny_gpt2, data, tmp_path / "sft", epochs=3, batch_size=4, micro_batch_size=4))
     assert result.fit.best_epoch == 1
     assert result.val_loss == 1.0
+
+
+def test_sft_learns_the_earlier_replies_of_conversations_unless_told_to_train_the_last_only(tmp_path, tiny_gpt2):
+    # every conversation: a 'repeat' exchange, then "say yes" -> "yes"; only loss_turns=all learns to repeat
+    def conversations(rows):
+        return [{"messages": [{"role": "user", "content": r["prompt"].strip()},
+                              {"role": "assistant", "content": r["response"]},
+                              {"role": "user", "content": "say yes"}, {"role": "assistant", "content": "yes"}]}
+                for r in rows]
+    train = write_jsonl(tmp_path / "train.jsonl", conversations(repeat_demos(96, 1)))
+    repeats = write_jsonl(tmp_path / "repeats.jsonl",  # the first exchange alone: the loss on its reply
+                          [{"messages": [{"role": "user", "content": r["prompt"].strip()},
+                                         {"role": "assistant", "content": r["response"]}]} for r in repeat_demos(32, 2)])
+    losses = {}
+    for turns in ("all", "last"):
+        result = train_sft(sft_cfg(tiny_gpt2, (train, repeats), tmp_path / turns, epochs=2, lr=1e-2,
+                                    loss_turns=turns))
+        losses[turns] = result.val_loss
+    assert losses["all"] < 0.85 * losses["last"], losses
+    with pytest.raises(config.ConfigError, match="loss_turns: must be one of all, last, got 'first'"):
+        sft_cfg(tiny_gpt2, (train, repeats), tmp_path / "x", loss_turns="first")

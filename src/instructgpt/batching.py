@@ -44,11 +44,14 @@ class TrainingSequenceOptions:
 
 @dataclass
 class Encoded:
-    """One prompt + response as token ids; ``response_ids`` ends with the end token unless truncated."""
+    """One prompt + response as token ids; ``response_ids`` ends with the end token unless truncated.
+    ``reply_spans``: [start, end) positions of earlier assistant replies inside ``prompt_ids`` that the
+    next-token loss counts too (multi-turn SFT with ``loss_turns=all``)."""
     prompt_ids: list[int]
     response_ids: list[int]
     source: str = ""
     truncated: bool = False
+    reply_spans: tuple[tuple[int, int], ...] = ()
 
     @property
     def ids(self) -> list[int]:
@@ -119,8 +122,9 @@ class RecordEncoder:
                             f"(shorten the prompt or lower max_new_tokens)")
         return ids
 
-    def pair(self, prompt: PromptInput, response: str, source: str = "") -> Encoded:
-        """Prompt + response ids; a response that does not fit ``max_seq_len`` is cut (and marked)."""
+    def pair(self, prompt: PromptInput, response: str, source: str = "", earlier_replies: bool = False) -> Encoded:
+        """Prompt + response ids; a response that does not fit ``max_seq_len`` is cut (and marked).
+        ``earlier_replies``: mark the prompt's own assistant turns as trained too (``Encoded.reply_spans``)."""
         p, r = self.fmt.encode(prompt, response, source)
         self._check_prompt(p, source)
         truncated = False
@@ -136,7 +140,8 @@ class RecordEncoder:
             raise DataError(f"{source}: sequence: {len(p) + len(r)} tokens (prompt {len(p)} + response {len(r)}), "
                             f"over the model's {self.context.describe()} "
                             f"(set max_seq_len to {positions} or less)")
-        return Encoded(p, r, source, truncated)
+        spans = tuple(self.fmt.reply_spans(prompt, p, source)) if earlier_replies else ()
+        return Encoded(p, r, source, truncated, spans)
 
     def _check_prompt(self, ids: list[int], source: str) -> None:
         if len(ids) > self.max_prompt_tokens:
@@ -170,12 +175,15 @@ def pad(seqs: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.
 
 
 def collate_lm(examples: list[Encoded], pad_id: int, response_only: bool = True) -> dict[str, torch.Tensor]:
-    """Right-padded batch with ``loss_mask`` (B, T): 1 on response tokens (or all real tokens)."""
+    """Right-padded batch with ``loss_mask`` (B, T): 1 on response tokens and the prompt's ``reply_spans``
+    (or on all real tokens)."""
     ids, mask = pad([e.ids for e in examples], pad_id, "right")
     loss_mask = torch.zeros_like(mask)
     for i, e in enumerate(examples):
         start = len(e.prompt_ids) if response_only else 0
         loss_mask[i, start:len(e.ids)] = 1
+        for a, b in e.reply_spans if response_only else ():
+            loss_mask[i, a:b] = 1
     return {"input_ids": ids, "attention_mask": mask, "loss_mask": loss_mask}
 
 

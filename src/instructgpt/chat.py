@@ -210,6 +210,36 @@ class ChatFormat:
                             f"{self.token(self.end_id)}")
         return p, rest[:rest.index(self.end_id) + 1]
 
+    def reply_spans(self, prompt: PromptInput, prompt_ids: list[int], source: str = "") -> list[tuple[int, int]]:
+        """[start, end) positions in ``prompt_ids`` (the ids of ``prompt``) of each assistant reply among a
+        multi-turn prompt's turns: what SFT trains on besides the last reply (``loss_turns=all``).
+
+        A reply's ids are what :meth:`encode` gives its turns up to it: with a template, the reply and
+        its end-of-turn token; in plain text its words alone (the transcript goes on to the next turn,
+        with no EOS). Those ids must be where the whole prompt has them: a template that renders an
+        earlier reply differently once later turns follow (one that drops earlier reasoning, say), or a
+        tokenizer that merges a reply's last word with the next turn, is an error naming the record."""
+        if isinstance(prompt, str):
+            return []
+        where = source or "<record>"
+        spans = []
+        for i, turn in enumerate(prompt):
+            if turn["role"] != "assistant":
+                continue
+            if self.template is None:  # the transcript's words (stripped, as it writes them); EOS ends the last reply only
+                before, reply = self.encode(prompt[:i], turn["content"].strip(), where)
+                reply = reply[:-1]
+            else:
+                before, reply = self.encode(prompt[:i], turn["content"], where)
+            start, end = len(before), len(before) + len(reply)
+            if prompt_ids[:end] != before + reply:
+                raise DataError(
+                    f"{where}: assistant turn {i}: its tokens in the whole conversation differ from those of "
+                    f"the conversation up to it ({self._show(reply[:3])}... at token {start}), so it cannot be "
+                    f"trained as a reply; set loss_turns=last to train on the last reply only")
+            spans.append((start, end))
+        return spans
+
     # ---- internals
 
     def _plain_prompt(self, prompt: PromptInput, source: str = "<prompt>") -> str:

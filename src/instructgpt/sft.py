@@ -33,6 +33,9 @@ from .resume_check import check_resume
 from .training import FitResult, TrainConfig, fit
 
 
+LOSS_TURNS = ("all", "last")
+
+
 @dataclass
 class SFTConfig(TrainingSequenceOptions, LoraOptions, ModelOptions, TrainConfig):
     """Supervised fine-tuning (``instructgpt sft``)."""
@@ -45,9 +48,14 @@ class SFTConfig(TrainingSequenceOptions, LoraOptions, ModelOptions, TrainConfig)
     dropout: float = opt(0.2, "Dropout during SFT (paper: 0.2 residual): every dropout the architecture has "
                               "(0 = off). The saved config keeps the base model's own values.")
     lr: float = opt(1e-4, "Peak learning rate (paper: 9.65e-6 for 1.3B; tiny models want more).")
+    loss_turns: str = opt("all", "Which assistant turns of a multi-turn demonstration the loss counts: all (every "
+                                 "reply, each with its end of turn; as TRL's assistant_only_loss and LLaMA-Factory "
+                                 "do) or last (the final reply; earlier ones are context only).")
 
     def validate(self) -> None:
         super().validate()
+        if self.loss_turns not in LOSS_TURNS:
+            raise ConfigError(f"loss_turns: must be one of {', '.join(LOSS_TURNS)}, got {self.loss_turns!r}")
         self.validate_model_options()
         self.validate_lora()
         self.validate_sequence_options()
@@ -68,9 +76,12 @@ class SFTResult:
     val_loss: float | None  # of the kept (selected) epoch
 
 
-def encode_demonstrations(demos: list[Demonstration], encoder: RecordEncoder) -> tuple[list[Encoded], int]:
-    """Encode all demonstrations; returns (examples, how many responses were cut to fit)."""
-    encoded = [encoder.pair(prompt_input(d), d.response, d.source) for d in demos]
+def encode_demonstrations(demos: list[Demonstration], encoder: RecordEncoder,
+                          loss_turns: str = "all") -> tuple[list[Encoded], int]:
+    """Encode all demonstrations (with their earlier replies marked for the loss under ``loss_turns=all``);
+    returns (examples, how many responses were cut to fit)."""
+    encoded = [encoder.pair(prompt_input(d), d.response, d.source, earlier_replies=loss_turns == "all")
+               for d in demos]
     return encoded, sum(e.truncated for e in encoded)
 
 
@@ -102,9 +113,9 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
     train_demos = load_demonstrations(cfg.train, prompts)
     if not train_demos:
         raise DataError(f"{cfg.train}: no demonstrations")
-    train_ex, cut = encode_demonstrations(train_demos, encoder)
+    train_ex, cut = encode_demonstrations(train_demos, encoder, cfg.loss_turns)
     valid_demos = load_demonstrations(cfg.valid, prompts) if cfg.valid else []
-    valid_ex, _ = encode_demonstrations(valid_demos, encoder)
+    valid_ex, _ = encode_demonstrations(valid_demos, encoder, cfg.loss_turns)
     if cfg.reward_model:  # it scores this model's samples as token ids: checked before any model loads
         check_scores_policy_tokens(cfg.reward_model, tokenizer, fmt)
 
