@@ -300,7 +300,7 @@ def test_run_curate_writes_files_and_summary(tmp_path):
     assert summary["prompts_out"] == 242 == sum(len(v) for v in splits.values())
     assert summary["removed"] == {"already_curated": 0, "duplicate_prefix": 1, "user_cap": 2}
     assert summary["users_capped"] == 1
-    assert summary["pii"] == {"email": 1, "phone": 1, "card": 0, "ssn": 0, "ip": 0, "credentials": 0, "secret": 0}
+    assert summary["pii"] == {"email": 1, "phone": 1, "card": 0, "iban": 0, "ssn": 0, "ip": 0, "credentials": 0, "secret": 0}
     assert summary["prompts_scrubbed"] == 1
     for name, loaded in splits.items():
         assert summary["splits"][name] == {"prompts": len(loaded), "users": len({p.user_id for p in loaded})}
@@ -661,3 +661,40 @@ def test_pii_big_numbers_in_prompts_survive_curation():
     result = curate_prompts(prompts, CurateConfig(valid_fraction=0, test_fraction=0))
     assert sorted(p.text for p in result.kept()) == sorted(texts)
     assert result.summary()["prompts_scrubbed"] == 0
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('db = connect(user="bob", password="hunter22")', 'db = connect(user="bob", password="[SECRET]")'),
+    ('{"api_key": "abcd1234efgh", "model": "x"}', '{"api_key": "[SECRET]", "model": "x"}'),
+    ("DB_PASSWORD: 'x9!kz'", "DB_PASSWORD: '[SECRET]'"),
+    ("export AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCY\nls", "export AWS_SECRET_ACCESS_KEY=[SECRET]\nls"),
+    ("[db]\npassword = hunter22\nport = 5432", "[db]\npassword = [SECRET]\nport = 5432"),
+    ("decode eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fw please",
+     "decode [SECRET] please"),
+])
+def test_pii_passwords_and_keys_in_code_and_config_and_bare_jwts_are_scrubbed(text, expected):
+    """Secrets were found only in URLs, after Bearer and in issuers' key shapes: password="hunter22" in a
+    pasted snippet, a .env line or a JWT on its own stayed in the prompt."""
+    assert scrub_pii(text) == (expected, {"secret": 1})
+
+
+@pytest.mark.parametrize("text", [
+    'password = "****"', 'api_key = "your_api_key"', 'password = "{pw}"', "secret_key = os.environ['KEY']",
+    'tokenizer = "bert-base"', '{"token": "while"}', "the password: must be 8 characters", "pwd = 'abc'",
+    '"password_hint": "my dog"', "passwordless = true\n",
+])
+def test_pii_placeholders_and_names_that_only_look_like_secrets_are_left_alone(text):
+    assert scrub_pii(text) == (text, {})
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("pay DE89 3704 0044 0532 0130 00 by Friday", "pay [IBAN] by Friday"),
+    ("IBAN: GB82WEST12345698765432.", "IBAN: [IBAN]."),
+])
+def test_pii_ibans_are_scrubbed_by_their_checksum(text, expected):
+    assert scrub_pii(text) == (expected, {"iban": 1})
+
+
+@pytest.mark.parametrize("text", ["part AB12 CDEF GHIJ KLMN", "DE88 3704 0044 0532 0130 00", "DE89370400440532013001", "GB82WEST12"])
+def test_pii_iban_shapes_without_a_valid_checksum_or_length_are_left_alone(text):
+    assert scrub_pii(text) == (text, {})

@@ -1,5 +1,6 @@
-"""PII scrubbing: emails, phone numbers, card numbers, US social security numbers, IP addresses, URL
-credentials and secrets (API keys, access tokens) in a text replaced by placeholders (``scrub_pii``), as the paper filtered personally identifiable information
+"""PII scrubbing: emails, phone numbers, card numbers, bank account numbers (IBAN), US social security
+numbers, IP addresses, URL credentials and secrets (API keys, access tokens, JSON Web Tokens, passwords
+and keys assigned in code and config) in a text replaced by placeholders (``scrub_pii``), as the paper filtered personally identifiable information
 from API prompts before training. Curation (:mod:`.curate`) scrubs every prompt before deduplication.
 
 Each kind is a pattern plus, where a pattern alone would take ordinary numbers, a check of the
@@ -15,7 +16,7 @@ import re
 from collections import Counter
 from typing import Any
 
-PII_KINDS = ("email", "phone", "card", "ssn", "ip", "credentials", "secret")
+PII_KINDS = ("email", "phone", "card", "iban", "ssn", "ip", "credentials", "secret")
 
 
 # scheme://user[:password]@host -> scheme://[CREDENTIALS]@host
@@ -35,6 +36,24 @@ _KEY_SHAPES = re.compile(r"(?<![\w-])(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}|gh[
                          r"|github_pat_[A-Za-z0-9_]{22,}|(?:AKIA|ASIA)[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35}"
                          r"|xox[abposr]-[A-Za-z0-9-]{10,}|hf_[A-Za-z0-9]{30,}|[sr]k_(?:live|test)_[A-Za-z0-9]{20,}"
                          r"|glpat-[A-Za-z0-9_-]{20,}|npm_[A-Za-z0-9]{36})(?![\w-])")
+
+# A JSON Web Token anywhere (three base64url parts, the first two JSON objects: "eyJ"), not only after Bearer.
+_JWT = re.compile(r"(?<![\w-])eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}(?![\w-])")
+# A quoted value given to a name that holds a secret, in code and config (password = "hunter2",
+# "api_key": "...", DB_PASSWORD: 'x9!k', self.client_secret="...", AWS_SECRET_ACCESS_KEY). Placeholders have no value to
+# replace: an empty or one-character-repeated value (****), one with {, <, $ or space, or "your...".
+_SECRET_NAMES = (r"(?:password|passwd|pwd|passphrase|secret|api[_-]?key|apikey|secret[_-]?key|private[_-]?key"
+                 r"|client[_-]?secret|(?:access|auth|refresh|api|bearer|session|id)[_-]?token)"
+                 r"(?:[_-][A-Za-z0-9_-]*)?")  # SECRET_ACCESS_KEY, password_hash
+_SECRET_QUOTED = re.compile(rf"(?i)((?<![A-Za-z0-9]){_SECRET_NAMES}[\"']?[ \t]*[:=][ \t]*(?P<q>[\"']))"
+                            rf"(?P<value>[^\"'\s{{}}<>$]{{4,}}?)(?P=q)")
+# The same in .env, .ini and shell lines, unquoted: NAME=value alone on its line (export NAME=value too).
+_SECRET_LINE = re.compile(rf"(?im)^([ \t]*(?:export[ \t]+)?[\w.-]*?(?<![A-Za-z0-9]){_SECRET_NAMES}[ \t]*=[ \t]*)"
+                          rf"(?P<value>[^\s\"'`$\[\]{{}}<>]{{4,}})[ \t]*$")
+
+# Bank account numbers: IBANs (two letters, two check digits, up to 30 letters and digits, printed in groups
+# of four or unbroken), checked by length and the ISO 13616 mod-97 checksum.
+_IBAN = re.compile(r"(?<![\w-])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![\w-])")
 
 # Domain labels may be non-ASCII (jörg@müller.de, IDN top-level domains); no "_" in them. An SSH
 # remote (git@github.com:org/repo.git) is not a person's address.
@@ -108,6 +127,21 @@ def _not_a_version(candidate: str) -> bool:
     return not candidate[:1].isalpha()  # a match that starts with its "version" word
 
 
+def _secret_value_ok(candidate: str, pattern: re.Pattern[str]) -> bool:
+    value = pattern.search(candidate).group("value")
+    if value.startswith("[") and value.endswith("]"):  # already scrubbed ([SECRET]) or redacted
+        return False
+    return len(set(value)) > 1 and not value.lower().startswith("your")
+
+
+def _iban_ok(candidate: str) -> bool:
+    code = candidate.replace(" ", "")
+    if not 15 <= len(code) <= 34:
+        return False
+    moved = code[4:] + code[:4]  # the country and check digits go last; letters count A=10 ... Z=35
+    return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
+
+
 def _luhn_ok(digits: str) -> bool:
     total = 0
     for i, d in enumerate(int(c) for c in reversed(digits)):
@@ -155,6 +189,10 @@ _RULES: tuple[tuple[str, re.Pattern[str], str, Any], ...] = (
     ("secret", _SECRET_PARAM, r"\1[SECRET]", None),
     ("secret", _BEARER, r"\1[SECRET]", None),
     ("secret", _KEY_SHAPES, "[SECRET]", None),
+    ("secret", _JWT, "[SECRET]", None),
+    ("secret", _SECRET_QUOTED, r"\1[SECRET]\g<q>", lambda s: _secret_value_ok(s, _SECRET_QUOTED)),
+    ("secret", _SECRET_LINE, r"\1[SECRET]", lambda s: _secret_value_ok(s, _SECRET_LINE)),
+    ("iban", _IBAN, "[IBAN]", _iban_ok),
     ("email", _EMAIL, "[EMAIL]", None),
     ("ip", _IPV6, "[IP]", _valid_ipv6),
     ("ip", _IPV4, "[IP]", _not_a_version),
@@ -192,10 +230,10 @@ def scrub_pii(text: str) -> tuple[str, dict[str, int]]:
     """``text`` with personal data replaced, and how many of each kind were found.
 
     Kinds: ``email`` -> ``[EMAIL]``, ``phone`` -> ``[PHONE]``, ``card`` ->
-    ``[CARD]``, ``ssn`` -> ``[SSN]``, ``ip`` (IPv4 and IPv6) -> ``[IP]``,
+    ``[CARD]``, ``iban`` -> ``[IBAN]``, ``ssn`` -> ``[SSN]``, ``ip`` (IPv4 and IPv6) -> ``[IP]``,
     ``credentials`` in URLs -> ``scheme://[CREDENTIALS]@host``, ``secret``
-    (a secret query parameter's value, a bearer token, an API key) ->
-    ``[SECRET]``. Only kinds that occur are in the counts.
+    (a secret query parameter's value, a bearer token, an API key, a JWT, the value of a
+    password or key in code and config) -> ``[SECRET]``. Only kinds that occur are in the counts.
     """
     counts: Counter[str] = Counter()
     for kind, pattern, replacement, check in _RULES:
