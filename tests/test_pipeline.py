@@ -480,6 +480,34 @@ def test_a_changed_stage_that_fails_gives_back_its_finished_folder(tiny_run, tmp
         json.loads((ptx / "stage.json").read_text())["seconds"]  # the old options: reused, not rerun
 
 
+def test_a_finished_stage_set_aside_comes_back_when_its_options_do(tiny_run, tmp_path, monkeypatch, capsys):
+    """A stage whose options changed waits in <folder>.previous while the new attempt runs. When that attempt
+    was stopped (Ctrl-C, SIGTERM, kill -9), a rerun with the old options trained the stage again from scratch
+    and deleted the finished one that had exactly those options."""
+    import signal
+    from instructgpt import interrupt, ppo
+    cfg, _, _ = tiny_run
+    copy = tmp_path / "t"
+    shutil.copytree(cfg.run_dir, copy, symlinks=True)
+    ptx = copy / "models" / "round1" / "ppo_ptx"
+    before = {p.relative_to(ptx): p.read_bytes() for p in ptx.rglob("*") if p.is_file()}
+
+    def stopped(pc):
+        (ptx / "checkpoints").mkdir()  # what the stopped attempt had written
+        raise interrupt.Stopped(signal.SIGINT)
+    monkeypatch.setattr(ppo, "train_ppo", stopped)  # and a rerun may not train PPO again
+    with pytest.raises(interrupt.Stopped):
+        run_pipeline(dataclasses.replace(cfg, runs_dir=str(tmp_path), ptx_coef=0.5))
+    assert (ptx.parent / "ppo_ptx.previous" / "stage.json").is_file() and (ptx / "checkpoints").is_dir()
+    result = run_pipeline(dataclasses.replace(cfg, runs_dir=str(tmp_path)))
+    out = capsys.readouterr().out
+    assert f"ppo_ptx_r1: its options are those of the earlier finished stage in {ptx}.previous: brought back" in out
+    assert "ppo_ptx_r1: reused" in out and "eval: reused" in out
+    assert {p.relative_to(ptx): p.read_bytes() for p in ptx.rglob("*") if p.is_file()} == before
+    assert not (ptx.parent / "ppo_ptx.previous").exists()
+    assert result.stages["ppo_ptx_r1"]["seconds"] == json.loads((ptx / "stage.json").read_text())["seconds"]
+
+
 @pytest.mark.parametrize("options,message", [
     (dict(name=".."), "name: '..' is not a folder name"), (dict(name="a/b"), "name: 'a/b' is not a folder name"),
     (dict(name=""), "name: '' is not a folder name"), (dict(base_model="/no/such/model"), "base_model: /no/such/"),

@@ -114,7 +114,7 @@ class Pipeline:
             partial = self.run_folder.read_partial_marker(st.folder)
             if done is not None and not done.get("resumed_from"):  # a measurement of this machine's rate
                 self.timer.record(st.kind, done.get("work"), done.get("seconds"))
-            if done is not None and done.get("key") == key:
+            if done is not None and done.get("key") == key or self.previous_matches(st, key):
                 status = "done"
             elif partial is not None and partial.get("key") == key:
                 status = "partial"
@@ -155,6 +155,9 @@ class Pipeline:
         """Reuse, resume or run one stage (its key was planned)."""
         run = self.run_folder
         done = run.read_marker(st.folder)
+        if (done is None or done.get("key") != key) and self.previous_matches(st, key):
+            self.bring_back(st)
+            done = run.read_marker(st.folder)
         if done is not None and done.get("key") == key:
             print(f"{label}: reused ({st.folder})", flush=True)
             self.retain(st)  # e.g. a run killed between the marker and the clean-up
@@ -237,6 +240,21 @@ class Pipeline:
                 _remove(path)
                 _previous(path).rename(path)
         print(f"{st.name}: failed; its earlier finished folder is back in {st.folder}", file=sys.stderr, flush=True)
+
+    def previous_matches(self, st: Stage, key: str) -> bool:
+        """Whether the finished stage set aside in ``<folder>.previous`` (while a run with other options was
+        interrupted or failed after a checkpoint) has this key: the options it was made with are back."""
+        previous = self.run_folder.read_marker(_previous(st.folder))
+        return previous is not None and previous.get("key") == key
+
+    def bring_back(self, st: Stage) -> None:
+        """The earlier finished stage replaces the unfinished attempt with other options (and its outputs)."""
+        for path in (st.folder, *st.outputs):
+            if _previous(path).exists():
+                _remove(path)
+                _previous(path).rename(path)
+        print(f"{st.name}: its options are those of the earlier finished stage in {_previous(st.folder)}: "
+              f"brought back (the unfinished attempt with other options is deleted)", flush=True)
 
     def resume_point(self, st: Stage, key: str) -> Path | None:
         """The checkpoint an interrupted stage with the same key continues from, or None."""
