@@ -16,9 +16,12 @@ SIZES=${SIZES:-tiny,small}
 REPEATS=${REPEATS:-3}
 OUT=${OUT:-bench/results}
 TRL_EXTRA=(); OURS_EXTRA=()
-if [ "${1:-}" = "--smoke" ]; then
-  SIZES=tiny; REPEATS=1; TRL_EXTRA=(--steps 2 --max-wait 0 --max-extra 0); OURS_EXTRA=(--smoke)
-fi
+case "$#:${1:-}" in
+  0:) ;;
+  1:--smoke) SIZES=tiny; REPEATS=1; TRL_EXTRA=(--steps 2 --max-wait 0 --max-extra 0); OURS_EXTRA=(--smoke) ;;
+  1:-h|1:--help) sed -n '2,10s/^# \{0,1\}//p' "$0"; exit 0 ;;
+  *) echo "compare_trl.sh: unknown arguments: $* (takes nothing or --smoke; see --help)" >&2; exit 2 ;;
+esac
 mkdir -p "$OUT"
 [ -x "$TRLVENV/bin/python" ] || TRLVENV="$TRLVENV" bash "$PEER/setup.sh"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"

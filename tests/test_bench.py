@@ -1,6 +1,8 @@
 """bench/bench.py's summary: the best run per metric (fastest, smallest memory) and its spread."""
 
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -107,3 +109,16 @@ def test_the_floor_verdict_against_a_budget():
     # 542 ms measured, 254 ms of products, 301 ms allowed: the other 288 ms must fall to 47 ms
     assert floor.verdict(0.542, 0.254, 0.301) == ("within reach only if the other 288 ms (all but the products) "
                                                    "fall to 47 ms")
+
+
+@pytest.mark.parametrize("args, code, says", [(["--help"], 0, "bash bench/compare_trl.sh --smoke"),
+                                              (["--sizes", "tiny"], 2, "unknown arguments: --sizes tiny")])
+def test_compare_trl_answers_help_and_refuses_what_it_does_not_take(tmp_path, args, code, says):
+    """--help (or a bench.py option) used to be ignored: the 25-minute comparison started. Nothing here may
+    start it: the peer and its venv point nowhere, so a script that did would fail at its first step."""
+    env = {**os.environ, "PEER": str(tmp_path / "no-peer"), "TRLVENV": str(tmp_path / "no-venv"),
+           "OUT": str(tmp_path / "out")}
+    done = subprocess.run(["bash", str(BENCH / "compare_trl.sh"), *args], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == code and says in done.stdout + done.stderr
+    assert not (tmp_path / "out").exists()
