@@ -76,3 +76,12 @@ def test_relative_links_resolve(page):
         if not target.exists() or (anchor and target.suffix == ".md" and anchor not in anchors(target)):
             broken.append(link)
     assert not broken, f"{page.name}: broken links {broken}"
+
+
+@pytest.mark.parametrize("package", ["", "evaluation"])
+def test_module_map_names_every_module(package):
+    """docs/architecture.md's module maps (the package's and evaluation/'s) leave no module out."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    folder = ROOT / "src" / "instructgpt" / package
+    missing = [p.name for p in sorted(folder.glob("*.py")) if p.name != "__init__.py" and f"`{p.name}`" not in text]
+    assert not missing, f"docs/architecture.md: modules of src/instructgpt/{package} it does not map: {missing}"
