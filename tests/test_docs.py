@@ -85,3 +85,11 @@ def test_module_map_names_every_module(package):
     folder = ROOT / "src" / "instructgpt" / package
     missing = [p.name for p in sorted(folder.glob("*.py")) if p.name != "__init__.py" and f"`{p.name}`" not in text]
     assert not missing, f"docs/architecture.md: modules of src/instructgpt/{package} it does not map: {missing}"
+
+
+def test_the_judge_prompt_shown_in_docs_evaluation_is_the_one_sent():
+    from instructgpt.evaluation.judges import EMPTY_ANSWER, JUDGE_PROMPT
+    text = (ROOT / "docs" / "evaluation.md").read_text()
+    shown = re.search(r"reads this prompt.*?```\n(.*?)```", text, re.S).group(1)
+    assert shown.strip() == JUDGE_PROMPT.strip()
+    assert f"`{EMPTY_ANSWER}`" in text
