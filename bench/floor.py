@@ -172,7 +172,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="tiny")
     ap.add_argument("--phases", default="sft,generate,ppo")
     ap.add_argument("--reps", type=int, default=5, help="timings per unit and per product (best kept)")
-    ap.add_argument("--trl", help="folder with trl_<size>.json of the same sitting (bench/compare_trl.sh's --out)")
+    ap.add_argument("--trl", help="folder with trl_<size>.json of the same sitting (bench/compare_trl.sh's OUT, default bench/results)")
     ap.add_argument("--top", type=int, default=6, help="products listed per phase, costliest first")
     ap.add_argument("--out", default="bench/results/floor.json")
     args = ap.parse_args()
