@@ -459,6 +459,9 @@ def test_a_run_option_that_breaks_a_stage_stops_the_run_before_it_starts(tmp_pat
     assert str(e.value).startswith(message), e.value
     assert earlier.read_text() == '{"an earlier": "run"}\n'  # nothing of the folder was touched
     assert sorted(p.name for p in earlier.parent.iterdir()) == ["run_config.json"]
+    with pytest.raises(config.ConfigError):  # a new run's folder is not made (it was, empty)
+        Pipeline(RunConfig(runs_dir=str(tmp_path), name="typo", **options)).run()
+    assert not (tmp_path / "typo").exists()
 
 
 def test_a_changed_stage_that_fails_gives_back_its_finished_folder(tiny_run, tmp_path, capsys):

@@ -51,7 +51,6 @@ class Pipeline:
         self.cfg, self.profile_defaults = cfg.resolved()
         self.run_folder = RunFolder(cfg.run_dir)
         self.root = self.run_folder.root
-        self.root.mkdir(parents=True, exist_ok=True)
         self.stages = RunStages(self.cfg, self.run_folder)
         self.timer = tl.TimeLeft()
         self.t0 = time.time()
@@ -63,6 +62,8 @@ class Pipeline:
     def run(self) -> RunResult:
         """The run, holding the folder's lock."""
         from .run_lock import RunLock, describe
+        self.stages.all()  # every stage's config checked before the folder is made: a bad option leaves nothing
+        self.root.mkdir(parents=True, exist_ok=True)
         with RunLock(self.run_folder.lock) as lock:
             if lock.took_over:
                 print(f"{self.run_folder.lock}: taking over the lock of a run that is no longer running "
