@@ -259,6 +259,28 @@ def test_rm_logs_each_metric_once_per_step(tmp_path, tiny_gpt2, data):
     assert {"rm/reward_bias", "rm/kept_val_loss", "rm/kept_val_accuracy"} <= last.keys()
 
 
+def test_rm_resumed_after_its_last_checkpoint_logs_its_summary_once(tmp_path, tiny_gpt2, data):
+    """An RM stage killed after its last checkpoint (its summary row logged, the stage not marked done) and
+    resumed logged rm/reward_bias and rm/kept_val_* a second time at the last step, in metrics.jsonl and in
+    TensorBoard."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from instructgpt.rm import RMConfig, train_rm
+    out = tmp_path / "rm"
+    cfg = dict(model=str(tiny_gpt2), train=str(data / "rm.jsonl"), valid=str(data / "rm.jsonl"), out_dir=str(out),
+               epochs=2, batch_size=8, progress=False, report_to="tensorboard")
+    train_rm(config.from_dict(RMConfig, cfg))
+    train_rm(config.from_dict(RMConfig, {**cfg, "resume": True}))
+    rows = read_metrics(out / "metrics.jsonl")
+    seen = [(k, r["step"]) for r in rows for k in r if k not in ("step", "time")]
+    assert len(seen) == len(set(seen)), sorted(p for p in seen if seen.count(p) > 1)
+    assert sum("rm/reward_bias" in r for r in rows) == 1
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    points = [(tag, e.step) for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag)]
+    assert sorted(points) == sorted(seen)
+
+
 def test_run_passes_report_to_to_every_training_stage_outside_its_key(tmp_path):
     from instructgpt.pipeline import Pipeline, RunConfig
 

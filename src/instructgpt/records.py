@@ -19,23 +19,33 @@ class MetricsLog:
     """Append-only ``metrics.jsonl``; each line is {"step": n, "time": t, "sft/loss": ...}.
 
     On resume, lines for steps after the checkpoint are dropped first, so the
-    log of a resumed run reads like that of an uninterrupted one. ``trackers``
+    log of a resumed run reads like that of an uninterrupted one. A stage that
+    logs a summary once training is over (at the last step, after the last
+    checkpoint) names a metric of that row in ``after_training``: such rows are
+    dropped too, as the resumed run logs them again. ``trackers``
     (``tracking.Run``, from ``report_to``) get every row too, under the same
     names; ``close()`` ends their runs.
     """
 
-    def __init__(self, path: str | Path, enabled: bool = True, trackers=None):
+    def __init__(self, path: str | Path, enabled: bool = True, trackers=None, after_training: tuple[str, ...] = ()):
         self.path = Path(path)
         self.enabled = enabled
         self.trackers = trackers if enabled else None
+        self.after_training = after_training
 
     def truncate_after(self, step: int) -> None:
+        """Drop the rows a run from checkpoint ``step`` logs again; the trackers restart at ``step`` with the
+        rows kept there."""
+        kept: list[str] = []
+        if self.enabled and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if _row_step(line, step + 1) <= step and not self._after_training(line)]
+            self.path.write_text("".join(line + "\n" for line in kept))
         if self.trackers is not None:
-            self.trackers.resume_step = step
-        if not self.enabled or not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines() if _row_step(line, step + 1) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+            self.trackers.resume_at(step, [_row_values(line) for line in kept if _row_step(line, -1) == step])
+
+    def _after_training(self, line: str) -> bool:
+        return any(name in self.after_training for name in json.loads(line))
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
@@ -69,11 +79,23 @@ def _row_step(line: str, torn: int) -> int:
         return torn
 
 
-def open_metrics(out_dir: str | Path, stage: str, cfg: Any) -> MetricsLog:
-    """A stage's ``metrics.jsonl`` (written by the main process) with the trackers of ``cfg.report_to``."""
+def _row_values(line: str) -> dict[str, Any]:
+    """The metrics of a metrics line as they were logged (non-finite values, written as strings, back as floats)."""
+    row = json.loads(line)
+    return {k: _logged_value(v) for k, v in row.items() if k not in ("step", "time")}
+
+
+def _logged_value(v: Any) -> Any:
+    return float(v) if v in ("nan", "inf", "-inf") else v
+
+
+def open_metrics(out_dir: str | Path, stage: str, cfg: Any, after_training: tuple[str, ...] = ()) -> MetricsLog:
+    """A stage's ``metrics.jsonl`` (written by the main process) with the trackers of ``cfg.report_to``;
+    ``after_training``: see ``MetricsLog``."""
     from . import distributed as dist
     from .tracking import open_run
-    return MetricsLog(Path(out_dir) / "metrics.jsonl", enabled=dist.is_main(), trackers=open_run(cfg, stage, out_dir))
+    return MetricsLog(Path(out_dir) / "metrics.jsonl", enabled=dist.is_main(), trackers=open_run(cfg, stage, out_dir),
+                      after_training=after_training)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -86,9 +108,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 def logged_history(path: str | Path, step_key: str) -> list[dict[str, Any]]:
     """The rows of a metrics.jsonl as a training loop's history, ``{step_key: n, metric: value ...}`` (what a
     resumed loop did not run itself; non-finite values, logged as strings, back as floats)."""
-    def value(v: Any) -> Any:
-        return float(v) if v in ("nan", "inf", "-inf") else v
-    return [{step_key: row["step"], **{k: value(v) for k, v in row.items() if k not in ("step", "time")}}
+    return [{step_key: row["step"], **{k: _logged_value(v) for k, v in row.items() if k not in ("step", "time")}}
             for row in read_metrics(path)]
 
 

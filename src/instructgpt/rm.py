@@ -190,7 +190,8 @@ def train_rm(cfg: RMConfig) -> RMResult:
                                         "train_pairs": sum(len(r.pairs) for r in train_enc),
                                         "responses_truncated": cut,
                                         "format": fmt.describe(), "parameters": lora.parameter_counts(model)})
-    log = open_metrics(out, "rm", cfg)
+    # the row of rm/reward_bias is logged after the last checkpoint: a resume from there logs it again
+    log = open_metrics(out, "rm", cfg, after_training=("rm/reward_bias",))
 
     def evaluate(m, epoch):
         return evaluate_rankings(m, valid_enc, tokenizer.pad_token_id, device) if valid_enc else {}

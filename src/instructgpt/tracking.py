@@ -22,8 +22,10 @@ A tracker that fails while the run goes on (its server unreachable ...) is dropp
 warning: metrics.jsonl still has every row. One that cannot start (first row) is an error.
 
 On resume the trackers are started after the checkpoint is read: TensorBoard
-drops its events after the checkpoint's step (``purge_step``); W&B, Trackio and
-MLflow start a new run that continues at that step.
+drops its events from the checkpoint's step on (``purge_step``) and writes that
+step's rows again from metrics.jsonl (a summary row logged there after training
+is dropped and logged again by the resumed run); W&B, Trackio and MLflow start a
+new run that continues at that step.
 Only the main process of a multi-process run reports.
 """
 
@@ -100,10 +102,12 @@ def flat_config(config: dict[str, Any]) -> dict[str, str | float | int | bool]:
 class _TensorBoard:
     def __init__(self, run: "Run"):
         from torch.utils.tensorboard import SummaryWriter
-        # on resume, events after the checkpoint's step (logged before the kill) are dropped
-        purge = None if run.resume_step is None else run.resume_step + 1
-        self.writer = SummaryWriter(log_dir=str(run.out_dir / "tensorboard"), purge_step=purge, flush_secs=10)
+        # on resume, events from the checkpoint's step on (logged before the kill) are dropped and the rows
+        # metrics.jsonl keeps at that step written again
+        self.writer = SummaryWriter(log_dir=str(run.out_dir / "tensorboard"), purge_step=run.resume_step, flush_secs=10)
         self.writer.add_text("config", "```\n" + json.dumps(run.config, indent=2, default=str) + "\n```", 0)
+        for row in run.resume_rows:
+            self.log(run.resume_step, _numbers(row))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         for k, v in metrics.items():
@@ -175,8 +179,13 @@ class Run:
         self.config = config
         self.name = name or f"{stage}-{self.out_dir.resolve().name}"
         self.resume_step: int | None = None
+        self.resume_rows: list[dict[str, Any]] = []
         self.trackers: list | None = None
         atexit.register(self.close)
+
+    def resume_at(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """The run goes on from ``step`` (0: from the start), where metrics.jsonl keeps ``rows``."""
+        self.resume_step, self.resume_rows = step, rows
 
     def start(self) -> None:
         if self.trackers is None:
