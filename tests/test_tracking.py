@@ -183,6 +183,32 @@ def test_mlflow_run_holds_the_metrics_and_params(tmp_path, tiny_gpt2, data, monk
     assert tensorboard_series(out / "tensorboard")[0].keys() == want.keys()  # both trackers at once
 
 
+@pytest.mark.parametrize("error, status", [(RuntimeError("boom"), "FAILED"), ("stop", "KILLED")])
+def test_mlflow_run_of_a_stage_that_fails_or_is_stopped_is_not_finished(tmp_path, tiny_gpt2, data, monkeypatch,
+                                                                         error, status):
+    """A stage that failed part way, or that Ctrl-C stopped, left its MLflow run FINISHED (like one that ran to
+    its end); W&B likewise got exit code 0."""
+    pytest.importorskip("mlflow")
+    from instructgpt import interrupt
+    import instructgpt.sft as sft_mod
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    raised = interrupt.Stopped(2, "at sft step 3") if error == "stop" else error
+    original = sft_mod.fit
+
+    def fail(step):
+        if step == 3:
+            raise raised
+    monkeypatch.setattr(sft_mod, "fit", lambda *a, **k: original(*a, **k, on_step=fail))
+    out = tmp_path / "sft"
+    with pytest.raises(type(raised)):
+        run_sft(tiny_gpt2, data, out, report_to="mlflow")
+    from mlflow import MlflowClient
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    [exp] = [e for e in client.search_experiments() if e.name == "instructgpt"]
+    [run] = client.search_runs([exp.experiment_id])
+    assert run.info.status == status
+
+
 def test_trackio_local_store_holds_the_metrics(tmp_path, tiny_gpt2, data, monkeypatch):
     pytest.importorskip("trackio")
     monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))

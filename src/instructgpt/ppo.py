@@ -562,7 +562,7 @@ def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None)
     bar = progress_bar(cfg.iterations, name, cfg.progress and dist.is_main(), trainer.iteration, unit="iteration")
     last_save = time.monotonic()
     # a first SIGTERM / Ctrl-C waits for a safe point
-    with interrupt.safe_points(), contextlib.closing(bar), contextlib.closing(log):
+    with interrupt.safe_points(), contextlib.closing(bar), log.closed_on_error():
         while trainer.iteration < cfg.iterations:
             metrics, ro = trainer.step()
             history.append({"iteration": trainer.iteration, **metrics})
@@ -580,6 +580,7 @@ def train_ppo(cfg: PPOConfig, on_iteration: Callable[[int], None] | None = None)
                                saved or ppo_checkpoint.save_checkpoint(trainer))
             if on_iteration is not None:
                 on_iteration(trainer.iteration)
+    log.close()
     ppo_checkpoint.save_final(trainer)
     if not cfg.keep_optimizer and dist.is_main():  # training is over: weights-only checkpoints from here on
         ckpt.retain(out / "checkpoints", cfg.keep_checkpoints, keep_optimizer=False)

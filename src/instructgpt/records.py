@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -63,11 +64,21 @@ class MetricsLog:
         if self.trackers is not None:
             self.trackers.log(step, metrics)
 
-    def close(self) -> None:
-        """Close the trackers (once; a stopped stage closes them on its way out too)."""
+    def close(self, error: BaseException | None = None) -> None:
+        """Close the trackers (once), their runs marked finished, or failed/killed by ``error``."""
         if self.trackers is not None:
-            self.trackers.close()
+            from .tracking import Outcome
+            self.trackers.close(Outcome.of(error))
             self.trackers = None
+
+    @contextlib.contextmanager
+    def closed_on_error(self):
+        """Closes the trackers if the block raises, their runs marked failed, or killed by a stop."""
+        try:
+            yield self
+        except BaseException as e:
+            self.close(e)
+            raise
 
 
 def _row_step(line: str, torn: int) -> int:

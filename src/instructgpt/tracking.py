@@ -21,6 +21,10 @@ Where each one writes (a run is named ``<stage>-<out_dir name>`` unless
 A tracker that fails while the run goes on (its server unreachable ...) is dropped with a
 warning: metrics.jsonl still has every row. One that cannot start (first row) is an error.
 
+A stage's tracker runs end with its outcome: finished, failed (an error, or a process that
+ended before the stage did) or killed (stopped by Ctrl-C/SIGTERM): MLflow's run status
+FINISHED/FAILED/KILLED, W&B's exit code 0/1/128+signal.
+
 On resume the trackers are started after the checkpoint is read: TensorBoard
 drops its events from the checkpoint's step on (``purge_step``) and writes that
 step's rows again from metrics.jsonl (a summary row logged there after training
@@ -113,7 +117,7 @@ class _TensorBoard:
         for k, v in metrics.items():
             self.writer.add_scalar(k, v, step)
 
-    def close(self) -> None:
+    def close(self, outcome: "Outcome") -> None:
         self.writer.close()
 
 
@@ -126,8 +130,8 @@ class _Wandb:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.run.log(metrics, step=step)
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, outcome: "Outcome") -> None:
+        self.run.finish(exit_code=outcome.exit_code)
 
 
 class _Trackio:
@@ -139,7 +143,7 @@ class _Trackio:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.trackio.log(metrics, step=step)
 
-    def close(self) -> None:
+    def close(self, outcome: "Outcome") -> None:
         self.trackio.finish()
 
 
@@ -163,9 +167,30 @@ class _MLflow:
         batch = [self.mlflow.entities.Metric(k, v, now, step) for k, v in metrics.items() if math.isfinite(v)]
         self.client.log_batch(self.run_id, metrics=batch)
 
-    def close(self) -> None:
-        self.client.set_terminated(self.run_id)
+    def close(self, outcome: "Outcome") -> None:
+        self.client.set_terminated(self.run_id, status=outcome.status)
 
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a stage's tracker runs end: MLflow's status and W&B's exit code."""
+    status: str
+    exit_code: int
+
+    @classmethod
+    def of(cls, error: BaseException | None) -> "Outcome":
+        """Finished without an error, killed by a stop (Ctrl-C, SIGTERM), failed otherwise."""
+        from .interrupt import Stopped
+        if error is None:
+            return FINISHED
+        if isinstance(error, Stopped):
+            return cls("KILLED", 128 + error.signum)
+        if isinstance(error, KeyboardInterrupt):
+            return cls("KILLED", 130)
+        return FAILED
+
+
+FINISHED, FAILED = Outcome("FINISHED", 0), Outcome("FAILED", 1)
 
 _CLASSES = {"tensorboard": _TensorBoard, "wandb": _Wandb, "trackio": _Trackio, "mlflow": _MLflow}
 
@@ -181,7 +206,7 @@ class Run:
         self.resume_step: int | None = None
         self.resume_rows: list[dict[str, Any]] = []
         self.trackers: list | None = None
-        atexit.register(self.close)
+        atexit.register(self.close, FAILED)  # still open at exit: the process ended before the stage did
 
     def resume_at(self, step: int, rows: list[dict[str, Any]]) -> None:
         """The run goes on from ``step`` (0: from the start), where metrics.jsonl keeps ``rows``."""
@@ -204,10 +229,10 @@ class Run:
                 self.trackers.remove(t)
                 _warn_failed(t, f"at step {step}", e, "it gets no further metrics")
 
-    def close(self) -> None:
+    def close(self, outcome: Outcome = FINISHED) -> None:
         for t in self.trackers or []:
             try:
-                t.close()
+                t.close(outcome)
             except Exception as e:
                 _warn_failed(t, "while closing its run", e, "its last metrics may be missing there")
         self.trackers = []

@@ -182,7 +182,8 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.devi
         start_over(ckpt_root, log, task.metric_prefix)
     bar = progress_bar(total_steps, task.metric_prefix, cfg.progress and dist.is_main(), state["global_step"])
     model.train()
-    with interrupt.safe_points(), contextlib.closing(bar):  # a first SIGTERM / Ctrl-C waits for a safe point
+    # a first SIGTERM / Ctrl-C waits for a safe point
+    with interrupt.safe_points(), contextlib.closing(bar), log.closed_on_error():
         while state["epoch"] < cfg.epochs and state["global_step"] < total_steps:
             order = _epoch_order(task.n_examples, cfg.seed, state["epoch"])
             while state["step_in_epoch"] < steps_per_epoch and state["global_step"] < total_steps:
