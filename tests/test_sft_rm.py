@@ -53,6 +53,23 @@ def test_cosine_schedule_ends_at_ten_percent():
     assert lr_multiplier(100, 100, 0, 0.1) == pytest.approx(0.1)
 
 
+def test_logged_lr_is_the_one_the_steps_update_used(tmp_path, tiny_gpt2, sft_data, monkeypatch):
+    """sft/lr at step n was the lr of step n + 1 (read after the scheduler's step): half the peak at step 1 of a
+    2-step warmup showed as the peak, and the last step never showed the lr it used."""
+    used = []
+    step = torch.optim.AdamW.step
+
+    def recording(self, *a, **k):
+        used.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording)
+    out = tmp_path / "sft"
+    train_sft(sft_cfg(tiny_gpt2, sft_data, out, epochs=1, max_steps=5, valid=""))
+    logged = [r["sft/lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "sft/lr" in r]
+    assert logged == pytest.approx(used) and len(logged) == 5
+    assert logged[:2] == pytest.approx([1.5e-3, 3e-3])  # warmup_steps=2: half the peak, then the peak
+
+
 def test_sft_lowers_validation_loss_and_changes_every_parameter(tmp_path, tiny_gpt2, sft_data):
     before = {k: v.clone() for k, v in load_policy(tiny_gpt2).state_dict().items()}
     result = train_sft(sft_cfg(tiny_gpt2, sft_data, tmp_path / "sft", epochs=3))

@@ -300,6 +300,7 @@ def _train_step(model, task: Task, indices: list[int], cfg: TrainConfig, optimiz
     if not torch.isfinite(grad_norm):
         raise FloatingPointError(f"{task.metric_prefix}: gradient norm is {grad_norm.item()} "
                                  f"(lower lr; the last good checkpoint is kept)")
+    lr = scheduler.get_last_lr()[0]  # this step's: scheduler.step() sets the next step's
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -308,7 +309,7 @@ def _train_step(model, task: Task, indices: list[int], cfg: TrainConfig, optimiz
     elapsed = time.perf_counter() - t0
     p = task.metric_prefix
     metrics = task.summarize(sums) if hasattr(task, "summarize") else {}
-    metrics.update({f"{p}/lr": scheduler.get_last_lr()[0], f"{p}/grad_norm": grad_norm.item(),
+    metrics.update({f"{p}/lr": lr, f"{p}/grad_norm": grad_norm.item(),
                     f"{p}/tokens_per_s": tokens / elapsed})
     return metrics
 
