@@ -18,8 +18,9 @@ def trainer(tmp_path, tiny_gpt2):
     def make(**kw) -> PPOTrainer:
         cfg = config.from_dict(PPOConfig, dict(policy=str(tiny_gpt2), reward_fn="tests.ppo_rewards:count_e",
                                                prompts=str(tmp_path / "prompts.jsonl"), out_dir=str(tmp_path / "out"),
-                                               batch_size=8, minibatch_size=8, ppo_epochs=1, max_new_tokens=6,
-                                               progress=False, ema=False, seed=3, **kw))
+                                               **{"batch_size": 8, "minibatch_size": 8, "ppo_epochs": 1,
+                                                  "max_new_tokens": 6, "progress": False, "ema": False, "seed": 3,
+                                                  **kw}))
         t = PPOTrainer(cfg)
         ro, _ = t.rollout(t.next_prompts())
         t.compute_advantages(ro)
@@ -68,6 +69,23 @@ def test_micro_batching_gives_the_same_statistics_and_update(trainer):
     assert sa["ppo/ratio_max"] == pytest.approx(1.0, abs=1e-4)  # first step from the rollout's weights
     for pa, pb in zip(a.policy.parameters(), b.policy.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-6)
+
+
+def test_an_iterations_ratio_max_is_the_largest_of_its_minibatches_the_rest_their_mean(trainer, monkeypatch):
+    """ppo/ratio_max was averaged over the iteration's minibatches like the losses: below the ratio the
+    guard saw (1.18 for a largest 1.35 in one run)."""
+    t, ro = trainer(minibatch_size=4, ppo_epochs=2, lr=1e-2)
+    seen = []
+    step = PPOTrainer.minibatch_step
+
+    def recording(self, *a):
+        seen.append(step(self, *a))
+        return seen[-1]
+    monkeypatch.setattr(PPOTrainer, "minibatch_step", recording)
+    stats = t.learn(ro)
+    assert len(seen) == 4 and len({s["ppo/ratio_max"] for s in seen}) > 1
+    assert stats["ppo/ratio_max"] == max(s["ppo/ratio_max"] for s in seen)
+    assert stats["ppo/approx_kl"] == pytest.approx(sum(s["ppo/approx_kl"] for s in seen) / 4)
 
 
 @pytest.mark.parametrize("value_model", ["separate", "shared"])

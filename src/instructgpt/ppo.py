@@ -114,6 +114,10 @@ class PPOResult:
 
 # ----------------------------------------------------------------------------- the trainer
 
+#: Minibatch statistics an iteration reports the largest of (the others: their mean over its minibatches).
+_PEAK_STATS = ("ppo/ratio_max",)
+
+
 class PPOTrainer:
     """Holds the four models and the optimizer; ``step()`` runs one iteration."""
 
@@ -350,8 +354,8 @@ class PPOTrainer:
                 stats = self.minibatch_step(ro, dist.local_positions(order[start:start + mb]))
                 steps += 1
                 for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
-        return {k: v / max(steps, 1) for k, v in sums.items()}
+                    sums[k] = max(sums.get(k, v), v) if k in _PEAK_STATS else sums.get(k, 0.0) + v
+        return {k: v if k in _PEAK_STATS else v / max(steps, 1) for k, v in sums.items()}
 
     def minibatch_step(self, ro: Rollout, idx: list[int]) -> dict[str, float]:
         """One optimizer step on this rank's episodes ``idx`` of a global minibatch (possibly none).
