@@ -70,6 +70,14 @@ def test_logged_lr_is_the_one_the_steps_update_used(tmp_path, tiny_gpt2, sft_dat
     assert logged[:2] == pytest.approx([1.5e-3, 3e-3])  # warmup_steps=2: half the peak, then the peak
 
 
+def test_an_epoch_end_without_validation_data_writes_no_empty_metrics_row(tmp_path, tiny_gpt2, sft_data):
+    """Without valid= each epoch's end wrote {"step": n, "time": t} after step n's row: its step twice."""
+    out = tmp_path / "sft"
+    train_sft(sft_cfg(tiny_gpt2, sft_data, out, epochs=2, batch_size=80, micro_batch_size=80, valid=""))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all("sft/loss" in r for r in rows)
+
+
 def test_sft_lowers_validation_loss_and_changes_every_parameter(tmp_path, tiny_gpt2, sft_data):
     before = {k: v.clone() for k, v in load_policy(tiny_gpt2).state_dict().items()}
     result = train_sft(sft_cfg(tiny_gpt2, sft_data, tmp_path / "sft", epochs=3))

@@ -49,7 +49,7 @@ class MetricsLog:
         return any(name in self.after_training for name in json.loads(line))
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
-        if not self.enabled:
+        if not self.enabled or not metrics:  # nothing to say (an epoch end without validation data)
             return
         row = {"step": step, "time": round(time.time(), 3)}
         for k, v in metrics.items():
