@@ -127,6 +127,33 @@ def test_sft_kill_and_resume_gives_the_same_weights(tmp_path, tiny_gpt2, sft_dat
     assert steps == sorted(set(steps))  # no step logged twice after the resume
 
 
+def test_sft_killed_writing_an_epoch_end_checkpoint_logs_that_epochs_validation_once(tmp_path, tiny_gpt2, sft_data,
+                                                                                   monkeypatch):
+    """With save_every landing on an epoch's last step, that step was checkpointed before the epoch's evaluation
+    too: killed after the evaluation was logged (while the epoch-end checkpoint was written), the resume from the
+    step's checkpoint evaluated and logged the epoch again (sft/val_loss twice at that step)."""
+    from instructgpt import training
+    from instructgpt.training import StopTraining
+    out = tmp_path / "sft"
+    cfg = sft_cfg(tiny_gpt2, sft_data, out, save_every=10)   # 160 demos / 16: 10 steps per epoch
+    save = training._Checkpoints.save
+
+    def killed_after_the_evaluation(self, state):
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        if any("sft/val_loss" in r for r in rows):
+            raise StopTraining
+        return save(self, state)
+    monkeypatch.setattr(training._Checkpoints, "save", killed_after_the_evaluation)
+    with pytest.raises(StopTraining):
+        train_sft(cfg)
+    monkeypatch.setattr(training._Checkpoints, "save", save)
+    cfg.resume = True
+    train_sft(cfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "sft/val_loss" in r] == [10, 20]
+    assert [r["step"] for r in rows if "sft/loss" in r] == list(range(1, 21))
+
+
 @pytest.mark.slow
 def test_sft_sigkill_mid_run_then_resume(tmp_path, tiny_gpt2, sft_data):
     """A real kill of the CLI process; the resumed run ends with the uninterrupted run's weights.

@@ -199,7 +199,12 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.devi
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items()
                                  if k.endswith(("loss", "lr", "tokens_per_s", "accuracy"))})
                 saved = None
-                if (cfg.save_every and state["global_step"] % cfg.save_every == 0) or checkpoints.due():
+                # an epoch's last step is checkpointed after the epoch's evaluation: one before it would be
+                # resumed (a kill while the evaluation is logged or the epoch-end checkpoint written) by
+                # evaluating and logging that epoch again
+                epoch_ends = state["step_in_epoch"] >= steps_per_epoch
+                if not epoch_ends and ((cfg.save_every and state["global_step"] % cfg.save_every == 0)
+                                       or checkpoints.due()):
                     saved = checkpoints.save(state)
                 if interrupt.stop_requested():  # a safe point: stop here, with a checkpoint
                     interrupt.stop(f"at {task.metric_prefix} step {state['global_step']}/{total_steps}",
