@@ -323,6 +323,9 @@ def test_run_passes_report_to_to_every_training_stage_outside_its_key(tmp_path):
 def test_unknown_or_missing_tracker_is_a_clear_error(tmp_path, tiny_gpt2, data, monkeypatch):
     with pytest.raises(ConfigError, match="report_to: 'neptune' is not one of none, tensorboard, wandb"):
         config.from_dict(SFTConfig, dict(model="m", train="t", out_dir="o", report_to="tensorboard,neptune"))
+    # it said "'none' is not one of none, tensorboard, ..."
+    with pytest.raises(ConfigError, match="report_to: none means no tracker; it cannot be listed with trackers"):
+        config.from_dict(SFTConfig, dict(model="m", train="t", out_dir="o", report_to="none,tensorboard"))
     import importlib.util
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))

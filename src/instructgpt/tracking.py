@@ -73,6 +73,9 @@ def parse_report_to(value: str) -> list[str]:
     names = [v.strip().lower() for v in str(value).split(",") if v.strip()]
     if names == ["none"] or not names:
         return []
+    if "none" in names:
+        raise ConfigError(f"report_to: none means no tracker; it cannot be listed with trackers ({value!r}): "
+                          f"name only the trackers, or none alone")
     out = []
     for name in names:
         if name not in TRACKERS:
