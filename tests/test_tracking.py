@@ -320,6 +320,19 @@ def test_run_passes_report_to_to_every_training_stage_outside_its_key(tmp_path):
     assert RunConfig().report_to == "none"
 
 
+def test_run_names_each_training_stages_tracker_run_after_the_run_and_the_stage(tmp_path):
+    """The tracker runs were named <stage>-<folder>: every round's RM was "rm-rm", its PPO "ppo-ppo", and every
+    run folder's SFT "sft-sft", one name for runs W&B and a shared MLflow store could not tell apart."""
+    from instructgpt.pipeline import Pipeline, RunConfig
+    from instructgpt.tracking import open_run
+    plan = Pipeline(config.from_dict(RunConfig, dict(runs_dir=str(tmp_path), name="exp1", rounds=2,
+                                                     report_to="tensorboard"))).planned()
+    names = {st.name: open_run(st.config, st.kind, st.config.out_dir).name
+             for st, _, _ in plan if st.kind in ("pretrain", "sft", "rm", "ppo")}
+    assert names == {stage: f"exp1-{stage}" for stage in ("base", "sft", "flan", "rm_r1", "ppo_r1", "ppo_ptx_r1",
+                                                          "rm_r2", "ppo_r2", "ppo_ptx_r2")}
+
+
 def test_unknown_or_missing_tracker_is_a_clear_error(tmp_path, tiny_gpt2, data, monkeypatch):
     with pytest.raises(ConfigError, match="report_to: 'neptune' is not one of none, tensorboard, wandb"):
         config.from_dict(SFTConfig, dict(model="m", train="t", out_dir="o", report_to="tensorboard,neptune"))

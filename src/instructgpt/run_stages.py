@@ -104,7 +104,7 @@ class RunStages:
         pc = PretrainConfig(out_dir=str(run.model(name)), corpus=str(run.corpus_train),
                             valid_corpus=str(run.corpus_heldout), tokenizer=str(run.tokenizer), size=size,
                             epochs=epochs, lr=c.pretrain_lr if size == "tiny" else c.pretrain_lr / 2, seed=c.seed,
-                            **self.runtime(), **PROFILES["tiny"]["pretrain"])
+                            **self.runtime(name), **PROFILES["tiny"]["pretrain"])
         layers, width, _ = SIZES[size]
         rel_size = layers * width ** 2 / (SIZES["tiny"][0] * SIZES["tiny"][1] ** 2)
         return Stage(name, "pretrain", run.model(name), pc, lambda cfg: _history(train_pretrain(cfg)),
@@ -117,7 +117,7 @@ class RunStages:
         c, run = self.cfg, self.run_folder
         valid = run.demonstrations("valid")
         sc = SFTConfig(model=self.base, train=str(train), valid=str(valid), out_dir=str(run.model(name)),
-                       epochs=epochs, lr=lr, seed=c.seed, **self.runtime(), **PROFILES[c.profile]["sft"])
+                       epochs=epochs, lr=lr, seed=c.seed, **self.runtime(name), **PROFILES[c.profile]["sft"])
         return Stage(name, "sft", run.model(name), sc, self.train_sft_stage, resumable=True,
                      work=lambda: tl.lm_training(self.chars(train, "prompt", "response"), epochs,
                                                  self.chars(valid, "prompt", "response")))
@@ -153,7 +153,7 @@ class RunStages:
         out = run.round_model(r, "rm")
         rc = RMConfig(model=str(run.model("sft")), train=str(run.rm_train_all(r)),
                       valid=str(run.rankings_file(r, "valid")), reference=str(run.demonstrations("train")),
-                      out_dir=str(out), epochs=c.rm_epochs, lr=c.rm_lr, seed=c.seed, **self.runtime(),
+                      out_dir=str(out), epochs=c.rm_epochs, lr=c.rm_lr, seed=c.seed, **self.runtime(f"rm_r{r}"),
                       **PROFILES[c.profile]["rm"])
 
         def work():
@@ -176,7 +176,7 @@ class RunStages:
                        batch_size=c.ppo_batch, minibatch_size=c.ppo_minibatch, lr=c.ppo_lr, kl_coef=c.kl_coef,
                        advantage_estimator=c.ppo_advantage_estimator, samples_per_prompt=c.ppo_samples_per_prompt,
                        max_new_tokens=c.max_new_tokens, warmup_iterations=min(10, c.ppo_iterations // 3),
-                       seed=c.seed, **self.runtime(), **PROFILES[c.profile]["ppo"])
+                       seed=c.seed, **self.runtime(f"{name}_r{r}"), **PROFILES[c.profile]["ppo"])
         work = lambda: tl.ppo(c.ppo_iterations, c.ppo_batch, self.mean(run.prompts("ppo", "train"), "text"),  # noqa: E731
                               c.max_new_tokens, pc.ppo_epochs, c.ptx_token_ratio if ptx_coef > 0 else 0.0,
                               value_model=pc.advantage_estimator != "rloo")
@@ -200,11 +200,13 @@ class RunStages:
             return tl.evaluation(n_models, n_prompts, chars, ec.max_new_tokens, probes) + best_of
         return Stage("eval", "eval", run.eval, ec, self.evaluate, reads=tuple(reads), work=work)
 
-    def runtime(self) -> dict[str, Any]:
-        """The options of every training stage that cannot change its result (not in its key)."""
+    def runtime(self, stage: str) -> dict[str, Any]:
+        """The options of training stage ``stage`` that cannot change its result (not in its key); its tracker
+        run is named <run name>-<stage> (its folder's name repeats across rounds: models/round<r>/rm ...)."""
         c = self.cfg
         return {"device": c.device, "progress": c.progress, "save_minutes": c.checkpoint_minutes,
-                "keep_checkpoints": max(RUNNING_CHECKPOINTS, c.keep_checkpoints), "report_to": c.report_to}
+                "keep_checkpoints": max(RUNNING_CHECKPOINTS, c.keep_checkpoints), "report_to": c.report_to,
+                "run_name": f"{c.name}-{stage}"}
 
     # ---- what the stages do
 
