@@ -271,6 +271,24 @@ def test_a_tracker_that_fails_mid_run_is_dropped_and_training_goes_on(tmp_path, 
     assert sorted(series["sft/loss"]) == [1, 2]
 
 
+def test_a_tracker_that_cannot_start_is_a_config_error_naming_it(tmp_path, tiny_gpt2, data, monkeypatch):
+    """MLflow refusing its store (MLFLOW_TRACKING_URI=file:... in MLflow 3, a server that is down) ended the stage in
+    a bare MlflowException traceback; the trackers started before it were left open."""
+    pytest.importorskip("tensorboard")
+    from instructgpt import tracking
+    closed = []
+
+    def refused(self, run):
+        raise RuntimeError("The filesystem tracking backend is in maintenance mode\nmore text")
+    monkeypatch.setattr(tracking._MLflow, "__init__", refused)
+    monkeypatch.setattr(tracking._TensorBoard, "close", lambda self, outcome: closed.append(outcome.status))
+    with pytest.raises(ConfigError, match=r"report_to: mlflow could not start its run for .*sft \(RuntimeError: The "
+                                          r"filesystem tracking backend is in maintenance mode\); fix it or leave "
+                                          r"mlflow out of report_to"):
+        run_sft(tiny_gpt2, data, tmp_path / "sft", report_to="tensorboard,mlflow")
+    assert closed == ["FAILED"]
+
+
 def test_rm_logs_each_metric_once_per_step(tmp_path, tiny_gpt2, data):
     """The kept epoch's validation after training is logged as rm/kept_val_*: under rm/val_* at the last step it
     sat next to the last epoch's own values (W&B keeps one value per step, TensorBoard drew two points)."""

@@ -216,9 +216,21 @@ class Run:
         self.resume_step, self.resume_rows = step, rows
 
     def start(self) -> None:
-        if self.trackers is None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.trackers = [_CLASSES[n](self) for n in self.names]
+        """Start every tracker's run; one that cannot start is a ConfigError naming it (the runs of those
+        started before it end as failed)."""
+        if self.trackers is not None:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.trackers = []
+        for name in self.names:
+            try:
+                self.trackers.append(_CLASSES[name](self))
+            except Exception as e:
+                self.close(FAILED)
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise ConfigError(f"report_to: {name} could not start its run for {self.out_dir} "
+                                  f"({type(e).__name__}: {reason}); fix it or leave {name} out of report_to "
+                                  f"(metrics.jsonl is written either way)") from e
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         values = _numbers(metrics)
