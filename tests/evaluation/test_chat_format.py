@@ -103,8 +103,7 @@ def test_the_reward_model_reads_answers_in_its_own_format(chat_sft, tok, tmp_pat
     plain = _runner(chat_sft, chat_template="none")
     sampled = plain.sample(prompts)
     got = policy_reward(plain, rm, rm_tok, prompts, sampled, batch_size=4)
-    want = reward_scores(rm, reward_model_sequences(rm, rm_tok, prompts, [str(a) for a in sampled]),
-                         rm_tok.pad_token_id)
+    want = reward_scores(rm, reward_model_sequences(rm, rm_tok, prompts, sampled), rm_tok.pad_token_id)
     assert got == pytest.approx(want, abs=1e-6)
     # same format (the template): the sampled ids are scored as they are
     chat = _runner(chat_sft)
@@ -112,3 +111,29 @@ def test_the_reward_model_reads_answers_in_its_own_format(chat_sft, tok, tmp_pat
     exact = [chat.prompt_ids(p) + list(a.ids) for p, a in zip(prompts, sampled)]
     assert policy_reward(chat, rm, rm_tok, prompts, sampled, 4) == pytest.approx(
         reward_scores(rm, exact, rm_tok.pad_token_id), abs=1e-6)
+
+
+def test_an_answer_cut_at_max_new_tokens_reads_the_same_to_the_reward_model_whatever_the_policys_tokenizer(
+        tmp_path, tok):
+    """A cut answer has no end token in its sampled ids; encoded again from its text (a policy of another
+    format), it must not gain one: the same answer would score as finished for one policy, cut for the other."""
+    from instructgpt.models import load_tokenizer
+    from instructgpt.reward_model import RewardModel
+    from .chat_models import last_token_reward_model, token_of
+    red, blue, end = token_of(tok, " red"), token_of(tok, " blue"), tok.convert_tokens_to_ids("<|im_end|>")
+    policy = force_token(chatml_model(tmp_path / "red"), red)
+    rm_path = last_token_reward_model(chatml_model(tmp_path / "rm_base", seed=2), tmp_path / "rm", tok, red, blue)
+    rm, rm_tok = RewardModel.from_pretrained(rm_path).eval(), load_tokenizer(rm_path)
+    prompts = [Prompt("p1", QUESTION, "u"), Prompt("p2", "count one two", "u")]
+    chat = _runner(policy, max_new_tokens=3)
+    sampled = chat.sample(prompts)
+    assert [(str(a), a.ended) for a in sampled] == [("red red red", False)] * 2
+    with torch.no_grad():
+        by_ids = policy_reward(chat, rm, rm_tok, prompts, sampled, 4)
+        seqs = reward_model_sequences(rm, rm_tok, prompts, sampled)
+        by_text = reward_scores(rm, seqs, rm_tok.pad_token_id)
+    assert all(s[-1] == red for s in seqs)            # cut: no end of turn after the answer
+    assert by_ids == pytest.approx([4.0, 4.0], abs=1e-3) and by_text == pytest.approx(by_ids, abs=1e-5)
+    # a finished answer keeps its end token
+    done = reward_model_sequences(rm, rm_tok, prompts[:1], [" red"])[0]
+    assert done[-2:] == [red, end]

@@ -213,11 +213,18 @@ def reward_model_sequences(rm: RewardModel, rm_tokenizer, prompts: Sequence[Prom
                            responses: Sequence[str], fmt: ChatFormat | None = None) -> list[list[int]]:
     """Each (prompt, answer) as the reward model reads it: in its own format (the chat template its
     folder's tokenizer carries, the one it was trained with; ``fmt`` to give another), the answer's
-    text encoded as a reply ("" is the end token alone). A sequence longer than the reward model's
-    positions is an error naming the prompt."""
+    text encoded as a reply ("" is the end token alone). An answer cut at max_new_tokens (a
+    :class:`~instructgpt.evaluation.policies.Response` that did not end) is read without the end
+    token, as its sampled ids would be. A sequence longer than the reward model's positions is an
+    error naming the prompt."""
     fmt = fmt or ChatFormat.load(rm_tokenizer, "auto")
     encoder = RecordEncoder(fmt, ModelContext.of(rm.config, rm_tokenizer), NO_PROMPT_LIMIT)
-    return [encoder.pair(request_input(p), str(r), p.source).ids for p, r in zip(prompts, responses)]
+    out = []
+    for p, r in zip(prompts, responses):
+        ids = encoder.pair(request_input(p), str(r), p.source).ids
+        cut = not getattr(r, "ended", True) and str(r) and ids[-1:] == [fmt.end_id]
+        out.append(ids[:-1] if cut else ids)
+    return out
 
 
 def rm_scorer(rm: RewardModel, rm_tokenizer, batch_size: int = 64) -> Callable[[list[Prompt], list[str]], list[float]]:
