@@ -148,3 +148,21 @@ def test_prompted_base_reads_its_examples_as_one_document_and_answers_on_a_line(
     answers = prompted.sample(load_test_prompts(run_dir, 10))
     assert all("\n" not in a for a in answers)
     assert plain.stop_ids == list(plain.fmt.stop_ids)  # the unprompted base is asked as before
+
+
+def test_a_lora_adapter_folder_counts_its_base_models_parameters(tmp_path):
+    """The report's size of a LoRA adapter is the merged model's (its base's), not the adapter's few weights."""
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from instructgpt.evaluation.policies import count_params_on_disk
+    base = make_model(tmp_path / "base", "gpt2")
+    adapter = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)),
+                             LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True))
+    adapter.save_pretrained(str(tmp_path / "adapter"))
+    config = tmp_path / "adapter" / "adapter_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": str(base)}))
+    n_base = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(str(base)).parameters())
+    assert count_params_on_disk(base) == n_base
+    assert count_params_on_disk(tmp_path / "adapter") == n_base

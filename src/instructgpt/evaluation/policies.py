@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import lora
 from ..batching import ModelContext, RecordEncoder
 from ..chat import ChatFormat, PromptInput, prompt_input
 from ..config import ConfigError
@@ -54,7 +55,11 @@ class ModelSpec:
 
 
 def count_params_on_disk(folder: str | Path) -> int | None:
-    """Parameters stored in a model folder's safetensors files (None if there are none)."""
+    """Parameters stored in a model folder's safetensors files (None if there are none). A LoRA adapter
+    folder counts its base model's (the merged model the evaluation loads), not its adapter weights."""
+    if lora.is_adapter_folder(folder):
+        base = lora.adapter_base(folder)
+        return count_params_on_disk(base) if Path(base).is_dir() else None
     files = sorted(Path(folder).glob("*.safetensors")) if Path(folder).is_dir() else []
     if not files:
         return None
