@@ -113,6 +113,14 @@ def test_the_report_leaves_out_what_needs_the_world(judged):
     assert (out / "report_files" / "win_rates.png").is_file() and (out / "timings.json").is_file()
 
 
+
+def test_the_report_says_how_each_model_was_asked(judged):
+    """A chat model asked without its template is a silent error unless the report names each model's format."""
+    out, results = judged
+    chatml = "the tokenizer's chat template; responses end with <|im_end|>"
+    assert results.meta["asked with"] == {"sft": chatml, "ppo": chatml}
+    assert "asked with" in (out / "report.md").read_text()
+
 # ----------------------------------------------------------------------------- people, through the labeling app
 
 def _label_everything(tasks_file, db, export_dir, held_out: bool = False):

@@ -131,6 +131,7 @@ def chosen_judges(cfg: EvalConfig, rm_path: str) -> list[str]:
 class Answers:
     """One model's answers and what is measured on them alone."""
     responses: list[Response]
+    format: str = ""                                                # how it was asked (ChatFormat.describe)
     samples: list[list[Response]] = field(default_factory=list)   # further answers for the label tasks
     kl: list[float] | None = None
     reward: list[float] | None = None
@@ -142,7 +143,7 @@ def answer(spec: ModelSpec, cfg: EvalConfig, pool: ModelPool, prompts: Sequence[
     """Sample ``spec``'s answers (and ``n_samples`` further ones, other seeds), their KL to the
     baseline (``base``; None: this is the baseline), reward-model scores and lm-eval scores."""
     runner = PolicyRunner(spec, cfg, pool)
-    out = Answers(runner.sample(prompts))
+    out = Answers(runner.sample(prompts), runner.fmt.describe())
     out.samples = [runner.sample(prompts, replace(cfg, seed=cfg.seed + 1 + s)) for s in range(n_samples)]
     if base is None:
         out.kl = [0.0] * len(prompts)
@@ -321,6 +322,7 @@ def prompts_meta(cfg: EvalConfig, prompts: Sequence[Prompt], specs: dict[str, Mo
         "models": {n: s.path for n, s in specs.items()},
         "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed,
         "chat_template": cfg.chat_template,
+        "asked with": {n: a.format for n, a in answers.items()},
         "judges": ", ".join(JUDGES[j if j != "people" else "human"] for j in judges) or
                   "none (give reward_model=, judge_model= or judges=people)",
         **{f"judge: {JUDGES[j if j != 'people' else 'human']}": v for j, v in meta_judges.items()},
