@@ -233,6 +233,8 @@ def test_cli_errors_naming_the_model_the_baseline_and_the_judge(setup, capsys, t
         ([f"models=sft={paths['sft']},ppo={paths['ppo']}", f"reward_model={paths['sft']}"],
          f"reward_model: {paths['sft']}: not a reward-model folder"),
         ([f"models=sft={paths['sft']}"], "models: only 'sft'; win rates need at least one other model"),
+        ([f"models=sft={paths['sft']}," + ",".join(f"ppo-{i}={paths['ppo']}" for i in range(9)), "judges=people"],
+         "judges: people: 10 models (sft, ppo-0, "),   # a task ranks at most 9 answers: one model would be left out
         ([f"models=sft={paths['sft']},ppo={paths['ppo']}", f"labels={tmp_path}"],
          f"labels: {tmp_path}: no eval/metadata.jsonl"),
     ]

@@ -55,8 +55,8 @@ from ..reward_model import RewardModel
 from ..run_folder import RunFolder
 from .config import EvalConfig
 from .harness import harness_scores, task_manager
-from .human_labels import (LabelFile, as_answers, people_judgement, read_labels, samples_per_model, warn_all_stale,
-                           write_label_tasks)
+from .human_labels import (TASK_K_MAX, LabelFile, as_answers, people_judgement, read_labels, samples_per_model,
+                           warn_all_stale, write_label_tasks)
 from .inputs import stratified_sample
 from .judges import JudgeModel, pairwise_outcomes, reward_model_outcomes
 from .policies import (ModelPool, ModelSpec, PolicyRunner, Response, count_params_on_disk, discover_models,
@@ -123,6 +123,15 @@ def chosen_judges(cfg: EvalConfig, rm_path: str) -> list[str]:
         if j == "judge_model" and not cfg.judge_model:
             raise ConfigError("judges: judge_model needs judge_model=PATH (a causal LM folder, .gguf file or smollm2)")
     return list(dict.fromkeys(cfg.judges))
+
+
+def check_people_can_rank(judges: list[str], specs: dict[str, ModelSpec]) -> None:
+    """People rank every model's answer in one labeling task, which holds at most TASK_K_MAX answers:
+    more models is an error before any model answers (a task would leave the last ones out)."""
+    if "people" in judges and len(specs) > TASK_K_MAX:
+        raise ConfigError(f"judges: people: {len(specs)} models ({', '.join(specs)}), but a labeling task ranks at "
+                          f"most {TASK_K_MAX} answers; give people at most {TASK_K_MAX} models, or leave people out "
+                          f"(judges=reward_model,judge_model)")
 
 
 # ----------------------------------------------------------------------------- one model's answers
@@ -198,6 +207,7 @@ def run_prompts_eval(cfg: EvalConfig) -> EvalResults:
     specs = own_models(cfg)
     rm_path = reward_model_path(cfg)
     judges = chosen_judges(cfg, rm_path)
+    check_people_can_rank(judges, specs)
     labels = read_labels(cfg.labels, prompts) if cfg.labels else None
     manager = task_manager(cfg.lm_eval_tasks, cfg.lm_eval_include) if cfg.lm_eval_tasks else None
     out_dir = cfg.out_path
