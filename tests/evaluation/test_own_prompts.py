@@ -198,8 +198,12 @@ def test_people_labels_from_the_zip_and_from_rankings_without_model_names(setup,
         row["responses"] = ["something else"] * len(row["responses"])
     stale.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(_args(paths, tmp_path / "t", f"labels={stale}")) == 0
-    assert "every ranking is of other answers than this evaluation's" in capsys.readouterr().err
-    assert "human" not in EvalResults.load(tmp_path / "t" / "results.json").model("ppo").win_rate
+    err = capsys.readouterr().err
+    assert "every ranking is of other answers than this evaluation's" in err
+    assert "batch_size" in err   # the answers depend on it: another batch_size makes every label stale
+    stale_results = EvalResults.load(tmp_path / "t" / "results.json")
+    assert "human" not in stale_results.model("ppo").win_rate
+    assert stale_results.meta["batch_size"] == 8   # what the labeled evaluation's answers were sampled with
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -260,7 +260,9 @@ def human_tables(comps_by_model: dict[str, list[Comparison]], seed: int) -> dict
 
 def warn_all_stale(labels: LabelFile) -> None:
     print(f"eval: warning: labels: {labels.path}: every ranking is of other answers than this evaluation's "
-          f"(an earlier evaluation's tasks?); no win rate from people", file=sys.stderr, flush=True)
+          f"(an earlier evaluation's tasks?); no win rate from people. The answers depend on seed, temperature, "
+          f"max_new_tokens, batch_size, chat_template and the prompts evaluated: run with the options of the "
+          f"evaluation that wrote the tasks (its results.json meta)", file=sys.stderr, flush=True)
 
 
 def add_human_labels(models: Sequence[ModelResult], labels: LabelFile, prompts: Sequence[Prompt],

@@ -331,6 +331,7 @@ def prompts_meta(cfg: EvalConfig, prompts: Sequence[Prompt], specs: dict[str, Mo
         "prompts": f"{cfg.prompts} ({len(prompts)} prompts; use cases: {', '.join(use_cases)})",
         "models": {n: s.path for n, s in specs.items()},
         "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed,
+        "batch_size": cfg.batch_size,   # the sampled answers depend on how the prompts are batched
         "chat_template": cfg.chat_template,
         "asked with": {n: a.format for n, a in answers.items()},
         "judges": ", ".join(JUDGES[j if j != "people" else "human"] for j in judges) or
