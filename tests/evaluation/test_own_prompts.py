@@ -239,6 +239,11 @@ def test_cli_errors_naming_the_model_the_baseline_and_the_judge(setup, capsys, t
         ([f"models=sft={paths['sft']}"], "models: only 'sft'; win rates need at least one other model"),
         ([f"models=sft={paths['sft']}," + ",".join(f"ppo-{i}={paths['ppo']}" for i in range(9)), "judges=people"],
          "judges: people: 10 models (sft, ppo-0, "),   # a task ranks at most 9 answers: one model would be left out
+        # the judge is checked before any model answers: a wrong path, or a context its instructions overflow
+        ([f"models=sft={paths['sft']},ppo={paths['ppo']}", f"judge_model={tmp_path / 'nojudge'}"],
+         f"judge_model: {tmp_path / 'nojudge'}: model folder not found"),
+        ([f"models=sft={paths['sft']},ppo={paths['ppo']}", f"judge_model={paths['sft']}"],
+         f"judge_model: {paths['prompts']}:1: the judge prompt (request with empty answers) is "),
         ([f"models=sft={paths['sft']},ppo={paths['ppo']}", f"labels={tmp_path}"],
          f"labels: {tmp_path}: no eval/metadata.jsonl"),
     ]

@@ -148,6 +148,25 @@ def judge_request(prompt: Prompt, a: str, b: str) -> str:
                                b=str(b).strip() or EMPTY_ANSWER)
 
 
+def judge_prompt_ids(fmt: ChatFormat, context: ModelContext, prompt: Prompt, a: str, b: str) -> list[int]:
+    """The judge prompt of one pair in the judge's format; longer than its context is an error naming the prompt."""
+    ids = fmt.prompt_ids(judge_request(prompt, a, b), prompt.source or prompt.id)
+    if context.positions and len(ids) >= context.positions:
+        answers = "and both answers" if str(a).strip() or str(b).strip() else "with empty answers"
+        raise DataError(f"judge_model: {prompt.source or prompt.id}: the judge prompt (request {answers}) "
+                        f"is {len(ids)} tokens, over the judge's {context.describe()}; lower "
+                        f"max_new_tokens or use a judge with a longer context")
+    return ids
+
+
+def check_judge_context(judge: str, tokenizer, prompts: Sequence[Prompt]) -> None:
+    """Before any model answers: every prompt's judge prompt, with empty answers, must fit the judge's
+    context (read from its config, weights not loaded). Its answers are checked when judged."""
+    fmt, context = ChatFormat.load(tokenizer, "auto"), ModelContext.of_model(judge, tokenizer)
+    for p in prompts:
+        judge_prompt_ids(fmt, context, p, "", "")
+
+
 class JudgeModel:
     """A causal LM as a pairwise judge: P(A) vs P(B) for its first reply token.
 
@@ -173,12 +192,7 @@ class JudgeModel:
 
     def request_ids(self, prompt: Prompt, a: str, b: str) -> list[int]:
         """The judge's prompt ids for one pair; longer than the judge's context is an error naming the prompt."""
-        ids = self.fmt.prompt_ids(judge_request(prompt, a, b), prompt.source or prompt.id)
-        if self.context.positions and len(ids) >= self.context.positions:
-            raise DataError(f"judge_model: {prompt.source or prompt.id}: the judge prompt (request and both answers) "
-                            f"is {len(ids)} tokens, over the judge's {self.context.describe()}; lower "
-                            f"max_new_tokens or use a judge with a longer context")
-        return ids
+        return judge_prompt_ids(self.fmt, self.context, prompt, a, b)
 
     @torch.no_grad()
     def prob_a(self, requests: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> list[float]:

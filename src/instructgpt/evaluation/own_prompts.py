@@ -50,7 +50,7 @@ import torch
 
 from ..config import ConfigError
 from ..data import Prompt, load_prompts
-from ..models import load_tokenizer, pick_device
+from ..models import ModelLoadError, load_tokenizer, pick_device
 from ..reward_model import RewardModel
 from ..run_folder import RunFolder
 from .config import EvalConfig
@@ -58,7 +58,7 @@ from .harness import harness_scores, task_manager
 from .human_labels import (TASK_K_MAX, LabelFile, as_answers, people_judgement, read_labels, samples_per_model,
                            warn_all_stale, write_label_tasks)
 from .inputs import stratified_sample
-from .judges import JudgeModel, pairwise_outcomes, reward_model_outcomes
+from .judges import JudgeModel, check_judge_context, pairwise_outcomes, reward_model_outcomes
 from .policies import (ModelPool, ModelSpec, PolicyRunner, Response, count_params_on_disk, discover_models,
                        extra_model, kind_of)
 from .results import JUDGES, Comparison, EvalResults, ModelResult
@@ -210,12 +210,17 @@ def run_prompts_eval(cfg: EvalConfig) -> EvalResults:
     check_people_can_rank(judges, specs)
     labels = read_labels(cfg.labels, prompts) if cfg.labels else None
     manager = task_manager(cfg.lm_eval_tasks, cfg.lm_eval_include) if cfg.lm_eval_tasks else None
+    pool = ModelPool(pick_device(cfg.device))
+    if "judge_model" in judges:  # a wrong judge, or one too short for its instructions: fail before any answer
+        try:
+            check_judge_context(cfg.judge_model, pool.tokenizer(cfg.judge_model), prompts)
+        except ModelLoadError as e:
+            raise ConfigError(f"judge_model: {e}") from None
     out_dir = cfg.out_path
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     laps("setup")
 
-    pool = ModelPool(pick_device(cfg.device))
     base_spec = specs[cfg.baseline]
     pool.pinned.add(base_spec.path)
     rm = rm_tokenizer = None
