@@ -258,6 +258,17 @@ def test_cli_errors_naming_the_model_the_baseline_and_the_judge(setup, capsys, t
         run_eval(EvalConfig(run_dir=str(tmp_path), judge_model="x"))
 
 
+def test_a_prompt_too_long_for_one_model_is_an_error_naming_it_before_any_model_answers(setup, capsys, tmp_path):
+    """The judge's GPT-2 has 1024 positions, sft's 128: the long prompt fits the first model only."""
+    _, paths = setup
+    prompts = write_jsonl(tmp_path / "long.jsonl", [PROMPTS[0], {"id": "long", "user_id": "u", "text": " ".join(
+        ["say red please"] * 60)}])
+    assert main(["eval", f"prompts={prompts}", f"models=big={paths['judge']},sft={paths['sft']}", "baseline=big",
+                 f"max_new_tokens={MAX_NEW}", "device=cpu", f"out_dir={tmp_path / 'o'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"models: sft: {prompts}:2: prompt: " in err and "over the model's 128 positions" in err, err
+    assert not (tmp_path / "o").exists()
+
 def test_a_prompts_folder_is_named_as_a_folder_not_as_missing(tmp_path):
     from instructgpt.evaluation.own_prompts import load_own_prompts
     with pytest.raises(FileNotFoundError, match="prompts: .*: a folder, not a prompts JSONL"):

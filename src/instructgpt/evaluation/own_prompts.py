@@ -48,8 +48,9 @@ from typing import Any
 
 import torch
 
+from ..batching import ModelContext, RecordEncoder
 from ..config import ConfigError
-from ..data import Prompt, load_prompts
+from ..data import DataError, Prompt, load_prompts
 from ..models import ModelLoadError, load_tokenizer, pick_device
 from ..reward_model import RewardModel
 from ..run_folder import RunFolder
@@ -59,8 +60,8 @@ from .human_labels import (TASK_K_MAX, LabelFile, as_answers, people_judgement, 
                            warn_all_stale, write_label_tasks)
 from .inputs import stratified_sample
 from .judges import JudgeModel, check_judge_context, pairwise_outcomes, reward_model_outcomes
-from .policies import (ModelPool, ModelSpec, PolicyRunner, Response, count_params_on_disk, discover_models,
-                       extra_model, kind_of)
+from .policies import (NO_PROMPT_LIMIT, ModelPool, ModelSpec, PolicyRunner, Response, count_params_on_disk,
+                       discover_models, extra_model, kind_of, request_input)
 from .results import JUDGES, Comparison, EvalResults, ModelResult
 from .scoring import policy_kl, policy_reward
 from .stats import Estimate, mean_estimate, rate, share, win_rate, win_rates_by
@@ -132,6 +133,20 @@ def check_people_can_rank(judges: list[str], specs: dict[str, ModelSpec]) -> Non
         raise ConfigError(f"judges: people: {len(specs)} models ({', '.join(specs)}), but a labeling task ranks at "
                           f"most {TASK_K_MAX} answers; give people at most {TASK_K_MAX} models, or leave people out "
                           f"(judges=reward_model,judge_model)")
+
+
+def check_prompts_fit(specs: dict[str, ModelSpec], cfg: EvalConfig, pool: ModelPool, prompts: Sequence[Prompt]) -> None:
+    """Before any model loads: every prompt in each model's format, plus ``max_new_tokens``, must fit that
+    model's context (its config read, not its weights); an error names the model and the record."""
+    for name, spec in specs.items():
+        try:
+            context = ModelContext.of_model(spec.path, pool.tokenizer(spec.path))
+            encoder = RecordEncoder(pool.format(spec.path, cfg.chat_template), context, NO_PROMPT_LIMIT,
+                                    max_new_tokens=cfg.max_new_tokens)
+            for p in prompts:
+                encoder.prompt(request_input(p), p.source)
+        except (DataError, ModelLoadError) as e:
+            raise type(e)(f"models: {name}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- one model's answers
@@ -211,6 +226,7 @@ def run_prompts_eval(cfg: EvalConfig) -> EvalResults:
     labels = read_labels(cfg.labels, prompts) if cfg.labels else None
     manager = task_manager(cfg.lm_eval_tasks, cfg.lm_eval_include) if cfg.lm_eval_tasks else None
     pool = ModelPool(pick_device(cfg.device))
+    check_prompts_fit(specs, cfg, pool, prompts)
     if "judge_model" in judges:  # a wrong judge, or one too short for its instructions: fail before any answer
         try:
             check_judge_context(cfg.judge_model, pool.tokenizer(cfg.judge_model), prompts)
