@@ -53,6 +53,18 @@ def test_files_written(full_report):
     assert all(p.read_bytes().startswith(PNG_MAGIC) for p in pngs)
 
 
+def test_a_report_written_again_leaves_no_figure_of_the_earlier_one(tmp_path):
+    """An evaluation run again into the same folder without a judge (or a model) must not leave that judge's
+    figures beside a report that no longer has them."""
+    write_report(make_results(), tmp_path)
+    assert (tmp_path / "report_files" / "likert.png").is_file()
+    write_report(EvalResults([ModelResult("ppo_ptx", "ppo_ptx", win_rate={"training": est(0.3)})]), tmp_path)
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    pngs = {p.name for p in (tmp_path / "report_files").glob("*.png")}
+    assert pngs and all(f"report_files/{name}" in md for name in pngs)
+    assert "likert.png" not in pngs
+
+
 def test_html_is_self_contained(full_report):
     page = _parse(full_report[1].read_text(encoding="utf-8"))
     tags = [t for t, _ in page.tags]

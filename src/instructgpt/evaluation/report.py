@@ -599,10 +599,15 @@ def write_report(results: EvalResults, folder) -> tuple[Path, Path]:
     files = folder / "report_files"
     files.mkdir(parents=True, exist_ok=True)
     sections = build_sections(results)
+    written = set()
     for sec in sections:
         for b in sec.blocks:
             if isinstance(b, Image):
                 (files / f"{b.name}.png").write_bytes(b.png)
+                written.add(f"{b.name}.png")
+    for stale in files.glob("*.png"):  # an earlier report's figures (a judge or a model not evaluated now)
+        if stale.name not in written:
+            stale.unlink()
     md_path, html_path = folder / "report.md", folder / "report.html"
     md_path.write_text(render_markdown(sections, files.name), encoding="utf-8")
     html_path.write_text(render_html(sections), encoding="utf-8")
