@@ -206,6 +206,41 @@ def test_people_labels_from_the_zip_and_from_rankings_without_model_names(setup,
     assert stale_results.meta["batch_size"] == 8   # what the labeled evaluation's answers were sampled with
 
 
+
+def test_labels_of_two_models_still_count_when_models_are_added(setup, tmp_path):
+    """Two sampling models make tasks of 2 + 2 answers (seeds 0 and 1). Labelled, then evaluated again with
+    four models (one answer each would fill a task): each must still answer twice to match the labels, or
+    every ranking is taken for another evaluation's and people's win rate is lost."""
+    pytest.importorskip("sqlalchemy", reason="the labeling extra is not installed (pip install 'instructgpt[label]')")
+    from instructgpt.labeling.export import export_dir as write_export
+    from instructgpt.labeling.labels import Submission, new_request_id, submit_label
+    from instructgpt.labeling.store import open_store
+    from instructgpt.labeling.tasks import claim_tasks, import_rank_tasks, open_assignment
+    from tests.labeling.helpers import add_user
+    root, paths = setup
+    a, b = chatml_model(tmp_path / "a", seed=10), chatml_model(tmp_path / "b", seed=11)   # random: samples differ
+    common = ["eval", f"prompts={paths['prompts']}", "baseline=a", "max_new_tokens=6", "temperature=1",
+              "device=cpu"]
+    assert main(common + [f"models=a={a},b={b}", "judges=people", f"out_dir={tmp_path / 'two'}"]) == 0
+    store = open_store(f"sqlite:///{tmp_path / 'labels.db'}")
+    import_rank_tasks(store, tmp_path / "two" / "label_tasks.jsonl")
+    user = add_user(store, "alice")
+    for aid in claim_tasks(store, user.id, 50):   # a person who likes longer answers
+        lengths = [len(r) for r in open_assignment(store, user.id, aid).responses]
+        order = sorted(set(lengths), reverse=True)
+        submit_label(store, user.id, aid, Submission(kind="rank", request_id=new_request_id(), ranking=[
+            [j for j, n in enumerate(lengths) if n == level] for level in order], likert=[4] * len(lengths),
+            flags=[[] for _ in lengths]))
+    write_export(store, tmp_path / "export")
+    store.dispose()
+    assert main(common + [f"models=a={a},b={b}", f"labels={tmp_path / 'export'}", f"out_dir={tmp_path / 'again'}"]) == 0
+    assert main(common + [f"models=a={a},b={b},c={paths['sft']},d={paths['ppo']}", f"labels={tmp_path / 'export'}",
+                          f"out_dir={tmp_path / 'four'}"]) == 0
+    two, four = (EvalResults.load(tmp_path / f / "results.json") for f in ("again", "four"))
+    assert two.model("b").win_rate["human"].n == 2 * len(PROMPTS)
+    assert four.model("b").win_rate["human"] == two.model("b").win_rate["human"]
+    assert "left out" not in four.meta["judge: people (labeling app)"]
+
 # ----------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("args, message", [

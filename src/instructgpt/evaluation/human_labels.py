@@ -149,6 +149,17 @@ def _tagged_models(r: Ranking) -> tuple[list[str] | None, bool]:
     return None, False
 
 
+def answers_in_labels(labels: LabelFile) -> int:
+    """The most answers one model gave to a ranking of ``labels`` (from its ``models`` tags; 1 without
+    tags): an evaluation reading them needs that many answers of each model to match them."""
+    most = 1
+    for r in labels.rankings:
+        tagged, _ = _tagged_models(r)
+        if tagged:
+            most = max(most, max(tagged.count(t) for t in tagged))
+    return most
+
+
 def _owners(r: Ranking, i: int, answers: Answers) -> list[set[str]] | None:
     """The models each response of a ranking came from: by its ``models`` tags when it has them,
     else by text (whitespace-normalised) against every answer of each model to prompt ``i``.

@@ -56,8 +56,8 @@ from ..reward_model import RewardModel
 from ..run_folder import RunFolder
 from .config import EvalConfig
 from .harness import harness_scores, task_manager
-from .human_labels import (TASK_K_MAX, LabelFile, as_answers, people_judgement, read_labels, samples_per_model,
-                           warn_all_stale, write_label_tasks)
+from .human_labels import (TASK_K_MAX, LabelFile, answers_in_labels, as_answers, people_judgement, read_labels,
+                           samples_per_model, warn_all_stale, write_label_tasks)
 from .inputs import stratified_sample
 from .judges import JudgeModel, check_judge_context, pairwise_outcomes, reward_model_outcomes
 from .policies import (NO_PROMPT_LIMIT, ModelPool, ModelSpec, PolicyRunner, Response, count_params_on_disk,
@@ -243,7 +243,10 @@ def run_prompts_eval(cfg: EvalConfig) -> EvalResults:
     if "reward_model" in judges:
         rm = RewardModel.from_pretrained(rm_path, pool.device).eval()
         rm_tokenizer = load_tokenizer(rm_path)
-    n_samples = samples_per_model(len(specs)) - 1 if "people" in judges else 0
+    # each model answers as often as a task needs, and as often as the labels' tasks had it answer (their
+    # tags name each answer: an evaluation with more models than the labelled one must still match them)
+    per_model = max(samples_per_model(len(specs)), answers_in_labels(labels) if labels else 1)
+    n_samples = per_model - 1 if "people" in judges else 0
     order = [cfg.baseline] + [n for n in specs if n != cfg.baseline]
     answers: dict[str, Answers] = {}
     for name in order:
