@@ -282,6 +282,12 @@ def test_cli_errors_naming_the_model_the_baseline_and_the_judge(setup, capsys, t
         ([f"models=sft={paths['sft']},ppo={paths['ppo']}", f"labels={tmp_path}"],
          f"labels: {tmp_path}: no eval/metadata.jsonl"),
     ]
+    tasks = write_jsonl(tmp_path / "label_tasks.jsonl", [{"prompt": "say red please", "prompt_id": "q0",
+                                                           "responses": ["a", "b", "c", "d"],
+                                                           "models": ["sft", "ppo", "sft", "ppo"]}])
+    cases.append(([f"models=sft={paths['sft']},ppo={paths['ppo']}", f"labels={tasks}"],
+                  f"labels: {tasks}:1: ranking: missing; this is a label task (label_tasks.jsonl), not people's "
+                  f"labels"))
     for args, message in cases:
         assert main(base + args) == 2, args
         err = capsys.readouterr().err

@@ -127,9 +127,14 @@ def read_labels(path: str | Path, prompts: Sequence[Prompt]) -> LabelFile:
                 if pid is None or str(pid) not in index:
                     out.other_prompts += 1
                     continue
+                if "ranking" not in obj and "models" in obj and "responses" in obj:
+                    raise DataError(f"{source}: ranking: missing; this is a label task (label_tasks.jsonl), not "
+                                    f"people's labels: import it into the labeling app (instructgpt label import "
+                                    f"--kind rank), label it, and give the app's export (instructgpt label export "
+                                    f"--out DIR)")
                 out.rankings.append(parse_ranking(obj, source, index))
         except DataError as e:
-            raise DataError(str(e).replace(str(file), name)) from None
+            raise DataError(f"labels: {str(e).replace(str(file), name)}") from None
     if not out.rankings:
         raise DataError(f"labels: {name}: none of its {out.read} rankings is of a prompt of this evaluation "
                         f"(its label tasks: label_tasks.jsonl in the evaluation's folder); wrong file, or "
