@@ -316,3 +316,16 @@ def test_a_prompts_folder_is_named_as_a_folder_not_as_missing(tmp_path):
         load_own_prompts(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="prompts: .*nope.jsonl: not found"):
         load_own_prompts(str(tmp_path / "nope.jsonl"))
+
+
+def test_greedy_answers_for_people_with_fewer_models_than_a_task_holds_are_a_warning(capsys):
+    """With 2 models each answers twice so that a task holds 4 answers; at temperature=0 those are copies
+    of one answer, which people were given to rank without a word."""
+    from instructgpt.evaluation.own_prompts import check_people_can_rank
+    two, four = {n: None for n in ("a", "b")}, {n: None for n in "abcd"}
+    check_people_can_rank(["people"], two, 0.0)
+    assert ("warning: temperature=0 with judges=people and 2 models: a labeling task holds at least 4 answers, so "
+            "each model answers 2 times, and greedy decoding gives 2 copies") in capsys.readouterr().err
+    for judges, models, temperature in ((["people"], two, 0.7), (["people"], four, 0.0), (["reward_model"], two, 0.0)):
+        check_people_can_rank(judges, models, temperature)
+        assert capsys.readouterr().err == ""

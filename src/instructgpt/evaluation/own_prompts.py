@@ -41,6 +41,7 @@ people's labels), ``benchmarks``: ``reward_model_score``, ``kl_to_baseline``
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,8 +57,8 @@ from ..reward_model import RewardModel
 from ..run_folder import RunFolder
 from .config import EvalConfig
 from .harness import harness_scores, task_manager
-from .human_labels import (TASK_K_MAX, LabelFile, answers_in_labels, as_answers, people_judgement, read_labels,
-                           samples_per_model, warn_all_stale, write_label_tasks)
+from .human_labels import (TASK_K_MAX, TASK_K_MIN, LabelFile, answers_in_labels, as_answers, people_judgement,
+                           read_labels, samples_per_model, warn_all_stale, write_label_tasks)
 from .inputs import stratified_sample
 from .judges import JudgeModel, check_judge_context, pairwise_outcomes, reward_model_outcomes
 from .policies import (NO_PROMPT_LIMIT, ModelPool, ModelSpec, PolicyRunner, Response, count_params_on_disk,
@@ -126,13 +127,23 @@ def chosen_judges(cfg: EvalConfig, rm_path: str) -> list[str]:
     return list(dict.fromkeys(cfg.judges))
 
 
-def check_people_can_rank(judges: list[str], specs: dict[str, ModelSpec]) -> None:
+def check_people_can_rank(judges: list[str], specs: dict[str, ModelSpec], temperature: float) -> None:
     """People rank every model's answer in one labeling task, which holds at most TASK_K_MAX answers:
-    more models is an error before any model answers (a task would leave the last ones out)."""
-    if "people" in judges and len(specs) > TASK_K_MAX:
+    more models is an error before any model answers (a task would leave the last ones out). With fewer
+    models than a task's TASK_K_MIN answers each model answers several times, which greedy decoding
+    (temperature=0) makes copies of one answer: a warning (people rank the copies, ties)."""
+    if "people" not in judges:
+        return
+    if len(specs) > TASK_K_MAX:
         raise ConfigError(f"judges: people: {len(specs)} models ({', '.join(specs)}), but a labeling task ranks at "
                           f"most {TASK_K_MAX} answers; give people at most {TASK_K_MAX} models, or leave people out "
                           f"(judges=reward_model,judge_model)")
+    per_model = samples_per_model(len(specs))
+    if temperature == 0 and per_model > 1:
+        print(f"warning: temperature=0 with judges=people and {len(specs)} models: a labeling task holds at least "
+              f"{TASK_K_MIN} answers, so each model answers {per_model} times, and greedy decoding gives {per_model} "
+              f"copies of one answer for people to rank (sample with temperature > 0, or give people at least "
+              f"{TASK_K_MIN} models)", file=sys.stderr, flush=True)
 
 
 def check_prompts_fit(specs: dict[str, ModelSpec], cfg: EvalConfig, pool: ModelPool, prompts: Sequence[Prompt]) -> None:
@@ -222,7 +233,7 @@ def run_prompts_eval(cfg: EvalConfig) -> EvalResults:
     specs = own_models(cfg)
     rm_path = reward_model_path(cfg)
     judges = chosen_judges(cfg, rm_path)
-    check_people_can_rank(judges, specs)
+    check_people_can_rank(judges, specs, cfg.temperature)
     labels = read_labels(cfg.labels, prompts) if cfg.labels else None
     manager = task_manager(cfg.lm_eval_tasks, cfg.lm_eval_include) if cfg.lm_eval_tasks else None
     pool = ModelPool(pick_device(cfg.device))
