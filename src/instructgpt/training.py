@@ -198,14 +198,7 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.devi
                 bar.update(1)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items()
                                  if k.endswith(("loss", "lr", "tokens_per_s", "accuracy"))})
-                saved = None
-                # an epoch's last step is checkpointed after the epoch's evaluation: one before it would be
-                # resumed (a kill while the evaluation is logged or the epoch-end checkpoint written) by
-                # evaluating and logging that epoch again
-                epoch_ends = state["step_in_epoch"] >= steps_per_epoch
-                if not epoch_ends and ((cfg.save_every and state["global_step"] % cfg.save_every == 0)
-                                       or checkpoints.due()):
-                    saved = checkpoints.save(state)
+                saved = checkpoints.save(state) if checkpoints.due_after_step(state, steps_per_epoch) else None
                 if interrupt.stop_requested():  # a safe point: stop here, with a checkpoint
                     interrupt.stop(f"at {task.metric_prefix} step {state['global_step']}/{total_steps}",
                                    saved or checkpoints.save(state))
@@ -272,9 +265,16 @@ class _Checkpoints:
         dist.barrier()
         return folder
 
-    def due(self) -> bool:
-        """True when save_minutes have passed since the last checkpoint."""
-        return self.cfg.save_minutes > 0 and time.monotonic() - self.last_save >= 60 * self.cfg.save_minutes
+    def due_after_step(self, state: dict[str, Any], steps_per_epoch: int) -> bool:
+        """True after a step that save_every or save_minutes asks to checkpoint, except an epoch's last step: that
+        one is checkpointed after the epoch's evaluation (a checkpoint before it would be resumed, after a kill
+        while the evaluation is logged or the epoch-end checkpoint written, by evaluating and logging that epoch
+        again)."""
+        if state["step_in_epoch"] >= steps_per_epoch:
+            return False
+        every = self.cfg.save_every and state["global_step"] % self.cfg.save_every == 0
+        minutes = self.cfg.save_minutes > 0 and time.monotonic() - self.last_save >= 60 * self.cfg.save_minutes
+        return bool(every or minutes)
 
 
 def _train_step(model, task: Task, indices: list[int], cfg: TrainConfig, optimizer, scheduler,

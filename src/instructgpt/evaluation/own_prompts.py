@@ -269,16 +269,9 @@ def run_prompts_eval(cfg: EvalConfig) -> EvalResults:
 
     ids = [p.id for p in prompts]
     by_use_case = len({p.use_case for p in prompts}) > 1 or any(p.use_case != "other" for p in prompts)
-    models = {n: ModelResult(n, specs[n].kind, specs[n].n_params) for n in specs}
+    models = {n: _measured_alone(ModelResult(n, specs[n].kind, specs[n].n_params), answers[n], ids, cfg.seed)
+              for n in specs}
     texts = {n: [str(r) for r in a.responses] for n, a in answers.items()}
-    for n, a in answers.items():
-        m = models[n]
-        m.benchmarks.update(length_estimates(a.responses, ids, cfg.seed))
-        if a.reward is not None:
-            m.benchmarks["reward_model_score"] = mean_estimate(a.reward, ids, cfg.seed, "bootstrap-prompts")
-        if a.kl is not None:
-            m.benchmarks["kl_to_baseline"] = mean_estimate(a.kl, ids, cfg.seed, "bootstrap-prompts")
-        m.pretraining.update(a.harness)
     others = [n for n in specs if n != cfg.baseline]
     base_answers = answers[cfg.baseline]
     meta_judges: dict[str, str] = {}
@@ -308,6 +301,18 @@ def run_prompts_eval(cfg: EvalConfig) -> EvalResults:
     print(f"eval: {len(specs)} models on {len(prompts)} prompts ({', '.join(judges) or 'no judge'}) in "
           f"{results.meta['eval_seconds']:.1f}s -> {out_dir / 'results.json'}, {html_path}")
     return results
+
+
+def _measured_alone(m: ModelResult, a: Answers, ids: list[str], seed: int) -> ModelResult:
+    """``m`` with what its answers alone give: their lengths, reward-model scores, KL to the baseline and
+    lm-eval scores."""
+    m.benchmarks.update(length_estimates(a.responses, ids, seed))
+    if a.reward is not None:
+        m.benchmarks["reward_model_score"] = mean_estimate(a.reward, ids, seed, "bootstrap-prompts")
+    if a.kl is not None:
+        m.benchmarks["kl_to_baseline"] = mean_estimate(a.kl, ids, seed, "bootstrap-prompts")
+    m.pretraining.update(a.harness)
+    return m
 
 
 def _judge_by_model(cfg: EvalConfig, pool: ModelPool, prompts: list[Prompt], texts: dict[str, list[str]],
