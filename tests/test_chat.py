@@ -173,6 +173,11 @@ def test_sft_trains_every_assistant_turn_of_a_conversation_or_only_the_last(bpe,
     assert replies == [f"Hello!{end}", f"red{end}", f"Paris.{eos}"]
     last = encoder.pair(prompt_input(demo), demo.response, "d:1")
     assert last.ids == every.ids and [t.strip() for t in _trained_tokens(last, tok)] == [f"Paris.{eos}"]
+    # an assistant greeting before the user's first turn answers nothing: it stays context
+    greeted = parse_demonstration({"messages": [{"role": "assistant", "content": "Welcome!"}] + turns[1:]
+                                   + [{"role": "assistant", "content": "Paris."}]}, "d:2")
+    trained = encoder.pair(prompt_input(greeted), greeted.response, "d:2", earlier_replies=True)
+    assert [t.strip() for t in _trained_tokens(trained, tok)] == [f"Hello!{end}", f"red{end}", f"Paris.{eos}"]
 
 
 def test_a_template_that_rewrites_earlier_replies_cannot_train_them_and_says_so(bpe):

@@ -212,7 +212,8 @@ class ChatFormat:
 
     def reply_spans(self, prompt: PromptInput, prompt_ids: list[int], source: str = "") -> list[tuple[int, int]]:
         """[start, end) positions in ``prompt_ids`` (the ids of ``prompt``) of each assistant reply among a
-        multi-turn prompt's turns: what SFT trains on besides the last reply (``loss_turns=all``).
+        multi-turn prompt's turns that follow a user turn: what SFT trains on besides the last reply
+        (``loss_turns=all``).
 
         A reply's ids are what :meth:`encode` gives its turns up to it: with a template, the reply and
         its end-of-turn token; in plain text its words alone (the transcript goes on to the next turn,
@@ -224,8 +225,8 @@ class ChatFormat:
         where = source or "<record>"
         spans = []
         for i, turn in enumerate(prompt):
-            if turn["role"] != "assistant":
-                continue
+            if turn["role"] != "assistant" or not any(m["role"] == "user" for m in prompt[:i]):
+                continue  # a greeting before the user's first turn answers nothing: context, like a system turn
             if self.template is None:  # the transcript's words (stripped, as it writes them); EOS ends the last reply only
                 before, reply = self.encode(prompt[:i], turn["content"].strip(), where)
                 reply = reply[:-1]
