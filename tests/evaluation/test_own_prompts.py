@@ -248,6 +248,10 @@ def test_labels_of_two_models_still_count_when_models_are_added(setup, tmp_path)
     (["models=sft=a,sft=b"], "models: 'sft' is given twice"),
     (["judges=gpt4"], "judges: unknown judge 'gpt4' (expected reward_model, judge_model, people)"),
     ([], "models: required with prompts="),
+    # options of the built-in world's evaluation would be ignored on your own prompts
+    (["models=a=x,b=y", "judgements=5"], "judgements: only read when evaluating a run of the built-in world"),
+    (["models=a=x,b=y", "few_shot=0", "continuation_items=10"],
+     "few_shot, continuation_items: only read when evaluating a run of the built-in world"),
 ])
 def test_cli_errors_before_any_model_loads(setup, capsys, args, message, tmp_path):
     _, paths = setup
@@ -329,3 +333,10 @@ def test_greedy_answers_for_people_with_fewer_models_than_a_task_holds_are_a_war
     for judges, models, temperature in ((["people"], two, 0.7), (["people"], four, 0.0), (["reward_model"], two, 0.0)):
         check_people_can_rank(judges, models, temperature)
         assert capsys.readouterr().err == ""
+
+
+def test_a_runs_settings_fill_only_the_options_an_evaluation_on_your_prompts_reads():
+    cfg = EvalConfig(prompts="p.jsonl", run_dir="r", models=["a=x", "b=y"])
+    filled = cfg.with_run_defaults({"continuation_items": 300, "seed": 3, "max_new_tokens": 20, "eval_prompts": 50})
+    assert (filled.seed, filled.max_new_tokens, filled.n_prompts) == (3, 20, 0)   # every prompt of yours
+    assert filled.continuation_items is None   # a probe of the built-in world: unread, so not an error either

@@ -16,7 +16,7 @@ Two ways to evaluate:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from ..chat import CHAT_TEMPLATE_HELP
@@ -27,6 +27,10 @@ from ..run_folder import RunFolder
 #: Option -> (the RunConfig option it is taken from, the default when the run has none).
 FROM_RUN = {"n_prompts": ("eval_prompts", 120), "max_new_tokens": ("max_new_tokens", 48), "seed": ("seed", 0),
             "continuation_items": ("continuation_items", 500)}
+
+#: Options read only by an evaluation of the built-in world (``run_dir=`` without ``prompts=``): its simulated
+#: labelers, best-of-n table, prompted base and probes.
+WORLD_ONLY = ("judgements", "best_of_n", "few_shot", "toxicity_tokens", "heldout_tokens", "continuation_items")
 
 #: The judges of ``prompts=`` evaluations, and the option each needs.
 JUDGE_INPUTS = {"reward_model": "reward_model", "judge_model": "judge_model", "people": "labels"}
@@ -130,6 +134,8 @@ class EvalConfig:
         for judge in self.judges:
             if judge not in JUDGE_INPUTS:
                 raise ConfigError(f"judges: unknown judge {judge!r} (expected {', '.join(JUDGE_INPUTS)})")
+        if self.prompts:
+            self._check_no_world_options()
         if not self.prompts and (self.judges or self.judge_model):
             raise ConfigError("judges, judge_model: only with prompts= (a run of the built-in world is judged by "
                               "its simulated labelers; people's labels go in labels=)")
@@ -137,11 +143,22 @@ class EvalConfig:
             raise ConfigError("models: required with prompts= (name=path,..., e.g. models=sft=PATH,ppo=PATH "
                               "baseline=sft)")
 
+    def _check_no_world_options(self) -> None:
+        """With prompts=, an option of the built-in world's evaluation set to anything but its default is an
+        error: it would be ignored."""
+        defaults = {f.name: f.default for f in fields(EvalConfig)}
+        given = [name for name in WORLD_ONLY if getattr(self, name) != defaults[name]]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: only read when evaluating a run of the built-in world "
+                              f"(run_dir= without prompts=: simulated labelers, probes, the prompted base); "
+                              f"an evaluation on your own prompts would ignore {'them' if len(given) > 1 else 'it'}")
+
     def with_run_defaults(self, run_config: dict | None) -> EvalConfig:
         """A copy with every unset option of FROM_RUN filled in from the run's run_config.json
         (``run_config``, None if the folder has none) or else its default; then validated.
         With ``prompts=`` an unset n_prompts means all of them."""
-        unset = [name for name in FROM_RUN if getattr(self, name) is None]
+        unset = [name for name in FROM_RUN if getattr(self, name) is None
+                 and not (self.prompts and name in WORLD_ONLY)]   # unread with prompts=
         changes = {name: (run_config or {}).get(FROM_RUN[name][0], FROM_RUN[name][1]) for name in unset}
         if self.prompts and self.n_prompts is None:
             changes["n_prompts"] = 0
