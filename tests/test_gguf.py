@@ -109,3 +109,15 @@ def test_truncated_gguf_is_a_clean_error(tmp_path, tiny_gguf):
     cut.write_bytes(path.read_bytes()[:2000])
     with pytest.raises(ModelLoadError, match="cut.gguf"):
         load_policy(cut)
+
+
+def test_a_gguf_file_counts_its_parameters_for_the_report(tiny_gguf, tmp_path):
+    """The evaluation's report sizes a GGUF policy from its tensors (it printed '? parameters')."""
+    from instructgpt.evaluation.policies import count_params_on_disk
+    path, hf = tiny_gguf
+    n_hf = sum(p.numel() for p in load_policy(str(hf)).parameters())
+    assert count_params_on_disk(path) == count_params_on_disk(hf) == n_hf
+    damaged = tmp_path / "damaged.gguf"
+    damaged.write_bytes(path.read_bytes()[:4096])
+    with pytest.raises(ModelLoadError, match="damaged.gguf: cannot read the GGUF tensors"):
+        count_params_on_disk(damaged)

@@ -32,7 +32,7 @@ from ..chat import ChatFormat, PromptInput, prompt_input
 from ..config import ConfigError
 from ..data import DataError, Prompt
 from ..generation import decode_responses, generate
-from ..models import ModelLoadError, load_policy, load_tokenizer, pick_device, resolve_source
+from ..models import SMOLLM2_ALIAS, ModelLoadError, ModelSource, load_policy, load_tokenizer, pick_device, resolve_source
 from ..run_folder import POLICY_FOLDERS, RunFolder
 from .config import EvalConfig
 from .results import MODEL_KINDS
@@ -55,8 +55,11 @@ class ModelSpec:
 
 
 def count_params_on_disk(folder: str | Path) -> int | None:
-    """Parameters stored in a model folder's safetensors files (None if there are none). A LoRA adapter
-    folder counts its base model's (the merged model the evaluation loads), not its adapter weights."""
+    """Parameters stored in a model folder's safetensors files, or in a ``.gguf`` file (or ``smollm2``);
+    None if there are none. A LoRA adapter folder counts its base model's (the merged model the
+    evaluation loads), not its adapter weights."""
+    if str(folder) == SMOLLM2_ALIAS or Path(folder).suffix == ".gguf":
+        return _count_gguf_params(resolve_source(folder))
     if lora.is_adapter_folder(folder):
         base = lora.adapter_base(folder)
         return count_params_on_disk(base) if Path(base).is_dir() else None
@@ -73,6 +76,20 @@ def count_params_on_disk(folder: str | Path) -> int | None:
         except (SafetensorError, OSError) as e:
             raise ModelLoadError(f"{f}: cannot read the weights ({e}); the file is damaged or incomplete") from None
     return total
+
+
+def _count_gguf_params(src: ModelSource) -> int | None:
+    """Elements of every tensor in a GGUF file (quantized tensors count their dequantized elements);
+    None without the ``gguf`` package (loading the model will say it is needed)."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        return None
+    path = Path(src.folder) / str(src.gguf_file)
+    try:
+        return sum(int(t.n_elements) for t in GGUFReader(str(path)).tensors)
+    except (ValueError, OSError) as e:
+        raise ModelLoadError(f"{path}: cannot read the GGUF tensors ({e}); the file is damaged or incomplete") from None
 
 
 def kind_of(name: str, path: str) -> str:
