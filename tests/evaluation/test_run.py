@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -279,3 +280,16 @@ def test_a_damaged_weights_file_is_a_model_error_naming_it(run, tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ModelLoadError, match=r"sft/model\.safetensors: cannot read the weights"):
         count_params_on_disk(tmp_path / "sft")
+
+
+def test_the_label_tasks_line_names_the_models_a_task_leaves_out():
+    """A ranking task holds at most 9 answers: with ten models the tenth is named, not silently dropped."""
+    from instructgpt.evaluation.policies import ModelSpec
+    from instructgpt.evaluation.run import _left_out
+    names = ["base", "base_prompted", "flan", "sft", "ppo", "ppo_ptx", "x0", "x1", "x2"]
+    specs = {n: ModelSpec(n, "other", "p", None) for n in names}
+    cfg = EvalConfig(run_dir="r")
+    assert _left_out(specs, cfg) == ""
+    specs["x3"] = ModelSpec("x3", "other", "p", None)
+    assert _left_out(specs, cfg) == "; x3 left out: a task ranks at most 9 answers, one per model"
+    assert _left_out(specs, replace(cfg, baseline="x3")) == "; x2 left out: a task ranks at most 9 answers, one per model"

@@ -52,15 +52,21 @@ def samples_per_model(n_models: int) -> int:
 
 # ----------------------------------------------------------------------------- out: tasks
 
+def task_models(names: Sequence[str], baseline: str, per_model: int = 1) -> list[str]:
+    """The models whose answers a ranking task holds: the baseline, then the others in order, as many as
+    fit in TASK_K_MAX answers when each gives ``per_model``."""
+    ordered = [baseline] + [n for n in names if n != baseline]
+    return ordered[:max(1, TASK_K_MAX // per_model)]
+
+
 def write_label_tasks(path: Path, prompts: Sequence[Prompt], responses_by_model: dict[str, Sequence[str]],
                       baseline: str, seed: int = 0, samples: Answers | None = None) -> int:
     """Ranking tasks (the labeling app's import format), one per prompt: every model's answer
     (baseline first in choice, at most 9 responses), plus each model's further ``samples``,
     shuffled; ``models`` names the model of each response. An empty answer is written as ""
     (the app shows it as an empty response)."""
-    names = [baseline] + [n for n in responses_by_model if n != baseline]
     per_model = 1 + min(len(v) for v in samples.values()) if samples else 1
-    names = names[:max(1, TASK_K_MAX // per_model)]
+    names = task_models(list(responses_by_model), baseline, per_model)
     rows = []
     for i, p in enumerate(prompts):
         pairs = [(n, str(responses_by_model[n][i]).strip()) for n in names]

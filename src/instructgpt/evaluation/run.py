@@ -57,7 +57,7 @@ from .best_of_n import best_of_n
 from .claims import check_claims, head_to_head_pairs
 from .config import EvalConfig
 from .harness import harness_scores, task_manager
-from .human_labels import add_human_labels, read_labels, write_label_tasks
+from .human_labels import TASK_K_MAX, add_human_labels, read_labels, task_models, write_label_tasks
 from .inputs import EvalInputs, read_inputs
 from .judging import Judgement, checkable, judge
 from .policies import PROMPTED, ModelPool, ModelSpec, PolicyRunner, generate_responses
@@ -333,6 +333,13 @@ def _short(path: str | Path, run: RunFolder) -> str:
         return str(path)
 
 
+def _left_out(specs: dict[str, ModelSpec], cfg: EvalConfig) -> str:
+    """What the label tasks leave out: a task ranks at most TASK_K_MAX answers."""
+    left = [n for n in specs if n not in task_models(list(specs), cfg.baseline)]
+    return (f"; {', '.join(left)} left out: a task ranks at most {TASK_K_MAX} answers, one per model"
+            if left else "")
+
+
 def run_meta(cfg: EvalConfig, run: RunFolder, out_dir: Path, inputs: EvalInputs, ref_spec: ModelSpec | None,
              n_tasks: int, n_judged: int) -> dict[str, Any]:
     """The report's run table: what was evaluated, how, and what was left out."""
@@ -345,7 +352,7 @@ def run_meta(cfg: EvalConfig, run: RunFolder, out_dir: Path, inputs: EvalInputs,
         "kl": f"to {ref_spec.name}, on each policy's own answers, log-probs at the sampling temperature"
               if ref_spec else "not measured (no SFT model)",
         "world": f"{_short(run.world, run)}/ (seed {wc.seed}, scale {wc.scale:g})",
-        "label_tasks": f"{_short(out_dir / 'label_tasks.jsonl', run)} ({n_tasks} ranking tasks)",
+        "label_tasks": f"{_short(out_dir / 'label_tasks.jsonl', run)} ({n_tasks} ranking tasks)" + _left_out(specs, cfg),
         "judges": f"simulated labelers: {cfg.judgements} distinct training and {cfg.judgements} distinct held-out "
                   "labeler(s) per comparison (drawn without replacement); Likert and flags by the prompt's "
                   "held-out labeler",
