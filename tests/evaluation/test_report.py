@@ -173,3 +173,13 @@ def test_agreement_rows_show_what_they_rest_on():
     assert table.rows[1][-1] == "not recorded"  # an older results.json
     run = next(s for s in build_sections(res) if s.title == "Run")
     assert not any(r[0] == "agreement_basis" for b in run.blocks for r in b.rows)
+
+
+def test_the_training_curves_are_drawn_against_the_ppo_iteration(monkeypatch):
+    """PPO's metrics.jsonl logs one row per iteration (its 'step'): the curves' axes say so, not 'step'."""
+    from instructgpt.evaluation import plots
+    drawn = []
+    monkeypatch.setattr(plots, "_png", lambda fig: drawn.append(fig) or b"")
+    build_sections(make_results())
+    curves = [f for f in drawn if any(ax.get_title().startswith("ppo/") for ax in f.axes)]
+    assert curves and {ax.get_xlabel() for f in curves for ax in f.axes} == {"PPO iteration"}

@@ -153,11 +153,11 @@ def frontier(runs: dict[str, Sequence[tuple[float, float, float]]]) -> bytes:
         return _png(fig)
 
 
-def curves(metrics: dict[str, dict[str, tuple[list[float], list[float]]]],
+def curves(metrics: dict[str, dict[str, tuple[list[float], list[float]]]], xlabel: str,
            max_panels: int = 12) -> bytes:
     """Training curves: one panel per metric, one line per run.
 
-    metrics: metric name -> run name -> (steps, values); at most
+    metrics: metric name -> run name -> (steps, values), the steps in units of ``xlabel``; at most
     ``max_panels`` metrics are drawn (in the given order).
     """
     names = list(metrics)[:max_panels]
@@ -170,6 +170,6 @@ def curves(metrics: dict[str, dict[str, tuple[list[float], list[float]]]],
             for run, (steps, values) in metrics[metric].items():
                 ax.plot(steps, values, lw=1, label=run)
             ax.set_title(metric, fontsize=8)
-            ax.set_xlabel("step", fontsize=7)
+            ax.set_xlabel(xlabel, fontsize=7)
             ax.legend(fontsize=6, frameon=False)
         return _png(fig)

@@ -413,8 +413,9 @@ def _training_section(results: EvalResults) -> Section:
                                f"reward and KL, e.g. keys {SCORE_KEYS[0]!r}, {KL_KEYS[0]!r})."))
     series = _curve_series(results)
     if series:
-        sec.blocks.append(Image("training_curves", plots.curves(series),
-                                "Logged training metrics against step."))
+        sec.blocks.append(Image("training_curves", plots.curves(series, "PPO iteration"),
+                                "Logged PPO metrics against the PPO iteration (one batch of rollouts and "
+                                "the updates on it)."))
     else:
         sec.blocks.append(Para(f"Training curves: {NOT_MEASURED}."))
     return sec
