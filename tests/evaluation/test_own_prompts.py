@@ -299,6 +299,8 @@ def test_cli_errors_naming_the_model_the_baseline_and_the_judge(setup, capsys, t
     assert not (tmp_path / "o").exists()
     with pytest.raises(Exception, match="run_dir: required .*or prompts="):
         EvalConfig().validate()
+    with pytest.raises(Exception, match="reuse_answers: only read with prompts="):
+        EvalConfig(run_dir=str(tmp_path), reuse_answers=False).validate()
     with pytest.raises(Exception, match="judges, judge_model: only with prompts="):
         run_eval(EvalConfig(run_dir=str(tmp_path), judge_model="x"))
 
@@ -340,3 +342,45 @@ def test_a_runs_settings_fill_only_the_options_an_evaluation_on_your_prompts_rea
     filled = cfg.with_run_defaults({"continuation_items": 300, "seed": 3, "max_new_tokens": 20, "eval_prompts": 50})
     assert (filled.seed, filled.max_new_tokens, filled.n_prompts) == (3, 20, 0)   # every prompt of yours
     assert filled.continuation_items is None   # a probe of the built-in world: unread, so not an error either
+
+
+def test_answers_are_saved_before_judging_and_read_back_by_the_next_evaluation(setup, tmp_path, monkeypatch, capsys):
+    """A judge that fails after the models answered loses no answer; the rerun samples none of them again
+    unless what they were sampled from changed (options, model files)."""
+    from instructgpt.evaluation import own_prompts
+    from instructgpt.evaluation.policies import PolicyRunner
+    _, paths = setup
+    out = tmp_path / "o"
+
+    def judge_fails(*args, **kwargs):
+        raise RuntimeError("the judge ran out of memory")
+    with monkeypatch.context() as m:
+        m.setattr(own_prompts, "pairwise_outcomes", judge_fails)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            main(_args(paths, out, f"judge_model={paths['judge']}"))
+    saved = {name: json.loads((out / "answers" / f"{name}.json").read_text()) for name in ("sft", "ppo")}
+    for name, word in (("ppo", "red"), ("sft", "blue")):   # the forced word until max_new_tokens, no stop
+        assert [(text, len(ids), ended) for text, ids, ended in saved[name]["answers"]] == \
+            [(" ".join([word] * MAX_NEW), MAX_NEW, False)] * len(PROMPTS)
+
+    sampled = []
+    real_sample = PolicyRunner.sample
+    monkeypatch.setattr(PolicyRunner, "sample", lambda self, *a, **k: sampled.append(self.spec.name) or
+                        real_sample(self, *a, **k))
+    capsys.readouterr()
+    assert main(_args(paths, out, f"judge_model={paths['judge']}")) == 0
+    assert sampled == [] and "eval: ppo: answers reused from" in capsys.readouterr().out
+    again = EvalResults.load(out / "results.json")
+    assert again.model("ppo").win_rate["judge_model"].value == 0.5
+    assert again.model("ppo").benchmarks["response_tokens"].value == MAX_NEW   # ids and ends came back too
+    assert again.model("ppo").benchmarks["stopped"].value == 0.0
+    assert again.meta["asked with"]["ppo"] == saved["ppo"]["asked_with"]
+
+    assert main(_args(paths, out, f"judge_model={paths['judge']}", "max_new_tokens=3")) == 0   # another option
+    assert sampled == ["sft", "ppo"]
+    changed = tmp_path / "ppo"
+    shutil.copytree(paths["ppo"], changed)
+    (changed / "tokenizer_config.json").write_text((changed / "tokenizer_config.json").read_text() + " ")
+    args = [a.replace(str(paths["ppo"]), str(changed)) for a in _args(paths, out, "max_new_tokens=3")]
+    assert main(args) == 0 and sampled == ["sft", "ppo", "ppo"]   # the same name, other files
+    assert main(args + ["reuse_answers=false"]) == 0 and sampled[3:] == ["sft", "ppo"]

@@ -76,6 +76,9 @@ class EvalConfig:
     out_dir: str = opt("", "Where results.json and the report go (default: results in run_dir/eval, the report "
                            "in run_dir; with prompts=, <prompts file>-eval/ beside it). With out_dir, nothing of "
                            "the run folder is overwritten.")
+    reuse_answers: bool = opt(True, "prompts=: read back the answers an earlier evaluation saved in "
+                                    "out_dir/answers/ when they were sampled from the same model files, prompts and "
+                                    "sampling options (false: sample every answer again).")
     labels: str = opt("", "People's labels of eval/label_tasks.jsonl: the labeling app's export folder ('instructgpt "
                           "label export --out DIR'), its zip, its eval/metadata.jsonl, or a rankings JSONL; "
                           "win rates (and with the export, Likert scores and flags) are computed from it.")
@@ -136,6 +139,9 @@ class EvalConfig:
                 raise ConfigError(f"judges: unknown judge {judge!r} (expected {', '.join(JUDGE_INPUTS)})")
         if self.prompts:
             self._check_no_world_options()
+        if not self.prompts and not self.reuse_answers:
+            raise ConfigError("reuse_answers: only read with prompts= (a run's evaluation samples every answer; "
+                              "the pipeline reuses a finished eval stage as a whole)")
         if not self.prompts and (self.judges or self.judge_model):
             raise ConfigError("judges, judge_model: only with prompts= (a run of the built-in world is judged by "
                               "its simulated labelers; people's labels go in labels=)")

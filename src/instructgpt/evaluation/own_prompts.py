@@ -7,7 +7,9 @@ No built-in world is needed. In order (:func:`run_prompts_eval`):
    when it is given);
 2. every model answers every prompt once, through its own chat format
    (``chat_template=``), with the same seed; the answers' lengths are counted,
-   and their KL to the baseline measured when the tokenizers match;
+   and their KL to the baseline measured when the tokenizers match. Each model's answers are saved
+   in ``out_dir/answers/`` as soon as it has given them, and a rerun with the same models, prompts and
+   sampling options reads them back (:mod:`.saved_answers`);
 3. the chosen judges (``judges=``, default: each whose input is given) compare
    each model's answer with the baseline's on every prompt:
 
@@ -64,6 +66,8 @@ from .judges import JudgeModel, check_judge_context, pairwise_outcomes, reward_m
 from .policies import (NO_PROMPT_LIMIT, ModelPool, ModelSpec, PolicyRunner, Response, count_params_on_disk,
                        discover_models, extra_model, kind_of, request_input)
 from .results import JUDGES, Comparison, EvalResults, ModelResult
+from .saved_answers import FOLDER as ANSWERS
+from .saved_answers import answers_key, load_answers, save_answers
 from .scoring import policy_kl, policy_reward
 from .stats import Estimate, mean_estimate, rate, share, win_rate, win_rates_by
 
@@ -174,12 +178,11 @@ class Answers:
 
 
 def answer(spec: ModelSpec, cfg: EvalConfig, pool: ModelPool, prompts: Sequence[Prompt], base: PolicyRunner | None,
-           rm: RewardModel | None, rm_tokenizer, n_samples: int, manager) -> Answers:
-    """Sample ``spec``'s answers (and ``n_samples`` further ones, other seeds), their KL to the
+           rm: RewardModel | None, rm_tokenizer, n_samples: int, manager, out_dir: Path) -> Answers:
+    """``spec``'s answers (and ``n_samples`` further ones, other seeds: :func:`sampled_answers`), their KL to the
     baseline (``base``; None: this is the baseline), reward-model scores and lm-eval scores."""
     runner = PolicyRunner(spec, cfg, pool)
-    out = Answers(runner.sample(prompts), runner.fmt.describe())
-    out.samples = [runner.sample(prompts, replace(cfg, seed=cfg.seed + 1 + s)) for s in range(n_samples)]
+    out = sampled_answers(spec, runner, cfg, prompts, n_samples, out_dir)
     if base is None:
         out.kl = [0.0] * len(prompts)
     else:
@@ -190,6 +193,25 @@ def answer(spec: ModelSpec, cfg: EvalConfig, pool: ModelPool, prompts: Sequence[
     if manager is not None:
         out.harness = harness_scores(runner.model, runner.tokenizer, cfg.lm_eval_tasks, manager, cfg.lm_eval_limit,
                                      cfg.batch_size, cfg.seed, runner.context.positions)
+    return out
+
+
+def sampled_answers(spec: ModelSpec, runner: PolicyRunner, cfg: EvalConfig, prompts: Sequence[Prompt],
+                    n_samples: int, out_dir: Path) -> Answers:
+    """The answers ``runner`` samples, saved in out_dir/answers/ at once; those an earlier evaluation saved
+    under the same key when ``cfg.reuse_answers`` (:mod:`.saved_answers`)."""
+    options = {"temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed,
+               "batch_size": cfg.batch_size, "further_samples": n_samples}
+    key = answers_key(spec.path, runner.fmt.template, prompts, options, torch.device(runner.device).type)
+    saved = load_answers(out_dir, spec.name, key) if cfg.reuse_answers else None
+    if saved is not None:
+        responses, samples, asked_with = saved
+        print(f"eval: {spec.name}: answers reused from {out_dir / ANSWERS / spec.name}.json (same model files, "
+              f"prompts and sampling options; reuse_answers=false samples them again)", flush=True)
+        return Answers(responses, asked_with, samples)
+    out = Answers(runner.sample(prompts), runner.fmt.describe())
+    out.samples = [runner.sample(prompts, replace(cfg, seed=cfg.seed + 1 + s)) for s in range(n_samples)]
+    save_answers(out_dir, spec.name, key, out.responses, out.samples, out.format)
     return out
 
 
@@ -263,7 +285,7 @@ def run_prompts_eval(cfg: EvalConfig) -> EvalResults:
     for name in order:
         laps.restart()
         base = None if name == cfg.baseline else PolicyRunner(base_spec, cfg, pool)
-        answers[name] = answer(specs[name], cfg, pool, prompts, base, rm, rm_tokenizer, n_samples, manager)
+        answers[name] = answer(specs[name], cfg, pool, prompts, base, rm, rm_tokenizer, n_samples, manager, out_dir)
         laps(f"answer:{name}")
     del rm
 
