@@ -301,6 +301,9 @@ def test_rm_logs_each_metric_once_per_step(tmp_path, tiny_gpt2, data):
     assert len(seen) == len(set(seen)), sorted(p for p in seen if seen.count(p) > 1)
     last = read_metrics(out / "metrics.jsonl")[-1]
     assert {"rm/reward_bias", "rm/kept_val_loss", "rm/kept_val_accuracy"} <= last.keys()
+    info = json.loads((out / "instructgpt.json").read_text())   # the same names there: rm/val_* are per epoch
+    assert info["rm/kept_val_accuracy"] == last["rm/kept_val_accuracy"] and "rm/val_accuracy" not in info
+    assert [h["rm/val_loss"] for h in info["history"]][-1] == read_metrics(out / "metrics.jsonl")[-2]["rm/val_loss"]
 
 
 def test_rm_resumed_after_its_last_checkpoint_logs_its_summary_once(tmp_path, tiny_gpt2, data):

@@ -214,11 +214,12 @@ def train_rm(cfg: RMConfig) -> RMResult:
     else:
         sharding.save_pretrained(model, out, tokenizer, extra=extra)  # every rank: gathers a sharded model
     if dist.is_main():
+        # the kept epoch's validation under names of its own: rm/val_* are each epoch's (the last one's at
+        # this step in metrics.jsonl, and in instructgpt.json's history)
+        kept = {k.replace("rm/val_", "rm/kept_val_"): v for k, v in final.items()}
         update_run_info(out, reward_bias=bias, normalised_on=ref_desc, history=result.history,
-                        selected_epoch=result.best_epoch, **final)
-        # the kept epoch's validation under names of its own: at this step rm/val_* are the last epoch's
-        log.log(result.steps, {"rm/reward_bias": bias,
-                               **{k.replace("rm/val_", "rm/kept_val_"): v for k, v in final.items()}})
+                        selected_epoch=result.best_epoch, **kept)
+        log.log(result.steps, {"rm/reward_bias": bias, **kept})
         log.close()
         acc = final.get("rm/val_accuracy")
         print(f"rm: bias {bias:+.4f} (mean 0 on {ref_desc})"

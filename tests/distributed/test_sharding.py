@@ -111,7 +111,7 @@ def test_sharded_rm_gives_the_rewards_of_one_process(sharded_ranks, rm_one_rank,
         assert a["rm/accuracy"] == pytest.approx(b["rm/accuracy"])
     info = [json.loads((f / "instructgpt.json").read_text()) for f in (out, rm_one_rank)]
     assert info[0]["selected_epoch"] == info[1]["selected_epoch"]
-    assert info[0]["rm/val_accuracy"] == pytest.approx(info[1]["rm/val_accuracy"])
+    assert info[0]["rm/kept_val_accuracy"] == pytest.approx(info[1]["rm/kept_val_accuracy"])
 
 
 def test_checkpoint_written_by_sharded_ranks_resumes_on_one_unsharded_process(tmp_path, sharded_ranks,
