@@ -95,6 +95,11 @@ def test_tensorboard_resume_drops_the_lost_steps(tmp_path, tiny_gpt2, data):
     run_sft(tiny_gpt2, data, out, report_to="tensorboard", resume=True)
     series, _ = tensorboard_series(out / "tensorboard")
     assert_same_series(series, jsonl_series(out))  # one value per step, the resumed run's
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    configs = [e for tag in acc.Tags()["tensors"] if tag.startswith("config") for e in acc.Tensors(tag)]
+    assert len(configs) == 1   # the config once, not once more per resume
 
 
 def read_wandb_records(path: str) -> list:

@@ -112,7 +112,8 @@ class _TensorBoard:
         # on resume, events from the checkpoint's step on (logged before the kill) are dropped and the rows
         # metrics.jsonl keeps at that step written again
         self.writer = SummaryWriter(log_dir=str(run.out_dir / "tensorboard"), purge_step=run.resume_step, flush_secs=10)
-        self.writer.add_text("config", "```\n" + json.dumps(run.config, indent=2, default=str) + "\n```", 0)
+        if not run.resume_step:  # a resumed run keeps the config its first start wrote (the same options)
+            self.writer.add_text("config", "```\n" + json.dumps(run.config, indent=2, default=str) + "\n```", 0)
         for row in run.resume_rows:
             self.log(run.resume_step, _numbers(row))
 
