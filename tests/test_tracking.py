@@ -359,6 +359,26 @@ def test_run_names_each_training_stages_tracker_run_after_the_run_and_the_stage(
                                                           "rm_r2", "ppo_r2", "ppo_ptx_r2")}
 
 
+def test_mlflow_keeps_every_stage_of_a_run_in_the_run_folders_store(tmp_path, tiny_gpt2, data, monkeypatch):
+    """Each stage made an mlflow.db of its own: 'mlflow ui' on one showed one stage. 'instructgpt run' gives every
+    training stage its run folder as tracking_store; a stage alone keeps its store in out_dir."""
+    pytest.importorskip("mlflow")
+    from instructgpt.pipeline import Pipeline, RunConfig
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    plan = Pipeline(config.from_dict(RunConfig, dict(runs_dir=str(tmp_path / "runs"), name="exp1",
+                                                     report_to="mlflow"))).planned()
+    stores = {st.config.tracking_store for st, _, _ in plan if st.kind in ("pretrain", "sft", "rm", "ppo")}
+    assert stores == {str(tmp_path / "runs" / "exp1")}
+    store = tmp_path / "store"
+    for stage in ("sft", "sft2"):
+        run_sft(tiny_gpt2, data, tmp_path / stage, report_to="mlflow", run_name=stage, tracking_store=str(store))
+    from mlflow import MlflowClient
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    [exp] = [e for e in client.search_experiments() if e.name == "instructgpt"]
+    assert sorted(r.info.run_name for r in client.search_runs([exp.experiment_id])) == ["sft", "sft2"]
+    assert not (tmp_path / "sft" / "mlflow.db").exists()
+
+
 def test_unknown_or_missing_tracker_is_a_clear_error(tmp_path, tiny_gpt2, data, monkeypatch):
     with pytest.raises(ConfigError, match="report_to: 'neptune' is not one of none, tensorboard, wandb"):
         config.from_dict(SFTConfig, dict(model="m", train="t", out_dir="o", report_to="tensorboard,neptune"))

@@ -202,11 +202,12 @@ class RunStages:
 
     def runtime(self, stage: str) -> dict[str, Any]:
         """The options of training stage ``stage`` that cannot change its result (not in its key); its tracker
-        run is named <run name>-<stage> (its folder's name repeats across rounds: models/round<r>/rm ...)."""
+        run is named <run name>-<stage> (its folder's name repeats across rounds: models/round<r>/rm ...), and
+        MLflow's store is the run folder's mlflow.db, one for every stage."""
         c = self.cfg
         return {"device": c.device, "progress": c.progress, "save_minutes": c.checkpoint_minutes,
                 "keep_checkpoints": max(RUNNING_CHECKPOINTS, c.keep_checkpoints), "report_to": c.report_to,
-                "run_name": f"{c.name}-{stage}"}
+                "run_name": f"{c.name}-{stage}", "tracking_store": str(self.run_folder.root)}
 
     # ---- what the stages do
 

@@ -35,7 +35,7 @@ from .checkpoint import sha256_file
 #: reports, how often it checkpoints and what it keeps afterwards. ``out_dir`` and ``run_dir``
 #: name the stage's own folder (the stage name stands for it).
 RUNTIME_OPTIONS = frozenset({
-    "device", "progress", "resume", "out_dir", "run_dir", "report_to", "run_name",
+    "device", "progress", "resume", "out_dir", "run_dir", "report_to", "run_name", "tracking_store",
     "save_every", "save_minutes", "keep_checkpoints", "keep_optimizer",
 })
 #: Files larger than this are keyed by size, modification time and path, not by content.

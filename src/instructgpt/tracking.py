@@ -15,7 +15,8 @@ Where each one writes (a run is named ``<stage>-<out_dir name>`` unless
                WANDB_MODE=offline works without a network (``wandb sync`` later)
   trackio      project $TRACKIO_PROJECT (default instructgpt), its local store
                ($TRACKIO_DIR, default ~/.cache/huggingface/trackio); ``trackio show``
-  mlflow       $MLFLOW_TRACKING_URI, else a SQLite store out_dir/mlflow.db; experiment
+  mlflow       $MLFLOW_TRACKING_URI, else a SQLite store mlflow.db in ``tracking_store`` (default
+               out_dir; ``instructgpt run``: the run folder, one store for every stage); experiment
                $MLFLOW_EXPERIMENT_NAME (default instructgpt); ``mlflow ui --backend-store-uri ...``
 
 A tracker that fails while the run goes on (its server unreachable ...) is dropped with a
@@ -63,6 +64,8 @@ class TrackingOptions:
                                  "(comma list): none, tensorboard, wandb, trackio, mlflow. metrics.jsonl is always "
                                  "written. Needs pip install 'instructgpt[track]' (trackio: [trackio]).")
     run_name: str = opt("", "Run name in the trackers (empty = <stage>-<out_dir folder name>).")
+    tracking_store: str = opt("", "Folder of MLflow's SQLite store (mlflow.db) when MLFLOW_TRACKING_URI is not set "
+                                  "(empty = out_dir). 'instructgpt run' gives its run folder: one store, every stage.")
 
     def validate_tracking(self) -> None:
         parse_report_to(self.report_to)
@@ -155,7 +158,9 @@ class _MLflow:
     def __init__(self, run: "Run"):
         import mlflow
         self.mlflow = mlflow
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run.out_dir / 'mlflow.db').resolve()}"
+        store = Path(run.config.get("tracking_store") or run.out_dir)
+        store.mkdir(parents=True, exist_ok=True)
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(store / 'mlflow.db').resolve()}"
         self.client = mlflow.MlflowClient(uri)
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME", PROJECT)
         found = self.client.get_experiment_by_name(name)
