@@ -173,14 +173,16 @@ def test_people_round_trip_through_the_labeling_apps_export(setup, export):
 
 
 def test_people_labels_from_the_zip_and_from_rankings_without_model_names(setup, export, tmp_path, capsys):
-    """The admin's zip download reads the same; the export's rankings.jsonl (no task meta) is matched by text."""
+    """The admin's zip download reads the same; the export's rankings_test.jsonl (no task meta) is matched by
+    text: the prompts name no split, so their tasks are test tasks, filed apart from the RM's training data."""
     root, paths = setup
     from instructgpt.evaluation.human_labels import EXPORT_RANKINGS
     archive = shutil.make_archive(str(tmp_path / "export"), "zip", export)
     assert main(_args(paths, tmp_path / "z", f"labels={archive}")) == 0
     z = EvalResults.load(tmp_path / "z" / "results.json").model("ppo")
     assert z.win_rate["human"].value == 1.0 and z.win_rate["human"].n == 10
-    assert main(_args(paths, tmp_path / "r", f"labels={export / 'rankings.jsonl'}")) == 0
+    assert (export / "rankings.jsonl").read_text() == ""
+    assert main(_args(paths, tmp_path / "r", f"labels={export / 'rankings_test.jsonl'}")) == 0
     by_text = EvalResults.load(tmp_path / "r" / "results.json").model("ppo")
     assert by_text.win_rate["human"].value == 1.0 and by_text.win_rate["human"].n == 10
     # the export of an earlier evaluation (other answers) is left out, counted

@@ -203,3 +203,20 @@ def test_labels_per_hour_counts_labels_not_skips(store, tmp_path):
         s.execute(update(Label).values(seconds_spent=60.0))
     (t,) = quality.throughput(store)
     assert (t.labels, t.skips, t.median_seconds, t.labels_per_hour) == (1, 1, 60.0, 30.0)
+
+
+def test_an_evaluations_label_tasks_never_reach_the_training_rankings(store, tmp_path):
+    """judges=people writes label_tasks.jsonl of the evaluation's (test) prompts: imported into the app beside
+    the training tasks, people's rankings of them must land in the split files, not in rankings.jsonl."""
+    from instructgpt.evaluation.human_labels import write_label_tasks
+    prompts = [data.Prompt(id="t_test", text="Name a river.", user_id="u1", split="test"),
+               data.Prompt(id="t_none", text="Name a lake.", user_id="u2")]   # own prompts: no split
+    answers = {name: [f"{name} says Nile", f"{name} says Tana"] for name in ("sft", "ppo", "ppo_ptx", "flan")}
+    write_label_tasks(tmp_path / "label_tasks.jsonl", prompts, answers, baseline="sft")
+    import_file(store, "rank", tmp_path / "label_tasks.jsonl")
+    label_everything(store, add_user(store, "ann"))
+    out = tmp_path / "export"
+    export.export_dir(store, out)
+    assert ids(out, "rankings.jsonl") == []
+    assert sorted(ids(out, "rankings_test.jsonl")) == ["t_none", "t_test"]
+

@@ -41,6 +41,8 @@ from .stats import Estimate, likert_mean, rate, win_rate, win_rates_by
 TASK_K_MIN, TASK_K_MAX = 4, 9
 #: Where an export folder (or zip) keeps every ranking with its task's meta.
 EXPORT_RANKINGS = "eval/metadata.jsonl"
+#: The split of a label task whose prompt names none: the app files its rankings apart from training data.
+EVAL_SPLIT = "test"
 
 Answers = dict[str, list[Sequence[str]]]   # model -> [sample s][prompt i] answer text
 
@@ -64,7 +66,8 @@ def write_label_tasks(path: Path, prompts: Sequence[Prompt], responses_by_model:
     """Ranking tasks (the labeling app's import format), one per prompt: every model's answer
     (baseline first in choice, at most 9 responses), plus each model's further ``samples``,
     shuffled; ``models`` names the model of each response. An empty answer is written as ""
-    (the app shows it as an empty response)."""
+    (the app shows it as an empty response). ``split`` is the prompt's, test when it has none:
+    people's judgements of an evaluation never reach the app's training files."""
     per_model = 1 + min(len(v) for v in samples.values()) if samples else 1
     names = task_models(list(responses_by_model), baseline, per_model)
     rows = []
@@ -74,6 +77,7 @@ def write_label_tasks(path: Path, prompts: Sequence[Prompt], responses_by_model:
             pairs += [(n, str(samples[n][s][i]).strip()) for n in names]  # type: ignore[index]
         random.Random(f"tasks:{seed}:{p.id}").shuffle(pairs)
         rows.append({"prompt": p.turns or p.text, "prompt_id": p.id, "use_case": p.use_case,
+                     "split": p.split or EVAL_SPLIT,
                      "responses": [t for _, t in pairs], "models": [n for n, _ in pairs]})
     return write_jsonl(path, rows)
 
