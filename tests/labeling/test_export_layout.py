@@ -220,3 +220,33 @@ def test_an_evaluations_label_tasks_never_reach_the_training_rankings(store, tmp
     assert ids(out, "rankings.jsonl") == []
     assert sorted(ids(out, "rankings_test.jsonl")) == ["t_none", "t_test"]
 
+
+def test_a_prompt_keeps_its_split_across_rounds_and_kinds(store, tmp_path):
+    """Round 2's samples of a test prompt, written without a split (or with another), were filed as train:
+    their rankings reached rankings.jsonl, the RM's training data. They are now an error naming the record."""
+    write_prompts(tmp_path / "p.jsonl", [{"id": "q_test", "text": "Name three rivers.", "user_id": "u3",
+                                          "split": "test"}])
+    import_file(store, "prompts", tmp_path / "p.jsonl")
+    write_prompts(tmp_path / "r1.jsonl", [rank_row("r_valid", "Rank these.", split="valid")])
+    import_file(store, "rank", tmp_path / "r1.jsonl")
+    later = {"r2.jsonl": [rank_row("q_test", "Name three rivers.")],                       # no split: train
+             "r3.jsonl": [rank_row("r_valid", "Rank these again.", split="train")],
+             "r4.jsonl": [rank_row("new", "A.", split="test"), rank_row("new", "B.", split="valid")]}
+    for name, rows in later.items():
+        write_prompts(tmp_path / name, rows)
+    messages = {
+        "r2.jsonl": f"{tmp_path / 'r2.jsonl'}:1: split: train (none given), but prompt 'q_test' is a test prompt in "
+                    f"an earlier import; the tasks of one prompt keep its split (give \"split\": \"test\")",
+        "r3.jsonl": f"{tmp_path / 'r3.jsonl'}:1: split: train, but prompt 'r_valid' is a valid prompt in an earlier "
+                    f"import; the tasks of one prompt keep its split (give \"split\": \"valid\")",
+        "r4.jsonl": f"{tmp_path / 'r4.jsonl'}:2: split: valid, but prompt 'new' is a test prompt in "
+                    f"{tmp_path / 'r4.jsonl'}:1; the tasks of one prompt keep its split (give \"split\": \"test\")"}
+    for name, message in messages.items():
+        with pytest.raises(data.DataError) as e:
+            import_file(store, "rank", tmp_path / name)
+        assert str(e.value) == message
+    write_prompts(tmp_path / "r5.jsonl", [rank_row("q_test", "Name three rivers.", split="test")])
+    assert import_file(store, "rank", tmp_path / "r5.jsonl").added == 1   # its own split: fine
+    label_everything(store, add_user(store, "ann"))
+    export.export_dir(store, tmp_path / "export")
+    assert ids(tmp_path / "export", "rankings.jsonl") == [] and ids(tmp_path / "export", "demonstrations.jsonl") == []

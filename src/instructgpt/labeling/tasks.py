@@ -150,13 +150,43 @@ def check_text(value: str, name: str, max_len: int = MAX_TEXT, required: bool = 
     return value
 
 
+def _row_split(row: dict[str, Any]) -> str:
+    """The split a task row files its labels under (``task_split`` of the task it becomes)."""
+    return (row["meta"] or {}).get("split") or "train"
+
+
+def _check_prompt_splits(s, rows: list[dict[str, Any]], sources: list[str]) -> None:
+    """``DataError`` naming the record unless each row's prompt keeps one split: the split earlier
+    tasks of its ``prompt_id`` (any kind, any import) have, and the split earlier rows of this import
+    give it. A later round's samples of a test prompt filed as train would reach the training files."""
+    ids = sorted({r["prompt_id"] for r in rows})
+    known: dict[str, tuple[str, str]] = {}   # prompt_id -> (split, where it was given)
+    for i in range(0, len(ids), 500):
+        for pid, meta in s.execute(select(Task.prompt_id, Task.meta).where(Task.prompt_id.in_(ids[i:i + 500]))
+                                   .order_by(Task.id)):
+            known.setdefault(pid, ((meta or {}).get("split") or "train", "an earlier import"))
+    for row, source in zip(rows, sources):
+        split, pid = _row_split(row), row["prompt_id"]
+        first, where = known.setdefault(pid, (split, source))
+        if split != first:
+            given = split if (row["meta"] or {}).get("split") else f"{split} (none given)"
+            raise data.DataError(f"{source}: split: {given}, but prompt {pid!r} is a {first} prompt in {where}; "
+                                 f"the tasks of one prompt keep its split (give \"split\": \"{first}\")")
+
+
 def _add_tasks(store: Store, rows: list[dict[str, Any]], result: ImportResult,
                overlap_fraction: float, overlap_k: int, batch: str) -> ImportResult:
-    """Insert task rows (dicts with kind, prompt_id, prompt, responses, meta), skipping known ones."""
+    """Insert task rows (dicts with kind, prompt_id, prompt, responses, meta, source), skipping known ones.
+
+    ``source`` (``file:line``) names the row in errors and is not stored. Every row's prompt must keep
+    the split its earlier tasks have (``_check_prompt_splits``).
+    """
     check_overlap(overlap_fraction, overlap_k)
+    sources = [row.pop("source") for row in rows]
     for row in rows:
         row["content_hash"] = content_hash(row["kind"], row["prompt_id"], row["prompt"], row["responses"])
     with store.tx() as s:
+        _check_prompt_splits(s, rows, sources)
         hashes = [r["content_hash"] for r in rows]
         known: set[str] = set()
         for i in range(0, len(hashes), 500):
@@ -212,7 +242,7 @@ def import_prompts(store: Store, path: str | Path, *, overlap_fraction: float = 
             if p.turns:
                 meta[TURNS_KEY] = p.turns
             rows.append({"kind": "demonstration", "prompt_id": str(p.id), "prompt": p.text,
-                         "responses": None, "meta": meta})
+                         "responses": None, "meta": meta, "source": p.source or f"prompt {p.id}"})
     result = ImportResult("prompts", read=len(prompts), curation=curated.summary())
     result = _add_tasks(store, rows, result, overlap_fraction, overlap_k, batch or Path(path).name)
     result.existing += result.curation["removed"]["already_curated"]
@@ -237,7 +267,8 @@ def read_rank_tasks(path: str | Path, k_min: int = K_MIN, k_max: int = K_MAX) ->
     is derived from the prompt text, so it is stable across imports. A prompt
     given as chat messages is checked as ``data.load_rankings`` checks it (a
     user turn is required, a system turn only first) and its turns are kept in
-    ``meta`` (``TURNS_KEY``). ``split``, if given, must be one of ``data.SPLITS``.
+    ``meta`` (``TURNS_KEY``). ``split``, if given, must be one of ``data.SPLITS``. Each row
+    also holds its ``source`` (``file:line``), which names it in import errors.
     """
     rows = []
     for source, obj in data.read_jsonl(path):
@@ -262,7 +293,7 @@ def read_rank_tasks(path: str | Path, k_min: int = K_MIN, k_max: int = K_MAX) ->
         if turns:
             meta[TURNS_KEY] = turns
         rows.append({"kind": "rank", "prompt_id": str(pid), "prompt": prompt,
-                     "responses": list(responses), "meta": meta})
+                     "responses": list(responses), "meta": meta, "source": source})
     return rows
 
 
