@@ -230,8 +230,8 @@ def test_a_prompt_keeps_its_split_across_rounds_and_kinds(store, tmp_path):
     write_prompts(tmp_path / "r1.jsonl", [rank_row("r_valid", "Rank these.", split="valid")])
     import_file(store, "rank", tmp_path / "r1.jsonl")
     later = {"r2.jsonl": [rank_row("q_test", "Name three rivers.")],                       # no split: train
-             "r3.jsonl": [rank_row("r_valid", "Rank these again.", split="train")],
-             "r4.jsonl": [rank_row("new", "A.", split="test"), rank_row("new", "B.", split="valid")]}
+             "r3.jsonl": [rank_row("r_valid", "Rank these.", split="train")],
+             "r4.jsonl": [rank_row("new", "A.", split="test"), rank_row("new", "A.", split="valid")]}
     for name, rows in later.items():
         write_prompts(tmp_path / name, rows)
     messages = {
@@ -250,3 +250,35 @@ def test_a_prompt_keeps_its_split_across_rounds_and_kinds(store, tmp_path):
     label_everything(store, add_user(store, "ann"))
     export.export_dir(store, tmp_path / "export")
     assert ids(tmp_path / "export", "rankings.jsonl") == [] and ids(tmp_path / "export", "demonstrations.jsonl") == []
+
+
+def test_a_prompt_id_names_one_text_across_imports(store, tmp_path):
+    """Samples of the raw prompts file (not the curated one) carry a prompt's text before the app scrubbed its
+    PII on import: they were accepted, and the email reached the labelers and rankings.jsonl. One id names one
+    prompt, as in curation: another text for an id that earlier tasks (or earlier rows) hold is an error."""
+    write_prompts(tmp_path / "p.jsonl", [{"id": "q1", "text": "Email jane.doe@example.com about the invoice.",
+                                          "user_id": "u1", "split": "train"},
+                                         {"id": "q2", "messages": CHAT, "user_id": "u2", "split": "train"}])
+    import_file(store, "prompts", tmp_path / "p.jsonl")
+    write_prompts(tmp_path / "raw.jsonl", [rank_row("q1", "Email jane.doe@example.com about the invoice.",
+                                                    split="train")])
+    write_prompts(tmp_path / "twice.jsonl", [rank_row("n1", "Say yes.", split="train"),
+                                             rank_row("n1", "Say no.", split="train")])
+    messages = {
+        "raw.jsonl": f"{tmp_path / 'raw.jsonl'}:1: prompt: prompt 'q1' has another text in an earlier import; one "
+                     f"id names one prompt (the app keeps prompts as curated, PII scrubbed: sample from the curated "
+                     f"prompts, or give this prompt its own id)",
+        "twice.jsonl": f"{tmp_path / 'twice.jsonl'}:2: prompt: prompt 'n1' has another text in "
+                       f"{tmp_path / 'twice.jsonl'}:1; one id names one prompt (the app keeps prompts as curated, PII "
+                       f"scrubbed: sample from the curated prompts, or give this prompt its own id)"}
+    for name, message in messages.items():
+        with pytest.raises(data.DataError) as e:
+            import_file(store, "rank", tmp_path / name)
+        assert str(e.value) == message
+    # samples of the curated prompts (scrubbed text; a chat prompt as its turns) are the same prompts
+    write_prompts(tmp_path / "curated.jsonl", [rank_row("q1", "Email [EMAIL] about the invoice.", split="train"),
+                                               rank_row("q2", CHAT, split="train")])
+    assert import_file(store, "rank", tmp_path / "curated.jsonl").added == 2
+    label_everything(store, add_user(store, "ann"))
+    export.export_dir(store, tmp_path / "export")
+    assert "jane.doe" not in (tmp_path / "export" / "rankings.jsonl").read_text()

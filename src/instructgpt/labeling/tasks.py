@@ -155,19 +155,24 @@ def _row_split(row: dict[str, Any]) -> str:
     return (row["meta"] or {}).get("split") or "train"
 
 
-def _check_prompt_splits(s, rows: list[dict[str, Any]], sources: list[str]) -> None:
-    """``DataError`` naming the record unless each row's prompt keeps one split: the split earlier
-    tasks of its ``prompt_id`` (any kind, any import) have, and the split earlier rows of this import
-    give it. A later round's samples of a test prompt filed as train would reach the training files."""
+def _check_prompts_agree(s, rows: list[dict[str, Any]], sources: list[str]) -> None:
+    """``DataError`` naming the record unless each row's ``prompt_id`` names one prompt in one split:
+    the text and split that earlier tasks of that id (any kind, any import) have, and that earlier rows
+    of this import give it. A later round's samples of a test prompt filed as train would reach the
+    training files; samples of a raw prompt the app imported scrubbed of PII would bring the PII back."""
     ids = sorted({r["prompt_id"] for r in rows})
-    known: dict[str, tuple[str, str]] = {}   # prompt_id -> (split, where it was given)
+    known: dict[str, tuple[str, str, str]] = {}   # prompt_id -> (text, split, where it was given)
     for i in range(0, len(ids), 500):
-        for pid, meta in s.execute(select(Task.prompt_id, Task.meta).where(Task.prompt_id.in_(ids[i:i + 500]))
-                                   .order_by(Task.id)):
-            known.setdefault(pid, ((meta or {}).get("split") or "train", "an earlier import"))
+        for pid, text, meta in s.execute(select(Task.prompt_id, Task.prompt, Task.meta)
+                                         .where(Task.prompt_id.in_(ids[i:i + 500])).order_by(Task.id)):
+            known.setdefault(pid, (text, (meta or {}).get("split") or "train", "an earlier import"))
     for row, source in zip(rows, sources):
         split, pid = _row_split(row), row["prompt_id"]
-        first, where = known.setdefault(pid, (split, source))
+        text, first, where = known.setdefault(pid, (row["prompt"], split, source))
+        if row["prompt"] != text:
+            raise data.DataError(f"{source}: prompt: prompt {pid!r} has another text in {where}; one id names "
+                                 f"one prompt (the app keeps prompts as curated, PII scrubbed: sample from "
+                                 f"the curated prompts, or give this prompt its own id)")
         if split != first:
             given = split if (row["meta"] or {}).get("split") else f"{split} (none given)"
             raise data.DataError(f"{source}: split: {given}, but prompt {pid!r} is a {first} prompt in {where}; "
@@ -179,14 +184,14 @@ def _add_tasks(store: Store, rows: list[dict[str, Any]], result: ImportResult,
     """Insert task rows (dicts with kind, prompt_id, prompt, responses, meta, source), skipping known ones.
 
     ``source`` (``file:line``) names the row in errors and is not stored. Every row's prompt must keep
-    the split its earlier tasks have (``_check_prompt_splits``).
+    the text and split its earlier tasks have (``_check_prompts_agree``).
     """
     check_overlap(overlap_fraction, overlap_k)
     sources = [row.pop("source") for row in rows]
     for row in rows:
         row["content_hash"] = content_hash(row["kind"], row["prompt_id"], row["prompt"], row["responses"])
     with store.tx() as s:
-        _check_prompt_splits(s, rows, sources)
+        _check_prompts_agree(s, rows, sources)
         hashes = [r["content_hash"] for r in rows]
         known: set[str] = set()
         for i in range(0, len(hashes), 500):
