@@ -171,19 +171,25 @@ def dedupe_text(p: Prompt) -> str:
     return "\n".join(m["content"] for m in p.turns if m["role"] != "system")
 
 
+def scrub_prompt(text: str, turns: list[dict] | None, source: str = "") -> tuple[str, list[dict] | None, dict[str, int]]:
+    """(text, turns, PII found per kind) of a prompt scrubbed of PII: a chat prompt's every message, and then
+    its transcript (``text``) rendered again; a text prompt's text."""
+    if not turns:
+        text, counts = scrub_pii(text)
+        return text, turns, counts
+    scrubbed, counts = [], {}
+    for m in turns:
+        content, found = scrub_pii(m["content"])
+        scrubbed.append({**m, "content": content})
+        for kind, n in found.items():
+            counts[kind] = counts.get(kind, 0) + n
+    return (render_messages(scrubbed, source=source) if counts else text), scrubbed, counts
+
+
 def _scrub_all(prompts: list[Prompt], result: CurationResult) -> list[Prompt]:
     out = []
     for p in prompts:
-        if p.turns:  # a chat prompt: scrub every message, then its transcript follows
-            turns, counts = [], {}
-            for m in p.turns:
-                content, found = scrub_pii(m["content"])
-                turns.append({**m, "content": content})
-                for kind, n in found.items():
-                    counts[kind] = counts.get(kind, 0) + n
-            text = render_messages(turns, source=p.source) if counts else p.text
-        else:
-            (text, counts), turns = scrub_pii(p.text), None
+        text, turns, counts = scrub_prompt(p.text, p.turns, p.source)
         for kind, n in counts.items():
             result.pii_counts[kind] = result.pii_counts.get(kind, 0) + n
         if text != p.text:

@@ -260,7 +260,7 @@ def test_a_prompt_id_names_one_text_across_imports(store, tmp_path):
                                           "user_id": "u1", "split": "train"},
                                          {"id": "q2", "messages": CHAT, "user_id": "u2", "split": "train"}])
     import_file(store, "prompts", tmp_path / "p.jsonl")
-    write_prompts(tmp_path / "raw.jsonl", [rank_row("q1", "Email jane.doe@example.com about the invoice.",
+    write_prompts(tmp_path / "raw.jsonl", [rank_row("q1", "Email jane.roe@example.com about the order.",
                                                     split="train")])
     write_prompts(tmp_path / "twice.jsonl", [rank_row("n1", "Say yes.", split="train"),
                                              rank_row("n1", "Say no.", split="train")])
@@ -275,10 +275,15 @@ def test_a_prompt_id_names_one_text_across_imports(store, tmp_path):
         with pytest.raises(data.DataError) as e:
             import_file(store, "rank", tmp_path / name)
         assert str(e.value) == message
-    # samples of the curated prompts (scrubbed text; a chat prompt as its turns) are the same prompts
+    # samples of the curated prompts (scrubbed text; a chat prompt as its turns) are the same prompts, and so
+    # are samples of the raw prompts file: a rank import scrubs its prompts as the prompts import did
     write_prompts(tmp_path / "curated.jsonl", [rank_row("q1", "Email [EMAIL] about the invoice.", split="train"),
                                                rank_row("q2", CHAT, split="train")])
     assert import_file(store, "rank", tmp_path / "curated.jsonl").added == 2
+    write_prompts(tmp_path / "samples.jsonl", [rank_row("q1", "Email jane.doe@example.com about the invoice.",
+                                                        split="train", responses=["w", "x", "y", "z"])])
+    result = import_file(store, "rank", tmp_path / "samples.jsonl")
+    assert result.added == 1 and result.describe().endswith("; PII scrubbed from prompts: 1 email")
     label_everything(store, add_user(store, "ann"))
     export.export_dir(store, tmp_path / "export")
     assert "jane.doe" not in (tmp_path / "export" / "rankings.jsonl").read_text()

@@ -198,11 +198,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     kwargs = {"overlap_fraction": args.overlap_fraction, "overlap_k": args.overlap_k}
     store = open_store(args.db)
     try:
-        if args.kind == "prompts":
-            from instructgpt.curate import CurateConfig
+        from instructgpt.curate import CurateConfig
 
-            kwargs["curate_cfg"] = config_mod.load(CurateConfig, args.curate_config, args.curate or [],
-                                                   section="curate")
+        # a rank import scrubs its prompts' PII as the prompts import does (scrub_pii of the same options)
+        kwargs["curate_cfg"] = config_mod.load(CurateConfig, args.curate_config, args.curate or [],
+                                               section="curate")
+        if args.kind == "prompts":
             kwargs["splits"] = tuple(args.splits.split(","))
         result = import_file(store, args.kind, args.file, **kwargs)
     except (DataError, config_mod.ConfigError, ValueError) as e:
@@ -313,7 +314,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--base-url", default="http://127.0.0.1:8000")
     p.set_defaults(handler=cmd_invite)
 
-    p = sub.add_parser("import", help="create tasks from JSONL (prompts are curated first)")
+    p = sub.add_parser("import", help="create tasks from JSONL (prompts are curated first; the prompts of rank "
+                                      "tasks are scrubbed of PII)")
     _db_arg(p)
     p.add_argument("--kind", choices=("prompts", "rank"), required=True,
                    help="prompts: demonstration tasks; rank: ranking tasks from `instructgpt sample`")
@@ -322,8 +324,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="share of tasks given to several labelers (default 0.1)")
     p.add_argument("--overlap-k", type=int, default=2, help="labelers per overlapping task (default 2)")
     p.add_argument("--splits", default="train,valid,test", help="prompts: which curated splits become tasks")
-    p.add_argument("--curate-config", help="prompts: TOML/YAML file of curate options")
-    p.add_argument("--curate", nargs="*", metavar="key=value", help="prompts: curate option overrides")
+    p.add_argument("--curate-config", help="TOML/YAML file of curate options (rank: only scrub_pii is read)")
+    p.add_argument("--curate", nargs="*", metavar="key=value",
+                   help="curate option overrides (rank: only scrub_pii is read)")
     p.set_defaults(handler=cmd_import)
 
     p = sub.add_parser("release", help="give a labeler's pending tasks back to the pool")

@@ -89,10 +89,13 @@ class ImportResult:
     existing: int = 0      # already imported before (same content)
     overlapping: int = 0   # new tasks that want overlap_k labels
     curation: dict[str, Any] = field(default_factory=dict)
+    scrubbed: dict[str, int] = field(default_factory=dict)   # rank imports: PII found in prompts, per kind
 
     def describe(self) -> str:
         text = (f"{self.kind}: read {self.read}, added {self.added} tasks "
                 f"({self.overlapping} with overlap), {self.existing} already imported")
+        if self.scrubbed:
+            text += "; PII scrubbed from prompts: " + ", ".join(f"{n} {k}" for k, n in sorted(self.scrubbed.items()))
         removed = {why: n for why, n in (self.curation.get("removed") or {}).items()
                    if n and why != "already_curated"}  # counted as already imported
         if removed:
@@ -265,7 +268,8 @@ def _earlier_prompts(store: Store) -> list[data.Prompt]:
             for pid, text, meta in rows if meta and meta.get("user_id") is not None and meta.get("split")]
 
 
-def read_rank_tasks(path: str | Path, k_min: int = K_MIN, k_max: int = K_MAX) -> list[dict[str, Any]]:
+def read_rank_tasks(path: str | Path, k_min: int = K_MIN, k_max: int = K_MAX,
+                    scrubbed: dict[str, int] | None = None) -> list[dict[str, Any]]:
     """Ranking-task rows ``{"prompt", "prompt_id"?, "responses": [K strings], "split"?}`` from JSONL.
 
     Errors are ``DataError("file:line: field: what")``. A missing ``prompt_id``
@@ -274,10 +278,19 @@ def read_rank_tasks(path: str | Path, k_min: int = K_MIN, k_max: int = K_MAX) ->
     user turn is required, a system turn only first) and its turns are kept in
     ``meta`` (``TURNS_KEY``). ``split``, if given, must be one of ``data.SPLITS``. Each row
     also holds its ``source`` (``file:line``), which names it in import errors.
+
+    With ``scrubbed`` (a dict), each prompt is scrubbed of PII as the prompts import scrubs it
+    (``curate.scrub_prompt``), and what was found is counted there per kind: samples of a raw
+    prompts file then show labelers, and export, the prompt as curated. Responses are kept as written.
     """
+    from instructgpt.curate import scrub_prompt
     rows = []
     for source, obj in data.read_jsonl(path):
         prompt, turns = _rank_prompt(obj, source)
+        if scrubbed is not None:
+            prompt, turns, found = scrub_prompt(prompt, turns, source)
+            for kind, n in found.items():
+                scrubbed[kind] = scrubbed.get(kind, 0) + n
         responses = obj.get("responses")
         # "" is an empty response (the model stopped at once; ``instructgpt sample`` writes it so)
         if not isinstance(responses, list) or not all(isinstance(r, str) and (r.strip() or not r) for r in responses):
@@ -315,10 +328,14 @@ def _rank_prompt(obj: dict[str, Any], source: str) -> tuple[str, list[dict[str, 
 
 
 def import_rank_tasks(store: Store, path: str | Path, *, overlap_fraction: float = 0.0,
-                      overlap_k: int = 2, batch: str = "") -> ImportResult:
-    """Ranking tasks from the JSONL that ``instructgpt sample`` writes."""
-    rows = read_rank_tasks(path)
-    result = ImportResult("rank", read=len(rows))
+                      overlap_k: int = 2, curate_cfg: Any = None, batch: str = "") -> ImportResult:
+    """Ranking tasks from the JSONL that ``instructgpt sample`` writes; their prompts scrubbed of PII unless
+    ``curate_cfg`` (a ``CurateConfig``, as for the prompts import) turns ``scrub_pii`` off."""
+    from instructgpt.curate import CurateConfig
+    scrub = (curate_cfg or CurateConfig()).scrub_pii
+    result = ImportResult("rank")
+    rows = read_rank_tasks(path, scrubbed=result.scrubbed if scrub else None)
+    result.read = len(rows)
     return _add_tasks(store, rows, result, overlap_fraction, overlap_k, batch or Path(path).name)
 
 
