@@ -76,3 +76,19 @@ def test_answer_sets_must_match_the_prompts(world, answer_sets):
         best_of_n(prompts, sets[:39], lambda ps, ts: [0.0] * len(ts), world.panel, world.world)
     with pytest.raises(ValueError, match="the same number of answers"):
         best_of_n(prompts, [sets[0][:3]] + sets[1:], lambda ps, ts: [0.0] * len(ts), world.panel, world.world)
+
+
+def test_an_answer_cut_at_max_new_tokens_reaches_the_reward_model_as_cut(world):
+    """The scorer re-encodes each answer's text; only a Response says the answer was cut (no end token).
+    Handed its text alone, a cut answer was scored as finished, unlike the same answer's RM score column."""
+    from instructgpt.evaluation.policies import Response
+    prompts = world.prompts["rm"][:2]
+    sets = [[Response("red blue", [1, 2], ended=False), Response("red", [1], ended=True)] for _ in prompts]
+    seen = []
+
+    def score(ps, texts):
+        seen.extend(getattr(t, "ended", True) for t in texts)
+        return [0.0] * len(texts)
+
+    best_of_n(prompts, sets, score, world.panel, world.world)
+    assert seen == [False, True] * len(prompts)

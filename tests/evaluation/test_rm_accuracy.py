@@ -78,3 +78,19 @@ def test_an_rm_blind_to_truthfulness_is_at_chance_there_and_at_the_ceiling_where
     assert follows["rm"].value == pytest.approx(follows["ceiling"].value, abs=0.05)
     assert truth["rm"].value == pytest.approx(0.5)  # equal scores: every pair counts half
     assert truth["ceiling"].value > 0.7
+
+
+def test_a_policy_answer_cut_at_max_new_tokens_reaches_the_reward_model_as_cut(world):
+    """As in best-of-n: the scorer re-encodes each answer's text, and only the Response says it was cut
+    (read without the end token, as the policy's own RM scores read it)."""
+    from instructgpt.evaluation.policies import Response
+    prompts = world.prompts["rm"][:3]
+    cut = {id(p): Response(f"red blue {i}", [1, 2], ended=False) for i, p in enumerate(prompts)}
+    seen = {}
+
+    def score(ps, texts):
+        seen.update({str(t): getattr(t, "ended", True) for t in texts})
+        return [0.0] * len(texts)
+
+    rm_pair_accuracy(prompts, {"sft": [cut[id(p)] for p in prompts]}, score, world.panel, world.world)
+    assert {str(a): seen[str(a)] for a in cut.values()} == {str(a): False for a in cut.values()}

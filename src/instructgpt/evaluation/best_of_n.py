@@ -50,7 +50,8 @@ def best_of_n(prompts: Sequence[Prompt], answers: Sequence[Sequence[str]],
     if any(len(a) != n for a in answers):
         raise ValueError("best_of_n: every prompt needs the same number of answers")
     flat_prompts = [p for p in prompts for _ in range(n)]
-    flat_answers = [str(a) for group in answers for a in group]
+    # as sampled (a Response keeps whether it ended: a cut answer is scored without the end token)
+    flat_answers = [a for group in answers for a in group]
     scores = score(flat_prompts, flat_answers)
     labelers = panel.training_labelers
     rows = []   # per prompt: [(rm score, oracle utility, follows)] for its n answers

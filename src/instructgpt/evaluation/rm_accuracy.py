@@ -73,7 +73,7 @@ def rm_pair_accuracy(prompts: Sequence[Prompt], answers: dict[str, Sequence[str]
     for i, p in enumerate(prompts):
         rng = random.Random(f"rm-accuracy:{seed}:{p.id}")
         items = [("world", t) for t in candidate_responses(p, n_world, rng, world)]
-        items += [("policy", str(a[i])) for a in answers.values()]
+        items += [("policy", a[i]) for a in answers.values()]  # a Response as sampled: cut or ended
         seen, idx = set(), []
         for kind, text in items:
             key = " ".join(text.split())
