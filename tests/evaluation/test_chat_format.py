@@ -137,3 +137,31 @@ def test_an_answer_cut_at_max_new_tokens_reads_the_same_to_the_reward_model_what
     # a finished answer keeps its end token
     done = reward_model_sequences(rm, rm_tok, prompts[:1], [" red"])[0]
     assert done[-2:] == [red, end]
+
+
+def test_a_prompted_plain_text_bases_reward_is_read_at_the_end_token_not_at_its_lines_newline(tmp_path):
+    """base_prompted answers on a line and stops at a newline token; scored as its sampled ids (the RM's own
+    vocabulary and format), the reward was read at that newline, a token the RM was never trained to read
+    a reward at. Its answer is now encoded again, ending with the end token, as an SFT answer is."""
+    from instructgpt.data import Prompt as P
+    from instructgpt.evaluation.policies import ModelPool as Pool
+    from instructgpt.evaluation.policies import ModelSpec as Spec
+    from instructgpt.models import load_tokenizer
+    from instructgpt.reward_model import RewardModel
+    from .chat_models import last_token_reward_model, token_of
+    plain = chatml_tokenizer(None)
+    newline, red = token_of(plain, "\n"), token_of(plain, " red")
+    base = force_token(chatml_model(tmp_path / "base", template=None), newline)
+    rm_path = last_token_reward_model(chatml_model(tmp_path / "rm_base", seed=2, template=None), tmp_path / "rm",
+                                      plain, newline, red)        # +4 read at a newline, 0 at the end token
+    runner = PolicyRunner(Spec("base_prompted", "base_prompted", str(base), prompted=True), _cfg(max_new_tokens=4),
+                          Pool(torch.device("cpu")), [("say red", "red")])
+    prompts = [P("p1", QUESTION, "u"), P("p2", "count one two", "u")]
+    answers = runner.sample(prompts)
+    assert [(a.ids, a.ended) for a in answers] == [([newline], True)] * 2   # the line ended at once
+    rm, rm_tok = RewardModel.from_pretrained(rm_path).eval(), load_tokenizer(rm_path)
+    with torch.no_grad():
+        got = policy_reward(runner, rm, rm_tok, prompts, answers, 4)
+        want = reward_scores(rm, reward_model_sequences(rm, rm_tok, prompts, answers), rm_tok.pad_token_id)
+    assert reward_model_sequences(rm, rm_tok, prompts, answers)[0][-1] == plain.eos_token_id
+    assert got == pytest.approx(want, abs=1e-6) and got == pytest.approx([0.0, 0.0], abs=0.5)

@@ -242,10 +242,13 @@ def policy_reward(runner: PolicyRunner, rm: RewardModel, rm_tokenizer, prompts: 
 
     When the policy writes exactly what the reward model reads (same vocabulary, same chat
     format) the sampled ids are scored as they are; otherwise the answers' texts are encoded
-    again in the reward model's own format (:func:`reward_model_sequences`).
+    again in the reward model's own format (:func:`reward_model_sequences`). So is a prompted
+    plain-text base's answer: it ends at its line's newline token, not at the end token the
+    reward is read at.
     """
     rm_fmt = ChatFormat.load(rm_tokenizer, "auto")
-    if reads_policy_tokens(rm_tokenizer, runner.tokenizer) and rm_fmt.template == runner.fmt.template:
+    same_format = reads_policy_tokens(rm_tokenizer, runner.tokenizer) and rm_fmt.template == runner.fmt.template
+    if same_format and not runner.line_answers:
         seqs = [runner.prompt_ids(p, with_prefix=False) + runner.response_ids(p, r)
                 for p, r in zip(prompts, responses)]
     else:
