@@ -1,6 +1,7 @@
 """``instructgpt sample``: K responses per prompt from a policy, as ranking tasks for labelers.
 
-Output rows are ``{"prompt", "prompt_id", "use_case", "responses": [K strings]}``:
+Output rows are ``{"prompt", "prompt_id", "use_case", "responses": [K strings], "split"?, "policy"}``
+(``policy``: the path the responses were sampled from, so a round's labels say which policy they judged):
 the ranking format without ``ranking``, which the labeling app imports and a
 labeler (or the simulated panel) completes. A prompt given as chat messages is
 written as its messages. Prompts are rendered by ``chat.ChatFormat`` (the
@@ -112,8 +113,9 @@ def run_sample(cfg: SampleConfig) -> dict:
     tokenizer = load_tokenizer(cfg.policy)
     policy = load_policy(cfg.policy, device)
     responses = sample_k(policy, tokenizer, prompts, cfg)
+    # the labeling app exports each split to its own files, and keeps "policy" in the task's meta
     rows = [{"prompt": p.turns or p.text, "prompt_id": p.id, "use_case": p.use_case, "responses": r,
-             **({"split": p.split} if p.split else {})}  # the labeling app exports each split to its own files
+             **({"split": p.split} if p.split else {}), "policy": cfg.policy}
             for p, r in zip(prompts, responses)]
     write_jsonl(Path(cfg.out), rows)
     duplicated = sum(len({_norm(x) for x in r}) < len(r) for r in responses)

@@ -9,12 +9,14 @@ import subprocess
 import sys
 
 import pytest
+from sqlalchemy import select
 
 from instructgpt import data
 from instructgpt.labeling import ALEMBIC_INI
 from instructgpt.labeling.accounts import list_users
 from instructgpt.labeling.cli import main, register
 from instructgpt.labeling.store import Store, current_revision
+from instructgpt.labeling.tables import Task
 
 from .helpers import write_prompts, write_rank_tasks
 
@@ -47,8 +49,10 @@ def test_migrate_create_admin_invite_import_export(tmp_path, monkeypatch, capsys
     links = capsys.readouterr().out.split()
     assert len(links) == 2 and all(link.startswith("http://127.0.0.1:9000/invite/") for link in links)
     assert main(["import", "--db", db, "--kind", "rank", str(write_rank_tasks(tmp_path / "r.jsonl", 10)),
-                 "--overlap-fraction", "0.3", "--overlap-k", "3"]) == 0
+                 "--overlap-fraction", "0.3", "--overlap-k", "3", "--batch", "round1"]) == 0
     assert "added 10 tasks (3 with overlap)" in capsys.readouterr().out
+    with Store(db).tx(read_only=True) as s:
+        assert set(s.scalars(select(Task.batch))) == {"round1"}   # the name every exported label carries
     prompts = write_prompts(tmp_path / "p.jsonl", [{"id": str(i), "text": f"Prompt number {i} " * 5, "user_id": "u"}
                                                    for i in range(5)])
     assert main(["import", "--db", db, "--kind", "prompts", str(prompts), "--curate", "max_per_user=3"]) == 0

@@ -78,7 +78,8 @@ def test_labels_of_valid_and_test_prompts_never_reach_the_training_files(store, 
                       "demonstrations_test.jsonl": {"test"}, "rankings.jsonl": {"train"},
                       "rankings_valid.jsonl": {"valid"}, "eval/metadata.jsonl": {"train", "valid"}}
     # the trainer's readers take the files as they are (split lands in meta)
-    assert [d.meta for d in data.load_demonstrations(out / "demonstrations_valid.jsonl")] == [{"split": "valid"}]
+    assert [d.meta for d in data.load_demonstrations(out / "demonstrations_valid.jsonl")] == \
+        [{"split": "valid", "batch": "p.jsonl"}]   # and the import it came from
     assert len(data.load_rankings(out / "rankings.jsonl")) == 2
     # the zip holds the same files
     names = set(zipfile.ZipFile(BytesIO(export.export_zip(store))).namelist())
@@ -287,3 +288,22 @@ def test_a_prompt_id_names_one_text_across_imports(store, tmp_path):
     label_everything(store, add_user(store, "ann"))
     export.export_dir(store, tmp_path / "export")
     assert "jane.doe" not in (tmp_path / "export" / "rankings.jsonl").read_text()
+
+
+def test_every_label_names_the_import_it_came_from(store, tmp_path):
+    """Round 1's and round 2's rankings could be told apart only by their time: each record now names its
+    task's import (batch), the manifest counts labels per import, and a sampled task names its policy."""
+    write_prompts(tmp_path / "r1.jsonl", [rank_row("a", "Say one.", split="train", policy="runs/x/models/sft")])
+    write_prompts(tmp_path / "samples.jsonl", [rank_row("b", "Say two.", split="train")])
+    import_file(store, "rank", tmp_path / "r1.jsonl", batch="round1")
+    import_file(store, "rank", tmp_path / "samples.jsonl")   # no name given: the file's
+    label_everything(store, add_user(store, "ann"))
+    manifest = export.export_dir(store, tmp_path / "export")
+    rows = [json.loads(line) for line in (tmp_path / "export" / "rankings.jsonl").read_text().splitlines()]
+    assert {r["prompt_id"]: r["batch"] for r in rows} == {"a": "round1", "b": "samples.jsonl"}
+    assert manifest["batches"] == {"round1": 1, "samples.jsonl": 1}
+    meta = [json.loads(line) for line in (tmp_path / "export" / "eval" / "metadata.jsonl").read_text().splitlines()]
+    assert [(m["batch"], m["task_meta"].get("policy")) for m in meta] == [("round1", "runs/x/models/sft"),
+                                                                          ("samples.jsonl", None)]
+    assert [r.meta["batch"] for r in data.load_rankings(tmp_path / "export" / "rankings.jsonl")] == \
+        ["round1", "samples.jsonl"]   # the trainer reads them, the batch kept as the record's meta

@@ -295,7 +295,8 @@ def test_export_formats_parse_and_hold_out_labelers(store, tmp_path):
     meta = [json.loads(line) for line in (out / "eval" / "metadata.jsonl").read_text().splitlines()]
     assert len(meta) == 6 and {m["held_out"] for m in meta} == {True, False}
     line = json.loads((out / "rankings.jsonl").read_text().splitlines()[0])
-    assert set(line) == {"prompt", "prompt_id", "responses", "ranking", "likert", "flags", "labeler_id", "split"}
+    assert set(line) == {"prompt", "prompt_id", "responses", "ranking", "likert", "flags", "labeler_id", "split",
+                         "batch"}
     assert manifest["agreement"]["train_train"]["rate"] == 1.0
     assert manifest["agreement"]["train_heldout"]["comparisons"] == 2 * 2 * 5  # 2 tasks x 2 pairs x 5 strict pairs
 
@@ -309,7 +310,7 @@ def test_skip_records_reason_and_frees_the_slot(store, tmp_path):
     assert len(claim_tasks(store, b.id, 1)) == 1
     rows = export.collect(store).files["skips.jsonl"]
     assert rows == [{"prompt_id": "p0", "kind": "rank", "labeler_id": "ann", "held_out": False,
-                     "reason": "Not in English", "split": "train"}]
+                     "reason": "Not in English", "split": "train", "batch": "t.jsonl"}]
 
 
 def test_throughput_and_agreement_numbers(store, tmp_path):

@@ -195,7 +195,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from .store import open_store
     from .tasks import import_file
 
-    kwargs = {"overlap_fraction": args.overlap_fraction, "overlap_k": args.overlap_k}
+    kwargs = {"overlap_fraction": args.overlap_fraction, "overlap_k": args.overlap_k, "batch": args.batch}
     store = open_store(args.db)
     try:
         from instructgpt.curate import CurateConfig
@@ -323,6 +323,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--overlap-fraction", type=float, default=0.1,
                    help="share of tasks given to several labelers (default 0.1)")
     p.add_argument("--overlap-k", type=int, default=2, help="labelers per overlapping task (default 2)")
+    p.add_argument("--batch", default="", help="name of this import, in every exported label (default: the file's "
+                                               "name; give each round its own, e.g. round2)")
     p.add_argument("--splits", default="train,valid,test", help="prompts: which curated splits become tasks")
     p.add_argument("--curate-config", help="TOML/YAML file of curate options (rank: only scrub_pii is read)")
     p.add_argument("--curate", nargs="*", metavar="key=value",

@@ -3,10 +3,10 @@
 Layout of an export folder (the admin download is a zip of the same files)::
 
     demonstrations.jsonl        SFT training data (train split): {"prompt", "response",
-                                "labeler_id", "prompt_id", "split"}
+                                "labeler_id", "prompt_id", "split", "batch"}
     rankings.jsonl              RM training data (train split): {"prompt", "prompt_id",
                                 "responses", "ranking", "likert", "flags", "labeler_id",
-                                "comment"?, "split"}
+                                "comment"?, "split", "batch"}
     demonstrations_valid.jsonl  as demonstrations.jsonl, for the valid split
     demonstrations_test.jsonl   ... and the test split
     rankings_valid.jsonl        as rankings.jsonl, for the valid split
@@ -15,8 +15,12 @@ Layout of an export folder (the admin download is a zip of the same files)::
     eval/rankings.jsonl         as above, by held-out labelers only (every split)
     eval/metadata.jsonl         every ranking (training and held-out labelers) with
                                 its Likert scores and flags; see docs/labeling.md
-    skips.jsonl                 {"prompt_id", "kind", "labeler_id", "held_out", "reason", "split"}
-    manifest.json               counts, agreement, throughput, time of export
+    skips.jsonl                 {"prompt_id", "kind", "labeler_id", "held_out", "reason", "split", "batch"}
+    manifest.json               counts, labels per batch, agreement, throughput, time of export
+
+``batch`` is the import a task came from (``label import --batch``, default the imported file's name), so the
+labels of one round can be told from another's; ``instructgpt sample`` also writes the
+``policy`` it sampled from into each task, which ``eval/metadata.jsonl`` keeps in ``task_meta``.
 
 Every record carries the ``split`` of its task's prompt (``tasks.task_split``),
 so no label of a valid or test prompt reaches a training file. A label is
@@ -34,6 +38,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +74,7 @@ def _prompt(task: Task) -> str | list[dict[str, Any]]:
 
 def demonstration_record(task: Task, label: Label, user: User) -> dict[str, Any]:
     rec = {"prompt": _prompt(task), "response": label.response,
-           "labeler_id": user.username, "prompt_id": task.prompt_id, "split": task_split(task)}
+           "labeler_id": user.username, "prompt_id": task.prompt_id, "split": task_split(task), "batch": task.batch}
     data.parse_demonstration(rec, f"label {label.id}")
     return rec
 
@@ -80,7 +85,7 @@ def ranking_record(task: Task, label: Label, user: User) -> dict[str, Any]:
            "labeler_id": user.username}
     if label.comment:
         rec["comment"] = label.comment
-    rec["split"] = task_split(task)
+    rec["split"], rec["batch"] = task_split(task), task.batch
     data.parse_ranking(rec, f"label {label.id}")
     return rec
 
@@ -90,7 +95,7 @@ def metadata_record(task: Task, label: Label, user: User, held_out: bool) -> dic
             "responses": list(task.responses), "ranking": label.ranking, "likert": label.likert,
             "flags": label.flags, "comment": label.comment, "labeler_id": user.username,
             "held_out": held_out, "seconds_spent": label.seconds_spent,
-            "labeled_at": label.created_at.isoformat() + "Z", "split": task_split(task),
+            "labeled_at": label.created_at.isoformat() + "Z", "split": task_split(task), "batch": task.batch,
             "task_meta": task.meta or {}}
 
 
@@ -128,11 +133,13 @@ def collect(store: Store) -> ExportData:
         else:
             files["skips.jsonl"].append({"prompt_id": task.prompt_id, "kind": task.kind,
                                          "labeler_id": user.username, "held_out": held_out,
-                                         "reason": label.skip_reason, "split": task_split(task)})
+                                         "reason": label.skip_reason, "split": task_split(task),
+                                         "batch": task.batch})
     manifest = {
         "format_version": FORMAT_VERSION,
         "exported_at": utcnow().isoformat() + "Z",
         "counts": {name: len(recs) for name, recs in files.items()},
+        "batches": dict(sorted(Counter(task.batch for _, task, _, _ in rows).items())),  # labels per import
         "agreement": agreement(store).as_dict(),
         "throughput": [t.as_dict() for t in throughput(store)],
     }
