@@ -358,6 +358,17 @@ def test_pretraining_documents_end_with_the_document_end_not_a_chat_turns_end(bp
     assert document_end_id(sentencepiece_tokenizer()) == sid(sentencepiece_tokenizer(), "</s>")
 
 
+def test_pretraining_documents_quoting_special_tokens_are_packed_as_text(bpe):
+    """A document that quotes <|im_end|> or <|endoftext|> was packed with the special tokens themselves: PPO-ptx
+    and pretrain trained the end of a chat turn mid-document, and a quoted document end split the document."""
+    from instructgpt.lm import pack_blocks
+    tok = chatml_tokenizer(bpe)
+    doc = "a turn ends with <|im_end|> and a document with <|endoftext|> here"
+    stream = pack_blocks(tok, [doc], 1).flatten().tolist()
+    assert stream == tok(doc, add_special_tokens=False, split_special_tokens=True)["input_ids"] + [sid(tok, "<|endoftext|>")]
+    assert sid(tok, "<|im_end|>") not in stream and stream.count(sid(tok, "<|endoftext|>")) == 1
+
+
 def test_chat_template_none_and_file(bpe, tmp_path):
     tok = chatml_tokenizer(bpe)
     none = ChatFormat.load(tok, "none")

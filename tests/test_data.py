@@ -516,7 +516,7 @@ def test_a_corpus_too_short_for_one_block_names_its_file():
     class Words:
         eos_token, eos_token_id = "<|endoftext|>", 0
 
-        def __call__(self, text, add_special_tokens=False):
+        def __call__(self, text, add_special_tokens=False, split_special_tokens=False):
             return {"input_ids": [1] * len(text.split())}
 
     with pytest.raises(DataError, match=r"^tiny\.txt: 2 documents, 5 tokens: fewer than one block of seq_len=8"):

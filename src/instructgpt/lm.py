@@ -8,7 +8,8 @@ imports another.
 
 Corpus format (used by ``pretrain`` and by PPO-ptx's ``pretrain_data``):
 a ``.txt`` file whose documents are separated by blank lines, or a ``.jsonl``
-file with one ``{"text": ...}`` object per line. Documents are tokenised,
+file with one ``{"text": ...}`` object per line. Documents are tokenised as plain text (a
+``<|im_end|>`` or ``<|endoftext|>`` a document quotes is its characters, not the special token),
 joined with the tokenizer's end of document between them (:func:`document_end_id`:
 EOS, unless EOS ends a chat turn), and cut into blocks of ``seq_len`` tokens
 (the tail shorter than a block is dropped and counted). Every token of a block
@@ -78,12 +79,13 @@ def document_end_id(tokenizer) -> int:
 
 
 def pack_blocks(tokenizer, docs: list[str], seq_len: int, source: str = "corpus") -> torch.Tensor:
-    """Tokenise, join with the document end, cut into (N, seq_len) blocks; ``source`` (the file) names a corpus
-    too short."""
+    """Tokenise as plain text, join with the document end, cut into (N, seq_len) blocks; ``source`` (the file)
+    names a corpus too short. Special-token strings inside a document stay text: only the document ends
+    added here are special tokens."""
     stream: list[int] = []
     end = document_end_id(tokenizer)
     for d in docs:
-        stream.extend(tokenizer(d, add_special_tokens=False)["input_ids"])
+        stream.extend(tokenizer(d, add_special_tokens=False, split_special_tokens=True)["input_ids"])
         stream.append(end)
     n = len(stream) // seq_len
     if n == 0:
