@@ -304,6 +304,26 @@ def test_plain_text_has_a_newline_between_prompt_and_response(bpe):
     assert response == enc(tok, " Rome.") + [tok.eos_token_id]
 
 
+def test_a_plain_text_prompt_keeps_the_tokenizers_bos_but_not_an_eos_it_appends(bpe):
+    """A tokenizer that appends EOS to every text (add_eos_token, as some Llama and Mistral fine-tunes ship)
+    ended every plain-text prompt with EOS: SFT trained replies, PPO and the evaluation sampled them, after a
+    document end."""
+    inner = Tokenizer.from_str(bpe.to_str())
+    bos, eos = inner.token_to_id("<|begin_of_text|>"), inner.token_to_id("<|end_of_text|>")
+    inner.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A <|end_of_text|>", special_tokens=[("<|begin_of_text|>", bos), ("<|end_of_text|>", eos)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=inner, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>",
+                                  pad_token="<|pad|>")
+    assert tok("x")["input_ids"][-1] == eos
+    fmt = ChatFormat.load(tok)
+    prompt, response = fmt.encode(QUESTION, ANSWER)
+    assert prompt == [bos] + enc(tok, QUESTION + "\n") and response == enc(tok, ANSWER) + [eos]
+    prompt, _ = fmt.encode([{"role": "user", "content": "Capital of Italy?"}], "Rome.")
+    assert prompt == [bos] + enc(tok, "User: Capital of Italy?\n\nAssistant:")
+    # a tokenizer that only adds BOS keeps it (Llama 3)
+    assert ChatFormat.load(llama3_tokenizer(bpe), "none").prompt_ids(QUESTION) == [bos] + enc(tok, QUESTION + "\n")
+
+
 def sentencepiece_tokenizer(newline_merges: bool = False):
     """Llama-2-like: SentencePiece-style BPE that marks the first word of a text (and every word after a
     space) with a word-start "▁"; a word after a newline has no marker. With ``newline_merges`` the

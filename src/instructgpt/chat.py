@@ -28,7 +28,8 @@ Without a template (plain text)::
     text prompt:      "{prompt}\\n" "{response}" EOS       (no newline added when the prompt ends with one)
     messages prompt:  "User: {content}\\n\\nAssistant:" " {response}" EOS
 
-The prompt is tokenised with the tokenizer's own special tokens such as BOS;
+The prompt is tokenised with the special tokens the tokenizer puts before a text
+(BOS), not with an EOS it would append (``add_eos_token``);
 the response's ids are those it gets after its prompt in one text, so a
 SentencePiece tokenizer gives a reply's first word no word-start marker after
 the newline, as in the text the model was pretrained on (the response alone
@@ -178,8 +179,7 @@ class ChatFormat:
                 self._cache = (key, self._render(as_conversation(prompt), True, source=where))
             ids = list(self._cache[1])
         else:
-            ids = self.tokenizer(self._plain_prompt(prompt, where), add_special_tokens=True,
-                                 split_special_tokens=True)["input_ids"]
+            ids = self.text_ids(self._plain_prompt(prompt, where))
         if not ids:
             raise DataError(f"{where}: prompt: empty after tokenisation")
         bos = self.tokenizer.bos_token_id
@@ -247,6 +247,18 @@ class ChatFormat:
         if isinstance(prompt, str):
             return prompt if prompt.endswith("\n") else prompt + "\n"
         return render_messages(list(prompt), source=source)  # ends with the "Assistant:" cue
+
+    def text_ids(self, text: str) -> list[int]:
+        """Ids of a text the model reads from its start (a plain-text prompt): with the special tokens the
+        tokenizer puts before a text (BOS), not with one it appends (the EOS of a tokenizer with
+        ``add_eos_token``: the response, or the model's continuation, follows the text, not a document end).
+        Special-token strings in the text are text."""
+        bare = self._ids(text)
+        full = self.tokenizer(text, add_special_tokens=True, split_special_tokens=True)["input_ids"]
+        for start in range(len(full) - len(bare) + 1):
+            if full[start:start + len(bare)] == bare:
+                return full[:start + len(bare)]
+        return full
 
     def continuation_ids(self, text: str) -> list[int]:
         """Ids of ``text`` where it continues a line: " blue" after "The sky is" is one word with its

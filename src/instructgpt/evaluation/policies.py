@@ -295,8 +295,12 @@ class PolicyRunner:
         return next(self.model.parameters()).device
 
     def encode(self, text: str, special: bool = True) -> list[int]:
-        """Plain tokenisation (``special``: with the tokenizer's special tokens such as BOS)."""
-        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+        """Plain tokenisation of a text the model reads from its start, special-token strings as text
+        (``special``: with the BOS the tokenizer puts first, never an EOS it would append after the text:
+        :meth:`~instructgpt.chat.ChatFormat.text_ids`, as a plain-text prompt is tokenised)."""
+        if special:
+            return self.fmt.text_ids(text)
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     # ---- requests
 
