@@ -235,6 +235,31 @@ def test_llama3_template_ends_turns_with_eot_and_writes_one_bos(bpe):
     assert response == enc(tok, ANSWER) + [eot]  # the template trims the reply
 
 
+def test_a_dated_template_renders_the_same_prompt_tokens_on_every_day(bpe, tmp_path, monkeypatch):
+    """Llama-3.1/3.2-Instruct's template writes "Today Date: <strftime_now>" into every prompt: SFT run on one
+    day trained on prompts that PPO and the evaluation, run on another, rendered with other tokens (and a run
+    repeated later read other prompts)."""
+    import datetime as dt
+
+    import transformers.utils.chat_template_utils as template_utils
+    dated = ("{%- if not date_string is defined %}{%- set date_string = strftime_now('%d %b %Y') %}{%- endif %}"
+             "{{ '<|im_start|>system\\nToday Date: ' + date_string + '<|im_end|>\\n' }}" + CHATML)
+    path = _template_file(tmp_path, dated)
+    tok = chatml_tokenizer(bpe)
+
+    def on(day: int) -> list[int]:
+        class Clock(dt.datetime):
+            @classmethod
+            def now(cls, tz=None):
+                return dt.datetime(2026, 12, day, 23, 59)
+        monkeypatch.setattr(template_utils, "datetime", Clock)
+        return ChatFormat.load(tok, str(path)).encode(QUESTION, ANSWER)[0]
+
+    assert on(3) == on(4)
+    assert "Today Date: 26 Jul 2024" in tok.decode(on(5))
+    assert ChatFormat.load(tok, str(path)).template == dated  # the template saved with the model is the file's
+
+
 def test_a_template_writing_bos_twice_is_an_error(bpe, tmp_path):
     tok = llama3_tokenizer(bpe)
     fmt = ChatFormat.load(tok, str(_template_file(tmp_path, "{{ bos_token }}" + LLAMA3)))

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,25 @@ PromptInput = str | Conversation          # a prompt's text, or its chat turns
 CHAT_TEMPLATE_HELP = ("auto (the tokenizer's chat template when it has one, else plain text), none (plain text: "
                       "prompt, newline, response, EOS), or a Jinja chat-template file.")
 _PROBE = "Probe reply 42."                # a reply whose text any template keeps as is
+#: The day a template that dates its prompts (Llama 3.1's and 3.2's "Today Date:", Mistral Small's and Granite's
+#: system prompts, all through transformers' strftime_now) is rendered on: one fixed day (the one Llama's
+#: templates fall back to), so a prompt's tokens do not depend on the day a stage runs: SFT, the reward model,
+#: PPO and the evaluation read the same ones, and a run repeated reads what it read before.
+TEMPLATE_DATE = datetime(2024, 7, 26)
+_DIRECTIVES = [f"%-{c}" for c in "dmHIMSj"] + [f"%{c}" for c in "aAwdbBmyYHIpMSfzZjUWcxXGuV"]
+
+
+def dated_on_template_date(template: str) -> str:
+    """``template`` with ``strftime_now`` (the clock transformers gives templates) reading :data:`TEMPLATE_DATE`:
+    a macro of that name, defined first, shadows it. Templates that do not read the clock are left as they are."""
+    if "strftime_now" not in template:
+        return template
+    body = "(format | replace('%%', '\\x00')"
+    for d in _DIRECTIVES:
+        body += f" | replace({d!r}, {TEMPLATE_DATE.strftime(d)!r})"
+    body += " | replace('\\x00', '%'))"
+    # the newline after the macro is the one trim_blocks removes, so the template's own first line stays as it was
+    return "{% macro strftime_now(format) %}{{ " + body + " }}{% endmacro %}\n" + template
 
 
 def prompt_input(record: Any) -> PromptInput:
@@ -86,6 +106,7 @@ class ChatFormat:
         self.tokenizer = tokenizer
         self.template = template
         self.origin = origin                      # "tokenizer", a file path, or "none"
+        self._dated_template = dated_on_template_date(template) if template is not None else None
         self.eos_id: int = tokenizer.eos_token_id
         self._special = special_ids(tokenizer)
         self.end_id = self._find_end_of_turn() if template is not None else self.eos_id
@@ -287,7 +308,7 @@ class ChatFormat:
                 source: str = "<prompt>"):
         try:
             out = self.tokenizer.apply_chat_template(
-                conversation, chat_template=self.template, add_generation_prompt=generation_prompt,
+                conversation, chat_template=self._dated_template, add_generation_prompt=generation_prompt,
                 tokenize=tokenize, return_dict=tokenize, sanitize_control_tokens=tokenize)
         except Exception as e:  # jinja's TemplateError, raise_exception() in templates, missing variables
             raise DataError(f"{source}: chat template: cannot render this conversation: {e}") from None
