@@ -505,6 +505,16 @@ def chatml_tokenizer_from(folder: Path):
 
 # ---------------------------------------------------------------- empty responses: sample, RM and PPO agree
 
+def test_the_note_on_cut_responses_names_the_first_records_cut(bpe):
+    from instructgpt.batching import Encoded, truncation_note
+    fmt = ChatFormat.load(chatml_tokenizer(bpe))
+    examples = [Encoded([1], [2], f"d.jsonl:{i}", truncated=i % 2 == 1) for i in range(1, 12)]
+    note = truncation_note("sft", examples, 64, fmt, "they are not ended")
+    assert note.startswith("sft: 6 of 11 responses cut to fit max_seq_len=64")
+    assert note.endswith("; cut: d.jsonl:1, d.jsonl:3, d.jsonl:5 and 3 more")
+    assert truncation_note("sft", examples[1::2], 64, fmt, "-") is None
+
+
 def test_empty_samples_are_empty_strings_encoded_as_ppo_scores_them(eot_model, tmp_path):
     from instructgpt.labeling.tasks import read_rank_tasks
     from instructgpt.ppo import PPOConfig, PPOTrainer

@@ -235,7 +235,8 @@ def test_rm_counts_the_responses_it_cut_to_max_seq_len(tmp_path, tiny_gpt2, caps
     info = json.loads((tmp_path / "rm" / "instructgpt.json").read_text())
     assert info["responses_truncated"] == 6 and info["train_pairs"] == 3 * 5  # ties are not pairs
     assert ("rm: 6 of 12 responses cut to fit max_seq_len=32 (prompt + response tokens): they lose their end and "
-            "<|endoftext|>, so they are ranked by their first part only") in capsys.readouterr().out
+            f"<|endoftext|>, so they are ranked by their first part only (raise max_seq_len to keep them whole); "
+            f"cut: {train}:1, {train}:2, {train}:3\n") in capsys.readouterr().out
 
 
 def test_sft_says_how_many_responses_it_cut_to_max_seq_len(tmp_path, tiny_gpt2, capsys):
@@ -248,7 +249,8 @@ def test_sft_says_how_many_responses_it_cut_to_max_seq_len(tmp_path, tiny_gpt2, 
     out = capsys.readouterr().out
     assert json.loads((tmp_path / "cut" / "instructgpt.json").read_text())["responses_truncated"] == 1
     assert ("sft: 1 of 2 responses cut to fit max_seq_len=16 (prompt + response tokens): they lose their end and "
-            "<|endoftext|>, so the model is not trained to end those replies") in out
+            "<|endoftext|>, so the model is not trained to end those replies (raise max_seq_len to keep them "
+            f"whole); cut: {train}:1\n") in out  # names the records, not only their count
     train_sft(config.from_dict(SFTConfig, {**base, "out_dir": str(tmp_path / "whole"), "max_seq_len": 0}))
     assert "responses cut" not in capsys.readouterr().out
 

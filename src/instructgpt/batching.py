@@ -13,6 +13,7 @@ template or plain text); ``RecordEncoder`` applies what must fit:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ from .chat import CHAT_TEMPLATE_HELP, ChatFormat, PromptInput
 from .config import ConfigError, opt
 from .data import DataError
 
+_NAMED_RECORDS = 3  # records a note about many names before "and N more"
 _POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
 
 
@@ -149,14 +151,19 @@ class RecordEncoder:
                             f"{self.max_prompt_tokens} (raise max_prompt_tokens or shorten the prompt)")
 
 
-def truncation_note(stage: str, cut: int, total: int, max_seq_len: int, fmt: ChatFormat, what: str) -> str | None:
-    """The line a training stage prints when ``max_seq_len`` cut some of its responses (None when none was);
-    ``what`` says what the cut changes in that stage."""
+def truncation_note(stage: str, examples: Sequence[Encoded], max_seq_len: int, fmt: ChatFormat,
+                    what: str) -> str | None:
+    """The line a training stage prints when ``max_seq_len`` cut some of its responses (None when none was),
+    naming the first records cut; ``what`` says what the cut changes in that stage."""
+    cut = [e for e in examples if e.truncated]
     if not cut:
         return None
-    return (f"{stage}: {cut} of {total} responses cut to fit max_seq_len={max_seq_len} (prompt + response "
-            f"tokens): they lose their end and {fmt.token(fmt.end_id)}, so {what} (raise max_seq_len to keep "
-            f"them whole)")
+    records = list(dict.fromkeys(e.source for e in cut if e.source))
+    named = ", ".join(records[:_NAMED_RECORDS]) + (f" and {len(records) - _NAMED_RECORDS} more"
+                                                   if len(records) > _NAMED_RECORDS else "")
+    return (f"{stage}: {len(cut)} of {len(examples)} responses cut to fit max_seq_len={max_seq_len} (prompt + "
+            f"response tokens): they lose their end and {fmt.token(fmt.end_id)}, so {what} (raise max_seq_len "
+            f"to keep them whole)" + (f"; cut: {named}" if named else ""))
 
 
 def pad(seqs: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:

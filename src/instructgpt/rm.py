@@ -181,7 +181,7 @@ def train_rm(cfg: RMConfig) -> RMResult:
     model = trained_reward_model(cfg.model, device, cfg, dropout=cfg.dropout)
     out = Path(cfg.out_dir)
     cut = sum(e.truncated for r in train_enc for e in r.responses)
-    note = truncation_note("rm", cut, sum(len(r.responses) for r in train_enc), cfg.max_seq_len, fmt,
+    note = truncation_note("rm", [e for r in train_enc for e in r.responses], cfg.max_seq_len, fmt,
                            "they are ranked by their first part only")
     if note and dist.is_main():
         print(note, flush=True)

@@ -121,7 +121,7 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
 
     model = trained_policy(cfg.model, device, cfg, dropout=cfg.dropout)
     out = Path(cfg.out_dir)
-    note = truncation_note("sft", cut, len(train_ex), cfg.max_seq_len, fmt,
+    note = truncation_note("sft", train_ex, cfg.max_seq_len, fmt,
                            "the model is not trained to end those replies")
     if note and dist.is_main():
         print(note, flush=True)
