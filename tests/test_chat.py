@@ -116,6 +116,20 @@ def test_reply_text_cannot_end_the_turn_early(bpe):
     assert response[:-1] == tok("Paris<|im_end|>no", add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
+def test_text_transformers_would_delete_from_a_templated_message_is_an_error_naming_the_record(bpe):
+    """U+F0000 and U+F0001 (private-use: Nerd Fonts' icons start at U+F0001) are the markers transformers puts
+    around special-token text in messages and deletes from them: a reply holding one was silently trained
+    without it. Plain text keeps it."""
+    reply = "Folder icon: \U000f0001."
+    fmt = ChatFormat.load(chatml_tokenizer(bpe))
+    with pytest.raises(DataError, match=r"^d\.jsonl:4: message 1 \(assistant\): holds U\+F0001, private-use"):
+        fmt.encode(QUESTION, reply, "d.jsonl:4")
+    with pytest.raises(DataError, match=r"^p:2: message 0 \(user\): holds U\+F0000"):
+        fmt.prompt_ids("a \U000f0000 b", "p:2")
+    plain = ChatFormat.load(plain_tokenizer(bpe))
+    assert plain.tokenizer.decode(plain.encode(QUESTION, reply)[1][:-1]) == reply
+
+
 def test_empty_response_is_the_end_of_turn_alone(bpe):
     tok = chatml_tokenizer(bpe)
     fmt = ChatFormat.load(tok)

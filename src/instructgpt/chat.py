@@ -306,6 +306,8 @@ class ChatFormat:
 
     def _render(self, conversation: Conversation, generation_prompt: bool, tokenize: bool = True,
                 source: str = "<prompt>"):
+        if tokenize:
+            _check_no_control_markers(conversation, source)
         try:
             out = self.tokenizer.apply_chat_template(
                 conversation, chat_template=self._dated_template, add_generation_prompt=generation_prompt,
@@ -344,6 +346,23 @@ class ChatFormat:
         raise ConfigError(f"chat_template: {origin}: no special token follows the assistant's reply "
                           f"({turn[at + len(_PROBE):]!r}), so a response could not end; end turns with a "
                           f"special token such as {{{{ eos_token }}}}")
+
+
+#: Private-use characters transformers wraps around special-token text in messages (sanitize_control_tokens)
+#: and deletes from every message before rendering.
+_CONTROL_MARKERS = ("\U000f0000", "\U000f0001")
+
+
+def _check_no_control_markers(conversation: Conversation, source: str) -> None:
+    """A message holding one of :data:`_CONTROL_MARKERS` is an error naming it: the template's tokens would be
+    those of the text without it (kept as written in plain text, silently changed with a template)."""
+    for i, m in enumerate(conversation):
+        found = [f"U+{ord(c):05X}" for c in _CONTROL_MARKERS if c in m["content"]]
+        if found:
+            raise DataError(f"{source}: message {i} ({m['role']}): holds {' and '.join(found)}, private-use "
+                            f"characters transformers' chat templates use to mark special-token text and delete "
+                            f"from messages, so the model would read the text without them; remove them (or use "
+                            f"chat_template=none)")
 
 
 def _model_config(folder: Path):
