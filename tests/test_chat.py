@@ -130,6 +130,19 @@ def test_text_transformers_would_delete_from_a_templated_message_is_an_error_nam
     assert plain.tokenizer.decode(plain.encode(QUESTION, reply)[1][:-1]) == reply
 
 
+def test_a_reply_whose_leading_whitespace_merges_with_the_generation_prompt_says_so(bpe):
+    """A reply starting with "\\n\\n" after ChatML's "assistant\\n" merges into one newline token across the
+    boundary: the error blamed the template ("changes earlier turns ... or the reply merges") and showed tokens;
+    it now says the reply's leading whitespace is the cause and what to do."""
+    inner = Tokenizer.from_str(bpe.to_str())
+    inner.add_tokens(["\n\n\n"])  # a newline run as one token, as byte-level vocabularies have ("ĊĊĊ")
+    tok = chatml_tokenizer(inner)
+    with pytest.raises(DataError, match=r"^d:7: response: starts with whitespace \('\\n\\n'\) that the tokenizer joins "
+                                        r"with the end of the generation prompt .*remove the reply's leading whitespace$"):
+        ChatFormat.load(tok).encode(QUESTION, "\n\nParis", "d:7")
+    assert ChatFormat.load(tok).encode(QUESTION, "Paris", "d:7")  # without it the reply encodes
+
+
 def test_empty_response_is_the_end_of_turn_alone(bpe):
     tok = chatml_tokenizer(bpe)
     fmt = ChatFormat.load(tok)

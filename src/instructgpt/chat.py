@@ -219,6 +219,12 @@ class ChatFormat:
                             source=where)
         if full[:len(p)] != p:
             i = next((j for j, (a, b) in enumerate(zip(full, p)) if a != b), min(len(full), len(p)))
+            lead = response[:len(response) - len(response.lstrip())]
+            if lead and i >= len(p) - 1:  # the generation prompt's last token is what changed
+                raise DataError(
+                    f"{where}: response: starts with whitespace ({lead!r}) that the tokenizer joins with the "
+                    f"end of the generation prompt ({self._show(p[i:])} becomes {self._show(full[i:i + 1])}), "
+                    f"so no prompt/response boundary falls between them; remove the reply's leading whitespace")
             raise DataError(
                 f"{where}: chat template: the conversation rendered with the reply does not begin with the "
                 f"rendered prompt (first difference at token {i} of {len(p)}: "
