@@ -150,6 +150,30 @@ def test_prompted_base_reads_its_examples_as_one_document_and_answers_on_a_line(
     assert plain.stop_ids == list(plain.fmt.stop_ids)  # the unprompted base is asked as before
 
 
+def test_a_prompted_base_whose_tokenizer_adds_bos_reads_one_bos_at_the_documents_start(tmp_path):
+    """A base whose tokenizer puts BOS before every text (Llama, Mistral) read BOS before every few-shot
+    demonstration and before the question: a new document (what BOS marks in pretraining) each time, in the
+    one document the prompted base is meant to read."""
+    from tokenizers import processors
+
+    from instructgpt.evaluation.policies import ModelSpec
+    from tests.conftest import make_tokenizer
+    tok = make_tokenizer(tmp_path / "tok")
+    tok.add_special_tokens({"bos_token": "<s>"})
+    bos = tok.convert_tokens_to_ids("<s>")
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    folder = make_model(tmp_path / "base", "llama", tokenizer=tok)
+    tok.save_pretrained(str(folder))
+    pool, cfg = ModelPool(torch.device("cpu")), EvalConfig(max_new_tokens=8, device="cpu", seed=0)
+    demos = [("say red", "red"), ("say blue", "blue")]
+    prompted = PolicyRunner(ModelSpec("base_prompted", "base_prompted", str(folder), prompted=True), cfg, pool, demos)
+    plain = PolicyRunner(ModelSpec("base", "base", str(folder)), cfg, pool)
+    ids = prompted.prompt_ids("say green")
+    assert ids.count(bos) == 1 and ids[0] == bos
+    assert tok.decode(ids[1:]) == "say red\nred\nsay blue\nblue\nsay green\n"
+    assert plain.prompt_ids("say green")[0] == bos  # the unprompted base keeps its BOS
+
+
 def test_a_lora_adapter_folder_counts_its_base_models_parameters(tmp_path):
     """The report's size of a LoRA adapter is the merged model's (its base's), not the adapter's few weights."""
     pytest.importorskip("peft")

@@ -284,6 +284,8 @@ class PolicyRunner:
                 p_ids, r_ids = self.fmt.encode(prompt, reply, f"few-shot demonstration {i + 1}")
                 if self.line_answers and r_ids and r_ids[-1] == self.fmt.end_id:
                     r_ids = r_ids[:-1] + newline
+                if self.line_answers:  # one document: only its start has the BOS the tokenizer puts first
+                    p_ids = self._without_bos(p_ids)
                 self.demos.append(p_ids + r_ids)
             if self.line_answers:
                 vocab = len(self.tokenizer)
@@ -331,7 +333,15 @@ class PolicyRunner:
             if self.budget is not None and len(prefix) + len(demo) + len(ids) > self.budget:
                 break
             prefix += demo
+        if self.line_answers and prefix:  # the document's BOS (if any) before the demonstrations, not mid-way
+            rest = self._without_bos(ids)
+            return ids[:len(ids) - len(rest)] + prefix + rest
         return prefix + ids
+
+    def _without_bos(self, ids: list[int]) -> list[int]:
+        """``ids`` without the BOS a plain-text prompt starts with (:meth:`ChatFormat.text_ids`)."""
+        bos = self.tokenizer.bos_token_id
+        return ids[1:] if bos is not None and ids[:1] == [bos] else ids
 
     # ---- continuations
 
