@@ -307,3 +307,24 @@ def test_every_label_names_the_import_it_came_from(store, tmp_path):
                                                                           ("samples.jsonl", None)]
     assert [r.meta["batch"] for r in data.load_rankings(tmp_path / "export" / "rankings.jsonl")] == \
         ["round1", "samples.jsonl"]   # the trainer reads them, the batch kept as the record's meta
+
+
+def test_the_export_says_in_which_order_each_labeler_saw_the_responses(store, tmp_path):
+    """Each labeler sees a task's responses in an order of their own; the export kept only the username, so the
+    order people saw (and their position bias) could not be rebuilt from it."""
+    write_prompts(tmp_path / "r.jsonl", [rank_row(f"p{i}", f"Say {i}.", split="train") for i in range(3)])
+    import_file(store, "rank", tmp_path / "r.jsonl", overlap_fraction=1.0, overlap_k=2)
+    seen = {}
+    for name in ("ann", "bob"):
+        user = add_user(store, name)
+        for aid in claim_tasks(store, user.id, 100):
+            view = open_assignment(store, user.id, aid)
+            seen[(name, view.prompt_id)] = view.responses
+            submit_label(store, user.id, aid, Submission("rank", new_request_id(), ranking=[[0], [1], [2], [3]],
+                                                         likert=[4, 4, 4, 4]))
+    export.export_dir(store, tmp_path / "export")
+    meta = [json.loads(line) for line in (tmp_path / "export" / "eval" / "metadata.jsonl").read_text().splitlines()]
+    assert len(meta) == len(seen) == 6
+    for m in meta:
+        assert [m["responses"][i] for i in m["shown_order"]] == seen[(m["labeler_id"], m["prompt_id"])]
+    assert len({tuple(m["shown_order"]) for m in meta}) > 1   # orders of their own, not one for all

@@ -50,7 +50,7 @@ from instructgpt import data
 from .quality import agreement, throughput
 from .store import Store
 from .tables import Assignment, Label, Task, User, utcnow
-from .tasks import task_split, task_turns
+from .tasks import display_order, task_split, task_turns
 
 FORMAT_VERSION = 2   # 2: the split files and every record's "split"; chat prompts as messages
 TRAIN_FILES = ("demonstrations.jsonl", "rankings.jsonl")
@@ -96,6 +96,8 @@ def metadata_record(task: Task, label: Label, user: User, held_out: bool) -> dic
             "flags": label.flags, "comment": label.comment, "labeler_id": user.username,
             "held_out": held_out, "seconds_spent": label.seconds_spent,
             "labeled_at": label.created_at.isoformat() + "Z", "split": task_split(task), "batch": task.batch,
+            # the order this labeler saw the responses in (shown_order[p]: the response at position p)
+            "shown_order": display_order(user.id, task.id, len(task.responses or [])),
             "task_meta": task.meta or {}}
 
 
