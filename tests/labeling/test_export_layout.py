@@ -232,7 +232,9 @@ def test_a_prompt_keeps_its_split_across_rounds_and_kinds(store, tmp_path):
     import_file(store, "rank", tmp_path / "r1.jsonl")
     later = {"r2.jsonl": [rank_row("q_test", "Name three rivers.")],                       # no split: train
              "r3.jsonl": [rank_row("r_valid", "Rank these.", split="train")],
-             "r4.jsonl": [rank_row("new", "A.", split="test"), rank_row("new", "A.", split="valid")]}
+             "r4.jsonl": [rank_row("new", "A.", split="test"), rank_row("new", "A.", split="valid")],
+             "r6.jsonl": [rank_row("r_train", "Rank those.", split="train"),   # an evaluation's test tasks of a
+                          rank_row("r_train", "Rank those.", split="test")]}   # training prompt: never refiled train
     for name, rows in later.items():
         write_prompts(tmp_path / name, rows)
     messages = {
@@ -241,7 +243,11 @@ def test_a_prompt_keeps_its_split_across_rounds_and_kinds(store, tmp_path):
         "r3.jsonl": f"{tmp_path / 'r3.jsonl'}:1: split: train, but prompt 'r_valid' is a valid prompt in an earlier "
                     f"import; the tasks of one prompt keep its split (give \"split\": \"valid\")",
         "r4.jsonl": f"{tmp_path / 'r4.jsonl'}:2: split: valid, but prompt 'new' is a test prompt in "
-                    f"{tmp_path / 'r4.jsonl'}:1; the tasks of one prompt keep its split (give \"split\": \"test\")"}
+                    f"{tmp_path / 'r4.jsonl'}:1; the tasks of one prompt keep its split (give \"split\": \"test\")",
+        "r6.jsonl": f"{tmp_path / 'r6.jsonl'}:2: split: test, but prompt 'r_train' is a train prompt in "
+                    f"{tmp_path / 'r6.jsonl'}:1; the tasks of one prompt keep its split (its test labels would be "
+                    f"filed with its training ones: evaluate on prompts the app does not hold for training, or "
+                    f"import these tasks into a database of their own with --db)"}
     for name, message in messages.items():
         with pytest.raises(data.DataError) as e:
             import_file(store, "rank", tmp_path / name)

@@ -177,9 +177,20 @@ def _check_prompts_agree(s, rows: list[dict[str, Any]], sources: list[str]) -> N
                                  f"one prompt (the app keeps prompts as curated, PII scrubbed: sample from "
                                  f"the curated prompts, or give this prompt its own id)")
         if split != first:
-            given = split if (row["meta"] or {}).get("split") else f"{split} (none given)"
+            named = bool((row["meta"] or {}).get("split"))
+            given = split if named else f"{split} (none given)"
             raise data.DataError(f"{source}: split: {given}, but prompt {pid!r} is a {first} prompt in {where}; "
-                                 f"the tasks of one prompt keep its split (give \"split\": \"{first}\")")
+                                 f"the tasks of one prompt keep its split ({_split_advice(first, split, named)})")
+
+
+def _split_advice(first: str, given: str, named: bool) -> str:
+    """What to do when a row gives prompt ``first``'s tasks another split. Held-out labels (an evaluation's
+    test tasks) of a prompt the app trains on must not be refiled as train: they would reach the training
+    files, and the evaluation would be judged on training prompts."""
+    if first == "train" and named and given != "train":
+        return (f"its {given} labels would be filed with its training ones: evaluate on prompts the app does "
+                f"not hold for training, or import these tasks into a database of their own with --db")
+    return f"give \"split\": \"{first}\""
 
 
 def _add_tasks(store: Store, rows: list[dict[str, Any]], result: ImportResult,
