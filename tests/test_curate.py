@@ -698,3 +698,17 @@ def test_pii_ibans_are_scrubbed_by_their_checksum(text, expected):
 @pytest.mark.parametrize("text", ["part AB12 CDEF GHIJ KLMN", "DE88 3704 0044 0532 0130 00", "DE89370400440532013001", "GB82WEST12"])
 def test_pii_iban_shapes_without_a_valid_checksum_or_length_are_left_alone(text):
     assert scrub_pii(text) == (text, {})
+
+
+def test_chat_prompts_opening_with_the_same_assistant_greeting_are_compared_by_their_requests():
+    # a support bot's canned opening line is a shared prefix of different requests, as a system message is
+    greeting = {"role": "assistant", "content": "Hi, I'm Acme's virtual assistant. How can I help you today?"}
+    def chat(i, question):
+        return Prompt(id=i, text="", user_id=f"u{i}", source=f"f:{i}",
+                      turns=[greeting, {"role": "user", "content": question}])
+    prompts = [chat("c1", "My order number 123 never arrived, what can I do about it?"),
+               chat("c2", "How do I change the email address on my account?"),
+               Prompt(id="t1", text="How do I change the email address on my account?", user_id="u3", source="f:t1")]
+    result = curate_prompts(prompts, CurateConfig(scrub_pii=False))
+    assert sorted(p.id for p in result.kept()) == ["c1", "c2"]
+    assert [(r.prompt.id, r.duplicate_of) for r in result.removed] == [("t1", "c2")]
