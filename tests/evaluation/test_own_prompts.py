@@ -16,6 +16,7 @@ import shutil
 import pytest
 
 from instructgpt.cli import main
+from instructgpt.data import DataError
 from instructgpt.evaluation import EvalResults
 from instructgpt.evaluation.config import EvalConfig
 from instructgpt.evaluation.run import run_eval
@@ -207,6 +208,32 @@ def test_people_labels_from_the_zip_and_from_rankings_without_model_names(setup,
     assert "human" not in stale_results.model("ppo").win_rate
     assert stale_results.meta["batch_size"] == 8   # what the labeled evaluation's answers were sampled with
 
+
+
+def test_people_labels_of_prompts_holding_pii_read_back_as_the_app_scrubbed_them(tmp_path):
+    """The app's rank import scrubs PII from the tasks' prompts (every message of a chat prompt), so its export
+    holds them scrubbed: they are still the evaluation's prompts, not an error naming a prompt that differs."""
+    from instructgpt.data import load_prompts
+    from instructgpt.evaluation.human_labels import read_labels, write_label_tasks
+    prompts = load_prompts(write_jsonl(tmp_path / "p.jsonl", [
+        {"id": "c1", "user_id": "u", "messages": [
+            {"role": "system", "content": "Write to jane.doe@example.com if unsure."},
+            {"role": "user", "content": "say red"}, {"role": "assistant", "content": "red"},
+            {"role": "user", "content": "again, and call +44 20 7946 0958"}]},
+        {"id": "t1", "user_id": "u", "text": "say red to bob@example.org"},
+        {"id": "t2", "user_id": "u", "text": "say blue"}]))
+    answers = {"sft": ["blue", "blue", "blue"], "ppo": ["red", "red", "red"]}
+    write_label_tasks(tmp_path / "tasks.jsonl", prompts, answers, "sft",
+                      samples={"sft": [["blue blue"] * 3], "ppo": [["red red"] * 3]})
+    export = _label_everything(tmp_path / "tasks.jsonl", tmp_path / "labels.db", tmp_path / "export")
+    assert "jane.doe" not in (export / "eval" / "metadata.jsonl").read_text()
+    labels = read_labels(export, prompts)
+    assert sorted(r.prompt_id for r in labels.rankings) == ["c1", "t1", "t2"] and labels.describe().endswith("3 rankings of 3")
+    # a ranking whose prompt is another text than the evaluation's (scrubbed or not) is still an error
+    rows = (export / "eval" / "metadata.jsonl").read_text().replace("say red to [EMAIL]", "say green to [EMAIL]")
+    (tmp_path / "other.jsonl").write_text(rows)
+    with pytest.raises(DataError, match="prompt: differs from the text of prompt id 't1'"):
+        read_labels(tmp_path / "other.jsonl", prompts)
 
 
 def test_labels_of_two_models_still_count_when_models_are_added(setup, tmp_path):

@@ -28,10 +28,11 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..curate import scrub_prompt
 from ..data import FLAGS, DataError, Prompt, Ranking, parse_ranking, read_jsonl, write_jsonl
 from .judging import normalized
 from .results import Comparison, ModelResult
@@ -125,8 +126,10 @@ def _rankings_file(path: Path, tmp: Path) -> tuple[Path, str]:
 def read_labels(path: str | Path, prompts: Sequence[Prompt]) -> LabelFile:
     """The rankings in ``path`` (export folder, zip, or JSONL) of prompts in ``prompts``;
     rankings of other prompts are counted and left out, and a file with none of ``prompts``
-    is an error. Errors name the record."""
+    is an error. Errors name the record. A ranking's prompt may be the evaluation's prompt as the labeling
+    app stores it: scrubbed of PII by its rank import (:func:`as_labeling_app_stores`)."""
     index = {p.id: p for p in prompts}
+    scrubbed = as_labeling_app_stores(prompts)
     with tempfile.TemporaryDirectory() as tmp:
         file, name = _rankings_file(Path(path), Path(tmp))
         out = LabelFile([], str(path))
@@ -142,7 +145,7 @@ def read_labels(path: str | Path, prompts: Sequence[Prompt]) -> LabelFile:
                                     f"people's labels: import it into the labeling app (instructgpt label import "
                                     f"--kind rank), label it, and give the app's export (instructgpt label export "
                                     f"--out DIR)")
-                out.rankings.append(parse_ranking(obj, source, index))
+                out.rankings.append(_parse_label(obj, source, index, scrubbed))
         except DataError as e:
             raise DataError(f"labels: {str(e).replace(str(file), name)}") from None
     if not out.rankings:
@@ -150,6 +153,28 @@ def read_labels(path: str | Path, prompts: Sequence[Prompt]) -> LabelFile:
                         f"(its label tasks: label_tasks.jsonl in the evaluation's folder); wrong file, or "
                         f"another evaluation's prompts (n_prompts, seed)?")
     return out
+
+
+def as_labeling_app_stores(prompts: Sequence[Prompt]) -> dict[str, Prompt]:
+    """id -> prompt as the labeling app's rank import stores (and exports) it, for the prompts holding PII it
+    scrubs (``curate.scrub_prompt``: every message of a chat prompt)."""
+    out = {}
+    for p in prompts:
+        text, turns, found = scrub_prompt(p.text, p.turns, p.source)
+        if found:
+            out[p.id] = replace(p, text=text, turns=turns)
+    return out
+
+
+def _parse_label(obj: dict[str, Any], source: str, index: dict[str, Prompt], scrubbed: dict[str, Prompt]) -> Ranking:
+    """A ranking of one of the evaluation's prompts (``index``): given as it is, or as the app scrubbed it."""
+    pid = str(obj.get("prompt_id"))
+    if pid not in scrubbed:
+        return parse_ranking(obj, source, index)
+    try:
+        return parse_ranking(obj, source, index)
+    except DataError:  # the app's export: the prompt without its PII (a real mismatch fails again here)
+        return parse_ranking(obj, source, {**index, pid: scrubbed[pid]})
 
 
 def _tagged_models(r: Ranking) -> tuple[list[str] | None, bool]:
