@@ -143,6 +143,20 @@ def test_a_reply_whose_leading_whitespace_merges_with_the_generation_prompt_says
     assert ChatFormat.load(tok).encode(QUESTION, "Paris", "d:7")  # without it the reply encodes
 
 
+def test_an_earlier_reply_whose_leading_whitespace_merges_is_named_as_that_turn(bpe):
+    """Under loss_turns=all an earlier assistant turn starting with "\n\n" (common in ShareGPT dumps) failed
+    with 'response: starts with whitespace', blaming the record's final reply, which had none."""
+    inner = Tokenizer.from_str(bpe.to_str())
+    inner.add_tokens(["\n\n\n"])
+    encoder = RecordEncoder(ChatFormat.load(chatml_tokenizer(inner)), None, 128)
+    demo = parse_demonstration({"messages": [TURNS[1], {"role": "assistant", "content": "\n\nHello!"}, TURNS[3],
+                                             {"role": "assistant", "content": "Paris."}]}, "d:7")
+    with pytest.raises(DataError, match=r"^d:7: assistant turn 1: starts with whitespace \('\\n\\n'\) .*remove the "
+                                        r"reply's leading whitespace; or set loss_turns=last .*"):
+        encoder.pair(prompt_input(demo), demo.response, "d:7", earlier_replies=True)
+    assert encoder.pair(prompt_input(demo), demo.response, "d:7").response_ids  # as context it encodes
+
+
 def test_empty_response_is_the_end_of_turn_alone(bpe):
     tok = chatml_tokenizer(bpe)
     fmt = ChatFormat.load(tok)

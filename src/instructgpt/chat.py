@@ -209,8 +209,10 @@ class ChatFormat:
                             f"writes a BOS and another is added")
         return ids
 
-    def encode(self, prompt: PromptInput, response: str, source: str = "") -> tuple[list[int], list[int]]:
-        """(prompt ids, response ids); the response ids end with ``end_id``. No length limits here."""
+    def encode(self, prompt: PromptInput, response: str, source: str = "",
+               field: str = "response") -> tuple[list[int], list[int]]:
+        """(prompt ids, response ids); the response ids end with ``end_id``. No length limits here.
+        ``field`` names the reply in errors (an earlier assistant turn, for :meth:`reply_spans`)."""
         where = source or "<record>"
         p = self.prompt_ids(prompt, where)
         if self.template is None:
@@ -222,7 +224,7 @@ class ChatFormat:
             lead = response[:len(response) - len(response.lstrip())]
             if lead and i >= len(p) - 1:  # the generation prompt's last token is what changed
                 raise DataError(
-                    f"{where}: response: starts with whitespace ({lead!r}) that the tokenizer joins with the "
+                    f"{where}: {field}: starts with whitespace ({lead!r}) that the tokenizer joins with the "
                     f"end of the generation prompt ({self._show(p[i:])} becomes {self._show(full[i:i + 1])}), "
                     f"so no prompt/response boundary falls between them; remove the reply's leading whitespace")
             raise DataError(
@@ -258,7 +260,11 @@ class ChatFormat:
                 before, reply = self.encode(prompt[:i], turn["content"].strip(), where)
                 reply = reply[:-1]
             else:
-                before, reply = self.encode(prompt[:i], turn["content"], where)
+                try:
+                    before, reply = self.encode(prompt[:i], turn["content"], where, field=f"assistant turn {i}")
+                except DataError as e:
+                    raise DataError(f"{e}; or set loss_turns=last to train on the last reply only (this turn "
+                                    f"then stays context, as written)") from None
             start, end = len(before), len(before) + len(reply)
             if prompt_ids[:end] != before + reply:
                 raise DataError(
