@@ -23,6 +23,7 @@ from instructgpt.chat import ChatFormat, prompt_input
 from instructgpt.config import ConfigError
 from instructgpt.data import DataError, load_prompts, load_rankings, parse_demonstration, parse_prompt, parse_ranking, to_record
 from instructgpt.generation import decode_responses, generate
+from instructgpt.sft import encode_demonstrations
 from tests.conftest import make_model, toy_corpus, write_jsonl
 
 SPECIAL = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|end_of_text|>",
@@ -219,6 +220,33 @@ def test_sft_trains_every_assistant_turn_of_a_conversation_or_only_the_last(bpe,
                                    + [{"role": "assistant", "content": "Paris."}]}, "d:2")
     trained = encoder.pair(prompt_input(greeted), greeted.response, "d:2", earlier_replies=True)
     assert [t.strip() for t in _trained_tokens(trained, tok)] == [f"Hello!{end}", f"red{end}", f"Paris.{eos}"]
+
+
+def test_only_a_whole_conversation_trains_its_earlier_replies(bpe):
+    """A reply to a chat prompt (TRL's prompt/completion row, the labeling app's export) trained the prompt's
+    earlier assistant turns too, which the demonstration's writer never wrote; TRL trains the completion alone."""
+    tok = chatml_tokenizer(bpe)
+    end = tok.convert_ids_to_tokens(ChatFormat.load(tok).end_id)
+    prompt = [{"role": "user", "content": "Say red"}, {"role": "assistant", "content": "blue blue"},
+              {"role": "user", "content": "Say red again"}]
+    reply = [{"role": "assistant", "content": "red"}]
+    rows = {"messages": {"messages": prompt + reply},
+            "sharegpt": {"conversations": [{"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]}
+                                           for m in prompt + reply]},
+            "alpaca": {"instruction": "Say red again", "output": "red", "history": [["Say red", "blue blue"]]},
+            "trl": {"prompt": prompt, "completion": reply},
+            "export": {"prompt": prompt, "response": "red", "prompt_id": "p1"}}
+    demos = {name: parse_demonstration(row, name) for name, row in rows.items()}
+    again = {name: parse_demonstration(to_record(d), name) for name, d in demos.items()}   # a written file's
+    encoder = RecordEncoder(ChatFormat.load(tok), None, 128)
+    for read in (demos, again):
+        examples, _ = encode_demonstrations(list(read.values()), encoder, "all")
+        trained = {name: [t.strip() for t in _trained_tokens(e, tok)] for name, e in zip(read, examples)}
+        assert trained == {**{name: [f"blue blue{end}", f"red{end}"] for name in ("messages", "sharegpt", "alpaca")},
+                           "trl": [f"red{end}"], "export": [f"red{end}"]}
+        assert len({tuple(e.ids) for e in examples}) == 1        # one rendering: only the loss differs
+    assert to_record(demos["trl"])["prompt"] == prompt and "messages" not in to_record(demos["trl"])
+    assert to_record(demos["alpaca"])["messages"][-1] == reply[0] and "messages" not in to_record(demos["export"])
 
 
 def test_a_template_that_rewrites_earlier_replies_cannot_train_them_and_says_so(bpe):

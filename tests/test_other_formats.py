@@ -43,7 +43,8 @@ def test_sharegpt_demonstration_and_prompt_are_read_as_messages():
     assert (demo.turns, demo.response, demo.meta) == ([system, USER], "Blue.", {"source": "vicuna"})
     assert demo.prompt == "System: Be brief.\n\nUser: Sky colour?\n\nAssistant:"
     # written back in our form, which reads back the same
-    assert to_record(demo) == {"prompt": [system, USER], "response": "Blue.", "source": "vicuna"}
+    assert to_record(demo) == {"messages": [system, USER, {"role": "assistant", "content": "Blue."}],
+                               "source": "vicuna"}
     assert parse_demonstration(to_record(demo), "d:2").turns == demo.turns
     prompt = parse_prompt({"id": "p1", "user_id": "u1", "conversations": [{"from": "human", "value": "Sky colour?"}]},
                           "p:1")

@@ -90,6 +90,10 @@ class Demonstration:
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)  # extra fields, kept verbatim
     turns: Turns | None = None                  # the prompt's chat messages (before the reply), when given so
+    conversation: bool = False                  # given as one whole conversation (``messages``, ShareGPT's
+    # ``conversations``, Alpaca's ``history``): its earlier assistant turns are demonstrations too. A reply to a
+    # ``prompt`` (TRL's prompt/completion, the labeling app's export) is the only one: the prompt's earlier
+    # replies came from elsewhere (a deployed model), not from whoever wrote the demonstration.
 
 
 @dataclass
@@ -381,6 +385,7 @@ def parse_demonstration(obj: Any, source: str, prompts: PromptIndex | Iterable[P
                 fail(source, key, f"give either `{name}` or `{pair}`, not both")
         response, earlier = assistant_reply(messages, source, name)
         text, turns = prompt_from_messages(earlier, source, name)
+        whole = True
     elif obj.get("instruction") is not None:
         name = "instruction"
         for key in ("prompt", "response", "completion"):
@@ -389,10 +394,12 @@ def parse_demonstration(obj: Any, source: str, prompts: PromptIndex | Iterable[P
         turns, text, response = alpaca_demonstration(obj, source)
         if turns is not None:
             text, turns = prompt_from_messages(turns, source, "history")
+        whole = True
     else:
         name = "prompt"
         text, turns = prompt_field(obj, source)
         response = _response(obj, source)
+        whole = False
     text, turns = _resolve_prompt(text, turns, prompt_id, source, prompts, name)
     return Demonstration(
         prompt=text,
@@ -402,6 +409,7 @@ def parse_demonstration(obj: Any, source: str, prompts: PromptIndex | Iterable[P
         source=source,
         meta=_meta(obj, DEMONSTRATION_KEYS + (ALPACA_KEYS if name == "instruction" else ()), source),
         turns=turns,
+        conversation=whole and turns is not None,
     )
 
 
@@ -632,11 +640,16 @@ def to_record(x: Record) -> dict[str, Any]:
     Optional fields that are None are left out, ``source`` is left out, and
     ``meta`` keys are merged back at the top level (as they were read). A
     prompt given as chat messages is written as messages (``messages`` for a
-    prompt, ``prompt`` for a demonstration or ranking), so its turns survive.
+    prompt, ``prompt`` for a demonstration or ranking), so its turns survive;
+    a demonstration given as a whole conversation is written as ``messages``,
+    so its earlier replies stay demonstrations.
     """
     if isinstance(x, Prompt):
         out = {"id": x.id, "text": None if x.turns else x.text, "messages": x.turns, "user_id": x.user_id,
                "use_case": x.use_case, "split": x.split}
+    elif isinstance(x, Demonstration) and x.conversation:
+        out = {"prompt_id": x.prompt_id, "messages": x.turns + [{"role": "assistant", "content": x.response}],
+               "labeler_id": x.labeler_id}
     elif isinstance(x, Demonstration):
         out = {"prompt_id": x.prompt_id, "prompt": x.turns or x.prompt, "response": x.response,
                "labeler_id": x.labeler_id}

@@ -48,9 +48,11 @@ class SFTConfig(TrainingSequenceOptions, LoraOptions, ModelOptions, TrainConfig)
     dropout: float = opt(0.2, "Dropout during SFT (paper: 0.2 residual): every dropout the architecture has "
                               "(0 = off). The saved config keeps the base model's own values.")
     lr: float = opt(1e-4, "Peak learning rate (paper: 9.65e-6 for 1.3B; tiny models want more).")
-    loss_turns: str = opt("all", "Which assistant turns of a multi-turn demonstration the loss counts: all (every "
-                                 "reply, each with its end of turn; as TRL's assistant_only_loss and LLaMA-Factory "
-                                 "do) or last (the final reply; earlier ones are context only).")
+    loss_turns: str = opt("all", "Which assistant turns of a demonstration given as a whole conversation (messages, "
+                                 "ShareGPT conversations, Alpaca history) the loss counts: all (every reply, each "
+                                 "with its end of turn; as TRL's assistant_only_loss and LLaMA-Factory do) or last "
+                                 "(the final reply; earlier ones are context only). A reply to a prompt (prompt/"
+                                 "response or prompt/completion rows, the labeling app's export) trains alone.")
 
     def validate(self) -> None:
         super().validate()
@@ -78,9 +80,10 @@ class SFTResult:
 
 def encode_demonstrations(demos: list[Demonstration], encoder: RecordEncoder,
                           loss_turns: str = "all") -> tuple[list[Encoded], int]:
-    """Encode all demonstrations (with their earlier replies marked for the loss under ``loss_turns=all``);
-    returns (examples, how many responses were cut to fit)."""
-    encoded = [encoder.pair(prompt_input(d), d.response, d.source, earlier_replies=loss_turns == "all")
+    """Encode all demonstrations (a whole conversation's earlier replies marked for the loss too under
+    ``loss_turns=all``); returns (examples, how many responses were cut to fit)."""
+    encoded = [encoder.pair(prompt_input(d), d.response, d.source,
+                            earlier_replies=loss_turns == "all" and d.conversation)
                for d in demos]
     return encoded, sum(e.truncated for e in encoded)
 
