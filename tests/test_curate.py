@@ -712,3 +712,18 @@ def test_chat_prompts_opening_with_the_same_assistant_greeting_are_compared_by_t
     result = curate_prompts(prompts, CurateConfig(scrub_pii=False))
     assert sorted(p.id for p in result.kept()) == ["c1", "c2"]
     assert [(r.prompt.id, r.duplicate_of) for r in result.removed] == [("t1", "c2")]
+
+
+def test_chat_prompts_sharing_a_canned_opening_exchange_are_compared_by_what_their_users_wrote():
+    # "hi" answered by the same canned reply, then different requests: the shared prefix is the bot's words
+    reply = {"role": "assistant", "content": "Hello! I am your AI assistant, happy to help. What can I do for you today?"}
+    def chat(i, *asks):
+        turns = [{"role": "user", "content": "hi"}, reply]
+        for j, ask in enumerate(asks):
+            turns += ([reply] if j else []) + [{"role": "user", "content": ask}]
+        return Prompt(id=i, text="", user_id=f"u{i}", source=f"f:{i}", turns=turns)
+    prompts = [chat("c1", "Write a limerick about a cat."), chat("c2", "Summarise the French revolution."),
+               chat("c3", "Write a limerick about a cat.", "Now make it sadder.")]   # the same request, then more
+    result = curate_prompts(prompts, CurateConfig(scrub_pii=False, prefix_chars=30))
+    assert sorted(p.id for p in result.kept()) == ["c1", "c2"]
+    assert [(r.prompt.id, r.duplicate_of) for r in result.removed] == [("c3", "c1")]

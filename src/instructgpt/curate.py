@@ -10,8 +10,7 @@ Order of operations in :func:`curate_prompts`:
 
 1. scrub PII (if ``scrub_pii``; :mod:`.pii`),
 2. drop prompts whose normalised text (:func:`normalize_text` of :func:`dedupe_text`: a chat
-   prompt's turns from the user's first one: without its system message or an assistant greeting before
-   it) shares its first ``prefix_chars`` characters
+   prompt's user turns) shares its first ``prefix_chars`` characters
    with an earlier kept prompt (first occurrence wins),
 3. keep the first ``max_per_user`` prompts of each user (input order),
 4. assign each user to one split so that each split gets its target share of
@@ -54,7 +53,7 @@ class CurateConfig:
     prompts: str = opt("", "Input prompts JSONL (id, text, user_id, use_case[, split]).")
     out_dir: str = opt("curated", "Folder for train/valid/test.jsonl, removed.jsonl and curation_summary.json.")
     prefix_chars: int = opt(60, "Prompts whose normalised text (NFKC, case-folded, whitespace collapsed; a chat "
-                                "prompt's turns from the user's first one) shares its first this-many "
+                                "prompt's user turns) shares its first this-many "
                                 "characters with an earlier kept prompt are duplicates; shorter prompts compare "
                                 "their whole text.")
     max_per_user: int = opt(200, "Keep at most this many prompts per user id (the first ones, in input order).")
@@ -164,14 +163,12 @@ def normalize_text(text: str) -> str:
 
 
 def dedupe_text(p: Prompt) -> str:
-    """What two prompts are compared by: the text, or a chat prompt's turns from the user's first one, without
-    its system message and an assistant greeting before it (a shared system message, or a support bot's canned
-    opening line, is a common prefix of different requests, and a single user turn is the same request as that
-    text)."""
+    """What two prompts are compared by: the text, or a chat prompt's user turns, which are what its user wrote.
+    A system message, a support bot's canned greeting or its canned reply to "hi" is a common prefix of different
+    requests; a single user turn is the same request as that text."""
     if not p.turns:
         return p.text
-    first = next((i for i, m in enumerate(p.turns) if m["role"] == "user"), 0)
-    return "\n".join(m["content"] for m in p.turns[first:])
+    return "\n".join(m["content"] for m in p.turns if m["role"] == "user")
 
 
 def scrub_prompt(text: str, turns: list[dict] | None, source: str = "") -> tuple[str, list[dict] | None, dict[str, int]]:
