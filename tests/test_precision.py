@@ -123,7 +123,8 @@ def test_dtype_puts_frozen_models_in_bf16_and_keeps_trained_ones_fp32(tmp_path, 
 
 
 def test_bf16_autocast_covers_every_trained_forward(tmp_path, models, monkeypatch):
-    """precision=bf16: the training forward passes of SFT, RM and PPO run under autocast (weights stay fp32)."""
+    """precision=bf16: the training forward passes of SFT, RM and PPO run under autocast (weights stay fp32;
+    the scalar heads read the bf16 body in fp32)."""
     from instructgpt.ppo import PPOConfig, train_ppo
     from instructgpt.rm import RMConfig, train_rm
     seen: list[tuple[str, torch.dtype]] = []
@@ -131,7 +132,7 @@ def test_bf16_autocast_covers_every_trained_forward(tmp_path, models, monkeypatc
 
     def spy(x, w, b=None):
         out = real_linear(x, w, b)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and w.shape[0] > 1:  # the scalar reward/value heads run in fp32 on purpose
             seen.append((stage, out.dtype))
         return out
     monkeypatch.setattr(torch.nn.functional, "linear", spy)
@@ -153,3 +154,27 @@ def test_bf16_autocast_covers_every_trained_forward(tmp_path, models, monkeypatc
     for name in ("sft", "rm", "ppo"):
         dtypes = {d for s, d in seen if s == name}
         assert dtypes == {torch.bfloat16}, (name, dtypes)
+
+
+def test_reward_and_value_heads_stay_fp32_under_bf16_autocast(models):
+    """precision=bf16: the body runs in bf16, but the scalar heads read its output in fp32 (autocast would
+    otherwise round every reward and value to bf16: steps of 1/64 at a score of 3)."""
+    from instructgpt import distributed as dist
+    from instructgpt.ppo_forward import ValueHead
+    rm = RewardModel.from_policy(models["llama"]).eval()
+    rm.reward_bias.fill_(3.3)
+    hidden = []
+    rm.backbone.register_forward_hook(lambda m, a, out: hidden.append(out.last_hidden_state))
+    ids = torch.randint(3, 150, (4, 9))
+    mask = torch.ones_like(ids)
+    with torch.no_grad(), dist.autocast("cpu", torch.bfloat16):
+        scores, values = rm(ids, mask), rm.values(ids, mask)
+    for out, h in ((scores, hidden[0][:, -1]), (values, hidden[1])):
+        assert out.dtype == torch.float32
+        expected = h.float() @ rm.head.weight[0] + rm.head.bias[0] + 3.3  # the fp32 head on the bf16 body's output
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-6)
+    head, h = ValueHead(32), torch.randn(2, 5, 32) * 4  # value_model=shared
+    with torch.no_grad():
+        expected = head.head(h).squeeze(-1)
+        with dist.autocast("cpu", torch.bfloat16):
+            torch.testing.assert_close(head(h), expected, atol=1e-6, rtol=1e-6)

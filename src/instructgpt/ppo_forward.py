@@ -13,7 +13,7 @@ import math
 import torch
 
 from .models import position_ids_from_mask
-from .reward_model import RewardModel
+from .reward_model import RewardModel, fp32_head
 
 
 def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, P: int) -> torch.Tensor:
@@ -40,7 +40,8 @@ class ValueHead(torch.nn.Module):
         torch.nn.init.zeros_(self.head.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.head(hidden).squeeze(-1)
+        """(B, R, H) -> (B, R) fp32 values (under bf16 autocast too)."""
+        return fp32_head(self.head, hidden)
 
 
 def response_logits_and_values(policy, head: ValueHead, input_ids, attention_mask, P: int):

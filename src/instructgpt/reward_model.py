@@ -68,6 +68,15 @@ class RewardInteropWarning(UserWarning):
     """A reward-model folder whose ``AutoModelForSequenceClassification`` score is not exactly our reward."""
 
 
+def fp32_head(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
+    """(..., H) hidden states of any dtype (a bf16/4-bit body, bf16 autocast) -> (...) fp32 outputs of a
+    scalar head. Autocast is off here: under precision=bf16 it would run the fp32 head in bf16 and round
+    every reward and value to bf16 (steps of 1/64 at a score of 3: reward differences, accuracy ties,
+    PPO's scores, values and advantages all read the rounding)."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        return head(hidden.to(head.weight.dtype)).squeeze(-1)
+
+
 class RewardModel(nn.Module):
     """Transformer body + scalar head. ``forward`` -> (B,) rewards at the last real token."""
 
@@ -91,8 +100,7 @@ class RewardModel(nn.Module):
         normalised scores PPO's returns are made of (at the last real token, ``values`` equals ``forward``)."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # (B, T, H)
-        # (B, T); a bf16/4-bit body, fp32 head
-        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1) + self.reward_bias
+        return fp32_head(self.head, hidden) + self.reward_bias                                          # (B, T)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) -> (B,) normalised rewards read at each row's last real token."""
@@ -100,7 +108,7 @@ class RewardModel(nn.Module):
                                position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # (B, T, H)
         last = last_token_index(attention_mask)  # (B,)
         h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
-        return self.head(h_last.to(self.head.weight.dtype)).squeeze(-1) + self.reward_bias  # (B,)
+        return fp32_head(self.head, h_last) + self.reward_bias                                          # (B,)
 
     @torch.no_grad()
     def score(self, sequences: list[list[int]], pad_id: int, batch_size: int = 32,
