@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from tests.conftest import make_model, repeat_demos, write_jsonl, yes_rankings
+from tests.conftest import cut_at, make_model, repeat_demos, write_jsonl, yes_rankings
 from instructgpt import config
 from instructgpt.config import ConfigError
 from instructgpt.models import check_attn_implementation, enable_gradient_checkpointing, load_policy, resolve_dtype
@@ -65,6 +65,21 @@ def test_sft_with_gradient_checkpointing_trains_the_same_weights(tmp_path, model
     assert changed
     for k in outs[False]:
         torch.testing.assert_close(outs[False][k], outs[True][k], atol=1e-5, rtol=1e-4)
+
+
+def test_a_run_resumes_with_gradient_checkpointing_turned_on(tmp_path, models):
+    """The fix for a run killed by running out of memory: resume it with checkpointing; the same weights."""
+    from instructgpt import sft
+    write_jsonl(tmp_path / "t.jsonl", repeat_demos(16, 1))
+    base = dict(model=str(models["llama"]), train=str(tmp_path / "t.jsonl"), lr=1e-3, epochs=2, batch_size=4,
+                save_every=1, dropout=0.1, progress=False)
+    train_sft(config.from_dict(SFTConfig, dict(base, out_dir=str(tmp_path / "whole"))))
+    cut_at(3, sft, train_sft, config.from_dict(SFTConfig, dict(base, out_dir=str(tmp_path / "cut"))))
+    train_sft(config.from_dict(SFTConfig, dict(base, out_dir=str(tmp_path / "cut"), resume=True,
+                                               gradient_checkpointing=True)))
+    whole, resumed = load_policy(tmp_path / "whole").state_dict(), load_policy(tmp_path / "cut").state_dict()
+    for k in whole:
+        torch.testing.assert_close(whole[k], resumed[k], atol=1e-6, rtol=1e-5)
 
 
 def test_attn_implementation_is_applied_and_kernels_agree(models):

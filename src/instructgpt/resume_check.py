@@ -5,9 +5,10 @@ another ``lr`` kept the old schedule (the scheduler's saved state holds the old 
 ``config.resolved.json`` recorded the new one. So every checkpoint stores its options, and a resume whose
 options differ is refused before anything is written, naming each change. Free to change: the options that
 cannot change the numbers (``stage_keys.RUNTIME_OPTIONS``: device, progress bars, checkpoint cadence ...),
-``sharding`` (checkpoints hold full tensors that resume sharded or not), and which path a file or folder
-option names (a moved run folder resumes; the pipeline's stage keys check what those paths hold), and what a
-config class lists in ``resume_may_change`` (PPO's ``iterations``: its learning rate does not depend on them,
+``sharding`` (checkpoints hold full tensors that resume sharded or not), ``gradient_checkpointing`` (the
+same gradients, dropout's included: what a run killed by running out of memory resumes with), which path a
+file or folder option names (a moved run folder resumes; the pipeline's stage keys check what those paths
+hold), and what a config class lists in ``resume_may_change`` (PPO's ``iterations``: its learning rate does not depend on them,
 so a run continues for more). Setting or clearing a path option is a change.
 
 What a path option names must still hold what it held: a resume on another base model (its folder replaced
@@ -29,7 +30,7 @@ from . import config as config_mod
 from .checkpoint import list_checkpoints
 from .stage_keys import RUNTIME_OPTIONS
 
-FREE_ON_RESUME = RUNTIME_OPTIONS | {"sharding"}
+FREE_ON_RESUME = RUNTIME_OPTIONS | {"sharding", "gradient_checkpointing"}
 PATH = "<a path>"  # what a checkpoint remembers of an option naming a file or folder
 
 
