@@ -82,6 +82,20 @@ def test_a_run_resumes_with_gradient_checkpointing_turned_on(tmp_path, models):
         torch.testing.assert_close(whole[k], resumed[k], atol=1e-6, rtol=1e-5)
 
 
+def test_instructgpt_json_says_what_auto_precision_and_dtype_resolved_to(tmp_path, models, monkeypatch):
+    """precision=auto and dtype=auto are bf16 or fp32 by machine and launcher: the folder says which ran."""
+    import json
+    write_jsonl(tmp_path / "t.jsonl", repeat_demos(8, 1))
+    base = dict(model=str(models["gpt2"]), train=str(tmp_path / "t.jsonl"), batch_size=8, progress=False)
+    train_sft(config.from_dict(SFTConfig, dict(base, out_dir=str(tmp_path / "cpu"))))
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what accelerate launch --mixed_precision bf16 sets
+    train_sft(config.from_dict(SFTConfig, dict(base, out_dir=str(tmp_path / "launched"), dtype="bf16")))
+    runs = {name: json.loads((tmp_path / name / "instructgpt.json").read_text()) for name in ("cpu", "launched")}
+    assert runs["cpu"]["config"]["precision"] == runs["launched"]["config"]["precision"] == "auto"
+    assert runs["cpu"]["resolved"] == {"device": "cpu", "autocast": "off (fp32)", "frozen_dtype": "fp32"}
+    assert runs["launched"]["resolved"] == {"device": "cpu", "autocast": "bf16", "frozen_dtype": "bf16"}
+
+
 def test_attn_implementation_is_applied_and_kernels_agree(models):
     ids = torch.randint(3, 150, (2, 10))
     mask = torch.ones_like(ids)

@@ -134,9 +134,26 @@ def write_run_info(out_dir: str | Path, stage: str, cfg: Any, extra: dict | None
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "config": config_mod.to_dict(cfg),
+        **({"resolved": resolved} if (resolved := resolved_precision(cfg)) else {}),
         **(extra or {}),
     }
     (out_dir / "instructgpt.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+
+
+def resolved_precision(cfg: Any) -> dict[str, str]:
+    """What ``device``, ``precision`` and ``dtype`` (``auto`` by default: another value on another machine)
+    resolved to where the stage ran: the device, the autocast of forward passes and the dtype of frozen
+    weights; {} for a config without them."""
+    if not (hasattr(cfg, "device") and hasattr(cfg, "precision")):
+        return {}
+    from . import distributed as dist
+    from .models import DTYPES, pick_device, resolve_dtype
+    device = pick_device(cfg.device)
+    autocast = dist.resolve_precision(cfg.precision, device)
+    out = {"device": str(device), "autocast": "bf16" if autocast == torch.bfloat16 else "off (fp32)"}
+    if hasattr(cfg, "dtype"):
+        out["frozen_dtype"] = {v: k for k, v in DTYPES.items()}[resolve_dtype(cfg.dtype, device)]
+    return out
 
 
 def update_run_info(out_dir: str | Path, **fields: Any) -> None:
