@@ -207,3 +207,21 @@ def test_reward_and_value_heads_stay_fp32_under_bf16_autocast(models):
         expected = head.head(h).squeeze(-1)
         with dist.autocast("cpu", torch.bfloat16):
             torch.testing.assert_close(head(h), expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("launcher", ["fp16", "FP8"])
+def test_precision_auto_under_a_launcher_asking_for_fp16_is_a_clear_error(monkeypatch, launcher):
+    """accelerate launch --mixed_precision fp16 (V100/T4 configs): not silently bf16 or fp32 instead."""
+    from instructgpt import distributed as dist
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launcher)
+    base = dict(model="m", train="t", out_dir="o")
+    with pytest.raises(ConfigError, match=f"precision: auto follows accelerate launch, which asked for mixed "
+                                          f"precision '{launcher.lower()}'.*set precision=bf16 or precision=fp32"):
+        config.from_dict(SFTConfig, base)
+    with pytest.raises(ValueError, match="only bf16 and no are supported"):
+        dist.resolve_precision("auto", torch.device("cpu"))
+    assert config.from_dict(SFTConfig, dict(base, precision="fp32")).precision == "fp32"  # an explicit choice wins
+    for asked, dtype in (("bf16", torch.bfloat16), ("no", None)):
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", asked)
+        config.from_dict(SFTConfig, base)
+        assert dist.resolve_precision("auto", torch.device("cpu")) == dtype

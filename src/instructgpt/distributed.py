@@ -286,6 +286,24 @@ def rank_seed(seed: int, *salt: int, r: int | None = None) -> int:
 # ----------------------------------------------------------------------------- precision
 
 PRECISIONS = ("auto", "fp32", "bf16")
+#: What ``accelerate launch --mixed_precision`` may ask ``precision=auto`` for ("" = not asked).
+LAUNCHER_PRECISIONS = ("", "bf16", "no")
+
+
+def launcher_precision() -> str:
+    """The mixed precision ``accelerate launch`` asked for (ACCELERATE_MIXED_PRECISION), lower case; "" if none."""
+    return os.environ.get("ACCELERATE_MIXED_PRECISION", "").strip().lower()
+
+
+def check_launcher_precision(precision: str) -> None:
+    """``precision=auto`` under a launcher that asked for a mixed precision this package does not run (fp16,
+    fp8): a ValueError saying so, instead of silently running bf16 or fp32 in its place."""
+    launcher = launcher_precision()
+    if precision == "auto" and launcher not in LAUNCHER_PRECISIONS:
+        raise ValueError(f"precision: auto follows accelerate launch, which asked for mixed precision {launcher!r} "
+                         f"(ACCELERATE_MIXED_PRECISION); only bf16 and no are supported (fp16 needs loss scaling, "
+                         f"which is not offered): launch with --mixed_precision bf16 or no, or set precision=bf16 "
+                         f"or precision=fp32")
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -302,7 +320,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         return None
     if precision == "bf16":
         return torch.bfloat16
-    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()
+    check_launcher_precision(precision)
+    launcher = launcher_precision()
     if launcher == "bf16":
         return torch.bfloat16
     if launcher == "no":

@@ -47,6 +47,10 @@ class RuntimeOptions(TrackingOptions):
         self.validate_tracking()
         if self.precision not in dist.PRECISIONS:
             raise ConfigError(f"precision: {self.precision!r} is not one of {', '.join(dist.PRECISIONS)}")
+        try:
+            dist.check_launcher_precision(self.precision)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.sharding not in sharding.MODES:
             raise ConfigError(f"sharding: {self.sharding!r} is not one of {', '.join(sharding.MODES)}")
         check_device(self.device)
