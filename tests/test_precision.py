@@ -225,3 +225,22 @@ def test_precision_auto_under_a_launcher_asking_for_fp16_is_a_clear_error(monkey
         monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", asked)
         config.from_dict(SFTConfig, base)
         assert dist.resolve_precision("auto", torch.device("cpu")) == dtype
+
+
+def test_a_frozen_model_overflowing_fp16_stops_ppo_naming_it_and_dtype(tmp_path, models):
+    """dtype=fp16: a reward model whose activations leave fp16's range (Gemma, T5 do) scores NaN; PPO says so
+    before its update, instead of 'loss is not finite; try a lower lr'."""
+    from instructgpt.models import load_tokenizer
+    from instructgpt.ppo import PPOConfig, PPOGuardError, train_ppo
+    rm = RewardModel.from_policy(models["llama"])
+    with torch.no_grad():
+        rm.backbone.embed_tokens.weight.mul_(1e7)  # beyond 65504; the fp32 model is unchanged by its RMSNorm
+    rm.save_pretrained(tmp_path / "rm", load_tokenizer(models["llama"]))
+    write_jsonl(tmp_path / "p.jsonl", [{"id": str(i), "text": f"say {i}\n", "user_id": "u"} for i in range(4)])
+    base = dict(policy=str(models["llama"]), reward_model=str(tmp_path / "rm"), prompts=str(tmp_path / "p.jsonl"),
+                iterations=1, batch_size=4, minibatch_size=4, max_new_tokens=3, progress=False)
+    assert torch.isfinite(torch.tensor(train_ppo(config.from_dict(PPOConfig, dict(
+        base, out_dir=str(tmp_path / "fp32")))).history[0]["ppo/score"]))
+    with pytest.raises(PPOGuardError, match=r"ppo iteration 0: not finite in the rollout: reward model scores \(4\); "
+                                            r"stopping before any update .* dtype=fp16 puts the frozen models"):
+        train_ppo(config.from_dict(PPOConfig, dict(base, out_dir=str(tmp_path / "fp16"), dtype="fp16")))

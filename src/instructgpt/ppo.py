@@ -473,6 +473,23 @@ class PPOTrainer:
             raise PPOGuardError(f"ppo iteration {self.iteration}: probability ratio {ratio_max:.3g} exceeds "
                                 f"ratio_guard={self.cfg.ratio_guard}; stopping (the last good checkpoint is kept)")
 
+    def _check_rollout(self, ro: Rollout) -> None:
+        """Stop before learning from a rollout whose scores, log-probs or values are not finite, naming which
+        (counts reduced over ranks: every rank raises). Frozen models in fp16 (``dtype``) overflow where bf16
+        and fp32 do not: the update's loss would only say it is not finite, and blame the learning rate."""
+        parts = {"reward model scores": ro.scores, "reference log-probs": ro.ref_logprobs,
+                 "policy log-probs": ro.logprobs, "values": ro.values}
+        counts = torch.stack([(~torch.isfinite(t)).sum() for t in parts.values()]).double().cpu()
+        bad = [f"{name} ({int(n)})" for name, n in zip(parts, dist.all_reduce_sum(counts).tolist()) if n]
+        if not bad:
+            return
+        fp16 = resolve_dtype(self.cfg.dtype, self.device) == torch.float16
+        hint = (f"dtype={self.cfg.dtype} puts the frozen models (reference, reward model, the base under LoRA) in "
+                f"fp16, whose range ends at 65504: use dtype=bf16 or fp32" if fp16 else
+                "check the models' weights (a diverged policy: resume from an earlier checkpoint with a lower lr)")
+        raise PPOGuardError(f"ppo iteration {self.iteration}: not finite in the rollout: {', '.join(bad)}; stopping "
+                            f"before any update (the last good checkpoint is kept). {hint}")
+
     def logits_and_values(self, input_ids, attention_mask, P: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, R, V) policy logits and (B, R) fp32 values at the response positions (None: rloo)."""
         if self.value is None:
@@ -513,6 +530,7 @@ class PPOTrainer:
     def step(self) -> tuple[dict[str, float], Rollout]:
         self.set_lr()
         ro, times = self.rollout(self.next_prompts())
+        self._check_rollout(ro)
         self.compute_advantages(ro)
         t0 = time.perf_counter()
         learn_stats = self.learn(ro)
