@@ -227,15 +227,21 @@ def test_precision_auto_under_a_launcher_asking_for_fp16_is_a_clear_error(monkey
         assert dist.resolve_precision("auto", torch.device("cpu")) == dtype
 
 
+def overflowing_fp16_reward_model(folder, policy):
+    """A reward model whose activations leave fp16's range (beyond 65504); in fp32 its RMSNorm makes it harmless."""
+    from instructgpt.models import load_tokenizer
+    rm = RewardModel.from_policy(policy)
+    with torch.no_grad():
+        rm.backbone.embed_tokens.weight.mul_(1e7)
+    rm.save_pretrained(folder, load_tokenizer(policy))
+    return folder
+
+
 def test_a_frozen_model_overflowing_fp16_stops_ppo_naming_it_and_dtype(tmp_path, models):
     """dtype=fp16: a reward model whose activations leave fp16's range (Gemma, T5 do) scores NaN; PPO says so
     before its update, instead of 'loss is not finite; try a lower lr'."""
-    from instructgpt.models import load_tokenizer
     from instructgpt.ppo import PPOConfig, PPOGuardError, train_ppo
-    rm = RewardModel.from_policy(models["llama"])
-    with torch.no_grad():
-        rm.backbone.embed_tokens.weight.mul_(1e7)  # beyond 65504; the fp32 model is unchanged by its RMSNorm
-    rm.save_pretrained(tmp_path / "rm", load_tokenizer(models["llama"]))
+    overflowing_fp16_reward_model(tmp_path / "rm", models["llama"])
     write_jsonl(tmp_path / "p.jsonl", [{"id": str(i), "text": f"say {i}\n", "user_id": "u"} for i in range(4)])
     base = dict(policy=str(models["llama"]), reward_model=str(tmp_path / "rm"), prompts=str(tmp_path / "p.jsonl"),
                 iterations=1, batch_size=4, minibatch_size=4, max_new_tokens=3, progress=False)
@@ -244,3 +250,15 @@ def test_a_frozen_model_overflowing_fp16_stops_ppo_naming_it_and_dtype(tmp_path,
     with pytest.raises(PPOGuardError, match=r"ppo iteration 0: not finite in the rollout: reward model scores \(4\); "
                                             r"stopping before any update .* dtype=fp16 puts the frozen models"):
         train_ppo(config.from_dict(PPOConfig, dict(base, out_dir=str(tmp_path / "fp16"), dtype="fp16")))
+
+
+def test_sft_selection_by_a_reward_model_scoring_nan_is_an_error_not_the_first_epoch(tmp_path, models):
+    """A NaN never beats another score: SFT kept epoch 0 'by the highest mean reward-model score' (nan)."""
+    write_jsonl(tmp_path / "t.jsonl", repeat_demos(8, 1))
+    cfg = config.from_dict(SFTConfig, dict(model=str(models["llama"]), train=str(tmp_path / "t.jsonl"),
+                                           out_dir=str(tmp_path / "sft"), epochs=2, batch_size=8, progress=False,
+                                           reward_model=str(overflowing_fp16_reward_model(tmp_path / "rm", models["llama"])),
+                                           dtype="fp16", select_prompts=2, max_new_tokens=3))
+    with pytest.raises(FloatingPointError, match=r"sft: the reward model .*/rm scored epoch 0's samples nan "
+                                                 r"\(checkpoint selection .*dtype=fp16 loads it in fp16"):
+        train_sft(cfg)

@@ -10,6 +10,7 @@ loss, else the last epoch. The choice is logged and stored in instructgpt.json.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,17 @@ def mean_reward_of_samples(policy, reward_model: RewardModel, prompt_ids: list[l
     return reward_model.score(seqs, pad_id, batch_size).mean().item()
 
 
+def finite_selection_score(score: float, epoch: int, cfg: SFTConfig, device: torch.device) -> float:
+    """``score`` (the selection reward model's mean on an epoch's samples), or a FloatingPointError when it is
+    not finite: a NaN never beats another score, so the first epoch would be kept 'by the highest score'."""
+    if math.isfinite(score):
+        return score
+    cause = (f"dtype={cfg.dtype} loads it in fp16, whose range ends at 65504: use dtype=bf16 or fp32"
+             if resolve_dtype(cfg.dtype, device) == torch.float16 else "check the reward model's weights")
+    raise FloatingPointError(f"sft: the reward model {cfg.reward_model} scored epoch {epoch}'s samples {score} "
+                             f"(checkpoint selection cannot compare epochs by it); {cause}")
+
+
 def train_sft(cfg: SFTConfig) -> SFTResult:
     """Fine-tune ``cfg.model`` on ``cfg.train``; the selected epoch is saved to ``cfg.out_dir``."""
     check_resume(cfg)  # a resume with changed options: refused before anything loads or is written
@@ -143,8 +155,8 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
         if valid_ex:
             metrics["sft/val_loss"] = mean_lm_loss(m, valid_ex, tokenizer.pad_token_id, device)
         if reward_model is not None:
-            metrics["sft/val_rm_score"] = mean_reward_of_samples(
-                m, reward_model, select_prompts, fmt, cfg.max_new_tokens, cfg.seed)
+            metrics["sft/val_rm_score"] = finite_selection_score(mean_reward_of_samples(
+                m, reward_model, select_prompts, fmt, cfg.max_new_tokens, cfg.seed), epoch, cfg, device)
         return metrics
 
     if reward_model is not None:
