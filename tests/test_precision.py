@@ -262,3 +262,22 @@ def test_sft_selection_by_a_reward_model_scoring_nan_is_an_error_not_the_first_e
     with pytest.raises(FloatingPointError, match=r"sft: the reward model .*/rm scored epoch 0's samples nan "
                                                  r"\(checkpoint selection .*dtype=fp16 loads it in fp16"):
         train_sft(cfg)
+
+
+def test_lora_on_a_base_overflowing_fp16_names_dtype_not_only_the_lr(tmp_path, models):
+    """LoRA with dtype=fp16: a base whose activations pass 65504 gives a NaN gradient at the first step; the
+    error names the fp16 base (lowering lr, all it said, cannot help)."""
+    from transformers import AutoModelForCausalLM
+    from instructgpt.models import load_tokenizer
+    base = AutoModelForCausalLM.from_pretrained(str(models["llama"]))
+    with torch.no_grad():
+        base.model.embed_tokens.weight.mul_(1e7)  # harmless in fp32 (RMSNorm), beyond fp16's range
+    base.save_pretrained(tmp_path / "base")
+    load_tokenizer(models["llama"]).save_pretrained(tmp_path / "base")
+    write_jsonl(tmp_path / "t.jsonl", repeat_demos(8, 1))
+    cfg = dict(model=str(tmp_path / "base"), train=str(tmp_path / "t.jsonl"), epochs=1, batch_size=8, progress=False,
+               lora_r=4)
+    train_sft(config.from_dict(SFTConfig, dict(cfg, out_dir=str(tmp_path / "fp32"))))
+    with pytest.raises(FloatingPointError, match=r"sft: gradient norm is nan \(the frozen base is in fp16 "
+                                                 r"\(dtype=fp16\), whose range ends at 65504: use dtype=bf16 or fp32"):
+        train_sft(config.from_dict(SFTConfig, dict(cfg, out_dir=str(tmp_path / "fp16"), dtype="fp16")))

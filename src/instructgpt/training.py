@@ -304,7 +304,7 @@ def _train_step(model, task: Task, indices: list[int], cfg: TrainConfig, optimiz
     grad_norm = sharding.clip_grad_norm_(model, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     if not torch.isfinite(grad_norm):
         raise FloatingPointError(f"{task.metric_prefix}: gradient norm is {grad_norm.item()} "
-                                 f"(lower lr; the last good checkpoint is kept)")
+                                 f"({_divergence_hint(model)}; the last good checkpoint is kept)")
     lr = scheduler.get_last_lr()[0]  # this step's: scheduler.step() sets the next step's
     optimizer.step()
     scheduler.step()
@@ -317,6 +317,15 @@ def _train_step(model, task: Task, indices: list[int], cfg: TrainConfig, optimiz
     metrics.update({f"{p}/lr": lr, f"{p}/grad_norm": grad_norm.item(),
                     f"{p}/tokens_per_s": tokens / elapsed})
     return metrics
+
+
+def _divergence_hint(model) -> str:
+    """What a non-finite gradient suggests: a frozen base in fp16 (LoRA with ``dtype=fp16``) overflowing its
+    range, else too high a learning rate."""
+    if any(p.dtype == torch.float16 for p in model.parameters()):
+        return ("the frozen base is in fp16 (dtype=fp16), whose range ends at 65504: use dtype=bf16 or fp32, or a "
+                "lower lr")
+    return "lower lr"
 
 
 def _end_epoch(model, evaluate, select, state: dict, log: MetricsLog, ckpt_root: Path, device,
