@@ -192,6 +192,31 @@ def test_config_files_that_would_be_misread_are_errors_naming_the_file(tmp_path)
         config_mod.load(SFTConfig, tmp_path / "latin1.yaml", SFT_REQUIRED)
 
 
+def test_an_option_group_table_beside_the_stage_table_is_an_error_not_dropped(tmp_path):
+    """[runtime] or [optim] beside [sft] (or [rollout] beside [ppo]) was skipped silently: the stage ran with
+    the defaults of every option in it."""
+    from instructgpt.cli import _known_tables
+    known = _known_tables()
+    f = tmp_path / "beside.toml"
+    f.write_text('[sft]\nlr = 0.001\n[runtime]\nseed = 7\n[optim]\nepochs = 3\n')
+    with pytest.raises(ConfigError, match=r"beside\.toml: \[runtime\], \[optim\]: top-level options are not read "
+                                          r"when the file has a \[sft\] table; move them into it \(as "
+                                          r"\[sft\.runtime\], \[sft\.optim\]\)"):
+        config_mod.load(SFTConfig, f, SFT_REQUIRED, section="sft", known_tables=known)
+    ppo = tmp_path / "ppo.toml"
+    ppo.write_text('[ppo]\ncliprange = 0.1\n[rollout]\nbatch_size = 8\n')
+    with pytest.raises(ConfigError, match=r"\[rollout\]: top-level options are not read"):
+        config_mod.load(PPOConfig, ppo, REQUIRED, section="ppo", known_tables=known)
+    inside = tmp_path / "inside.toml"  # where they are read
+    inside.write_text('[sft]\nlr = 0.001\n[sft.runtime]\nseed = 7\n[sft.optim]\nepochs = 3\n')
+    cfg = config_mod.load(SFTConfig, inside, SFT_REQUIRED, section="sft", known_tables=known)
+    assert (cfg.lr, cfg.seed, cfg.epochs) == (0.001, 7, 3)
+    no_table = tmp_path / "groups.toml"  # without a [sft] table the group tables are the file's options
+    no_table.write_text('[runtime]\nseed = 7\n[optim]\nepochs = 3\n[rm]\nlr = 0.5\n')
+    cfg = config_mod.load(SFTConfig, no_table, SFT_REQUIRED, section="sft", known_tables=known)
+    assert (cfg.seed, cfg.epochs, cfg.lr) == (7, 3, SFTConfig().lr)
+
+
 def test_a_boolean_or_a_word_is_not_a_number():
     with pytest.raises(ConfigError, match="batch_size: not a number: True"):
         config_mod.from_dict(SFTConfig, {"model": "m", "train": "t", "out_dir": "o", "batch_size": True})

@@ -241,9 +241,9 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | di
 
     Other tables of the file are other stages' sections and are skipped, except tables named like
     an option group of ``cls``; with ``known_tables`` (every stage and group name) any other table
-    is an error, a misspelled ``[evl]`` included. Top-level options beside the ``section`` table
-    are an error, not silently dropped. An override replaces the file's value however either is
-    spelled (``cliprange`` or ``ppo.cliprange``).
+    is an error, a misspelled ``[evl]`` included. Top-level options, and option-group tables such as
+    ``[runtime]``, beside the ``section`` table are an error, not silently dropped. An override
+    replaces the file's value however either is spelled (``cliprange`` or ``ppo.cliprange``).
     """
     group_names = set(groups(cls)) - {""}
     data: dict[str, Any] = {}
@@ -256,9 +256,12 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | di
                               f"{', '.join(sorted(known_tables))})")
         if section and isinstance(raw.get(section), dict):
             top = [k for k, v in raw.items() if not isinstance(v, dict)]
-            if top:
-                raise ConfigError(f"{path}: {', '.join(top)}: top-level options are not read when the file has a "
-                                  f"[{section}] table; move them into it")
+            group_tables = [k for k, v in raw.items() if isinstance(v, dict) and k in group_names - {section}]
+            if top or group_tables:
+                moved = ", ".join(f"[{section}.{k}]" for k in group_tables)
+                raise ConfigError(f"{path}: {', '.join(top + [f'[{k}]' for k in group_tables])}: top-level options "
+                                  f"are not read when the file has a [{section}] table; move them into it"
+                                  + (f" (as {moved})" if moved else ""))
             raw = raw[section]
         kept = {k: v for k, v in raw.items() if not isinstance(v, dict) or k in group_names}
         data.update(_expand_groups(cls, kept))
