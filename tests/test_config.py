@@ -156,6 +156,20 @@ def test_the_edges_of_each_range_are_accepted():
     assert sft.dropout == 0.0
 
 
+@pytest.mark.parametrize("stage, override", [("sft", "lora_alpha=32"), ("rm", "lora_dropout=0.1"),
+                                             ("ppo", "lora_target_modules=c_attn,c_proj")])
+def test_adapter_options_without_lora_are_an_error_not_ignored(stage, override):
+    """lora_alpha, lora_dropout and lora_target_modules shape the adapters; with lora_r=0 (full fine-tuning) there
+    are none, and the stage trained every weight as if they were not given."""
+    cls, required = _stage_configs()[stage]
+    name = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{name}: lora_r=0 trains every weight and adds no adapters, so "
+                                          rf"{name}=.* would do nothing; set lora_r > 0"):
+        config_mod.load(cls, overrides=[*required, override])
+    cfg = config_mod.load(cls, overrides=[*required, override, "lora_r=4"])
+    assert cfg.lora_r == 4 and getattr(cfg, name) != getattr(cls(), name)
+
+
 def test_a_reward_fn_that_cannot_be_imported_is_a_config_error():
     from instructgpt.reward_fn import load_reward_fn
     with pytest.raises(ConfigError, match="cannot import module 'no_such_module_xyz'"):

@@ -47,18 +47,25 @@ def data(tmp_path_factory):
     return d
 
 
+def _options(base: dict, kw: dict) -> dict:
+    """``base`` updated with ``kw``; with ``lora_r=0`` in ``kw`` without LORA's adapter options (an error then)."""
+    if kw.get("lora_r") == 0:
+        base = {k: v for k, v in base.items() if k not in lora.ADAPTER_OPTIONS}
+    return {**base, **kw}
+
+
 def sft_cfg(model, d, out, **kw) -> SFTConfig:
     base = dict(model=str(model), train=str(d / "sft_train.jsonl"), valid=str(d / "sft_valid.jsonl"),
                 out_dir=str(out), lr=1e-2, epochs=2, batch_size=16, micro_batch_size=8, dropout=0.0,
                 progress=False, **LORA)
-    base.update(kw)
+    base = _options(base, kw)
     return config.from_dict(SFTConfig, base)
 
 
 def rm_cfg(model, d, out, **kw) -> RMConfig:
     base = dict(model=str(model), train=str(d / "rm_train.jsonl"), valid=str(d / "rm_valid.jsonl"),
                 out_dir=str(out), lr=1e-2, epochs=2, batch_size=8, micro_batch_size=8, progress=False, **LORA)
-    base.update(kw)
+    base = _options(base, kw)
     return config.from_dict(RMConfig, base)
 
 
@@ -66,7 +73,7 @@ def ppo_cfg(d, policy, out, **kw) -> PPOConfig:
     base = dict(policy=str(policy), reward_fn="tests.ppo_rewards:count_e", prompts=str(d / "prompts.jsonl"),
                 out_dir=str(out), iterations=3, batch_size=8, minibatch_size=4, ppo_epochs=1, lr=1e-2,
                 warmup_iterations=0, max_new_tokens=6, progress=False, ema=False, save_every=0, **LORA)
-    base.update(kw)
+    base = _options(base, kw)
     return config.from_dict(PPOConfig, base)
 
 

@@ -35,6 +35,7 @@ what ``dtype=bf16`` / ``load_in_4bit`` save on the frozen base.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -90,12 +91,27 @@ class LoraOptions:
                                   "QLoRA trains adapters on it)")
             if self.merge_lora:
                 raise ConfigError("merge_lora: needs lora_r > 0 (without LoRA the folder is already merged)")
+            self.check_no_adapter_options()
             return
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError("lora_dropout: must be in [0, 1)")
         if self.lora_alpha <= 0:
             raise ConfigError("lora_alpha: must be > 0")
         require_peft("lora_r")
+
+    def check_no_adapter_options(self) -> None:
+        """Without adapters (lora_r=0) the options that shape them do nothing: set, they are an error."""
+        defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                    for f in dataclasses.fields(LoraOptions) if f.name in ADAPTER_OPTIONS}
+        unused = [f"{k}={getattr(self, k)!r}" for k in ADAPTER_OPTIONS if getattr(self, k) != defaults[k]]
+        if unused:
+            raise ConfigError(f"{', '.join(k.split('=')[0] for k in unused)}: lora_r=0 trains every weight and adds "
+                              f"no adapters, so {', '.join(unused)} would do nothing; set lora_r > 0 (LoRA) or "
+                              f"leave {'it' if len(unused) == 1 else 'them'} at the default")
+
+
+#: what only the adapters read: set with lora_r=0, they are a config error
+ADAPTER_OPTIONS = ("lora_alpha", "lora_dropout", "lora_target_modules")
 
 
 # ----------------------------------------------------------------------------- availability
