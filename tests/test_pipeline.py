@@ -527,6 +527,25 @@ def test_run_options_that_cannot_work_are_errors_before_the_folder_is_made(tmp_p
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("option", ["large_base=true", "pretrain_epochs=8", "pretrain_large_epochs=2",
+                                    "pretrain_lr=1e-3", "vocab_size=8000"])
+def test_options_of_the_tiny_base_with_base_model_are_an_error_not_ignored(tmp_path, option):
+    """With --base-model nothing is pretrained and no tokenizer trained: large_base=true made no larger base
+    (claim b had none), pretrain_* and vocab_size changed nothing, and the run said nothing."""
+    base = tmp_path / "base"
+    base.mkdir()
+    name = option.split("=")[0]
+    with pytest.raises(config.ConfigError, match=rf"^{name}: with base_model the run pretrains no base and trains "
+                                                 rf"no tokenizer, so {name}=.* would do nothing"):
+        config.load(RunConfig, overrides=[f"runs_dir={tmp_path / 'runs'}", f"base_model={base}", option])
+    assert not (tmp_path / "runs").exists()
+    config.load(RunConfig, overrides=[f"runs_dir={tmp_path / 'runs'}", option, *(["large_base=true"] if
+                                      name == "pretrain_large_epochs" else [])])  # the built-in base reads it
+    with pytest.raises(config.ConfigError, match=r"^pretrain_large_epochs: 2 epochs of the larger base, which only "
+                                                 r"large_base=true pretrains"):
+        config.load(RunConfig, overrides=[f"runs_dir={tmp_path / 'runs'}", "pretrain_large_epochs=2"])
+
+
 def test_cli_paths_of_the_wrong_kind_exit_2_and_eval_has_no_resume_flag(tmp_path, capsys):
     from instructgpt.cli import main
     (tmp_path / "p.jsonl").write_text('{"id": "a", "text": "hello there", "user_id": "u"}\n')

@@ -45,6 +45,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "ppo": {"save_every": 5, "micro_batch_size": 4},
     },
 }
+#: RunConfig options read only when the run pretrains the built-in base (no base_model): its tokenizer and pretraining
+TINY_BASE_ONLY = ("vocab_size", "large_base", "pretrain_epochs", "pretrain_large_epochs", "pretrain_lr")
 #: Checkpoints a stage keeps while it runs (for resume); what it keeps once finished is keep_checkpoints.
 RUNNING_CHECKPOINTS = 2
 
@@ -62,7 +64,8 @@ class RunConfig:
     corpus_docs: int = opt(12000, "Documents in the generated pretraining corpus.")
     vocab_size: int = opt(4096, "BPE vocabulary of the built-in tokenizer.")
     base_model: str = opt("", "A real checkpoint (folder, .gguf or 'smollm2') instead of pretraining the tiny base; "
-                              "its stages then take the paper's settings (printed at the start).")
+                              "its stages then take the paper's settings (printed at the start); nothing is "
+                              "pretrained, so vocab_size, large_base and pretrain_* may not be set with it.")
     large_base: bool = opt(False, "Also pretrain a ~8x larger base model (stands in for 175B GPT-3 in claim (b); "
                                   "adds ~8x the pretraining time).")
     pretrain_epochs: int = opt(4, "Passes over the corpus for the tiny base (validation loss 0.91 after 2, 0.69 after 4).")
@@ -144,6 +147,7 @@ class RunConfig:
             raise ConfigError(f"runs_dir: {self.runs_dir} is a file, not a folder")
         if self.base_model and self.base_model != "smollm2" and not Path(self.base_model).exists():
             raise ConfigError(f"base_model: {self.base_model}: not found (a model folder, a .gguf file or 'smollm2')")
+        self.check_pretraining_options()
         if self.vocab_size < 258:
             raise ConfigError(f"vocab_size: must be >= 258 (the 256 bytes, EOS and PAD), got {self.vocab_size}")
         if self.corpus_docs < 1:
@@ -168,6 +172,19 @@ class RunConfig:
             raise ConfigError("checkpoint_minutes: must be >= 0")
         if self.pretrain_data and not Path(self.pretrain_data).is_file():
             raise ConfigError(f"pretrain_data: {self.pretrain_data}: file not found")
+
+    def check_pretraining_options(self) -> None:
+        """Options of the built-in base's pretraining set where nothing pretrains: an error (they would do nothing)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name in TINY_BASE_ONLY}
+        if self.base_model:
+            unused = [f"{k}={getattr(self, k)!r}" for k in TINY_BASE_ONLY if getattr(self, k) != defaults[k]]
+            if unused:
+                raise ConfigError(f"{', '.join(k.split('=')[0] for k in unused)}: with base_model the run pretrains "
+                                  f"no base and trains no tokenizer, so {', '.join(unused)} would do nothing; "
+                                  f"leave {'it' if len(unused) == 1 else 'them'} out, or drop base_model")
+        elif self.pretrain_large_epochs is not None and not self.large_base:
+            raise ConfigError(f"pretrain_large_epochs: {self.pretrain_large_epochs} epochs of the larger base, which "
+                              f"only large_base=true pretrains; set large_base=true or leave it out")
 
     @property
     def run_dir(self) -> Path:
