@@ -170,6 +170,20 @@ def test_adapter_options_without_lora_are_an_error_not_ignored(stage, override):
     assert cfg.lora_r == 4 and getattr(cfg, name) != getattr(cls(), name)
 
 
+@pytest.mark.parametrize("overrides, switch", [(["target_kl=3"], "adaptive_kl"), (["kl_horizon=500"], "adaptive_kl"),
+                                               (["ema=false", "ema_decay=0.9"], "ema"),
+                                               (["ema=false", "ema_warmup=false"], "ema")])
+def test_ppo_options_of_a_switched_off_part_are_an_error_not_ignored(overrides, switch):
+    """target_kl and kl_horizon are the adaptive KL controller's, ema_decay and ema_warmup the EMA's: with
+    adaptive_kl=false (the default) or ema=false PPO ran as if they were not given."""
+    name = overrides[-1].split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{name}: only read with {switch}=true, so {name}=.* would do nothing "
+                                          rf"with {switch}=false; set {switch}=true"):
+        config_mod.load(PPOConfig, overrides=[*REQUIRED, *overrides])
+    on = config_mod.load(PPOConfig, overrides=[*REQUIRED, *overrides, f"{switch}=true"])
+    assert getattr(on, name) != getattr(PPOConfig(), name)
+
+
 def test_a_reward_fn_that_cannot_be_imported_is_a_config_error():
     from instructgpt.reward_fn import load_reward_fn
     with pytest.raises(ConfigError, match="cannot import module 'no_such_module_xyz'"):

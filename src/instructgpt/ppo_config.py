@@ -86,6 +86,9 @@ class PPOOptions:
 
 # what only the value function and GAE read: set under rloo, they are a config error
 GAE_ONLY = ("value_model", "value_lr", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_rewards")
+# what only the adaptive KL controller reads (adaptive_kl=true), and only the EMA (ema=true): set without it, an error
+ADAPTIVE_KL_ONLY = ("target_kl", "kl_horizon")
+EMA_ONLY = ("ema_decay", "ema_warmup")
 
 
 @dataclass
@@ -157,6 +160,8 @@ class PPOConfig(LoraOptions, ModelOptions, RuntimeOptions, PtxOptions, PPOOption
                                   f"and no GAE, so {', '.join(unused)} would do nothing; leave "
                                   f"{'it' if len(unused) == 1 else 'them'} at the default or use "
                                   f"advantage_estimator=gae")
+        for switch, names in (("adaptive_kl", ADAPTIVE_KL_ONLY), ("ema", EMA_ONLY)):
+            self.check_read_only_with(switch, names)
         if self.ptx_coef > 0 and not self.pretrain_data:
             raise ConfigError("pretrain_data: required when ptx_coef > 0 (PPO-ptx)")
         if self.kl_estimator not in ("k1", "k2", "k3"):
@@ -172,6 +177,18 @@ class PPOConfig(LoraOptions, ModelOptions, RuntimeOptions, PtxOptions, PPOOption
                               f"{', '.join(backends.BACKENDS)} or module:factory")
         if self.reward_fn and ":" not in self.reward_fn:
             raise ConfigError(f"reward_fn: {self.reward_fn!r} is not of the form module:function")
+
+    def check_read_only_with(self, switch: str, names: tuple[str, ...]) -> None:
+        """Options ``names`` are read only when the boolean ``switch`` is on: changed from their default while
+        it is off, they would do nothing; an error naming them."""
+        if getattr(self, switch):
+            return
+        defaults = {f.name: f.default for f in dataclasses.fields(PPOOptions)}
+        unused = [f"{k}={getattr(self, k)!r}" for k in names if getattr(self, k) != defaults[k]]
+        if unused:
+            raise ConfigError(f"{', '.join(k.split('=')[0] for k in unused)}: only read with {switch}=true, so "
+                              f"{', '.join(unused)} would do nothing with {switch}=false; set {switch}=true or "
+                              f"leave {'it' if len(unused) == 1 else 'them'} at the default")
 
     def validate_ranges(self) -> None:
         """Each numeric option inside the range where it means something; the error names it and its value."""

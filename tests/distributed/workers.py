@@ -176,7 +176,7 @@ def rloo_rollout() -> Rollout:
 
 def rloo_config(data: dict, out) -> PPOConfig:
     return ppo_config(data, out, advantage_estimator="rloo", samples_per_prompt=4, batch_size=8, minibatch_size=4,
-                      adaptive_kl=False, temperature=1.0)
+                      adaptive_kl=False, target_kl=PPOConfig.target_kl, temperature=1.0)
 
 
 def rloo_advantages_job(data: dict, out: str) -> None:
