@@ -138,6 +138,8 @@ def _stage_configs():
     ("sample", "temperature=-0.5", "temperature"), ("sample", "top_p=2", "top_p"), ("sample", "limit=-1", "limit"),
     ("sample", "split=dev", "split"), ("sft", "seed=-1", "seed"), ("sample", "seed=99999999999999999999", "seed"),
     ("pretrain", "n_head=3", "n_embd, n_head"),
+    ("ppo", "vllm_gpu_memory_utilization=30", "vllm_gpu_memory_utilization"),
+    ("ppo", "vllm_gpu_memory_utilization=0", "vllm_gpu_memory_utilization"),
 ])
 def test_an_option_out_of_its_range_is_an_error_naming_it(stage, override, named):
     cls, required = _stage_configs()[stage]

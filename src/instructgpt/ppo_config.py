@@ -207,6 +207,9 @@ class PPOConfig(LoraOptions, ModelOptions, RuntimeOptions, PtxOptions, PPOOption
                 raise ConfigError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p: must be in (0, 1] (1 = off), got {self.top_p}")
+        if not 0.0 < self.vllm_gpu_memory_utilization <= 1.0:
+            raise ConfigError(f"vllm_gpu_memory_utilization: must be in (0, 1] (a share of each GPU), got "
+                              f"{self.vllm_gpu_memory_utilization}")
         truncated = [f"{k}={v}" for k, v, off in (("top_k", self.top_k, 0), ("top_p", self.top_p, 1.0)) if v != off]
         if truncated:
             raise ConfigError(f"{', '.join(truncated)}: PPO samples from the policy's whole distribution (at "
