@@ -186,6 +186,17 @@ def test_ppo_options_of_a_switched_off_part_are_an_error_not_ignored(overrides, 
     assert getattr(on, name) != getattr(PPOConfig(), name)
 
 
+@pytest.mark.parametrize("override", ["pretrain_data=corpus.txt", "ptx_seq_len=64"])
+def test_ptx_options_without_ptx_coef_are_an_error_not_ignored(override):
+    """pretrain_data given without ptx_coef (0 by default) ran plain PPO: the corpus was never read."""
+    name = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{name}: only read by PPO-ptx, so {name}=.* would do nothing with "
+                                          rf"ptx_coef=0 \(plain PPO\); set ptx_coef > 0"):
+        config_mod.load(PPOConfig, overrides=[*REQUIRED, override])
+    cfg = config_mod.load(PPOConfig, overrides=[*REQUIRED, override, "ptx_coef=1", "pretrain_data=corpus.txt"])
+    assert cfg.ptx_coef == 1.0
+
+
 def test_a_reward_fn_that_cannot_be_imported_is_a_config_error():
     from instructgpt.reward_fn import load_reward_fn
     with pytest.raises(ConfigError, match="cannot import module 'no_such_module_xyz'"):

@@ -96,9 +96,9 @@ def test_ppo_ptx_keeps_pretraining_loss_lower(tmp_path, sft_policy):
     d = sft_policy
     tok = load_tokenizer(d / "sft")
     heldout = [Encoded([], row.tolist()) for row in pack_blocks(tok, load_corpus(d / "heldout.txt"), 32)]
-    common = dict(iterations=12, pretrain_data=str(d / "pretrain.txt"), ptx_seq_len=32, ptx_token_ratio=2.0)
-    train_ppo(ppo_cfg(d, tmp_path / "ppo", ptx_coef=0.0, **common))
-    train_ppo(ppo_cfg(d, tmp_path / "ptx", ptx_coef=1.0, **common))
+    train_ppo(ppo_cfg(d, tmp_path / "ppo", iterations=12, ptx_coef=0.0))
+    train_ppo(ppo_cfg(d, tmp_path / "ptx", iterations=12, ptx_coef=1.0, pretrain_data=str(d / "pretrain.txt"),
+                      ptx_seq_len=32, ptx_token_ratio=2.0))
     loss = {name: mean_lm_loss(load_policy(tmp_path / name), heldout, tok.pad_token_id, "cpu", response_only=False)
             for name in ("ppo", "ptx")}
     assert loss["ptx"] < loss["ppo"], loss

@@ -164,6 +164,14 @@ class PPOConfig(LoraOptions, ModelOptions, RuntimeOptions, PtxOptions, PPOOption
             self.check_read_only_with(switch, names)
         if self.ptx_coef > 0 and not self.pretrain_data:
             raise ConfigError("pretrain_data: required when ptx_coef > 0 (PPO-ptx)")
+        if self.ptx_coef == 0:
+            unused = [f"{k}={v!r}" for k, v, off in (("pretrain_data", self.pretrain_data, ""),
+                                                     ("ptx_seq_len", self.ptx_seq_len, PtxOptions.ptx_seq_len))
+                      if v != off]
+            if unused:
+                raise ConfigError(f"{', '.join(k.split('=')[0] for k in unused)}: only read by PPO-ptx, so "
+                                  f"{', '.join(unused)} would do nothing with ptx_coef=0 (plain PPO); set ptx_coef "
+                                  f"> 0 (the paper: 27.8) or leave {'it' if len(unused) == 1 else 'them'} out")
         if self.kl_estimator not in ("k1", "k2", "k3"):
             raise ConfigError(f"kl_estimator: {self.kl_estimator!r} is not k1, k2 or k3")
         if not 0 <= self.ema_decay < 1:
