@@ -140,12 +140,13 @@ def _stage_configs():
     ("pretrain", "n_head=3", "n_embd, n_head"),
     ("ppo", "vllm_gpu_memory_utilization=30", "vllm_gpu_memory_utilization"),
     ("ppo", "vllm_gpu_memory_utilization=0", "vllm_gpu_memory_utilization"),
+    ("sample", "temperature=0 top_k=5", "top_k"), ("sample", "temperature=0 top_p=0.5", "top_p"),
 ])
 def test_an_option_out_of_its_range_is_an_error_naming_it(stage, override, named):
     cls, required = _stage_configs()[stage]
     config_mod.load(cls, overrides=required)  # the required options alone are fine
     with pytest.raises(ConfigError) as e:
-        config_mod.load(cls, overrides=[*required, override])
+        config_mod.load(cls, overrides=[*required, *override.split()])
     assert str(e.value).startswith(f"{named}:") or f" {named}:" in str(e.value) or f"{named}," in str(e.value), e.value
 
 

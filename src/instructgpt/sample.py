@@ -71,6 +71,11 @@ class SampleConfig:
             raise ConfigError(f"temperature: must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p: must be in (0, 1] (1 = off), got {self.top_p}")
+        truncated = [f"{k}={v}" for k, v, off in (("top_k", self.top_k, 0), ("top_p", self.top_p, 1.0)) if v != off]
+        if self.temperature == 0 and truncated:
+            raise ConfigError(f"{', '.join(k.split('=')[0] for k in truncated)}: temperature=0 samples greedily (the "
+                              f"likeliest token), so {', '.join(truncated)} would do nothing; set a temperature > 0 "
+                              f"or leave {'it' if len(truncated) == 1 else 'them'} at the default")
 
 
 def _norm(text: str) -> str:
