@@ -36,6 +36,21 @@ def test_trained_models_get_their_blocks_compiled_when_asked(tiny_gpt2, mode, co
     assert list(model.state_dict()) == list(load_policy(str(tiny_gpt2), "cpu").state_dict())
 
 
+@pytest.mark.parametrize("mode, compiled", [("on", ["GPT2LMHeadModel"]), ("off", []), ("auto", [])])  # auto: CPU
+def test_pretraining_compiles_its_model_when_asked(tmp_path, tokenizer_dir, monkeypatch, mode, compiled):
+    """instructgpt pretrain compile=on trained an eager model: pretrain builds its model itself, not through
+    trained_policy, and never read the option."""
+    from tests.conftest import toy_corpus
+    from instructgpt.pretrain import PretrainConfig, train_pretrain
+    calls = []
+    monkeypatch.setattr(compile_mod, "compile_blocks", lambda m: calls.append(type(m).__name__) or 0)  # no inductor
+    (tmp_path / "corpus.txt").write_text("\n\n".join(toy_corpus(60)))
+    train_pretrain(config.from_dict(PretrainConfig, dict(
+        corpus=str(tmp_path / "corpus.txt"), tokenizer=str(tokenizer_dir), out_dir=str(tmp_path / "pre"), n_layer=1,
+        n_embd=32, n_head=2, seq_len=32, max_steps=1, progress=False, device="cpu", compile=mode)))
+    assert calls == compiled
+
+
 @pytest.mark.slow
 def test_compiled_blocks_give_the_same_loss_and_gradients(tiny_gpt2):
     eager = load_policy(str(tiny_gpt2), "cpu").train()

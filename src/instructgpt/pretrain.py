@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from . import compile as compile_mod
 from . import distributed as dist
 from . import sharding
 from .batching import Encoded
@@ -98,6 +99,8 @@ def train_pretrain(cfg: PretrainConfig):
     model = fuse_activations(GPT2LMHeadModel(config)).to(device)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    if compile_mod.resolve(cfg.compile, device):  # as trained_policy does for the other stages
+        compile_mod.compile_blocks(model)
     out = Path(cfg.out_dir)
     if dist.is_main():
         write_run_info(out, "pretrain", cfg, {"blocks": len(examples), "tokens": len(examples) * cfg.seq_len,
