@@ -571,6 +571,27 @@ def test_cli_flags_go_between_options_and_may_not_be_given_twice(tmp_path, capsy
     assert "command line: bogus: unknown option for RunConfig" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, named", [
+    (["run", "rounds=3", "--rounds", "2"], "rounds: given twice (--rounds and rounds=3)"),
+    (["run", "--base-model", "m", "base_model=n"], "base_model: given twice (--base-model and base_model=n)"),
+    (["run", "resume=false", "--resume"], "resume: given twice (--resume and resume=false)"),
+    (["sft", "model=m", "train=t", "runtime.resume=false", "--resume"],
+     "resume: given twice (--resume and runtime.resume=false)"),
+])
+def test_a_flag_and_its_option_given_together_are_an_error(tmp_path, monkeypatch, capsys, argv, named):
+    """The flag won silently: rounds=3 --rounds 2 ran 2 rounds, resume=false --resume resumed."""
+    import instructgpt.pipeline
+    import instructgpt.sft
+    from instructgpt import cli
+    for module, function in ((instructgpt.pipeline, "run_pipeline"), (instructgpt.sft, "train_sft")):
+        monkeypatch.setattr(module, function, lambda cfg: pytest.fail(f"ran with {cfg}"))
+    monkeypatch.chdir(tmp_path)
+    where = f"out_dir={tmp_path / 'o'}" if argv[0] == "sft" else f"runs_dir={tmp_path / 'runs'}"
+    assert cli.main([*argv, where]) == 2
+    assert f"command line: {named}; give one of them" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_changed_world_that_fails_gives_back_its_data_and_tokenizer_too(tmp_path, monkeypatch, capsys):
     """The world stage writes data/ and tokenizer/ besides world/. A changed world that failed part way (a full
     disk while its tokenizer was written) got world/ back with its old marker while data/ kept the failed

@@ -138,17 +138,27 @@ def build_parser() -> argparse.ArgumentParser:
 def run_stage(stage: Stage, args: argparse.Namespace) -> object:
     cls = _config_class(stage)
     overrides = config_mod.parse_overrides(args.overrides)
-    if getattr(args, "resume", False):
-        overrides["resume"] = "true"
-    for flag, key in (("rounds", "rounds"), ("base_model", "base_model")):
-        if getattr(args, flag, None) is not None:
-            overrides[key] = str(getattr(args, flag))
+    flags = {"resume": "true"} if getattr(args, "resume", False) else {}
+    flags |= {key: str(getattr(args, key)) for key in ("rounds", "base_model") if getattr(args, key, None) is not None}
+    for key, value in flags.items():
+        _check_not_given(cls, overrides, key)
+        overrides[key] = value
     cfg = config_mod.load(cls, args.config, overrides, section=stage.name, known_tables=_known_tables())
     fn = getattr(importlib.import_module(stage.module), stage.function)
     result = fn(cfg)
     if stage.after is not None:
         stage.after(result)
     return result
+
+
+def _check_not_given(cls, overrides: dict[str, str], key: str) -> None:
+    """A flag (``--resume``, ``--rounds``, ``--base-model``) whose option is also given as key=value: an error
+    naming both, as an option given twice is (the flag won silently: ``rounds=3 --rounds 2`` ran 2 rounds)."""
+    flag = "--" + key.replace("_", "-")
+    for given, value in overrides.items():
+        if config_mod._flat_key(cls, given, "command line") == key:
+            raise config_mod.ConfigError(f"command line: {key}: given twice ({flag} and {given}={value}); give "
+                                         f"one of them")
 
 
 def _known_tables() -> set[str]:
