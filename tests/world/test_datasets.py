@@ -129,3 +129,25 @@ def test_sft_prompts_is_not_tied_to_scale():
     from instructgpt.config import ConfigError
     with pytest.raises(ConfigError, match="sft_prompts"):
         WorldConfig(sft_prompts=-1).validate()
+
+
+def test_world_options_out_of_their_range_are_an_error_naming_them():
+    """A negative labeler noise drew noise as its absolute value, flan_examples=-3 made no FLAN data and
+    heavy_users=-4 meant 'automatic': every one was accepted."""
+    import re
+
+    import pytest
+
+    from instructgpt.config import ConfigError
+    from instructgpt.world.datasets import WorldConfig
+    for option, named in [(dict(labeler_noise=-1.0), "labeler_noise: must be >= 0"),
+                          (dict(heldout_labeler_noise=-0.5), "heldout_labeler_noise: must be >= 0"),
+                          (dict(corpus_docs=0), "corpus_docs: must be >= 1"),
+                          (dict(heldout_docs=-1), "heldout_docs: must be >= 0"),
+                          (dict(flan_examples=-3), "flan_examples: must be >= 0"),
+                          (dict(n_cloze=-2), "n_cloze: must be >= 0"),
+                          (dict(n_falsehoods=-7), "n_falsehoods: must be >= 0, or -1 (automatic)"),
+                          (dict(heavy_users=-4), "heavy_users: must be >= 0, or -1 (automatic)")]:
+        with pytest.raises(ConfigError, match=re.escape(named)):
+            WorldConfig(**option).validate()
+    WorldConfig(n_falsehoods=-1, heavy_users=-1, heldout_docs=0, n_bias=0).validate()  # the edges

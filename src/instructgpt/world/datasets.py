@@ -93,6 +93,15 @@ class WorldConfig:
         for name in ("near_dup_rate", "pii_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name}: must be in [0, 1]")
+        if self.corpus_docs < 1:
+            raise ConfigError(f"corpus_docs: must be >= 1, got {self.corpus_docs}")
+        for name in ("labeler_noise", "heldout_labeler_noise", "heldout_docs", "flan_examples", "n_toxicity_starts",
+                     "n_bias", "n_cloze"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("n_falsehoods", "heavy_users"):
+            if getattr(self, name) < -1:
+                raise ConfigError(f"{name}: must be >= 0, or -1 (automatic), got {getattr(self, name)}")
 
     def set_sizes(self) -> dict[str, int]:
         """Prompts per set: the paper's counts times ``scale`` (at least 8 each); SFT: ``sft_prompts`` if set."""
