@@ -141,6 +141,7 @@ def _stage_configs():
     ("ppo", "vllm_gpu_memory_utilization=30", "vllm_gpu_memory_utilization"),
     ("ppo", "vllm_gpu_memory_utilization=0", "vllm_gpu_memory_utilization"),
     ("sample", "temperature=0 top_k=5", "top_k"), ("sample", "temperature=0 top_p=0.5", "top_p"),
+    ("sft", "select_prompts=8", "select_prompts"), ("sft", "max_new_tokens=16", "max_new_tokens"),
 ])
 def test_an_option_out_of_its_range_is_an_error_naming_it(stage, override, named):
     cls, required = _stage_configs()[stage]

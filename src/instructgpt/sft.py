@@ -10,6 +10,7 @@ loss, else the last epoch. The choice is logged and stored in instructgpt.json.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -65,10 +66,25 @@ class SFTConfig(TrainingSequenceOptions, LoraOptions, ModelOptions, TrainConfig)
         if self.select_prompts < 1 or self.max_new_tokens < 1:
             raise ConfigError(f"select_prompts, max_new_tokens: must be >= 1, got {self.select_prompts}, "
                               f"{self.max_new_tokens}")
+        if not self.reward_model:
+            self.check_no_selection_options()
         if not self.model:
             raise ConfigError("model: required (folder, .gguf file or 'smollm2')")
         if not self.train:
             raise ConfigError("train: required (demonstrations JSONL)")
+
+    def check_no_selection_options(self) -> None:
+        """select_prompts and max_new_tokens size the reward model's checkpoint selection: without one, an error."""
+        defaults = {f.name: f.default for f in dataclasses.fields(SFTConfig)}
+        unused = [f"{k}={getattr(self, k)}" for k in SELECTION_ONLY if getattr(self, k) != defaults[k]]
+        if unused:
+            raise ConfigError(f"{', '.join(k.split('=')[0] for k in unused)}: only read when reward_model= picks the "
+                              f"kept epoch by sampling, so {', '.join(unused)} would do nothing without it; give "
+                              f"reward_model or leave {'it' if len(unused) == 1 else 'them'} out")
+
+
+#: what only the reward-model checkpoint selection reads
+SELECTION_ONLY = ("select_prompts", "max_new_tokens")
 
 
 @dataclass
