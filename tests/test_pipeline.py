@@ -546,6 +546,20 @@ def test_options_of_the_tiny_base_with_base_model_are_an_error_not_ignored(tmp_p
         config.load(RunConfig, overrides=[f"runs_dir={tmp_path / 'runs'}", "pretrain_large_epochs=2"])
 
 
+@pytest.mark.parametrize("option", ["pretrain_data=corpus.txt", "ptx_token_ratio=8"])
+def test_ptx_options_of_a_run_without_ptx_are_an_error_not_ignored(tmp_path, option):
+    """ptx_coef=0 gives the run's ppo_ptx stage no pretraining loss: pretrain_data and ptx_token_ratio reached no
+    stage, and the run said nothing."""
+    (tmp_path / "corpus.txt").write_text("a document\n\nanother one\n")
+    name, value = option.split("=")
+    option = f"{name}={tmp_path / value}" if name == "pretrain_data" else option
+    with pytest.raises(config.ConfigError, match=rf"^{name}: only read by PPO-ptx, so {name}=.* would do nothing "
+                                                 rf"with ptx_coef=0"):
+        config.load(RunConfig, overrides=[f"runs_dir={tmp_path / 'runs'}", "ptx_coef=0", option])
+    cfg = config.load(RunConfig, overrides=[f"runs_dir={tmp_path / 'runs'}", "ptx_coef=0.5", option])
+    assert getattr(cfg, name) != getattr(RunConfig(), name)
+
+
 def test_cli_paths_of_the_wrong_kind_exit_2_and_eval_has_no_resume_flag(tmp_path, capsys):
     from instructgpt.cli import main
     (tmp_path / "p.jsonl").write_text('{"id": "a", "text": "hello there", "user_id": "u"}\n')

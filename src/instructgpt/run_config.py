@@ -172,6 +172,13 @@ class RunConfig:
             raise ConfigError("checkpoint_minutes: must be >= 0")
         if self.pretrain_data and not Path(self.pretrain_data).is_file():
             raise ConfigError(f"pretrain_data: {self.pretrain_data}: file not found")
+        if self.ptx_coef == 0:  # None: the profile's, never 0
+            unused = [f"{k}={v!r}" for k, v, off in (("pretrain_data", self.pretrain_data, ""),
+                                                     ("ptx_token_ratio", self.ptx_token_ratio, 1.0)) if v != off]
+            if unused:
+                raise ConfigError(f"{', '.join(k.split('=')[0] for k in unused)}: only read by PPO-ptx, so "
+                                  f"{', '.join(unused)} would do nothing with ptx_coef=0 (its PPO-ptx policy is "
+                                  f"then PPO's); leave {'it' if len(unused) == 1 else 'them'} out or set ptx_coef > 0")
 
     def check_pretraining_options(self) -> None:
         """Options of the built-in base's pretraining set where nothing pretrains: an error (they would do nothing)."""
