@@ -151,6 +151,38 @@ def test_an_option_out_of_its_range_is_an_error_naming_it(stage, override, named
     assert str(e.value).startswith(f"{named}:") or f" {named}:" in str(e.value) or f"{named}," in str(e.value), e.value
 
 
+@pytest.mark.parametrize("stage, overrides, shown", [
+    ("sft", ["lr=-1"], "lr: must be > 0, got -1.0"),
+    ("sft", ["min_lr_ratio=2"], "min_lr_ratio: must be in [0, 1], got 2.0"),
+    ("rm", ["micro_batch_size=0"], "batch_size, micro_batch_size: must be >= 1, got 16, 0"),
+    ("sft", ["lora_r=-1"], "lora_r: must be >= 0 (0 = full fine-tuning), got -1"),
+    ("sft", ["lora_r=4", "lora_dropout=1"], "lora_dropout: must be in [0, 1), got 1.0"),
+    ("ppo", ["lora_r=4", "lora_alpha=0"], "lora_alpha: must be > 0, got 0.0"),
+    ("ppo", ["ema_decay=1"], "ema_decay: must be in [0, 1), got 1.0"),
+    ("run", ["k_min=1"], "k_min, k_max: need 2 <= k_min <= k_max <= 9, got 1, 6"),
+    ("run", ["policy_samples=5"], "policy_samples: cannot exceed k_min=4, got 5"),
+    ("run", ["rounds=0"], "rounds: must be >= 1, got 0"), ("run", ["scale=0"], "scale: must be > 0, got 0.0"),
+    ("run", ["checkpoint_minutes=-1"], "checkpoint_minutes: must be >= 0, got -1.0"),
+    ("run", ["keep_checkpoints=-1"], "keep_checkpoints: must be >= 0, got -1"),
+])
+def test_a_range_error_shows_the_value_given(tmp_path, stage, overrides, shown):
+    """Several range errors named the option but not the value (a value from a file or a long command line
+    had to be looked up)."""
+    from instructgpt.run_config import RunConfig
+    cls, required = {**_stage_configs(), "run": (RunConfig, [f"runs_dir={tmp_path}"])}[stage]
+    with pytest.raises(ConfigError) as e:
+        config_mod.load(cls, overrides=[*required, *overrides])
+    assert str(e.value).endswith(shown), e.value
+
+
+def test_world_range_errors_show_the_value_given():
+    from instructgpt.world.datasets import WorldConfig
+    with pytest.raises(ConfigError, match=r"^n_labelers, n_heldout_labelers: need at least 2 each, got 1, 10$"):
+        WorldConfig(n_labelers=1).validate()
+    with pytest.raises(ConfigError, match=r"^pii_rate: must be in \[0, 1\], got 2$"):
+        WorldConfig(pii_rate=2).validate()
+
+
 def test_the_edges_of_each_range_are_accepted():
     cls, required = _stage_configs()["ppo"]
     cfg = config_mod.load(cls, overrides=[*required, "kl_coef=0", "ptx_coef=0", "top_p=1", "temperature=0",

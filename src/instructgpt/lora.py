@@ -84,7 +84,7 @@ class LoraOptions:
 
     def validate_lora(self) -> None:
         if self.lora_r < 0:
-            raise ConfigError("lora_r: must be >= 0 (0 = full fine-tuning)")
+            raise ConfigError(f"lora_r: must be >= 0 (0 = full fine-tuning), got {self.lora_r}")
         if self.lora_r == 0:
             if self.load_in_4bit:
                 raise ConfigError("load_in_4bit: needs lora_r > 0 (a 4-bit base cannot be fine-tuned itself; "
@@ -94,9 +94,9 @@ class LoraOptions:
             self.check_no_adapter_options()
             return
         if not 0.0 <= self.lora_dropout < 1.0:
-            raise ConfigError("lora_dropout: must be in [0, 1)")
+            raise ConfigError(f"lora_dropout: must be in [0, 1), got {self.lora_dropout}")
         if self.lora_alpha <= 0:
-            raise ConfigError("lora_alpha: must be > 0")
+            raise ConfigError(f"lora_alpha: must be > 0, got {self.lora_alpha}")
         require_peft("lora_r")
 
     def check_no_adapter_options(self) -> None:

@@ -175,9 +175,9 @@ class PPOConfig(LoraOptions, ModelOptions, RuntimeOptions, PtxOptions, PPOOption
         if self.kl_estimator not in ("k1", "k2", "k3"):
             raise ConfigError(f"kl_estimator: {self.kl_estimator!r} is not k1, k2 or k3")
         if not 0 <= self.ema_decay < 1:
-            raise ConfigError("ema_decay: must be in [0, 1)")
+            raise ConfigError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
         if self.temperature < 0:
-            raise ConfigError("temperature: must be >= 0 (0 = greedy)")
+            raise ConfigError(f"temperature: must be >= 0 (0 = greedy), got {self.temperature}")
         if self.value_model not in ("separate", "shared"):
             raise ConfigError(f"value_model: {self.value_model!r} is not separate or shared")
         if self.generation_backend not in backends.BACKENDS and ":" not in self.generation_backend:

@@ -157,19 +157,20 @@ class RunConfig:
         if self.policy_samples < 2:
             raise ConfigError(f"policy_samples: must be >= 2 (a ranking's policy answers), got {self.policy_samples}")
         if not 2 <= self.k_min <= self.k_max <= 9:
-            raise ConfigError("k_min, k_max: need 2 <= k_min <= k_max <= 9")
+            raise ConfigError(f"k_min, k_max: need 2 <= k_min <= k_max <= 9, got {self.k_min}, {self.k_max}")
         if self.policy_samples > self.k_min:
-            raise ConfigError("policy_samples: cannot exceed k_min")
+            raise ConfigError(f"policy_samples: cannot exceed k_min={self.k_min}, got {self.policy_samples}")
         if self.rounds < 1:
-            raise ConfigError("rounds: must be >= 1")
+            raise ConfigError(f"rounds: must be >= 1, got {self.rounds}")
         if self.scale <= 0:
-            raise ConfigError("scale: must be > 0")
+            raise ConfigError(f"scale: must be > 0, got {self.scale}")
         if self.sft_prompts < 0:
-            raise ConfigError("sft_prompts: must be >= 0 (0: scale's share of the paper's 13k)")
+            raise ConfigError(f"sft_prompts: must be >= 0 (0: scale's share of the paper's 13k), got "
+                              f"{self.sft_prompts}")
         if self.keep_checkpoints < 0:
-            raise ConfigError("keep_checkpoints: must be >= 0")
+            raise ConfigError(f"keep_checkpoints: must be >= 0, got {self.keep_checkpoints}")
         if self.checkpoint_minutes < 0:
-            raise ConfigError("checkpoint_minutes: must be >= 0")
+            raise ConfigError(f"checkpoint_minutes: must be >= 0, got {self.checkpoint_minutes}")
         if self.pretrain_data and not Path(self.pretrain_data).is_file():
             raise ConfigError(f"pretrain_data: {self.pretrain_data}: file not found")
         if self.ptx_coef == 0:  # None: the profile's, never 0

@@ -56,11 +56,12 @@ class OptimConfig:
 
     def validate_optim(self) -> None:
         if self.batch_size < 1 or self.micro_batch_size < 1:
-            raise ConfigError("batch_size, micro_batch_size: must be >= 1")
+            raise ConfigError(f"batch_size, micro_batch_size: must be >= 1, got {self.batch_size}, "
+                              f"{self.micro_batch_size}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError("min_lr_ratio: must be in [0, 1]")
+            raise ConfigError(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
         if self.lr <= 0:
-            raise ConfigError("lr: must be > 0")
+            raise ConfigError(f"lr: must be > 0, got {self.lr}")
         if self.epochs < 1:
             raise ConfigError(f"epochs: must be >= 1, got {self.epochs}")
         for name in ("warmup_steps", "max_steps", "weight_decay", "grad_clip"):

@@ -89,10 +89,11 @@ class WorldConfig:
         if self.n_entities < 20:
             raise ConfigError(f"n_entities: must be at least 20, got {self.n_entities}")
         if self.n_labelers < 2 or self.n_heldout_labelers < 2:
-            raise ConfigError("n_labelers and n_heldout_labelers: need at least 2 each")
+            raise ConfigError(f"n_labelers, n_heldout_labelers: need at least 2 each, got {self.n_labelers}, "
+                              f"{self.n_heldout_labelers}")
         for name in ("near_dup_rate", "pii_rate"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"{name}: must be in [0, 1]")
+                raise ConfigError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
         if self.corpus_docs < 1:
             raise ConfigError(f"corpus_docs: must be >= 1, got {self.corpus_docs}")
         for name in ("labeler_noise", "heldout_labeler_noise", "heldout_docs", "flan_examples", "n_toxicity_starts",
