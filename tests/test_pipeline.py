@@ -606,6 +606,24 @@ def test_a_flag_and_its_option_given_together_are_an_error(tmp_path, monkeypatch
     assert not any(tmp_path.iterdir())
 
 
+def test_a_run_config_file_with_other_stages_tables_is_an_error_not_ignored(tmp_path, monkeypatch, capsys):
+    """[sft] dropout=0.0 and [ppo] cliprange=0.1 in the file given to instructgpt run reached none of its stages:
+    the run trained at dropout 0.1 and cliprange 0.2 without a word."""
+    import instructgpt.pipeline
+    from instructgpt import cli
+    ran = []
+    monkeypatch.setattr(instructgpt.pipeline, "run_pipeline", ran.append)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.toml").write_text(f'[run]\nruns_dir = "{tmp_path / "runs"}"\n[sft]\ndropout = 0.0\n'
+                                       f'[ppo]\ncliprange = 0.1\n')
+    assert cli.main(["run", "--config", str(tmp_path / "run.toml")]) == 2
+    assert (f"{tmp_path / 'run.toml'}: [ppo], [sft]: instructgpt run reads only [run]; its stages take their "
+            f"options from the run's") in capsys.readouterr().err
+    assert ran == [] and not (tmp_path / "runs").exists()
+    (tmp_path / "run.toml").write_text(f'[run]\nruns_dir = "{tmp_path / "runs"}"\nrounds = 2\n')
+    assert cli.main(["run", "--config", str(tmp_path / "run.toml")]) == 0 and ran[0].rounds == 2   # [run] alone
+
+
 def test_a_changed_world_that_fails_gives_back_its_data_and_tokenizer_too(tmp_path, monkeypatch, capsys):
     """The world stage writes data/ and tokenizer/ besides world/. A changed world that failed part way (a full
     disk while its tokenizer was written) got world/ back with its old marker while data/ kept the failed

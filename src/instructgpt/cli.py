@@ -143,6 +143,8 @@ def run_stage(stage: Stage, args: argparse.Namespace) -> object:
     for key, value in flags.items():
         _check_not_given(cls, overrides, key)
         overrides[key] = value
+    if stage.name == "run" and args.config:
+        _check_run_file_tables(args.config)
     cfg = config_mod.load(cls, args.config, overrides, section=stage.name, known_tables=_known_tables())
     fn = getattr(importlib.import_module(stage.module), stage.function)
     result = fn(cfg)
@@ -159,6 +161,19 @@ def _check_not_given(cls, overrides: dict[str, str], key: str) -> None:
         if config_mod._flat_key(cls, given, "command line") == key:
             raise config_mod.ConfigError(f"command line: {key}: given twice ({flag} and {given}={value}); give "
                                          f"one of them")
+
+
+def _check_run_file_tables(path: str) -> None:
+    """``instructgpt run --config FILE`` reads only FILE's ``[run]`` table (or its top-level options): an error
+    naming any other table, whose options would reach none of the run's stages (``[sft] dropout=0.0`` left the
+    run's SFT at dropout 0.1 without a word). The run's stages take their options from the run's."""
+    other = sorted(k for k, v in config_mod.read_config_file(path).items() if isinstance(v, dict) and k != "run")
+    if other:
+        tables = ", ".join(f"[{k}]" for k in other)
+        raise config_mod.ConfigError(
+            f"{path}: {tables}: instructgpt run reads only [run]; its stages take their options from the run's "
+            f"(instructgpt run --help), not from other stages' tables. Give those options in [run] where the run "
+            f"has them, or keep those tables in a file for the stage alone (instructgpt sft --config ...)")
 
 
 def _known_tables() -> set[str]:
