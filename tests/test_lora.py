@@ -327,6 +327,26 @@ def test_ppo_lora_reference_cases(tmp_path, sft_adapter, data, base):
                                logits(load_policy(tiny_gpt2), IDS)[:, 2:-1])
 
 
+def test_a_continued_lora_policy_says_its_adapter_keeps_its_own_settings(tmp_path, sft_adapter, data, capsys):
+    """Continuing a LoRA PPO policy trains its adapter with the settings in its folder: another lora_r or
+    lora_alpha on the command line reached only the value model's fresh adapters, without a word."""
+    first = tmp_path / "round1"
+    train_ppo(ppo_cfg(data, sft_adapter[0], first, iterations=1))
+    capsys.readouterr()
+    r, alpha = LORA["lora_r"], LORA["lora_alpha"]
+    PPOTrainer(ppo_cfg(data, first, tmp_path / "same", reference=str(sft_adapter[0])))
+    assert "note:" not in capsys.readouterr().out                  # the adapter's own settings: nothing to say
+    trainer = PPOTrainer(ppo_cfg(data, first, tmp_path / "other", reference=str(sft_adapter[0]),
+                                 lora_r=2 * r, lora_alpha=3.0 * alpha))
+    out = capsys.readouterr().out
+    assert (f"lora_r={2 * r} (the adapter's: {r}), lora_alpha={3.0 * alpha} (the adapter's: {float(alpha)}) shape the "
+            f"value model's fresh adapters only") in out
+    assert trainer.policy.peft_config["default"].r == r and trainer.value.backbone.peft_config["default"].r == 2 * r
+    PPOTrainer(ppo_cfg(data, first, tmp_path / "rloo", reference=str(sft_adapter[0]), lora_r=2 * r,
+                       advantage_estimator="rloo", samples_per_prompt=2))
+    assert "lora_r=" in (out := capsys.readouterr().out) and "shape nothing (no separate value model)" in out
+
+
 def test_ppo_lora_kill_and_resume_gives_the_same_weights(tmp_path, sft_adapter, rm_adapter, data):
     common = dict(iterations=5, save_every=2, ema=True, reward_fn="", reward_model=str(rm_adapter[0]))
     train_ppo(ppo_cfg(data, sft_adapter[0], tmp_path / "full", **common))

@@ -75,7 +75,7 @@ from .ppo_forward import (ValueHead, response_logits, response_logits_and_values
 from .reward_fn import checked_scores, load_reward_fn
 from .reward_model import RewardModel, trained_reward_model
 from .ppo_config import PPOConfig
-from .ppo_preflight import check_inputs
+from .ppo_preflight import check_inputs, continued_adapter_note, continues_adapter
 from .progress import progress_bar
 from .records import MetricsLog, logged_history, open_metrics, update_run_info, write_run_info
 from .resume_check import check_resume
@@ -136,6 +136,9 @@ class PPOTrainer:
         self.format.apply_to(self.tokenizer)  # saved with the policy
         self.prompt_texts, self.prompt_ids = self._load_prompts()
         check_inputs(cfg, self.tokenizer, self.format)  # before any model loads
+        note = continued_adapter_note(cfg)
+        if note and dist.is_main():
+            print(note, flush=True)
         frozen = resolve_dtype(cfg.dtype, self.device)  # dtype of the frozen reference and reward model
         self.policy, self.ref = self._policy_and_reference(frozen)
         self.reward_model = RewardModel.from_pretrained(
@@ -211,8 +214,7 @@ class PPOTrainer:
             return policy, load_policy(ref_spec, self.device, dtype=frozen, **load).eval().requires_grad_(False)
         if lora.same_model(ref_spec, cfg.policy):  # fresh adapters on the reference (e.g. SFT) weights
             return trained_policy(cfg.policy, self.device, cfg), None
-        if lora.is_adapter_folder(cfg.policy) and lora.same_model(lora.adapter_base(cfg.policy), ref_spec):
-            # a LoRA PPO policy continued: its adapter, trained further, on the reference weights
+        if continues_adapter(cfg):  # a LoRA PPO policy continued: its adapter, trained further, on the reference
             base = load_policy(ref_spec, self.device, dtype=frozen, load_in_4bit=cfg.load_in_4bit, **load)
             policy = lora.load_adapter(base, cfg.policy, trainable=True)
             if cfg.gradient_checkpointing:
