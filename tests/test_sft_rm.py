@@ -344,10 +344,15 @@ def test_resume_on_a_base_model_replaced_in_place_is_refused(tmp_path, tiny_gpt2
 
 
 def test_max_steps_inside_the_first_epoch_says_what_was_kept(tmp_path, tiny_gpt2, sft_data, capsys):
-    train_sft(sft_cfg(tiny_gpt2, sft_data, tmp_path / "sft", max_steps=1))
+    """The result and instructgpt.json said the weights were selected by "lowest validation loss", which was
+    never measured: max_steps ended training inside the first epoch, before any selection."""
+    result = train_sft(sft_cfg(tiny_gpt2, sft_data, tmp_path / "sft", max_steps=1))
     out = capsys.readouterr().out
-    assert "sft: kept the weights after step 1 (max_steps=1, within the first epoch)" in out
+    kept = "the weights after step 1 (max_steps=1, within the first epoch)"
+    assert f"sft: kept {kept}" in out
     assert "epoch -1" not in out
+    info = json.loads((tmp_path / "sft" / "instructgpt.json").read_text())
+    assert result.selected_by == info["selected_by"] == kept and info["selected_epoch"] is None
 
 
 def test_sft_result_gives_the_validation_loss_of_the_kept_epoch(tmp_path, tiny_gpt2, monkeypatch):

@@ -182,6 +182,11 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
     else:
         select, selected_by = None, "last epoch (no validation data)"
     result = fit(model, LMTask(train_ex, tokenizer.pad_token_id), cfg, device, evaluate, select, log=log)
+    if result.best_epoch is None and not result.epochs_run:  # max_steps ended training inside the first epoch
+        selected_by = f"the weights after step {result.steps} (max_steps={cfg.max_steps}, within the first epoch)"
+        kept = selected_by
+    else:
+        kept = f"epoch {result.best_epoch if result.best_epoch is not None else result.epochs_run - 1} ({selected_by})"
 
     if lora.has_adapters(model):  # the adapter (and with merge_lora the merged folder); never sharded
         if dist.is_main():
@@ -194,10 +199,6 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
         log.close()
         update_run_info(out, selected_epoch=result.best_epoch, selected_by=selected_by,
                         selection_score=result.best_score, history=result.history)
-        if result.best_epoch is not None or result.epochs_run:
-            kept = f"epoch {result.best_epoch if result.best_epoch is not None else result.epochs_run - 1} ({selected_by})"
-        else:  # max_steps ended training inside the first epoch: nothing to select from
-            kept = f"the weights after step {result.steps} (max_steps={cfg.max_steps}, within the first epoch)"
         print(f"sft: kept {kept}; saved to {out}")
     dist.barrier()
     return SFTResult(str(out), result, selected_by, _kept_val_loss(result))
