@@ -122,7 +122,7 @@ def test_flash_attention_without_cuda_is_a_clear_error(models, tmp_path):
     assert check_attn_implementation("auto", "cpu") is None
 
 
-def test_dtype_puts_frozen_models_in_bf16_and_keeps_trained_ones_fp32(tmp_path, models):
+def test_dtype_puts_frozen_models_in_bf16_and_keeps_trained_ones_fp32(tmp_path, models, capsys):
     from instructgpt.ppo import PPOConfig, PPOTrainer, train_ppo
     from instructgpt.rm import RMConfig, train_rm
     assert resolve_dtype("auto", "cpu") == torch.float32  # CPU: fp32 is the fast path
@@ -137,7 +137,11 @@ def test_dtype_puts_frozen_models_in_bf16_and_keeps_trained_ones_fp32(tmp_path, 
                                            prompts=str(tmp_path / "p.jsonl"), out_dir=str(tmp_path / "ppo"),
                                            iterations=1, batch_size=4, minibatch_size=4, max_new_tokens=4,
                                            progress=False, dtype="bf16"))
+    capsys.readouterr()
     trainer = PPOTrainer(cfg)
+    # the policy's own weights rounded to bf16: PPO says the KL no longer starts at 0
+    assert "ppo: note: the KL reference is the policy's starting weights in bfloat16 (dtype=bf16)" in \
+        capsys.readouterr().out
     assert {p.dtype for p in trainer.ref.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in trainer.reward_model.backbone.parameters()} == {torch.bfloat16}
     assert trainer.reward_model.head.weight.dtype == torch.float32  # head and bias stay fp32

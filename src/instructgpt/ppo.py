@@ -210,6 +210,11 @@ class PPOTrainer:
         ref_spec = cfg.reference or cfg.policy
         load = {"attn_implementation": cfg.attn_implementation}
         if not cfg.lora_r:
+            if frozen != torch.float32 and lora.same_model(ref_spec, cfg.policy) and dist.is_main():
+                print(f"ppo: note: the KL reference is the policy's starting weights in {str(frozen)[6:]} "
+                      f"(dtype={cfg.dtype}) while the policy trains in fp32: their log-probs differ by rounding, so "
+                      f"the KL starts away from 0 (-0.17 to -0.51 per response on SmolLM2-135M) and the penalty "
+                      f"reads that floor; dtype=fp32 keeps the reference exact, and LoRA needs no copy", flush=True)
             policy = trained_policy(cfg.policy, self.device, cfg)
             return policy, load_policy(ref_spec, self.device, dtype=frozen, **load).eval().requires_grad_(False)
         if lora.same_model(ref_spec, cfg.policy):  # fresh adapters on the reference (e.g. SFT) weights
