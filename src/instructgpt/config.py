@@ -235,6 +235,20 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
+def changed_from_default(cfg: Any, names: typing.Iterable[str]) -> list[str]:
+    """``name=value`` for each option of ``names`` whose value differs from its dataclass default, in ``names``'
+    order: what a user (or a profile) set. The checks that refuse options which would do nothing where they are
+    given (``lora_alpha`` without ``lora_r``, ``target_kl`` without ``adaptive_kl`` ...) read this."""
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    out = []
+    for name in names:
+        f = fields[name]
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        if getattr(cfg, name) != default:
+            out.append(f"{name}={getattr(cfg, name)!r}")
+    return out
+
+
 def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | dict | None = None,
          section: str | None = None, known_tables: set[str] | None = None) -> T:
     """File values (the ``section`` table if the file has one), then overrides.

@@ -35,7 +35,6 @@ what ``dtype=bf16`` / ``load_in_4bit`` save on the frozen base.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib.util
 import json
 import os
@@ -46,7 +45,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .config import ConfigError, opt
+from .config import ConfigError, changed_from_default, opt
 
 PIP_HINT = "pip install 'instructgpt[lora]'"
 QLORA_PIP_HINT = "pip install 'instructgpt[qlora]'"
@@ -101,9 +100,7 @@ class LoraOptions:
 
     def check_no_adapter_options(self) -> None:
         """Without adapters (lora_r=0) the options that shape them do nothing: set, they are an error."""
-        defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                    for f in dataclasses.fields(LoraOptions) if f.name in ADAPTER_OPTIONS}
-        unused = [f"{k}={getattr(self, k)!r}" for k in ADAPTER_OPTIONS if getattr(self, k) != defaults[k]]
+        unused = changed_from_default(self, ADAPTER_OPTIONS)
         if unused:
             raise ConfigError(f"{', '.join(k.split('=')[0] for k in unused)}: lora_r=0 trains every weight and adds "
                               f"no adapters, so {', '.join(unused)} would do nothing; set lora_r > 0 (LoRA) or "

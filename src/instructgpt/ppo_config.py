@@ -8,12 +8,11 @@ flat dataclass; ``validate`` turns every contradiction between them into an erro
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from . import backends
 from .chat import CHAT_TEMPLATE_HELP
-from .config import ConfigError, opt
+from .config import ConfigError, changed_from_default, opt
 from .lora import LoraOptions
 from .models import ModelOptions
 from .runtime import RuntimeOptions
@@ -153,8 +152,7 @@ class PPOConfig(LoraOptions, ModelOptions, RuntimeOptions, PtxOptions, PPOOption
         if self.advantage_estimator == "rloo" and self.value_warmup_iterations:
             raise ConfigError("value_warmup_iterations: rloo has no value function to warm up; set it to 0")
         if self.advantage_estimator == "rloo":
-            defaults = {f.name: f.default for f in dataclasses.fields(PPOOptions)}
-            unused = [f"{k}={getattr(self, k)!r}" for k in GAE_ONLY if getattr(self, k) != defaults[k]]
+            unused = changed_from_default(self, GAE_ONLY)
             if unused:
                 raise ConfigError(f"{', '.join(k.split('=')[0] for k in unused)}: rloo has no value function "
                                   f"and no GAE, so {', '.join(unused)} would do nothing; leave "
@@ -191,8 +189,7 @@ class PPOConfig(LoraOptions, ModelOptions, RuntimeOptions, PtxOptions, PPOOption
         it is off, they would do nothing; an error naming them."""
         if getattr(self, switch):
             return
-        defaults = {f.name: f.default for f in dataclasses.fields(PPOOptions)}
-        unused = [f"{k}={getattr(self, k)!r}" for k in names if getattr(self, k) != defaults[k]]
+        unused = changed_from_default(self, names)
         if unused:
             raise ConfigError(f"{', '.join(k.split('=')[0] for k in unused)}: only read with {switch}=true, so "
                               f"{', '.join(unused)} would do nothing with {switch}=false; set {switch}=true or "

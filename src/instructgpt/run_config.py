@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, check_seed, opt
+from .config import ConfigError, changed_from_default, check_seed, opt
 
 #: Options of the runs' stages that are not the stage commands' own defaults, in one place: the
 #: values RunConfig options left unset take ("run"), and the options given to each stage command,
@@ -183,9 +183,8 @@ class RunConfig:
 
     def check_pretraining_options(self) -> None:
         """Options of the built-in base's pretraining set where nothing pretrains: an error (they would do nothing)."""
-        defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name in TINY_BASE_ONLY}
         if self.base_model:
-            unused = [f"{k}={getattr(self, k)!r}" for k in TINY_BASE_ONLY if getattr(self, k) != defaults[k]]
+            unused = changed_from_default(self, TINY_BASE_ONLY)
             if unused:
                 raise ConfigError(f"{', '.join(k.split('=')[0] for k in unused)}: with base_model the run pretrains "
                                   f"no base and trains no tokenizer, so {', '.join(unused)} would do nothing; "

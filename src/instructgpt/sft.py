@@ -10,7 +10,6 @@ loss, else the last epoch. The choice is logged and stored in instructgpt.json.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from . import lora
 from . import sharding
 from .batching import Encoded, ModelContext, RecordEncoder, TrainingSequenceOptions, truncation_note
 from .chat import ChatFormat, prompt_input
-from .config import ConfigError, opt
+from .config import ConfigError, changed_from_default, opt
 from .data import DataError, Demonstration, load_demonstrations, load_prompts
 from .generation import generate
 from .lora import LoraOptions
@@ -75,8 +74,7 @@ class SFTConfig(TrainingSequenceOptions, LoraOptions, ModelOptions, TrainConfig)
 
     def check_no_selection_options(self) -> None:
         """select_prompts and max_new_tokens size the reward model's checkpoint selection: without one, an error."""
-        defaults = {f.name: f.default for f in dataclasses.fields(SFTConfig)}
-        unused = [f"{k}={getattr(self, k)}" for k in SELECTION_ONLY if getattr(self, k) != defaults[k]]
+        unused = changed_from_default(self, SELECTION_ONLY)
         if unused:
             raise ConfigError(f"{', '.join(k.split('=')[0] for k in unused)}: only read when reward_model= picks the "
                               f"kept epoch by sampling, so {', '.join(unused)} would do nothing without it; give "

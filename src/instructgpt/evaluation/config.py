@@ -16,11 +16,11 @@ Two ways to evaluate:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..chat import CHAT_TEMPLATE_HELP
-from ..config import ConfigError, check_seed, from_dict, opt
+from ..config import ConfigError, changed_from_default, check_seed, from_dict, opt
 from ..runtime import check_device
 from ..run_folder import RunFolder
 
@@ -152,8 +152,7 @@ class EvalConfig:
     def _check_no_world_options(self) -> None:
         """With prompts=, an option of the built-in world's evaluation set to anything but its default is an
         error: it would be ignored."""
-        defaults = {f.name: f.default for f in fields(EvalConfig)}
-        given = [name for name in WORLD_ONLY if getattr(self, name) != defaults[name]]
+        given = [setting.split("=")[0] for setting in changed_from_default(self, WORLD_ONLY)]
         if given:
             raise ConfigError(f"{', '.join(given)}: only read when evaluating a run of the built-in world "
                               f"(run_dir= without prompts=: simulated labelers, probes, the prompted base); "
