@@ -57,7 +57,7 @@ SMALL_WORLD_FILES = {
 SEED42_WORLD_SHA256 = "30449b917fa0dcadb187f78418f8a38a704dd71c5e631480d98145172a2214b2"
 # sha256 of the JSON records of test_draws_are_identical and
 # test_every_task_type_makes_solves_and_grades_the_same
-DRAWS_SHA256 = "a2c1944a7f0c029cc63805b19fe956a06c19e2a9f5d83f24e2c89cf147b35715"
+DRAWS_SHA256 = "66566b4667a0c60aa13b81fa7e407cfe039ae8e696700b077867cec20e9ff87a"
 TASKS_SHA256 = "78cc53074b6e4d1331966ddb204c63918f4786fb77ec5d59316a2c0cf08a0eca"
 
 

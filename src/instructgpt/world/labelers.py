@@ -81,11 +81,11 @@ class Labeler:
     def utilities(
         self, prompt: Prompt | dict, responses: list[str], rng: random.Random, world: World | None = None
     ) -> list[float]:
-        """One noisy utility per response (a fresh draw of noise per judgement)."""
-        return [
-            self.base_utility(self.verdict(prompt, r, world), r) + rng.gauss(0.0, self.noise)
-            for r in responses
-        ]
+        """One noisy utility per response (a fresh draw of noise per judgement). Copies of one text
+        in a judgement share its draw: a labeler ties identical answers, as a person would."""
+        draws = [rng.gauss(0.0, self.noise) for _ in responses]
+        first = first_copies(responses)
+        return [self.base_utility(self.verdict(prompt, r, world), r) + draws[first[i]] for i, r in enumerate(responses)]
 
     # ----- the labeling interface ---------------------------------------------
     def rank(
@@ -106,12 +106,15 @@ class Labeler:
                 groups.append([i])
         verdicts = [self.verdict(prompt, r, world) for r in responses]
         meta = prompt.meta if isinstance(prompt, Prompt) else prompt
+        likert = [self.likert(v, rng) for v in verdicts]
+        flags = [self.flags(v, r, rng) for v, r in zip(verdicts, responses)]
+        first = first_copies(responses)  # copies of one answer get its score and flags
         return Ranking(
             prompt=prompt.text if isinstance(prompt, Prompt) else meta.get("text", ""),
             responses=list(responses),
             ranking=groups,
-            likert=[self.likert(v, rng) for v in verdicts],
-            flags=[self.flags(v, r, rng) for v, r in zip(verdicts, responses)],
+            likert=[likert[j] for j in first],
+            flags=[list(flags[j]) for j in first],
             labeler_id=self.id,
             prompt_id=prompt.id if isinstance(prompt, Prompt) else meta.get("id"),
         )
@@ -168,6 +171,12 @@ class Labeler:
 
 
 # ----- the panel ------------------------------------------------------------------
+
+
+def first_copies(responses: list[str]) -> list[int]:
+    """For each response, the index of its first identical copy (itself when it has none)."""
+    seen: dict[str, int] = {}
+    return [seen.setdefault(r, i) for i, r in enumerate(responses)]
 
 
 def _draw_labeler(rng: random.Random, lid: str, noise: float, heldout: bool) -> Labeler:
