@@ -122,3 +122,24 @@ def test_no_host_sync_per_step_before_min_new_tokens(tmp_path, monkeypatch):
                    generator=torch.Generator().manual_seed(0), min_new_tokens=10)
     assert [len(r) for r in out.responses] == [10] * 4
     assert len(calls) <= 2, len(calls)  # the prompt-padding check and the last step (11 before)
+
+
+def test_row_generators_make_each_answer_independent_of_its_batch(tmp_path):
+    from instructgpt.generation import row_generators
+    model = _model(tmp_path, "llama")
+    prompts = _prompts(9, model.config.vocab_size, seed=4)
+    keys = [str(p) for p in prompts]
+    whole = generate(model, prompts, 10, 0, 1, generator=row_generators(keys, 7)).responses
+    split = generate(model, prompts, 10, 0, 1, generator=row_generators(keys, 7), batch_size=4).responses
+    alone = [generate(model, [p], 10, 0, 1, generator=row_generators([k], 7)).responses[0]
+             for p, k in zip(prompts[::-1], keys[::-1])][::-1]
+    assert whole == split == alone
+    # one stream for the batch (what the eval used before): a prompt's answer depends on its batch
+    shared = [generate(model, prompts[i:i + 4], 10, 0, 1, generator=torch.Generator().manual_seed(7)).responses
+              for i in range(0, 9, 4)]
+    assert [r for part in shared for r in part] != generate(
+        model, prompts, 10, 0, 1, generator=torch.Generator().manual_seed(7)).responses
+    assert generate(model, prompts, 10, 0, 1, generator=row_generators(keys, 8)).responses != whole  # the seed counts
+    with pytest.raises(ValueError, match="2 row generators for 9 rows"):
+        generate(model, prompts, 10, 0, 1, generator=row_generators(keys[:2], 7))
+

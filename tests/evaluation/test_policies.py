@@ -190,3 +190,19 @@ def test_a_lora_adapter_folder_counts_its_base_models_parameters(tmp_path):
     n_base = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(str(base)).parameters())
     assert count_params_on_disk(base) == n_base
     assert count_params_on_disk(tmp_path / "adapter") == n_base
+
+
+def test_an_answer_depends_on_its_prompt_and_seed_not_on_the_batching_or_the_other_prompts(run):
+    # Before, one random stream ran through the batch: eval batch_size, eval_prompts or the test
+    # set's order changed every model's answers.
+    from dataclasses import replace
+    run_dir, _ = run
+    cfg = eval_config(run_dir)
+    specs = discover_models(run_dir, few_shot=0)
+    runner = PolicyRunner(specs["sft"], cfg, ModelPool(torch.device("cpu")))
+    prompts = load_test_prompts(run_dir, 12)
+    whole = [str(r) for r in runner.sample(prompts, cfg)]
+    small_batches = [str(r) for r in runner.sample(prompts, replace(cfg, batch_size=5))]
+    reversed_half = [str(r) for r in runner.sample(prompts[6:][::-1], cfg)][::-1]
+    assert whole == small_batches and whole[6:] == reversed_half
+    assert [str(r) for r in runner.sample(prompts, replace(cfg, seed=cfg.seed + 1))] != whole

@@ -31,7 +31,7 @@ from ..batching import ModelContext, RecordEncoder
 from ..chat import ChatFormat, PromptInput, prompt_input
 from ..config import ConfigError
 from ..data import DataError, Prompt
-from ..generation import decode_responses, generate
+from ..generation import decode_responses, generate, row_generators
 from ..models import SMOLLM2_ALIAS, ModelLoadError, ModelSource, load_policy, load_tokenizer, pick_device, resolve_source
 from ..run_folder import POLICY_FOLDERS, RunFolder
 from .config import EvalConfig
@@ -239,6 +239,11 @@ def request_input(prompt: Prompt | PromptInput) -> PromptInput:
     return prompt_input(prompt) if isinstance(prompt, Prompt) else prompt
 
 
+def _seed_key(prompt: Prompt | PromptInput) -> str:
+    """What a prompt's random stream is seeded by: the text or turns it asks (not its place in a list)."""
+    return json.dumps(request_input(prompt), sort_keys=True, ensure_ascii=False)
+
+
 def _source(prompt: Prompt | PromptInput) -> str:
     return prompt.source if isinstance(prompt, Prompt) and prompt.source else ""
 
@@ -379,10 +384,12 @@ class PolicyRunner:
         encode = self.continuation_prompt_ids if continuation else self.prompt_ids
         ids = [encode(p, max_new_tokens=cfg.max_new_tokens) for p in prompts]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # less padding per batch
-        g = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        # Each prompt its own random stream, from the seed and what it asks: an answer does not depend
+        # on the batch size, the order or the other prompts, and every model gets the same stream for it.
+        gens = row_generators([_seed_key(prompts[i]) for i in order], cfg.seed, self.device)
         stops = self.stop_ids if self.line_answers and not continuation else list(self.fmt.stop_ids)
         gen = generate(self.model, [ids[i] for i in order], cfg.max_new_tokens, stops,
-                       self.pad, cfg.temperature, generator=g, batch_size=cfg.batch_size)
+                       self.pad, cfg.temperature, generator=gens, batch_size=cfg.batch_size)
         if stops is self.stop_ids:  # the answer is its first line (a stop token may carry text before "\n")
             texts_out = [self.tokenizer.decode(r, skip_special_tokens=True).split("\n")[0].strip()
                          for r in gen.responses]

@@ -202,9 +202,10 @@ class _Laps:
 def sft_best_of_n(sft: ModelSpec, cfg: EvalConfig, pool: ModelPool, demos, prompts: Sequence[Prompt],
                   rm: RewardModel, rm_tokenizer, world_data) -> dict:
     """The SFT policy samples ``cfg.best_of_n`` answers per prompt; :func:`.best_of_n.best_of_n` of them."""
-    n = cfg.best_of_n
-    flat = PolicyRunner(sft, cfg, pool, demos).sample([p for p in prompts for _ in range(n)], cfg)
-    answers = [flat[i:i + n] for i in range(0, len(flat), n)]
+    runner = PolicyRunner(sft, cfg, pool, demos)
+    # each prompt's random stream is seeded by the prompt (PolicyRunner.sample): answer j comes from seed + j
+    draws = [runner.sample(prompts, replace(cfg, seed=cfg.seed + j)) for j in range(cfg.best_of_n)]
+    answers = [list(per_prompt) for per_prompt in zip(*draws)]
     return best_of_n(prompts, answers, rm_scorer(rm, rm_tokenizer, cfg.batch_size), world_data.panel,
                      world_data.world, cfg.seed)
 
