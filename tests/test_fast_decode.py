@@ -143,3 +143,17 @@ def test_row_generators_make_each_answer_independent_of_its_batch(tmp_path):
     with pytest.raises(ValueError, match="2 row generators for 9 rows"):
         generate(model, prompts, 10, 0, 1, generator=row_generators(keys[:2], 7))
 
+
+def test_a_sampled_nul_character_reads_as_the_replacement_character():
+    # A token decoding to U+0000 made the whole label_tasks.jsonl (eval) or sample file unimportable:
+    # the labeling app refuses text holding NUL (no database text column keeps it).
+    from instructgpt.generation import Generation, decode_responses
+    from instructgpt.labeling.tasks import check_text
+
+    class Chars:
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(map(chr, ids))
+
+    texts = decode_responses(Chars(), Generation([[0x41, 0, 0x42, 5], [0, 0x43]], [True, False]))
+    assert texts == ["A\ufffdB", "\ufffdC"]
+    assert [check_text(t, "response") for t in texts] == texts

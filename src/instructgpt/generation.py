@@ -176,7 +176,13 @@ def _collect(tokens: torch.Tensor, eos_id: int | Sequence[int]) -> Generation:
     return Generation(responses, ended)
 
 
+def storable(text: str) -> str:
+    """Decoded text with any NUL character as U+FFFD (as undecodable bytes read): a model can sample a
+    token that decodes to U+0000, which no database text column and no labeling app keeps."""
+    return text.replace("\x00", "\ufffd")
+
+
 def decode_responses(tokenizer, gen: Generation) -> list[str]:
-    """Token ids -> text, without the stop token (``ChatFormat.decode`` for one response)."""
-    return [tokenizer.decode(r[:-1] if e else r, skip_special_tokens=True).strip()
+    """Token ids -> text, without the stop token (``ChatFormat.decode`` for one response); :func:`storable`."""
+    return [storable(tokenizer.decode(r[:-1] if e else r, skip_special_tokens=True)).strip()
             for r, e in zip(gen.responses, gen.ended)]

@@ -31,7 +31,7 @@ from ..batching import ModelContext, RecordEncoder
 from ..chat import ChatFormat, PromptInput, prompt_input
 from ..config import ConfigError
 from ..data import DataError, Prompt
-from ..generation import decode_responses, generate, row_generators
+from ..generation import decode_responses, generate, row_generators, storable
 from ..models import SMOLLM2_ALIAS, ModelLoadError, ModelSource, load_policy, load_tokenizer, pick_device, resolve_source
 from ..run_folder import POLICY_FOLDERS, RunFolder
 from .config import EvalConfig
@@ -391,7 +391,7 @@ class PolicyRunner:
         gen = generate(self.model, [ids[i] for i in order], cfg.max_new_tokens, stops,
                        self.pad, cfg.temperature, generator=gens, batch_size=cfg.batch_size)
         if stops is self.stop_ids:  # the answer is its first line (a stop token may carry text before "\n")
-            texts_out = [self.tokenizer.decode(r, skip_special_tokens=True).split("\n")[0].strip()
+            texts_out = [storable(self.tokenizer.decode(r, skip_special_tokens=True)).split("\n")[0].strip()
                          for r in gen.responses]
         else:
             texts_out = decode_responses(self.tokenizer, gen)
