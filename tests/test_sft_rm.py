@@ -343,16 +343,30 @@ def test_resume_on_a_base_model_replaced_in_place_is_refused(tmp_path, tiny_gpt2
                      ).fit.resumed_from.endswith("step-0000002")
 
 
-def test_max_steps_inside_the_first_epoch_says_what_was_kept(tmp_path, tiny_gpt2, sft_data, capsys):
-    """The result and instructgpt.json said the weights were selected by "lowest validation loss", which was
-    never measured: max_steps ended training inside the first epoch, before any selection."""
-    result = train_sft(sft_cfg(tiny_gpt2, sft_data, tmp_path / "sft", max_steps=1))
-    out = capsys.readouterr().out
-    kept = "the weights after step 1 (max_steps=1, within the first epoch)"
-    assert f"sft: kept {kept}" in out
-    assert "epoch -1" not in out
-    info = json.loads((tmp_path / "sft" / "instructgpt.json").read_text())
-    assert result.selected_by == info["selected_by"] == kept and info["selected_epoch"] is None
+def test_max_steps_ending_inside_an_epoch_evaluates_selects_and_checkpoints_those_weights(tmp_path, tiny_gpt2,
+                                                                                         sft_data, capsys):
+    """max_steps=13 on 10 steps an epoch: the 3 steps of epoch 1 were trained, then thrown away unseen
+    (epoch 0 kept: the selection never evaluated them), and no checkpoint held them, so --resume of the
+    finished run trained again from step 10. Inside the first epoch nothing was evaluated at all."""
+    import torch
+    out = tmp_path / "sft"
+    result = train_sft(sft_cfg(tiny_gpt2, sft_data, out, max_steps=13, save_every=4))
+    history = result.fit.history
+    assert [h["epoch"] for h in history] == [0, 1] and history[1]["ended_at_step"] == 13
+    assert history[1]["sft/val_loss"] < history[0]["sft/val_loss"]  # the partial epoch is measured, and better
+    assert result.fit.best_epoch == 1 and result.val_loss == history[1]["sft/val_loss"]
+    assert "sft: kept epoch 1, ended by max_steps=13 at step 13 (lowest validation loss)" in capsys.readouterr().out
+    steps = sorted(p.name for p in (out / "checkpoints").glob("step-*"))
+    assert steps[-1] == "step-0000013"
+    first = AutoModelForCausalLM.from_pretrained(str(out)).state_dict()
+    again = train_sft(sft_cfg(tiny_gpt2, sft_data, tmp_path / "sft", max_steps=13, save_every=4, resume=True))
+    assert again.fit.resumed_from.endswith("step-0000013") and again.fit.history == history
+    assert all(torch.equal(v, first[k]) for k, v in AutoModelForCausalLM.from_pretrained(str(out)).state_dict().items())
+    # inside the first epoch: epoch 0's weights after step 1 are evaluated too
+    one = train_sft(sft_cfg(tiny_gpt2, sft_data, tmp_path / "one", max_steps=1))
+    assert one.fit.history[0]["ended_at_step"] == 1 and one.val_loss is not None
+    info = json.loads((tmp_path / "one" / "instructgpt.json").read_text())
+    assert info["selected_by"] == "lowest validation loss" and info["selected_epoch"] == 0
 
 
 def test_sft_result_gives_the_validation_loss_of_the_kept_epoch(tmp_path, tiny_gpt2, monkeypatch):

@@ -178,13 +178,12 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
     elif valid_ex:
         select, selected_by = ("sft/val_loss", "min"), "lowest validation loss"
     else:
-        select, selected_by = None, "last epoch (no validation data)"
+        select, selected_by = None, "last epoch, no validation data"
     result = fit(model, LMTask(train_ex, tokenizer.pad_token_id), cfg, device, evaluate, select, log=log)
-    if result.best_epoch is None and not result.epochs_run:  # max_steps ended training inside the first epoch
-        selected_by = f"the weights after step {result.steps} (max_steps={cfg.max_steps}, within the first epoch)"
-        kept = selected_by
-    else:
-        kept = f"epoch {result.best_epoch if result.best_epoch is not None else result.epochs_run - 1} ({selected_by})"
+    kept_epoch = result.best_epoch if result.best_epoch is not None else result.last_epoch
+    ended = (f", ended by max_steps={cfg.max_steps} at step {result.steps}"
+             if result.ended_inside_epoch and kept_epoch == result.epochs_run else "")
+    kept = f"epoch {kept_epoch}{ended} ({selected_by})"
 
     if lora.has_adapters(model):  # the adapter (and with merge_lora the merged folder); never sharded
         if dist.is_main():

@@ -127,6 +127,12 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: str | None = None
     sharding: str = "none"  # how the model was trained: none (replicated or one process), full, grad_op
+    ended_inside_epoch: bool = False  # max_steps ended training inside epoch ``epochs_run`` (evaluated as an epoch)
+
+    @property
+    def last_epoch(self) -> int:
+        """The epoch training ended in (-1 before any step)."""
+        return self.epochs_run if self.ended_inside_epoch else self.epochs_run - 1
 
 
 class StopTraining(Exception):
@@ -199,7 +205,8 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.devi
                 bar.update(1)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items()
                                  if k.endswith(("loss", "lr", "tokens_per_s", "accuracy"))})
-                saved = checkpoints.save(state) if checkpoints.due_after_step(state, steps_per_epoch) else None
+                due = checkpoints.due_after_step(state, steps_per_epoch, total_steps)
+                saved = checkpoints.save(state) if due else None
                 if interrupt.stop_requested():  # a safe point: stop here, with a checkpoint
                     interrupt.stop(f"at {task.metric_prefix} step {state['global_step']}/{total_steps}",
                                    saved or checkpoints.save(state))
@@ -212,12 +219,19 @@ def fit(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.devi
                 saved = checkpoints.save(state)
                 if interrupt.stop_requested():
                     interrupt.stop(f"after {task.metric_prefix} epoch {state['epoch']}/{cfg.epochs}", saved)
+        if state["step_in_epoch"] and state["global_step"] >= total_steps and not state.get("ended_inside_epoch"):
+            # max_steps ended training inside an epoch: the weights it left are evaluated (and may be selected)
+            # as an epoch's are, and checkpointed, so a resume of the finished run has nothing to redo
+            state["ended_inside_epoch"] = True
+            _end_epoch(model, evaluate, select, state, log, ckpt_root, device, cfg.precision)
+            checkpoints.save(state)
     if select and state["best_epoch"] is not None and (ckpt_root / "best").exists():
         ckpt.load_checkpoint(ckpt_root / "best", {"model": model})
     if not cfg.keep_optimizer and dist.is_main():  # training is over: weights-only checkpoints from here on
         ckpt.retain(ckpt_root, cfg.keep_checkpoints, keep_optimizer=False)
     return FitResult(state["global_step"], state["epoch"], state["best_epoch"], state["best_score"],
-                     state["history"], resumed_from, sharding.sharding_mode(model))
+                     state["history"], resumed_from, sharding.sharding_mode(model),
+                     bool(state.get("ended_inside_epoch")))
 
 
 def start_over(ckpt_root: Path, log: MetricsLog, name: str) -> None:
@@ -266,12 +280,12 @@ class _Checkpoints:
         dist.barrier()
         return folder
 
-    def due_after_step(self, state: dict[str, Any], steps_per_epoch: int) -> bool:
-        """True after a step that save_every or save_minutes asks to checkpoint, except an epoch's last step: that
-        one is checkpointed after the epoch's evaluation (a checkpoint before it would be resumed, after a kill
-        while the evaluation is logged or the epoch-end checkpoint written, by evaluating and logging that epoch
-        again)."""
-        if state["step_in_epoch"] >= steps_per_epoch:
+    def due_after_step(self, state: dict[str, Any], steps_per_epoch: int, total_steps: int) -> bool:
+        """True after a step that save_every or save_minutes asks to checkpoint, except an epoch's last step and
+        training's last step: those are checkpointed after the epoch's evaluation (a checkpoint before it would be
+        resumed, after a kill while the evaluation is logged or the epoch-end checkpoint written, by evaluating
+        and logging that epoch again)."""
+        if state["step_in_epoch"] >= steps_per_epoch or state["global_step"] >= total_steps:
             return False
         every = self.cfg.save_every and state["global_step"] % self.cfg.save_every == 0
         minutes = self.cfg.save_minutes > 0 and time.monotonic() - self.last_save >= 60 * self.cfg.save_minutes
@@ -340,7 +354,8 @@ def _end_epoch(model, evaluate, select, state: dict, log: MetricsLog, ckpt_root:
     model.train()
     # every rank evaluates; rank 0's numbers decide, so all ranks keep the same best epoch
     metrics = dist.broadcast_object({k: float(v) for k, v in metrics.items()})
-    state["history"].append({"epoch": state["epoch"], **metrics})
+    ended = {"ended_at_step": state["global_step"]} if state.get("ended_inside_epoch") else {}
+    state["history"].append({"epoch": state["epoch"], **ended, **metrics})
     log.log(state["global_step"], metrics)
     if not select:
         return
