@@ -206,6 +206,19 @@ def test_adapter_options_without_lora_are_an_error_not_ignored(stage, override):
     assert cfg.lora_r == 4 and getattr(cfg, name) != getattr(cls(), name)
 
 
+@pytest.mark.parametrize("stage, frozen", [("pretrain", None), ("sft", "reward_model=rm_folder"), ("sft", "lora_r=4"),
+                                           ("rm", "lora_r=4")])
+def test_dtype_where_nothing_is_frozen_is_an_error_not_ignored(stage, frozen):
+    """dtype is the frozen weights' dtype (reference, reward models, the base under LoRA): pretraining, SFT without a
+    selection reward model or LoRA, and the RM without LoRA freeze nothing, and ran in fp32 as if it were not given."""
+    cls, required = _stage_configs()[stage]
+    with pytest.raises(ConfigError, match=r"^dtype: only read for frozen weights .* so dtype='bf16' would do nothing"):
+        config_mod.load(cls, overrides=[*required, "dtype=bf16"])
+    assert config_mod.load(cls, overrides=[*required, "dtype=fp32"]).dtype == "fp32"  # the default, said aloud
+    if frozen:
+        assert config_mod.load(cls, overrides=[*required, "dtype=bf16", frozen]).dtype == "bf16"
+
+
 @pytest.mark.parametrize("overrides, switch", [(["target_kl=3"], "adaptive_kl"), (["kl_horizon=500"], "adaptive_kl"),
                                                (["ema=false", "ema_decay=0.9"], "ema"),
                                                (["ema=false", "ema_warmup=false"], "ema")])

@@ -89,7 +89,7 @@ def test_instructgpt_json_says_what_auto_precision_and_dtype_resolved_to(tmp_pat
     base = dict(model=str(models["gpt2"]), train=str(tmp_path / "t.jsonl"), batch_size=8, progress=False)
     train_sft(config.from_dict(SFTConfig, dict(base, out_dir=str(tmp_path / "cpu"))))
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what accelerate launch --mixed_precision bf16 sets
-    train_sft(config.from_dict(SFTConfig, dict(base, out_dir=str(tmp_path / "launched"), dtype="bf16")))
+    train_sft(config.from_dict(SFTConfig, dict(base, out_dir=str(tmp_path / "launched"), dtype="bf16", lora_r=4)))
     runs = {name: json.loads((tmp_path / name / "instructgpt.json").read_text()) for name in ("cpu", "launched")}
     assert runs["cpu"]["config"]["precision"] == runs["launched"]["config"]["precision"] == "auto"
     assert runs["cpu"]["resolved"] == {"device": "cpu", "autocast": "off (fp32)", "frozen_dtype": "fp32"}

@@ -36,7 +36,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrai
 
 from . import compile as compile_mod
 from . import lora
-from .config import ConfigError, opt
+from .config import ConfigError, changed_from_default, opt
 from .dropout import set_dropout
 
 transformers.utils.logging.disable_progress_bar()
@@ -98,6 +98,14 @@ class ModelOptions:
                               f"{', '.join(ATTN_IMPLEMENTATIONS)}")
         if self.compile not in ("auto", "on", "off"):
             raise ConfigError(f"compile: {self.compile!r} is not one of auto, on, off")
+
+    def refuse_dtype_without_frozen_weights(self, frozen: bool, stage: str, what_freezes: str) -> None:
+        """``dtype`` is the frozen weights' dtype: a ConfigError where ``stage`` runs with none (``frozen`` false)."""
+        given = changed_from_default(self, ("dtype",))
+        if given and not frozen:
+            raise ConfigError(f"dtype: only read for frozen weights ({what_freezes}); {stage} here trains every "
+                              f"weight it loads, in fp32, so {given[0]} would do nothing. For bf16 compute on "
+                              f"trained weights set precision=bf16; else leave dtype at the default")
 
 
 def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:

@@ -48,6 +48,7 @@ class PretrainConfig(ModelOptions, TrainConfig):
     def validate(self) -> None:
         super().validate()
         self.validate_model_options()
+        self.refuse_dtype_without_frozen_weights(False, "pretrain", "pretraining has none")
         if not self.corpus or not self.tokenizer:
             raise ConfigError("corpus, tokenizer: both required")
         if self.size not in SIZES:

@@ -52,6 +52,7 @@ class RMConfig(TrainingSequenceOptions, LoraOptions, ModelOptions, TrainConfig):
         self.validate_model_options()
         self.validate_lora()
         self.validate_sequence_options()
+        self.refuse_dtype_without_frozen_weights(self.lora_r > 0, "rm without LoRA", "the base under LoRA, lora_r > 0")
         if not self.model:
             raise ConfigError("model: required (the SFT model folder)")
         if not self.train:

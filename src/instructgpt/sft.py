@@ -62,6 +62,9 @@ class SFTConfig(TrainingSequenceOptions, LoraOptions, ModelOptions, TrainConfig)
         self.validate_model_options()
         self.validate_lora()
         self.validate_sequence_options()
+        self.refuse_dtype_without_frozen_weights(bool(self.reward_model) or self.lora_r > 0,
+                                                 "sft without reward_model or LoRA",
+                                                 "the selection's reward_model, the base under LoRA, lora_r > 0")
         if self.select_prompts < 1 or self.max_new_tokens < 1:
             raise ConfigError(f"select_prompts, max_new_tokens: must be >= 1, got {self.select_prompts}, "
                               f"{self.max_new_tokens}")
