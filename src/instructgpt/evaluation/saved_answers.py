@@ -9,7 +9,7 @@ the further samples of people's tasks) with the key they were sampled under:
 * the model's files (``resume_check.fingerprint``: each file's size and first and last 64 KiB; a LoRA
   adapter's base too) and the chat format it is asked in (the template's text);
 * the prompts (their ids and what each says) and every option the samples depend on: temperature,
-  max_new_tokens, seed, batch_size (the samples depend on the batching), the number of further samples,
+  max_new_tokens, seed, batch_size (padding moves logits by float rounding), the number of further samples,
   the device type and this package's version.
 
 A file whose key differs (or that cannot be read) is sampled again and overwritten; ``reuse_answers=false``
