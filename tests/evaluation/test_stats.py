@@ -206,6 +206,30 @@ def test_a_single_prompt_gives_no_interval_and_few_prompts_a_wide_one():
     assert ties.high - ties.low > 0.3
 
 
+def test_mostly_tied_win_rate_decided_one_way_keeps_the_count_of_wins_in_its_interval():
+    """3 wins and 97 ties on 100 prompts (a judge model whose verdicts follow the position ties most pairs):
+    the effective size read the 3 rare wins as a precise rate, [0.498, 0.532]; the wins alone allow a win share
+    of 3/100 with its Wilson interval at t(99) = 1.98422: [0.010132, 0.085478], a win rate of (1 + share) / 2."""
+    e = win_rate([1.0] * 3 + [0.5] * 97, groups=[str(i) for i in range(100)])
+    assert e.value == pytest.approx(0.515)
+    assert e.high == pytest.approx(0.542739, abs=1e-5)
+    assert e.low == pytest.approx(0.497983, abs=1e-5)  # the effective size's own bound is the lower one
+    one = win_rate([1.0] + [0.5] * 99, groups=[str(i) for i in range(100)])  # covered 0.515 only from 0.5149 on
+    assert one.high == pytest.approx(0.527, abs=1e-3)
+
+
+def test_win_rates_that_vary_as_independent_comparisons_keep_their_effective_size_interval():
+    """3 judgements of 6 prompts agreeing within a prompt (effective size 8.9 of 18 comparisons, as in the
+    default run's win rates): the count of wins does not widen the interval."""
+    from instructgpt.evaluation.stats import effective_size, t_quantile
+    x = np.array([1, 1, 0.5, 0, 0, 0, 1, 1, 1, 0, 0.5, 0, 1, 0, 1, 1, 1, 0.5])
+    g = np.repeat(np.arange(6), 3)
+    n_eff = effective_size(x, g)
+    assert n_eff == pytest.approx(8.8983, abs=1e-4)
+    e = win_rate(x, groups=list(g))
+    assert (e.low, e.high) == wilson_interval(x.mean() * n_eff, n_eff, z=t_quantile(0.95, 5))
+
+
 def test_a_rate_of_zero_has_a_wilson_upper_bound_over_the_prompts():
     r = rate([False] * 30, groups=[str(i) for i in range(30)])
     from instructgpt.evaluation.stats import t_quantile
