@@ -168,7 +168,7 @@ def bootstrap_interval(values: Sequence[float], groups: Sequence[Hashable] | Non
     if codes.max() < 1:  # one prompt: resampling it always gives the same data, not certainty
         return (math.nan, math.nan)
     reps = _bootstrap_replicates(x, codes, n_boot, np.random.default_rng(seed), stat)
-    alpha = (1 - level) / 2
+    alpha = expanded_tail(level, int(codes.max()) + 1)
     low, high = np.nanquantile(reps, [alpha, 1 - alpha])
     return (float(low), float(high))
 
@@ -194,6 +194,16 @@ def t_quantile(level: float, df: float) -> float:
     g3 = (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384
     g4 = (79 * z ** 9 + 776 * z ** 7 + 1482 * z ** 5 - 1920 * z ** 3 - 945 * z) / 92160
     return z + g1 / df + g2 / df ** 2 + g3 / df ** 3 + g4 / df ** 4
+
+
+def expanded_tail(level: float, n_groups: int) -> float:
+    """Tail probability of each percentile of an expanded percentile bootstrap over ``n_groups`` prompts
+    (Hesterberg 2015): the normal quantile sqrt(G / (G - 1)) * t_{G-1}. A plain percentile bootstrap is too
+    narrow on few prompts (it divides the spread by G, not G - 1, and uses z, not t): 91% coverage of a
+    mean on 10 prompts; this keeps about 95% (0.0085 at G = 10, 0.0246 at G = 463)."""
+    from statistics import NormalDist
+    z = math.sqrt(n_groups / (n_groups - 1)) * t_quantile(level, n_groups - 1)
+    return NormalDist().cdf(-z)
 
 
 def effective_size(values: np.ndarray, codes: np.ndarray) -> float:
@@ -449,7 +459,7 @@ def difference(a: Sequence[float], b: Sequence[float],
             reps.append(f((c @ sa) / (c @ na)) - f((c @ sb) / (c @ nb)))
     reps_all = np.concatenate(reps)
     reps_all = reps_all[np.isfinite(reps_all)]
-    alpha = (1 - level) / 2
+    alpha = expanded_tail(level, n_groups)
     low, high = np.quantile(reps_all, [alpha, 1 - alpha]) if reps_all.size else (math.nan,) * 2
     return Estimate(value, float(low), float(high), int(n_groups), "bootstrap-prompts-diff", level)
 
