@@ -1,6 +1,7 @@
 """What a finished stage keeps on disk, and checkpoints that survive a full disk."""
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -213,3 +214,23 @@ def test_a_checkpoint_half_written_by_a_killed_process_is_pruned_by_the_next_sav
     _save(root, 3)
     prune_checkpoints(root, 2)
     assert sorted(p.name for p in root.iterdir()) == ["step-0000001", "step-0000003"]
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("exit 0",))
+
+
+def test_resuming_a_checkpoint_whose_optim_pt_holds_code_refuses_it_without_running_it(tmp_path, monkeypatch):
+    folder = _save(tmp_path, 1, n=3)
+    model = torch.nn.Linear(3, 1)
+    objects, state = ckpt.load_checkpoint(folder, {"model": model})  # a real one loads weights-only
+    assert state["global_step"] == 1 and objects["optimizer"]["state"]
+    torch.save({"objects": {"x": _RunsCode()}, "rng": ckpt.rng_state()}, folder / "optim.pt")
+    ran = []
+    monkeypatch.setattr(os, "system", lambda cmd: ran.append(cmd))
+    manifest = {n: ckpt.sha256_file(folder / n) for n in ("model.safetensors", "optim.pt", "state.json")}
+    (folder / "manifest.json").write_text(json.dumps(manifest))  # a stranger's folder verifies
+    with pytest.raises(CheckpointError, match=r"optim.pt: holds objects other than tensors.*system"):
+        ckpt.load_checkpoint(folder, {"model": model})
+    assert ran == []

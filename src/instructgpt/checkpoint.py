@@ -17,6 +17,7 @@ import errno
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 import warnings
@@ -216,10 +217,33 @@ def load_checkpoint(folder: str | Path, modules: dict[str, torch.nn.Module]) -> 
     folder = Path(folder)
     verify_checkpoint(folder)
     load_module_tensors(modules, load_file(str(folder / "model.safetensors")), str(folder))
-    blob = torch.load(folder / "optim.pt", weights_only=False)
+    blob = load_objects(folder / "optim.pt")
     set_rng_state(blob["rng"])
     state = json.loads((folder / "state.json").read_text())
     return blob["objects"], state
+
+
+# What optim.pt holds besides tensors and plain containers: numpy's RNG state (a uint32 ndarray).
+NUMPY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_objects(path: Path) -> dict[str, Any]:
+    """optim.pt with torch's weights-only unpickler: a checkpoint folder from someone else
+    cannot run code on resume. Anything but tensors, numbers, strings, containers and numpy
+    arrays is a CheckpointError naming the file."""
+    try:
+        with torch.serialization.safe_globals(NUMPY_GLOBALS):
+            return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: holds objects other than tensors, numbers and arrays, refused "
+                              f"(not unpickled): {_unpickler_reason(e)}") from None
+
+
+def _unpickler_reason(error: Exception) -> str:
+    """The line of torch's weights-only error that names what was refused."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "but got" in line]
+    return (named or lines or ["unknown"])[0]
 
 
 def prune_checkpoints(root: str | Path, keep: int) -> None:
