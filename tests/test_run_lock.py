@@ -77,3 +77,23 @@ def test_a_run_folder_on_a_read_only_file_system_is_an_error_not_a_traceback(tmp
     assert main(["run", f"runs_dir={tmp_path}", "name=r", "scale=0.001", "progress=false"]) == 2
     err = capsys.readouterr().err
     assert "instructgpt run: error: " in err and "run.lock: Read-only file system" in err
+
+
+def test_a_stage_on_its_own_refuses_an_out_dir_another_stage_is_writing(tmp_path, capsys):
+    """Two `instructgpt sft` with one out_dir both ran: the second crashed on a checkpoint the first had
+    pruned, after writing its own config records over the first's (the folder's model was the first's)."""
+    from instructgpt.cli import main
+    from instructgpt.run_lock import LOCKED_EXIT
+    out = tmp_path / "out"
+    holder = _holder(out / "run.lock")
+    try:
+        code = main(["sft", f"model={tmp_path / 'model'}", f"train={tmp_path / 'train.jsonl'}", f"out_dir={out}"])
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert code == LOCKED_EXIT
+    assert f"instructgpt sft: error: {out} is in use by another instructgpt run (pid {holder.pid}" in err
+    assert "use another out_dir=" in err
+    assert sorted(p.name for p in out.iterdir()) == ["run.lock"]  # nothing of the second stage was written
+

@@ -15,6 +15,7 @@ a second signal stopped it at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import importlib
@@ -22,6 +23,7 @@ import importlib.util
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from . import __version__
@@ -147,10 +149,22 @@ def run_stage(stage: Stage, args: argparse.Namespace) -> object:
         _check_run_file_tables(args.config)
     cfg = config_mod.load(cls, args.config, overrides, section=stage.name, known_tables=_known_tables())
     fn = getattr(importlib.import_module(stage.module), stage.function)
-    result = fn(cfg)
+    with _out_dir_lock(stage, cfg):
+        result = fn(cfg)
     if stage.after is not None:
         stage.after(result)
     return result
+
+
+def _out_dir_lock(stage: Stage, cfg) -> contextlib.AbstractContextManager:
+    """``run.lock`` in a stage's out_dir while it runs (``instructgpt run`` holds its run folder's itself): a
+    second stage writing the same folder is refused instead of mixing its checkpoints and records into it. Under
+    a launcher only rank 0 holds it (the ranks of one stage share the folder)."""
+    out_dir = getattr(cfg, "out_dir", "")
+    if stage.name == "run" or not out_dir or os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    from .run_lock import RunLock
+    return RunLock(Path(out_dir) / "run.lock", option="out_dir")
 
 
 def _check_not_given(cls, overrides: dict[str, str], key: str) -> None:

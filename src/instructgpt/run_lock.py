@@ -8,6 +8,10 @@ behind by a dead run is stale by construction: the next run takes it over and
 says whose it was. A second run while the first is alive gets
 :class:`RunLockedError` naming the holder.
 
+A stage run on its own (``instructgpt sft out_dir=...``) holds ``run.lock`` in its
+output folder the same way: two stages writing one folder at once would mix their
+checkpoints, metrics and config records.
+
 ``flock`` works across processes of one machine and, on Linux NFSv4 and most
 cluster file systems, across machines.
 """
@@ -29,10 +33,10 @@ LOCKED_EXIT = 73
 class RunLockedError(RuntimeError):
     """Another live process holds the run folder."""
 
-    def __init__(self, path: Path, holder: dict):
+    def __init__(self, path: Path, holder: dict, option: str = "name"):
         self.path, self.holder = path, holder
         super().__init__(f"{path.parent} is in use by another instructgpt run ({describe(holder)}); "
-                         f"wait for it to finish, stop it, or use another name= (lock file: {path})")
+                         f"wait for it to finish, stop it, or use another {option}= (lock file: {path})")
 
 
 def describe(holder: dict) -> str:
@@ -49,10 +53,11 @@ def _read(path: Path) -> dict:
 
 
 class RunLock:
-    """``with RunLock(run_folder.lock):`` holds the folder; ``took_over`` describes a stale lock replaced."""
+    """``with RunLock(run_folder.lock):`` holds the folder; ``took_over`` describes a stale lock replaced.
+    ``option`` names what the error tells the second run to change (``name`` of a run, a stage's ``out_dir``)."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, option: str = "name"):
+        self.path, self.option = Path(path), option
         self.fd: int | None = None
         self.took_over: dict | None = None
 
@@ -64,7 +69,7 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise RunLockedError(self.path, _read(self.path)) from None
+                raise RunLockedError(self.path, _read(self.path), self.option) from None
             # The file may have been removed (a run releasing it) between open and flock: then
             # this lock is on a deleted file; start again on the path's current file.
             try:
