@@ -97,3 +97,19 @@ def test_a_stage_on_its_own_refuses_an_out_dir_another_stage_is_writing(tmp_path
     assert "use another out_dir=" in err
     assert sorted(p.name for p in out.iterdir()) == ["run.lock"]  # nothing of the second stage was written
 
+
+
+def test_a_run_folder_whose_file_system_refuses_locks_is_an_error_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """flock on a mount without lock support (NFS with nolock and no lockd, some FUSE/CIFS mounts) raises
+    OSError(ENOLCK): the CLI let it through as a traceback."""
+    import errno
+    from instructgpt import run_lock
+    from instructgpt.cli import main
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(run_lock.fcntl, "flock", no_locks)
+    assert main(["run", f"runs_dir={tmp_path}", "name=r", "scale=0.001", "progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert f"instructgpt run: error: {tmp_path / 'r' / 'run.lock'}: cannot lock (No locks available)" in err
+    assert "does not support file locks" in err

@@ -30,7 +30,7 @@ from . import __version__
 from . import config as config_mod
 from . import interrupt
 from .data import DataError
-from .run_lock import LOCKED_EXIT, RunLockedError
+from .run_lock import LOCKED_EXIT, LockUnsupportedError, RunLockedError
 
 # Nothing here imports torch at module level: `instructgpt label ...` must start fast.
 
@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with interrupt.handle_signals():
             run_stage(stage, args)
-    except (config_mod.ConfigError, DataError, ModelLoadError, CheckpointError, FileNotFoundError) as e:
+    except (config_mod.ConfigError, DataError, ModelLoadError, CheckpointError, FileNotFoundError,
+            LockUnsupportedError) as e:
         print(f"instructgpt {stage.name}: error: {e}", file=sys.stderr)
         return 2
     except (PPOGuardError, FloatingPointError) as e:  # a diverged update: the message says what and what is kept

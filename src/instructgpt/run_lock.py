@@ -39,6 +39,16 @@ class RunLockedError(RuntimeError):
                          f"wait for it to finish, stop it, or use another {option}= (lock file: {path})")
 
 
+class LockUnsupportedError(RuntimeError):
+    """The run folder's file system refuses file locks (ENOLCK, EOPNOTSUPP...)."""
+
+    def __init__(self, path: Path, error: OSError):
+        self.path = path
+        super().__init__(f"{path}: cannot lock ({error.strerror or error}): the file system of {path.parent} does "
+                         f"not support file locks, which keep two runs from writing one folder at once; put it on "
+                         f"a file system that does (a local disk, NFSv4, a cluster file system with locking on)")
+
+
 def describe(holder: dict) -> str:
     started = holder.get("started")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
@@ -70,6 +80,9 @@ class RunLock:
             except BlockingIOError:
                 os.close(fd)
                 raise RunLockedError(self.path, _read(self.path), self.option) from None
+            except OSError as e:
+                os.close(fd)
+                raise LockUnsupportedError(self.path, e) from None
             # The file may have been removed (a run releasing it) between open and flock: then
             # this lock is on a deleted file; start again on the path's current file.
             try:
