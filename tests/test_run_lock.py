@@ -98,6 +98,17 @@ def test_a_stage_on_its_own_refuses_an_out_dir_another_stage_is_writing(tmp_path
     assert sorted(p.name for p in out.iterdir()) == ["run.lock"]  # nothing of the second stage was written
 
 
+def test_a_stage_stopped_by_bad_input_leaves_no_empty_out_dir_behind(tmp_path, capsys):
+    """The stage's lock made its out_dir before the stage read its inputs: a typo in train= left an empty folder."""
+    from instructgpt.cli import main
+    (tmp_path / "kept").mkdir()
+    for out in (tmp_path / "new" / "sft", tmp_path / "kept"):
+        code = main(["sft", f"model={tmp_path / 'model'}", f"train={tmp_path / 'no_such.jsonl'}", f"out_dir={out}"])
+        assert code != 0 and not (out / "run.lock").exists()
+    assert "model folder not found" in capsys.readouterr().err
+    assert not (tmp_path / "new" / "sft").exists() and (tmp_path / "kept").is_dir()  # a folder it did not make stays
+
+
 
 def test_a_run_folder_whose_file_system_refuses_locks_is_an_error_not_a_traceback(tmp_path, monkeypatch, capsys):
     """flock on a mount without lock support (NFS with nolock and no lockd, some FUSE/CIFS mounts) raises

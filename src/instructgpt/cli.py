@@ -24,6 +24,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Callable
 
 from . import __version__
@@ -156,15 +157,25 @@ def run_stage(stage: Stage, args: argparse.Namespace) -> object:
     return result
 
 
-def _out_dir_lock(stage: Stage, cfg) -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def _out_dir_lock(stage: Stage, cfg) -> Iterator[None]:
     """``run.lock`` in a stage's out_dir while it runs (``instructgpt run`` holds its run folder's itself): a
     second stage writing the same folder is refused instead of mixing its checkpoints and records into it. Under
-    a launcher only rank 0 holds it (the ranks of one stage share the folder)."""
+    a launcher only rank 0 holds it (the ranks of one stage share the folder). An out_dir the lock made and the
+    stage left empty (a bad input found before anything was written) is removed with it."""
     out_dir = getattr(cfg, "out_dir", "")
     if stage.name == "run" or not out_dir or os.environ.get("RANK", "0") != "0":
-        return contextlib.nullcontext()
+        yield
+        return
     from .run_lock import RunLock
-    return RunLock(Path(out_dir) / "run.lock", option="out_dir")
+    folder = Path(out_dir)
+    made = not folder.exists()
+    try:
+        with RunLock(folder / "run.lock", option="out_dir"):
+            yield
+    finally:
+        if made and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _check_not_given(cls, overrides: dict[str, str], key: str) -> None:
