@@ -735,8 +735,10 @@ def test_sft_saves_the_format_it_trained_with_and_rm_follows_it(chat_gpt2, tmp_p
 
 def test_a_reward_model_of_another_vocabulary_is_refused_before_any_model_loads(chat_gpt2, tiny_gpt2, tmp_path,
                                                                                 monkeypatch):
-    """It would score the policy's token ids as other words (PPO's rollouts, SFT's checkpoint selection)."""
+    """It would score the policy's token ids as other words (PPO's rollouts, SFT's checkpoint selection).
+    Refused before any record is tokenized too: with a large data set that took minutes."""
     from instructgpt import models
+    from instructgpt.batching import RecordEncoder
     from instructgpt.models import load_tokenizer
     from instructgpt.ppo import PPOConfig, PPOTrainer
     from instructgpt.reward_model import RewardModel
@@ -744,6 +746,8 @@ def test_a_reward_model_of_another_vocabulary_is_refused_before_any_model_loads(
     RewardModel.from_policy(tiny_gpt2).save_pretrained(tmp_path / "rm", load_tokenizer(tiny_gpt2))
     loaded = []
     monkeypatch.setattr(models, "load_pretrained", lambda *a, **k: loaded.append(a) or 1 / 0)
+    for method in ("prompt", "pair"):
+        monkeypatch.setattr(RecordEncoder, method, lambda *a, **k: loaded.append(a) or 1 / 0)
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "text": "say yes", "user_id": "u"}])
     with pytest.raises(ConfigError, match=r"reward_model: .*rm reads another vocabulary \(\d+ tokens\) than the "
                                           r"policy \(\d+\)"):

@@ -400,3 +400,27 @@ def test_sft_learns_the_earlier_replies_of_conversations_unless_told_to_train_th
     assert losses["all"] < 0.85 * losses["last"], losses
     with pytest.raises(config.ConfigError, match="loss_turns: must be one of all, last, got 'first'"):
         sft_cfg(tiny_gpt2, (train, repeats), tmp_path / "x", loss_turns="first")
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm valid", "rm reference"])
+def test_a_bad_record_in_a_second_data_file_is_named_before_any_record_is_tokenized(tmp_path, tiny_gpt2, sft_data,
+                                                                                    rm_data, monkeypatch, stage):
+    """valid= (and the reward model's reference=) were read only after every training record was tokenized:
+    with a large train file, a typo at line 2 of the validation file stopped the run minutes in."""
+    from instructgpt.batching import RecordEncoder
+    tokenized = []
+    pair = RecordEncoder.pair
+    monkeypatch.setattr(RecordEncoder, "pair", lambda self, *a, **kw: tokenized.append(1) or pair(self, *a, **kw))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "say yes", "response": "yes"}\n{"prompt": "say yes", "response": ""}\n')
+    if stage == "sft":
+        run, cfg = train_sft, sft_cfg(tiny_gpt2, (sft_data[0], bad), tmp_path / "out")
+    elif stage == "rm valid":
+        bad.write_text('{"prompt": "say", "responses": ["yes", "no"], "ranking": [0, 1]}\n'
+                       '{"prompt": "say", "responses": ["yes", "no"], "ranking": [0, 0]}\n')
+        run, cfg = train_rm, rm_cfg(tiny_gpt2, (rm_data[0], bad), tmp_path / "out")
+    else:
+        run, cfg = train_rm, rm_cfg(tiny_gpt2, rm_data, tmp_path / "out", reference=str(bad))
+    with pytest.raises(DataError, match=f"^{bad}:2: "):
+        run(cfg)
+    assert tokenized == []

@@ -134,8 +134,8 @@ class PPOTrainer:
         self.tokenizer = load_tokenizer(cfg.policy)
         self.format = ChatFormat.load(self.tokenizer, cfg.chat_template)
         self.format.apply_to(self.tokenizer)  # saved with the policy
+        check_inputs(cfg, self.tokenizer, self.format)  # before any model loads or prompt is tokenized
         self.prompt_texts, self.prompt_ids = self._load_prompts()
-        check_inputs(cfg, self.tokenizer, self.format)  # before any model loads
         note = continued_adapter_note(cfg)
         if note and dist.is_main():
             print(note, flush=True)

@@ -24,7 +24,7 @@ from .batching import (Encoded, ModelContext, RecordEncoder, TrainingSequenceOpt
                        truncation_note)
 from .chat import ChatFormat, prompt_input
 from .config import ConfigError, opt
-from .data import DataError, Ranking, load_demonstrations, load_prompts, load_rankings
+from .data import DataError, Demonstration, Ranking, load_demonstrations, load_prompts, load_rankings
 from .dropout import restore_dropout, set_dropout
 from .losses import pairwise_accuracy, ranking_loss
 from .lora import LoraOptions
@@ -144,16 +144,23 @@ def score_sequences(model: RewardModel, seqs: list[list[int]], pad_id: int, devi
     return model.score(seqs, pad_id, batch_size, device)
 
 
-def reference_sequences(cfg: RMConfig, encoder: RecordEncoder, train: list[Ranking], prompts
-                        ) -> tuple[list[list[int]], str]:
+def load_reference(cfg: RMConfig, prompts) -> list[Demonstration] | None:
+    """The demonstrations of ``cfg.reference`` (None without one); an empty file is an error."""
+    if not cfg.reference:
+        return None
+    demos = load_demonstrations(cfg.reference, prompts)
+    if not demos:
+        raise DataError(f"{cfg.reference}: reference: no demonstrations (the reward is shifted so they score "
+                        f"mean 0; give a file with at least one, or leave reference empty to use the "
+                        f"best-ranked training responses)")
+    return demos
+
+
+def reference_sequences(cfg: RMConfig, encoder: RecordEncoder, train: list[Ranking],
+                        reference: list[Demonstration] | None) -> tuple[list[list[int]], str]:
     """Token sequences whose mean reward is set to 0, and a description of where they came from."""
-    if cfg.reference:
-        demos = load_demonstrations(cfg.reference, prompts)
-        if not demos:
-            raise DataError(f"{cfg.reference}: reference: no demonstrations (the reward is shifted so they score "
-                            f"mean 0; give a file with at least one, or leave reference empty to use the "
-                            f"best-ranked training responses)")
-        seqs = [encoder.pair(prompt_input(d), d.response, d.source).ids for d in demos]
+    if reference is not None:
+        seqs = [encoder.pair(prompt_input(d), d.response, d.source).ids for d in reference]
         return seqs, f"demonstrations in {cfg.reference}"
     seqs = [encoder.pair(prompt_input(r), r.responses[i], r.source).ids for r in train for i in r.ranking[0]]
     return seqs, "best-ranked responses of the training rankings"
@@ -175,9 +182,11 @@ def train_rm(cfg: RMConfig) -> RMResult:
     train = load_rankings(cfg.train, prompts)
     if not train:
         raise DataError(f"{cfg.train}: no rankings")
+    valid = load_rankings(cfg.valid, prompts) if cfg.valid else []  # every file read before tokenizing:
+    reference = load_reference(cfg, prompts)                        # a bad record is named at once
     train_enc = encode_rankings(train, encoder)
-    valid_enc = encode_rankings(load_rankings(cfg.valid, prompts), encoder) if cfg.valid else []
-    seqs, ref_desc = reference_sequences(cfg, encoder, train, prompts)  # read before training: errors come first
+    valid_enc = encode_rankings(valid, encoder)
+    seqs, ref_desc = reference_sequences(cfg, encoder, train, reference)  # before training: errors come first
 
     model = trained_reward_model(cfg.model, device, cfg, dropout=cfg.dropout)
     out = Path(cfg.out_dir)

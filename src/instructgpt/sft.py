@@ -145,11 +145,11 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
     train_demos = load_demonstrations(cfg.train, prompts)
     if not train_demos:
         raise DataError(f"{cfg.train}: no demonstrations")
-    train_ex, cut = encode_demonstrations(train_demos, encoder, cfg.loss_turns)
-    valid_demos = load_demonstrations(cfg.valid, prompts) if cfg.valid else []
-    valid_ex, _ = encode_demonstrations(valid_demos, encoder, cfg.loss_turns)
-    if cfg.reward_model:  # it scores this model's samples as token ids: checked before any model loads
+    valid_demos = load_demonstrations(cfg.valid, prompts) if cfg.valid else []  # its errors before tokenizing
+    if cfg.reward_model:  # it scores this model's samples as token ids: checked before any tokenizing
         check_scores_policy_tokens(cfg.reward_model, tokenizer, fmt)
+    train_ex, cut = encode_demonstrations(train_demos, encoder, cfg.loss_turns)
+    valid_ex, _ = encode_demonstrations(valid_demos, encoder, cfg.loss_turns)
 
     model = trained_policy(cfg.model, device, cfg, dropout=cfg.dropout)
     out = Path(cfg.out_dir)
