@@ -330,3 +330,23 @@ def test_a_diverged_update_exits_2_with_its_message(tmp_path, sft_policy, capsys
     err = capsys.readouterr().err
     assert "instructgpt ppo: error: ppo iteration" in err and "exceeds ratio_guard=1.01" in err
     assert "Traceback" not in err
+
+
+def test_the_prompt_order_is_drawn_once_per_epoch_not_once_per_episode(monkeypatch):
+    """next_prompts drew a permutation of every prompt for each episode: with a million prompts an epoch of
+    PPO spent days permuting. The order is the same: epoch e's is permutation(n) of default_rng([seed, e])."""
+    import types
+
+    import numpy as np
+
+    from instructgpt.ppo import PPOTrainer
+    draws = []
+    rng = np.random.default_rng
+    monkeypatch.setattr(np.random, "default_rng", lambda seed: draws.append(seed) or rng(seed))
+    trainer = object.__new__(PPOTrainer)
+    trainer.cfg = types.SimpleNamespace(samples_per_prompt=2, batch_size=8, seed=3)
+    trainer.prompt_ids, trainer.prompt_position, trainer.epoch_order = [[1]] * 10, 0, None
+    got = [i for _ in range(5) for i in trainer.next_prompts()]  # 20 prompts: epochs 0 and 1
+    expected = [int(i) for e in (0, 1) for i in rng([3, e]).permutation(10)]
+    assert got == [i for i in expected for _ in range(2)]
+    assert draws == [[3, 0], [3, 1]]

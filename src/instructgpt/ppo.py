@@ -199,6 +199,7 @@ class PPOTrainer:
             self.policy, cfg.policy, self.device, self.dtype, cfg.seed + dist.rank(), cfg.vllm_gpu_memory_utilization))
         self.iteration = 0
         self.prompt_position = 0
+        self.epoch_order: tuple[int, np.ndarray] | None = None  # (epoch, its prompt order), see next_prompts
         self.ema_updates = 0
 
     def _policy_and_reference(self, frozen: torch.dtype) -> tuple[torch.nn.Module, torch.nn.Module | None]:
@@ -261,10 +262,17 @@ class PPOTrainer:
         out = []
         for _ in range(self.cfg.batch_size // k):
             epoch, i = divmod(self.prompt_position, n)
-            order = np.random.default_rng([self.cfg.seed, epoch]).permutation(n)
-            out += [int(order[i])] * k
+            out += [int(self._epoch_order(epoch)[i])] * k
             self.prompt_position += 1
         return dist.shard(out)
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """The seeded order of the prompts in ``epoch``, drawn once per epoch (not once per episode: with a
+        million prompts each draw is a permutation of a million)."""
+        if self.epoch_order is None or self.epoch_order[0] != epoch:
+            order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.prompt_ids))
+            self.epoch_order = (epoch, order)
+        return self.epoch_order[1]
 
     # ---- rollout
 
