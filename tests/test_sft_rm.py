@@ -424,3 +424,24 @@ def test_a_bad_record_in_a_second_data_file_is_named_before_any_record_is_tokeni
     with pytest.raises(DataError, match=f"^{bad}:2: "):
         run(cfg)
     assert tokenized == []
+
+
+def test_the_responses_of_a_ranking_hold_their_prompt_tokens_once(tiny_gpt2):
+    """Each of a ranking's K responses kept its own copy of the prompt's token ids: nine copies of every prompt
+    of a K=9 ranking in memory. The tokens are unchanged."""
+    from instructgpt.batching import RecordEncoder
+    from instructgpt.chat import ChatFormat, prompt_input
+    from instructgpt.data import parse_ranking
+    from instructgpt.rm import encode_rankings
+    encoder = RecordEncoder(ChatFormat.load(AutoTokenizer.from_pretrained(str(tiny_gpt2))), None, 128,
+                            max_seq_len=256)
+    ranking = parse_ranking({"prompt": "count one two three", "responses": [f"four {w}" for w in WORDS_9],
+                             "ranking": [[0, 1], [2], [3, 4, 5, 6, 7], [8]]}, "r.jsonl:1")
+    (encoded,) = encode_rankings([ranking], encoder)
+    assert len({id(e.prompt_ids) for e in encoded.responses}) == 1
+    assert [e.ids for e in encoded.responses] == [encoder.pair(prompt_input(ranking), resp).ids
+                                                  for resp in ranking.responses]
+    assert len(encoded.pairs) == 2 * 7 + 1 * 6 + 5 * 1  # C(9,2) = 36 less the 11 tied pairs
+
+
+WORDS_9 = ("red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "fish")

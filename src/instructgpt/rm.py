@@ -10,6 +10,8 @@ score mean 0.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import random
 from dataclasses import dataclass
@@ -78,12 +80,20 @@ def encode_rankings(rankings: list[Ranking], encoder: RecordEncoder) -> list[Enc
     """Each response after its prompt; the reward is read at its last token (the end of turn)."""
     out = []
     for r in rankings:
-        enc = [encoder.pair(prompt_input(r), resp, r.source) for resp in r.responses]
+        enc = _share_prompt_ids([encoder.pair(prompt_input(r), resp, r.source) for resp in r.responses])
         pairs = r.pairs()
         if not pairs:
             raise DataError(f"{r.source}: ranking: all responses tied; no comparison to learn from")
         out.append(EncodedRanking(enc, pairs, r.source))
     return out
+
+
+def _share_prompt_ids(responses: list[Encoded]) -> list[Encoded]:
+    """The K responses of a ranking with one list of their prompt's token ids where they are equal (as they
+    are unless the tokenizer merged a reply into its prompt), not K copies of it: nine of a K=9 ranking."""
+    first = responses[0].prompt_ids
+    return [e if e.prompt_ids is first or e.prompt_ids != first else dataclasses.replace(e, prompt_ids=first)
+            for e in responses]
 
 
 class RankingTask:
