@@ -94,12 +94,17 @@ def test_the_floor_budget_is_the_issues_target_against_trl():
     assert floor.budget(ppo, None) is None
 
 
-def test_the_floor_of_a_generate_call_is_below_its_measured_time():
+def test_the_floor_of_a_generate_call_sums_every_recorded_product():
+    """The floor's bookkeeping, not a timing: comparing the floor with the measured time belongs to the bench's
+    printed figures (under a busy core either can come out larger)."""
     floor = _load("floor")
-    r = floor.measure("tiny", "generate", reps=2)  # best of 2 on each side: a noisy burst does not flip it
+    r = floor.measure("tiny", "generate", reps=1)
     # 32 rows x (1 prefill + 31 decode steps) x (4 layers x 4 products + the unembedding), at least
     assert r["gemm_calls"] >= 32 * 17 and r["target_units"] == 32 * 32
-    assert 0 < r["floor_s"] < r["unit_s"]
+    assert r["gemm_calls"] == sum(p["calls"] for p in r["products"])
+    assert r["floor_s"] == pytest.approx(sum(p["calls"] * p["seconds_alone"] for p in r["products"]))
+    assert r["gemm_flops"] == sum(p["calls"] * p["flops"] for p in r["products"])
+    assert r["floor_s"] > 0 and r["unit_s"] > 0
 
 
 def test_the_floor_verdict_against_a_budget():
