@@ -652,3 +652,52 @@ def test_a_changed_world_that_fails_gives_back_its_data_and_tokenizer_too(tmp_pa
     assert "world: failed; its earlier finished folder is back" in capsys.readouterr().err
     assert files() == before
     assert not list(copy.glob("*.previous"))
+
+
+def test_a_run_and_a_stage_on_its_own_do_not_write_one_stage_folder_at_once(tiny_run, tmp_path, monkeypatch):
+    """`instructgpt run` deleted (or set aside) an unfinished stage folder, lock file and all, while
+    `instructgpt ppo out_dir=<that folder>` was writing it, and a stage on its own could write a stage folder
+    the run was about to read. The run now holds each stage folder's run.lock from its first touch to its end,
+    and its clean-ups leave that file in place."""
+    import os
+    from instructgpt import interrupt, ppo
+    from instructgpt.run_lock import RunLock, RunLockedError
+    cfg, _, _ = tiny_run
+    copy = tmp_path / "t"
+    shutil.copytree(cfg.run_dir, copy, symlinks=True)
+    ptx, sft = copy / "models" / "round1" / "ppo_ptx", copy / "models" / "sft"
+    before = {p.relative_to(ptx): p.read_bytes() for p in ptx.rglob("*") if p.is_file()}
+    changed = dataclasses.replace(cfg, runs_dir=str(tmp_path), ptx_coef=0.5)
+
+    # 1. a stage on its own holds ppo_ptx's folder: the run stops there, moving and deleting nothing of it
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from instructgpt.run_lock import RunLock; "
+                               "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)",
+                               str(ptx / "run.lock")], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=f"{ptx} is in use by another instructgpt run \\(pid {holder.pid}"):
+            run_pipeline(changed)
+        assert json.loads((ptx / "run.lock").read_text())["pid"] == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+    assert {p.relative_to(ptx): p.read_bytes() for p in ptx.rglob("*") if p.is_file() and p.name != "run.lock"} \
+        == before and not (ptx.parent / "ppo_ptx.previous").exists()
+
+    # 2. while the run trains ppo_ptx, its folder (set aside, lock file kept) and sft's are the run's
+    seen = {}
+
+    def stopped(pc):
+        seen["lock"] = json.loads((ptx / "run.lock").read_text())["pid"]
+        for folder in (ptx, sft):
+            with pytest.raises(RunLockedError):
+                RunLock(folder / "run.lock", option="out_dir").acquire()
+            seen[folder.name] = True
+        raise interrupt.Stopped(2)
+    monkeypatch.setattr(ppo, "train_ppo", stopped)
+    with pytest.raises(interrupt.Stopped):
+        run_pipeline(changed)
+    assert seen == {"lock": os.getpid(), "ppo_ptx": True, "sft": True}
+    assert (ptx.parent / "ppo_ptx.previous" / "stage.json").is_file()
+    assert not list(copy.rglob("run.lock"))  # all released at the run's end

@@ -167,11 +167,11 @@ def _out_dir_lock(stage: Stage, cfg) -> Iterator[None]:
     if stage.name == "run" or not out_dir or os.environ.get("RANK", "0") != "0":
         yield
         return
-    from .run_lock import RunLock
+    from .run_lock import LOCK_NAME, RunLock
     folder = Path(out_dir)
     made = not folder.exists()
     try:
-        with RunLock(folder / "run.lock", option="out_dir"):
+        with RunLock(folder / LOCK_NAME, option="out_dir"):
             yield
     finally:
         if made and folder.is_dir() and not any(folder.iterdir()):

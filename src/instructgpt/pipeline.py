@@ -19,6 +19,7 @@ the rates this run has measured (``time_left.py``).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -32,6 +33,7 @@ from . import config as config_mod
 from . import time_left as tl
 from .run_config import BUILTIN_PTX_WARNING, PROFILES, RunConfig
 from .run_folder import ROUND_STAGES, RunFolder
+from .run_lock import LOCK_NAME
 from .run_stages import RunStages, Stage
 
 __all__ = ["PROFILES", "Pipeline", "RunConfig", "RunResult", "run_pipeline"]
@@ -56,6 +58,8 @@ class Pipeline:
         self.t0 = time.time()
         self.result = RunResult(str(self.root))
         self.keys = None  # StageKeys, made when the run starts
+        self.stage_locks: contextlib.ExitStack | None = None  # the stage folders' locks the run holds (hold())
+        self.held: set[Path] = set()
 
     # ---- running
 
@@ -64,11 +68,26 @@ class Pipeline:
         from .run_lock import RunLock, describe
         self.stages.all()  # every stage's config checked before the folder is made: a bad option leaves nothing
         self.root.mkdir(parents=True, exist_ok=True)
-        with RunLock(self.run_folder.lock) as lock:
+        with RunLock(self.run_folder.lock) as lock, contextlib.ExitStack() as self.stage_locks:
             if lock.took_over:
                 print(f"{self.run_folder.lock}: taking over the lock of a run that is no longer running "
                       f"({describe(lock.took_over)})", flush=True)
             return self._run()
+
+    def hold(self, st: Stage) -> None:
+        """The stage folder's ``run.lock`` (the one a stage run on its own holds in its out_dir), taken when the
+        run first works on the folder and held to the run's end: ``instructgpt sft out_dir=<run>/sft`` is refused
+        while the run may still read or write that folder, and the run stops, deleting nothing, while such a
+        stage writes there. The run's clean-ups keep the lock file in its place (``_clear``, ``_move_contents``):
+        a deleted lock file would let a newcomer lock a new one."""
+        from .run_lock import RunLock
+        if st.folder == self.root or (st.folder / LOCK_NAME) in self.held:
+            return
+        made = not st.folder.exists()
+        self.stage_locks.enter_context(RunLock(st.folder / LOCK_NAME))
+        self.held.add(st.folder / LOCK_NAME)
+        if made:  # an attempt that never got to write leaves no empty folder behind
+            self.stage_locks.callback(_remove_if_empty, st.folder)
 
     def _run(self) -> RunResult:
         c, run = self.cfg, self.run_folder
@@ -155,6 +174,7 @@ class Pipeline:
     def run_stage(self, st: Stage, key: str, label: str, remaining: list[Stage]) -> None:
         """Reuse, resume or run one stage (its key was planned)."""
         run = self.run_folder
+        self.hold(st)
         done = run.read_marker(st.folder)
         if (done is None or done.get("key") != key) and self.previous_matches(st, key):
             self.bring_back(st)
@@ -221,9 +241,9 @@ class Pipeline:
             for path in (st.folder, *st.outputs):
                 _remove(_previous(path))
                 if path.exists():
-                    path.rename(_previous(path))
+                    _move_contents(path, _previous(path))
         else:
-            shutil.rmtree(st.folder)
+            _clear(st.folder)
         return previous
 
     def put_back(self, st: Stage, previous: Path) -> None:
@@ -237,9 +257,7 @@ class Pipeline:
                   file=sys.stderr, flush=True)
             return
         for path in (st.folder, *st.outputs):  # the failed attempt's files go, the finished stage's come back
-            if _previous(path).exists():
-                _remove(path)
-                _previous(path).rename(path)
+            _restore_previous(path)
         print(f"{st.name}: failed; its earlier finished folder is back in {st.folder}", file=sys.stderr, flush=True)
 
     def previous_matches(self, st: Stage, key: str) -> bool:
@@ -251,9 +269,7 @@ class Pipeline:
     def bring_back(self, st: Stage) -> None:
         """The earlier finished stage replaces the unfinished attempt with other options (and its outputs)."""
         for path in (st.folder, *st.outputs):
-            if _previous(path).exists():
-                _remove(path)
-                _previous(path).rename(path)
+            _restore_previous(path)
         print(f"{st.name}: its options are those of the earlier finished stage in {_previous(st.folder)}: "
               f"brought back (the unfinished attempt with other options is deleted)", flush=True)
 
@@ -327,6 +343,41 @@ def _link(link: Path, target: Path) -> None:
 def _previous(folder: Path) -> Path:
     """Where a finished stage waits while it is being replaced."""
     return folder.with_name(folder.name + ".previous")
+
+
+def _clear(folder: Path) -> None:
+    """Delete everything in a folder but its lock file (held by this run: see ``Pipeline.hold``)."""
+    for path in folder.iterdir():
+        if path.name != LOCK_NAME:
+            _remove(path)
+
+
+def _move_contents(folder: Path, to: Path, made: bool = True) -> None:
+    """Move a folder's contents, all but its lock file, into ``to`` (made here unless ``made`` is False)."""
+    if made:
+        to.mkdir()
+    for path in folder.iterdir():
+        if path.name != LOCK_NAME:
+            path.rename(to / path.name)
+
+
+def _restore_previous(path: Path) -> None:
+    """``<path>.previous`` back in ``path``'s place; a stage folder keeps its lock file."""
+    previous = _previous(path)
+    if not previous.exists():
+        return
+    if path.is_dir() and (path / LOCK_NAME).exists():
+        _clear(path)
+        _move_contents(previous, path, made=False)
+        _remove(previous)
+    else:
+        _remove(path)
+        previous.rename(path)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def _remove(path: Path) -> None:

@@ -31,7 +31,10 @@ key (a hash of its resolved options and of the keys of what it read), its wall
 time, work and peak memory, and a summary of its result. While a stage runs
 (or after it was interrupted) the folder holds ``stage.partial.json`` with the
 key it was started with: a later run with the same key continues it from its
-last checkpoint, one with another key starts it over.
+last checkpoint, one with another key starts it over. From the moment a run
+first works on a stage folder to the run's end, the folder's ``run.lock`` is
+held too: a stage run on its own into it (``instructgpt sft out_dir=...``,
+which holds the same file) and the run exclude each other.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+
+from .run_lock import LOCK_NAME
 from typing import Any
 
 STAGE_MARKER = "stage.json"
@@ -66,7 +71,7 @@ class RunFolder:
     @property
     def lock(self) -> Path:
         """The run lock (see run_lock.py): who is working on the folder."""
-        return self.root / "run.lock"
+        return self.root / LOCK_NAME
 
     @property
     def input_hashes(self) -> Path:

@@ -26,6 +26,9 @@ import sys
 import time
 from pathlib import Path
 
+#: The lock file's name, in a run folder and in a stage's out_dir.
+LOCK_NAME = "run.lock"
+
 #: Exit code when the run folder is in use by another run (EX_CANTCREAT).
 LOCKED_EXIT = 73
 
