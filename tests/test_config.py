@@ -33,9 +33,10 @@ def test_ppo_options_come_in_rollout_ppo_ptx_and_runtime_groups():
 
 def test_dotted_and_flat_overrides_set_the_same_option():
     dotted = config_mod.load(PPOConfig, overrides=[*REQUIRED, "ppo.cliprange=0.1", "runtime.device=cpu",
-                                                   "rollout.max_new_tokens=7", "ptx.ptx_token_ratio=4"])
+                                                   "rollout.max_new_tokens=7", "ptx.ptx_token_ratio=4",
+                                                   "ptx.ptx_coef=1", "ptx.pretrain_data=c.txt"])
     flat = config_mod.load(PPOConfig, overrides=[*REQUIRED, "cliprange=0.1", "device=cpu", "max_new_tokens=7",
-                                                 "ptx_token_ratio=4"])
+                                                 "ptx_token_ratio=4", "ptx_coef=1", "pretrain_data=c.txt"])
     assert dotted == flat
     assert (dotted.cliprange, dotted.device, dotted.max_new_tokens, dotted.ptx_token_ratio) == (0.1, "cpu", 7, 4.0)
     sft = config_mod.load(SFTConfig, overrides=["model=m", "train=t", "out_dir=o", "optim.lr=0.5", "runtime.seed=3"])
@@ -233,7 +234,7 @@ def test_ppo_options_of_a_switched_off_part_are_an_error_not_ignored(overrides, 
     assert getattr(on, name) != getattr(PPOConfig(), name)
 
 
-@pytest.mark.parametrize("override", ["pretrain_data=corpus.txt", "ptx_seq_len=64"])
+@pytest.mark.parametrize("override", ["pretrain_data=corpus.txt", "ptx_seq_len=64", "ptx_token_ratio=4"])
 def test_ptx_options_without_ptx_coef_are_an_error_not_ignored(override):
     """pretrain_data given without ptx_coef (0 by default) ran plain PPO: the corpus was never read."""
     name = override.split("=")[0]

@@ -352,6 +352,16 @@ def test_rloo_is_a_run_option_that_reaches_both_ppo_stages(tmp_path):
     assert all(r.work() < d.work() for d, r in zip(default, rloo))
 
 
+def test_the_runs_ptx_token_ratio_reaches_ppo_ptx_only(tmp_path):
+    """`instructgpt ppo ptx_token_ratio=4` without ptx_coef is an error (the ratio is only read by PPO-ptx), so the
+    run's plain PPO stage takes the option's default and PPO-ptx the run's value."""
+    from instructgpt.pipeline import Pipeline
+    from instructgpt.ppo_config import PtxOptions
+    stages = {st.name: st for st, _, _ in Pipeline(RunConfig(runs_dir=str(tmp_path), ptx_token_ratio=2.0)).planned()}
+    assert stages["ppo_r1"].config.ptx_token_ratio == PtxOptions.ptx_token_ratio != 2.0
+    assert stages["ppo_ptx_r1"].config.ptx_token_ratio == 2.0
+
+
 def test_cli_label_dispatches_before_importing_torch():
     """The CLI's signal handling and run lock import nothing heavy: ``instructgpt label`` stays fast."""
     code = ("import sys; from instructgpt.cli import main\n"

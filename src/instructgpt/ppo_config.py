@@ -164,6 +164,8 @@ class PPOConfig(LoraOptions, ModelOptions, RuntimeOptions, PtxOptions, PPOOption
             raise ConfigError("pretrain_data: required when ptx_coef > 0 (PPO-ptx)")
         if self.ptx_coef == 0:
             unused = [f"{k}={v!r}" for k, v, off in (("pretrain_data", self.pretrain_data, ""),
+                                                     ("ptx_token_ratio", self.ptx_token_ratio,
+                                                      PtxOptions.ptx_token_ratio),
                                                      ("ptx_seq_len", self.ptx_seq_len, PtxOptions.ptx_seq_len))
                       if v != off]
             if unused:

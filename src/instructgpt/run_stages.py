@@ -172,11 +172,12 @@ class RunStages:
         pc = PPOConfig(policy=str(start), reference=str(run.model("sft")), reward_model=str(run.round_model(r, "rm")),
                        prompts=str(run.prompts("ppo", "train")), out_dir=str(out),
                        pretrain_data=(c.pretrain_data or str(run.corpus_train)) if ptx_coef > 0 else "",
-                       ptx_coef=ptx_coef, ptx_token_ratio=c.ptx_token_ratio, iterations=c.ppo_iterations,
+                       ptx_coef=ptx_coef, iterations=c.ppo_iterations,
                        batch_size=c.ppo_batch, minibatch_size=c.ppo_minibatch, lr=c.ppo_lr, kl_coef=c.kl_coef,
                        advantage_estimator=c.ppo_advantage_estimator, samples_per_prompt=c.ppo_samples_per_prompt,
                        max_new_tokens=c.max_new_tokens, warmup_iterations=min(10, c.ppo_iterations // 3),
-                       seed=c.seed, **self.runtime(f"{name}_r{r}"), **PROFILES[c.profile]["ppo"])
+                       seed=c.seed, **self.runtime(f"{name}_r{r}"), **PROFILES[c.profile]["ppo"],
+                       **({"ptx_token_ratio": c.ptx_token_ratio} if ptx_coef > 0 else {}))
         work = lambda: tl.ppo(c.ppo_iterations, c.ppo_batch, self.mean(run.prompts("ppo", "train"), "text"),  # noqa: E731
                               c.max_new_tokens, pc.ppo_epochs, c.ptx_token_ratio if ptx_coef > 0 else 0.0,
                               value_model=pc.advantage_estimator != "rloo")
