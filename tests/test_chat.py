@@ -105,7 +105,7 @@ def test_chatml_loss_mask_is_exactly_the_reply_and_its_end_of_turn(bpe):
     batch = collate_lm(examples, tok.pad_token_id)
     for row, e in enumerate(examples):
         masked = batch["input_ids"][row][batch["loss_mask"][row].bool()].tolist()
-        assert masked == e.response_ids
+        assert masked == e.response_ids.tolist()
         assert batch["loss_mask"][row].nonzero().flatten().tolist() == list(range(len(e.prompt_ids), len(e.ids)))
     assert tok.decode(batch["input_ids"][0][batch["loss_mask"][0].bool()]) == ANSWER + "<|im_end|>"
 
@@ -602,7 +602,7 @@ def test_empty_samples_are_empty_strings_encoded_as_ppo_scores_them(eot_model, t
     tok = AutoTokenizer.from_pretrained(str(eot_model))
     encoder = RecordEncoder(ChatFormat.load(tok), None, 128, max_seq_len=128)
     rm_seqs = [encoder.pair(prompt_input(r), r.responses[0], r.source) for r in rankings]
-    assert all(e.response_ids == [sid(tok, "<|eot_id|>")] for e in rm_seqs)
+    assert all(e.response_ids.tolist() == [sid(tok, "<|eot_id|>")] for e in rm_seqs)
     # PPO's rollout of the same prompts is the same token sequence, so the RM scores what it learned
     trainer = PPOTrainer(PPOConfig(policy=str(eot_model), prompts=str(prompts), out_dir=str(tmp_path / "ppo"),
                                    reward_fn="tests.ppo_rewards:count_e", batch_size=2, minibatch_size=2,

@@ -444,4 +444,28 @@ def test_the_responses_of_a_ranking_hold_their_prompt_tokens_once(tiny_gpt2):
     assert len(encoded.pairs) == 2 * 7 + 1 * 6 + 5 * 1  # C(9,2) = 36 less the 11 tied pairs
 
 
+def test_encoded_token_ids_take_four_bytes_each(tiny_gpt2):
+    """Token ids were Python lists, 36 bytes an id above 256 (a pointer and an int object): about 3.4 GB for the
+    paper's 33k K=9 rankings. They are held as 4-byte ids now; ``ids`` is still a list, the tokens unchanged."""
+    import tracemalloc
+    from instructgpt.batching import Encoded, RecordEncoder
+    from instructgpt.chat import ChatFormat, prompt_input
+    from instructgpt.data import parse_ranking
+    from instructgpt.rm import encode_rankings
+    tracemalloc.start()
+    held = [Encoded(list(range(1000, 1050)), list(range(2000 + i, 2200 + i))) for i in range(100)]
+    size, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert size / (100 * 250) < 8  # the arrays and the Encoded objects; a list and its ints: 36 and more
+    assert (held[0].prompt_ids.itemsize, held[1].response_ids[:2].tolist(), held[0].ids[49:51]) == (4, [2001, 2002],
+                                                                                                 [1049, 2000])
+    encoder = RecordEncoder(ChatFormat.load(AutoTokenizer.from_pretrained(str(tiny_gpt2))), None, 128,
+                            max_seq_len=256)
+    ranking = parse_ranking({"prompt": "count one two three", "responses": [f"four {w}" for w in WORDS_9],
+                             "ranking": list(range(9))}, "r.jsonl:1")
+    (encoded,) = encode_rankings([ranking], encoder)
+    p, r = encoder.fmt.encode(prompt_input(ranking), ranking.responses[0], "")
+    assert encoded.responses[0].ids == list(p) + list(r) and isinstance(encoded.responses[0].ids, list)
+
+
 WORDS_9 = ("red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "fish")

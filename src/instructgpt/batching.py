@@ -13,6 +13,7 @@ template or plain text); ``RecordEncoder`` applies what must fit:
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,20 +45,31 @@ class TrainingSequenceOptions:
                               f"{self.max_prompt_tokens}, {self.max_seq_len}")
 
 
+def compact(ids: Sequence[int]) -> array:
+    """Token ids as 4 bytes each (``array('i')``), not a list's 36 (a pointer and an int object per id above
+    256): a training set is held whole in memory, and the paper's 33k K=9 rankings are some 10^8 tokens."""
+    return ids if isinstance(ids, array) and ids.typecode == "i" else array("i", ids)
+
+
 @dataclass
 class Encoded:
     """One prompt + response as token ids; ``response_ids`` ends with the end token unless truncated.
-    ``reply_spans``: [start, end) positions of earlier assistant replies inside ``prompt_ids`` that the
-    next-token loss counts too (multi-turn SFT with ``loss_turns=all``)."""
-    prompt_ids: list[int]
-    response_ids: list[int]
+    Both are held compact (:func:`compact`); ``ids`` is a list. ``reply_spans``: [start, end) positions of
+    earlier assistant replies inside ``prompt_ids`` that the next-token loss counts too (multi-turn SFT with
+    ``loss_turns=all``)."""
+    prompt_ids: Sequence[int]
+    response_ids: Sequence[int]
     source: str = ""
     truncated: bool = False
     reply_spans: tuple[tuple[int, int], ...] = ()
 
+    def __post_init__(self):
+        self.prompt_ids, self.response_ids = compact(self.prompt_ids), compact(self.response_ids)
+
     @property
     def ids(self) -> list[int]:
-        return self.prompt_ids + self.response_ids
+        """Prompt + response ids (a new list)."""
+        return self.prompt_ids.tolist() + self.response_ids.tolist()
 
 
 @dataclass

@@ -44,6 +44,7 @@ import json
 import math
 import random
 import time
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -58,7 +59,7 @@ from . import interrupt
 from . import lora
 from . import ppo_checkpoint
 from . import sharding
-from .batching import ModelContext, RecordEncoder, pad
+from .batching import ModelContext, RecordEncoder, compact, pad
 from .chat import ChatFormat, prompt_input
 from .config import ConfigError
 from .data import DataError, load_prompts
@@ -239,7 +240,7 @@ class PPOTrainer:
         with lora.adapters_disabled(self.policy):
             return response_logits(self.policy, input_ids, attention_mask, P)
 
-    def _load_prompts(self) -> tuple[list[str], list[list[int]]]:
+    def _load_prompts(self) -> tuple[list[str], list[array]]:
         prompts = load_prompts(self.cfg.prompts)
         if not prompts:
             raise DataError(f"{self.cfg.prompts}: no prompts")
@@ -250,7 +251,7 @@ class PPOTrainer:
                             f"no split; every row here has another split)")
         encoder = RecordEncoder(self.format, ModelContext.of_model(self.cfg.policy, self.tokenizer),
                                 self.cfg.max_prompt_tokens, max_new_tokens=self.cfg.max_new_tokens)
-        ids = [encoder.prompt(prompt_input(p), p.source) for p in prompts]
+        ids = [compact(encoder.prompt(prompt_input(p), p.source)) for p in prompts]  # 4 bytes an id: 10^6 prompts
         return [p.text for p in prompts], ids
 
     # ---- sampling prompts in a seeded order (epochs over the prompt set)
@@ -290,7 +291,7 @@ class PPOTrainer:
     def _rollout(self, indices: list[int]) -> tuple[Rollout, dict[str, float]]:
         cfg, tok = self.cfg, self.tokenizer
         t0 = time.perf_counter()
-        prompts = [self.prompt_ids[i] for i in indices]
+        prompts = [list(self.prompt_ids[i]) for i in indices]
         gen = self.backend.generate(prompts, self.sampling(), self.generator)
         t1 = time.perf_counter()
         q_ids, q_mask = pad(prompts, tok.pad_token_id, "left")                        # (B, P)
