@@ -37,6 +37,7 @@ def test_runtime_options_sharding_moved_paths_and_more_ppo_iterations_may_change
     check_resume(ppo(tmp_path, device="cpu", progress=False, save_every=1, keep_checkpoints=5, sharding="full",
                      policy="/elsewhere/sft", prompts="/elsewhere/p.jsonl"))
     check_resume(ppo(tmp_path, iterations=40))  # PPO's learning rate does not depend on them: a run continues
+    check_resume(ppo(tmp_path, compile="off", attn_implementation="eager"))  # kernels, as another device's are
     assert remembered(ppo(tmp_path))["policy"] == PATH and "device" not in remembered(ppo(tmp_path))
 
 

@@ -6,7 +6,8 @@ another ``lr`` kept the old schedule (the scheduler's saved state holds the old 
 options differ is refused before anything is written, naming each change. Free to change: the options that
 cannot change the numbers (``stage_keys.RUNTIME_OPTIONS``: device, progress bars, checkpoint cadence ...),
 ``sharding`` (checkpoints hold full tensors that resume sharded or not), ``gradient_checkpointing`` (the
-same gradients, dropout's included: what a run killed by running out of memory resumes with), which path a
+same gradients, dropout's included: what a run killed by running out of memory resumes with), the kernels
+(``compile``, ``attn_implementation``: the same functions to float rounding, as on another device), which path a
 file or folder option names (a moved run folder resumes; the pipeline's stage keys check what those paths
 hold), and what a config class lists in ``resume_may_change`` (PPO's ``iterations``: its learning rate does not depend on them,
 so a run continues for more). Setting or clearing a path option is a change.
@@ -30,7 +31,7 @@ from . import config as config_mod
 from .checkpoint import list_checkpoints
 from .stage_keys import RUNTIME_OPTIONS
 
-FREE_ON_RESUME = RUNTIME_OPTIONS | {"sharding", "gradient_checkpointing"}
+FREE_ON_RESUME = RUNTIME_OPTIONS | {"sharding", "gradient_checkpointing", "compile", "attn_implementation"}
 PATH = "<a path>"  # what a checkpoint remembers of an option naming a file or folder
 
 
