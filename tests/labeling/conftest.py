@@ -143,10 +143,11 @@ def make_app():
 
     clients = []
 
-    def make(url: str, **cfg) -> TestClient:
+    def make(url: str, address: str = "testclient", **cfg) -> TestClient:
+        """``address``: the client address the app sees (the rate limiter's ``ip:`` key)."""
         cfg.setdefault("secure_cookies", False)
         client = TestClient(create_app(LabelConfig(db=url, **cfg)), base_url="http://127.0.0.1",
-                            follow_redirects=False)
+                            follow_redirects=False, client=(address, 50000))
         client.__enter__()
         clients.append(client)
         return client

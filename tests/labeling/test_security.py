@@ -175,6 +175,43 @@ def test_login_rate_limit_per_username_and_per_ip(site):
     assert codes[-1] == 429
 
 
+def test_failures_from_one_address_never_lock_a_labeler_out_of_a_browser_they_logged_in_with(sqlite_url, make_app):
+    store = open_store(sqlite_url)
+    add_user(store, "ann")
+    store.dispose()
+    ann = make_app(sqlite_url, address="10.0.0.2")
+    assert login(ann, "ann").status_code == 303  # her browser at address B gets a device cookie
+    ann.cookies.delete("igpt_session")
+    attacker = make_app(sqlite_url, address="10.0.0.1")
+    codes = [login(attacker, "ann", "wrong password").status_code for _ in range(6)]
+    assert codes == [401] * 5 + [429]  # brute force from address A is stopped ...
+    assert login(attacker, "ann", PASSWORD).status_code == 429  # ... the right password included
+    assert [login(attacker, f"nobody{i}", "wrong").status_code for i in range(3)] == [429] * 3  # any name
+    assert login(ann, "ann").status_code == 303  # ann, from her browser at B, is not held up
+    # a browser that never logged in as ann shares the account's allowance wherever it is: guesses
+    # from many addresses stay bounded per account
+    elsewhere = make_app(sqlite_url, address="10.0.0.3")
+    r = login(elsewhere, "ann", "wrong again")
+    assert r.status_code == 429 and "Too many failed logins" in r.text
+
+
+def test_a_device_cookie_vouches_for_its_user_name_only_and_expires():
+    from datetime import timedelta
+
+    from instructgpt.labeling.security import DEVICE_TTL, device_cookie, trusted_device
+    from instructgpt.labeling.tables import utcnow
+
+    key, now = b"k" * 32, utcnow()
+    cookie = device_cookie(key, "Ann", now)
+    device = trusted_device(key, cookie, "ann", now)
+    assert device and cookie.startswith(device + ".")
+    assert trusted_device(key, cookie, "bob", now) is None           # another user name
+    assert trusted_device(b"x" * 32, cookie, "ann", now) is None     # another server's key
+    assert trusted_device(key, cookie[:-1] + ("0" if cookie[-1] != "0" else "1"), "ann", now) is None
+    assert trusted_device(key, cookie, "ann", now + DEVICE_TTL + timedelta(seconds=1)) is None
+    assert trusted_device(key, "garbage", "ann", now) is None and trusted_device(key, None, "ann", now) is None
+
+
 def test_session_cookie_flags_and_logout(sqlite_url, make_app):
     store = open_store(sqlite_url)
     add_user(store, "ann")

@@ -7,8 +7,12 @@
   the ``X-CSRF-Token`` header of every state-changing JSON call.
 - Before login there is no session, so the login and invite forms use a signed
   double-submit token: a random cookie value plus its HMAC under the server key.
-- ``LoginLimiter``: at most N login attempts per window, per username and per IP,
-  counted in the database before the password is checked (see its docstring).
+- ``LoginLimiter``: at most N login attempts per window under each of an attempt's
+  keys, counted in the database before the password is checked (see its docstring).
+  A login counts under its client address and, from a browser that has logged in
+  as that user before (a valid device cookie), under that device; from any other
+  browser, under the user name (``login_keys``). So failures from elsewhere lock
+  out only the user's untrusted browsers, never a browser they logged in with.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -30,7 +34,9 @@ from .tables import AppSetting, LoginAttempt, User, WebSession, utcnow
 
 SESSION_COOKIE = "igpt_session"
 PRELOGIN_COOKIE = "igpt_prelogin"
+DEVICE_COOKIE = "igpt_device"
 SESSION_TTL = timedelta(hours=12)
+DEVICE_TTL = timedelta(days=30)   # a device cookie vouches for its browser this long after its last login
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{2,64}$")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1000   # characters; longer ones are refused everywhere (never cut short)
@@ -121,6 +127,47 @@ def check_prelogin(key: bytes, cookie_value: str | None, form_value: str | None)
     return bool(cookie_value) and same(prelogin_token(key, cookie_value or ""), form_value)
 
 
+# ---------------------------------------------------------------- device cookies
+
+def _device_mac(key: bytes, username: str, device: str, issued: int) -> str:
+    message = f"device:{username.strip().lower()}:{device}:{issued}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def device_cookie(key: bytes, username: str, now=None) -> str:
+    """A new device cookie value for a browser that has just logged in as ``username``.
+
+    ``<device id>.<issued, epoch seconds>.<HMAC of user name, id and time>``: only
+    the server can make one, and it vouches for one user name.
+    """
+    device, issued = secrets.token_hex(16), int((now or utcnow()).replace(tzinfo=UTC).timestamp())
+    return f"{device}.{issued}.{_device_mac(key, username, device, issued)}"
+
+
+def trusted_device(key: bytes, cookie: str | None, username: str, now=None) -> str | None:
+    """The device id of ``cookie`` if it vouches for ``username`` and is at most DEVICE_TTL old, else None."""
+    parts = (cookie or "").split(".")
+    if len(cookie or "") > 200 or len(parts) != 3 or not parts[1].isdigit():
+        return None
+    device, issued, mac = parts[0], int(parts[1]), parts[2]
+    age = (now or utcnow()).replace(tzinfo=UTC).timestamp() - issued
+    if not 0 <= age <= DEVICE_TTL.total_seconds():
+        return None
+    return device if same(_device_mac(key, username, device, issued), mac) else None
+
+
+def login_keys(username: str, address: str, device: str | None) -> tuple[str, str]:
+    """The rate-limit keys of a login: its client address, and its device or else its user name.
+
+    ``ip:<address>`` bounds the guesses from one address across user names.
+    ``device:<id>`` (a browser that logged in as this user before) bounds that
+    browser's guesses; every other browser shares ``user:<name>``, which bounds
+    the guesses at one account from everywhere. Failures from elsewhere therefore
+    never lock a user out of a browser they have logged in with.
+    """
+    return f"ip:{address}", f"device:{device}" if device else f"user:{username.strip().lower()}"
+
+
 # ---------------------------------------------------------------- sessions
 
 @dataclass(frozen=True)
@@ -196,7 +243,10 @@ class Reservation:
 
 
 class LoginLimiter:
-    """At most ``limit`` failed or in-flight login attempts per key (user name, client IP) in a window.
+    """At most ``limit`` failed or in-flight login attempts per key in a window.
+
+    A login's keys are ``login_keys``: its client address, and its trusted device
+    or else its user name. An invite counts under the client address alone.
 
     The attempts live in the ``login_attempts`` table, so every server process
     sees the same counts. ``reserve(keys)`` checks and records in one
@@ -206,8 +256,8 @@ class LoginLimiter:
     PostgreSQL: a transaction-scoped advisory lock per key, in sorted order).
 
     After the check, ``fail`` keeps the attempt counted as a failure and
-    ``forgive`` forgets it (a successful login also forgets its user name's
-    earlier failures, not those of other attempts still in flight). So at
+    ``forgive`` forgets it (a successful login also forgets the earlier
+    failures of its user name or device, not those of other attempts still in flight). So at
     most ``limit`` wrong passwords are checked per key and window, however
     many arrive at once; a right one among the first ``limit`` gets in. While attempts in flight fill the allowance the answer is
     "busy" rather than "blocked": many right passwords at once from one

@@ -13,7 +13,7 @@ Tables (see docs/labeling.md for the full description):
   deactivated, or when an admin releases it; its slot goes back to the pool.
 - ``labels``: what a labeler submitted for an assignment; ``request_id`` is
   the per-form UUID that makes resubmission idempotent.
-- ``login_attempts``: recent login attempts per user name and per client IP
+- ``login_attempts``: recent login attempts per user name (or trusted device) and per client IP
   (the rate limiter; in the database so that several server processes share it).
 - ``app_settings``: key/value pairs (the server's secret key).
 
@@ -174,7 +174,7 @@ class Label(Base):
 
 
 class LoginAttempt(Base):
-    """One login attempt under one key; an attempt writes a row per key (user name, IP).
+    """One login attempt under one key; an attempt writes a row per key (user name or device, IP).
 
     A row is in flight until its password check ends: a failure marks it
     ``failed``, a success deletes it.
@@ -183,7 +183,7 @@ class LoginAttempt(Base):
     __table_args__ = (Index("ix_login_attempts_key_at", "key", "at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    key: Mapped[str] = mapped_column(String(255))      # "user:<name>" or "ip:<address>"
+    key: Mapped[str] = mapped_column(String(255))      # "user:<name>", "device:<id>" or "ip:<address>"
     attempt: Mapped[str] = mapped_column(String(32))   # shared by the rows of one attempt
     failed: Mapped[bool] = mapped_column(Boolean, default=False)  # False: its password is being checked
     at: Mapped[datetime] = mapped_column(DateTime, index=True)

@@ -4,7 +4,10 @@ Before login there is no session, so these forms carry a signed double-submit
 token (``security.prelogin_token``) tied to a random pre-login cookie.
 
 A login attempt is counted (``LoginLimiter.reserve``) before its password is
-checked, and the argon2id work of logins and invites runs at most
+checked, under its client address and, from a browser holding a device cookie
+for that user name (set at each successful login), under that device, else
+under the user name (``security.login_keys``): others' failures never lock a
+labeler out of a browser they have logged in with, and the argon2id work of logins and invites runs at most
 ``login_concurrency`` at a time per process (each takes 64 MiB), so a burst
 of anonymous requests can neither slip past the limit nor exhaust memory.
 An invite POST is counted under the client IP's key of the same limiter (a
@@ -25,6 +28,8 @@ from starlette.concurrency import run_in_threadpool
 
 from . import accounts
 from .security import (
+    DEVICE_COOKIE,
+    DEVICE_TTL,
     PRELOGIN_COOKIE,
     SESSION_COOKIE,
     SESSION_TTL,
@@ -32,10 +37,13 @@ from .security import (
     authenticate,
     check_password_length,
     check_prelogin,
+    device_cookie,
     end_session,
+    login_keys,
     new_token,
     prelogin_token,
     start_session,
+    trusted_device,
 )
 from .tables import User
 from .web import client_ip, form_csrf, read_form, redirect, render, store_of
@@ -70,11 +78,14 @@ async def _prelogin_form(request: Request):
     return form
 
 
-def _logged_in(request: Request, user_id: int, role: str) -> Response:
+def _logged_in(request: Request, user_id: int, role: str, username: str) -> Response:
+    """The redirect after a login: a session cookie, and a fresh device cookie for this user name."""
     with store_of(request).tx() as s:
         token = start_session(s, s.get(User, user_id))
     response = redirect("/admin" if role == "admin" else "/")
     _cookie(request, response, SESSION_COOKIE, token, max_age=int(SESSION_TTL.total_seconds()))
+    _cookie(request, response, DEVICE_COOKIE, device_cookie(request.app.state.secret, username),
+            max_age=int(DEVICE_TTL.total_seconds()))
     response.delete_cookie(PRELOGIN_COOKIE, path="/")
     return response
 
@@ -95,12 +106,15 @@ async def login(request: Request):
         check_password_length(password)  # no account has a longer one: refused without a check
     except AuthError as e:
         return _prelogin_page(request, "login.html", status=400, username=username, error=str(e))
-    user_key, ip_key = f"user:{username.strip().lower()}", f"ip:{client_ip(request)}"
+    device = trusted_device(request.app.state.secret, request.cookies.get(DEVICE_COOKIE), username)
+    ip_key, account_key = login_keys(username, client_ip(request), device)
     limiter = request.app.state.limiter
-    reservation = await _reserve(limiter, user_key, ip_key)  # counted before the check
+    reservation = await _reserve(limiter, account_key, ip_key)  # counted before the check
     if reservation.attempt is None:
         response = _prelogin_page(request, "login.html", status=429, username=username,
-                                  error="Too many failed logins. Wait a minute and try again.")
+                                  error="Too many failed logins. Wait a minute and try again. (Failed attempts "
+                                        "from other addresses do not hold up a browser you have logged in "
+                                        "with before.)")
         response.headers["Retry-After"] = str(int(limiter.window))
         return response
     attempt, user = reservation.attempt, None
@@ -110,11 +124,11 @@ async def login(request: Request):
         if user is None:
             await run_in_threadpool(limiter.fail, attempt)  # it stays counted
         else:
-            await run_in_threadpool(limiter.forgive, attempt, user_key)
+            await run_in_threadpool(limiter.forgive, attempt, account_key)
     if user is None:
         return _prelogin_page(request, "login.html", status=401, username=username,
                               error="Wrong username or password.")
-    return await run_in_threadpool(_logged_in, request, user.id, user.role)
+    return await run_in_threadpool(_logged_in, request, user.id, user.role, user.username)
 
 
 async def _reserve(limiter, *keys: str, patience: float = 30.0):
@@ -184,4 +198,4 @@ async def accept_invite(request: Request, token: str):
         return _prelogin_page(request, "invite.html", status=400, token=token, username=username, error=str(e))
     finally:
         await run_in_threadpool(limiter.fail if user is None else limiter.forgive, reservation.attempt)
-    return await run_in_threadpool(_logged_in, request, user.id, user.role)
+    return await run_in_threadpool(_logged_in, request, user.id, user.role, user.username)
