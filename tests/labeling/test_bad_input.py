@@ -95,6 +95,18 @@ def test_request_bodies_are_capped(site):
     assert n_rows(store, Label) == 0
 
 
+@pytest.mark.parametrize("max_upload_mb", [200, 3])
+def test_an_oversized_upload_is_refused_naming_the_limit_in_mib(site, make_app, sqlite_url, max_upload_mb):
+    """The upload limit is max_upload_mb MiB (the docs' unit); the 413 says so, not the body's KiB."""
+    root = make_app(sqlite_url, max_upload_mb=max_upload_mb)
+    assert login(root, "root").status_code == 303
+    too_big = max_upload_mb * 1024 * 1024 + 65 * 1024  # more than the file and the form's other fields
+    r = root.post("/admin/import", content=b"x", headers={"Content-Length": str(too_big),
+                                                          "Content-Type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413
+    assert f"request body larger than {max_upload_mb} MiB" in r.text and "KiB" not in r.text
+
+
 @pytest.mark.parametrize("overlap_k", ["inf", "-inf", "nan", "1000000", "1", "2.5", "1e999", "x"])
 def test_absurd_overlap_k_is_refused(site, tmp_path, overlap_k):
     store, clients, _ = site

@@ -28,6 +28,7 @@ from .web import (
     LoginRequired,
     PlainServerErrors,
     SecurityHeaders,
+    SizeLimit,
     error_response,
     redirect,
 )
@@ -84,8 +85,8 @@ def create_app(cfg: LabelConfig | None = None, store: Store | None = None) -> Fa
     app.state.limiter = LoginLimiter(store, cfg.login_limit, cfg.login_window)
     app.state.claims = cfg.claim_policy()
     # Added innermost first: SecurityHeaders wraps everything, so error pages get the headers too.
-    app.add_middleware(BodyLimit, limit=cfg.max_body_kb * 1024,
-                       upload_limit=cfg.max_upload_mb * 1024 * 1024 + 64 * 1024)
+    app.add_middleware(BodyLimit, limit=SizeLimit.kib(cfg.max_body_kb),
+                       upload_limit=SizeLimit.upload_mib(cfg.max_upload_mb))
     app.add_middleware(PlainServerErrors)
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

@@ -22,7 +22,7 @@ from .tasks import (
     release_expired,
     release_pending,
 )
-from .web import Id, admin_form_csrf, admin_viewer, redirect, render, store_of
+from .web import MIB, Id, admin_form_csrf, admin_viewer, redirect, render, store_of
 
 router = APIRouter(prefix="/admin")
 
@@ -113,7 +113,7 @@ async def import_tasks(request: Request, form=Depends(admin_form_csrf), viewer: 
     kind = str(form.get("kind", ""))
     if not isinstance(upload, UploadFile) or kind not in ("prompts", "rank"):
         raise Invalid("choose a kind and a JSONL file")
-    limit = request.app.state.cfg.max_upload_mb * 1024 * 1024
+    limit = request.app.state.cfg.max_upload_mb * MIB
     content = await upload.read(limit + 1)
     if len(content) > limit:
         raise Invalid(f"file larger than {request.app.state.cfg.max_upload_mb} MiB")

@@ -14,6 +14,7 @@ nested JSON (400), as the API already required.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
@@ -73,15 +74,37 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+KIB, MIB = 1024, 1024 * 1024
+MULTIPART_SLACK = 64 * KIB   # an upload's body holds its file plus the form's other fields and part headers
+
+
+@dataclass(frozen=True)
+class SizeLimit:
+    """A body size limit: the bytes allowed, and how error messages state it (in its option's unit)."""
+    bytes: int
+    text: str
+
+    @classmethod
+    def kib(cls, kib: int) -> SizeLimit:
+        return cls(kib * KIB, f"{kib} KiB")
+
+    @classmethod
+    def upload_mib(cls, mib: int) -> SizeLimit:
+        """An upload of a file of at most ``mib`` MiB; the body may hold MULTIPART_SLACK more."""
+        return cls(mib * MIB + MULTIPART_SLACK, f"{mib} MiB")
+
+
 class BodyLimit:
-    """ASGI middleware: request bodies above ``limit`` bytes get 413 before anything parses them.
+    """ASGI middleware: request bodies above ``limit`` get 413 before anything parses them.
 
     Paths in ``uploads`` (the admin's task upload) get ``upload_limit`` instead.
     A declared Content-Length is checked up front; a chunked body is counted as
-    it arrives and cut off at the limit.
+    it arrives and cut off at the limit. The 413 states the limit as its option
+    does (``max_body_kb`` in KiB, ``max_upload_mb`` in MiB).
     """
 
-    def __init__(self, app, limit: int, upload_limit: int, uploads: tuple[str, ...] = ("/admin/import",)):
+    def __init__(self, app, limit: SizeLimit, upload_limit: SizeLimit,
+                 uploads: tuple[str, ...] = ("/admin/import",)):
         self.app, self.limit, self.upload_limit, self.uploads = app, limit, upload_limit, uploads
 
     async def __call__(self, scope, receive, send):
@@ -89,7 +112,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         limit = self.upload_limit if scope["path"] in self.uploads else self.limit
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        if declared is not None and (not declared.isdigit() or int(declared) > limit.bytes):
             response = error_response(Request(scope), 413, _too_large(limit))
             return await response(scope, receive, send)
         received = 0
@@ -99,7 +122,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
+                if received > limit.bytes:
                     raise HTTPException(status_code=413, detail=_too_large(limit))
             return message
 
@@ -137,8 +160,8 @@ class PlainServerErrors:
             raise
 
 
-def _too_large(limit: int) -> str:
-    return f"request body larger than {limit // 1024} KiB"
+def _too_large(limit: SizeLimit) -> str:
+    return f"request body larger than {limit.text}"
 
 
 def error_response(request: Request, status: int, message: str):
