@@ -334,3 +334,32 @@ def test_the_export_says_in_which_order_each_labeler_saw_the_responses(store, tm
     for m in meta:
         assert [m["responses"][i] for i in m["shown_order"]] == seen[(m["labeler_id"], m["prompt_id"])]
     assert len({tuple(m["shown_order"]) for m in meta}) > 1   # orders of their own, not one for all
+
+
+def test_the_export_streams_labels_from_the_database_a_chunk_at_a_time(store, tmp_path, monkeypatch):
+    """export_dir (and so the zip download) never reads more than EXPORT_CHUNK labels ahead of what it
+    has written: memory does not grow with the number of labels (it used to load every label first)."""
+    from sqlalchemy import event
+
+    import_file(store, "rank", write_rank_tasks(tmp_path / "t.jsonl", 30))
+    label_everything(store, add_user(store, "ann"))
+    monkeypatch.setattr(export, "EXPORT_CHUNK", 10, raising=False)
+    loaded, ahead = [0], []
+
+    def count_load(*_):
+        loaded[0] += 1
+
+    def counting(make):
+        def wrapped(task, label, *rest):
+            ahead.append(loaded[0] - len(ahead))   # labels read but not yet turned into records
+            return make(task, label, *rest)
+        return wrapped
+
+    monkeypatch.setattr(export, "ranking_record", counting(export.ranking_record))
+    event.listen(Label, "load", count_load)
+    try:
+        manifest = export.export_dir(store, tmp_path / "export")
+    finally:
+        event.remove(Label, "load", count_load)
+    assert manifest["counts"]["rankings.jsonl"] == len(ahead) == 30
+    assert max(ahead) <= 10, f"read up to {max(ahead)} labels ahead of the records written"

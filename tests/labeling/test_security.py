@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import zipfile
+from io import BytesIO
 
 import pytest
 from markupsafe import escape
@@ -86,7 +88,9 @@ def test_admin_routes_need_the_admin_role(site):
         anon_r = getattr(anon, method)(path, **({"data": {}} if method == "post" else {}), follow_redirects=False)
         assert anon_r.status_code == 303 and anon_r.headers["location"] == "/login", path
     assert root.get("/admin").status_code == 200
-    assert root.get("/admin/export.zip").headers["content-type"] == "application/zip"
+    download = root.get("/admin/export.zip")
+    assert download.headers["content-type"] == "application/zip"
+    assert "manifest.json" in zipfile.ZipFile(BytesIO(download.content)).namelist()  # streamed from a file
     assert anon.get("/api/me").status_code == 401
 
 

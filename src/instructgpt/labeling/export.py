@@ -37,11 +37,14 @@ from __future__ import annotations
 
 import io
 import json
+import tempfile
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import select
 
@@ -112,59 +115,97 @@ def _file_of(name: str, task: Task, held_out: bool) -> str:
     return "eval/" + name if held_out else split_file(name, task_split(task))
 
 
-def collect(store: Store) -> ExportData:
-    """Every file's records, plus the manifest.
+EXPORT_CHUNK = 200   # label rows read from the database at a time: an export holds this many, not all
+
+
+def export_records(store: Store, batches: Counter | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(file name, record)`` for every label, in label order, read from the database EXPORT_CHUNK rows at a time.
 
     A label goes to ``eval/`` when its claim was held out (made by a held-out
-    labeler), else to the training file of its task's split.
+    labeler), else to the training file of its task's split. ``batches``, if
+    given, counts the labels per import batch.
     """
-    files: dict[str, list[dict[str, Any]]] = {name: [] for name in file_names()}
+    query = (select(Label, Task, User, Assignment.took_slot).join(Assignment, Assignment.id == Label.assignment_id)
+             .join(Task, Task.id == Assignment.task_id).join(User, User.id == Assignment.user_id)
+             .order_by(Label.id).execution_options(yield_per=EXPORT_CHUNK))
     with store.tx(read_only=True) as s:
-        rows = s.execute(
-            select(Label, Task, User, Assignment.took_slot).join(Assignment, Assignment.id == Label.assignment_id)
-            .join(Task, Task.id == Assignment.task_id).join(User, User.id == Assignment.user_id)
-            .order_by(Label.id)
-        ).all()
-    for label, task, user, took_slot in rows:
-        held_out = not took_slot
-        if label.kind == "demonstration":
-            files[_file_of("demonstrations.jsonl", task, held_out)].append(demonstration_record(task, label, user))
-        elif label.kind == "rank":
-            files[_file_of("rankings.jsonl", task, held_out)].append(ranking_record(task, label, user))
-            files["eval/metadata.jsonl"].append(metadata_record(task, label, user, held_out))
-        else:
-            files["skips.jsonl"].append({"prompt_id": task.prompt_id, "kind": task.kind,
-                                         "labeler_id": user.username, "held_out": held_out,
-                                         "reason": label.skip_reason, "split": task_split(task),
-                                         "batch": task.batch})
-    manifest = {
+        for label, task, user, took_slot in s.execute(query):
+            if batches is not None:
+                batches[task.batch] += 1
+            yield from _records_of(label, task, user, held_out=not took_slot)
+
+
+def _records_of(label: Label, task: Task, user: User, held_out: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+    if label.kind == "demonstration":
+        yield _file_of("demonstrations.jsonl", task, held_out), demonstration_record(task, label, user)
+    elif label.kind == "rank":
+        yield _file_of("rankings.jsonl", task, held_out), ranking_record(task, label, user)
+        yield "eval/metadata.jsonl", metadata_record(task, label, user, held_out)
+    else:
+        yield "skips.jsonl", {"prompt_id": task.prompt_id, "kind": task.kind, "labeler_id": user.username,
+                              "held_out": held_out, "reason": label.skip_reason, "split": task_split(task),
+                              "batch": task.batch}
+
+
+def _manifest(store: Store, counts: dict[str, int], batches: Counter) -> dict[str, Any]:
+    return {
         "format_version": FORMAT_VERSION,
         "exported_at": utcnow().isoformat() + "Z",
-        "counts": {name: len(recs) for name, recs in files.items()},
-        "batches": dict(sorted(Counter(task.batch for _, task, _, _ in rows).items())),  # labels per import
+        "counts": counts,
+        "batches": dict(sorted(batches.items())),  # labels per import
         "agreement": agreement(store).as_dict(),
         "throughput": [t.as_dict() for t in throughput(store)],
     }
-    return ExportData(files, manifest)
+
+
+def collect(store: Store) -> ExportData:
+    """Every file's records, plus the manifest, in memory (for small exports and tests; ``export_dir``
+    and ``write_zip`` stream)."""
+    files: dict[str, list[dict[str, Any]]] = {name: [] for name in file_names()}
+    batches: Counter = Counter()
+    for name, rec in export_records(store, batches):
+        files[name].append(rec)
+    return ExportData(files, _manifest(store, {name: len(recs) for name, recs in files.items()}, batches))
 
 
 def export_dir(store: Store, out_dir: str | Path) -> dict[str, Any]:
-    """Write the export into ``out_dir`` (each file atomically); returns the manifest."""
+    """Write the export into ``out_dir``; returns the manifest.
+
+    Records are written as they are read (``export_records``), so memory does
+    not grow with the number of labels. Every file is written to a temporary
+    file first and replaced only once every record was written and checked:
+    on an error no file of ``out_dir`` changes.
+    """
     out = Path(out_dir)
-    exp = collect(store)
-    for name, records in exp.files.items():
-        data.write_jsonl(out / name, records)
+    counts = dict.fromkeys(file_names(), 0)
+    batches: Counter = Counter()
+    with ExitStack() as files:
+        opened = {name: files.enter_context(data.atomic_open(out / name)) for name in counts}
+        for name, rec in export_records(store, batches):
+            opened[name].write(json.dumps(rec, ensure_ascii=False) + "\n")
+            counts[name] += 1
+    manifest = _manifest(store, counts, batches)
     with data.atomic_open(out / "manifest.json") as f:
-        f.write(json.dumps(exp.manifest, indent=2, ensure_ascii=False) + "\n")
-    return exp.manifest
+        f.write(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return manifest
+
+
+def write_zip(store: Store, fileobj: BinaryIO) -> dict[str, Any]:
+    """The same files as ``export_dir``, as a zip archive written to ``fileobj``; returns the manifest.
+
+    The files are exported into a temporary folder first and copied into the
+    archive from there, so memory does not grow with the number of labels.
+    """
+    with tempfile.TemporaryDirectory(prefix="igpt-export-") as tmp:
+        manifest = export_dir(store, tmp)
+        with zipfile.ZipFile(fileobj, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name in [*file_names(), "manifest.json"]:
+                zf.write(Path(tmp) / name, arcname=name)
+    return manifest
 
 
 def export_zip(store: Store) -> bytes:
-    """The same files as ``export_dir``, in a zip archive."""
-    exp = collect(store)
+    """``write_zip`` into memory (for small exports and tests; the admin download streams a file)."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, records in exp.files.items():
-            zf.writestr(name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        zf.writestr("manifest.json", json.dumps(exp.manifest, indent=2, ensure_ascii=False) + "\n")
+    write_zip(store, buf)
     return buf.getvalue()

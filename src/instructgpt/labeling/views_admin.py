@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -11,7 +14,7 @@ from starlette.datastructures import UploadFile
 from instructgpt.data import DataError
 
 from . import accounts
-from .export import export_zip
+from .export import write_zip
 from .quality import agreement, throughput
 from .security import AuthError, Viewer
 from .tables import Assignment, Label, Task, User
@@ -131,7 +134,27 @@ async def import_tasks(request: Request, form=Depends(admin_form_csrf), viewer: 
     return await run_in_threadpool(_page, request, viewer, message=result.describe())
 
 
+ZIP_CHUNK = 1024 * 1024   # bytes of the export's zip sent at a time
+
+
 @router.get("/export.zip")
 def download_export(request: Request, viewer: Viewer = Depends(admin_viewer)):
-    return Response(export_zip(store_of(request)), media_type="application/zip",
-                    headers={"Content-Disposition": 'attachment; filename="labels-export.zip"'})
+    """The export as a zip, written to a temporary file and streamed from it (never held in memory)."""
+    archive = tempfile.TemporaryFile()
+    try:
+        write_zip(store_of(request), archive)
+        size = archive.tell()
+        archive.seek(0)
+    except BaseException:
+        archive.close()
+        raise
+    return StreamingResponse(_chunks(archive), media_type="application/zip",
+                             headers={"Content-Disposition": 'attachment; filename="labels-export.zip"',
+                                      "Content-Length": str(size)})
+
+
+def _chunks(archive) -> Iterator[bytes]:
+    """The file's bytes, ZIP_CHUNK at a time; the file is closed (and so deleted) at the end."""
+    with archive:
+        while chunk := archive.read(ZIP_CHUNK):
+            yield chunk
