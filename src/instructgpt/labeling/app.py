@@ -18,6 +18,7 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
 from . import api, views_admin, views_auth, views_labeler
+from .quality import AgreementTally
 from .security import LoginLimiter, server_key
 from .settings import LabelConfig
 from .store import Store
@@ -84,6 +85,7 @@ def create_app(cfg: LabelConfig | None = None, store: Store | None = None) -> Fa
     app.state.cfg, app.state.store = cfg, store
     app.state.limiter = LoginLimiter(store, cfg.login_limit, cfg.login_window)
     app.state.claims = cfg.claim_policy()
+    app.state.agreement = AgreementTally(store)   # the admin page's agreement, read incrementally
     # Added innermost first: SecurityHeaders wraps everything, so error pages get the headers too.
     app.add_middleware(BodyLimit, limit=SizeLimit.kib(cfg.max_body_kb),
                        upload_limit=SizeLimit.upload_mib(cfg.max_upload_mb))

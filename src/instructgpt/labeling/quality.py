@@ -13,10 +13,11 @@ same pairs the reward model trains on.
 
 from __future__ import annotations
 
+import copy
 import statistics
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
-from itertools import combinations
 
 from sqlalchemy import func, select
 
@@ -43,7 +44,11 @@ def compare(a: list[list[int]], b: list[list[int]]) -> tuple[int, int]:
     A comparison is a pair both rankings order (neither ties it); they agree
     when they prefer the same response.
     """
-    pa, pb = preferences(a), preferences(b)
+    return _agreeing(preferences(a), preferences(b))
+
+
+def _agreeing(pa: dict[tuple[int, int], int], pb: dict[tuple[int, int], int]) -> tuple[int, int]:
+    """``compare`` of two rankings given as their ``preferences``."""
     common = pa.keys() & pb.keys()
     return sum(pa[p] == pb[p] for p in common), len(common)
 
@@ -85,13 +90,94 @@ def rank_labels(store: Store) -> list[tuple[int, str, bool, list[list[int]]]]:
     ``held_out`` is that of the claim (``not Assignment.took_slot``), as in the export.
     """
     with store.tx(read_only=True) as s:
-        rows = s.execute(
-            select(Assignment.task_id, User.username, ~Assignment.took_slot, Label.ranking)
+        rows = s.execute(_rank_label_query()).all()
+    return [(task_id, user, held_out, ranking) for _, task_id, user, held_out, ranking in rows]
+
+
+def _rank_label_query():
+    """(label id, task_id, username, held_out, ranking) of submitted rankings, in label order."""
+    return (select(Label.id, Assignment.task_id, User.username, ~Assignment.took_slot, Label.ranking)
             .join(Assignment, Assignment.id == Label.assignment_id)
             .join(User, User.id == Assignment.user_id)
-            .where(Label.kind == "rank")
-        ).all()
-    return [tuple(r) for r in rows]
+            .where(Label.kind == "rank").order_by(Label.id))
+
+
+class _Ranked:
+    """One labeler's ranking of a task; its ``preferences`` are worked out once, when first compared."""
+    __slots__ = ("user", "held_out", "ranking", "_prefs")
+
+    def __init__(self, user: str, held_out: bool, ranking: list[list[int]]):
+        self.user, self.held_out, self.ranking, self._prefs = user, held_out, ranking, None
+
+    @property
+    def prefs(self) -> dict[tuple[int, int], int]:
+        if self._prefs is None:
+            self._prefs = preferences(self.ranking)
+        return self._prefs
+
+
+def _add_pair(out: Agreement, a: _Ranked, b: _Ranked) -> None:
+    """Count the comparisons of two labelers' rankings of one task into ``out``."""
+    agree, total = _agreeing(a.prefs, b.prefs)
+    bucket = (out.heldout_heldout if a.held_out and b.held_out else
+              out.train_heldout if a.held_out or b.held_out else out.train_train)
+    bucket.add(agree, total)
+    out.per_labeler[a.user].add(agree, total)
+    out.per_labeler[b.user].add(agree, total)
+
+
+class AgreementTally:
+    """``agreement`` kept up to date: each call reads only the rankings submitted since the last one.
+
+    Labels are never changed once stored, so the agreement of the labels up to
+    some id never changes either: a call reads the rankings with a higher id and
+    the earlier rankings of their tasks only, and compares each new ranking with
+    those of its task that came before it. The admin page calls it on every load,
+    so the page's cost follows the labels added since, not all labels. If the
+    rankings up to the last id counted are not the ones counted (rows deleted by
+    hand, or on PostgreSQL a ranking committed after one with a higher id), it
+    counts again from the start. Thread-safe; each server process keeps its own.
+    """
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._lock = threading.Lock()
+        self._restart()
+
+    def _restart(self) -> None:
+        self._agreement, self._last_id, self._counted = Agreement(), 0, 0
+        self.rows_read = 0   # label rows the last call read (the whole table only on the first call)
+
+    def current(self) -> Agreement:
+        """The agreement over every ranking stored now (a copy: the caller may keep it)."""
+        with self._lock, self.store.tx(read_only=True) as s:
+            still_there = s.scalar(select(func.count()).select_from(Label)
+                                   .where(Label.kind == "rank", Label.id <= self._last_id))
+            if still_there != self._counted:
+                self._restart()
+            self._count_new(s)
+            return copy.deepcopy(self._agreement)
+
+    def _count_new(self, s) -> None:
+        new = s.execute(_rank_label_query().where(Label.id > self._last_id)).all()
+        tasks = sorted({task_id for _, task_id, *_ in new}) if self._last_id else []  # nothing is earlier at first
+        earlier: dict[int, list[_Ranked]] = defaultdict(list)   # task -> its rankings counted before
+        for i in range(0, len(tasks), 500):
+            for _, task_id, user, held_out, ranking in s.execute(
+                    _rank_label_query().where(Assignment.task_id.in_(tasks[i:i + 500]), Label.id <= self._last_id)):
+                earlier[task_id].append(_Ranked(user, held_out, ranking))
+        self.rows_read = len(new) + sum(len(rows) for rows in earlier.values())
+        out = self._agreement
+        for _, task_id, user, held_out, ranking in new:
+            before, mine = earlier[task_id], _Ranked(user, held_out, ranking)
+            if len(before) == 1:
+                out.tasks_compared += 1
+            for other in before:
+                _add_pair(out, other, mine)
+            before.append(mine)
+        if new:
+            self._last_id = new[-1][0]
+        self._counted += len(new)
 
 
 def agreement(store: Store) -> Agreement:
@@ -101,23 +187,10 @@ def agreement(store: Store) -> Agreement:
     comparisons both made and those they agree on; the counts are summed into
     ``train_train``, ``train_heldout`` or ``heldout_heldout`` (by whether the
     two are held out) and into both labelers' ``per_labeler`` entries. Each
-    ``Rate.value`` is agreeing / compared (None without comparisons).
+    ``Rate.value`` is agreeing / compared (None without comparisons). This
+    reads every ranking; ``AgreementTally`` gives the same and then reads only new ones.
     """
-    by_task: dict[int, list[tuple[str, bool, list[list[int]]]]] = defaultdict(list)
-    for task_id, user, held_out, ranking in rank_labels(store):
-        by_task[task_id].append((user, held_out, ranking))
-    out = Agreement()
-    for labels in by_task.values():
-        if len(labels) < 2:
-            continue
-        out.tasks_compared += 1
-        for (ua, ha, ra), (ub, hb, rb) in combinations(labels, 2):
-            agree, total = compare(ra, rb)
-            bucket = out.heldout_heldout if ha and hb else out.train_heldout if ha or hb else out.train_train
-            bucket.add(agree, total)
-            out.per_labeler[ua].add(agree, total)
-            out.per_labeler[ub].add(agree, total)
-    return out
+    return AgreementTally(store).current()
 
 
 @dataclass

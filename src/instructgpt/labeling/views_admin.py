@@ -15,7 +15,7 @@ from instructgpt.data import DataError
 
 from . import accounts
 from .export import write_zip
-from .quality import agreement, throughput
+from .quality import throughput
 from .security import AuthError, Viewer
 from .tables import Assignment, Label, Task, User
 from .tasks import (
@@ -49,7 +49,7 @@ def _page(request: Request, viewer: Viewer, status: int = 200, **extra) -> Respo
     store = store_of(request)
     release_expired(store, request.app.state.claims.lease)  # so that the counts below are current
     return render(request, "admin.html", status=status, csrf_token=viewer.csrf_token,
-                  overview=_overview(store), agreement=agreement(store), throughput={t.username: t for t in throughput(store)},
+                  overview=_overview(store), agreement=request.app.state.agreement.current(), throughput={t.username: t for t in throughput(store)},
                   users=accounts.list_users(store), message=extra.pop("message", None),
                   lease_hours=request.app.state.cfg.claim_lease_hours,
                   max_pending=request.app.state.claims.max_pending,
