@@ -199,6 +199,23 @@ def test_failures_from_one_address_never_lock_a_labeler_out_of_a_browser_they_lo
     assert r.status_code == 429 and "Too many failed logins" in r.text
 
 
+def test_failures_from_the_labelers_own_address_never_lock_a_labeler_out_of_her_browser(sqlite_url, make_app):
+    """An office behind one NAT address: someone there failing logins for any names does not stop ann, in the
+    browser she logged in with, while her browser's own guesses stay bounded."""
+    store = open_store(sqlite_url)
+    add_user(store, "ann")
+    store.dispose()
+    ann = make_app(sqlite_url, address="10.0.0.9")
+    assert login(ann, "ann").status_code == 303
+    ann.cookies.delete("igpt_session")
+    mallory = make_app(sqlite_url, address="10.0.0.9")
+    codes = [login(mallory, name, "wrong password").status_code for name in ("ann", "bob", "x", "y", "z", "ann")]
+    assert codes == [401] * 5 + [429]   # the address is blocked for browsers without a device cookie
+    assert login(ann, "ann").status_code == 303
+    ann.cookies.delete("igpt_session")
+    assert [login(ann, "ann", "typo").status_code for _ in range(6)] == [401] * 5 + [429]  # the device's own limit
+
+
 def test_a_device_cookie_vouches_for_its_user_name_only_and_expires():
     from datetime import timedelta
 

@@ -264,8 +264,8 @@ def _add_serve(sub) -> None:
                    help="server processes (default 1); they share sessions and rate limits through the database")
     p.add_argument("--no-migrate", action="store_true", help="do not upgrade the schema on start")
     p.add_argument("--login-limit", type=int, default=5,
-                   help="login attempts per IP, and per user name (per device for a browser that logged in as "
-                        "that user before), within --login-window (default 5)")
+                   help="login attempts per IP and per user name (a browser that logged in as that user "
+                        "before: per device instead) within --login-window (default 5)")
     p.add_argument("--login-window", type=float, default=60.0, help="seconds (default 60)")
     p.add_argument("--login-concurrency", type=int, default=4,
                    help="password checks at once per process; each takes 64 MiB (default 4)")

@@ -9,9 +9,9 @@
   double-submit token: a random cookie value plus its HMAC under the server key.
 - ``LoginLimiter``: at most N login attempts per window under each of an attempt's
   keys, counted in the database before the password is checked (see its docstring).
-  A login counts under its client address and, from a browser that has logged in
-  as that user before (a valid device cookie), under that device; from any other
-  browser, under the user name (``login_keys``). So failures from elsewhere lock
+  A login from a browser that has logged in as that user before (a valid device
+  cookie) counts under that device alone; from any other browser, under its
+  client address and the user name (``login_keys``). So others' failures lock
   out only the user's untrusted browsers, never a browser they logged in with.
 """
 
@@ -156,16 +156,20 @@ def trusted_device(key: bytes, cookie: str | None, username: str, now=None) -> s
     return device if same(_device_mac(key, username, device, issued), mac) else None
 
 
-def login_keys(username: str, address: str, device: str | None) -> tuple[str, str]:
-    """The rate-limit keys of a login: its client address, and its device or else its user name.
+def login_keys(username: str, address: str, device: str | None) -> tuple[str, ...]:
+    """The rate-limit keys of a login: its trusted device alone, else its client address and user name.
 
-    ``ip:<address>`` bounds the guesses from one address across user names.
     ``device:<id>`` (a browser that logged in as this user before) bounds that
-    browser's guesses; every other browser shares ``user:<name>``, which bounds
-    the guesses at one account from everywhere. Failures from elsewhere therefore
-    never lock a user out of a browser they have logged in with.
+    browser's guesses at that name, and nothing else counts: failures of others,
+    from other addresses or from the same one (an office behind one NAT address),
+    never lock a user out of a browser they have logged in with. Every other
+    browser counts under ``ip:<address>``, which bounds the guesses from one
+    address across user names, and ``user:<name>``, which bounds the guesses at
+    one account from everywhere.
     """
-    return f"ip:{address}", f"device:{device}" if device else f"user:{username.strip().lower()}"
+    if device:
+        return (f"device:{device}",)
+    return f"ip:{address}", f"user:{username.strip().lower()}"
 
 
 # ---------------------------------------------------------------- sessions
@@ -245,8 +249,8 @@ class Reservation:
 class LoginLimiter:
     """At most ``limit`` failed or in-flight login attempts per key in a window.
 
-    A login's keys are ``login_keys``: its client address, and its trusted device
-    or else its user name. An invite counts under the client address alone.
+    A login's keys are ``login_keys``: its trusted device, or else its client
+    address and user name. An invite counts under the client address alone.
 
     The attempts live in the ``login_attempts`` table, so every server process
     sees the same counts. ``reserve(keys)`` checks and records in one

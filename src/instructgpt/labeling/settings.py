@@ -17,8 +17,8 @@ class LabelConfig:
     workers: int = opt(1, "Server processes (uvicorn workers); they share the database, rate limits included.")
     secure_cookies: bool = opt(True, "Mark cookies Secure (HTTPS only); turn off only for plain-http testing.")
     migrate: bool = opt(True, "Upgrade the database schema to the newest revision on start.")
-    login_limit: int = opt(5, "Login attempts allowed per client IP, and per user name (per device for a "
-                              "browser that logged in as that user before), within login_window seconds "
+    login_limit: int = opt(5, "Login attempts allowed per client IP and per user name (a browser that "
+                              "logged in as that user before: per device instead), within login_window seconds "
                               "(a successful login gives its attempt back).")
     login_window: float = opt(60.0, "Length of the login rate-limit window, in seconds.")
     login_concurrency: int = opt(4, "Password checks running at once per process (argon2id takes 64 MiB each); "

@@ -4,9 +4,9 @@ Before login there is no session, so these forms carry a signed double-submit
 token (``security.prelogin_token``) tied to a random pre-login cookie.
 
 A login attempt is counted (``LoginLimiter.reserve``) before its password is
-checked, under its client address and, from a browser holding a device cookie
-for that user name (set at each successful login), under that device, else
-under the user name (``security.login_keys``): others' failures never lock a
+checked: from a browser holding a device cookie for that user name (set at
+each successful login) under that device alone, else under its client address
+and the user name (``security.login_keys``): others' failures never lock a
 labeler out of a browser they have logged in with, and the argon2id work of logins and invites runs at most
 ``login_concurrency`` at a time per process (each takes 64 MiB), so a burst
 of anonymous requests can neither slip past the limit nor exhaust memory.
@@ -107,14 +107,14 @@ async def login(request: Request):
     except AuthError as e:
         return _prelogin_page(request, "login.html", status=400, username=username, error=str(e))
     device = trusted_device(request.app.state.secret, request.cookies.get(DEVICE_COOKIE), username)
-    ip_key, account_key = login_keys(username, client_ip(request), device)
+    keys = login_keys(username, client_ip(request), device)
+    account_key = keys[-1]   # the user name's key, or the trusted device's
     limiter = request.app.state.limiter
-    reservation = await _reserve(limiter, account_key, ip_key)  # counted before the check
+    reservation = await _reserve(limiter, *keys)  # counted before the check
     if reservation.attempt is None:
         response = _prelogin_page(request, "login.html", status=429, username=username,
-                                  error="Too many failed logins. Wait a minute and try again. (Failed attempts "
-                                        "from other addresses do not hold up a browser you have logged in "
-                                        "with before.)")
+                                  error="Too many failed logins. Wait a minute and try again. (Others' failed "
+                                        "attempts do not hold up a browser you have logged in with before.)")
         response.headers["Retry-After"] = str(int(limiter.window))
         return response
     attempt, user = reservation.attempt, None
