@@ -700,6 +700,67 @@ def test_pii_iban_shapes_without_a_valid_checksum_or_length_are_left_alone(text)
     assert scrub_pii(text) == (text, {})
 
 
+def _nested_unbounded_repeats(items, inside: bool = False) -> list[str]:
+    """Greedy or lazy unbounded repeats inside another unbounded one (possessive and atomic ones reset)."""
+    from re import _constants as c
+    found = []
+    for op, arg in items:
+        if op in (c.MAX_REPEAT, c.MIN_REPEAT):
+            unbounded = arg[1] == c.MAXREPEAT
+            found += [str(op)] if unbounded and inside else []
+            found += _nested_unbounded_repeats(arg[2], inside or unbounded)
+        elif op in (c.POSSESSIVE_REPEAT, c.ATOMIC_GROUP):
+            found += _nested_unbounded_repeats(arg[2] if op == c.POSSESSIVE_REPEAT else arg)
+        elif op == c.SUBPATTERN:
+            found += _nested_unbounded_repeats(arg[3], inside)
+        elif op == c.BRANCH:
+            found += [r for branch in arg[1] for r in _nested_unbounded_repeats(branch, inside)]
+        elif op in (c.ASSERT, c.ASSERT_NOT):
+            found += _nested_unbounded_repeats(arg[1], inside)
+    return found
+
+
+def test_pii_patterns_have_no_nested_unbounded_repeats():
+    from re import _parser
+    from instructgpt.pii import _RULES
+    for kind, pattern, _, _ in _RULES:
+        assert not _nested_unbounded_repeats(_parser.parse(pattern.pattern, pattern.flags)), (kind, pattern.pattern)
+
+
+@pytest.mark.parametrize("unit, tail, kind", [
+    ("a-", " see http://bob:pw@example.com", "credentials"),
+    ("http+a.", " see http://bob:pw@example.com", "credentials"),
+    ("password_", '\npassword = "hunter22"', "secret"),
+    ("api-key-", "\nexport DB_PASSWORD=hunter22", "secret"),
+    ("-", " mail bob@example.com", "email"), (".", " mail bob@example.com", "email"),
+    ("@", " mail bob@example.com", "email"), (":", " mail bob@example.com", "email"),
+    ("1", " mail bob@example.com", "email"), ("a", " mail bob@example.com", "email"),
+    ("a1-.@:", " mail bob@example.com", "email"), ("@a-", " mail bob@example.com", "email"),
+])
+def test_pii_scrubbing_takes_linear_time_on_long_runs(unit, tail, kind):
+    """1 MB of pasted log took minutes: the URL-credentials pattern scanned a long hyphenated run to its end
+    from every letter after a "-", and the secret-name patterns did the same from every name in
+    password_password_...; 200 KB of such a run (about 20 s and 2 min of CPU before) now takes well under a second."""
+    import time
+    text = unit * (200_000 // len(unit)) + tail
+    start = time.process_time()
+    scrubbed, counts = scrub_pii(text)
+    assert time.process_time() - start < 5
+    assert counts.get(kind) == 1 and scrubbed.startswith(unit * 1000)
+
+
+@pytest.mark.parametrize("text, expected, kind", [
+    ("svn+ssh://bob:pw@host/repo", "svn+ssh://[CREDENTIALS]@host/repo", "credentials"),
+    ("x-a.b-http://bob:pw@host", "x-a.b-http://[CREDENTIALS]@host", "credentials"),
+    ("1a.git://bob:pw@host", "1a.git://[CREDENTIALS]@host", "credentials"),
+    ("cfg.password_api_key = 'hunter22'", "cfg.password_api_key = '[SECRET]'", "secret"),
+    ("DB_PASSWORD_SECRET_TOKEN: 'x9!kz'", "DB_PASSWORD_SECRET_TOKEN: '[SECRET]'", "secret"),
+    ("export MY_SECRET_PASSWORD_HASH=abcd1234", "export MY_SECRET_PASSWORD_HASH=[SECRET]", "secret"),
+])
+def test_pii_schemes_and_secret_names_with_several_starts_are_scrubbed_whole(text, expected, kind):
+    assert scrub_pii(text) == (expected, {kind: 1})
+
+
 def test_chat_prompts_opening_with_the_same_assistant_greeting_are_compared_by_their_requests():
     # a support bot's canned opening line is a shared prefix of different requests, as a system message is
     greeting = {"role": "assistant", "content": "Hi, I'm Acme's virtual assistant. How can I help you today?"}

@@ -20,7 +20,10 @@ PII_KINDS = ("email", "phone", "card", "iban", "ssn", "ip", "credentials", "secr
 
 
 # scheme://user[:password]@host -> scheme://[CREDENTIALS]@host
-_CREDENTIALS = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^\s/@?#]+@(?=[^\s/@])")
+# Linear time: a scheme is tried from its last possible start (a letter at the run's start or after "+", "." or
+# "-"), as a scan from each earlier start to the "://" would make a long hyphenated run quadratic; the text
+# replaced is the same, as the run before that start is kept. Every repeat is possessive ("*+", "++").
+_CREDENTIALS = re.compile(r"\b([A-Za-z](?:[A-Za-z0-9]|[+.-](?![A-Za-z]))*+://)[^\s/@?#]++@(?=[^\s/@])")
 
 # Secrets: the value of a URL query parameter that names one (?api_key=..., &access_token=...),
 # a bearer token, and keys in the shapes their issuers give them (OpenAI sk-..., GitHub ghp_... and
@@ -42,9 +45,12 @@ _JWT = re.compile(r"(?<![\w-])eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-
 # A quoted value given to a name that holds a secret, in code and config (password = "hunter2",
 # "api_key": "...", DB_PASSWORD: 'x9!k', self.client_secret="...", AWS_SECRET_ACCESS_KEY). Placeholders have no value to
 # replace: an empty or one-character-repeated value (****), one with {, <, $ or space, or "your...".
-_SECRET_NAMES = (r"(?:password|passwd|pwd|passphrase|secret|api[_-]?key|apikey|secret[_-]?key|private[_-]?key"
-                 r"|client[_-]?secret|(?:access|auth|refresh|api|bearer|session|id)[_-]?token)"
-                 r"(?:[_-][A-Za-z0-9_-]*)?")  # SECRET_ACCESS_KEY, password_hash
+_SECRET_NAME = (r"(?:password|passwd|pwd|passphrase|secret|api[_-]?key|apikey|secret[_-]?key|private[_-]?key"
+                r"|client[_-]?secret|(?:access|auth|refresh|api|bearer|session|id)[_-]?token)")
+# A name then the rest of its identifier (SECRET_ACCESS_KEY, password_hash), which stops before another name that
+# could end the identifier (password_api_key is matched from api_key): a scan from every name in a long
+# password_password_... run to its end would be quadratic. The text replaced is the same.
+_SECRET_NAMES = (rf"{_SECRET_NAME}(?:[_-](?:[A-Za-z0-9]|[_-](?!{_SECRET_NAME}(?:[_-]|(?![A-Za-z0-9_-]))))*+)?+")
 _SECRET_QUOTED = re.compile(rf"(?i)((?<![A-Za-z0-9]){_SECRET_NAMES}[\"']?[ \t]*[:=][ \t]*(?P<q>[\"']))"
                             rf"(?P<value>[^\"'\s{{}}<>$]{{4,}}?)(?P=q)")
 # The same in .env, .ini and shell lines, unquoted: NAME=value alone on its line (export NAME=value too).
@@ -56,8 +62,8 @@ _SECRET_LINE = re.compile(rf"(?im)^([ \t]*(?:export[ \t]+)?[\w.-]*?(?<![A-Za-z0-
 _IBAN = re.compile(r"(?<![\w-])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![\w-])")
 
 # Domain labels may be non-ASCII (jörg@müller.de, IDN top-level domains); no "_" in them. An SSH
-# remote (git@github.com:org/repo.git) is not a person's address.
-_EMAIL = re.compile(r"(?<![\w.%+-])(?!git@[^\s@:]+:\S)[\w.%+-]+@(?:[^\W_]|-)+(?:\.(?:[^\W_]|-)+)*\.[^\W\d_]{2,}\b")
+# remote (git@github.com:org/repo.git) is not a person's address. A label is possessive ("++"): only a "." can follow it.
+_EMAIL = re.compile(r"(?<![\w.%+-])(?!git@[^\s@:]+:\S)[\w.%+-]+@(?:[^\W_]|-)++(?:\.(?:[^\W_]|-)++)*\.[^\W\d_]{2,}\b")
 
 # IPv6 candidates (checked by _valid_ipv6), optionally ending in an IPv4 part.
 _IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{1,4})?"
