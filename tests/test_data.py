@@ -382,6 +382,47 @@ def test_read_jsonl_sources(tmp_path):
     assert list(read_jsonl(path)) == [(f"{path}:1", {"a": 1}), (f"{path}:3", {"b": 2})]
 
 
+def test_a_line_over_the_limit_is_an_error_naming_file_line_and_size(tmp_path):
+    """A JSONL line had no size limit: a 1 GB line was read, decoded and parsed whole (some 3 GB) before any
+    check. The reader stops on a line over ``max_line_bytes`` naming the file, the line and its size."""
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'{"a": 1}\n' + b'{"b": "' + b"x" * 2_000 + b'"}\r\n' + b'{"c": 3}\n')
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:2: json: the line is 2,010 bytes, over the "
+                                        rf"limit of 1,000 bytes a line \(jsonl\.MAX_LINE_BYTES\)"):
+        list(read_jsonl(path, max_line_bytes=1_000))
+    last = tmp_path / "last.jsonl"  # the last line, without its newline
+    last.write_bytes(b'{"a": 1}\n' + b"y" * 1_001)
+    with pytest.raises(DataError, match=r":2: json: the line is 1,001 bytes, over the limit of 1,000 bytes"):
+        list(read_jsonl(last, max_line_bytes=1_000))
+    exact = tmp_path / "exact.jsonl"  # a line of the limit itself, its newline not counted, is read
+    exact.write_bytes(b'{"b": "' + b"x" * 991 + b'"}\n' + b'{"c": 3}')
+    assert [source for source, _ in read_jsonl(exact, max_line_bytes=1_000)] == [f"{exact}:1", f"{exact}:2"]
+
+
+def test_a_line_over_the_limit_is_never_held_whole(tmp_path):
+    import tracemalloc
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b'{"text": "' + b"x" * 24 * 2**20 + b'"}\n')
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r":1: json: the line is 25,165,836 bytes"):
+            list(read_jsonl(path, max_line_bytes=2**20))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20
+
+
+def test_the_line_limit_is_64_mib_for_every_data_file(tmp_path):
+    from instructgpt import jsonl
+    assert jsonl.MAX_LINE_BYTES == 64 * 2**20
+    path = tmp_path / "p.jsonl"
+    with open(path, "wb") as f:
+        f.write(b'{"id": "p1", "text": "' + b"x" * (64 * 2**20) + b'", "user_id": "u"}\n')
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:1: json: the line is 67,108,904 bytes, over"):
+        load_prompts(path)
+
+
 def test_to_record_is_canonical():
     p = parse_prompt({**PROMPT, "lang": "en"}, "p:1")
     assert to_record(p) == {**PROMPT, "lang": "en"}

@@ -4,8 +4,10 @@ Every record format of :mod:`instructgpt.data` is read through :func:`read_jsonl
 and written through :func:`atomic_open`. Reading is strict: invalid UTF-8, invalid
 JSON, duplicate keys, NaN/Infinity, a lone UTF-16 surrogate escape and a line that
 is not a JSON object each raise :class:`DataError` shaped
-``"{path}:{lineno}: {field}: {what is wrong}"``. Writing replaces a file all at
-once, so a crash leaves the previous file.
+``"{path}:{lineno}: {field}: {what is wrong}"``, and so does a line over
+:data:`MAX_LINE_BYTES`, found while reading it in bounded chunks (a 1 GB line
+would otherwise be held, decoded and parsed whole: some 3 GB before any check).
+Writing replaces a file all at once, so a crash leaves the previous file.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, BinaryIO, NoReturn, TextIO
 
 
 class DataError(ValueError):
@@ -56,6 +58,12 @@ def as_object(obj: Any, source: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------
+
+# The longest line read_jsonl reads (64 MiB, its newline not counted): far over any record's text (a whole book
+# is some 1 MB), and small enough that a line's bytes, its text and its parsed record fit in memory together.
+MAX_LINE_BYTES = 64 * 2**20
+_CHUNK_BYTES = 2**20  # what is read at a time of a line known to be over the limit, to count its length
+
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -113,11 +121,12 @@ def _lone_surrogate(value: Any, where: str = "") -> str | None:
     return None
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def read_jsonl(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield ``(source, object)`` for every non-blank line of a JSONL file.
 
     ``source`` is ``"{path}:{lineno}"`` (1-based). Invalid JSON, duplicate
-    keys, NaN/Infinity and lines that are not JSON objects raise DataError.
+    keys, NaN/Infinity, lines that are not JSON objects and lines longer than
+    ``max_line_bytes`` (its newline not counted) raise DataError.
     """
     path = str(path)
     if not os.path.exists(path):
@@ -126,13 +135,13 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
         raise DataError(f"{path}: not a file")
     with open(path, "rb") as f:
         first = True
-        for lineno, raw in enumerate(f, start=1):
+        for lineno, raw in enumerate(_lines(f, path, max_line_bytes), start=1):
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # UTF-8 byte-order mark
             if not raw.strip():
                 continue
             source = f"{path}:{lineno}"
-            if first and raw.lstrip().startswith(b"[") and _is_json_array(path):
+            if first and raw.lstrip().startswith(b"[") and _is_json_array(path, max_line_bytes):
                 fail(source, "json", "the file is one JSON array (a .json data set, as Alpaca's alpaca_data.json "
                                      "and LLaMA-Factory's files are), not JSON Lines: write one object per line, "
                                      "e.g. jq -c '.[]' FILE > FILE.jsonl")
@@ -141,8 +150,31 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
             yield source, as_object(obj, source)
 
 
-def _is_json_array(path: str) -> bool:
-    """Whether the whole file is one JSON array (asked only of a file whose first line opens one)."""
+def _lines(f: BinaryIO, path: str, max_line_bytes: int) -> Iterator[bytes]:
+    """The lines of ``f``, each read whole only when it is at most ``max_line_bytes`` long."""
+    lineno = 0
+    while raw := f.readline(max_line_bytes + 1):
+        lineno += 1
+        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+            _too_long(f, f"{path}:{lineno}", len(raw), max_line_bytes)
+        yield raw
+
+
+def _too_long(f: BinaryIO, source: str, size: int, max_line_bytes: int) -> NoReturn:
+    """Stop on a line over the limit, after counting the rest of it a chunk at a time."""
+    while not (chunk := f.readline(_CHUNK_BYTES)).endswith(b"\n") and chunk:
+        size += len(chunk)
+    size += max(len(chunk) - 1, 0)
+    fail(source, "json", f"the line is {size:,} bytes, over the limit of {max_line_bytes:,} bytes a line "
+                         f"(jsonl.MAX_LINE_BYTES): is the file JSON Lines, one record per line? A text this "
+                         f"long is to be split into records")
+
+
+def _is_json_array(path: str, max_bytes: int) -> bool:
+    """Whether the whole file is one JSON array (asked only of a file whose first line opens one;
+    a file over ``max_bytes`` is not read whole to ask)."""
+    if os.path.getsize(path) > max_bytes:
+        return False
     try:
         with open(path, encoding="utf-8-sig") as f:
             return isinstance(json.load(f), list)
