@@ -468,4 +468,23 @@ def test_encoded_token_ids_take_four_bytes_each(tiny_gpt2):
     assert encoded.responses[0].ids == list(p) + list(r) and isinstance(encoded.responses[0].ids, list)
 
 
+def test_the_reward_models_reference_set_reuses_the_training_rankings_tokens(tiny_gpt2):
+    """Without reference=, the best-ranked training responses (whose mean reward is set to 0) were tokenized a
+    second time after every ranking had been: the same ids, again. They are now the encoded rankings' own."""
+    from instructgpt.batching import RecordEncoder
+    from instructgpt.chat import ChatFormat, prompt_input
+    from instructgpt.data import parse_ranking
+    from instructgpt.rm import encode_rankings, reference_sequences
+    encoder = RecordEncoder(ChatFormat.load(AutoTokenizer.from_pretrained(str(tiny_gpt2))), None, 128,
+                            max_seq_len=256)
+    train = [parse_ranking({"prompt": f"count {w}", "responses": [f"{w} {v}" for v in WORDS_9[:4]],
+                            "ranking": [[2, 0], [1], [3]]}, f"r.jsonl:{i + 1}") for i, w in enumerate(WORDS_9)]
+    train_enc = encode_rankings(train, encoder)
+    expected = [encoder.pair(prompt_input(r), r.responses[i], r.source).ids for r in train for i in (2, 0)]
+    encoder.pair = None  # not called again
+    seqs, where = reference_sequences(config.from_dict(RMConfig, {"model": "m", "train": "t", "out_dir": "o"}), encoder, train,
+                                      train_enc, None)
+    assert seqs == expected and where == "best-ranked responses of the training rankings"
+
+
 WORDS_9 = ("red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "fish")

@@ -166,13 +166,14 @@ def load_reference(cfg: RMConfig, prompts) -> list[Demonstration] | None:
     return demos
 
 
-def reference_sequences(cfg: RMConfig, encoder: RecordEncoder, train: list[Ranking],
+def reference_sequences(cfg: RMConfig, encoder: RecordEncoder, train: list[Ranking], train_enc: list[EncodedRanking],
                         reference: list[Demonstration] | None) -> tuple[list[list[int]], str]:
-    """Token sequences whose mean reward is set to 0, and a description of where they came from."""
+    """Token sequences whose mean reward is set to 0, and a description of where they came from. Without a
+    reference file they are the best-ranked training responses, as ``train_enc`` already holds them."""
     if reference is not None:
         seqs = [encoder.pair(prompt_input(d), d.response, d.source).ids for d in reference]
         return seqs, f"demonstrations in {cfg.reference}"
-    seqs = [encoder.pair(prompt_input(r), r.responses[i], r.source).ids for r in train for i in r.ranking[0]]
+    seqs = [enc.responses[i].ids for r, enc in zip(train, train_enc, strict=True) for i in r.ranking[0]]
     return seqs, "best-ranked responses of the training rankings"
 
 
@@ -196,7 +197,7 @@ def train_rm(cfg: RMConfig) -> RMResult:
     reference = load_reference(cfg, prompts)                        # a bad record is named at once
     train_enc = encode_rankings(train, encoder)
     valid_enc = encode_rankings(valid, encoder)
-    seqs, ref_desc = reference_sequences(cfg, encoder, train, reference)  # before training: errors come first
+    seqs, ref_desc = reference_sequences(cfg, encoder, train, train_enc, reference)  # before training: errors first
 
     model = trained_reward_model(cfg.model, device, cfg, dropout=cfg.dropout)
     out = Path(cfg.out_dir)
