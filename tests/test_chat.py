@@ -855,3 +855,64 @@ def test_a_reply_after_the_assistant_cue_is_one_word_on_the_world_tokenizer(tmp_
     assert prompt + response == whole + [tok.eos_token_id]
     assert tok.decode(response, skip_special_tokens=True) == "Rome."
     assert fmt.continuation_ids("\n") == [tok.convert_tokens_to_ids("Ċ")]  # not a space token and a newline
+
+
+class _CountingTokenizer:
+    """A tokenizer that counts its calls (one text or a batch)."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer, self.calls = tokenizer, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self._tokenizer(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+_MIXED_DEMOS = [
+    {"prompt": "count one two", "response": "three four"},
+    {"prompt": "count one two", "response": "three five"},          # the same prompt again
+    {"prompt": "name a colour\n", "response": " red, then blue"},    # a prompt ending a line, a reply with a space
+    {"prompt": "say <|endoftext|> as text", "response": "<|endoftext|> ok"},
+    {"prompt": "Übersetze: grün", "response": "green 🌿"},
+    {"prompt": "list\n\nthree things", "response": "a\nb\nc"},
+    {"prompt": "go on", "response": "one two three four five six seven eight nine ten " * 12},  # cut
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+                  {"role": "assistant", "content": "hello"}]},
+    {"messages": [{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"},
+                  {"role": "user", "content": "three"}, {"role": "assistant", "content": "four"}]},
+    {"messages": [{"role": "assistant", "content": "Hi, how can I help?"}, {"role": "user", "content": "red?"},
+                  {"role": "assistant", "content": "blue"}, {"role": "user", "content": "and?"},
+                  {"role": "assistant", "content": " green "}]},
+]
+
+
+@pytest.mark.parametrize("kind", ["world", "byte-level", "chatml"])
+def test_sft_tokenizes_a_chunk_of_records_in_batch_calls_with_the_same_ids(tmp_path, monkeypatch, kind):
+    """SFT called the tokenizer some four times a record, one text at a time; a chunk of plain-text records is
+    now tokenized in two batch calls, with ids identical to encoding each record alone (prompts given as text
+    or messages, multi-turn conversations with their earlier replies, chat-template records)."""
+    import instructgpt.sft as sft
+    from instructgpt.data import load_demonstrations
+    from instructgpt.world import train_tokenizer
+    from tests.conftest import CHATML, make_tokenizer
+    if kind == "world":
+        tok = train_tokenizer(toy_corpus() + [d.get("prompt", "") for d in _MIXED_DEMOS], vocab_size=300)
+    else:
+        tok = make_tokenizer(tmp_path / "tok", chat_tokens=kind == "chatml")
+        tok.chat_template = CHATML if kind == "chatml" else None
+    demos = load_demonstrations(write_jsonl(tmp_path / "d.jsonl", _MIXED_DEMOS * 3))
+    fmt = ChatFormat.load(tok)
+    assert fmt.uses_template == (kind == "chatml")
+    encoder = RecordEncoder(fmt, None, 128, max_seq_len=96)
+    one_at_a_time = [encoder.pair(prompt_input(d), d.response, d.source, earlier_replies=d.conversation)
+                     for d in demos]
+    monkeypatch.setattr(sft, "_ENCODE_CHUNK", 4, raising=False)  # several chunks, one ending mid-way through the records
+    encoded, cut = encode_demonstrations(demos, encoder)
+    assert encoded == one_at_a_time and cut == sum(e.truncated for e in one_at_a_time) > 0
+    if not fmt.uses_template:  # (a template renders each conversation, through apply_chat_template)
+        fmt.tokenizer = counting = _CountingTokenizer(tok)
+        encode_demonstrations(demos[:4], encoder)
+        assert counting.calls == 2

@@ -43,7 +43,8 @@ Generation stops at any of ``stop_ids``: the end-of-turn token and EOS.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,7 @@ class ChatFormat:
         self.end_id = self._find_end_of_turn() if template is not None else self.eos_id
         self.stop_ids: tuple[int, ...] = tuple(dict.fromkeys([self.end_id, self.eos_id]))
         self._cache: tuple[str, list[int]] | None = None  # last rendered prompt (K responses share it)
+        self._ahead: dict[tuple[str, bool], list[int]] = {}  # (text, special tokens) -> ids, by tokenized_ahead
 
     @classmethod
     def load(cls, tokenizer, option: str = "auto") -> "ChatFormat":
@@ -274,7 +276,50 @@ class ChatFormat:
             spans.append((start, end))
         return spans
 
+    @contextmanager
+    def tokenized_ahead(self, pairs: Sequence[tuple[PromptInput, str]]) -> Iterator[None]:
+        """Within the block, :meth:`encode` of these plain-text (prompt, response) pairs reads their texts'
+        ids from two batch calls of the tokenizer made here (texts with and without its special tokens), not
+        from some four calls a pair: the same ids, each text tokenized once. A chat template is rendered a
+        conversation at a time as before; a pair whose prompt is malformed is left to :meth:`encode` to name."""
+        if self.template is None:
+            plain: set[str] = set()
+            special: set[str] = set()
+            for prompt, response in pairs:
+                self._plain_texts(prompt, response, plain, special)
+            self._tokenize_batch(plain, special_tokens=False)
+            self._tokenize_batch(special, special_tokens=True)
+        try:
+            yield
+        finally:
+            self._ahead.clear()
+
     # ---- internals
+
+    def _plain_texts(self, prompt: PromptInput, response: str, plain: set[str], special: set[str]) -> None:
+        """Add the texts that encoding (prompt, response) in plain text tokenizes (see _plain_response)."""
+        try:
+            text = self._plain_prompt(prompt)
+        except DataError:
+            return
+        special.add(text)
+        plain.add(text)
+        if response and isinstance(prompt, str):
+            plain.add(text + response)
+        elif response:
+            plain.update(("a", "a " + response))
+
+    def _tokenize_batch(self, texts: set[str], special_tokens: bool) -> None:
+        if texts:
+            texts = list(texts)
+            ids = self.tokenizer(texts, add_special_tokens=special_tokens, split_special_tokens=True)["input_ids"]
+            self._ahead.update(((text, special_tokens), list(i)) for text, i in zip(texts, ids, strict=True))
+
+    def _tokenize(self, text: str, special_tokens: bool) -> list[int]:
+        ahead = self._ahead.get((text, special_tokens))
+        if ahead is not None:
+            return list(ahead)
+        return self.tokenizer(text, add_special_tokens=special_tokens, split_special_tokens=True)["input_ids"]
 
     def _plain_prompt(self, prompt: PromptInput, source: str = "<prompt>") -> str:
         if isinstance(prompt, str):
@@ -287,7 +332,7 @@ class ChatFormat:
         ``add_eos_token``: the response, or the model's continuation, follows the text, not a document end).
         Special-token strings in the text are text."""
         bare = self._ids(text)
-        full = self.tokenizer(text, add_special_tokens=True, split_special_tokens=True)["input_ids"]
+        full = self._tokenize(text, special_tokens=True)
         for start in range(len(full) - len(bare) + 1):
             if full[start:start + len(bare)] == bare:
                 return full[:start + len(bare)]
@@ -307,7 +352,7 @@ class ChatFormat:
         return ids[len(head):] if ids[:len(head)] == head else self._ids(text)
 
     def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return self._tokenize(text, special_tokens=False)
 
     def _plain_response(self, prompt: PromptInput, response: str) -> list[int]:
         if not response:

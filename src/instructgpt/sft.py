@@ -100,10 +100,16 @@ def encode_demonstrations(demos: list[Demonstration], encoder: RecordEncoder,
                           loss_turns: str = "all") -> tuple[list[Encoded], int]:
     """Encode all demonstrations (a whole conversation's earlier replies marked for the loss too under
     ``loss_turns=all``); returns (examples, how many responses were cut to fit)."""
-    encoded = [encoder.pair(prompt_input(d), d.response, d.source,
-                            earlier_replies=loss_turns == "all" and d.conversation)
-               for d in demos]
+    encoded = []
+    for start in range(0, len(demos), _ENCODE_CHUNK):
+        chunk = demos[start:start + _ENCODE_CHUNK]
+        with encoder.fmt.tokenized_ahead([(prompt_input(d), d.response) for d in chunk]):
+            encoded += [encoder.pair(prompt_input(d), d.response, d.source,
+                                     earlier_replies=loss_turns == "all" and d.conversation) for d in chunk]
     return encoded, sum(e.truncated for e in encoded)
+
+
+_ENCODE_CHUNK = 1024  # demonstrations whose texts go to the tokenizer in one batch call
 
 
 @torch.no_grad()
