@@ -487,4 +487,24 @@ def test_the_reward_models_reference_set_reuses_the_training_rankings_tokens(tin
     assert seqs == expected and where == "best-ranked responses of the training rankings"
 
 
+def test_rankings_are_tokenized_in_batch_calls_with_the_same_ids(tiny_gpt2, monkeypatch):
+    """Each of a ranking's K responses cost some four tokenizer calls of one text (its prompt's text among
+    them every time); a chunk of rankings is now tokenized in two batch calls, with the same ids."""
+    import instructgpt.rm as rm
+    from instructgpt.batching import RecordEncoder
+    from instructgpt.chat import ChatFormat, prompt_input
+    from instructgpt.data import parse_ranking
+    from tests.test_chat import _CountingTokenizer
+    tok = AutoTokenizer.from_pretrained(str(tiny_gpt2))
+    encoder = RecordEncoder(ChatFormat.load(tok), None, 128, max_seq_len=256)
+    rankings = [parse_ranking({"prompt": f"count {w}" if i % 3 else f"count {w}\n", "ranking": [[0], [2, 1], [3]],
+                               "responses": [f" {w} {v}" for v in WORDS_9[i % 5:i % 5 + 4]]}, f"r.jsonl:{i + 1}")
+                for i, w in enumerate(WORDS_9)]
+    expected = [[encoder.pair(prompt_input(r), resp, r.source) for resp in r.responses] for r in rankings]
+    monkeypatch.setattr(rm, "_ENCODE_CHUNK", 4, raising=False)  # three chunks
+    encoder.fmt.tokenizer = counting = _CountingTokenizer(tok)
+    encoded = rm.encode_rankings(rankings, encoder)
+    assert [e.responses for e in encoded] == expected and counting.calls == 3 * 2
+
+
 WORDS_9 = ("red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "fish")

@@ -79,13 +79,22 @@ class EncodedRanking:
 def encode_rankings(rankings: list[Ranking], encoder: RecordEncoder) -> list[EncodedRanking]:
     """Each response after its prompt; the reward is read at its last token (the end of turn)."""
     out = []
-    for r in rankings:
-        enc = _share_prompt_ids([encoder.pair(prompt_input(r), resp, r.source) for resp in r.responses])
-        pairs = r.pairs()
-        if not pairs:
-            raise DataError(f"{r.source}: ranking: all responses tied; no comparison to learn from")
-        out.append(EncodedRanking(enc, pairs, r.source))
+    for start in range(0, len(rankings), _ENCODE_CHUNK):
+        chunk = rankings[start:start + _ENCODE_CHUNK]
+        with encoder.fmt.tokenized_ahead([(prompt_input(r), resp) for r in chunk for resp in r.responses]):
+            out += [_encode_ranking(r, encoder) for r in chunk]
     return out
+
+
+_ENCODE_CHUNK = 256  # rankings whose texts go to the tokenizer in one batch call
+
+
+def _encode_ranking(r: Ranking, encoder: RecordEncoder) -> EncodedRanking:
+    enc = _share_prompt_ids([encoder.pair(prompt_input(r), resp, r.source) for resp in r.responses])
+    pairs = r.pairs()
+    if not pairs:
+        raise DataError(f"{r.source}: ranking: all responses tied; no comparison to learn from")
+    return EncodedRanking(enc, pairs, r.source)
 
 
 def _share_prompt_ids(responses: list[Encoded]) -> list[Encoded]:
