@@ -109,7 +109,7 @@ def encode_demonstrations(demos: list[Demonstration], encoder: RecordEncoder,
     return encoded, sum(e.truncated for e in encoded)
 
 
-_ENCODE_CHUNK = 1024  # demonstrations whose texts go to the tokenizer in one batch call
+_ENCODE_CHUNK = 256  # demonstrations whose texts go to the tokenizer in one batch call (kept small: see rm.py's)
 
 
 @torch.no_grad()
