@@ -76,3 +76,18 @@ def test_inputs_that_hold_other_files_are_refused_and_moved_ones_are_not(tmp_pat
     with pytest.raises(ConfigError, match=r"inputs that hold other files than when the checkpoint was made: "
                                           r"policy \(.*sft\): extra\.bin, model\.safetensors\. The checkpoint"):
         check_resume(ppo(tmp_path))
+
+
+def test_a_lock_file_in_an_input_folder_is_not_a_change_of_its_files(tmp_path):
+    """A run holds run.lock in every stage folder it reads (their pid and start time differ run to run): a run
+    killed during SFT and run again was refused, 'model (.../models/base): run.lock'."""
+    from instructgpt.resume_check import fingerprint
+    from instructgpt.stage_keys import InputHasher
+    model = tmp_path / "base"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    before, digest = fingerprint(model), InputHasher().digest(model)
+    (model / "run.lock").write_text('{"pid": 12345}\n')
+    assert fingerprint(model) == before and InputHasher().digest(model) == digest
+    (model / "model.safetensors").write_bytes(b"other weights")
+    assert fingerprint(model) != before and InputHasher().digest(model) != digest

@@ -29,6 +29,7 @@ from typing import Any
 
 from . import config as config_mod
 from .checkpoint import list_checkpoints
+from .run_lock import LOCK_NAME
 from .stage_keys import RUNTIME_OPTIONS
 
 FREE_ON_RESUME = RUNTIME_OPTIONS | {"sharding", "gradient_checkpointing", "compile", "attn_implementation"}
@@ -61,11 +62,13 @@ def _file_print(path: Path) -> str:
 
 
 def fingerprint(path: Path) -> dict[str, str]:
-    """{relative path: fingerprint} of a file, or of every file in a folder (hidden ones left out)."""
+    """{relative path: fingerprint} of a file, or of every file in a folder (hidden ones and lock files left
+    out: a run holds the lock of every stage folder it reads, and the file says who holds it)."""
     if path.is_file():
         return {path.name: _file_print(path)}
     return {f.relative_to(path).as_posix(): _file_print(f) for f in sorted(path.rglob("*"))
-            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)}
+            if f.is_file() and f.name != LOCK_NAME
+            and not any(part.startswith(".") for part in f.relative_to(path).parts)}
 
 
 def input_fingerprints(cfg: Any) -> dict[str, dict[str, str]]:

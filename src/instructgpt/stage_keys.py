@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import sha256_file
+from .run_lock import LOCK_NAME
 
 #: Options that cannot change what a stage writes: where it runs, what it shows, where it
 #: reports, how often it checkpoints and what it keeps afterwards. ``out_dir`` and ``run_dir``
@@ -58,11 +59,12 @@ class InputHasher:
                 self._cache = {}
 
     def digest(self, path: str | Path) -> str:
-        """sha256 of a file's bytes; of a folder: of every file's relative path and digest."""
+        """sha256 of a file's bytes; of a folder: of every file's relative path and digest (lock files, which
+        say who is using the folder, left out)."""
         path = Path(path).resolve()
         if path.is_dir():
             h = hashlib.sha256()
-            for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != LOCK_NAME):
                 h.update(f"{f.relative_to(path).as_posix()}\0{self._file(f)}\n".encode())
             return h.hexdigest()
         return self._file(path)
