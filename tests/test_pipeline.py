@@ -711,3 +711,19 @@ def test_a_run_and_a_stage_on_its_own_do_not_write_one_stage_folder_at_once(tiny
     assert seen == {"lock": os.getpid(), "ppo_ptx": True, "sft": True}
     assert (ptx.parent / "ppo_ptx.previous" / "stage.json").is_file()
     assert not list(copy.rglob("run.lock"))  # all released at the run's end
+
+
+def test_a_stage_folder_the_runs_lock_made_and_nothing_wrote_is_removed_with_the_lock(tmp_path):
+    """The run's lock of a stage folder makes the folder: one the run stopped before writing (an error between
+    the lock and the stage) stayed behind, empty, because it was looked at before the lock file went."""
+    import contextlib
+    from instructgpt.pipeline import Pipeline
+    from instructgpt.run_stages import Stage
+    pipeline = Pipeline(RunConfig(runs_dir=str(tmp_path)))
+    fresh, kept = tmp_path / "r" / "models" / "sft", tmp_path / "r" / "world"
+    kept.mkdir(parents=True)
+    with contextlib.ExitStack() as pipeline.stage_locks:
+        for folder in (fresh, kept):
+            pipeline.hold(Stage(folder.name, "sft", folder, None, lambda c: None))
+            assert (folder / "run.lock").is_file()
+    assert not fresh.exists() and kept.is_dir() and not any(kept.iterdir())

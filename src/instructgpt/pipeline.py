@@ -83,11 +83,10 @@ class Pipeline:
         from .run_lock import RunLock
         if st.folder == self.root or (st.folder / LOCK_NAME) in self.held:
             return
-        made = not st.folder.exists()
+        if not st.folder.exists():  # a folder the run never got to write is not left behind empty (this
+            self.stage_locks.callback(_remove_if_empty, st.folder)  # runs after the lock's release below it)
         self.stage_locks.enter_context(RunLock(st.folder / LOCK_NAME))
         self.held.add(st.folder / LOCK_NAME)
-        if made:  # an attempt that never got to write leaves no empty folder behind
-            self.stage_locks.callback(_remove_if_empty, st.folder)
 
     def _run(self) -> RunResult:
         c, run = self.cfg, self.run_folder
