@@ -142,6 +142,27 @@ def test_second_run_reuses_finished_stages(tiny_run):
         {"sft": "done", "rm_r1": "done", "ppo_r1": "changed", "ppo_ptx_r1": "changed", "eval": "changed"}
 
 
+def test_a_stage_written_by_other_code_is_kept_with_a_note_naming_both(tiny_run, capsys):
+    """Stage keys hash the release, not the code: a finished stage that other code of this release wrote
+    (its stage.json records the code's digest) is reused, and the run says so, naming both."""
+    from instructgpt.stage_keys import code_digest
+    cfg, first, _ = tiny_run
+    marker_path = cfg.run_dir / "models" / "sft" / "stage.json"
+    marker = json.loads(marker_path.read_text())
+    assert marker["code"] == code_digest()
+    try:
+        marker_path.write_text(json.dumps({**marker, "code": "0123456789abcdef"}))
+        capsys.readouterr()
+        again = run_pipeline(cfg)
+        out = capsys.readouterr().out
+    finally:
+        marker_path.write_text(json.dumps(marker))
+    assert again.stages["sft"]["seconds"] == first.stages["sft"]["seconds"]  # kept, not run again
+    noted = [line for line in out.splitlines() if "written by code" in line]
+    assert len(noted) == 1, out
+    assert "sft: reused" in noted[0] and "0123456789abcdef" in noted[0] and code_digest() in noted[0]
+
+
 def test_a_world_folder_without_manifest_is_written_again_and_nothing_else(tiny_run, capsys):
     """A world/ finished by an older version (no panel.json, no manifest) cannot be read back:
     the world stage runs again (same seed, same world, same key), every other stage is reused."""

@@ -138,3 +138,40 @@ def test_a_model_alias_is_keyed_by_its_files_content(tmp_path):
     assert keys.describe({"model": "smollm2"})["model"].startswith("smollm2=sha256:")
     gguf.write_bytes(b"GGUF" + b"\1" * 32)
     assert keys.key("sft", {"model": "smollm2"}) != k1
+
+
+def test_the_code_digest_follows_the_packages_files_not_its_bytecode(tmp_path, monkeypatch):
+    import instructgpt
+    from instructgpt import stage_keys
+    package = tmp_path / "instructgpt"
+    (package / "templates").mkdir(parents=True)
+    (package / "__init__.py").write_text("__version__ = '1'\n")
+    (package / "templates" / "page.html").write_text("<p>hi</p>\n")
+    monkeypatch.setattr(instructgpt, "__file__", str(package / "__init__.py"))
+
+    def digest():
+        stage_keys.code_digest.cache_clear()
+        return stage_keys.code_digest()
+
+    try:
+        first = digest()
+        (package / "__pycache__").mkdir()
+        (package / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0\1")
+        assert digest() == first
+        (package / "templates" / "page.html").write_text("<p>hello</p>\n")
+        assert digest() != first
+        (package / "templates" / "page.html").write_text("<p>hi</p>\n")
+        assert digest() == first
+        (package / "templates" / "page.html").rename(package / "templates" / "other.html")
+        assert digest() != first  # the path counts, not only the bytes
+    finally:
+        monkeypatch.undo()
+        stage_keys.code_digest.cache_clear()
+
+
+def test_a_new_release_changes_every_key(tmp_path, monkeypatch):
+    import instructgpt
+    keys = StageKeys(tmp_path)
+    before = keys.key("sft", {"lr": 1e-3})
+    monkeypatch.setattr(instructgpt, "__version__", "99.0")
+    assert keys.key("sft", {"lr": 1e-3}) != before

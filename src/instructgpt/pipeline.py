@@ -35,6 +35,7 @@ from .run_config import BUILTIN_PTX_WARNING, PROFILES, RunConfig
 from .run_folder import ROUND_STAGES, RunFolder
 from .run_lock import LOCK_NAME
 from .run_stages import RunStages, Stage
+from .stage_keys import code_digest
 
 __all__ = ["PROFILES", "Pipeline", "RunConfig", "RunResult", "run_pipeline"]
 
@@ -179,7 +180,7 @@ class Pipeline:
             self.bring_back(st)
             done = run.read_marker(st.folder)
         if done is not None and done.get("key") == key:
-            print(f"{label}: reused ({st.folder})", flush=True)
+            print(f"{label}: reused ({st.folder}){other_code_note(done)}", flush=True)
             self.retain(st)  # e.g. a run killed between the marker and the clean-up
             info = done
         else:
@@ -217,7 +218,7 @@ class Pipeline:
         for path in (st.folder, *st.outputs):  # replaced: the earlier finished folder (and outputs) go only now
             _remove(_previous(path))
         seconds = round(time.time() - start, 1)
-        info = {"key": key, "stage": st.name, "seconds": seconds, "work": work,
+        info = {"key": key, "stage": st.name, "code": code_digest(), "seconds": seconds, "work": work,
                 "resumed_from": str(checkpoint) if checkpoint else None, **memory.summary(), "summary": summary}
         run.write_json(run.marker(st.folder), info)
         run.partial_marker(st.folder).unlink(missing_ok=True)
@@ -318,6 +319,17 @@ class Pipeline:
         run = self.run_folder
         for name in ROUND_STAGES:
             _link(run.model(name), run.round_model(self.cfg.rounds, name))
+
+
+def other_code_note(marker: dict) -> str:
+    """What to add to a reused stage's line when other code of this release wrote it (stage keys hash the
+    release, not the code: an editable install or a checkout of main changes code within one)."""
+    code = marker.get("code")
+    if code == code_digest():
+        return ""
+    wrote = f"code {code}" if code else "code this version did not record"
+    return (f": written by {wrote}, this is code {code_digest()}; its options and inputs are the same, so "
+            f"it is kept (a new run folder, name=..., runs every stage with this code)")
 
 
 def tl_format(seconds: float) -> str:

@@ -14,7 +14,12 @@ The key of a stage is a hash of
   ``HUGE_FILE`` bytes are keyed by size, modification time and path instead,
   with a note);
 * the keys of stages it reads without naming them in its config (``reads``:
-  the evaluation reads every stage).
+  the evaluation reads every stage);
+* the release of instructgpt (``__version__``): an upgrade retrains.
+
+Code changed within one release (an editable install, a checkout of main) changes no key: a finished
+stage's ``stage.json`` records the digest of the code that wrote it (:func:`code_digest`) and the run
+says so when it reuses a stage written by other code.
 
 So editing any option of a stage reruns it and everything that reads it, while
 moving the run folder, renaming a checkpoint or changing the device does not.
@@ -23,11 +28,14 @@ moving the run folder, renaming a checkpoint or changing the device does not.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+import instructgpt
 
 from .checkpoint import sha256_file
 from .run_lock import LOCK_NAME
@@ -94,6 +102,20 @@ class InputHasher:
         os.replace(tmp, self.cache_path)
 
 
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """The first ``KEY_LENGTH`` hex digits of a SHA-256 over the installed package's own files (source,
+    templates, static files, migrations; by relative path, bytecode left out): which code wrote a stage."""
+    package = Path(instructgpt.__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                    and p.suffix not in (".pyc", ".pyo")):
+        h.update(f"{f.relative_to(package).as_posix()}\0".encode())
+        h.update(f.read_bytes())
+        h.update(b"\n")
+    return h.hexdigest()[:KEY_LENGTH]
+
+
 def plain(config: Any) -> Any:
     """A config (dataclass, dict of them, lists ...) as plain JSON-able values."""
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
@@ -127,8 +149,8 @@ class StageKeys:
             own: tuple[Path, ...] | list[Path] = ()) -> str:
         """The key of stage ``name`` run with ``config``; ``own`` are the paths the stage itself writes."""
         described = self.describe(config, [Path(p).resolve() for p in own])
-        blob = json.dumps({"stage": name, "config": described, "reads": {r: self.keys[r] for r in reads}},
-                          sort_keys=True, default=str)
+        blob = json.dumps({"stage": name, "config": described, "reads": {r: self.keys[r] for r in reads},
+                           "instructgpt": instructgpt.__version__}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:KEY_LENGTH]
 
     def describe(self, config: Any, own: list[Path] = ()) -> Any:
