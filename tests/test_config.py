@@ -341,3 +341,10 @@ def test_one_process_commands_under_a_launcher_are_an_error_before_any_work(tmp_
     assert "pretrain, sft, rm and ppo take one" in err
     assert not out.exists()
     assert {s.name for s in cli.STAGES if s.launchable} == {"pretrain", "sft", "rm", "ppo"}
+
+
+def test_the_top_level_help_is_plain_text(capsys):
+    from instructgpt.cli import build_parser
+    build_parser().print_help()
+    out = capsys.readouterr().out
+    assert "instructgpt STAGE --help" in out and "``" not in out

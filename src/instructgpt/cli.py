@@ -106,7 +106,7 @@ class _StageParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="instructgpt", description=__doc__,
+    parser = argparse.ArgumentParser(prog="instructgpt", description=__doc__.replace("``", ""),  # reST marks, not help
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"instructgpt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_StageParser)
