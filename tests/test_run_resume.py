@@ -112,6 +112,8 @@ def test_kills_signals_and_a_second_run_then_the_same_weights(reference, tmp_pat
     first.finish()
     assert (sft / "stage.partial.json").is_file() and (folder / "run.lock").is_file()
     assert "[1/7] world: reused" in first.output and "[2/7] base: reused" in first.output
+    partial = json.loads((sft / "stage.partial.json").read_text())  # as if other code had started SFT
+    (sft / "stage.partial.json").write_text(json.dumps({**partial, "code": "0123456789abcdef"}))
 
     # 2. the rerun takes over the dead run's lock and resumes SFT; a second run meanwhile is refused;
     #    Ctrl-C in PPO stops at the end of the iteration with a checkpoint
@@ -125,7 +127,8 @@ def test_kills_signals_and_a_second_run_then_the_same_weights(reference, tmp_pat
     assert second.finish() == 75, second.output
     out = second.output
     assert "taking over the lock of a run that is no longer running (pid" in out
-    assert re.search(r"\[3/7\] sft: resuming from .*step-\d+ \(interrupted earlier; options unchanged\)", out)
+    assert re.search(r"\[3/7\] sft: resuming from .*step-\d+ \(interrupted earlier; options unchanged\): written "
+                     r"by code 0123456789abcdef, this is code [0-9a-f]{16}; .* so it continues", out), out
     stopped = re.search(r"stopped by SIGINT during ppo_r1 at ppo iteration (\d)/3; checkpoint written: (\S+?);", out)
     assert stopped, out
     assert Path(stopped.group(2)).name == f"step-{int(stopped.group(1)):07d}" and Path(stopped.group(2)).is_dir()

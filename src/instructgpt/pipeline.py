@@ -199,13 +199,16 @@ class Pipeline:
         checkpoint = self.resume_point(st, key)
         config = st.config
         if checkpoint is not None:
-            print(f"{label}: resuming from {checkpoint} (interrupted earlier; options unchanged)", flush=True)
+            earlier = run.read_partial_marker(st.folder) or {}
+            print(f"{label}: resuming from {checkpoint} (interrupted earlier; options unchanged)"
+                  f"{other_code_note(earlier, 'it continues')}", flush=True)
             config = dataclasses.replace(config, resume=True)
         else:
             print(f"{label}: running ...{self.why_from_scratch(st, key)}", flush=True)
         previous = self.set_aside(st) if checkpoint is None else _previous(st.folder)
         st.folder.mkdir(parents=True, exist_ok=True)
-        run.write_json(run.partial_marker(st.folder), {"key": key, "stage": st.name, "started": time.time(),
+        run.write_json(run.partial_marker(st.folder), {"key": key, "stage": st.name, "code": code_digest(),
+                                                       "started": time.time(),
                                                        "pid": os.getpid(), "host": socket.gethostname()})
         work = st.work()
         start = time.time()
@@ -321,15 +324,16 @@ class Pipeline:
             _link(run.model(name), run.round_model(self.cfg.rounds, name))
 
 
-def other_code_note(marker: dict) -> str:
-    """What to add to a reused stage's line when other code of this release wrote it (stage keys hash the
-    release, not the code: an editable install or a checkout of main changes code within one)."""
+def other_code_note(marker: dict, what: str = "it is kept") -> str:
+    """What to add to the line of a stage reused (or resumed) when other code of this release wrote it
+    (stage keys hash the release, not the code: an editable install or a checkout of main changes code
+    within one)."""
     code = marker.get("code")
     if code == code_digest():
         return ""
     wrote = f"code {code}" if code else "code this version did not record"
     return (f": written by {wrote}, this is code {code_digest()}; its options and inputs are the same, so "
-            f"it is kept (a new run folder, name=..., runs every stage with this code)")
+            f"{what} (a new run folder, name=..., runs every stage with this code)")
 
 
 def tl_format(seconds: float) -> str:
