@@ -24,7 +24,7 @@ from .helpers import write_prompts, write_rank_tasks
 def test_register_adds_label_with_all_subcommands():
     parser = argparse.ArgumentParser(prog="instructgpt")
     register(parser.add_subparsers(dest="command"))
-    for sub in ("serve", "create-admin", "invite", "import", "export", "migrate"):
+    for sub in ("serve", "create-admin", "invite", "import", "export", "migrate", "lockouts", "unlock"):
         args = parser.parse_args(["label", sub, *{"create-admin": ["--username", "x"], "import": ["--kind", "rank", "f"],
                                                  "export": ["--out", "o"]}.get(sub, [])])
         assert callable(args.handler), sub
@@ -94,3 +94,28 @@ def test_label_commands_start_without_torch(tmp_path, argv):
             "print('HEAVY', heavy, 'RC', rc)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert "HEAVY [] RC 0" in r.stdout, (r.stdout[-500:], r.stderr[-2000:])
+
+
+def test_lockouts_and_unlock(tmp_path, capsys):
+    """`lockouts` lists the locked keys; `unlock` forgets their failures, so the next login is let through."""
+    from instructgpt.labeling.security import LoginLimiter
+
+    db = str(tmp_path / "cli.db")
+    assert main(["migrate", "--db", db]) == 0
+    store = Store(db)
+    limiter = LoginLimiter(store, limit=5, window=60)
+    for _ in range(5):
+        limiter.fail(limiter.reserve("ip:10.0.0.1", "user:ann").attempt)
+    assert limiter.reserve("ip:10.0.0.1", "user:ann").blocked
+    capsys.readouterr()
+    assert main(["lockouts", "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "ip:10.0.0.1  5 failed" in out and "user names tried: ann" in out and "user:ann  5 failed" in out
+    assert main(["unlock", "--db", db, "--username", " Ann", "--address", "10.0.0.1"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["user:ann: 5 failed login(s) forgotten",
+                                                    "ip:10.0.0.1: 5 failed login(s) forgotten"]
+    assert limiter.reserve("ip:10.0.0.1", "user:ann").attempt is not None
+    assert main(["lockouts", "--db", db]) == 0 and capsys.readouterr().out == "no lockouts\n"
+    assert main(["unlock", "--db", db]) == 2 and "name a --username" in capsys.readouterr().err
+    assert main(["unlock", "--db", db, "--key", "nonsense"]) == 2 and "lockout key" in capsys.readouterr().err
+    store.dispose()

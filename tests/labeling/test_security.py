@@ -81,7 +81,7 @@ def test_admin_routes_need_the_admin_role(site):
     token = csrf(ann)
     for method, path in [("get", "/admin"), ("get", "/admin/export.zip"), ("post", "/admin/invites"),
                          ("post", "/admin/users"), ("post", f"/admin/users/{site['ann'].id}"),
-                         ("post", "/admin/import")]:
+                         ("post", "/admin/import"), ("post", "/admin/lockouts")]:
         kw = {"data": {"csrf_token": token, "action": "held_out_on", "username": "evil", "password": "x" * 10}} \
             if method == "post" else {}
         assert getattr(ann, method)(path, **kw).status_code == 403, path
@@ -292,3 +292,52 @@ def test_deactivation_ends_sessions_and_reactivation_does_not_revive_them(site):
     assert ann.get("/api/me").status_code == 401  # the old cookie stays dead
     ann.cookies.clear()
     assert login(ann, "ann").status_code == 303  # a fresh login works
+
+
+def test_an_admin_lifts_a_lockout_and_the_labeler_logs_in(sqlite_url, make_app, caplog):
+    """ann's first login from a new browser, behind the address an attacker locked: 429 until an admin lifts it."""
+    store = open_store(sqlite_url)
+    add_user(store, "root", role="admin")
+    add_user(store, "ann")
+    store.dispose()
+    root = make_app(sqlite_url, address="10.0.0.7")
+    assert login(root, "root").status_code == 303
+    attacker = make_app(sqlite_url, address="10.0.0.1")
+    assert [login(attacker, f"guess{i}", "wrong").status_code for i in range(5)] == [401] * 5
+    ann = make_app(sqlite_url, address="10.0.0.1")  # a new laptop: no device cookie yet
+    assert login(ann, "ann").status_code == 429
+    page = root.get("/admin").text
+    assert "Login lockouts" in page and "10.0.0.1" in page and "guess0" in page  # the names it tried
+    token = form_value(page, "csrf_token")
+    with caplog.at_level("INFO", logger="instructgpt.labeling"):
+        r = root.post("/admin/lockouts", data={"csrf_token": token, "key": "ip:10.0.0.1"})
+    assert r.status_code == 200 and "Lifted the lockout of ip:10.0.0.1 (5 failed logins" in r.text
+    assert "ip:10.0.0.1 (5 failed attempts forgotten) by admin root" in caplog.text  # the server's log
+    assert "10.0.0.1" not in root.get("/admin").text.split("Login lockouts")[1].split("</table>")[0]
+    assert login(ann, "ann").status_code == 303
+    # a user name locked by guesses from many addresses: lifted the same way
+    for i in range(5):
+        assert login(make_app(sqlite_url, address=f"10.1.0.{i}"), "ann", "wrong").status_code == 401
+    fresh = make_app(sqlite_url, address="10.2.0.1")
+    assert login(fresh, "ann").status_code == 429
+    assert "user name <bdi>ann</bdi>" in root.get("/admin").text
+    r = root.post("/admin/lockouts", data={"csrf_token": token, "key": "user:ann"})
+    assert r.status_code == 200 and "Lifted the lockout of user:ann" in r.text
+    assert login(fresh, "ann").status_code == 303
+    r = root.post("/admin/lockouts", data={"csrf_token": token, "key": "session:x"})
+    assert r.status_code == 400 and "lockout key" in r.text
+
+
+def test_a_labeler_cannot_lift_a_lockout(sqlite_url, make_app):
+    store = open_store(sqlite_url)
+    add_user(store, "ann")
+    store.dispose()
+    ann = make_app(sqlite_url, address="10.0.0.2")
+    assert login(ann, "ann").status_code == 303
+    attacker = make_app(sqlite_url, address="10.0.0.1")
+    assert [login(attacker, f"guess{i}", "wrong").status_code for i in range(6)] == [401] * 5 + [429]
+    r = ann.post("/admin/lockouts", data={"csrf_token": csrf(ann), "key": "ip:10.0.0.1"})
+    assert r.status_code == 403
+    assert attacker.post("/admin/lockouts", data={"key": "ip:10.0.0.1"}).status_code == 303  # to /login
+    assert [lock.key for lock in ann.app.state.limiter.lockouts()] == ["ip:10.0.0.1"]
+    assert login(attacker, "guess9", "wrong").status_code == 429

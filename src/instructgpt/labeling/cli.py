@@ -1,4 +1,4 @@
-"""``instructgpt label ...``: serve, migrate, create-admin, create-user, invite, import, release, export.
+"""``instructgpt label ...``: serve, migrate, create-admin, create-user, invite, import, release, lockouts, unlock, export.
 
 ``register(subparsers)`` adds the ``label`` command to an argparse subparsers
 object; each sub-subcommand sets ``handler(args) -> int`` on the namespace.
@@ -236,6 +236,48 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lockouts(args: argparse.Namespace) -> int:
+    from .security import LoginLimiter
+    from .store import open_store
+
+    store = open_store(args.db)
+    try:
+        locks = LoginLimiter(store, args.login_limit, args.login_window).lockouts()
+    finally:
+        store.dispose()
+    for lock in locks:
+        tried = f"  (user names tried: {', '.join(lock.user_names)})" if lock.user_names else ""
+        print(f"{lock.key}  {lock.failures} failed  until {lock.until:%Y-%m-%d %H:%M:%S} UTC{tried}")
+    if not locks:
+        print("no lockouts")
+    return 0
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    from .security import AuthError, LoginLimiter, check_lock_key, user_key
+    from .store import open_store
+
+    keys = [user_key(n) for n in args.username or ()] + [f"ip:{a}" for a in args.address or ()] + list(args.key or ())
+    if not keys:
+        print("instructgpt label unlock: error: name a --username, --address or --key "
+              "(`instructgpt label lockouts` lists them)", file=sys.stderr)
+        return 2
+    try:
+        keys = [check_lock_key(k) for k in keys]
+    except AuthError as e:
+        print(f"instructgpt label unlock: error: {e}", file=sys.stderr)
+        return 2
+    store = open_store(args.db)
+    try:
+        limiter = LoginLimiter(store)
+        lifted = {k: limiter.lift(k, by="instructgpt label unlock") for k in keys}
+    finally:
+        store.dispose()
+    for key, n in lifted.items():
+        print(f"{key}: {n} failed login(s) forgotten" if n else f"{key}: was not locked")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_dir
     from .store import open_store
@@ -336,6 +378,19 @@ def register(subparsers) -> argparse.ArgumentParser:
     _db_arg(p)
     p.add_argument("--username", required=True)
     p.set_defaults(handler=cmd_release)
+
+    p = sub.add_parser("lockouts", help="list the user names, addresses and browsers locked by failed logins")
+    _db_arg(p)
+    p.add_argument("--login-limit", type=int, default=5, help="the server's --login-limit (default 5)")
+    p.add_argument("--login-window", type=float, default=60.0, help="the server's --login-window (default 60)")
+    p.set_defaults(handler=cmd_lockouts)
+
+    p = sub.add_parser("unlock", help="lift login lockouts: forget the failed logins of a user name, address or key")
+    _db_arg(p)
+    p.add_argument("--username", action="append", help="a user name (repeatable)")
+    p.add_argument("--address", action="append", help="a client address, e.g. 10.0.0.1 (repeatable)")
+    p.add_argument("--key", action="append", help="a key as `lockouts` prints it, e.g. device:<id> (repeatable)")
+    p.set_defaults(handler=cmd_unlock)
 
     p = sub.add_parser("export", help="write demonstrations.jsonl, rankings.jsonl (train split), their _valid and "
                                       "_test files and the evaluation export")

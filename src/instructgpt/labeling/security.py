@@ -13,16 +13,19 @@
   cookie) counts under that device alone; from any other browser, under its
   client address and the user name (``login_keys``). So others' failures lock
   out only the user's untrusted browsers, never a browser they logged in with.
+  ``LoginLimiter.lockouts`` lists the keys locked now and ``LoginLimiter.lift``
+  forgets one key's failures (the admin page and ``instructgpt label unlock``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -40,6 +43,9 @@ DEVICE_TTL = timedelta(days=30)   # a device cookie vouches for its browser this
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{2,64}$")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1000   # characters; longer ones are refused everywhere (never cut short)
+LOCK_KINDS = ("user", "ip", "device")   # what a rate-limit key counts under: "<kind>:<name>"
+
+log = logging.getLogger("instructgpt.labeling")   # the server's log: who lifted which lockout
 
 _hasher = PasswordHasher()  # argon2id
 # Verified against when a username does not exist, so both cases take as long.
@@ -169,7 +175,12 @@ def login_keys(username: str, address: str, device: str | None) -> tuple[str, ..
     """
     if device:
         return (f"device:{device}",)
-    return f"ip:{address}", f"user:{username.strip().lower()}"
+    return f"ip:{address}", user_key(username)
+
+
+def user_key(username: str) -> str:
+    """The rate-limit key of a user name (case and surrounding blanks do not count)."""
+    return f"user:{username.strip().lower()}"
 
 
 # ---------------------------------------------------------------- sessions
@@ -244,6 +255,31 @@ class Reservation:
     @property
     def busy(self) -> bool:
         return self.attempt is None and not self.blocked
+
+
+@dataclass(frozen=True)
+class Lockout:
+    """A rate-limit key whose failed logins fill its allowance now."""
+    key: str                  # "user:<name>", "ip:<address>" or "device:<id>"
+    failures: int             # failed attempts under it within the window
+    until: datetime           # when enough of them age out of the window to let a login through
+    user_names: tuple[str, ...] = ()   # an address's lockout: the user names its failures tried
+
+    @property
+    def kind(self) -> str:
+        return self.key.partition(":")[0]
+
+    @property
+    def name(self) -> str:
+        return self.key.partition(":")[2]
+
+
+def check_lock_key(key: str) -> str:
+    """``key`` if it names a rate-limit key (``<kind>:<name>``, kind one of LOCK_KINDS), else ``AuthError``."""
+    kind, colon, name = key.partition(":")
+    if kind not in LOCK_KINDS or not colon or not name or len(key) > 255:
+        raise AuthError(f"lockout key {key[:80]!r}: expected user:<name>, ip:<address> or device:<id>")
+    return key
 
 
 class LoginLimiter:
@@ -332,3 +368,42 @@ class LoginLimiter:
         """Forget every attempt under ``keys``."""
         with self.store.tx() as s:
             s.execute(delete(LoginAttempt).where(LoginAttempt.key.in_(keys)))
+
+    def lockouts(self) -> list[Lockout]:
+        """Every key locked now (failures within the window at the limit or above), most failures first."""
+        cutoff = self.clock() - timedelta(seconds=self.window)
+        with self.store.tx(read_only=True) as s:
+            failed = s.execute(select(LoginAttempt.key, LoginAttempt.at, LoginAttempt.attempt)
+                               .where(LoginAttempt.failed, LoginAttempt.at > cutoff)
+                               .order_by(LoginAttempt.key, LoginAttempt.at)).all()
+            by_key: dict[str, list] = {}
+            for key, at, attempt in failed:
+                by_key.setdefault(key, []).append((at, attempt))
+            locked = {k: rows for k, rows in by_key.items() if len(rows) >= self.limit}
+            names = self._names_tried(s, [a for k, rows in locked.items() if k.startswith("ip:") for _, a in rows])
+        out = [Lockout(key, len(rows), rows[len(rows) - self.limit][0] + timedelta(seconds=self.window),
+                       tuple(sorted({names[a] for _, a in rows if a in names})))
+               for key, rows in locked.items()]
+        return sorted(out, key=lambda lock: (-lock.failures, lock.key))
+
+    @staticmethod
+    def _names_tried(s: Session, attempts: list[str]) -> dict[str, str]:
+        """attempt -> the user name it tried (the ``user:`` row written beside its address's row)."""
+        names = {}
+        for i in range(0, len(attempts), 500):
+            rows = s.execute(select(LoginAttempt.attempt, LoginAttempt.key)
+                             .where(LoginAttempt.attempt.in_(attempts[i:i + 500]),
+                                    LoginAttempt.key.startswith("user:", autoescape=True)))
+            names.update((a, key.partition(":")[2]) for a, key in rows)
+        return names
+
+    def lift(self, key: str, by: str) -> int:
+        """Forget the failed logins under ``key`` (an admin lifting its lockout); returns how many.
+
+        Attempts in flight stay counted. The server's log records who lifted which key.
+        """
+        check_lock_key(key)
+        with self.store.tx() as s:
+            n = s.execute(delete(LoginAttempt).where(LoginAttempt.key == key, LoginAttempt.failed)).rowcount
+        log.warning("login lockout lifted: %s (%d failed attempts forgotten) by %s", key, n, by)
+        return n

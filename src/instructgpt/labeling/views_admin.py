@@ -1,4 +1,4 @@
-"""Admin pages: overview (progress, agreement, throughput), people, import, export."""
+"""Admin pages: overview (progress, agreement, throughput), people, login lockouts, import, export."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from instructgpt.data import DataError
 from . import accounts
 from .export import write_zip
 from .quality import throughput
-from .security import AuthError, Viewer
+from .security import AuthError, Viewer, check_lock_key
 from .tables import Assignment, Label, Task, User
 from .tasks import (
     Invalid,
@@ -50,7 +50,8 @@ def _page(request: Request, viewer: Viewer, status: int = 200, **extra) -> Respo
     release_expired(store, request.app.state.claims.lease)  # so that the counts below are current
     return render(request, "admin.html", status=status, csrf_token=viewer.csrf_token,
                   overview=_overview(store), agreement=request.app.state.agreement.current(), throughput={t.username: t for t in throughput(store)},
-                  users=accounts.list_users(store), message=extra.pop("message", None),
+                  users=accounts.list_users(store), lockouts=request.app.state.limiter.lockouts(),
+                  login_window=request.app.state.limiter.window, message=extra.pop("message", None),
                   lease_hours=request.app.state.cfg.claim_lease_hours,
                   max_pending=request.app.state.claims.max_pending,
                   error=extra.pop("error", None), invite_link=extra.pop("invite_link", None))
@@ -97,6 +98,19 @@ def update_user(request: Request, user_id: Id, form=Depends(admin_form_csrf),
     except AuthError as e:
         return _page(request, viewer, status=400, error=str(e))
     return redirect("/admin")
+
+
+@router.post("/lockouts")
+def lift_lockout(request: Request, form=Depends(admin_form_csrf), viewer: Viewer = Depends(admin_viewer)):
+    """Forget the failed logins under one rate-limit key (form field ``key``), so its logins go through again."""
+    try:
+        key = check_lock_key(str(form.get("key", "")))
+    except AuthError as e:
+        return _page(request, viewer, status=400, error=str(e))
+    n = request.app.state.limiter.lift(key, by=f"admin {viewer.username}")
+    if not n:
+        return _page(request, viewer, message=f"{key} was not locked (its failures may have aged out).")
+    return _page(request, viewer, message=f"Lifted the lockout of {key} ({n} failed logins forgotten).")
 
 
 def _number(form, name: str, default, kind=float):

@@ -113,8 +113,9 @@ async def login(request: Request):
     reservation = await _reserve(limiter, *keys)  # counted before the check
     if reservation.attempt is None:
         response = _prelogin_page(request, "login.html", status=429, username=username,
-                                  error="Too many failed logins. Wait a minute and try again. (Others' failed "
-                                        "attempts do not hold up a browser you have logged in with before.)")
+                                  error="Too many failed logins. Wait a minute and try again, or ask an admin to "
+                                        "lift the lockout. (Others' failed attempts do not hold up a browser you "
+                                        "have logged in with before.)")
         response.headers["Retry-After"] = str(int(limiter.window))
         return response
     attempt, user = reservation.attempt, None
