@@ -205,7 +205,7 @@ def test_an_unexpected_error_is_a_plain_500_page(sqlite_url, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("/srv/secret/path/labels.db is on fire")
 
-    monkeypatch.setattr(views_labeler, "list_assignments", boom)
+    monkeypatch.setattr(views_labeler, "assignment_page", boom)
     with TestClient(create_app(LabelConfig(db=sqlite_url, secure_cookies=False)), base_url="http://127.0.0.1",
                     raise_server_exceptions=False, follow_redirects=False) as c:
         assert login(c, "ann").status_code == 303

@@ -170,3 +170,45 @@ def test_admin_releases_a_labelers_pending_tasks(site):
     assert r.status_code == 409 and "released" in r.text
     assert "was released" in c.get(f"/a/{ids['rank']}").text
     assert "released" in c.get("/").text
+
+
+def test_my_tasks_shows_one_page_and_its_links_reach_every_assignment(sqlite_url, tmp_path, make_app):
+    """230 assignments: 50 to a page (pending first, then newest first), the counts over all of them."""
+    import re
+
+    from instructgpt.labeling.tables import Assignment
+    from instructgpt.labeling.tasks import MY_TASKS_PAGE
+
+    store = open_store(sqlite_url)
+    ann = add_user(store, "ann")
+    import_file(store, "rank", write_rank_tasks(tmp_path / "t.jsonl", 230))
+    with store.tx() as s:
+        task_ids = sorted(s.scalars(select(Task.id)))
+        statuses = ["pending" if i in (5, 100) else "released" if i % 7 == 0 else "done" for i in range(230)]
+        s.add_all([Assignment(task_id=t, user_id=ann.id, status=st) for t, st in zip(task_ids, statuses)])
+    with store.tx() as s:
+        ids = {st: sorted(s.scalars(select(Assignment.id).where(Assignment.status == st)), reverse=True)
+               for st in ("pending", "done", "released")}
+    store.dispose()
+    c = make_app(sqlite_url)
+    assert login(c, "ann").status_code == 303
+    seen, url, pages = [], "/", 0
+    while url:
+        page = c.get(url)
+        assert page.status_code == 200
+        rows = [int(i) for i in re.findall(r'<td><a href="/a/(\d+)">', page.text)]
+        assert len(rows) == (MY_TASKS_PAGE if pages < 4 else 230 - 4 * MY_TASKS_PAGE), url
+        assert "2 pending (at most 30), 228 done, skipped or released." in page.text  # counts on every page
+        seen += rows
+        pages += 1
+        assert f"Page {pages} of 5" in page.text
+        assert ('rel="prev"' in page.text) == (pages > 1)
+        nxt = re.search(r'<a href="(/\?page=\d+)" rel="next">', page.text)
+        url = nxt.group(1) if nxt else None
+    assert pages == 5 and seen == ids["pending"] + sorted(ids["done"] + ids["released"], reverse=True)
+    prev = re.search(r'<a href="(/\?page=\d+)" rel="prev">', page.text).group(1)
+    assert prev == "/?page=4"
+    assert "Page 5 of 5" in c.get("/?page=99").text   # past the last: the last
+    r = c.get("/?page=abc")
+    assert r.status_code == 422 and "page: expected a whole number from 1, got &#39;abc&#39;" in r.text
+    assert c.get("/?page=0").status_code == 422

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 
 from .labels import Submission, new_request_id, ranks_to_groups, submit_label
 from .security import Viewer
-from .tasks import Invalid, claim_tasks, list_assignments, next_pending, open_assignment
+from .tasks import Invalid, assignment_page, check_page, claim_tasks, next_pending, open_assignment
 from .web import Id, current_viewer, form_csrf, redirect, render, store_of
 
 router = APIRouter()
@@ -58,9 +58,10 @@ def skip_from_form(form) -> Submission:
 
 @router.get("/")
 def dashboard(request: Request, viewer: Viewer = Depends(current_viewer)):
-    rows = list_assignments(store_of(request), viewer.user_id)
+    """My tasks: one page of the labeler's assignments (``?page=N``), pending first, then newest first."""
+    mine = assignment_page(store_of(request), viewer.user_id, check_page(request.query_params.get("page")))
     policy = request.app.state.claims
-    return render(request, "dashboard.html", rows=rows, csrf_token=viewer.csrf_token,
+    return render(request, "dashboard.html", mine=mine, csrf_token=viewer.csrf_token,
                   batch=request.app.state.cfg.claim_batch, lease=policy.lease, max_pending=policy.max_pending,
                   none_left=request.query_params.get("none") == "1")
 
