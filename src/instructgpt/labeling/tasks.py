@@ -48,7 +48,7 @@ from sqlalchemy import func, select, update
 from instructgpt import data
 
 from .store import Store
-from .tables import Assignment, Label, Task, User, utcnow
+from .tables import CLAIM_ORDER, OPEN_TASK, Assignment, Label, Task, User, utcnow
 
 K_MIN, K_MAX = 4, 9            # responses per ranking task (the paper's K = 4..9)
 MAX_TEXT = 100_000             # characters in one prompt or response
@@ -402,16 +402,13 @@ def claim_tasks(store: Store, user_id: int, n: int = 10, policy: ClaimPolicy = C
         n = min(n, policy.max_pending - pending_count(s, user_id))
         if n <= 0:
             return []
-        mine = select(Assignment.task_id).where(Assignment.user_id == user_id)
-        query = select(Task.id).where(Task.id.not_in(mine))
+        query = claimable_by(user_id)
         if user.held_out:  # no slot taken: tasks others labelled come first, nothing to lock
             labelled = (select(func.count()).select_from(Assignment)
                         .where(Assignment.task_id == Task.id, Assignment.status != "released").scalar_subquery())
             task_ids = s.scalars(query.order_by(labelled.desc(), Task.id).limit(n)).all()
         else:
-            partly_taken = Task.slots_left < Task.target_labels
-            task_ids = s.scalars(query.where(Task.slots_left > 0).order_by(partly_taken.desc(), Task.id)
-                                 .limit(n).with_for_update(skip_locked=True)).all()
+            task_ids = s.scalars(claim_candidates(query, n)).all()
         new = []
         for task_id in task_ids:
             if not user.held_out and not _take_slot(s, task_id):
@@ -421,6 +418,21 @@ def claim_tasks(store: Store, user_id: int, n: int = 10, policy: ClaimPolicy = C
             s.flush()
             new.append(a.id)
         return new
+
+
+def claimable_by(user_id: int):
+    """The ids of the tasks ``user_id`` has never been given (a probe of the (task_id, user_id) key per task)."""
+    theirs = select(Assignment.id).where(Assignment.task_id == Task.id, Assignment.user_id == user_id)
+    return select(Task.id).where(~theirs.exists())
+
+
+def claim_candidates(query, n: int):
+    """``query`` (of task ids) narrowed to open tasks in the claim order, the first ``n``, locked (SKIP LOCKED).
+
+    Open tasks that others have started (overlap) come first, then by id: the order of the partial index
+    ``ix_tasks_claim``, so the database reads the first entries of the index instead of sorting every open task.
+    """
+    return query.where(OPEN_TASK).order_by(*CLAIM_ORDER).limit(n).with_for_update(skip_locked=True)
 
 
 def pending_count(s, user_id: int) -> int:
