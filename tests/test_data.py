@@ -7,6 +7,7 @@ import os
 import re
 
 import pytest
+import torch
 
 from instructgpt.data import (
     DataError, Demonstration, Prompt, Ranking, load_demonstrations, load_prompts, load_rankings,
@@ -557,12 +558,101 @@ def test_a_corpus_too_short_for_one_block_names_its_file():
     class Words:
         eos_token, eos_token_id = "<|endoftext|>", 0
 
-        def __call__(self, text, add_special_tokens=False, split_special_tokens=False):
-            return {"input_ids": [1] * len(text.split())}
+        def __call__(self, texts, add_special_tokens=False, split_special_tokens=False):
+            return {"input_ids": [[1] * len(t.split()) for t in texts]}
 
     with pytest.raises(DataError, match=r"^tiny\.txt: 2 documents, 5 tokens: fewer than one block of seq_len=8"):
         pack_blocks(Words(), ["a b", "c"], 8, "tiny.txt")
     assert pack_blocks(Words(), ["a b c d e f g"], 4).tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+
+
+def _whole_file_documents(path) -> list[str]:
+    """The documents of a .txt corpus as they were read before streaming: the whole file decoded at once."""
+    text = path.read_bytes().decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
+    return [d.strip() for d in re.split(r"\n[^\S\n]*\n", text) if d.strip()]
+
+
+def test_a_txt_corpus_read_a_chunk_at_a_time_has_the_documents_of_the_whole_file(tmp_path, monkeypatch):
+    """Chunks of 1 to 9 bytes cut lines, CRLF pairs, multi-byte characters and the byte-order mark anywhere."""
+    import random
+
+    from instructgpt import lm
+    rng = random.Random(0)
+    atoms = ["a", "bc", " ", "\t", "\n", "\r\n", "\r", "\u3000", "\u2028", "é", "日本", "\x85", "\x0c", "\n \n",
+             "\r\n\r\n", "\r\n \r\n", "\ufeff"]
+    path = tmp_path / "c.txt"
+    for _ in range(1500):
+        text = "".join(rng.choice(atoms) for _ in range(rng.randint(0, 60)))
+        path.write_bytes(rng.choice((b"", b"\xef\xbb\xbf")) + text.encode())
+        monkeypatch.setattr(lm, "READ_BYTES", rng.randint(1, 9))
+        assert lm.load_corpus(path) == _whole_file_documents(path), (path.read_bytes(), lm.READ_BYTES)
+
+
+def test_a_bad_byte_after_the_byte_order_mark_names_its_own_line_and_byte(tmp_path, monkeypatch):
+    """Decoded whole with utf-8-sig, the error's position left out the mark's 3 bytes: line 1, byte 6 here."""
+    from instructgpt import lm
+    (tmp_path / "c.txt").write_bytes(b"\xef\xbb\xbfab\ncd\xff\n")
+    for size in (1, 2, 5, 1 << 20):
+        monkeypatch.setattr(lm, "READ_BYTES", size)
+        with pytest.raises(DataError, match=r"c\.txt:2: not valid UTF-8 \(byte 9 of the file\)"):
+            lm.load_corpus(tmp_path / "c.txt")
+
+
+@pytest.fixture
+def corpus_tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir))
+
+
+def test_a_streamed_corpus_packs_the_ids_of_one_document_at_a_time(tmp_path, monkeypatch, corpus_tokenizer):
+    """Tokenized in batches and held as int32, a .txt (BOM, CRLF, blank lines holding spaces) and a .jsonl corpus
+    give the ids of tokenizing each document alone, joined by the document end; batches are taken as long."""
+    from tests.conftest import toy_corpus
+
+    from instructgpt import lm
+    tok = corpus_tokenizer
+    docs = [d.replace(" ", "\r\n", 1) + " <|endoftext|> ünï" if i % 7 == 0 else d
+            for i, d in enumerate(toy_corpus(300, seed=3))]
+    txt = tmp_path / "c.txt"
+    txt.write_bytes(b"\xef\xbb\xbf" + "\r\n \r\n".join(docs).encode() + b"\r\n\t\r\n")
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    end = lm.document_end_id(tok)
+    monkeypatch.setattr(lm, "READ_BYTES", 100)
+    monkeypatch.setattr(lm, "TOKENIZE_CHARS", 500)
+    for path, expected_docs in ((txt, _whole_file_documents(txt)), (jsonl, docs)):
+        expected = [i for d in expected_docs
+                    for i in tok(d, add_special_tokens=False, split_special_tokens=True)["input_ids"] + [end]]
+        blocks = lm.pack_blocks(tok, lm.corpus_documents(path), 16, str(path))
+        assert blocks.dtype == torch.int32 and blocks.shape == (len(expected) // 16, 16)
+        assert blocks.flatten().tolist() == expected[:blocks.numel()], path.name
+    stream = lm.BlockStream(blocks, seed=0)
+    taken = stream.next(3)
+    assert taken.dtype == torch.long and taken.tolist() == [blocks[int(i)].tolist() for i in stream._order(0)[:3]]
+
+
+def test_packing_a_corpus_holds_its_token_ids_in_some_4_bytes_each(tmp_path, monkeypatch, corpus_tokenizer):
+    """The whole file, its text, a list of its documents and a Python list of every id (8-36 bytes a token) were
+    held before the blocks were made: 18.8 bytes a token at the peak here (ids below 256 are shared ints), some
+    53 for a real vocabulary. Now: the int32 ids (4 bytes, counted twice by tracemalloc while the array grows)
+    and a chunk of text and of ids at a time."""
+    import tracemalloc
+
+    from tests.conftest import toy_corpus
+
+    from instructgpt import lm
+    path = tmp_path / "c.txt"
+    path.write_text("\n\n".join(toy_corpus(10000, seed=1)), encoding="utf-8")
+    monkeypatch.setattr(lm, "READ_BYTES", 1 << 15)
+    monkeypatch.setattr(lm, "TOKENIZE_CHARS", 1 << 15)
+    tracemalloc.start()
+    try:
+        blocks = lm.pack_blocks(corpus_tokenizer, lm.corpus_documents(path), 64, str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert blocks.numel() > 300_000
+    assert peak / blocks.numel() < 10, f"{peak / blocks.numel():.1f} bytes a token"
 
 
 def test_a_prompt_id_matches_its_prompt_given_as_text_or_as_one_user_turn():

@@ -12,7 +12,7 @@ from instructgpt import config
 from instructgpt.config import ConfigError
 from instructgpt.batching import Encoded
 from instructgpt.models import load_policy, load_tokenizer
-from instructgpt.pretrain import load_corpus, pack_blocks
+from instructgpt.lm import load_corpus, pack_blocks
 from instructgpt.ppo import PPOConfig, PPOGuardError, train_ppo
 from instructgpt.sft import SFTConfig, mean_lm_loss, train_sft
 

@@ -13,12 +13,15 @@ file with one ``{"text": ...}`` object per line. Documents are tokenised as plai
 joined with the tokenizer's end of document between them (:func:`document_end_id`:
 EOS, unless EOS ends a chat turn), and cut into blocks of ``seq_len`` tokens
 (the tail shorter than a block is dropped and counted). Every token of a block
-is a target.
+is a target. The file is read a chunk at a time (:func:`corpus_documents`) and
+tokenized a batch of documents at a time; the blocks hold int32 ids.
 """
 
 from __future__ import annotations
 
 import re
+from array import array
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -33,28 +36,73 @@ from .unembedding import logits_at
 
 
 def load_corpus(path: str | Path) -> list[str]:
-    """Documents of a .txt (blank-line separated, UTF-8, any line ends) or .jsonl ({"text": ...}) corpus; a line that is not
-    UTF-8, not JSON or holds no text is an error naming it."""
+    """Every document of a corpus at once (:func:`corpus_documents` as a list), for small corpora and tests."""
+    return list(corpus_documents(path))
+
+
+def corpus_documents(path: str | Path) -> Iterator[str]:
+    """Documents of a .txt (blank-line separated, UTF-8, any line ends) or .jsonl ({"text": ...}) corpus, read a
+    chunk at a time; a line that is not UTF-8, not JSON or holds no text is an error naming it."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        docs = []
-        for source, obj in read_jsonl(path):
-            text = obj.get("text")
-            if not isinstance(text, str) or not text.strip():
-                raise DataError(f"{source}: text: expected a non-empty string")
-            docs.append(text)
-        return docs
+        return _jsonl_documents(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    data = path.read_bytes()
+    return _txt_documents(path)
+
+
+def _jsonl_documents(path: Path) -> Iterator[str]:
+    for source, obj in read_jsonl(path):
+        text = obj.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{source}: text: expected a non-empty string")
+        yield text
+
+
+READ_BYTES = 1 << 20  # bytes of a .txt corpus read at a time
+
+
+def _txt_documents(path: Path) -> Iterator[str]:
+    """The documents of a .txt corpus; the text after the last blank line read so far (a document not yet
+    ended) is all that is held between chunks."""
+    rest = ""
+    for text in _txt_lines(path):
+        pieces = _BLANK_LINE.split(rest + text)
+        rest = pieces.pop()
+        yield from (d.strip() for d in pieces if d.strip())
+    if rest.strip():
+        yield rest.strip()
+
+
+def _txt_lines(path: Path) -> Iterator[str]:
+    """The decoded text of a .txt corpus, a run of whole lines at a time with their ends made "\n" (a file
+    saved with Windows or old Mac line ends); the UTF-8 byte-order mark is dropped."""
+    undecoded, done, lines = b"", 0, 0  # bytes read but not decoded; bytes and "\n" before them
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(READ_BYTES)
+            undecoded += chunk
+            if done == 0 and undecoded.startswith(b"\xef\xbb\xbf"):
+                undecoded, done = undecoded[3:], 3
+            # cut after the last line end, never between "\r" and a "\n" still to be read
+            cut = max(undecoded.rfind(b"\n"), undecoded.rfind(b"\r", 0, len(undecoded) - 1)) + 1 if chunk \
+                else len(undecoded)
+            if cut:
+                whole, undecoded = undecoded[:cut], undecoded[cut:]
+                yield _decode(whole, path, done, lines).replace("\r\n", "\n").replace("\r", "\n")
+                done, lines = done + cut, lines + whole.count(b"\n")
+            if not chunk:
+                return
+
+
+def _decode(data: bytes, path: Path, done: int, lines: int) -> str:
+    """``data`` (whole lines, ``done`` bytes and ``lines`` line ends into the file) as text."""
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {e.start + 1} of the file); a .txt corpus is "
+        line = lines + data[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {done + e.start + 1} of the file); a .txt corpus is "
                         f"UTF-8 text") from None
-    text = text.replace("\r\n", "\n").replace("\r", "\n")  # a file saved with Windows (or old Mac) line ends
-    return [d.strip() for d in _BLANK_LINE.split(text) if d.strip()]
 
 
 _BLANK_LINE = re.compile(r"\n[^\S\n]*\n")  # a line holding nothing but spaces ends a document too
@@ -78,20 +126,44 @@ def document_end_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
-def pack_blocks(tokenizer, docs: list[str], seq_len: int, source: str = "corpus") -> torch.Tensor:
+TOKENIZE_CHARS = 1 << 18  # characters of documents tokenized in one tokenizer call (at least one document)
+
+
+def pack_blocks(tokenizer, docs: Iterable[str], seq_len: int, source: str = "corpus") -> torch.Tensor:
     """Tokenise as plain text, join with the document end, cut into (N, seq_len) blocks; ``source`` (the file)
     names a corpus too short. Special-token strings inside a document stay text: only the document ends
-    added here are special tokens."""
-    stream: list[int] = []
+    added here are special tokens.
+
+    ``docs`` may be a stream (:func:`corpus_documents`): documents are tokenized a batch at a time and their
+    ids kept 4 bytes each, so the blocks are int32 (cast to long when a batch is taken, as
+    :meth:`BlockStream.next` does)."""
+    stream = array("i")
     end = document_end_id(tokenizer)
-    for d in docs:
-        stream.extend(tokenizer(d, add_special_tokens=False, split_special_tokens=True)["input_ids"])
-        stream.append(end)
+    n_docs = 0
+    for batch in _batches(docs):
+        n_docs += len(batch)
+        for ids in tokenizer(batch, add_special_tokens=False, split_special_tokens=True)["input_ids"]:
+            stream.extend(ids)
+            stream.append(end)
     n = len(stream) // seq_len
     if n == 0:
-        raise DataError(f"{source}: {len(docs)} documents, {len(stream)} tokens: fewer than one block of "
+        raise DataError(f"{source}: {n_docs} documents, {len(stream)} tokens: fewer than one block of "
                         f"seq_len={seq_len}")
-    return torch.tensor(stream[:n * seq_len], dtype=torch.long).view(n, seq_len)
+    del stream[n * seq_len:]
+    return torch.frombuffer(stream, dtype=torch.int32).view(n, seq_len)  # shares the array's memory
+
+
+def _batches(docs: Iterable[str]) -> Iterator[list[str]]:
+    """``docs`` in lists of some TOKENIZE_CHARS characters."""
+    batch, chars = [], 0
+    for d in docs:
+        batch.append(d)
+        chars += len(d)
+        if chars >= TOKENIZE_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
 
 
 class BlockStream:
@@ -104,13 +176,13 @@ class BlockStream:
         return torch.randperm(len(self.blocks), generator=torch.Generator().manual_seed(self.seed * 1000003 + epoch))
 
     def next(self, n: int) -> torch.Tensor:
-        """The next ``n`` blocks (B, seq_len)."""
+        """The next ``n`` blocks (B, seq_len), as long (the blocks are held as int32)."""
         out = []
         while len(out) < n:
             epoch, i = divmod(self.position, len(self.blocks))
             out.append(self.blocks[self._order(epoch)[i]])
             self.position += 1
-        return torch.stack(out)
+        return torch.stack(out).long()
 
 
 # ----------------------------------------------------------------------------- the next-token task

@@ -68,7 +68,7 @@ from .generation import decode_responses
 from .losses import (AdaptiveKLController, FixedKLController, ema_update, entropy_from_logits,
                      explained_variance, gae, kl_estimate, leave_one_out, lm_loss_sum, masked_mean, policy_loss,
                      shape_rewards, token_logprobs, value_loss, whiten)
-from .lm import BlockStream, load_corpus, pack_blocks
+from .lm import BlockStream, corpus_documents, pack_blocks
 from .models import (enable_gradient_checkpointing, load_policy, load_tokenizer, pick_device,
                      resolve_dtype, trained_policy)
 from .ppo_forward import (ValueHead, response_logits, response_logits_and_values, response_values,
@@ -190,7 +190,8 @@ class PPOTrainer:
                        else FixedKLController(cfg.kl_coef))
         self.ptx = None
         if cfg.ptx_coef > 0:
-            blocks = pack_blocks(self.tokenizer, load_corpus(cfg.pretrain_data), cfg.ptx_seq_len, cfg.pretrain_data)
+            blocks = pack_blocks(self.tokenizer, corpus_documents(cfg.pretrain_data), cfg.ptx_seq_len,
+                                 cfg.pretrain_data)
             self.ptx = BlockStream(blocks, cfg.seed + 1)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed + dist.rank())
         # a LoRA policy samples with the builtin generator (vLLM would load the plain weights by name)

@@ -17,7 +17,7 @@ from . import distributed as dist
 from . import sharding
 from .batching import Encoded
 from .config import ConfigError, opt
-from .lm import LMTask, load_corpus, mean_lm_loss, pack_blocks
+from .lm import LMTask, corpus_documents, mean_lm_loss, pack_blocks
 from .models import (ModelOptions, check_attn_implementation, enable_gradient_checkpointing, fuse_activations,
                      load_tokenizer, pick_device)
 from .records import open_metrics, update_run_info, write_run_info
@@ -87,12 +87,12 @@ def train_pretrain(cfg: PretrainConfig):
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.tokenizer)
-    blocks = pack_blocks(tokenizer, load_corpus(cfg.corpus), cfg.seq_len, cfg.corpus)
-    examples = [Encoded([], row.tolist()) for row in blocks]
+    examples = [Encoded([], row.tolist()) for row in pack_blocks(tokenizer, corpus_documents(cfg.corpus),
+                                                                   cfg.seq_len, cfg.corpus)]
     valid = []
     if cfg.valid_corpus:
-        valid_blocks = pack_blocks(tokenizer, load_corpus(cfg.valid_corpus), cfg.seq_len, cfg.valid_corpus)
-        valid = [Encoded([], row.tolist()) for row in valid_blocks]
+        valid = [Encoded([], row.tolist()) for row in pack_blocks(tokenizer, corpus_documents(cfg.valid_corpus),
+                                                                cfg.seq_len, cfg.valid_corpus)]
     config = gpt2_config(cfg, tokenizer)
     attn = check_attn_implementation(cfg.attn_implementation, device)
     if attn:
