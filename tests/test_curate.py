@@ -749,6 +749,54 @@ def test_pii_scrubbing_takes_linear_time_on_long_runs(unit, tail, kind):
     assert counts.get(kind) == 1 and scrubbed.startswith(unit * 1000)
 
 
+def _digit_repeats_cut_more_ways(items, repeated: bool = False) -> list[str]:
+    """Greedy or lazy repeats of a variable count of digits inside a repeat of more than one iteration: a run of
+    digits such a pattern meets can be cut into its groups in many ways, and backtracking tries them all."""
+    from re import _constants as c
+    found = []
+    for op, arg in items:
+        if op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT):
+            low, high, body = arg
+            digits = any(o == c.IN and (c.CATEGORY, c.CATEGORY_DIGIT) in a for o, a in body)
+            if repeated and op != c.POSSESSIVE_REPEAT and low != high and digits:
+                found.append(str(op))
+            found += _digit_repeats_cut_more_ways(body, repeated or high > 1)
+        elif op == c.SUBPATTERN:
+            found += _digit_repeats_cut_more_ways(arg[3], repeated)
+        elif op == c.BRANCH:
+            found += [r for branch in arg[1] for r in _digit_repeats_cut_more_ways(branch, repeated)]
+        elif op in (c.ASSERT, c.ASSERT_NOT):
+            found += _digit_repeats_cut_more_ways(arg[1], repeated)
+    return found
+
+
+def test_pii_phone_patterns_cut_a_run_of_digits_into_groups_one_way():
+    from re import _parser
+
+    from instructgpt.pii import _RULES
+    phones = [pattern for kind, pattern, _, _ in _RULES if kind == "phone"]
+    assert len(phones) == 4
+    for pattern in phones:
+        assert not _digit_repeats_cut_more_ways(_parser.parse(pattern.pattern, pattern.flags)), pattern.pattern
+    assert _digit_repeats_cut_more_ways(_parser.parse(r"\+\d{1,3}(?:[ .-]?\d{1,5}){1,5}(?!\d)"))  # the test can fail
+
+
+@pytest.mark.parametrize("unit, size, tail", [
+    ("+" + "1234567890" * 3 + " ", 1_000_000, "call +44 20 7946 0958"),
+    ("0012 " + "1234567890" * 3 + " ", 2_000_000, "call 0044 20 7946 0958"),
+])
+def test_pii_phone_patterns_take_linear_time_on_long_digit_runs(unit, size, tail):
+    """A "+" or "00" before a run of digits too long for a phone number: the pattern tried every cut of the run into
+    its five digit groups before giving up, thousands per start (1 MB of the first: 11 s of CPU, 2 MB of the
+    second: 7 s); each run is now cut one way (0.4 s a MB)."""
+    import time
+    text = unit * (size // len(unit)) + tail
+    start = time.process_time()
+    scrubbed, counts = scrub_pii(text)
+    assert time.process_time() - start < 5
+    assert counts == {"phone": 1} and scrubbed.startswith(unit * 1000) and scrubbed.endswith("call [PHONE]")
+
+
 @pytest.mark.parametrize("text, expected, kind", [
     ("svn+ssh://bob:pw@host/repo", "svn+ssh://[CREDENTIALS]@host/repo", "credentials"),
     ("x-a.b-http://bob:pw@host", "x-a.b-http://[CREDENTIALS]@host", "credentials"),

@@ -92,8 +92,12 @@ _SSN = re.compile(r"(?<![\w+.,/-])(?<!\d:)(?!000|666|9\d\d)\d{3}(?P<s>[ -])(?!00
 # International numbers start with +country or 00country (checked by _phone_digits_ok);
 # after "00" the number may not start with 0 ("0041 0042 0043" lists code points).
 # US-style ones need separators: (555) 123-4567, 555-123-4567, 555.123.4567, 1-555-123-4567.
-_PHONE_INTL = re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{1,5}){1,5}(?!\d)")
-_PHONE_00 = re.compile(r"(?<![\w+.,:/-])00[1-9]\d{0,2}(?:[ .-]?\(\d{1,4}\))?[ .-][1-9]\d{0,4}(?:[ .-]?\d{1,5}){0,4}"
+# Their digit groups are possessive ("{1,5}+"): a group takes five digits when there are five, so a run of digits is
+# cut into as few groups as it can be. Backtracking tried every other cut of a run too, thousands of them when no cut
+# fits the five groups (a "+" or "00" before some 30 digits: 1 MB of such runs took some 11 s); the match is the same,
+# as a cut into fewer groups reaches every run end a cut into more reaches, and the match ends at the end of a run.
+_PHONE_INTL = re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{1,5}+){1,5}(?!\d)")
+_PHONE_00 = re.compile(r"(?<![\w+.,:/-])00[1-9]\d{0,2}(?:[ .-]?\(\d{1,4}\))?[ .-][1-9]\d{0,4}+(?:[ .-]?\d{1,5}+){0,4}"
                        r"(?!\d)")
 _PHONE_US = re.compile(r"(?<![\w+-])(?:1[ .-])?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4}(?![\w-]|\.\d)")
 # National numbers dialled with a trunk 0, in separated groups (checked by _national_digits_ok):
