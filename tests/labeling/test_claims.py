@@ -171,7 +171,7 @@ def test_upgrade_from_0001_keeps_labels_and_marks_held_out_claims(db_url):
         c.exec_driver_sql("INSERT INTO labels (request_id, assignment_id, kind, skip_reason, created_at) "
                           "VALUES ('r1', 1, 'skip', 'x', '2030-01-01')")
     upgrade(store.engine)
-    assert current_revision(store.engine) == "0003"
+    assert current_revision(store.engine) == "0004"
     with store.engine.connect() as c:
         assert c.exec_driver_sql("SELECT count(*) FROM labels").scalar() == 1
         assert c.exec_driver_sql("SELECT user_id, took_slot FROM assignments ORDER BY id").all() == \
@@ -227,22 +227,29 @@ def claim_statement(store, user_id: int) -> tuple[str, object]:
     return sent[0]
 
 
-def test_the_claim_query_reads_the_claim_order_index(store):
-    """The plan of the query a claim sends: the partial index ix_tasks_claim in claim order, no sort of the
-    open tasks, and a key probe (not a scan) of the labeler's assignments. It used to read every open task
-    (SQLite: skip-scanning ix_tasks_open, then a temporary b-tree for the ORDER BY; 20-50 ms at 20,000 tasks)."""
+def half_labelled(store, first, second) -> None:
+    """4,000 rank tasks (ids 1..4000), every tenth wanting 2 labels; the first 2,000 have all their labels
+    (``first`` labelled each of them, ``second`` those that wanted 2)."""
     from sqlalchemy import insert
 
-    ann, bob = add_user(store, "ann"), add_user(store, "bob")
     rows = [{"kind": "rank", "prompt_id": f"p{i}", "prompt": f"Prompt {i}", "responses": ["a", "b", "c", "d"],
              "meta": {}, "content_hash": f"{i:064d}", "target_labels": 2 if i % 10 == 0 else 1,
              "slots_left": 0 if i < 2000 else (2 if i % 10 == 0 else 1), "batch": ""} for i in range(4000)]
     with store.tx() as s:
         s.execute(insert(Task), rows)
-        taken = s.scalars(select(Task.id).where(Task.slots_left == 0)).all()
-        s.execute(insert(Assignment), [{"task_id": t, "user_id": bob.id, "status": "done"} for t in taken])
+        full = s.execute(select(Task.id, Task.target_labels).where(Task.slots_left == 0)).all()
+        s.execute(insert(Assignment), [{"task_id": t, "user_id": first.id, "status": "done"} for t, _ in full] +
+                  [{"task_id": t, "user_id": second.id, "status": "done"} for t, k in full if k == 2])
     with store.engine.begin() as c:
         c.exec_driver_sql("ANALYZE")
+
+
+def test_the_claim_query_reads_the_claim_order_index(store):
+    """The plan of the query a claim sends: the partial index ix_tasks_claim in claim order, no sort of the
+    open tasks, and a key probe (not a scan) of the labeler's assignments. It used to read every open task
+    (SQLite: skip-scanning ix_tasks_open, then a temporary b-tree for the ORDER BY; 20-50 ms at 20,000 tasks)."""
+    ann = add_user(store, "ann")
+    half_labelled(store, add_user(store, "bob"), add_user(store, "cy"))
     statement, parameters = claim_statement(store, ann.id)
     with store.engine.connect() as c:
         if store.dialect == "sqlite":
@@ -257,3 +264,27 @@ def test_the_claim_query_reads_the_claim_order_index(store):
             assert "ix_tasks_claim on tasks" in text, text
             assert "Sort" not in text and "Seq Scan on tasks" not in text, text
     print(f"\n[claim plan] {store.dialect}:\n  " + "\n  ".join(plan))
+
+
+def test_the_held_out_claim_query_reads_the_held_out_order_index(store):
+    """A held-out claim takes the tasks with the most training claims first (here the fully labelled tasks that
+    wanted 2 labels), reading the index ix_tasks_held_out in that order with a key probe per task. It used to count
+    every task's assignments and sort all tasks by that count (about 19 ms on SQLite at 20,000 tasks)."""
+    hal = add_user(store, "hal", held_out=True)
+    half_labelled(store, add_user(store, "bob"), add_user(store, "cy"))
+    statement, parameters = claim_statement(store, hal.id)
+    with store.tx() as s:
+        taken = s.scalars(select(Assignment.task_id).where(Assignment.user_id == hal.id).order_by(Assignment.id))
+        assert list(taken) == list(range(1, 101, 10))   # tasks 0, 10, .. 90 of the file: 2 claims each
+    with store.engine.connect() as c:
+        if store.dialect == "sqlite":
+            plan = [row[-1] for row in c.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)]
+            assert plan[0] == "SCAN tasks USING INDEX ix_tasks_held_out", plan
+            assert any("SEARCH assignments USING COVERING INDEX" in p for p in plan), plan
+            assert not any("TEMP B-TREE" in p or "(task_id=?)" in p for p in plan), plan
+        else:
+            plan = [row[0] for row in c.exec_driver_sql("EXPLAIN " + statement, parameters)]
+            text = "\n".join(plan)
+            assert "ix_tasks_held_out on tasks" in text, text
+            assert "Sort" not in text and "Seq Scan on tasks" not in text and "SubPlan" not in text, text
+    print(f"\n[held-out claim plan] {store.dialect}:\n  " + "\n  ".join(plan))

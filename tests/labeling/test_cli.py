@@ -34,7 +34,7 @@ def test_register_adds_label_with_all_subcommands():
 def test_migrate_create_admin_invite_import_export(tmp_path, monkeypatch, capsys):
     db = str(tmp_path / "cli.db")
     assert main(["migrate", "--db", db]) == 0
-    assert current_revision(Store(db).engine) == "0003"
+    assert current_revision(Store(db).engine) == "0004"
     monkeypatch.setenv("INSTRUCTGPT_LABEL_PASSWORD", "a strong password")
     assert main(["create-admin", "--db", db, "--username", "root"]) == 0
     monkeypatch.delenv("INSTRUCTGPT_LABEL_PASSWORD")
@@ -74,7 +74,7 @@ def test_alembic_upgrade_with_the_shipped_ini(tmp_path):
     cmd = [sys.executable, "-m", "alembic", "-c", ALEMBIC_INI, "-x", f"db={db}", "upgrade", "head"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert current_revision(Store(db).engine) == "0003"
+    assert current_revision(Store(db).engine) == "0004"
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["export", "--out", "{tmp}/out"], ["invite", "--count", "1"],

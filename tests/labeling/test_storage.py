@@ -44,7 +44,7 @@ def test_schema_is_at_head_and_matches_models(store):
 
     from instructgpt.labeling.tables import Base
 
-    assert current_revision(store.engine) == "0003"
+    assert current_revision(store.engine) == "0004"
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == [], f"models and migrations differ: {diff}"

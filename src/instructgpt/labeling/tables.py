@@ -135,6 +135,11 @@ CLAIM_ORDER = ((Task.slots_left < Task.target_labels).self_group().desc(), Task.
 OPEN_TASK = Task.slots_left > literal_column("0")   # a literal, so the planner can match the partial index
 Index("ix_tasks_claim", *CLAIM_ORDER, sqlite_where=OPEN_TASK, postgresql_where=OPEN_TASK)
 
+# The held-out claim order (tasks.claim_tasks): every task, those with the most training labelers' claims
+# (target_labels - slots_left: pending or done, not skipped or released) first, then by id.
+HELD_OUT_ORDER = ((Task.target_labels - Task.slots_left).self_group().desc(), Task.id)
+Index("ix_tasks_held_out", *HELD_OUT_ORDER)
+
 
 class Assignment(Base):
     __tablename__ = "assignments"

@@ -20,7 +20,9 @@ and the admin's "release" do the same at once. A labeler holds at most
 
 Held-out labelers label on top of that: their claims take no slot, and they
 are offered tasks that already have labels first, so their agreement with the
-training labelers can be measured. Whether a claim is held out is fixed when it
+training labelers can be measured: the tasks with the most training claims
+(``target_labels - slots_left``, pending or done) first, then by id, the order of
+the index ``ix_tasks_held_out``. Whether a claim is held out is fixed when it
 is made (``Assignment.took_slot`` is False exactly for a held-out claim) and the
 export files a label by it; changing a labeler's held-out mark releases their
 pending claims, so every claim keeps the mark it was made under.
@@ -48,7 +50,7 @@ from sqlalchemy import func, select, update
 from instructgpt import data
 
 from .store import Store
-from .tables import CLAIM_ORDER, OPEN_TASK, Assignment, Label, Task, User, utcnow
+from .tables import CLAIM_ORDER, HELD_OUT_ORDER, OPEN_TASK, Assignment, Label, Task, User, utcnow
 
 K_MIN, K_MAX = 4, 9            # responses per ranking task (the paper's K = 4..9)
 MAX_TEXT = 100_000             # characters in one prompt or response
@@ -404,9 +406,7 @@ def claim_tasks(store: Store, user_id: int, n: int = 10, policy: ClaimPolicy = C
             return []
         query = claimable_by(user_id)
         if user.held_out:  # no slot taken: tasks others labelled come first, nothing to lock
-            labelled = (select(func.count()).select_from(Assignment)
-                        .where(Assignment.task_id == Task.id, Assignment.status != "released").scalar_subquery())
-            task_ids = s.scalars(query.order_by(labelled.desc(), Task.id).limit(n)).all()
+            task_ids = s.scalars(query.order_by(*HELD_OUT_ORDER).limit(n)).all()
         else:
             task_ids = s.scalars(claim_candidates(query, n)).all()
         new = []
