@@ -213,7 +213,7 @@ def test_an_unexpected_error_is_a_plain_500_page(sqlite_url, monkeypatch):
         assert r.status_code == 500 and "Something went wrong" in r.text
         assert "/srv/secret" not in r.text and "RuntimeError" not in r.text
         assert r.headers["content-security-policy"].startswith("default-src 'none'")
-        assert c.get("/api/assignments").status_code == 200  # the API route does not use it
+        assert c.get("/api/assignments").status_code == 200  # the API route holds its own reference
 
 
 def test_a_database_that_cannot_be_opened_is_exit_2_naming_it(tmp_path, capsys, monkeypatch):

@@ -84,7 +84,7 @@ def test_sigkill_loses_no_acknowledged_label(db_url, tmp_path, live_server):
     # the old session cookies still work after the restart, and resending is idempotent
     c, headers, _ = clients[0]
     c.base_url = restarted.base_url
-    done = {a["id"] for a in c.get("/api/assignments").json() if a["status"] == "done"}
+    done = {a["id"] for a in c.get("/api/assignments").json()["assignments"] if a["status"] == "done"}
     (aid, body), = [bodies[rid] for rid in acked if bodies[rid][0] in done][:1]
     assert c.get(f"/api/assignments/{aid}").json()["label"]["kind"] == "rank"
     again = c.post(f"/api/assignments/{aid}/label", json=body, headers=headers)

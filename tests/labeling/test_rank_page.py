@@ -332,7 +332,7 @@ def test_screenshots_k4_and_k9(browser, site):
         4: (EMAIL, [0, 3, 2, 1], [2], {0: 6, 3: 4, 2: 4, 1: 1}, 1),
         9: (SKY, FLAT, [7, 8], {i: LIKERT[i] for i in (3, 0, 7, 5, 1)}, None),
     }
-    for assignment in page.evaluate("fetch('/api/assignments').then(r => r.json())"):
+    for assignment in page.evaluate("fetch('/api/assignments').then(r => r.json()).then(j => j.assignments)"):
         page.goto(f"{server.base_url}/a/{assignment['id']}")
         texts, order, ties, scores, flagged = plans[page.locator("#ranklist .card").count()]
         for i, original in enumerate(order):

@@ -70,7 +70,7 @@ def test_labeler_cannot_read_or_submit_anothers_assignment(site):
     r = ann.post(f"/api/assignments/{theirs}/label", headers={"X-CSRF-Token": csrf(ann)},
                  json={"kind": "skip", "request_id": form["request_id"], "skip_reason": "x"})
     assert r.status_code == 403
-    assert [a["id"] for a in ann.get("/api/assignments").json()] == [site["a_ann"]]
+    assert [a["id"] for a in ann.get("/api/assignments").json()["assignments"]] == [site["a_ann"]]
     assert f"/a/{theirs}" not in ann.get("/").text
     with site["store"].tx() as s:
         assert s.scalar(select(Label)) is None

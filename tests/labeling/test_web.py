@@ -37,7 +37,7 @@ def site(sqlite_url, tmp_path, make_app):
 def claim_all(c) -> dict[str, int]:
     r = c.post("/claim", data={"csrf_token": csrf(c)})
     assert r.status_code == 303 and r.headers["location"].startswith("/a/")
-    return {a["kind"]: a["id"] for a in c.get("/api/assignments").json()}
+    return {a["kind"]: a["id"] for a in c.get("/api/assignments").json()["assignments"]}
 
 
 def test_demonstration_and_no_js_ranking_forms(site, tmp_path):
@@ -172,12 +172,10 @@ def test_admin_releases_a_labelers_pending_tasks(site):
     assert "released" in c.get("/").text
 
 
-def test_my_tasks_shows_one_page_and_its_links_reach_every_assignment(sqlite_url, tmp_path, make_app):
-    """230 assignments: 50 to a page (pending first, then newest first), the counts over all of them."""
-    import re
-
+def ann_with_230_assignments(sqlite_url, tmp_path) -> list[int]:
+    """Labeler ann with 230 assignments (2 pending, the rest done or released); their ids pending first,
+    then newest first."""
     from instructgpt.labeling.tables import Assignment
-    from instructgpt.labeling.tasks import MY_TASKS_PAGE
 
     store = open_store(sqlite_url)
     ann = add_user(store, "ann")
@@ -190,6 +188,16 @@ def test_my_tasks_shows_one_page_and_its_links_reach_every_assignment(sqlite_url
         ids = {st: sorted(s.scalars(select(Assignment.id).where(Assignment.status == st)), reverse=True)
                for st in ("pending", "done", "released")}
     store.dispose()
+    return ids["pending"] + sorted(ids["done"] + ids["released"], reverse=True)
+
+
+def test_my_tasks_shows_one_page_and_its_links_reach_every_assignment(sqlite_url, tmp_path, make_app):
+    """230 assignments: 50 to a page (pending first, then newest first), the counts over all of them."""
+    import re
+
+    from instructgpt.labeling.tasks import MY_TASKS_PAGE
+
+    expected = ann_with_230_assignments(sqlite_url, tmp_path)
     c = make_app(sqlite_url)
     assert login(c, "ann").status_code == 303
     seen, url, pages = [], "/", 0
@@ -205,10 +213,39 @@ def test_my_tasks_shows_one_page_and_its_links_reach_every_assignment(sqlite_url
         assert ('rel="prev"' in page.text) == (pages > 1)
         nxt = re.search(r'<a href="(/\?page=\d+)" rel="next">', page.text)
         url = nxt.group(1) if nxt else None
-    assert pages == 5 and seen == ids["pending"] + sorted(ids["done"] + ids["released"], reverse=True)
+    assert pages == 5 and seen == expected
     prev = re.search(r'<a href="(/\?page=\d+)" rel="prev">', page.text).group(1)
     assert prev == "/?page=4"
     assert "Page 5 of 5" in c.get("/?page=99").text   # past the last: the last
     r = c.get("/?page=abc")
     assert r.status_code == 422 and "page: expected a whole number from 1, got &#39;abc&#39;" in r.text
     assert c.get("/?page=0").status_code == 422
+
+
+def test_the_assignments_api_pages_like_my_tasks(sqlite_url, tmp_path, make_app):
+    """GET /api/assignments gave every assignment in one array (reading each task's whole prompt): it now gives
+    one page (?page=N&per_page=M, 50 by default) with the counts of all of them and the next page's URL."""
+    expected = ann_with_230_assignments(sqlite_url, tmp_path)
+    c = make_app(sqlite_url)
+    assert login(c, "ann").status_code == 303
+    for per_page, url, pages in ((50, "/api/assignments", 5), (100, "/api/assignments?per_page=100", 3)):
+        seen, visited = [], 0
+        while url:
+            body = c.get(url).json()
+            visited += 1
+            assert {k: body[k] for k in ("page", "per_page", "pages", "total", "pending")} == \
+                {"page": visited, "per_page": per_page, "pages": pages, "total": 230, "pending": 2}, url
+            assert len(body["assignments"]) == min(per_page, 230 - len(seen)), url
+            assert set(body["assignments"][0]) == {"id", "task_id", "kind", "status"}
+            seen += [a["id"] for a in body["assignments"]]
+            url = body["next"]
+        assert visited == pages and seen == expected
+    assert c.get("/api/assignments?per_page=100&page=2").json()["next"] == "/api/assignments?page=3&per_page=100"
+    past = c.get("/api/assignments?page=99").json()   # past the last: no rows, no next (a client paging on stops)
+    assert past["assignments"] == [] and past["next"] is None and past["total"] == 230
+    for query, detail in (("page=abc", "page: expected a whole number from 1, got 'abc'"),
+                          ("page=0", "page: expected a whole number from 1, got '0'"),
+                          ("per_page=501", "per_page: expected a whole number from 1 to 500, got '501'"),
+                          ("per_page=-1", "per_page: expected a whole number from 1 to 500, got '-1'")):
+        r = c.get(f"/api/assignments?{query}")
+        assert (r.status_code, r.json()) == (422, {"detail": detail}), query

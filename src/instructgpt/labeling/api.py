@@ -14,7 +14,15 @@ from fastapi.responses import JSONResponse
 
 from .labels import Submission, new_request_id, submit_label
 from .security import Viewer
-from .tasks import Invalid, claim_tasks, list_assignments, open_assignment
+from .tasks import (
+    API_PAGE_MAX,
+    MY_TASKS_PAGE,
+    Invalid,
+    assignment_page,
+    check_page,
+    claim_tasks,
+    open_assignment,
+)
 from .web import Id, current_viewer, json_csrf, store_of
 
 router = APIRouter(prefix="/api")
@@ -56,8 +64,22 @@ def me(viewer: Viewer = Depends(current_viewer)):
 
 @router.get("/assignments")
 def assignments(request: Request, viewer: Viewer = Depends(current_viewer)):
-    return [{"id": r.id, "task_id": r.task_id, "kind": r.kind, "status": r.status}
-            for r in list_assignments(store_of(request), viewer.user_id)]
+    """One page of your assignments (``?page=N&per_page=M``; pending first, then newest first), the counts of
+    all of them, and ``next``: the URL of the next page, null on the last (a page past the last has no rows)."""
+    per_page = check_page(request.query_params.get("per_page"), "per_page", MY_TASKS_PAGE, API_PAGE_MAX)
+    mine = assignment_page(store_of(request), viewer.user_id, check_page(request.query_params.get("page")),
+                           per_page, past_last_shows_last=False)
+    return {"assignments": [{"id": r.id, "task_id": r.task_id, "kind": r.kind, "status": r.status}
+                            for r in mine.rows],
+            "page": mine.page, "per_page": per_page, "pages": mine.pages, "total": mine.total,
+            "pending": mine.pending, "next": _next_page(mine.page, mine.pages, per_page)}
+
+
+def _next_page(page: int, pages: int, per_page: int) -> str | None:
+    """The URL of the page after ``page`` of ``GET /api/assignments``, or None when ``page`` is the last."""
+    if page >= pages:
+        return None
+    return f"/api/assignments?page={page + 1}" + (f"&per_page={per_page}" if per_page != MY_TASKS_PAGE else "")
 
 
 @router.post("/claim")

@@ -58,7 +58,8 @@ MAX_PROMPT_ID = 255            # characters in a prompt id (the column's width)
 MAX_OVERLAP_K = 50             # labelers per overlapping task, at most
 MAX_ID = 2**63 - 1             # ids above this are not ids (and overflow the database driver)
 TURNS_KEY = "prompt_turns"     # task meta: the prompt's chat messages, when it was given so
-MY_TASKS_PAGE = 50             # assignments per page of a labeler's "My tasks"
+MY_TASKS_PAGE = 50             # assignments per page of a labeler's "My tasks" (and of GET /api/assignments)
+API_PAGE_MAX = 500             # assignments per page of GET /api/assignments, at most (its per_page)
 
 
 class TaskError(Exception):
@@ -584,45 +585,36 @@ def label_in_display(label: Label, order: list[int]) -> dict[str, Any]:
     return out
 
 
-def list_assignments(store: Store, user_id: int) -> list[AssignmentRow]:
-    """A user's own assignments, pending first."""
-    with store.tx(read_only=True) as s:
-        rows = s.execute(
-            select(Assignment, Task.kind, Task.prompt).join(Task, Task.id == Assignment.task_id)
-            .where(Assignment.user_id == user_id)
-            .order_by((Assignment.status == "pending").desc(), Assignment.id)
-        ).all()
-        return [AssignmentRow(a.id, a.task_id, kind, a.status, prompt[:160], a.assigned_at, a.done_at,
-                              a.release_reason)
-                for a, kind, prompt in rows]
-
-
 @dataclass
 class AssignmentPage:
     """One page of a labeler's assignments (pending first, then newest first) and the counts of all of them."""
     rows: list[AssignmentRow]
-    page: int       # 1-based, at most ``pages``
+    page: int       # 1-based, at most ``pages`` (unless asked for a page past the last)
     pages: int      # at least 1
     pending: int    # pending assignments, on every page
     total: int      # assignments, on every page
 
 
-def check_page(raw: str | None) -> int:
-    """A ``page`` query parameter as a whole number >= 1 (1 when absent); ``Invalid`` names it otherwise."""
-    text = (raw or "1").strip()
-    if not text.isdigit() or not 1 <= int(text) <= MAX_ID:
-        raise Invalid(f"page: expected a whole number from 1, got {text[:20]!r}")
+def check_page(raw: str | None, name: str = "page", default: int = 1, most: int | None = None) -> int:
+    """A query parameter ``name`` (``page``, ``per_page``) as a whole number from 1 to ``most`` (``default`` when
+    absent); ``Invalid`` names it otherwise."""
+    text = (raw or str(default)).strip()
+    if not text.isdigit() or not 1 <= int(text) <= (most or MAX_ID):
+        bounds = f"from 1 to {most}" if most else "from 1"
+        raise Invalid(f"{name}: expected a whole number {bounds}, got {text[:20]!r}")
     return int(text)
 
 
-def assignment_page(store: Store, user_id: int, page: int = 1, per_page: int = MY_TASKS_PAGE) -> AssignmentPage:
-    """Page ``page`` of a user's own assignments, ``per_page`` to a page (a page past the last shows the last)."""
+def assignment_page(store: Store, user_id: int, page: int = 1, per_page: int = MY_TASKS_PAGE,
+                    past_last_shows_last: bool = True) -> AssignmentPage:
+    """Page ``page`` of a user's own assignments, ``per_page`` to a page. A page past the last shows the last
+    (My tasks), or, with ``past_last_shows_last=False``, no rows (the JSON API: a client paging on stops)."""
     with store.tx(read_only=True) as s:
         counts = dict(s.execute(select(Assignment.status, func.count()).where(Assignment.user_id == user_id)
                                 .group_by(Assignment.status)).all())
         total = sum(counts.values())
         pages = max(1, math.ceil(total / per_page))
-        page = min(page, pages)
+        page = min(page, pages) if past_last_shows_last else page
         rows = s.execute(
             select(Assignment, Task.kind, func.substr(Task.prompt, 1, 160))
             .join(Task, Task.id == Assignment.task_id).where(Assignment.user_id == user_id)
