@@ -119,3 +119,47 @@ def test_lockouts_and_unlock(tmp_path, capsys):
     assert main(["unlock", "--db", db]) == 2 and "name a --username" in capsys.readouterr().err
     assert main(["unlock", "--db", db, "--key", "nonsense"]) == 2 and "lockout key" in capsys.readouterr().err
     store.dispose()
+
+
+def test_lockouts_judges_by_the_limits_the_server_started_with(db_url, capsys):
+    """`lockouts` used its own --login-limit/--login-window (default 5 in 60 s), not the server's: a server
+    started with --login-limit 3 --login-window 600 locked keys `lockouts` did not list unless given both again.
+    The server records its limits in app_settings when it starts; `lockouts` reads them (flags still override)."""
+    from datetime import timedelta
+
+    from fastapi.testclient import TestClient
+
+    from instructgpt.labeling.app import create_app
+    from instructgpt.labeling.security import LoginLimiter
+    from instructgpt.labeling.settings import LabelConfig
+    from instructgpt.labeling.tables import utcnow
+
+    assert main(["migrate", "--db", db_url]) == 0
+    store = Store(db_url)
+    limiter = LoginLimiter(store, limit=3, window=600, clock=lambda: utcnow() - timedelta(seconds=100))
+    for _ in range(3):   # 3 failures 100 s ago: locked under 3 in 600 s, not under 5 in 60 s
+        limiter.fail(limiter.reserve("ip:10.0.0.9", "user:ann").attempt)
+    capsys.readouterr()
+    assert main(["lockouts", "--db", db_url]) == 0     # no server has started: the defaults, and it says so
+    out, before_start = capsys.readouterr()
+    assert out == "no lockouts\n"
+    with TestClient(create_app(LabelConfig(db=db_url, login_limit=3, login_window=600, secure_cookies=False))):
+        pass   # the server starts (and records its limits) and stops
+    assert main(["lockouts", "--db", db_url]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].startswith("ip:10.0.0.9  3 failed") and "user:ann  3 failed" in out
+    assert "limits: 3 failed logins in 600 s (as the server recorded them at its last start)" in err
+    assert "limits: 5 failed logins in 60 s (the defaults: no server has started" in before_start
+    assert main(["lockouts", "--db", db_url, "--login-limit", "4"]) == 0   # a flag overrides
+    out, err = capsys.readouterr()
+    assert out == "no lockouts\n" and "limits: 4 failed logins in 600 s (--login-limit as given" in err
+    assert main(["lockouts", "--db", db_url, "--login-window", "0"]) == 2
+    assert "--login-limit and --login-window must be positive" in capsys.readouterr().err
+    with store.engine.begin() as c:
+        c.exec_driver_sql("UPDATE app_settings SET value = 'lots' WHERE key = 'login_window'")
+    assert main(["lockouts", "--db", db_url]) == 2
+    assert "app_settings row 'login_window': 'lots' is not a positive number" in capsys.readouterr().err
+    with TestClient(create_app(LabelConfig(db=db_url, secure_cookies=False))):
+        pass   # a restart with the defaults records them over the old ones
+    assert main(["lockouts", "--db", db_url]) == 0 and capsys.readouterr().out == "no lockouts\n"
+    store.dispose()

@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 
 from . import api, views_admin, views_auth, views_labeler
 from .quality import AgreementTally
-from .security import LoginLimiter, server_key
+from .security import LoginLimiter, record_login_limits, server_key
 from .settings import LabelConfig
 from .store import Store
 from .tasks import TaskError
@@ -76,6 +76,7 @@ def create_app(cfg: LabelConfig | None = None, store: Store | None = None) -> Fa
             store.migrate()
         with store.tx() as s:
             app.state.secret = server_key(s)
+            record_login_limits(s, cfg.login_limit, cfg.login_window)   # what `label lockouts` judges by
         app.state.password_checks = asyncio.Semaphore(cfg.login_concurrency)
         yield
         store.dispose()

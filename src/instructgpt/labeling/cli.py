@@ -236,15 +236,41 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
+def lockout_limits(store, limit: int | None, window: float | None) -> tuple[int, float, str]:
+    """(limit, window, where they came from) for ``lockouts``: the flags given, else what the server recorded
+    at its last start, else the server's defaults. ``ValueError`` if a recorded one is not a number."""
+    from .security import recorded_login_limits
+    from .settings import LabelConfig
+
+    with store.tx(read_only=True) as s:
+        recorded = recorded_login_limits(s)
+    base, source = (recorded, "as the server recorded them at its last start") if recorded else \
+        ((LabelConfig.login_limit, LabelConfig.login_window), "the defaults: no server has started on this database")
+    if limit is not None or window is not None:
+        one = "--login-limit" if window is None else "--login-window"
+        source = "as given" if limit is not None and window is not None else f"{one} as given, the other {source}"
+    return (base[0] if limit is None else limit), (base[1] if window is None else window), source
+
+
 def cmd_lockouts(args: argparse.Namespace) -> int:
     from .security import LoginLimiter
     from .store import open_store
 
+    bad_limit = args.login_limit is not None and args.login_limit < 1
+    if bad_limit or (args.login_window is not None and not 0 < args.login_window < float("inf")):
+        print("instructgpt label lockouts: error: --login-limit and --login-window must be positive",
+              file=sys.stderr)
+        return 2
     store = open_store(args.db)
     try:
-        locks = LoginLimiter(store, args.login_limit, args.login_window).lockouts()
+        limit, window, source = lockout_limits(store, args.login_limit, args.login_window)
+        locks = LoginLimiter(store, limit, window).lockouts()
+    except ValueError as e:
+        print(f"instructgpt label lockouts: error: {e}", file=sys.stderr)
+        return 2
     finally:
         store.dispose()
+    print(f"limits: {limit} failed logins in {window:g} s ({source})", file=sys.stderr)
     for lock in locks:
         tried = f"  (user names tried: {', '.join(lock.user_names)})" if lock.user_names else ""
         print(f"{lock.key}  {lock.failures} failed  until {lock.until:%Y-%m-%d %H:%M:%S} UTC{tried}")
@@ -381,8 +407,10 @@ def register(subparsers) -> argparse.ArgumentParser:
 
     p = sub.add_parser("lockouts", help="list the user names, addresses and browsers locked by failed logins")
     _db_arg(p)
-    p.add_argument("--login-limit", type=int, default=5, help="the server's --login-limit (default 5)")
-    p.add_argument("--login-window", type=float, default=60.0, help="the server's --login-window (default 60)")
+    p.add_argument("--login-limit", type=int,
+                   help="failed logins that lock a key (default: the server's, as it recorded them at its start)")
+    p.add_argument("--login-window", type=float,
+                   help="seconds failures count for (default: the server's, as it recorded them at its start)")
     p.set_defaults(handler=cmd_lockouts)
 
     p = sub.add_parser("unlock", help="lift login lockouts: forget the failed logins of a user name, address or key")

@@ -15,6 +15,9 @@
   out only the user's untrusted browsers, never a browser they logged in with.
   ``LoginLimiter.lockouts`` lists the keys locked now and ``LoginLimiter.lift``
   forgets one key's failures (the admin page and ``instructgpt label unlock``).
+  The server records its limits in ``app_settings`` when it starts
+  (``record_login_limits``), so ``instructgpt label lockouts`` judges the failures by
+  the same limits (``recorded_login_limits``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -44,6 +48,7 @@ USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{2,64}$")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1000   # characters; longer ones are refused everywhere (never cut short)
 LOCK_KINDS = ("user", "ip", "device")   # what a rate-limit key counts under: "<kind>:<name>"
+LOGIN_LIMIT_KEY, LOGIN_WINDOW_KEY = "login_limit", "login_window"   # app_settings: the server's limits at its start
 
 log = logging.getLogger("instructgpt.labeling")   # the server's log: who lifted which lockout
 
@@ -407,3 +412,36 @@ class LoginLimiter:
             n = s.execute(delete(LoginAttempt).where(LoginAttempt.key == key, LoginAttempt.failed)).rowcount
         log.warning("login lockout lifted: %s (%d failed attempts forgotten) by %s", key, n, by)
         return n
+
+
+def record_login_limits(session: Session, limit: int, window: float) -> None:
+    """Keep the limits a server starts with in ``app_settings`` (one upsert per key: the workers of one server
+    start at once and write the same values)."""
+    dialect = session.bind.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    for key, value in ((LOGIN_LIMIT_KEY, str(limit)), (LOGIN_WINDOW_KEY, str(float(window)))):
+        stmt = insert(AppSetting).values(key=key, value=value)
+        session.execute(stmt.on_conflict_do_update(index_elements=[AppSetting.key], set_={"value": value}))
+
+
+def recorded_login_limits(session: Session) -> tuple[int, float] | None:
+    """(limit, window in seconds) as the server last recorded them at its start; None if no server has started
+    since they were recorded. ``ValueError`` naming the ``app_settings`` row if one is not a positive number."""
+    rows = dict(session.execute(select(AppSetting.key, AppSetting.value)
+                                .where(AppSetting.key.in_((LOGIN_LIMIT_KEY, LOGIN_WINDOW_KEY)))).all())
+    if not rows:
+        return None
+    values = []
+    for key, kind in ((LOGIN_LIMIT_KEY, int), (LOGIN_WINDOW_KEY, float)):
+        try:
+            value = kind(rows[key])
+        except (KeyError, ValueError):
+            value = None
+        if value is None or not (math.isfinite(value) and value > 0):
+            raise ValueError(f"app_settings row {key!r}: {rows.get(key, 'missing')!r} is not a positive number "
+                             f"(start the server again to record its limits, or give --login-limit and --login-window)")
+        values.append(value)
+    return values[0], values[1]

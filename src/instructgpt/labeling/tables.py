@@ -15,7 +15,7 @@ Tables (see docs/labeling.md for the full description):
   the per-form UUID that makes resubmission idempotent.
 - ``login_attempts``: recent login attempts per user name (or trusted device) and per client IP
   (the rate limiter; in the database so that several server processes share it).
-- ``app_settings``: key/value pairs (the server's secret key).
+- ``app_settings``: key/value pairs (the server's secret key; the login limits it last started with).
 
 Times are naive UTC ``datetime`` values (the same on SQLite and PostgreSQL).
 """
