@@ -86,12 +86,12 @@ def test_request_bodies_are_capped(site):
         yield b'"}'
 
     r = ann.post(f"/api/assignments/{aid}/label", content=chunks(), headers=headers)
-    assert r.status_code == 413
+    assert (r.status_code, r.json()) == (413, {"detail": "request body larger than 1024 KiB"})
     page = ann.get(f"/a/{aid}")
     r = ann.post(f"/a/{aid}", data={"csrf_token": form_value(page.text, "csrf_token"), "kind": "demonstration",
                                     "request_id": form_value(page.text, "request_id"),
                                     "response": "y" * (2 * 1024 * 1024)})
-    assert r.status_code == 413 and "Something went wrong" in r.text
+    assert r.status_code == 413 and "Something went wrong" in r.text and "request body larger than 1024 KiB" in r.text
     assert n_rows(store, Label) == 0
 
 
@@ -105,6 +105,26 @@ def test_an_oversized_upload_is_refused_naming_the_limit_in_mib(site, make_app, 
                                                           "Content-Type": "multipart/form-data; boundary=b"})
     assert r.status_code == 413
     assert f"request body larger than {max_upload_mb} MiB" in r.text and "KiB" not in r.text
+
+
+def test_an_oversized_chunked_upload_is_cut_off_naming_the_limit_in_mib(site, make_app, sqlite_url):
+    """An upload without Content-Length is counted as it arrives: past max_upload_mb its 413 names the limit
+    in MiB, as the declared-length check does."""
+    root = make_app(sqlite_url, max_upload_mb=3)
+    assert login(root, "root").status_code == 303
+    token = csrf(root)
+
+    def chunks():
+        yield (f'--b\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n{token}\r\n--b\r\n'
+               'Content-Disposition: form-data; name="kind"\r\n\r\nrank\r\n--b\r\nContent-Disposition: form-data; '
+               'name="file"; filename="u.jsonl"\r\nContent-Type: application/json\r\n\r\n').encode()
+        for _ in range(4 * 16):   # 4 MiB
+            yield b"z" * 65536
+        yield b"\r\n--b--\r\n"
+
+    r = root.post("/admin/import", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413
+    assert "request body larger than 3 MiB" in r.text and "KiB" not in r.text
 
 
 @pytest.mark.parametrize("overlap_k", ["inf", "-inf", "nan", "1000000", "1", "2.5", "1e999", "x"])
