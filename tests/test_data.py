@@ -588,6 +588,44 @@ def test_a_txt_corpus_read_a_chunk_at_a_time_has_the_documents_of_the_whole_file
         assert lm.load_corpus(path) == _whole_file_documents(path), (path.read_bytes(), lm.READ_BYTES)
 
 
+def test_a_long_document_is_searched_once_not_again_at_every_chunk(tmp_path, monkeypatch):
+    """The unfinished document was joined to each new chunk and searched again for a blank line, and the bytes of
+    an unfinished line for a line end: quadratic in a document's size (4.2 s for one 64 MB document of lines, 2.6 s
+    for one of a single line). Now the blank-line pattern is given each character about once and no line-end
+    search in the bytes covers more than a chunk; a blank line across two chunks still ends a document."""
+    import sys
+
+    from instructgpt import lm
+    lines = "".join(f"line {i} of the first document\r\n" for i in range(400))
+    body = lines + " \r\n\r" + "\nsecond " * 100 + "\r\n\t \r\n" + "x" * 5000
+    path = tmp_path / "c.txt"
+    path.write_bytes(body.encode())
+    blank_line = lm._BLANK_LINE
+
+    class Counting:
+        def split(self, text):
+            searched.append(len(text))
+            return blank_line.split(text)
+
+    def profile(frame, event, arg):
+        if event == "c_call" and arg.__name__ == "rfind" and isinstance(arg.__self__, (bytes, bytearray)):
+            line_searches.append(len(arg.__self__))
+
+    for size in (7, 100):
+        searched, line_searches = [], []
+        monkeypatch.setattr(lm, "READ_BYTES", size)
+        monkeypatch.setattr(lm, "_BLANK_LINE", Counting())
+        sys.setprofile(profile)
+        try:
+            docs = lm.load_corpus(path)
+        finally:
+            sys.setprofile(None)
+            monkeypatch.undo()
+        assert docs == _whole_file_documents(path) and len(docs) == 3
+        assert sum(searched) < len(body) + 2 * len(searched), size
+        assert line_searches and max(line_searches) <= size
+
+
 def test_a_bad_byte_after_the_byte_order_mark_names_its_own_line_and_byte(tmp_path, monkeypatch):
     """Decoded whole with utf-8-sig, the error's position left out the mark's 3 bytes: line 1, byte 6 here."""
     from instructgpt import lm

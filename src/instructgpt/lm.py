@@ -63,36 +63,64 @@ READ_BYTES = 1 << 20  # bytes of a .txt corpus read at a time
 
 
 def _txt_documents(path: Path) -> Iterator[str]:
-    """The documents of a .txt corpus; the text after the last blank line read so far (a document not yet
-    ended) is all that is held between chunks."""
-    rest = ""
+    """The documents of a .txt corpus. Between chunks only the document not yet ended is held, in pieces; each
+    chunk is searched for a blank line once, with the end of the text before it that may begin one."""
+    held, tail = [], ""  # the unfinished document before ``tail``; its last "\n" and spaces after it, if any
     for text in _txt_lines(path):
-        pieces = _BLANK_LINE.split(rest + text)
-        rest = pieces.pop()
-        yield from (d.strip() for d in pieces if d.strip())
+        pieces = _BLANK_LINE.split(tail + text)
+        if len(pieces) > 1:
+            held.append(pieces[0])
+            pieces[0] = "".join(held)
+            held = []
+            yield from (d.strip() for d in pieces[:-1] if d.strip())
+        held.append(pieces[-1])
+        tail = _open_blank_line(held)
+    rest = "".join(held) + tail
     if rest.strip():
         yield rest.strip()
 
 
+def _open_blank_line(held: list[str]) -> str:
+    """Take from ``held[-1]`` its last "\n" if only spaces follow it, the start of a blank line the next text
+    may end (a blank line cannot start earlier: the text was searched); "" if there is none."""
+    last = held[-1]
+    i = last.rfind("\n")
+    if i < 0 or not (i + 1 == len(last) or last[i + 1:].isspace()):
+        return ""
+    held[-1] = last[:i]
+    return last[i:]
+
+
 def _txt_lines(path: Path) -> Iterator[str]:
     """The decoded text of a .txt corpus, a run of whole lines at a time with their ends made "\n" (a file
-    saved with Windows or old Mac line ends); the UTF-8 byte-order mark is dropped."""
-    undecoded, done, lines = b"", 0, 0  # bytes read but not decoded; bytes and "\n" before them
+    saved with Windows or old Mac line ends); the UTF-8 byte-order mark is dropped. Only each new chunk is
+    searched for a line end: the bytes held from before hold none, except maybe a last "\r"."""
+    undecoded, done, lines = bytearray(), 0, 0  # bytes read but not decoded; bytes and "\n" before them
     with open(path, "rb") as f:
         while True:
             chunk = f.read(READ_BYTES)
             undecoded += chunk
             if done == 0 and undecoded.startswith(b"\xef\xbb\xbf"):
-                undecoded, done = undecoded[3:], 3
-            # cut after the last line end, never between "\r" and a "\n" still to be read
-            cut = max(undecoded.rfind(b"\n"), undecoded.rfind(b"\r", 0, len(undecoded) - 1)) + 1 if chunk \
-                else len(undecoded)
+                del undecoded[:3]
+                done = 3
+            cut = _line_cut(undecoded, chunk) if chunk else len(undecoded)
             if cut:
-                whole, undecoded = undecoded[:cut], undecoded[cut:]
+                whole = bytes(undecoded[:cut])
+                del undecoded[:cut]
                 yield _decode(whole, path, done, lines).replace("\r\n", "\n").replace("\r", "\n")
                 done, lines = done + cut, lines + whole.count(b"\n")
             if not chunk:
                 return
+
+
+def _line_cut(undecoded: bytearray, chunk: bytes) -> int:
+    """Where to cut ``undecoded`` (ending with ``chunk``): after its last line end, never between "\r" and a
+    "\n" still to be read; 0 when there is none."""
+    held = len(undecoded) - len(chunk)  # bytes before the chunk (the chunk's part of a byte-order mark dropped)
+    end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r", 0, len(chunk) - 1))
+    if end >= 0:
+        return held + end + 1
+    return held if held > 0 and undecoded[held - 1] == ord("\r") else 0
 
 
 def _decode(data: bytes, path: Path, done: int, lines: int) -> str:
