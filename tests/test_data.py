@@ -669,6 +669,20 @@ def test_a_streamed_corpus_packs_the_ids_of_one_document_at_a_time(tmp_path, mon
     assert taken.dtype == torch.long and taken.tolist() == [blocks[int(i)].tolist() for i in stream._order(0)[:3]]
 
 
+def test_packing_at_most_max_blocks_gives_the_first_blocks_of_the_whole_corpus(monkeypatch, corpus_tokenizer):
+    """Any batch size and limit: the blocks are the whole corpus's first ones (all of them when it has fewer)."""
+    from tests.conftest import toy_corpus
+
+    from instructgpt import lm
+    docs = toy_corpus(200, seed=4)
+    whole = lm.pack_blocks(corpus_tokenizer, docs, 16)
+    for chars in (1, 50, 1 << 18):
+        monkeypatch.setattr(lm, "TOKENIZE_CHARS", chars)
+        for max_blocks in (1, 2, 7, len(whole), len(whole) + 5):
+            assert torch.equal(lm.pack_blocks(corpus_tokenizer, iter(docs), 16, max_blocks=max_blocks),
+                               whole[:max_blocks]), (chars, max_blocks)
+
+
 def test_packing_a_corpus_holds_its_token_ids_in_some_4_bytes_each(tmp_path, monkeypatch, corpus_tokenizer):
     """The whole file, its text, a list of its documents and a Python list of every id (8-36 bytes a token) were
     held before the blocks were made: 18.8 bytes a token at the peak here (ids below 256 are shared ints), some

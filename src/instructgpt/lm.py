@@ -157,23 +157,28 @@ def document_end_id(tokenizer) -> int:
 TOKENIZE_CHARS = 1 << 18  # characters of documents tokenized in one tokenizer call (at least one document)
 
 
-def pack_blocks(tokenizer, docs: Iterable[str], seq_len: int, source: str = "corpus") -> torch.Tensor:
+def pack_blocks(tokenizer, docs: Iterable[str], seq_len: int, source: str = "corpus",
+                max_blocks: int | None = None) -> torch.Tensor:
     """Tokenise as plain text, join with the document end, cut into (N, seq_len) blocks; ``source`` (the file)
     names a corpus too short. Special-token strings inside a document stay text: only the document ends
-    added here are special tokens.
+    added here are special tokens. With ``max_blocks``, the first ``max_blocks`` blocks only (the same as
+    cutting the whole corpus's): no more documents are read once they fill them.
 
     ``docs`` may be a stream (:func:`corpus_documents`): documents are tokenized a batch at a time and their
     ids kept 4 bytes each, so the blocks are int32 (cast to long when a batch is taken, as
     :meth:`BlockStream.next` does)."""
     stream = array("i")
     end = document_end_id(tokenizer)
+    enough = max_blocks * seq_len if max_blocks is not None else None
     n_docs = 0
     for batch in _batches(docs):
         n_docs += len(batch)
         for ids in tokenizer(batch, add_special_tokens=False, split_special_tokens=True)["input_ids"]:
             stream.extend(ids)
             stream.append(end)
-    n = len(stream) // seq_len
+        if enough is not None and len(stream) >= enough:
+            break
+    n = len(stream) // seq_len if max_blocks is None else min(len(stream) // seq_len, max_blocks)
     if n == 0:
         raise DataError(f"{source}: {n_docs} documents, {len(stream)} tokens: fewer than one block of "
                         f"seq_len={seq_len}")

@@ -1,6 +1,12 @@
-"""The HellaSwag-like continuation probe built from the held-out corpus (the alignment tax)."""
+"""The alignment tax's probes on the held-out corpus: the HellaSwag-like continuation probe and the blocks'
+losses."""
 
-from instructgpt.evaluation.probes import continuation_items
+import hashlib
+
+import numpy as np
+import torch
+
+from instructgpt.evaluation.probes import block_nlls, continuation_items
 
 DOCS = [
     "A short story\nNalas was a fisher. One day Nalas met a cat. They were happy.",
@@ -38,3 +44,39 @@ def test_seeded_and_capped():
     assert a == b and a != c
     assert len(a) == 8 and len({it.doc for it in a}) == 8
     assert continuation_items(DOCS, 0) == []
+
+
+class _Reading(list):
+    """Documents that count how many of them were read."""
+
+    read = 0
+
+    def __iter__(self):
+        for d in super().__iter__():
+            self.read += 1
+            yield d
+
+
+def test_the_blocks_losses_read_only_the_documents_that_fill_the_blocks(tmp_path, monkeypatch):
+    """The whole held-out corpus was tokenized and packed to keep its first max_tokens; the documents are read
+    only until they fill those blocks now, and the blocks, their ids and their losses are the same."""
+    from instructgpt import lm
+    from instructgpt.evaluation.config import EvalConfig
+    from instructgpt.evaluation.policies import ModelPool, ModelSpec, PolicyRunner
+    from instructgpt.evaluation.scoring import continuation_logprobs
+    from tests.conftest import toy_corpus
+
+    from .chat_models import chatml_model
+    cfg = EvalConfig(run_dir="-", device="cpu", max_new_tokens=4, temperature=0.0, seed=0, n_prompts=0)
+    runner = PolicyRunner(ModelSpec("sft", "sft", str(chatml_model(tmp_path / "m"))), cfg,
+                          ModelPool(torch.device("cpu")))
+    monkeypatch.setattr(lm, "TOKENIZE_CHARS", 200)
+    docs = _Reading(toy_corpus(300, seed=2))
+    out = block_nlls(runner, docs, max_tokens=5 * 32 + 7, seq_len=32)
+    assert 0 < docs.read < 100
+    rows = [r.tolist() for r in lm.pack_blocks(runner.tokenizer, list(docs), 32)[:5]]  # what was packed before
+    lps = continuation_logprobs(runner.model, [r[:1] for r in rows], [r[1:] for r in rows], runner.pad,
+                                max_rows=cfg.batch_size)
+    assert out.values == [-float(lp.mean()) for lp in lps]
+    assert out.groups == [f"block-{i}-{hashlib.blake2b(np.asarray(r, dtype=np.int64).tobytes(), digest_size=6).hexdigest()}"
+                          for i, r in enumerate(rows)]

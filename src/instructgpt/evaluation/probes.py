@@ -161,13 +161,13 @@ def block_nlls(runner: PolicyRunner, docs: Sequence[str], max_tokens: int = 1228
                seq_len: int = 128) -> Samples:
     """Mean next-token loss of each block of the packed held-out corpus, one value per block.
 
-    Blocks of ``seq_len`` tokens (at most the context), the first
-    ``max_tokens // seq_len`` of them (at least one). A block's id is its position and a hash of
+    Blocks of ``seq_len`` tokens (at most the context), the first ``max_tokens // seq_len`` of them (at
+    least one; documents are tokenized only until they fill them). A block's id is its position and a hash of
     its tokens, so two models' losses pair up block by block exactly when they read the same
     tokens (the same tokenizer and context), and never by position alone.
     """
     seq_len = min(runner.ctx, seq_len)
-    blocks = pack_blocks(runner.tokenizer, list(docs), seq_len)[:max(1, max_tokens // seq_len)]
+    blocks = pack_blocks(runner.tokenizer, docs, seq_len, max_blocks=max(1, max_tokens // seq_len))
     rows = [b.tolist() for b in blocks]
     lps = continuation_logprobs(runner.model, [r[:1] for r in rows], [r[1:] for r in rows],
                                 runner.pad, max_rows=runner.cfg.batch_size)
