@@ -707,6 +707,46 @@ def test_packing_a_corpus_holds_its_token_ids_in_some_4_bytes_each(tmp_path, mon
     assert peak / blocks.numel() < 10, f"{peak / blocks.numel():.1f} bytes a token"
 
 
+def test_pretraining_reads_its_packed_blocks_and_trains_on_the_same_batches(tmp_path, monkeypatch, tokenizer_dir):
+    """pretrain copied every block into an Encoded with an array of its own (the corpus's ids held twice, plus an
+    object per block); its task reads the packed blocks themselves now, and every batch it trains and validates
+    on is the batch those Encoded examples made."""
+    from tests.conftest import toy_corpus
+
+    from instructgpt import config, lm, pretrain
+    from instructgpt.batching import Encoded, collate_lm
+    packed, tasks, batches = [], [], []
+    pack_blocks = pretrain.pack_blocks
+
+    def pack(*args, **kw):
+        packed.append(pack_blocks(*args, **kw))
+        return packed[-1]
+
+    class Recording(lm.BlockTask):
+        def __init__(self, blocks):
+            super().__init__(blocks)
+            tasks.append(self)
+
+        def collate(self, indices):
+            batches.append((self, list(indices), super().collate(indices)))
+            return batches[-1][2]
+
+    monkeypatch.setattr(pretrain, "pack_blocks", pack)
+    monkeypatch.setattr(pretrain, "BlockTask", Recording)
+    (tmp_path / "corpus.txt").write_text("\n\n".join(toy_corpus(80, seed=5)))
+    (tmp_path / "valid.txt").write_text("\n\n".join(toy_corpus(30, seed=6)))
+    pretrain.train_pretrain(config.from_dict(pretrain.PretrainConfig, dict(
+        corpus=str(tmp_path / "corpus.txt"), valid_corpus=str(tmp_path / "valid.txt"), tokenizer=str(tokenizer_dir),
+        out_dir=str(tmp_path / "pre"), n_layer=1, n_embd=32, n_head=2, seq_len=16, batch_size=4, micro_batch_size=2,
+        max_steps=3, progress=False, device="cpu")))
+    assert len(packed) == 2 and {id(t.blocks) for t in tasks} == {id(b) for b in packed}  # no copy
+    assert {id(t) for t, _, _ in batches} == {id(t) for t in tasks}  # training and validation batches
+    for task, indices, batch in batches:
+        old = collate_lm([Encoded([], task.blocks[i].tolist()) for i in indices], 0, response_only=False)
+        assert batch.keys() == old.keys()
+        assert all(torch.equal(batch[k], old[k]) and batch[k].dtype == old[k].dtype for k in old)
+
+
 def test_a_prompt_id_matches_its_prompt_given_as_text_or_as_one_user_turn():
     text_prompt = parse_prompt(PROMPT, "p:1")
     chat_prompt = parse_prompt({**PROMPT, "id": "p2", "text": None,

@@ -246,17 +246,37 @@ class LMTask:
         return {f"{self.metric_prefix}/loss": sums["nll"] / max(sums["n"], 1.0)}
 
 
+class BlockTask(LMTask):
+    """Next-token loss on packed blocks (N, seq_len) (:func:`pack_blocks`), every token a target: a batch is
+    the blocks' rows read as long, the batch :class:`LMTask` makes of them as examples with no prompt (blocks
+    are never padded), without a second copy of every block."""
+
+    def __init__(self, blocks: torch.Tensor, prefix: str = "pretrain"):
+        self.blocks, self.response_only = blocks, False
+        self.n_examples = len(blocks)
+        self.metric_prefix = prefix
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        ids = self.blocks[indices].long()
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "loss_mask": torch.ones_like(ids)}
+
+
 @torch.no_grad()
 def mean_lm_loss(model, examples: list[Encoded], pad_id: int, device, batch_size: int = 32,
                  response_only: bool = True) -> float:
     """Token-mean next-token loss over ``examples`` (validation loss, perplexity)."""
+    return mean_task_loss(model, LMTask(examples, pad_id, response_only), device, batch_size)
+
+
+@torch.no_grad()
+def mean_task_loss(model, task: LMTask, device, batch_size: int = 32) -> float:
+    """Token-mean next-token loss over the examples of ``task`` (an :class:`LMTask` or :class:`BlockTask`)."""
     was = model.training
     model.eval()
     dropout = set_dropout(model, 0.0)  # evaluation without dropout (modules, attention attributes, config)
-    task = LMTask(examples, pad_id, response_only)
     total, count = 0.0, 0.0
-    for i in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in task.collate(list(range(i, min(i + batch_size, len(examples))))).items()}
+    for i in range(0, task.n_examples, batch_size):
+        batch = {k: v.to(device) for k, v in task.collate(list(range(i, min(i + batch_size, task.n_examples)))).items()}
         s, stats = task.loss(model, batch)
         total, count = total + s.item(), count + stats["n"]
     restore_dropout(dropout)

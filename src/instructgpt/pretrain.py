@@ -15,9 +15,8 @@ import torch
 from . import compile as compile_mod
 from . import distributed as dist
 from . import sharding
-from .batching import Encoded
 from .config import ConfigError, opt
-from .lm import LMTask, corpus_documents, mean_lm_loss, pack_blocks
+from .lm import BlockTask, corpus_documents, mean_task_loss, pack_blocks
 from .models import (ModelOptions, check_attn_implementation, enable_gradient_checkpointing, fuse_activations,
                      load_tokenizer, pick_device)
 from .records import open_metrics, update_run_info, write_run_info
@@ -87,12 +86,10 @@ def train_pretrain(cfg: PretrainConfig):
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.tokenizer)
-    examples = [Encoded([], row.tolist()) for row in pack_blocks(tokenizer, corpus_documents(cfg.corpus),
-                                                                   cfg.seq_len, cfg.corpus)]
-    valid = []
+    blocks = pack_blocks(tokenizer, corpus_documents(cfg.corpus), cfg.seq_len, cfg.corpus)
+    valid = None
     if cfg.valid_corpus:
-        valid = [Encoded([], row.tolist()) for row in pack_blocks(tokenizer, corpus_documents(cfg.valid_corpus),
-                                                                cfg.seq_len, cfg.valid_corpus)]
+        valid = BlockTask(pack_blocks(tokenizer, corpus_documents(cfg.valid_corpus), cfg.seq_len, cfg.valid_corpus))
     config = gpt2_config(cfg, tokenizer)
     attn = check_attn_implementation(cfg.attn_implementation, device)
     if attn:
@@ -104,15 +101,14 @@ def train_pretrain(cfg: PretrainConfig):
         compile_mod.compile_blocks(model)
     out = Path(cfg.out_dir)
     if dist.is_main():
-        write_run_info(out, "pretrain", cfg, {"blocks": len(examples), "tokens": len(examples) * cfg.seq_len,
+        write_run_info(out, "pretrain", cfg, {"blocks": len(blocks), "tokens": blocks.numel(),
                                               "parameters": sum(p.numel() for p in model.parameters())})
 
     def evaluate(m, epoch):
-        return {"pretrain/val_loss": mean_lm_loss(m, valid, tokenizer.pad_token_id, device, response_only=False)} if valid else {}
+        return {"pretrain/val_loss": mean_task_loss(m, valid, device)} if valid is not None else {}
 
     log = open_metrics(out, "pretrain", cfg)
-    result = fit(model, LMTask(examples, tokenizer.pad_token_id, response_only=False, prefix="pretrain"), cfg, device,
-                 evaluate, None, log=log)
+    result = fit(model, BlockTask(blocks), cfg, device, evaluate, None, log=log)
     sharding.save_pretrained(model, str(out))  # every rank: gathers a sharded model
     if dist.is_main():
         log.close()
