@@ -51,10 +51,11 @@ def compact(ids: Sequence[int]) -> array:
     return ids if isinstance(ids, array) and ids.typecode == "i" else array("i", ids)
 
 
-@dataclass
+@dataclass(slots=True)
 class Encoded:
     """One prompt + response as token ids; ``response_ids`` ends with the end token unless truncated.
-    Both are held compact (:func:`compact`); ``ids`` is a list. ``reply_spans``: [start, end) positions of
+    Both are held compact (:func:`compact`), in an object without a ``__dict__`` (a training set holds one per
+    response); ``ids`` is a list. ``reply_spans``: [start, end) positions of
     earlier assistant replies inside ``prompt_ids`` that the next-token loss counts too (multi-turn SFT with
     ``loss_turns=all``)."""
     prompt_ids: Sequence[int]

@@ -69,8 +69,9 @@ class RMResult:
     reward_bias: float
 
 
-@dataclass
+@dataclass(slots=True)
 class EncodedRanking:
+    """A ranking's K responses as token ids and its (winner, loser) pairs (tuples shared by every ranking)."""
     responses: list[Encoded]
     pairs: list[tuple[int, int]]
     source: str
@@ -92,10 +93,14 @@ _ENCODE_CHUNK = 32  # rankings whose texts go to the tokenizer in one batch call
 
 def _encode_ranking(r: Ranking, encoder: RecordEncoder) -> EncodedRanking:
     enc = _share_prompt_ids([encoder.pair(prompt_input(r), resp, r.source) for resp in r.responses])
-    pairs = r.pairs()
+    pairs = [_PAIRS.setdefault(p, p) for p in r.pairs()]
     if not pairs:
         raise DataError(f"{r.source}: ranking: all responses tied; no comparison to learn from")
     return EncodedRanking(enc, pairs, r.source)
+
+
+_PAIRS: dict[tuple[int, int], tuple[int, int]] = {}  # each (winner, loser) pair met, held once (at most K*K):
+#                                                      a K=9 ranking's 36 pairs were 2 KB of tuples of its own
 
 
 def _share_prompt_ids(responses: list[Encoded]) -> list[Encoded]:
