@@ -515,9 +515,39 @@ def test_the_reward_models_reference_set_reuses_the_training_rankings_tokens(tin
     train_enc = encode_rankings(train, encoder)
     expected = [encoder.pair(prompt_input(r), r.responses[i], r.source).ids for r in train for i in (2, 0)]
     encoder.pair = None  # not called again
-    seqs, where = reference_sequences(config.from_dict(RMConfig, {"model": "m", "train": "t", "out_dir": "o"}), encoder, train,
+    refs, where = reference_sequences(config.from_dict(RMConfig, {"model": "m", "train": "t", "out_dir": "o"}), encoder, train,
                                       train_enc, None)
-    assert seqs == expected and where == "best-ranked responses of the training rankings"
+    assert [e.ids for e in refs] == expected and where == "best-ranked responses of the training rankings"
+    assert all(e is enc.responses[i] for e, (enc, i) in zip(refs, [(enc, i) for enc in train_enc for i in (2, 0)]))
+
+
+def test_reward_model_training_holds_the_token_ids_of_its_rankings_not_their_records(tmp_path, tiny_gpt2, rm_data,
+                                                                                     monkeypatch):
+    """train_rm kept the rankings' records (prompt and response texts, some 2.5 KB a K=9 ranking of the world)
+    and the reference responses as lists of ids (1 KB a ranking) through training, when the encoded rankings
+    hold all that training reads: the records are gone before fit, and the reference is the encoded
+    responses themselves."""
+    import gc
+    import weakref
+
+    import instructgpt.rm as rm
+    records = []
+    load_rankings, fit = rm.load_rankings, rm.fit
+
+    def load(*args, **kw):
+        out = load_rankings(*args, **kw)
+        records.extend(weakref.ref(r) for r in out)
+        return out
+
+    def fit_checking(*args, **kw):
+        gc.collect()
+        assert records and all(r() is None for r in records), sum(r() is not None for r in records)
+        return fit(*args, **kw)
+
+    monkeypatch.setattr(rm, "load_rankings", load)
+    monkeypatch.setattr(rm, "fit", fit_checking)
+    result = train_rm(rm_cfg(tiny_gpt2, rm_data, tmp_path / "rm", epochs=1))
+    assert result.fit.steps > 0
 
 
 def test_rankings_are_tokenized_in_batch_calls_with_the_same_ids(tiny_gpt2, monkeypatch):

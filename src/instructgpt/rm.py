@@ -182,14 +182,30 @@ def load_reference(cfg: RMConfig, prompts) -> list[Demonstration] | None:
 
 
 def reference_sequences(cfg: RMConfig, encoder: RecordEncoder, train: list[Ranking], train_enc: list[EncodedRanking],
-                        reference: list[Demonstration] | None) -> tuple[list[list[int]], str]:
-    """Token sequences whose mean reward is set to 0, and a description of where they came from. Without a
-    reference file they are the best-ranked training responses, as ``train_enc`` already holds them."""
+                        reference: list[Demonstration] | None) -> tuple[list[Encoded], str]:
+    """The responses (as token ids) whose mean reward is set to 0, and a description of where they came from.
+    Without a reference file they are the best-ranked training responses, the encoded rankings' own."""
     if reference is not None:
-        seqs = [encoder.pair(prompt_input(d), d.response, d.source).ids for d in reference]
-        return seqs, f"demonstrations in {cfg.reference}"
-    seqs = [enc.responses[i].ids for r, enc in zip(train, train_enc, strict=True) for i in r.ranking[0]]
-    return seqs, "best-ranked responses of the training rankings"
+        return ([encoder.pair(prompt_input(d), d.response, d.source) for d in reference],
+                f"demonstrations in {cfg.reference}")
+    return ([enc.responses[i] for r, enc in zip(train, train_enc, strict=True) for i in r.ranking[0]],
+            "best-ranked responses of the training rankings")
+
+
+def encoded_inputs(cfg: RMConfig, encoder: RecordEncoder
+                   ) -> tuple[list[EncodedRanking], list[EncodedRanking], list[Encoded], str]:
+    """The training and validation rankings and the reference responses as token ids, and where the reference
+    came from. Every file is read before any is tokenized (a bad record is named at once); the records
+    themselves (their texts) are not kept: training holds the ids only."""
+    prompts = {p.id: p for p in load_prompts(cfg.prompts)} if cfg.prompts else None
+    train = load_rankings(cfg.train, prompts)
+    if not train:
+        raise DataError(f"{cfg.train}: no rankings")
+    valid = load_rankings(cfg.valid, prompts) if cfg.valid else []
+    reference = load_reference(cfg, prompts)
+    train_enc, valid_enc = encode_rankings(train, encoder), encode_rankings(valid, encoder)
+    refs, ref_desc = reference_sequences(cfg, encoder, train, train_enc, reference)  # before training: errors first
+    return train_enc, valid_enc, refs, ref_desc
 
 
 def train_rm(cfg: RMConfig) -> RMResult:
@@ -204,15 +220,7 @@ def train_rm(cfg: RMConfig) -> RMResult:
     fmt.apply_to(tokenizer)  # saved with the reward model: scorers render prompts the same way
     encoder = RecordEncoder(fmt, ModelContext.of_model(cfg.model, tokenizer), cfg.max_prompt_tokens,
                             max_seq_len=cfg.max_seq_len)
-    prompts = {p.id: p for p in load_prompts(cfg.prompts)} if cfg.prompts else None
-    train = load_rankings(cfg.train, prompts)
-    if not train:
-        raise DataError(f"{cfg.train}: no rankings")
-    valid = load_rankings(cfg.valid, prompts) if cfg.valid else []  # every file read before tokenizing:
-    reference = load_reference(cfg, prompts)                        # a bad record is named at once
-    train_enc = encode_rankings(train, encoder)
-    valid_enc = encode_rankings(valid, encoder)
-    seqs, ref_desc = reference_sequences(cfg, encoder, train, train_enc, reference)  # before training: errors first
+    train_enc, valid_enc, refs, ref_desc = encoded_inputs(cfg, encoder)
 
     model = trained_reward_model(cfg.model, device, cfg, dropout=cfg.dropout)
     out = Path(cfg.out_dir)
@@ -237,13 +245,13 @@ def train_rm(cfg: RMConfig) -> RMResult:
 
     with sharding.unsharded(model):  # sharded: weights gathered once, forward passes local to each rank
         model.reward_bias.zero_()
-        bias = -score_sequences(model, seqs, tokenizer.pad_token_id, device).mean().item()
+        bias = -score_sequences(model, [e.ids for e in refs], tokenizer.pad_token_id, device).mean().item()
         if not math.isfinite(bias):
             raise FloatingPointError(f"rm: the trained model scores {ref_desc} as {-bias} (a diverged model); "
                                      f"nothing saved to {out} (lower lr; checkpoints are in {out}/checkpoints)")
         model.reward_bias.fill_(bias)
         final = evaluate_rankings(model, valid_enc, tokenizer.pad_token_id, device) if valid_enc else {}
-    extra = {"normalised_on": ref_desc, "normalised_count": len(seqs)}
+    extra = {"normalised_on": ref_desc, "normalised_count": len(refs)}
     if lora.has_adapters(model):  # the adapter + head (and with merge_lora the merged folder); never sharded
         if dist.is_main():
             lora.save_reward_model(model, out, tokenizer, merge=cfg.merge_lora, extra=extra)
