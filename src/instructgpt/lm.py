@@ -200,13 +200,18 @@ def _batches(docs: Iterable[str]) -> Iterator[list[str]]:
 
 
 class BlockStream:
-    """Endless, seeded pass over packed blocks; ``position`` is saved for resume."""
+    """Endless, seeded pass over packed blocks; ``position`` is saved for resume (the order of an epoch
+    follows from the seed and the epoch alone; the current epoch's is kept, not drawn again for every block)."""
 
     def __init__(self, blocks: torch.Tensor, seed: int):
         self.blocks, self.seed, self.position = blocks, seed, 0
+        self._epoch_order: tuple[int, torch.Tensor] | None = None
 
     def _order(self, epoch: int) -> torch.Tensor:
-        return torch.randperm(len(self.blocks), generator=torch.Generator().manual_seed(self.seed * 1000003 + epoch))
+        if self._epoch_order is None or self._epoch_order[0] != epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
+            self._epoch_order = epoch, torch.randperm(len(self.blocks), generator=generator)
+        return self._epoch_order[1]
 
     def next(self, n: int) -> torch.Tensor:
         """The next ``n`` blocks (B, seq_len), as long (the blocks are held as int32)."""
