@@ -244,3 +244,45 @@ def test_a_populated_0002_database_upgrades_serves_and_goes_back_down(db_url, ma
     assert [json.loads(x)["reason"] for x in lines["skips.jsonl"]] == ["not my language"]
     assert manifest["batches"] == {"round1": 3, "round2": 2}   # the four labels of 0002 and the new one
     store.dispose()
+
+
+@pytest.mark.parametrize("revision", ["0001", OLD])
+def test_serve_without_migrating_refuses_a_database_at_an_older_revision(sqlite_url, revision, make_app, capsys,
+                                                                          monkeypatch):
+    """--no-migrate on a database an upgrade left behind started the app: at 0001 every login was a 500
+    (no login_attempts table), at 0002 every claim sorted all tasks (no claim-order index)."""
+    import uvicorn
+
+    from instructgpt.labeling.cli import main
+    from instructgpt.labeling.store import SchemaError, Store, current_revision, upgrade
+
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(1))
+    store = Store(sqlite_url)
+    upgrade(store.engine, revision)
+    assert main(["serve", "--db", sqlite_url, "--no-migrate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"instructgpt label: error: database {sqlite_url}: the database is at revision "
+                          f"{revision}, this instructgpt needs 0004: run instructgpt label migrate"), err
+    assert not started and current_revision(store.engine) == revision
+    with pytest.raises(SchemaError, match=f"at revision {revision}, this instructgpt needs 0004"):
+        make_app(sqlite_url, migrate=False)   # a --workers process checks too
+    store.dispose()
+
+
+def test_serve_without_migrating_names_a_revision_it_does_not_know(sqlite_url, capsys, monkeypatch):
+    """A database a newer release upgraded (its revision is not among this release's migrations)."""
+    import uvicorn
+
+    from instructgpt.labeling.cli import main
+    from instructgpt.labeling.store import Store, upgrade
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    store = Store(sqlite_url)
+    upgrade(store.engine)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0099'")
+    store.dispose()
+    assert main(["serve", "--db", sqlite_url, "--no-migrate"]) == 2
+    err = capsys.readouterr().err
+    assert "the database is at revision 0099, which this instructgpt does not know (its newest is 0004)" in err, err

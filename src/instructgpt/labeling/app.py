@@ -21,7 +21,7 @@ from . import api, views_admin, views_auth, views_labeler
 from .quality import AgreementTally
 from .security import LoginLimiter, record_login_limits, server_key
 from .settings import LabelConfig
-from .store import Store
+from .store import Store, check_revision
 from .tasks import TaskError
 from .web import (
     HERE,
@@ -66,7 +66,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(cfg: LabelConfig | None = None, store: Store | None = None) -> FastAPI:
-    """The labeling web app for ``cfg`` (its database is migrated on start unless told not to)."""
+    """The labeling web app for ``cfg`` (its database is migrated on start; if told not to, a database at
+    another revision is refused with ``SchemaError``)."""
     cfg = cfg or LabelConfig()
     store = store or Store(cfg.db or None)
 
@@ -74,6 +75,8 @@ def create_app(cfg: LabelConfig | None = None, store: Store | None = None) -> Fa
     async def lifespan(app: FastAPI):
         if cfg.migrate:
             store.migrate()
+        else:
+            check_revision(store.engine)
         with store.tx() as s:
             app.state.secret = server_key(s)
             record_login_limits(s, cfg.login_limit, cfg.login_window)   # what `label lockouts` judges by

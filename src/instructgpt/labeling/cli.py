@@ -438,12 +438,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_handler(args: argparse.Namespace) -> int:
     """A subcommand, with a database that cannot be opened or migrated (a file that is not one, a folder, an
-    unreachable server, an unknown revision) and a path of the wrong kind as exit code 2 and one line."""
+    unreachable server, an unknown revision, a revision serve --no-migrate cannot run on) and a path of the
+    wrong kind as exit code 2 and one line."""
     from alembic.util.exc import CommandError
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from .store import SchemaError
     try:
         return int(args.handler(args) or 0)
-    except (SQLAlchemyError, ArgumentError, CommandError) as e:
+    except (SQLAlchemyError, ArgumentError, CommandError, SchemaError) as e:
         detail = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         print(f"instructgpt label: error: database {getattr(args, 'db', None) or '(default)'}: {detail}",
               file=sys.stderr)

@@ -183,9 +183,47 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+class SchemaError(RuntimeError):
+    """The database is not at the revision this code needs (and was not to be migrated)."""
+
+
+def head_revision() -> str:
+    """The newest revision of the migrations shipped with this package."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def check_revision(engine: Engine) -> None:
+    """``SchemaError`` unless the database is at ``head_revision()``: older code paths would fail on
+    missing tables or columns, or run without the indexes they count on (``serve --no-migrate``)."""
+    from alembic.script import ScriptDirectory
+    from alembic.util.exc import CommandError
+
+    current, head = current_revision(engine), head_revision()
+    if current == head:
+        return
+    try:
+        known = current is None or ScriptDirectory.from_config(alembic_config()).get_revision(current) is not None
+    except CommandError:
+        known = False
+    if not known:
+        raise SchemaError(f"the database is at revision {current}, which this instructgpt does not know "
+                          f"(its newest is {head}): a newer release upgraded it")
+    raise SchemaError(f"the database is at revision {current or '(none: it has no tables)'}, this instructgpt "
+                      f"needs {head}: run instructgpt label migrate (or serve without --no-migrate)")
+
+
 def open_store(db: str | None = None, migrate: bool = True) -> Store:
-    """A ``Store`` for ``db``, upgraded to the newest schema unless ``migrate`` is False."""
+    """A ``Store`` for ``db``, upgraded to the newest schema; with ``migrate`` False, checked to be at it
+    (``SchemaError`` if not)."""
     store = Store(db)
-    if migrate:
-        store.migrate()
+    try:
+        if migrate:
+            store.migrate()
+        else:
+            check_revision(store.engine)
+    except BaseException:
+        store.dispose()
+        raise
     return store
