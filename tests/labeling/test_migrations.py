@@ -286,3 +286,25 @@ def test_serve_without_migrating_names_a_revision_it_does_not_know(sqlite_url, c
     assert main(["serve", "--db", sqlite_url, "--no-migrate"]) == 2
     err = capsys.readouterr().err
     assert "the database is at revision 0099, which this instructgpt does not know (its newest is 0004)" in err, err
+
+
+def test_serve_says_when_it_upgrades_the_database(sqlite_url, capsys, monkeypatch):
+    """serve upgraded a database without a word: the team did not learn the revision its data was at
+    (the one to go back to with alembic downgrade, as docs/labeling.md shows)."""
+    import uvicorn
+
+    from instructgpt.labeling.cli import main
+    from instructgpt.labeling.store import Store, current_revision, upgrade
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    store = Store(sqlite_url)
+    upgrade(store.engine, OLD)
+    assert main(["serve", "--db", sqlite_url, "--insecure-cookies"]) == 0
+    assert f"database {sqlite_url}: upgraded from revision {OLD} to 0004" in capsys.readouterr().err
+    assert current_revision(store.engine) == "0004"
+    assert main(["serve", "--db", sqlite_url, "--insecure-cookies"]) == 0
+    assert "upgraded" not in capsys.readouterr().err   # at the newest revision already
+    fresh = sqlite_url.replace("labels.db", "new.db")
+    assert main(["serve", "--db", fresh, "--insecure-cookies"]) == 0
+    assert f"database {fresh}: created at revision 0004" in capsys.readouterr().err
+    store.dispose()

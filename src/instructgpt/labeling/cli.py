@@ -107,7 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .security import server_key
     from .store import open_store
 
-    store = open_store(cfg.db or None, migrate=cfg.migrate)
+    store = _migrate_on_start(cfg.db or None) if cfg.migrate else open_store(cfg.db or None, migrate=False)
     with store.tx() as s:
         server_key(s)
     store.dispose()
@@ -117,6 +117,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ[CONFIG_ENV] = json.dumps({**dataclasses.asdict(cfg), "migrate": False})
     uvicorn.run("instructgpt.labeling.app:app_from_env", factory=True, workers=cfg.workers, **common)
     return 0
+
+
+def _migrate_on_start(db: str | None):
+    """A ``Store`` for ``db`` upgraded to the newest revision; an upgrade is named on stderr with the revision
+    the database was at (the one a downgrade would go back to)."""
+    from .store import Store, current_revision
+
+    store = Store(db)
+    try:
+        before = current_revision(store.engine)
+        store.migrate()
+        after = current_revision(store.engine)
+    except BaseException:
+        store.dispose()
+        raise
+    if before != after:
+        url = store.engine.url.render_as_string(hide_password=True)
+        change = f"upgraded from revision {before} to" if before else "created at revision"
+        print(f"database {url}: {change} {after}", file=sys.stderr)
+    return store
 
 
 def _is_loopback(host: str) -> bool:
