@@ -195,6 +195,44 @@ def test_a_submission_racing_a_release_loses_cleanly_on_postgresql(pg_store, tmp
         assert s.scalar(select(func.count()).select_from(Label)) == 0
 
 
+def _wait_for_a_lock_wait(store) -> None:
+    """Return once some backend of ``store``'s database waits for a lock (the racing statement got there)."""
+    for _ in range(600):
+        with store.engine.connect() as conn:
+            if conn.exec_driver_sql("SELECT count(*) FROM pg_locks WHERE NOT granted").scalar():
+                return
+        time.sleep(0.05)
+    raise AssertionError("no statement came to wait for the lock")
+
+
+def test_servers_starting_at_once_agree_on_one_secret_key_on_postgresql(pg_store):
+    """server_key read the key and inserted one when there was none: of several processes starting on a new
+    database, every one that read before the first committed failed on the primary key (IntegrityError)."""
+    from instructgpt.labeling.security import server_key
+
+    first = Session(pg_store.engine)
+    first.begin()
+    key = server_key(first)   # uncommitted: the others do not see it yet
+    outcome = []
+
+    def start():
+        try:
+            with pg_store.tx() as s:
+                outcome.append(server_key(s))
+        except Exception as e:  # noqa: BLE001 - checked below
+            outcome.append(e)
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    _wait_for_a_lock_wait(pg_store)   # its insert waits on the first one's row
+    first.commit()
+    first.close()
+    thread.join(30)
+    assert outcome == [key]
+    with pg_store.tx() as s:
+        assert server_key(s) == key
+
+
 # ---------------------------------------------------------------- uploads
 
 @pytest.fixture

@@ -48,6 +48,7 @@ USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{2,64}$")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1000   # characters; longer ones are refused everywhere (never cut short)
 LOCK_KINDS = ("user", "ip", "device")   # what a rate-limit key counts under: "<kind>:<name>"
+SECRET_KEY = "secret_key"   # app_settings: the server's secret key (hex)
 LOGIN_LIMIT_KEY, LOGIN_WINDOW_KEY = "login_limit", "login_window"   # app_settings: the server's limits at its start
 
 log = logging.getLogger("instructgpt.labeling")   # the server's log: who lifted which lockout
@@ -120,13 +121,26 @@ def same(a: str | None, b: str | None) -> bool:
 
 
 def server_key(session: Session) -> bytes:
-    """The server's secret key, created on first use and kept in ``app_settings``."""
-    row = session.get(AppSetting, "secret_key")
-    if row is None:
-        row = AppSetting(key="secret_key", value=secrets.token_hex(32))
-        session.add(row)
-        session.flush()
-    return bytes.fromhex(row.value)
+    """The server's secret key, created on first use and kept in ``app_settings``.
+
+    Created by an insert that does nothing when the key is there (waiting for another process's uncommitted
+    one), then read: servers starting at once on a new database all get the first committed key.
+    """
+    value = session.scalar(select(AppSetting.value).where(AppSetting.key == SECRET_KEY))
+    if value is None:
+        stmt = _insert(session)(AppSetting).values(key=SECRET_KEY, value=secrets.token_hex(32))
+        session.execute(stmt.on_conflict_do_nothing(index_elements=[AppSetting.key]))
+        value = session.scalar(select(AppSetting.value).where(AppSetting.key == SECRET_KEY))
+    return bytes.fromhex(value)
+
+
+def _insert(session: Session):
+    """The ``insert`` of the session's dialect, which has ``on_conflict_do_*`` (PostgreSQL or SQLite)."""
+    if session.bind.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
 
 
 def prelogin_token(key: bytes, cookie_value: str) -> str:
@@ -417,13 +431,8 @@ class LoginLimiter:
 def record_login_limits(session: Session, limit: int, window: float) -> None:
     """Keep the limits a server starts with in ``app_settings`` (one upsert per key: the workers of one server
     start at once and write the same values)."""
-    dialect = session.bind.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
     for key, value in ((LOGIN_LIMIT_KEY, str(limit)), (LOGIN_WINDOW_KEY, str(float(window)))):
-        stmt = insert(AppSetting).values(key=key, value=value)
+        stmt = _insert(session)(AppSetting).values(key=key, value=value)
         session.execute(stmt.on_conflict_do_update(index_elements=[AppSetting.key], set_={"value": value}))
 
 
