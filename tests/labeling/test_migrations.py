@@ -308,3 +308,43 @@ def test_serve_says_when_it_upgrades_the_database(sqlite_url, capsys, monkeypatc
     assert main(["serve", "--db", fresh, "--insecure-cookies"]) == 0
     assert f"database {fresh}: created at revision 0004" in capsys.readouterr().err
     store.dispose()
+
+
+@pytest.mark.parametrize("start", [None, OLD])
+def test_servers_starting_at_once_migrate_once_on_postgresql(postgres_server, start):
+    """Each serve migrates on start: on PostgreSQL every process read the revision before the first one's
+    upgrade committed and ran the same migrations, and all but one failed (on a new database on the
+    alembic_version table, at 0002 on ix_tasks_claim: IntegrityError, already exists)."""
+    import threading
+
+    from alembic import command
+
+    from instructgpt.labeling.store import (Store, alembic_config, current_revision, migration_connection,
+                                            upgrade)
+
+    from .conftest import _fresh_pg_database
+    from .test_hardening import _wait_for_a_lock_wait
+
+    store = Store(_fresh_pg_database(postgres_server))
+    if start:
+        upgrade(store.engine, start)
+    outcome = []
+
+    def second():
+        try:
+            upgrade(store.engine)
+            outcome.append("ok")
+        except Exception as e:  # noqa: BLE001 - checked below
+            outcome.append(e)
+
+    thread = threading.Thread(target=second)
+    with migration_connection(store.engine) as conn:   # the first server's upgrade, not committed yet
+        cfg = alembic_config()
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+        thread.start()
+        _wait_for_a_lock_wait(store)
+    thread.join(60)
+    assert outcome == ["ok"]
+    assert current_revision(store.engine) == "0004"
+    store.dispose()

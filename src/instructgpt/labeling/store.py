@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 ENV_DB = "INSTRUCTGPT_LABEL_DB"
 DEFAULT_DB = "sqlite:///labeling.db"
+MIGRATION_LOCK = 0x1ab3_11e6   # PostgreSQL advisory lock key held by a migration (one at a time per database)
 
 
 def normalize_url(db: str | None) -> str:
@@ -138,6 +139,11 @@ def migration_connection(engine: Engine) -> Iterator[Connection]:
     before the commit: Alembic's batch mode copies a table, and dropping the
     old copy with foreign keys on would cascade-delete the rows that refer to
     it (every label of every assignment, when the assignments table is copied).
+
+    Migrations run one at a time: SQLite's ``BEGIN IMMEDIATE`` queues them, and on
+    PostgreSQL the transaction first takes the advisory lock ``MIGRATION_LOCK``, so
+    servers starting at once do not all run the same migrations (the first upgrades;
+    the others then read its revision and have nothing to do).
     """
     with engine.connect() as conn:
         sqlite = engine.dialect.name == "sqlite"
@@ -145,6 +151,8 @@ def migration_connection(engine: Engine) -> Iterator[Connection]:
             conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")
         try:
             with conn.begin():
+                if engine.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
                 yield conn
                 if sqlite:
                     broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
