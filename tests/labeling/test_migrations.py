@@ -348,3 +348,27 @@ def test_servers_starting_at_once_migrate_once_on_postgresql(postgres_server, st
     assert outcome == ["ok"]
     assert current_revision(store.engine) == "0004"
     store.dispose()
+
+
+def test_migrate_to_an_older_revision_says_it_does_not_go_down_and_downgrade_does(sqlite_url, capsys):
+    """label migrate --revision 0002 on a database at 0004 did nothing and said 'at revision 0004' with exit 0,
+    as if the database had gone back."""
+    from instructgpt.labeling.cli import main
+    from instructgpt.labeling.store import Store, current_revision
+
+    assert main(["migrate", "--db", sqlite_url]) == 0
+    capsys.readouterr()
+    assert main(["migrate", "--db", sqlite_url, "--revision", OLD]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"instructgpt label: error: database {sqlite_url}: at revision 0004, newer than {OLD}: "
+                          f"migrate only upgrades; to go back to {OLD}, add --downgrade"), err
+    store = Store(sqlite_url)
+    assert current_revision(store.engine) == "0004"
+    assert main(["migrate", "--db", sqlite_url, "--revision", OLD, "--downgrade"]) == 0
+    assert capsys.readouterr().out == f"{sqlite_url}: at revision {OLD} (was 0004)\n"
+    assert current_revision(store.engine) == OLD
+    assert main(["migrate", "--db", sqlite_url, "--downgrade"]) == 2   # down to head: a slip
+    assert "--downgrade needs --revision" in capsys.readouterr().err
+    assert main(["migrate", "--db", sqlite_url]) == 0
+    assert capsys.readouterr().out == f"{sqlite_url}: at revision 0004 (was {OLD})\n"
+    store.dispose()

@@ -149,12 +149,22 @@ def _is_loopback(host: str) -> bool:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from .store import Store, current_revision, upgrade
+    from .store import SchemaError, Store, current_revision, downgrade, resolve_revision, upgrade
 
+    if args.downgrade and args.revision == "head":
+        print("instructgpt label migrate: error: --downgrade needs --revision (the revision to go back to)",
+              file=sys.stderr)
+        return 2
     store = Store(args.db)
     try:
-        upgrade(store.engine, args.revision)
-        print(f"{store.engine.url.render_as_string(hide_password=True)}: at revision {current_revision(store.engine)}")
+        before = current_revision(store.engine)
+        (downgrade if args.downgrade else upgrade)(store.engine, args.revision)
+        after, target = current_revision(store.engine), resolve_revision(args.revision)
+        if after != target:   # an upgrade to an older revision does nothing
+            raise SchemaError(f"at revision {after}, newer than {target}: migrate only upgrades; "
+                              f"to go back to {target}, add --downgrade")
+        was = f" (was {before})" if before and before != after else ""
+        print(f"{store.engine.url.render_as_string(hide_password=True)}: at revision {after}{was}")
     finally:
         store.dispose()
     return 0
@@ -379,6 +389,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="upgrade the database schema (Alembic)")
     _db_arg(p)
     p.add_argument("--revision", default="head")
+    p.add_argument("--downgrade", action="store_true",
+                   help="go down to --revision (drops what the newer revisions added)")
     p.set_defaults(handler=cmd_migrate)
 
     p = sub.add_parser("create-admin", help="create an admin account (or --reset-password)")

@@ -202,6 +202,13 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+def resolve_revision(revision: str) -> str:
+    """The revision id ``revision`` names (``head`` and the like resolved); Alembic's error if none."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_revision(revision).revision
+
+
 def check_revision(engine: Engine) -> None:
     """``SchemaError`` unless the database is at ``head_revision()``: older code paths would fail on
     missing tables or columns, or run without the indexes they count on (``serve --no-migrate``)."""
