@@ -372,3 +372,26 @@ def test_migrate_to_an_older_revision_says_it_does_not_go_down_and_downgrade_doe
     assert main(["migrate", "--db", sqlite_url]) == 0
     assert capsys.readouterr().out == f"{sqlite_url}: at revision 0004 (was {OLD})\n"
     store.dispose()
+
+
+@pytest.mark.parametrize("command", [["serve", "--insecure-cookies"], ["migrate"]])
+def test_serve_and_migrate_name_a_revision_a_newer_release_made(sqlite_url, command, capsys, monkeypatch):
+    """Going back to an older release without downgrading: serve and migrate said only "Can't locate
+    revision identified by '0099'"."""
+    import uvicorn
+
+    from instructgpt.labeling.cli import main
+    from instructgpt.labeling.store import Store, upgrade
+
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(1))
+    store = Store(sqlite_url)
+    upgrade(store.engine)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0099'")
+    store.dispose()
+    assert main([command[0], "--db", sqlite_url, *command[1:]]) == 2
+    err = capsys.readouterr().err
+    assert f"database {sqlite_url}: the database is at revision 0099, which this instructgpt does not know " \
+           "(its newest is 0004): a newer release upgraded it; downgrade it with that release" in err, err
+    assert not started

@@ -164,9 +164,11 @@ def migration_connection(engine: Engine) -> Iterator[Connection]:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Run the Alembic migrations up to ``revision`` on ``engine``."""
+    """Run the Alembic migrations up to ``revision`` on ``engine`` (``SchemaError`` on a database at a
+    revision this release does not have)."""
     from alembic import command
 
+    check_known_revision(engine)
     cfg = alembic_config()
     with migration_connection(engine) as conn:
         cfg.attributes["connection"] = conn
@@ -212,21 +214,28 @@ def resolve_revision(revision: str) -> str:
 def check_revision(engine: Engine) -> None:
     """``SchemaError`` unless the database is at ``head_revision()``: older code paths would fail on
     missing tables or columns, or run without the indexes they count on (``serve --no-migrate``)."""
+    current, head = check_known_revision(engine), head_revision()
+    if current != head:
+        raise SchemaError(f"the database is at revision {current or '(none: it has no tables)'}, this "
+                          f"instructgpt needs {head}: run instructgpt label migrate (or serve without --no-migrate)")
+
+
+def check_known_revision(engine: Engine) -> str | None:
+    """The database's revision; ``SchemaError`` if this release's migrations do not have it (a newer
+    release upgraded the database)."""
     from alembic.script import ScriptDirectory
     from alembic.util.exc import CommandError
 
-    current, head = current_revision(engine), head_revision()
-    if current == head:
-        return
+    current = current_revision(engine)
     try:
         known = current is None or ScriptDirectory.from_config(alembic_config()).get_revision(current) is not None
     except CommandError:
         known = False
     if not known:
         raise SchemaError(f"the database is at revision {current}, which this instructgpt does not know "
-                          f"(its newest is {head}): a newer release upgraded it")
-    raise SchemaError(f"the database is at revision {current or '(none: it has no tables)'}, this instructgpt "
-                      f"needs {head}: run instructgpt label migrate (or serve without --no-migrate)")
+                          f"(its newest is {head_revision()}): a newer release upgraded it; downgrade it with "
+                          "that release")
+    return current
 
 
 def open_store(db: str | None = None, migrate: bool = True) -> Store:
