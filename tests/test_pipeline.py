@@ -436,15 +436,20 @@ def test_run_help_in_a_bare_interpreter_lists_options_without_matplotlib():
     """`instructgpt run --help` must not rely on modules that site or other packages happen to import first
     (a fresh virtual environment has fewer of them): the CLI's main with no site hooks. It lists the run's
     options, and leaves matplotlib unimported: only eval draws figures (about 1 s of every command's start)."""
+    import sysconfig
     from pathlib import Path
 
     import instructgpt
     src = str(Path(instructgpt.__file__).resolve().parents[1])
-    code = ("import sys, sysconfig; sys.path[:0] = [sys.argv[1], sysconfig.get_paths()['purelib']]\n"
+    # this process's package folders: under -S a virtual environment is not applied (site.py does that), so the
+    # child's own sysconfig names the base interpreter's, which on a fresh machine holds no torch
+    packages = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+    code = ("import sys; sys.path[:0] = sys.argv[1:]\n"
             "from instructgpt.cli import main\n"
             "try:\n    main(['run', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
             "print('matplotlib imported:', 'matplotlib' in sys.modules)")
-    done = subprocess.run([sys.executable, "-S", "-c", code, src], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-S", "-c", code, src, *packages], capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr
     for option in ("scale", "rounds", "base_model", "ptx_coef", "kl_coef", "--rounds", "--base-model",
                    "keep_checkpoints", "keep_optimizer", "checkpoint_minutes", "pretrain_data"):
