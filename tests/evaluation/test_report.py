@@ -183,3 +183,33 @@ def test_the_training_curves_are_drawn_against_the_ppo_iteration(monkeypatch):
     build_sections(make_results())
     curves = [f for f in drawn if any(ax.get_title().startswith("ppo/") for ax in f.axes)]
     assert curves and {ax.get_xlabel() for f in curves for ax in f.axes} == {"PPO iteration"}
+
+
+def _answer_text(ptx_win: float) -> str:
+    """The report's first section for a PPO-ptx with held-out win rate ``ptx_win`` +- 0.03, an RM clearly below
+    its ceiling on truthfulness (by 30 points) and on constraints (by 12), within it on harm, and best-of-4 picks."""
+    def pair(rm, ceiling):
+        return {"pairs": 300, "rm": est(rm).to_dict(), "ceiling": est(ceiling).to_dict()}
+    def pick(follow):
+        return {"true_follow": est(follow).to_dict(), "utility": est(0.5).to_dict()}
+    meta = {"rm_accuracy_by_criterion": {"constraints": pair(0.60, 0.72), "truthfulness": pair(0.50, 0.80),
+                                         "harm": pair(0.88, 0.90)},
+            "best_of_n": {"1": {"rm": pick(0.66), "oracle": pick(0.66)},
+                          "4": {"rm": pick(0.70), "oracle": pick(0.81)}}}
+    res = EvalResults([ModelResult("ppo_ptx", "ppo_ptx", win_rate={"heldout": est(ptx_win)})], baseline="sft",
+                      meta=meta)
+    answer = build_sections(res)[0]
+    assert answer.title == "The answer"
+    return render_markdown([answer], None).replace("\\", "")  # without the Markdown escapes
+
+
+def test_the_answer_says_why_a_policy_is_not_preferred_in_the_runs_own_numbers():
+    text = _answer_text(0.51)
+    why = text[text.index("Why, measured"):]
+    # the clearly-below criteria, largest gap first; harm (within its interval) is not blamed
+    assert why.index("truthfulness: 50.0% [47.0, 53.0] against 80.0%") < why.index("constraints: 60.0%")
+    assert "harm" not in why.split("Of 4 answers")[0]
+    assert "the first truly follows the instruction in 66.0%" in why
+    assert "the reward model's pick in 70.0% [67.0, 73.0] and a perfect reward model's pick in 81.0%" in why
+    assert "hold better ones than the reward model points to" in why
+    assert "Why, measured" not in _answer_text(0.60)  # a policy that is preferred needs no excuse

@@ -102,6 +102,10 @@ def _answer_section(results: EvalResults, claims: list[ClaimResult]) -> Section:
     lines.append(f"Claims reproduced: {', '.join(reproduced) or 'none'}"
                  + ("; the others: " + ", ".join(f"{c} {v}" for c, v in others.items()) if others else "") + ".")
     sec.blocks.append(Para(" ".join(lines)))
+    if ptx and not ptx[-1][1].low > 0.5:
+        why = _why_not_preferred(results)
+        if why:
+            sec.blocks.append(Para(why))
     if any(held):
         sec.blocks.append(Image("figure1", plots.grouped_bars(
             [m.name for m in models], {"held-out labelers": held},
@@ -149,6 +153,42 @@ def _answer_section(results: EvalResults, claims: list[ClaimResult]) -> Section:
         sec.blocks.append(Table(["m answers", "true follow, RM's pick", "true follow, oracle's pick",
                                  "oracle utility, RM's pick", "oracle utility, oracle's pick"], rows))
     return sec
+
+
+def _why_not_preferred(results: EvalResults, most: int = 3) -> str:
+    """Why PPO-ptx is not preferred to the baseline, in the run's own measurements (empty when neither was
+    measured): where the reward model is clearly below its ceiling (its interval entirely under the
+    ceiling's), largest gap first, and what its pick of the SFT policy's answers is worth against the
+    oracle's. A reward model that cannot tell two answers apart gives PPO nothing to learn between them."""
+    parts = []
+    acc = results.meta.get("rm_accuracy_by_criterion")
+    if isinstance(acc, dict) and acc:
+        gaps = []
+        for name, v in acc.items():
+            rm, ceil = Estimate.from_dict(v["rm"]), Estimate.from_dict(v["ceiling"])
+            if rm.high < ceil.low:
+                gaps.append((rm.value - ceil.value, name, rm, ceil))
+        gaps.sort(key=lambda g: g[0])
+        if gaps:
+            listed = "; ".join(f"{name}: {_pct(rm)} against {_pct(ceil)}" for _, name, rm, ceil in gaps[:most])
+            parts.append("Why, measured: the reward model is clearly below what the labelers' own judgements allow "
+                         f"on pairs separated by {listed}. Where it cannot tell the better answer, PPO cannot "
+                         "learn it.")
+        else:
+            parts.append("Why, measured: the reward model is within its interval of the labelers' ceiling on "
+                         "every kind of pair, so the limit is not its accuracy.")
+    best = results.meta.get("best_of_n")
+    if isinstance(best, dict) and best:
+        m = max(best, key=int)
+        rm = Estimate.from_dict(best[m]["rm"]["true_follow"])
+        oracle = Estimate.from_dict(best[m]["oracle"]["true_follow"])
+        first = Estimate.from_dict(best[min(best, key=int)]["rm"]["true_follow"])
+        verdict = ("the policy's own answers hold better ones than the reward model points to" if rm.high < oracle.low
+                   else "the reward model picks about as well as a perfect one would")
+        parts.append(f"Of {m} answers the SFT policy samples to a test prompt, the first truly follows the "
+                     f"instruction in {_pct(first)} of prompts, the reward model's pick in {_pct(rm)} and a perfect "
+                     f"reward model's pick in {_pct(oracle)}: {verdict}.")
+    return " ".join(parts)
 
 
 def _meta_section(results: EvalResults) -> Section:
