@@ -35,7 +35,8 @@ FLOP counts (per token, N = parameters in the layers' matmuls plus the
 unembedding, L layers, d width, T context): forward 2N + 4LTd (attention
 scores and values, T = the tokens attended to); training = 3x forward. PPO's
 learning phase: ppo_epochs x (policy + value model; the policy alone for rloo)
-training passes over the 64 tokens of each episode.
+training passes over the 64 tokens of each episode, less the first minibatch's
+forward (the whole batch here), which the rollout makes and the update reuses.
 """
 
 from __future__ import annotations
@@ -256,9 +257,10 @@ def phase_ppo(f: dict, root: Path, opts: dict, p: str = "ppo") -> dict:
     sec = (time.perf_counter() - t) / reps
     L, d = f["layers"], f["width"]
     tokens = PPO_BATCH * (PROMPT + RESPONSE)
-    per_token = flops_per_token(L, d, 32, True) + (flops_per_token(L, d, 32, True, False) if value == "separate" else 0)
+    forward = flops_per_token(L, d, 32, False) + (flops_per_token(L, d, 32, False, False) if value == "separate" else 0)
+    learn_forwards = 3 * PPO_EPOCHS - 1  # forward + backward (2x) per epoch, less the forward reused from the rollout
     return {f"{p}_episodes_per_s": PPO_BATCH / sec, f"{p}_seconds_per_iteration": sec,
-            f"{p}_learn_gflops": PPO_EPOCHS * tokens * per_token / times["time/learn"] / 1e9,
+            f"{p}_learn_gflops": learn_forwards * tokens * forward / times["time/learn"] / 1e9,
             f"{p}_generate_tokens_per_s": PPO_BATCH * RESPONSE / times["time/generate"],
             **{f"{p}_{k.split('/')[1]}_share": v / sec for k, v in times.items()},
             **compile_fields(f"{p}_episodes_per_s", first, sec, PPO_BATCH, opts["amortise"], opts["compile"])}

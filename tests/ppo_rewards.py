@@ -14,3 +14,9 @@ def batch_mean(prompts: list[str], responses: list[str]) -> list[float]:
 def nan_for_empty(prompts: list[str], responses: list[str]) -> list[float]:
     """A buggy reward: NaN for every response (e.g. a mean over no items)."""
     return [float("nan")] * len(responses)
+
+
+def distinct_characters(prompts: list[str], responses: list[str]) -> list[float]:
+    """How many different characters each response has (responses of the untrained test models differ here
+    where they rarely hold an 'e')."""
+    return [float(len(set(r))) for r in responses]

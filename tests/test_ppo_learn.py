@@ -1,14 +1,16 @@
 """PPO's learning step: its statistics come back in one host sync per minibatch, whatever the micro-batching."""
 
+import gc
 import math
 import sys
+import weakref
 
 import pytest
 import torch
 
 from tests.conftest import write_jsonl
 from instructgpt import config
-from instructgpt.ppo import PPOConfig, PPOTrainer
+from instructgpt.ppo import PPOConfig, PPOGuardError, PPOTrainer
 
 
 @pytest.fixture
@@ -172,3 +174,130 @@ def test_rloo_options_are_checked(tmp_path, options, message):
     with pytest.raises(config.ConfigError, match=message):
         config.from_dict(PPOConfig, dict(policy="p", reward_fn="m:f", prompts="p.jsonl", out_dir=str(tmp_path),
                                          batch_size=8, minibatch_size=4, **options))
+
+
+# ---------------------------------------------------------------- the rollout's pass reused by the first step
+
+def ppo_trainer(tmp_path, policy, **kw) -> PPOTrainer:
+    """A trainer on 8 prompts, 8 episodes an iteration, one epoch of one minibatch unless ``kw`` says more."""
+    tmp_path.mkdir(exist_ok=True)
+    write_jsonl(tmp_path / "prompts.jsonl", [{"id": str(i), "text": f"say {i}\n", "user_id": "u"} for i in range(8)])
+    return PPOTrainer(config.from_dict(PPOConfig, dict(
+        policy=str(policy), reward_fn="tests.ppo_rewards:distinct_characters", prompts=str(tmp_path / "prompts.jsonl"),
+        out_dir=str(tmp_path / "out"), **{"batch_size": 8, "minibatch_size": 8, "ppo_epochs": 1, "max_new_tokens": 6,
+                                          "temperature": 1.0, "lr": 1e-3, "warmup_iterations": 0, "progress": False,
+                                          "ema": False, "seed": 3, **kw})))
+
+
+def without_reuse(monkeypatch) -> None:
+    """Every update pass recomputed: the rollout keeps no pass (its arithmetic before the reuse)."""
+    monkeypatch.setattr(PPOTrainer, "kept_positions", lambda self, n: [])
+
+
+@pytest.mark.parametrize("options", [
+    dict(ppo_epochs=2),                                           # the separate value model
+    dict(value_model="shared", ppo_epochs=2),
+    dict(advantage_estimator="rloo", samples_per_prompt=4, ppo_epochs=2),
+    dict(micro_batch_size=3, ppo_epochs=2),                       # passes of 3, 3, 2: the first is kept
+    dict(minibatch_size=4, ppo_epochs=2),
+    dict(value_warmup_iterations=1, iterations=2, ppo_epochs=2),  # the value warm-up: the value model alone
+    dict(value_warmup_iterations=1, iterations=2, value_model="shared", ppo_epochs=2),
+    dict(gradient_checkpointing=True, ppo_epochs=2),
+    dict(precision="bf16", ppo_epochs=2),                         # autocast
+], ids=["separate", "shared", "rloo", "micro", "minibatches", "warmup", "warmup-shared", "checkpointing", "bf16"])
+def test_reusing_the_rollouts_pass_gives_the_same_update_and_statistics(tmp_path, tiny_gpt2, monkeypatch, options):
+    """The first step's forward pass, made by the rollout with autograd and kept, gives the weights and the
+    logged statistics of an iteration that recomputes it."""
+    reused = ppo_trainer(tmp_path / "a", tiny_gpt2, **options)
+    start = [[p.detach().clone() for p in m.parameters()] for m in reused.trained]
+    metrics_a, ro_a = reused.step()
+    without_reuse(monkeypatch)
+    again = ppo_trainer(tmp_path / "b", tiny_gpt2, **options)
+    metrics_b, ro_b = again.step()
+    assert torch.equal(ro_a.input_ids, ro_b.input_ids) and ro_a.kept is None
+    assert {k for k in metrics_a if not k.startswith("time/")} == {k for k in metrics_b if not k.startswith("time/")}
+    for k in metrics_a:
+        if not k.startswith("time/"):
+            assert metrics_a[k] == pytest.approx(metrics_b[k], rel=1e-5, abs=1e-7), k
+    moved = []
+    for m_a, m_b, m_0 in zip(reused.trained, again.trained, start):
+        for pa, pb in zip(m_a.parameters(), m_b.parameters()):
+            torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-7)
+        moved.append(any(not torch.equal(pa, p0) for pa, p0 in zip(m_a.parameters(), m_0)))
+    # the comparison is of an update: of the policy (not in the warm-up) and of the value function
+    assert moved == [not options.get("value_warmup_iterations")] + [True] * (len(moved) - 1)
+
+
+class EpisodeCounter:
+    """Episodes through ``module``'s forward pass (a forward pre-hook), by whether autograd was on."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.with_grad = self.without_grad = 0
+        module.register_forward_pre_hook(self.count, with_kwargs=True)
+
+    def count(self, module, args, kwargs):
+        n = (kwargs.get("input_ids") if "input_ids" in kwargs else args[0]).shape[0]
+        if torch.is_grad_enabled():
+            self.with_grad += n
+        else:
+            self.without_grad += n
+
+
+@pytest.mark.parametrize("value_model", ["separate", "shared"])
+def test_an_iteration_forwards_one_minibatch_fewer_episodes(tmp_path, tiny_gpt2, value_model):
+    """8 episodes, minibatches of 4, 2 epochs: the rollout scores 8 episodes (4 of them, the first minibatch,
+    with autograd), the update forwards 4 x 4 less the 4 it reuses: 20 through the policy, not 24, and as
+    many through the value model."""
+    t = ppo_trainer(tmp_path, tiny_gpt2, minibatch_size=4, ppo_epochs=2, value_model=value_model)
+    counted = [EpisodeCounter(t.policy)] + ([EpisodeCounter(t.value.backbone)] if value_model == "separate" else [])
+    generate = t.backend.generate
+
+    def sample(*a, **kw):  # sampling's passes are not counted
+        out = generate(*a, **kw)
+        for c in counted:
+            c.with_grad = c.without_grad = 0
+        return out
+    t.backend.generate = sample
+    t.step()
+    for c in counted:
+        assert (c.with_grad, c.without_grad) == (4 + 12, 4), (c.with_grad, c.without_grad)
+
+
+def test_the_first_step_starts_from_a_ratio_of_exactly_one(tmp_path, tiny_gpt2, monkeypatch):
+    """The first minibatch's log-probs are the rollout's own (one pass), so its ratio is exactly 1: no
+    clipping and no KL from the forward pass being repeated on another batch shape."""
+    t = ppo_trainer(tmp_path, tiny_gpt2, minibatch_size=2, ppo_epochs=1)
+    seen = []
+    step = PPOTrainer.minibatch_step
+
+    def recording(self, *a):
+        seen.append(step(self, *a))
+        return seen[-1]
+    monkeypatch.setattr(PPOTrainer, "minibatch_step", recording)
+    t.step()
+    assert len(seen) == 4
+    assert (seen[0]["ppo/ratio_max"], seen[0]["ppo/approx_kl"], seen[0]["ppo/clipfrac"]) == (1.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("stage, error", [("_check_rollout", PPOGuardError), ("compute_advantages", KeyboardInterrupt)])
+def test_a_kept_pass_is_released_when_the_iteration_stops_before_learning(tmp_path, tiny_gpt2, monkeypatch, stage,
+                                                                          error):
+    """A guard or an interrupt between the rollout and the update: the kept pass's graph is not held by the
+    error's traceback (the iteration's frames) until the next iteration."""
+    t = ppo_trainer(tmp_path, tiny_gpt2)
+    kept = []
+    policy_pass = PPOTrainer._policy_pass
+
+    def recording(self, *a):
+        out = policy_pass(self, *a)
+        kept.append(weakref.ref(out[2].logits))
+        return out
+
+    def stopping(self, ro):
+        raise error("stop")
+    monkeypatch.setattr(PPOTrainer, "_policy_pass", recording)
+    monkeypatch.setattr(PPOTrainer, stage, stopping)
+    with pytest.raises(error) as stopped:
+        t.step()
+    gc.collect()
+    assert stopped.traceback and len(kept) == 1 and kept[0]() is None

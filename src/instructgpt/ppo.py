@@ -7,6 +7,10 @@ reward model, and learn:
   rollout   policy, reference (frozen SFT), value and reward models each do one
             forward pass over the batch's prompt+response tokens (with
             ``value_model=shared`` the policy's pass also gives the values);
+            the policy's and value model's pass over the update's first
+            micro-batch is made with autograd and kept, and that step
+            uses it instead of a second forward (``KeptPass``; not when
+            the models are sharded);
   rewards   per token -kl_coef * KL(policy || reference), plus the RM score
             (with its normalising bias) on the last response token, plus an
             optional fixed penalty when the response hit the length limit;
@@ -104,6 +108,18 @@ class Rollout:
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
     kl: torch.Tensor | None = None
+    kept: KeptPass | None = None  # the update's first forward pass, made by the rollout (until used)
+
+
+@dataclass
+class KeptPass:
+    """A forward pass the rollout made with autograd over this rank's episodes ``positions`` (in that
+    order): the first micro-batch of the update's first minibatch (``PPOTrainer.kept_positions``). That
+    step runs on the rollout's weights with dropout off, so its forward would repeat the rollout's
+    arithmetic: it uses this one instead, and the old log-probs and values are this pass's, detached."""
+    positions: list[int]
+    logits: torch.Tensor | None  # (n, R, V) policy logits with their graph (None: the value warm-up)
+    values: torch.Tensor | None  # (n, R) fp32 values with their graph (None: rloo)
 
 
 @dataclass
@@ -304,11 +320,9 @@ class PPOTrainer:
         P = q_ids.shape[1]
         mask = r_mask.to(self.device).float()                                          # (B, R)
         self.policy.eval()
-        temp = self.logprob_temperature
         with self.amp():
-            logits, values = self.logits_and_values(input_ids, attn, P)
-            logprobs = token_logprobs(logits, input_ids[:, P:], temp)
-            ref_logprobs = token_logprobs(self.reference_logits(input_ids, attn, P), input_ids[:, P:], temp)
+            ref_logprobs = token_logprobs(self.reference_logits(input_ids, attn, P), input_ids[:, P:],
+                                          self.logprob_temperature)
         ended = torch.tensor(gen.ended, device=self.device)
         texts = decode_responses(tok, gen)
         prompt_texts = [self.prompt_texts[i] for i in indices]
@@ -319,11 +333,67 @@ class PPOTrainer:
             with self.amp():
                 scores = self.reward_model(input_ids, attn).float()
         penalties = cfg.no_eos_penalty * (~ended).float()                              # (B,)
+        # last: a kept pass's graph then shares memory with no other model's activations
+        logprobs, values, kept = self._policy_pass(input_ids, attn, P)
         t2 = time.perf_counter()
         values = torch.zeros_like(mask) if values is None else values * mask
         ro = Rollout(input_ids, attn, P, mask, logprobs * mask, ref_logprobs * mask, values, scores, ended,
-                     penalties, prompt_texts, texts)
+                     penalties, prompt_texts, texts, kept=kept)
         return ro, {"time/generate": t1 - t0, "time/score": t2 - t1}
+
+    def _policy_pass(self, input_ids, attn, P: int) -> tuple[torch.Tensor, torch.Tensor | None, KeptPass | None]:
+        """(B, R) log-probs and values (None: rloo) of the rollout's policy and value model, and the
+        pass over ``kept_positions`` that made them there, kept for the update (None: no such episodes)."""
+        positions = self.kept_positions(input_ids.shape[0])
+        temp = self.logprob_temperature
+        if not positions:
+            with self.amp():
+                logits, values = self.logits_and_values(input_ids, attn, P)
+                return token_logprobs(logits, input_ids[:, P:], temp), values, None
+        others = sorted(set(range(input_ids.shape[0])) - set(positions))
+        logprobs = input_ids.new_zeros(input_ids[:, P:].shape, dtype=torch.float32)
+        values = None if self.value is None else torch.zeros_like(logprobs)
+        if others:
+            with self.amp():
+                logits, v = self.logits_and_values(input_ids[others], attn[others], P)
+                logprobs[others] = token_logprobs(logits, input_ids[others, P:], temp).float()
+            if values is not None:
+                values[others] = v
+            del logits
+        logits, v = self._forward_to_keep(input_ids[positions], attn[positions], P)
+        # as minibatch_step reads them (outside autocast): that step's ratio is exactly 1
+        logprobs[positions] = token_logprobs(logits.detach(), input_ids[positions, P:], temp).float()
+        if values is not None:
+            values[positions] = v.detach()
+        return logprobs, values, KeptPass(positions, None if self.policy_frozen else logits, v)
+
+    def kept_positions(self, n: int) -> list[int]:
+        """This rank's episodes whose update forward pass the rollout makes and keeps (``KeptPass``):
+        the first micro-batch of epoch 0's first minibatch, the only step whose weights are the
+        rollout's. One micro-batch (the whole minibatch when ``micro_batch_size`` is 0), so no more
+        activations are held at once than in the update. None when the models are sharded (the
+        rollout gathers their weights for itself, outside FSDP's forward and backward) or the rollout
+        is not of this iteration's batch (``n`` episodes)."""
+        if self.sharded or n != len(dist.shard(range(self.cfg.batch_size))):
+            return []
+        chunks = self._micro_batches(self._minibatches(0)[0])
+        return chunks[0] if chunks else []
+
+    def _forward_to_keep(self, ids, attn, P: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """minibatch_step's forward pass, made in the rollout: the trained models in train mode (as in
+        learn(): activation checkpointing, e.g., runs in train mode only), under autocast, with autograd
+        for what this iteration trains (the value function alone in the warm-up). (n, R, V) logits,
+        (n, R) fp32 values (None: rloo)."""
+        for m in self.trained:
+            m.train()
+        with torch.enable_grad(), self.amp():
+            if not self.policy_frozen:
+                return self.logits_and_values(ids, attn, P)
+            if self.shared:
+                return response_logits_and_values(self.policy, self.value, ids, attn, P, trunk_grad=False)
+            with torch.no_grad():
+                logits = response_logits(self.policy, ids, attn, P)
+            return logits, self.values(ids, attn, P)
 
     def compute_advantages(self, ro: Rollout) -> None:
         cfg = self.cfg
@@ -360,19 +430,27 @@ class PPOTrainer:
         cfg = self.cfg
         for m in self.trained:
             m.train()
-        B, mb = cfg.batch_size, cfg.minibatch_size
         sums: dict[str, float] = {}
         steps = 0
         for epoch in range(cfg.ppo_epochs):
-            # Minibatches are drawn from the global batch, the same on every rank; each rank
-            # works on the episodes of a minibatch that it holds (possibly none).
-            order = np.random.default_rng([cfg.seed, self.iteration, epoch, 0]).permutation(B).tolist()
-            for start in range(0, B, mb):
-                stats = self.minibatch_step(ro, dist.local_positions(order[start:start + mb]))
+            for idx in self._minibatches(epoch):
+                stats = self.minibatch_step(ro, idx)
                 steps += 1
                 for k, v in stats.items():
                     sums[k] = max(sums.get(k, v), v) if k in _PEAK_STATS else sums.get(k, 0.0) + v
         return {k: v if k in _PEAK_STATS else v / max(steps, 1) for k, v in sums.items()}
+
+    def _minibatches(self, epoch: int) -> list[list[int]]:
+        """This rank's positions of each minibatch of ``epoch``: minibatches are drawn from the global
+        batch, the same on every rank, and each rank works on the episodes it holds (possibly none)."""
+        B, mb = self.cfg.batch_size, self.cfg.minibatch_size
+        order = np.random.default_rng([self.cfg.seed, self.iteration, epoch, 0]).permutation(B).tolist()
+        return [dist.local_positions(order[start:start + mb]) for start in range(0, B, mb)]
+
+    def _micro_batches(self, idx: list[int]) -> list[list[int]]:
+        """``idx`` in forward passes of ``micro_batch_size`` episodes (one pass when it is 0)."""
+        micro = self.cfg.micro_batch_size or max(len(idx), 1)
+        return [idx[s:s + micro] for s in range(0, len(idx), micro)]
 
     def minibatch_step(self, ro: Rollout, idx: list[int]) -> dict[str, float]:
         """One optimizer step on this rank's episodes ``idx`` of a global minibatch (possibly none).
@@ -385,8 +463,7 @@ class PPOTrainer:
         """
         cfg = self.cfg
         train_policy = not self.policy_frozen
-        micro = cfg.micro_batch_size or max(len(idx), 1)
-        chunks = [idx[s:s + micro] for s in range(0, len(idx), micro)]
+        chunks = self._micro_batches(idx)
         # every micro-batch's token count and the global total in one host sync, not one per micro-batch
         counts = torch.stack([ro.mask[c].sum() for c in chunks] + [ro.mask[idx].sum()])
         *chunk_tokens, total_tokens = torch.cat([counts[:-1], dist.all_reduce_sum(counts[-1:].clone())]).tolist()
@@ -398,14 +475,10 @@ class PPOTrainer:
         ratio_max = torch.zeros(1, dtype=torch.float64, device=self.device)
         # a padding pass (sharded only) reuses episode 0 at weight 0
         for n, (j, real) in enumerate(sharding.padded_passes(chunks, [0], self.sharded)):
-            ids, attn, mask = ro.input_ids[j], ro.attention_mask[j], ro.mask[j]
+            ids, mask = ro.input_ids[j], ro.mask[j]
             # token weight of this micro-batch in the global minibatch
             share = chunk_tokens[n] / max(total_tokens, 1.0) if real else 0.0
-            with self.amp():
-                if train_policy:
-                    logits, v = self.logits_and_values(ids, attn, ro.P)
-                else:
-                    logits, v = None, self.values(ids, attn, ro.P)
+            logits, v = self._update_forward(ro, j, train_policy)
             if v is None:  # rloo: no value function
                 vf, vf_stats = torch.zeros((), device=self.device), {"vf_clipfrac": torch.zeros((), device=self.device)}
             else:
@@ -434,6 +507,7 @@ class PPOTrainer:
             local.append(stats["ppo/ptx_loss"])
             nonfinite += bad
         local.append(nonfinite)
+        ro.kept = None  # the weights move now: a kept pass not used by this step never will be
         sharding.sum_gradients(*self.trained)
         reduced = dist.all_reduce_sum(torch.tensor(local, dtype=torch.float64)).tolist()
         ratio_max = dist.all_reduce_max(torch.tensor(ratio_max, dtype=torch.float64)).item()
@@ -451,6 +525,18 @@ class PPOTrainer:
         self._update_ema()
         out["ppo/ratio_max"] = ratio_max
         return out
+
+    def _update_forward(self, ro: Rollout, j: list[int], train_policy: bool):
+        """Logits (None in the value warm-up) and values (None: rloo) of episodes ``j`` with autograd:
+        the rollout's kept pass when it is of these episodes (used once), else a new forward pass."""
+        if ro.kept is not None and ro.kept.positions == j:
+            kept, ro.kept = ro.kept, None
+            return kept.logits, kept.values
+        ids, attn = ro.input_ids[j], ro.attention_mask[j]
+        with self.amp():
+            if train_policy:
+                return self.logits_and_values(ids, attn, ro.P)
+            return None, self.values(ids, attn, ro.P)
 
     def _ptx_backward(self, rl_tokens: float) -> tuple[float, float]:
         """PPO-ptx: add ptx_coef x the pretraining next-token loss.
@@ -547,10 +633,13 @@ class PPOTrainer:
     def step(self) -> tuple[dict[str, float], Rollout]:
         self.set_lr()
         ro, times = self.rollout(self.next_prompts())
-        self._check_rollout(ro)
-        self.compute_advantages(ro)
-        t0 = time.perf_counter()
-        learn_stats = self.learn(ro)
+        try:
+            self._check_rollout(ro)
+            self.compute_advantages(ro)
+            t0 = time.perf_counter()
+            learn_stats = self.learn(ro)
+        finally:
+            ro.kept = None  # its graph, if a guard or an interrupt stopped the iteration before learn() used it
         self.backend.sync_weights(self.policy)
         times["time/learn"] = time.perf_counter() - t0
         metrics = {**self.rollout_metrics(ro), **learn_stats, **times}

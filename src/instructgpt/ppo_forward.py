@@ -44,14 +44,17 @@ class ValueHead(torch.nn.Module):
         return fp32_head(self.head, hidden)
 
 
-def response_logits_and_values(policy, head: ValueHead, input_ids, attention_mask, P: int):
+def response_logits_and_values(policy, head: ValueHead, input_ids, attention_mask, P: int, trunk_grad: bool = True):
     """One pass of the policy's trunk -> ((B, R, V) logits, (B, R) values), both read at the
-    position before each response token (the unembedding runs on those positions only)."""
+    position before each response token (the unembedding runs on those positions only).
+    ``trunk_grad=False``: gradients reach the head only (the value warm-up)."""
     R = input_ids.shape[1] - P
     # Through the model's own forward (FSDP's hooks run there); the last hidden state is the
     # final-norm output that the unembedding reads.
-    out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-                 logits_to_keep=R + 1, output_hidden_states=True)
+    with torch.set_grad_enabled(trunk_grad and torch.is_grad_enabled()):
+        out = policy(input_ids=input_ids, attention_mask=attention_mask,
+                     position_ids=position_ids_from_mask(attention_mask), logits_to_keep=R + 1,
+                     output_hidden_states=True)
     h = out.hidden_states[-1][:, P - 1:-1]                                      # (B, R, H)
     return out.logits[:, :-1], head(h).float()
 
