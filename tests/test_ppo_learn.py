@@ -73,10 +73,8 @@ def test_micro_batching_gives_the_same_statistics_and_update(trainer):
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-6)
 
 
-def test_an_iterations_ratio_max_is_the_largest_of_its_minibatches_the_rest_their_mean(trainer, monkeypatch):
-    """ppo/ratio_max was averaged over the iteration's minibatches like the losses: below the ratio the
-    guard saw (1.18 for a largest 1.35 in one run)."""
-    t, ro = trainer(minibatch_size=4, ppo_epochs=2, lr=1e-2)
+def record_minibatch_steps(monkeypatch) -> list[dict[str, float]]:
+    """The statistics each ``minibatch_step`` returns from now on, in order."""
     seen = []
     step = PPOTrainer.minibatch_step
 
@@ -84,6 +82,14 @@ def test_an_iterations_ratio_max_is_the_largest_of_its_minibatches_the_rest_thei
         seen.append(step(self, *a))
         return seen[-1]
     monkeypatch.setattr(PPOTrainer, "minibatch_step", recording)
+    return seen
+
+
+def test_an_iterations_ratio_max_is_the_largest_of_its_minibatches_the_rest_their_mean(trainer, monkeypatch):
+    """ppo/ratio_max was averaged over the iteration's minibatches like the losses: below the ratio the
+    guard saw (1.18 for a largest 1.35 in one run)."""
+    t, ro = trainer(minibatch_size=4, ppo_epochs=2, lr=1e-2)
+    seen = record_minibatch_steps(monkeypatch)
     stats = t.learn(ro)
     assert len(seen) == 4 and len({s["ppo/ratio_max"] for s in seen}) > 1
     assert stats["ppo/ratio_max"] == max(s["ppo/ratio_max"] for s in seen)
@@ -267,13 +273,7 @@ def test_the_first_step_starts_from_a_ratio_of_exactly_one(tmp_path, tiny_gpt2, 
     """The first minibatch's log-probs are the rollout's own (one pass), so its ratio is exactly 1: no
     clipping and no KL from the forward pass being repeated on another batch shape."""
     t = ppo_trainer(tmp_path, tiny_gpt2, minibatch_size=2, ppo_epochs=1)
-    seen = []
-    step = PPOTrainer.minibatch_step
-
-    def recording(self, *a):
-        seen.append(step(self, *a))
-        return seen[-1]
-    monkeypatch.setattr(PPOTrainer, "minibatch_step", recording)
+    seen = record_minibatch_steps(monkeypatch)
     t.step()
     assert len(seen) == 4
     assert (seen[0]["ppo/ratio_max"], seen[0]["ppo/approx_kl"], seen[0]["ppo/clipfrac"]) == (1.0, 0.0, 0.0)
