@@ -171,11 +171,11 @@ def _why_not_preferred(results: EvalResults, most: int = 3) -> str:
         gaps.sort(key=lambda g: g[0])
         if gaps:
             listed = "; ".join(f"{name}: {_pct(rm)} against {_pct(ceil)}" for _, name, rm, ceil in gaps[:most])
-            parts.append("Why, measured: the reward model is clearly below what the labelers' own judgements allow "
+            parts.append("the reward model is clearly below what the labelers' own judgements allow "
                          f"on pairs separated by {listed}. Where it cannot tell the better answer, PPO cannot "
                          "learn it.")
         else:
-            parts.append("Why, measured: the reward model is within its interval of the labelers' ceiling on "
+            parts.append("the reward model is within its interval of the labelers' ceiling on "
                          "every kind of pair, so the limit is not its accuracy.")
     best = results.meta.get("best_of_n")
     if isinstance(best, dict) and best:
@@ -188,7 +188,7 @@ def _why_not_preferred(results: EvalResults, most: int = 3) -> str:
         parts.append(f"Of {m} answers the SFT policy samples to a test prompt, the first truly follows the "
                      f"instruction in {_pct(first)} of prompts, the reward model's pick in {_pct(rm)} and a perfect "
                      f"reward model's pick in {_pct(oracle)}: {verdict}.")
-    return " ".join(parts)
+    return "Why, measured: " + " ".join(parts) if parts else ""
 
 
 def _meta_section(results: EvalResults) -> Section:
