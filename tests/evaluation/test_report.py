@@ -185,7 +185,7 @@ def test_the_training_curves_are_drawn_against_the_ppo_iteration(monkeypatch):
     assert curves and {ax.get_xlabel() for f in curves for ax in f.axes} == {"PPO iteration"}
 
 
-def _answer_text(ptx_win: float) -> str:
+def _answer_text(ptx_win: float, measured: tuple[str, ...] = ("rm_accuracy_by_criterion", "best_of_n")) -> str:
     """The report's first section for a PPO-ptx with held-out win rate ``ptx_win`` +- 0.03, an RM clearly below
     its ceiling on truthfulness (by 30 points) and on constraints (by 12), within it on harm, and best-of-4 picks."""
     def pair(rm, ceiling):
@@ -197,7 +197,7 @@ def _answer_text(ptx_win: float) -> str:
             "best_of_n": {"1": {"rm": pick(0.66), "oracle": pick(0.66)},
                           "4": {"rm": pick(0.70), "oracle": pick(0.81)}}}
     res = EvalResults([ModelResult("ppo_ptx", "ppo_ptx", win_rate={"heldout": est(ptx_win)})], baseline="sft",
-                      meta=meta)
+                      meta={k: meta[k] for k in measured})
     answer = build_sections(res)[0]
     assert answer.title == "The answer"
     return render_markdown([answer], None).replace("\\", "")  # without the Markdown escapes
@@ -213,3 +213,4 @@ def test_the_answer_says_why_a_policy_is_not_preferred_in_the_runs_own_numbers()
     assert "the reward model's pick in 70.0% [67.0, 73.0] and a perfect reward model's pick in 81.0%" in why
     assert "hold better ones than the reward model points to" in why
     assert "Why, measured" not in _answer_text(0.60)  # a policy that is preferred needs no excuse
+    assert "Why, measured: Of 4 answers the SFT policy samples" in _answer_text(0.51, measured=("best_of_n",))
