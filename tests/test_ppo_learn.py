@@ -8,7 +8,7 @@ import weakref
 import pytest
 import torch
 
-from tests.conftest import write_jsonl
+from tests.conftest import make_model, write_jsonl
 from instructgpt import config
 from instructgpt.ppo import PPOConfig, PPOGuardError, PPOTrainer
 
@@ -232,6 +232,32 @@ def test_reusing_the_rollouts_pass_gives_the_same_update_and_statistics(tmp_path
         moved.append(any(not torch.equal(pa, p0) for pa, p0 in zip(m_a.parameters(), m_0)))
     # the comparison is of an update: of the policy (not in the warm-up) and of the value function
     assert moved == [not options.get("value_warmup_iterations")] + [True] * (len(moved) - 1)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("value_model", ["separate", "shared"])
+def test_reusing_the_rollouts_pass_on_llama_and_qwen2(tmp_path, tokenizer_dir, monkeypatch, arch, value_model):
+    """The kept pass on the Llama family (rotary positions, grouped-query attention, RMSNorm): the same update
+    as recomputing it, and one minibatch fewer through the policy."""
+    from transformers import AutoTokenizer
+    policy = make_model(tmp_path / arch, arch, tokenizer=AutoTokenizer.from_pretrained(str(tokenizer_dir)))
+    reused = ppo_trainer(tmp_path / "a", policy, value_model=value_model, minibatch_size=4, ppo_epochs=2)
+    counted = EpisodeCounter(reused.policy)
+    generate = reused.backend.generate
+
+    def sample(*a, **kw):  # sampling's passes are not counted
+        out = generate(*a, **kw)
+        counted.with_grad = counted.without_grad = 0
+        return out
+    reused.backend.generate = sample
+    reused.step()
+    assert (counted.with_grad, counted.without_grad) == (4 + 12, 4)  # 8 without autograd when recomputed
+    without_reuse(monkeypatch)
+    again = ppo_trainer(tmp_path / "b", policy, value_model=value_model, minibatch_size=4, ppo_epochs=2)
+    again.step()
+    for m_a, m_b in zip(reused.trained, again.trained):
+        for pa, pb in zip(m_a.parameters(), m_b.parameters()):
+            torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-7)
 
 
 class EpisodeCounter:
