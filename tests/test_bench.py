@@ -107,6 +107,35 @@ def test_the_floor_of_a_generate_call_sums_every_recorded_product():
     assert r["floor_s"] > 0 and r["unit_s"] > 0
 
 
+def test_the_floor_of_ppos_learning_phase_records_its_products_and_no_others():
+    """``ppo_learn``: the batch is sampled and scored before each unit, outside the recording. Tiny
+    (4 layers, width 256, vocabulary 4096), 32 episodes of 32 + 32 tokens, 4 epochs of one minibatch, the
+    separate value model: a forward F is the policy's layers over 2,048 tokens, its unembedding at the 33
+    positions per episode that predict or precede response tokens, and the value model's layers and scalar
+    head over 2,048 tokens; each epoch is a forward and a backward (2F), less epoch 0's forward, which
+    the rollout made and kept. Counted with the rollout, the decode steps' products would add more."""
+    floor = _load("floor")
+    r = floor.measure("tiny", "ppo_learn", reps=1)
+    L, d, V, tokens, kept = 4, 256, 4096, 32 * 64, 32 * 33
+    F = 2 * (2 * 12 * L * d * d * tokens) + 2 * kept * d * V + 2 * tokens * d
+    assert r["gemm_flops"] == (3 * 4 - 1) * F
+    assert r["target_units"] == 32 and r["floor_s"] > 0
+
+
+def test_the_learning_share_ceiling_is_the_products_rate_alone():
+    """300 GFLOP of products taking 1 s alone in a 1.5 s unit: against a 600 GFLOP/s matmul they reach 50%
+    alone, so 75% is out of reach; against 300 GFLOP/s they reach 100% alone and the unit 67%, and 75%
+    allows 1 / 0.75 - 1 = 333 ms for the rest instead of 500; against 250 GFLOP/s the unit is at 80%."""
+    floor = _load("floor")
+    r = {"gemm_flops": 300e9, "floor_s": 1.0, "unit_s": 1.5}
+    share, says = floor.learning_ceiling(r, ref=600e9)
+    assert share == pytest.approx(0.5) and says.startswith("the 75% target is out of reach")
+    share, says = floor.learning_ceiling(r, ref=300e9)
+    assert share == pytest.approx(1.0) and says == "67%; 75% needs the other 500 ms (all but the products) to fall to 333 ms"
+    share, says = floor.learning_ceiling(r, ref=250e9)
+    assert share == pytest.approx(1.2) and says == "met: 80% (its products' FLOPs over its measured time)"
+
+
 def test_the_floor_verdict_against_a_budget():
     floor = _load("floor")
     assert floor.verdict(unit_s=0.3, floor_s=0.2, budget_s=0.4) == "met"
