@@ -224,7 +224,8 @@ def test_my_tasks_shows_one_page_and_its_links_reach_every_assignment(sqlite_url
 
 def test_the_assignments_api_pages_like_my_tasks(sqlite_url, tmp_path, make_app):
     """GET /api/assignments gave every assignment in one array (reading each task's whole prompt): it now gives
-    one page (?page=N&per_page=M, 50 by default) with the counts of all of them and the next page's URL."""
+    one page (?page=N&per_page=M, 50 by default) with the counts of all of them and the URL of the rows after
+    its last (?after=<cursor>: page null, pages still the count)."""
     expected = ann_with_230_assignments(sqlite_url, tmp_path)
     c = make_app(sqlite_url)
     assert login(c, "ann").status_code == 303
@@ -234,18 +235,101 @@ def test_the_assignments_api_pages_like_my_tasks(sqlite_url, tmp_path, make_app)
             body = c.get(url).json()
             visited += 1
             assert {k: body[k] for k in ("page", "per_page", "pages", "total", "pending")} == \
-                {"page": visited, "per_page": per_page, "pages": pages, "total": 230, "pending": 2}, url
+                {"page": 1 if visited == 1 else None, "per_page": per_page, "pages": pages, "total": 230,
+                 "pending": 2}, url
             assert len(body["assignments"]) == min(per_page, 230 - len(seen)), url
             assert set(body["assignments"][0]) == {"id", "task_id", "kind", "status"}
             seen += [a["id"] for a in body["assignments"]]
             url = body["next"]
+            assert url is None or url.endswith("" if per_page == 50 else "&per_page=100"), url
         assert visited == pages and seen == expected
-    assert c.get("/api/assignments?per_page=100&page=2").json()["next"] == "/api/assignments?page=3&per_page=100"
+    jumped = c.get("/api/assignments?per_page=100&page=2").json()   # ?page=N: as before, then a cursor on
+    assert jumped["page"] == 2 and [a["id"] for a in jumped["assignments"]] == expected[100:200]
+    assert jumped["next"] == f"/api/assignments?after=n{expected[199]}&per_page=100"
+    assert c.get("/api/assignments?per_page=100&page=3").json()["next"] is None
     past = c.get("/api/assignments?page=99").json()   # past the last: no rows, no next (a client paging on stops)
     assert past["assignments"] == [] and past["next"] is None and past["total"] == 230
+    for after in (f"n{expected[-1]}", "n1"):   # after the last row: no rows, no next
+        past = c.get(f"/api/assignments?after={after}").json()
+        assert (past["assignments"], past["next"], past["page"], past["total"]) == ([], None, None, 230), after
+    assert [a["id"] for a in c.get(f"/api/assignments?after=p{expected[0]}").json()["assignments"]] == \
+        expected[1:51]
     for query, detail in (("page=abc", "page: expected a whole number from 1, got 'abc'"),
                           ("page=0", "page: expected a whole number from 1, got '0'"),
                           ("per_page=501", "per_page: expected a whole number from 1 to 500, got '501'"),
                           ("per_page=-1", "per_page: expected a whole number from 1 to 500, got '-1'")):
         r = c.get(f"/api/assignments?{query}")
         assert (r.status_code, r.json()) == (422, {"detail": detail}), query
+
+
+BAD_CURSOR = "after: expected the cursor of a next link (p or n, then an assignment id), got "
+
+
+@pytest.mark.parametrize("query,detail", [
+    ("after=x5", BAD_CURSOR + "'x5'"),
+    ("after=p", BAD_CURSOR + "'p'"),
+    ("after=n0", BAD_CURSOR + "'n0'"),
+    ("after=p-3", BAD_CURSOR + "'p-3'"),
+    ("after=p%C2%B2", BAD_CURSOR + "'p\u00b2'"),
+    ("after=", BAD_CURSOR + "''"),
+    ("after=n99999999999999999999", BAD_CURSOR + "'n9999999999999999999'"),
+    ("page=1&after=n5", "page, after: expected one of them, got both"),
+    ("after=n5&page=2", "page, after: expected one of them, got both"),
+])
+def test_the_assignments_api_refuses_a_bad_cursor_or_page_with_after(sqlite_url, tmp_path, make_app, query, detail):
+    store = open_store(sqlite_url)
+    add_user(store, "ann")
+    store.dispose()
+    c = make_app(sqlite_url)
+    assert login(c, "ann").status_code == 303
+    r = c.get(f"/api/assignments?{query}")
+    assert (r.status_code, r.json()) == (422, {"detail": detail}), query
+
+
+def test_following_next_while_labeling_and_claiming_lists_every_assignment(db_url, tmp_path, make_app):
+    """GET /api/assignments paged by offset: a client that labeled the first pending assignment of each page it
+    read (it leaves the pending group, every later row moves up one place) never saw the row that moved from
+    the next page onto the one it had read; a claim in between moved rows the other way. ``next`` now names the
+    last row's position (?after=<cursor>): every assignment there was at the first request is listed, the
+    labeled ones again with their new status, and the new claim only on a fresh first page."""
+    from instructgpt.labeling.labels import new_request_id
+
+    store = open_store(db_url)
+    add_user(store, "ann")
+    import_file(store, "rank", write_rank_tasks(tmp_path / "t.jsonl", 12))
+    store.dispose()
+    c = make_app(db_url)
+    assert login(c, "ann").status_code == 303
+    tok = csrf(c)
+
+    def claim(n: int) -> list[int]:
+        return c.post("/api/claim", json={"n": n}, headers={"X-CSRF-Token": tok}).json()["assignment_ids"]
+
+    def label(aid: int) -> None:
+        r = c.post(f"/api/assignments/{aid}/label", headers={"X-CSRF-Token": tok},
+                   json={"kind": "rank", "request_id": new_request_id(), "ranking": [[0], [1], [2], [3]],
+                         "likert": [1, 2, 3, 4]})
+        assert r.status_code == 201, r.text
+
+    at_start = claim(9)
+    assert len(at_start) == 9
+    listed, labeled, new, url = [], [], [], "/api/assignments?per_page=2"
+    while url:
+        body = c.get(url).json()
+        assert body["total"] == 9 + len(new) and len(body["assignments"]) <= 2, url
+        listed += [(a["id"], a["status"]) for a in body["assignments"]]
+        pending = [a["id"] for a in body["assignments"] if a["status"] == "pending"]
+        if pending:
+            label(pending[0])
+            labeled.append(pending[0])
+        if not new:
+            new = claim(1)
+            assert len(new) == 1
+        url = body["next"]
+    ids = [i for i, _ in listed]
+    assert set(at_start) <= set(ids), sorted(set(at_start) - set(ids))   # none skipped
+    assert new[0] not in ids
+    assert sorted({i for i in ids if ids.count(i) > 1}) == sorted(labeled)  # listed again, now done
+    assert [(i, st) for i, st in listed if i in labeled] == \
+        [(i, "pending") for i in labeled] + [(i, "done") for i in sorted(labeled, reverse=True)]
+    assert c.get("/api/assignments?per_page=2").json()["assignments"][0]["id"] == new[0]   # a fresh first page

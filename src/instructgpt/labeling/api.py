@@ -17,8 +17,12 @@ from .security import Viewer
 from .tasks import (
     API_PAGE_MAX,
     MY_TASKS_PAGE,
+    AssignmentPage,
+    Cursor,
     Invalid,
     assignment_page,
+    assignments_after,
+    check_cursor,
     check_page,
     claim_tasks,
     open_assignment,
@@ -64,22 +68,30 @@ def me(viewer: Viewer = Depends(current_viewer)):
 
 @router.get("/assignments")
 def assignments(request: Request, viewer: Viewer = Depends(current_viewer)):
-    """One page of your assignments (``?page=N&per_page=M``; pending first, then newest first), the counts of
-    all of them, and ``next``: the URL of the next page, null on the last (a page past the last has no rows)."""
-    per_page = check_page(request.query_params.get("per_page"), "per_page", MY_TASKS_PAGE, API_PAGE_MAX)
-    mine = assignment_page(store_of(request), viewer.user_id, check_page(request.query_params.get("page")),
-                           per_page, past_last_shows_last=False)
+    """One page of your assignments (pending first, then newest first; ``?per_page=M``): the first, page ``N``
+    (``?page=N``) or the one after a cursor (``?after=C``, from ``next``), the counts of all of them, and ``next``:
+    the URL of the rows after this page's last, null when none follow (a page past the last has no rows)."""
+    query = request.query_params
+    per_page = check_page(query.get("per_page"), "per_page", MY_TASKS_PAGE, API_PAGE_MAX)
+    if "after" in query and "page" in query:
+        raise Invalid("page, after: expected one of them, got both")
+    if "after" in query:
+        mine = assignments_after(store_of(request), viewer.user_id, check_cursor(query["after"]), per_page)
+    else:
+        mine = assignment_page(store_of(request), viewer.user_id, check_page(query.get("page")), per_page,
+                               past_last_shows_last=False)
     return {"assignments": [{"id": r.id, "task_id": r.task_id, "kind": r.kind, "status": r.status}
                             for r in mine.rows],
             "page": mine.page, "per_page": per_page, "pages": mine.pages, "total": mine.total,
-            "pending": mine.pending, "next": _next_page(mine.page, mine.pages, per_page)}
+            "pending": mine.pending, "next": _next_page(mine, per_page)}
 
 
-def _next_page(page: int, pages: int, per_page: int) -> str | None:
-    """The URL of the page after ``page`` of ``GET /api/assignments``, or None when ``page`` is the last."""
-    if page >= pages:
+def _next_page(mine: AssignmentPage, per_page: int) -> str | None:
+    """The URL of the rows after ``mine``'s last in ``GET /api/assignments``, or None when none follow."""
+    if not mine.more:
         return None
-    return f"/api/assignments?page={page + 1}" + (f"&per_page={per_page}" if per_page != MY_TASKS_PAGE else "")
+    return f"/api/assignments?after={Cursor.of(mine.rows[-1])}" + \
+        (f"&per_page={per_page}" if per_page != MY_TASKS_PAGE else "")
 
 
 @router.post("/claim")

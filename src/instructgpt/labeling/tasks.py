@@ -50,7 +50,17 @@ from sqlalchemy import func, select, update
 from instructgpt import data
 
 from .store import Store
-from .tables import CLAIM_ORDER, HELD_OUT_ORDER, OPEN_TASK, Assignment, Label, Task, User, utcnow
+from .tables import (
+    ASSIGNMENT_STATES,
+    CLAIM_ORDER,
+    HELD_OUT_ORDER,
+    OPEN_TASK,
+    Assignment,
+    Label,
+    Task,
+    User,
+    utcnow,
+)
 
 K_MIN, K_MAX = 4, 9            # responses per ranking task (the paper's K = 4..9)
 MAX_TEXT = 100_000             # characters in one prompt or response
@@ -589,10 +599,26 @@ def label_in_display(label: Label, order: list[int]) -> dict[str, Any]:
 class AssignmentPage:
     """One page of a labeler's assignments (pending first, then newest first) and the counts of all of them."""
     rows: list[AssignmentRow]
-    page: int       # 1-based, at most ``pages`` (unless asked for a page past the last)
+    page: int | None  # 1-based, at most ``pages`` (unless asked for a page past the last); None after a cursor
     pages: int      # at least 1
     pending: int    # pending assignments, on every page
     total: int      # assignments, on every page
+    more: bool = False  # whether rows follow the last of ``rows`` (in the same order)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A position in a labeler's assignment order (pending first, then id descending): that of the last row a
+    page gave. As text (``GET /api/assignments?after=``): ``p`` (pending) or ``n`` (not pending), then the id."""
+    pending: bool
+    id: int
+
+    def __str__(self) -> str:
+        return f"{'p' if self.pending else 'n'}{self.id}"
+
+    @classmethod
+    def of(cls, row: AssignmentRow) -> Cursor:
+        return cls(row.status == "pending", row.id)
 
 
 def check_page(raw: str | None, name: str = "page", default: int = 1, most: int | None = None) -> int:
@@ -605,26 +631,67 @@ def check_page(raw: str | None, name: str = "page", default: int = 1, most: int 
     return int(text)
 
 
+def check_cursor(raw: str, name: str = "after") -> Cursor:
+    """A query parameter ``name`` as a ``Cursor`` (the text a ``next`` link gave); ``Invalid`` names it otherwise."""
+    text = raw.strip()
+    digits = text[1:]
+    if text[:1] not in ("p", "n") or not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) <= MAX_ID:
+        raise Invalid(f"{name}: expected the cursor of a next link (p or n, then an assignment id), "
+                      f"got {text[:20]!r}")
+    return Cursor(text[0] == "p", int(digits))
+
+
+def _my_counts(s, user_id: int) -> dict[str, int]:
+    """A user's assignments by status."""
+    return dict(s.execute(select(Assignment.status, func.count()).where(Assignment.user_id == user_id)
+                          .group_by(Assignment.status)).all())
+
+
+def _my_rows(query) -> list[AssignmentRow]:
+    """``query`` (a select of ``Assignment``, its task's kind and prompt preview) as ``AssignmentRow``s."""
+    return [AssignmentRow(a.id, a.task_id, kind, a.status, preview, a.assigned_at, a.done_at, a.release_reason)
+            for a, kind, preview in query.all()]
+
+
+def _mine(user_id: int):
+    """A user's assignments with their task's kind and the first 160 characters of its prompt."""
+    return (select(Assignment, Task.kind, func.substr(Task.prompt, 1, 160))
+            .join(Task, Task.id == Assignment.task_id).where(Assignment.user_id == user_id))
+
+
 def assignment_page(store: Store, user_id: int, page: int = 1, per_page: int = MY_TASKS_PAGE,
                     past_last_shows_last: bool = True) -> AssignmentPage:
     """Page ``page`` of a user's own assignments, ``per_page`` to a page. A page past the last shows the last
     (My tasks), or, with ``past_last_shows_last=False``, no rows (the JSON API: a client paging on stops)."""
     with store.tx(read_only=True) as s:
-        counts = dict(s.execute(select(Assignment.status, func.count()).where(Assignment.user_id == user_id)
-                                .group_by(Assignment.status)).all())
+        counts = _my_counts(s, user_id)
         total = sum(counts.values())
         pages = max(1, math.ceil(total / per_page))
         page = min(page, pages) if past_last_shows_last else page
-        rows = s.execute(
-            select(Assignment, Task.kind, func.substr(Task.prompt, 1, 160))
-            .join(Task, Task.id == Assignment.task_id).where(Assignment.user_id == user_id)
-            .order_by((Assignment.status == "pending").desc(), Assignment.id.desc())
-            .offset((page - 1) * per_page).limit(per_page)
-        ).all()
-        return AssignmentPage(
-            [AssignmentRow(a.id, a.task_id, kind, a.status, preview, a.assigned_at, a.done_at, a.release_reason)
-             for a, kind, preview in rows],
-            page, pages, counts.get("pending", 0), total)
+        rows = _my_rows(s.execute(
+            _mine(user_id).order_by((Assignment.status == "pending").desc(), Assignment.id.desc())
+            .offset((page - 1) * per_page).limit(per_page)))
+        return AssignmentPage(rows, page, pages, counts.get("pending", 0), total, more=bool(rows) and page < pages)
+
+
+def assignments_after(store: Store, user_id: int, after: Cursor, per_page: int = MY_TASKS_PAGE) -> AssignmentPage:
+    """The ``per_page`` assignments of a user that follow ``after`` (pending first, then newest first). Keyed on
+    the position, not on a count of rows before it, so labeling or claiming between pages moves no row past a
+    client paging on: each group is read from the index on (user_id, status), below the cursor's id."""
+    with store.tx(read_only=True) as s:
+        counts = _my_counts(s, user_id)
+        rows: list[AssignmentRow] = []
+        if after.pending:
+            rows = _my_rows(s.execute(_mine(user_id).where(Assignment.status == "pending", Assignment.id < after.id)
+                                      .order_by(Assignment.id.desc()).limit(per_page + 1)))
+        if len(rows) <= per_page:
+            done = _mine(user_id).where(Assignment.status.in_([st for st in ASSIGNMENT_STATES if st != "pending"]))
+            if not after.pending:
+                done = done.where(Assignment.id < after.id)
+            rows += _my_rows(s.execute(done.order_by(Assignment.id.desc()).limit(per_page + 1 - len(rows))))
+        total = sum(counts.values())
+        return AssignmentPage(rows[:per_page], None, max(1, math.ceil(total / per_page)), counts.get("pending", 0),
+                              total, more=len(rows) > per_page)
 
 
 def next_pending(store: Store, user_id: int) -> int | None:
