@@ -147,7 +147,7 @@ class RunFolder:
     def rounds(self) -> list[int]:
         """Numbers of the rounds whose folder exists, in order."""
         found = [p.name[len("round"):] for p in self.models.glob("round*") if p.is_dir()]
-        return sorted(int(n) for n in found if n.isdigit())
+        return sorted(int(n) for n in found if n.isascii() and n.isdigit())
 
     # ---- reports (of the run's own evaluation; an eval with out_dir writes its own)
     @property

@@ -148,9 +148,9 @@ def _fsdp_mode(env: Mapping[str, str], notes: list[str]) -> str:
         return "full"                               # accelerate's FSDP2 default: reshard after forward
     # FSDP1 names a strategy (in FSDP_RESHARD_AFTER_FORWARD or FSDP_SHARDING_STRATEGY), by name or number
     strategies = ["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD", "HYBRID_SHARD_ZERO2"]
-    raw = reshard if reshard.upper() in strategies or reshard.isdigit() else env.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD")
+    raw = reshard if reshard.upper() in strategies or reshard.isdecimal() else env.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD")
     name = raw.strip().upper()
-    if name.isdigit() and 1 <= int(name) <= len(strategies):
+    if name.isdecimal() and 1 <= int(name) <= len(strategies):
         name = strategies[int(name) - 1]
     if name.startswith("HYBRID_SHARD"):
         mode = "grad_op" if name.endswith("ZERO2") else "full"

@@ -178,6 +178,9 @@ def test_sharding_api_under_two_ranks(sharded_ranks, dist_data, mode):
     ({"ACCELERATE_USE_FSDP": "true"}, "full", None),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP"}, "grad_op", None),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_SHARDING_STRATEGY": "2"}, "grad_op", None),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_SHARDING_STRATEGY": "\u00b2"}, "full", "unknown"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_RESHARD_AFTER_FORWARD": "\u00b2",
+      "FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP"}, "grad_op", None),   # '²' is no strategy number (int() raised)
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_RESHARD_AFTER_FORWARD": "NO_SHARD",
       "FSDP_SHARDING_STRATEGY": "FULL_SHARD"}, "none", None),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_SHARDING_STRATEGY": "HYBRID_SHARD"}, "full",

@@ -293,3 +293,14 @@ def test_the_label_tasks_line_names_the_models_a_task_leaves_out():
     specs["x3"] = ModelSpec("x3", "other", "p", None)
     assert _left_out(specs, cfg) == "; x3 left out: a task ranks at most 9 answers, one per model"
     assert _left_out(specs, replace(cfg, baseline="x3")) == "; x2 left out: a task ranks at most 9 answers, one per model"
+
+
+def test_a_run_folders_rounds_are_its_round_folders_with_a_number(tmp_path):
+    """round2 and round10 count, in numeric order; a file, a folder without a number, and round² (a digit to
+    str.isdigit, not a number to int(): it raised ValueError) do not."""
+    from instructgpt.run_folder import RunFolder
+    run = RunFolder(tmp_path)
+    for name in ("round10", "round2", "roundx", "round\u00b2", "round"):
+        (run.models / name).mkdir(parents=True)
+    (run.models / "round3").write_text("")
+    assert run.rounds() == [2, 10]

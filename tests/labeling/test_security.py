@@ -231,6 +231,7 @@ def test_a_device_cookie_vouches_for_its_user_name_only_and_expires():
     assert trusted_device(key, cookie[:-1] + ("0" if cookie[-1] != "0" else "1"), "ann", now) is None
     assert trusted_device(key, cookie, "ann", now + DEVICE_TTL + timedelta(seconds=1)) is None
     assert trusted_device(key, "garbage", "ann", now) is None and trusted_device(key, None, "ann", now) is None
+    assert trusted_device(key, f"{device}.\u00b2.{cookie.rsplit('.', 1)[1]}", "ann", now) is None  # '²': not a 500
 
 
 def test_session_cookie_flags_and_logout(sqlite_url, make_app):

@@ -220,6 +220,7 @@ def test_my_tasks_shows_one_page_and_its_links_reach_every_assignment(sqlite_url
     r = c.get("/?page=abc")
     assert r.status_code == 422 and "page: expected a whole number from 1, got &#39;abc&#39;" in r.text
     assert c.get("/?page=0").status_code == 422
+    assert c.get("/?page=%C2%B2").status_code == 422   # '²': a digit to str.isdigit, not to int() (was a 500)
 
 
 def test_the_assignments_api_pages_like_my_tasks(sqlite_url, tmp_path, make_app):
@@ -257,7 +258,9 @@ def test_the_assignments_api_pages_like_my_tasks(sqlite_url, tmp_path, make_app)
     for query, detail in (("page=abc", "page: expected a whole number from 1, got 'abc'"),
                           ("page=0", "page: expected a whole number from 1, got '0'"),
                           ("per_page=501", "per_page: expected a whole number from 1 to 500, got '501'"),
-                          ("per_page=-1", "per_page: expected a whole number from 1 to 500, got '-1'")):
+                          ("per_page=-1", "per_page: expected a whole number from 1 to 500, got '-1'"),
+                          ("page=%C2%B2", "page: expected a whole number from 1, got '²'"),
+                          ("per_page=%E2%91%A0", "per_page: expected a whole number from 1 to 500, got '①'")):
         r = c.get(f"/api/assignments?{query}")
         assert (r.status_code, r.json()) == (422, {"detail": detail}), query
 

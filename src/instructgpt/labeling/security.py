@@ -172,7 +172,7 @@ def device_cookie(key: bytes, username: str, now=None) -> str:
 def trusted_device(key: bytes, cookie: str | None, username: str, now=None) -> str | None:
     """The device id of ``cookie`` if it vouches for ``username`` and is at most DEVICE_TTL old, else None."""
     parts = (cookie or "").split(".")
-    if len(cookie or "") > 200 or len(parts) != 3 or not parts[1].isdigit():
+    if len(cookie or "") > 200 or len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()):
         return None
     device, issued, mac = parts[0], int(parts[1]), parts[2]
     age = (now or utcnow()).replace(tzinfo=UTC).timestamp() - issued

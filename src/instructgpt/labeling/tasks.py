@@ -625,7 +625,7 @@ def check_page(raw: str | None, name: str = "page", default: int = 1, most: int 
     """A query parameter ``name`` (``page``, ``per_page``) as a whole number from 1 to ``most`` (``default`` when
     absent); ``Invalid`` names it otherwise."""
     text = (raw or str(default)).strip()
-    if not text.isdigit() or not 1 <= int(text) <= (most or MAX_ID):
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= (most or MAX_ID):  # '²' is a digit to isdigit, not to int
         bounds = f"from 1 to {most}" if most else "from 1"
         raise Invalid(f"{name}: expected a whole number {bounds}, got {text[:20]!r}")
     return int(text)
