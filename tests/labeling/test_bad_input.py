@@ -48,6 +48,22 @@ def test_ids_that_are_not_ids_are_404(site, path):
         assert "<h1>Something went wrong</h1>" in r.text  # our page, not a bare JSON error
 
 
+@pytest.mark.parametrize("query", ["page=" + "9" * 5000, "per_page=" + "9" * 5000, "after=p" + "9" * 5000])
+def test_page_numbers_and_cursors_of_thousands_of_digits_are_422(site, query):
+    """int() refuses more than 4300 digits (ValueError): such a ?page= was a 500 on My tasks and the API.
+    Leading zeros do not count: 0000...1 is page 1."""
+    _, clients, aid = site
+    name = query.split("=")[0]
+    for path in ("/api/assignments", "/"):
+        if path == "/" and name != "page":
+            continue
+        r = clients["ann"].get(f"{path}?{query}")
+        assert r.status_code == 422, (path, query[:20], r.status_code)
+        assert f"{name}: expected" in (r.json()["detail"] if path.startswith("/api/") else r.text)
+    padded = clients["ann"].get("/api/assignments?page=" + "0" * 5000 + "1")
+    assert padded.status_code == 200 and [a["id"] for a in padded.json()["assignments"]] == [aid]
+
+
 def test_huge_ids_in_posts_are_404(site):
     _, clients, aid = site
     ann, root = clients["ann"], clients["root"]

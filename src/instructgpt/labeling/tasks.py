@@ -621,24 +621,34 @@ class Cursor:
         return cls(row.status == "pending", row.id)
 
 
+def _whole_number(text: str) -> int | None:
+    """``text`` as a whole number if it is ASCII digits with at most MAX_ID's count of significant ones, else None:
+    int() refuses '²' (a digit to isdigit) and more than 4300 digits (ValueError), and no bigger number is valid."""
+    digits = text.lstrip("0") or "0"
+    if not (text.isascii() and text.isdigit()) or len(digits) > len(str(MAX_ID)):
+        return None
+    return int(digits)
+
+
 def check_page(raw: str | None, name: str = "page", default: int = 1, most: int | None = None) -> int:
     """A query parameter ``name`` (``page``, ``per_page``) as a whole number from 1 to ``most`` (``default`` when
     absent); ``Invalid`` names it otherwise."""
     text = (raw or str(default)).strip()
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= (most or MAX_ID):  # '²' is a digit to isdigit, not to int
+    number = _whole_number(text) or 0
+    if not 1 <= number <= (most or MAX_ID):
         bounds = f"from 1 to {most}" if most else "from 1"
         raise Invalid(f"{name}: expected a whole number {bounds}, got {text[:20]!r}")
-    return int(text)
+    return number
 
 
 def check_cursor(raw: str, name: str = "after") -> Cursor:
     """A query parameter ``name`` as a ``Cursor`` (the text a ``next`` link gave); ``Invalid`` names it otherwise."""
     text = raw.strip()
-    digits = text[1:]
-    if text[:1] not in ("p", "n") or not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) <= MAX_ID:
+    row_id = _whole_number(text[1:]) or 0
+    if text[:1] not in ("p", "n") or not 1 <= row_id <= MAX_ID:
         raise Invalid(f"{name}: expected the cursor of a next link (p or n, then an assignment id), "
                       f"got {text[:20]!r}")
-    return Cursor(text[0] == "p", int(digits))
+    return Cursor(text[0] == "p", row_id)
 
 
 def _my_counts(s, user_id: int) -> dict[str, int]:
