@@ -78,6 +78,17 @@ def test_huge_ids_in_posts_are_404(site):
         .status_code == 404
 
 
+@pytest.mark.parametrize("declared", ["9" * 5000, "0" * 5000 + "1"])
+def test_a_content_length_of_thousands_of_digits_is_413(site, declared):
+    """int() refuses more than 4300 digits: such a Content-Length was a 500 from the body limit (uvicorn's h11
+    refuses it before the app, other ASGI servers need not)."""
+    _, clients, _ = site
+    ann = clients["ann"]
+    r = ann.post("/api/claim", content=b"", headers={"X-CSRF-Token": csrf(ann), "Content-Type": "application/json",
+                                                     "Content-Length": declared})
+    assert r.status_code == 413 and "larger than 1024 KiB" in r.json()["detail"]
+
+
 def test_deeply_nested_json_is_400(site):
     _, clients, aid = site
     ann = clients["ann"]

@@ -75,6 +75,7 @@ class SecurityHeaders:
 
 
 KIB, MIB = 1024, 1024 * 1024
+CONTENT_LENGTH_DIGITS = 20   # a Content-Length longer than this is refused unread (int() refuses over 4300 digits)
 MULTIPART_SLACK = 64 * KIB   # an upload's body holds its file plus the form's other fields and part headers
 
 
@@ -98,7 +99,8 @@ class BodyLimit:
     """ASGI middleware: request bodies above ``limit`` get 413 before anything parses them.
 
     Paths in ``uploads`` (the admin's task upload) get ``upload_limit`` instead.
-    A declared Content-Length is checked up front; a chunked body is counted as
+    A declared Content-Length is checked up front (one of more than
+    CONTENT_LENGTH_DIGITS digits is too large, as h11 holds); a chunked body is counted as
     it arrives and cut off at the limit. The 413 states the limit as its option
     does (``max_body_kb`` in KiB, ``max_upload_mb`` in MiB).
     """
@@ -112,7 +114,8 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         limit = self.upload_limit if scope["path"] in self.uploads else self.limit
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit.bytes):
+        if declared is not None and (not declared.isdigit() or len(declared) > CONTENT_LENGTH_DIGITS
+                                     or int(declared) > limit.bytes):
             response = error_response(Request(scope), 413, _too_large(limit))
             return await response(scope, receive, send)
         received = 0
