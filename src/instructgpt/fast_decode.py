@@ -63,22 +63,14 @@ class LeanDecoder:
 
         ``compile``: the layer stack of a step runs through ``torch.compile`` (``compile.py``); that
         decoder is kept on the model and reused by later calls, so it is compiled once."""
-        cfg = getattr(model, "config", None)
-        kind = getattr(cfg, "model_type", None)
-        if kind == "gpt2":
-            ok = (hasattr(model, "transformer") and not getattr(cfg, "add_cross_attention", False)
-                  and cfg.activation_function in _ACTIVATIONS)
-        elif kind in _LLAMA_LIKE:
-            windowed = (getattr(cfg, "sliding_window", None) if kind == "mistral"
-                        else getattr(cfg, "use_sliding_window", False))
-            ok = hasattr(model, "model") and cfg.hidden_act == "silu" and not windowed
-        else:
-            ok = False
+        kind = block_kind(getattr(model, "config", None))
+        ok = ((kind == "gpt2" and hasattr(model, "transformer") and model.config.activation_function in _ACTIVATIONS)
+              or (kind == "llama" and hasattr(model, "model") and model.config.hidden_act == "silu"))
         if not ok or model.get_output_embeddings() is None or _has_hooks(model):
             return None
         if compile and getattr(model, "_compiled_lean_decoder", None) is not None:
             return model._compiled_lean_decoder
-        decoder = cls(model, "gpt2" if kind == "gpt2" else "llama")
+        decoder = cls(model, kind)
         if compile:
             from .compile import compile_function
             decoder._layers = compile_function(decoder._layers)
@@ -164,7 +156,7 @@ class LeanDecoder:
             q = F.linear(a, att.q_proj.weight, att.q_proj.bias).view(B, self.n_heads, 1, D)
             k = F.linear(a, att.k_proj.weight, att.k_proj.bias).view(B, self.n_kv, 1, D)
             v = F.linear(a, att.v_proj.weight, att.v_proj.bias).view(B, self.n_kv, 1, D)
-            q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
             o = self._attend(i, q, k, v, t, mask)
             h = h + F.linear(o, att.o_proj.weight, att.o_proj.bias)
             m = _rms_norm(h, blk.post_attention_layernorm)
@@ -174,6 +166,20 @@ class LeanDecoder:
         return _rms_norm(h, self.final_norm)
 
 
+def block_kind(cfg) -> str | None:
+    """"gpt2" or "llama" when a model of this config has blocks this package reproduces exactly (GPT-2
+    without cross-attention; Llama, Qwen2 or Mistral without sliding windows), else None. Shared with
+    ``last_block.py``, which reruns the last block at chosen positions."""
+    kind = getattr(cfg, "model_type", None)
+    if kind == "gpt2":
+        return "gpt2" if not getattr(cfg, "add_cross_attention", False) else None
+    if kind in _LLAMA_LIKE:
+        windowed = (getattr(cfg, "sliding_window", None) if kind == "mistral"
+                    else getattr(cfg, "use_sliding_window", False))
+        return "llama" if not windowed else None
+    return None
+
+
 def _rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
     """transformers' RMSNorm: normalise in fp32, scale by the weight in the input dtype."""
     xf = x.float()
@@ -181,7 +187,7 @@ def _rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
     return norm.weight * xf.to(x.dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 

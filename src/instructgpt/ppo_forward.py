@@ -3,7 +3,8 @@
 ``input_ids`` (B, P + R) are left-padded prompts (B, P) followed by
 right-padded responses (B, R). The logits that predicted response token t, and
 the value of the state it was taken in, are both read at the position before
-it; the unembedding runs on those R + 1 positions only (``logits_to_keep``).
+it; the unembedding runs on those R + 1 positions only (``logits_to_keep``),
+and so does the last transformer block (``last_block.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 
 import torch
 
+from .last_block import columns_from, last_block_at
 from .models import position_ids_from_mask
 from .reward_model import RewardModel, fp32_head
 
@@ -20,14 +22,16 @@ def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     """(B, P+R) -> (B, R, V): the logits that predicted each response token."""
     R = input_ids.shape[1] - P
     # logits_to_keep: the unembedding runs on the R + 1 last positions only, not on the prompt.
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids_from_mask(attention_mask), logits_to_keep=R + 1).logits
+    with last_block_at(model, columns_from(P - 1, attention_mask), attention_mask):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                       position_ids=position_ids_from_mask(attention_mask), logits_to_keep=R + 1).logits
     return logits[:, :-1]
+
 
 
 def response_values(value_model: RewardModel, input_ids, attention_mask, P: int) -> torch.Tensor:
     """(B, P+R) -> (B, R): V(state before each response token)."""
-    return value_model.values(input_ids, attention_mask)[:, P - 1:-1]
+    return value_model.values(input_ids, attention_mask, start=P - 1)[:, :-1]
 
 
 class ValueHead(torch.nn.Module):
@@ -51,8 +55,9 @@ def response_logits_and_values(policy, head: ValueHead, input_ids, attention_mas
     R = input_ids.shape[1] - P
     # Through the model's own forward (FSDP's hooks run there); the last hidden state is the
     # final-norm output that the unembedding reads.
-    with torch.set_grad_enabled(trunk_grad and torch.is_grad_enabled()):
-        out = policy(input_ids=input_ids, attention_mask=attention_mask,
+    with (torch.set_grad_enabled(trunk_grad and torch.is_grad_enabled()),
+          last_block_at(policy, columns_from(P - 1, attention_mask), attention_mask)):
+        out = policy(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
                      position_ids=position_ids_from_mask(attention_mask), logits_to_keep=R + 1,
                      output_hidden_states=True)
     h = out.hidden_states[-1][:, P - 1:-1]                                      # (B, R, H)
@@ -61,7 +66,7 @@ def response_logits_and_values(policy, head: ValueHead, input_ids, attention_mas
 
 def shared_head_values(policy, head: ValueHead, input_ids, attention_mask, P: int) -> torch.Tensor:
     """(B, R) fp32 values of the shared head on a frozen trunk: gradients reach the head only."""
-    with torch.no_grad():
+    with torch.no_grad(), last_block_at(policy, columns_from(P - 1, attention_mask), attention_mask):
         out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-                     logits_to_keep=1, output_hidden_states=True)
+                     logits_to_keep=1, output_hidden_states=True, use_cache=False)
     return head(out.hidden_states[-1][:, P - 1:-1]).float()

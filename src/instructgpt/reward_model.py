@@ -56,6 +56,7 @@ from . import lora
 from .batching import pad
 from .config import ConfigError
 from .dropout import dropout_as_loaded, restore_dropout, set_dropout
+from .last_block import columns_from, last_block_at
 from .models import (ModelLoadError, check_attn_implementation, enable_gradient_checkpointing, fuse_activations,
                      last_token_index, load_pretrained, load_tokenizer, position_ids_from_mask, resolve_dtype,
                      same_vocab)
@@ -94,21 +95,27 @@ class RewardModel(nn.Module):
     def config(self):
         return self.backbone.config
 
-    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) -> (B, T) rewards read at every position (the value function's use): head output plus
-        ``reward_bias``, so a value model initialised from the reward model predicts on the scale of the
-        normalised scores PPO's returns are made of (at the last real token, ``values`` equals ``forward``)."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                               position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # (B, T, H)
-        return fp32_head(self.head, hidden) + self.reward_bias                                          # (B, T)
+    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """(B, T) -> (B, T - start) rewards read at every position from ``start`` on (the value function's
+        use): head output plus ``reward_bias``, so a value model initialised from the reward model predicts
+        on the scale of the normalised scores PPO's returns are made of (at the last real token, ``values``
+        equals ``forward``). The last block runs at those positions only (``last_block.py``)."""
+        hidden = self._hidden(input_ids, attention_mask, columns_from(start, attention_mask))[:, start:]                            # (B, T - start, H)
+        return fp32_head(self.head, hidden) + self.reward_bias                                          # (B, T - start)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) -> (B,) normalised rewards read at each row's last real token."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                               position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # (B, T, H)
-        last = last_token_index(attention_mask)  # (B,)
-        h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
+        """(B, T) -> (B,) normalised rewards read at each row's last real token (the last block runs there
+        only)."""
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        last = last_token_index(attention_mask)                                                         # (B,)
+        h_last = self._hidden(input_ids, attention_mask, last.unsqueeze(1))[rows, last]                           # (B, H)
         return fp32_head(self.head, h_last) + self.reward_bias                                          # (B,)
+
+    def _hidden(self, input_ids, attention_mask, rows: torch.Tensor | None) -> torch.Tensor:
+        """(B, T) -> (B, T, H) final hidden states, the model's own at the positions ``rows`` (B, n)."""
+        with last_block_at(self.backbone, rows, attention_mask):
+            return self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                                 position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
 
     @torch.no_grad()
     def score(self, sequences: list[list[int]], pad_id: int, batch_size: int = 32,

@@ -10,13 +10,16 @@ tensor of the step.
 ``logits_at`` runs the model's own forward (so FSDP's and PEFT's hooks, and any
 elementwise post-processing of the logits such as Gemma's soft-capping, still
 apply) with a pre-hook on the output-embedding module that hands it only the
-chosen hidden states. A model without an output embedding falls back to the
+chosen hidden states, and its last transformer block runs at those positions
+only (``last_block.py``). A model without an output embedding falls back to the
 full logits, indexed.
 """
 
 from __future__ import annotations
 
 import torch
+
+from .last_block import last_block_at, query_rows
 
 
 def logits_at(model, positions: torch.Tensor, **inputs) -> torch.Tensor:
@@ -37,7 +40,9 @@ def logits_at(model, positions: torch.Tensor, **inputs) -> torch.Tensor:
 
     handle = head.register_forward_pre_hook(pick, with_kwargs=True)
     try:
-        logits = model(**inputs).logits                                          # (1, N, V)
+        # The last block runs at the chosen positions only too (``last_block.py``).
+        with last_block_at(model, query_rows(positions), inputs.get("attention_mask")):
+            logits = model(**inputs, use_cache=False).logits                     # (1, N, V)
     finally:
         handle.remove()
     return logits.squeeze(0)                                                      # a view: no copy in backward

@@ -24,11 +24,22 @@ from tests.distributed.workers import ppo_config, rloo_config, rloo_rollout, sft
 ATOL, RTOL = 1e-5, 1e-4   # float summation order differs between 1 and 2 processes, nothing else
 
 
-def assert_same_tensors(a_path: Path, b_path: Path, skip: set[str] = frozenset()) -> None:
+def assert_same_tensors(a_path: Path, b_path: Path, skip: set[str] = frozenset(), key_biases: bool = True) -> None:
+    """``key_biases=False``: GPT-2's key biases (the middle third of ``attn.c_attn.bias``) are compared with
+    the tolerance of their size. Adding a bias to every key adds the same number to each score of a query,
+    which the softmax ignores: their gradient is zero in exact arithmetic, and AdamW turns the float noise
+    of two summation orders into steps of up to ~1e-5 in a few steps (the query and value thirds agree to
+    1e-8)."""
     a, b = load_file(str(a_path)), load_file(str(b_path))
     assert a.keys() == b.keys()
     for k in sorted(a.keys() - skip):
-        torch.testing.assert_close(a[k], b[k], atol=ATOL, rtol=RTOL, msg=lambda m: f"{a_path.name}: {k}: {m}")
+        x, y = a[k], b[k]
+        if not key_biases and k.endswith("attn.c_attn.bias"):
+            third = len(x) // 3
+            torch.testing.assert_close(x[third:2 * third], y[third:2 * third], atol=1e-4, rtol=0,
+                                       msg=lambda m: f"{a_path.name}: {k} (keys): {m}")
+            x, y = torch.cat([x[:third], x[2 * third:]]), torch.cat([y[:third], y[2 * third:]])
+        torch.testing.assert_close(x, y, atol=ATOL, rtol=RTOL, msg=lambda m: f"{a_path.name}: {k}: {m}")
 
 
 PPO_FILES = ("model.safetensors", "policy_raw/model.safetensors", "value_model/model.safetensors",

@@ -21,6 +21,7 @@ from instructgpt.models import load_policy
 from instructgpt.ppo import PPOConfig, PPOTrainer, Rollout, train_ppo
 from instructgpt.rm import RMConfig, train_rm
 from instructgpt.sft import SFTConfig, train_sft
+from instructgpt.unembedding import logits_at
 
 
 # ----------------------------------------------------------------------------- configs
@@ -113,6 +114,15 @@ def sharding_api_job(data: dict, out: str, mode: str) -> None:
     result["param_type_after"] = type(model.transformer.h[0].attn.c_attn.weight).__name__
     with torch.no_grad():
         result["sharded_logits_diff"] = diff(model(input_ids=ids).logits, want)  # collective forward
+    # the last block at the read positions only (last_block.py), inside FSDP2's gather of its weights
+    reads = torch.zeros_like(ids, dtype=torch.bool)
+    reads[:, 3:5] = True
+    seen = []
+    hook = model.transformer.h[-1].ln_2.register_forward_hook(lambda m, a, o: seen.append(list(a[0].shape)))
+    with torch.no_grad():
+        result["logits_at_diff"] = diff(logits_at(model, reads, input_ids=ids), want[reads])
+    hook.remove()
+    result["last_block_mlp_rows"] = [shape[1] for shape in seen]
     sd = sharding.full_state_dict(model)
     result["full_state_dict_keys_same"] = sorted(sd) == sorted(want_sd)
     result["full_state_dict_diff"] = max(diff(sd[k], want_sd[k]) for k in want_sd)
