@@ -116,10 +116,21 @@ def make_folders(size: str, root: Path) -> dict:
 
 
 def flops_per_token(layers: int, width: int, context: int, training: bool, unembedding: bool = True) -> float:
-    """The reward model has no unembedding (its scalar head is negligible)."""
+    """Every layer and the unembedding at every position (generation). The reward model has no
+    unembedding (its scalar head is negligible)."""
     n = 12 * layers * width * width + (VOCAB * width if unembedding else 0)
     fwd = 2 * n + 4 * layers * context * width
     return 3 * fwd if training else fwd
+
+
+def forward_flops(layers: int, width: int, context: int, tokens: int, reads: int, head_positions: int = 0) -> float:
+    """The FLOPs a training forward executes over ``tokens`` positions: every layer's products (12 d^2 per
+    position) and attention (~4 x context x d), except that the last layer runs its query, output and MLP
+    products (9 d^2 of the 12) and its attention at the ``reads`` positions only (last_block.py); the
+    unembedding at ``head_positions``. A backward is twice the forward."""
+    per_position = 2 * 12 * width * width + 4 * context * width
+    skipped = (tokens - reads) * (2 * 9 * width * width + 4 * context * width)
+    return layers * tokens * per_position - skipped + 2 * head_positions * VOCAB * width
 
 
 def random_ids(n: int, t: int, seed: int = 0) -> list[list[int]]:
@@ -173,9 +184,8 @@ def sft_workload(f: dict, root: Path, compile: bool) -> tuple:
 def phase_sft(f: dict, root: Path, opts: dict) -> dict:
     step, tokens = sft_workload(f, root, opts["compile"])
     first, sec = timed(step, *opts["steps"](2, 8))
-    # The unembedding runs at the positions predicting response tokens only (unembedding.logits_at).
-    flops = (tokens * flops_per_token(f["layers"], f["width"], 32, True, unembedding=False)
-             + 16 * RESPONSE * 3 * 2 * VOCAB * f["width"])
+    # The last layer and the unembedding run at the positions predicting response tokens only.
+    flops = 3 * forward_flops(f["layers"], f["width"], 32, tokens, reads=16 * RESPONSE, head_positions=16 * RESPONSE)
     return {"sft_tokens_per_s": tokens / sec, "sft_gflops": flops / sec / 1e9,
             **compile_fields("sft_tokens_per_s", first, sec, tokens, opts["amortise"], opts["compile"])}
 
@@ -202,7 +212,8 @@ def phase_rm(f: dict, root: Path, k: int, opts: dict) -> dict:
     pairs = n_rank * k * (k - 1) // 2
     tokens = n_rank * k * (PROMPT + RESPONSE)
     return {f"rm_k{k}_pairs_per_s": pairs / sec,
-            f"rm_k{k}_gflops": tokens * flops_per_token(f["layers"], f["width"], 32, True, unembedding=False) / sec / 1e9,
+            # the last layer at each sequence's last token only
+            f"rm_k{k}_gflops": 3 * forward_flops(f["layers"], f["width"], 32, tokens, reads=n_rank * k) / sec / 1e9,
             **compile_fields(f"rm_k{k}_pairs_per_s", first, sec, pairs, opts["amortise"], opts["compile"])}
 
 
@@ -257,10 +268,12 @@ def phase_ppo(f: dict, root: Path, opts: dict, p: str = "ppo") -> dict:
     sec = (time.perf_counter() - t) / reps
     L, d = f["layers"], f["width"]
     tokens = PPO_BATCH * (PROMPT + RESPONSE)
-    forward = flops_per_token(L, d, 32, False) + (flops_per_token(L, d, 32, False, False) if value == "separate" else 0)
+    read = PPO_BATCH * (RESPONSE + 1)  # the last layer, unembedding and value head at the R + 1 last columns
+    forward = (forward_flops(L, d, 32, tokens, read, head_positions=read)
+               + (forward_flops(L, d, 32, tokens, read) if value == "separate" else 0))
     learn_forwards = 3 * PPO_EPOCHS - 1  # forward + backward (2x) per epoch, less the forward reused from the rollout
     return {f"{p}_episodes_per_s": PPO_BATCH / sec, f"{p}_seconds_per_iteration": sec,
-            f"{p}_learn_gflops": learn_forwards * tokens * forward / times["time/learn"] / 1e9,
+            f"{p}_learn_gflops": learn_forwards * forward / times["time/learn"] / 1e9,
             f"{p}_generate_tokens_per_s": PPO_BATCH * RESPONSE / times["time/generate"],
             **{f"{p}_{k.split('/')[1]}_share": v / sec for k, v in times.items()},
             **compile_fields(f"{p}_episodes_per_s", first, sec, PPO_BATCH, opts["amortise"], opts["compile"])}

@@ -110,16 +110,28 @@ def test_the_floor_of_a_generate_call_sums_every_recorded_product():
 def test_the_floor_of_ppos_learning_phase_records_its_products_and_no_others():
     """``ppo_learn``: the batch is sampled and scored before each unit, outside the recording. Tiny
     (4 layers, width 256, vocabulary 4096), 32 episodes of 32 + 32 tokens, 4 epochs of one minibatch, the
-    separate value model: a forward F is the policy's layers over 2,048 tokens, its unembedding at the 33
-    positions per episode that predict or precede response tokens, and the value model's layers and scalar
-    head over 2,048 tokens; each epoch is a forward and a backward (2F), less epoch 0's forward, which
-    the rollout made and kept. Counted with the rollout, the decode steps' products would add more."""
+    separate value model: a forward F is, in the policy and the value model alike, the first 3 layers
+    over 2,048 tokens and the last layer's key-value-query product there but the rest of it (12d^2 per
+    token in all, 3d^2 of them the fused query-key-value product) at the 33 positions per episode that
+    predict or precede response tokens only (``last_block.py``); then the unembedding and the scalar head
+    at those 33. Each epoch is a forward and a backward (2F), less epoch 0's forward, which the rollout
+    made and kept. Counted with the rollout, the decode steps' products would add more."""
     floor = _load("floor")
     r = floor.measure("tiny", "ppo_learn", reps=1)
     L, d, V, tokens, kept = 4, 256, 4096, 32 * 64, 32 * 33
-    F = 2 * (2 * 12 * L * d * d * tokens) + 2 * kept * d * V + 2 * tokens * d
+    layers = 12 * (L - 1) * d * d * tokens + 3 * d * d * tokens + 9 * d * d * kept
+    F = 2 * (2 * layers) + 2 * kept * d * V + 2 * kept * d
     assert r["gemm_flops"] == (3 * 4 - 1) * F
     assert r["target_units"] == 32 and r["floor_s"] > 0
+
+
+def test_a_training_forwards_flops_skip_the_last_layers_unread_positions():
+    """2 layers of width 4, context 2, 3 positions, 1 read, the unembedding (vocabulary 4096) at 1: each
+    position of each layer 2 x 12 x 16 + 4 x 2 x 4 = 416, less the last layer's 2 unread positions'
+    2 x 9 x 16 + 32 = 320 each, plus 2 x 4096 x 4."""
+    bench = _load("bench")
+    assert bench.forward_flops(2, 4, 2, tokens=3, reads=1, head_positions=1) == 2 * 3 * 416 - 2 * 320 + 2 * 4096 * 4
+    assert bench.forward_flops(2, 4, 2, tokens=3, reads=3) == 3 * bench.flops_per_token(2, 4, 2, False, unembedding=False)
 
 
 def test_the_learning_share_ceiling_is_the_products_rate_alone():
