@@ -19,18 +19,19 @@ products there, forward and backward. So:
 runs the last block's queries at those positions only (keys and values stay at
 every position). ``query_rows`` makes the rows of a (B, T) mask of read
 positions; ``columns_from`` those of a batch's last columns, without reading
-anything back from the device. The model's own forward runs around it (so FSDP, PEFT and
-the final norm are as before) and the block's own submodules run inside it (so
-LoRA adapters and quantised layers apply). Outputs at the read positions equal
-the model's own to float tolerance, in training too: dropout draws the masks the
-model's own block would and keeps their read rows. The block's outputs at other
-positions are zeros, so what the model returns there is not its output.
+anything back from the device. The model's own forward runs around it (so FSDP,
+PEFT and the final norm are as before) and the block's own submodules run inside
+it (so LoRA adapters and quantised layers apply). Outputs at the read positions
+equal the model's own to float tolerance, in training too: dropout draws the
+masks the model's own block would and keeps their read rows. The block's outputs
+at other positions are zeros, so what the model returns there is not its output.
 
 The positions of a row must be distinct (gradients flow back once): a row with
-fewer reads than another is given unread positions after its own. Only GPT-2 and Llama-family blocks (``fast_decode.block_kind``) are
-rewritten. The context is a no-op, and the model's own block runs, when the
-architecture is another, the block is compiled, checkpointed or already wrapped
-(accelerate's hooks), a key/value cache is passed, or there are no rows.
+fewer reads than another is given unread positions after its own. Only GPT-2 and
+Llama-family blocks (``fast_decode.block_kind``) are rewritten. The context is a
+no-op, and the model's own block runs, when the architecture is another, the
+block is compiled, checkpointed or already wrapped (accelerate's hooks), a
+key/value cache is passed, or there are no rows.
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     return logits[:, :-1]
 
 
-
 def response_values(value_model: RewardModel, input_ids, attention_mask, P: int) -> torch.Tensor:
     """(B, P+R) -> (B, R): V(state before each response token)."""
     return value_model.values(input_ids, attention_mask, start=P - 1)[:, :-1]

@@ -100,15 +100,15 @@ class RewardModel(nn.Module):
         use): head output plus ``reward_bias``, so a value model initialised from the reward model predicts
         on the scale of the normalised scores PPO's returns are made of (at the last real token, ``values``
         equals ``forward``). The last block runs at those positions only (``last_block.py``)."""
-        hidden = self._hidden(input_ids, attention_mask, columns_from(start, attention_mask))[:, start:]                            # (B, T - start, H)
-        return fp32_head(self.head, hidden) + self.reward_bias                                          # (B, T - start)
+        hidden = self._hidden(input_ids, attention_mask, columns_from(start, attention_mask))[:, start:]  # (B, T-start, H)
+        return fp32_head(self.head, hidden) + self.reward_bias                                          # (B, T-start)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) -> (B,) normalised rewards read at each row's last real token (the last block runs there
         only)."""
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        batch = torch.arange(input_ids.shape[0], device=input_ids.device)
         last = last_token_index(attention_mask)                                                         # (B,)
-        h_last = self._hidden(input_ids, attention_mask, last.unsqueeze(1))[rows, last]                           # (B, H)
+        h_last = self._hidden(input_ids, attention_mask, last.unsqueeze(1))[batch, last]               # (B, H)
         return fp32_head(self.head, h_last) + self.reward_bias                                          # (B,)
 
     def _hidden(self, input_ids, attention_mask, rows: torch.Tensor | None) -> torch.Tensor:
