@@ -44,13 +44,17 @@ def sft_cfg(model, data, out, **kw) -> SFTConfig:
     return config.from_dict(SFTConfig, base)
 
 
-def test_cosine_schedule_ends_at_ten_percent():
-    assert lr_multiplier(0, 100, 10, 0.1) == pytest.approx(0.1)   # warmup starts at 1/warmup
-    assert lr_multiplier(9, 100, 10, 0.1) == pytest.approx(1.0)
-    assert lr_multiplier(10, 100, 10, 0.1) == pytest.approx(1.0)
-    assert lr_multiplier(55, 100, 10, 0.1) == pytest.approx(0.55)  # halfway through the decay
-    assert lr_multiplier(100, 100, 10, 0.1) == pytest.approx(0.1)
-    assert lr_multiplier(100, 100, 0, 0.1) == pytest.approx(0.1)
+def test_cosine_schedule_ends_at_ten_percent_on_the_last_step():
+    """Steps are 0-based: of 101 steps, step 100 is the last. It reached the floor one step too late
+    (step 101, never taken): the last step ran at 0.10027 of the peak, and the last of 5 steps at 0.325."""
+    assert lr_multiplier(0, 101, 10, 0.1) == pytest.approx(0.1)   # warmup starts at 1/warmup
+    assert lr_multiplier(9, 101, 10, 0.1) == pytest.approx(1.0)
+    assert lr_multiplier(10, 101, 10, 0.1) == pytest.approx(1.0)
+    assert lr_multiplier(55, 101, 10, 0.1) == pytest.approx(0.55)  # halfway through the decay: 45 of 90
+    assert lr_multiplier(100, 101, 10, 0.1) == 0.1
+    assert lr_multiplier(100, 101, 0, 0.1) == 0.1
+    assert lr_multiplier(50, 101, 0, 0.1) == pytest.approx(0.55)
+    assert lr_multiplier(0, 1, 0, 0.1) == 1.0  # a single step runs at the peak
 
 
 def test_logged_lr_is_the_one_the_steps_update_used(tmp_path, tiny_gpt2, sft_data, monkeypatch):
@@ -67,7 +71,8 @@ def test_logged_lr_is_the_one_the_steps_update_used(tmp_path, tiny_gpt2, sft_dat
     train_sft(sft_cfg(tiny_gpt2, sft_data, out, epochs=1, max_steps=5, valid=""))
     logged = [r["sft/lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "sft/lr" in r]
     assert logged == pytest.approx(used) and len(logged) == 5
-    assert logged[:2] == pytest.approx([1.5e-3, 3e-3])  # warmup_steps=2: half the peak, then the peak
+    # warmup_steps=2: half the peak, then the peak; then cosine decay to 10% at the last of the 5 steps
+    assert logged == pytest.approx([1.5e-3, 3e-3, 3e-3, 0.55 * 3e-3, 0.1 * 3e-3])
 
 
 def test_an_epoch_end_without_validation_data_writes_no_empty_metrics_row(tmp_path, tiny_gpt2, sft_data):

@@ -84,10 +84,11 @@ class TrainConfig(RuntimeOptions, OptimConfig):
 
 
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
-    """Linear warmup to 1, then cosine decay reaching ``min_lr_ratio`` at ``total_steps``."""
+    """Of step ``step`` (0-based) of ``total_steps``: linear warmup to 1, then cosine decay from 1 at
+    step ``warmup_steps`` to ``min_lr_ratio`` at the last step, ``total_steps - 1``."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
+    span = max(1, total_steps - 1 - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
