@@ -176,6 +176,29 @@ def test_response_logits_match_the_full_forward(tiny_gpt2):
         torch.testing.assert_close(response_logits(model, ids, mask, 5), full[:, 4:-1])
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_the_unembedding_runs_at_the_response_predicting_columns_only(tmp_path, arch):
+    """PPO's passes unembed the R columns that predicted response tokens, not R + 1 (whose last one a
+    slice then dropped, zero-filling and copying a (B, R + 1, V) gradient in every backward pass)."""
+    from instructgpt.ppo_forward import ValueHead, response_logits, response_logits_and_values
+    from tests.conftest import make_model
+    model = load_policy(make_model(tmp_path / arch, arch)).train()
+    seen = []
+
+    def unembedding(module, args, out):
+        seen.append(tuple(args[0].shape))
+        out.register_hook(lambda g: seen.append(("grad",) + tuple(g.shape)))
+    model.get_output_embeddings().register_forward_hook(unembedding)
+    ids = torch.randint(3, 100, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    head = ValueHead(model.config.hidden_size)
+    response_logits(model, ids, mask, 5).sum().backward()
+    response_logits_and_values(model, head, ids, mask, 5)[0].sum().backward()
+    H, V = model.config.hidden_size, model.config.vocab_size
+    assert seen == [(3, 7, H), ("grad", 3, 7, V)] * 2
+
+
 def test_value_model_from_the_reward_model_predicts_normalised_scores(tiny_gpt2):
     """The value model starts as the reward model: read at the last real token it gives the score PPO's
     returns hold, normalising bias included (not the bare head output, off by reward_bias)."""
@@ -195,7 +218,7 @@ def test_value_model_from_the_reward_model_predicts_normalised_scores(tiny_gpt2)
     torch.testing.assert_close(values[torch.arange(3), last_token_index(mask)], scores)
 
 
-def test_ppo_entropy_is_that_of_the_sampling_distribution(tmp_path, tiny_gpt2):
+def test_ppo_entropy_is_that_of_the_sampling_distribution(tmp_path, tiny_gpt2, monkeypatch):
     """ppo/entropy at temperature 0.5 is the entropy of softmax(logits / 0.5), the distribution the
     responses were sampled from (and the log-probs are read from), over real response tokens."""
     from instructgpt.ppo import PPOTrainer
@@ -216,8 +239,12 @@ def test_ppo_entropy_is_that_of_the_sampling_distribution(tmp_path, tiny_gpt2):
         expected = ((-(logp.exp() * logp).sum(-1)) * ro.mask).sum() / ro.mask.sum()
     for m in trainer.trained:
         m.train()
+    calls = []
+    log_softmax = torch.log_softmax
+    monkeypatch.setattr(torch, "log_softmax", lambda *a, **k: calls.append(1) or log_softmax(*a, **k))
     stats = trainer.minibatch_step(ro, [0, 1, 2, 3])
     assert stats["ppo/entropy"] == pytest.approx(expected.item(), rel=1e-5)
+    assert len(calls) == 1  # the entropy reads the loss's log-softmax: one pass over (B, R, V), not two
 
 
 def test_the_no_eos_penalty_enters_the_returns_and_ppo_score_stays_the_reward_models(tmp_path, tiny_gpt2):

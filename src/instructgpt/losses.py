@@ -50,20 +50,27 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: fl
 
 # ----------------------------------------------------------------------------- language modelling
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """(B, T, V) logits, (B, T) targets -> (B, T) log p(target). Logits are divided by the temperature."""
+def _tempered_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(B, T, V) -> (B, T, V) log-softmax of logits / temperature, in fp32 for half-precision logits."""
     if temperature != 1.0:
         logits = logits / temperature
-    logp = torch.log_softmax(_upcast(logits), dim=-1)
+    return torch.log_softmax(_upcast(logits), dim=-1)
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """(B, T, V) logits, (B, T) targets -> (B, T) log p(target). Logits are divided by the temperature."""
+    logp = _tempered_log_softmax(logits, temperature)
     return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """(B, T, V) -> (B, T) entropy of the softmax of logits / temperature (the sampling distribution)."""
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp = torch.log_softmax(_upcast(logits), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+def token_logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor,
+                               temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``token_logprobs`` and, from the same log-softmax, the (B, T) entropy of softmax(logits /
+    temperature) (the sampling distribution), without gradient: a statistic, not a loss term."""
+    logp = _tempered_log_softmax(logits, temperature)                 # (B, T, V)
+    with torch.no_grad():
+        entropy = -(logp.exp() * logp).sum(-1)                       # (B, T)
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), entropy
 
 
 def next_token_targets(input_ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -69,9 +69,9 @@ from .config import ConfigError
 from .data import DataError, load_prompts
 from .dropout import set_dropout
 from .generation import decode_responses
-from .losses import (AdaptiveKLController, FixedKLController, ema_update, entropy_from_logits,
-                     explained_variance, gae, kl_estimate, leave_one_out, lm_loss_sum, masked_mean, policy_loss,
-                     shape_rewards, token_logprobs, value_loss, whiten)
+from .losses import (AdaptiveKLController, FixedKLController, ema_update, explained_variance, gae, kl_estimate,
+                     leave_one_out, lm_loss_sum, masked_mean, policy_loss, shape_rewards, token_logprobs,
+                     token_logprobs_and_entropy, value_loss, whiten)
 from .lm import BlockStream, corpus_documents, pack_blocks
 from .models import (enable_gradient_checkpointing, load_policy, load_tokenizer, pick_device,
                      resolve_dtype, trained_policy)
@@ -484,7 +484,8 @@ class PPOTrainer:
             else:
                 vf, vf_stats = value_loss(v, ro.values[j], ro.returns[j], mask, cfg.cliprange_value)
             if train_policy:
-                logp = token_logprobs(logits, ids[:, ro.P:], self.logprob_temperature)
+                # one log-softmax per micro-batch: the entropy statistic reads the one the loss does
+                logp, entropy = token_logprobs_and_entropy(logits, ids[:, ro.P:], self.logprob_temperature)
                 pg, pg_stats = policy_loss(logp, ro.logprobs[j], ro.advantages[j], mask, cfg.cliprange)
                 loss = (pg + cfg.vf_coef * vf) * share
             else:
@@ -497,7 +498,7 @@ class PPOTrainer:
                 if not train_policy:  # the value warm-up: only the value statistics
                     sums[[1, 5]] += torch.stack([vf.detach(), vf_stats["vf_clipfrac"]]).double() * share  # vf_*
                     continue
-                ent = masked_mean(entropy_from_logits(logits, self.logprob_temperature), mask)  # of what was sampled
+                ent = masked_mean(entropy, mask)  # of the distribution sampled from
                 ratio_max = torch.maximum(ratio_max, pg_stats["ratio_max"].detach().double())
                 sums += torch.stack([pg.detach(), vf.detach(), ent, pg_stats["clipfrac"], pg_stats["approx_kl"],
                                      vf_stats["vf_clipfrac"]]).double() * share
