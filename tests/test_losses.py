@@ -6,7 +6,7 @@ import torch
 
 from instructgpt.batching import Encoded, collate_lm
 from instructgpt.data import Ranking
-from instructgpt.losses import lm_loss_sum, pairwise_accuracy, ranking_loss
+from instructgpt.losses import next_token_targets, nll_sum, pairwise_accuracy, ranking_loss
 
 
 def nls(x: float) -> float:
@@ -63,15 +63,16 @@ def test_lm_loss_counts_response_tokens_only():
     assert batch["loss_mask"].tolist() == [[0, 0, 0, 1, 1], [0, 1, 1, 1, 0]]
     V = 12
     logits = torch.randn(2, 5, V, dtype=torch.float64)
-    total, count = lm_loss_sum(logits, batch["input_ids"], batch["loss_mask"])
+    predicts, targets = next_token_targets(batch["input_ids"], batch["loss_mask"])
+    total, count = nll_sum(logits[predicts], targets), len(targets)
     # by hand: targets at positions 3,4 (row 0) and 1,2,3 (row 1), predicted from the previous position
     logp = torch.log_softmax(logits, -1)
     ids = batch["input_ids"]
     hand = -(logp[0, 2, ids[0, 3]] + logp[0, 3, ids[0, 4]] + logp[1, 0, ids[1, 1]] + logp[1, 1, ids[1, 2]]
              + logp[1, 2, ids[1, 3]])
-    assert count.item() == 5
+    assert count == 5
     assert abs(total.item() - hand.item()) < 1e-9
     # changing a prompt token's logits (a non-target position) leaves the loss unchanged
     logits2 = logits.clone()
     logits2[0, 0] += 5.0
-    assert abs(lm_loss_sum(logits2, ids, batch["loss_mask"])[0].item() - total.item()) < 1e-9
+    assert abs(nll_sum(logits2[predicts], targets).item() - total.item()) < 1e-9

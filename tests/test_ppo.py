@@ -104,6 +104,34 @@ def test_ppo_ptx_keeps_pretraining_loss_lower(tmp_path, sft_policy):
     assert loss["ptx"] < loss["ppo"], loss
 
 
+def test_the_ptx_loss_is_the_next_token_nll_of_its_blocks_and_unembeds_their_predicting_positions(tmp_path,
+                                                                                                    sft_policy):
+    """PPO-ptx's pretraining term: ptx_coef x the mean next-token NLL of the blocks drawn, with the
+    gradients of the full forward; the unembedding runs at each block's seq_len - 1 predicting
+    positions (it ran at all seq_len, and the loss's gradient was scattered into a (B, T, V) zero tensor)."""
+    from instructgpt.ppo import PPOTrainer
+    trainer = PPOTrainer(ppo_cfg(sft_policy, tmp_path / "ptx", ptx_coef=0.5, pretrain_data=str(sft_policy / "pretrain.txt"),
+                                 ptx_seq_len=16, ptx_token_ratio=1.0))
+    drawn, next_blocks = [], trainer.ptx.next
+    trainer.ptx.next = lambda n: drawn.append(next_blocks(n)) or drawn[-1]
+    seen = []
+    trainer.policy.get_output_embeddings().register_forward_hook(lambda m, a, out: seen.append(tuple(out.shape)))
+    trainer.policy.train()
+    loss, nonfinite = trainer._ptx_backward(rl_tokens=40.0)               # ceil(1.0 x 40 / 16) = 3 blocks
+    grads = [p.grad.clone() for p in trainer.policy.parameters()]
+
+    ids = torch.stack(list(drawn[0]))                                       # (3, 16)
+    assert ids.shape == (3, 16) and nonfinite == 0.0
+    assert seen == [(1, 3 * 15, trainer.policy.config.vocab_size)]          # not (3, 16, V)
+    trainer.policy.zero_grad(set_to_none=True)
+    logits = trainer.policy(input_ids=ids).logits                           # (3, 16, V)
+    want = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    (0.5 * want).backward()
+    assert loss == pytest.approx(want.item(), rel=1e-5)
+    for p, g in zip(trainer.policy.parameters(), grads):
+        torch.testing.assert_close(g, p.grad, atol=1e-6, rtol=1e-4)
+
+
 def test_ptx_blocks_longer_than_the_policy_context_are_a_config_error(tmp_path, sft_policy, monkeypatch):
     """The tiny GPT-2 has 128 positions: 200-token pretraining blocks are refused before any model loads
     (they were an IndexError in the embedding after the first rollout)."""

@@ -6,7 +6,7 @@ import torch
 
 from instructgpt.batching import Encoded, collate_lm
 from instructgpt.lm import LMTask
-from instructgpt.losses import lm_loss_sum, next_token_targets
+from instructgpt.losses import next_token_targets, nll_sum
 from instructgpt.models import position_ids_from_mask
 from instructgpt.unembedding import logits_at
 
@@ -46,11 +46,12 @@ def test_the_sft_loss_matches_full_logits_and_unembeds_only_the_response_positio
     grads = torch.autograd.grad(loss, [p for p in model.parameters()], allow_unused=True)
 
     full = model(**_inputs(batch)).logits                                      # (B, T, V)
-    reference, count = lm_loss_sum(full, batch["input_ids"], batch["loss_mask"])
+    predicts, targets = next_token_targets(batch["input_ids"], batch["loss_mask"])
+    reference, count = nll_sum(full[predicts], targets), len(targets)
     ref_grads = torch.autograd.grad(reference, [p for p in model.parameters()], allow_unused=True)
 
     n_targets = 2 + 6 + 4 + 1
-    assert stats["n"] == count.item() == n_targets
+    assert stats["n"] == count == n_targets
     assert unembedded == [torch.Size([1, n_targets, len(tok)])]               # not (4, 11, V)
     assert batch["input_ids"].shape == (4, 11)
     assert abs(loss.item() - reference.item()) < 1e-10

@@ -225,6 +225,18 @@ class BlockStream:
 
 # ----------------------------------------------------------------------------- the next-token task
 
+def next_token_nll_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       loss_mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(B, T) -> the next-token NLL summed over the targets ``loss_mask`` counts (as in
+    ``next_token_targets``: response tokens in SFT, every token after the first in pretraining and
+    PPO-ptx), and how many there are. The unembedding and the last block run at the N predicting
+    positions only (``logits_at``)."""
+    predicts, targets = next_token_targets(input_ids, loss_mask)                        # (B, T), (N,)
+    logits = logits_at(model, predicts, input_ids=input_ids, attention_mask=attention_mask,
+                       position_ids=position_ids_from_mask(attention_mask))              # (N, V)
+    return nll_sum(logits, targets), len(targets)
+
+
 class LMTask:
     """Next-token loss on the masked part of encoded examples; weight = target tokens."""
 
@@ -240,12 +252,8 @@ class LMTask:
         return float(batch["loss_mask"][:, 1:].sum())
 
     def loss(self, model, batch):
-        predicts, targets = next_token_targets(batch["input_ids"], batch["loss_mask"])   # (B, T), (N,)
-        # The unembedding runs at the N predicting positions only (response tokens in SFT).
-        logits = logits_at(model, predicts, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           position_ids=position_ids_from_mask(batch["attention_mask"]))  # (N, V)
-        loss_sum = nll_sum(logits, targets)
-        return loss_sum, {"nll": loss_sum.item(), "n": float(len(targets))}
+        loss_sum, n = next_token_nll_sum(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+        return loss_sum, {"nll": loss_sum.item(), "n": float(n)}
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         return {f"{self.metric_prefix}/loss": sums["nll"] / max(sums["n"], 1.0)}

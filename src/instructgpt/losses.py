@@ -92,17 +92,6 @@ def nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(_upcast(logits), targets, reduction="sum")
 
 
-def lm_loss_sum(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token NLL summed over masked target tokens, and the count of those tokens.
-
-    logits (B, T, V) at position t predict input_ids[t+1]; ``loss_mask`` (B, T)
-    as in :func:`next_token_targets`. Returning (sum, count) lets callers take the
-    token mean over a whole global batch split into micro-batches or ranks.
-    """
-    predicts, targets = next_token_targets(input_ids, loss_mask)
-    return nll_sum(logits[predicts], targets), loss_mask[:, 1:].sum().to(logits.dtype)
-
-
 # ----------------------------------------------------------------------------- reward model
 
 def ranking_loss(rewards: torch.Tensor, winners: torch.Tensor, losers: torch.Tensor,

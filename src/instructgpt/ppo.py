@@ -70,9 +70,9 @@ from .data import DataError, load_prompts
 from .dropout import set_dropout
 from .generation import decode_responses
 from .losses import (AdaptiveKLController, FixedKLController, ema_update, explained_variance, gae, kl_estimate,
-                     leave_one_out, lm_loss_sum, masked_mean, policy_loss, shape_rewards, token_logprobs,
+                     leave_one_out, masked_mean, policy_loss, shape_rewards, token_logprobs,
                      token_logprobs_and_entropy, value_loss, whiten)
-from .lm import BlockStream, corpus_documents, pack_blocks
+from .lm import BlockStream, corpus_documents, next_token_nll_sum, pack_blocks
 from .models import (enable_gradient_checkpointing, load_policy, load_tokenizer, pick_device,
                      resolve_dtype, trained_policy)
 from .ppo_forward import (ValueHead, response_logits, response_logits_and_values, response_values,
@@ -558,8 +558,7 @@ class PPOTrainer:
             ids = torch.stack(chunk).to(self.device)
             mask = torch.ones_like(ids)
             with self.amp():
-                logits = self.policy(input_ids=ids, attention_mask=mask).logits
-            nll_sum, _ = lm_loss_sum(logits, ids, mask)
+                nll_sum, _ = next_token_nll_sum(self.policy, ids, mask, mask)
             loss = cfg.ptx_coef * nll_sum / ones_total * (1.0 if real else 0.0)
             loss.backward()
             if real:
