@@ -268,8 +268,9 @@ def phase_ppo(f: dict, root: Path, opts: dict, p: str = "ppo") -> dict:
     sec = (time.perf_counter() - t) / reps
     L, d = f["layers"], f["width"]
     tokens = PPO_BATCH * (PROMPT + RESPONSE)
-    read = PPO_BATCH * (RESPONSE + 1)  # the last layer, unembedding and value head at the R + 1 last columns
-    forward = (forward_flops(L, d, 32, tokens, read, head_positions=read)
+    read = PPO_BATCH * (RESPONSE + 1)  # the last layer (and the value head) at the R + 1 last columns,
+    predicting = PPO_BATCH * RESPONSE  # the unembedding at the R that predicted response tokens
+    forward = (forward_flops(L, d, 32, tokens, read, head_positions=predicting)
                + (forward_flops(L, d, 32, tokens, read) if value == "separate" else 0))
     learn_forwards = 3 * PPO_EPOCHS - 1  # forward + backward (2x) per epoch, less the forward reused from the rollout
     return {f"{p}_episodes_per_s": PPO_BATCH / sec, f"{p}_seconds_per_iteration": sec,

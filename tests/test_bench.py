@@ -113,14 +113,15 @@ def test_the_floor_of_ppos_learning_phase_records_its_products_and_no_others():
     separate value model: a forward F is, in the policy and the value model alike, the first 3 layers
     over 2,048 tokens and the last layer's key-value-query product there but the rest of it (12d^2 per
     token in all, 3d^2 of them the fused query-key-value product) at the 33 positions per episode that
-    predict or precede response tokens only (``last_block.py``); then the unembedding and the scalar head
-    at those 33. Each epoch is a forward and a backward (2F), less epoch 0's forward, which the rollout
-    made and kept. Counted with the rollout, the decode steps' products would add more."""
+    predict or precede response tokens only (``last_block.py``); then the scalar head at those 33 and the
+    unembedding at the 32 that predict response tokens. Each epoch is a forward and a backward (2F), less
+    epoch 0's forward, which the rollout made and kept. Counted with the rollout, the decode steps'
+    products would add more."""
     floor = _load("floor")
     r = floor.measure("tiny", "ppo_learn", reps=1)
-    L, d, V, tokens, kept = 4, 256, 4096, 32 * 64, 32 * 33
+    L, d, V, tokens, kept, predicting = 4, 256, 4096, 32 * 64, 32 * 33, 32 * 32
     layers = 12 * (L - 1) * d * d * tokens + 3 * d * d * tokens + 9 * d * d * kept
-    F = 2 * (2 * layers) + 2 * kept * d * V + 2 * kept * d
+    F = 2 * (2 * layers) + 2 * predicting * d * V + 2 * kept * d
     assert r["gemm_flops"] == (3 * 4 - 1) * F
     assert r["target_units"] == 32 and r["floor_s"] > 0
 
