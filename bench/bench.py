@@ -9,7 +9,9 @@ small = 6 layers, width 512, 8 heads (the TRL peer's shapes, ../shared/peers/trl
 Prompts are 32 tokens; sampled responses are exactly 32 tokens (EOS masked
 until then) at temperature 0.7. SFT: batches of 16 rows of 32 prompt + 32
 response tokens, loss on the response (the TRL peer's workload). PPO: 32 episodes per iteration, one minibatch of
-32, 4 epochs; ppo_rloo: the same with advantage_estimator=rloo, 8 prompts x 4 responses and no value model.
+32, 4 epochs; ppo_rloo: the same with advantage_estimator=rloo, 8 prompts x 4 responses and no value model;
+ppo_ptx: ppo plus the pretraining loss on a corpus of random words (ptx_coef 27.8, 8 pretraining tokens per
+response token in blocks of 128: 64 blocks per minibatch).
 
 Trust: every (size, phase) runs ``--repeats`` times (default 3), each run in its
 own fresh subprocess (its peak memory, max RSS, is its own), and the runs are
@@ -37,12 +39,15 @@ scores and values, T = the tokens attended to); training = 3x forward. PPO's
 learning phase: ppo_epochs x (policy + value model; the policy alone for rloo)
 training passes over the 64 tokens of each episode, less the first minibatch's
 forward (the whole batch here), which the rollout makes and the update reuses.
+PPO-ptx adds ppo_epochs x training passes over its pretraining blocks (8 tokens
+per response token, in blocks of 128), read at all but each block's last position.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -56,9 +61,11 @@ import torch
 SIZES = {"tiny": (4, 256, 4), "small": (6, 512, 8)}
 VOCAB, POSITIONS, PROMPT, RESPONSE = 4096, 256, 32, 32
 PPO_BATCH, PPO_EPOCHS = 32, 4
-PHASES = ("sft", "rm_k4", "rm_k2", "generate", "ppo", "ppo_shared", "ppo_rloo")
-#: PPO phases: the value function of each (``phase_ppo``)
-PPO_VARIANTS = {"ppo": "separate", "ppo_shared": "shared", "ppo_rloo": "rloo"}
+PHASES = ("sft", "rm_k4", "rm_k2", "generate", "ppo", "ppo_shared", "ppo_rloo", "ppo_ptx")
+#: PPO phases: the value function of each (``phase_ppo``); ppo_ptx is ``ppo`` plus the pretraining loss
+PPO_VARIANTS = {"ppo": "separate", "ppo_shared": "shared", "ppo_rloo": "rloo", "ppo_ptx": "separate"}
+#: ppo_ptx: the package's defaults, 8 pretraining tokens per response token in blocks of 128
+PTX_TOKEN_RATIO, PTX_SEQ_LEN = 8.0, 128
 # The issue's targets (issue 17), as ratios to the TRL peer measured in the same sitting
 # (bench/compare_trl.sh checks them) and as a share of the matmul rate.
 TARGETS_VS_TRL = {"ppo_episodes_per_s": 2.0, "generate_tokens_per_s": 3.0, "sft_tokens_per_s": 1.2,
@@ -240,11 +247,18 @@ def phase_generate(f: dict, root: Path, opts: dict) -> dict:
 def ppo_workload(root: Path, compile: bool, p: str = "ppo"):
     """A PPOTrainer whose ``step()`` is one iteration: 32 episodes, one minibatch of 32, 4 epochs.
     ``ppo``: the paper's value network (initialised from the RM); ``ppo_shared``: a value head on
-    the policy's trunk; ``ppo_rloo``: no value function, 4 responses per prompt (RLOO)."""
+    the policy's trunk; ``ppo_rloo``: no value function, 4 responses per prompt (RLOO); ``ppo_ptx``:
+    ``ppo`` plus the paper's pretraining loss (gamma 27.8) on a corpus of random words."""
     from instructgpt.ppo import PPOConfig, PPOTrainer
     value = PPO_VARIANTS[p]
     variant = (dict(advantage_estimator="rloo", samples_per_prompt=4) if value == "rloo"
                else dict(value_model=value))
+    if p == "ppo_ptx":
+        g = torch.Generator().manual_seed(2)
+        words = torch.randint(2, VOCAB, (400, PTX_SEQ_LEN), generator=g).tolist()
+        (root / "corpus.txt").write_text("\n\n".join(" ".join(f"w{j}" for j in doc) for doc in words))
+        variant.update(ptx_coef=27.8, pretrain_data=str(root / "corpus.txt"), ptx_token_ratio=PTX_TOKEN_RATIO,
+                       ptx_seq_len=PTX_SEQ_LEN)
     cfg = PPOConfig(policy=str(root / "policy"), reward_model=str(root / "rm"), prompts=str(root / "prompts.jsonl"),
                     out_dir=str(root / "ppo"), batch_size=PPO_BATCH, minibatch_size=PPO_BATCH,
                     ppo_epochs=PPO_EPOCHS, temperature=0.7, max_new_tokens=RESPONSE, min_new_tokens=RESPONSE,
@@ -252,8 +266,26 @@ def ppo_workload(root: Path, compile: bool, p: str = "ppo"):
     return PPOTrainer(cfg)
 
 
-def phase_ppo(f: dict, root: Path, opts: dict, p: str = "ppo") -> dict:
+def ppo_learn_flops(p: str, L: int, d: int) -> float:
+    """The FLOPs of one iteration's learning phase of PPO phase ``p`` (``ppo_workload``) with L layers
+    of width d: each epoch a training pass (3 forwards) of the policy, and of the value model with
+    ``separate``, over the 64 tokens of each episode, less the forward of epoch 0, which the rollout
+    made and kept; ``ppo_ptx`` adds each epoch a training pass over its pretraining blocks."""
     value = PPO_VARIANTS[p]
+    tokens = PPO_BATCH * (PROMPT + RESPONSE)
+    read = PPO_BATCH * (RESPONSE + 1)  # the last layer (and the value head) at the R + 1 last columns,
+    predicting = PPO_BATCH * RESPONSE  # the unembedding at the R that predicted response tokens
+    forward = (forward_flops(L, d, 32, tokens, read, head_positions=predicting)
+               + (forward_flops(L, d, 32, tokens, read) if value == "separate" else 0))
+    flops = (3 * PPO_EPOCHS - 1) * forward
+    if p == "ppo_ptx":  # blocks read at all but their last position; attention over 64 keys on average
+        blocks = math.ceil(PTX_TOKEN_RATIO * PPO_BATCH * RESPONSE / PTX_SEQ_LEN)
+        reads = blocks * (PTX_SEQ_LEN - 1)
+        flops += 3 * PPO_EPOCHS * forward_flops(L, d, PTX_SEQ_LEN // 2, blocks * PTX_SEQ_LEN, reads, reads)
+    return flops
+
+
+def phase_ppo(f: dict, root: Path, opts: dict, p: str = "ppo") -> dict:
     trainer = ppo_workload(root, opts["compile"], p)
     t = time.perf_counter()
     trainer.step()
@@ -266,15 +298,9 @@ def phase_ppo(f: dict, root: Path, opts: dict, p: str = "ppo") -> dict:
         for k in times:
             times[k] += metrics[k] / reps
     sec = (time.perf_counter() - t) / reps
-    L, d = f["layers"], f["width"]
-    tokens = PPO_BATCH * (PROMPT + RESPONSE)
-    read = PPO_BATCH * (RESPONSE + 1)  # the last layer (and the value head) at the R + 1 last columns,
-    predicting = PPO_BATCH * RESPONSE  # the unembedding at the R that predicted response tokens
-    forward = (forward_flops(L, d, 32, tokens, read, head_positions=predicting)
-               + (forward_flops(L, d, 32, tokens, read) if value == "separate" else 0))
-    learn_forwards = 3 * PPO_EPOCHS - 1  # forward + backward (2x) per epoch, less the forward reused from the rollout
+    learn_flops = ppo_learn_flops(p, f["layers"], f["width"])
     return {f"{p}_episodes_per_s": PPO_BATCH / sec, f"{p}_seconds_per_iteration": sec,
-            f"{p}_learn_gflops": learn_forwards * forward / times["time/learn"] / 1e9,
+            f"{p}_learn_gflops": learn_flops / times["time/learn"] / 1e9,
             f"{p}_generate_tokens_per_s": PPO_BATCH * RESPONSE / times["time/generate"],
             **{f"{p}_{k.split('/')[1]}_share": v / sec for k, v in times.items()},
             **compile_fields(f"{p}_episodes_per_s", first, sec, PPO_BATCH, opts["amortise"], opts["compile"])}
@@ -324,9 +350,11 @@ def print_table(results: dict, ref: float) -> None:
             ("PPO episodes/s (separate value)", "ppo_episodes_per_s", "ppo_learn_gflops"),
             ("PPO episodes/s (value=shared)", "ppo_shared_episodes_per_s", "ppo_shared_learn_gflops"),
             ("PPO episodes/s (rloo, no value)", "ppo_rloo_episodes_per_s", "ppo_rloo_learn_gflops"),
+            ("PPO-ptx episodes/s (separate value)", "ppo_ptx_episodes_per_s", "ppo_ptx_learn_gflops"),
             ("PPO peak GiB (separate value)", "ppo_peak_gib", None),
             ("PPO peak GiB (value=shared)", "ppo_shared_peak_gib", None),
-            ("PPO peak GiB (rloo, no value)", "ppo_rloo_peak_gib", None)]
+            ("PPO peak GiB (rloo, no value)", "ppo_rloo_peak_gib", None),
+            ("PPO-ptx peak GiB (separate value)", "ppo_ptx_peak_gib", None)]
     sizes = list(results)
     w = 34
     print(f"{'phase':32}" + "".join(f"{s + ': best  spread  GFLOP/s (% mm)':>{w}}" for s in sizes))

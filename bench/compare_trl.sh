@@ -30,7 +30,8 @@ for size in ${SIZES//,/ }; do
   "$TRLVENV/bin/python" "$PEER/bench.py" --sizes "$size" --repeats "$REPEATS" --out "$OUT/trl_$size.json" \
     "${TRL_EXTRA[@]}"
   echo "== ours $size"
-  python bench/bench.py --sizes "$size" --repeats "$REPEATS" --out "$OUT/ours_$size.json" \
-    "${OURS_EXTRA[@]}"
+  # every phase but ppo_ptx: the peer has no PPO-ptx to compare it with
+  python bench/bench.py --sizes "$size" --phases sft,rm_k4,rm_k2,generate,ppo,ppo_shared,ppo_rloo \
+    --repeats "$REPEATS" --out "$OUT/ours_$size.json" "${OURS_EXTRA[@]}"
 done
 python bench/compare_trl.py --out "$OUT" --sizes "$SIZES"

@@ -135,6 +135,18 @@ def test_a_training_forwards_flops_skip_the_last_layers_unread_positions():
     assert bench.forward_flops(2, 4, 2, tokens=3, reads=3) == 3 * bench.flops_per_token(2, 4, 2, False, unembedding=False)
 
 
+def test_ppo_ptx_learning_flops_add_a_training_pass_over_its_blocks_each_epoch():
+    """Tiny (4 layers, width 256, vocabulary 4096): 8 x 32 x 32 response tokens = 64 blocks of 128 per
+    epoch, read at 127 positions each (8,128). A forward: 4 x 8,192 positions x (2 x 12 x 256^2 +
+    4 x 64 x 256), less the last layer's 64 unread positions x (2 x 9 x 256^2 + 4 x 64 x 256), plus
+    the unembedding 2 x 8,128 x 4,096 x 256 = 70,653,050,880; a training pass is 3 of them, 4 epochs."""
+    bench = _load("bench")
+    forward = 4 * 8192 * 1_638_400 - 64 * 1_245_184 + 17_045_651_456
+    assert forward == 70_653_050_880
+    assert bench.ppo_learn_flops("ppo_ptx", 4, 256) - bench.ppo_learn_flops("ppo", 4, 256) == 12 * forward
+    assert bench.ppo_learn_flops("ppo_shared", 4, 256) < bench.ppo_learn_flops("ppo", 4, 256)  # no value model
+
+
 def test_the_learning_share_ceiling_is_the_products_rate_alone():
     """300 GFLOP of products taking 1 s alone in a 1.5 s unit: against a 600 GFLOP/s matmul they reach 50%
     alone, so 75% is out of reach; against 300 GFLOP/s they reach 100% alone and the unit 67%, and 75%
